@@ -1,0 +1,50 @@
+"""gradtx.transforms: the building blocks, each an ``optax.GradientTransformation``.
+
+>>> from gradtx import transforms as gt
+"""
+
+from gradtx.transforms.learning_rate import ScaleByLearningRateState
+from gradtx.transforms.learning_rate import scale_by_learning_rate
+from gradtx.transforms.moments import ScaleByAdagradState
+from gradtx.transforms.moments import ScaleByAdamState
+from gradtx.transforms.moments import ScaleByBeliefState
+from gradtx.transforms.moments import ScaleByRmsState
+from gradtx.transforms.moments import scale_by_adagrad
+from gradtx.transforms.moments import scale_by_adam
+from gradtx.transforms.moments import scale_by_belief
+from gradtx.transforms.moments import scale_by_rms
+from gradtx.transforms.momentum import EmaState
+from gradtx.transforms.momentum import MomentumState
+from gradtx.transforms.momentum import ema
+from gradtx.transforms.momentum import momentum
+from gradtx.transforms.sign import ScaleByLionState
+from gradtx.transforms.sign import scale_by_lion
+from gradtx.transforms.sign import scale_by_sign
+from gradtx.transforms.sign import scale_by_tiger
+from gradtx.transforms.weight_decay import WeightDecayState
+from gradtx.transforms.weight_decay import coupled_weight_decay
+from gradtx.transforms.weight_decay import decoupled_weight_decay
+
+__all__ = [
+    "EmaState",
+    "MomentumState",
+    "ScaleByAdagradState",
+    "ScaleByAdamState",
+    "ScaleByBeliefState",
+    "ScaleByLearningRateState",
+    "ScaleByLionState",
+    "ScaleByRmsState",
+    "WeightDecayState",
+    "coupled_weight_decay",
+    "decoupled_weight_decay",
+    "ema",
+    "momentum",
+    "scale_by_adagrad",
+    "scale_by_adam",
+    "scale_by_belief",
+    "scale_by_learning_rate",
+    "scale_by_lion",
+    "scale_by_rms",
+    "scale_by_sign",
+    "scale_by_tiger",
+]

@@ -1,0 +1,76 @@
+"""Argument validation shared by every factory in gradtx.
+
+Validation runs once, when a factory is called, and only on plain Python or
+NumPy numbers: traced or array values (for example the hyper-parameters that
+``optax.inject_hyperparams`` feeds back in at run time) pass through unchecked.
+"""
+
+import numbers
+from typing import Any
+
+import numpy as np
+
+
+def _is_plain_number(value: Any) -> bool:
+  return isinstance(value, numbers.Real) or (
+      isinstance(value, np.ndarray) and value.ndim == 0
+  )
+
+
+def is_static_zero(value: Any) -> bool:
+  """True for a plain number equal to 0: a switch-off known at build time."""
+  return _is_plain_number(value) and float(value) == 0.0
+
+
+def check_in_range(
+    name: str,
+    value: Any,
+    low: float,
+    high: float,
+    *,
+    low_inclusive: bool = True,
+    high_inclusive: bool = False,
+) -> None:
+  """Raises ``ValueError`` when a plain number lies outside the interval."""
+  if not _is_plain_number(value):
+    return
+  v = float(value)
+  above_low = v >= low if low_inclusive else v > low
+  below_high = v <= high if high_inclusive else v < high
+  if not (above_low and below_high) or np.isnan(v):
+    interval = (
+        ("[" if low_inclusive else "(")
+        + f"{low:g}, {high:g}"
+        + ("]" if high_inclusive else ")")
+    )
+    raise ValueError(f"{name} must be in {interval}, got {value!r}")
+
+
+def check_non_negative(name: str, value: Any) -> None:
+  """Raises ``ValueError`` when a plain number is negative or NaN."""
+  check_in_range(name, value, 0.0, np.inf, high_inclusive=True)
+
+
+def check_decay(name: str, value: Any) -> None:
+  """A decay rate of an exponential moving average: in [0, 1)."""
+  check_in_range(name, value, 0.0, 1.0)
+
+
+def check_scalar_or_schedule(name: str, value: Any) -> None:
+  """A hyper-parameter given as a non-negative number, an array or a schedule.
+
+  Schedules (callables of the step count) are not evaluated here; a plain
+  number must be non-negative; anything that is neither a number, an array
+  nor a callable is refused.
+  """
+  if callable(value):
+    return
+  if _is_plain_number(value):
+    check_non_negative(name, value)
+    return
+  if hasattr(value, "dtype") and hasattr(value, "shape"):
+    return
+  raise ValueError(
+      f"{name} must be a non-negative number or a schedule (a callable of the"
+      f" step count), got {value!r} of type {type(value).__name__}"
+  )

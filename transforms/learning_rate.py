@@ -1,0 +1,52 @@
+"""The learning-rate step: u ← −η_t u, with η a constant or a schedule."""
+
+from typing import NamedTuple, Union
+
+import jax
+import jax.numpy as jnp
+import optax
+
+from gradtx.transforms import _tree
+from gradtx.transforms import _validate
+
+
+class ScaleByLearningRateState(NamedTuple):
+  """State of ``scale_by_learning_rate``: the step count for schedules."""
+
+  count: jax.Array
+
+
+def scale_by_learning_rate(
+    learning_rate: Union[float, optax.Schedule], *, flip_sign: bool = True
+) -> optax.GradientTransformation:
+  r"""Multiplies updates by the (negated) learning rate.
+
+  .. math:: u \leftarrow -η_t\, u
+
+  so that ``optax.apply_updates`` performs descent.
+
+  Args:
+    learning_rate: η, a non-negative number, a scalar array (as fed back by
+      ``optax.inject_hyperparams``) or a schedule of the step count.
+    flip_sign: negate, for gradient descent (the default).
+
+  Returns:
+    An ``optax.GradientTransformation`` with state
+    ``ScaleByLearningRateState``.
+  """
+  _validate.check_scalar_or_schedule("learning_rate", learning_rate)
+  sign = -1 if flip_sign else 1
+
+  def init_fn(params):
+    del params
+    return ScaleByLearningRateState(jnp.zeros([], jnp.int32))
+
+  def update_fn(updates, state, params=None):
+    del params
+    step_size = sign * _tree.resolve_schedule(learning_rate, state.count)
+    updates = jax.tree.map(
+        lambda g: (step_size * g).astype(g.dtype), updates
+    )
+    return updates, ScaleByLearningRateState(_tree.increment(state.count))
+
+  return optax.GradientTransformation(init_fn, update_fn)

@@ -1,0 +1,334 @@
+"""Second-moment scaling: Adam, AdaBelief, RMSProp and AdaGrad preconditioners.
+
+Every transform here divides the update element-wise by a running estimate of
+the gradient's scale. They share one shape: a per-leaf function of
+(update, state leaves) run by ``_tree.map_leaves`` inside a single
+``jax.tree.map`` pass, so XLA fuses a leaf's whole update into one loop.
+"""
+
+from typing import Any, NamedTuple, Optional
+
+import jax
+import jax.numpy as jnp
+import optax
+
+from gradtx.transforms import _tree
+from gradtx.transforms import _validate
+
+
+class ScaleByAdamState(NamedTuple):
+  """State of ``scale_by_adam``.
+
+  Attributes:
+    count: number of updates taken so far (int32 scalar).
+    mu: first moment, an EMA of the gradients (stored in ``mu_dtype``).
+    nu: second moment, an EMA of the squared gradients (``nu_dtype``).
+    nu_max: running maximum of ``nu`` when ``amsgrad=True``, else ``None``.
+  """
+
+  count: jax.Array
+  mu: optax.Updates
+  nu: optax.Updates
+  nu_max: Optional[optax.Updates]
+
+
+def _debias(b: Any, count: jax.Array, dtype: Any) -> jax.Array:
+  """The bias correction 1 − bᵗ of an EMA started at zero."""
+  return 1 - jnp.asarray(b, dtype) ** count.astype(dtype)
+
+
+def scale_by_adam(
+    b1: float = 0.9,
+    b2: float = 0.999,
+    eps: float = 1e-8,
+    eps_root: float = 0.0,
+    *,
+    amsgrad: bool = False,
+    nesterov: bool = False,
+    mu_dtype: Optional[Any] = None,
+    nu_dtype: Optional[Any] = None,
+) -> optax.GradientTransformation:
+  r"""Rescales updates by Adam's bias-corrected moment ratio.
+
+  .. math::
+    m_t = β_1 m_{t-1} + (1-β_1) g_t,\quad v_t = β_2 v_{t-1} + (1-β_2) g_t^2,\\
+    u_t = \frac{m_t/(1-β_1^t)}{\sqrt{\tilde v_t/(1-β_2^t) + ε_{root}} + ε}
+
+  with :math:`\tilde v_t = v_t`, or :math:`\tilde v_t = \max(\tilde v_{t-1},
+  v_t)` when ``amsgrad`` is set. AMSGrad follows ``torch.optim.Adam``: the
+  running maximum is taken on the raw second moment and bias-corrected
+  afterwards (optax's ``amsgrad`` takes the maximum of the bias-corrected
+  moment, which differs from the first step on). With ``nesterov`` the first
+  moment is replaced by Dozat's look-ahead
+  :math:`β_1 m_t/(1-β_1^{t+1}) + (1-β_1) g_t/(1-β_1^t)` (NAdam).
+
+  Args:
+    b1: decay of the first moment, in [0, 1).
+    b2: decay of the second moment, in [0, 1).
+    eps: added to the denominator outside the square root, >= 0.
+    eps_root: added inside the square root, >= 0.
+    amsgrad: keep the running maximum of the second moment (Reddi et al. 2018).
+    nesterov: use the Nesterov (NAdam) first moment.
+    mu_dtype: dtype of the stored first moment (default: the parameter's).
+    nu_dtype: dtype of the stored second moment (default: the parameter's);
+      ``jnp.bfloat16`` halves its memory. Arithmetic always runs in at least
+      float32.
+
+  Returns:
+    An ``optax.GradientTransformation`` with state ``ScaleByAdamState``.
+
+  Example:
+    >>> import jax.numpy as jnp
+    >>> from gradtx import transforms as gt
+    >>> tx = gt.scale_by_adam()
+    >>> u, _ = tx.update(jnp.array([2.0, -3.0]), tx.init(jnp.zeros(2)))
+    >>> u.round(3)  # the first step is sign(g) up to eps
+    Array([ 1., -1.], dtype=float32)
+
+  Reference: Kingma & Ba, "Adam: A Method for Stochastic Optimization", 2015.
+  """
+  _validate.check_decay("b1", b1)
+  _validate.check_decay("b2", b2)
+  _validate.check_non_negative("eps", eps)
+  _validate.check_non_negative("eps_root", eps_root)
+
+  def init_fn(params):
+    return ScaleByAdamState(
+        count=jnp.zeros([], jnp.int32),
+        mu=_tree.zeros_like_tree(params, mu_dtype),
+        nu=_tree.zeros_like_tree(params, nu_dtype),
+        nu_max=_tree.zeros_like_tree(params, nu_dtype) if amsgrad else None,
+    )
+
+  def update_fn(updates, state, params=None):
+    del params
+    count = _tree.increment(state.count)
+
+    def leaf(g, m, v, v_max):
+      dtype = _tree.compute_dtype(g)
+      b1_, b2_ = jnp.asarray(b1, dtype), jnp.asarray(b2, dtype)
+      g_ = g.astype(dtype)
+      m_new = b1_ * m.astype(dtype) + (1 - b1_) * g_
+      v_new = b2_ * v.astype(dtype) + (1 - b2_) * g_ * g_
+      v_max_new = jnp.maximum(v_max.astype(dtype), v_new) if amsgrad else None
+      v_used = v_max_new if amsgrad else v_new
+      if nesterov:
+        m_hat = b1_ * m_new / _debias(b1, count + 1, dtype) + (
+            1 - b1_
+        ) * g_ / _debias(b1, count, dtype)
+      else:
+        m_hat = m_new / _debias(b1, count, dtype)
+      v_hat = v_used / _debias(b2, count, dtype)
+      u = m_hat / (jnp.sqrt(v_hat + eps_root) + eps)
+      return (
+          u.astype(g.dtype),
+          m_new.astype(m.dtype),
+          v_new.astype(v.dtype),
+          v_max_new.astype(v_max.dtype) if amsgrad else None,
+      )
+
+    u, mu, nu, nu_max = _tree.map_leaves(
+        leaf, 4, updates, state.mu, state.nu, state.nu_max
+    )
+    return u, ScaleByAdamState(count, mu, nu, nu_max if amsgrad else None)
+
+  return optax.GradientTransformation(init_fn, update_fn)
+
+
+class ScaleByBeliefState(NamedTuple):
+  """State of ``scale_by_belief``: step count, first moment, belief variance."""
+
+  count: jax.Array
+  mu: optax.Updates
+  nu: optax.Updates
+
+
+def scale_by_belief(
+    b1: float = 0.9, b2: float = 0.999, eps: float = 1e-16
+) -> optax.GradientTransformation:
+  r"""Rescales updates by AdaBelief's "belief" in the gradient.
+
+  .. math::
+    m_t = β_1 m_{t-1} + (1-β_1) g_t,\quad
+    s_t = β_2 s_{t-1} + (1-β_2)(g_t - m_t)^2 + ε,\\
+    u_t = \frac{m_t/(1-β_1^t)}{\sqrt{s_t/(1-β_2^t)} + ε}
+
+  As in Algorithm 2 of the paper (and its official code), ε is added into the
+  stored :math:`s_t` at every step and again to the denominator; optax's
+  ``scale_by_belief`` uses a separate ``eps_root``.
+
+  Args:
+    b1: decay of the first moment, in [0, 1).
+    b2: decay of the belief variance, in [0, 1).
+    eps: the paper's ε, >= 0.
+
+  Returns:
+    An ``optax.GradientTransformation`` with state ``ScaleByBeliefState``.
+
+  Reference: Zhuang et al., "AdaBelief Optimizer: Adapting Stepsizes by the
+  Belief in Observed Gradients", NeurIPS 2020.
+  """
+  _validate.check_decay("b1", b1)
+  _validate.check_decay("b2", b2)
+  _validate.check_non_negative("eps", eps)
+
+  def init_fn(params):
+    return ScaleByBeliefState(
+        jnp.zeros([], jnp.int32),
+        _tree.zeros_like_tree(params),
+        _tree.zeros_like_tree(params),
+    )
+
+  def update_fn(updates, state, params=None):
+    del params
+    count = _tree.increment(state.count)
+
+    def leaf(g, m, s):
+      dtype = _tree.compute_dtype(g)
+      g_ = g.astype(dtype)
+      m_new = b1 * m.astype(dtype) + (1 - b1) * g_
+      s_new = b2 * s.astype(dtype) + (1 - b2) * jnp.square(g_ - m_new) + eps
+      m_hat = m_new / _debias(b1, count, dtype)
+      s_hat = s_new / _debias(b2, count, dtype)
+      u = m_hat / (jnp.sqrt(s_hat) + eps)
+      return u.astype(g.dtype), m_new.astype(m.dtype), s_new.astype(s.dtype)
+
+    u, mu, nu = _tree.map_leaves(leaf, 3, updates, state.mu, state.nu)
+    return u, ScaleByBeliefState(count, mu, nu)
+
+  return optax.GradientTransformation(init_fn, update_fn)
+
+
+class ScaleByRmsState(NamedTuple):
+  """State of ``scale_by_rms``.
+
+  Attributes:
+    nu: EMA of the squared gradients.
+    mu: EMA of the gradients when ``centered=True``, else ``None``.
+  """
+
+  nu: optax.Updates
+  mu: Optional[optax.Updates]
+
+
+def scale_by_rms(
+    decay: float = 0.99,
+    eps: float = 1e-8,
+    eps_root: float = 0.0,
+    *,
+    centered: bool = False,
+    initial_scale: float = 0.0,
+) -> optax.GradientTransformation:
+  r"""Divides updates by the root mean square of recent gradients (RMSProp).
+
+  .. math::
+    v_t = ρ v_{t-1} + (1-ρ) g_t^2,\quad
+    u_t = \frac{g_t}{\sqrt{v_t - \bar g_t^2 + ε_{root}} + ε}
+
+  where :math:`\bar g_t = ρ \bar g_{t-1} + (1-ρ) g_t` when ``centered``
+  (Graves 2013) and 0 otherwise. This is ``torch.optim.RMSprop``'s rule (ε
+  outside the root, :math:`v_0 = 0`); the seeds' and Hinton's form
+  :math:`\sqrt{v_t + ε}` is ``eps=0, eps_root=ε``. The centered variance is
+  clipped at 0 against round-off (where torch would return NaN).
+
+  Args:
+    decay: ρ, the decay of the moving averages (torch's ``alpha``), in [0, 1).
+    eps: added outside the square root, >= 0.
+    eps_root: added inside the square root, >= 0.
+    centered: subtract the squared mean gradient (a variance estimate).
+    initial_scale: starting value of :math:`v`, >= 0.
+
+  Returns:
+    An ``optax.GradientTransformation`` with state ``ScaleByRmsState``.
+
+  Reference: Tieleman & Hinton, Lecture 6.5 of "Neural Networks for Machine
+  Learning", 2012; Graves, "Generating Sequences With RNNs", 2013.
+  """
+  _validate.check_decay("decay", decay)
+  _validate.check_non_negative("eps", eps)
+  _validate.check_non_negative("eps_root", eps_root)
+  _validate.check_non_negative("initial_scale", initial_scale)
+
+  def init_fn(params):
+    return ScaleByRmsState(
+        nu=_tree.full_like_tree(params, initial_scale),
+        mu=_tree.zeros_like_tree(params) if centered else None,
+    )
+
+  def update_fn(updates, state, params=None):
+    del params
+
+    def leaf(g, v, m):
+      dtype = _tree.compute_dtype(g)
+      g_ = g.astype(dtype)
+      v_new = decay * v.astype(dtype) + (1 - decay) * g_ * g_
+      if centered:
+        m_new = decay * m.astype(dtype) + (1 - decay) * g_
+        variance = jnp.maximum(v_new - m_new * m_new, 0)
+      else:
+        m_new, variance = None, v_new
+      u = g_ / (jnp.sqrt(variance + eps_root) + eps)
+      return (
+          u.astype(g.dtype),
+          v_new.astype(v.dtype),
+          m_new.astype(m.dtype) if centered else None,
+      )
+
+    u, nu, mu = _tree.map_leaves(leaf, 3, updates, state.nu, state.mu)
+    return u, ScaleByRmsState(nu, mu if centered else None)
+
+  return optax.GradientTransformation(init_fn, update_fn)
+
+
+class ScaleByAdagradState(NamedTuple):
+  """State of ``scale_by_adagrad``: the running sum of squared gradients."""
+
+  sum_of_squares: optax.Updates
+
+
+def scale_by_adagrad(
+    initial_accumulator_value: float = 0.0, eps: float = 1e-10
+) -> optax.GradientTransformation:
+  r"""Divides updates by the root of the summed squared gradients (AdaGrad).
+
+  .. math::
+    s_t = s_{t-1} + g_t^2,\quad u_t = \frac{g_t}{\sqrt{s_t} + ε}
+
+  with :math:`s_0` = ``initial_accumulator_value``: ``torch.optim.Adagrad``'s
+  rule. The seeds write :math:`g_t/\sqrt{s_t + ε}`; the two differ only in
+  where the tiny ε sits, and we follow the reference implementation.
+
+  Args:
+    initial_accumulator_value: starting value of the sum, >= 0.
+    eps: added to the denominator, >= 0.
+
+  Returns:
+    An ``optax.GradientTransformation`` with state ``ScaleByAdagradState``.
+
+  Reference: Duchi, Hazan & Singer, "Adaptive Subgradient Methods for Online
+  Learning and Stochastic Optimization", JMLR 2011.
+  """
+  _validate.check_non_negative(
+      "initial_accumulator_value", initial_accumulator_value
+  )
+  _validate.check_non_negative("eps", eps)
+
+  def init_fn(params):
+    return ScaleByAdagradState(
+        _tree.full_like_tree(params, initial_accumulator_value)
+    )
+
+  def update_fn(updates, state, params=None):
+    del params
+
+    def leaf(g, s):
+      dtype = _tree.compute_dtype(g)
+      g_ = g.astype(dtype)
+      s_new = s.astype(dtype) + g_ * g_
+      u = g_ / (jnp.sqrt(s_new) + eps)
+      return u.astype(g.dtype), s_new.astype(s.dtype)
+
+    u, s = _tree.map_leaves(leaf, 2, updates, state.sum_of_squares)
+    return u, ScaleByAdagradState(s)
+
+  return optax.GradientTransformation(init_fn, update_fn)

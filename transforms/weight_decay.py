@@ -1,0 +1,109 @@
+"""Weight decay: the coupled (L2) and decoupled (AdamW) forms.
+
+Both add ``weight_decay * params`` to the incoming updates; what makes them
+different is *where* they sit in a chain. Before a preconditioner (e.g.
+``scale_by_adam``) the decay is part of the gradient and gets rescaled with
+it: L2 regularisation, the seeds' "Adam + L2", whose shrinkage is anisotropic
+and, for a zero data gradient, moves every weight by about lr·sign(w). After
+the preconditioner and before the learning-rate scale it is decoupled weight
+decay (Loshchilov & Hutter 2019): p ← p − lr·(u + λp), a radial, multiplicative
+shrinkage p ← (1 − lr·λ)p when u = 0. This is also ``torch.optim.AdamW``'s
+rule, which multiplies by (1 − lr·λ) before the Adam step.
+"""
+
+from typing import Any, Callable, NamedTuple, Optional, Union
+
+import jax
+import jax.numpy as jnp
+import optax
+
+from gradtx.transforms import _tree
+from gradtx.transforms import _validate
+
+MaskOrFn = Optional[Union[Any, Callable[[optax.Params], Any]]]
+
+
+class WeightDecayState(NamedTuple):
+  """State of the weight-decay transforms: the step count for schedules."""
+
+  count: jax.Array
+
+
+def _add_scaled_params(
+    weight_decay: Union[float, optax.Schedule], mask: MaskOrFn
+) -> optax.GradientTransformation:
+  _validate.check_scalar_or_schedule("weight_decay", weight_decay)
+
+  def init_fn(params):
+    del params
+    return WeightDecayState(jnp.zeros([], jnp.int32))
+
+  def update_fn(updates, state, params=None):
+    if _validate.is_static_zero(weight_decay):
+      return updates, WeightDecayState(_tree.increment(state.count))
+    if params is None:
+      raise ValueError(
+          "weight decay needs the parameters: call update(updates, state,"
+          " params)"
+      )
+    decay = _tree.resolve_schedule(weight_decay, state.count)
+
+    def leaf(g, p):
+      dtype = _tree.compute_dtype(g)
+      return (g.astype(dtype) + decay * p.astype(dtype)).astype(g.dtype)
+
+    updates = jax.tree.map(leaf, updates, params)
+    return updates, WeightDecayState(_tree.increment(state.count))
+
+  tx = optax.GradientTransformation(init_fn, update_fn)
+  return tx if mask is None else optax.masked(tx, mask)
+
+
+def decoupled_weight_decay(
+    weight_decay: Union[float, optax.Schedule], mask: MaskOrFn = None
+) -> optax.GradientTransformation:
+  r"""Adds decoupled weight decay to an already preconditioned update.
+
+  .. math:: u \leftarrow u + λ_t\, p
+
+  Place it after the preconditioner and before the learning-rate scale; the
+  chain then applies :math:`p \leftarrow p - η_t (u + λ_t p)`, PyTorch AdamW's
+  semantics.
+
+  Args:
+    weight_decay: λ, a non-negative number or a schedule of the step count.
+      A literal 0 makes the transform the identity (no ``params`` needed).
+    mask: a pytree of booleans shaped like the parameters, or a callable
+      returning one from the parameters, selecting the leaves to decay
+      (``optax.masked`` semantics). ``None`` decays every leaf.
+
+  Returns:
+    An ``optax.GradientTransformation`` with state ``WeightDecayState``
+    (wrapped in ``optax.MaskedState`` when a mask is given).
+
+  Reference: Loshchilov & Hutter, "Decoupled Weight Decay Regularization",
+  ICLR 2019.
+  """
+  return _add_scaled_params(weight_decay, mask)
+
+
+def coupled_weight_decay(
+    weight_decay: Union[float, optax.Schedule], mask: MaskOrFn = None
+) -> optax.GradientTransformation:
+  r"""Adds the gradient of the L2 penalty :math:`\tfrac{λ}{2}\|p\|^2`.
+
+  .. math:: g \leftarrow g + λ_t\, p
+
+  Place it first in a chain, before any preconditioner: the decay is then
+  rescaled with the gradient (``torch.optim.Adam``/``SGD``'s
+  ``weight_decay``). The same operation as ``decoupled_weight_decay``; only
+  the position in the chain differs, and that changes the optimizer.
+
+  Args:
+    weight_decay: λ, a non-negative number or a schedule of the step count.
+    mask: which leaves to decay, as in ``decoupled_weight_decay``.
+
+  Returns:
+    An ``optax.GradientTransformation`` with state ``WeightDecayState``.
+  """
+  return _add_scaled_params(weight_decay, mask)
