@@ -61,17 +61,25 @@ def tiger(
     weight_decay: optax.ScalarOrSchedule = 0.0,
     mask: MaskOrFn = None,
     mu_dtype: Optional[Any] = None,
+    *,
+    param_rms_scaling: bool = False,
 ) -> optax.GradientTransformation:
   r"""Tiger: Lion with a single decay β.
 
   .. math::
     m \leftarrow β m + (1-β) g,\quad
-    p \leftarrow p - η\left(\operatorname{sign}(m) + λ p\right)
+    p \leftarrow p - η\, s(p) \left(\operatorname{sign}(m) + λ p\right)
 
-  Reference: Su Jianlin, "Tiger: A Tight-fisted Optimizer", 2023.
+  with :math:`s(p) = 1`, or :math:`s(p) = \operatorname{RMS}(p)` for matrix
+  leaves when ``param_rms_scaling`` is set (the reference code's per-tensor
+  adaptive learning rate; see ``gt.scale_by_param_rms``).
+
+  Reference: Su Jianlin, "Tiger: A Tight-fisted Optimizer", 2023
+  (github.com/bojone/tiger).
   """
   return optax.chain(
       gt.scale_by_tiger(beta, mu_dtype=mu_dtype),
       gt.decoupled_weight_decay(weight_decay, mask),
+      gt.scale_by_param_rms() if param_rms_scaling else optax.identity(),
       gt.scale_by_learning_rate(learning_rate),
   )

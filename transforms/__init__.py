@@ -21,6 +21,7 @@ from gradtx.transforms.sign import ScaleByLionState
 from gradtx.transforms.sign import scale_by_lion
 from gradtx.transforms.sign import scale_by_sign
 from gradtx.transforms.sign import scale_by_tiger
+from gradtx.transforms.trust_ratio import scale_by_param_rms
 from gradtx.transforms.weight_decay import WeightDecayState
 from gradtx.transforms.weight_decay import coupled_weight_decay
 from gradtx.transforms.weight_decay import decoupled_weight_decay
@@ -44,6 +45,7 @@ __all__ = [
     "scale_by_belief",
     "scale_by_learning_rate",
     "scale_by_lion",
+    "scale_by_param_rms",
     "scale_by_rms",
     "scale_by_sign",
     "scale_by_tiger",
