@@ -8,6 +8,8 @@ from gradtx.optimizers.adaptive import adagrad
 from gradtx.optimizers.adaptive import adam
 from gradtx.optimizers.adaptive import adamw
 from gradtx.optimizers.adaptive import rmsprop
+from gradtx.optimizers.muon import is_hidden_matrix
+from gradtx.optimizers.muon import muon
 from gradtx.optimizers.sgd import sgd
 from gradtx.optimizers.sign import lion
 from gradtx.optimizers.sign import signsgd
@@ -18,7 +20,9 @@ __all__ = [
     "adagrad",
     "adam",
     "adamw",
+    "is_hidden_matrix",
     "lion",
+    "muon",
     "rmsprop",
     "sgd",
     "signsgd",

@@ -5,6 +5,8 @@
 
 from gradtx.transforms.learning_rate import ScaleByLearningRateState
 from gradtx.transforms.learning_rate import scale_by_learning_rate
+from gradtx.transforms.matrix_shape import on_matrix_views
+from gradtx.transforms.matrix_shape import scale_by_matrix_shape
 from gradtx.transforms.moments import ScaleByAdagradState
 from gradtx.transforms.moments import ScaleByAdamState
 from gradtx.transforms.moments import ScaleByBeliefState
@@ -17,6 +19,10 @@ from gradtx.transforms.momentum import EmaState
 from gradtx.transforms.momentum import MomentumState
 from gradtx.transforms.momentum import ema
 from gradtx.transforms.momentum import momentum
+from gradtx.transforms.orthogonalize import Coefficients
+from gradtx.transforms.orthogonalize import clip_singular_values
+from gradtx.transforms.orthogonalize import newton_schulz
+from gradtx.transforms.orthogonalize import orthogonalize_newton_schulz
 from gradtx.transforms.sign import ScaleByLionState
 from gradtx.transforms.sign import scale_by_lion
 from gradtx.transforms.sign import scale_by_sign
@@ -27,6 +33,12 @@ from gradtx.transforms.weight_decay import coupled_weight_decay
 from gradtx.transforms.weight_decay import decoupled_weight_decay
 
 __all__ = [
+    "Coefficients",
+    "clip_singular_values",
+    "newton_schulz",
+    "on_matrix_views",
+    "orthogonalize_newton_schulz",
+    "scale_by_matrix_shape",
     "EmaState",
     "MomentumState",
     "ScaleByAdagradState",

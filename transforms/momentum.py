@@ -90,15 +90,24 @@ class EmaState(NamedTuple):
 
 
 def ema(
-    decay: float = 0.9, *, debias: bool = False, mu_dtype: Optional[Any] = None
+    decay: float = 0.9,
+    *,
+    nesterov: bool = False,
+    debias: bool = False,
+    mu_dtype: Optional[Any] = None,
 ) -> optax.GradientTransformation:
   r"""Replaces updates by their exponential moving average.
 
   .. math::
-    m_t = β m_{t-1} + (1-β) g_t,\qquad u_t = m_t \;\text{or}\; m_t/(1-β^t)
+    m_t = β m_{t-1} + (1-β) g_t,\qquad
+    u_t = m_t \;\text{or, with nesterov,}\; β m_t + (1-β) g_t
+
+  then divided by :math:`1-β^t` when ``debias`` is set. The Nesterov form is
+  the reference Muon's (``grad.lerp_(momentum, beta)``).
 
   Args:
     decay: β, in [0, 1).
+    nesterov: return the look-ahead :math:`β m_t + (1-β) g_t`.
     debias: divide by :math:`1-β^t` to undo the zero initialisation.
     mu_dtype: dtype of the stored average (default: the parameter's).
 
@@ -124,8 +133,10 @@ def ema(
 
     def leaf(g, m):
       dtype = _tree.compute_dtype(g)
-      m_new = decay * m.astype(dtype) + (1 - decay) * g.astype(dtype)
-      u = m_new / (1 - jnp.asarray(decay, dtype) ** count) if debias else m_new
+      g_ = g.astype(dtype)
+      m_new = decay * m.astype(dtype) + (1 - decay) * g_
+      u = decay * m_new + (1 - decay) * g_ if nesterov else m_new
+      u = u / (1 - jnp.asarray(decay, dtype) ** count) if debias else u
       return u.astype(g.dtype), m_new.astype(m.dtype)
 
     u, mu = _tree.map_leaves(leaf, 2, updates, state.mu)
