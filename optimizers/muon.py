@@ -52,6 +52,7 @@ def muon(
     *,
     eps: float = 1e-7,
     method: str = "standard",
+    batch_same_shape: bool = False,
     is_muon_param: PathLeafRule = is_hidden_matrix,
     adam_learning_rate: Optional[optax.ScalarOrSchedule] = None,
     adam_b1: float = 0.9,
@@ -75,6 +76,8 @@ def muon(
   learning rate and weight decay transfer), or ``None``. ``nesterov=False``
   orthogonalizes :math:`m_t` itself. Convolution kernels are orthogonalized
   as (kh·kw·fan_in, fan_out) matrices; 3-D leaves as stacks of matrices.
+  ``ns_steps``, ``coefficients``, ``eps``, ``compute_dtype``, ``method`` and
+  ``batch_same_shape`` are passed to ``gt.orthogonalize_newton_schulz``.
 
   Which leaves are "hidden matrices" is decided by ``is_muon_param(path,
   leaf)``, by default ``is_hidden_matrix``: 2–4-D leaves whose path names no
@@ -94,7 +97,7 @@ def muon(
           optax.chain(
               gt.orthogonalize_newton_schulz(
                   ns_steps, coefficients, eps=eps, compute_dtype=compute_dtype,
-                  method=method,
+                  method=method, batch_same_shape=batch_same_shape,
               ),
               gt.scale_by_matrix_shape(scale),
           )

@@ -134,6 +134,20 @@ def newton_schulz(
   return y.astype(x.dtype)
 
 
+def _orthogonalize_grouped(leaves: list, orthogonalize) -> list:
+  """Stacks same-shape, same-dtype matrices into one batched call."""
+  groups: dict = {}
+  for i, u in enumerate(leaves):
+    if u.ndim >= 2:
+      groups.setdefault((u.shape, u.dtype), []).append(i)
+  out = list(leaves)
+  for indices in groups.values():
+    stacked = orthogonalize(jnp.stack([leaves[i] for i in indices]))
+    for i, result in zip(indices, stacked):
+      out[i] = result
+  return out
+
+
 def orthogonalize_newton_schulz(
     ns_steps: int = 5,
     coefficients: Coefficients = "jordan",
@@ -141,6 +155,7 @@ def orthogonalize_newton_schulz(
     eps: float = 1e-7,
     compute_dtype: Optional[Any] = None,
     method: str = "standard",
+    batch_same_shape: bool = False,
 ) -> optax.GradientTransformation:
   r"""Replaces every matrix leaf by its Newton–Schulz msign approximation.
 
@@ -169,6 +184,11 @@ def orthogonalize_newton_schulz(
       (after iteration 2) and at the end. About 8m²n + 28m³ FLOPs against
       20m²n + 10m³ (m ≤ n): a win when n ≳ 2m; square matrices use
       ``"standard"``. Same result up to round-off.
+    batch_same_shape: stack the leaves that share a shape and dtype and run
+      one batched iteration over them. On 2 CPU cores this took 32 matrices
+      of 64×64 from 8.6 ms to 6.1 ms and made no difference at 512×2048
+      (benchmarks/RESULTS.md); it copies the leaves into one array, so leave
+      it off for sharded parameters.
 
   Returns:
     A stateless ``optax.GradientTransformation``.
@@ -191,7 +211,10 @@ def orthogonalize_newton_schulz(
 
   def update_fn(updates, state, params=None):
     del params
-    return jax.tree.map(orthogonalize, updates), state
+    if not batch_same_shape:
+      return jax.tree.map(orthogonalize, updates), state
+    leaves, treedef = jax.tree.flatten(updates)
+    return treedef.unflatten(_orthogonalize_grouped(leaves, orthogonalize)), state
 
   return optax.GradientTransformation(lambda _: optax.EmptyState(), update_fn)
 
