@@ -1,0 +1,54 @@
+"""Executes every notebook under notebooks/; a cell that raises (an assert included) fails the test.
+
+The kernel is started with this interpreter (``sys.executable``), not through an installed kernelspec,
+so the notebook sees the same environment, and the same gradtx, as pytest.
+"""
+
+import pathlib
+import sys
+
+import matplotlib  # noqa: F401  (the notebook draws; fail here, not in a cell)
+import nbclient
+import nbformat
+import pytest
+from ipykernel.kernelspec import make_ipkernel_cmd
+from jupyter_client.kernelspec import KernelSpec, KernelSpecManager
+from jupyter_client.manager import AsyncKernelManager
+
+NOTEBOOKS = sorted((pathlib.Path(__file__).parent.parent / "notebooks").glob("*.ipynb"))
+
+
+class _ThisInterpreter(KernelSpecManager):
+  """Resolves every kernel name to an ipykernel running on ``sys.executable``."""
+
+  def get_kernel_spec(self, kernel_name):
+    return KernelSpec(
+        argv=make_ipkernel_cmd(executable=sys.executable),
+        display_name=f"Python ({sys.executable})",
+        language="python",
+        name=kernel_name,
+    )
+
+
+def execute(path: pathlib.Path, timeout: int = 300):
+  """Runs the notebook at ``path`` in its own folder; returns the executed copy."""
+  nb = nbformat.read(path, as_version=4)
+  km = AsyncKernelManager(kernel_spec_manager=_ThisInterpreter())
+  client = nbclient.NotebookClient(
+      nb, km=km, timeout=timeout, resources={"metadata": {"path": str(path.parent)}}
+  )
+  client.execute()
+  return nb
+
+
+def test_notebooks_exist():
+  assert NOTEBOOKS, "no notebooks found under notebooks/"
+
+
+@pytest.mark.parametrize("path", NOTEBOOKS, ids=lambda p: p.name)
+def test_notebook_runs(path, monkeypatch):
+  # The inline backend (ipykernel's default when MPLBACKEND is unset) renders headless.
+  monkeypatch.delenv("MPLBACKEND", raising=False)
+  nb = execute(path)
+  code_cells = [c for c in nb.cells if c.cell_type == "code"]
+  assert all(c.get("execution_count") for c in code_cells), "a code cell did not run"
