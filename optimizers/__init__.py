@@ -14,6 +14,13 @@ from gradtx.optimizers.sgd import sgd
 from gradtx.optimizers.sign import lion
 from gradtx.optimizers.sign import signsgd
 from gradtx.optimizers.sign import tiger
+from gradtx.optimizers.shampoo import shampoo
+from gradtx.optimizers.shampoo import soap
+from gradtx.optimizers.memory import adafactor
+from gradtx.optimizers.memory import adam_mini
+from gradtx.optimizers.memory import adamw_8bit
+from gradtx.optimizers.memory import relative_step_size
+
 
 __all__ = [
     "adabelief",
@@ -27,4 +34,10 @@ __all__ = [
     "sgd",
     "signsgd",
     "tiger",
+    "shampoo",
+    "soap",
+    "adafactor",
+    "adam_mini",
+    "adamw_8bit",
+    "relative_step_size",
 ]

@@ -31,6 +31,29 @@ from gradtx.transforms.trust_ratio import scale_by_param_rms
 from gradtx.transforms.weight_decay import WeightDecayState
 from gradtx.transforms.weight_decay import coupled_weight_decay
 from gradtx.transforms.weight_decay import decoupled_weight_decay
+from gradtx.transforms.kronecker import GraftState
+from gradtx.transforms.kronecker import KroneckerPreconditionState
+from gradtx.transforms.kronecker import graft
+from gradtx.transforms.kronecker import inverse_pth_root
+from gradtx.transforms.kronecker import kronecker_precondition
+from gradtx.transforms.soap import ScaleBySoapState
+from gradtx.transforms.soap import scale_by_soap
+from gradtx.transforms.adam_mini import Blocks
+from gradtx.transforms.adam_mini import PartitionRule
+from gradtx.transforms.adam_mini import ScaleByAdamMiniState
+from gradtx.transforms.adam_mini import adam_mini_blocks
+from gradtx.transforms.adam_mini import scale_by_adam_mini
+from gradtx.transforms.factored import ScaleByFactoredRmsState
+from gradtx.transforms.factored import factored_axes
+from gradtx.transforms.factored import scale_by_factored_rms
+from gradtx.transforms.quantize import Int8Blocks
+from gradtx.transforms.quantize import QuantizedArray
+from gradtx.transforms.quantize import StochasticBfloat16
+from gradtx.transforms.quantize import dequantize_blockwise
+from gradtx.transforms.quantize import dynamic_code_map
+from gradtx.transforms.quantize import quantize_blockwise
+from gradtx.transforms.quantize import stochastic_round
+
 
 __all__ = [
     "Coefficients",
@@ -61,4 +84,26 @@ __all__ = [
     "scale_by_rms",
     "scale_by_sign",
     "scale_by_tiger",
+    "GraftState",
+    "KroneckerPreconditionState",
+    "ScaleBySoapState",
+    "graft",
+    "inverse_pth_root",
+    "kronecker_precondition",
+    "scale_by_soap",
+    "Blocks",
+    "Int8Blocks",
+    "PartitionRule",
+    "QuantizedArray",
+    "ScaleByAdamMiniState",
+    "ScaleByFactoredRmsState",
+    "StochasticBfloat16",
+    "adam_mini_blocks",
+    "dequantize_blockwise",
+    "dynamic_code_map",
+    "factored_axes",
+    "quantize_blockwise",
+    "scale_by_adam_mini",
+    "scale_by_factored_rms",
+    "stochastic_round",
 ]

@@ -52,6 +52,11 @@ def resolve_schedule(value: Any, count: jax.Array) -> Any:
   return value(count) if callable(value) else value
 
 
+def bias_correction(decay: Any, count: jax.Array, dtype: Any) -> jax.Array:
+  """1 − decayᶜᵒᵘⁿᵗ: the total weight of an EMA started at zero."""
+  return 1 - jnp.asarray(decay, dtype) ** count.astype(dtype)
+
+
 def increment(count: jax.Array) -> jax.Array:
   """The step counter after one more step, saturating instead of wrapping."""
   return optax.safe_int32_increment(count)
@@ -77,3 +82,20 @@ def map_leaves(
   return tuple(
       treedef.unflatten([out[i] for out in outputs]) for i in range(num_outputs)
   )
+
+
+def path_names(path: tuple) -> list[str]:
+  """The lower-cased names along a pytree key path (keys, attributes, indices).
+
+  For the path of ``params["block0"]["qkv"]["kernel"]`` this is
+  ``["block0", "qkv", "kernel"]``; flax NNX states add a final ``"value"``.
+  """
+  names = []
+  for key in path:
+    for attribute in ("key", "name", "idx"):
+      if hasattr(key, attribute):
+        names.append(str(getattr(key, attribute)).lower())
+        break
+    else:
+      names.append(str(key).lower())
+  return names

@@ -14,6 +14,7 @@ import optax
 
 from gradtx.transforms import _tree
 from gradtx.transforms import _validate
+from gradtx.transforms import quantize
 
 
 class ScaleByAdamState(NamedTuple):
@@ -62,6 +63,15 @@ def scale_by_adam(
   moment is replaced by Dozat's look-ahead
   :math:`β_1 m_t/(1-β_1^{t+1}) + (1-β_1) g_t/(1-β_1^t)` (NAdam).
 
+  With ``"int8"`` moments (8-bit Adam, Dettmers et al. 2022) each step
+  dequantizes the stored moments, updates them in float32, computes
+  :math:`u_t` from the float32 values and requantizes them (see
+  ``gt.quantize``). As in bitsandbytes, a coordinate whose gradient or new
+  moments are not finite gets a zero update and its moments restart from
+  zero; the other coordinates of its block are unaffected. (With float
+  moments NaN propagates, as in optax and torch: use
+  ``optax.apply_if_finite`` to skip such steps.)
+
   Args:
     b1: decay of the first moment, in [0, 1).
     b2: decay of the second moment, in [0, 1).
@@ -69,10 +79,12 @@ def scale_by_adam(
     eps_root: added inside the square root, >= 0.
     amsgrad: keep the running maximum of the second moment (Reddi et al. 2018).
     nesterov: use the Nesterov (NAdam) first moment.
-    mu_dtype: dtype of the stored first moment (default: the parameter's).
-    nu_dtype: dtype of the stored second moment (default: the parameter's);
-      ``jnp.bfloat16`` halves its memory. Arithmetic always runs in at least
-      float32.
+    mu_dtype: storage of the first moment: ``None`` (the parameter's dtype),
+      a floating dtype, ``"int8"`` / ``gt.Int8Blocks(block_size, min_size)``
+      (block-wise 8-bit codes) or ``gt.StochasticBfloat16()``.
+    nu_dtype: storage of the second moment (and of its running maximum), as
+      ``mu_dtype``; ``jnp.bfloat16`` halves its memory, ``"int8"`` quarters
+      it. Arithmetic always runs in at least float32.
 
   Returns:
     An ``optax.GradientTransformation`` with state ``ScaleByAdamState``.
@@ -91,26 +103,36 @@ def scale_by_adam(
   _validate.check_decay("b2", b2)
   _validate.check_non_negative("eps", eps)
   _validate.check_non_negative("eps_root", eps_root)
+  mu_format = quantize.state_format("mu_dtype", mu_dtype)
+  nu_format = quantize.state_format("nu_dtype", nu_dtype)
+  guard_non_finite = quantize.is_quantized(mu_format, nu_format)
 
   def init_fn(params):
+    def nu():  # a fresh tree each time: donation refuses aliased buffers
+      return quantize.zeros_like_tree(params, nu_format, signed=False)
+
     return ScaleByAdamState(
         count=jnp.zeros([], jnp.int32),
-        mu=_tree.zeros_like_tree(params, mu_dtype),
-        nu=_tree.zeros_like_tree(params, nu_dtype),
-        nu_max=_tree.zeros_like_tree(params, nu_dtype) if amsgrad else None,
+        mu=quantize.zeros_like_tree(params, mu_format, signed=True),
+        nu=nu(),
+        nu_max=nu() if amsgrad else None,
     )
 
   def update_fn(updates, state, params=None):
     del params
     count = _tree.increment(state.count)
+    keys = None
+    if quantize.needs_key(mu_format, nu_format):
+      keys = quantize.rounding_keys(updates, count)
 
-    def leaf(g, m, v, v_max):
+    def leaf(g, m, v, v_max, key):
       dtype = _tree.compute_dtype(g)
       b1_, b2_ = jnp.asarray(b1, dtype), jnp.asarray(b2, dtype)
       g_ = g.astype(dtype)
-      m_new = b1_ * m.astype(dtype) + (1 - b1_) * g_
-      v_new = b2_ * v.astype(dtype) + (1 - b2_) * g_ * g_
-      v_max_new = jnp.maximum(v_max.astype(dtype), v_new) if amsgrad else None
+      m_new = b1_ * quantize.load(m, dtype) + (1 - b1_) * g_
+      v_new = b2_ * quantize.load(v, dtype) + (1 - b2_) * g_ * g_
+      if amsgrad:
+        v_max_new = jnp.maximum(quantize.load(v_max, dtype), v_new)
       v_used = v_max_new if amsgrad else v_new
       if nesterov:
         m_hat = b1_ * m_new / _debias(b1, count + 1, dtype) + (
@@ -120,15 +142,22 @@ def scale_by_adam(
         m_hat = m_new / _debias(b1, count, dtype)
       v_hat = v_used / _debias(b2, count, dtype)
       u = m_hat / (jnp.sqrt(v_hat + eps_root) + eps)
+      if guard_non_finite:
+        finite = jnp.isfinite(u) & jnp.isfinite(m_new) & jnp.isfinite(v_new)
+        u, m_new, v_new, v_used = (
+            jnp.where(finite, x, 0) for x in (u, m_new, v_new, v_used)
+        )
+        v_max_new = v_used if amsgrad else None
+      k_m, k_v, k_max = (None,) * 3 if key is None else jax.random.split(key, 3)
       return (
           u.astype(g.dtype),
-          m_new.astype(m.dtype),
-          v_new.astype(v.dtype),
-          v_max_new.astype(v_max.dtype) if amsgrad else None,
+          quantize.store(m_new, m, mu_format, k_m),
+          quantize.store(v_new, v, nu_format, k_v),
+          quantize.store(v_max_new, v_max, nu_format, k_max) if amsgrad else None,
       )
 
     u, mu, nu, nu_max = _tree.map_leaves(
-        leaf, 4, updates, state.mu, state.nu, state.nu_max
+        leaf, 4, updates, state.mu, state.nu, state.nu_max, keys
     )
     return u, ScaleByAdamState(count, mu, nu, nu_max if amsgrad else None)
 

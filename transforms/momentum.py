@@ -8,11 +8,18 @@ import optax
 
 from gradtx.transforms import _tree
 from gradtx.transforms import _validate
+from gradtx.transforms import quantize
 
 
 class MomentumState(NamedTuple):
-  """State of ``momentum``: the velocity buffer (one leaf per parameter)."""
+  """State of ``momentum``.
 
+  Attributes:
+    count: number of updates taken so far (int32 scalar).
+    mu: the velocity buffer, one leaf per parameter (``None`` without one).
+  """
+
+  count: jax.Array
   mu: optax.Updates
 
 
@@ -26,15 +33,15 @@ def momentum(
   r"""Heavy-ball momentum, optionally with the Nesterov look-ahead.
 
   .. math::
-    m_t = μ m_{t-1} + (1-d) g_t,\qquad
+    m_1 = g_1,\quad m_t = μ m_{t-1} + (1-d) g_t,\qquad
     u_t = \begin{cases} g_t + μ m_t & \text{nesterov} \\ m_t & \text{otherwise}
     \end{cases}
 
-  with :math:`m_0 = 0`. This is ``torch.optim.SGD``'s buffer (its first step
-  sets :math:`m_1 = g_1`, which :math:`m_0 = 0` reproduces when d = 0). The
-  seeds write momentum as an EMA, :math:`m_t = β m_{t-1} + (1-β) g_t`: that
-  is ``dampening = momentum`` here, or ``ema``, and differs from the heavy-ball
-  form only by the constant factor 1/(1−β) folded into the learning rate.
+  This is ``torch.optim.SGD``'s buffer, first step included (the dampening d
+  applies from the second step on). The seeds write momentum as an EMA,
+  :math:`m_t = β m_{t-1} + (1-β) g_t`: that is ``ema``, and differs from the
+  heavy-ball form only by the constant factor 1/(1−β) folded into the
+  learning rate.
 
   Args:
     momentum: μ, the decay of the buffer, in [0, 1).
@@ -43,8 +50,8 @@ def momentum(
       [0, 1).
     mu_dtype: dtype of the stored buffer (default: the parameter's).
 
-  A literal ``momentum=0`` (with no dampening) keeps no buffer (``mu`` is
-  ``None``) and returns the updates unchanged, as torch does.
+  A literal ``momentum=0`` keeps no buffer (``mu`` is ``None``) and returns
+  the updates unchanged, ignoring ``dampening``, as torch does.
 
   Returns:
     An ``optax.GradientTransformation`` with state ``MomentumState``.
@@ -55,29 +62,30 @@ def momentum(
   _validate.check_decay("momentum", momentum)
   _validate.check_decay("dampening", dampening)
 
-  keeps_buffer = not (
-      _validate.is_static_zero(momentum) and _validate.is_static_zero(dampening)
-  )
+  keeps_buffer = not _validate.is_static_zero(momentum)
+  dampens = not _validate.is_static_zero(dampening)
 
   def init_fn(params):
-    if not keeps_buffer:
-      return MomentumState(None)
-    return MomentumState(_tree.zeros_like_tree(params, mu_dtype))
+    mu = _tree.zeros_like_tree(params, mu_dtype) if keeps_buffer else None
+    return MomentumState(jnp.zeros([], jnp.int32), mu)
 
   def update_fn(updates, state, params=None):
     del params
+    count = _tree.increment(state.count)
     if not keeps_buffer:
-      return updates, state
+      return updates, MomentumState(count, None)
 
     def leaf(g, m):
       dtype = _tree.compute_dtype(g)
       g_ = g.astype(dtype)
       m_new = momentum * m.astype(dtype) + (1 - dampening) * g_
+      if dampens:  # with d = 0, m_0 = 0 already gives m_1 = g_1
+        m_new = jnp.where(state.count == 0, g_, m_new)
       u = g_ + momentum * m_new if nesterov else m_new
       return u.astype(g.dtype), m_new.astype(m.dtype)
 
     u, mu = _tree.map_leaves(leaf, 2, updates, state.mu)
-    return u, MomentumState(mu)
+    return u, MomentumState(count, mu)
 
   return optax.GradientTransformation(init_fn, update_fn)
 
@@ -102,14 +110,19 @@ def ema(
     m_t = β m_{t-1} + (1-β) g_t,\qquad
     u_t = m_t \;\text{or, with nesterov,}\; β m_t + (1-β) g_t
 
-  then divided by :math:`1-β^t` when ``debias`` is set. The Nesterov form is
+  where ``debias`` first replaces :math:`m_t` by :math:`m_t/(1-β^t)`, so a
+  constant gradient comes back unchanged in both forms. The Nesterov form is
   the reference Muon's (``grad.lerp_(momentum, beta)``).
 
   Args:
     decay: β, in [0, 1).
     nesterov: return the look-ahead :math:`β m_t + (1-β) g_t`.
-    debias: divide by :math:`1-β^t` to undo the zero initialisation.
-    mu_dtype: dtype of the stored average (default: the parameter's).
+    debias: undo the zero initialisation (see above).
+    mu_dtype: storage of the average: ``None`` (the parameter's dtype), a
+      floating dtype, ``"int8"`` / ``gt.Int8Blocks(...)`` (block-wise 8-bit
+      codes; a coordinate with a non-finite gradient then gets a zero update
+      and a reset average, as in ``scale_by_adam``) or
+      ``gt.StochasticBfloat16()``.
 
   A literal ``decay=0`` keeps no average (``mu`` is ``None``): the EMA is then
   the updates themselves.
@@ -118,11 +131,14 @@ def ema(
     An ``optax.GradientTransformation`` with state ``EmaState``.
   """
   _validate.check_decay("decay", decay)
+  mu_format = quantize.state_format("mu_dtype", mu_dtype)
 
   keeps_average = not _validate.is_static_zero(decay)
 
   def init_fn(params):
-    mu = _tree.zeros_like_tree(params, mu_dtype) if keeps_average else None
+    mu = None
+    if keeps_average:
+      mu = quantize.zeros_like_tree(params, mu_format, signed=True)
     return EmaState(jnp.zeros([], jnp.int32), mu)
 
   def update_fn(updates, state, params=None):
@@ -130,16 +146,22 @@ def ema(
     count = _tree.increment(state.count)
     if not keeps_average:
       return updates, EmaState(count, None)
+    keys = None
+    if quantize.needs_key(mu_format):
+      keys = quantize.rounding_keys(updates, count)
 
-    def leaf(g, m):
+    def leaf(g, m, key):
       dtype = _tree.compute_dtype(g)
       g_ = g.astype(dtype)
-      m_new = decay * m.astype(dtype) + (1 - decay) * g_
-      u = decay * m_new + (1 - decay) * g_ if nesterov else m_new
-      u = u / (1 - jnp.asarray(decay, dtype) ** count) if debias else u
-      return u.astype(g.dtype), m_new.astype(m.dtype)
+      m_new = decay * quantize.load(m, dtype) + (1 - decay) * g_
+      m_used = m_new / _tree.bias_correction(decay, count, dtype) if debias else m_new
+      u = decay * m_used + (1 - decay) * g_ if nesterov else m_used
+      if quantize.is_quantized(mu_format):
+        finite = jnp.isfinite(u) & jnp.isfinite(m_new)
+        u, m_new = jnp.where(finite, u, 0), jnp.where(finite, m_new, 0)
+      return u.astype(g.dtype), quantize.store(m_new, m, mu_format, key)
 
-    u, mu = _tree.map_leaves(leaf, 2, updates, state.mu)
+    u, mu = _tree.map_leaves(leaf, 2, updates, state.mu, keys)
     return u, EmaState(count, mu)
 
   return optax.GradientTransformation(init_fn, update_fn)

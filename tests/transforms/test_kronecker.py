@@ -1,0 +1,267 @@
+"""Kronecker preconditioning: inverse roots vs numpy eigh, blocks, damping, jit, dtypes."""
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+import optax
+import pytest
+
+from gradtx import transforms as gt
+from gradtx.transforms import kronecker as kron
+from tests import oracles_kronecker as oracles
+
+
+def _spd(rng, n, condition, batch=()):
+  """Q diag(λ) Qᵀ with λ log-spaced in [1/condition, 1]."""
+  q = np.linalg.qr(rng.standard_normal((*batch, n, n)))[0]
+  return (q * np.geomspace(1, 1 / condition, n)) @ np.swapaxes(q, -1, -2)
+
+
+def _relative_error(x, reference):
+  x = np.asarray(x, np.float64)
+  return np.linalg.norm(x - reference) / np.linalg.norm(reference)
+
+
+# Relative Frobenius errors of the float32 roots (n = 32 and 128; worst over
+# p = 2, 4), measured: condition 1e2: eigh ≤ 2e-6, newton ≤ 1.5e-6;
+# 1e4: eigh ≤ 1e-4, newton ≤ 7e-5. The bounds leave a margin of ~5x.
+@pytest.mark.parametrize("root_method, bound", [("eigh", 5e-4), ("newton", 5e-4)])
+@pytest.mark.parametrize("p", [2, 4])
+def test_inverse_root_matches_float64_eigh(root_method, bound, p):
+  rng = np.random.default_rng(p)
+  a = _spd(rng, 48, 1e4, batch=(3,))
+  root = gt.inverse_pth_root(jnp.asarray(a, jnp.float32), p, root_method=root_method)
+  expected = np.stack([oracles.inverse_root(block, p) for block in a])
+  assert root.dtype == jnp.float32
+  assert _relative_error(root, expected) < bound
+
+
+@pytest.mark.parametrize("root_method", ["eigh", "newton"])
+def test_ridge_terms_match_float64_eigh(root_method):
+  a = _spd(np.random.default_rng(0), 16, 1e2)
+  root = gt.inverse_pth_root(jnp.asarray(a, jnp.float32), 4, root_method=root_method,
+                             eps=0.01, relative_eps=0.1)
+  bound = 1.0 if root_method == "eigh" else min(np.linalg.norm(a), np.abs(a).sum(1).max())
+  expected = oracles.inverse_root(a, 4, eps=0.01 + 0.1 * bound)
+  assert _relative_error(root, expected) < 1e-5
+
+
+@pytest.mark.parametrize("root_method", ["eigh", "newton"])
+def test_zero_matrix_has_zero_root(root_method):
+  root = gt.inverse_pth_root(jnp.zeros((2, 5, 5)), 4, root_method=root_method)
+  np.testing.assert_array_equal(root, 0.0)
+
+
+def test_eigh_root_of_rank_deficient_matrix_is_a_pseudo_inverse():
+  u = np.linalg.qr(np.random.default_rng(1).standard_normal((8, 2)))[0]
+  a = (u * np.array([4.0, 1e-2])) @ u.T  # rank 2 of 8, no ridge
+  root = np.asarray(gt.inverse_pth_root(jnp.asarray(a, jnp.float32), 4), np.float64)
+  expected = (u * np.array([4.0, 1e-2]) ** -0.25) @ u.T
+  np.testing.assert_allclose(root, expected, atol=1e-4)  # f32: cond 400
+
+
+def test_newton_root_of_rank_deficient_matrix_is_finite_with_a_ridge():
+  g = np.random.default_rng(2).standard_normal((8, 1))
+  root = gt.inverse_pth_root(jnp.asarray(g @ g.T, jnp.float32), 4,
+                             root_method="newton", relative_eps=1e-6)
+  assert np.isfinite(root).all()
+  expected = oracles.inverse_root(g @ g.T, 4, eps=1e-6 * float(np.sum(g * g)))
+  assert _relative_error(root, expected) < 1e-2
+
+
+@pytest.mark.parametrize(
+    "shape, view",
+    [((5,), None), ((), None), ((4, 6), (4, 6)), ((3, 3, 16, 32), (144, 32)),
+     ((128, 4, 32), (128, 128)), ((2, 3, 5, 7, 11), (30, 77))],
+)
+def test_matrix_view_rule(shape, view):
+  assert kron.matrix_view(shape) == view
+
+
+def test_blocks_round_trip_with_padding():
+  layout = kron.block_layout((10, 7), block_size=4, max_precondition_dim=100)
+  assert (layout.row_blocks, layout.col_blocks) == (3, 2)
+  assert (layout.block_rows, layout.block_cols) == (4, 4)
+  x = jnp.arange(70.0).reshape(10, 7)
+  blocks = kron.to_blocks(x, layout)
+  assert blocks.shape == (6, 4, 4)
+  np.testing.assert_array_equal(blocks[1, :, :3], x[:4, 4:])
+  np.testing.assert_array_equal(kron.from_blocks(blocks, layout, x.shape), x)
+
+
+def _run(tx, grads):
+  state = tx.init(grads[0])
+  step = jax.jit(tx.update)
+  updates = []
+  for g in grads:
+    u, state = step(g, state)
+    updates.append(u)
+  return updates, state
+
+
+def test_blocks_are_preconditioned_independently():
+  """Each 4×4 block of a 10×7 leaf follows Algorithm 1 on its own."""
+  rng = np.random.default_rng(3)
+  grads = rng.standard_normal((3, 10, 7))
+  eps = 0.1
+  with jax.enable_x64(True):
+    tx = gt.kronecker_precondition(eps=eps, block_size=4)
+    updates, _ = _run(tx, [jnp.asarray(g) for g in grads])
+  padded = np.pad(grads, ((0, 0), (0, 2), (0, 1)))
+  for r in range(3):
+    for c in range(2):
+      block = padded[:, 4 * r:4 * r + 4, 4 * c:4 * c + 4]
+      left, right = np.zeros((4, 4)), np.zeros((4, 4))
+      for t, g in enumerate(block):
+        left, right = left + g @ g.T, right + g.T @ g
+        expected = oracles.inverse_root(left, 4, eps) @ g @ oracles.inverse_root(right, 4, eps)
+        rows, cols = min(4, 10 - 4 * r), min(4, 7 - 4 * c)
+        np.testing.assert_allclose(
+            np.asarray(updates[t])[4 * r:4 * r + rows, 4 * c:4 * c + cols],
+            expected[:rows, :cols], rtol=1e-10, atol=1e-12)
+
+
+def test_side_above_max_precondition_dim_gets_the_identity():
+  """(L + εI)^{-1/2} G: one factor, so the root is −1/2."""
+  rng = np.random.default_rng(4)
+  grads = rng.standard_normal((2, 3, 20))
+  with jax.enable_x64(True):
+    tx = gt.kronecker_precondition(eps=0.1, max_precondition_dim=8)
+    updates, state = _run(tx, [jnp.asarray(g) for g in grads])
+  assert state.right_stats.shape == (0,)
+  left = grads[0] @ grads[0].T + grads[1] @ grads[1].T
+  np.testing.assert_allclose(
+      updates[1], oracles.inverse_root(left, 2, 0.1) @ grads[1], rtol=1e-10)
+
+
+@pytest.mark.parametrize("shape", [(6,), (20, 30)], ids=["vector", "oversized"])
+def test_diagonal_fallback(shape):
+  rng = np.random.default_rng(5)
+  grads = rng.standard_normal((3, *shape)).astype(np.float32)
+  tx = gt.kronecker_precondition(b2=0.9, eps=1e-3, max_precondition_dim=8)
+  updates, _ = _run(tx, [jnp.asarray(g) for g in grads])
+  s = 0.9 * (0.9 * grads[0] ** 2 + grads[1] ** 2) + grads[2] ** 2
+  np.testing.assert_allclose(updates[2], grads[2] / np.sqrt(s + 1e-3), rtol=1e-5)
+
+
+@pytest.mark.parametrize("root_method", ["eigh", "newton"])
+def test_zero_rank_deficient_and_high_rank_leaves_give_finite_updates(root_method):
+  """eps = 0 (eigh) with zero and rank-one gradients, b2 < 1; 0-D to 4-D leaves."""
+  params = {"zero": jnp.zeros((6, 5)), "rank1": jnp.zeros((16, 12)),
+            "conv": jnp.zeros((3, 3, 4, 8)), "bias": jnp.zeros(7),
+            "scalar": jnp.zeros(())}
+  damping = dict(eps=0.0) if root_method == "eigh" else dict(eps=0.0, relative_eps=1e-6)
+  tx = gt.kronecker_precondition(b2=0.9, block_size=8, root_method=root_method, **damping)
+  rng = np.random.default_rng(6)
+  grads = []
+  for _ in range(4):
+    g = jax.tree.map(lambda p: jnp.asarray(rng.standard_normal(p.shape), jnp.float32), params)
+    g["zero"] = jnp.zeros((6, 5))
+    g["rank1"] = jnp.outer(jnp.arange(16.0), jnp.ones(12))
+    grads.append(g)
+  updates, _ = _run(tx, grads)
+  for u in updates:
+    for name, leaf in u.items():
+      assert leaf.shape == params[name].shape
+      assert np.isfinite(leaf).all(), name
+  np.testing.assert_array_equal(updates[-1]["zero"], 0.0)
+
+
+def test_roots_refresh_every_k_steps_in_one_trace():
+  traces = []
+  tx = gt.kronecker_precondition(b2=0.9, precondition_every=3)
+
+  def step(g, state):
+    traces.append(1)
+    return tx.update(g, state)
+
+  step = jax.jit(step)
+  rng = np.random.default_rng(7)
+  state = tx.init(jnp.zeros((4, 6)))
+  roots = []
+  for _ in range(7):
+    _, state = step(jnp.asarray(rng.standard_normal((4, 6)), jnp.float32), state)
+    roots.append(np.asarray(state.left_root))
+  assert len(traces) == 1
+  changed = [not np.array_equal(a, b) for a, b in zip(roots, roots[1:])]
+  # Roots are computed at steps 1, 4 and 7, so they change going into 4 and 7.
+  assert changed == [False, False, True, False, False, True]
+  expected = oracles.inverse_root(np.asarray(state.left_stats[0]), 4, 1e-6)
+  assert _relative_error(roots[-1][0], expected) < 1e-4
+
+
+def test_newton_and_eigh_updates_agree():
+  rng = np.random.default_rng(8)
+  grads = [jnp.asarray(rng.standard_normal((12, 9)), jnp.float32) for _ in range(3)]
+  by_eigh, _ = _run(gt.kronecker_precondition(eps=1e-3), grads)
+  by_newton, _ = _run(gt.kronecker_precondition(eps=1e-3, root_method="newton"), grads)
+  assert _relative_error(by_newton[-1], np.asarray(by_eigh[-1], np.float64)) < 1e-4
+
+
+@pytest.mark.parametrize("make", [
+    lambda: gt.kronecker_precondition(block_size=4),
+    lambda: gt.scale_by_soap(precondition_every=2),
+], ids=["kronecker", "soap"])
+def test_bf16_updates_stay_bf16(make):
+  tx = make()
+  params = {"w": jnp.zeros((6, 10), jnp.bfloat16), "b": jnp.zeros(10, jnp.bfloat16)}
+  rng = np.random.default_rng(9)
+  grads = [jax.tree.map(lambda p: jnp.asarray(rng.standard_normal(p.shape), jnp.bfloat16),
+                        params) for _ in range(3)]
+  updates, _ = _run(tx, grads)
+  for u in updates:
+    assert all(leaf.dtype == jnp.bfloat16 for leaf in jax.tree.leaves(u))
+    assert all(np.isfinite(np.asarray(leaf, np.float32)).all() for leaf in jax.tree.leaves(u))
+  assert any(np.abs(np.asarray(u["w"], np.float32)).max() > 0 for u in updates)
+
+
+def test_graft_takes_the_norm_of_one_and_the_direction_of_the_other():
+  g = {"w": jnp.asarray(np.random.default_rng(10).standard_normal((10, 6)), jnp.float32),
+       "b": jnp.arange(1.0, 4.0)}
+  scaled = optax.scale(3.0)
+  tx = gt.graft(scaled, gt.scale_by_sign())
+  u, _ = tx.update(g, tx.init(g))
+  for name in g:
+    ratio = np.linalg.norm(u[name]) / np.linalg.norm(3 * np.asarray(g[name]))
+    assert abs(ratio - 1) < 1e-6
+    np.testing.assert_array_equal(np.sign(u[name]), np.sign(g[name]))
+  blocked = gt.graft(scaled, gt.scale_by_sign(), block_size=4)
+  u, _ = blocked.update(g, blocked.init(g))
+  layout = kron.block_layout((10, 6), 4, 4096)
+  norms = np.linalg.norm(kron.to_blocks(u["w"], layout), axis=(1, 2))
+  expected = np.linalg.norm(kron.to_blocks(3 * g["w"], layout), axis=(1, 2))
+  np.testing.assert_allclose(norms, expected, rtol=1e-6)
+
+
+def test_soap_first_step_only_builds_the_basis():
+  tx = gt.scale_by_soap()
+  g = {"w": jnp.asarray(np.random.default_rng(11).standard_normal((5, 3)), jnp.float32),
+       "b": jnp.ones(3)}
+  u, state = tx.update(g, tx.init(g))
+  assert all(np.all(leaf == 0) for leaf in jax.tree.leaves(u))
+  basis = np.asarray(state.left_basis["w"][0])
+  np.testing.assert_allclose(basis.T @ basis, np.eye(5), atol=1e-5)
+  eigenvalues = np.diag(basis.T @ np.asarray(state.left_stats["w"][0]) @ basis)
+  assert np.all(np.diff(eigenvalues) <= 1e-6)  # decreasing
+
+
+@pytest.mark.parametrize("factory, kwargs, name", [
+    (gt.kronecker_precondition, dict(b2=1.5), "b2"),
+    (gt.kronecker_precondition, dict(eps=-1.0), "eps"),
+    (gt.kronecker_precondition, dict(precondition_every=0), "precondition_every"),
+    (gt.kronecker_precondition, dict(precondition_every=2.5), "precondition_every"),
+    (gt.kronecker_precondition, dict(block_size=0), "block_size"),
+    (gt.kronecker_precondition, dict(max_precondition_dim=-3), "max_precondition_dim"),
+    (gt.kronecker_precondition, dict(root_method="svd"), "root_method"),
+    (gt.kronecker_precondition, dict(relative_eps=-1e-6), "relative_eps"),
+    (gt.scale_by_soap, dict(b1=1.0), "b1"),
+    (gt.scale_by_soap, dict(b2=-0.1), "b2"),
+    (gt.scale_by_soap, dict(shampoo_b2=1.0), "shampoo_b2"),
+    (gt.scale_by_soap, dict(precondition_every=0), "precondition_every"),
+    (gt.scale_by_soap, dict(refresh="power"), "refresh"),
+    (lambda **kw: gt.graft(optax.identity(), optax.identity(), **kw),
+     dict(block_size=-1), "block_size"),
+])
+def test_bad_arguments_raise_naming_the_argument(factory, kwargs, name):
+  with pytest.raises(ValueError, match=name):
+    factory(**kwargs)

@@ -1,0 +1,96 @@
+"""The learning-rate step: u ← −η_t u, and the step count its schedule reads."""
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+import optax
+import pytest
+
+from gradtx import optimizers as go
+from gradtx import transforms as gt
+
+G = jnp.array([1.0, -2.0, 0.5])
+
+
+def test_constant_learning_rate_descends():
+  tx = gt.scale_by_learning_rate(0.1)
+  updates, state = tx.update(G, tx.init(G))
+  np.testing.assert_allclose(updates, -0.1 * G, rtol=1e-6)
+  assert int(state.count) == 1
+
+
+def test_flip_sign_false_ascends():
+  tx = gt.scale_by_learning_rate(0.1, flip_sign=False)
+  updates, _ = tx.update(G, tx.init(G))
+  np.testing.assert_allclose(updates, 0.1 * G, rtol=1e-6)
+
+
+def test_schedule_is_evaluated_at_the_step_count():
+  """The first update uses η(0), the t-th (0-based) η(t)."""
+  tx = gt.scale_by_learning_rate(lambda count: 0.5 ** count)
+  state = tx.init(G)
+  step = jax.jit(tx.update)
+  for t in range(5):
+    updates, state = step(G, state)
+    np.testing.assert_allclose(updates, -(0.5**t) * G, rtol=1e-6)
+  assert int(state.count) == 5
+
+
+@pytest.mark.parametrize(
+    "optimizer",
+    [
+        lambda lr: go.sgd(lr, momentum=0.9),
+        lambda lr: go.adam(lr),
+        lambda lr: go.adamw(lr, weight_decay=0.1),
+        lambda lr: go.rmsprop(lr, momentum=0.5),
+        lambda lr: go.lion(lr, weight_decay=0.1),
+    ],
+    ids=["sgd", "adam", "adamw", "rmsprop", "lion"],
+)
+def test_optimizer_chains_read_the_schedule_at_the_same_count(optimizer):
+  """η(0) = 0: the first step must not move; η(1) > 0: the second must."""
+  tx = optimizer(lambda count: jnp.where(count == 0, 0.0, 0.1))
+  params = jnp.array([1.0, -2.0])
+  state = tx.init(params)
+  step = jax.jit(tx.update)
+  updates, state = step(jnp.array([0.3, 0.4]), state, params)
+  np.testing.assert_array_equal(updates, [0.0, 0.0])
+  updates, state = step(jnp.array([0.3, 0.4]), state, params)
+  assert np.all(np.abs(updates) > 1e-3)
+
+
+def test_injected_learning_rate_can_change_between_steps():
+  tx = optax.inject_hyperparams(gt.scale_by_learning_rate)(learning_rate=0.1)
+  state = tx.init(G)
+  step = jax.jit(tx.update)
+  updates, state = step(G, state)
+  np.testing.assert_allclose(updates, -0.1 * G, rtol=1e-6)
+  state.hyperparams["learning_rate"] = jnp.asarray(0.3)
+  updates, state = step(G, state)
+  np.testing.assert_allclose(updates, -0.3 * G, rtol=1e-6)
+
+
+@pytest.mark.parametrize("dtype", [jnp.bfloat16, jnp.float32])
+def test_updates_keep_their_dtype(dtype):
+  tx = gt.scale_by_learning_rate(0.1)
+  updates, _ = tx.update(G.astype(dtype), tx.init(G))
+  assert updates.dtype == dtype
+
+
+def test_zero_gradients_give_zero_updates():
+  tx = gt.scale_by_learning_rate(lambda c: 0.1 / (1 + c))
+  updates, _ = jax.jit(tx.update)(jnp.zeros(3), tx.init(G))
+  assert np.all(np.isfinite(updates)) and np.all(np.asarray(updates) == 0)
+
+
+@pytest.mark.parametrize(
+    "value,message",
+    [
+        (-1e-3, "learning_rate must be in [0, inf], got -0.001"),
+        (None, "learning_rate must be a non-negative number or a schedule"),
+    ],
+)
+def test_invalid_learning_rate_is_refused(value, message):
+  with pytest.raises(ValueError) as error:
+    gt.scale_by_learning_rate(value)
+  assert str(error.value).startswith(message)

@@ -1,0 +1,270 @@
+"""Update rules of the second-moment transforms on hand-computable inputs."""
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+import optax
+import pytest
+
+from gradtx import transforms as gt
+
+
+def _run(tx, grads, params=None):
+  """Feeds a list of gradients through ``tx``; returns updates and last state."""
+  params = jnp.zeros_like(grads[0]) if params is None else params
+  state = tx.init(params)
+  updates = []
+  step = jax.jit(tx.update)  # compiled once per configuration
+  for g in grads:
+    u, state = step(g, state, params)
+    updates.append(np.asarray(u))
+  return updates, state
+
+
+# Adam ------------------------------------------------------------------------
+
+
+@pytest.mark.parametrize("b1,b2", [(0.9, 0.999), (0.5, 0.75), (0.0, 0.0)])
+def test_adam_first_step_is_sign_up_to_eps(b1, b2):
+  g = jnp.array([2.0, -3.0, 1e-3, -1e-6])
+  eps = 1e-8
+  (u,), _ = _run(gt.scale_by_adam(b1, b2, eps), [g])
+  # m̂_1 = g and v̂_1 = g²: u = g/(|g| + ε) exactly.
+  np.testing.assert_allclose(u, g / (jnp.abs(g) + eps), rtol=1e-6)
+  np.testing.assert_allclose(u[:3], np.sign(g[:3]), rtol=1e-4)
+
+
+def test_adam_two_steps_by_hand():
+  b1, b2, eps, eps_root = 0.5, 0.75, 0.1, 0.01
+  g1, g2 = np.array([1.0, -2.0]), np.array([3.0, 0.5])
+  m1, v1 = 0.5 * g1, 0.25 * g1**2
+  m2, v2 = 0.5 * m1 + 0.5 * g2, 0.75 * v1 + 0.25 * g2**2
+  expected = [
+      (m1 / 0.5) / (np.sqrt(v1 / 0.25 + eps_root) + eps),
+      (m2 / 0.75) / (np.sqrt(v2 / (1 - 0.75**2) + eps_root) + eps),
+  ]
+  updates, state = _run(
+      gt.scale_by_adam(b1, b2, eps, eps_root), [jnp.asarray(g1), jnp.asarray(g2)]
+  )
+  np.testing.assert_allclose(updates, expected, rtol=1e-6)
+  np.testing.assert_allclose(state.mu, m2, rtol=1e-6)
+  np.testing.assert_allclose(state.nu, v2, rtol=1e-6)
+  assert int(state.count) == 2 and state.nu_max is None
+
+
+def test_adam_nesterov_matches_optax():
+  """optax.scale_by_adam(nesterov=True) serves as an independent NAdam."""
+  grads = list(np.random.default_rng(0).normal(size=(12, 7)))
+  with jax.enable_x64(True):
+    grads = [jnp.asarray(g, jnp.float64) for g in grads]
+    ours, _ = _run(gt.scale_by_adam(0.8, 0.95, 1e-6, nesterov=True), grads)
+    ref, _ = _run(optax.scale_by_adam(0.8, 0.95, 1e-6, nesterov=True), grads)
+    plain, _ = _run(gt.scale_by_adam(0.8, 0.95, 1e-6), grads)
+  np.testing.assert_allclose(ours, ref, rtol=1e-12)
+  assert np.abs(np.asarray(plain) - np.asarray(ours)).max() > 1e-2
+
+
+def test_amsgrad_takes_the_max_of_the_raw_second_moment():
+  """torch.optim.Adam(amsgrad=True): max of raw v, bias-corrected afterwards.
+
+  For g = (1, 0.01) the raw v_2 = β2(1−β2) + (1−β2)10⁻⁴ is below v_1 = 1−β2,
+  so ṽ_2 = v_1 and v̂_2 = v_1/(1−β2²) ≈ 1/2; optax.scale_by_amsgrad instead
+  keeps max(v̂_1, v̂_2) = 1: the second updates differ by about √2.
+  """
+  b1, b2, eps = 0.9, 0.999, 1e-8
+  with jax.enable_x64(True):
+    grads = [jnp.array([1.0], jnp.float64), jnp.array([0.01], jnp.float64)]
+    ours, state = _run(gt.scale_by_adam(b1, b2, eps, amsgrad=True), grads)
+    theirs, _ = _run(optax.scale_by_amsgrad(b1, b2, eps), grads)
+  m2 = b1 * (1 - b1) * 1.0 + (1 - b1) * 0.01
+  v1 = 1 - b2
+  expected = (m2 / (1 - b1**2)) / (np.sqrt(v1 / (1 - b2**2)) + eps)
+  np.testing.assert_allclose(ours[1], [expected], rtol=1e-12)
+  np.testing.assert_allclose(state.nu_max, [v1], rtol=1e-12)
+  v2 = b2 * v1 + (1 - b2) * 0.01**2
+  optax_nu_max = max(v1 / (1 - b2), v2 / (1 - b2**2))  # = 1
+  np.testing.assert_allclose(
+      theirs[1], [(m2 / (1 - b1**2)) / (np.sqrt(optax_nu_max) + eps)], rtol=1e-12
+  )
+  assert ours[1][0] / theirs[1][0] > 1.4
+
+
+def test_amsgrad_state_is_a_running_max():
+  grads = [jnp.array([3.0, 0.0]), jnp.array([0.1, 2.0]), jnp.array([0.0, 0.1])]
+  _, state = _run(gt.scale_by_adam(0.9, 0.5, amsgrad=True), grads)
+  v = np.zeros(2)
+  v_max = np.zeros(2)
+  for g in grads:
+    v = 0.5 * v + 0.5 * np.asarray(g) ** 2
+    v_max = np.maximum(v_max, v)
+  np.testing.assert_allclose(state.nu, v, rtol=1e-6)
+  np.testing.assert_allclose(state.nu_max, v_max, rtol=1e-6)
+  assert not np.allclose(v, v_max)
+
+
+def test_adam_bfloat16_moments():
+  grads = [jnp.asarray(g, jnp.float32)
+           for g in np.random.default_rng(1).normal(size=(15, 16))]
+  ref, _ = _run(gt.scale_by_adam(), grads)
+  low, state = _run(
+      gt.scale_by_adam(mu_dtype=jnp.bfloat16, nu_dtype=jnp.bfloat16), grads
+  )
+  assert state.mu.dtype == jnp.bfloat16 and state.nu.dtype == jnp.bfloat16
+  assert all(u.dtype == np.float32 for u in low)
+  # |u| ≲ 1; bf16 has 8 bits of mantissa, so a few 2⁻⁸ at most.
+  np.testing.assert_allclose(low, ref, atol=2e-2)
+  _, mixed = _run(gt.scale_by_adam(nu_dtype=jnp.bfloat16), grads)
+  assert mixed.mu.dtype == jnp.float32 and mixed.nu.dtype == jnp.bfloat16
+
+
+def test_bfloat16_updates_stay_bfloat16():
+  g = jnp.array([1.0, -2.0], jnp.bfloat16)
+  for tx in [gt.scale_by_adam(), gt.scale_by_belief(), gt.scale_by_rms(),
+             gt.scale_by_adagrad()]:
+    (u,), state = _run(tx, [g])
+    assert u.dtype == jnp.bfloat16
+    assert all(
+        x.dtype in (jnp.bfloat16, jnp.int32) for x in jax.tree.leaves(state)
+    )
+
+
+# AdaBelief -------------------------------------------------------------------
+
+
+def test_belief_two_steps_by_hand():
+  b1, b2, eps = 0.5, 0.75, 0.01
+  g1, g2 = np.array([1.0, -2.0]), np.array([3.0, 0.5])
+  m1 = 0.5 * g1
+  s1 = 0.25 * (g1 - m1) ** 2 + eps
+  m2 = 0.5 * m1 + 0.5 * g2
+  s2 = 0.75 * s1 + 0.25 * (g2 - m2) ** 2 + eps
+  expected = [
+      (m1 / 0.5) / (np.sqrt(s1 / 0.25) + eps),
+      (m2 / 0.75) / (np.sqrt(s2 / (1 - 0.75**2)) + eps),
+  ]
+  updates, state = _run(
+      gt.scale_by_belief(b1, b2, eps), [jnp.asarray(g1), jnp.asarray(g2)]
+  )
+  np.testing.assert_allclose(updates, expected, rtol=1e-6)
+  np.testing.assert_allclose(state.nu, s2, rtol=1e-6)
+
+
+def test_belief_accumulates_eps_in_the_state():
+  """A zero gradient still adds ε to s at every step (Algorithm 2)."""
+  b2, eps = 0.9, 1e-3
+  _, state = _run(gt.scale_by_belief(0.9, b2, eps), [jnp.zeros(2)] * 3)
+  np.testing.assert_allclose(state.nu, eps * (1 + b2 + b2**2), rtol=1e-6)
+
+
+# RMSProp ---------------------------------------------------------------------
+
+
+def test_rms_by_hand():
+  g1, g2 = np.array([1.0, -2.0]), np.array([3.0, 0.5])
+  rho, eps = 0.5, 0.1
+  v1 = 0.5 * 0.2 + 0.5 * g1**2
+  v2 = 0.5 * v1 + 0.5 * g2**2
+  updates, state = _run(
+      gt.scale_by_rms(rho, eps, initial_scale=0.2),
+      [jnp.asarray(g1), jnp.asarray(g2)],
+  )
+  np.testing.assert_allclose(updates[0], g1 / (np.sqrt(v1) + eps), rtol=1e-6)
+  np.testing.assert_allclose(updates[1], g2 / (np.sqrt(v2) + eps), rtol=1e-6)
+  np.testing.assert_allclose(state.nu, v2, rtol=1e-6)
+  assert state.mu is None
+
+
+def test_rms_centered_and_eps_root_by_hand():
+  g1, g2 = np.array([1.0, -2.0]), np.array([3.0, 0.5])
+  rho, eps, eps_root = 0.75, 0.1, 0.05
+  v1, m1 = 0.25 * g1**2, 0.25 * g1
+  v2, m2 = 0.75 * v1 + 0.25 * g2**2, 0.75 * m1 + 0.25 * g2
+  updates, state = _run(
+      gt.scale_by_rms(rho, eps, eps_root, centered=True),
+      [jnp.asarray(g1), jnp.asarray(g2)],
+  )
+  np.testing.assert_allclose(
+      updates[0], g1 / (np.sqrt(v1 - m1**2 + eps_root) + eps), rtol=1e-6
+  )
+  np.testing.assert_allclose(
+      updates[1], g2 / (np.sqrt(v2 - m2**2 + eps_root) + eps), rtol=1e-6
+  )
+  np.testing.assert_allclose(state.mu, m2, rtol=1e-6)
+
+
+# AdaGrad ---------------------------------------------------------------------
+
+
+def test_adagrad_by_hand():
+  g1, g2 = np.array([1.0, -2.0]), np.array([3.0, 0.5])
+  s1 = 0.5 + g1**2
+  s2 = s1 + g2**2
+  updates, state = _run(
+      gt.scale_by_adagrad(initial_accumulator_value=0.5, eps=0.1),
+      [jnp.asarray(g1), jnp.asarray(g2)],
+  )
+  np.testing.assert_allclose(updates[0], g1 / (np.sqrt(s1) + 0.1), rtol=1e-6)
+  np.testing.assert_allclose(updates[1], g2 / (np.sqrt(s2) + 0.1), rtol=1e-6)
+  np.testing.assert_allclose(state.sum_of_squares, s2, rtol=1e-6)
+
+
+# Every transform of the module ----------------------------------------------
+
+ALL = {
+    "adam": lambda: gt.scale_by_adam(),
+    "adam_amsgrad_nesterov": lambda: gt.scale_by_adam(amsgrad=True, nesterov=True),
+    "adam_bf16": lambda: gt.scale_by_adam(mu_dtype=jnp.bfloat16, nu_dtype=jnp.bfloat16),
+    "belief": lambda: gt.scale_by_belief(),
+    "rms": lambda: gt.scale_by_rms(),
+    "rms_centered": lambda: gt.scale_by_rms(centered=True),
+    "adagrad": lambda: gt.scale_by_adagrad(),
+}
+
+
+@pytest.mark.parametrize("name", list(ALL))
+def test_zero_gradients_give_zero_updates(name):
+  tx = ALL[name]()
+  params = {"w": jnp.ones((3, 2)), "b": jnp.ones(2)}
+  zeros = jax.tree.map(jnp.zeros_like, params)
+  state = tx.init(params)
+  step = jax.jit(tx.update)
+  for _ in range(3):
+    updates, state = step(zeros, state, params)
+    for u in jax.tree.leaves(updates):
+      assert np.all(np.isfinite(u)) and np.all(np.asarray(u) == 0)
+  assert all(np.all(np.isfinite(x)) for x in jax.tree.leaves(state))
+
+
+@pytest.mark.parametrize(
+    "factory,kwargs,message",
+    [
+        (gt.scale_by_adam, dict(b1=1.5), "b1 must be in [0, 1), got 1.5"),
+        (gt.scale_by_adam, dict(eps=-1.0), "eps must be in [0, inf], got -1.0"),
+        (gt.scale_by_belief, dict(b2=1.0), "b2 must be in [0, 1), got 1.0"),
+        (gt.scale_by_rms, dict(decay=-0.1), "decay must be in [0, 1), got -0.1"),
+        (gt.scale_by_adagrad, dict(initial_accumulator_value=-1.0),
+         "initial_accumulator_value must be in [0, inf], got -1.0"),
+    ],
+)
+def test_invalid_hyperparameters_are_refused(factory, kwargs, message):
+  with pytest.raises(ValueError) as error:
+    factory(**kwargs)
+  assert str(error.value) == message
+
+
+def test_adam_int8_moments_track_float32():
+  """API contract: mu_dtype/nu_dtype accept "int8" (block-wise quantised).
+
+  The leaf is above bitsandbytes' 4096-element threshold, so it really is
+  quantised. A plain ``astype(int8)`` would truncate every moment to an
+  integer (0 here); a block-wise 8-bit Adam stays near the float32 updates
+  and stores about a quarter of the bytes.
+  """
+  grads = [jnp.asarray(g, jnp.float32)
+           for g in np.random.default_rng(2).normal(scale=0.1, size=(10, 8192))]
+  ref, _ = _run(gt.scale_by_adam(), grads)
+  low, state = _run(gt.scale_by_adam(mu_dtype="int8", nu_dtype="int8"), grads)
+  for moment in (state.mu, state.nu):
+    assert sum(x.nbytes for x in jax.tree.leaves(moment)) < 0.3 * 4 * 8192
+  errors = np.abs(np.asarray(low) - np.asarray(ref))
+  assert errors.mean() < 0.02 and errors.max() < 0.25, (errors.mean(), errors.max())

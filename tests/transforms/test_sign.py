@@ -1,0 +1,118 @@
+"""Update rules of the sign transforms: sign, soft sign, Lion and Tiger."""
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+import pytest
+
+from gradtx import transforms as gt
+
+GRADS = [np.array([1.0, -2.0, 0.5]), np.array([-3.0, 0.5, 0.25]),
+         np.array([0.5, 4.0, -2.0])]
+
+
+def _run(tx, grads=GRADS):
+  grads = [jnp.asarray(g, jnp.float32) for g in grads]
+  state = tx.init(jnp.zeros_like(grads[0]))
+  updates = []
+  step = jax.jit(tx.update)  # compiled once per configuration
+  for g in grads:
+    u, state = step(g, state)
+    updates.append(np.asarray(u))
+  return updates, state
+
+
+def test_sign():
+  g = jnp.array([2.5, -1e-30, 0.0, -7.0, 1e-30])
+  (u,), _ = _run(gt.scale_by_sign(), [g])
+  np.testing.assert_array_equal(u, [1.0, -1.0, 0.0, -1.0, 1.0])
+
+
+def test_soft_sign_with_tau_by_hand():
+  tau = 0.5
+  g = np.array([1.5, -0.5, 0.0, 1e3, -1e-4])
+  (u,), _ = _run(gt.scale_by_sign(tau), [g])
+  np.testing.assert_allclose(u, g / (tau + np.abs(g)), rtol=1e-6)
+  np.testing.assert_allclose(u[:2], [0.75, -0.5], rtol=1e-6)
+  assert np.all(np.abs(u) < 1)
+  # Near zero the soft sign is linear, g/τ; far out it tends to sign(g).
+  np.testing.assert_allclose(u[4], -1e-4 / tau, rtol=1e-3)
+  np.testing.assert_allclose(u[3], 1.0, rtol=1e-3)
+
+
+def test_soft_sign_tends_to_sign_as_tau_shrinks():
+  g = jnp.array([0.3, -2.0, 5.0])
+  for tau, tol in [(1e-2, 5e-2), (1e-5, 1e-4)]:
+    (u,), _ = _run(gt.scale_by_sign(tau), [g])
+    np.testing.assert_allclose(u, np.sign(g), rtol=tol)
+
+
+def test_lion_by_hand():
+  b1, b2 = 0.5, 0.75
+  m, expected, sign_of_stored = np.zeros(3), [], []
+  for g in GRADS:
+    expected.append(np.sign(b1 * m + (1 - b1) * g))
+    m = b2 * m + (1 - b2) * g
+    sign_of_stored.append(np.sign(m))
+  updates, state = _run(gt.scale_by_lion(b1, b2))
+  np.testing.assert_array_equal(updates, expected)
+  np.testing.assert_allclose(state.mu, m, rtol=1e-6)
+  # The interpolation with b1, not the stored (b2) momentum, decides the sign;
+  # the inputs are chosen so that the two differ somewhere.
+  assert np.any(np.asarray(expected) != np.asarray(sign_of_stored))
+
+
+def test_tiger_is_the_sign_of_the_ema():
+  beta = 0.75
+  m, expected = np.zeros(3), []
+  for g in GRADS:
+    m = beta * m + (1 - beta) * g
+    expected.append(np.sign(m))
+  updates, state = _run(gt.scale_by_tiger(beta))
+  np.testing.assert_array_equal(updates, expected)
+  np.testing.assert_allclose(state.mu, m, rtol=1e-6)
+  lion_updates, _ = _run(gt.scale_by_lion(beta, beta))
+  np.testing.assert_array_equal(updates, lion_updates)
+
+
+def test_lion_bfloat16_momentum():
+  updates, state = _run(gt.scale_by_lion(mu_dtype=jnp.bfloat16))
+  ref, _ = _run(gt.scale_by_lion())
+  assert state.mu.dtype == jnp.bfloat16
+  assert all(u.dtype == np.float32 for u in updates)
+  np.testing.assert_array_equal(updates, ref)
+
+
+ALL = {
+    "sign": lambda: gt.scale_by_sign(),
+    "soft_sign": lambda: gt.scale_by_sign(0.1),
+    "lion": lambda: gt.scale_by_lion(),
+    "tiger": lambda: gt.scale_by_tiger(),
+}
+
+
+@pytest.mark.parametrize("name", list(ALL))
+def test_zero_gradients_give_zero_updates(name):
+  tx = ALL[name]()
+  params = {"w": jnp.ones((3, 2)), "b": jnp.ones(2)}
+  zeros = jax.tree.map(jnp.zeros_like, params)
+  state = tx.init(params)
+  step = jax.jit(tx.update)
+  for _ in range(3):
+    updates, state = step(zeros, state, params)
+    for u in jax.tree.leaves(updates):
+      assert np.all(np.isfinite(u)) and np.all(np.asarray(u) == 0)
+
+
+@pytest.mark.parametrize(
+    "factory,kwargs,message",
+    [
+        (gt.scale_by_sign, dict(tau=-1.0), "tau must be in [0, inf], got -1.0"),
+        (gt.scale_by_lion, dict(b1=1.0), "b1 must be in [0, 1), got 1.0"),
+        (gt.scale_by_tiger, dict(beta=1.5), "b1 must be in [0, 1), got 1.5"),
+    ],
+)
+def test_invalid_hyperparameters_are_refused(factory, kwargs, message):
+  with pytest.raises(ValueError) as error:
+    factory(**kwargs)
+  assert str(error.value) == message

@@ -1,0 +1,219 @@
+"""Unit tests of the shared tree and dtype helpers in transforms/_tree.py."""
+
+import chex
+import jax
+import jax.numpy as jnp
+import numpy as np
+import optax
+import pytest
+
+from gradtx.transforms import _tree
+
+PARAMS = {
+    "w": jnp.ones((2, 3), jnp.float32),
+    "b": jnp.arange(3, dtype=jnp.bfloat16),
+    "nested": [jnp.zeros((), jnp.float32), (jnp.full((1,), 2.0),)],
+}
+
+
+# --- compute_dtype ----------------------------------------------------------
+
+
+@pytest.mark.parametrize(
+    "dtype,expected",
+    [
+        (jnp.bfloat16, jnp.float32),
+        (jnp.float16, jnp.float32),
+        (jnp.float32, jnp.float32),
+        (jnp.int8, jnp.float32),
+        (jnp.int32, jnp.float32),
+        (jnp.bool_, jnp.float32),
+        (jnp.complex64, jnp.complex64),
+    ],
+    ids=lambda d: jnp.dtype(d).name,
+)
+def test_compute_dtype_is_at_least_float32(dtype, expected):
+  assert _tree.compute_dtype(jnp.zeros(2, dtype)) == jnp.dtype(expected)
+
+
+def test_compute_dtype_of_python_and_numpy_scalars():
+  assert _tree.compute_dtype(0.5) == jnp.float32
+  assert _tree.compute_dtype(np.float16(1)) == jnp.float32
+
+
+def test_compute_dtype_keeps_float64_under_x64():
+  with jax.enable_x64(True):
+    assert _tree.compute_dtype(jnp.zeros(2, jnp.float64)) == jnp.float64
+    assert _tree.compute_dtype(jnp.zeros(2, jnp.bfloat16)) == jnp.float32
+
+
+def test_compute_dtype_of_a_tracer():
+  @jax.jit
+  def f(x):
+    assert _tree.compute_dtype(x) == jnp.float32
+    return x.astype(_tree.compute_dtype(x))
+
+  assert f(jnp.ones(2, jnp.bfloat16)).dtype == jnp.float32
+
+
+# --- zeros_like_tree / full_like_tree ---------------------------------------
+
+
+def test_zeros_like_tree_keeps_structure_shapes_and_dtypes():
+  zeros = _tree.zeros_like_tree(PARAMS)
+  chex.assert_trees_all_equal_shapes_and_dtypes(zeros, PARAMS)
+  assert all(bool(jnp.all(z == 0)) for z in jax.tree.leaves(zeros))
+
+
+def test_zeros_like_tree_dtype_override():
+  zeros = _tree.zeros_like_tree(PARAMS, jnp.bfloat16)
+  chex.assert_trees_all_equal_shapes(zeros, PARAMS)
+  assert {z.dtype for z in jax.tree.leaves(zeros)} == {jnp.dtype(jnp.bfloat16)}
+
+
+def test_zeros_like_tree_keeps_none_and_masked_nodes():
+  params = {"a": jnp.ones(2), "none": None, "masked": optax.MaskedNode()}
+  zeros = _tree.zeros_like_tree(params)
+  assert zeros["none"] is None
+  assert zeros["masked"] == optax.MaskedNode()
+  assert jax.tree.structure(zeros) == jax.tree.structure(params)
+
+
+def test_zeros_like_tree_accepts_python_and_numpy_leaves():
+  zeros = _tree.zeros_like_tree({"s": 3.0, "n": np.ones((2,), np.float32)})
+  assert zeros["s"].shape == () and zeros["s"].dtype == jnp.float32
+  assert zeros["n"].shape == (2,) and zeros["n"].dtype == jnp.float32
+
+
+def test_zeros_like_tree_under_eval_shape():
+  abstract = jax.eval_shape(_tree.zeros_like_tree, PARAMS)
+  chex.assert_trees_all_equal_shapes_and_dtypes(abstract, PARAMS)
+
+
+def test_zeros_like_tree_is_recognised_by_tree_map_params():
+  # The property the docstring promises: a params copy, as optax sees it.
+  init = lambda p: {"copy": _tree.zeros_like_tree(p), "count": jnp.zeros([])}
+  state = init(PARAMS)
+  marked = optax.tree_map_params(
+      init, lambda _: "param", state, transform_non_params=lambda _: "other"
+  )
+  assert set(jax.tree.leaves(marked["copy"])) == {"param"}
+  assert marked["count"] == "other"
+
+
+def test_full_like_tree():
+  full = _tree.full_like_tree(PARAMS, 0.25)
+  chex.assert_trees_all_equal_shapes_and_dtypes(full, PARAMS)
+  for leaf in jax.tree.leaves(full):
+    assert bool(jnp.all(leaf == jnp.asarray(0.25, leaf.dtype)))
+  full32 = _tree.full_like_tree(PARAMS, 0.1, jnp.float32)
+  assert {x.dtype for x in jax.tree.leaves(full32)} == {jnp.dtype(jnp.float32)}
+  assert _tree.full_like_tree({"n": None}, 1.0) == {"n": None}
+
+
+# --- cast_like --------------------------------------------------------------
+
+
+def test_cast_like_follows_the_reference_dtypes():
+  tree = jax.tree.map(lambda p: p.astype(jnp.float32) + 0.5, PARAMS)
+  cast = _tree.cast_like(tree, PARAMS)
+  chex.assert_trees_all_equal_shapes_and_dtypes(cast, PARAMS)
+  assert cast["b"].dtype == jnp.bfloat16
+  chex.assert_trees_all_close(
+      jax.tree.map(lambda x: x.astype(jnp.float32), cast), tree, atol=1e-2
+  )
+
+
+def test_cast_like_with_none_leaves():
+  cast = _tree.cast_like({"a": jnp.ones(2), "n": None}, {"a": jnp.ones(2, jnp.int8), "n": None})
+  assert cast["a"].dtype == jnp.int8 and cast["n"] is None
+
+
+# --- resolve_schedule / increment -------------------------------------------
+
+
+def test_resolve_schedule():
+  count = jnp.asarray(3, jnp.int32)
+  assert _tree.resolve_schedule(0.1, count) == 0.1
+  array = jnp.asarray(0.2)
+  assert _tree.resolve_schedule(array, count) is array
+  schedule = optax.linear_schedule(1.0, 0.0, transition_steps=10)
+  assert float(_tree.resolve_schedule(schedule, count)) == pytest.approx(0.7)
+  assert _tree.resolve_schedule(lambda c: 2 * c, count) == 6
+
+
+def test_increment_counts_and_saturates():
+  one = _tree.increment(jnp.zeros([], jnp.int32))
+  assert one.dtype == jnp.int32 and int(one) == 1
+  top = jnp.asarray(np.iinfo(np.int32).max, jnp.int32)
+  assert int(_tree.increment(top)) == np.iinfo(np.int32).max
+  assert int(jax.jit(_tree.increment)(jnp.asarray(41, jnp.int32))) == 42
+
+
+# --- map_leaves -------------------------------------------------------------
+
+
+def test_map_leaves_returns_one_tree_per_output():
+  a = {"x": jnp.ones(2), "y": jnp.full((3,), 2.0)}
+  b = {"x": jnp.full(2, 3.0), "y": jnp.ones(3)}
+  total, product = _tree.map_leaves(lambda u, v: (u + v, u * v), 2, a, b)
+  chex.assert_trees_all_close(total, jax.tree.map(jnp.add, a, b))
+  chex.assert_trees_all_close(product, jax.tree.map(jnp.multiply, a, b))
+
+
+def test_map_leaves_single_output():
+  (out,) = _tree.map_leaves(lambda u: (2 * u,), 1, {"x": jnp.ones(2)})
+  chex.assert_trees_all_close(out, {"x": 2 * jnp.ones(2)})
+
+
+def test_map_leaves_none_tree_contributes_none():
+  seen = []
+
+  def fn(g, m, v):
+    seen.append(v)
+    return g + m, None
+
+  a = {"x": jnp.ones(2), "y": jnp.ones(1)}
+  out, off = _tree.map_leaves(fn, 2, a, a, None)
+  assert seen == [None, None]
+  chex.assert_trees_all_close(out, jax.tree.map(lambda x: 2 * x, a))
+  # A switched-off output comes back as a tree of Nones shaped like the input.
+  assert jax.tree.leaves(off) == []
+  assert jax.tree.structure(off) == jax.tree.structure({"x": None, "y": None})
+
+
+def test_map_leaves_skips_none_and_masked_leaves_of_the_updates():
+  calls = []
+
+  def fn(g, m):
+    calls.append(g.shape)
+    return g + m, m
+
+  updates = {"a": jnp.ones(2), "frozen": None, "masked": optax.MaskedNode()}
+  state = {"a": jnp.ones(2), "frozen": None, "masked": optax.MaskedNode()}
+  out, new_state = _tree.map_leaves(fn, 2, updates, state)
+  assert calls == [(2,)]
+  assert out["frozen"] is None and new_state["frozen"] is None
+  assert out["masked"] == optax.MaskedNode()
+  assert new_state["masked"] == optax.MaskedNode()
+  chex.assert_trees_all_close(out["a"], 2 * jnp.ones(2))
+
+
+def test_map_leaves_on_an_empty_tree():
+  out, other = _tree.map_leaves(lambda g: (g, g), 2, {})
+  assert out == {} and other == {}
+
+
+def test_map_leaves_rejects_mismatched_structures():
+  with pytest.raises(ValueError):
+    _tree.map_leaves(lambda g, m: (g, m), 2, {"a": jnp.ones(2)}, {"b": jnp.ones(2)})
+
+
+def test_map_leaves_under_jit_and_vmap():
+  fn = lambda g, m: (g * m, g + m)
+  trees = ({"x": jnp.arange(6.0).reshape(3, 2)}, {"x": jnp.ones((3, 2))})
+  direct = _tree.map_leaves(fn, 2, *trees)
+  jitted = jax.jit(lambda a, b: _tree.map_leaves(fn, 2, a, b))(*trees)
+  vmapped = jax.vmap(lambda a, b: _tree.map_leaves(fn, 2, a, b))(*trees)
+  chex.assert_trees_all_close(direct, jitted)
+  chex.assert_trees_all_close(direct, vmapped)

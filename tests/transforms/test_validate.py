@@ -1,0 +1,166 @@
+"""Unit tests of the shared argument validation in transforms/_validate.py."""
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+import optax
+import pytest
+
+from gradtx.transforms import _validate
+
+NAN = float("nan")
+INF = float("inf")
+
+
+# --- is_static_zero ---------------------------------------------------------
+
+
+@pytest.mark.parametrize(
+    "value", [0, 0.0, -0.0, np.float32(0), np.int64(0), np.array(0.0)],
+    ids=repr,
+)
+def test_is_static_zero_true(value):
+  assert _validate.is_static_zero(value)
+
+
+@pytest.mark.parametrize(
+    "value",
+    [1e-30, -1e-30, 1, NAN, jnp.asarray(0.0), np.zeros(1), "0", None, lambda c: 0],
+    ids=["tiny", "-tiny", "one", "nan", "jax_array", "1d_numpy", "str", "none", "callable"],
+)
+def test_is_static_zero_false(value):
+  # Arrays (what inject_hyperparams feeds back) are never "static".
+  assert not _validate.is_static_zero(value)
+
+
+def test_is_static_zero_of_a_tracer():
+  seen = []
+
+  @jax.jit
+  def f(x):
+    seen.append(_validate.is_static_zero(x))
+    return x
+
+  f(0.0)
+  assert seen == [False]
+
+
+# --- check_in_range ---------------------------------------------------------
+
+
+def test_check_in_range_default_is_half_open():
+  _validate.check_in_range("b1", 0.0, 0.0, 1.0)
+  _validate.check_in_range("b1", 0.999, 0.0, 1.0)
+  with pytest.raises(ValueError, match=r"^b1 must be in \[0, 1\), got 1\.0$"):
+    _validate.check_in_range("b1", 1.0, 0.0, 1.0)
+  with pytest.raises(ValueError, match=r"^b1 must be in \[0, 1\), got -0\.5$"):
+    _validate.check_in_range("b1", -0.5, 0.0, 1.0)
+
+
+def test_check_in_range_bound_flags():
+  kwargs = dict(low_inclusive=False, high_inclusive=True)
+  _validate.check_in_range("p", 1.0, 0.0, 1.0, **kwargs)
+  with pytest.raises(ValueError, match=r"p must be in \(0, 1\], got 0"):
+    _validate.check_in_range("p", 0, 0.0, 1.0, **kwargs)
+  with pytest.raises(ValueError, match=r"\(0, 1\]"):
+    _validate.check_in_range("p", 1.5, 0.0, 1.0, **kwargs)
+
+
+@pytest.mark.parametrize("value", [NAN, np.float32(NAN), np.array(NAN)], ids=repr)
+def test_check_in_range_rejects_nan(value):
+  with pytest.raises(ValueError, match="x must be in"):
+    _validate.check_in_range("x", value, -INF, INF, high_inclusive=True)
+
+
+@pytest.mark.parametrize(
+    "value", [np.float32(1.5), np.int64(2), np.array(1.5), True], ids=repr
+)
+def test_check_in_range_checks_numpy_scalars_and_bools(value):
+  with pytest.raises(ValueError, match="x must be in"):
+    _validate.check_in_range("x", value, 0.0, 1.0)
+
+
+@pytest.mark.parametrize(
+    "value", [jnp.asarray(1.5), np.array([1.5]), lambda c: 1.5],
+    ids=["jax_array", "1d_numpy", "callable"],
+)
+def test_check_in_range_leaves_arrays_and_callables_alone(value):
+  _validate.check_in_range("x", value, 0.0, 1.0)
+
+
+def test_check_in_range_leaves_tracers_alone():
+  @jax.jit
+  def f(b1):
+    _validate.check_in_range("b1", b1, 0.0, 1.0)
+    _validate.check_decay("b1", b1)
+    _validate.check_non_negative("eps", b1)
+    _validate.check_scalar_or_schedule("learning_rate", b1)
+    return b1 * 2
+
+  assert float(f(1.5)) == 3.0
+  assert float(f(-1.0)) == -2.0
+
+
+# --- check_non_negative / check_decay ---------------------------------------
+
+
+@pytest.mark.parametrize("value", [0, 0.0, 1e-30, 3, INF], ids=repr)
+def test_check_non_negative_accepts(value):
+  _validate.check_non_negative("eps", value)
+
+
+@pytest.mark.parametrize("value", [-1e-30, -1, NAN, -INF], ids=repr)
+def test_check_non_negative_rejects(value):
+  with pytest.raises(ValueError, match=r"^eps must be in \[0, inf\], got "):
+    _validate.check_non_negative("eps", value)
+
+
+@pytest.mark.parametrize("value", [0.0, 0.5, 0.999999, np.float32(0.9)], ids=repr)
+def test_check_decay_accepts(value):
+  _validate.check_decay("b2", value)
+
+
+@pytest.mark.parametrize("value", [1.0, 1, -0.1, 2.0, NAN, INF], ids=repr)
+def test_check_decay_rejects(value):
+  with pytest.raises(ValueError, match=r"^b2 must be in \[0, 1\), got "):
+    _validate.check_decay("b2", value)
+
+
+# --- check_scalar_or_schedule -----------------------------------------------
+
+
+@pytest.mark.parametrize(
+    "value",
+    [
+        0.0,
+        1e-3,
+        7,
+        np.float32(0.1),
+        np.array(0.1),
+        jnp.asarray(0.1),
+        optax.constant_schedule(0.1),
+        lambda count: 0.1,
+    ],
+    ids=["zero", "float", "int", "np_scalar", "np_0d", "jax_array", "schedule", "lambda"],
+)
+def test_check_scalar_or_schedule_accepts(value):
+  _validate.check_scalar_or_schedule("learning_rate", value)
+
+
+@pytest.mark.parametrize("value", [-1e-3, NAN, np.array(-0.1)], ids=repr)
+def test_check_scalar_or_schedule_rejects_negative_numbers(value):
+  with pytest.raises(ValueError, match=r"^learning_rate must be in \[0, inf\]"):
+    _validate.check_scalar_or_schedule("learning_rate", value)
+
+
+@pytest.mark.parametrize(
+    "value,type_name",
+    [("0.1", "str"), (None, "NoneType"), ([0.1], "list"), ({"lr": 0.1}, "dict")],
+    ids=["str", "none", "list", "dict"],
+)
+def test_check_scalar_or_schedule_rejects_non_numbers(value, type_name):
+  with pytest.raises(ValueError) as error:
+    _validate.check_scalar_or_schedule("learning_rate", value)
+  message = str(error.value)
+  assert message.startswith("learning_rate must be a non-negative number or a schedule")
+  assert repr(value) in message and type_name in message

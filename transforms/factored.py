@@ -1,0 +1,154 @@
+"""Adafactor's factored second moments: row and column statistics of g²."""
+
+from typing import Any, NamedTuple, Optional
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+import optax
+
+from gradtx.transforms import _tree
+from gradtx.transforms import _validate
+
+
+class ScaleByFactoredRmsState(NamedTuple):
+  """State of ``scale_by_factored_rms``.
+
+  For each factored leaf (see ``factored_axes``) ``nu_row`` holds the EMA of
+  g² averaged over the column axis (the row axis and any other axes kept)
+  and ``nu_col`` the EMA averaged over the row axis; ``nu`` is ``None``. For
+  the other leaves ``nu`` is the full EMA of g², and ``nu_row`` and
+  ``nu_col`` are ``None``.
+
+  Attributes:
+    count: number of updates taken so far (int32 scalar).
+    nu_row: per-row second-moment statistics of factored leaves.
+    nu_col: per-column second-moment statistics of factored leaves.
+    nu: unfactored second moments of the remaining leaves.
+  """
+
+  count: jax.Array
+  nu_row: optax.Updates
+  nu_col: optax.Updates
+  nu: optax.Updates
+
+
+def factored_axes(
+    shape: tuple, min_dim_size_to_factor: int = 128
+) -> Optional[tuple[int, int]]:
+  """The (row, column) axes to factor a leaf of ``shape`` over, or ``None``.
+
+  The two largest axes, the largest being the column axis (for equal sizes,
+  the later one), provided the smaller of the two has at least
+  ``min_dim_size_to_factor`` elements; ``None`` for fewer than 2 dimensions.
+  This is optax's choice, so that states and results line up with it.
+  """
+  if len(shape) < 2:
+    return None
+  row, col = (int(a) for a in np.argsort(shape, kind="stable")[-2:])
+  return None if shape[row] < min_dim_size_to_factor else (row, col)
+
+
+def scale_by_factored_rms(
+    decay_rate: float = 0.8,
+    *,
+    factored: bool = True,
+    min_dim_size_to_factor: int = 128,
+    eps: float = 1e-30,
+    decay_offset: int = 0,
+) -> optax.GradientTransformation:
+  r"""Divides updates by Adafactor's (factored) root-mean-square estimate.
+
+  With the step-dependent decay :math:`β_t = 1 - (t - t_0)^{-c}` (``c`` =
+  ``decay_rate``, :math:`t_0` = ``decay_offset``; :math:`β_1 = 0`) and
+  :math:`G = g^2 + ε`, a leaf factored over rows i and columns j keeps
+
+  .. math::
+    R_t = β_t R_{t-1} + (1-β_t) \operatorname{mean}_j G,\quad
+    C_t = β_t C_{t-1} + (1-β_t) \operatorname{mean}_i G,\quad
+    u_{ij} = g_{ij} \Big/ \sqrt{R_{t,i}\, C_{t,j} / \operatorname{mean}_i R_{t,i}}
+
+  (the rank-1 approximation of :math:`\hat v` that minimises the
+  I-divergence), so its state costs rows + columns numbers instead of
+  rows × columns. Other leaves keep the full
+  :math:`v_t = β_t v_{t-1} + (1-β_t) G` and get :math:`u = g/\sqrt{v_t}`.
+  Leaves with more than two axes are factored over their two largest axes,
+  the others kept as batch axes (see ``factored_axes``).
+
+  This is ``optax.scale_by_factored_rms``'s rule; arithmetic runs in at least
+  float32 and the state is stored in the parameter's dtype.
+
+  Args:
+    decay_rate: c, the exponent of the decay schedule, in [0, 1].
+    factored: factor leaves with two or more axes at all.
+    min_dim_size_to_factor: factor only when both factored axes have at
+      least this many elements, >= 1.
+    eps: ε, added to g² (keeps zero-gradient rows finite), >= 0.
+    decay_offset: :math:`t_0`, the step at which the schedule restarts (for
+      fine-tuning), >= 0.
+
+  Returns:
+    An ``optax.GradientTransformation`` with state
+    ``ScaleByFactoredRmsState``.
+
+  Reference: Shazeer & Stern, "Adafactor: Adaptive Learning Rates with
+  Sublinear Memory Cost", ICML 2018 (Algorithms 4 and 5).
+  """
+  _validate.check_in_range("decay_rate", decay_rate, 0.0, 1.0, high_inclusive=True)
+  _validate.check_in_range(
+      "min_dim_size_to_factor", min_dim_size_to_factor, 1, np.inf
+  )
+  _validate.check_non_negative("eps", eps)
+  _validate.check_non_negative("decay_offset", decay_offset)
+
+  def axes_of(shape):
+    return factored_axes(shape, min_dim_size_to_factor) if factored else None
+
+  def init_fn(params):
+    def zeros(p, stat):
+      shape, dtype = jnp.shape(p), jnp.asarray(p).dtype
+      axes = axes_of(shape)
+      if stat == "nu" or axes is None:
+        return jnp.zeros(shape, dtype) if stat == "nu" and axes is None else None
+      dropped = axes[1] if stat == "row" else axes[0]
+      return jnp.zeros(shape[:dropped] + shape[dropped + 1 :], dtype)
+
+    return ScaleByFactoredRmsState(
+        jnp.zeros([], jnp.int32),
+        *(jax.tree.map(lambda p: zeros(p, s), params) for s in ("row", "col", "nu")),
+    )
+
+  def update_fn(updates, state, params=None):
+    del params
+
+    def leaf(g, v_row, v_col, v):
+      dtype = _tree.compute_dtype(g)
+      t = (state.count - decay_offset + 1).astype(dtype)
+      beta = 1 - t ** -jnp.asarray(decay_rate, dtype)
+      g_ = g.astype(dtype)
+      g2 = g_ * g_ + eps
+      axes = axes_of(g.shape)
+      if axes is None:
+        v_new = beta * v.astype(dtype) + (1 - beta) * g2
+        u = g_ / jnp.sqrt(v_new)
+        return u.astype(g.dtype), None, None, v_new.astype(v.dtype)
+      row, col = axes
+      r = beta * v_row.astype(dtype) + (1 - beta) * jnp.mean(g2, axis=col)
+      c = beta * v_col.astype(dtype) + (1 - beta) * jnp.mean(g2, axis=row)
+      row_in_r = row - (row > col)
+      row_mean = jnp.mean(r, axis=row_in_r, keepdims=True)
+      u = (
+          g_
+          * jnp.expand_dims(jax.lax.rsqrt(r / row_mean), col)
+          * jnp.expand_dims(jax.lax.rsqrt(c), row)
+      )
+      return u.astype(g.dtype), r.astype(v_row.dtype), c.astype(v_col.dtype), None
+
+    u, nu_row, nu_col, nu = _tree.map_leaves(
+        leaf, 4, updates, state.nu_row, state.nu_col, state.nu
+    )
+    return u, ScaleByFactoredRmsState(
+        _tree.increment(state.count), nu_row, nu_col, nu
+    )
+
+  return optax.GradientTransformation(init_fn, update_fn)
