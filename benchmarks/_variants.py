@@ -1,11 +1,12 @@
 """Alternative formulations of AdamW, timed by ``step_time.py --impls all``.
 
-Each variant is an ``optax.GradientTransformation`` equal in meaning to
-``go.adamw(learning_rate, weight_decay=weight_decay)`` (torch's defaults
-b1=0.9, b2=0.999, eps=1e-8) whose moments are shaped like the parameters, so
-they shard like them. They only differ in how the per-leaf arithmetic is
-written, to see which form XLA:CPU turns into the fewest passes over memory.
-None of them is used by the package; RESULTS.md says what each one gave.
+Each entry of ``VARIANTS`` is an ``optax.GradientTransformation`` equal in
+meaning to ``go.adamw(learning_rate, weight_decay=weight_decay)`` (torch's
+defaults b1=0.9, b2=0.999, eps=1e-8) whose moments are shaped like the
+parameters, so they shard like them; ``STEPS`` holds whole jittable steps for
+what does not fit the update/apply split. They only differ in how the per-leaf
+arithmetic is written, to see which form XLA:CPU turns into the fewest passes
+over memory. None is used by the package; RESULTS.md says what each one gave.
 """
 
 from typing import Callable, NamedTuple
@@ -28,8 +29,8 @@ class AdamWState(NamedTuple):
 
 
 def _init(params) -> AdamWState:
-  zeros = jax.tree.map(jnp.zeros_like, params)
-  return AdamWState(jnp.zeros([], jnp.int32), zeros, jax.tree.map(jnp.zeros_like, params))
+  zeros = lambda: jax.tree.map(jnp.zeros_like, params)
+  return AdamWState(jnp.zeros([], jnp.int32), zeros(), zeros())
 
 
 def _scalars(count: jax.Array, learning_rate: float):
@@ -40,24 +41,31 @@ def _scalars(count: jax.Array, learning_rate: float):
   return inv_debias1, inv_sqrt_debias2, learning_rate
 
 
+def _map_leaves(leaf_fn: Callable, grads, state: AdamWState, params, count, scalars):
+  """Applies ``leaf_fn(g, m, v, p, scalars)`` leaf-wise; returns (out tree, new state)."""
+  leaves, treedef = jax.tree.flatten(grads)
+  outs = [
+      leaf_fn(g, m, v, p, scalars)
+      for g, m, v, p in zip(
+          leaves,
+          treedef.flatten_up_to(state.mu),
+          treedef.flatten_up_to(state.nu),
+          treedef.flatten_up_to(params),
+      )
+  ]
+  unflat = lambda i: treedef.unflatten([o[i] for o in outs])
+  return unflat(0), AdamWState(count, unflat(1), unflat(2))
+
+
 def _from_leaf_fn(leaf_fn: Callable, learning_rate: float, weight_decay: float):
   """A transformation whose whole chain (adam, decay, -lr) is ``leaf_fn`` per leaf."""
 
   def update_fn(updates, state, params):
     count = optax.safe_int32_increment(state.count)
     scalars = _scalars(count, learning_rate)
-    leaves, treedef = jax.tree.flatten(updates)
-    outs = [
-        leaf_fn(g, m, v, p, scalars, weight_decay)
-        for g, m, v, p in zip(
-            leaves,
-            treedef.flatten_up_to(state.mu),
-            treedef.flatten_up_to(state.nu),
-            treedef.flatten_up_to(params),
-        )
-    ]
-    unflat = lambda i: treedef.unflatten([o[i] for o in outs])
-    return unflat(0), AdamWState(count, unflat(1), unflat(2))
+    return _map_leaves(
+        lambda *args: leaf_fn(*args, weight_decay), updates, state, params, count, scalars
+    )
 
   return optax.GradientTransformation(_init, update_fn)
 
@@ -189,18 +197,7 @@ def chunked_step(learning_rate: float, weight_decay: float, chunk: int = 1 << 16
   def step(params, state, grads):
     count = optax.safe_int32_increment(state.count)
     scalars = _scalars(count, learning_rate)
-    leaves, treedef = jax.tree.flatten(grads)
-    outs = [
-        leaf_fn(g, m, v, p, scalars)
-        for g, m, v, p in zip(
-            leaves,
-            treedef.flatten_up_to(state.mu),
-            treedef.flatten_up_to(state.nu),
-            treedef.flatten_up_to(params),
-        )
-    ]
-    unflat = lambda i: treedef.unflatten([o[i] for o in outs])
-    return unflat(0), AdamWState(count, unflat(1), unflat(2))
+    return _map_leaves(leaf_fn, grads, state, params, count, scalars)
 
   return _init, step
 

@@ -19,6 +19,7 @@ For each optimizer, on a GPT-2-style parameter tree (``step_time.gpt_shapes``):
 
 import argparse
 import statistics
+import time
 from typing import Callable, Sequence
 
 import jax
@@ -98,7 +99,7 @@ def memory_table(workload: step_time.Workload) -> str:
   return "\n".join(lines)
 
 
-def timed_runner(name: str, workload: step_time.Workload) -> step_time.Runner:
+def timed_step(name: str, workload: step_time.Workload) -> Callable[[], None]:
   """One donated, jitted step of optimizer ``name`` on real arrays."""
   tx = OPTIMIZERS[name]()
   params = step_time.random_tree(workload.shapes, 0, 0.02)
@@ -110,12 +111,28 @@ def timed_runner(name: str, workload: step_time.Workload) -> step_time.Runner:
     carry[0], carry[1] = compiled(carry[0], carry[1], grads)
     jax.block_until_ready(carry)
 
-  return step_time.Runner(name, run, "")
+  return run
+
+
+def time_round_robin(
+    steps: dict[str, Callable[[], None]], rounds: int, warmup: int = 3
+) -> dict[str, list[float]]:
+  """Seconds per step of each optimizer, one step of each per round."""
+  for step in steps.values():
+    for _ in range(warmup):
+      step()
+  names = list(steps)
+  times = {name: [] for name in names}
+  for i in range(rounds):
+    for name in names[i % len(names):] + names[: i % len(names)]:
+      start = time.perf_counter()
+      steps[name]()
+      times[name].append(time.perf_counter() - start)
+  return times
 
 
 def time_table(workload: step_time.Workload, rounds: int) -> str:
-  runners = [timed_runner(name, workload) for name in TIMED]
-  times = step_time.time_round_robin(runners, rounds)
+  times = time_round_robin({n: timed_step(n, workload) for n in TIMED}, rounds)
   t_min = {k: min(v) for k, v in times.items()}
   t_med = {k: statistics.median(v) for k, v in times.items()}
   lines = [

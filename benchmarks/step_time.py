@@ -3,8 +3,8 @@
 A step is ``tx.update`` + ``optax.apply_updates`` under one ``jax.jit`` with
 the parameters and the optimizer state donated, or ``torch.optim.AdamW.step``
 (``foreach=True`` and ``fused=True``). All implementations live in the same
-process and are timed round-robin (the order rotates every round), so a burst
-of load from elsewhere on the machine hits them all alike. The bandwidth is
+process and are timed round-robin (in a new random order every round), so a
+burst of load from elsewhere on the machine hits them all alike. The bandwidth is
 the effective one at 28 bytes per float32 parameter: read g, p, m, v and write
 p, m, v, the least any implementation has to move.
 
@@ -56,6 +56,7 @@ class Runner(NamedTuple):
 
   name: str
   step: Callable[[], None]
+  params: Callable[[], dict[str, np.ndarray]]
   note: str
 
 
@@ -133,7 +134,7 @@ def jax_runner(
     carry[0], carry[1] = compiled(carry[0], carry[1], grads)
     jax.block_until_ready(carry)
 
-  return Runner(name, run, note)
+  return Runner(name, run, lambda: jax.tree.map(np.asarray, carry[0]), note)
 
 
 def transformation_runner(
@@ -148,15 +149,19 @@ def transformation_runner(
 
 
 def torch_runner(name: str, workload: Workload, *, fused: bool) -> Runner:
-  torch.manual_seed(0)
-  params = [torch.nn.Parameter(0.02 * torch.randn(s)) for s in workload.shapes.values()]
-  for p in params:
-    p.grad = torch.randn(p.shape)
+  as_torch = lambda tree: [torch.from_numpy(np.array(x)) for x in tree.values()]
+  params = [torch.nn.Parameter(x) for x in as_torch(random_tree(workload.shapes, 0, 0.02))]
+  for p, g in zip(params, as_torch(random_tree(workload.shapes, 1, 1.0))):
+    p.grad = g
   opt = torch.optim.AdamW(
       params, lr=LEARNING_RATE, weight_decay=WEIGHT_DECAY,
       foreach=not fused, fused=fused,
   )
-  return Runner(name, opt.step, f"{torch.get_num_threads()} threads")
+
+  def final_params():
+    return {k: p.detach().numpy() for k, p in zip(workload.shapes, params)}
+
+  return Runner(name, opt.step, final_params, f"{torch.get_num_threads()} threads")
 
 
 def make_runner(impl: str, workload: Workload, compiler_options: dict) -> Runner:
@@ -187,41 +192,60 @@ def parse_compiler_options(pairs: Sequence[str]) -> dict:
 def time_round_robin(
     runners: Sequence[Runner], rounds: int, warmup: int = 3
 ) -> dict[str, list[float]]:
-  """Seconds per step of each runner, one step of each per round."""
+  """Seconds per step of each runner, one step of each per round.
+
+  The order is shuffled every round: torch's OpenMP workers keep spinning for
+  a while after a step and slow down whatever runs next, so a fixed order
+  made whichever implementation always followed torch 10-15% slower.
+  """
   for runner in runners:
     for _ in range(warmup):
       runner.step()
   times = {r.name: [] for r in runners}
-  for i in range(rounds):
-    shift = i % len(runners)
-    for runner in runners[shift:] + runners[:shift]:
+  order = np.random.default_rng(0)
+  for _ in range(rounds):
+    for i in order.permutation(len(runners)):
       start = time.perf_counter()
-      runner.step()
-      times[runner.name].append(time.perf_counter() - start)
+      runners[i].step()
+      times[runners[i].name].append(time.perf_counter() - start)
   return times
 
 
+def max_difference(runner: Runner, reference: dict[str, np.ndarray]) -> float:
+  """Largest |p - p_ref| over all parameters after the same number of steps."""
+  params = runner.params()
+  return max(float(np.max(np.abs(params[k] - v))) for k, v in reference.items())
+
+
 def format_table(
-    workload: Workload, runners: Sequence[Runner], times: dict[str, list[float]]
+    workload: Workload,
+    runners: Sequence[Runner],
+    times: dict[str, list[float]],
+    differences: dict[str, float],
 ) -> str:
+  """A markdown table: min and median ms, GB/s at 28 B/param, ratios to optax."""
   n = workload.num_params
-  anchor_min = min(times[ANCHOR]) if ANCHOR in times else None
-  anchor_med = statistics.median(times[ANCHOR]) if ANCHOR in times else None
+  anchor = times.get(ANCHOR)
   lines = [
       f"{workload.name}: {n / 1e6:.2f}M params in {len(workload.shapes)} leaves,"
-      f" {len(times[runners[0].name])} rounds",
-      f"{'impl':15} {'min ms':>8} {'med ms':>8} {'GB/s min':>9} {'GB/s med':>9}"
-      f" {'x optax min':>11} {'x optax med':>11}  note",
+      f" {len(next(iter(times.values())))} rounds",
+      "",
+      "| impl | min ms | median ms | GB/s (min) | GB/s (median) | x optax (min)"
+      " | x optax (median) | max abs diff vs optax | compiled |",
+      "|---|--:|--:|--:|--:|--:|--:|--:|---|",
   ]
   for r in runners:
     t_min, t_med = min(times[r.name]), statistics.median(times[r.name])
-    ratio_min = f"{t_min / anchor_min:.2f}x" if anchor_min else "-"
-    ratio_med = f"{t_med / anchor_med:.2f}x" if anchor_med else "-"
+    ratios = (
+        (f"{t_min / min(anchor):.2f}x", f"{t_med / statistics.median(anchor):.2f}x")
+        if anchor else ("-", "-")
+    )
     lines.append(
-        f"{r.name:15} {t_min * 1e3:8.2f} {t_med * 1e3:8.2f}"
-        f" {BYTES_PER_PARAM * n / t_min / 1e9:9.1f}"
-        f" {BYTES_PER_PARAM * n / t_med / 1e9:9.1f}"
-        f" {ratio_min:>11} {ratio_med:>11}  {r.note}"
+        f"| {r.name} | {t_min * 1e3:.2f} | {t_med * 1e3:.2f}"
+        f" | {BYTES_PER_PARAM * n / t_min / 1e9:.1f}"
+        f" | {BYTES_PER_PARAM * n / t_med / 1e9:.1f}"
+        f" | {ratios[0]} | {ratios[1]} | {differences.get(r.name, float('nan')):.1e}"
+        f" | {r.note} |"
     )
   return "\n".join(lines)
 
@@ -280,8 +304,12 @@ def main(argv: Sequence[str] | None = None) -> None:
     workload = parse_workload(token)
     runners = [make_runner(impl, workload, compiler_options) for impl in impls]
     times = time_round_robin(runners, rounds)
+    reference = next((r.params() for r in runners if r.name == ANCHOR), None)
+    differences = {
+        r.name: max_difference(r, reference) for r in runners if reference is not None
+    }
     print()
-    print(format_table(workload, runners, times))
+    print(format_table(workload, runners, times, differences))
     del runners
 
 

@@ -7,9 +7,10 @@ import optax
 
 from gradtx import transforms as gt
 from gradtx.optimizers.adaptive import adamw
+from gradtx.transforms import _validate
 
 PathLeafRule = Callable[[tuple, jax.Array], bool]
-_NON_HIDDEN_NAMES = ("embed", "wte", "wpe", "logits", "readout")
+_NON_HIDDEN_NAMES = ("embed", "position", "wte", "wpe", "logits", "readout")
 
 
 def _key_name(key: Any) -> str:
@@ -25,8 +26,9 @@ def is_hidden_matrix(path: tuple, leaf: jax.Array) -> bool:
   A leaf goes to Muon when it has 2 to 4 dimensions (a dense kernel, a stack
   of them, or a convolution kernel) and no key on its path names an
   embedding or an output head: a name containing ``"embed"`` (``embedding``,
-  ``tok_embed``, ``unembed``), ``"wte"``, ``"wpe"``, ``"logits"`` or
-  ``"readout"``, or ending in ``"head"`` (``lm_head``, ``head``). Everything
+  ``tok_embed``, ``unembed``), ``"position"`` (learned positions), ``"wte"``,
+  ``"wpe"``, ``"logits"`` or ``"readout"``, or ending in ``"head"``
+  (``lm_head``, ``head``). Everything
   else (biases, norm scales, embeddings, heads) goes to AdamW. Misrouting an
   embedding or head to Muon raises no error, only trains worse (Jordan 2024;
   optax's default labels every 2-D leaf as Muon).
@@ -91,6 +93,14 @@ def muon(
   networks", 2024; Liu et al., "Muon is Scalable for LLM Training",
   arXiv 2502.16982 (the "moonlight" scale).
   """
+  _validate.check_decay("beta", beta)
+  _validate.check_decay("adam_b1", adam_b1)
+  _validate.check_decay("adam_b2", adam_b2)
+  _validate.check_non_negative("adam_eps", adam_eps)
+  for name, value in (("adam_learning_rate", adam_learning_rate),
+                      ("adam_weight_decay", adam_weight_decay)):
+    if value is not None:
+      _validate.check_scalar_or_schedule(name, value)
   hidden = optax.chain(
       gt.ema(beta, nesterov=nesterov),
       gt.on_matrix_views(

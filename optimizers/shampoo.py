@@ -58,6 +58,9 @@ def shampoo(
 
   ``shampoo(η, b1=0.0, b2=1.0, eps=ε, grafting=None, precondition_every=1)`` is
   Algorithm 1 of Gupta et al. for every matrix that fits in one block.
+  ``precondition_every``, ``block_size`` and ``max_precondition_dim`` fix
+  shapes and the step structure: ``optax.inject_hyperparams`` needs them in
+  ``static_args``.
 
   Args:
     learning_rate: η, a number or a schedule.
@@ -124,7 +127,8 @@ def soap(
 
   with the moments of the rotated gradient :math:`Q_L^T G Q_R` and the basis
   refreshed every ``precondition_every`` steps (``gt.scale_by_soap``). The
-  defaults are the reference code's.
+  defaults are the reference code's. ``optax.inject_hyperparams`` needs
+  ``static_args=("precondition_every", "max_precondition_dim")``.
 
   Departures from the reference (both O(ηλ)): decay is applied to the
   parameters from before the step, as ``torch.optim.AdamW`` does (the reference

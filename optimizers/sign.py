@@ -5,6 +5,7 @@ from typing import Any, Optional
 import optax
 
 from gradtx import transforms as gt
+from gradtx.transforms import _validate
 from gradtx.transforms.weight_decay import MaskOrFn
 
 
@@ -21,6 +22,7 @@ def signsgd(
   Reference: Bernstein et al., "signSGD: Compressed Optimisation for
   Non-Convex Problems", ICML 2018 (Algorithms 1 and 3).
   """
+  _validate.check_decay("momentum", momentum)
   return optax.chain(
       gt.ema(momentum),
       gt.scale_by_sign(),

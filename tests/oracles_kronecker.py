@@ -180,3 +180,37 @@ def _update_preconditioner(g, s, beta_s, precondition_every, refresh):
     )
   if s["step"] > 0:
     s["exp_avg"] = _project(s["exp_avg"], s["Q"], back=False)
+
+
+class LeastSquaresProblem:
+  """Mini-batch least squares, one independent problem per parameter.
+
+  A matrix W (m × n) has loss ½‖A_t W − B_t‖²/batch, a vector b has
+  ½‖b − c_t‖², with a fresh random (A_t, B_t, c_t) at every step t: gradients
+  depend on the parameters, and their row and column spaces change from step
+  to step, so the statistics become full rank and the trajectories are stable
+  under round-off (a fixed batch makes Shampoo amplify round-off ~2× a step
+  in the directions the gradients never reach).
+  """
+
+  def __init__(self, shapes: Dict[str, tuple], steps: int, seed: int = 0, batch: int = 16):
+    rng = np.random.default_rng(seed)
+    self.batch = batch
+    self.data, self.params0 = {}, {}
+    for name, shape in shapes.items():
+      if len(shape) == 2:
+        self.data[name] = (rng.standard_normal((steps, batch, shape[0])),
+                           rng.standard_normal((steps, batch, shape[1])))
+      else:
+        self.data[name] = (rng.standard_normal((steps, *shape)),)
+      self.params0[name] = 0.3 * rng.standard_normal(shape)
+
+  def grad(self, params: Params, t: int) -> Params:
+    grads = {}
+    for name, data in self.data.items():
+      if len(data) == 2:
+        a, b = data[0][t], data[1][t]
+        grads[name] = a.T @ (a @ params[name] - b) / self.batch
+      else:
+        grads[name] = params[name] - data[0][t]
+    return grads

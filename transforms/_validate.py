@@ -31,8 +31,17 @@ def check_in_range(
     low_inclusive: bool = True,
     high_inclusive: bool = False,
 ) -> None:
-  """Raises ``ValueError`` when a plain number lies outside the interval."""
+  """Raises ``ValueError`` when a plain number lies outside the interval.
+
+  Arrays and tracers (``inject_hyperparams``) pass unchecked; anything else
+  that is not a number (a string, a list) is refused.
+  """
   if not _is_plain_number(value):
+    if not (hasattr(value, "dtype") and hasattr(value, "shape")):
+      raise ValueError(
+          f"{name} must be a number, got {value!r} of type"
+          f" {type(value).__name__}"
+      )
     return
   v = float(value)
   above_low = v >= low if low_inclusive else v > low

@@ -69,7 +69,9 @@ PartitionRule = Callable[[tuple, jax.Array], Blocks]
 
 _EMBEDDING_NAMES = ("embed", "embd", "wte", "wpe")
 _QUERY_KEY_NAMES = ("q", "k", "wq", "wk")
-_QUERY_KEY_PARTS = ("query", "key", "q_proj", "k_proj", "qkv", "c_attn", "in_proj")
+_QUERY_KEY_PARTS = (
+    "query", "key", "q_proj", "k_proj", "qkv", "c_attn", "in_proj"
+)
 
 
 def adam_mini_blocks(
@@ -112,7 +114,9 @@ def adam_mini_blocks(
   if len(shape) <= 1:
     is_bias = any("bias" in n for n in names)
     return Blocks.per_element(shape) if is_bias else Blocks.per_tensor(shape)
-  if any(e in n and "unembed" not in n for n in names for e in _EMBEDDING_NAMES):
+  if any(
+      e in n and "unembed" not in n for n in names for e in _EMBEDDING_NAMES
+  ):
     return Blocks.per_index(shape, 0)
   is_query_key = any(n in _QUERY_KEY_NAMES for n in names) or any(
       part in n for n in names for part in _QUERY_KEY_PARTS
@@ -169,7 +173,8 @@ def scale_by_adam_mini(
 
   .. math::
     m_t = β_1 m_{t-1} + (1-β_1) g_t,\quad
-    v_{t,b} = β_2 v_{t-1,b} + (1-β_2) \operatorname{mean}_{i \in b} g_{t,i}^2,\\
+    v_{t,b} = β_2 v_{t-1,b}
+      + (1-β_2) \operatorname{mean}_{i \in b} g_{t,i}^2,\\
     u_{t,i} = \frac{m_{t,i}/(1-β_1^t)}{\sqrt{v_{t,b(i)}/(1-β_2^t)} + ε}
 
   This is the official implementation's (v1.1) update; with one block per
@@ -190,7 +195,9 @@ def scale_by_adam_mini(
   Returns:
     An ``optax.GradientTransformation`` with state ``ScaleByAdamMiniState``.
     The second moment is float32; a non-finite gradient makes its whole
-    block's second moment non-finite (use ``optax.apply_if_finite``).
+    block's second moment non-finite (use ``optax.apply_if_finite``). With
+    an ``"int8"`` first moment, coordinates with a non-finite gradient get
+    a zero update and a reset first moment, so the codes stay valid.
 
   Reference: Zhang et al., "Adam-mini: Use Fewer Learning Rates To Gain
   More", ICLR 2025 (github.com/zyushun/Adam-mini).
@@ -227,29 +234,32 @@ def scale_by_adam_mini(
   def update_fn(updates, state, params=None):
     del params
     count = _tree.increment(state.count)
-    keys = None
-    if quantize.needs_key(mu_format):
-      keys = quantize.rounding_keys(updates, count)
+    seeds = None
+    if quantize.needs_seed(mu_format):
+      seeds = quantize.rounding_seeds(updates, count)
 
-    def leaf(g, m, v, b, key):
+    def leaf(g, m, v, b, seed):
       dtype = _tree.compute_dtype(g)
       b1_, b2_ = jnp.asarray(b1, dtype), jnp.asarray(b2, dtype)
       g_ = g.astype(dtype)
       m_new = b1_ * quantize.load(m, dtype) + (1 - b1_) * g_
-      block_g2 = jnp.mean(jnp.square(g_.reshape(b.shape)), b.axes, keepdims=True)
+      g2 = jnp.square(g_.reshape(b.shape))
+      block_g2 = jnp.mean(g2, b.axes, keepdims=True)
       v_new = b2_ * v.astype(dtype) + (1 - b2_) * block_g2
       bc1 = 1 - b1_ ** count.astype(dtype)
       bc2 = 1 - b2_ ** count.astype(dtype)
       denominator = jnp.sqrt(v_new / bc2) + eps
       u = (m_new.reshape(b.shape) / bc1 / denominator).reshape(g.shape)
+      if quantize.is_quantized(mu_format):
+        u, m_new = quantize.reset_non_finite(g_, u, m_new)
       return (
           u.astype(g.dtype),
-          quantize.store(m_new, m, mu_format, key),
+          quantize.store(m_new, m, mu_format, seed),
           v_new.astype(v.dtype),
       )
 
     u, mu, nu = _tree.map_leaves(
-        leaf, 3, updates, state.mu, state.nu, partition(updates), keys
+        leaf, 3, updates, state.mu, state.nu, partition(updates), seeds
     )
     return u, ScaleByAdamMiniState(count, mu, nu)
 

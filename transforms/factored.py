@@ -66,7 +66,8 @@ def scale_by_factored_rms(
   .. math::
     R_t = β_t R_{t-1} + (1-β_t) \operatorname{mean}_j G,\quad
     C_t = β_t C_{t-1} + (1-β_t) \operatorname{mean}_i G,\quad
-    u_{ij} = g_{ij} \Big/ \sqrt{R_{t,i}\, C_{t,j} / \operatorname{mean}_i R_{t,i}}
+    u_{ij} = g_{ij} \Big/
+      \sqrt{R_{t,i}\, C_{t,j} / \operatorname{mean}_i R_{t,i}}
 
   (the rank-1 approximation of :math:`\hat v` that minimises the
   I-divergence), so its state costs rows + columns numbers instead of
@@ -85,7 +86,8 @@ def scale_by_factored_rms(
       least this many elements, >= 1.
     eps: ε, added to g² (keeps zero-gradient rows finite), >= 0.
     decay_offset: :math:`t_0`, the step at which the schedule restarts (for
-      fine-tuning), >= 0.
+      fine-tuning), >= 0; before it the decay is 0 (optax's schedule is NaN
+      there).
 
   Returns:
     An ``optax.GradientTransformation`` with state
@@ -94,7 +96,9 @@ def scale_by_factored_rms(
   Reference: Shazeer & Stern, "Adafactor: Adaptive Learning Rates with
   Sublinear Memory Cost", ICML 2018 (Algorithms 4 and 5).
   """
-  _validate.check_in_range("decay_rate", decay_rate, 0.0, 1.0, high_inclusive=True)
+  _validate.check_in_range(
+      "decay_rate", decay_rate, 0.0, 1.0, high_inclusive=True
+  )
   _validate.check_in_range(
       "min_dim_size_to_factor", min_dim_size_to_factor, 1, np.inf
   )
@@ -108,14 +112,19 @@ def scale_by_factored_rms(
     def zeros(p, stat):
       shape, dtype = jnp.shape(p), jnp.asarray(p).dtype
       axes = axes_of(shape)
-      if stat == "nu" or axes is None:
-        return jnp.zeros(shape, dtype) if stat == "nu" and axes is None else None
+      if (stat == "nu") != (axes is None):
+        return None
+      if stat == "nu":
+        return jnp.zeros(shape, dtype)
       dropped = axes[1] if stat == "row" else axes[0]
       return jnp.zeros(shape[:dropped] + shape[dropped + 1 :], dtype)
 
     return ScaleByFactoredRmsState(
         jnp.zeros([], jnp.int32),
-        *(jax.tree.map(lambda p: zeros(p, s), params) for s in ("row", "col", "nu")),
+        *(
+            jax.tree.map(lambda p: zeros(p, stat), params)
+            for stat in ("row", "col", "nu")
+        ),
     )
 
   def update_fn(updates, state, params=None):
@@ -123,7 +132,7 @@ def scale_by_factored_rms(
 
     def leaf(g, v_row, v_col, v):
       dtype = _tree.compute_dtype(g)
-      t = (state.count - decay_offset + 1).astype(dtype)
+      t = jnp.maximum(state.count - decay_offset + 1, 1).astype(dtype)
       beta = 1 - t ** -jnp.asarray(decay_rate, dtype)
       g_ = g.astype(dtype)
       g2 = g_ * g_ + eps
@@ -142,7 +151,8 @@ def scale_by_factored_rms(
           * jnp.expand_dims(jax.lax.rsqrt(r / row_mean), col)
           * jnp.expand_dims(jax.lax.rsqrt(c), row)
       )
-      return u.astype(g.dtype), r.astype(v_row.dtype), c.astype(v_col.dtype), None
+      r, c = r.astype(v_row.dtype), c.astype(v_col.dtype)
+      return u.astype(g.dtype), r, c, None
 
     u, nu_row, nu_col, nu = _tree.map_leaves(
         leaf, 4, updates, state.nu_row, state.nu_col, state.nu

@@ -21,10 +21,12 @@ leaf is one batched call.
 """
 
 import math
-from typing import Any, NamedTuple, Optional
+import numbers
+from typing import Any, Callable, NamedTuple, Optional
 
 import jax
 import jax.numpy as jnp
+import numpy as np
 import optax
 
 from gradtx.transforms import _tree
@@ -36,10 +38,22 @@ _NEWTON_MAX_ITERS = 100
 _EIGH_RESOLUTION = 4  # in ulps of the largest eigenvalue
 
 
-def check_positive_int(name: str, value: Any) -> None:
-  """Raises ``ValueError`` unless ``value`` is an integer >= 1."""
-  if isinstance(value, bool) or not isinstance(value, int) or value < 1:
-    raise ValueError(f"{name} must be an integer >= 1, got {value!r}")
+def check_positive_int(name: str, value: Any) -> int:
+  """Returns ``value`` as an ``int``; ``ValueError`` unless it is one >= 1.
+
+  Python and NumPy integers are accepted. These arguments fix array shapes or
+  the step structure, so they cannot be traced: ``optax.inject_hyperparams``
+  must list them in ``static_args``.
+  """
+  integral = isinstance(value, numbers.Integral) or (
+      isinstance(value, np.ndarray) and value.ndim == 0
+      and np.issubdtype(value.dtype, np.integer)
+  )
+  if isinstance(value, (bool, np.bool_)) or not integral or value < 1:
+    hint = (" (it sets shapes: with optax.inject_hyperparams, list it in"
+            " static_args)" if isinstance(value, jax.Array) else "")
+    raise ValueError(f"{name} must be an integer >= 1, got {value!r}{hint}")
+  return int(value)
 
 
 def matrix_view(shape: tuple[int, ...]) -> Optional[tuple[int, int]]:
@@ -129,8 +143,29 @@ def transpose(a: jax.Array) -> jax.Array:
   return jnp.swapaxes(a, -1, -2)
 
 
+def unbatched_on_cpu(fn: Callable, a: jax.Array) -> Any:
+  """``fn`` of a stack of matrices ``a``, one matrix per call on CPU.
+
+  For LAPACK-backed ``fn`` (``jnp.linalg.eigh``, ``qr``): jaxlib 0.10's
+  batched CPU kernels hand their batch to the intra-op thread pool and block
+  until it is done; when as many batched calls as the pool has threads run at
+  once (independent leaves do), every thread waits and the step deadlocks
+  (seen with 2 threads; fixed in jaxlib 0.11.2). An unbatched call runs
+  inline, so on CPU the stack is walked with ``lax.map``; other platforms
+  keep the batched call.
+  """
+  batch, matrix = a.shape[:-2], a.shape[-2:]
+  unbatch = lambda out: jax.tree.map(
+      lambda x: x.reshape(*batch, *x.shape[1:]), out)
+  flat = a.reshape(-1, *matrix)
+  if flat.shape[0] == 1:
+    return unbatch(jax.tree.map(lambda x: x[None], fn(flat[0])))
+  return unbatch(jax.lax.platform_dependent(
+      flat, cpu=lambda x: jax.lax.map(fn, x), default=fn))
+
+
 def _eigh_inverse_root(a, p, eps, relative_eps):
-  w, v = jnp.linalg.eigh(a)
+  w, v = unbatched_on_cpu(jnp.linalg.eigh, a)
   w = jnp.maximum(w, 0)
   w = w + eps + relative_eps * w[..., -1:]
   # eigh's absolute eigenvalue error is a few ulp·λ_max (measured: <= 2.2e-7
@@ -158,10 +193,15 @@ def _newton_inverse_root(a, p, eps, relative_eps):
 
   With M₀ = zA and H₀ = z^{1/p} I, z = (1+p)/(2·bound), the steps
   X = ((1+1/p) I − M/p), M ← X^p M, H ← H X keep M = H^p A and drive M → I,
-  so H → A^{-1/p}. ``bound`` = min(‖A‖_F, ‖A‖_∞) ≥ λ_max. Each block stops
-  when its error max|M − I| stops decreasing (a rejected step is undone).
+  so H → A^{-1/p}; ``bound`` = min(‖A‖_F, ‖A‖_∞) ≥ λ_max puts every
+  eigenvalue of M₀ in (0, (1+p)/2], from where each |1 − μ| shrinks. A block
+  stops once ‖M − I‖_F is within a few ulp·√n (its round-off floor, measured)
+  or grows by 20% (that step is undone); at most 100 steps. An eigenvalue μ
+  of M₀ far below 1 takes about log(1/μ)/log(1 + 1/p)^p steps to converge,
+  which ``‖M − I‖_F`` cannot see, so a plateau does not stop the iteration.
   """
-  eye = jnp.eye(a.shape[-1], dtype=a.dtype)
+  n = a.shape[-1]
+  eye = jnp.eye(n, dtype=a.dtype)
   bound = jnp.minimum(
       jnp.linalg.norm(a, axis=(-2, -1)), jnp.abs(a).sum(-1).max(-1)
   )
@@ -171,7 +211,8 @@ def _newton_inverse_root(a, p, eps, relative_eps):
   z = ((1 + p) / (2 * jnp.where(nonzero, bound, 1)))[..., None, None]
   m = (a + ridge[..., None, None] * eye) * z
   h = eye * z ** (1.0 / p)
-  error = jnp.abs(m - eye).max((-2, -1))
+  error = jnp.linalg.norm(m - eye, axis=(-2, -1))
+  tolerance = 4 * math.sqrt(n) * jnp.finfo(a.dtype).eps
 
   def cond(carry):
     step, _, _, _, active = carry
@@ -181,13 +222,13 @@ def _newton_inverse_root(a, p, eps, relative_eps):
     step, m, h, error, active = carry
     x = (1 + 1.0 / p) * eye - m / p
     m_new, h_new = matmul(_matrix_power(x, p), m), matmul(h, x)
-    error_new = jnp.abs(m_new - eye).max((-2, -1))
-    accept = active & (error_new < error)
+    error_new = jnp.linalg.norm(m_new - eye, axis=(-2, -1))
+    accept = active & (error_new < 1.2 * error)
     pick = lambda new, old: jnp.where(accept[..., None, None], new, old)
     return (step + 1, pick(m_new, m), pick(h_new, h),
-            jnp.where(accept, error_new, error), accept)
+            jnp.where(accept, error_new, error), accept & (error_new > tolerance))
 
-  carry = (jnp.int32(0), m, h, error, jnp.ones(error.shape, bool))
+  carry = (jnp.int32(0), m, h, error, error > tolerance)
   h = jax.lax.while_loop(cond, body, carry)[2]
   return jnp.where(nonzero[..., None, None], h, 0)
 
@@ -312,10 +353,14 @@ def kronecker_precondition(
   _validate.check_in_range("b2", b2, 0.0, 1.0, high_inclusive=True)
   _validate.check_non_negative("eps", eps)
   _validate.check_non_negative("relative_eps", relative_eps)
-  check_positive_int("precondition_every", precondition_every)
+  precondition_every = check_positive_int(
+      "precondition_every", precondition_every
+  )
   if block_size is not None:
-    check_positive_int("block_size", block_size)
-  check_positive_int("max_precondition_dim", max_precondition_dim)
+    block_size = check_positive_int("block_size", block_size)
+  max_precondition_dim = check_positive_int(
+      "max_precondition_dim", max_precondition_dim
+  )
   if root_method not in ROOT_METHODS:
     raise ValueError(
         f"root_method must be one of {ROOT_METHODS}, got {root_method!r}"
@@ -324,18 +369,19 @@ def kronecker_precondition(
 
   def init_fn(params):
     def leaf(p):
+      # Every field gets its own buffer, so that the state can be donated.
       dtype, layout = _tree.compute_dtype(p), layout_of(p)
-      empty = jnp.zeros((0,), dtype)
       if layout is None:
-        return empty, empty, jnp.zeros(jnp.shape(p), dtype)
+        return *(jnp.zeros((0,), dtype) for _ in range(4)), jnp.zeros(
+            jnp.shape(p), dtype)
       nb, br, bc = layout.num_blocks, layout.block_rows, layout.block_cols
-      left = jnp.zeros((nb, br, br), dtype) if layout.left else empty
-      right = jnp.zeros((nb, bc, bc), dtype) if layout.right else empty
-      return left, right, empty
+      left = (nb, br, br) if layout.left else (0,)
+      right = (nb, bc, bc) if layout.right else (0,)
+      shapes = (left, right, left, right, (0,))
+      return tuple(jnp.zeros(shape, dtype) for shape in shapes)
 
-    left, right, diag = _tree.map_leaves(leaf, 3, params)
     return KroneckerPreconditionState(
-        jnp.zeros([], jnp.int32), left, right, left, right, diag
+        jnp.zeros([], jnp.int32), *_tree.map_leaves(leaf, 5, params)
     )
 
   def accumulate(g, left, right, diag):
@@ -444,8 +490,10 @@ def graft(
   Learning Rates", 2020; Anil et al. 2020 (per-block grafting in Shampoo).
   """
   if block_size is not None:
-    check_positive_int("block_size", block_size)
-  check_positive_int("max_precondition_dim", max_precondition_dim)
+    block_size = check_positive_int("block_size", block_size)
+  max_precondition_dim = check_positive_int(
+      "max_precondition_dim", max_precondition_dim
+  )
 
   def init_fn(params):
     return GraftState(magnitude.init(params), direction.init(params))

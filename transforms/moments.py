@@ -33,11 +33,6 @@ class ScaleByAdamState(NamedTuple):
   nu_max: Optional[optax.Updates]
 
 
-def _debias(b: Any, count: jax.Array, dtype: Any) -> jax.Array:
-  """The bias correction 1 − bᵗ of an EMA started at zero."""
-  return 1 - jnp.asarray(b, dtype) ** count.astype(dtype)
-
-
 def scale_by_adam(
     b1: float = 0.9,
     b2: float = 0.999,
@@ -66,8 +61,8 @@ def scale_by_adam(
   With ``"int8"`` moments (8-bit Adam, Dettmers et al. 2022) each step
   dequantizes the stored moments, updates them in float32, computes
   :math:`u_t` from the float32 values and requantizes them (see
-  ``gt.quantize``). As in bitsandbytes, a coordinate whose gradient or new
-  moments are not finite gets a zero update and its moments restart from
+  ``gt.quantize``). As in bitsandbytes, a coordinate whose gradient (or its
+  square) is not finite gets a zero update and its moments restart from
   zero; the other coordinates of its block are unaffected. (With float
   moments NaN propagates, as in optax and torch: use
   ``optax.apply_if_finite`` to skip such steps.)
@@ -121,43 +116,43 @@ def scale_by_adam(
   def update_fn(updates, state, params=None):
     del params
     count = _tree.increment(state.count)
-    keys = None
-    if quantize.needs_key(mu_format, nu_format):
-      keys = quantize.rounding_keys(updates, count)
+    seeds = None
+    if quantize.needs_seed(mu_format, nu_format):
+      seeds = quantize.rounding_seeds(updates, count)
 
-    def leaf(g, m, v, v_max, key):
+    def leaf(g, m, v, v_max, seed):
       dtype = _tree.compute_dtype(g)
+      # 1 − b is formed before the cast: 1 − float32(0.999) is off by 1e-5.
       b1_, b2_ = jnp.asarray(b1, dtype), jnp.asarray(b2, dtype)
+      c1, c2 = jnp.asarray(1 - b1, dtype), jnp.asarray(1 - b2, dtype)
       g_ = g.astype(dtype)
-      m_new = b1_ * quantize.load(m, dtype) + (1 - b1_) * g_
-      v_new = b2_ * quantize.load(v, dtype) + (1 - b2_) * g_ * g_
+      m_new = b1_ * quantize.load(m, dtype) + c1 * g_
+      v_new = b2_ * quantize.load(v, dtype) + c2 * g_ * g_
       if amsgrad:
         v_max_new = jnp.maximum(quantize.load(v_max, dtype), v_new)
       v_used = v_max_new if amsgrad else v_new
       if nesterov:
-        m_hat = b1_ * m_new / _debias(b1, count + 1, dtype) + (
-            1 - b1_
-        ) * g_ / _debias(b1, count, dtype)
+        m_hat = b1_ * m_new / _tree.bias_correction(b1, count + 1, dtype) + (
+            c1 * g_ / _tree.bias_correction(b1, count, dtype))
       else:
-        m_hat = m_new / _debias(b1, count, dtype)
-      v_hat = v_used / _debias(b2, count, dtype)
+        m_hat = m_new / _tree.bias_correction(b1, count, dtype)
+      v_hat = v_used / _tree.bias_correction(b2, count, dtype)
       u = m_hat / (jnp.sqrt(v_hat + eps_root) + eps)
       if guard_non_finite:
-        finite = jnp.isfinite(u) & jnp.isfinite(m_new) & jnp.isfinite(v_new)
-        u, m_new, v_new, v_used = (
-            jnp.where(finite, x, 0) for x in (u, m_new, v_new, v_used)
+        u, m_new, v_new, v_max_new = quantize.reset_non_finite(
+            g_, u, m_new, v_new, v_max_new if amsgrad else None
         )
-        v_max_new = v_used if amsgrad else None
-      k_m, k_v, k_max = (None,) * 3 if key is None else jax.random.split(key, 3)
       return (
           u.astype(g.dtype),
-          quantize.store(m_new, m, mu_format, k_m),
-          quantize.store(v_new, v, nu_format, k_v),
-          quantize.store(v_max_new, v_max, nu_format, k_max) if amsgrad else None,
+          quantize.store(m_new, m, mu_format, seed, stream=0),
+          quantize.store(v_new, v, nu_format, seed, stream=1),
+          quantize.store(v_max_new, v_max, nu_format, seed, stream=2)
+          if amsgrad
+          else None,
       )
 
     u, mu, nu, nu_max = _tree.map_leaves(
-        leaf, 4, updates, state.mu, state.nu, state.nu_max, keys
+        leaf, 4, updates, state.mu, state.nu, state.nu_max, seeds
     )
     return u, ScaleByAdamState(count, mu, nu, nu_max if amsgrad else None)
 
@@ -217,8 +212,8 @@ def scale_by_belief(
       g_ = g.astype(dtype)
       m_new = b1 * m.astype(dtype) + (1 - b1) * g_
       s_new = b2 * s.astype(dtype) + (1 - b2) * jnp.square(g_ - m_new) + eps
-      m_hat = m_new / _debias(b1, count, dtype)
-      s_hat = s_new / _debias(b2, count, dtype)
+      m_hat = m_new / _tree.bias_correction(b1, count, dtype)
+      s_hat = s_new / _tree.bias_correction(b2, count, dtype)
       u = m_hat / (jnp.sqrt(s_hat) + eps)
       return u.astype(g.dtype), m_new.astype(m.dtype), s_new.astype(s.dtype)
 

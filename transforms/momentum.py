@@ -146,22 +146,21 @@ def ema(
     count = _tree.increment(state.count)
     if not keeps_average:
       return updates, EmaState(count, None)
-    keys = None
-    if quantize.needs_key(mu_format):
-      keys = quantize.rounding_keys(updates, count)
+    seeds = None
+    if quantize.needs_seed(mu_format):
+      seeds = quantize.rounding_seeds(updates, count)
 
-    def leaf(g, m, key):
+    def leaf(g, m, seed):
       dtype = _tree.compute_dtype(g)
       g_ = g.astype(dtype)
       m_new = decay * quantize.load(m, dtype) + (1 - decay) * g_
       m_used = m_new / _tree.bias_correction(decay, count, dtype) if debias else m_new
       u = decay * m_used + (1 - decay) * g_ if nesterov else m_used
       if quantize.is_quantized(mu_format):
-        finite = jnp.isfinite(u) & jnp.isfinite(m_new)
-        u, m_new = jnp.where(finite, u, 0), jnp.where(finite, m_new, 0)
-      return u.astype(g.dtype), quantize.store(m_new, m, mu_format, key)
+        u, m_new = quantize.reset_non_finite(g_, u, m_new)
+      return u.astype(g.dtype), quantize.store(m_new, m, mu_format, seed)
 
-    u, mu = _tree.map_leaves(leaf, 2, updates, state.mu, keys)
+    u, mu = _tree.map_leaves(leaf, 2, updates, state.mu, seeds)
     return u, EmaState(count, mu)
 
   return optax.GradientTransformation(init_fn, update_fn)

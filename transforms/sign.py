@@ -32,7 +32,7 @@ def scale_by_sign(tau: float = 0.0) -> optax.GradientTransformation:
 
   def update_fn(updates, state, params=None):
     del params
-    if isinstance(tau, (int, float)) and tau == 0:
+    if _validate.is_static_zero(tau):
       return jax.tree.map(jnp.sign, updates), state
 
     def soft_sign(g):
@@ -114,4 +114,5 @@ def scale_by_tiger(
   Reference: Su Jianlin, "Tiger: A Tight-fisted Optimizer", 2023
   (github.com/bojone/tiger).
   """
+  _validate.check_decay("beta", beta)
   return scale_by_lion(beta, beta, mu_dtype=mu_dtype)

@@ -52,7 +52,7 @@ def _rotate(x, left, right, layout, *, back=False):
 
 
 def _eigenvectors(stats):
-  return jnp.linalg.eigh(stats)[1][..., ::-1]
+  return kron.unbatched_on_cpu(jnp.linalg.eigh, stats)[1][..., ::-1]
 
 
 def scale_by_soap(
@@ -114,8 +114,12 @@ def scale_by_soap(
   if shampoo_b2 is not None:
     _validate.check_decay("shampoo_b2", shampoo_b2)
   _validate.check_non_negative("eps", eps)
-  kron.check_positive_int("precondition_every", precondition_every)
-  kron.check_positive_int("max_precondition_dim", max_precondition_dim)
+  precondition_every = kron.check_positive_int(
+      "precondition_every", precondition_every
+  )
+  max_precondition_dim = kron.check_positive_int(
+      "max_precondition_dim", max_precondition_dim
+  )
   if refresh not in REFRESH_METHODS:
     raise ValueError(
         f"refresh must be one of {REFRESH_METHODS}, got {refresh!r}"
@@ -125,18 +129,19 @@ def scale_by_soap(
 
   def init_fn(params):
     def leaf(p):
+      # Every field gets its own buffer, so that the state can be donated.
       dtype, layout = _tree.compute_dtype(p), layout_of(p)
-      empty = jnp.zeros((0,), dtype)
-      if layout is None:
-        return empty, empty
-      left = jnp.zeros((1, layout.rows, layout.rows), dtype)
-      right = jnp.zeros((1, layout.cols, layout.cols), dtype)
-      return left if layout.left else empty, right if layout.right else empty
+      left = right = (0,)
+      if layout is not None and layout.left:
+        left = (1, layout.rows, layout.rows)
+      if layout is not None and layout.right:
+        right = (1, layout.cols, layout.cols)
+      return tuple(jnp.zeros(s, dtype) for s in (left, right, left, right))
 
-    left, right = _tree.map_leaves(leaf, 2, params)
     return ScaleBySoapState(
         jnp.zeros([], jnp.int32), _tree.zeros_like_tree(params, mu_dtype),
-        _tree.zeros_like_tree(params, nu_dtype), left, right, left, right,
+        _tree.zeros_like_tree(params, nu_dtype),
+        *_tree.map_leaves(leaf, 4, params),
     )
 
   def adam_step(count, g, mu, nu, left_basis, right_basis):
@@ -180,7 +185,8 @@ def scale_by_soap(
     if refresh == "eigh":
       return _eigenvectors(stats), v
     basis = jnp.take_along_axis(basis, order[..., None, :], -1)
-    return jnp.linalg.qr(kron.matmul(stats, basis))[0], v
+    power_step = kron.matmul(stats, basis)
+    return kron.unbatched_on_cpu(jnp.linalg.qr, power_step)[0], v
 
   def new_basis(g, left, right, left_basis, right_basis, mu, nu, *, first):
     layout = layout_of(g)

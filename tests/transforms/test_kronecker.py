@@ -190,6 +190,18 @@ def test_roots_refresh_every_k_steps_in_one_trace():
   assert _relative_error(roots[-1][0], expected) < 1e-4
 
 
+def test_cpu_lowering_has_no_batched_lapack_calls():
+  """jaxlib 0.10's batched CPU LAPACK kernels deadlock when several run at
+  once (see ``kron.unbatched_on_cpu``): matrices go one at a time on CPU."""
+  grads = {f"w{i}": jnp.ones((16, 24)) for i in range(4)}
+  for tx in (gt.kronecker_precondition(block_size=8),
+             gt.scale_by_soap(precondition_every=2)):
+    text = jax.jit(tx.update).lower(grads, tx.init(grads)).as_text()
+    assert "lapack_ssyevd_ffi" in text
+    assert 'num_batch_dims = "0"' in text
+    assert 'num_batch_dims = "1"' not in text and 'num_batch_dims = "2"' not in text
+
+
 def test_newton_and_eigh_updates_agree():
   rng = np.random.default_rng(8)
   grads = [jnp.asarray(rng.standard_normal((12, 9)), jnp.float32) for _ in range(3)]

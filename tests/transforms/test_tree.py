@@ -125,7 +125,9 @@ def test_cast_like_follows_the_reference_dtypes():
 
 
 def test_cast_like_with_none_leaves():
-  cast = _tree.cast_like({"a": jnp.ones(2), "n": None}, {"a": jnp.ones(2, jnp.int8), "n": None})
+  cast = _tree.cast_like(
+      {"a": jnp.ones(2), "n": None}, {"a": jnp.ones(2, jnp.int8), "n": None}
+  )
   assert cast["a"].dtype == jnp.int8 and cast["n"] is None
 
 

@@ -26,7 +26,10 @@ def test_is_static_zero_true(value):
 @pytest.mark.parametrize(
     "value",
     [1e-30, -1e-30, 1, NAN, jnp.asarray(0.0), np.zeros(1), "0", None, lambda c: 0],
-    ids=["tiny", "-tiny", "one", "nan", "jax_array", "1d_numpy", "str", "none", "callable"],
+    ids=[
+        "tiny", "-tiny", "one", "nan", "jax_array", "1d_numpy", "str", "none",
+        "callable",
+    ],
 )
 def test_is_static_zero_false(value):
   # Arrays (what inject_hyperparams feeds back) are never "static".
@@ -141,7 +144,10 @@ def test_check_decay_rejects(value):
         optax.constant_schedule(0.1),
         lambda count: 0.1,
     ],
-    ids=["zero", "float", "int", "np_scalar", "np_0d", "jax_array", "schedule", "lambda"],
+    ids=[
+        "zero", "float", "int", "np_scalar", "np_0d", "jax_array", "schedule",
+        "lambda",
+    ],
 )
 def test_check_scalar_or_schedule_accepts(value):
   _validate.check_scalar_or_schedule("learning_rate", value)

@@ -1,0 +1,218 @@
+"""Argument validation of every optimizer factory in gradtx.optimizers.
+
+The contract (STYLE.md, "Errors"): a bad hyper-parameter raises ``ValueError``
+when the factory is called (not at ``init`` or the first ``update``), through
+the shared helper, with a message that names the argument and the allowed
+range (``b1 must be in [0, 1), got 1.5``); traced values, such as those
+``optax.inject_hyperparams`` feeds back in, are not checked.
+
+``RANGES`` lists, per factory, every numeric argument and its kind of range;
+``test_ranges_cover_every_argument`` keeps it complete.
+"""
+
+import inspect
+import re
+from typing import NamedTuple
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+import optax
+import pytest
+
+from gradtx import optimizers as go
+
+LR = 0.1
+NAN = float("nan")
+
+
+class Kind(NamedTuple):
+  """A kind of range: values outside it, one inside, message fragments."""
+
+  bad: tuple
+  good: tuple
+  fragments: tuple  # one of these must appear in the message
+
+
+DECAY = Kind((-0.1, 1.0, NAN), (0.0, 0.999), ("[0, 1)",))
+UNIT = Kind((-0.1, 1.5, NAN), (0.0, 1.0), ("[0, 1]",))
+NON_NEGATIVE = Kind((-1e-3, NAN), (0.0, 3.0), ("[0, inf]", "non-negative", ">= 0"))
+POSITIVE = Kind((0.0, -1.0, NAN), (1e-3,), ("(0, inf)", "> 0"))
+COUNT = Kind((0, -1), (1,), (">= 1", "[1, inf)"))
+INDEX = Kind((-1,), (0, 5), (">= 0", "[0, inf)", "[0, inf]"))
+
+RANGES = {
+    go.sgd: dict(
+        learning_rate=NON_NEGATIVE, momentum=DECAY, weight_decay=NON_NEGATIVE,
+        dampening=DECAY,
+    ),
+    go.adagrad: dict(
+        learning_rate=NON_NEGATIVE, initial_accumulator_value=NON_NEGATIVE,
+        eps=NON_NEGATIVE, weight_decay=NON_NEGATIVE,
+    ),
+    go.rmsprop: dict(
+        learning_rate=NON_NEGATIVE, decay=DECAY, eps=NON_NEGATIVE,
+        momentum=DECAY, weight_decay=NON_NEGATIVE,
+    ),
+    go.adam: dict(
+        learning_rate=NON_NEGATIVE, b1=DECAY, b2=DECAY, eps=NON_NEGATIVE,
+        weight_decay=NON_NEGATIVE, eps_root=NON_NEGATIVE,
+    ),
+    go.adamw: dict(
+        learning_rate=NON_NEGATIVE, b1=DECAY, b2=DECAY, eps=NON_NEGATIVE,
+        weight_decay=NON_NEGATIVE, eps_root=NON_NEGATIVE,
+    ),
+    go.adabelief: dict(
+        learning_rate=NON_NEGATIVE, b1=DECAY, b2=DECAY, eps=NON_NEGATIVE,
+        weight_decay=NON_NEGATIVE,
+    ),
+    go.signsgd: dict(learning_rate=NON_NEGATIVE, momentum=DECAY),
+    go.lion: dict(
+        learning_rate=NON_NEGATIVE, b1=DECAY, b2=DECAY, weight_decay=NON_NEGATIVE
+    ),
+    go.tiger: dict(learning_rate=NON_NEGATIVE, beta=DECAY, weight_decay=NON_NEGATIVE),
+    go.muon: dict(
+        learning_rate=NON_NEGATIVE, beta=DECAY, ns_steps=COUNT,
+        weight_decay=NON_NEGATIVE, eps=NON_NEGATIVE,
+        adam_learning_rate=NON_NEGATIVE, adam_b1=DECAY, adam_b2=DECAY,
+        adam_eps=NON_NEGATIVE, adam_weight_decay=NON_NEGATIVE,
+    ),
+    go.shampoo: dict(
+        learning_rate=NON_NEGATIVE, b1=DECAY, b2=UNIT, eps=NON_NEGATIVE,
+        precondition_every=COUNT, block_size=COUNT, weight_decay=NON_NEGATIVE,
+        max_precondition_dim=COUNT, relative_eps=NON_NEGATIVE, graft_b2=DECAY,
+        graft_eps=NON_NEGATIVE,
+    ),
+    go.soap: dict(
+        learning_rate=NON_NEGATIVE, b1=DECAY, b2=DECAY, shampoo_b2=DECAY,
+        eps=NON_NEGATIVE, precondition_every=COUNT, max_precondition_dim=COUNT,
+        weight_decay=NON_NEGATIVE,
+    ),
+    go.adafactor: dict(
+        learning_rate=NON_NEGATIVE, min_dim_size_to_factor=COUNT,
+        decay_rate=UNIT, decay_offset=INDEX, clipping_threshold=POSITIVE,
+        momentum=DECAY, weight_decay=NON_NEGATIVE, eps=NON_NEGATIVE,
+    ),
+    go.adam_mini: dict(
+        learning_rate=NON_NEGATIVE, b1=DECAY, b2=DECAY, eps=NON_NEGATIVE,
+        weight_decay=NON_NEGATIVE,
+    ),
+    go.adamw_8bit: dict(
+        learning_rate=NON_NEGATIVE, b1=DECAY, b2=DECAY, eps=NON_NEGATIVE,
+        weight_decay=NON_NEGATIVE, block_size=COUNT,
+    ),
+}
+
+
+def _is_optimizer(name):
+  return list(inspect.signature(getattr(go, name)).parameters)[:1] == [
+      "learning_rate"
+  ]
+
+
+def _call(factory, name, value):
+  if name == "learning_rate":
+    return factory(value)
+  return factory(LR, **{name: value})
+
+
+def _names(message, name):
+  """Whether ``message`` names ``name`` itself (not ``adam_`` + name)."""
+  return re.search(rf"(?<![\w.]){re.escape(name)}(?!\w)", message) is not None
+
+
+def _params(select):
+  return [
+      pytest.param(f, name, kind, id=f"{f.__name__}-{name}")
+      for f, args in RANGES.items()
+      for name, kind in args.items()
+      if select(name, kind)
+  ]
+
+
+def test_ranges_cover_every_argument():
+  optimizers = set(filter(_is_optimizer, go.__all__))
+  assert {f.__name__ for f in RANGES} == optimizers
+  for factory, args in RANGES.items():
+    numeric = {
+        k
+        for k, v in inspect.signature(factory).parameters.items()
+        if isinstance(v.default, (int, float)) and not isinstance(v.default, bool)
+    }
+    assert numeric <= set(args), (factory.__name__, numeric - set(args))
+
+
+@pytest.mark.parametrize("factory,name,kind", _params(lambda n, k: True))
+def test_out_of_range_value_is_rejected_at_factory_time(factory, name, kind):
+  for value in kind.bad:
+    with pytest.raises(ValueError) as error:
+      _call(factory, name, value)
+    message = str(error.value)
+    assert _names(message, name), f"{name}={value!r}: {message}"
+    assert any(f in message for f in kind.fragments), f"{name}={value!r}: {message}"
+
+
+@pytest.mark.parametrize("factory,name,kind", _params(lambda n, k: True))
+def test_in_range_values_are_accepted(factory, name, kind):
+  for value in kind.good:
+    assert isinstance(_call(factory, name, value), optax.GradientTransformation)
+  assert isinstance(
+      _call(factory, name, np.asarray(kind.good[-1])[()]), optax.GradientTransformation
+  )
+
+
+@pytest.mark.parametrize(
+    "factory,name,kind", _params(lambda n, k: k is not COUNT and k is not INDEX)
+)
+def test_traced_values_are_not_checked(factory, name, kind):
+  """What inject_hyperparams passes: arrays at init, tracers under jit."""
+  def build(value):
+    _call(factory, name, value)
+    return value
+
+  for value in kind.bad[:1] + kind.good:
+    build(jnp.asarray(value, jnp.float32))
+    jax.eval_shape(build, jnp.asarray(value, jnp.float32))
+
+
+@pytest.mark.parametrize("factory", list(RANGES), ids=lambda f: f.__name__)
+def test_non_number_is_rejected_at_factory_time(factory):
+  """A string where a number belongs must not wait for the first update.
+
+  (Some are even accepted for good: ``jnp.asarray("0.5", jnp.float32)``
+  parses the string, so ``adam(b1="0.5")`` trains.)
+  """
+  accepted = []
+  for name in RANGES[factory]:
+    try:
+      _call(factory, name, "0.5")
+    except ValueError as error:
+      assert _names(str(error), name), str(error)
+    else:
+      accepted.append(name)
+  assert not accepted, f"{factory.__name__} accepts a string for {accepted}"
+
+
+_SCHEDULABLE = [
+    pytest.param(f, name, id=f"{f.__name__}-{name}")
+    for f in RANGES
+    for name in ("learning_rate", "weight_decay", "adam_learning_rate")
+    if name in inspect.signature(f).parameters
+]
+
+
+@pytest.mark.parametrize("factory,name", _SCHEDULABLE)
+@pytest.mark.parametrize(
+    "value", ["0.1", [0.1], {"lr": 0.1}], ids=["str", "list", "dict"]
+)
+def test_non_callable_non_number_schedule_is_rejected(factory, name, value):
+  with pytest.raises(ValueError) as error:
+    _call(factory, name, value)
+  message = str(error.value)
+  assert _names(message, name) and "schedule" in message, message
+
+
+@pytest.mark.parametrize("factory,name", _SCHEDULABLE)
+def test_schedules_are_accepted(factory, name):
+  _call(factory, name, optax.linear_schedule(LR, 0.0, 10))
+  _call(factory, name, lambda count: LR)
