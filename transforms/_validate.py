@@ -37,7 +37,7 @@ def check_in_range(
   that is not a number (a string, a list) is refused.
   """
   if not _is_plain_number(value):
-    if not (hasattr(value, "dtype") and hasattr(value, "shape")):
+    if not (callable(value) or hasattr(value, "dtype") and hasattr(value, "shape")):
       raise ValueError(
           f"{name} must be a number, got {value!r} of type"
           f" {type(value).__name__}"
@@ -83,3 +83,21 @@ def check_scalar_or_schedule(name: str, value: Any) -> None:
       f"{name} must be a non-negative number or a schedule (a callable of the"
       f" step count), got {value!r} of type {type(value).__name__}"
   )
+
+
+def check_integer(name: str, value: Any, low: int = 1) -> int:
+  """Returns ``value`` as an ``int``; ``ValueError`` unless it is one >= low.
+
+  Python and NumPy integers are accepted. These arguments fix array shapes or
+  the step structure, so they cannot be traced: ``optax.inject_hyperparams``
+  must list them in ``static_args``.
+  """
+  integral = isinstance(value, numbers.Integral) or (
+      isinstance(value, np.ndarray) and value.ndim == 0
+      and np.issubdtype(value.dtype, np.integer)
+  )
+  if isinstance(value, (bool, np.bool_)) or not integral or value < low:
+    hint = (" (it sets shapes: with optax.inject_hyperparams, list it in"
+            " static_args)" if hasattr(value, "dtype") else "")
+    raise ValueError(f"{name} must be an integer >= {low}, got {value!r}{hint}")
+  return int(value)

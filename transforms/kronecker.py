@@ -21,7 +21,6 @@ leaf is one batched call.
 """
 
 import math
-import numbers
 from typing import Any, Callable, NamedTuple, Optional
 
 import jax
@@ -36,24 +35,6 @@ ROOT_METHODS = ("eigh", "newton")
 _HIGHEST = jax.lax.Precision.HIGHEST
 _NEWTON_MAX_ITERS = 100
 _EIGH_RESOLUTION = 4  # in ulps of the largest eigenvalue
-
-
-def check_positive_int(name: str, value: Any) -> int:
-  """Returns ``value`` as an ``int``; ``ValueError`` unless it is one >= 1.
-
-  Python and NumPy integers are accepted. These arguments fix array shapes or
-  the step structure, so they cannot be traced: ``optax.inject_hyperparams``
-  must list them in ``static_args``.
-  """
-  integral = isinstance(value, numbers.Integral) or (
-      isinstance(value, np.ndarray) and value.ndim == 0
-      and np.issubdtype(value.dtype, np.integer)
-  )
-  if isinstance(value, (bool, np.bool_)) or not integral or value < 1:
-    hint = (" (it sets shapes: with optax.inject_hyperparams, list it in"
-            " static_args)" if isinstance(value, jax.Array) else "")
-    raise ValueError(f"{name} must be an integer >= 1, got {value!r}{hint}")
-  return int(value)
 
 
 def matrix_view(shape: tuple[int, ...]) -> Optional[tuple[int, int]]:
@@ -353,12 +334,12 @@ def kronecker_precondition(
   _validate.check_in_range("b2", b2, 0.0, 1.0, high_inclusive=True)
   _validate.check_non_negative("eps", eps)
   _validate.check_non_negative("relative_eps", relative_eps)
-  precondition_every = check_positive_int(
+  precondition_every = _validate.check_integer(
       "precondition_every", precondition_every
   )
   if block_size is not None:
-    block_size = check_positive_int("block_size", block_size)
-  max_precondition_dim = check_positive_int(
+    block_size = _validate.check_integer("block_size", block_size)
+  max_precondition_dim = _validate.check_integer(
       "max_precondition_dim", max_precondition_dim
   )
   if root_method not in ROOT_METHODS:
@@ -490,8 +471,8 @@ def graft(
   Learning Rates", 2020; Anil et al. 2020 (per-block grafting in Shampoo).
   """
   if block_size is not None:
-    block_size = check_positive_int("block_size", block_size)
-  max_precondition_dim = check_positive_int(
+    block_size = _validate.check_integer("block_size", block_size)
+  max_precondition_dim = _validate.check_integer(
       "max_precondition_dim", max_precondition_dim
   )
 

@@ -38,6 +38,7 @@ import jax.numpy as jnp
 import numpy as np
 
 from gradtx.transforms import _tree
+from gradtx.transforms import _validate
 
 
 @functools.lru_cache(maxsize=None)
@@ -327,10 +328,10 @@ class Int8Blocks:
   min_size: int = 4096
 
   def __post_init__(self):
-    for name, low in (("block_size", 1), ("min_size", 0)):
-      value = getattr(self, name)
-      if not isinstance(value, int) or value < low:
-        raise ValueError(f"{name} must be an integer >= {low}, got {value!r}")
+    object.__setattr__(
+        self, "block_size", _validate.check_integer("block_size", self.block_size))
+    object.__setattr__(
+        self, "min_size", _validate.check_integer("min_size", self.min_size, 0))
 
 
 @dataclasses.dataclass(frozen=True)

@@ -114,10 +114,10 @@ def scale_by_soap(
   if shampoo_b2 is not None:
     _validate.check_decay("shampoo_b2", shampoo_b2)
   _validate.check_non_negative("eps", eps)
-  precondition_every = kron.check_positive_int(
+  precondition_every = _validate.check_integer(
       "precondition_every", precondition_every
   )
-  max_precondition_dim = kron.check_positive_int(
+  max_precondition_dim = _validate.check_integer(
       "max_precondition_dim", max_precondition_dim
   )
   if refresh not in REFRESH_METHODS:

@@ -624,7 +624,18 @@ def _check_shardings(tree, mesh, what):
         what, jax.tree_util.keystr(path), leaf.sharding, expected)
 
 
-@structured
+# Known gap (issues 4 and 5, open): these states hold per-leaf arrays that are
+# not shaped like the parameter (Kronecker statistics, factored or block
+# second moments), and optax.tree_map_params hands them the parameter's
+# sharding. strict: the mark must go once they pass.
+_STATE_SHARDING_GAPS = ("shampoo", "soap", "adafactor", "adam_mini")
+
+
+@pytest.mark.parametrize("case", [
+    pytest.param(c, marks=pytest.mark.xfail(
+        c.name in _STATE_SHARDING_GAPS, strict=True,
+        reason="non-parameter-shaped state leaves (issues 4/5)"))
+    for c in STRUCTURED], ids=[c.name for c in STRUCTURED])
 def test_state_shardings_follow_params(case):
   _placed_state(case.make(), _mesh(jax.sharding.AxisType.Explicit))
 
@@ -662,6 +673,13 @@ def test_nan_gradient_propagates_into_updates(case):
   scheduled = case in STRUCTURED  # the step compiled for it already
   _, state, _ = _run(case.name, GRADS[:1], scheduled)
   _, state, (updates,) = _run(case.name, [_with_nan(GRADS[1])], scheduled, state)
+  if case.name == "adamw_8bit":
+    # Documented exception (scale_by_adam with int8 states, as bitsandbytes):
+    # a NaN would spoil its whole quantization block, so the coordinate gets
+    # a zero Adam step (only the weight decay moves it) and a reset moment.
+    assert all(bool(jnp.isfinite(u).all()) for u in jax.tree.leaves(updates))
+    assert all(bool(jnp.isfinite(x).all()) for x in _floating_leaves(state))
+    return
   assert bool(jnp.isnan(updates["w"][1, 0])), updates["w"]
   # Element-wise rules poison only that coordinate; matrix and block rules
   # (orthogonalization, preconditioners, shared scales) may spread it within
