@@ -92,6 +92,11 @@ OPTIMIZERS: dict[str, Callable[[int], optax.GradientTransformation]] = {
     "muon:moonlight": lambda n: go.muon(
         warmup_cosine(6e-3, n), scale="moonlight", weight_decay=0.1,
         adam_b2=0.99, adam_weight_decay=0.0),
+    "shampoo": lambda n: go.shampoo(
+        warmup_cosine(9e-3, n), b2=0.99, graft_b2=0.99, weight_decay=0.1,
+        mask=matrices),
+    "soap": lambda n: go.soap(
+        warmup_cosine(1.2e-2, n), weight_decay=0.1, mask=matrices),
     "optax:adamw": lambda n: optax.adamw(
         warmup_cosine(6e-3, n), b2=0.99, weight_decay=0.1, mask=matrices),
     "optax:lion": lambda n: optax.lion(
