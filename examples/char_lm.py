@@ -10,7 +10,7 @@ printable ASCII and newline, anything else mapped to one extra token. The last
 
 Usage::
 
-  python examples/char_lm.py                          # adamw,adam,lion,sgd
+  python examples/char_lm.py                          # adamw,muon,adam,lion,sgd
   python examples/char_lm.py --optimizers adamw,optax:adamw,tiger --steps 800
   python examples/char_lm.py --list                   # the registered names
 
@@ -380,7 +380,7 @@ def plot_curves(results: dict, entropy: float, path: pathlib.Path) -> None:
 
 def parse_args(argv: Optional[Sequence[str]]) -> Config:
   parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-  parser.add_argument("--optimizers", default="adamw,adam,lion,sgd",
+  parser.add_argument("--optimizers", default="adamw,muon,adam,lion,sgd",
                       help="comma-separated names from OPTIMIZERS (see --list)")
   parser.add_argument("--list", action="store_true",
                       help="list optimizer names and exit")
