@@ -187,6 +187,13 @@ def orthogonalize_newton_schulz(
     u = X_{\text{ns\_steps}} \approx \operatorname{msign}(U) = UV^T
 
   computed with rows ≤ cols (the matrix is transposed and back otherwise).
+  The singular vectors are those of U; each singular value σ is mapped by the
+  composed scalar polynomial. Measured bands of the output singular values
+  after 5 steps (tests/transforms/test_orthogonalize.py), for inputs with
+  σ/‖U‖_F in [0.01, 1]: ``"jordan"`` [0.68, 1.135], ``"polar_express"``
+  [0.870, 1.124], ``"cubic"`` [0.076, 1.0]; for σ/‖U‖_F in [0.001, 1]:
+  jordan [0.47, 1.20], polar_express [0.84, 1.124]. Smaller singular values
+  are only partly lifted; exactly zero ones stay zero.
   Leaves with ``ndim >= 3`` are batches of matrices over their leading axes;
   leaves with ``ndim < 2`` pass through unchanged.
 

@@ -179,9 +179,13 @@ def test_adamw_8bit_tracks_adamw_on_a_regression():
   schedule = optax.cosine_decay_schedule(3e-2, 300)
   full = om.run(go.adamw(schedule, weight_decay=1e-4), params0, grad, 300, jnp.float32)
   int8 = om.run(go.adamw_8bit(schedule, weight_decay=1e-4), params0, grad, 300, jnp.float32)
-  assert loss(full[-1]) < 0.05 * loss(full[0])
-  assert abs(loss(int8[-1]) / loss(full[-1]) - 1) < 0.01
-  assert np.abs(int8[-1]["w"] - full[-1]["w"]).max() < 0.02 * np.abs(full[-1]["w"]).max()
+  # Both fit to within ~2x the noise floor (0.01); near it, 8-bit first
+  # moments cost a few percent of the final loss (their rounding errors stay
+  # correlated from step to step), bf16 round-to-nearest ~1%.
+  assert loss(full[-1]) < 0.001 * loss(full[0])
+  assert abs(loss(int8[-1]) / loss(full[-1]) - 1) < 0.08
+  gap = max(np.abs(a["w"] - b["w"]).max() for a, b in zip(int8, full))
+  assert gap < 0.03 * np.abs(full[-1]["w"]).max()
 
 
 # Memory and compatibility ----------------------------------------------------
