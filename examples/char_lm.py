@@ -97,6 +97,14 @@ OPTIMIZERS: dict[str, Callable[[int], optax.GradientTransformation]] = {
         mask=matrices),
     "soap": lambda n: go.soap(
         warmup_cosine(1.2e-2, n), weight_decay=0.1, mask=matrices),
+    "adamw_8bit": lambda n: go.adamw_8bit(
+        warmup_cosine(6e-3, n), b2=0.99, weight_decay=0.1, mask=matrices),
+    "adam_mini": lambda n: go.adam_mini(
+        warmup_cosine(6e-3, n), b2=0.99, weight_decay=0.1, mask=matrices,
+        num_heads=4),
+    "adafactor": lambda n: go.adafactor(
+        warmup_cosine(6e-3, n), min_dim_size_to_factor=32,
+        multiply_by_parameter_scale=False, momentum=0.9),
     "optax:adamw": lambda n: optax.adamw(
         warmup_cosine(6e-3, n), b2=0.99, weight_decay=0.1, mask=matrices),
     "optax:lion": lambda n: optax.lion(

@@ -7,17 +7,11 @@ import optax
 
 from gradtx import transforms as gt
 from gradtx.optimizers.adaptive import adamw
+from gradtx.transforms import _tree
 from gradtx.transforms import _validate
 
 PathLeafRule = Callable[[tuple, jax.Array], bool]
 _NON_HIDDEN_NAMES = ("embed", "position", "wte", "wpe", "logits", "readout")
-
-
-def _key_name(key: Any) -> str:
-  for attribute in ("key", "name", "idx"):
-    if hasattr(key, attribute):
-      return str(getattr(key, attribute)).lower()
-  return str(key).lower()
 
 
 def is_hidden_matrix(path: tuple, leaf: jax.Array) -> bool:
@@ -35,7 +29,7 @@ def is_hidden_matrix(path: tuple, leaf: jax.Array) -> bool:
   """
   if not 2 <= leaf.ndim <= 4:
     return False
-  names = [_key_name(k) for k in path]
+  names = _tree.path_names(path)
   return not any(
       any(n in name for n in _NON_HIDDEN_NAMES) or name.endswith("head")
       for name in names
