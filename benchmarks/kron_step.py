@@ -1,19 +1,30 @@
-"""Shampoo and SOAP update-step time against gradtx AdamW, and the cost of the roots alone.
+"""Shampoo and SOAP against AdamW on the main job's model: update step, whole train step, roots.
 
-The parameter tree has the shapes of ``examples/char_lm.py``'s transformer
-(d_model 128, vocabulary 97, context 64; per layer qkv 128×384, proj 128×128,
-MLP 128×512 and 512×128, biases and LayerNorms), float32. Each
-implementation runs one jitted ``update + apply_updates`` step with donated
-params and state; they run interleaved, round-robin, in one process. A round
-times ``--window`` consecutive steps (10, so that a ``precondition_every=10``
-run pays exactly one root computation per round) and reports ms per step;
-we print the min and median over rounds and the ratio to AdamW (min).
+The model, batches and optimizers are those of ``examples/char_lm.py`` at its
+default size (d_model 96, 2 layers, 4 heads, context 64, batch 16; 0.24M
+float32 parameters): adamw, shampoo and soap are its registry entries (with
+their schedules, weight decay and masks), the variants change one keyword
+(``precondition_every``, ``block_size``, ``grafting``). Three measurements, each
+with the implementations interleaved round-robin in one process:
 
-"roots alone": the inverse 4th/2nd roots of every block statistic of the
-Shampoo state (what a refresh step adds), timed on its own, and the same cost
-amortised over 10 steps.
+* ``update``: one jitted ``tx.update + optax.apply_updates`` with donated
+  params and state, on the model's real gradients of one batch.
+* ``train step``: the example's own ``train_step`` (forward, backward and
+  update jitted together, state donated), on its batches.
+* ``each step``: the same train steps, each blocked and timed on its own,
+  split into the refresh step (the first of each window) and the others.
+* ``roots alone``: the eigh inverse roots of every block statistic of the
+  Shampoo state at each block size (what a refresh step adds), jitted on
+  their own, also divided by 10 (the per-step share at precondition_every=10).
 
-    OPENBLAS_NUM_THREADS=1 python benchmarks/kron_step.py [--layers 2] [--rounds 10]
+A round times ``--window`` consecutive steps (10: each window of a
+``precondition_every=10`` run holds exactly one root refresh, so its mean is
+the amortised per-step cost) and records the mean ms per step; we print the
+median and min over rounds and the ratios to AdamW's median and min. The
+``no refresh`` variants (precondition_every=10**9: roots or basis computed at
+step 1 only) and ``no grafting`` isolate where the time goes.
+
+    OPENBLAS_NUM_THREADS=1 python benchmarks/kron_step.py [--rounds 20]
 
 On CPU, run it with OPENBLAS_NUM_THREADS=1: the OpenBLAS behind jaxlib's eigh
 otherwise starts its own threads, which fight XLA's pool for the cores; on a
@@ -22,7 +33,9 @@ steady 0.08 s.
 """
 
 import argparse
+import importlib.util
 import os
+import pathlib
 import platform
 import statistics
 import time
@@ -31,82 +44,138 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 import optax
+from flax import nnx
 
-from gradtx import optimizers as go
 from gradtx import transforms as gt
 
+EXAMPLE = pathlib.Path(__file__).resolve().parents[1] / "examples" / "char_lm.py"
+NEVER = 10**9  # precondition_every that refreshes at step 1 only
 
-def char_lm_params(d: int, layers: int, vocab: int = 97, context: int = 64) -> dict:
-  shapes = {"embed": (vocab, d), "position": (context, d), "norm_scale": (d,),
-            "norm_bias": (d,), "head_kernel": (d, vocab), "head_bias": (vocab,)}
-  block = {"qkv_kernel": (d, 3 * d), "qkv_bias": (3 * d,), "proj_kernel": (d, d),
-           "proj_bias": (d,), "up_kernel": (d, 4 * d), "up_bias": (4 * d,),
-           "down_kernel": (4 * d, d), "down_bias": (d,), "norm1_scale": (d,),
-           "norm1_bias": (d,), "norm2_scale": (d,), "norm2_bias": (d,)}
-  for i in range(layers):
-    shapes.update({f"block{i}_{k}": s for k, s in block.items()})
-  rng = np.random.default_rng(0)
-  return {k: jnp.asarray(0.02 * rng.standard_normal(s), jnp.float32)
-          for k, s in shapes.items()}
-
-
-def implementations(lr: float = 3e-3) -> dict:
-  return {
-      "gradtx adamw": go.adamw(lr),
-      "shampoo every 1": go.shampoo(lr, precondition_every=1),
-      "shampoo every 10": go.shampoo(lr, precondition_every=10),
-      "shampoo newton every 10": go.shampoo(lr, precondition_every=10,
-                                            root_method="newton",
-                                            relative_eps=1e-6),
-      "soap every 10": go.soap(lr, precondition_every=10),
-  }
+# name -> (registry entry, keyword arguments passed to it)
+VARIANTS = {
+    "adamw": ("adamw", {}),
+    "shampoo every 1": ("shampoo", dict(precondition_every=1)),
+    "shampoo every 10": ("shampoo", {}),
+    "shampoo every 10 (block 128)": ("shampoo", dict(block_size=128)),
+    "shampoo every 10 (block 96)": ("shampoo", dict(block_size=96)),
+    "shampoo every 10 (no blocks)": ("shampoo", dict(block_size=None)),
+    "shampoo no refresh": ("shampoo", dict(precondition_every=NEVER)),
+    "shampoo every 10 (no grafting)": ("shampoo", dict(grafting=None)),
+    "shampoo every 10 (newton)": ("shampoo", dict(root_method="newton",
+                                                 relative_eps=1e-6)),
+    "soap every 10": ("soap", {}),
+    "soap no refresh": ("soap", dict(precondition_every=NEVER)),
+}
+DEFAULT = ("adamw,shampoo every 1,shampoo every 10,shampoo every 10 (block 128),"
+           "shampoo every 10 (no blocks),shampoo no refresh,"
+           "shampoo every 10 (no grafting),soap every 10,soap no refresh")
 
 
-def make_step(tx):
-  def step(params, state, grads):
-    updates, state = tx.update(grads, state, params)
-    return optax.apply_updates(params, updates), state
+def load_char_lm():
+  spec = importlib.util.spec_from_file_location("char_lm", EXAMPLE)
+  module = importlib.util.module_from_spec(spec)
+  spec.loader.exec_module(module)
+  return module
 
-  return jax.jit(step, donate_argnums=(0, 1))
+
+def make_tx(char_lm, name: str, steps: int) -> optax.GradientTransformation:
+  entry, kwargs = VARIANTS[name]
+  return char_lm.OPTIMIZERS[entry](steps, **kwargs)
 
 
-def time_steps(params, grads, rounds: int, window: int) -> dict:
-  runners = {}
-  for name, tx in implementations().items():
-    p = jax.tree.map(jnp.copy, params)
-    state = tx.init(p)
-    step = make_step(tx)
-    for _ in range(window):  # compile, and leave step 1's first refresh behind
-      p, state = step(p, state, grads)
-    jax.block_until_ready(p)
-    runners[name] = [step, p, state]
+def interleave(runners: dict, rounds: int, window: int) -> dict:
+  """Mean seconds per step of each ``window``-step run, ``rounds`` times each.
+
+  ``runners``: name -> a function of a step count that runs that many steps
+  and blocks until they are done.
+  """
+  for run in runners.values():  # compile; step 1's refresh stays out of the rounds
+    run(window)
   times = {name: [] for name in runners}
   for _ in range(rounds):
-    for name, runner in runners.items():
-      step, p, state = runner
+    for name, run in runners.items():
       start = time.perf_counter()
-      for _ in range(window):
-        p, state = step(p, state, grads)
-      jax.block_until_ready(p)
+      run(window)
       times[name].append((time.perf_counter() - start) / window)
-      runner[1:] = [p, state]
   return times
 
 
-def time_roots(params, grads, rounds: int) -> dict:
-  """Seconds for all inverse roots of a Shampoo state, eigh and newton."""
-  tx = gt.kronecker_precondition(b2=0.999)
-  _, state = jax.jit(tx.update)(grads, tx.init(params))
-  stacks = []
-  for left, right in zip(jax.tree.leaves(state.left_stats),
-                         jax.tree.leaves(state.right_stats)):
-    p = 2 * ((left.size > 0) + (right.size > 0))
-    stacks += [(s, p) for s in (left, right) if s.size]
+def update_runner(tx, params, grads):
+  def step(params, state):
+    updates, state = tx.update(grads, state, params)
+    return optax.apply_updates(params, updates), state
+
+  step = jax.jit(step, donate_argnums=(0, 1))
+  carry = [jax.tree.map(jnp.copy, params)]
+  carry.append(tx.init(carry[0]))
+
+  def run(n):
+    p, s = carry
+    for _ in range(n):
+      p, s = step(p, s)
+    jax.block_until_ready(p)
+    carry[:] = [p, s]
+
+  return run
+
+
+def train_runner(char_lm, tx, initial, batches):
+  graphdef, host_state = initial
+  model = nnx.merge(graphdef, jax.device_put(host_state))
+  optimizer = nnx.jit(lambda m: nnx.Optimizer(m, tx, wrt=nnx.Param))(model)
+  graphdef, state = nnx.split((model, optimizer))
+  inputs, targets = (jnp.asarray(b) for b in batches)
+  carry = {"state": state, "i": 0}
+
+  def run(n, each=False):
+    """Runs n steps; ``each``: blocks after every step, returns their seconds."""
+    state, i, loss, seconds = carry["state"], carry["i"], None, []
+    for _ in range(n):
+      j = i % len(inputs)
+      start = time.perf_counter()
+      state, loss = char_lm.train_step(graphdef, state, inputs[j], targets[j])
+      if each:
+        jax.block_until_ready(loss)
+        seconds.append(time.perf_counter() - start)
+      i += 1
+    jax.block_until_ready(loss)
+    carry.update(state=state, i=i)
+    return seconds
+
+  return run
+
+
+def refresh_profile(runners: dict, rounds: int, window: int) -> dict:
+  """Per-step seconds of train steps, split into refresh and other steps.
+
+  Every step is timed on its own (blocking), the runners take turns by
+  window; the first step of each window is the refresh step of a
+  ``precondition_every=10`` run (the windows start at steps 11, 21, ...).
+  Returns name -> (refresh-step seconds, other-step seconds).
+  """
+  split = {name: ([], []) for name in runners}
+  for _ in range(rounds):
+    for name, run in runners.items():
+      seconds = run(window, each=True)
+      split[name][0].append(seconds[0])
+      split[name][1].extend(seconds[1:])
+  return split
+
+
+def time_roots(params, grads, block_sizes, rounds: int) -> dict:
+  """Seconds for all eigh inverse roots of the Shampoo state, per block size."""
   results = {}
-  for method, damping in (("eigh", {}), ("newton", {"relative_eps": 1e-6})):
-    fn = jax.jit(lambda mats, method=method, damping=damping: [
-        gt.inverse_pth_root(s, p, root_method=method, eps=1e-6, **damping)
-        for s, p in zip(mats, [p for _, p in stacks])])
+  for block_size in block_sizes:
+    tx = gt.kronecker_precondition(b2=0.99, block_size=block_size)
+    _, state = jax.jit(tx.update)(grads, tx.init(params))
+    stacks = []
+    for left, right in zip(jax.tree.leaves(state.left_stats),
+                           jax.tree.leaves(state.right_stats)):
+      p = 2 * ((left.size > 0) + (right.size > 0))
+      stacks += [(s, p) for s in (left, right) if s.size]
+    exponents = [p for _, p in stacks]
+    fn = jax.jit(lambda mats: [gt.inverse_pth_root(s, p, eps=1e-6)
+                               for s, p in zip(mats, exponents)])
     mats = [s for s, _ in stacks]
     jax.block_until_ready(fn(mats))
     samples = []
@@ -114,46 +183,85 @@ def time_roots(params, grads, rounds: int) -> dict:
       start = time.perf_counter()
       jax.block_until_ready(fn(mats))
       samples.append(time.perf_counter() - start)
-    results[method] = samples
-  return results, [tuple(s.shape) for s, _ in stacks]
+    shapes = sorted({tuple(s.shape) for s in mats})
+    results[block_size] = (samples, shapes)
+  return results
 
 
-def report(times: dict, roots: dict) -> None:
-  anchor = min(times["gradtx adamw"])
-  print("| optimizer | min ms/step | median ms/step | ratio to adamw (min) |")
-  print("|---|---|---|---|")
+def table(title: str, times: dict) -> None:
+  med0 = statistics.median(times["adamw"])
+  min0 = min(times["adamw"])
+  print(f"\n{title}\n")
+  print("| optimizer | median ms/step | min ms/step | ratio to adamw (median) |"
+        " ratio to adamw (min) |")
+  print("|---|--:|--:|--:|--:|")
   for name, ts in times.items():
-    print(f"| {name} | {min(ts) * 1e3:.2f} | {statistics.median(ts) * 1e3:.2f} |"
-          f" {min(ts) / anchor:.2f}x |")
-  for method, ts in roots.items():
-    best = min(ts)
-    print(f"| roots alone ({method}) | {best * 1e3:.2f} |"
-          f" {statistics.median(ts) * 1e3:.2f} | {best / anchor:.2f}x"
-          f" (amortised over 10 steps: {best / 10 / anchor:.2f}x) |")
+    med, best = statistics.median(ts), min(ts)
+    print(f"| {name} | {med * 1e3:.2f} | {best * 1e3:.2f} | {med / med0:.2f}x |"
+          f" {best / min0:.2f}x |")
 
 
 def main(argv=None) -> None:
   parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-  parser.add_argument("--d", type=int, default=128)
-  parser.add_argument("--layers", type=int, default=2)
-  parser.add_argument("--rounds", type=int, default=10)
+  parser.add_argument("--rounds", type=int, default=20)
   parser.add_argument("--window", type=int, default=10)
+  parser.add_argument("--impls", default=DEFAULT,
+                      help=f"comma-separated, from: {', '.join(VARIANTS)}")
+  parser.add_argument("--skip", default="",
+                      help="comma-separated parts to skip: update,train,roots")
   args = parser.parse_args(argv)
-  params = char_lm_params(args.d, args.layers)
-  rng = np.random.default_rng(1)
-  grads = jax.tree.map(
-      lambda p: jnp.asarray(1e-3 * rng.standard_normal(p.shape), jnp.float32), params)
+  names = [n.strip() for n in args.impls.split(",") if n.strip()]
+  if "adamw" not in names:
+    names.insert(0, "adamw")
+  skip = set(args.skip.split(","))
+
+  char_lm = load_char_lm()
+  config = char_lm.parse_args([])
+  initial = char_lm.initial_model(config)
+  train_tokens, _ = char_lm.load_corpus(config.corpus_mb)
+  batches = char_lm.sample_batches(train_tokens, args.window, config.batch_size,
+                                   config.context, config.seed)
+  graphdef, host_state = initial
+  params = nnx.to_pure_dict(jax.device_put(host_state))
+  grads = jax.grad(lambda p: char_lm.cross_entropy(
+      nnx.merge(graphdef, p), batches[0][0], batches[1][0]))(params)
   size = sum(p.size for p in jax.tree.leaves(params))
-  print(f"machine: {platform.processor() or platform.machine()}, jax"
+  print(f"machine: {platform.machine()}, {os.cpu_count()} cpus, jax"
         f" {jax.__version__}, optax {optax.__version__}, devices {jax.devices()}")
   if jax.default_backend() == "cpu" and os.environ.get("OPENBLAS_NUM_THREADS") != "1":
     print("warning: OPENBLAS_NUM_THREADS is not 1; eigh timings will be noisy")
-  print(f"params: d={args.d}, layers={args.layers}, {size / 1e6:.2f}M;"
-        f" rounds {args.rounds} x {args.window} steps")
-  times = time_steps(params, grads, args.rounds, args.window)
-  roots, shapes = time_roots(params, grads, args.rounds)
-  print(f"root stacks (blocks, n, n): {shapes}")
-  report(times, roots)
+  print(f"model: char_lm defaults (d_model {config.d_model}, {config.num_layers}"
+        f" layers, context {config.context}, batch {config.batch_size}),"
+        f" {size / 1e6:.3f}M params; {args.rounds} rounds x {args.window} steps")
+
+  if "update" not in skip:
+    runners = {n: update_runner(make_tx(char_lm, n, config.steps), params, grads)
+               for n in names}
+    table("update step (tx.update + apply_updates)",
+          interleave(runners, args.rounds, args.window))
+  if "train" not in skip:
+    runners = {n: train_runner(char_lm, make_tx(char_lm, n, config.steps),
+                               initial, batches) for n in names}
+    train = interleave(runners, args.rounds, args.window)
+    table("whole train step (forward + backward + update, one jit)", train)
+    if args.window == 10:
+      profile = refresh_profile(runners, args.rounds, args.window)
+      print("\nwhole train step, each step blocked and timed on its own\n")
+      print("| optimizer | refresh step: median ms | other steps: median ms |"
+            " other steps: min ms |")
+      print("|---|--:|--:|--:|")
+      for name, (refresh, other) in profile.items():
+        print(f"| {name} | {statistics.median(refresh) * 1e3:.2f} |"
+              f" {statistics.median(other) * 1e3:.2f} | {min(other) * 1e3:.2f} |")
+  if "roots" not in skip:
+    roots = time_roots(params, grads, (256, 128, None), args.rounds)
+    print("\nroots alone (eigh, all leaves)\n")
+    print("| block_size | block shapes | median ms | min ms | median / 10 ms |")
+    print("|---|---|--:|--:|--:|")
+    for block_size, (ts, shapes) in roots.items():
+      med = statistics.median(ts)
+      print(f"| {block_size} | {' '.join(f'{s[1]}²×{s[0]}' for s in shapes)} |"
+            f" {med * 1e3:.2f} | {min(ts) * 1e3:.2f} | {med * 1e2:.2f} |")
 
 
 if __name__ == "__main__":

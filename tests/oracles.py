@@ -12,10 +12,36 @@
 * ``trajectory_errors``: how far two trajectories are apart, relative to the
   parameters and to the per-step updates.
 
+Kronecker preconditioning (Shampoo, SOAP):
+
+* ``inverse_root``: (A + εI)^{-1/p} through an exact float64 eigendecomposition.
+* ``relative_error``: relative Frobenius distance, for matrix roots.
+* ``shampoo_algorithm1``: Algorithm 1 of Gupta, Koren & Singer 2018 for a
+  matrix parameter, line by line.
+* ``soap_reference``: a NumPy transcription of ``SOAP.step`` of the reference
+  implementation (github.com/nikhilvyas/SOAP, ``soap.py``; Vyas et al. 2024)
+  for 1-D and 2-D parameters with its defaults ``merge_dims=False``,
+  ``precondition_1d=False``, ``normalize_grads=False``, ``correct_bias=True``.
+
+Memory-lean optimizers (8-bit states, Adam-mini):
+
+* ``bnb_dynamic_map``: bitsandbytes' ``create_dynamic_map`` transcribed to
+  NumPy (float32 ``linspace`` as torch's), the code map of 8-bit optimizers.
+* ``nearest_codes``: brute-force block-wise quantization (argmin over all 256
+  codes), to check the fast encoder against.
+* ``AdamMiniNumpy``: the official Adam-mini v1.1.1 ``step`` (github.com/
+  zyushun/Adam-mini, ``adam_mini/adam_mini.py``), transcribed line by line to
+  NumPy on PyTorch-named, PyTorch-layout (out, in) parameters.
+* ``quadratic_grads``: a parameter-dependent gradient with noise, so that
+  trajectories of different optimizers drift apart.
+* ``run_quadratic``: an optax transformation on that problem, float64, jitted.
+
 Every runner returns a trajectory: a list of ``{name: np.ndarray}`` parameter
 dicts, the initial point first, then one entry per step.
+The SOAP runner returns dicts of float64 arrays, the Shampoo runner arrays.
 """
 
+import math
 from typing import Callable, Dict, List, Optional, Union
 
 import jax
@@ -294,4 +320,385 @@ def muon_reference(w0, gradient, *, steps, lr, weight_decay, beta, nesterov=True
     update = update * max(1, grad.shape[-2] / grad.shape[-1]) ** 0.5
     w = w * (1 - lr * weight_decay) - lr * update
     trajectory.append(w.copy())
+  return trajectory
+
+
+# --- Kronecker preconditioning: Shampoo and SOAP -----------------------------
+
+
+def inverse_root(a: np.ndarray, p: float, eps: float = 0.0) -> np.ndarray:
+  """(A + εI)^{-1/p} of a symmetric PSD matrix, by ``np.linalg.eigh`` in float64."""
+  w, v = np.linalg.eigh(np.asarray(a, np.float64))
+  return (v * (w + eps) ** (-1.0 / p)) @ v.T
+
+
+def relative_error(x, reference) -> float:
+  """‖x − reference‖_F / ‖reference‖_F, in float64."""
+  x = np.asarray(x, np.float64)
+  return float(np.linalg.norm(x - reference) / np.linalg.norm(reference))
+
+
+def shampoo_algorithm1(
+    w0: np.ndarray,
+    grad_fn: Callable[[np.ndarray, int], np.ndarray],
+    steps: int,
+    lr: float,
+    eps: float,
+) -> List[np.ndarray]:
+  """Shampoo, Gupta et al. 2018, Algorithm 1 (order-2 tensors).
+
+  L_0 = εI_m, R_0 = εI_n; for t = 1, ..., T:
+    G_t = ∇f_t(W_t)
+    L_t = L_{t-1} + G_t G_tᵀ,  R_t = R_{t-1} + G_tᵀ G_t
+    W_{t+1} = W_t − η L_t^{-1/4} G_t R_t^{-1/4}
+  """
+  w = np.array(w0, np.float64)
+  m, n = w.shape
+  left, right = eps * np.eye(m), eps * np.eye(n)
+  trajectory = [w.copy()]
+  for t in range(steps):
+    g = grad_fn(w, t)
+    left = left + g @ g.T
+    right = right + g.T @ g
+    w = w - lr * inverse_root(left, 4) @ g @ inverse_root(right, 4)
+    trajectory.append(w.copy())
+  return trajectory
+
+
+def _project(x, basis, back):
+  """``SOAP.project`` / ``project_back``: a tensordot per axis, or a roll."""
+  for q in basis:
+    if q is None:
+      x = np.moveaxis(x, 0, -1)
+    else:
+      x = np.tensordot(x, q, axes=([0], [1 if back else 0]))
+  return x
+
+
+def _eigenbasis(stats):
+  """``get_orthogonal_matrix``: eigenvectors by decreasing eigenvalue."""
+  bases = []
+  for m in stats:
+    if m is None:
+      bases.append(None)
+      continue
+    _, q = np.linalg.eigh(m + 1e-30 * np.eye(m.shape[0]))
+    bases.append(np.flip(q, 1))
+  return bases
+
+
+def _power_iteration_basis(stats, bases, exp_avg_sq, refresh):
+  """``get_orthogonal_matrix_QR`` (``refresh="eigh"``: eigh after the sort)."""
+  new = []
+  for axis, (m, o) in enumerate(zip(stats, bases)):
+    if m is None:
+      new.append(None)
+      continue
+    est_eig = np.diag(o.T @ m @ o)
+    sort_idx = np.argsort(-est_eig, kind="stable")
+    exp_avg_sq = np.take(exp_avg_sq, sort_idx, axis=axis)
+    o = o[:, sort_idx]
+    if refresh == "qr":
+      new.append(np.linalg.qr(m @ o)[0])
+    else:
+      new.append(_eigenbasis([m])[0])
+  return new, exp_avg_sq
+
+
+def soap_reference(
+    params0: Params,
+    grad_fn: Callable[[Params, int], Params],
+    steps: int,
+    lr: float,
+    b1: float = 0.95,
+    b2: float = 0.95,
+    shampoo_b2: float = -1,
+    eps: float = 1e-8,
+    weight_decay: float = 0.0,
+    precondition_every: int = 10,
+    max_precondition_dim: int = 10000,
+    refresh: str = "qr",
+    decay: str = "reference",
+) -> List[Params]:
+  """``SOAP.step`` of the reference code, per parameter.
+
+  First call: init L, R (``GG``) at 0, update them, Q = eigh basis, and skip
+  the step. Later calls (``step`` counts them from 1):
+    G' = project(G);  m ← β1 m + (1−β1) G';  v ← β2 v + (1−β2) G'²
+    p ← p − lr·√(1−β2^step)/(1−β1^step) · project_back(m / (√v + ε))
+    p ← p − lr·λ·p                              (``decay="reference"``)
+    m ← project_back(m); GG ← lerp(GG, outer(G), 1−β_s);
+    every ``precondition_every`` steps Q ← QR(GG·Q_sorted) (v permuted);
+    m ← project(m)
+
+  ``decay="adamw"`` instead applies p ← p − lr·(u + λ p) with the p from
+  before the step, and also at the skipped first call (gradtx's chain
+  ``scale_by_soap → decoupled_weight_decay → scale_by_learning_rate``).
+  ``refresh="eigh"`` replaces the QR step by an eigendecomposition.
+  """
+  beta_s = shampoo_b2 if shampoo_b2 >= 0 else b2
+  theta = {k: np.array(v, np.float64) for k, v in params0.items()}
+  state = {k: {"step": 0} for k in theta}
+  trajectory = [{k: v.copy() for k, v in theta.items()}]
+  for t in range(steps):
+    grads = grad_fn(trajectory[-1], t)
+    for k, p in theta.items():
+      g, s = np.asarray(grads[k], np.float64), state[k]
+      if "Q" not in s:
+        s["exp_avg"], s["exp_avg_sq"] = np.zeros_like(g), np.zeros_like(g)
+        s["GG"] = [
+            np.zeros((d, d)) if g.ndim > 1 and d <= max_precondition_dim
+            else None for d in g.shape
+        ]
+        s["Q"] = None
+        _update_preconditioner(g, s, beta_s, precondition_every, refresh)
+        if decay == "adamw":
+          theta[k] = p - lr * weight_decay * p
+        continue
+      grad_projected = _project(g, s["Q"], back=False)
+      s["step"] += 1
+      s["exp_avg"] = b1 * s["exp_avg"] + (1 - b1) * grad_projected
+      s["exp_avg_sq"] = b2 * s["exp_avg_sq"] + (1 - b2) * grad_projected**2
+      denom = np.sqrt(s["exp_avg_sq"]) + eps
+      step_size = lr * np.sqrt(1 - b2 ** s["step"]) / (1 - b1 ** s["step"])
+      norm_grad = _project(s["exp_avg"] / denom, s["Q"], back=True)
+      if decay == "reference":
+        p = p - step_size * norm_grad
+        p = p - lr * weight_decay * p if weight_decay > 0 else p
+      else:
+        p = p - step_size * norm_grad - lr * weight_decay * p
+      theta[k] = p
+      _update_preconditioner(g, s, beta_s, precondition_every, refresh)
+    trajectory.append({k: v.copy() for k, v in theta.items()})
+  return trajectory
+
+
+def _update_preconditioner(g, s, beta_s, precondition_every, refresh):
+  """``SOAP.update_preconditioner`` without merge_dims / precondition_1d."""
+  if s["Q"] is not None:
+    s["exp_avg"] = _project(s["exp_avg"], s["Q"], back=True)
+  if g.ndim > 1:
+    for axis, m in enumerate(s["GG"]):
+      if m is None:
+        continue
+      others = [i for i in range(g.ndim) if i != axis]
+      outer = np.tensordot(g, g, axes=(others, others))
+      s["GG"][axis] = m + (1 - beta_s) * (outer - m)
+  if s["Q"] is None:
+    s["Q"] = _eigenbasis(s["GG"])
+  if s["step"] > 0 and s["step"] % precondition_every == 0:
+    s["Q"], s["exp_avg_sq"] = _power_iteration_basis(
+        s["GG"], s["Q"], s["exp_avg_sq"], refresh
+    )
+  if s["step"] > 0:
+    s["exp_avg"] = _project(s["exp_avg"], s["Q"], back=False)
+
+
+class LeastSquaresProblem:
+  """Mini-batch least squares, one independent problem per parameter.
+
+  A matrix W (m × n) has loss ½‖A_t W − B_t‖²/batch, a vector b has
+  ½‖b − c_t‖², with a fresh random (A_t, B_t, c_t) at every step t: gradients
+  depend on the parameters, and their row and column spaces change from step
+  to step, so the statistics become full rank and the trajectories are stable
+  under round-off (a fixed batch makes Shampoo amplify round-off ~2× a step
+  in the directions the gradients never reach).
+  """
+
+  def __init__(self, shapes: Dict[str, tuple], steps: int, seed: int = 0, batch: int = 16):
+    rng = np.random.default_rng(seed)
+    self.batch = batch
+    self.data, self.params0 = {}, {}
+    for name, shape in shapes.items():
+      if len(shape) == 2:
+        self.data[name] = (rng.standard_normal((steps, batch, shape[0])),
+                           rng.standard_normal((steps, batch, shape[1])))
+      else:
+        self.data[name] = (rng.standard_normal((steps, *shape)),)
+      self.params0[name] = 0.3 * rng.standard_normal(shape)
+
+  def grad(self, params: Params, t: int) -> Params:
+    grads = {}
+    for name, data in self.data.items():
+      if len(data) == 2:
+        a, b = data[0][t], data[1][t]
+        grads[name] = a.T @ (a @ params[name] - b) / self.batch
+      else:
+        grads[name] = params[name] - data[0][t]
+    return grads
+
+
+# --- memory-lean optimizers: 8-bit states, Adam-mini ------------------------
+
+
+def bnb_dynamic_map(signed: bool = True, max_exponent_bits: int = 7, total_bits: int = 8) -> np.ndarray:
+  data = []
+  non_sign_bits = total_bits - 1
+  additional_items = 2 ** (non_sign_bits - max_exponent_bits) - 1
+  for i in range(max_exponent_bits):
+    fraction_items = int(
+        2 ** (i + non_sign_bits - max_exponent_bits) + 1
+        if signed
+        else 2 ** (i + non_sign_bits - max_exponent_bits + 1) + 1
+    )
+    boundaries = np.linspace(0.1, 1, fraction_items, dtype=np.float32)
+    means = (boundaries[:-1] + boundaries[1:]) / 2.0
+    data += (10 ** (-(max_exponent_bits - 1) + i) * means).tolist()
+    if signed:
+      data += (-(10 ** (-(max_exponent_bits - 1) + i)) * means).tolist()
+  assert additional_items == 0
+  data.append(0)
+  data.append(1.0)
+  assert len(data) == 2**total_bits
+  return np.sort(np.asarray(data, np.float32))
+
+
+def nearest_codes(x: np.ndarray, table: np.ndarray, block_size: int):
+  """(indices, scales) of brute-force block-wise absmax quantization."""
+  flat = np.ravel(x).astype(np.float32)
+  pad = -flat.size % block_size
+  blocks = np.pad(flat, (0, pad)).reshape(-1, block_size)
+  scales = np.abs(blocks).max(axis=1)
+  normalized = blocks / np.where(scales > 0, scales, 1)[:, None]
+  index = np.abs(normalized[..., None] - table).argmin(-1)
+  return index, scales
+
+
+class AdamMiniNumpy:
+  """Adam-mini v1.1.1's ``step`` for named parameters in PyTorch layout."""
+
+  embd_names = {"embed", "embd", "wte"}
+  output_names = {"lm_head", "output", "final_layer"}
+  wqk_names = {"k_proj", "q_proj", "wq", "wk", "query", "key"}
+  wv_names = {"v_proj", "wv", "value"}
+  attn_proj_names = {"o_proj", "wo", "attn.proj"}
+  mlp_names = {"feed_forward", "linear", "mlp"}
+  adam_block_names = {"bias"}
+
+  def __init__(self, params: Params, lr, betas=(0.9, 0.999), eps=1e-8,
+               weight_decay=0.0, dim=2048, n_heads=32):
+    self.params = {k: np.array(v, np.float64) for k, v in params.items()}
+    self.lr, (self.beta1, self.beta2), self.eps = lr, betas, eps
+    self.head_numel = dim * dim // n_heads
+    self.weight_decay = {
+        name: 0.0 if ("norm" in name or "ln" in name or "bias" in name)
+        else weight_decay
+        for name in params
+    }
+    self.state = {name: {} for name in params}
+
+  def _in(self, names, name):
+    return any(n in name for n in names)
+
+  def step(self, grads: Params, t: int) -> Params:
+    beta1, beta2, lr, eps = self.beta1, self.beta2, self.lr(t), self.eps
+    for name, p in self.params.items():
+      grad, state, wd = grads[name], self.state[name], self.weight_decay[name]
+      if self._in(self.adam_block_names, name):
+        if not state:
+          state.update(m=np.zeros_like(p), step=0, v=np.zeros_like(p))
+        state["v"] = state["v"] * beta2 + (1 - beta2) * grad * grad
+        state["step"] += 1
+        if wd > 0.0:
+          p *= 1 - lr * wd
+        state["m"] += (1 - beta1) * (grad - state["m"])
+        bc1 = 1 - beta1 ** state["step"]
+        bc2_sqrt = math.sqrt(1 - beta2 ** state["step"])
+        h = np.sqrt(state["v"]) / bc2_sqrt + eps
+        p -= lr / bc1 * state["m"] / h
+      elif self._in(self.wqk_names, name):
+        if not state:
+          state["m"] = np.zeros_like(p).reshape(-1, self.head_numel)
+          state["head_per_gpu"] = state["m"].shape[0]
+          state["step"] = 0
+          state["vmean"] = np.zeros((state["head_per_gpu"], 1))
+        head = state["head_per_gpu"]
+        g = grad.reshape(head, self.head_numel)
+        tmp_lr = np.mean(g * g, axis=1, keepdims=True)
+        state["vmean"] = state["vmean"] * beta2 + (1 - beta2) * tmp_lr
+        state["step"] += 1
+        if wd > 0.0:
+          p *= 1 - lr * wd
+        state["m"] += (1 - beta1) * (g - state["m"])
+        bc1 = 1 - beta1 ** state["step"]
+        bc2_sqrt = math.sqrt(1 - beta2 ** state["step"])
+        h = np.sqrt(state["vmean"]) / bc2_sqrt + eps
+        stepsize = ((1 / bc1) / h).reshape(head, 1)
+        p -= lr * (state["m"] * stepsize).reshape(p.shape)
+      elif any(self._in(names, name) for names in (
+          self.embd_names, self.output_names, self.wv_names, self.mlp_names,
+          self.attn_proj_names)):
+        if not state:
+          state.update(m=np.zeros_like(grad), step=0)
+          state["neuron_per_gpu"] = state["m"].shape[0]
+          state["vmean"] = np.zeros((state["neuron_per_gpu"], 1))
+        neurons = state["neuron_per_gpu"]
+        tmp_lr = np.mean(grad * grad, axis=1, keepdims=True)
+        state["vmean"] = state["vmean"] * beta2 + (1 - beta2) * tmp_lr
+        state["step"] += 1
+        if wd > 0.0:
+          p *= 1 - lr * wd
+        state["m"] += (1 - beta1) * (grad - state["m"])
+        bc1 = 1 - beta1 ** state["step"]
+        bc2_sqrt = math.sqrt(1 - beta2 ** state["step"])
+        h = np.sqrt(state["vmean"]) / bc2_sqrt + eps
+        stepsize = ((1 / bc1) / h).reshape(neurons, 1)
+        p -= lr * (state["m"] * stepsize).reshape(p.shape)
+      else:  # norms: one v for the whole tensor
+        if not state:
+          state.update(m=np.zeros_like(p), step=0, vmean=0.0, block_numel=p.size)
+        tmp_lr = np.sum(grad * grad) / state["block_numel"]
+        if wd > 0.0:
+          p *= 1 - lr * wd
+        state["step"] += 1
+        state["m"] += (1 - beta1) * (grad - state["m"])
+        bc1 = 1 - beta1 ** state["step"]
+        bc2_sqrt = math.sqrt(1 - beta2 ** state["step"])
+        state["vmean"] = state["vmean"] * beta2 + (1 - beta2) * tmp_lr
+        h = np.sqrt(state["vmean"]) / bc2_sqrt + eps
+        p -= lr * state["m"] * ((1 / bc1) / h)
+    return {k: v.copy() for k, v in self.params.items()}
+
+
+def quadratic_grads(params0: Params, seed: int = 0, noise: float = 0.3):
+  """g_t(p) = c ⊙ (p − p*) + noise_t, per leaf: curvatures differ by row."""
+  rng = np.random.default_rng(seed)
+  target = {k: rng.normal(size=v.shape) for k, v in params0.items()}
+  curvature = {
+      k: np.exp(rng.normal(size=v.shape[:1] + (1,) * (v.ndim - 1)))
+      for k, v in params0.items()
+  }
+  keys = sorted(params0)
+
+  def grad(params: Params, t: int) -> Params:
+    step_rng = np.random.default_rng([seed, t])
+    return {
+        k: curvature[k] * (params[k] - target[k])
+        + noise * step_rng.normal(size=params[k].shape)
+        for k in keys
+    }
+
+  return grad
+
+
+def run_quadratic(tx: optax.GradientTransformation, params0: Params,
+        grad_fn: Callable[[Params, int], Params], steps: int,
+        dtype=jnp.float64) -> List[Params]:
+  """``tx`` for ``steps`` steps (jitted, ``dtype``); the trajectory."""
+  with jax.enable_x64(dtype == jnp.float64):
+    params = {k: jnp.asarray(v, dtype) for k, v in params0.items()}
+    state = tx.init(params)
+
+    @jax.jit
+    def step(params, state, grads):
+      updates, state = tx.update(grads, state, params)
+      return optax.apply_updates(params, updates), state
+
+    trajectory = [{k: np.asarray(v, np.float64) for k, v in params.items()}]
+    for t in range(steps):
+      grads = grad_fn(trajectory[-1], t)
+      params, state = step(
+          params, state, {k: jnp.asarray(v, dtype) for k, v in grads.items()}
+      )
+      trajectory.append({k: np.asarray(v, np.float64) for k, v in params.items()})
   return trajectory

@@ -31,11 +31,11 @@ from gradtx.transforms.trust_ratio import scale_by_param_rms
 from gradtx.transforms.weight_decay import WeightDecayState
 from gradtx.transforms.weight_decay import coupled_weight_decay
 from gradtx.transforms.weight_decay import decoupled_weight_decay
-from gradtx.transforms.kronecker import GraftState
 from gradtx.transforms.kronecker import KroneckerPreconditionState
-from gradtx.transforms.kronecker import graft
-from gradtx.transforms.kronecker import inverse_pth_root
+from gradtx.transforms.matrix_roots import inverse_pth_root
 from gradtx.transforms.kronecker import kronecker_precondition
+from gradtx.transforms.graft import GraftState
+from gradtx.transforms.graft import graft
 from gradtx.transforms.soap import ScaleBySoapState
 from gradtx.transforms.soap import scale_by_soap
 from gradtx.transforms.adam_mini import Blocks

@@ -28,19 +28,16 @@ def zeros_like_tree(params: Any, dtype: Optional[Any] = None) -> Any:
 
   Built with ``jax.tree.map`` over the parameters so that
   ``optax.tree_map_params`` recognises the result as a copy of the parameter
-  tree (this is what lets state shardings be derived from parameter ones).
+  tree (this is what lets state shardings be derived from parameter ones),
+  and with ``zeros_like`` so that on an explicit mesh each leaf is typed with
+  its parameter's sharding.
   """
-  return jax.tree.map(
-      lambda p: jnp.zeros(jnp.shape(p), dtype or jnp.asarray(p).dtype), params
-  )
+  return jax.tree.map(lambda p: jnp.zeros_like(p, dtype), params)
 
 
 def full_like_tree(params: Any, value: float, dtype: Optional[Any] = None) -> Any:
   """Like ``zeros_like_tree`` with a constant fill value."""
-  return jax.tree.map(
-      lambda p: jnp.full(jnp.shape(p), value, dtype or jnp.asarray(p).dtype),
-      params,
-  )
+  return jax.tree.map(lambda p: jnp.full_like(p, value, dtype), params)
 
 
 def cast_like(tree: Any, reference: Any) -> Any:
@@ -109,3 +106,71 @@ def path_names(path: tuple) -> list[str]:
     else:
       names.append(str(key).lower())
   return names
+
+
+class _NotParams:
+  """Marks, in ``init(placeholder)``, a state field that is not the params."""
+
+  def __repr__(self):
+    return "NOT_PARAMS"
+
+
+NOT_PARAMS = _NotParams()
+
+
+def _is_params_placeholder(params: Any) -> bool:
+  # optax.tree_map_params calls init on this empty pytree and treats every
+  # state field that comes back as the placeholder as a copy of the params.
+  return type(params).__name__ == "_ParamsPlaceholder"
+
+
+def _is_variable(x: Any) -> bool:
+  # flax.nnx.Variable and alike: a pytree node carrying metadata (sharding).
+  return hasattr(x, "get_value") and hasattr(x, "get_metadata")
+
+
+def map_statistics(
+    fn: Callable[..., tuple], num_outputs: int, params: Any, *,
+    with_path: bool = False,
+) -> tuple:
+  """Per-leaf state *not* shaped like its parameter, as ``num_outputs`` trees.
+
+  Kronecker factors, factored or per-block second moments: ``fn(leaf)`` (or
+  ``fn(path, leaf)`` with ``with_path``) returns ``num_outputs`` arrays of
+  any shapes, collected into trees structured like ``params``. Two things
+  differ from a plain ``jax.tree.map``, so that sharding recipes do not hand
+  a parameter's sharding to an array of another shape:
+
+  * under ``optax.tree_map_params`` each field is a ``NOT_PARAMS`` leaf, so
+    the whole field goes to ``transform_non_params`` (e.g. replicated);
+  * flax NNX variables are unwrapped, so the statistics do not inherit the
+    parameter's sharding metadata in ``nnx.Optimizer``.
+  """
+  if _is_params_placeholder(params):
+    return (NOT_PARAMS,) * num_outputs
+  plain = jax.tree.map(
+      lambda x: x.get_value() if _is_variable(x) else x, params,
+      is_leaf=_is_variable,
+  )
+  with_paths, treedef = jax.tree_util.tree_flatten_with_path(plain)
+  outputs = [fn(*pl) if with_path else fn(pl[1]) for pl in with_paths]
+  return tuple(
+      treedef.unflatten([out[i] for out in outputs]) for i in range(num_outputs)
+  )
+
+
+def zeros_where(
+    params: Any,
+    keep: Callable[[Any], bool],
+    dtype_of: Callable[[Any], Any] = lambda p: jnp.asarray(p).dtype,
+) -> Any:
+  """Zeros in ``dtype_of(leaf)`` where ``keep(leaf)``, ``MaskedNode`` elsewhere.
+
+  For a state field that is parameter-shaped on some leaves only (the
+  diagonal fallback of a matrix method): it stays a copy of the parameter
+  tree for ``optax.tree_map_params`` (masked like ``optax.masked`` states).
+  """
+  return jax.tree.map(
+      lambda p: jnp.zeros_like(p, dtype_of(p)) if keep(p) else optax.MaskedNode(),
+      params,
+  )

@@ -16,6 +16,7 @@ import jax.numpy as jnp
 import numpy as np
 import optax
 
+from gradtx.transforms import _sharding
 from gradtx.transforms import _tree
 from gradtx.transforms import _validate
 from gradtx.transforms import quantize
@@ -91,11 +92,16 @@ def adam_mini_blocks(
     ``q_proj``, ``k_proj``, ``qkv``, ``c_attn`` or ``in_proj``): one block
     per head. A 2-D kernel's columns are cut into heads of
     fan_in / num_heads columns, so a fused (d, 3d) QKV kernel gets 3·heads
-    blocks (its value heads included, a coarser choice than the official
-    per-neuron values); a kernel with 3 or more axes is taken as
-    (fan_in, heads, head_dim);
+    blocks (its value heads included: the paper and the official code give
+    values one block per output neuron, but a ``Blocks`` cannot mix the two
+    in one leaf; the official code, matching names, would give a fused
+    ``qkv`` one block for the whole tensor); a kernel with 3 or more axes
+    is taken as (fan_in, heads, head_dim);
   * everything else (value and output projections, MLPs, output heads,
-    convolutions): one block per output neuron, the last axis.
+    convolutions): one block per output neuron, the last axis. The
+    official code gives a 2-D weight its names do not match one block for
+    the whole tensor; this rule is finer (a learned position table named
+    e.g. ``position`` gets one block per feature column).
 
   Wrap it or write another rule for other layouts, e.g.
   ``lambda path, leaf: gt.Blocks.per_element(leaf.shape)`` is Adam.
@@ -177,10 +183,12 @@ def scale_by_adam_mini(
       + (1-β_2) \operatorname{mean}_{i \in b} g_{t,i}^2,\\
     u_{t,i} = \frac{m_{t,i}/(1-β_1^t)}{\sqrt{v_{t,b(i)}/(1-β_2^t)} + ε}
 
-  This is the official implementation's (v1.1) update; with one block per
-  element it is exactly Adam. The second moments then cost one number per
-  block, about 0.1% of the parameters for a transformer with the default
-  partition, so the state is roughly half of Adam's.
+  This is the official implementation's (v1.1.1) update, eps outside the
+  square root; the bias corrections are ``_tree.bias_correction``'s, as in
+  ``scale_by_adam``, so with one block per element it is Adam to a few
+  float32 ulps. The second moments then cost one number per block, about
+  0.1% of the parameters for a transformer with the default partition, so
+  the state is roughly half of Adam's.
 
   Args:
     b1: decay of the first moment, in [0, 1).
@@ -220,10 +228,11 @@ def scale_by_adam_mini(
     )
 
   def init_fn(params):
-    nu = jax.tree.map(
-        lambda p, b: jnp.zeros(b.nu_shape, _tree.compute_dtype(p)),
-        params,
-        partition(params),
+    (nu,) = _tree.map_statistics(
+        lambda path, p: (jnp.zeros(
+            _checked_blocks(rule, path, p).nu_shape, _tree.compute_dtype(p)
+        ),),
+        1, params, with_path=True,
     )
     return ScaleByAdamMiniState(
         count=jnp.zeros([], jnp.int32),
@@ -240,22 +249,24 @@ def scale_by_adam_mini(
 
     def leaf(g, m, v, b, seed):
       dtype = _tree.compute_dtype(g)
+      # 1 − b is formed before the cast: 1 − float32(0.999) is off by 1e-5.
       b1_, b2_ = jnp.asarray(b1, dtype), jnp.asarray(b2, dtype)
+      c1, c2 = jnp.asarray(1 - b1, dtype), jnp.asarray(1 - b2, dtype)
       g_ = g.astype(dtype)
-      m_new = b1_ * quantize.load(m, dtype) + (1 - b1_) * g_
+      m_new = b1_ * quantize.load(m, dtype) + c1 * g_
       g2 = jnp.square(g_.reshape(b.shape))
       block_g2 = jnp.mean(g2, b.axes, keepdims=True)
-      v_new = b2_ * v.astype(dtype) + (1 - b2_) * block_g2
-      bc1 = 1 - b1_ ** count.astype(dtype)
-      bc2 = 1 - b2_ ** count.astype(dtype)
-      denominator = jnp.sqrt(v_new / bc2) + eps
-      u = (m_new.reshape(b.shape) / bc1 / denominator).reshape(g.shape)
+      v_new = b2_ * v.astype(dtype) + c2 * block_g2
+      m_hat = m_new / _tree.bias_correction(b1, count, dtype)
+      v_hat = v_new / _tree.bias_correction(b2, count, dtype)
+      denominator = jnp.sqrt(v_hat) + eps
+      u = (m_hat.reshape(b.shape) / denominator).reshape(g.shape)
       if quantize.is_quantized(mu_format):
         u, m_new = quantize.reset_non_finite(g_, u, m_new)
       return (
           u.astype(g.dtype),
           quantize.store(m_new, m, mu_format, seed),
-          v_new.astype(v.dtype),
+          _sharding.reshard_like(v_new.astype(v.dtype), v),
       )
 
     u, mu, nu = _tree.map_leaves(

@@ -7,6 +7,7 @@ import jax.numpy as jnp
 import numpy as np
 import optax
 
+from gradtx.transforms import _sharding
 from gradtx.transforms import _tree
 from gradtx.transforms import _validate
 
@@ -16,9 +17,10 @@ class ScaleByFactoredRmsState(NamedTuple):
 
   For each factored leaf (see ``factored_axes``) ``nu_row`` holds the EMA of
   g² averaged over the column axis (the row axis and any other axes kept)
-  and ``nu_col`` the EMA averaged over the row axis; ``nu`` is ``None``. For
-  the other leaves ``nu`` is the full EMA of g², and ``nu_row`` and
-  ``nu_col`` are ``None``.
+  and ``nu_col`` the EMA averaged over the row axis; ``nu`` is
+  ``optax.MaskedNode()`` (so ``optax.tree_map_params`` sees ``nu`` as a
+  masked copy of the params). For the other leaves ``nu`` is the full EMA of
+  g², and ``nu_row`` and ``nu_col`` are ``None``.
 
   Attributes:
     count: number of updates taken so far (int32 scalar).
@@ -109,22 +111,20 @@ def scale_by_factored_rms(
     return factored_axes(shape, min_dim_size_to_factor) if factored else None
 
   def init_fn(params):
-    def zeros(p, stat):
+    def factors(p):
       shape, dtype = jnp.shape(p), jnp.asarray(p).dtype
       axes = axes_of(shape)
-      if (stat == "nu") != (axes is None):
-        return None
-      if stat == "nu":
-        return jnp.zeros(shape, dtype)
-      dropped = axes[1] if stat == "row" else axes[0]
-      return jnp.zeros(shape[:dropped] + shape[dropped + 1 :], dtype)
+      if axes is None:
+        return None, None
+      row, col = axes
+      drop = lambda axis: shape[:axis] + shape[axis + 1 :]
+      return jnp.zeros(drop(col), dtype), jnp.zeros(drop(row), dtype)
 
+    unfactored = lambda p: axes_of(jnp.shape(p)) is None
     return ScaleByFactoredRmsState(
         jnp.zeros([], jnp.int32),
-        *(
-            jax.tree.map(lambda p: zeros(p, stat), params)
-            for stat in ("row", "col", "nu")
-        ),
+        *_tree.map_statistics(factors, 2, params),
+        _tree.zeros_where(params, unfactored),
     )
 
   def update_fn(updates, state, params=None):
@@ -151,8 +151,10 @@ def scale_by_factored_rms(
           * jnp.expand_dims(jax.lax.rsqrt(r / row_mean), col)
           * jnp.expand_dims(jax.lax.rsqrt(c), row)
       )
-      r, c = r.astype(v_row.dtype), c.astype(v_col.dtype)
-      return u.astype(g.dtype), r, c, None
+      # Each factor keeps the sharding init gave it (explicit meshes).
+      r = _sharding.reshard_like(r.astype(v_row.dtype), v_row)
+      c = _sharding.reshard_like(c.astype(v_col.dtype), v_col)
+      return u.astype(g.dtype), r, c, v
 
     u, nu_row, nu_col, nu = _tree.map_leaves(
         leaf, 4, updates, state.nu_row, state.nu_col, state.nu

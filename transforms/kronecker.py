@@ -1,4 +1,6 @@
-"""Kronecker-factored preconditioning (Shampoo): statistics, inverse roots, blocks, grafting.
+"""Kronecker-factored preconditioning (Shampoo): statistics, inverse roots, blocks.
+
+Grafting, which Shampoo pairs with it, is ``gradtx.transforms.graft``.
 
 A matrix gradient G (m × n) is preconditioned by two Kronecker factors,
 L = Σ GGᵀ (m × m) and R = Σ GᵀG (n × n), instead of one mn × mn matrix. How a
@@ -21,20 +23,20 @@ leaf is one batched call.
 """
 
 import math
-from typing import Any, Callable, NamedTuple, Optional
+from typing import NamedTuple, Optional
 
 import jax
 import jax.numpy as jnp
-import numpy as np
 import optax
 
+from gradtx.transforms import _sharding
 from gradtx.transforms import _tree
 from gradtx.transforms import _validate
+from gradtx.transforms.matrix_roots import ROOT_METHODS
+from gradtx.transforms.matrix_roots import inverse_pth_root
+from gradtx.transforms.matrix_roots import matmul
+from gradtx.transforms.matrix_roots import transpose
 
-ROOT_METHODS = ("eigh", "newton")
-_HIGHEST = jax.lax.Precision.HIGHEST
-_NEWTON_MAX_ITERS = 100
-_EIGH_RESOLUTION = 4  # in ulps of the largest eigenvalue
 
 
 def matrix_view(shape: tuple[int, ...]) -> Optional[tuple[int, int]]:
@@ -115,145 +117,8 @@ def from_blocks(
   return x[: layout.rows, : layout.cols].reshape(shape)
 
 
-def matmul(a: jax.Array, b: jax.Array) -> jax.Array:
-  """A full-precision matmul (no TF32/bf16 passes on accelerators)."""
-  return jnp.matmul(a, b, precision=_HIGHEST)
-
-
-def transpose(a: jax.Array) -> jax.Array:
-  return jnp.swapaxes(a, -1, -2)
-
-
-def unbatched_on_cpu(fn: Callable, a: jax.Array) -> Any:
-  """``fn`` of a stack of matrices ``a``, one matrix per call on CPU.
-
-  For LAPACK-backed ``fn`` (``jnp.linalg.eigh``, ``qr``): jaxlib 0.10's
-  batched CPU kernels hand their batch to the intra-op thread pool and block
-  until it is done; when as many batched calls as the pool has threads run at
-  once (independent leaves do), every thread waits and the step deadlocks
-  (seen with 2 threads; fixed in jaxlib 0.11.2). An unbatched call runs
-  inline, so on CPU the stack is walked with ``lax.map``; other platforms
-  keep the batched call.
-  """
-  batch, matrix = a.shape[:-2], a.shape[-2:]
-  unbatch = lambda out: jax.tree.map(
-      lambda x: x.reshape(*batch, *x.shape[1:]), out)
-  flat = a.reshape(-1, *matrix)
-  if flat.shape[0] == 1:
-    return unbatch(jax.tree.map(lambda x: x[None], fn(flat[0])))
-  return unbatch(jax.lax.platform_dependent(
-      flat, cpu=lambda x: jax.lax.map(fn, x), default=fn))
-
-
-def _eigh_inverse_root(a, p, eps, relative_eps):
-  w, v = unbatched_on_cpu(jnp.linalg.eigh, a)
-  w = jnp.maximum(w, 0)
-  w = w + eps + relative_eps * w[..., -1:]
-  # eigh's absolute eigenvalue error is a few ulp·λ_max (measured: <= 2.2e-7
-  # λ_max in float32 at n = 32..128): below that an eigenvalue is noise and
-  # gets 0 (a pseudo-inverse), never a huge or infinite inverse root.
-  floor = _EIGH_RESOLUTION * jnp.finfo(a.dtype).eps * w[..., -1:]
-  kept = w > floor
-  inv_root = jnp.where(kept, jnp.where(kept, w, 1) ** (-1.0 / p), 0)
-  return matmul(v * inv_root[..., None, :], transpose(v))
-
-
-def _matrix_power(x, p):
-  result, square = None, x
-  while p:
-    if p & 1:
-      result = square if result is None else matmul(result, square)
-    p >>= 1
-    if p:
-      square = matmul(square, square)
-  return result
-
-
-def _newton_inverse_root(a, p, eps, relative_eps):
-  """Coupled Newton iteration (Guo & Higham 2006), batched over blocks.
-
-  With M₀ = zA and H₀ = z^{1/p} I, z = (1+p)/(2·bound), the steps
-  X = ((1+1/p) I − M/p), M ← X^p M, H ← H X keep M = H^p A and drive M → I,
-  so H → A^{-1/p}; ``bound`` = min(‖A‖_F, ‖A‖_∞) ≥ λ_max puts every
-  eigenvalue of M₀ in (0, (1+p)/2], from where each |1 − μ| shrinks. A block
-  stops once ‖M − I‖_F is within a few ulp·√n (its round-off floor, measured)
-  or grows by 20% (that step is undone); at most 100 steps. An eigenvalue μ
-  of M₀ far below 1 takes about log(1/μ)/log(1 + 1/p)^p steps to converge,
-  which ``‖M − I‖_F`` cannot see, so a plateau does not stop the iteration.
-  """
-  n = a.shape[-1]
-  eye = jnp.eye(n, dtype=a.dtype)
-  bound = jnp.minimum(
-      jnp.linalg.norm(a, axis=(-2, -1)), jnp.abs(a).sum(-1).max(-1)
-  )
-  ridge = eps + relative_eps * bound
-  bound = bound + ridge
-  nonzero = bound > 0
-  z = ((1 + p) / (2 * jnp.where(nonzero, bound, 1)))[..., None, None]
-  m = (a + ridge[..., None, None] * eye) * z
-  h = eye * z ** (1.0 / p)
-  error = jnp.linalg.norm(m - eye, axis=(-2, -1))
-  tolerance = 4 * math.sqrt(n) * jnp.finfo(a.dtype).eps
-
-  def cond(carry):
-    step, _, _, _, active = carry
-    return (step < _NEWTON_MAX_ITERS) & jnp.any(active)
-
-  def body(carry):
-    step, m, h, error, active = carry
-    x = (1 + 1.0 / p) * eye - m / p
-    m_new, h_new = matmul(_matrix_power(x, p), m), matmul(h, x)
-    error_new = jnp.linalg.norm(m_new - eye, axis=(-2, -1))
-    accept = active & (error_new < 1.2 * error)
-    pick = lambda new, old: jnp.where(accept[..., None, None], new, old)
-    return (step + 1, pick(m_new, m), pick(h_new, h),
-            jnp.where(accept, error_new, error), accept & (error_new > tolerance))
-
-  carry = (jnp.int32(0), m, h, error, error > tolerance)
-  h = jax.lax.while_loop(cond, body, carry)[2]
-  return jnp.where(nonzero[..., None, None], h, 0)
-
-
-def inverse_pth_root(
-    matrix: jax.Array,
-    p: int,
-    *,
-    root_method: str = "eigh",
-    eps: float = 0.0,
-    relative_eps: float = 0.0,
-) -> jax.Array:
-  r"""The damped inverse p-th root :math:`(A + δI)^{-1/p}` of PSD matrices.
-
-  :math:`δ = ε + ε_{rel} λ_{max}(A)` (distributed_shampoo's ridge is the
-  relative term). ``"eigh"``: eigendecomposition in the input's dtype;
-  eigenvalues are clipped at 0 before the ridge, and those that end below
-  4·ulp·λ_max are given an inverse root of 0 (a pseudo-inverse), so a zero or
-  rank-deficient matrix never yields inf or NaN. ``"newton"``: the coupled
-  Newton iteration, matrix products only; λ_max is replaced by the bound
-  min(‖A‖_F, ‖A‖_∞), and it needs δ > 0 for a rank-deficient A (it cannot
-  truncate). A zero matrix gives a zero root for both.
-
-  Args:
-    matrix: (..., n, n) symmetric PSD matrices; leading axes are a batch.
-    p: the root, an integer >= 1.
-    root_method: ``"eigh"`` or ``"newton"``.
-    eps: absolute ridge ε, >= 0.
-    relative_eps: ridge relative to the largest eigenvalue, >= 0.
-
-  Returns:
-    The roots, shaped and typed like ``matrix``.
-  """
-  if root_method not in ROOT_METHODS:
-    raise ValueError(
-        f"root_method must be one of {ROOT_METHODS}, got {root_method!r}"
-    )
-  if root_method == "eigh":
-    return _eigh_inverse_root(matrix, p, eps, relative_eps)
-  return _newton_inverse_root(matrix, p, eps, relative_eps)
-
-
 class KroneckerPreconditionState(NamedTuple):
-  """State of ``kronecker_precondition``; each field a tree shaped like the params.
+  """State of ``kronecker_precondition``; each field a tree structured like the params.
 
   Attributes:
     count: number of updates taken so far (int32 scalar).
@@ -263,7 +128,8 @@ class KroneckerPreconditionState(NamedTuple):
     left_root: L^{-1/p} as last recomputed, shaped like ``left_stats``.
     right_root: R^{-1/p}, shaped like ``right_stats``.
     diag_stats: for diagonal leaves (ndim ≤ 1, or both sides too long) the
-      decayed sum of squared gradients, shaped like the leaf; else empty.
+      decayed sum of squared gradients, shaped like the leaf; else
+      ``optax.MaskedNode()``.
   """
 
   count: jax.Array
@@ -353,23 +219,24 @@ def kronecker_precondition(
       # Every field gets its own buffer, so that the state can be donated.
       dtype, layout = _tree.compute_dtype(p), layout_of(p)
       if layout is None:
-        return *(jnp.zeros((0,), dtype) for _ in range(4)), jnp.zeros(
-            jnp.shape(p), dtype)
+        return tuple(jnp.zeros((0,), dtype) for _ in range(4))
       nb, br, bc = layout.num_blocks, layout.block_rows, layout.block_cols
       left = (nb, br, br) if layout.left else (0,)
       right = (nb, bc, bc) if layout.right else (0,)
-      shapes = (left, right, left, right, (0,))
-      return tuple(jnp.zeros(shape, dtype) for shape in shapes)
+      return tuple(jnp.zeros(s, dtype) for s in (left, right, left, right))
 
+    diag = _tree.zeros_where(
+        params, lambda p: layout_of(p) is None, dtype_of=_tree.compute_dtype
+    )
     return KroneckerPreconditionState(
-        jnp.zeros([], jnp.int32), *_tree.map_leaves(leaf, 5, params)
+        jnp.zeros([], jnp.int32), *_tree.map_statistics(leaf, 4, params), diag
     )
 
   def accumulate(g, left, right, diag):
     layout, x = layout_of(g), g.astype(_tree.compute_dtype(g))
     if layout is None:
       return left, right, b2 * diag + x * x
-    x = to_blocks(x, layout)
+    x = to_blocks(_sharding.gather(x), layout)
     if layout.left:
       left = b2 * left + matmul(x, transpose(x))
     if layout.right:
@@ -405,12 +272,13 @@ def kronecker_precondition(
       s = diag + eps
       u = jnp.where(s > 0, x * jax.lax.rsqrt(jnp.where(s > 0, s, 1)), 0)
       return (u.astype(g.dtype),)
-    blocks = to_blocks(x, layout)
+    blocks = to_blocks(_sharding.gather(x), layout)
     if layout.left:
       blocks = left_root @ blocks
     if layout.right:
       blocks = blocks @ right_root
-    return (from_blocks(blocks, layout, g.shape).astype(g.dtype),)
+    u = from_blocks(blocks, layout, g.shape).astype(g.dtype)
+    return (_sharding.reshard_like(u, g),)
 
   def update_fn(updates, state, params=None):
     del params
@@ -431,73 +299,5 @@ def kronecker_precondition(
     return u, KroneckerPreconditionState(
         count, left, right, left_root, right_root, diag
     )
-
-  return optax.GradientTransformation(init_fn, update_fn)
-
-
-class GraftState(NamedTuple):
-  """State of ``graft``: the states of the two transforms it runs."""
-
-  magnitude_state: optax.OptState
-  direction_state: optax.OptState
-
-
-def graft(
-    magnitude: optax.GradientTransformation,
-    direction: optax.GradientTransformation,
-    *,
-    block_size: Optional[int] = None,
-    max_precondition_dim: int = 4096,
-) -> optax.GradientTransformation:
-  r"""Layer-wise grafting: one transform's direction at another's step size.
-
-  .. math:: u = d\, \frac{\|m\|_F}{\|d\|_F}
-
-  per leaf, or per block when ``block_size`` is given (the blocks of
-  ``kronecker_precondition`` with the same ``block_size`` and
-  ``max_precondition_dim``), where m and d are the updates ``magnitude`` and
-  ``direction`` make of the same incoming updates. A zero direction gives 0.
-
-  Args:
-    magnitude: the grafted transform that sets the norm (e.g. Adam, RMSProp).
-    direction: the transform that sets the direction (e.g. Shampoo).
-    block_size: take norms per block of this size; ``None``: per leaf.
-    max_precondition_dim: as in ``kronecker_precondition`` (blocks only).
-
-  Returns:
-    An ``optax.GradientTransformation`` with state ``GraftState``.
-
-  Reference: Agarwal et al., "Disentangling Adaptive Gradient Methods from
-  Learning Rates", 2020; Anil et al. 2020 (per-block grafting in Shampoo).
-  """
-  if block_size is not None:
-    block_size = _validate.check_integer("block_size", block_size)
-  max_precondition_dim = _validate.check_integer(
-      "max_precondition_dim", max_precondition_dim
-  )
-
-  def init_fn(params):
-    return GraftState(magnitude.init(params), direction.init(params))
-
-  def leaf(m, d):
-    dtype = _tree.compute_dtype(d)
-    layout = block_layout(d.shape, block_size, max_precondition_dim)
-    m_, d_ = m.astype(dtype), d.astype(dtype)
-    if block_size is None or layout is None:
-      m_, d_ = m_.reshape(1, -1), d_.reshape(1, -1)
-    else:
-      m_, d_ = to_blocks(m_, layout), to_blocks(d_, layout)
-    axes = tuple(range(1, m_.ndim))
-    m_norm = jnp.sqrt(jnp.sum(m_ * m_, axes, keepdims=True))
-    d_norm = jnp.sqrt(jnp.sum(d_ * d_, axes, keepdims=True))
-    u = d_ * jnp.where(d_norm > 0, m_norm / jnp.where(d_norm > 0, d_norm, 1), 0)
-    if block_size is None or layout is None:
-      return u.reshape(d.shape).astype(d.dtype)
-    return from_blocks(u, layout, d.shape).astype(d.dtype)
-
-  def update_fn(updates, state, params=None):
-    m, magnitude_state = magnitude.update(updates, state.magnitude_state, params)
-    d, direction_state = direction.update(updates, state.direction_state, params)
-    return jax.tree.map(leaf, m, d), GraftState(magnitude_state, direction_state)
 
   return optax.GradientTransformation(init_fn, update_fn)

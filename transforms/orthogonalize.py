@@ -12,9 +12,8 @@ from typing import Any, Optional, Sequence, Union
 import jax
 import jax.numpy as jnp
 import optax
-from jax.sharding import NamedSharding
-from jax.sharding import PartitionSpec as P
 
+from gradtx.transforms import _sharding
 from gradtx.transforms import _validate
 
 Coefficients = Union[str, Sequence[Sequence[float]]]
@@ -100,18 +99,6 @@ def _gram_iterations(x, schedule, restart_at=2):
   return q @ x
 
 
-def _explicit_sharding(x: jax.Array) -> Optional[NamedSharding]:
-  """x's sharding when its matrix axes are sharded on an Explicit mesh."""
-  sharding = getattr(jax.typeof(x), "sharding", None)
-  spec, mesh = getattr(sharding, "spec", None), getattr(sharding, "mesh", None)
-  if spec is None or mesh is None or x.ndim < 2:
-    return None
-  spec = P(*spec, *([None] * (x.ndim - len(spec))))
-  if all(s is None for s in spec[-2:]):
-    return None
-  return NamedSharding(mesh, spec)
-
-
 def newton_schulz(
     x: jax.Array,
     ns_steps: int = 5,
@@ -132,14 +119,12 @@ def newton_schulz(
   """
   if method not in ("standard", "gram"):
     raise ValueError(f"method must be 'standard' or 'gram', got {method!r}")
-  sharding = _explicit_sharding(x)
-  if sharding is not None:
+  if _sharding.explicit_sharding(x, (-2, -1)) is not None:
     # On an Explicit mesh a product over a sharded axis is refused; gather the
     # (matrix) axes, iterate, and give the result the input's sharding back.
-    gathered = NamedSharding(sharding.mesh, P(*sharding.spec[:-2], None, None))
-    y = newton_schulz(jax.sharding.reshard(x, gathered), ns_steps, coefficients,
+    y = newton_schulz(_sharding.gather(x, (-2, -1)), ns_steps, coefficients,
                       eps=eps, compute_dtype=compute_dtype, method=method)
-    return jax.sharding.reshard(y, sharding)
+    return _sharding.reshard_like(y, x)
   schedule = coefficient_schedule(coefficients, ns_steps)
   safety = _NORM_SAFETY.get(coefficients, 1.0) if isinstance(coefficients, str) else 1.0
   wide = x.shape[-2] <= x.shape[-1]

@@ -36,7 +36,10 @@ from typing import Any, Optional
 import jax
 import jax.numpy as jnp
 import numpy as np
+from jax.sharding import NamedSharding
+from jax.sharding import PartitionSpec as P
 
+from gradtx.transforms import _sharding
 from gradtx.transforms import _tree
 from gradtx.transforms import _validate
 
@@ -394,6 +397,27 @@ def rounding_seeds(tree: Any, count: jax.Array) -> Any:
   ])
 
 
+def _blocks_sharded_like(q: QuantizedArray, p: jax.Array) -> QuantizedArray:
+  """Codes and scales split over the mesh axes of ``p``'s leading axis.
+
+  Blocks follow the row-major flattening of ``p``, so when only ``p``'s
+  first axis is sharded (data/FSDP-style) each device's rows are whole
+  blocks of its own, as long as the blocks divide evenly; any other layout
+  of ``p`` leaves the blocks replicated. Explicit meshes only (elsewhere the
+  compiler picks a layout).
+  """
+  sharding = _sharding.explicit_sharding(p)
+  if sharding is None or any(a is not None for a in sharding.spec[1:]):
+    return q
+  mesh, axes = sharding.mesh, sharding.spec[0]
+  devices = int(np.prod([mesh.shape[a] for a in np.atleast_1d(axes)]))
+  if p.shape[0] % devices or q.size // devices % q.block_size:
+    return q
+  place = lambda x: jax.sharding.reshard(
+      x, NamedSharding(mesh, P(axes, *([None] * (x.ndim - 1)))))
+  return QuantizedArray(place(q.codes), place(q.scales), q.shape, q.signed)
+
+
 def zeros_like_tree(params: Any, fmt: Any, *, signed: bool) -> Any:
   """Zero state shaped like ``params`` in format ``fmt``."""
   if isinstance(fmt, StochasticBfloat16):
@@ -405,12 +429,12 @@ def zeros_like_tree(params: Any, fmt: Any, *, signed: bool) -> Any:
     shape = tuple(p.shape)
     if np.prod(shape, dtype=np.int64) < fmt.min_size:
       return jnp.zeros(shape, jnp.float32)
-    return quantized_zeros(shape, signed=signed, block_size=fmt.block_size)
+    zeros = quantized_zeros(shape, signed=signed, block_size=fmt.block_size)
+    return _blocks_sharded_like(zeros, p)
 
-  # Stop at anything with a shape: a wrapper such as a flax.nnx Variable must
-  # end up around the codes and scales, not around the QuantizedArray, or
-  # nnx.Optimizer would flatten the QuantizedArray into a State.
-  return jax.tree.map(leaf, params, is_leaf=lambda x: hasattr(x, "shape"))
+  # Block codes are not shaped like the parameter: built as statistics, so
+  # sharding recipes (optax.tree_map_params, nnx metadata) leave them alone.
+  return _tree.map_statistics(lambda p: (leaf(p),), 1, params)[0]
 
 
 def load(stored: Any, dtype: Any) -> jax.Array:
@@ -435,8 +459,10 @@ def store(
   keeps) decide the random bits of stochastic rounding.
   """
   if isinstance(stored, QuantizedArray):
-    return _quantize(value, stored.signed, stored.block_size, finite=True)
+    new = _quantize(value, stored.signed, stored.block_size, finite=True)
+    # Codes and scales keep the layout init gave them (explicit meshes).
+    return jax.tree.map(_sharding.reshard_like, new, stored)
   if isinstance(fmt, StochasticBfloat16):
     salt = jnp.uint32((fmt.seed * 0x27D4EB2F + stream * 0x165667B1) % 2**32)
     return stochastic_round(value, _mix32(seed ^ salt))
-  return value.astype(stored.dtype)
+  return _sharding.reshard_like(value.astype(stored.dtype), stored)

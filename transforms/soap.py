@@ -12,9 +12,11 @@ import jax
 import jax.numpy as jnp
 import optax
 
+from gradtx.transforms import _sharding
 from gradtx.transforms import _tree
 from gradtx.transforms import _validate
 from gradtx.transforms import kronecker as kron
+from gradtx.transforms import matrix_roots as roots
 
 REFRESH_METHODS = ("qr", "eigh")
 
@@ -45,14 +47,14 @@ class ScaleBySoapState(NamedTuple):
 def _rotate(x, left, right, layout, *, back=False):
   """Q_Lᵀ X Q_R into the eigenbasis, or Q_L X Q_Rᵀ back (``back=True``)."""
   if layout.left:
-    x = kron.matmul(left if back else kron.transpose(left), x)
+    x = roots.matmul(left if back else roots.transpose(left), x)
   if layout.right:
-    x = kron.matmul(x, kron.transpose(right) if back else right)
+    x = roots.matmul(x, roots.transpose(right) if back else right)
   return x
 
 
 def _eigenvectors(stats):
-  return kron.unbatched_on_cpu(jnp.linalg.eigh, stats)[1][..., ::-1]
+  return roots.unbatched_on_cpu(jnp.linalg.eigh, stats)[1][..., ::-1]
 
 
 def scale_by_soap(
@@ -141,15 +143,15 @@ def scale_by_soap(
     return ScaleBySoapState(
         jnp.zeros([], jnp.int32), _tree.zeros_like_tree(params, mu_dtype),
         _tree.zeros_like_tree(params, nu_dtype),
-        *_tree.map_leaves(leaf, 4, params),
+        *_tree.map_statistics(leaf, 4, params),
     )
 
   def adam_step(count, g, mu, nu, left_basis, right_basis):
     dtype, layout = _tree.compute_dtype(g), layout_of(g)
     x, m, v = (a.astype(dtype) for a in (g, mu, nu))
     if layout is not None:
-      x = _rotate(kron.to_blocks(x, layout), left_basis, right_basis, layout)
-      m, v = kron.to_blocks(m, layout), kron.to_blocks(v, layout)
+      x, m, v = (kron.to_blocks(_sharding.gather(a), layout) for a in (x, m, v))
+      x = _rotate(x, left_basis, right_basis, layout)
     m_new = b1 * m + (1 - b1) * x
     v_new = b2 * v + (1 - b2) * x * x
     steps = jnp.maximum(count - 1, 1).astype(dtype)
@@ -157,7 +159,8 @@ def scale_by_soap(
     u = correction * m_new / (jnp.sqrt(v_new) + eps)
     if layout is not None:
       u = _rotate(u, left_basis, right_basis, layout, back=True)
-      unblock = lambda a: kron.from_blocks(a, layout, g.shape)
+      unblock = lambda a: _sharding.reshard_like(
+          kron.from_blocks(a, layout, g.shape), g)
       u, m_new, v_new = unblock(u), unblock(m_new), unblock(v_new)
     first = count == 1  # builds the basis only
     return (
@@ -170,23 +173,23 @@ def scale_by_soap(
     layout = layout_of(g)
     if layout is None:
       return left, right
-    x = kron.to_blocks(g.astype(_tree.compute_dtype(g)), layout)
+    x = kron.to_blocks(_sharding.gather(g.astype(_tree.compute_dtype(g))), layout)
     if layout.left:
-      left = stats_b2 * left + (1 - stats_b2) * kron.matmul(x, kron.transpose(x))
+      left = stats_b2 * left + (1 - stats_b2) * roots.matmul(x, roots.transpose(x))
     if layout.right:
-      right = stats_b2 * right + (1 - stats_b2) * kron.matmul(kron.transpose(x), x)
+      right = stats_b2 * right + (1 - stats_b2) * roots.matmul(roots.transpose(x), x)
     return left, right
 
   def refresh_side(stats, basis, v, axis):
-    estimates = jnp.sum(basis * kron.matmul(stats, basis), axis=-2)
+    estimates = jnp.sum(basis * roots.matmul(stats, basis), axis=-2)
     order = jnp.argsort(-estimates, axis=-1)
     index = order[..., :, None] if axis == -2 else order[..., None, :]
     v = jnp.take_along_axis(v, index, axis)
     if refresh == "eigh":
       return _eigenvectors(stats), v
     basis = jnp.take_along_axis(basis, order[..., None, :], -1)
-    power_step = kron.matmul(stats, basis)
-    return kron.unbatched_on_cpu(jnp.linalg.qr, power_step)[0], v
+    power_step = roots.matmul(stats, basis)
+    return roots.unbatched_on_cpu(jnp.linalg.qr, power_step)[0], v
 
   def new_basis(g, left, right, left_basis, right_basis, mu, nu, *, first):
     layout = layout_of(g)
@@ -196,14 +199,16 @@ def scale_by_soap(
       return (_eigenvectors(left) if layout.left else left_basis,
               _eigenvectors(right) if layout.right else right_basis, mu, nu)
     dtype = _tree.compute_dtype(g)
-    m, v = (kron.to_blocks(a.astype(dtype), layout) for a in (mu, nu))
+    m, v = (kron.to_blocks(_sharding.gather(a.astype(dtype)), layout)
+            for a in (mu, nu))
     m = _rotate(m, left_basis, right_basis, layout, back=True)
     if layout.left:
       left_basis, v = refresh_side(left, left_basis, v, -2)
     if layout.right:
       right_basis, v = refresh_side(right, right_basis, v, -1)
     m = _rotate(m, left_basis, right_basis, layout)
-    unblock = lambda a, like: kron.from_blocks(a, layout, g.shape).astype(like.dtype)
+    unblock = lambda a, like: _sharding.reshard_like(
+        kron.from_blocks(a, layout, g.shape).astype(like.dtype), like)
     return left_basis, right_basis, unblock(m, mu), unblock(v, nu)
 
   def update_fn(updates, state, params=None):

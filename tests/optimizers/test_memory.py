@@ -9,7 +9,7 @@ from flax import nnx
 
 from gradtx import optimizers as go
 from gradtx import transforms as gt
-from tests import oracles_memory as om
+from tests import oracles
 
 
 def _max_relative_gap(a, b):
@@ -45,18 +45,18 @@ def test_adafactor_matches_optax(config):
   names = {"mu_dtype": "dtype_momentum", "weight_decay": "weight_decay_rate",
            "mask": "weight_decay_mask"}
   optax_config = {names.get(k, k): v for k, v in config.items()}
-  grad = om.quadratic_grads(ADAFACTOR_PARAMS, seed=3)
-  ours = om.run(go.adafactor(**config), ADAFACTOR_PARAMS, grad, 25)
-  theirs = om.run(optax.adafactor(**optax_config), ADAFACTOR_PARAMS, grad, 25)
+  grad = oracles.quadratic_grads(ADAFACTOR_PARAMS, seed=3)
+  ours = oracles.run_quadratic(go.adafactor(**config), ADAFACTOR_PARAMS, grad, 25)
+  theirs = oracles.run_quadratic(optax.adafactor(**optax_config), ADAFACTOR_PARAMS, grad, 25)
   assert np.isfinite(ours[-1]["w"]).all()
   assert _max_relative_gap(ours, theirs) < 1e-6
   assert _max_relative_gap(ours[-1:], ours[:1]) > 0.05  # the run goes somewhere
 
 
 def test_adafactor_default_is_the_relative_step_size():
-  grad = om.quadratic_grads(ADAFACTOR_PARAMS, seed=4)
-  ours = om.run(go.adafactor(min_dim_size_to_factor=8), ADAFACTOR_PARAMS, grad, 25)
-  theirs = om.run(
+  grad = oracles.quadratic_grads(ADAFACTOR_PARAMS, seed=4)
+  ours = oracles.run_quadratic(go.adafactor(min_dim_size_to_factor=8), ADAFACTOR_PARAMS, grad, 25)
+  theirs = oracles.run_quadratic(
       optax.adafactor(go.relative_step_size(), min_dim_size_to_factor=8),
       ADAFACTOR_PARAMS, grad, 25,
   )
@@ -69,9 +69,9 @@ def test_adafactor_default_is_the_relative_step_size():
 
 def test_adafactor_int8_momentum():
   params = {"w": np.random.default_rng(0).normal(size=(64, 128))}
-  grad = om.quadratic_grads(params, seed=5)
-  exact = om.run(go.adafactor(0.05, momentum=0.9), params, grad, 20, jnp.float32)
-  int8 = om.run(go.adafactor(0.05, momentum=0.9, mu_dtype="int8"), params, grad, 20,
+  grad = oracles.quadratic_grads(params, seed=5)
+  exact = oracles.run_quadratic(go.adafactor(0.05, momentum=0.9), params, grad, 20, jnp.float32)
+  int8 = oracles.run_quadratic(go.adafactor(0.05, momentum=0.9, mu_dtype="int8"), params, grad, 20,
                 jnp.float32)
   state = go.adafactor(0.05, momentum=0.9, mu_dtype="int8").init(
       {"w": jnp.zeros((64, 128))})
@@ -132,21 +132,21 @@ def test_adam_mini_matches_the_official_step(weight_decay):
   rng = np.random.default_rng(0)
   params0 = {name: rng.normal(size=MINI_SHAPES.get(name, (D, D)))
              for name, _, _ in MINI_LAYOUT}
-  grad = om.quadratic_grads(params0, seed=1)
+  grad = oracles.quadratic_grads(params0, seed=1)
   lr = lambda count: 1e-2 - 4.5e-4 * count  # exact in float64 on both sides
-  ours = om.run(
+  ours = oracles.run_quadratic(
       go.adam_mini(lr, 0.9, 0.95, 1e-8, weight_decay, num_heads=HEADS,
                    mask=lambda p: jax.tree.map(lambda x: x.ndim >= 2, p)),
       params0, grad, 20,
   )
-  official = om.AdamMiniNumpy(_to_torch(params0), lambda t: float(lr(t)),
+  official = oracles.AdamMiniNumpy(_to_torch(params0), lambda t: float(lr(t)),
                               (0.9, 0.95), 1e-8, weight_decay, dim=D, n_heads=HEADS)
   trajectory = [params0]
   for t in range(20):
     trajectory.append(_from_torch(official.step(_to_torch(grad(trajectory[-1], t)), t)))
   assert _max_relative_gap(ours, trajectory) < 1e-10
   # The blocks matter: plain AdamW drifts away.
-  adamw = om.run(go.adamw(lr, 0.9, 0.95, 1e-8, weight_decay), params0, grad, 20)
+  adamw = oracles.run_quadratic(go.adamw(lr, 0.9, 0.95, 1e-8, weight_decay), params0, grad, 20)
   assert _max_relative_gap(adamw, trajectory) > 1e-3
 
 
@@ -179,8 +179,8 @@ def test_adamw_8bit_tracks_adamw_on_a_regression():
     return float(np.mean((x @ p["w"] + p["b"] - y) ** 2))
 
   schedule = optax.cosine_decay_schedule(3e-2, 300)
-  full = om.run(go.adamw(schedule, weight_decay=1e-4), params0, grad, 300, jnp.float32)
-  int8 = om.run(go.adamw_8bit(schedule, weight_decay=1e-4), params0, grad, 300, jnp.float32)
+  full = oracles.run_quadratic(go.adamw(schedule, weight_decay=1e-4), params0, grad, 300, jnp.float32)
+  int8 = oracles.run_quadratic(go.adamw_8bit(schedule, weight_decay=1e-4), params0, grad, 300, jnp.float32)
   # Both fit to within ~2x the noise floor (0.01); near it, 8-bit first
   # moments cost a few percent of the final loss (their rounding errors stay
   # correlated from step to step), bf16 round-to-nearest ~1%.

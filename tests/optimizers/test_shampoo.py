@@ -8,7 +8,7 @@ import pytest
 from flax import nnx
 
 from gradtx import optimizers as go
-from tests import oracles_kronecker as oracles
+from tests import oracles
 
 
 def _trajectory(tx, params0, grad_fn, steps):

@@ -67,7 +67,7 @@ def test_state_holds_row_and_column_statistics_only():
   assert state.nu_row["tall"].shape == (150,) and state.nu_col["tall"].shape == (200,)
   assert state.nu_row["stack"].shape == (3, 129) and state.nu_col["stack"].shape == (3, 140)
   for name in ("matrix", "tall", "stack"):
-    assert state.nu[name] is None
+    assert isinstance(state.nu[name], optax.MaskedNode)
   for name in ("vector", "thin"):
     assert state.nu[name].shape == SHAPES[name]
     assert state.nu_row[name] is None and state.nu_col[name] is None

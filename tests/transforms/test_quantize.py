@@ -8,7 +8,7 @@ import pytest
 
 from gradtx import transforms as gt
 from gradtx.transforms import quantize
-from tests import oracles_memory as om
+from tests import oracles
 
 SMALL_INT8 = gt.Int8Blocks(block_size=64, min_size=0)
 
@@ -19,7 +19,7 @@ SMALL_INT8 = gt.Int8Blocks(block_size=64, min_size=0)
 @pytest.mark.parametrize("signed", [True, False])
 def test_code_map_is_bitsandbytes_dynamic_map(signed):
   table = gt.dynamic_code_map(signed)
-  np.testing.assert_allclose(table, om.bnb_dynamic_map(signed), rtol=1e-6)
+  np.testing.assert_allclose(table, oracles.bnb_dynamic_map(signed), rtol=1e-6)
   assert table.shape == (256,) and np.all(np.diff(table) > 0)
   assert np.count_nonzero(table == 0) == 1 and table[-1] == 1
   assert table[0] == (np.float32(-0.99296874) if signed else 0)
@@ -44,7 +44,7 @@ def test_quantize_is_round_to_nearest(signed):
   x = magnitudes * (rng.choice([-1.0, 1.0], magnitudes.size) if signed else 1)
   x = x.reshape(40, 256).astype(np.float32)
   q = gt.quantize_blockwise(x, signed=signed, block_size=128)
-  index, scales = om.nearest_codes(x, gt.dynamic_code_map(signed), 128)
+  index, scales = oracles.nearest_codes(x, gt.dynamic_code_map(signed), 128)
   np.testing.assert_array_equal(np.asarray(q.codes).view(np.uint8), index)
   np.testing.assert_array_equal(q.scales, scales)
 

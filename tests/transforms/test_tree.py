@@ -219,3 +219,55 @@ def test_map_leaves_under_jit_and_vmap():
   vmapped = jax.vmap(lambda a, b: _tree.map_leaves(fn, 2, a, b))(*trees)
   chex.assert_trees_all_close(direct, jitted)
   chex.assert_trees_all_close(direct, vmapped)
+
+
+# --- map_statistics / zeros_where ------------------------------------------
+
+
+def _factors(p):
+  return jnp.zeros(p.shape[:1]), jnp.zeros(p.shape[1:])
+
+
+def test_map_statistics_collects_each_output_into_a_params_structured_tree():
+  rows, cols = _tree.map_statistics(_factors, 2, {"w": jnp.ones((2, 3))})
+  assert rows["w"].shape == (2,) and cols["w"].shape == (3,)
+
+
+def test_map_statistics_passes_paths_when_asked():
+  (names,) = _tree.map_statistics(
+      lambda path, p: (jnp.zeros(len(_tree.path_names(path))),), 1,
+      {"a": {"b": jnp.ones(2)}}, with_path=True)
+  assert names["a"]["b"].shape == (2,)
+
+
+def test_map_statistics_is_not_a_params_copy_for_tree_map_params():
+  init = lambda p: {
+      "copy": _tree.zeros_like_tree(p),
+      "stats": _tree.map_statistics(_factors, 2, p),
+  }
+  params = {"w": jnp.ones((2, 3)), "v": jnp.ones((4, 1))}
+  marked = optax.tree_map_params(
+      init, lambda _: "param", init(params), transform_non_params=lambda _: "other"
+  )
+  assert set(jax.tree.leaves(marked["copy"])) == {"param"}
+  # One mark for the whole field: a prefix of the statistics tree.
+  assert marked["stats"] == ("other", "other")
+
+
+def test_map_statistics_unwraps_flax_variables():
+  nnx = pytest.importorskip("flax.nnx")
+  # (Sharding annotations are metadata like this one.)
+  state = {"w": nnx.Param(jnp.ones((2, 3)), axes_note=("rows", "cols"))}
+  rows, _ = _tree.map_statistics(_factors, 2, state)
+  assert isinstance(rows["w"], jax.Array) and rows["w"].shape == (2,)
+  copy = _tree.zeros_like_tree(state)  # a copy keeps the metadata
+  assert copy["w"].get_metadata()["axes_note"] == ("rows", "cols")
+
+
+def test_zeros_where_masks_the_other_leaves():
+  params = {"w": jnp.ones((2, 3)), "b": jnp.ones(3, jnp.bfloat16)}
+  zeros = _tree.zeros_where(params, lambda p: p.ndim == 1)
+  assert isinstance(zeros["w"], optax.MaskedNode)
+  assert zeros["b"].dtype == jnp.bfloat16 and not zeros["b"].any()
+  zeros32 = _tree.zeros_where(params, lambda p: True, lambda p: jnp.float32)
+  assert {x.dtype for x in jax.tree.leaves(zeros32)} == {jnp.dtype(jnp.float32)}

@@ -1,0 +1,61 @@
+"""Matrix inverse p-th roots (transforms/matrix_roots.py) vs float64 numpy eigh."""
+
+import jax.numpy as jnp
+import numpy as np
+import pytest
+
+from gradtx import transforms as gt
+from tests import oracles
+
+
+def _spd(rng, n, condition, batch=()):
+  """Q diag(λ) Qᵀ with λ log-spaced in [1/condition, 1]."""
+  q = np.linalg.qr(rng.standard_normal((*batch, n, n)))[0]
+  return (q * np.geomspace(1, 1 / condition, n)) @ np.swapaxes(q, -1, -2)
+
+
+# Relative Frobenius errors of the float32 roots (n = 32 and 128; worst over
+# p = 2, 4), measured: condition 1e2: eigh ≤ 2e-6, newton ≤ 1.5e-6;
+# 1e4: eigh ≤ 1e-4, newton ≤ 7e-5. The bounds leave a margin of ~5x.
+@pytest.mark.parametrize("root_method, bound", [("eigh", 5e-4), ("newton", 5e-4)])
+@pytest.mark.parametrize("p", [2, 4])
+def test_inverse_root_matches_float64_eigh(root_method, bound, p):
+  rng = np.random.default_rng(p)
+  a = _spd(rng, 48, 1e4, batch=(3,))
+  root = gt.inverse_pth_root(jnp.asarray(a, jnp.float32), p, root_method=root_method)
+  expected = np.stack([oracles.inverse_root(block, p) for block in a])
+  assert root.dtype == jnp.float32
+  assert oracles.relative_error(root, expected) < bound
+
+
+@pytest.mark.parametrize("root_method", ["eigh", "newton"])
+def test_ridge_terms_match_float64_eigh(root_method):
+  a = _spd(np.random.default_rng(0), 16, 1e2)
+  root = gt.inverse_pth_root(jnp.asarray(a, jnp.float32), 4, root_method=root_method,
+                             eps=0.01, relative_eps=0.1)
+  bound = 1.0 if root_method == "eigh" else min(np.linalg.norm(a), np.abs(a).sum(1).max())
+  expected = oracles.inverse_root(a, 4, eps=0.01 + 0.1 * bound)
+  assert oracles.relative_error(root, expected) < 1e-5
+
+
+@pytest.mark.parametrize("root_method", ["eigh", "newton"])
+def test_zero_matrix_has_zero_root(root_method):
+  root = gt.inverse_pth_root(jnp.zeros((2, 5, 5)), 4, root_method=root_method)
+  np.testing.assert_array_equal(root, 0.0)
+
+
+def test_eigh_root_of_rank_deficient_matrix_is_a_pseudo_inverse():
+  u = np.linalg.qr(np.random.default_rng(1).standard_normal((8, 2)))[0]
+  a = (u * np.array([4.0, 1e-2])) @ u.T  # rank 2 of 8, no ridge
+  root = np.asarray(gt.inverse_pth_root(jnp.asarray(a, jnp.float32), 4), np.float64)
+  expected = (u * np.array([4.0, 1e-2]) ** -0.25) @ u.T
+  np.testing.assert_allclose(root, expected, atol=1e-4)  # f32: cond 400
+
+
+def test_newton_root_of_rank_deficient_matrix_is_finite_with_a_ridge():
+  g = np.random.default_rng(2).standard_normal((8, 1))
+  root = gt.inverse_pth_root(jnp.asarray(g @ g.T, jnp.float32), 4,
+                             root_method="newton", relative_eps=1e-6)
+  assert np.isfinite(root).all()
+  expected = oracles.inverse_root(g @ g.T, 4, eps=1e-6 * float(np.sum(g * g)))
+  assert oracles.relative_error(root, expected) < 1e-2

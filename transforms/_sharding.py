@@ -1,0 +1,62 @@
+"""Explicit-mesh helpers for transforms that multiply whole matrices.
+
+On a mesh with ``AxisType.Explicit`` axes an array's sharding is part of its
+type, and a matrix product over a sharded axis is refused (JAX cannot tell
+how the result should be laid out). Matrix transforms (Newton–Schulz,
+Kronecker factors, SOAP rotations) therefore gather the axes they multiply
+over, compute, and give the result the input's sharding back. Everywhere else
+(no mesh, ``Auto`` axes: GSPMD chooses the layout) these are identities.
+"""
+
+from typing import Optional, Sequence
+
+import jax
+from jax.sharding import AxisType
+from jax.sharding import NamedSharding
+from jax.sharding import PartitionSpec as P
+
+
+def explicit_sharding(
+    x: jax.Array, axes: Optional[Sequence[int]] = None
+) -> Optional[NamedSharding]:
+  """``x``'s sharding (full-rank spec) if any of ``axes`` is sharded in its type.
+
+  ``axes`` defaults to all of them. ``None`` when ``x`` carries no explicit
+  sharding or those axes are all replicated.
+  """
+  sharding = getattr(jax.typeof(x), "sharding", None)
+  spec, mesh = getattr(sharding, "spec", None), getattr(sharding, "mesh", None)
+  if spec is None or mesh is None or x.ndim == 0:
+    return None
+  spec = P(*spec, *([None] * (x.ndim - len(spec))))
+  axes = range(x.ndim) if axes is None else axes
+  if all(spec[a] is None for a in axes):
+    return None
+  return NamedSharding(mesh, spec)
+
+
+def gather(x: jax.Array, axes: Optional[Sequence[int]] = None) -> jax.Array:
+  """``x`` with ``axes`` (default all) replicated; the other axes keep theirs."""
+  sharding = explicit_sharding(x, axes)
+  if sharding is None:
+    return x
+  axes = {a % x.ndim for a in (range(x.ndim) if axes is None else axes)}
+  spec = P(*(None if i in axes else s for i, s in enumerate(sharding.spec)))
+  return jax.sharding.reshard(x, NamedSharding(sharding.mesh, spec))
+
+
+def reshard_like(y: jax.Array, x: jax.Array) -> jax.Array:
+  """``y`` (shaped like ``x``) typed with ``x``'s sharding on an Explicit mesh.
+
+  Also where ``x`` is replicated: a state leaf keeps the sharding ``init``
+  gave it even if the computation would lay it out differently (a mean over
+  one axis of a sharded gradient), so the jitted step's output state has
+  its input's type and the step is not compiled again.
+  """
+  sharding = getattr(jax.typeof(x), "sharding", None)
+  mesh = getattr(sharding, "mesh", None)
+  if mesh is None or AxisType.Explicit not in mesh.axis_types:
+    return y
+  if jax.typeof(y).sharding.spec == sharding.spec:
+    return y
+  return jax.sharding.reshard(y, sharding)

@@ -1,0 +1,86 @@
+"""Grafting: one transform's direction at another's step size, per leaf or block.
+
+The blocks are those of ``kronecker_precondition`` (``kronecker.block_layout``
+with the same ``block_size`` and ``max_precondition_dim``), so that Shampoo's
+per-block directions get per-block magnitudes.
+"""
+
+from typing import NamedTuple, Optional
+
+import jax
+import jax.numpy as jnp
+import optax
+
+from gradtx.transforms import _tree
+from gradtx.transforms import _validate
+from gradtx.transforms.kronecker import block_layout
+from gradtx.transforms.kronecker import from_blocks
+from gradtx.transforms.kronecker import to_blocks
+
+
+class GraftState(NamedTuple):
+  """State of ``graft``: the states of the two transforms it runs."""
+
+  magnitude_state: optax.OptState
+  direction_state: optax.OptState
+
+
+def graft(
+    magnitude: optax.GradientTransformation,
+    direction: optax.GradientTransformation,
+    *,
+    block_size: Optional[int] = None,
+    max_precondition_dim: int = 4096,
+) -> optax.GradientTransformation:
+  r"""Layer-wise grafting: one transform's direction at another's step size.
+
+  .. math:: u = d\, \frac{\|m\|_F}{\|d\|_F}
+
+  per leaf, or per block when ``block_size`` is given (the blocks of
+  ``kronecker_precondition`` with the same ``block_size`` and
+  ``max_precondition_dim``), where m and d are the updates ``magnitude`` and
+  ``direction`` make of the same incoming updates. A zero direction gives 0.
+
+  Args:
+    magnitude: the grafted transform that sets the norm (e.g. Adam, RMSProp).
+    direction: the transform that sets the direction (e.g. Shampoo).
+    block_size: take norms per block of this size; ``None``: per leaf.
+    max_precondition_dim: as in ``kronecker_precondition`` (blocks only).
+
+  Returns:
+    An ``optax.GradientTransformation`` with state ``GraftState``.
+
+  Reference: Agarwal et al., "Disentangling Adaptive Gradient Methods from
+  Learning Rates", 2020; Anil et al. 2020 (per-block grafting in Shampoo).
+  """
+  if block_size is not None:
+    block_size = _validate.check_integer("block_size", block_size)
+  max_precondition_dim = _validate.check_integer(
+      "max_precondition_dim", max_precondition_dim
+  )
+
+  def init_fn(params):
+    return GraftState(magnitude.init(params), direction.init(params))
+
+  def leaf(m, d):
+    dtype = _tree.compute_dtype(d)
+    layout = block_layout(d.shape, block_size, max_precondition_dim)
+    m_, d_ = m.astype(dtype), d.astype(dtype)
+    if block_size is None or layout is None:
+      m_, d_ = m_.reshape(1, -1), d_.reshape(1, -1)
+    else:
+      m_, d_ = to_blocks(m_, layout), to_blocks(d_, layout)
+    axes = tuple(range(1, m_.ndim))
+    m_norm = jnp.sqrt(jnp.sum(m_ * m_, axes, keepdims=True))
+    d_norm = jnp.sqrt(jnp.sum(d_ * d_, axes, keepdims=True))
+    u = d_ * jnp.where(d_norm > 0, m_norm / jnp.where(d_norm > 0, d_norm, 1), 0)
+    if block_size is None or layout is None:
+      return u.reshape(d.shape).astype(d.dtype)
+    return from_blocks(u, layout, d.shape).astype(d.dtype)
+
+  def update_fn(updates, state, params=None):
+    m, magnitude_state = magnitude.update(updates, state.magnitude_state, params)
+    d, direction_state = direction.update(updates, state.direction_state, params)
+    return jax.tree.map(leaf, m, d), GraftState(magnitude_state, direction_state)
+
+  return optax.GradientTransformation(init_fn, update_fn)
