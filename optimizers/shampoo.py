@@ -71,7 +71,8 @@ def shampoo(
     block_size: largest block side; ``None``: never cut.
     grafting: ``"adam"``, ``"rmsprop"``, ``"sgd"`` or ``None``.
     weight_decay: λ, decoupled (AdamW-style), a number or a schedule.
-    nesterov: use the Nesterov look-ahead of the momentum.
+    nesterov: step along :math:`β_1 m_t/(1-β_1^t) + (1-β_1) u_t` (the
+      look-ahead of ``gt.ema``) instead of :math:`m_t/(1-β_1^t)`.
     max_precondition_dim: sides longer than this are not preconditioned.
     root_method: ``"eigh"`` or ``"newton"`` (see ``gt.inverse_pth_root``).
     relative_eps: ridge relative to each block's largest eigenvalue.

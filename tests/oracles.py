@@ -344,6 +344,8 @@ def shampoo_algorithm1(
     steps: int,
     lr: float,
     eps: float,
+    momentum: float = 0.0,
+    nesterov: bool = False,
 ) -> List[np.ndarray]:
   """Shampoo, Gupta et al. 2018, Algorithm 1 (order-2 tensors).
 
@@ -351,16 +353,29 @@ def shampoo_algorithm1(
     G_t = ∇f_t(W_t)
     L_t = L_{t-1} + G_t G_tᵀ,  R_t = R_{t-1} + G_tᵀ G_t
     W_{t+1} = W_t − η L_t^{-1/4} G_t R_t^{-1/4}
+
+  With ``momentum`` β the direction D_t = L_t^{-1/4} G_t R_t^{-1/4} is
+  averaged first (momentum after preconditioning, as in Anil et al. 2020):
+  m_t = β m_{t-1} + (1 − β) D_t, m̂_t = m_t / (1 − βᵗ), and the step is
+  η m̂_t, or η (β m̂_t + (1 − β) D_t) with ``nesterov``.
   """
   w = np.array(w0, np.float64)
   m, n = w.shape
   left, right = eps * np.eye(m), eps * np.eye(n)
+  average = np.zeros_like(w)
   trajectory = [w.copy()]
-  for t in range(steps):
-    g = grad_fn(w, t)
+  for t in range(1, steps + 1):
+    g = grad_fn(w, t - 1)
     left = left + g @ g.T
     right = right + g.T @ g
-    w = w - lr * inverse_root(left, 4) @ g @ inverse_root(right, 4)
+    direction = inverse_root(left, 4) @ g @ inverse_root(right, 4)
+    step = direction
+    if momentum:
+      average = momentum * average + (1 - momentum) * direction
+      step = average / (1 - momentum**t)
+      if nesterov:
+        step = momentum * step + (1 - momentum) * direction
+    w = w - lr * step
     trajectory.append(w.copy())
   return trajectory
 

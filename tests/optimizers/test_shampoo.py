@@ -46,6 +46,20 @@ def test_reference_configuration_is_algorithm_1(shape, root_method, rtol):
     np.testing.assert_allclose(mine["w"], theirs, rtol=rtol, atol=rtol)
 
 
+@pytest.mark.parametrize("nesterov", [False, True])
+def test_momentum_averages_the_preconditioned_direction(nesterov):
+  steps, lr, eps, b1 = 25, 0.05, 1e-3, 0.9
+  problem = oracles.LeastSquaresProblem({"w": (5, 8)}, steps)
+  grad = lambda w, t: problem.grad({"w": w}, t)["w"]
+  expected = oracles.shampoo_algorithm1(
+      problem.params0["w"], grad, steps, lr, eps, momentum=b1, nesterov=nesterov)
+  tx = go.shampoo(lr, b1=b1, b2=1.0, eps=eps, grafting=None,
+                  precondition_every=1, nesterov=nesterov)
+  ours = _trajectory(tx, problem.params0, problem.grad, steps)
+  for theirs, mine in zip(expected, ours):
+    np.testing.assert_allclose(mine["w"], theirs, rtol=1e-10, atol=1e-10)
+
+
 SOAP_SHAPES = {"w": (6, 6), "v": (4, 12), "b": (6,)}
 
 
