@@ -1,6 +1,9 @@
-"""Kronecker-factored preconditioning (Shampoo): statistics, inverse roots, blocks.
+"""Kronecker-factored preconditioning (Shampoo): statistics, blocks, the update.
 
-Grafting, which Shampoo pairs with it, is ``gradtx.transforms.graft``.
+The inverse roots are ``gradtx.transforms.matrix_roots``; grafting, which
+Shampoo pairs with it, is ``gradtx.transforms.graft``. On an Explicit mesh a
+sharded matrix gradient is gathered for the products with its factors (which
+are replicated) and its update resharded like it (``_sharding``).
 
 A matrix gradient G (m × n) is preconditioned by two Kronecker factors,
 L = Σ GGᵀ (m × m) and R = Σ GᵀG (n × n), instead of one mn × mn matrix. How a
