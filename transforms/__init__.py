@@ -46,13 +46,13 @@ from gradtx.transforms.adam_mini import scale_by_adam_mini
 from gradtx.transforms.factored import ScaleByFactoredRmsState
 from gradtx.transforms.factored import factored_axes
 from gradtx.transforms.factored import scale_by_factored_rms
-from gradtx.transforms.quantize import Int8Blocks
 from gradtx.transforms.quantize import QuantizedArray
-from gradtx.transforms.quantize import StochasticBfloat16
 from gradtx.transforms.quantize import dequantize_blockwise
 from gradtx.transforms.quantize import dynamic_code_map
 from gradtx.transforms.quantize import quantize_blockwise
 from gradtx.transforms.quantize import stochastic_round
+from gradtx.transforms.state_format import Int8Blocks
+from gradtx.transforms.state_format import StochasticBfloat16
 
 
 __all__ = [

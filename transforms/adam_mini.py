@@ -19,7 +19,7 @@ import optax
 from gradtx.transforms import _sharding
 from gradtx.transforms import _tree
 from gradtx.transforms import _validate
-from gradtx.transforms import quantize
+from gradtx.transforms import state_format
 
 
 @dataclasses.dataclass(frozen=True)
@@ -215,7 +215,7 @@ def scale_by_adam_mini(
   _validate.check_non_negative("eps", eps)
   if num_heads is not None:
     _validate.check_in_range("num_heads", num_heads, 1, np.inf)
-  mu_format = quantize.state_format("mu_dtype", mu_dtype)
+  mu_format = state_format.state_format("mu_dtype", mu_dtype)
 
   def rule(path, leaf):
     if blocks is None:
@@ -236,7 +236,7 @@ def scale_by_adam_mini(
     )
     return ScaleByAdamMiniState(
         count=jnp.zeros([], jnp.int32),
-        mu=quantize.zeros_like_tree(params, mu_format, signed=True),
+        mu=state_format.zeros_like_tree(params, mu_format, signed=True),
         nu=nu,
     )
 
@@ -244,8 +244,8 @@ def scale_by_adam_mini(
     del params
     count = _tree.increment(state.count)
     seeds = None
-    if quantize.needs_seed(mu_format):
-      seeds = quantize.rounding_seeds(updates, count)
+    if state_format.needs_seed(mu_format):
+      seeds = state_format.rounding_seeds(updates, count)
 
     def leaf(g, m, v, b, seed):
       dtype = _tree.compute_dtype(g)
@@ -253,7 +253,7 @@ def scale_by_adam_mini(
       b1_, b2_ = jnp.asarray(b1, dtype), jnp.asarray(b2, dtype)
       c1, c2 = jnp.asarray(1 - b1, dtype), jnp.asarray(1 - b2, dtype)
       g_ = g.astype(dtype)
-      m_new = b1_ * quantize.load(m, dtype) + c1 * g_
+      m_new = b1_ * state_format.load(m, dtype) + c1 * g_
       g2 = jnp.square(g_.reshape(b.shape))
       block_g2 = jnp.mean(g2, b.axes, keepdims=True)
       v_new = b2_ * v.astype(dtype) + c2 * block_g2
@@ -261,11 +261,11 @@ def scale_by_adam_mini(
       v_hat = v_new / _tree.bias_correction(b2, count, dtype)
       denominator = jnp.sqrt(v_hat) + eps
       u = (m_hat.reshape(b.shape) / denominator).reshape(g.shape)
-      if quantize.is_quantized(mu_format):
-        u, m_new = quantize.reset_non_finite(g_, u, m_new)
+      if state_format.is_quantized(mu_format):
+        u, m_new = state_format.reset_non_finite(g_, u, m_new)
       return (
           u.astype(g.dtype),
-          quantize.store(m_new, m, mu_format, seed),
+          state_format.store(m_new, m, mu_format, seed),
           _sharding.reshard_like(v_new.astype(v.dtype), v),
       )
 

@@ -14,7 +14,7 @@ import optax
 
 from gradtx.transforms import _tree
 from gradtx.transforms import _validate
-from gradtx.transforms import quantize
+from gradtx.transforms import state_format
 
 
 class ScaleByAdamState(NamedTuple):
@@ -98,17 +98,17 @@ def scale_by_adam(
   _validate.check_decay("b2", b2)
   _validate.check_non_negative("eps", eps)
   _validate.check_non_negative("eps_root", eps_root)
-  mu_format = quantize.state_format("mu_dtype", mu_dtype)
-  nu_format = quantize.state_format("nu_dtype", nu_dtype)
-  guard_non_finite = quantize.is_quantized(mu_format, nu_format)
+  mu_format = state_format.state_format("mu_dtype", mu_dtype)
+  nu_format = state_format.state_format("nu_dtype", nu_dtype)
+  guard_non_finite = state_format.is_quantized(mu_format, nu_format)
 
   def init_fn(params):
     def nu():  # a fresh tree each time: donation refuses aliased buffers
-      return quantize.zeros_like_tree(params, nu_format, signed=False)
+      return state_format.zeros_like_tree(params, nu_format, signed=False)
 
     return ScaleByAdamState(
         count=jnp.zeros([], jnp.int32),
-        mu=quantize.zeros_like_tree(params, mu_format, signed=True),
+        mu=state_format.zeros_like_tree(params, mu_format, signed=True),
         nu=nu(),
         nu_max=nu() if amsgrad else None,
     )
@@ -117,8 +117,8 @@ def scale_by_adam(
     del params
     count = _tree.increment(state.count)
     seeds = None
-    if quantize.needs_seed(mu_format, nu_format):
-      seeds = quantize.rounding_seeds(updates, count)
+    if state_format.needs_seed(mu_format, nu_format):
+      seeds = state_format.rounding_seeds(updates, count)
 
     def leaf(g, m, v, v_max, seed):
       dtype = _tree.compute_dtype(g)
@@ -126,10 +126,10 @@ def scale_by_adam(
       b1_, b2_ = jnp.asarray(b1, dtype), jnp.asarray(b2, dtype)
       c1, c2 = jnp.asarray(1 - b1, dtype), jnp.asarray(1 - b2, dtype)
       g_ = g.astype(dtype)
-      m_new = b1_ * quantize.load(m, dtype) + c1 * g_
-      v_new = b2_ * quantize.load(v, dtype) + c2 * g_ * g_
+      m_new = b1_ * state_format.load(m, dtype) + c1 * g_
+      v_new = b2_ * state_format.load(v, dtype) + c2 * g_ * g_
       if amsgrad:
-        v_max_new = jnp.maximum(quantize.load(v_max, dtype), v_new)
+        v_max_new = jnp.maximum(state_format.load(v_max, dtype), v_new)
       v_used = v_max_new if amsgrad else v_new
       if nesterov:
         m_hat = b1_ * m_new / _tree.bias_correction(b1, count + 1, dtype) + (
@@ -139,14 +139,14 @@ def scale_by_adam(
       v_hat = v_used / _tree.bias_correction(b2, count, dtype)
       u = m_hat / (jnp.sqrt(v_hat + eps_root) + eps)
       if guard_non_finite:
-        u, m_new, v_new, v_max_new = quantize.reset_non_finite(
+        u, m_new, v_new, v_max_new = state_format.reset_non_finite(
             g_, u, m_new, v_new, v_max_new if amsgrad else None
         )
       return (
           u.astype(g.dtype),
-          quantize.store(m_new, m, mu_format, seed, stream=0),
-          quantize.store(v_new, v, nu_format, seed, stream=1),
-          quantize.store(v_max_new, v_max, nu_format, seed, stream=2)
+          state_format.store(m_new, m, mu_format, seed, stream=0),
+          state_format.store(v_new, v, nu_format, seed, stream=1),
+          state_format.store(v_max_new, v_max, nu_format, seed, stream=2)
           if amsgrad
           else None,
       )

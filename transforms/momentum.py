@@ -8,7 +8,7 @@ import optax
 
 from gradtx.transforms import _tree
 from gradtx.transforms import _validate
-from gradtx.transforms import quantize
+from gradtx.transforms import state_format
 
 
 class MomentumState(NamedTuple):
@@ -131,14 +131,14 @@ def ema(
     An ``optax.GradientTransformation`` with state ``EmaState``.
   """
   _validate.check_decay("decay", decay)
-  mu_format = quantize.state_format("mu_dtype", mu_dtype)
+  mu_format = state_format.state_format("mu_dtype", mu_dtype)
 
   keeps_average = not _validate.is_static_zero(decay)
 
   def init_fn(params):
     mu = None
     if keeps_average:
-      mu = quantize.zeros_like_tree(params, mu_format, signed=True)
+      mu = state_format.zeros_like_tree(params, mu_format, signed=True)
     return EmaState(jnp.zeros([], jnp.int32), mu)
 
   def update_fn(updates, state, params=None):
@@ -147,18 +147,18 @@ def ema(
     if not keeps_average:
       return updates, EmaState(count, None)
     seeds = None
-    if quantize.needs_seed(mu_format):
-      seeds = quantize.rounding_seeds(updates, count)
+    if state_format.needs_seed(mu_format):
+      seeds = state_format.rounding_seeds(updates, count)
 
     def leaf(g, m, seed):
       dtype = _tree.compute_dtype(g)
       g_ = g.astype(dtype)
-      m_new = decay * quantize.load(m, dtype) + (1 - decay) * g_
+      m_new = decay * state_format.load(m, dtype) + (1 - decay) * g_
       m_used = m_new / _tree.bias_correction(decay, count, dtype) if debias else m_new
       u = decay * m_used + (1 - decay) * g_ if nesterov else m_used
-      if quantize.is_quantized(mu_format):
-        u, m_new = quantize.reset_non_finite(g_, u, m_new)
-      return u.astype(g.dtype), quantize.store(m_new, m, mu_format, seed)
+      if state_format.is_quantized(mu_format):
+        u, m_new = state_format.reset_non_finite(g_, u, m_new)
+      return u.astype(g.dtype), state_format.store(m_new, m, mu_format, seed)
 
     u, mu = _tree.map_leaves(leaf, 2, updates, state.mu, seeds)
     return u, EmaState(count, mu)

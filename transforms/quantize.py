@@ -1,24 +1,13 @@
-"""Memory-lean optimizer state: block-wise 8-bit codes and stochastic bf16.
+"""Block-wise 8-bit quantization with a dynamic code map, and stochastic bf16.
 
-Two storage formats for a state leaf besides a plain dtype, selected by the
-``mu_dtype`` / ``nu_dtype`` arguments of the transforms that keep moments
-(``scale_by_adam``, ``ema``, ...):
-
-* ``"int8"`` or ``Int8Blocks(block_size, min_size)``: the leaf is flattened,
-  cut into blocks of ``block_size`` elements and stored as one int8 code per
-  element plus one float32 absmax per block (a ``QuantizedArray``). A code
-  indexes a non-linear "dynamic" map of 256 values in [-1, 1] (signed, for
-  first moments) or [0, 1] (unsigned, for second moments) with exactly one
-  zero, so a zero state, and every zero inside a block, round-trips exactly.
-  Leaves with fewer than ``min_size`` elements (4096, as in bitsandbytes)
-  stay float32: their codes would save little and cost accuracy.
-* ``StochasticBfloat16(seed)``: bfloat16 storage rounded stochastically, with
-  random bits that depend only on the seed, the step count and the leaf, so a
-  run is reproducible.
-
-The transforms load (dequantize) a state leaf, update it in at least float32
-and store (requantize) it leaf by leaf inside their jitted update, so no
-float32 copy of the whole state tree exists at once.
+A ``QuantizedArray`` stores an array flattened and cut into blocks of
+``block_size`` elements: one int8 code per element plus one float32 absmax
+per block. A code indexes a non-linear "dynamic" map of 256 values in [-1, 1]
+(signed, for first moments) or [0, 1] (unsigned, for second moments) with
+exactly one zero, so a zero array, and every zero inside a block, round-trips
+exactly. ``stochastic_round`` rounds float32 to bfloat16 without bias, with
+counter-based random bits. How optimizer states use them is
+``gradtx.transforms.state_format``.
 
 Sharding: ``codes`` has shape (num_blocks, block_size), the row-major
 flattened leaf in blocks, and ``scales`` shape (num_blocks,); both shard along
@@ -29,19 +18,12 @@ Reference: Dettmers et al., "8-bit Optimizers via Block-wise Quantization",
 ICLR 2022 (the dynamic map is bitsandbytes' ``create_dynamic_map``).
 """
 
-import dataclasses
 import functools
-from typing import Any, Optional
+from typing import Any
 
 import jax
 import jax.numpy as jnp
 import numpy as np
-from jax.sharding import NamedSharding
-from jax.sharding import PartitionSpec as P
-
-from gradtx.transforms import _sharding
-from gradtx.transforms import _tree
-from gradtx.transforms import _validate
 
 
 @functools.lru_cache(maxsize=None)
@@ -201,10 +183,10 @@ def quantize_blockwise(
   Returns:
     A ``QuantizedArray`` with ``ceil(x.size / block_size)`` blocks.
   """
-  return _quantize(x, signed, block_size, finite=False)
+  return quantize_codes(x, signed, block_size, finite=False)
 
 
-def _quantize(x, signed: bool, block_size: int, finite: bool) -> QuantizedArray:
+def quantize_codes(x, signed: bool, block_size: int, finite: bool) -> QuantizedArray:
   """``quantize_blockwise``; ``finite=True`` promises finite ``x``.
 
   The promise saves the masking pass, which XLA cannot fuse into the
@@ -265,7 +247,7 @@ def dequantize_blockwise(
   return values.reshape(-1)[: q.size].reshape(q.shape).astype(dtype)
 
 
-def _mix32(h: jax.Array) -> jax.Array:
+def mix32(h: jax.Array) -> jax.Array:
   """MurmurHash3's 32-bit finaliser: a bijection with full avalanche."""
   h = h ^ (h >> 16)
   h = h * jnp.uint32(0x85EBCA6B)
@@ -283,7 +265,7 @@ def random_bits(shape: tuple, seed: jax.Array) -> jax.Array:
   """
   index = jax.lax.iota(jnp.uint32, int(np.prod(shape, dtype=np.int64)))
   seed = jnp.asarray(seed).astype(jnp.uint32)
-  return _mix32(index * jnp.uint32(0x9E3779B9) + _mix32(seed)).reshape(shape)
+  return mix32(index * jnp.uint32(0x9E3779B9) + mix32(seed)).reshape(shape)
 
 
 def stochastic_round(
@@ -313,156 +295,3 @@ def stochastic_round(
   truncated = (bits + noise) & jnp.uint32(0xFFFF0000)
   rounded = jax.lax.bitcast_convert_type(truncated, jnp.float32).astype(dtype)
   return jnp.where(jnp.isfinite(x), rounded, x.astype(dtype))
-
-
-# State formats ---------------------------------------------------------------
-
-
-@dataclasses.dataclass(frozen=True)
-class Int8Blocks:
-  """State format: block-wise 8-bit codes (``"int8"`` is the default one).
-
-  Attributes:
-    block_size: elements per block (one float32 scale each), >= 1.
-    min_size: leaves with fewer elements stay float32.
-  """
-
-  block_size: int = 256
-  min_size: int = 4096
-
-  def __post_init__(self):
-    object.__setattr__(
-        self, "block_size", _validate.check_integer("block_size", self.block_size))
-    object.__setattr__(
-        self, "min_size", _validate.check_integer("min_size", self.min_size, 0))
-
-
-@dataclasses.dataclass(frozen=True)
-class StochasticBfloat16:
-  """State format: bfloat16, stochastically rounded (reproducible per seed)."""
-
-  seed: int = 0
-
-
-def state_format(name: str, value: Any) -> Any:
-  """Validates a ``*_dtype`` argument; returns its format.
-
-  ``None`` (the parameter's dtype) and floating dtypes are returned as given;
-  ``"int8"`` (or ``jnp.int8``) becomes ``Int8Blocks()``.
-  """
-  if value is None or isinstance(value, (Int8Blocks, StochasticBfloat16)):
-    return value
-  try:
-    dtype = jnp.dtype(value)
-  except TypeError:
-    dtype = None
-  if dtype == jnp.int8:
-    return Int8Blocks()
-  if dtype is None or not jnp.issubdtype(dtype, jnp.floating):
-    raise ValueError(
-        f"{name} must be None, a floating dtype, 'int8', gt.Int8Blocks(...) or"
-        f" gt.StochasticBfloat16(...), got {value!r}"
-    )
-  return value
-
-
-def needs_seed(*formats: Any) -> bool:
-  """Whether storing in one of ``formats`` consumes random bits."""
-  return any(isinstance(f, StochasticBfloat16) for f in formats)
-
-
-def is_quantized(*formats: Any) -> bool:
-  return any(isinstance(f, Int8Blocks) for f in formats)
-
-
-def reset_non_finite(g: jax.Array, *values: jax.Array) -> tuple:
-  """``values`` zeroed where the gradient ``g`` (or its square) is not finite.
-
-  The non-finite guard of quantized state: a NaN or inf gradient resets its
-  own coordinate's states and update to zero (as bitsandbytes does) instead
-  of spoiling the scale of its block. The mask depends on ``g`` alone so
-  that XLA fuses it into the computation of each value.
-  """
-  finite = jnp.isfinite(g * g)
-  return tuple(None if v is None else jnp.where(finite, v, 0) for v in values)
-
-
-def rounding_seeds(tree: Any, count: jax.Array) -> Any:
-  """One uint32 seed per leaf of ``tree``, a function of ``count`` only."""
-  leaves, treedef = jax.tree.flatten(tree)
-  step = _mix32(jnp.asarray(count).astype(jnp.uint32))
-  return treedef.unflatten([
-      _mix32(step + jnp.uint32(i * 0x632BE5AB % 2**32))
-      for i in range(len(leaves))
-  ])
-
-
-def _blocks_sharded_like(q: QuantizedArray, p: jax.Array) -> QuantizedArray:
-  """Codes and scales split over the mesh axes of ``p``'s leading axis.
-
-  Blocks follow the row-major flattening of ``p``, so when only ``p``'s
-  first axis is sharded (data/FSDP-style) each device's rows are whole
-  blocks of its own, as long as the blocks divide evenly; any other layout
-  of ``p`` leaves the blocks replicated. Explicit meshes only (elsewhere the
-  compiler picks a layout).
-  """
-  sharding = _sharding.explicit_sharding(p)
-  if sharding is None or any(a is not None for a in sharding.spec[1:]):
-    return q
-  mesh, axes = sharding.mesh, sharding.spec[0]
-  devices = int(np.prod([mesh.shape[a] for a in np.atleast_1d(axes)]))
-  if p.shape[0] % devices or q.size // devices % q.block_size:
-    return q
-  place = lambda x: jax.sharding.reshard(
-      x, NamedSharding(mesh, P(axes, *([None] * (x.ndim - 1)))))
-  return QuantizedArray(place(q.codes), place(q.scales), q.shape, q.signed)
-
-
-def zeros_like_tree(params: Any, fmt: Any, *, signed: bool) -> Any:
-  """Zero state shaped like ``params`` in format ``fmt``."""
-  if isinstance(fmt, StochasticBfloat16):
-    return _tree.zeros_like_tree(params, jnp.bfloat16)
-  if not isinstance(fmt, Int8Blocks):
-    return _tree.zeros_like_tree(params, fmt)
-
-  def leaf(p):
-    shape = tuple(p.shape)
-    if np.prod(shape, dtype=np.int64) < fmt.min_size:
-      return jnp.zeros(shape, jnp.float32)
-    zeros = quantized_zeros(shape, signed=signed, block_size=fmt.block_size)
-    return _blocks_sharded_like(zeros, p)
-
-  # Block codes are not shaped like the parameter: built as statistics, so
-  # sharding recipes (optax.tree_map_params, nnx metadata) leave them alone.
-  return _tree.map_statistics(lambda p: (leaf(p),), 1, params)[0]
-
-
-def load(stored: Any, dtype: Any) -> jax.Array:
-  """A stored state leaf as an array of ``dtype``."""
-  if isinstance(stored, QuantizedArray):
-    return dequantize_blockwise(stored, dtype)
-  return stored.astype(dtype)
-
-
-def store(
-    value: jax.Array,
-    stored: Any,
-    fmt: Any,
-    seed: Optional[jax.Array] = None,
-    stream: int = 0,
-) -> Any:
-  """``value`` in the format of the state leaf ``stored`` it replaces.
-
-  A quantized ``stored`` needs a finite ``value``: the transforms reset
-  non-finite coordinates first (``reset_non_finite``). ``seed`` (from
-  ``rounding_seeds``) and ``stream`` (distinct for each state a transform
-  keeps) decide the random bits of stochastic rounding.
-  """
-  if isinstance(stored, QuantizedArray):
-    new = _quantize(value, stored.signed, stored.block_size, finite=True)
-    # Codes and scales keep the layout init gave them (explicit meshes).
-    return jax.tree.map(_sharding.reshard_like, new, stored)
-  if isinstance(fmt, StochasticBfloat16):
-    salt = jnp.uint32((fmt.seed * 0x27D4EB2F + stream * 0x165667B1) % 2**32)
-    return stochastic_round(value, _mix32(seed ^ salt))
-  return _sharding.reshard_like(value.astype(stored.dtype), stored)

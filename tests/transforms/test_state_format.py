@@ -1,0 +1,170 @@
+"""State formats (transforms/state_format.py): int8 blocks and stochastic bf16 in the moments."""
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+import optax
+import pytest
+
+from gradtx import transforms as gt
+
+SMALL_INT8 = gt.Int8Blocks(block_size=64, min_size=0)
+
+
+# State formats ---------------------------------------------------------------
+
+
+@pytest.mark.parametrize("bad", ["int4", "float64x", jnp.int32, 3])
+def test_unknown_state_dtypes_are_refused(bad):
+  with pytest.raises(ValueError, match="mu_dtype must be"):
+    gt.scale_by_adam(mu_dtype=bad)
+
+
+def test_int8_format_arguments_are_validated():
+  with pytest.raises(ValueError, match="block_size must be an integer >= 1"):
+    gt.Int8Blocks(block_size=0)
+  with pytest.raises(ValueError, match="min_size"):
+    gt.Int8Blocks(min_size=-1)
+
+
+def test_int8_state_layout_and_small_leaves_stay_float32():
+  params = {"big": jnp.zeros((64, 128), jnp.bfloat16), "small": jnp.zeros(10)}
+  state = gt.scale_by_adam(mu_dtype="int8", nu_dtype=jnp.int8).init(params)
+  for moment, signed in ((state.mu, True), (state.nu, False)):
+    assert isinstance(moment["big"], gt.QuantizedArray)
+    assert moment["big"].signed == signed and moment["big"].codes.shape == (32, 256)
+    assert moment["small"].dtype == jnp.float32
+  state = gt.ema(0.9, mu_dtype="int8").init(params)
+  assert isinstance(state.mu["big"], gt.QuantizedArray)
+
+
+# Adam with 8-bit and stochastic-bf16 moments ----------------------------------
+
+
+def _grads(steps, shape, seed=0, zero_columns=False):
+  g = jax.random.normal(jax.random.key(seed), (steps, *shape))
+  g = g * jnp.logspace(-1, 0, shape[-1])  # columns of different scales
+  return g.at[..., ::4].set(0.0) if zero_columns else g
+
+
+def _updates(tx, grads, params=None):
+  params = jnp.zeros_like(grads[0]) if params is None else params
+  state, out = tx.init(params), []
+  step = jax.jit(tx.update)
+  for g in grads:
+    u, state = step(g, state, params)
+    out.append(np.asarray(u))
+  return np.asarray(out), state
+
+
+def test_int8_adam_tracks_float32_adam():
+  grads = _grads(40, (32, 64))
+  ref, _ = _updates(gt.scale_by_adam(), grads)
+  low, state = _updates(gt.scale_by_adam(mu_dtype=SMALL_INT8, nu_dtype=SMALL_INT8), grads)
+  assert isinstance(state.mu, gt.QuantizedArray) and low.dtype == np.float32
+  # Per-step relative error of the update direction: a few percent.
+  error = np.linalg.norm(low - ref, axis=(1, 2)) / np.linalg.norm(ref, axis=(1, 2))
+  assert error.max() < 0.05, error.max()
+  # Stored moments agree with float32 Adam's to the map's precision.
+  _, ref_state = _updates(gt.scale_by_adam(), grads)
+  nu, ref_nu = np.asarray(state.nu.dequantize()), np.asarray(ref_state.nu)
+  assert np.linalg.norm(nu - ref_nu) / np.linalg.norm(ref_nu) < 0.02
+
+
+def test_zero_gradient_coordinates_get_exactly_zero_updates():
+  """FIELD_NOTES: affinely quantised v made never-updated coordinates move."""
+  grads = _grads(30, (32, 64), zero_columns=True)
+  tx = gt.scale_by_adam(mu_dtype=SMALL_INT8, nu_dtype=SMALL_INT8, eps=1e-12)
+  updates, state = _updates(tx, grads)
+  assert np.all(updates[:, :, ::4] == 0)
+  assert np.all(np.asarray(state.mu.dequantize())[:, ::4] == 0)
+  assert np.all(np.asarray(state.nu.dequantize())[:, ::4] == 0)
+
+
+def test_non_finite_gradient_resets_only_its_coordinate():
+  """A NaN/inf gradient zeroes that coordinate's step and states; the rest of
+  its block is exactly as if that gradient had been 0 (bitsandbytes' rule)."""
+  grads = np.array(_grads(5, (4, 64)))
+  grads[:, 1, 5] = 0.0  # so that "reset" and "g = 0" coincide
+  poisoned, zeroed = grads.copy(), grads.copy()
+  poisoned[4, 1, 5], poisoned[4, 2, 9] = np.nan, np.inf
+  zeroed[4, 1, 5] = 0.0
+  tx = gt.scale_by_adam(mu_dtype=SMALL_INT8, nu_dtype=SMALL_INT8, amsgrad=True)
+  u_bad, s_bad = _updates(tx, jnp.asarray(poisoned))
+  u_ref, _ = _updates(tx, jnp.asarray(zeroed))
+  assert np.isfinite(u_bad).all()
+  assert u_bad[4, 1, 5] == 0 and u_bad[4, 2, 9] == 0
+  for moment in (s_bad.mu, s_bad.nu, s_bad.nu_max):
+    values = np.asarray(moment.dequantize())
+    assert np.isfinite(values).all() and values[1, 5] == 0
+  np.testing.assert_array_equal(u_bad[4, 1], u_ref[4, 1])
+  np.testing.assert_array_equal(u_bad[:4], u_ref[:4])
+
+
+def test_stochastic_bf16_adam_is_reproducible_and_unbiased():
+  grads = _grads(30, (16, 64))
+  sr = gt.StochasticBfloat16()
+  tx = gt.scale_by_adam(b2=0.999, mu_dtype=sr, nu_dtype=sr)
+  a, state = _updates(tx, grads)
+  b, _ = _updates(gt.scale_by_adam(b2=0.999, mu_dtype=sr, nu_dtype=sr), grads)
+  np.testing.assert_array_equal(a, b)
+  assert state.mu.dtype == jnp.bfloat16 and state.nu.dtype == jnp.bfloat16
+  ref, ref_state = _updates(gt.scale_by_adam(b2=0.999), grads)
+  np.testing.assert_allclose(a, ref, atol=3e-2)
+  other, _ = _updates(gt.scale_by_adam(mu_dtype=gt.StochasticBfloat16(seed=1),
+                                       nu_dtype=sr), grads)
+  assert np.any(other != a)
+
+
+def test_stochastic_rounding_keeps_a_slow_average_moving():
+  """With b2 = 0.999 a bf16 nu rounded to nearest stalls once the increments
+  fall below half an ulp; stochastic rounding keeps it right on average."""
+  steps, exact = 1000, 1 - 0.999**1000
+  tx_nearest = gt.scale_by_adam(b2=0.999, nu_dtype=jnp.bfloat16)
+  tx_stochastic = gt.scale_by_adam(b2=0.999, nu_dtype=gt.StochasticBfloat16())
+  params = jnp.zeros(4096)
+
+  def final_nu(tx):
+    def body(state, _):
+      return tx.update(jnp.ones(4096), state, params)[1], None
+
+    state, _ = jax.lax.scan(body, tx.init(params), None, length=steps)
+    return float(state.nu.astype(jnp.float32).mean())
+
+  assert abs(final_nu(tx_stochastic) / exact - 1) < 0.01
+  assert final_nu(tx_nearest) / exact - 1 < -0.2
+
+
+def test_int8_ema_tracks_float32_ema():
+  grads = _grads(20, (32, 64))
+  ref, _ = _updates(gt.ema(0.9, debias=True), grads)
+  low, state = _updates(gt.ema(0.9, debias=True, mu_dtype=SMALL_INT8), grads)
+  assert isinstance(state.mu, gt.QuantizedArray)
+  error = np.linalg.norm(low - ref, axis=(1, 2)) / np.linalg.norm(ref, axis=(1, 2))
+  assert error.max() < 0.03, error.max()
+  bad = np.array(grads)
+  bad[3, 0, 0] = np.nan
+  u, state = _updates(gt.ema(0.9, mu_dtype=SMALL_INT8), jnp.asarray(bad))
+  assert np.isfinite(u).all() and np.isfinite(state.mu.dequantize()).all()
+
+
+def test_default_dtypes_keep_plain_array_states():
+  tx = gt.scale_by_adam()
+  state = tx.init({"w": jnp.zeros((64, 128))})
+  assert type(state.mu["w"]) is type(jnp.zeros(1))
+  _, state = _updates(gt.scale_by_adam(), jnp.full((2, 3), jnp.nan))
+  assert np.isnan(state.mu).all()  # float state: NaN propagates, as in optax
+
+
+def test_int8_state_survives_jit_donation_and_optax_wrappers():
+  params = {"w": jnp.ones((64, 128))}
+  tx = optax.MultiSteps(
+      optax.chain(gt.scale_by_adam(mu_dtype="int8", nu_dtype="int8"),
+                  optax.scale(-1e-2)),
+      every_k_schedule=2,
+  )
+  state = tx.init(params)
+  step = jax.jit(lambda p, s, g: tx.update(g, s, p), donate_argnums=(1,))
+  for _ in range(4):
+    u, state = step(params, state, params)
+  assert np.isfinite(u["w"]).all() and float(jnp.abs(u["w"]).max()) > 0
