@@ -142,7 +142,10 @@ def map_statistics(
   a parameter's sharding to an array of another shape:
 
   * under ``optax.tree_map_params`` each field is a ``NOT_PARAMS`` leaf, so
-    the whole field goes to ``transform_non_params`` (e.g. replicated);
+    the whole field goes to ``transform_non_params`` (e.g. replicated) in
+    one call, and the result is a prefix of the state tree (``jax.jit``'s
+    ``out_shardings`` takes it as it is; ``jax.tree.broadcast(result,
+    state)`` expands it leaf by leaf);
   * flax NNX variables are unwrapped, so the statistics do not inherit the
     parameter's sharding metadata in ``nnx.Optimizer``.
   """

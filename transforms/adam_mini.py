@@ -152,6 +152,17 @@ def _checked_blocks(rule: PartitionRule, path: tuple, leaf: Any) -> Blocks:
   return blocks
 
 
+def blocked(x: jax.Array, blocks: Blocks) -> jax.Array:
+  """``x`` in its partition's view (per-head blocks split an axis).
+
+  On an Explicit mesh a reshape that splits a sharded axis is refused, so
+  such a leaf is gathered first (``_sharding``).
+  """
+  if x.shape == blocks.shape:
+    return x
+  return _sharding.gather(x).reshape(blocks.shape)
+
+
 class ScaleByAdamMiniState(NamedTuple):
   """State of ``scale_by_adam_mini``.
 
@@ -254,13 +265,14 @@ def scale_by_adam_mini(
       c1, c2 = jnp.asarray(1 - b1, dtype), jnp.asarray(1 - b2, dtype)
       g_ = g.astype(dtype)
       m_new = b1_ * state_format.load(m, dtype) + c1 * g_
-      g2 = jnp.square(g_.reshape(b.shape))
+      g2 = jnp.square(blocked(g_, b))
       block_g2 = jnp.mean(g2, b.axes, keepdims=True)
       v_new = b2_ * v.astype(dtype) + c2 * block_g2
       m_hat = m_new / _tree.bias_correction(b1, count, dtype)
       v_hat = v_new / _tree.bias_correction(b2, count, dtype)
       denominator = jnp.sqrt(v_hat) + eps
-      u = (m_hat.reshape(b.shape) / denominator).reshape(g.shape)
+      u = (blocked(m_hat, b) / denominator).reshape(g.shape)
+      u = _sharding.reshard_like(u, g)
       if state_format.is_quantized(mu_format):
         u, m_new = state_format.reset_non_finite(g_, u, m_new)
       return (

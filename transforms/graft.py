@@ -11,6 +11,7 @@ import jax
 import jax.numpy as jnp
 import optax
 
+from gradtx.transforms import _sharding
 from gradtx.transforms import _tree
 from gradtx.transforms import _validate
 from gradtx.transforms.kronecker import block_layout
@@ -65,7 +66,8 @@ def graft(
   def leaf(m, d):
     dtype = _tree.compute_dtype(d)
     layout = block_layout(d.shape, block_size, max_precondition_dim)
-    m_, d_ = m.astype(dtype), d.astype(dtype)
+    # Explicit meshes: the per-block views need the whole matrix (_sharding).
+    m_, d_ = (_sharding.gather(a.astype(dtype)) for a in (m, d))
     if block_size is None or layout is None:
       m_, d_ = m_.reshape(1, -1), d_.reshape(1, -1)
     else:
@@ -75,8 +77,10 @@ def graft(
     d_norm = jnp.sqrt(jnp.sum(d_ * d_, axes, keepdims=True))
     u = d_ * jnp.where(d_norm > 0, m_norm / jnp.where(d_norm > 0, d_norm, 1), 0)
     if block_size is None or layout is None:
-      return u.reshape(d.shape).astype(d.dtype)
-    return from_blocks(u, layout, d.shape).astype(d.dtype)
+      u = u.reshape(d.shape)
+    else:
+      u = from_blocks(u, layout, d.shape)
+    return _sharding.reshard_like(u.astype(d.dtype), d)
 
   def update_fn(updates, state, params=None):
     m, magnitude_state = magnitude.update(updates, state.magnitude_state, params)

@@ -130,6 +130,20 @@ def _blocks_sharded_like(q: quantize.QuantizedArray, p: jax.Array) -> quantize.Q
   return quantize.QuantizedArray(place(q.codes), place(q.scales), q.shape, q.signed)
 
 
+def _laid_out_like_codes(value: jax.Array, stored: quantize.QuantizedArray):
+  """``value`` sharded so that flattening it into blocks is a local reshape.
+
+  Codes split over their first axis (``_blocks_sharded_like``) need ``value``
+  split the same way over its first axis; replicated codes need it whole.
+  Explicit meshes only; elsewhere ``value`` is returned as it is.
+  """
+  codes = _sharding.explicit_sharding(stored.codes)
+  if codes is None:
+    return _sharding.gather(value)
+  spec = P(codes.spec[0], *([None] * (value.ndim - 1)))
+  return jax.sharding.reshard(value, NamedSharding(codes.mesh, spec))
+
+
 def zeros_like_tree(params: Any, fmt: Any, *, signed: bool) -> Any:
   """Zero state shaped like ``params`` in format ``fmt``."""
   if isinstance(fmt, StochasticBfloat16):
@@ -171,6 +185,7 @@ def store(
   keeps) decide the random bits of stochastic rounding.
   """
   if isinstance(stored, quantize.QuantizedArray):
+    value = _laid_out_like_codes(value, stored)
     new = quantize.quantize_codes(value, stored.signed, stored.block_size, finite=True)
     # Codes and scales keep the layout init gave them (explicit meshes).
     return jax.tree.map(_sharding.reshard_like, new, stored)

@@ -236,8 +236,8 @@ def test_map_statistics_collects_each_output_into_a_params_structured_tree():
 def test_map_statistics_passes_paths_when_asked():
   (names,) = _tree.map_statistics(
       lambda path, p: (jnp.zeros(len(_tree.path_names(path))),), 1,
-      {"a": {"b": jnp.ones(2)}}, with_path=True)
-  assert names["a"]["b"].shape == (2,)
+      {"a": {"b": jnp.ones(5)}}, with_path=True)
+  assert names["a"]["b"].shape == (2,)  # the path's length, not the leaf's
 
 
 def test_map_statistics_is_not_a_params_copy_for_tree_map_params():
