@@ -86,6 +86,11 @@ def map_leaves(
       for t in trees[1:]
   ]
   outputs = [fn(*args) for args in zip(leaves, *rest)]
+  return _unzip(outputs, treedef, num_outputs)
+
+
+def _unzip(outputs: list, treedef: Any, num_outputs: int) -> tuple:
+  """Per-leaf tuples of outputs → a tuple of ``num_outputs`` trees."""
   return tuple(
       treedef.unflatten([out[i] for out in outputs]) for i in range(num_outputs)
   )
@@ -157,9 +162,7 @@ def map_statistics(
   )
   with_paths, treedef = jax.tree_util.tree_flatten_with_path(plain)
   outputs = [fn(*pl) if with_path else fn(pl[1]) for pl in with_paths]
-  return tuple(
-      treedef.unflatten([out[i] for out in outputs]) for i in range(num_outputs)
-  )
+  return _unzip(outputs, treedef, num_outputs)
 
 
 def zeros_where(

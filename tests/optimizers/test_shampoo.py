@@ -11,25 +11,6 @@ from gradtx import optimizers as go
 from tests import oracles
 
 
-def _trajectory(tx, params0, grad_fn, steps):
-  """Runs ``tx`` in float64 with one jitted step; returns the parameter dicts."""
-  with jax.enable_x64(True):
-    params = {k: jnp.asarray(v, jnp.float64) for k, v in params0.items()}
-    state = tx.init(params)
-
-    @jax.jit
-    def step(params, state, grads):
-      updates, state = tx.update(grads, state, params)
-      return optax.apply_updates(params, updates), state
-
-    trajectory = [{k: np.asarray(v) for k, v in params.items()}]
-    for t in range(steps):
-      grads = {k: jnp.asarray(v) for k, v in grad_fn(trajectory[-1], t).items()}
-      params, state = step(params, state, grads)
-      trajectory.append({k: np.asarray(v) for k, v in params.items()})
-  return trajectory
-
-
 @pytest.mark.parametrize("shape", [(5, 8), (7, 3)], ids=["wide", "tall"])
 @pytest.mark.parametrize("root_method, rtol", [("eigh", 1e-10), ("newton", 1e-8)])
 def test_reference_configuration_is_algorithm_1(shape, root_method, rtol):
@@ -40,7 +21,7 @@ def test_reference_configuration_is_algorithm_1(shape, root_method, rtol):
   expected = oracles.shampoo_algorithm1(problem.params0["w"], grad, steps, lr, eps)
   tx = go.shampoo(lr, b1=0.0, b2=1.0, eps=eps, grafting=None,
                   precondition_every=1, root_method=root_method)
-  ours = _trajectory(tx, problem.params0, problem.grad, steps)
+  ours = oracles.run_gradtx(tx, problem.params0, problem.grad, steps)
   assert np.abs(expected[-1] - expected[0]).max() > 0.1  # it does move
   for theirs, mine in zip(expected, ours):
     np.testing.assert_allclose(mine["w"], theirs, rtol=rtol, atol=rtol)
@@ -55,7 +36,7 @@ def test_momentum_averages_the_preconditioned_direction(nesterov):
       problem.params0["w"], grad, steps, lr, eps, momentum=b1, nesterov=nesterov)
   tx = go.shampoo(lr, b1=b1, b2=1.0, eps=eps, grafting=None,
                   precondition_every=1, nesterov=nesterov)
-  ours = _trajectory(tx, problem.params0, problem.grad, steps)
+  ours = oracles.run_gradtx(tx, problem.params0, problem.grad, steps)
   for theirs, mine in zip(expected, ours):
     np.testing.assert_allclose(mine["w"], theirs, rtol=1e-10, atol=1e-10)
 
@@ -79,7 +60,7 @@ def test_soap_matches_the_reference_code(refresh, weight_decay):
   hyper = dict(b1=0.9, b2=0.95, shampoo_b2=0.8, eps=1e-8, weight_decay=weight_decay,
                precondition_every=3, max_precondition_dim=8)
   tx = go.soap(0.01, refresh=refresh, **hyper)
-  ours = _trajectory(tx, problem.params0, problem.grad, steps)
+  ours = oracles.run_gradtx(tx, problem.params0, problem.grad, steps)
   decay = "adamw" if weight_decay else "reference"
   expected = oracles.soap_reference(problem.params0, problem.grad, steps, 0.01,
                                     refresh=refresh, decay=decay, **hyper)
