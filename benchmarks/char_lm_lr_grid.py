@@ -16,17 +16,8 @@ reference's final train loss.
 import argparse
 import ast
 import contextlib
-import importlib.util
-import pathlib
 
-EXAMPLE = pathlib.Path(__file__).resolve().parents[1] / "examples" / "char_lm.py"
-
-
-def load_char_lm():
-  spec = importlib.util.spec_from_file_location("char_lm", EXAMPLE)
-  module = importlib.util.module_from_spec(spec)
-  spec.loader.exec_module(module)
-  return module
+from _main_job import load_char_lm
 
 
 @contextlib.contextmanager

@@ -33,9 +33,7 @@ steady 0.08 s.
 """
 
 import argparse
-import importlib.util
 import os
-import pathlib
 import platform
 import statistics
 import time
@@ -48,7 +46,8 @@ from flax import nnx
 
 from gradtx import transforms as gt
 
-EXAMPLE = pathlib.Path(__file__).resolve().parents[1] / "examples" / "char_lm.py"
+from _main_job import load_char_lm
+
 NEVER = 10**9  # precondition_every that refreshes at step 1 only
 
 # name -> (registry entry, keyword arguments passed to it)
@@ -69,13 +68,6 @@ VARIANTS = {
 DEFAULT = ("adamw,shampoo every 1,shampoo every 10,shampoo every 10 (block 128),"
            "shampoo every 10 (no blocks),shampoo no refresh,"
            "shampoo every 10 (no grafting),soap every 10,soap no refresh")
-
-
-def load_char_lm():
-  spec = importlib.util.spec_from_file_location("char_lm", EXAMPLE)
-  module = importlib.util.module_from_spec(spec)
-  spec.loader.exec_module(module)
-  return module
 
 
 def make_tx(char_lm, name: str, steps: int) -> optax.GradientTransformation:

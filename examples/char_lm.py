@@ -104,10 +104,10 @@ OPTIMIZERS: dict[str, Callable[[int], optax.GradientTransformation]] = {
         warmup_cosine(6e-3, n), b2=0.99, weight_decay=0.1, mask=matrices),
     # AdamW's hyper-parameters, as the Adam-mini paper and official code
     # prescribe. At this size (~0.25M parameters; the paper tests 125M-7B)
-    # it trails adamw by 2-5% in final train loss over seeds 0-3; neither
-    # partition variants (per-element embedding/head as in official v1.0,
-    # per-neuron QKV, per-row positions) nor peak lr 4e-3..1.2e-2 or b2
-    # 0.95..0.999 close the gap.
+    # it trails adamw by 2-5% in final train loss over seeds 0-3, as does the
+    # official PyTorch code on a copy of this model
+    # (benchmarks/adam_mini_torch.py); neither partition variants nor peak lr
+    # 4e-3..1.2e-2 or b2 0.95..0.999 close the gap (benchmarks/RESULTS.md).
     "adam_mini": lambda n: go.adam_mini(
         warmup_cosine(6e-3, n), b2=0.99, weight_decay=0.1, mask=matrices,
         num_heads=4),

@@ -29,9 +29,9 @@ Memory-lean optimizers (8-bit states, Adam-mini):
   NumPy (float32 ``linspace`` as torch's), the code map of 8-bit optimizers.
 * ``nearest_codes``: brute-force block-wise quantization (argmin over all 256
   codes), to check the fast encoder against.
-* ``AdamMiniNumpy``: the official Adam-mini v1.1.1 ``step`` (github.com/
-  zyushun/Adam-mini, ``adam_mini/adam_mini.py``), transcribed line by line to
-  NumPy on PyTorch-named, PyTorch-layout (out, in) parameters.
+* ``run_adam_mini_official``: the official Adam-mini v1.1.1 package (PyPI
+  ``adam-mini``, github.com/zyushun/Adam-mini) in float64, on PyTorch-named,
+  PyTorch-layout (out, in) parameters.
 * ``quadratic_grads``: a parameter-dependent gradient with noise, so that
   trajectories of different optimizers drift apart.
 * ``run_quadratic``: an optax transformation on that problem, float64, jitted.
@@ -41,7 +41,6 @@ dicts, the initial point first, then one entry per step.
 The SOAP runner returns dicts of float64 arrays, the Shampoo runner arrays.
 """
 
-import math
 from typing import Callable, Dict, List, Optional, Union
 
 import jax
@@ -49,6 +48,7 @@ import jax.numpy as jnp
 import numpy as np
 import optax
 import torch
+import adam_mini  # the official Adam-mini package
 
 Params = Dict[str, np.ndarray]
 Trajectory = List[Params]
@@ -579,100 +579,28 @@ def nearest_codes(x: np.ndarray, table: np.ndarray, block_size: int):
   return index, scales
 
 
-class AdamMiniNumpy:
-  """Adam-mini v1.1.1's ``step`` for named parameters in PyTorch layout."""
+def run_adam_mini_official(params0: Params, grad_fn, steps: int, lr: Rate,
+                           betas, eps, weight_decay, *, dim, n_heads) -> Trajectory:
+  """The official Adam-mini (PyPI ``adam-mini`` 1.1.1) in float64.
 
-  embd_names = {"embed", "embd", "wte"}
-  output_names = {"lm_head", "output", "final_layer"}
-  wqk_names = {"k_proj", "q_proj", "wq", "wk", "query", "key"}
-  wv_names = {"v_proj", "wv", "value"}
-  attn_proj_names = {"o_proj", "wo", "attn.proj"}
-  mlp_names = {"feed_forward", "linear", "mlp"}
-  adam_block_names = {"bias"}
-
-  def __init__(self, params: Params, lr, betas=(0.9, 0.999), eps=1e-8,
-               weight_decay=0.0, dim=2048, n_heads=32):
-    self.params = {k: np.array(v, np.float64) for k, v in params.items()}
-    self.lr, (self.beta1, self.beta2), self.eps = lr, betas, eps
-    self.head_numel = dim * dim // n_heads
-    self.weight_decay = {
-        name: 0.0 if ("norm" in name or "ln" in name or "bias" in name)
-        else weight_decay
-        for name in params
-    }
-    self.state = {name: {} for name in params}
-
-  def _in(self, names, name):
-    return any(n in name for n in names)
-
-  def step(self, grads: Params, t: int) -> Params:
-    beta1, beta2, lr, eps = self.beta1, self.beta2, self.lr(t), self.eps
-    for name, p in self.params.items():
-      grad, state, wd = grads[name], self.state[name], self.weight_decay[name]
-      if self._in(self.adam_block_names, name):
-        if not state:
-          state.update(m=np.zeros_like(p), step=0, v=np.zeros_like(p))
-        state["v"] = state["v"] * beta2 + (1 - beta2) * grad * grad
-        state["step"] += 1
-        if wd > 0.0:
-          p *= 1 - lr * wd
-        state["m"] += (1 - beta1) * (grad - state["m"])
-        bc1 = 1 - beta1 ** state["step"]
-        bc2_sqrt = math.sqrt(1 - beta2 ** state["step"])
-        h = np.sqrt(state["v"]) / bc2_sqrt + eps
-        p -= lr / bc1 * state["m"] / h
-      elif self._in(self.wqk_names, name):
-        if not state:
-          state["m"] = np.zeros_like(p).reshape(-1, self.head_numel)
-          state["head_per_gpu"] = state["m"].shape[0]
-          state["step"] = 0
-          state["vmean"] = np.zeros((state["head_per_gpu"], 1))
-        head = state["head_per_gpu"]
-        g = grad.reshape(head, self.head_numel)
-        tmp_lr = np.mean(g * g, axis=1, keepdims=True)
-        state["vmean"] = state["vmean"] * beta2 + (1 - beta2) * tmp_lr
-        state["step"] += 1
-        if wd > 0.0:
-          p *= 1 - lr * wd
-        state["m"] += (1 - beta1) * (g - state["m"])
-        bc1 = 1 - beta1 ** state["step"]
-        bc2_sqrt = math.sqrt(1 - beta2 ** state["step"])
-        h = np.sqrt(state["vmean"]) / bc2_sqrt + eps
-        stepsize = ((1 / bc1) / h).reshape(head, 1)
-        p -= lr * (state["m"] * stepsize).reshape(p.shape)
-      elif any(self._in(names, name) for names in (
-          self.embd_names, self.output_names, self.wv_names, self.mlp_names,
-          self.attn_proj_names)):
-        if not state:
-          state.update(m=np.zeros_like(grad), step=0)
-          state["neuron_per_gpu"] = state["m"].shape[0]
-          state["vmean"] = np.zeros((state["neuron_per_gpu"], 1))
-        neurons = state["neuron_per_gpu"]
-        tmp_lr = np.mean(grad * grad, axis=1, keepdims=True)
-        state["vmean"] = state["vmean"] * beta2 + (1 - beta2) * tmp_lr
-        state["step"] += 1
-        if wd > 0.0:
-          p *= 1 - lr * wd
-        state["m"] += (1 - beta1) * (grad - state["m"])
-        bc1 = 1 - beta1 ** state["step"]
-        bc2_sqrt = math.sqrt(1 - beta2 ** state["step"])
-        h = np.sqrt(state["vmean"]) / bc2_sqrt + eps
-        stepsize = ((1 / bc1) / h).reshape(neurons, 1)
-        p -= lr * (state["m"] * stepsize).reshape(p.shape)
-      else:  # norms: one v for the whole tensor
-        if not state:
-          state.update(m=np.zeros_like(p), step=0, vmean=0.0, block_numel=p.size)
-        tmp_lr = np.sum(grad * grad) / state["block_numel"]
-        if wd > 0.0:
-          p *= 1 - lr * wd
-        state["step"] += 1
-        state["m"] += (1 - beta1) * (grad - state["m"])
-        bc1 = 1 - beta1 ** state["step"]
-        bc2_sqrt = math.sqrt(1 - beta2 ** state["step"])
-        state["vmean"] = state["vmean"] * beta2 + (1 - beta2) * tmp_lr
-        h = np.sqrt(state["vmean"]) / bc2_sqrt + eps
-        p -= lr * state["m"] * ((1 / bc1) / h)
-    return {k: v.copy() for k, v in self.params.items()}
+  ``params0`` and the gradients are PyTorch-named, PyTorch-layout (out, in)
+  arrays: the official code picks each block by name and averages rows.
+  """
+  params = {k: torch.nn.Parameter(torch.tensor(np.ascontiguousarray(v, np.float64)))
+            for k, v in params0.items()}
+  opt = adam_mini.Adam_mini(
+      params.items(), lr=_rate(lr, 0), betas=betas, eps=eps,
+      weight_decay=weight_decay, dim=dim, n_heads=n_heads, verbose=False)
+  trajectory = [_copy(params0)]
+  for t in range(steps):
+    for group in opt.param_groups:
+      group["lr"] = _rate(lr, t)
+    grads = grad_fn(trajectory[-1], t)
+    for k, p in params.items():
+      p.grad = torch.tensor(np.ascontiguousarray(grads[k], np.float64))
+    opt.step()
+    trajectory.append({k: p.detach().numpy().copy() for k, p in params.items()})
+  return trajectory
 
 
 def quadratic_grads(params0: Params, seed: int = 0, noise: float = 0.3):

@@ -139,11 +139,10 @@ def test_adam_mini_matches_the_official_step(weight_decay):
                    mask=lambda p: jax.tree.map(lambda x: x.ndim >= 2, p)),
       params0, grad, 20,
   )
-  official = oracles.AdamMiniNumpy(_to_torch(params0), lambda t: float(lr(t)),
-                              (0.9, 0.95), 1e-8, weight_decay, dim=D, n_heads=HEADS)
-  trajectory = [params0]
-  for t in range(20):
-    trajectory.append(_from_torch(official.step(_to_torch(grad(trajectory[-1], t)), t)))
+  official = oracles.run_adam_mini_official(
+      _to_torch(params0), lambda p, t: _to_torch(grad(_from_torch(p), t)), 20,
+      lambda t: float(lr(t)), (0.9, 0.95), 1e-8, weight_decay, dim=D, n_heads=HEADS)
+  trajectory = [_from_torch(p) for p in official]
   assert _max_relative_gap(ours, trajectory) < 1e-10
   # The blocks matter: plain AdamW drifts away.
   adamw = oracles.run_quadratic(go.adamw(lr, 0.9, 0.95, 1e-8, weight_decay), params0, grad, 20)
