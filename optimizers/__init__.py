@@ -20,6 +20,8 @@ from gradtx.optimizers.memory import adafactor
 from gradtx.optimizers.memory import adam_mini
 from gradtx.optimizers.memory import adamw_8bit
 from gradtx.optimizers.memory import relative_step_size
+from gradtx.optimizers.large_batch import lamb
+from gradtx.optimizers.large_batch import lars
 
 
 __all__ = [
@@ -38,6 +40,8 @@ __all__ = [
     "soap",
     "adafactor",
     "adam_mini",
+    "lamb",
+    "lars",
     "adamw_8bit",
     "relative_step_size",
 ]

@@ -7,6 +7,7 @@
 * ``run_gradtx``: runs an ``optax.GradientTransformation`` on that problem in
   float64, with one jitted step and ``optax.apply_updates``.
 * ``run_torch``: the same loop with a ``torch.optim`` optimizer in float64.
+* ``lars_numpy``, ``lamb_numpy``: the large-batch papers' algorithms.
 * ``lion_numpy``, ``tiger_numpy``, ``adabelief_numpy``, ``signum_numpy``:
   line-by-line NumPy transcriptions of the papers' pseudo-code.
 * ``trajectory_errors``: how far two trajectories are apart, relative to the
@@ -255,6 +256,65 @@ def adabelief_numpy(
       theta[k] = theta[k] * (1 - alpha * weight_decay)
       theta[k] = theta[k] - alpha * m_hat / (np.sqrt(s_hat) + eps)
     trajectory.append(_copy(theta))
+  return trajectory
+
+
+def _trust_ratio(w, denominator, trust_coefficient=1.0):
+  """‖w‖-relative step size; 1 where ‖w‖ or the denominator is 0."""
+  w_norm = np.linalg.norm(w)
+  if w_norm == 0 or denominator == 0:
+    return 1.0
+  return trust_coefficient * w_norm / denominator
+
+
+def lars_numpy(params0, grad_fn, steps, lr: Rate, momentum, weight_decay,
+               trust_coefficient, *, eps=0.0, nesterov=False, adapted=None):
+  """LARS, You, Gitman & Ginsburg 2017, Algorithm 1 (eq. 6 with ε).
+
+  λ = η‖w‖/(‖g‖ + β‖w‖ + ε); v ← m v + γ_t λ (g + βw); w ← w − v. Leaves not
+  in ``adapted`` (default: all) take v ← m v + γ_t g. With ``nesterov`` the
+  step is γ_t λ (g + βw) + m v (torch's look-ahead, not in the paper).
+  """
+  w = _copy(params0)
+  adapted = set(w) if adapted is None else set(adapted)
+  v = {k: np.zeros_like(x) for k, x in w.items()}
+  trajectory = [_copy(w)]
+  for t in range(steps):
+    g, gamma = grad_fn(w, t), _rate(lr, t)
+    for k in w:
+      if k in adapted:
+        denominator = np.linalg.norm(g[k]) + weight_decay * np.linalg.norm(w[k]) + eps
+        local = _trust_ratio(w[k], denominator, trust_coefficient)
+        step = gamma * local * (g[k] + weight_decay * w[k])
+      else:
+        step = gamma * g[k]
+      v[k] = momentum * v[k] + step
+      w[k] = w[k] - (step + momentum * v[k] if nesterov else v[k])
+    trajectory.append(_copy(w))
+  return trajectory
+
+
+def lamb_numpy(params0, grad_fn, steps, lr: Rate, b1, b2, eps, weight_decay,
+               *, decayed=None):
+  """LAMB, You et al. 2020, Algorithm 2 with φ(z) = z.
+
+  r = m̂/(√v̂ + ε); w ← w − η ‖w‖/‖r + λw‖ (r + λw); the decay only on the
+  ``decayed`` leaves (default: all), the ratio on every leaf.
+  """
+  w = _copy(params0)
+  decayed = set(w) if decayed is None else set(decayed)
+  m = {k: np.zeros_like(x) for k, x in w.items()}
+  v = {k: np.zeros_like(x) for k, x in w.items()}
+  trajectory = [_copy(w)]
+  for t in range(steps):
+    g, eta = grad_fn(w, t), _rate(lr, t)
+    for k in w:
+      m[k] = b1 * m[k] + (1 - b1) * g[k]
+      v[k] = b2 * v[k] + (1 - b2) * g[k] ** 2
+      r = (m[k] / (1 - b1 ** (t + 1))) / (np.sqrt(v[k] / (1 - b2 ** (t + 1))) + eps)
+      u = r + (weight_decay * w[k] if k in decayed else 0.0)
+      w[k] = w[k] - eta * _trust_ratio(w[k], np.linalg.norm(u)) * u
+    trajectory.append(_copy(w))
   return trajectory
 
 

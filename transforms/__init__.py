@@ -27,7 +27,9 @@ from gradtx.transforms.sign import ScaleByLionState
 from gradtx.transforms.sign import scale_by_lion
 from gradtx.transforms.sign import scale_by_sign
 from gradtx.transforms.sign import scale_by_tiger
+from gradtx.transforms.trust_ratio import ScaleByTrustRatioState
 from gradtx.transforms.trust_ratio import scale_by_param_rms
+from gradtx.transforms.trust_ratio import scale_by_trust_ratio
 from gradtx.transforms.weight_decay import WeightDecayState
 from gradtx.transforms.weight_decay import coupled_weight_decay
 from gradtx.transforms.weight_decay import decoupled_weight_decay
@@ -81,6 +83,8 @@ __all__ = [
     "scale_by_learning_rate",
     "scale_by_lion",
     "scale_by_param_rms",
+    "ScaleByTrustRatioState",
+    "scale_by_trust_ratio",
     "scale_by_rms",
     "scale_by_sign",
     "scale_by_tiger",

@@ -1,10 +1,104 @@
-"""Layer-wise step scaling by the parameters' own size."""
+"""Layer-wise step scaling by the parameters' own size: LARS/LAMB's trust
+ratio and Tiger's parameter RMS."""
+
+from typing import NamedTuple, Union
 
 import jax
 import jax.numpy as jnp
 import optax
 
 from gradtx.transforms import _tree
+from gradtx.transforms import _validate
+
+
+def _norm(x: jax.Array) -> jax.Array:
+  """Frobenius norm of a leaf of any rank (0-D included)."""
+  return jnp.sqrt(jnp.sum(jnp.square(x)))
+
+
+class ScaleByTrustRatioState(NamedTuple):
+  """State of ``scale_by_trust_ratio``: the step count, for a decay schedule."""
+
+  count: jax.Array
+
+
+def scale_by_trust_ratio(
+    trust_coefficient: float = 1.0,
+    eps: float = 0.0,
+    *,
+    weight_decay: Union[float, optax.Schedule] = 0.0,
+) -> optax.GradientTransformation:
+  r"""Rescales each leaf's update by its layer-wise trust ratio.
+
+  .. math::
+    u \leftarrow r\,(u + λ_t p),\qquad
+    r = \frac{c\,\lVert p\rVert}{\lVert u\rVert + λ_t \lVert p\rVert + ε}
+
+  with Frobenius norms over the whole leaf (a leaf is a layer), and r = 1
+  where ‖p‖ = 0 or the denominator is 0, so that zero-initialised leaves
+  still move (optax's convention). The two uses:
+
+  * LAMB (You et al. 2020, Algorithm 2): λ = 0, after ``scale_by_adam`` and
+    ``decoupled_weight_decay``, so u = r̂ + λp already holds the decay and
+    r = ‖p‖/‖r̂ + λp‖;
+  * LARS (You et al. 2017, eq. 6 and Algorithm 1): u = ∇L, the decay given
+    here, r = c‖p‖/(‖∇L‖ + λ‖p‖), the paper's local learning rate.
+    ``optax.lars`` instead adds the decay first and divides by ‖∇L + λp‖;
+    the two agree when λ = 0.
+
+  Args:
+    trust_coefficient: c (LARS's η), > 0.
+    eps: added to the denominator, >= 0.
+    weight_decay: λ, a non-negative number or a schedule of the step count,
+      added to the update after the norms are taken (LARS).
+
+  Returns:
+    An ``optax.GradientTransformation`` that needs ``params``, with state
+    ``ScaleByTrustRatioState``. A non-finite gradient makes its leaf's whole
+    update non-finite (the norm is), as in optax.
+
+  Example:
+    >>> import jax.numpy as jnp
+    >>> from gradtx import transforms as gt
+    >>> tx = gt.scale_by_trust_ratio()
+    >>> params, grads = jnp.array([3.0, 4.0]), jnp.array([0.0, 0.5])
+    >>> tx.update(grads, tx.init(params), params)[0]
+    Array([0., 5.], dtype=float32)
+
+  Reference: You, Gitman, Ginsburg, "Large Batch Training of Convolutional
+  Networks", 2017 (LARS); You et al., "Large Batch Optimization for Deep
+  Learning: Training BERT in 76 minutes", ICLR 2020 (LAMB).
+  """
+  _validate.check_in_range(
+      "trust_coefficient", trust_coefficient, 0.0, float("inf"),
+      low_inclusive=False)
+  _validate.check_non_negative("eps", eps)
+  _validate.check_scalar_or_schedule("weight_decay", weight_decay)
+
+  def init_fn(params):
+    del params
+    return ScaleByTrustRatioState(jnp.zeros([], jnp.int32))
+
+  def update_fn(updates, state, params=None):
+    if params is None:
+      raise ValueError(
+          "scale_by_trust_ratio needs params: update(u, state, params)")
+    decay = _tree.resolve_schedule(weight_decay, state.count)
+
+    def leaf(u, p):
+      dtype = _tree.compute_dtype(u)
+      u_, p_ = u.astype(dtype), p.astype(dtype)
+      param_norm, update_norm = _norm(p_), _norm(u_)
+      denominator = update_norm + decay * param_norm + eps
+      moves = (param_norm > 0) & (denominator > 0)
+      ratio = jnp.where(
+          moves, trust_coefficient * param_norm / jnp.where(moves, denominator, 1), 1)
+      return (ratio * (u_ + decay * p_)).astype(u.dtype)
+
+    new = jax.tree.map(leaf, updates, params)
+    return new, ScaleByTrustRatioState(_tree.increment(state.count))
+
+  return optax.GradientTransformation(init_fn, update_fn)
 
 
 def scale_by_param_rms(min_ndim: int = 2) -> optax.GradientTransformation:

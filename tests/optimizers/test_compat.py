@@ -136,6 +136,13 @@ CASES = [
     Case("signsgd_momentum", go.signsgd, dict(momentum=0.9)),
     Case("lion", go.lion, dict(weight_decay=1e-2)),
     Case("tiger", go.tiger, dict(weight_decay=1e-2)),
+    # LARS's learning rate sits inside its momentum, as in the paper.
+    Case("lars", go.lars, dict(weight_decay=1e-2, nesterov=True, trust_coefficient=1.0),
+         lr_mid_chain=True),
+    Case("lars_mask", go.lars,
+         dict(weight_decay=1e-2, mask=_decay_matrices, trust_coefficient=1.0),
+         static_args=("mask",), lr_mid_chain=True),
+    Case("lamb", go.lamb, dict(weight_decay=1e-2)),
     Case(
         "muon",
         go.muon,

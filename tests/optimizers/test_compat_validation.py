@@ -101,6 +101,14 @@ RANGES = {
         learning_rate=NON_NEGATIVE, b1=DECAY, b2=DECAY, eps=NON_NEGATIVE,
         weight_decay=NON_NEGATIVE, block_size=COUNT,
     ),
+    go.lars: dict(
+        learning_rate=NON_NEGATIVE, momentum=DECAY, weight_decay=NON_NEGATIVE,
+        trust_coefficient=POSITIVE, eps=NON_NEGATIVE,
+    ),
+    go.lamb: dict(
+        learning_rate=NON_NEGATIVE, b1=DECAY, b2=DECAY, eps=NON_NEGATIVE,
+        eps_root=NON_NEGATIVE, weight_decay=NON_NEGATIVE,
+    ),
 }
 
 

@@ -1,0 +1,108 @@
+"""Large-batch optimizers: LARS and LAMB, SGD and Adam with a layer-wise trust ratio."""
+
+from typing import Union
+
+import optax
+
+from gradtx import transforms as gt
+from gradtx.transforms.weight_decay import MaskOrFn
+
+
+def lars(
+    learning_rate: optax.ScalarOrSchedule,
+    momentum: float = 0.9,
+    nesterov: bool = False,
+    weight_decay: Union[float, optax.Schedule] = 0.0,
+    trust_coefficient: float = 0.001,
+    eps: float = 0.0,
+    mask: MaskOrFn = None,
+) -> optax.GradientTransformation:
+  r"""LARS: momentum SGD with a layer-wise local learning rate.
+
+  .. math::
+    λ^l_t = η \frac{\lVert w^l_t\rVert}
+      {\lVert ∇L(w^l_t)\rVert + β\lVert w^l_t\rVert + ε},\quad
+    v^l_{t+1} = m\, v^l_t + γ_t λ^l_t \left(∇L(w^l_t) + β w^l_t\right),\quad
+    w^l_{t+1} = w^l_t - v^l_{t+1}
+
+  (You et al. 2017, Algorithm 1; λ = 1 for a layer with ‖w‖ = 0). The
+  learning rate γ_t sits inside the momentum, as in the paper and
+  ``optax.lars``. The denominator is the paper's ‖∇L‖ + β‖w‖; ``optax.lars``
+  uses ‖∇L + βw‖, which agrees only when β = 0.
+
+  Args:
+    learning_rate: γ_t, a non-negative number or a schedule.
+    momentum: m, in [0, 1).
+    nesterov: use the Nesterov look-ahead of the velocity.
+    weight_decay: β, >= 0, or a schedule.
+    trust_coefficient: η, > 0 (the paper's 0.001).
+    eps: added to the trust ratio's denominator, >= 0.
+    mask: the leaves that get the decay and the trust ratio (a pytree of
+      booleans or a callable, ``optax.masked`` semantics); the others, usually
+      biases and norm scales, get plain momentum SGD. ``None``: every leaf.
+
+  Returns:
+    An ``optax.GradientTransformation``.
+
+  Example:
+    >>> import jax.numpy as jnp, optax
+    >>> from gradtx import optimizers as go
+    >>> tx = go.lars(1.0, momentum=0.0, trust_coefficient=0.1)
+    >>> params = jnp.array([3.0, 4.0])  # ‖w‖ = 5; ‖g‖ = 2: λ = 0.1·5/2
+    >>> updates, _ = tx.update(jnp.array([0.0, 2.0]), tx.init(params), params)
+    >>> optax.apply_updates(params, updates)
+    Array([3. , 3.5], dtype=float32)
+
+  Reference: You, Gitman, Ginsburg, "Large Batch Training of Convolutional
+  Networks", 2017.
+  """
+  trust_ratio = gt.scale_by_trust_ratio(
+      trust_coefficient, eps, weight_decay=weight_decay)
+  return optax.chain(
+      trust_ratio if mask is None else optax.masked(trust_ratio, mask),
+      gt.scale_by_learning_rate(learning_rate),
+      gt.momentum(momentum, nesterov),
+  )
+
+
+def lamb(
+    learning_rate: optax.ScalarOrSchedule,
+    b1: float = 0.9,
+    b2: float = 0.999,
+    eps: float = 1e-6,
+    eps_root: float = 0.0,
+    weight_decay: Union[float, optax.Schedule] = 0.0,
+    mask: MaskOrFn = None,
+) -> optax.GradientTransformation:
+  r"""LAMB: Adam's direction with decoupled decay, rescaled layer by layer.
+
+  .. math::
+    r_t = \frac{\hat m_t}{\sqrt{\hat v_t} + ε},\quad
+    w^l_{t+1} = w^l_t - η_t \frac{\lVert w^l_t\rVert}
+      {\lVert r^l_t + λ w^l_t\rVert} \left(r^l_t + λ w^l_t\right)
+
+  (You et al. 2020, Algorithm 2, with φ the identity; the ratio is 1 for a
+  layer with ‖w‖ = 0). The same chain as ``optax.lamb``.
+
+  Args:
+    learning_rate: η_t, a non-negative number or a schedule.
+    b1: decay of the first moment, in [0, 1).
+    b2: decay of the second moment, in [0, 1).
+    eps: added to the denominator outside the square root, >= 0.
+    eps_root: added inside the square root, >= 0.
+    weight_decay: λ, >= 0, or a schedule.
+    mask: which leaves to decay (``optax.masked`` semantics); every leaf
+      keeps its trust ratio.
+
+  Returns:
+    An ``optax.GradientTransformation``.
+
+  Reference: You et al., "Large Batch Optimization for Deep Learning:
+  Training BERT in 76 minutes", ICLR 2020.
+  """
+  return optax.chain(
+      gt.scale_by_adam(b1, b2, eps, eps_root),
+      gt.decoupled_weight_decay(weight_decay, mask),
+      gt.scale_by_trust_ratio(),
+      gt.scale_by_learning_rate(learning_rate),
+  )

@@ -1,0 +1,66 @@
+"""scale_by_trust_ratio: the ratio by hand, its edge cases and dtypes."""
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+import optax
+import pytest
+
+from gradtx import transforms as gt
+
+
+def test_ratio_by_hand_with_and_without_decay():
+  p = jnp.array([[3.0, 0.0], [0.0, 4.0]])  # ‖p‖ = 5
+  u = jnp.array([[0.0, 1.0], [0.0, 0.0]])  # ‖u‖ = 1
+  lamb_like = gt.scale_by_trust_ratio()
+  np.testing.assert_allclose(lamb_like.update(u, lamb_like.init(p), p)[0], 5 * u)
+  lars_like = gt.scale_by_trust_ratio(0.1, eps=0.5, weight_decay=0.2)
+  ratio = 0.1 * 5 / (1 + 0.2 * 5 + 0.5)
+  np.testing.assert_allclose(
+      lars_like.update(u, lars_like.init(p), p)[0], ratio * (u + 0.2 * p), rtol=1e-6)
+
+
+def test_weight_decay_schedule_follows_the_step_count():
+  schedule = optax.linear_schedule(0.0, 1.0, 2)
+  tx = gt.scale_by_trust_ratio(weight_decay=schedule)
+  p, u = jnp.array([1.0, 0.0]), jnp.array([0.0, 1.0])
+  state = tx.init(p)
+  first, state = tx.update(u, state, p)  # λ = 0
+  second, state = tx.update(u, state, p)  # λ = 0.5
+  np.testing.assert_allclose(first, u)
+  np.testing.assert_allclose(second, (u + 0.5 * p) / 1.5, rtol=1e-6)
+  assert int(state.count) == 2
+
+
+def test_zero_parameters_zero_updates_and_scalars_give_finite_results():
+  tx = gt.scale_by_trust_ratio(weight_decay=0.1)
+  params = {"zero": jnp.zeros(3), "scalar": jnp.array(2.0), "w": jnp.ones((2, 2))}
+  updates = {"zero": jnp.ones(3), "scalar": jnp.array(-1.0), "w": jnp.zeros((2, 2))}
+  out, _ = tx.update(updates, tx.init(params), params)
+  np.testing.assert_allclose(out["zero"], jnp.ones(3))  # ratio 1: the leaf moves
+  np.testing.assert_allclose(out["scalar"], 2.0 / 1.2 * (-1.0 + 0.2), rtol=1e-6)
+  # A zero gradient leaves only the decay, at ratio ‖p‖/(λ‖p‖) = 1/λ.
+  np.testing.assert_allclose(out["w"], jnp.ones((2, 2)), rtol=1e-6)
+  nothing, _ = tx.update(jax.tree.map(jnp.zeros_like, params), tx.init(params),
+                         jax.tree.map(jnp.zeros_like, params))
+  assert all(bool(jnp.all(x == 0)) for x in jax.tree.leaves(nothing))
+
+
+def test_bfloat16_stays_bfloat16_and_needs_params():
+  tx = gt.scale_by_trust_ratio(weight_decay=0.1)
+  p = jnp.ones((4, 4), jnp.bfloat16)
+  out, _ = jax.jit(tx.update)(p, tx.init(p), p)
+  assert out.dtype == jnp.bfloat16
+  with pytest.raises(ValueError, match="needs params"):
+    tx.update(p, tx.init(p))
+
+
+@pytest.mark.parametrize(
+    "kwargs, message",
+    [(dict(trust_coefficient=0.0), r"trust_coefficient must be in \(0, inf\)"),
+     (dict(eps=-1.0), "eps must be"),
+     (dict(weight_decay=-1.0), "weight_decay must be")],
+)
+def test_arguments_are_validated(kwargs, message):
+  with pytest.raises(ValueError, match=message):
+    gt.scale_by_trust_ratio(**kwargs)
