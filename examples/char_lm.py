@@ -114,6 +114,11 @@ OPTIMIZERS: dict[str, Callable[[int], optax.GradientTransformation]] = {
     "adafactor": lambda n: go.adafactor(
         warmup_cosine(6e-3, n), min_dim_size_to_factor=32,
         multiply_by_parameter_scale=False, momentum=0.9),
+    "lamb": lambda n: go.lamb(
+        warmup_cosine(6e-3, n), b2=0.99, weight_decay=0.1, mask=matrices),
+    "lars": lambda n: go.lars(
+        warmup_cosine(5.0, n), momentum=0.9, weight_decay=1e-4,
+        mask=matrices),
     "optax:adamw": lambda n: optax.adamw(
         warmup_cosine(6e-3, n), b2=0.99, weight_decay=0.1, mask=matrices),
     "optax:lion": lambda n: optax.lion(

@@ -22,6 +22,10 @@ from gradtx.optimizers.memory import adamw_8bit
 from gradtx.optimizers.memory import relative_step_size
 from gradtx.optimizers.large_batch import lamb
 from gradtx.optimizers.large_batch import lars
+from gradtx.optimizers.lookahead import LookaheadState
+from gradtx.optimizers.lookahead import lookahead
+from gradtx.optimizers.sam import SamState
+from gradtx.optimizers.sam import sam
 
 
 __all__ = [
@@ -42,6 +46,10 @@ __all__ = [
     "adam_mini",
     "lamb",
     "lars",
+    "LookaheadState",
+    "lookahead",
+    "SamState",
+    "sam",
     "adamw_8bit",
     "relative_step_size",
 ]

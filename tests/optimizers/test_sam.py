@@ -1,0 +1,330 @@
+"""SAM / ASAM against a hand-written PyTorch SAM loop, a closed form and optax.contrib.
+
+The PyTorch reference follows Algorithm 1 of Foret et al. 2021 as written in
+github.com/davda54/sam (``first_step``: ε = ρ·s⊙g/(‖√s⊙g‖ + 1e-12) added in
+place, s = w² for ``adaptive``; gradient again; ``second_step``: restore w,
+base step), on a 2-layer tanh MLP with a fresh mini-batch every step, float64.
+"""
+
+import functools
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+import optax
+import pytest
+import torch
+from flax import nnx
+
+from gradtx import optimizers as go
+from tests import oracles
+
+STEPS = 25
+_rng = np.random.default_rng(7)
+XS = _rng.normal(size=(STEPS, 16, 4))
+YS = np.sin(XS @ _rng.normal(size=(4, 2)))
+PARAMS0 = {
+    "w1": 0.7 * _rng.normal(size=(4, 8)), "b1": 0.1 * _rng.normal(size=(8,)),
+    "w2": 0.5 * _rng.normal(size=(8, 2)), "b2": 0.1 * _rng.normal(size=(2,)),
+}
+NAMES = list(PARAMS0)
+
+
+def _mlp_loss(p, x, y):
+  out = jnp.tanh(x @ p["w1"] + p["b1"]) @ p["w2"] + p["b2"]
+  return jnp.mean((out - y) ** 2)
+
+
+def _torch_mlp_loss(p, x, y):
+  out = torch.tanh(x @ p["w1"] + p["b1"]) @ p["w2"] + p["b2"]
+  return torch.mean((out - y) ** 2)
+
+
+def _run_jax(tx, wrap_grad_fn=lambda f: f):
+  """``tx`` on the MLP, float64, one jitted step; ``grad_fn`` = ∇ on batch t."""
+  with jax.enable_x64(True):
+    params = {k: jnp.asarray(v) for k, v in PARAMS0.items()}
+    state = tx.init(params)
+
+    @jax.jit
+    def step(params, state, x, y):
+      grad_fn = jax.grad(lambda p: _mlp_loss(p, x, y))
+      updates, state = tx.update(
+          grad_fn(params), state, params, grad_fn=wrap_grad_fn(grad_fn))
+      return optax.apply_updates(params, updates), state
+
+    trajectory = [PARAMS0]
+    for t in range(STEPS):
+      params, state = step(params, state, XS[t], YS[t])
+      trajectory.append({k: np.asarray(v) for k, v in params.items()})
+  return trajectory
+
+
+def _run_torch_sam(make_base, rho, adaptive):
+  """davda54/sam's first_step / second_step, by hand, float64."""
+  p = {k: torch.tensor(v, dtype=torch.float64, requires_grad=True)
+       for k, v in PARAMS0.items()}
+  base = make_base([p[k] for k in NAMES])
+  trajectory = [PARAMS0]
+  for t in range(STEPS):
+    x, y = torch.tensor(XS[t]), torch.tensor(YS[t])
+    _torch_mlp_loss(p, x, y).backward()
+    with torch.no_grad():
+      norm = torch.norm(torch.stack([
+          ((v.abs() if adaptive else 1.0) * v.grad).norm(p=2) for v in p.values()
+      ]), p=2)
+      scale = rho / (norm + 1e-12)
+      old = {k: v.clone() for k, v in p.items()}
+      for v in p.values():
+        v.add_((torch.pow(v, 2) if adaptive else 1.0) * v.grad * scale)
+    base.zero_grad()
+    _torch_mlp_loss(p, x, y).backward()
+    with torch.no_grad():
+      for k, v in p.items():
+        v.copy_(old[k])
+    base.step()
+    base.zero_grad()
+    trajectory.append({k: v.detach().numpy().copy() for k, v in p.items()})
+  return trajectory
+
+
+BASES = {
+    "sgd_momentum": (lambda: go.sgd(0.05, momentum=0.9),
+                     lambda ps: torch.optim.SGD(ps, lr=0.05, momentum=0.9)),
+    "adam": (lambda: go.adam(0.01), lambda ps: torch.optim.Adam(ps, lr=0.01)),
+}
+
+
+RHO = 0.1
+
+
+@functools.lru_cache(maxsize=None)
+def _gradtx_run(base, adaptive=None):
+  """SAM(ρ = RHO) around ``base`` on the MLP; ``adaptive=None``: the base alone."""
+  tx = BASES[base][0]()
+  return _run_jax(tx if adaptive is None else go.sam(tx, RHO, adaptive=adaptive))
+
+
+@pytest.mark.parametrize("adaptive", [False, True])
+@pytest.mark.parametrize("base", list(BASES))
+def test_matches_torch_sam_loop(base, adaptive):
+  ref = _run_torch_sam(BASES[base][1], RHO, adaptive)
+  oracles.assert_trajectories_close(_gradtx_run(base, adaptive), ref, 1e-10)
+  # The reference tells the base alone and the other rule apart.
+  for other in (None, not adaptive):
+    errors = oracles.trajectory_errors(_gradtx_run(base, other), ref)
+    print(f"{other=}: {errors}")
+    assert errors["params"] > 1e-3
+
+
+@pytest.mark.parametrize("base", list(BASES))
+def test_matches_optax_contrib_sam_opaque_mode(base):
+  make_ours, _ = BASES[base]
+  ours = _run_jax(go.sam(make_ours(), 0.05, eps=0.0))
+  adversary = optax.chain(optax.contrib.normalize(), optax.sgd(0.05))
+  theirs = _run_jax(
+      optax.contrib.sam(make_ours(), adversary, sync_period=2, opaque_mode=True),
+      wrap_grad_fn=lambda grad_fn: lambda params, _: grad_fn(params))
+  oracles.assert_trajectories_close(ours, theirs, 1e-12)
+
+
+def _quadratic(seed=0, n=3):
+  rng = np.random.default_rng(seed)
+  m = rng.normal(size=(n, n))
+  return m @ m.T + n * np.eye(n), rng.normal(size=n), rng.normal(size=n)
+
+
+@pytest.mark.parametrize("adaptive", [False, True])
+def test_one_step_closed_form_on_quadratic(adaptive):
+  a, b, w = _quadratic()
+  lr, rho, eps = 0.1, 0.3, 1e-12
+  g = a @ w - b
+  s = w**2 if adaptive else np.ones_like(w)
+  e = rho * s * g / (np.linalg.norm(np.sqrt(s) * g) + eps)
+  expected = w - lr * (a @ (w + e) - b)
+  with jax.enable_x64(True):
+    tx = go.sam(go.sgd(lr), rho, adaptive=adaptive, eps=eps)
+    grad_fn = lambda p: jnp.asarray(a) @ p - jnp.asarray(b)
+    wj = jnp.asarray(w)
+    updates, state = tx.update(grad_fn(wj), tx.init(wj), wj, grad_fn=grad_fn)
+    assert isinstance(state, go.SamState)
+    np.testing.assert_allclose(optax.apply_updates(wj, updates), expected,
+                               rtol=1e-13)
+
+
+def test_rho_zero_is_exactly_the_base():
+  base_run = _run_jax(go.adam(0.01))
+  for ours, ref in zip(_run_jax(go.sam(go.adam(0.01), rho=0.0)), base_run):
+    for k in NAMES:
+      np.testing.assert_array_equal(ours[k], ref[k])
+
+
+@pytest.mark.parametrize("adaptive", [False, True])
+@pytest.mark.parametrize("eps", [0.0, 1e-12])
+def test_zero_gradient_gives_zero_perturbation(adaptive, eps):
+  w = jnp.array([1.0, -2.0, 3.0])
+  tx = go.sam(go.sgd(1.0), 0.5, adaptive=adaptive, eps=eps)
+  # grad_fn returns its argument, so the update is −(w + ε).
+  updates, _ = jax.jit(lambda g, s, p: tx.update(g, s, p, grad_fn=lambda q: q))(
+      jnp.zeros(3), tx.init(w), w)
+  np.testing.assert_array_equal(updates, -w)
+
+
+def test_bf16_params_keep_their_dtype_and_perturb_in_float32():
+  w = {"a": jnp.array([0.3, -1.7, 2.1], jnp.bfloat16), "b": jnp.array(0.9, jnp.bfloat16)}
+  g = {"a": jnp.array([0.01, 0.2, -0.3], jnp.bfloat16), "b": jnp.array(0.05, jnp.bfloat16)}
+  seen = []
+  def grad_fn(p):
+    seen.append(jax.tree.map(lambda x: x.dtype, p))
+    return p  # the update is then −(w + ε)
+  tx = go.sam(go.sgd(1.0, momentum=0.9), 0.7)
+  updates, state = tx.update(g, tx.init(w), w, grad_fn=grad_fn)
+  assert seen == [{"a": jnp.bfloat16, "b": jnp.bfloat16}]
+  assert jax.tree.map(lambda x: x.dtype, updates) == seen[0]
+  assert jax.tree.map(lambda x: x.dtype, optax.apply_updates(w, updates)) == seen[0]
+  g32 = {k: np.asarray(v, np.float32) for k, v in g.items()}
+  norm = np.sqrt(sum(np.sum(v**2) for v in g32.values()))
+  for k in w:
+    expected = (np.asarray(w[k], np.float32) + 0.7 * g32[k] / norm).astype(jnp.bfloat16)
+    np.testing.assert_array_equal(updates[k], -expected)
+
+
+def test_jit_traces_once_and_grad_fn_called_once_per_step():
+  traces, calls = [], []
+  a, b, _ = _quadratic()
+  a, b = jnp.asarray(a, jnp.float32), jnp.asarray(b, jnp.float32)
+  tx = go.sam(go.adam(0.1), 0.1)
+
+  @jax.jit
+  def step(w, state):
+    traces.append(1)
+    def grad_fn(p):
+      calls.append(1)
+      return a @ p - b
+    updates, state = tx.update(a @ w - b, state, w, grad_fn=grad_fn)
+    return optax.apply_updates(w, updates), state
+
+  w = jnp.ones(3)
+  state = tx.init(w)
+  for _ in range(5):
+    w, state = step(w, state)
+  assert len(traces) == 1 and len(calls) == 1
+  assert np.all(np.isfinite(w)) and not np.allclose(w, 1.0)
+
+
+def test_vmap_over_a_batch_of_problems():
+  problems = [_quadratic(seed) for seed in range(3)]
+  tx = go.sam(go.sgd(0.05, momentum=0.9), 0.2, adaptive=True)
+
+  def run(a, b, w):
+    grad_fn = lambda p: a @ p - b
+    state = tx.init(w)
+    for _ in range(4):
+      updates, state = tx.update(grad_fn(w), state, w, grad_fn=grad_fn)
+      w = optax.apply_updates(w, updates)
+    return w
+
+  with jax.enable_x64(True):
+    stacked = [jnp.asarray(np.stack(x)) for x in zip(*problems)]
+    batched = jax.jit(jax.vmap(run))(*stacked)
+    for i, problem in enumerate(problems):
+      np.testing.assert_allclose(batched[i], run(*map(jnp.asarray, problem)),
+                                 rtol=1e-13)
+
+
+@pytest.mark.parametrize(
+    "kwargs,message",
+    [(dict(rho=-1), r"rho must be in \[0, inf\], got -1"),
+     (dict(rho=float("nan")), r"rho must be in \[0, inf\], got nan"),
+     (dict(eps=-1e-3), r"eps must be in \[0, inf\], got -0.001"),
+     (dict(rho="big"), r"rho must be a number, got 'big'")],
+)
+def test_validation(kwargs, message):
+  with pytest.raises(ValueError, match=message):
+    go.sam(go.sgd(0.1), **kwargs)
+
+
+def test_missing_grad_fn_or_params_is_an_error():
+  tx = go.sam(go.sgd(0.1))
+  w = jnp.ones(2)
+  with pytest.raises(ValueError, match=r"needs params and grad_fn.*grad_fn=None"):
+    tx.update(w, tx.init(w), w)
+  with pytest.raises(ValueError, match=r"needs params and grad_fn.*params=None"):
+    tx.update(w, tx.init(w), None, grad_fn=lambda p: p)
+
+
+def test_extra_args_reach_the_base_without_grad_fn():
+  seen = []
+  def update(updates, state, params=None, **extra_args):
+    seen.append(sorted(extra_args))
+    return jax.tree.map(lambda u: extra_args["scale"] * u, updates), state
+  base = optax.GradientTransformationExtraArgs(lambda p: optax.EmptyState(), update)
+  w = jnp.array([3.0, 4.0])
+  tx = go.sam(base, rho=5.0)
+  updates, _ = tx.update(w, tx.init(w), w, grad_fn=lambda p: p, scale=2.0)
+  assert seen == [["scale"]]
+  np.testing.assert_allclose(updates, 2.0 * (w + 5.0 * w / 5.0))
+  # A plain GradientTransformation base ignores them.
+  plain = go.sam(optax.scale(-1.0), rho=5.0)
+  updates, _ = plain.update(w, plain.init(w), w, grad_fn=lambda p: p, scale=2.0)
+  np.testing.assert_allclose(updates, -2.0 * w)
+
+
+def test_non_finite_gradient_poisons_the_step_unless_apply_if_finite():
+  a, b, w = map(jnp.asarray, _quadratic())
+  grad_fn = lambda p: a @ p - b
+  bad = (a @ w - b).at[0].set(jnp.inf)
+  tx = go.sam(go.sgd(0.1, momentum=0.9), 0.1)
+  updates, state = tx.update(bad, tx.init(w), w, grad_fn=grad_fn)
+  assert np.all(np.isnan(updates))
+  momentum_buffer = [x for x in jax.tree.leaves(state.inner_state) if x.ndim == 1]
+  assert len(momentum_buffer) == 1 and np.all(np.isnan(momentum_buffer[0]))
+
+  guarded = optax.apply_if_finite(go.sam(go.sgd(0.1, momentum=0.9), 0.1), 3)
+  state0 = guarded.init(w)
+  updates, state = guarded.update(bad, state0, w, grad_fn=grad_fn)
+  np.testing.assert_array_equal(updates, jnp.zeros_like(w))
+  jax.tree.map(np.testing.assert_array_equal, state.inner_state, state0.inner_state)
+  # The next finite step is the first step of an unguarded run.
+  updates, _ = guarded.update(a @ w - b, state, w, grad_fn=grad_fn)
+  expected, _ = tx.update(a @ w - b, tx.init(w), w, grad_fn=grad_fn)
+  np.testing.assert_array_equal(updates, expected)
+
+
+def _linear_loss(p, x, y):
+  return jnp.mean((x @ p["kernel"] + p["bias"] - y) ** 2)
+
+
+@pytest.mark.parametrize("jit", [False, True])
+def test_flax_nnx_optimizer_forwards_grad_fn(jit):
+  rng = np.random.default_rng(1)
+  x, y = jnp.asarray(rng.normal(size=(8, 3)), jnp.float32), jnp.asarray(
+      rng.normal(size=(8, 2)), jnp.float32)
+  model = nnx.Linear(3, 2, rngs=nnx.Rngs(0))
+  params0 = nnx.to_pure_dict(nnx.state(model, nnx.Param))
+  loss_fn = lambda m: jnp.mean((m(x) - y) ** 2)
+  optimizer = nnx.Optimizer(model, go.sam(go.sgd(0.1, momentum=0.9), 0.3), wrt=nnx.Param)
+
+  def train_step(model, optimizer):
+    graphdef, _, rest = nnx.split(model, nnx.Param, ...)
+    grad_fn = jax.grad(lambda p: loss_fn(nnx.merge(graphdef, p, rest)))
+    optimizer.update(model, nnx.grad(loss_fn)(model), grad_fn=grad_fn)
+
+  train_step = nnx.jit(train_step) if jit else train_step
+  for _ in range(3):
+    train_step(model, optimizer)
+  got = nnx.to_pure_dict(nnx.state(model, nnx.Param))
+
+  def functional(tx):
+    params, state = params0, tx.init(params0)
+    grad_fn = jax.grad(lambda p: _linear_loss(p, x, y))
+    for _ in range(3):
+      updates, state = tx.update(grad_fn(params), state, params, grad_fn=grad_fn)
+      params = optax.apply_updates(params, updates)
+    return params
+
+  want = functional(go.sam(go.sgd(0.1, momentum=0.9), 0.3))
+  base_only = functional(go.sgd(0.1, momentum=0.9))
+  for k in want:
+    np.testing.assert_allclose(got[k], want[k], rtol=1e-5, atol=1e-6)
+    assert np.abs(base_only[k] - want[k]).max() > 1e-3
