@@ -114,11 +114,16 @@ OPTIMIZERS: dict[str, Callable[[int], optax.GradientTransformation]] = {
     "adafactor": lambda n: go.adafactor(
         warmup_cosine(6e-3, n), min_dim_size_to_factor=32,
         multiply_by_parameter_scale=False, momentum=0.9),
+    # Large-batch methods, peak lr best of a grid at the default (small)
+    # batch: lamb 3e-3..1.2e-2, lars 0.25..10 (benchmarks/RESULTS.md).
     "lamb": lambda n: go.lamb(
         warmup_cosine(6e-3, n), b2=0.99, weight_decay=0.1, mask=matrices),
     "lars": lambda n: go.lars(
-        warmup_cosine(5.0, n), momentum=0.9, weight_decay=1e-4,
+        warmup_cosine(2.5, n), momentum=0.9, weight_decay=1e-4,
         mask=matrices),
+    # Wrappers around the adamw entry. SAM takes two gradients a step.
+    "sam": lambda n: go.sam(OPTIMIZERS["adamw"](n), rho=0.05),
+    "lookahead": lambda n: go.lookahead(OPTIMIZERS["adamw"](n)),
     "optax:adamw": lambda n: optax.adamw(
         warmup_cosine(6e-3, n), b2=0.99, weight_decay=0.1, mask=matrices),
     "optax:lion": lambda n: optax.lion(
@@ -259,7 +264,11 @@ def train_step(graphdef, state, inputs, targets):
   """
   model, optimizer = nnx.merge(graphdef, state)
   loss, grads = nnx.value_and_grad(cross_entropy)(model, inputs, targets)
-  optimizer.update(model, grads)
+  model_def, _, rest = nnx.split(model, nnx.Param, ...)
+  # SAM's second gradient, at perturbed params; the other optimizers ignore it.
+  grad_fn = jax.grad(
+      lambda params: cross_entropy(nnx.merge(model_def, params, rest), inputs, targets))
+  optimizer.update(model, grads, grad_fn=grad_fn)
   return nnx.state((model, optimizer)), loss
 
 
@@ -297,7 +306,7 @@ def create_optimizer(
     model: CharTransformer, name: str, steps: int
 ) -> nnx.Optimizer:
   """The named optimizer for ``model``, its state built under ``nnx.jit``."""
-  tx = OPTIMIZERS[name](steps)
+  tx = optax.with_extra_args_support(OPTIMIZERS[name](steps))
   return nnx.jit(lambda m: nnx.Optimizer(m, tx, wrt=nnx.Param))(model)
 
 
