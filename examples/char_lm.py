@@ -123,7 +123,9 @@ OPTIMIZERS: dict[str, Callable[[int], optax.GradientTransformation]] = {
         mask=matrices),
     # Wrappers around the adamw entry. SAM takes two gradients a step.
     "sam": lambda n: go.sam(OPTIMIZERS["adamw"](n), rho=0.05),
-    "lookahead": lambda n: go.lookahead(OPTIMIZERS["adamw"](n)),
+    # k = 5 divides the default 400 steps: the final weights are slow ones.
+    "lookahead": lambda n: go.lookahead(
+        OPTIMIZERS["adamw"](n), sync_period=5, slow_step_size=0.5),
     "optax:adamw": lambda n: optax.adamw(
         warmup_cosine(6e-3, n), b2=0.99, weight_decay=0.1, mask=matrices),
     "optax:lion": lambda n: optax.lion(

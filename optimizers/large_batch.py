@@ -25,7 +25,9 @@ def lars(
     v^l_{t+1} = m\, v^l_t + γ_t λ^l_t \left(∇L(w^l_t) + β w^l_t\right),\quad
     w^l_{t+1} = w^l_t - v^l_{t+1}
 
-  (You et al. 2017, Algorithm 1; λ = 1 for a layer with ‖w‖ = 0). The
+  (You et al. 2017, Algorithm 1; λ = 1 for a layer with ‖w‖ = 0; a layer
+  with zero gradient and β > 0 gets λβw = ηw, the formula's value, where
+  TF's MLPerf LARS and apex's LARC take λ = 1 there). The
   learning rate γ_t sits inside the momentum, as in the paper and
   ``optax.lars``. The denominator is the paper's ‖∇L‖ + β‖w‖; ``optax.lars``
   uses ‖∇L + βw‖, which agrees only when β = 0.
@@ -92,7 +94,9 @@ def lamb(
     eps_root: added inside the square root, >= 0.
     weight_decay: λ, >= 0, or a schedule.
     mask: which leaves to decay (``optax.masked`` semantics); every leaf
-      keeps its trust ratio.
+      keeps its trust ratio, as in ``optax.lamb`` (BERT's LAMB also exempts
+      biases and norms from the ratio: label them for
+      ``optax.multi_transform`` to do that).
 
   Returns:
     An ``optax.GradientTransformation``.

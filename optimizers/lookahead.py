@@ -51,9 +51,13 @@ def lookahead(
   Args:
     base: the fast (inner) optimizer.
     sync_period: k, the fast steps per slow step, an integer >= 1.
-    slow_step_size: α, in [0, 1]. α = 1 is the base optimizer (to rounding).
+    slow_step_size: α, in [0, 1]. α = 1 without ``reset_state`` is the base
+      optimizer (to rounding).
     reset_state: re-initialise the base state at every sync (at the synced
-      weights).
+      weights), as ``optax.lookahead`` does: all of it, so the base's step
+      count restarts too, and with it Adam's bias correction and any
+      learning-rate schedule inside the base (a warm-up longer than k steps
+      never ends).
 
   Returns:
     An ``optax.GradientTransformationExtraArgs`` with state
@@ -87,6 +91,7 @@ def lookahead(
   step itself, not at the next sync) and resets the base at the pre-step
   weights (the same for any base whose init reads only shapes).
   """
+  _validate.check_transformation("base", base)
   sync_period = _validate.check_integer("sync_period", sync_period)
   base = optax.with_extra_args_support(base)
   _validate.check_in_range(
@@ -117,9 +122,10 @@ def lookahead(
       return jnp.where(sync, step, u), jnp.where(sync, synced, s)
 
     updates, slow = _tree.map_leaves(leaf, 2, updates, params, state.slow)
-    if reset_state:
-      fresh = base.init(optax.apply_updates(params, updates))
-      inner_state = optax.tree.where(sync, fresh, inner_state)
+    if reset_state:  # a cond: the base's init runs at syncs only
+      inner_state = jax.lax.cond(
+          sync, lambda: base.init(optax.apply_updates(params, updates)),
+          lambda: inner_state)
     return updates, LookaheadState(count, slow, inner_state)
 
   return optax.GradientTransformationExtraArgs(init_fn, update_fn)

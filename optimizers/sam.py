@@ -16,19 +16,19 @@ class SamState(NamedTuple):
   inner_state: optax.OptState
 
 
-def _perturbed_params(grads, params, rho, adaptive: bool, eps) -> Any:
-  """w + ε with ε = ρ·s⊙g/(‖√s⊙g‖₂ + eps), s = w² or 1, in float32 or wider."""
+def _perturbed_params(grads, params, rho, adaptive: bool, eta, eps) -> Any:
+  """w + ε, ε = ρ·T²g/(‖Tg‖₂ + eps), T = |w| + η or 1, in float32 or wider."""
   upcast = lambda x: jnp.asarray(x).astype(_tree.compute_dtype(x))
   g, w = jax.tree.map(upcast, grads), jax.tree.map(upcast, params)
-  scaled = jax.tree.map(lambda g_, w_: jnp.abs(w_) * g_, g, w) if adaptive else g
+  t = jax.tree.map(lambda w_: jnp.abs(w_) + eta if adaptive else 1.0, w)
+  scaled = jax.tree.map(lambda t_, g_: t_ * g_, t, g)
   norm = jnp.sqrt(sum(jnp.sum(jnp.square(x)) for x in jax.tree.leaves(scaled)))
-  # A zero norm means a zero numerator (also for w²⊙g): ε = 0, even at eps = 0.
+  # A zero norm means a zero numerator (T²g = T·Tg): ε = 0, even at eps = 0.
   denominator = norm + eps
   scale = rho / jnp.where(denominator > 0, denominator, 1)
   return jax.tree.map(
-      lambda p, w_, g_: (w_ + scale * (w_ * w_ * g_ if adaptive else g_)).astype(
-          jnp.asarray(p).dtype),
-      params, w, g,
+      lambda p, w_, t_, g_: (w_ + scale * t_ * t_ * g_).astype(jnp.asarray(p).dtype),
+      params, w, t, g,
   )
 
 
@@ -37,6 +37,7 @@ def sam(
     rho: float = 0.05,
     *,
     adaptive: bool = False,
+    eta: float = 0.0,
     eps: float = 1e-12,
 ) -> optax.GradientTransformationExtraArgs:
   r"""Sharpness-Aware Minimization: the base step taken with the gradient at w + ε.
@@ -44,23 +45,35 @@ def sam(
   .. math::
     ε = ρ\,\frac{g}{\lVert g\rVert_2 + ϵ}
     \quad\text{or, adaptive,}\quad
-    ε = ρ\,\frac{w^2 ⊙ g}{\lVert |w| ⊙ g\rVert_2 + ϵ},\qquad
+    ε = ρ\,\frac{T^2 g}{\lVert T g\rVert_2 + ϵ},\; T = |w| + η,\qquad
     g^{\text{SAM}} = ∇L(w + ε),\qquad
     u = \operatorname{base}(g^{\text{SAM}}; w)
 
   with g = ∇L(w) the incoming ``updates`` and norms over the whole tree
-  (Algorithm 1; ``adaptive`` is ASAM as in davda54/sam). ``update`` takes
+  (Algorithm 1). ``adaptive`` is ASAM: η = 0 is davda54/sam's form (a leaf at
+  zero is never perturbed); Kwon et al.'s code uses η = 0.01, on weights
+  only (T = 1 for biases), where here η applies to every leaf. ``update`` takes
   ``params`` and ``grad_fn=``, a traceable function params → gradient tree,
   called once per step inside ``update``; further keyword arguments go to
   ``base``. The base sees the original ``params``. A static ``rho = 0`` skips
   ``grad_fn``: exactly the base optimizer. ε is formed in float32 (or the
   leaf's wider dtype) and w + ε cast back, so bf16 params stay bf16.
 
+  ``sam`` replaces the gradient by ``grad_fn``'s, so it must be the outermost
+  gradient transform: whatever is done to g before it (a clip in a chain, the
+  accumulation of ``optax.MultiSteps``, ``optax.masked``) is lost or wrong.
+  Put such transforms inside, ``sam(optax.chain(clip, base))``; ``grad_fn``
+  must see the whole batch (with MultiSteps, the accumulated one). Wrapping
+  ``sam`` in ``lookahead`` or ``apply_if_finite`` is fine.
+
   Non-finite gradients are not filtered: a NaN or ±inf in g makes ‖g‖
   non-finite and ε NaN (at the ±inf entries, or everywhere for a NaN), so
   ``grad_fn`` sees NaN parameters and the update and base state come out
   non-finite as they would with the base fed that gradient. To skip such
-  steps, use ``optax.apply_if_finite(sam(...), k)`` (it tests g).
+  steps, guard the gradient the base receives,
+  ``sam(optax.apply_if_finite(base, k))``: that catches a non-finite
+  ∇L(w + ε) too, which ``optax.apply_if_finite(sam(...), k)`` (testing g
+  only) lets through.
 
   ``optax.contrib.sam(base, chain(normalize(), sgd(ρ)), sync_period=2,
   opaque_mode=True)`` gives the same trajectory at ``eps=0`` (its
@@ -72,6 +85,7 @@ def sam(
     base: the optimizer that takes the SAM gradient; any optax transformation.
     rho: ρ, the neighbourhood radius, >= 0.
     adaptive: ASAM's scale-invariant neighbourhood (wants a larger ρ).
+    eta: η, ASAM's offset of T = |w| + η, >= 0 (used with ``adaptive``).
     eps: ϵ, added to the norm, >= 0.
 
   Returns:
@@ -99,7 +113,9 @@ def sam(
   Improving Generalization", ICLR 2021; Kwon et al., "ASAM: Adaptive
   Sharpness-Aware Minimization", ICML 2021.
   """
+  _validate.check_transformation("base", base)
   _validate.check_non_negative("rho", rho)
+  _validate.check_non_negative("eta", eta)
   _validate.check_non_negative("eps", eps)
   base = optax.with_extra_args_support(base)
 
@@ -116,7 +132,8 @@ def sam(
     if _validate.is_static_zero(rho):
       sam_grads = updates
     else:
-      sam_grads = grad_fn(_perturbed_params(updates, params, rho, adaptive, eps))
+      perturbed = _perturbed_params(updates, params, rho, adaptive, eta, eps)
+      sam_grads = grad_fn(perturbed)
     new_updates, inner_state = base.update(
         sam_grads, state.inner_state, params, **extra_args)
     return new_updates, SamState(inner_state)

@@ -101,3 +101,13 @@ def check_integer(name: str, value: Any, low: int = 1) -> int:
             " static_args)" if hasattr(value, "dtype") else "")
     raise ValueError(f"{name} must be an integer >= {low}, got {value!r}{hint}")
   return int(value)
+
+
+def check_transformation(name: str, value: Any) -> None:
+  """An optax transformation: something with ``init`` and ``update``."""
+  if not (callable(getattr(value, "init", None))
+          and callable(getattr(value, "update", None))):
+    raise ValueError(
+        f"{name} must be an optax.GradientTransformation (with init and"
+        f" update), got {value!r} of type {type(value).__name__}; e.g."
+        f" optax.adam(1e-3), not optax.adam")

@@ -309,3 +309,9 @@ def test_keyword_arguments_reach_the_base_so_sam_composes():
     runs[name] = w
   np.testing.assert_allclose(runs["lookahead"], runs["sam"], rtol=1e-6)
   assert float(jnp.abs(runs["sam"] - w0).max()) > 1e-2
+
+
+@pytest.mark.parametrize("base", [None, optax.adam])
+def test_base_must_be_a_transformation(base):
+  with pytest.raises(ValueError, match="base must be an optax.GradientTransformation"):
+    go.lookahead(base)

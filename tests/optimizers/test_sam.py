@@ -134,16 +134,19 @@ def _quadratic(seed=0, n=3):
   return m @ m.T + n * np.eye(n), rng.normal(size=n), rng.normal(size=n)
 
 
-@pytest.mark.parametrize("adaptive", [False, True])
-def test_one_step_closed_form_on_quadratic(adaptive):
+@pytest.mark.parametrize(
+    "adaptive, eta", [(False, 0.0), (True, 0.0), (True, 0.01)])
+def test_one_step_closed_form_on_quadratic(adaptive, eta):
   a, b, w = _quadratic()
+  w[0] = 0.0  # ASAM perturbs a zero coordinate only with η > 0
   lr, rho, eps = 0.1, 0.3, 1e-12
   g = a @ w - b
-  s = w**2 if adaptive else np.ones_like(w)
-  e = rho * s * g / (np.linalg.norm(np.sqrt(s) * g) + eps)
+  t = np.abs(w) + eta if adaptive else np.ones_like(w)
+  e = rho * t**2 * g / (np.linalg.norm(t * g) + eps)
+  assert (e[0] != 0) == (not adaptive or eta > 0)
   expected = w - lr * (a @ (w + e) - b)
   with jax.enable_x64(True):
-    tx = go.sam(go.sgd(lr), rho, adaptive=adaptive, eps=eps)
+    tx = go.sam(go.sgd(lr), rho, adaptive=adaptive, eta=eta, eps=eps)
     grad_fn = lambda p: jnp.asarray(a) @ p - jnp.asarray(b)
     wj = jnp.asarray(w)
     updates, state = tx.update(grad_fn(wj), tx.init(wj), wj, grad_fn=grad_fn)
@@ -237,6 +240,7 @@ def test_vmap_over_a_batch_of_problems():
     [(dict(rho=-1), r"rho must be in \[0, inf\], got -1"),
      (dict(rho=float("nan")), r"rho must be in \[0, inf\], got nan"),
      (dict(eps=-1e-3), r"eps must be in \[0, inf\], got -0.001"),
+     (dict(eta=-0.1), r"eta must be in \[0, inf\], got -0.1"),
      (dict(rho="big"), r"rho must be a number, got 'big'")],
 )
 def test_validation(kwargs, message):
@@ -328,3 +332,23 @@ def test_flax_nnx_optimizer_forwards_grad_fn(jit):
   for k in want:
     np.testing.assert_allclose(got[k], want[k], rtol=1e-5, atol=1e-6)
     assert np.abs(base_only[k] - want[k]).max() > 1e-3
+
+
+def test_apply_if_finite_inside_guards_the_perturbed_gradient():
+  """g is finite, ∇L(w + ε) is not: only the inner guard catches it."""
+  w = jnp.array([1.0, 2.0])
+  bad_at_perturbed = lambda p: jnp.where(p[0] > 1.0, jnp.nan, 1.0) * p
+  inner = go.sam(optax.apply_if_finite(go.adam(0.1), 3), rho=0.5)
+  state = inner.init(w)
+  updates, state = inner.update(w, state, w, grad_fn=bad_at_perturbed)
+  np.testing.assert_array_equal(updates, jnp.zeros(2))
+  assert int(state.inner_state.notfinite_count) == 1
+  outer = optax.apply_if_finite(go.sam(go.adam(0.1), rho=0.5), 3)
+  updates, _ = outer.update(w, outer.init(w), w, grad_fn=bad_at_perturbed)
+  assert bool(jnp.isnan(updates).any())  # the outer guard tests g only
+
+
+@pytest.mark.parametrize("base", [None, optax.adam])
+def test_base_must_be_a_transformation(base):
+  with pytest.raises(ValueError, match="base must be an optax.GradientTransformation"):
+    go.sam(base)
