@@ -352,3 +352,30 @@ def test_apply_if_finite_inside_guards_the_perturbed_gradient():
 def test_base_must_be_a_transformation(base):
   with pytest.raises(ValueError, match="base must be an optax.GradientTransformation"):
     go.sam(base)
+
+
+@pytest.mark.parametrize("adaptive", [False, True])
+def test_sharded_params_keep_their_sharding(adaptive):
+  """On an 8-device Explicit mesh the step keeps the layouts and the values."""
+  mesh = jax.make_mesh((4, 2), ("x", "y"),
+                       axis_types=(jax.sharding.AxisType.Explicit,) * 2)
+  rng = np.random.default_rng(3)
+  params = {"w": jnp.asarray(rng.normal(size=(8, 4)), jnp.float32),
+            "b": jnp.asarray(rng.normal(size=(4,)), jnp.float32)}
+  loss = lambda p: jnp.sum(jnp.tanh(p["w"] + p["b"]) ** 2)
+  tx = go.sam(go.adamw(0.1), rho=0.1, adaptive=adaptive)
+
+  def step(params, state):
+    updates, state = tx.update(jax.grad(loss)(params), state, params,
+                               grad_fn=jax.grad(loss))
+    return optax.apply_updates(params, updates), state
+
+  expected, _ = jax.jit(step)(params, tx.init(params))
+  specs = {"w": jax.P("x", "y"), "b": jax.P("y")}
+  with jax.set_mesh(mesh):
+    sharded = jax.tree.map(
+        lambda p, s: jax.device_put(p, jax.NamedSharding(mesh, s)), params, specs)
+    new, _ = jax.jit(step)(sharded, jax.jit(tx.init)(sharded))
+  for k, spec in specs.items():
+    assert new[k].sharding.spec == spec, (k, new[k].sharding)
+    np.testing.assert_allclose(new[k], expected[k], rtol=1e-5, atol=1e-6)
