@@ -115,13 +115,16 @@ def lookahead(
     count = _tree.increment(state.count)
     sync = count % sync_period == 0
 
-    def leaf(u, p, s):
+    def synced_leaf(u, p, s):
       fast = p.astype(s.dtype) + u.astype(s.dtype)
       synced = s + slow_step_size * (fast - s)
-      step = (synced - p.astype(s.dtype)).astype(u.dtype)
-      return jnp.where(sync, step, u), jnp.where(sync, synced, s)
+      return (synced - p.astype(s.dtype)).astype(u.dtype), synced
 
-    updates, slow = _tree.map_leaves(leaf, 2, updates, params, state.slow)
+    # A cond, not a select: between syncs the slow weights are not rewritten.
+    updates, slow = jax.lax.cond(
+        sync,
+        lambda: _tree.map_leaves(synced_leaf, 2, updates, params, state.slow),
+        lambda: (updates, state.slow))
     if reset_state:  # a cond: the base's init runs at syncs only
       inner_state = jax.lax.cond(
           sync, lambda: base.init(optax.apply_updates(params, updates)),
