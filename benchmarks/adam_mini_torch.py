@@ -18,6 +18,7 @@ output neuron, embedding and ``lm_head`` per token, biases per element, norm
 scales and the learned position table one value per tensor.
 
     python benchmarks/adam_mini_torch.py --seeds 0,1,2,3 [--steps 400]
+    python benchmarks/adam_mini_torch.py --d-model 192 --num-layers 4  # char_lm options
 
 Prints, per seed, the final train loss (mean over the last 10% of steps) and
 validation loss of each, and Adam-mini's ratio to AdamW in each framework.
@@ -146,9 +147,10 @@ def train_torch(name, char_lm, config, jax_state, train_batches, val_batches) ->
   return {"train_loss": train_losses, "val_loss": [float(val)]}
 
 
-def run_seed(char_lm, seed: int, steps: int) -> dict:
+def run_seed(char_lm, seed: int, steps: int, options: list) -> dict:
   config = char_lm.parse_args(
-      ["--optimizers", "adamw,adam_mini", "--steps", str(steps), "--seed", str(seed)])
+      ["--optimizers", "adamw,adam_mini", "--steps", str(steps), "--seed", str(seed),
+       *options])
   train_tokens, val_tokens = char_lm.load_corpus(config.corpus_mb)
   train = char_lm.sample_batches(
       train_tokens, config.steps, config.batch_size, config.context, config.seed)
@@ -169,13 +171,13 @@ def main(argv=None):
   parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
   parser.add_argument("--seeds", default="0,1,2,3")
   parser.add_argument("--steps", type=int, default=400)
-  args = parser.parse_args(argv)
+  args, options = parser.parse_known_args(argv)  # the rest goes to char_lm
   char_lm = load_char_lm()
   print(f"jax {jax.__version__}, torch {torch.__version__},"
         f" adam-mini {adam_mini.__name__} 1.1.1, {platform.processor() or platform.machine()}")
   rows = []
   for seed in (int(s) for s in args.seeds.split(",")):
-    losses = run_seed(char_lm, seed, args.steps)
+    losses = run_seed(char_lm, seed, args.steps, options)
     ratio = lambda lib: losses[f"{lib} adam_mini"][0] / losses[f"{lib} adamw"][0]
     rows.append((seed, losses, ratio("gradtx"), ratio("torch")))
   names = list(rows[0][1])
