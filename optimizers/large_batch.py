@@ -1,6 +1,6 @@
 """Large-batch optimizers: LARS and LAMB, SGD and Adam with a layer-wise trust ratio."""
 
-from typing import Union
+from typing import Any, Optional, Union
 
 import optax
 
@@ -75,6 +75,9 @@ def lamb(
     eps_root: float = 0.0,
     weight_decay: Union[float, optax.Schedule] = 0.0,
     mask: MaskOrFn = None,
+    *,
+    mu_dtype: Optional[Any] = None,
+    nu_dtype: Optional[Any] = None,
 ) -> optax.GradientTransformation:
   r"""LAMB: Adam's direction with decoupled decay, rescaled layer by layer.
 
@@ -97,6 +100,9 @@ def lamb(
       keeps its trust ratio, as in ``optax.lamb`` (BERT's LAMB also exempts
       biases and norms from the ratio: label them for
       ``optax.multi_transform`` to do that).
+    mu_dtype: storage of the first moment (``jnp.bfloat16``, ``"int8"``, ...),
+      as in ``gt.scale_by_adam``.
+    nu_dtype: storage of the second moment, likewise.
 
   Returns:
     An ``optax.GradientTransformation``.
@@ -105,7 +111,8 @@ def lamb(
   Training BERT in 76 minutes", ICLR 2020.
   """
   return optax.chain(
-      gt.scale_by_adam(b1, b2, eps, eps_root),
+      gt.scale_by_adam(
+          b1, b2, eps, eps_root, mu_dtype=mu_dtype, nu_dtype=nu_dtype),
       gt.decoupled_weight_decay(weight_decay, mask),
       gt.scale_by_trust_ratio(),
       gt.scale_by_learning_rate(learning_rate),

@@ -6,6 +6,7 @@ import optax
 import pytest
 
 from gradtx import optimizers as go
+from gradtx import transforms as gt
 from tests import oracles
 
 STEPS = 40
@@ -93,3 +94,13 @@ def test_zero_initialised_leaf_moves_and_zero_gradient_is_finite(factory):
   zeros = {"w": jnp.zeros((3, 2)), "b": jnp.zeros(2)}
   updates, _ = tx.update(zeros, state, params)
   assert all(bool(jnp.isfinite(u).all()) for u in updates.values())
+
+
+def test_lamb_with_int8_moments_tracks_float32():
+  """Quantized moments (``mu_dtype``/``nu_dtype``) work in LAMB's chain too."""
+  run = lambda tx: oracles.run_gradtx(tx, PROBLEM.params0, PROBLEM.grad, STEPS)
+  int8 = gt.Int8Blocks(block_size=8, min_size=0)  # quantize even these tiny leaves
+  full = run(go.lamb(1e-2))
+  quantized = run(go.lamb(1e-2, mu_dtype=int8, nu_dtype=int8))
+  errors = oracles.trajectory_errors(quantized, full)
+  assert 1e-5 < errors["params"] < 2e-2, errors
