@@ -93,10 +93,10 @@ def lookahead(
   """
   _validate.check_transformation("base", base)
   sync_period = _validate.check_integer("sync_period", sync_period)
-  base = optax.with_extra_args_support(base)
   _validate.check_in_range(
       "slow_step_size", slow_step_size, 0.0, 1.0, high_inclusive=True
   )
+  base = optax.with_extra_args_support(base)
 
   def init_fn(params):
     # A copy, not an alias: donating the params must not free the state.

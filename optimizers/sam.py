@@ -22,7 +22,7 @@ def _perturbed_params(grads, params, rho, adaptive: bool, eta, eps) -> Any:
   g, w = jax.tree.map(upcast, grads), jax.tree.map(upcast, params)
   t = jax.tree.map(lambda w_: jnp.abs(w_) + eta if adaptive else 1.0, w)
   scaled = jax.tree.map(lambda t_, g_: t_ * g_, t, g)
-  norm = jnp.sqrt(sum(jnp.sum(jnp.square(x)) for x in jax.tree.leaves(scaled)))
+  norm = optax.tree.norm(scaled)
   # A zero norm means a zero numerator (T²g = T·Tg): ε = 0, even at eps = 0.
   denominator = norm + eps
   scale = rho / jnp.where(denominator > 0, denominator, 1)

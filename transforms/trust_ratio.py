@@ -11,11 +11,6 @@ from gradtx.transforms import _tree
 from gradtx.transforms import _validate
 
 
-def _norm(x: jax.Array) -> jax.Array:
-  """Frobenius norm of a leaf of any rank (0-D included)."""
-  return jnp.sqrt(jnp.sum(jnp.square(x)))
-
-
 class ScaleByTrustRatioState(NamedTuple):
   """State of ``scale_by_trust_ratio``: the step count, for a decay schedule."""
 
@@ -88,7 +83,7 @@ def scale_by_trust_ratio(
     def leaf(u, p):
       dtype = _tree.compute_dtype(u)
       u_, p_ = u.astype(dtype), p.astype(dtype)
-      param_norm, update_norm = _norm(p_), _norm(u_)
+      param_norm, update_norm = optax.tree.norm(p_), optax.tree.norm(u_)
       denominator = update_norm + decay * param_norm + eps
       moves = (param_norm > 0) & (denominator > 0)
       ratio = jnp.where(

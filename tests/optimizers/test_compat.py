@@ -62,6 +62,9 @@ class Case(NamedTuple):
   # optax.adafactor's order: η is applied before the momentum and the weight
   # decay, so the state holds η-scaled steps and λ is not scaled by η.
   lr_mid_chain: bool = False
+  # Storage dtypes the optimizer fixes whatever the params' (e.g. lookahead's
+  # float32 slow weights of bf16 params).
+  fixed_state_dtypes: tuple = ()
 
   def make(self, learning_rate: Any = LR, **overrides):
     return self.factory(learning_rate, **{**self.kwargs, **overrides})
@@ -98,9 +101,7 @@ class Case(NamedTuple):
         for k in ("mu_dtype", "nu_dtype")
         if self.kwargs.get(k) is not None
     }
-    if self.factory is lookahead_adamw:  # float32 slow weights of bf16 params
-      dtypes.add(jnp.dtype(jnp.float32))
-    return dtypes
+    return dtypes | {jnp.dtype(d) for d in self.fixed_state_dtypes}
 
 
 def lookahead_adamw(learning_rate, b1=0.9, weight_decay=1e-4):
@@ -152,7 +153,8 @@ CASES = [
          dict(weight_decay=1e-2, mask=_decay_matrices, trust_coefficient=1.0),
          static_args=("mask",), lr_mid_chain=True),
     Case("lamb", go.lamb, dict(weight_decay=1e-2)),
-    Case("lookahead", lookahead_adamw, dict(weight_decay=1e-2)),
+    Case("lookahead", lookahead_adamw, dict(weight_decay=1e-2),
+         fixed_state_dtypes=(jnp.float32,)),
     Case(
         "muon",
         go.muon,
