@@ -32,9 +32,8 @@ import jax
 import numpy as np
 import torch
 import torch.nn.functional as F
-from torch import nn
-
 from _main_job import load_char_lm
+from torch import nn
 
 
 class Block(nn.Module):
@@ -178,7 +177,8 @@ def main(argv=None):
   rows = []
   for seed in (int(s) for s in args.seeds.split(",")):
     losses = run_seed(char_lm, seed, args.steps, options)
-    ratio = lambda lib: losses[f"{lib} adam_mini"][0] / losses[f"{lib} adamw"][0]
+    ratio = lambda lib, losses=losses: (
+        losses[f"{lib} adam_mini"][0] / losses[f"{lib} adamw"][0])
     rows.append((seed, losses, ratio("gradtx"), ratio("torch")))
   names = list(rows[0][1])
   print("\nfinal train loss (val loss); ratio = adam_mini / adamw, train loss\n")

@@ -40,13 +40,11 @@ import time
 
 import jax
 import jax.numpy as jnp
-import numpy as np
 import optax
+from _main_job import load_char_lm
 from flax import nnx
 
 from gradtx import transforms as gt
-
-from _main_job import load_char_lm
 
 NEVER = 10**9  # precondition_every that refreshes at step 1 only
 
@@ -61,7 +59,7 @@ VARIANTS = {
     "shampoo no refresh": ("shampoo", dict(precondition_every=NEVER)),
     "shampoo every 10 (no grafting)": ("shampoo", dict(grafting=None)),
     "shampoo every 10 (newton)": ("shampoo", dict(root_method="newton",
-                                                 relative_eps=1e-6)),
+                                                 relative_damping=1e-6)),
     "soap every 10": ("soap", {}),
     "soap no refresh": ("soap", dict(precondition_every=NEVER)),
 }
@@ -158,7 +156,7 @@ def time_roots(params, grads, block_sizes, rounds: int) -> dict:
   """Seconds for all eigh inverse roots of the Shampoo state, per block size."""
   results = {}
   for block_size in block_sizes:
-    tx = gt.kronecker_precondition(b2=0.99, block_size=block_size)
+    tx = gt.kronecker_precondition(precondition_b2=0.99, block_size=block_size)
     _, state = jax.jit(tx.update)(grads, tx.init(params))
     stacks = []
     for left, right in zip(jax.tree.leaves(state.left_stats),
@@ -166,8 +164,8 @@ def time_roots(params, grads, block_sizes, rounds: int) -> dict:
       p = 2 * ((left.size > 0) + (right.size > 0))
       stacks += [(s, p) for s in (left, right) if s.size]
     exponents = [p for _, p in stacks]
-    fn = jax.jit(lambda mats: [gt.inverse_pth_root(s, p, eps=1e-6)
-                               for s, p in zip(mats, exponents)])
+    fn = jax.jit(lambda mats, exponents=exponents: [
+        gt.inverse_pth_root(s, p, damping=1e-6) for s, p in zip(mats, exponents)])
     mats = [s for s, _ in stacks]
     jax.block_until_ready(fn(mats))
     samples = []

@@ -26,11 +26,10 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 import optax
+import step_time
 
 from gradtx import optimizers as go
 from gradtx import transforms as gt
-
-import step_time
 
 ANCHOR = "adamw"
 LEARNING_RATE = 1e-3
@@ -45,7 +44,7 @@ OPTIMIZERS: dict[str, Callable[[], optax.GradientTransformation]] = {
     ),
     "adamw_8bit": lambda: go.adamw_8bit(LEARNING_RATE),
     "adafactor": lambda: go.adafactor(),
-    "adafactor+m8": lambda: go.adafactor(momentum=0.9, mu_dtype="int8"),
+    "adafactor+m8": lambda: go.adafactor(b1=0.9, mu_dtype="int8"),
     "adam_mini": lambda: go.adam_mini(LEARNING_RATE, num_heads=NUM_HEADS),
     "lion": lambda: go.lion(LEARNING_RATE / 10),
 }

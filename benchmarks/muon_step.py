@@ -101,7 +101,7 @@ def run(d: int, layers: int, rounds: int) -> dict:
 
 def report(times: dict, flops: float, rate: float) -> None:
   anchor = min(times["optax.contrib.muon"])
-  print(f"| implementation | min ms | median ms | ratio to optax (min) | roofline |")
+  print("| implementation | min ms | median ms | ratio to optax (min) | roofline |")
   print("|---|---|---|---|---|")
   for name, ts in times.items():
     best = min(ts)

@@ -25,6 +25,7 @@ import subprocess
 import time
 from typing import Callable, NamedTuple, Sequence
 
+import _variants
 import jax
 import jax.numpy as jnp
 import numpy as np
@@ -32,8 +33,6 @@ import optax
 import torch
 
 from gradtx import optimizers as go
-
-import _variants
 
 BYTES_PER_PARAM = 28
 LEARNING_RATE = 1e-3
@@ -254,7 +253,8 @@ def machine_summary() -> str:
   try:
     lscpu = subprocess.run(["lscpu"], capture_output=True, text=True).stdout
     model = next(
-        (l.split(":", 1)[1].strip() for l in lscpu.splitlines() if l.startswith("Model name")),
+        (line.split(":", 1)[1].strip() for line in lscpu.splitlines()
+         if line.startswith("Model name")),
         platform.processor(),
     )
   except OSError:

@@ -19,12 +19,11 @@ from typing import Callable
 
 import jax
 import jax.numpy as jnp
+import memory
 import optax
+import step_time
 
 from gradtx import optimizers as go
-
-import memory
-import step_time
 
 LR = 1e-3
 

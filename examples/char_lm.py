@@ -96,7 +96,7 @@ OPTIMIZERS: dict[str, Callable[[int], optax.GradientTransformation]] = {
     # arguments (precondition_every, block_size, ...) are passed on, for
     # benchmarks/kron_step.py and benchmarks/char_lm_lr_grid.py.
     "shampoo": lambda n, **kw: go.shampoo(warmup_cosine(9e-3, n), **{
-        "b2": 0.99, "graft_b2": 0.99, "nesterov": True, "weight_decay": 0.1,
+        "precondition_b2": 0.99, "b2": 0.99, "nesterov": True, "weight_decay": 0.1,
         "mask": matrices, **kw}),
     "soap": lambda n, **kw: go.soap(
         warmup_cosine(1.2e-2, n), weight_decay=0.1, mask=matrices, **kw),
@@ -113,14 +113,14 @@ OPTIMIZERS: dict[str, Callable[[int], optax.GradientTransformation]] = {
         num_heads=4),
     "adafactor": lambda n: go.adafactor(
         warmup_cosine(6e-3, n), min_dim_size_to_factor=32,
-        multiply_by_parameter_scale=False, momentum=0.9),
+        multiply_by_parameter_scale=False, b1=0.9),
     # Large-batch methods, peak lr best of a grid at the default (small)
     # batch: lamb 3e-3..1.2e-2, lars 0.25..10 (benchmarks/RESULTS.md).
     "lamb": lambda n: go.lamb(
         warmup_cosine(6e-3, n), b2=0.99, weight_decay=0.1, mask=matrices),
     "lars": lambda n: go.lars(
         warmup_cosine(2.5, n), momentum=0.9, weight_decay=1e-4,
-        mask=matrices),
+        mask=matrices, trust_ratio_mask=matrices),
     # Wrappers around the adamw entry. SAM takes two gradients a step.
     "sam": lambda n: go.sam(OPTIMIZERS["adamw"](n), rho=0.05),
     # k = 5 divides the default 400 steps: the final weights are slow ones.

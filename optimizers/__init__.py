@@ -3,53 +3,43 @@
 >>> from gradtx import optimizers as go
 """
 
-from gradtx.optimizers.adaptive import adabelief
-from gradtx.optimizers.adaptive import adagrad
-from gradtx.optimizers.adaptive import adam
-from gradtx.optimizers.adaptive import adamw
-from gradtx.optimizers.adaptive import rmsprop
-from gradtx.optimizers.muon import is_hidden_matrix
-from gradtx.optimizers.muon import muon
+from gradtx.optimizers.adabelief import adabelief
+from gradtx.optimizers.adafactor import adafactor, relative_step_size
+from gradtx.optimizers.adagrad import adagrad
+from gradtx.optimizers.adam import adam, adamw, adamw_8bit
+from gradtx.optimizers.adam_mini import adam_mini
+from gradtx.optimizers.lookahead import LookaheadState, lookahead
+from gradtx.optimizers.muon import is_hidden_matrix, muon
+from gradtx.optimizers.rmsprop import rmsprop
+from gradtx.optimizers.sam import SamState, sam
 from gradtx.optimizers.sgd import sgd
-from gradtx.optimizers.sign import lion
-from gradtx.optimizers.sign import signsgd
-from gradtx.optimizers.sign import tiger
 from gradtx.optimizers.shampoo import shampoo
-from gradtx.optimizers.shampoo import soap
-from gradtx.optimizers.memory import adafactor
-from gradtx.optimizers.memory import adam_mini
-from gradtx.optimizers.memory import adamw_8bit
-from gradtx.optimizers.memory import relative_step_size
-from gradtx.optimizers.large_batch import lamb
-from gradtx.optimizers.large_batch import lars
-from gradtx.optimizers.lookahead import LookaheadState
-from gradtx.optimizers.lookahead import lookahead
-from gradtx.optimizers.sam import SamState
-from gradtx.optimizers.sam import sam
-
+from gradtx.optimizers.sign import lion, signsgd, tiger
+from gradtx.optimizers.soap import soap
+from gradtx.optimizers.trust_ratio import lamb, lars
 
 __all__ = [
+    "LookaheadState",
+    "SamState",
     "adabelief",
+    "adafactor",
     "adagrad",
     "adam",
-    "adamw",
-    "is_hidden_matrix",
-    "lion",
-    "muon",
-    "rmsprop",
-    "sgd",
-    "signsgd",
-    "tiger",
-    "shampoo",
-    "soap",
-    "adafactor",
     "adam_mini",
+    "adamw",
+    "adamw_8bit",
+    "is_hidden_matrix",
     "lamb",
     "lars",
-    "LookaheadState",
+    "lion",
     "lookahead",
-    "SamState",
-    "sam",
-    "adamw_8bit",
+    "muon",
     "relative_step_size",
+    "rmsprop",
+    "sam",
+    "sgd",
+    "shampoo",
+    "signsgd",
+    "soap",
+    "tiger",
 ]

@@ -6,8 +6,8 @@ import jax
 import jax.numpy as jnp
 import optax
 
-from gradtx.transforms import _tree
-from gradtx.transforms import _validate
+from gradtx._internal import tree as _tree
+from gradtx._internal import validate as _validate
 
 
 class LookaheadState(NamedTuple):
@@ -27,9 +27,9 @@ class LookaheadState(NamedTuple):
 
 def lookahead(
     base: optax.GradientTransformation,
+    *,
     sync_period: int = 6,
     slow_step_size: float = 0.5,
-    *,
     reset_state: bool = False,
 ) -> optax.GradientTransformationExtraArgs:
   r"""Lookahead around a base optimizer, over ordinary parameters.
@@ -99,10 +99,14 @@ def lookahead(
   base = optax.with_extra_args_support(base)
 
   def init_fn(params):
-    # A copy, not an alias: donating the params must not free the state.
-    slow = jax.tree.map(
-        lambda p: jnp.array(p, _tree.compute_dtype(p), copy=True), params
-    )
+    # A copy, not an alias: donating the params must not free the state. Of
+    # abstract params (jax.ShapeDtypeStruct) only the shape and dtype exist.
+    def copy(p):
+      if isinstance(p, jax.ShapeDtypeStruct):
+        return jnp.zeros_like(p, _tree.compute_dtype(p))
+      return jnp.array(p, _tree.compute_dtype(p), copy=True)
+
+    slow = jax.tree.map(copy, params)
     return LookaheadState(jnp.zeros([], jnp.int32), slow, base.init(params))
 
   def update_fn(updates, state, params=None, **extra_args):
@@ -112,7 +116,7 @@ def lookahead(
       )
     updates, inner_state = base.update(
         updates, state.inner_state, params, **extra_args)
-    count = _tree.increment(state.count)
+    count = optax.safe_increment(state.count)
     sync = count % sync_period == 0
 
     def synced_leaf(u, p, s):

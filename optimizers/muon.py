@@ -6,55 +6,59 @@ import jax
 import optax
 
 from gradtx import transforms as gt
-from gradtx.optimizers.adaptive import adamw
-from gradtx.transforms import _tree
-from gradtx.transforms import _validate
+from gradtx._internal import names as _names
+from gradtx._internal import validate as _validate
+from gradtx.optimizers.adam import adamw
+from gradtx.transforms import matrix_view as _matrix_view
+from gradtx.transforms.weight_decay import MaskOrFn
 
 PathLeafRule = Callable[[tuple, jax.Array], bool]
-_NON_HIDDEN_NAMES = ("embed", "position", "wte", "wpe", "logits", "readout")
 
 
-def is_hidden_matrix(path: tuple, leaf: jax.Array) -> bool:
+def is_hidden_matrix(
+    path: tuple, leaf: jax.Array, *,
+    matrix_view: Optional[gt.MatrixViewRule] = None,
+) -> bool:
   """gradtx's default Muon routing rule.
 
-  A leaf goes to Muon when it has 2 to 4 dimensions (a dense kernel, a stack
-  of them, or a convolution kernel) and no key on its path names an
-  embedding or an output head: a name containing ``"embed"`` (``embedding``,
-  ``tok_embed``, ``unembed``), ``"position"`` (learned positions), ``"wte"``,
-  ``"wpe"``, ``"logits"`` or ``"readout"``, or ending in ``"head"``
-  (``lm_head``, ``head``). Everything
-  else (biases, norm scales, embeddings, heads) goes to AdamW. Misrouting an
-  embedding or head to Muon raises no error, only trains worse (Jordan 2024;
-  optax's default labels every 2-D leaf as Muon).
+  A leaf goes to Muon when it has a matrix view (``gt.flax_matrix_view``, or
+  ``matrix_view``: dense and convolution kernels, attention projections;
+  not biases, norm scales, 1-D or empty leaves) and no key on its path names
+  an embedding or an output head: a name containing ``"embed"``
+  (``embedding``, ``tok_embed``), ``"position"`` (learned positions),
+  ``"wte"``, ``"wpe"``, ``"unembed"``, ``"logits"`` or ``"readout"``, or
+  ending in ``"head"`` (``lm_head``, ``head``). Everything else goes to
+  AdamW. Misrouting an embedding or head to Muon raises no error, only
+  trains worse (Jordan 2024; optax's default labels every 2-D leaf as Muon).
   """
-  if not 2 <= leaf.ndim <= 4:
+  if _matrix_view.view_of(path, leaf, matrix_view) is None:
     return False
-  names = _tree.path_names(path)
-  return not any(
-      any(n in name for n in _NON_HIDDEN_NAMES) or name.endswith("head")
-      for name in names
-  )
+  names = _names.path_names(path)
+  return not (_names.is_embedding(names) or _names.is_output_head(names))
 
 
 def muon(
     learning_rate: optax.ScalarOrSchedule,
+    *,
     beta: float = 0.95,
     nesterov: bool = True,
     ns_steps: int = 5,
     coefficients: gt.Coefficients = "jordan",
     weight_decay: optax.ScalarOrSchedule = 0.0,
+    mask: MaskOrFn = None,
     scale: Optional[str] = "jordan",
     compute_dtype: Optional[Any] = None,
-    *,
     eps: float = 1e-7,
     method: str = "standard",
-    batch_same_shape: bool = False,
-    is_muon_param: PathLeafRule = is_hidden_matrix,
+    matrix_view: Optional[gt.MatrixViewRule] = None,
+    is_muon_param: Optional[PathLeafRule] = None,
     adam_learning_rate: Optional[optax.ScalarOrSchedule] = None,
     adam_b1: float = 0.9,
     adam_b2: float = 0.999,
     adam_eps: float = 1e-8,
     adam_weight_decay: Optional[optax.ScalarOrSchedule] = None,
+    mu_dtype: Optional[Any] = None,
+    nu_dtype: Optional[Any] = None,
 ) -> optax.GradientTransformation:
   r"""Muon for hidden matrices, AdamW for every other leaf.
 
@@ -65,23 +69,50 @@ def muon(
     O_t = \operatorname{NS}(β m_t + (1-β) g_t),\quad
     W \leftarrow W - η_t (s\, O_t + λ W)
 
-  where NS is ``gt.orthogonalize_newton_schulz`` (≈ msign = UVᵀ) and s is
-  ``scale``: ``"jordan"`` sqrt(max(1, fan_out/fan_in)) (the reference's
-  sqrt(max(1, rows/cols)) in PyTorch's (out, in) layout), ``"moonlight"``
-  0.2·sqrt(max(fan_in, fan_out)) (matches AdamW's update RMS, so AdamW's
-  learning rate and weight decay transfer), or ``None``. ``nesterov=False``
-  orthogonalizes :math:`m_t` itself. Convolution kernels are orthogonalized
-  as (kh·kw·fan_in, fan_out) matrices; 3-D leaves as stacks of matrices.
-  ``ns_steps``, ``coefficients``, ``eps``, ``compute_dtype``, ``method`` and
-  ``batch_same_shape`` are passed to ``gt.orthogonalize_newton_schulz``.
+  where NS is ``gt.orthogonalize_newton_schulz`` (≈ msign = UVᵀ) of each
+  matrix of the leaf's matrix view and s is ``scale``: ``"jordan"``
+  sqrt(max(1, fan_out/fan_in)) (the reference's sqrt(max(1, rows/cols)) in
+  PyTorch's (out, in) layout), ``"moonlight"`` 0.2·sqrt(max(fan_in, fan_out))
+  (matches AdamW's update RMS, so AdamW's learning rate and weight decay
+  transfer), or ``None``. ``nesterov=False`` orthogonalizes :math:`m_t`
+  itself. Convolution kernels are orthogonalized as (kh·kw·fan_in, fan_out)
+  matrices, attention query/key/value kernels (in, heads, head_dim) as
+  (in, heads·head_dim); declare scanned layer stacks with
+  ``matrix_view=gt.stacked_matrix_view()``.
 
-  Which leaves are "hidden matrices" is decided by ``is_muon_param(path,
-  leaf)``, by default ``is_hidden_matrix``: 2–4-D leaves whose path names no
-  embedding or output head. The rest get ``adamw(adam_learning_rate, adam_b1,
-  adam_b2, adam_eps, adam_weight_decay)``; ``adam_learning_rate`` and
-  ``adam_weight_decay`` default to ``learning_rate`` and ``weight_decay``
-  (right for ``scale="moonlight"``; with ``scale="jordan"`` set an AdamW-sized
-  ``adam_learning_rate``).
+  The other leaves get ``adamw(adam_learning_rate, b1=adam_b1, b2=adam_b2,
+  eps=adam_eps, weight_decay=adam_weight_decay)``; ``adam_learning_rate``
+  and ``adam_weight_decay`` default to ``learning_rate`` and ``weight_decay``
+  (right for ``scale="moonlight"``; with ``scale="jordan"`` set an
+  AdamW-sized ``adam_learning_rate``).
+
+  Args:
+    learning_rate: η, a non-negative number or a schedule.
+    beta: β, the momentum's EMA decay, in [0, 1) (the API's name for it).
+    nesterov: orthogonalize the look-ahead :math:`β m_t + (1-β) g_t`.
+    ns_steps: Newton–Schulz iterations, >= 1 (may be traced).
+    coefficients: ``"jordan"``, ``"polar_express"``, ``"cubic"`` or (a, b, c)
+      triples (``gt.orthogonalize_newton_schulz``).
+    weight_decay: λ, decoupled, >= 0, or a schedule.
+    mask: which leaves get the decay, on both the Muon and the AdamW side
+      (``optax.masked`` semantics); ``None``: every leaf.
+    scale: ``"jordan"``, ``"moonlight"`` or ``None``.
+    compute_dtype: dtype of the iterations (e.g. ``jnp.bfloat16``).
+    eps: added to the Frobenius norm before the iterations, >= 0.
+    method: ``"standard"`` or ``"gram"`` Newton–Schulz.
+    matrix_view: the matrix-view rule (``gt.flax_matrix_view`` by default).
+    is_muon_param: the routing rule, a function of ``(path, leaf)``;
+      ``None``: ``is_hidden_matrix`` with ``matrix_view``.
+    adam_learning_rate: η of the AdamW leaves; ``None``: ``learning_rate``.
+    adam_b1: AdamW's b1, in [0, 1).
+    adam_b2: AdamW's b2, in [0, 1).
+    adam_eps: AdamW's eps, >= 0.
+    adam_weight_decay: AdamW's λ; ``None``: ``weight_decay``.
+    mu_dtype: storage of the momentum (and AdamW's first moment).
+    nu_dtype: storage of AdamW's second moment.
+
+  Returns:
+    An ``optax.GradientTransformation`` (an ``optax.multi_transform``).
 
   Reference: Jordan et al., "Muon: An optimizer for hidden layers in neural
   networks", 2024; Liu et al., "Muon is Scalable for LLM Training",
@@ -96,24 +127,24 @@ def muon(
     if value is not None:
       _validate.check_scalar_or_schedule(name, value)
   hidden = optax.chain(
-      gt.ema(beta, nesterov=nesterov),
-      gt.on_matrix_views(
-          optax.chain(
-              gt.orthogonalize_newton_schulz(
-                  ns_steps, coefficients, eps=eps, compute_dtype=compute_dtype,
-                  method=method, batch_same_shape=batch_same_shape,
-              ),
-              gt.scale_by_matrix_shape(scale),
-          )
+      gt.ema(beta, nesterov=nesterov, mu_dtype=mu_dtype),
+      gt.orthogonalize_newton_schulz(
+          ns_steps, coefficients, eps=eps, compute_dtype=compute_dtype,
+          method=method, matrix_view=matrix_view,
       ),
-      gt.decoupled_weight_decay(weight_decay),
+      gt.scale_by_matrix_shape(scale, matrix_view=matrix_view),
+      gt.decoupled_weight_decay(weight_decay, mask),
       gt.scale_by_learning_rate(learning_rate),
   )
   other = adamw(
       learning_rate if adam_learning_rate is None else adam_learning_rate,
-      adam_b1, adam_b2, adam_eps,
-      weight_decay if adam_weight_decay is None else adam_weight_decay,
+      b1=adam_b1, b2=adam_b2, eps=adam_eps,
+      weight_decay=weight_decay if adam_weight_decay is None else adam_weight_decay,
+      mask=mask, mu_dtype=mu_dtype, nu_dtype=nu_dtype,
   )
+  if is_muon_param is None:
+    def is_muon_param(path, leaf):
+      return is_hidden_matrix(path, leaf, matrix_view=matrix_view)
 
   def labels(params):
     return jax.tree_util.tree_map_with_path(

@@ -6,8 +6,8 @@ import jax
 import jax.numpy as jnp
 import optax
 
-from gradtx.transforms import _tree
-from gradtx.transforms import _validate
+from gradtx._internal import tree as _tree
+from gradtx._internal import validate as _validate
 
 
 class SamState(NamedTuple):
@@ -34,8 +34,8 @@ def _perturbed_params(grads, params, rho, adaptive: bool, eta, eps) -> Any:
 
 def sam(
     base: optax.GradientTransformation,
-    rho: float = 0.05,
     *,
+    rho: float = 0.05,
     adaptive: bool = False,
     eta: float = 0.0,
     eps: float = 1e-12,

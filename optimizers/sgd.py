@@ -5,21 +5,23 @@ from typing import Any, Optional
 import optax
 
 from gradtx import transforms as gt
+from gradtx.transforms.weight_decay import MaskOrFn
 
 
 def sgd(
     learning_rate: optax.ScalarOrSchedule,
+    *,
     momentum: float = 0.0,
     nesterov: bool = False,
-    weight_decay: float = 0.0,
-    *,
+    weight_decay: optax.ScalarOrSchedule = 0.0,
+    mask: MaskOrFn = None,
     dampening: float = 0.0,
     mu_dtype: Optional[Any] = None,
 ) -> optax.GradientTransformation:
   r"""SGD with coupled L2 decay and heavy-ball / Nesterov momentum.
 
   .. math::
-    g'_t = g_t + λ p_t,\quad m_t = μ m_{t-1} + (1-d) g'_t,\quad
+    g'_t = g_t + λ_t p_t,\quad m_t = μ m_{t-1} + (1-d) g'_t,\quad
     p_{t+1} = p_t - η_t \cdot (m_t \;\text{or}\; g'_t + μ m_t)
 
   ``torch.optim.SGD``'s rule. ``momentum=0`` keeps no state.
@@ -28,9 +30,15 @@ def sgd(
     learning_rate: η, a non-negative number or a schedule.
     momentum: μ, in [0, 1).
     nesterov: use the Nesterov look-ahead.
-    weight_decay: λ, the coupled L2 coefficient, >= 0.
+    weight_decay: λ, the coupled L2 coefficient, >= 0, or a schedule.
+    mask: which leaves get the decay (a pytree of booleans or a callable,
+      ``optax.masked`` semantics); ``None``: every leaf.
     dampening: d, in [0, 1).
-    mu_dtype: dtype of the momentum buffer.
+    mu_dtype: storage of the momentum buffer (a dtype, ``"int8"``,
+      ``gt.StochasticBfloat16()``; see ``gt.scale_by_adam``).
+
+  Returns:
+    An ``optax.GradientTransformation``.
 
   Example:
     >>> import jax.numpy as jnp, optax
@@ -40,9 +48,13 @@ def sgd(
     >>> updates, _ = tx.update(jnp.ones(2), tx.init(params), params)
     >>> optax.apply_updates(params, updates)
     Array([0.9, 0.9], dtype=float32)
+
+  Reference: Robbins & Monro 1951; Polyak 1964 (heavy ball); Sutskever et
+  al., ICML 2013 (Nesterov form); ``torch.optim.SGD``.
   """
   return optax.chain(
-      gt.coupled_weight_decay(weight_decay),
-      gt.momentum(momentum, nesterov, dampening=dampening, mu_dtype=mu_dtype),
+      gt.coupled_weight_decay(weight_decay, mask),
+      gt.momentum(momentum, nesterov=nesterov, dampening=dampening,
+                  mu_dtype=mu_dtype),
       gt.scale_by_learning_rate(learning_rate),
   )

@@ -44,12 +44,12 @@ The SOAP runner returns dicts of float64 arrays, the Shampoo runner arrays.
 
 from typing import Callable, Dict, List, Optional, Union
 
+import adam_mini  # the official Adam-mini package
 import jax
 import jax.numpy as jnp
 import numpy as np
 import optax
 import torch
-import adam_mini  # the official Adam-mini package
 
 Params = Dict[str, np.ndarray]
 Trajectory = List[Params]
@@ -606,7 +606,8 @@ class LeastSquaresProblem:
 # --- memory-lean optimizers: 8-bit states, Adam-mini ------------------------
 
 
-def bnb_dynamic_map(signed: bool = True, max_exponent_bits: int = 7, total_bits: int = 8) -> np.ndarray:
+def bnb_dynamic_map(
+    signed: bool = True, max_exponent_bits: int = 7, total_bits: int = 8) -> np.ndarray:
   data = []
   non_sign_bits = total_bits - 1
   additional_items = 2 ** (non_sign_bits - max_exponent_bits) - 1

@@ -1,8 +1,8 @@
 """The docstring examples of every gradtx module, and README.md's code, run as shown."""
 
 import doctest
-import math
 import importlib
+import math
 import pathlib
 import re
 

@@ -1,7 +1,7 @@
-"""Executes every notebook under notebooks/; a cell that raises (an assert included) fails the test.
+"""Executes every notebook under notebooks/; a cell that raises (an assert too) fails the test.
 
-The kernel is started with this interpreter (``sys.executable``), not through an installed kernelspec,
-so the notebook sees the same environment, and the same gradtx, as pytest.
+The kernel is started with this interpreter (``sys.executable``), not through an installed
+kernelspec, so the notebook sees the same environment, and the same gradtx, as pytest.
 """
 
 import pathlib

@@ -1,6 +1,9 @@
-"""The namespace-package layout: gradtx.transforms and gradtx.optimizers import
-both from the editable install (the source tree) and from a built wheel."""
+"""The package layout: ``import gradtx`` gives both subpackages and the version,
+from the editable install (the source tree) and from a built wheel; the
+top-level folders transforms/ and optimizers/ are gradtx.transforms and
+gradtx.optimizers, and gradtx/_internal holds what both share."""
 
+import importlib.metadata
 import pathlib
 import subprocess
 import sys
@@ -10,9 +13,10 @@ import pytest
 
 ROOT = pathlib.Path(__file__).resolve().parents[1]
 PROBE = (
-    "import gradtx.transforms as gt, gradtx.optimizers as go, gradtx;"
-    "print(gt.__file__); print(go.__file__); print(list(gradtx.__path__));"
-    "assert callable(go.adamw) and callable(gt.scale_by_adam)"
+    "import gradtx;"
+    "print(gradtx.transforms.__file__); print(gradtx.optimizers.__file__);"
+    "print(gradtx.__version__);"
+    "assert callable(gradtx.optimizers.adamw) and callable(gradtx.transforms.scale_by_adam)"
 )
 
 
@@ -28,9 +32,10 @@ def _probe(env_path: str | None, cwd: pathlib.Path) -> list[str]:
 
 
 def test_installed_package_resolves_to_the_source_tree(tmp_path):
-  transforms_file, optimizers_file, _ = _probe(None, tmp_path)
+  transforms_file, optimizers_file, version = _probe(None, tmp_path)
   assert pathlib.Path(transforms_file).parent == ROOT / "transforms"
   assert pathlib.Path(optimizers_file).parent == ROOT / "optimizers"
+  assert version == importlib.metadata.version("gradtx")
 
 
 @pytest.fixture(scope="module")
@@ -45,17 +50,17 @@ def wheel(tmp_path_factory):
   return path
 
 
-def test_wheel_contains_namespace_layout(wheel):
+def test_wheel_contains_the_package_layout(wheel):
   names = zipfile.ZipFile(wheel).namelist()
-  assert "gradtx/transforms/__init__.py" in names
-  assert "gradtx/optimizers/__init__.py" in names
-  assert "gradtx/__init__.py" not in names  # a namespace package
+  for package in ("gradtx", "gradtx/_internal", "gradtx/transforms", "gradtx/optimizers"):
+    assert f"{package}/__init__.py" in names
   assert not any(n.startswith(("tests/", "examples/", "benchmarks/")) for n in names)
 
 
 def test_wheel_imports_from_its_own_files(wheel, tmp_path):
   target = tmp_path / "site"
   zipfile.ZipFile(wheel).extractall(target)
-  transforms_file, optimizers_file, _ = _probe(str(target), tmp_path)
+  transforms_file, optimizers_file, version = _probe(str(target), tmp_path)
+  assert version == importlib.metadata.version("gradtx")
   assert transforms_file.startswith(str(target))
   assert optimizers_file.startswith(str(target))

@@ -16,10 +16,13 @@ import jax.numpy as jnp
 import numpy as np
 import optax
 
-from gradtx.transforms import _sharding
-from gradtx.transforms import _tree
-from gradtx.transforms import _validate
+from gradtx._internal import names as _names
+from gradtx._internal import sharding as _sharding
+from gradtx._internal import tree as _tree
+from gradtx._internal import validate as _validate
+from gradtx.transforms import matrix_view as _matrix_view
 from gradtx.transforms import state_format
+from gradtx.transforms.matrix_view import MatrixViewRule
 
 
 @dataclasses.dataclass(frozen=True)
@@ -68,40 +71,42 @@ class Blocks:
 
 PartitionRule = Callable[[tuple, jax.Array], Blocks]
 
-_EMBEDDING_NAMES = ("embed", "embd", "wte", "wpe")
-_QUERY_KEY_NAMES = ("q", "k", "wq", "wk")
-_QUERY_KEY_PARTS = (
-    "query", "key", "q_proj", "k_proj", "qkv", "c_attn", "in_proj"
-)
-
 
 def adam_mini_blocks(
-    path: tuple, leaf: jax.Array, num_heads: Optional[int] = None
+    path: tuple,
+    leaf: jax.Array,
+    num_heads: Optional[int] = None,
+    *,
+    matrix_view: Optional[MatrixViewRule] = None,
 ) -> Blocks:
-  """gradtx's default Adam-mini partition, from a leaf's path and shape.
+  """gradtx's default Adam-mini partition, from a leaf's path and matrix view.
 
-  For flax's (fan_in, ..., fan_out) kernel layout, in this order:
+  With the leaf's rows (fan-in) and columns (fan-out) read from its matrix
+  view (``gt.flax_matrix_view`` unless ``matrix_view`` is given), in this
+  order:
 
-  * 0- and 1-D leaves: one block per element when a name on the path
-    contains ``"bias"`` (the official code runs Adam on biases), else one
-    block for the whole leaf (norm scales);
-  * a name containing ``"embed"``, ``"embd"``, ``"wte"`` or ``"wpe"`` (but
-    not ``"unembed"``): one block per row, i.e. per token;
+  * leaves without a view (0- and 1-D leaves, biases and norm scales of
+    any shape, empty leaves): one block per element when a name on the
+    path contains ``"bias"`` (the official code runs Adam on biases) or the
+    leaf is empty, else one block for the whole leaf (norm scales);
+  * an embedding (a name containing ``"embed"``, ``"embd"``, ``"wte"``,
+    ``"wpe"`` or ``"position"``, but not an output head such as
+    ``"unembed"``): one block per row, i.e. per token or position;
   * with ``num_heads`` given, query and key projections (a name equal to
     ``q``, ``k``, ``wq`` or ``wk``, or containing ``query``, ``key``,
     ``q_proj``, ``k_proj``, ``qkv``, ``c_attn`` or ``in_proj``): one block
-    per head. A 2-D kernel's columns are cut into heads of
-    fan_in / num_heads columns, so a fused (d, 3d) QKV kernel gets 3·heads
-    blocks (its value heads included: the paper and the official code give
-    values one block per output neuron, but a ``Blocks`` cannot mix the two
-    in one leaf; the official code, matching names, would give a fused
-    ``qkv`` one block for the whole tensor); a kernel with 3 or more axes
-    is taken as (fan_in, heads, head_dim);
+    per head. A view whose columns are (heads, head_dim) axes (flax's
+    MultiHeadAttention) gets one block per index of the heads axis; a 2-D
+    kernel's columns are cut into heads of fan_in / num_heads columns, so a
+    fused (d, 3d) QKV kernel gets 3·heads blocks (its value heads included:
+    the paper and the official code give values one block per output
+    neuron, but a ``Blocks`` cannot mix the two in one leaf; the official
+    code, matching names, would give a fused ``qkv`` one block for the whole
+    tensor);
   * everything else (value and output projections, MLPs, output heads,
-    convolutions): one block per output neuron, the last axis. The
-    official code gives a 2-D weight its names do not match one block for
-    the whole tensor; this rule is finer (a learned position table named
-    e.g. ``position`` gets one block per feature column).
+    convolutions): one block per output neuron, i.e. per column of the
+    view. The official code gives a 2-D weight its names do not match one
+    block for the whole tensor; this rule is finer.
 
   Wrap it or write another rule for other layouts, e.g.
   ``lambda path, leaf: gt.Blocks.per_element(leaf.shape)`` is Adam.
@@ -111,29 +116,27 @@ def adam_mini_blocks(
     leaf: the parameter (only its shape is used).
     num_heads: attention heads of the query/key projections, or ``None``
       to treat them like any other kernel.
+    matrix_view: the matrix-view rule that gives rows and columns.
 
   Returns:
     The leaf's ``Blocks``.
   """
   shape = tuple(jnp.shape(leaf))
-  names = _tree.path_names(path)
-  if len(shape) <= 1:
-    is_bias = any("bias" in n for n in names)
-    return Blocks.per_element(shape) if is_bias else Blocks.per_tensor(shape)
-  if any(
-      e in n and "unembed" not in n for n in names for e in _EMBEDDING_NAMES
-  ):
-    return Blocks.per_index(shape, 0)
-  is_query_key = any(n in _QUERY_KEY_NAMES for n in names) or any(
-      part in n for n in names for part in _QUERY_KEY_PARTS
-  )
-  if num_heads and is_query_key:
-    if len(shape) >= 3:
-      return Blocks.per_index(shape, -2)
+  names = _names.path_names(path)
+  view = _matrix_view.view_of(path, leaf, matrix_view)
+  if view is None:
+    per_element = any("bias" in n for n in names) or 0 in shape
+    return Blocks.per_element(shape) if per_element else Blocks.per_tensor(shape)
+  if _names.is_embedding(names):
+    return Blocks(shape, view.cols)
+  if num_heads and _names.is_query_key(names):
+    if len(view.cols) >= 2:
+      return Blocks(shape, view.rows + view.cols[1:])
     head_dim = shape[0] // num_heads
-    if head_dim and shape[0] % num_heads == 0 and shape[-1] % head_dim == 0:
+    if (len(shape) == 2 and head_dim and shape[0] % num_heads == 0
+        and shape[-1] % head_dim == 0):
       return Blocks.per_head(shape, head_dim)
-  return Blocks.per_index(shape, -1)
+  return Blocks(shape, view.rows)
 
 
 def _checked_blocks(rule: PartitionRule, path: tuple, leaf: Any) -> Blocks:
@@ -178,13 +181,14 @@ class ScaleByAdamMiniState(NamedTuple):
 
 
 def scale_by_adam_mini(
+    *,
     b1: float = 0.9,
     b2: float = 0.999,
     eps: float = 1e-8,
-    *,
     num_heads: Optional[int] = None,
     blocks: Optional[PartitionRule] = None,
     mu_dtype: Optional[Any] = None,
+    matrix_view: Optional[MatrixViewRule] = None,
 ) -> optax.GradientTransformation:
   r"""Adam with a second moment shared by each block of a partition.
 
@@ -210,6 +214,7 @@ def scale_by_adam_mini(
     blocks: the partition rule, a function of ``(path, leaf)`` returning
       ``Blocks``; default ``adam_mini_blocks`` with ``num_heads``.
     mu_dtype: storage of the first moment, as in ``scale_by_adam``.
+    matrix_view: the matrix-view rule of the default partition.
 
   Returns:
     An ``optax.GradientTransformation`` with state ``ScaleByAdamMiniState``.
@@ -230,7 +235,7 @@ def scale_by_adam_mini(
 
   def rule(path, leaf):
     if blocks is None:
-      return adam_mini_blocks(path, leaf, num_heads)
+      return adam_mini_blocks(path, leaf, num_heads, matrix_view=matrix_view)
     return blocks(path, leaf)
 
   def partition(tree):
@@ -241,7 +246,8 @@ def scale_by_adam_mini(
   def init_fn(params):
     (nu,) = _tree.map_statistics(
         lambda path, p: (jnp.zeros(
-            _checked_blocks(rule, path, p).nu_shape, _tree.compute_dtype(p)
+            _checked_blocks(rule, path, p).nu_shape,
+            _tree.real_dtype(_tree.compute_dtype(p)),
         ),),
         1, params, with_path=True,
     )
@@ -253,21 +259,22 @@ def scale_by_adam_mini(
 
   def update_fn(updates, state, params=None):
     del params
-    count = _tree.increment(state.count)
+    count = optax.safe_increment(state.count)
     seeds = None
     if state_format.needs_seed(mu_format):
       seeds = state_format.rounding_seeds(updates, count)
 
     def leaf(g, m, v, b, seed):
       dtype = _tree.compute_dtype(g)
+      real = _tree.real_dtype(dtype)
       # 1 − b is formed before the cast: 1 − float32(0.999) is off by 1e-5.
-      b1_, b2_ = jnp.asarray(b1, dtype), jnp.asarray(b2, dtype)
-      c1, c2 = jnp.asarray(1 - b1, dtype), jnp.asarray(1 - b2, dtype)
+      b1_, b2_ = jnp.asarray(b1, real), jnp.asarray(b2, real)
+      c1, c2 = jnp.asarray(1 - b1, real), jnp.asarray(1 - b2, real)
       g_ = g.astype(dtype)
       m_new = b1_ * state_format.load(m, dtype) + c1 * g_
-      g2 = jnp.square(blocked(g_, b))
+      g2 = _tree.abs_sq(blocked(g_, b))
       block_g2 = jnp.mean(g2, b.axes, keepdims=True)
-      v_new = b2_ * v.astype(dtype) + c2 * block_g2
+      v_new = b2_ * v.astype(real) + c2 * block_g2
       m_hat = m_new / _tree.bias_correction(b1, count, dtype)
       v_hat = v_new / _tree.bias_correction(b2, count, dtype)
       denominator = jnp.sqrt(v_hat) + eps

@@ -1,15 +1,15 @@
 """Adafactor's factored second moments: row and column statistics of g²."""
 
-from typing import Any, NamedTuple, Optional
+from typing import NamedTuple, Optional
 
 import jax
 import jax.numpy as jnp
 import numpy as np
 import optax
 
-from gradtx.transforms import _sharding
-from gradtx.transforms import _tree
-from gradtx.transforms import _validate
+from gradtx._internal import sharding as _sharding
+from gradtx._internal import tree as _tree
+from gradtx._internal import validate as _validate
 
 
 class ScaleByFactoredRmsState(NamedTuple):
@@ -52,8 +52,8 @@ def factored_axes(
 
 
 def scale_by_factored_rms(
-    decay_rate: float = 0.8,
     *,
+    decay_rate: float = 0.8,
     factored: bool = True,
     min_dim_size_to_factor: int = 128,
     eps: float = 1e-30,
@@ -63,7 +63,7 @@ def scale_by_factored_rms(
 
   With the step-dependent decay :math:`β_t = 1 - (t - t_0)^{-c}` (``c`` =
   ``decay_rate``, :math:`t_0` = ``decay_offset``; :math:`β_1 = 0`) and
-  :math:`G = g^2 + ε`, a leaf factored over rows i and columns j keeps
+  :math:`G = |g|^2 + ε`, a leaf factored over rows i and columns j keeps
 
   .. math::
     R_t = β_t R_{t-1} + (1-β_t) \operatorname{mean}_j G,\quad
@@ -112,7 +112,7 @@ def scale_by_factored_rms(
 
   def init_fn(params):
     def factors(p):
-      shape, dtype = jnp.shape(p), jnp.asarray(p).dtype
+      shape, dtype = jnp.shape(p), _tree.real_dtype(_tree.dtype_of(p))
       axes = axes_of(shape)
       if axes is None:
         return None, None
@@ -120,11 +120,12 @@ def scale_by_factored_rms(
       drop = lambda axis: shape[:axis] + shape[axis + 1 :]
       return jnp.zeros(drop(col), dtype), jnp.zeros(drop(row), dtype)
 
-    unfactored = lambda p: axes_of(jnp.shape(p)) is None
+    unfactored = lambda _, p: axes_of(jnp.shape(p)) is None
     return ScaleByFactoredRmsState(
         jnp.zeros([], jnp.int32),
         *_tree.map_statistics(factors, 2, params),
-        _tree.zeros_where(params, unfactored),
+        _tree.zeros_where(params, unfactored,
+                          lambda p: _tree.real_dtype(_tree.dtype_of(p))),
     )
 
   def update_fn(updates, state, params=None):
@@ -132,18 +133,19 @@ def scale_by_factored_rms(
 
     def leaf(g, v_row, v_col, v):
       dtype = _tree.compute_dtype(g)
-      t = jnp.maximum(state.count - decay_offset + 1, 1).astype(dtype)
-      beta = 1 - t ** -jnp.asarray(decay_rate, dtype)
+      real = _tree.real_dtype(dtype)
+      t = jnp.maximum(state.count - decay_offset + 1, 1).astype(real)
+      beta = 1 - t ** -jnp.asarray(decay_rate, real)
       g_ = g.astype(dtype)
-      g2 = g_ * g_ + eps
+      g2 = _tree.abs_sq(g_) + eps
       axes = axes_of(g.shape)
       if axes is None:
-        v_new = beta * v.astype(dtype) + (1 - beta) * g2
+        v_new = beta * v.astype(real) + (1 - beta) * g2
         u = g_ / jnp.sqrt(v_new)
         return u.astype(g.dtype), None, None, v_new.astype(v.dtype)
       row, col = axes
-      r = beta * v_row.astype(dtype) + (1 - beta) * jnp.mean(g2, axis=col)
-      c = beta * v_col.astype(dtype) + (1 - beta) * jnp.mean(g2, axis=row)
+      r = beta * v_row.astype(real) + (1 - beta) * jnp.mean(g2, axis=col)
+      c = beta * v_col.astype(real) + (1 - beta) * jnp.mean(g2, axis=row)
       row_in_r = row - (row > col)
       row_mean = jnp.mean(r, axis=row_in_r, keepdims=True)
       u = (
@@ -160,7 +162,7 @@ def scale_by_factored_rms(
         leaf, 4, updates, state.nu_row, state.nu_col, state.nu
     )
     return u, ScaleByFactoredRmsState(
-        _tree.increment(state.count), nu_row, nu_col, nu
+        optax.safe_increment(state.count), nu_row, nu_col, nu
     )
 
   return optax.GradientTransformation(init_fn, update_fn)

@@ -11,12 +11,11 @@ import jax
 import jax.numpy as jnp
 import optax
 
-from gradtx.transforms import _sharding
-from gradtx.transforms import _tree
-from gradtx.transforms import _validate
-from gradtx.transforms.kronecker import block_layout
-from gradtx.transforms.kronecker import from_blocks
-from gradtx.transforms.kronecker import to_blocks
+from gradtx._internal import sharding as _sharding
+from gradtx._internal import tree as _tree
+from gradtx._internal import validate as _validate
+from gradtx.transforms.kronecker import from_blocks, layouts_of, to_blocks
+from gradtx.transforms.matrix_view import MatrixViewRule
 
 
 class GraftState(NamedTuple):
@@ -32,6 +31,7 @@ def graft(
     *,
     block_size: Optional[int] = None,
     max_precondition_dim: int = 4096,
+    matrix_view: Optional[MatrixViewRule] = None,
 ) -> optax.GradientTransformation:
   r"""Layer-wise grafting: one transform's direction at another's step size.
 
@@ -47,6 +47,7 @@ def graft(
     direction: the transform that sets the direction (e.g. Shampoo).
     block_size: take norms per block of this size; ``None``: per leaf.
     max_precondition_dim: as in ``kronecker_precondition`` (blocks only).
+    matrix_view: as in ``kronecker_precondition`` (blocks only).
 
   Returns:
     An ``optax.GradientTransformation`` with state ``GraftState``.
@@ -63,9 +64,8 @@ def graft(
   def init_fn(params):
     return GraftState(magnitude.init(params), direction.init(params))
 
-  def leaf(m, d):
+  def leaf(m, d, layout):
     dtype = _tree.compute_dtype(d)
-    layout = block_layout(d.shape, block_size, max_precondition_dim)
     # Explicit meshes: the per-block views need the whole matrix (_sharding).
     m_, d_ = (_sharding.gather(a.astype(dtype)) for a in (m, d))
     if block_size is None or layout is None:
@@ -73,8 +73,8 @@ def graft(
     else:
       m_, d_ = to_blocks(m_, layout), to_blocks(d_, layout)
     axes = tuple(range(1, m_.ndim))
-    m_norm = jnp.sqrt(jnp.sum(m_ * m_, axes, keepdims=True))
-    d_norm = jnp.sqrt(jnp.sum(d_ * d_, axes, keepdims=True))
+    m_norm = jnp.sqrt(jnp.sum(_tree.abs_sq(m_), axes, keepdims=True))
+    d_norm = jnp.sqrt(jnp.sum(_tree.abs_sq(d_), axes, keepdims=True))
     u = d_ * jnp.where(d_norm > 0, m_norm / jnp.where(d_norm > 0, d_norm, 1), 0)
     if block_size is None or layout is None:
       u = u.reshape(d.shape)
@@ -85,6 +85,11 @@ def graft(
   def update_fn(updates, state, params=None):
     m, magnitude_state = magnitude.update(updates, state.magnitude_state, params)
     d, direction_state = direction.update(updates, state.direction_state, params)
-    return jax.tree.map(leaf, m, d), GraftState(magnitude_state, direction_state)
+    leaves, treedef = jax.tree.flatten(d)
+    layouts = (layouts_of(d, matrix_view, block_size, max_precondition_dim)
+               if block_size is not None else [None] * len(leaves))
+    grafted = [leaf(*args) for args in zip(
+        treedef.flatten_up_to(m), leaves, layouts)]
+    return treedef.unflatten(grafted), GraftState(magnitude_state, direction_state)
 
   return optax.GradientTransformation(init_fn, update_fn)

@@ -6,8 +6,8 @@ import jax
 import jax.numpy as jnp
 import optax
 
-from gradtx.transforms import _tree
-from gradtx.transforms import _validate
+from gradtx._internal import tree as _tree
+from gradtx._internal import validate as _validate
 
 
 class ScaleByLearningRateState(NamedTuple):
@@ -47,6 +47,6 @@ def scale_by_learning_rate(
     updates = jax.tree.map(
         lambda g: (step_size * g).astype(g.dtype), updates
     )
-    return updates, ScaleByLearningRateState(_tree.increment(state.count))
+    return updates, ScaleByLearningRateState(optax.safe_increment(state.count))
 
   return optax.GradientTransformation(init_fn, update_fn)

@@ -24,7 +24,8 @@ def matmul(a: jax.Array, b: jax.Array) -> jax.Array:
 
 
 def transpose(a: jax.Array) -> jax.Array:
-  return jnp.swapaxes(a, -1, -2)
+  """The conjugate transpose of the last two axes (the transpose for reals)."""
+  return jnp.conj(jnp.swapaxes(a, -1, -2))
 
 
 def unbatched_on_cpu(fn: Callable, a: jax.Array) -> Any:
@@ -48,17 +49,17 @@ def unbatched_on_cpu(fn: Callable, a: jax.Array) -> Any:
       flat, cpu=lambda x: jax.lax.map(fn, x), default=fn))
 
 
-def _eigh_inverse_root(a, p, eps, relative_eps):
+def _eigh_inverse_root(a, p, damping, relative_damping):
   w, v = unbatched_on_cpu(jnp.linalg.eigh, a)
   w = jnp.maximum(w, 0)
-  w = w + eps + relative_eps * w[..., -1:]
+  w = w + damping + relative_damping * w[..., -1:]
   # eigh's absolute eigenvalue error is a few ulp·λ_max (measured: <= 2.2e-7
   # λ_max in float32 at n = 32..128): below that an eigenvalue is noise and
   # gets 0 (a pseudo-inverse), never a huge or infinite inverse root.
-  floor = _EIGH_RESOLUTION * jnp.finfo(a.dtype).eps * w[..., -1:]
+  floor = _EIGH_RESOLUTION * jnp.finfo(w.dtype).eps * w[..., -1:]
   kept = w > floor
   inv_root = jnp.where(kept, jnp.where(kept, w, 1) ** (-1.0 / p), 0)
-  return matmul(v * inv_root[..., None, :], transpose(v))
+  return matmul(v * inv_root[..., None, :].astype(v.dtype), transpose(v))
 
 
 def _matrix_power(x, p):
@@ -72,7 +73,7 @@ def _matrix_power(x, p):
   return result
 
 
-def _newton_inverse_root(a, p, eps, relative_eps):
+def _newton_inverse_root(a, p, damping, relative_damping):
   """Coupled Newton iteration (Guo & Higham 2006), batched over blocks.
 
   With M₀ = zA and H₀ = z^{1/p} I, z = (1+p)/(2·bound), the steps
@@ -89,14 +90,14 @@ def _newton_inverse_root(a, p, eps, relative_eps):
   bound = jnp.minimum(
       jnp.linalg.norm(a, axis=(-2, -1)), jnp.abs(a).sum(-1).max(-1)
   )
-  ridge = eps + relative_eps * bound
+  ridge = damping + relative_damping * bound
   bound = bound + ridge
   nonzero = bound > 0
   z = ((1 + p) / (2 * jnp.where(nonzero, bound, 1)))[..., None, None]
   m = (a + ridge[..., None, None] * eye) * z
   h = eye * z ** (1.0 / p)
   error = jnp.linalg.norm(m - eye, axis=(-2, -1))
-  tolerance = 4 * math.sqrt(n) * jnp.finfo(a.dtype).eps
+  tolerance = 4 * math.sqrt(n) * jnp.finfo(bound.dtype).eps
 
   def cond(carry):
     step, _, _, _, active = carry
@@ -122,13 +123,14 @@ def inverse_pth_root(
     p: int,
     *,
     root_method: str = "eigh",
-    eps: float = 0.0,
-    relative_eps: float = 0.0,
+    damping: float = 0.0,
+    relative_damping: float = 0.0,
 ) -> jax.Array:
   r"""The damped inverse p-th root :math:`(A + δI)^{-1/p}` of PSD matrices.
 
-  :math:`δ = ε + ε_{rel} λ_{max}(A)` (distributed_shampoo's ridge is the
-  relative term). ``"eigh"``: eigendecomposition in the input's dtype;
+  :math:`δ = δ_{abs} + δ_{rel} λ_{max}(A)` (distributed_shampoo's ridge is
+  the relative term); complex Hermitian matrices are accepted. ``"eigh"``:
+  eigendecomposition in the input's dtype;
   eigenvalues are clipped at 0 before the ridge, and those that end below
   4·ulp·λ_max are given an inverse root of 0 (a pseudo-inverse), so a zero or
   rank-deficient matrix never yields inf or NaN. ``"newton"``: the coupled
@@ -137,11 +139,12 @@ def inverse_pth_root(
   truncate). A zero matrix gives a zero root for both.
 
   Args:
-    matrix: (..., n, n) symmetric PSD matrices; leading axes are a batch.
+    matrix: (..., n, n) symmetric (Hermitian) PSD matrices; leading axes are
+      a batch.
     p: the root, an integer >= 1.
     root_method: ``"eigh"`` or ``"newton"``.
-    eps: absolute ridge ε, >= 0.
-    relative_eps: ridge relative to the largest eigenvalue, >= 0.
+    damping: absolute ridge δ_abs, >= 0.
+    relative_damping: ridge δ_rel relative to the largest eigenvalue, >= 0.
 
   Returns:
     The roots, shaped and typed like ``matrix``.
@@ -151,5 +154,5 @@ def inverse_pth_root(
         f"root_method must be one of {ROOT_METHODS}, got {root_method!r}"
     )
   if root_method == "eigh":
-    return _eigh_inverse_root(matrix, p, eps, relative_eps)
-  return _newton_inverse_root(matrix, p, eps, relative_eps)
+    return _eigh_inverse_root(matrix, p, damping, relative_damping)
+  return _newton_inverse_root(matrix, p, damping, relative_damping)

@@ -6,8 +6,8 @@ import jax
 import jax.numpy as jnp
 import optax
 
-from gradtx.transforms import _tree
-from gradtx.transforms import _validate
+from gradtx._internal import tree as _tree
+from gradtx._internal import validate as _validate
 from gradtx.transforms import state_format
 
 
@@ -25,8 +25,8 @@ class MomentumState(NamedTuple):
 
 def momentum(
     momentum: float = 0.9,
-    nesterov: bool = False,
     *,
+    nesterov: bool = False,
     dampening: float = 0.0,
     mu_dtype: Optional[Any] = None,
 ) -> optax.GradientTransformation:
@@ -48,7 +48,9 @@ def momentum(
     nesterov: return the Nesterov look-ahead :math:`g_t + μ m_t`.
     dampening: d, the fraction of the gradient withheld from the buffer, in
       [0, 1).
-    mu_dtype: dtype of the stored buffer (default: the parameter's).
+    mu_dtype: storage of the buffer, as in ``scale_by_adam``: ``None`` (the
+      parameter's dtype), a floating or complex dtype, ``"int8"`` /
+      ``gt.Int8Blocks(...)`` or ``gt.StochasticBfloat16()``.
 
   A literal ``momentum=0`` keeps no buffer (``mu`` is ``None``) and returns
   the updates unchanged, ignoring ``dampening``, as torch does.
@@ -62,29 +64,36 @@ def momentum(
   _validate.check_decay("momentum", momentum)
   _validate.check_decay("dampening", dampening)
 
+  mu_format = state_format.state_format("mu_dtype", mu_dtype)
   keeps_buffer = not _validate.is_static_zero(momentum)
   dampens = not _validate.is_static_zero(dampening)
 
   def init_fn(params):
-    mu = _tree.zeros_like_tree(params, mu_dtype) if keeps_buffer else None
+    mu = None
+    if keeps_buffer:
+      mu = state_format.zeros_like_tree(params, mu_format, signed=True)
     return MomentumState(jnp.zeros([], jnp.int32), mu)
 
   def update_fn(updates, state, params=None):
     del params
-    count = _tree.increment(state.count)
+    count = optax.safe_increment(state.count)
     if not keeps_buffer:
       return updates, MomentumState(count, None)
 
-    def leaf(g, m):
+    seeds = state_format.maybe_rounding_seeds(updates, count, mu_format)
+
+    def leaf(g, m, seed):
       dtype = _tree.compute_dtype(g)
       g_ = g.astype(dtype)
-      m_new = momentum * m.astype(dtype) + (1 - dampening) * g_
+      m_new = momentum * state_format.load(m, dtype) + (1 - dampening) * g_
       if dampens:  # with d = 0, m_0 = 0 already gives m_1 = g_1
         m_new = jnp.where(state.count == 0, g_, m_new)
       u = g_ + momentum * m_new if nesterov else m_new
-      return u.astype(g.dtype), m_new.astype(m.dtype)
+      if state_format.is_quantized(mu_format):
+        u, m_new = state_format.reset_non_finite(g_, u, m_new)
+      return u.astype(g.dtype), state_format.store(m_new, m, mu_format, seed)
 
-    u, mu = _tree.map_leaves(leaf, 2, updates, state.mu)
+    u, mu = _tree.map_leaves(leaf, 2, updates, state.mu, seeds)
     return u, MomentumState(count, mu)
 
   return optax.GradientTransformation(init_fn, update_fn)
@@ -143,12 +152,10 @@ def ema(
 
   def update_fn(updates, state, params=None):
     del params
-    count = _tree.increment(state.count)
+    count = optax.safe_increment(state.count)
     if not keeps_average:
       return updates, EmaState(count, None)
-    seeds = None
-    if state_format.needs_seed(mu_format):
-      seeds = state_format.rounding_seeds(updates, count)
+    seeds = state_format.maybe_rounding_seeds(updates, count, mu_format)
 
     def leaf(g, m, seed):
       dtype = _tree.compute_dtype(g)

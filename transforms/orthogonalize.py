@@ -1,6 +1,6 @@
 """Matrix orthogonalization: Newton–Schulz msign and singular-value clipping.
 
-For a matrix :math:`G = UΣV^T`, ``msign(G) = UV^T`` is the nearest
+For a matrix :math:`G = UΣV^H`, ``msign(G) = UV^H`` is the nearest
 semi-orthogonal matrix and the steepest-descent direction under the spectral
 norm (the "matrix-wise geometry" of Muon, against AdamW's element-wise one).
 Newton–Schulz approximates it with matrix products only.
@@ -11,10 +11,14 @@ from typing import Any, Optional, Sequence, Union
 
 import jax
 import jax.numpy as jnp
+import numpy as np
 import optax
 
-from gradtx.transforms import _sharding
-from gradtx.transforms import _validate
+from gradtx._internal import matrix_stacks
+from gradtx._internal import sharding as _sharding
+from gradtx._internal import validate as _validate
+from gradtx.transforms import matrix_view as _matrix_view
+from gradtx.transforms.matrix_view import MatrixViewRule
 
 Coefficients = Union[str, Sequence[Sequence[float]]]
 
@@ -53,14 +57,8 @@ def coefficient_schedule(
     coefficients: Coefficients, ns_steps: int
 ) -> tuple[tuple[float, float, float], ...]:
   """The (a, b, c) of each of ``ns_steps`` iterations; the last set repeats."""
-  if isinstance(coefficients, str):
-    if coefficients not in _COEFFICIENT_SETS:
-      raise ValueError(
-          f"coefficients must be one of {sorted(_COEFFICIENT_SETS)} or a"
-          f" sequence of (a, b, c), got {coefficients!r}"
-      )
-    coefficients = _COEFFICIENT_SETS[coefficients]
-  triples = tuple(tuple(float(v) for v in abc) for abc in coefficients)
+  triples = tuple(
+      tuple(float(v) for v in abc) for abc in _named_coefficients(coefficients))
   if not triples or any(len(abc) != 3 for abc in triples):
     raise ValueError(
         f"coefficients must be a non-empty sequence of (a, b, c), got"
@@ -70,15 +68,36 @@ def coefficient_schedule(
   return tuple(itertools.islice(repeated, ns_steps))
 
 
+def _hermitian(x: jax.Array) -> jax.Array:
+  return jnp.conj(jnp.swapaxes(x, -1, -2))
+
+
 def _standard_iterations(x, schedule):
   for a, b, c in schedule:
-    gram = x @ jnp.swapaxes(x, -1, -2)
+    gram = x @ _hermitian(x)
     x = a * x + (b * gram + c * gram @ gram) @ x
   return x
 
 
+def _traced_iterations(x, coefficients, ns_steps):
+  """The standard iteration for a traced ``ns_steps`` (inject_hyperparams).
+
+  One ``lax.fori_loop`` over the coefficient table, the last set repeating;
+  the same arithmetic as ``_standard_iterations``.
+  """
+  table = jnp.asarray(coefficient_schedule(coefficients, len(
+      _named_coefficients(coefficients))), x.real.dtype)
+
+  def body(i, x):
+    a, b, c = table[jnp.minimum(i, table.shape[0] - 1)]
+    gram = x @ _hermitian(x)
+    return a * x + (b * gram + c * gram @ gram) @ x
+
+  return jax.lax.fori_loop(0, ns_steps, body, x)
+
+
 def _gram_iterations(x, schedule, restart_at=2):
-  """Iterates on R = XXᵀ and Q (X_k = Q X_0); re-forms X at ``restart_at``.
+  """Iterates on R = XXᴴ and Q (X_k = Q X_0); re-forms X at ``restart_at``.
 
   With Z = aI + bR + cR², one step is X ← ZX, so Q ← ZQ and R ← ZRZ: only
   m×m products, plus one m×m×n product at each (re)start and at the end. The
@@ -86,17 +105,32 @@ def _gram_iterations(x, schedule, restart_at=2):
   gram-newton-schulz restarts after iteration 2 by default).
   """
   eye = jnp.eye(x.shape[-2], dtype=x.dtype)
-  transpose = lambda m: jnp.swapaxes(m, -1, -2)
-  gram, q = x @ transpose(x), None
+  gram, q = x @ _hermitian(x), None
   for i, (a, b, c) in enumerate(schedule):
     if i == restart_at:
       x = q @ x
-      gram, q = x @ transpose(x), None
+      gram, q = x @ _hermitian(x), None
     z = a * eye + b * gram + c * gram @ gram
     q = z if q is None else z @ q
     if i + 1 < len(schedule) and i + 1 != restart_at:
       gram = z @ gram @ z
   return q @ x
+
+
+def _named_coefficients(coefficients: Coefficients) -> tuple:
+  if isinstance(coefficients, str):
+    if coefficients not in _COEFFICIENT_SETS:
+      raise ValueError(
+          f"coefficients must be one of {sorted(_COEFFICIENT_SETS)} or a"
+          f" sequence of (a, b, c), got {coefficients!r}"
+      )
+    return _COEFFICIENT_SETS[coefficients]
+  return tuple(coefficients)
+
+
+def _is_static(ns_steps: Any) -> bool:
+  """A Python or NumPy integer; arrays (inject_hyperparams) are traced."""
+  return isinstance(ns_steps, (int, np.integer))
 
 
 def newton_schulz(
@@ -108,14 +142,16 @@ def newton_schulz(
     compute_dtype: Optional[Any] = None,
     method: str = "standard",
 ) -> jax.Array:
-  r"""Approximates msign(x) = UVᵀ over the last two axes of ``x``.
+  r"""Approximates msign(x) = UVᴴ over the last two axes of ``x``.
 
   :math:`X_0 = x / (s\|x\|_F + ε)`, transposed so rows ≤ cols, then
-  :math:`X \leftarrow aX + (bA + cA^2)X` with :math:`A = XX^T` for each
+  :math:`X \leftarrow aX + (bA + cA^2)X` with :math:`A = XX^H` for each
   (a, b, c) of the schedule; s = 1.01 for ``"polar_express"`` (the paper's
-  Algorithm 1) and 1 otherwise. Zero input gives zero output; an input with
-  :math:`\|x\|_F \lesssim ε` is scaled down rather than orthogonalized, which
-  keeps the map continuous at 0.
+  Algorithm 1) and 1 otherwise. Complex input uses the conjugate transpose.
+  Zero input gives zero output; an input with :math:`\|x\|_F \lesssim ε` is
+  scaled down rather than orthogonalized, which keeps the map continuous at
+  0. ``ns_steps`` may be traced (``optax.inject_hyperparams``) with
+  ``method="standard"``.
   """
   if method not in ("standard", "gram"):
     raise ValueError(f"method must be 'standard' or 'gram', got {method!r}")
@@ -125,34 +161,25 @@ def newton_schulz(
     y = newton_schulz(_sharding.gather(x, (-2, -1)), ns_steps, coefficients,
                       eps=eps, compute_dtype=compute_dtype, method=method)
     return _sharding.reshard_like(y, x)
-  schedule = coefficient_schedule(coefficients, ns_steps)
+  static = _is_static(ns_steps)
+  if not static and method == "gram":
+    raise ValueError(
+        "ns_steps must be a Python integer with method='gram' (with"
+        " optax.inject_hyperparams, list ns_steps in static_args)")
   safety = _NORM_SAFETY.get(coefficients, 1.0) if isinstance(coefficients, str) else 1.0
   wide = x.shape[-2] <= x.shape[-1]
-  y = x if wide else jnp.swapaxes(x, -1, -2)
+  y = x if wide else _hermitian(x)
   y = y.astype(jnp.promote_types(y.dtype, jnp.float32))
   norm = jnp.linalg.norm(y, axis=(-2, -1), keepdims=True)
   y = (y / (safety * norm + eps)).astype(compute_dtype or y.dtype)
-  square = y.shape[-2] == y.shape[-1]
-  if method == "gram" and not square:
-    y = _gram_iterations(y, schedule)
+  if not static:
+    y = _traced_iterations(y, coefficients, ns_steps)
+  elif method == "gram" and y.shape[-2] != y.shape[-1]:
+    y = _gram_iterations(y, coefficient_schedule(coefficients, int(ns_steps)))
   else:
-    y = _standard_iterations(y, schedule)
-  y = y if wide else jnp.swapaxes(y, -1, -2)
+    y = _standard_iterations(y, coefficient_schedule(coefficients, int(ns_steps)))
+  y = y if wide else _hermitian(y)
   return y.astype(x.dtype)
-
-
-def _orthogonalize_grouped(leaves: list, orthogonalize) -> list:
-  """Stacks same-shape, same-dtype matrices into one batched call."""
-  groups: dict = {}
-  for i, u in enumerate(leaves):
-    if u.ndim >= 2:
-      groups.setdefault((u.shape, u.dtype), []).append(i)
-  out = list(leaves)
-  for indices in groups.values():
-    stacked = orthogonalize(jnp.stack([leaves[i] for i in indices]))
-    for i, result in zip(indices, stacked):
-      out[i] = result
-  return out
 
 
 def orthogonalize_newton_schulz(
@@ -163,27 +190,31 @@ def orthogonalize_newton_schulz(
     compute_dtype: Optional[Any] = None,
     method: str = "standard",
     batch_same_shape: bool = False,
+    matrix_view: Optional[MatrixViewRule] = None,
 ) -> optax.GradientTransformation:
   r"""Replaces every matrix leaf by its Newton–Schulz msign approximation.
 
   .. math::
     X_0 = \frac{U}{s\|U\|_F + ε},\qquad
-    X_{k+1} = a_k X_k + (b_k A_k + c_k A_k^2) X_k,\ A_k = X_k X_k^T,\qquad
-    u = X_{\text{ns\_steps}} \approx \operatorname{msign}(U) = UV^T
+    X_{k+1} = a_k X_k + (b_k A_k + c_k A_k^2) X_k,\ A_k = X_k X_k^H,\qquad
+    u = X_{\text{ns\_steps}} \approx \operatorname{msign}(U) = UV^H
 
-  computed with rows ≤ cols (the matrix is transposed and back otherwise).
-  The singular vectors are those of U; each singular value σ is mapped by the
-  composed scalar polynomial. Measured bands of the output singular values
-  after 5 steps (tests/transforms/test_orthogonalize.py), for inputs with
-  σ/‖U‖_F in [0.01, 1]: ``"jordan"`` [0.68, 1.135], ``"polar_express"``
-  [0.870, 1.124], ``"cubic"`` [0.076, 1.0]; for σ/‖U‖_F in [0.001, 1]:
-  jordan [0.47, 1.20], polar_express [0.84, 1.124]. Smaller singular values
-  are only partly lifted; exactly zero ones stay zero.
-  Leaves with ``ndim >= 3`` are batches of matrices over their leading axes;
-  leaves with ``ndim < 2`` pass through unchanged.
+  per matrix of each leaf's matrix view (``matrix_view``; by default
+  ``gt.flax_matrix_view``: a dense kernel is one matrix, a convolution kernel
+  (kh·kw·in, out), a MultiHeadAttention query kernel (in, heads·head_dim);
+  biases, norm scales and 1-D leaves pass through), computed with rows ≤ cols
+  (the matrix is transposed and back otherwise). The singular vectors are
+  those of U; each singular value σ is mapped by the composed scalar
+  polynomial. Measured bands of the output singular values after 5 steps
+  (tests/transforms/test_orthogonalize.py), for inputs with σ/‖U‖_F in
+  [0.01, 1]: ``"jordan"`` [0.68, 1.135], ``"polar_express"`` [0.870, 1.124],
+  ``"cubic"`` [0.076, 1.0]; for σ/‖U‖_F in [0.001, 1]: jordan [0.47, 1.20],
+  polar_express [0.84, 1.124]. Smaller singular values are only partly
+  lifted; exactly zero ones stay zero.
 
   Args:
-    ns_steps: number of iterations, >= 1.
+    ns_steps: number of iterations, >= 1; may be traced (inject_hyperparams)
+      with ``method="standard"``.
     coefficients: ``"jordan"`` (3.4445, −4.7750, 2.0315) every step, the
       reference Muon's; ``"polar_express"``: the per-iteration minimax
       coefficients of Amsel et al. 2025 (Algorithm 1, safety factor 1.01,
@@ -194,15 +225,15 @@ def orthogonalize_newton_schulz(
       default: at least float32. The result is cast back to the update's
       dtype.
     method: ``"standard"`` or ``"gram"``: iterate on the m×m Gram matrix
-      XXᵀ and apply the accumulated polynomial to X only at a restart
+      XXᴴ and apply the accumulated polynomial to X only at a restart
       (after iteration 2) and at the end. About 8m²n + 28m³ FLOPs against
       20m²n + 10m³ (m ≤ n): a win when n ≳ 2m; square matrices use
       ``"standard"``. Same result up to round-off.
-    batch_same_shape: stack the leaves that share a shape and dtype and run
-      one batched iteration over them. On 2 CPU cores this took 32 matrices
-      of 64×64 from 8.6 ms to 6.1 ms and made no difference at 512×2048
-      (benchmarks/RESULTS.md); it copies the leaves into one array, so leave
-      it off for sharded parameters.
+    batch_same_shape: stack the matrices that share a shape and dtype and
+      run one batched iteration over them. On 2 CPU cores this took 32
+      matrices of 64×64 from 8.6 ms to 6.1 ms and made no difference at
+      512×2048 (benchmarks/RESULTS.md).
+    matrix_view: the matrix-view rule (see ``gt.flax_matrix_view``).
 
   Returns:
     A stateless ``optax.GradientTransformation``.
@@ -210,43 +241,47 @@ def orthogonalize_newton_schulz(
   Reference: Jordan et al., "Muon: An optimizer for hidden layers in neural
   networks", 2024; Amsel et al., "The Polar Express", arXiv 2505.16932.
   """
-  _validate.check_in_range("ns_steps", ns_steps, 1, float("inf"))
+  if not isinstance(ns_steps, jax.Array):
+    ns_steps = _validate.check_integer("ns_steps", ns_steps)
   _validate.check_non_negative("eps", eps)
-  coefficient_schedule(coefficients, ns_steps)  # validates
+  coefficient_schedule(coefficients, 1)  # validates
   newton_schulz(jnp.zeros((1, 1)), 1, coefficients, method=method)  # validates
 
-  def orthogonalize(u):
-    if u.ndim < 2:
-      return u
+  def orthogonalize(matrices):
     return newton_schulz(
-        u, ns_steps, coefficients, eps=eps, compute_dtype=compute_dtype,
+        matrices, ns_steps, coefficients, eps=eps, compute_dtype=compute_dtype,
         method=method,
     )
 
   def update_fn(updates, state, params=None):
     del params
-    if not batch_same_shape:
-      return jax.tree.map(orthogonalize, updates), state
     leaves, treedef = jax.tree.flatten(updates)
-    return treedef.unflatten(_orthogonalize_grouped(leaves, orthogonalize)), state
+    views = _matrix_view.views_of(updates, matrix_view)
+    out = matrix_stacks.map_matrices(
+        orthogonalize, leaves, views, stack=batch_same_shape)
+    return treedef.unflatten(out), state
 
   return optax.GradientTransformation(lambda _: optax.EmptyState(), update_fn)
 
 
 def clip_singular_values(
-    min_value: float = 0.0, max_value: float = 1.0
+    min_value: float = 0.0,
+    max_value: float = 1.0,
+    *,
+    matrix_view: Optional[MatrixViewRule] = None,
 ) -> optax.GradientTransformation:
   r"""Clips the singular values of every matrix leaf: :math:`U\,\mathrm{clip}(Σ)\,V^T`.
 
   Exact, through ``jnp.linalg.svd`` in at least float32 (the seed's "QK-clip"
-  form). Cost: one SVD per matrix, O(mn·min(m, n)) FLOPs, far slower on
+  form), per matrix of each leaf's matrix view (leaves without one pass
+  through). Cost: one SVD per matrix, O(mn·min(m, n)) FLOPs, far slower on
   accelerators than a Newton–Schulz step. ``min_value = max_value = 1`` is
-  the exact msign (for full-rank inputs). Leaves with ndim < 2 pass through;
-  leading axes of ndim ≥ 3 leaves are a batch.
+  the exact msign (for full-rank inputs).
 
   Args:
     min_value: lower bound of the singular values, >= 0.
     max_value: upper bound, >= ``min_value``.
+    matrix_view: the matrix-view rule (see ``gt.flax_matrix_view``).
 
   Returns:
     A stateless ``optax.GradientTransformation``.
@@ -256,16 +291,17 @@ def clip_singular_values(
       "max_value", max_value, float(min_value), float("inf"), high_inclusive=True
   )
 
-  def clip(u):
-    if u.ndim < 2:
-      return u
-    x = u.astype(jnp.promote_types(u.dtype, jnp.float32))
-    left, sigma, right_t = jnp.linalg.svd(x, full_matrices=False)
-    sigma = jnp.clip(sigma, min_value, max_value)
-    return ((left * sigma[..., None, :]) @ right_t).astype(u.dtype)
+  def clip(matrices):
+    x = matrices.astype(jnp.promote_types(matrices.dtype, jnp.float32))
+    left, sigma, right_h = jnp.linalg.svd(x, full_matrices=False)
+    sigma = jnp.clip(sigma, min_value, max_value).astype(x.dtype)
+    return ((left * sigma[..., None, :]) @ right_h).astype(matrices.dtype)
 
   def update_fn(updates, state, params=None):
     del params
-    return jax.tree.map(clip, updates), state
+    leaves, treedef = jax.tree.flatten(updates)
+    views = _matrix_view.views_of(updates, matrix_view)
+    out = matrix_stacks.map_matrices(clip, leaves, views, stack=False)
+    return treedef.unflatten(out), state
 
   return optax.GradientTransformation(lambda _: optax.EmptyState(), update_fn)

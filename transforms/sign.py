@@ -6,8 +6,9 @@ import jax
 import jax.numpy as jnp
 import optax
 
-from gradtx.transforms import _tree
-from gradtx.transforms import _validate
+from gradtx._internal import tree as _tree
+from gradtx._internal import validate as _validate
+from gradtx.transforms import state_format
 
 
 def scale_by_sign(tau: float = 0.0) -> optax.GradientTransformation:
@@ -23,12 +24,18 @@ def scale_by_sign(tau: float = 0.0) -> optax.GradientTransformation:
     tau: softening constant, >= 0.
 
   Returns:
-    A stateless ``optax.GradientTransformation``.
+    A stateless ``optax.GradientTransformation``. Complex parameters are
+    refused at ``init`` (the sign of a complex number is no descent
+    direction of a real loss).
 
   Reference: Bernstein et al., "signSGD: Compressed Optimisation for
   Non-Convex Problems", ICML 2018.
   """
   _validate.check_non_negative("tau", tau)
+
+  def init_fn(params):
+    _validate.check_real_leaves(params, "scale_by_sign")
+    return optax.EmptyState()
 
   def update_fn(updates, state, params=None):
     del params
@@ -41,12 +48,13 @@ def scale_by_sign(tau: float = 0.0) -> optax.GradientTransformation:
 
     return jax.tree.map(soft_sign, updates), state
 
-  return optax.GradientTransformation(lambda _: optax.EmptyState(), update_fn)
+  return optax.GradientTransformation(init_fn, update_fn)
 
 
 class ScaleByLionState(NamedTuple):
-  """State of ``scale_by_lion``: the momentum buffer."""
+  """State of ``scale_by_lion``: the step count and the momentum buffer."""
 
+  count: jax.Array
   mu: optax.Updates
 
 
@@ -62,32 +70,41 @@ def scale_by_lion(
   Args:
     b1: interpolation weight of the momentum in the direction, in [0, 1).
     b2: decay of the stored momentum, in [0, 1).
-    mu_dtype: dtype of the stored momentum (default: the parameter's).
+    mu_dtype: storage of the momentum, as in ``scale_by_adam``.
 
   Returns:
-    An ``optax.GradientTransformation`` with state ``ScaleByLionState``.
+    An ``optax.GradientTransformation`` with state ``ScaleByLionState``;
+    complex parameters are refused at ``init``.
 
   Reference: Chen et al., "Symbolic Discovery of Optimization Algorithms",
   NeurIPS 2023, Program 1.
   """
   _validate.check_decay("b1", b1)
   _validate.check_decay("b2", b2)
+  mu_format = state_format.state_format("mu_dtype", mu_dtype)
 
   def init_fn(params):
-    return ScaleByLionState(_tree.zeros_like_tree(params, mu_dtype))
+    _validate.check_real_leaves(params, "scale_by_lion")
+    return ScaleByLionState(
+        jnp.zeros([], jnp.int32),
+        state_format.zeros_like_tree(params, mu_format, signed=True))
 
   def update_fn(updates, state, params=None):
     del params
+    count = optax.safe_increment(state.count)
+    seeds = state_format.maybe_rounding_seeds(updates, count, mu_format)
 
-    def leaf(g, m):
+    def leaf(g, m, seed):
       dtype = _tree.compute_dtype(g)
-      g_, m_ = g.astype(dtype), m.astype(dtype)
+      g_, m_ = g.astype(dtype), state_format.load(m, dtype)
       u = jnp.sign(b1 * m_ + (1 - b1) * g_)
       m_new = b2 * m_ + (1 - b2) * g_
-      return u.astype(g.dtype), m_new.astype(m.dtype)
+      if state_format.is_quantized(mu_format):
+        u, m_new = state_format.reset_non_finite(g_, u, m_new)
+      return u.astype(g.dtype), state_format.store(m_new, m, mu_format, seed)
 
-    u, mu = _tree.map_leaves(leaf, 2, updates, state.mu)
-    return u, ScaleByLionState(mu)
+    u, mu = _tree.map_leaves(leaf, 2, updates, state.mu, seeds)
+    return u, ScaleByLionState(count, mu)
 
   return optax.GradientTransformation(init_fn, update_fn)
 
@@ -106,7 +123,7 @@ def scale_by_tiger(
 
   Args:
     beta: β, in [0, 1).
-    mu_dtype: dtype of the stored momentum (default: the parameter's).
+    mu_dtype: storage of the momentum, as in ``scale_by_adam``.
 
   Returns:
     An ``optax.GradientTransformation`` with state ``ScaleByLionState``.

@@ -1,8 +1,8 @@
 """SOAP: Adam run in the eigenbasis of Shampoo's preconditioner.
 
-Leaves become matrices as in ``kronecker_precondition`` (``matrix_view``; a
+Leaves become matrices as in ``kronecker_precondition`` (their matrix view; a
 side longer than ``max_precondition_dim`` keeps the identity basis, and a leaf
-with no preconditioned side, 1-D leaves included, is plain Adam); there is no
+with no preconditioned side, or no view at all, is plain Adam); there is no
 blocking, as in the reference code.
 """
 
@@ -12,11 +12,14 @@ import jax
 import jax.numpy as jnp
 import optax
 
-from gradtx.transforms import _sharding
-from gradtx.transforms import _tree
-from gradtx.transforms import _validate
+from gradtx._internal import sharding as _sharding
+from gradtx._internal import tree as _tree
+from gradtx._internal import validate as _validate
 from gradtx.transforms import kronecker as kron
 from gradtx.transforms import matrix_roots as roots
+from gradtx.transforms import matrix_view as _matrix_view
+from gradtx.transforms import state_format
+from gradtx.transforms.matrix_view import MatrixViewRule
 
 REFRESH_METHODS = ("qr", "eigh")
 
@@ -29,8 +32,9 @@ class ScaleBySoapState(NamedTuple):
     mu: Adam's first moment, in eigenbasis coordinates, shaped like the leaf
       (``mu_dtype``).
     nu: Adam's second moment, in eigenbasis coordinates (``nu_dtype``).
-    left_stats: the EMA of GGᵀ, (1, m, m) in at least float32, or empty.
-    right_stats: the EMA of GᵀG, (1, n, n), or empty.
+    left_stats: the EMA of GGᴴ, (matrices, m, m) in at least float32, or
+      ``optax.MaskedNode()``.
+    right_stats: the EMA of GᴴG, (matrices, n, n), or ``MaskedNode()``.
     left_basis: Q_L, eigenvectors of ``left_stats`` by decreasing eigenvalue.
     right_basis: Q_R, likewise for ``right_stats``.
   """
@@ -45,7 +49,7 @@ class ScaleBySoapState(NamedTuple):
 
 
 def _rotate(x, left, right, layout, *, back=False):
-  """Q_Lᵀ X Q_R into the eigenbasis, or Q_L X Q_Rᵀ back (``back=True``)."""
+  """Q_Lᴴ X Q_R into the eigenbasis, or Q_L X Q_Rᴴ back (``back=True``)."""
   if layout.left:
     x = roots.matmul(left if back else roots.transpose(left), x)
   if layout.right:
@@ -58,25 +62,26 @@ def _eigenvectors(stats):
 
 
 def scale_by_soap(
+    *,
     b1: float = 0.95,
     b2: float = 0.95,
-    shampoo_b2: Optional[float] = None,
     eps: float = 1e-8,
+    precondition_b2: Optional[float] = None,
     precondition_every: int = 10,
-    *,
     max_precondition_dim: int = 10000,
     refresh: str = "qr",
     mu_dtype: Optional[Any] = None,
     nu_dtype: Optional[Any] = None,
+    matrix_view: Optional[MatrixViewRule] = None,
 ) -> optax.GradientTransformation:
   r"""Adam in the slowly refreshed eigenbasis of Shampoo's L and R.
 
   .. math::
-    G' = Q_L^T G_t Q_R,\quad m_t = β_1 m_{t-1} + (1-β_1) G',\quad
-    v_t = β_2 v_{t-1} + (1-β_2) G'^2,\\
-    u_t = \frac{\sqrt{1-β_2^k}}{1-β_1^k}\, Q_L \frac{m_t}{\sqrt{v_t} + ε} Q_R^T,
-    \quad L \leftarrow β_s L + (1-β_s) G_t G_t^T,\quad
-    R \leftarrow β_s R + (1-β_s) G_t^T G_t
+    G' = Q_L^H G_t Q_R,\quad m_t = β_1 m_{t-1} + (1-β_1) G',\quad
+    v_t = β_2 v_{t-1} + (1-β_2) |G'|^2,\\
+    u_t = \frac{\sqrt{1-β_2^k}}{1-β_1^k}\, Q_L \frac{m_t}{\sqrt{v_t} + ε} Q_R^H,
+    \quad L \leftarrow β_s L + (1-β_s) G_t G_t^H,\quad
+    R \leftarrow β_s R + (1-β_s) G_t^H G_t
 
   with k = t − 1 Adam steps: as in the reference code, the first step only
   builds the statistics and their eigenbasis (``eigh``, columns by decreasing
@@ -94,13 +99,15 @@ def scale_by_soap(
   Args:
     b1: Adam's first-moment decay, in [0, 1).
     b2: Adam's second-moment decay, in [0, 1).
-    shampoo_b2: decay β_s of L and R, in [0, 1); ``None``: ``b2``.
     eps: added to √v, >= 0.
+    precondition_b2: decay β_s of L and R, in [0, 1); ``None``: ``b2``
+      (the reference's ``shampoo_beta``).
     precondition_every: refresh the basis every this many steps, >= 1.
     max_precondition_dim: sides longer than this keep the identity, >= 1.
     refresh: ``"qr"`` or ``"eigh"``.
-    mu_dtype: dtype of the stored first moment (default: the parameter's).
-    nu_dtype: dtype of the stored second moment (default: the parameter's).
+    mu_dtype: storage of the first moment, as in ``scale_by_adam``.
+    nu_dtype: storage of the second moment, as in ``scale_by_adam``.
+    matrix_view: the matrix-view rule (see ``gt.flax_matrix_view``).
 
   Returns:
     An ``optax.GradientTransformation`` with state ``ScaleBySoapState``.
@@ -113,8 +120,8 @@ def scale_by_soap(
   """
   _validate.check_decay("b1", b1)
   _validate.check_decay("b2", b2)
-  if shampoo_b2 is not None:
-    _validate.check_decay("shampoo_b2", shampoo_b2)
+  if precondition_b2 is not None:
+    _validate.check_decay("precondition_b2", precondition_b2)
   _validate.check_non_negative("eps", eps)
   precondition_every = _validate.check_integer(
       "precondition_every", precondition_every
@@ -126,51 +133,62 @@ def scale_by_soap(
     raise ValueError(
         f"refresh must be one of {REFRESH_METHODS}, got {refresh!r}"
     )
-  stats_b2 = b2 if shampoo_b2 is None else shampoo_b2
-  layout_of = lambda x: kron.block_layout(x.shape, None, max_precondition_dim)
+  stats_b2 = b2 if precondition_b2 is None else precondition_b2
+  mu_format = state_format.state_format("mu_dtype", mu_dtype)
+  nu_format = state_format.state_format("nu_dtype", nu_dtype)
+
+  def layouts(tree):
+    return kron.layouts_of(tree, matrix_view, None, max_precondition_dim)
 
   def init_fn(params):
-    def leaf(p):
+    def leaf(path, p):
       # Every field gets its own buffer, so that the state can be donated.
-      dtype, layout = _tree.compute_dtype(p), layout_of(p)
-      left = right = (0,)
-      if layout is not None and layout.left:
-        left = (1, layout.rows, layout.rows)
-      if layout is not None and layout.right:
-        right = (1, layout.cols, layout.cols)
-      return tuple(jnp.zeros(s, dtype) for s in (left, right, left, right))
+      dtype = _tree.compute_dtype(p)
+      view = _matrix_view.view_of(path, p, matrix_view)
+      layout = kron.block_layout(view, tuple(jnp.shape(p)), None, max_precondition_dim)
+      if layout is None:
+        return (optax.MaskedNode(),) * 4
+      side = lambda on, d: (jnp.zeros((layout.matrices, d, d), dtype) if on
+                            else optax.MaskedNode())
+      left, right = (layout.left, layout.rows), (layout.right, layout.cols)
+      return side(*left), side(*right), side(*left), side(*right)
 
     return ScaleBySoapState(
-        jnp.zeros([], jnp.int32), _tree.zeros_like_tree(params, mu_dtype),
-        _tree.zeros_like_tree(params, nu_dtype),
-        *_tree.map_statistics(leaf, 4, params),
+        jnp.zeros([], jnp.int32),
+        state_format.zeros_like_tree(params, mu_format, signed=True),
+        state_format.zeros_like_tree(params, nu_format, signed=False, real=True),
+        *_tree.map_statistics(leaf, 4, params, with_path=True),
     )
 
-  def adam_step(count, g, mu, nu, left_basis, right_basis):
-    dtype, layout = _tree.compute_dtype(g), layout_of(g)
-    x, m, v = (a.astype(dtype) for a in (g, mu, nu))
+  def adam_step(count, g, layout, mu, nu, left_basis, right_basis, seed):
+    dtype = _tree.compute_dtype(g)
+    real = _tree.real_dtype(dtype)
+    x = g.astype(dtype)
+    m, v = state_format.load(mu, dtype), state_format.load(nu, real)
     if layout is not None:
       x, m, v = (kron.to_blocks(_sharding.gather(a), layout) for a in (x, m, v))
       x = _rotate(x, left_basis, right_basis, layout)
     m_new = b1 * m + (1 - b1) * x
-    v_new = b2 * v + (1 - b2) * x * x
-    steps = jnp.maximum(count - 1, 1).astype(dtype)
+    v_new = b2 * v + (1 - b2) * _tree.abs_sq(x)
+    steps = jnp.maximum(count - 1, 1).astype(real)
     correction = jnp.sqrt(1 - b2**steps) / (1 - b1**steps)
     u = correction * m_new / (jnp.sqrt(v_new) + eps)
     if layout is not None:
       u = _rotate(u, left_basis, right_basis, layout, back=True)
-      unblock = lambda a: _sharding.reshard_like(
-          kron.from_blocks(a, layout, g.shape), g)
-      u, m_new, v_new = unblock(u), unblock(m_new), unblock(v_new)
+      unblock = lambda a: kron.from_blocks(a, layout, g.shape)
+      u, m_new, v_new, m, v = (unblock(a) for a in (u, m_new, v_new, m, v))
     first = count == 1  # builds the basis only
+    u = jnp.where(first, 0, u)
+    m_new, v_new = jnp.where(first, m, m_new), jnp.where(first, v, v_new)
+    if state_format.is_quantized(mu_format, nu_format):
+      u, m_new, v_new = state_format.reset_non_finite(g, u, m_new, v_new)
     return (
-        jnp.where(first, 0, u).astype(g.dtype),
-        jnp.where(first, mu, m_new.astype(mu.dtype)),
-        jnp.where(first, nu, v_new.astype(nu.dtype)),
+        _sharding.reshard_like(u.astype(g.dtype), g),
+        state_format.store(m_new, mu, mu_format, seed, stream=0),
+        state_format.store(v_new, nu, nu_format, seed, stream=1),
     )
 
-  def accumulate(g, left, right):
-    layout = layout_of(g)
+  def accumulate(g, layout, left, right):
     if layout is None:
       return left, right
     x = kron.to_blocks(_sharding.gather(g.astype(_tree.compute_dtype(g))), layout)
@@ -181,7 +199,8 @@ def scale_by_soap(
     return left, right
 
   def refresh_side(stats, basis, v, axis):
-    estimates = jnp.sum(basis * roots.matmul(stats, basis), axis=-2)
+    estimates = jnp.real(jnp.sum(
+        jnp.conj(basis) * roots.matmul(stats, basis), axis=-2))
     order = jnp.argsort(-estimates, axis=-1)
     index = order[..., :, None] if axis == -2 else order[..., None, :]
     v = jnp.take_along_axis(v, index, axis)
@@ -191,49 +210,55 @@ def scale_by_soap(
     power_step = roots.matmul(stats, basis)
     return roots.unbatched_on_cpu(jnp.linalg.qr, power_step)[0], v
 
-  def new_basis(g, left, right, left_basis, right_basis, mu, nu, *, first):
-    layout = layout_of(g)
+  def new_basis(g, layout, left, right, left_basis, right_basis, mu, nu, seed,
+                *, first):
     if layout is None:
       return left_basis, right_basis, mu, nu
     if first:
       return (_eigenvectors(left) if layout.left else left_basis,
               _eigenvectors(right) if layout.right else right_basis, mu, nu)
     dtype = _tree.compute_dtype(g)
-    m, v = (kron.to_blocks(_sharding.gather(a.astype(dtype)), layout)
-            for a in (mu, nu))
+    m = kron.to_blocks(_sharding.gather(state_format.load(mu, dtype)), layout)
+    v = kron.to_blocks(_sharding.gather(
+        state_format.load(nu, _tree.real_dtype(dtype))), layout)
     m = _rotate(m, left_basis, right_basis, layout, back=True)
     if layout.left:
       left_basis, v = refresh_side(left, left_basis, v, -2)
     if layout.right:
       right_basis, v = refresh_side(right, right_basis, v, -1)
     m = _rotate(m, left_basis, right_basis, layout)
-    unblock = lambda a, like: _sharding.reshard_like(
-        kron.from_blocks(a, layout, g.shape).astype(like.dtype), like)
-    return left_basis, right_basis, unblock(m, mu), unblock(v, nu)
+    unblock = lambda a: kron.from_blocks(a, layout, g.shape)
+    return (left_basis, right_basis,
+            state_format.store(unblock(m), mu, mu_format, seed, stream=2),
+            state_format.store(unblock(v), nu, nu_format, seed, stream=3))
 
   def update_fn(updates, state, params=None):
     del params
-    count = _tree.increment(state.count)
+    count = optax.safe_increment(state.count)
+    treedef = jax.tree.structure(updates)
+    layout_tree = treedef.unflatten(layouts(updates))
+    seeds = state_format.maybe_rounding_seeds(updates, count, mu_format, nu_format)
     u, mu, nu = _tree.map_leaves(
-        lambda *leaves: adam_step(count, *leaves), 3, updates, state.mu,
-        state.nu, state.left_basis, state.right_basis,
+        lambda *leaves: adam_step(count, *leaves), 3, updates, layout_tree,
+        state.mu, state.nu, state.left_basis, state.right_basis, seeds,
     )
     left, right = _tree.map_leaves(
-        accumulate, 2, updates, state.left_stats, state.right_stats
+        accumulate, 2, updates, layout_tree, state.left_stats, state.right_stats
     )
 
     def basis_branch(first):
       def branch(operands):
         return _tree.map_leaves(
-            lambda *leaves: new_basis(*leaves, first=first), 4, *operands
+            lambda *leaves: new_basis(*leaves, first=first), 4, updates,
+            layout_tree, *operands, seeds,
         )
       return branch
 
-    keep = lambda operands: operands[3:]
+    keep = lambda operands: operands[2:]
     index = jnp.where(
         count == 1, 0, jnp.where((count - 1) % precondition_every == 0, 1, 2)
     )
-    operands = (updates, left, right, state.left_basis, state.right_basis, mu, nu)
+    operands = (left, right, state.left_basis, state.right_basis, mu, nu)
     left_basis, right_basis, mu, nu = jax.lax.switch(
         index, (basis_branch(True), basis_branch(False), keep), operands
     )

@@ -21,12 +21,13 @@ from typing import Any, Optional
 import jax
 import jax.numpy as jnp
 import numpy as np
+import optax
 from jax.sharding import NamedSharding
 from jax.sharding import PartitionSpec as P
 
-from gradtx.transforms import _sharding
-from gradtx.transforms import _tree
-from gradtx.transforms import _validate
+from gradtx._internal import sharding as _sharding
+from gradtx._internal import tree as _tree
+from gradtx._internal import validate as _validate
 from gradtx.transforms import quantize
 
 
@@ -59,8 +60,8 @@ class StochasticBfloat16:
 def state_format(name: str, value: Any) -> Any:
   """Validates a ``*_dtype`` argument; returns its format.
 
-  ``None`` (the parameter's dtype) and floating dtypes are returned as given;
-  ``"int8"`` (or ``jnp.int8``) becomes ``Int8Blocks()``.
+  ``None`` (the parameter's dtype), floating and complex dtypes are returned
+  as given; ``"int8"`` (or ``jnp.int8``) becomes ``Int8Blocks()``.
   """
   if value is None or isinstance(value, (Int8Blocks, StochasticBfloat16)):
     return value
@@ -70,10 +71,10 @@ def state_format(name: str, value: Any) -> Any:
     dtype = None
   if dtype == jnp.int8:
     return Int8Blocks()
-  if dtype is None or not jnp.issubdtype(dtype, jnp.floating):
+  if dtype is None or not jnp.issubdtype(dtype, jnp.inexact):
     raise ValueError(
-        f"{name} must be None, a floating dtype, 'int8', gt.Int8Blocks(...) or"
-        f" gt.StochasticBfloat16(...), got {value!r}"
+        f"{name} must be None, a floating or complex dtype, 'int8',"
+        f" gt.Int8Blocks(...) or gt.StochasticBfloat16(...), got {value!r}"
     )
   return value
 
@@ -107,6 +108,11 @@ def rounding_seeds(tree: Any, count: jax.Array) -> Any:
       quantize.mix32(step + jnp.uint32(i * 0x632BE5AB % 2**32))
       for i in range(len(leaves))
   ])
+
+
+def maybe_rounding_seeds(tree: Any, count: jax.Array, *formats: Any) -> Any:
+  """``rounding_seeds(tree, count)`` if one of ``formats`` needs them, else None."""
+  return rounding_seeds(tree, count) if needs_seed(*formats) else None
 
 
 def _blocks_sharded_like(q: quantize.QuantizedArray, p: jax.Array) -> quantize.QuantizedArray:
@@ -144,29 +150,88 @@ def _laid_out_like_codes(value: jax.Array, stored: quantize.QuantizedArray):
   return jax.sharding.reshard(value, NamedSharding(codes.mesh, spec))
 
 
-def zeros_like_tree(params: Any, fmt: Any, *, signed: bool) -> Any:
-  """Zero state shaped like ``params`` in format ``fmt``."""
-  if isinstance(fmt, StochasticBfloat16):
-    return _tree.zeros_like_tree(params, jnp.bfloat16)
-  if not isinstance(fmt, Int8Blocks):
-    return _tree.zeros_like_tree(params, fmt)
+def _real_dtype(dtype: Any) -> jnp.dtype:
+  return jnp.finfo(dtype).dtype if jnp.issubdtype(dtype, jnp.complexfloating) else jnp.dtype(dtype)
 
-  def leaf(p):
-    shape = tuple(p.shape)
-    if np.prod(shape, dtype=np.int64) < fmt.min_size:
-      return jnp.zeros(shape, jnp.float32)
-    zeros = quantize.quantized_zeros(shape, signed=signed, block_size=fmt.block_size)
+
+def _leaf_dtype(path: tuple, p: Any, fmt: Any, real: bool) -> jnp.dtype:
+  """The dtype of a float-format state leaf; refuses to drop an imaginary part."""
+  dtype = _tree.dtype_of(p)
+  if fmt is None:
+    return _real_dtype(dtype) if real else dtype
+  fmt = jnp.dtype(fmt)
+  if (jnp.issubdtype(dtype, jnp.complexfloating) and not real
+      and not jnp.issubdtype(fmt, jnp.complexfloating)):
+    raise ValueError(
+        f"the state dtype {fmt} cannot hold the complex leaf"
+        f" {jax.tree_util.keystr(path)} ({dtype}): pass a complex dtype or None")
+  return fmt
+
+
+def check_storable(path: tuple, p: Any, fmt: Any) -> None:
+  """Raises for a complex leaf in a format that cannot hold it (8-bit, bf16)."""
+  if isinstance(fmt, (Int8Blocks, StochasticBfloat16)) and jnp.issubdtype(
+      _tree.dtype_of(p), jnp.complexfloating):
+    raise ValueError(
+        f"{fmt} state cannot hold the complex leaf {jax.tree_util.keystr(path)}"
+        f" ({_tree.dtype_of(p)}); use a float or complex dtype (or None)")
+
+
+def zeros_like_tree(params: Any, fmt: Any, *, signed: bool, real: bool = False) -> Any:
+  """Zero state shaped like ``params`` in format ``fmt``.
+
+  ``real``: the state of a complex leaf is real-valued (a second moment
+  |g|²), stored in the matching real dtype.
+  """
+  jax.tree_util.tree_map_with_path(lambda path, p: check_storable(path, p, fmt), params)
+  if isinstance(fmt, StochasticBfloat16):
+    return optax.tree.zeros_like(params, jnp.bfloat16)
+  if not isinstance(fmt, Int8Blocks):
+    return jax.tree_util.tree_map_with_path(
+        lambda path, p: jnp.zeros_like(p, _leaf_dtype(path, p, fmt, real)), params)
+
+  def leaf(x):
+    p = x.get_value() if _tree.is_variable(x) else x
+    if np.prod(p.shape, dtype=np.int64) < fmt.min_size:
+      # float32 and parameter-shaped (a flax variable keeps its metadata), so
+      # it takes its parameter's sharding like any moment.
+      return jax.tree.map(lambda a: jnp.zeros_like(a, jnp.float32), x)
+    zeros = quantize.quantized_zeros(
+        tuple(p.shape), signed=signed, block_size=fmt.block_size)
     return _blocks_sharded_like(zeros, p)
 
-  # Block codes are not shaped like the parameter: built as statistics, so
-  # sharding recipes (optax.tree_map_params, nnx metadata) leave them alone.
-  return _tree.map_statistics(lambda p: (leaf(p),), 1, params)[0]
+  # Block codes are not shaped like their parameter: a sharding recipe's
+  # placeholder cannot tell the two kinds of leaf apart, so the field is
+  # marked as statistics there.
+  if _tree.is_params_placeholder(params):
+    return _tree.NOT_PARAMS
+  return jax.tree.map(leaf, params, is_leaf=_tree.is_variable)
+
+
+def full_like_tree(
+    params: Any, value: float, fmt: Any, *, signed: bool, real: bool = False
+) -> Any:
+  """Like ``zeros_like_tree``, every element ``value``."""
+  zeros = zeros_like_tree(params, fmt, signed=signed, real=real)
+  if _validate.is_static_zero(value) or zeros is _tree.NOT_PARAMS:
+    return zeros
+
+  def fill(z):
+    if isinstance(z, quantize.QuantizedArray):
+      full = jnp.full(z.shape, value, jnp.float32)
+      return store(full, z, fmt)
+    return jnp.full_like(z, value)
+
+  return jax.tree.map(
+      fill, zeros, is_leaf=lambda x: isinstance(x, quantize.QuantizedArray))
 
 
 def load(stored: Any, dtype: Any) -> jax.Array:
   """A stored state leaf as an array of ``dtype``."""
   if isinstance(stored, quantize.QuantizedArray):
     return quantize.dequantize_blockwise(stored, dtype)
+  if jnp.iscomplexobj(stored) and not jnp.issubdtype(dtype, jnp.complexfloating):
+    stored = jnp.real(stored)
   return stored.astype(dtype)
 
 

@@ -1,14 +1,14 @@
-"""Layer-wise step scaling by the parameters' own size: LARS/LAMB's trust
-ratio and Tiger's parameter RMS."""
+"""The layer-wise trust ratio of LARS and LAMB: a step sized to the layer's weights."""
 
-from typing import NamedTuple, Union
+from typing import NamedTuple
 
 import jax
 import jax.numpy as jnp
 import optax
 
-from gradtx.transforms import _tree
-from gradtx.transforms import _validate
+from gradtx._internal import tree as _tree
+from gradtx._internal import validate as _validate
+from gradtx.transforms.weight_decay import MaskOrFn, weight_decay_mask
 
 
 class ScaleByTrustRatioState(NamedTuple):
@@ -18,10 +18,11 @@ class ScaleByTrustRatioState(NamedTuple):
 
 
 def scale_by_trust_ratio(
+    *,
     trust_coefficient: float = 1.0,
     eps: float = 0.0,
-    *,
-    weight_decay: Union[float, optax.Schedule] = 0.0,
+    weight_decay: optax.ScalarOrSchedule = 0.0,
+    mask: MaskOrFn = None,
 ) -> optax.GradientTransformation:
   r"""Rescales each leaf's update by its layer-wise trust ratio.
 
@@ -46,6 +47,9 @@ def scale_by_trust_ratio(
     eps: added to the denominator, >= 0.
     weight_decay: λ, a non-negative number or a schedule of the step count,
       added to the update after the norms are taken (LARS).
+    mask: the leaves that get the weight decay (a pytree of booleans or a
+      callable of the params, ``optax.masked`` semantics); the others use
+      λ = 0. ``None``: every leaf.
 
   Returns:
     An ``optax.GradientTransformation`` that needs ``params``, with state
@@ -79,56 +83,20 @@ def scale_by_trust_ratio(
       raise ValueError(
           "scale_by_trust_ratio needs params: update(u, state, params)")
     decay = _tree.resolve_schedule(weight_decay, state.count)
+    decayed = weight_decay_mask(mask, params)
 
-    def leaf(u, p):
+    def leaf(u, p, decays):
       dtype = _tree.compute_dtype(u)
+      decay_ = decay if decays else 0.0
       u_, p_ = u.astype(dtype), p.astype(dtype)
       param_norm, update_norm = optax.tree.norm(p_), optax.tree.norm(u_)
-      denominator = update_norm + decay * param_norm + eps
+      denominator = update_norm + decay_ * param_norm + eps
       moves = (param_norm > 0) & (denominator > 0)
       ratio = jnp.where(
           moves, trust_coefficient * param_norm / jnp.where(moves, denominator, 1), 1)
-      return (ratio * (u_ + decay * p_)).astype(u.dtype)
+      return (ratio * (u_ + decay_ * p_)).astype(u.dtype)
 
-    new = jax.tree.map(leaf, updates, params)
-    return new, ScaleByTrustRatioState(_tree.increment(state.count))
+    new = jax.tree.map(leaf, updates, params, decayed)
+    return new, ScaleByTrustRatioState(optax.safe_increment(state.count))
 
   return optax.GradientTransformation(init_fn, update_fn)
-
-
-def scale_by_param_rms(min_ndim: int = 2) -> optax.GradientTransformation:
-  r"""Multiplies each leaf's update by the root mean square of its parameter.
-
-  .. math:: u \leftarrow \operatorname{RMS}(p)\, u,\qquad
-    \operatorname{RMS}(p) = \sqrt{\tfrac{1}{n}\textstyle\sum_i p_i^2}
-
-  for leaves with at least ``min_ndim`` dimensions; other leaves (biases and
-  norm scales, which may start at exactly 0) pass through unchanged. This is
-  the per-tensor adaptive learning rate of the Tiger reference code, which
-  makes a sign update's relative size independent of the weight's scale. The
-  reference also halves the step of biases/norms and uses a per-row RMS for
-  embeddings, by variable name; gradtx leaves that to ``optax.multi_transform``.
-
-  Args:
-    min_ndim: leaves with fewer dimensions are not rescaled.
-
-  Returns:
-    A stateless ``optax.GradientTransformation`` that needs ``params``.
-
-  Reference: Su Jianlin, github.com/bojone/tiger (``tiger.py``).
-  """
-
-  def update_fn(updates, state, params=None):
-    if params is None:
-      raise ValueError("scale_by_param_rms needs params: update(u, state, params)")
-
-    def leaf(u, p):
-      if p.ndim < min_ndim:
-        return u
-      dtype = _tree.compute_dtype(u)
-      rms = jnp.sqrt(jnp.mean(jnp.square(p.astype(dtype))))
-      return (rms * u.astype(dtype)).astype(u.dtype)
-
-    return jax.tree.map(leaf, updates, params), state
-
-  return optax.GradientTransformation(lambda _: optax.EmptyState(), update_fn)

@@ -17,10 +17,25 @@ import jax
 import jax.numpy as jnp
 import optax
 
-from gradtx.transforms import _tree
-from gradtx.transforms import _validate
+from gradtx._internal import tree as _tree
+from gradtx._internal import validate as _validate
 
 MaskOrFn = Optional[Union[Any, Callable[[optax.Params], Any]]]
+
+
+def weight_decay_mask(mask: MaskOrFn, params: Any) -> Any:
+  """``mask`` as a tree of Python booleans shaped like ``params``.
+
+  ``None`` selects every leaf; a callable is called on ``params``.
+  """
+  if mask is None:
+    return jax.tree.map(lambda _: True, params)
+  resolved = mask(params) if callable(mask) else mask
+  # Where params are masked out already (optax.masked, multi_transform) the
+  # result keeps their MaskedNode, so it is structured like the updates.
+  masked = lambda x: isinstance(x, optax.MaskedNode)
+  return jax.tree.map(
+      lambda m, p: p if masked(p) else bool(m), resolved, params, is_leaf=masked)
 
 
 class WeightDecayState(NamedTuple):
@@ -40,7 +55,7 @@ def _add_scaled_params(
 
   def update_fn(updates, state, params=None):
     if _validate.is_static_zero(weight_decay):
-      return updates, WeightDecayState(_tree.increment(state.count))
+      return updates, WeightDecayState(optax.safe_increment(state.count))
     if params is None:
       raise ValueError(
           "weight decay needs the parameters: call update(updates, state,"
@@ -53,7 +68,7 @@ def _add_scaled_params(
       return (g.astype(dtype) + decay * p.astype(dtype)).astype(g.dtype)
 
     updates = jax.tree.map(leaf, updates, params)
-    return updates, WeightDecayState(_tree.increment(state.count))
+    return updates, WeightDecayState(optax.safe_increment(state.count))
 
   tx = optax.GradientTransformation(init_fn, update_fn)
   return tx if mask is None else optax.masked(tx, mask)

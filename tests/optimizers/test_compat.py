@@ -107,7 +107,7 @@ class Case(NamedTuple):
 def lookahead_adamw(learning_rate, b1=0.9, weight_decay=1e-4):
   """``go.lookahead`` around ``go.adamw``: the wrapper through the battery."""
   return go.lookahead(
-      go.adamw(learning_rate, b1, weight_decay=weight_decay), sync_period=2)
+      go.adamw(learning_rate, b1=b1, weight_decay=weight_decay), sync_period=2)
 
 
 CASES = [
@@ -159,7 +159,7 @@ CASES = [
         "muon",
         go.muon,
         dict(weight_decay=1e-2),
-        static_args=("ns_steps", "is_muon_param"),
+        static_args=("ns_steps",),
     ),
 ]
 # Structured states: a lighter battery (see the module docstring).
@@ -179,7 +179,7 @@ STRUCTURED = [
     Case(
         "adafactor",
         go.adafactor,
-        dict(min_dim_size_to_factor=2, momentum=0.9, weight_decay=1e-2),
+        dict(min_dim_size_to_factor=2, b1=0.9, weight_decay=1e-2),
         static_args=("min_dim_size_to_factor", "decay_offset"),
         lr_mid_chain=True,
     ),
@@ -559,7 +559,7 @@ def test_vmap_over_independent_problems(case):
     params = optax.apply_updates(params, updates)
 
   for i in range(batch):
-    take = lambda t: jax.tree.map(lambda x: x[i], t)
+    take = lambda t, i=i: jax.tree.map(lambda x: x[i], t)
     ref_params, ref_state, _ = _steps(tx, take(params_b), [take(g) for g in grads_b])
     chex.assert_trees_all_close(take(params), ref_params, rtol=1e-5, atol=1e-6)
     chex.assert_trees_all_close(take(state), ref_state, rtol=1e-5, atol=1e-6)
@@ -705,6 +705,12 @@ def test_jit_init_on_an_explicit_mesh_gives_the_recipes_layout(case):
     params = jax.device_put(
         _SHARD_PARAMS, {k: NamedSharding(mesh, s) for k, s in _SPECS.items()})
     state = jax.jit(tx.init)(params)
+  if case.name in _STATISTICS:
+    # 8-bit moments of small leaves are float32 copies of their parameter:
+    # jit(init) gives them its sharding, which the recipe (one mark for the
+    # whole field) cannot express.
+    _check_shardings(state, mesh, "jit(init)")
+    return
   for a, b in zip(jax.tree.leaves(state), jax.tree.leaves(placed)):
     assert a.sharding.is_equivalent_to(b.sharding, a.ndim), (a.sharding, b.sharding)
 

@@ -52,7 +52,7 @@ RANGES = {
     ),
     go.rmsprop: dict(
         learning_rate=NON_NEGATIVE, decay=DECAY, eps=NON_NEGATIVE,
-        momentum=DECAY, weight_decay=NON_NEGATIVE,
+        eps_root=NON_NEGATIVE, momentum=DECAY, weight_decay=NON_NEGATIVE,
     ),
     go.adam: dict(
         learning_rate=NON_NEGATIVE, b1=DECAY, b2=DECAY, eps=NON_NEGATIVE,
@@ -66,7 +66,8 @@ RANGES = {
         learning_rate=NON_NEGATIVE, b1=DECAY, b2=DECAY, eps=NON_NEGATIVE,
         weight_decay=NON_NEGATIVE,
     ),
-    go.signsgd: dict(learning_rate=NON_NEGATIVE, momentum=DECAY),
+    go.signsgd: dict(learning_rate=NON_NEGATIVE, momentum=DECAY,
+                     weight_decay=NON_NEGATIVE),
     go.lion: dict(
         learning_rate=NON_NEGATIVE, b1=DECAY, b2=DECAY, weight_decay=NON_NEGATIVE
     ),
@@ -78,20 +79,20 @@ RANGES = {
         adam_eps=NON_NEGATIVE, adam_weight_decay=NON_NEGATIVE,
     ),
     go.shampoo: dict(
-        learning_rate=NON_NEGATIVE, b1=DECAY, b2=UNIT, eps=NON_NEGATIVE,
+        learning_rate=NON_NEGATIVE, b1=DECAY, b2=DECAY, eps=NON_NEGATIVE,
+        precondition_b2=UNIT, damping=NON_NEGATIVE,
         precondition_every=COUNT, block_size=COUNT, weight_decay=NON_NEGATIVE,
-        max_precondition_dim=COUNT, relative_eps=NON_NEGATIVE, graft_b2=DECAY,
-        graft_eps=NON_NEGATIVE,
+        max_precondition_dim=COUNT, relative_damping=NON_NEGATIVE,
     ),
     go.soap: dict(
-        learning_rate=NON_NEGATIVE, b1=DECAY, b2=DECAY, shampoo_b2=DECAY,
+        learning_rate=NON_NEGATIVE, b1=DECAY, b2=DECAY, precondition_b2=DECAY,
         eps=NON_NEGATIVE, precondition_every=COUNT, max_precondition_dim=COUNT,
         weight_decay=NON_NEGATIVE,
     ),
     go.adafactor: dict(
         learning_rate=NON_NEGATIVE, min_dim_size_to_factor=COUNT,
         decay_rate=UNIT, decay_offset=INDEX, clipping_threshold=POSITIVE,
-        momentum=DECAY, weight_decay=NON_NEGATIVE, eps=NON_NEGATIVE,
+        b1=DECAY, weight_decay=NON_NEGATIVE, eps=NON_NEGATIVE,
     ),
     go.adam_mini: dict(
         learning_rate=NON_NEGATIVE, b1=DECAY, b2=DECAY, eps=NON_NEGATIVE,
@@ -99,7 +100,7 @@ RANGES = {
     ),
     go.adamw_8bit: dict(
         learning_rate=NON_NEGATIVE, b1=DECAY, b2=DECAY, eps=NON_NEGATIVE,
-        weight_decay=NON_NEGATIVE, block_size=COUNT,
+        eps_root=NON_NEGATIVE, weight_decay=NON_NEGATIVE, block_size=COUNT,
     ),
     go.lars: dict(
         learning_rate=NON_NEGATIVE, momentum=DECAY, weight_decay=NON_NEGATIVE,

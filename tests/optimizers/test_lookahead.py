@@ -15,7 +15,6 @@ import torch
 from flax import nnx
 
 from gradtx import optimizers as go
-
 from tests import oracles
 
 STEPS = 32
@@ -59,7 +58,7 @@ def test_matches_torch_algorithm_1(base, reset):
   make_ours, make_torch = BASES[base]
   k, alpha = 5, 0.6
   ours = oracles.run_gradtx(
-      go.lookahead(make_ours(), k, alpha, reset_state=reset),
+      go.lookahead(make_ours(), sync_period=k, slow_step_size=alpha, reset_state=reset),
       PROBLEM.params0, PROBLEM.grad, STEPS,
   )
   ref = _torch_algorithm_1(
@@ -95,7 +94,7 @@ def _run_optax_lookahead(tx, params0, grad_fn, steps):
 def test_same_trajectory_as_optax_lookahead(reset):
   make = BASES["adam"][0]
   ours = oracles.run_gradtx(
-      go.lookahead(make(), 4, 0.3, reset_state=reset),
+      go.lookahead(make(), sync_period=4, slow_step_size=0.3, reset_state=reset),
       PROBLEM.params0, PROBLEM.grad, STEPS,
   )
   theirs = _run_optax_lookahead(
@@ -114,7 +113,7 @@ def test_same_trajectory_as_optax_lookahead(reset):
 def test_slow_step_size_one_is_the_base(base, k):
   make = BASES[base][0]
   ours = oracles.run_gradtx(
-      go.lookahead(make(), k, 1.0), PROBLEM.params0, PROBLEM.grad, STEPS
+      go.lookahead(make(), sync_period=k, slow_step_size=1.0), PROBLEM.params0, PROBLEM.grad, STEPS
   )
   plain = oracles.run_gradtx(make(), PROBLEM.params0, PROBLEM.grad, STEPS)
   oracles.assert_trajectories_close(ours, plain, 1e-12)
@@ -123,7 +122,8 @@ def test_slow_step_size_one_is_the_base(base, k):
 def test_sync_every_step_scales_plain_sgd():
   """k = 1 turns SGD with rate η into SGD with rate αη."""
   ours = oracles.run_gradtx(
-      go.lookahead(go.sgd(0.4), 1, 0.25), PROBLEM.params0, PROBLEM.grad, STEPS
+      go.lookahead(go.sgd(0.4), sync_period=1, slow_step_size=0.25), PROBLEM.params0,
+      PROBLEM.grad, STEPS
   )
   plain = oracles.run_gradtx(go.sgd(0.1), PROBLEM.params0, PROBLEM.grad, STEPS)
   oracles.assert_trajectories_close(ours, plain, 1e-12)
@@ -140,7 +140,8 @@ def _steps(tx, params, grads, n):
 def test_reset_initialises_the_base_at_the_synced_weights():
   """A base whose init reads the values (here a nested lookahead) restarts
   from where the sync put the parameters, not from the step before."""
-  tx = go.lookahead(go.lookahead(go.sgd(0.1), 2), 4, 0.5, reset_state=True)
+  tx = go.lookahead(go.lookahead(go.sgd(0.1), sync_period=2), sync_period=4,
+                    slow_step_size=0.5, reset_state=True)
   params = jnp.array([1.0, -2.0])
   grads = jnp.array([0.3, -0.7])
   params, state, _ = _steps(tx, params, grads, 4)
@@ -301,7 +302,8 @@ def test_keyword_arguments_reach_the_base_so_sam_composes():
   w0 = jnp.array([1.0, -0.5])
   runs = {}
   for name, tx in {"sam": go.sam(go.sgd(0.05), rho=0.1),
-                   "lookahead": go.lookahead(go.sam(go.sgd(0.05), rho=0.1), 2, 1.0)}.items():
+                   "lookahead": go.lookahead(go.sam(go.sgd(0.05), rho=0.1), sync_period=2,
+                                             slow_step_size=1.0)}.items():
     w, state = w0, tx.init(w0)
     for _ in range(4):
       updates, state = tx.update(grad(w), state, w, grad_fn=grad)

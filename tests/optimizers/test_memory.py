@@ -34,7 +34,7 @@ ADAFACTOR_PARAMS = {
         {"learning_rate": 0.05, "min_dim_size_to_factor": 8},
         {"learning_rate": optax.linear_schedule(0.1, 0.01, 25), "clipping_threshold": None,
          "decay_rate": 0.6, "min_dim_size_to_factor": 8},
-        {"learning_rate": 0.05, "multiply_by_parameter_scale": False, "momentum": 0.9},
+        {"learning_rate": 0.05, "multiply_by_parameter_scale": False, "b1": 0.9},
         {"learning_rate": 0.02, "weight_decay": 1e-3, "factored": False, "eps": 1e-20},
         {"learning_rate": 0.05, "clipping_threshold": 0.5,
          "weight_decay": 1e-2, "mask": {"w": True, "conv": True, "small": False, "b": False},
@@ -42,7 +42,7 @@ ADAFACTOR_PARAMS = {
     ],
 )
 def test_adafactor_matches_optax(config):
-  names = {"mu_dtype": "dtype_momentum", "weight_decay": "weight_decay_rate",
+  names = {"mu_dtype": "dtype_momentum", "weight_decay": "weight_decay_rate", "b1": "momentum",
            "mask": "weight_decay_mask"}
   optax_config = {names.get(k, k): v for k, v in config.items()}
   grad = oracles.quadratic_grads(ADAFACTOR_PARAMS, seed=3)
@@ -70,10 +70,10 @@ def test_adafactor_default_is_the_relative_step_size():
 def test_adafactor_int8_momentum():
   params = {"w": np.random.default_rng(0).normal(size=(64, 128))}
   grad = oracles.quadratic_grads(params, seed=5)
-  exact = oracles.run_quadratic(go.adafactor(0.05, momentum=0.9), params, grad, 20, jnp.float32)
-  int8 = oracles.run_quadratic(go.adafactor(0.05, momentum=0.9, mu_dtype="int8"), params, grad, 20,
+  exact = oracles.run_quadratic(go.adafactor(0.05, b1=0.9), params, grad, 20, jnp.float32)
+  int8 = oracles.run_quadratic(go.adafactor(0.05, b1=0.9, mu_dtype="int8"), params, grad, 20,
                 jnp.float32)
-  state = go.adafactor(0.05, momentum=0.9, mu_dtype="int8").init(
+  state = go.adafactor(0.05, b1=0.9, mu_dtype="int8").init(
       {"w": jnp.zeros((64, 128))})
   assert any(isinstance(x, gt.QuantizedArray) for x in jax.tree.leaves(
       state, is_leaf=lambda x: isinstance(x, gt.QuantizedArray)))
@@ -84,8 +84,8 @@ def test_adafactor_int8_momentum():
 @pytest.mark.parametrize(
     "kwargs, message",
     [({"clipping_threshold": 0.0}, "clipping_threshold must be in"),
-     ({"momentum": 1.0}, "momentum must be in"),
-     ({"mu_dtype": "int4", "momentum": 0.9}, "mu_dtype must be")],
+     ({"b1": 1.0}, "b1 must be in"),
+     ({"mu_dtype": "int4", "b1": 0.9}, "mu_dtype must be")],
 )
 def test_adafactor_arguments_are_validated(kwargs, message):
   with pytest.raises(ValueError, match=message):
@@ -135,7 +135,7 @@ def test_adam_mini_matches_the_official_step(weight_decay):
   grad = oracles.quadratic_grads(params0, seed=1)
   lr = lambda count: 1e-2 - 4.5e-4 * count  # exact in float64 on both sides
   ours = oracles.run_quadratic(
-      go.adam_mini(lr, 0.9, 0.95, 1e-8, weight_decay, num_heads=HEADS,
+      go.adam_mini(lr, b1=0.9, b2=0.95, eps=1e-8, weight_decay=weight_decay, num_heads=HEADS,
                    mask=lambda p: jax.tree.map(lambda x: x.ndim >= 2, p)),
       params0, grad, 20,
   )
@@ -145,7 +145,8 @@ def test_adam_mini_matches_the_official_step(weight_decay):
   trajectory = [_from_torch(p) for p in official]
   assert _max_relative_gap(ours, trajectory) < 1e-10
   # The blocks matter: plain AdamW drifts away.
-  adamw = oracles.run_quadratic(go.adamw(lr, 0.9, 0.95, 1e-8, weight_decay), params0, grad, 20)
+  adamw = oracles.run_quadratic(
+      go.adamw(lr, b1=0.9, b2=0.95, eps=1e-8, weight_decay=weight_decay), params0, grad, 20)
   assert _max_relative_gap(adamw, trajectory) > 1e-3
 
 
@@ -178,8 +179,10 @@ def test_adamw_8bit_tracks_adamw_on_a_regression():
     return float(np.mean((x @ p["w"] + p["b"] - y) ** 2))
 
   schedule = optax.cosine_decay_schedule(3e-2, 300)
-  full = oracles.run_quadratic(go.adamw(schedule, weight_decay=1e-4), params0, grad, 300, jnp.float32)
-  int8 = oracles.run_quadratic(go.adamw_8bit(schedule, weight_decay=1e-4), params0, grad, 300, jnp.float32)
+  full = oracles.run_quadratic(
+      go.adamw(schedule, weight_decay=1e-4), params0, grad, 300, jnp.float32)
+  int8 = oracles.run_quadratic(
+      go.adamw_8bit(schedule, weight_decay=1e-4), params0, grad, 300, jnp.float32)
   # Both fit to within ~2x the noise floor (0.01); near it, 8-bit first
   # moments cost a few percent of the final loss (their rounding errors stay
   # correlated from step to step), bf16 round-to-nearest ~1%.
@@ -241,7 +244,7 @@ class _TinyLM(nnx.Module):
 @pytest.mark.parametrize(
     "make",
     [lambda: go.adamw_8bit(1e-2), lambda: go.adam_mini(1e-2, num_heads=4),
-     lambda: go.adafactor(1e-2, momentum=0.9, mu_dtype="int8"),
+     lambda: go.adafactor(1e-2, b1=0.9, mu_dtype="int8"),
      lambda: go.adamw(1e-2, nu_dtype=gt.StochasticBfloat16())],
     ids=["adamw_8bit", "adam_mini", "adafactor", "adamw_sr_bf16"],
 )
@@ -271,7 +274,7 @@ def test_states_keep_the_parameter_sharding():
   with jax.set_mesh(mesh):
     for tx in (go.adamw_8bit(1e-3), go.adam_mini(1e-3)):
       state = jax.jit(tx.init)(params)
-      step = jax.jit(lambda p, s: tx.update(p, s, p))
+      step = jax.jit(lambda p, s, tx=tx: tx.update(p, s, p))
       _, state = step(params, state)
       mu = state[0].mu["w"]
       leaf = mu.codes if isinstance(mu, gt.QuantizedArray) else mu

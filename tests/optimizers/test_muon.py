@@ -7,7 +7,6 @@ import optax
 import pytest
 from flax import nnx
 
-
 from gradtx import optimizers as go
 from tests import oracles
 

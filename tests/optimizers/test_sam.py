@@ -102,7 +102,7 @@ RHO = 0.1
 def _gradtx_run(base, adaptive=None):
   """SAM(ρ = RHO) around ``base`` on the MLP; ``adaptive=None``: the base alone."""
   tx = BASES[base][0]()
-  return _run_jax(tx if adaptive is None else go.sam(tx, RHO, adaptive=adaptive))
+  return _run_jax(tx if adaptive is None else go.sam(tx, rho=RHO, adaptive=adaptive))
 
 
 @pytest.mark.parametrize("adaptive", [False, True])
@@ -120,7 +120,7 @@ def test_matches_torch_sam_loop(base, adaptive):
 @pytest.mark.parametrize("base", list(BASES))
 def test_matches_optax_contrib_sam_opaque_mode(base):
   make_ours, _ = BASES[base]
-  ours = _run_jax(go.sam(make_ours(), 0.05, eps=0.0))
+  ours = _run_jax(go.sam(make_ours(), rho=0.05, eps=0.0))
   adversary = optax.chain(optax.contrib.normalize(), optax.sgd(0.05))
   theirs = _run_jax(
       optax.contrib.sam(make_ours(), adversary, sync_period=2, opaque_mode=True),
@@ -146,7 +146,7 @@ def test_one_step_closed_form_on_quadratic(adaptive, eta):
   assert (e[0] != 0) == (not adaptive or eta > 0)
   expected = w - lr * (a @ (w + e) - b)
   with jax.enable_x64(True):
-    tx = go.sam(go.sgd(lr), rho, adaptive=adaptive, eta=eta, eps=eps)
+    tx = go.sam(go.sgd(lr), rho=rho, adaptive=adaptive, eta=eta, eps=eps)
     grad_fn = lambda p: jnp.asarray(a) @ p - jnp.asarray(b)
     wj = jnp.asarray(w)
     updates, state = tx.update(grad_fn(wj), tx.init(wj), wj, grad_fn=grad_fn)
@@ -166,7 +166,7 @@ def test_rho_zero_is_exactly_the_base():
 @pytest.mark.parametrize("eps", [0.0, 1e-12])
 def test_zero_gradient_gives_zero_perturbation(adaptive, eps):
   w = jnp.array([1.0, -2.0, 3.0])
-  tx = go.sam(go.sgd(1.0), 0.5, adaptive=adaptive, eps=eps)
+  tx = go.sam(go.sgd(1.0), rho=0.5, adaptive=adaptive, eps=eps)
   # grad_fn returns its argument, so the update is −(w + ε).
   updates, _ = jax.jit(lambda g, s, p: tx.update(g, s, p, grad_fn=lambda q: q))(
       jnp.zeros(3), tx.init(w), w)
@@ -180,7 +180,7 @@ def test_bf16_params_keep_their_dtype_and_perturb_in_float32():
   def grad_fn(p):
     seen.append(jax.tree.map(lambda x: x.dtype, p))
     return p  # the update is then −(w + ε)
-  tx = go.sam(go.sgd(1.0, momentum=0.9), 0.7)
+  tx = go.sam(go.sgd(1.0, momentum=0.9), rho=0.7)
   updates, state = tx.update(g, tx.init(w), w, grad_fn=grad_fn)
   assert seen == [{"a": jnp.bfloat16, "b": jnp.bfloat16}]
   assert jax.tree.map(lambda x: x.dtype, updates) == seen[0]
@@ -196,7 +196,7 @@ def test_jit_traces_once_and_grad_fn_called_once_per_step():
   traces, calls = [], []
   a, b, _ = _quadratic()
   a, b = jnp.asarray(a, jnp.float32), jnp.asarray(b, jnp.float32)
-  tx = go.sam(go.adam(0.1), 0.1)
+  tx = go.sam(go.adam(0.1), rho=0.1)
 
   @jax.jit
   def step(w, state):
@@ -217,7 +217,7 @@ def test_jit_traces_once_and_grad_fn_called_once_per_step():
 
 def test_vmap_over_a_batch_of_problems():
   problems = [_quadratic(seed) for seed in range(3)]
-  tx = go.sam(go.sgd(0.05, momentum=0.9), 0.2, adaptive=True)
+  tx = go.sam(go.sgd(0.05, momentum=0.9), rho=0.2, adaptive=True)
 
   def run(a, b, w):
     grad_fn = lambda p: a @ p - b
@@ -278,13 +278,13 @@ def test_non_finite_gradient_poisons_the_step_unless_apply_if_finite():
   a, b, w = map(jnp.asarray, _quadratic())
   grad_fn = lambda p: a @ p - b
   bad = (a @ w - b).at[0].set(jnp.inf)
-  tx = go.sam(go.sgd(0.1, momentum=0.9), 0.1)
+  tx = go.sam(go.sgd(0.1, momentum=0.9), rho=0.1)
   updates, state = tx.update(bad, tx.init(w), w, grad_fn=grad_fn)
   assert np.all(np.isnan(updates))
   momentum_buffer = [x for x in jax.tree.leaves(state.inner_state) if x.ndim == 1]
   assert len(momentum_buffer) == 1 and np.all(np.isnan(momentum_buffer[0]))
 
-  guarded = optax.apply_if_finite(go.sam(go.sgd(0.1, momentum=0.9), 0.1), 3)
+  guarded = optax.apply_if_finite(go.sam(go.sgd(0.1, momentum=0.9), rho=0.1), 3)
   state0 = guarded.init(w)
   updates, state = guarded.update(bad, state0, w, grad_fn=grad_fn)
   np.testing.assert_array_equal(updates, jnp.zeros_like(w))
@@ -307,7 +307,7 @@ def test_flax_nnx_optimizer_forwards_grad_fn(jit):
   model = nnx.Linear(3, 2, rngs=nnx.Rngs(0))
   params0 = nnx.to_pure_dict(nnx.state(model, nnx.Param))
   loss_fn = lambda m: jnp.mean((m(x) - y) ** 2)
-  optimizer = nnx.Optimizer(model, go.sam(go.sgd(0.1, momentum=0.9), 0.3), wrt=nnx.Param)
+  optimizer = nnx.Optimizer(model, go.sam(go.sgd(0.1, momentum=0.9), rho=0.3), wrt=nnx.Param)
 
   def train_step(model, optimizer):
     graphdef, _, rest = nnx.split(model, nnx.Param, ...)
@@ -327,7 +327,7 @@ def test_flax_nnx_optimizer_forwards_grad_fn(jit):
       params = optax.apply_updates(params, updates)
     return params
 
-  want = functional(go.sam(go.sgd(0.1, momentum=0.9), 0.3))
+  want = functional(go.sam(go.sgd(0.1, momentum=0.9), rho=0.3))
   base_only = functional(go.sgd(0.1, momentum=0.9))
   for k in want:
     np.testing.assert_allclose(got[k], want[k], rtol=1e-5, atol=1e-6)

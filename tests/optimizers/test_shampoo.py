@@ -19,7 +19,7 @@ def test_reference_configuration_is_algorithm_1(shape, root_method, rtol):
   problem = oracles.LeastSquaresProblem({"w": shape}, steps)
   grad = lambda w, t: problem.grad({"w": w}, t)["w"]
   expected = oracles.shampoo_algorithm1(problem.params0["w"], grad, steps, lr, eps)
-  tx = go.shampoo(lr, b1=0.0, b2=1.0, eps=eps, grafting=None,
+  tx = go.shampoo(lr, b1=0.0, precondition_b2=1.0, damping=eps, grafting=None,
                   precondition_every=1, root_method=root_method)
   ours = oracles.run_gradtx(tx, problem.params0, problem.grad, steps)
   assert np.abs(expected[-1] - expected[0]).max() > 0.1  # it does move
@@ -34,7 +34,7 @@ def test_momentum_averages_the_preconditioned_direction(nesterov):
   grad = lambda w, t: problem.grad({"w": w}, t)["w"]
   expected = oracles.shampoo_algorithm1(
       problem.params0["w"], grad, steps, lr, eps, momentum=b1, nesterov=nesterov)
-  tx = go.shampoo(lr, b1=b1, b2=1.0, eps=eps, grafting=None,
+  tx = go.shampoo(lr, b1=b1, precondition_b2=1.0, damping=eps, grafting=None,
                   precondition_every=1, nesterov=nesterov)
   ours = oracles.run_gradtx(tx, problem.params0, problem.grad, steps)
   for theirs, mine in zip(expected, ours):
@@ -57,11 +57,13 @@ def test_soap_matches_the_reference_code(refresh, weight_decay):
   """
   steps = 30
   problem = oracles.LeastSquaresProblem(SOAP_SHAPES, steps)
-  hyper = dict(b1=0.9, b2=0.95, shampoo_b2=0.8, eps=1e-8, weight_decay=weight_decay,
+  hyper = dict(b1=0.9, b2=0.95, precondition_b2=0.8, eps=1e-8, weight_decay=weight_decay,
                precondition_every=3, max_precondition_dim=8)
   tx = go.soap(0.01, refresh=refresh, **hyper)
   ours = oracles.run_gradtx(tx, problem.params0, problem.grad, steps)
   decay = "adamw" if weight_decay else "reference"
+  # The transcription keeps the reference's name for the statistics' decay.
+  hyper["shampoo_b2"] = hyper.pop("precondition_b2")
   expected = oracles.soap_reference(problem.params0, problem.grad, steps, 0.01,
                                     refresh=refresh, decay=decay, **hyper)
   for theirs, mine in zip(expected, ours):
@@ -123,7 +125,7 @@ class _Net(nnx.Module):
 @pytest.mark.parametrize("make", [
     lambda: go.shampoo(3e-2, block_size=8, precondition_every=3),
     lambda: optax.inject_hyperparams(go.shampoo, static_args=SHAMPOO_STATIC)(
-        learning_rate=3e-2, block_size=8, root_method="newton", relative_eps=1e-6),
+        learning_rate=3e-2, block_size=8, root_method="newton", relative_damping=1e-6),
     lambda: optax.inject_hyperparams(go.soap, static_args=SOAP_STATIC)(
         learning_rate=3e-2, precondition_every=3),
 ], ids=["shampoo", "shampoo-newton-injected", "soap-injected"])
@@ -163,8 +165,8 @@ def test_bf16_parameters_keep_bf16_updates():
     (go.shampoo, dict(grafting="adagrad"), "grafting"),
     (go.shampoo, dict(b1=1.0), "b1"),
     (go.shampoo, dict(b2=1.01), "b2"),
-    (go.shampoo, dict(graft_b2=1.0), "graft_b2"),
-    (go.shampoo, dict(graft_eps=-1.0), "graft_eps"),
+    (go.shampoo, dict(b2=1.0), "b2"),
+    (go.shampoo, dict(eps=-1.0), "eps"),
     (go.shampoo, dict(block_size=0), "block_size"),
     (go.shampoo, dict(precondition_every=0), "precondition_every"),
     (go.shampoo, dict(learning_rate=-1.0), "learning_rate"),

@@ -60,7 +60,8 @@ def test_update_rule_by_hand_per_head():
   b1, b2, eps = 0.5, 0.75, 1e-3
   rng = np.random.default_rng(0)
   grads = [rng.normal(size=(4, 6)) for _ in range(3)]
-  tx = gt.scale_by_adam_mini(b1, b2, eps, blocks=lambda p, x: gt.Blocks.per_head(x.shape, 2))
+  tx = gt.scale_by_adam_mini(
+      b1=b1, b2=b2, eps=eps, blocks=lambda p, x: gt.Blocks.per_head(x.shape, 2))
   state = tx.init(jnp.zeros((4, 6)))
   m, v = 0, 0
   for t, g in enumerate(grads, start=1):
@@ -76,7 +77,7 @@ def test_update_rule_by_hand_per_head():
 def test_one_block_per_element_is_adam():
   grads = jax.random.normal(jax.random.key(0), (10, 5, 7))
   adam, mini = gt.scale_by_adam(0.8, 0.999, 1e-6), gt.scale_by_adam_mini(
-      0.8, 0.999, 1e-6, blocks=lambda path, leaf: gt.Blocks.per_element(leaf.shape)
+      b1=0.8, b2=0.999, eps=1e-6, blocks=lambda path, leaf: gt.Blocks.per_element(leaf.shape)
   )
   s_adam, s_mini = adam.init(grads[0]), mini.init(grads[0])
   for g in grads:

@@ -32,7 +32,7 @@ def test_inverse_root_matches_float64_eigh(root_method, bound, p):
 def test_ridge_terms_match_float64_eigh(root_method):
   a = _spd(np.random.default_rng(0), 16, 1e2)
   root = gt.inverse_pth_root(jnp.asarray(a, jnp.float32), 4, root_method=root_method,
-                             eps=0.01, relative_eps=0.1)
+                             damping=0.01, relative_damping=0.1)
   bound = 1.0 if root_method == "eigh" else min(np.linalg.norm(a), np.abs(a).sum(1).max())
   expected = oracles.inverse_root(a, 4, eps=0.01 + 0.1 * bound)
   assert oracles.relative_error(root, expected) < 1e-5
@@ -55,7 +55,7 @@ def test_eigh_root_of_rank_deficient_matrix_is_a_pseudo_inverse():
 def test_newton_root_of_rank_deficient_matrix_is_finite_with_a_ridge():
   g = np.random.default_rng(2).standard_normal((8, 1))
   root = gt.inverse_pth_root(jnp.asarray(g @ g.T, jnp.float32), 4,
-                             root_method="newton", relative_eps=1e-6)
+                             root_method="newton", relative_damping=1e-6)
   assert np.isfinite(root).all()
   expected = oracles.inverse_root(g @ g.T, 4, eps=1e-6 * float(np.sum(g * g)))
   assert oracles.relative_error(root, expected) < 1e-2

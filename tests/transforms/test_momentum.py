@@ -31,7 +31,7 @@ def test_heavy_ball_by_hand(nesterov):
   for g in GRADS:
     m = mu * m + g
     expected.append(g + mu * m if nesterov else m)
-  updates, state = _run(gt.momentum(mu, nesterov))
+  updates, state = _run(gt.momentum(mu, nesterov=nesterov))
   np.testing.assert_allclose(updates, expected, rtol=1e-6)
   np.testing.assert_allclose(state.mu, m, rtol=1e-6)
 

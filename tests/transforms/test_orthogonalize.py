@@ -30,8 +30,13 @@ def _matrix_with_spectrum(shape, rng, low=0.1, high=1.0):
   return x, u, sigma, v
 
 
+def _stacked_if_3d(x):
+  """3-D test inputs are stacks of matrices (a declared leading axis)."""
+  return {"matrix_view": gt.stacked_matrix_view()} if np.ndim(x) == 3 else {}
+
+
 def _orthogonalize(x, **kwargs):
-  tx = gt.orthogonalize_newton_schulz(**kwargs)
+  tx = gt.orthogonalize_newton_schulz(**_stacked_if_3d(x), **kwargs)
   return np.asarray(tx.update(jnp.asarray(x, jnp.float32), tx.init(None))[0],
                     np.float64)
 
@@ -134,7 +139,7 @@ def test_vectors_pass_through_and_dtype_is_kept():
     [({"coefficients": "nope"}, "coefficients must be one of"),
      ({"coefficients": [(1.0, 2.0)]}, "coefficients must be a non-empty"),
      ({"method": "fast"}, "method must be 'standard' or 'gram'"),
-     ({"ns_steps": 0}, "ns_steps must be in"),
+     ({"ns_steps": 0}, "ns_steps must be an integer >= 1"),
      ({"eps": -1.0}, "eps must be in")],
 )
 def test_bad_arguments_are_refused_at_construction(kwargs, message):
@@ -147,7 +152,7 @@ def test_clip_singular_values_matches_numpy_svd(shape):
   x = np.random.default_rng(6).standard_normal(shape)
   u, s, vt = np.linalg.svd(x, full_matrices=False)
   expected = (u * np.clip(s, 0.5, 1.5)[..., None, :]) @ vt
-  tx = gt.clip_singular_values(0.5, 1.5)
+  tx = gt.clip_singular_values(0.5, 1.5, **_stacked_if_3d(x))
   y = tx.update(jnp.asarray(x, jnp.float32), tx.init(None))[0]
   np.testing.assert_allclose(y, expected, atol=1e-5)
 

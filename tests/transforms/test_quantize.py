@@ -9,7 +9,6 @@ from gradtx import transforms as gt
 from gradtx.transforms import quantize
 from tests import oracles
 
-
 # The code map ----------------------------------------------------------------
 
 

@@ -14,7 +14,7 @@ def test_ratio_by_hand_with_and_without_decay():
   u = jnp.array([[0.0, 1.0], [0.0, 0.0]])  # ‖u‖ = 1
   lamb_like = gt.scale_by_trust_ratio()
   np.testing.assert_allclose(lamb_like.update(u, lamb_like.init(p), p)[0], 5 * u)
-  lars_like = gt.scale_by_trust_ratio(0.1, eps=0.5, weight_decay=0.2)
+  lars_like = gt.scale_by_trust_ratio(trust_coefficient=0.1, eps=0.5, weight_decay=0.2)
   ratio = 0.1 * 5 / (1 + 0.2 * 5 + 0.5)
   np.testing.assert_allclose(
       lars_like.update(u, lars_like.init(p), p)[0], ratio * (u + 0.2 * p), rtol=1e-6)

@@ -32,7 +32,7 @@ def test_schedule_is_evaluated_at_the_step_count(decay):
   state = tx.init(PARAMS)
   step = jax.jit(tx.update)
   zeros = jax.tree.map(jnp.zeros_like, GRADS)
-  for t in range(4):
+  for _ in range(4):
     updates, state = step(zeros, state, PARAMS)
     seen.append(float(updates["b"][0] / PARAMS["b"][0]))
   np.testing.assert_allclose(seen, [0.1, 0.2, 0.3, 0.4], rtol=1e-6)

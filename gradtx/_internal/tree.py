@@ -1,4 +1,4 @@
-"""Tree and dtype helpers shared by the transforms (on top of ``optax.tree``).
+"""Tree and dtype helpers shared by gradtx (on top of ``optax.tree``).
 
 The dtype policy of every gradtx transform:
 
@@ -11,38 +11,39 @@ The dtype policy of every gradtx transform:
 """
 
 import math
-from typing import Any, Callable, Optional
+from typing import Any, Callable
 
 import jax
 import jax.numpy as jnp
 import optax
 
 
+def dtype_of(x: Any) -> jnp.dtype:
+  """The dtype of an array, a ``jax.ShapeDtypeStruct`` or a Python number."""
+  dtype = getattr(x, "dtype", None)
+  return jnp.dtype(dtype) if dtype is not None else jnp.result_type(x)
+
+
 def compute_dtype(x: Any) -> jnp.dtype:
-  """The dtype arithmetic on ``x`` runs in: at least float32."""
-  return jnp.promote_types(jnp.asarray(x).dtype, jnp.float32)
+  """The dtype arithmetic on ``x`` runs in: at least float32 (complex stays complex)."""
+  return jnp.promote_types(dtype_of(x), jnp.float32)
 
 
-def zeros_like_tree(params: Any, dtype: Optional[Any] = None) -> Any:
-  """Zeros shaped like each leaf of ``params``, in ``dtype`` or the leaf's own.
-
-  Built with ``jax.tree.map`` over the parameters so that
-  ``optax.tree_map_params`` recognises the result as a copy of the parameter
-  tree (this is what lets state shardings be derived from parameter ones),
-  and with ``zeros_like`` so that on an explicit mesh each leaf is typed with
-  its parameter's sharding.
-  """
-  return jax.tree.map(lambda p: jnp.zeros_like(p, dtype), params)
+def real_dtype(dtype: Any) -> jnp.dtype:
+  """The real counterpart of a dtype (float32 for complex64)."""
+  dtype = jnp.dtype(dtype)
+  return jnp.finfo(dtype).dtype if jnp.issubdtype(dtype, jnp.complexfloating) else dtype
 
 
-def full_like_tree(params: Any, value: float, dtype: Optional[Any] = None) -> Any:
-  """Like ``zeros_like_tree`` with a constant fill value."""
-  return jax.tree.map(lambda p: jnp.full_like(p, value, dtype), params)
+def abs_sq(x: jax.Array) -> jax.Array:
+  """|x|², real: x·x, or x·conj(x) for complex x (a second moment's input)."""
+  if jnp.iscomplexobj(x):
+    return jnp.real(x) ** 2 + jnp.imag(x) ** 2
+  return x * x
 
 
-def cast_like(tree: Any, reference: Any) -> Any:
-  """Casts every leaf of ``tree`` to the dtype of the matching reference leaf."""
-  return jax.tree.map(lambda x, r: x.astype(jnp.asarray(r).dtype), tree, reference)
+def is_complex(x: Any) -> bool:
+  return jnp.issubdtype(dtype_of(x), jnp.complexfloating)
 
 
 def resolve_schedule(value: Any, count: jax.Array) -> Any:
@@ -57,16 +58,12 @@ def bias_correction(decay: Any, count: jax.Array, dtype: Any) -> jax.Array:
   taken in double precision: in float32, 1 − 0.999ᵗ formed from
   float32(0.999) is off by 1e-5 relative at t = 1.
   """
+  dtype = real_dtype(dtype)
   if isinstance(decay, (int, float)):
     log_decay = math.log(decay) if decay > 0 else -math.inf
   else:
     log_decay = jnp.log(jnp.asarray(decay, dtype))
   return -jnp.expm1(count.astype(dtype) * jnp.asarray(log_decay, dtype))
-
-
-def increment(count: jax.Array) -> jax.Array:
-  """The step counter after one more step, saturating instead of wrapping."""
-  return optax.safe_int32_increment(count)
 
 
 def map_leaves(
@@ -96,23 +93,6 @@ def _unzip(outputs: list, treedef: Any, num_outputs: int) -> tuple:
   )
 
 
-def path_names(path: tuple) -> list[str]:
-  """The lower-cased names along a pytree key path (keys, attributes, indices).
-
-  For the path of ``params["block0"]["qkv"]["kernel"]`` this is
-  ``["block0", "qkv", "kernel"]``; flax NNX states add a final ``"value"``.
-  """
-  names = []
-  for key in path:
-    for attribute in ("key", "name", "idx"):
-      if hasattr(key, attribute):
-        names.append(str(getattr(key, attribute)).lower())
-        break
-    else:
-      names.append(str(key).lower())
-  return names
-
-
 class _NotParams:
   """Marks, in ``init(placeholder)``, a state field that is not the params."""
 
@@ -123,13 +103,13 @@ class _NotParams:
 NOT_PARAMS = _NotParams()
 
 
-def _is_params_placeholder(params: Any) -> bool:
+def is_params_placeholder(params: Any) -> bool:
   # optax.tree_map_params calls init on this empty pytree and treats every
   # state field that comes back as the placeholder as a copy of the params.
   return type(params).__name__ == "_ParamsPlaceholder"
 
 
-def _is_variable(x: Any) -> bool:
+def is_variable(x: Any) -> bool:
   # flax.nnx.Variable and alike: a pytree node carrying metadata (sharding).
   return hasattr(x, "get_value") and hasattr(x, "get_metadata")
 
@@ -154,11 +134,11 @@ def map_statistics(
   * flax NNX variables are unwrapped, so the statistics do not inherit the
     parameter's sharding metadata in ``nnx.Optimizer``.
   """
-  if _is_params_placeholder(params):
+  if is_params_placeholder(params):
     return (NOT_PARAMS,) * num_outputs
   plain = jax.tree.map(
-      lambda x: x.get_value() if _is_variable(x) else x, params,
-      is_leaf=_is_variable,
+      lambda x: x.get_value() if is_variable(x) else x, params,
+      is_leaf=is_variable,
   )
   with_paths, treedef = jax.tree_util.tree_flatten_with_path(plain)
   outputs = [fn(*pl) if with_path else fn(pl[1]) for pl in with_paths]
@@ -167,16 +147,17 @@ def map_statistics(
 
 def zeros_where(
     params: Any,
-    keep: Callable[[Any], bool],
-    dtype_of: Callable[[Any], Any] = lambda p: jnp.asarray(p).dtype,
+    keep: Callable[[tuple, Any], bool],
+    dtype_of: Callable[[Any], Any] = dtype_of,
 ) -> Any:
-  """Zeros in ``dtype_of(leaf)`` where ``keep(leaf)``, ``MaskedNode`` elsewhere.
+  """Zeros in ``dtype_of(leaf)`` where ``keep(path, leaf)``, ``MaskedNode`` elsewhere.
 
   For a state field that is parameter-shaped on some leaves only (the
   diagonal fallback of a matrix method): it stays a copy of the parameter
   tree for ``optax.tree_map_params`` (masked like ``optax.masked`` states).
   """
-  return jax.tree.map(
-      lambda p: jnp.zeros_like(p, dtype_of(p)) if keep(p) else optax.MaskedNode(),
+  return jax.tree_util.tree_map_with_path(
+      lambda path, p: (jnp.zeros_like(p, dtype_of(p)) if keep(path, p)
+                       else optax.MaskedNode()),
       params,
   )

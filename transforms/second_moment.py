@@ -1,4 +1,4 @@
-"""Second-moment scaling: Adam, AdaBelief, RMSProp and AdaGrad preconditioners.
+"""Second-moment scaling: the Adam, AdaBelief, RMSProp and AdaGrad preconditioners.
 
 Every transform here divides the update element-wise by a running estimate of
 the gradient's scale. They share one shape: a per-leaf function of
@@ -12,8 +12,8 @@ import jax
 import jax.numpy as jnp
 import optax
 
-from gradtx.transforms import _tree
-from gradtx.transforms import _validate
+from gradtx._internal import tree as _tree
+from gradtx._internal import validate as _validate
 from gradtx.transforms import state_format
 
 
@@ -104,7 +104,8 @@ def scale_by_adam(
 
   def init_fn(params):
     def nu():  # a fresh tree each time: donation refuses aliased buffers
-      return state_format.zeros_like_tree(params, nu_format, signed=False)
+      return state_format.zeros_like_tree(
+          params, nu_format, signed=False, real=True)
 
     return ScaleByAdamState(
         count=jnp.zeros([], jnp.int32),
@@ -115,21 +116,20 @@ def scale_by_adam(
 
   def update_fn(updates, state, params=None):
     del params
-    count = _tree.increment(state.count)
-    seeds = None
-    if state_format.needs_seed(mu_format, nu_format):
-      seeds = state_format.rounding_seeds(updates, count)
+    count = optax.safe_increment(state.count)
+    seeds = state_format.maybe_rounding_seeds(updates, count, mu_format, nu_format)
 
     def leaf(g, m, v, v_max, seed):
       dtype = _tree.compute_dtype(g)
+      real = _tree.real_dtype(dtype)
       # 1 − b is formed before the cast: 1 − float32(0.999) is off by 1e-5.
-      b1_, b2_ = jnp.asarray(b1, dtype), jnp.asarray(b2, dtype)
-      c1, c2 = jnp.asarray(1 - b1, dtype), jnp.asarray(1 - b2, dtype)
+      b1_, b2_ = jnp.asarray(b1, real), jnp.asarray(b2, real)
+      c1, c2 = jnp.asarray(1 - b1, real), jnp.asarray(1 - b2, real)
       g_ = g.astype(dtype)
       m_new = b1_ * state_format.load(m, dtype) + c1 * g_
-      v_new = b2_ * state_format.load(v, dtype) + c2 * g_ * g_
+      v_new = b2_ * state_format.load(v, real) + c2 * _tree.abs_sq(g_)
       if amsgrad:
-        v_max_new = jnp.maximum(state_format.load(v_max, dtype), v_new)
+        v_max_new = jnp.maximum(state_format.load(v_max, real), v_new)
       v_used = v_max_new if amsgrad else v_new
       if nesterov:
         m_hat = b1_ * m_new / _tree.bias_correction(b1, count + 1, dtype) + (
@@ -168,13 +168,18 @@ class ScaleByBeliefState(NamedTuple):
 
 
 def scale_by_belief(
-    b1: float = 0.9, b2: float = 0.999, eps: float = 1e-16
+    b1: float = 0.9,
+    b2: float = 0.999,
+    eps: float = 1e-16,
+    *,
+    mu_dtype: Optional[Any] = None,
+    nu_dtype: Optional[Any] = None,
 ) -> optax.GradientTransformation:
   r"""Rescales updates by AdaBelief's "belief" in the gradient.
 
   .. math::
     m_t = β_1 m_{t-1} + (1-β_1) g_t,\quad
-    s_t = β_2 s_{t-1} + (1-β_2)(g_t - m_t)^2 + ε,\\
+    s_t = β_2 s_{t-1} + (1-β_2)|g_t - m_t|^2 + ε,\\
     u_t = \frac{m_t/(1-β_1^t)}{\sqrt{s_t/(1-β_2^t)} + ε}
 
   As in Algorithm 2 of the paper (and its official code), ε is added into the
@@ -185,6 +190,8 @@ def scale_by_belief(
     b1: decay of the first moment, in [0, 1).
     b2: decay of the belief variance, in [0, 1).
     eps: the paper's ε, >= 0.
+    mu_dtype: storage of the first moment, as in ``scale_by_adam``.
+    nu_dtype: storage of the belief variance, as in ``scale_by_adam``.
 
   Returns:
     An ``optax.GradientTransformation`` with state ``ScaleByBeliefState``.
@@ -195,29 +202,38 @@ def scale_by_belief(
   _validate.check_decay("b1", b1)
   _validate.check_decay("b2", b2)
   _validate.check_non_negative("eps", eps)
+  mu_format = state_format.state_format("mu_dtype", mu_dtype)
+  nu_format = state_format.state_format("nu_dtype", nu_dtype)
 
   def init_fn(params):
     return ScaleByBeliefState(
         jnp.zeros([], jnp.int32),
-        _tree.zeros_like_tree(params),
-        _tree.zeros_like_tree(params),
+        state_format.zeros_like_tree(params, mu_format, signed=True),
+        state_format.zeros_like_tree(params, nu_format, signed=False, real=True),
     )
 
   def update_fn(updates, state, params=None):
     del params
-    count = _tree.increment(state.count)
+    count = optax.safe_increment(state.count)
+    seeds = state_format.maybe_rounding_seeds(updates, count, mu_format, nu_format)
 
-    def leaf(g, m, s):
+    def leaf(g, m, s, seed):
       dtype = _tree.compute_dtype(g)
+      real = _tree.real_dtype(dtype)
       g_ = g.astype(dtype)
-      m_new = b1 * m.astype(dtype) + (1 - b1) * g_
-      s_new = b2 * s.astype(dtype) + (1 - b2) * jnp.square(g_ - m_new) + eps
+      m_new = b1 * state_format.load(m, dtype) + (1 - b1) * g_
+      s_new = (b2 * state_format.load(s, real)
+               + (1 - b2) * _tree.abs_sq(g_ - m_new) + eps)
       m_hat = m_new / _tree.bias_correction(b1, count, dtype)
       s_hat = s_new / _tree.bias_correction(b2, count, dtype)
       u = m_hat / (jnp.sqrt(s_hat) + eps)
-      return u.astype(g.dtype), m_new.astype(m.dtype), s_new.astype(s.dtype)
+      if state_format.is_quantized(mu_format, nu_format):
+        u, m_new, s_new = state_format.reset_non_finite(g_, u, m_new, s_new)
+      return (u.astype(g.dtype),
+              state_format.store(m_new, m, mu_format, seed, stream=0),
+              state_format.store(s_new, s, nu_format, seed, stream=1))
 
-    u, mu, nu = _tree.map_leaves(leaf, 3, updates, state.mu, state.nu)
+    u, mu, nu = _tree.map_leaves(leaf, 3, updates, state.mu, state.nu, seeds)
     return u, ScaleByBeliefState(count, mu, nu)
 
   return optax.GradientTransformation(init_fn, update_fn)
@@ -227,10 +243,12 @@ class ScaleByRmsState(NamedTuple):
   """State of ``scale_by_rms``.
 
   Attributes:
+    count: number of updates taken so far (int32 scalar).
     nu: EMA of the squared gradients.
     mu: EMA of the gradients when ``centered=True``, else ``None``.
   """
 
+  count: jax.Array
   nu: optax.Updates
   mu: Optional[optax.Updates]
 
@@ -238,16 +256,18 @@ class ScaleByRmsState(NamedTuple):
 def scale_by_rms(
     decay: float = 0.99,
     eps: float = 1e-8,
-    eps_root: float = 0.0,
     *,
+    eps_root: float = 0.0,
     centered: bool = False,
     initial_scale: float = 0.0,
+    mu_dtype: Optional[Any] = None,
+    nu_dtype: Optional[Any] = None,
 ) -> optax.GradientTransformation:
   r"""Divides updates by the root mean square of recent gradients (RMSProp).
 
   .. math::
-    v_t = ρ v_{t-1} + (1-ρ) g_t^2,\quad
-    u_t = \frac{g_t}{\sqrt{v_t - \bar g_t^2 + ε_{root}} + ε}
+    v_t = ρ v_{t-1} + (1-ρ) |g_t|^2,\quad
+    u_t = \frac{g_t}{\sqrt{v_t - |\bar g_t|^2 + ε_{root}} + ε}
 
   where :math:`\bar g_t = ρ \bar g_{t-1} + (1-ρ) g_t` when ``centered``
   (Graves 2013) and 0 otherwise. This is ``torch.optim.RMSprop``'s rule (ε
@@ -261,6 +281,9 @@ def scale_by_rms(
     eps_root: added inside the square root, >= 0.
     centered: subtract the squared mean gradient (a variance estimate).
     initial_scale: starting value of :math:`v`, >= 0.
+    mu_dtype: storage of the mean gradient (``centered``), as in
+      ``scale_by_adam``.
+    nu_dtype: storage of :math:`v`, as in ``scale_by_adam``.
 
   Returns:
     An ``optax.GradientTransformation`` with state ``ScaleByRmsState``.
@@ -272,51 +295,64 @@ def scale_by_rms(
   _validate.check_non_negative("eps", eps)
   _validate.check_non_negative("eps_root", eps_root)
   _validate.check_non_negative("initial_scale", initial_scale)
+  mu_format = state_format.state_format("mu_dtype", mu_dtype)
+  nu_format = state_format.state_format("nu_dtype", nu_dtype)
 
   def init_fn(params):
-    return ScaleByRmsState(
-        nu=_tree.full_like_tree(params, initial_scale),
-        mu=_tree.zeros_like_tree(params) if centered else None,
-    )
+    nu = state_format.full_like_tree(
+        params, initial_scale, nu_format, signed=False, real=True)
+    mu = None
+    if centered:
+      mu = state_format.zeros_like_tree(params, mu_format, signed=True)
+    return ScaleByRmsState(jnp.zeros([], jnp.int32), nu, mu)
 
   def update_fn(updates, state, params=None):
     del params
+    count = optax.safe_increment(state.count)
+    seeds = state_format.maybe_rounding_seeds(updates, count, mu_format, nu_format)
 
-    def leaf(g, v, m):
+    def leaf(g, v, m, seed):
       dtype = _tree.compute_dtype(g)
+      real = _tree.real_dtype(dtype)
       g_ = g.astype(dtype)
-      v_new = decay * v.astype(dtype) + (1 - decay) * g_ * g_
+      v_new = decay * state_format.load(v, real) + (1 - decay) * _tree.abs_sq(g_)
+      m_new, variance = None, v_new
       if centered:
-        m_new = decay * m.astype(dtype) + (1 - decay) * g_
-        variance = jnp.maximum(v_new - m_new * m_new, 0)
-      else:
-        m_new, variance = None, v_new
+        m_new = decay * state_format.load(m, dtype) + (1 - decay) * g_
+        variance = jnp.maximum(v_new - _tree.abs_sq(m_new), 0)
       u = g_ / (jnp.sqrt(variance + eps_root) + eps)
+      if state_format.is_quantized(mu_format, nu_format):
+        u, v_new, m_new = state_format.reset_non_finite(g_, u, v_new, m_new)
       return (
           u.astype(g.dtype),
-          v_new.astype(v.dtype),
-          m_new.astype(m.dtype) if centered else None,
+          state_format.store(v_new, v, nu_format, seed, stream=0),
+          state_format.store(m_new, m, mu_format, seed, stream=1)
+          if centered else None,
       )
 
-    u, nu, mu = _tree.map_leaves(leaf, 3, updates, state.nu, state.mu)
-    return u, ScaleByRmsState(nu, mu if centered else None)
+    u, nu, mu = _tree.map_leaves(leaf, 3, updates, state.nu, state.mu, seeds)
+    return u, ScaleByRmsState(count, nu, mu if centered else None)
 
   return optax.GradientTransformation(init_fn, update_fn)
 
 
 class ScaleByAdagradState(NamedTuple):
-  """State of ``scale_by_adagrad``: the running sum of squared gradients."""
+  """State of ``scale_by_adagrad``: the step count and the running sum of |g|²."""
 
+  count: jax.Array
   sum_of_squares: optax.Updates
 
 
 def scale_by_adagrad(
-    initial_accumulator_value: float = 0.0, eps: float = 1e-10
+    initial_accumulator_value: float = 0.0,
+    eps: float = 1e-10,
+    *,
+    nu_dtype: Optional[Any] = None,
 ) -> optax.GradientTransformation:
   r"""Divides updates by the root of the summed squared gradients (AdaGrad).
 
   .. math::
-    s_t = s_{t-1} + g_t^2,\quad u_t = \frac{g_t}{\sqrt{s_t} + ε}
+    s_t = s_{t-1} + |g_t|^2,\quad u_t = \frac{g_t}{\sqrt{s_t} + ε}
 
   with :math:`s_0` = ``initial_accumulator_value``: ``torch.optim.Adagrad``'s
   rule. The seeds write :math:`g_t/\sqrt{s_t + ε}`; the two differ only in
@@ -325,6 +361,7 @@ def scale_by_adagrad(
   Args:
     initial_accumulator_value: starting value of the sum, >= 0.
     eps: added to the denominator, >= 0.
+    nu_dtype: storage of the sum, as in ``scale_by_adam``'s ``nu_dtype``.
 
   Returns:
     An ``optax.GradientTransformation`` with state ``ScaleByAdagradState``.
@@ -336,23 +373,27 @@ def scale_by_adagrad(
       "initial_accumulator_value", initial_accumulator_value
   )
   _validate.check_non_negative("eps", eps)
+  nu_format = state_format.state_format("nu_dtype", nu_dtype)
 
   def init_fn(params):
-    return ScaleByAdagradState(
-        _tree.full_like_tree(params, initial_accumulator_value)
-    )
+    return ScaleByAdagradState(jnp.zeros([], jnp.int32), state_format.full_like_tree(
+        params, initial_accumulator_value, nu_format, signed=False, real=True))
 
   def update_fn(updates, state, params=None):
     del params
+    count = optax.safe_increment(state.count)
+    seeds = state_format.maybe_rounding_seeds(updates, count, nu_format)
 
-    def leaf(g, s):
+    def leaf(g, s, seed):
       dtype = _tree.compute_dtype(g)
       g_ = g.astype(dtype)
-      s_new = s.astype(dtype) + g_ * g_
+      s_new = state_format.load(s, _tree.real_dtype(dtype)) + _tree.abs_sq(g_)
       u = g_ / (jnp.sqrt(s_new) + eps)
-      return u.astype(g.dtype), s_new.astype(s.dtype)
+      if state_format.is_quantized(nu_format):
+        u, s_new = state_format.reset_non_finite(g_, u, s_new)
+      return u.astype(g.dtype), state_format.store(s_new, s, nu_format, seed)
 
-    u, s = _tree.map_leaves(leaf, 2, updates, state.sum_of_squares)
-    return u, ScaleByAdagradState(s)
+    u, s = _tree.map_leaves(leaf, 2, updates, state.sum_of_squares, seeds)
+    return u, ScaleByAdagradState(count, s)
 
   return optax.GradientTransformation(init_fn, update_fn)

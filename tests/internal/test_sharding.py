@@ -10,7 +10,7 @@ import numpy as np
 from jax.sharding import AxisType, NamedSharding
 from jax.sharding import PartitionSpec as P
 
-from gradtx.transforms import _sharding
+from gradtx._internal import sharding as _sharding
 
 
 def _placed(axis_type, spec):

@@ -180,7 +180,7 @@ def test_rms_centered_and_eps_root_by_hand():
   v1, m1 = 0.25 * g1**2, 0.25 * g1
   v2, m2 = 0.75 * v1 + 0.25 * g2**2, 0.75 * m1 + 0.25 * g2
   updates, state = _run(
-      gt.scale_by_rms(rho, eps, eps_root, centered=True),
+      gt.scale_by_rms(rho, eps, eps_root=eps_root, centered=True),
       [jnp.asarray(g1), jnp.asarray(g2)],
   )
   np.testing.assert_allclose(

@@ -8,6 +8,7 @@ NumPy numbers: traced or array values (for example the hyper-parameters that
 import numbers
 from typing import Any
 
+import jax
 import numpy as np
 
 
@@ -111,3 +112,17 @@ def check_transformation(name: str, value: Any) -> None:
         f"{name} must be an optax.GradientTransformation (with init and"
         f" update), got {value!r} of type {type(value).__name__}; e.g."
         f" optax.adam(1e-3), not optax.adam")
+
+
+def check_real_leaves(params: Any, transform: str) -> None:
+  """Raises ``ValueError`` naming the first complex leaf of ``params``.
+
+  For transforms whose rule has no complex meaning (sign descent: the sign
+  of a complex number is not a descent direction of a real loss).
+  """
+  for path, leaf in jax.tree_util.tree_flatten_with_path(params)[0]:
+    dtype = getattr(leaf, "dtype", None)
+    if dtype is not None and np.issubdtype(np.dtype(dtype), np.complexfloating):
+      raise ValueError(
+          f"{transform} does not support complex parameters; the leaf"
+          f" {jax.tree_util.keystr(path)} is {np.dtype(dtype)}")

@@ -6,7 +6,7 @@ import numpy as np
 import optax
 import pytest
 
-from gradtx.transforms import _validate
+from gradtx._internal import validate as _validate
 
 NAN = float("nan")
 INF = float("inf")

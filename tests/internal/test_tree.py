@@ -1,4 +1,4 @@
-"""Unit tests of the shared tree and dtype helpers in transforms/_tree.py."""
+"""Unit tests of the shared tree and dtype helpers in gradtx/_internal/tree.py."""
 
 import chex
 import jax
@@ -7,7 +7,8 @@ import numpy as np
 import optax
 import pytest
 
-from gradtx.transforms import _tree
+from gradtx._internal import names as _names
+from gradtx._internal import tree as _tree
 
 PARAMS = {
     "w": jnp.ones((2, 3), jnp.float32),
@@ -56,82 +57,26 @@ def test_compute_dtype_of_a_tracer():
   assert f(jnp.ones(2, jnp.bfloat16)).dtype == jnp.float32
 
 
-# --- zeros_like_tree / full_like_tree ---------------------------------------
+# --- dtype_of / real_dtype / abs_sq ----------------------------------------
 
 
-def test_zeros_like_tree_keeps_structure_shapes_and_dtypes():
-  zeros = _tree.zeros_like_tree(PARAMS)
-  chex.assert_trees_all_equal_shapes_and_dtypes(zeros, PARAMS)
-  assert all(bool(jnp.all(z == 0)) for z in jax.tree.leaves(zeros))
+def test_dtype_of_arrays_abstract_leaves_and_numbers():
+  assert _tree.dtype_of(jnp.ones(2, jnp.bfloat16)) == jnp.bfloat16
+  assert _tree.dtype_of(jax.ShapeDtypeStruct((2,), jnp.complex64)) == jnp.complex64
+  assert _tree.dtype_of(0.5) == jnp.float32
 
 
-def test_zeros_like_tree_dtype_override():
-  zeros = _tree.zeros_like_tree(PARAMS, jnp.bfloat16)
-  chex.assert_trees_all_equal_shapes(zeros, PARAMS)
-  assert {z.dtype for z in jax.tree.leaves(zeros)} == {jnp.dtype(jnp.bfloat16)}
+def test_real_dtype_and_abs_sq_of_complex():
+  assert _tree.real_dtype(jnp.complex64) == jnp.float32
+  assert _tree.real_dtype(jnp.bfloat16) == jnp.bfloat16
+  z = jnp.array([1j, 1 + 1j, 3 - 4j], jnp.complex64)
+  squared = _tree.abs_sq(z)
+  assert squared.dtype == jnp.float32
+  np.testing.assert_allclose(np.asarray(squared), np.abs(np.asarray(z)) ** 2)
+  np.testing.assert_array_equal(_tree.abs_sq(jnp.array([-2.0])), [4.0])
 
 
-def test_zeros_like_tree_keeps_none_and_masked_nodes():
-  params = {"a": jnp.ones(2), "none": None, "masked": optax.MaskedNode()}
-  zeros = _tree.zeros_like_tree(params)
-  assert zeros["none"] is None
-  assert zeros["masked"] == optax.MaskedNode()
-  assert jax.tree.structure(zeros) == jax.tree.structure(params)
-
-
-def test_zeros_like_tree_accepts_python_and_numpy_leaves():
-  zeros = _tree.zeros_like_tree({"s": 3.0, "n": np.ones((2,), np.float32)})
-  assert zeros["s"].shape == () and zeros["s"].dtype == jnp.float32
-  assert zeros["n"].shape == (2,) and zeros["n"].dtype == jnp.float32
-
-
-def test_zeros_like_tree_under_eval_shape():
-  abstract = jax.eval_shape(_tree.zeros_like_tree, PARAMS)
-  chex.assert_trees_all_equal_shapes_and_dtypes(abstract, PARAMS)
-
-
-def test_zeros_like_tree_is_recognised_by_tree_map_params():
-  # The property the docstring promises: a params copy, as optax sees it.
-  init = lambda p: {"copy": _tree.zeros_like_tree(p), "count": jnp.zeros([])}
-  state = init(PARAMS)
-  marked = optax.tree_map_params(
-      init, lambda _: "param", state, transform_non_params=lambda _: "other"
-  )
-  assert set(jax.tree.leaves(marked["copy"])) == {"param"}
-  assert marked["count"] == "other"
-
-
-def test_full_like_tree():
-  full = _tree.full_like_tree(PARAMS, 0.25)
-  chex.assert_trees_all_equal_shapes_and_dtypes(full, PARAMS)
-  for leaf in jax.tree.leaves(full):
-    assert bool(jnp.all(leaf == jnp.asarray(0.25, leaf.dtype)))
-  full32 = _tree.full_like_tree(PARAMS, 0.1, jnp.float32)
-  assert {x.dtype for x in jax.tree.leaves(full32)} == {jnp.dtype(jnp.float32)}
-  assert _tree.full_like_tree({"n": None}, 1.0) == {"n": None}
-
-
-# --- cast_like --------------------------------------------------------------
-
-
-def test_cast_like_follows_the_reference_dtypes():
-  tree = jax.tree.map(lambda p: p.astype(jnp.float32) + 0.5, PARAMS)
-  cast = _tree.cast_like(tree, PARAMS)
-  chex.assert_trees_all_equal_shapes_and_dtypes(cast, PARAMS)
-  assert cast["b"].dtype == jnp.bfloat16
-  chex.assert_trees_all_close(
-      jax.tree.map(lambda x: x.astype(jnp.float32), cast), tree, atol=1e-2
-  )
-
-
-def test_cast_like_with_none_leaves():
-  cast = _tree.cast_like(
-      {"a": jnp.ones(2), "n": None}, {"a": jnp.ones(2, jnp.int8), "n": None}
-  )
-  assert cast["a"].dtype == jnp.int8 and cast["n"] is None
-
-
-# --- resolve_schedule / increment -------------------------------------------
+# --- resolve_schedule -------------------------------------------
 
 
 def test_resolve_schedule():
@@ -142,14 +87,6 @@ def test_resolve_schedule():
   schedule = optax.linear_schedule(1.0, 0.0, transition_steps=10)
   assert float(_tree.resolve_schedule(schedule, count)) == pytest.approx(0.7)
   assert _tree.resolve_schedule(lambda c: 2 * c, count) == 6
-
-
-def test_increment_counts_and_saturates():
-  one = _tree.increment(jnp.zeros([], jnp.int32))
-  assert one.dtype == jnp.int32 and int(one) == 1
-  top = jnp.asarray(np.iinfo(np.int32).max, jnp.int32)
-  assert int(_tree.increment(top)) == np.iinfo(np.int32).max
-  assert int(jax.jit(_tree.increment)(jnp.asarray(41, jnp.int32))) == 42
 
 
 # --- map_leaves -------------------------------------------------------------
@@ -235,14 +172,14 @@ def test_map_statistics_collects_each_output_into_a_params_structured_tree():
 
 def test_map_statistics_passes_paths_when_asked():
   (names,) = _tree.map_statistics(
-      lambda path, p: (jnp.zeros(len(_tree.path_names(path))),), 1,
+      lambda path, p: (jnp.zeros(len(_names.path_names(path))),), 1,
       {"a": {"b": jnp.ones(5)}}, with_path=True)
   assert names["a"]["b"].shape == (2,)  # the path's length, not the leaf's
 
 
 def test_map_statistics_is_not_a_params_copy_for_tree_map_params():
   init = lambda p: {
-      "copy": _tree.zeros_like_tree(p),
+      "copy": optax.tree.zeros_like(p),
       "stats": _tree.map_statistics(_factors, 2, p),
   }
   params = {"w": jnp.ones((2, 3)), "v": jnp.ones((4, 1))}
@@ -260,14 +197,14 @@ def test_map_statistics_unwraps_flax_variables():
   state = {"w": nnx.Param(jnp.ones((2, 3)), axes_note=("rows", "cols"))}
   rows, _ = _tree.map_statistics(_factors, 2, state)
   assert isinstance(rows["w"], jax.Array) and rows["w"].shape == (2,)
-  copy = _tree.zeros_like_tree(state)  # a copy keeps the metadata
+  copy = optax.tree.zeros_like(state)  # a copy keeps the metadata
   assert copy["w"].get_metadata()["axes_note"] == ("rows", "cols")
 
 
 def test_zeros_where_masks_the_other_leaves():
   params = {"w": jnp.ones((2, 3)), "b": jnp.ones(3, jnp.bfloat16)}
-  zeros = _tree.zeros_where(params, lambda p: p.ndim == 1)
+  zeros = _tree.zeros_where(params, lambda _, p: p.ndim == 1)
   assert isinstance(zeros["w"], optax.MaskedNode)
   assert zeros["b"].dtype == jnp.bfloat16 and not zeros["b"].any()
-  zeros32 = _tree.zeros_where(params, lambda p: True, lambda p: jnp.float32)
+  zeros32 = _tree.zeros_where(params, lambda _, p: True, lambda p: jnp.float32)
   assert {x.dtype for x in jax.tree.leaves(zeros32)} == {jnp.dtype(jnp.float32)}

@@ -11,8 +11,7 @@ over, compute, and give the result the input's sharding back. Everywhere else
 from typing import Optional, Sequence
 
 import jax
-from jax.sharding import AxisType
-from jax.sharding import NamedSharding
+from jax.sharding import AxisType, NamedSharding
 from jax.sharding import PartitionSpec as P
 
 

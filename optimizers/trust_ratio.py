@@ -1,21 +1,35 @@
-"""Large-batch optimizers: LARS and LAMB, SGD and Adam with a layer-wise trust ratio."""
+"""Layer-wise trust-ratio optimizers for large batches: LARS and LAMB."""
 
-from typing import Any, Optional, Union
+from typing import Any, Optional
 
+import jax
 import optax
 
 from gradtx import transforms as gt
-from gradtx.transforms.weight_decay import MaskOrFn
+from gradtx.transforms.weight_decay import MaskOrFn, weight_decay_mask
+
+
+def _and_not(mask: MaskOrFn, excluded: MaskOrFn):
+  """The leaves of ``mask`` outside ``excluded`` (both optax-style masks)."""
+
+  def combined(params):
+    a, b = weight_decay_mask(mask, params), weight_decay_mask(excluded, params)
+    return jax.tree.map(lambda x, y: x and not y, a, b)
+
+  return combined
 
 
 def lars(
     learning_rate: optax.ScalarOrSchedule,
+    *,
     momentum: float = 0.9,
     nesterov: bool = False,
-    weight_decay: Union[float, optax.Schedule] = 0.0,
+    weight_decay: optax.ScalarOrSchedule = 0.0,
+    mask: MaskOrFn = None,
     trust_coefficient: float = 0.001,
     eps: float = 0.0,
-    mask: MaskOrFn = None,
+    trust_ratio_mask: MaskOrFn = None,
+    mu_dtype: Optional[Any] = None,
 ) -> optax.GradientTransformation:
   r"""LARS: momentum SGD with a layer-wise local learning rate.
 
@@ -27,21 +41,25 @@ def lars(
 
   (You et al. 2017, Algorithm 1; λ = 1 for a layer with ‖w‖ = 0; a layer
   with zero gradient and β > 0 gets λβw = ηw, the formula's value, where
-  TF's MLPerf LARS and apex's LARC take λ = 1 there). The
-  learning rate γ_t sits inside the momentum, as in the paper and
-  ``optax.lars``. The denominator is the paper's ‖∇L‖ + β‖w‖; ``optax.lars``
-  uses ‖∇L + βw‖, which agrees only when β = 0.
+  TF's MLPerf LARS and apex's LARC take λ = 1 there). The learning rate γ_t
+  sits inside the momentum, as in the paper and ``optax.lars``. The
+  denominator is the paper's ‖∇L‖ + β‖w‖; ``optax.lars`` uses ‖∇L + βw‖,
+  which agrees only when β = 0. A leaf in ``mask`` but outside
+  ``trust_ratio_mask`` gets :math:`∇L + βw` with λ = 1; LARS as usually run
+  exempts biases and norm scales from both (pass the same mask twice).
 
   Args:
     learning_rate: γ_t, a non-negative number or a schedule.
-    momentum: m, in [0, 1).
+    momentum: m, the heavy-ball momentum, in [0, 1).
     nesterov: use the Nesterov look-ahead of the velocity.
     weight_decay: β, >= 0, or a schedule.
+    mask: which leaves get the weight decay (a pytree of booleans or a
+      callable, ``optax.masked`` semantics); ``None``: every leaf.
     trust_coefficient: η, > 0 (the paper's 0.001).
     eps: added to the trust ratio's denominator, >= 0.
-    mask: the leaves that get the decay and the trust ratio (a pytree of
-      booleans or a callable, ``optax.masked`` semantics); the others, usually
-      biases and norm scales, get plain momentum SGD. ``None``: every leaf.
+    trust_ratio_mask: which leaves get the trust ratio (the others plain
+      momentum SGD); ``None``: every leaf.
+    mu_dtype: storage of the velocity (``gt.scale_by_adam``).
 
   Returns:
     An ``optax.GradientTransformation``.
@@ -58,24 +76,31 @@ def lars(
   Reference: You, Gitman, Ginsburg, "Large Batch Training of Convolutional
   Networks", 2017.
   """
-  trust_ratio = gt.scale_by_trust_ratio(
-      trust_coefficient, eps, weight_decay=weight_decay)
+  steps = [gt.scale_by_trust_ratio(
+      trust_coefficient=trust_coefficient, eps=eps, weight_decay=weight_decay,
+      mask=mask)]
+  if trust_ratio_mask is not None:
+    steps = [
+        optax.masked(steps[0], trust_ratio_mask),
+        gt.coupled_weight_decay(weight_decay, _and_not(mask, trust_ratio_mask)),
+    ]
   return optax.chain(
-      trust_ratio if mask is None else optax.masked(trust_ratio, mask),
+      *steps,
       gt.scale_by_learning_rate(learning_rate),
-      gt.momentum(momentum, nesterov),
+      gt.momentum(momentum, nesterov=nesterov, mu_dtype=mu_dtype),
   )
 
 
 def lamb(
     learning_rate: optax.ScalarOrSchedule,
+    *,
     b1: float = 0.9,
     b2: float = 0.999,
     eps: float = 1e-6,
     eps_root: float = 0.0,
-    weight_decay: Union[float, optax.Schedule] = 0.0,
+    weight_decay: optax.ScalarOrSchedule = 0.0,
     mask: MaskOrFn = None,
-    *,
+    trust_ratio_mask: MaskOrFn = None,
     mu_dtype: Optional[Any] = None,
     nu_dtype: Optional[Any] = None,
 ) -> optax.GradientTransformation:
@@ -95,13 +120,12 @@ def lamb(
     b2: decay of the second moment, in [0, 1).
     eps: added to the denominator outside the square root, >= 0.
     eps_root: added inside the square root, >= 0.
-    weight_decay: λ, >= 0, or a schedule.
-    mask: which leaves to decay (``optax.masked`` semantics); every leaf
-      keeps its trust ratio, as in ``optax.lamb`` (BERT's LAMB also exempts
-      biases and norms from the ratio: label them for
-      ``optax.multi_transform`` to do that).
-    mu_dtype: storage of the first moment (``jnp.bfloat16``, ``"int8"``, ...),
-      as in ``gt.scale_by_adam``.
+    weight_decay: λ, decoupled, >= 0, or a schedule.
+    mask: which leaves get the decay (``optax.masked`` semantics).
+    trust_ratio_mask: which leaves get the trust ratio; ``None``: every
+      leaf, as in ``optax.lamb`` (BERT's LAMB exempts biases and norms).
+    mu_dtype: storage of the first moment (``"int8"``, ...; see
+      ``gt.scale_by_adam``).
     nu_dtype: storage of the second moment, likewise.
 
   Returns:
@@ -110,10 +134,13 @@ def lamb(
   Reference: You et al., "Large Batch Optimization for Deep Learning:
   Training BERT in 76 minutes", ICLR 2020.
   """
+  trust_ratio = gt.scale_by_trust_ratio()
+  if trust_ratio_mask is not None:
+    trust_ratio = optax.masked(trust_ratio, trust_ratio_mask)
   return optax.chain(
       gt.scale_by_adam(
           b1, b2, eps, eps_root, mu_dtype=mu_dtype, nu_dtype=nu_dtype),
       gt.decoupled_weight_decay(weight_decay, mask),
-      gt.scale_by_trust_ratio(),
+      trust_ratio,
       gt.scale_by_learning_rate(learning_rate),
   )

@@ -1,0 +1,15 @@
+"""gradtx: composable, pure-function gradient transformations for JAX.
+
+>>> import gradtx
+>>> from gradtx import transforms as gt, optimizers as go
+
+``gradtx.transforms`` holds the building blocks, ``gradtx.optimizers`` the
+optimizers chained from them; ``gradtx._internal`` is shared by both and not
+part of the public API.
+"""
+
+__version__ = "0.2.0"
+
+from gradtx import optimizers, transforms
+
+__all__ = ["optimizers", "transforms", "__version__"]

@@ -1,0 +1,66 @@
+"""Parameter names: what a leaf's key path says about its role.
+
+One list of each kind of name, shared by every rule that routes or partitions
+leaves by name (Muon's ``is_hidden_matrix``, Adam-mini's default blocks, the
+default matrix view), so the rules cannot drift apart.
+"""
+
+# An input table: token embeddings and learned positions (nnx.Embed's
+# "embedding", GPT-2's "wte"/"wpe"). "unembed" is an output head instead.
+EMBEDDING_PARTS = ("embed", "embd", "wte", "wpe", "position")
+# An output projection onto the vocabulary or the classes; also any name that
+# ends in "head" (lm_head, head).
+OUTPUT_HEAD_PARTS = ("unembed", "logits", "readout")
+# Query and key projections: exact names, then parts of names.
+QUERY_KEY_NAMES = ("q", "k", "wq", "wk")
+QUERY_KEY_PARTS = ("query", "key", "q_proj", "k_proj", "qkv", "c_attn", "in_proj")
+# Vectors that are never matrices, whatever their shape (flax's
+# MultiHeadAttention has (heads, head_dim) biases).
+VECTOR_NAMES = ("bias", "scale")
+
+
+def path_names(path: tuple) -> list[str]:
+  """The lower-cased names along a pytree key path (keys, attributes, indices).
+
+  For the path of ``params["block0"]["qkv"]["kernel"]`` this is
+  ``["block0", "qkv", "kernel"]``, and so it is for a flattened key
+  ``params["block0/qkv/kernel"]`` (keys are split at ``/`` and ``.``). A
+  trailing ``"value"`` (the attribute of a flax NNX variable) is dropped, so
+  the last name is the parameter's own.
+  """
+  names = []
+  for key in path:
+    for attribute in ("key", "name", "idx"):
+      if hasattr(key, attribute):
+        name = str(getattr(key, attribute)).lower()
+        break
+    else:
+      name = str(key).lower()
+    names.extend(part for part in name.replace(".", "/").split("/") if part)
+  if names and names[-1] == "value":
+    names.pop()
+  return names
+
+
+def is_output_head(names: list[str]) -> bool:
+  return any(
+      any(part in n for part in OUTPUT_HEAD_PARTS) or n.endswith("head")
+      for n in names
+  )
+
+
+def is_embedding(names: list[str]) -> bool:
+  return not is_output_head(names) and any(
+      part in n for n in names for part in EMBEDDING_PARTS
+  )
+
+
+def is_query_key(names: list[str]) -> bool:
+  return any(n in QUERY_KEY_NAMES for n in names) or any(
+      part in n for n in names for part in QUERY_KEY_PARTS
+  )
+
+
+def is_vector(names: list[str]) -> bool:
+  """A bias or a norm scale: the leaf's own (last) name says so."""
+  return bool(names) and any(v in names[-1] for v in VECTOR_NAMES)

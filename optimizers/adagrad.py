@@ -1,0 +1,43 @@
+"""AdaGrad: per-coordinate steps from the summed squared gradients."""
+
+from typing import Any, Optional
+
+import optax
+
+from gradtx import transforms as gt
+from gradtx.transforms.weight_decay import MaskOrFn
+
+
+def adagrad(
+    learning_rate: optax.ScalarOrSchedule,
+    *,
+    initial_accumulator_value: float = 0.0,
+    eps: float = 1e-10,
+    weight_decay: optax.ScalarOrSchedule = 0.0,
+    mask: MaskOrFn = None,
+    nu_dtype: Optional[Any] = None,
+) -> optax.GradientTransformation:
+  r"""AdaGrad: :math:`p \leftarrow p - η\, g'/(\sqrt{\sum g'^2} + ε)`, g' = g + λp.
+
+  ``torch.optim.Adagrad``'s rule (``lr_decay=0``); ``weight_decay`` is its
+  coupled L2 term.
+
+  Args:
+    learning_rate: η, a non-negative number or a schedule.
+    initial_accumulator_value: starting value of the sum, >= 0.
+    eps: added to the denominator, >= 0.
+    weight_decay: λ, the coupled L2 coefficient, >= 0, or a schedule.
+    mask: which leaves get the decay (``optax.masked`` semantics).
+    nu_dtype: storage of the sum of squares (``gt.scale_by_adagrad``).
+
+  Returns:
+    An ``optax.GradientTransformation``.
+
+  Reference: Duchi, Hazan & Singer, "Adaptive Subgradient Methods for Online
+  Learning and Stochastic Optimization", JMLR 2011; ``torch.optim.Adagrad``.
+  """
+  return optax.chain(
+      gt.coupled_weight_decay(weight_decay, mask),
+      gt.scale_by_adagrad(initial_accumulator_value, eps, nu_dtype=nu_dtype),
+      gt.scale_by_learning_rate(learning_rate),
+  )

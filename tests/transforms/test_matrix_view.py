@@ -1,0 +1,168 @@
+"""The one matrix-view rule: Flax layers' parameters as matrices, overrides, round trips."""
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+import optax
+import pytest
+from flax import nnx
+
+from gradtx import optimizers as go
+from gradtx import transforms as gt
+from gradtx.transforms import matrix_view
+
+V = gt.MatrixView
+
+
+def _views(module, rule=gt.flax_matrix_view):
+  state = nnx.state(module, nnx.Param)
+  return {
+      jax.tree_util.keystr(path): (leaf.shape, rule(path, leaf))
+      for path, leaf in jax.tree_util.tree_flatten_with_path(state)[0]
+  }
+
+
+def test_multi_head_attention_projections_are_in_by_heads_times_head_dim():
+  attention = nnx.MultiHeadAttention(
+      num_heads=8, in_features=64, qkv_features=64, decode=False, rngs=nnx.Rngs(0))
+  views = _views(attention)
+  for name in ("query", "key", "value"):
+    shape, view = views[f"['{name}']['kernel'].value"]
+    assert shape == (64, 8, 8) and view == V(rows=(0,), cols=(1, 2))
+    assert view.matrix_shape(shape) == (1, 64, 64)
+    assert views[f"['{name}']['bias'].value"] == ((8, 8), None)  # never a matrix
+  assert views["['out']['kernel'].value"] == ((8, 8, 64), V(rows=(0, 1), cols=(2,)))
+  assert views["['out']['bias'].value"][1] is None
+
+
+def test_linear_embed_conv_and_norm_parameters():
+  class Net(nnx.Module):
+    def __init__(self, rngs):
+      self.embed = nnx.Embed(11, 6, rngs=rngs)
+      self.conv = nnx.Conv(3, 5, (3, 3), rngs=rngs)
+      self.dense = nnx.Linear(6, 4, rngs=rngs)
+      self.norm = nnx.LayerNorm(4, rngs=rngs)
+
+  views = _views(Net(nnx.Rngs(0)))
+  assert views["['embed']['embedding'].value"][1] == V((0,), (1,))
+  conv_shape, conv = views["['conv']['kernel'].value"]
+  assert conv == V((0, 1, 2), (3,)) and conv.matrix_shape(conv_shape) == (1, 27, 5)
+  assert views["['dense']['kernel'].value"][1] == V((0,), (1,))
+  for name in ("['conv']['bias'].value", "['dense']['bias'].value",
+               "['norm']['scale'].value", "['norm']['bias'].value"):
+    assert views[name][1] is None
+
+
+def test_scanned_layers_are_declared_with_stacked_matrix_view():
+  class Block(nnx.Module):
+    def __init__(self, rngs):
+      self.lin = nnx.Linear(4, 6, rngs=rngs)
+      self.attn = nnx.MultiHeadAttention(
+          num_heads=2, in_features=4, qkv_features=4, decode=False, rngs=rngs)
+
+  @nnx.split_rngs(splits=3)
+  @nnx.vmap(in_axes=(0,), out_axes=0)
+  def stack(rngs):
+    return Block(rngs)
+
+  views = _views(stack(nnx.Rngs(0)), gt.stacked_matrix_view())
+  shape, view = views["['lin']['kernel'].value"]
+  assert shape == (3, 4, 6) and view == V((1,), (2,), batch=(0,))
+  assert view.matrix_shape(shape) == (3, 4, 6)
+  shape, view = views["['attn']['query']['kernel'].value"]
+  assert shape == (3, 4, 2, 2) and view == V((1,), (2, 3), batch=(0,))
+  assert views["['lin']['bias'].value"][1] is None
+
+
+def test_einsum_kernel_view_is_declared_from_its_spec():
+  assert gt.einsum_matrix_view("bnd,ndh->bnh") == V((1,), (2,), batch=(0,))
+  assert gt.einsum_matrix_view("btd,dnh->btnh") == V((0,), (1, 2))
+  with pytest.raises(ValueError, match="spec"):
+    gt.einsum_matrix_view("bd->bd")
+
+
+@pytest.mark.parametrize("view, shape", [
+    (V((0,), (1, 2)), (4, 3, 5)),
+    (V((1,), (2, 0)), (4, 3, 5)),
+    (V((2,), (0,), batch=(1,)), (4, 3, 5)),
+    (V((0, 1, 2), (3,)), (3, 3, 2, 7)),
+])
+def test_to_and_from_matrices_round_trip(view, shape):
+  x = jnp.arange(np.prod(shape), dtype=jnp.float32).reshape(shape)
+  m = view.to_matrices(x)
+  assert m.shape == view.matrix_shape(shape)
+  np.testing.assert_array_equal(view.from_matrices(m, shape), x)
+  # Rows and columns are the named axes: element (b, i, j) of the stack.
+  order = view.batch + view.rows + view.cols
+  np.testing.assert_array_equal(
+      np.asarray(m).ravel(), np.transpose(np.asarray(x), order).ravel())
+
+
+def test_a_view_that_misses_an_axis_is_refused():
+  with pytest.raises(ValueError, match="does not name every axis"):
+    V((0,), (1,)).matrix_shape((2, 3, 4))
+
+
+def test_empty_leaves_have_no_view():
+  assert matrix_view.view_of((), jnp.zeros((0, 4)), None) is None
+  assert matrix_view.view_of((), jnp.zeros((3, 4)), None) == V((0,), (1,))
+
+
+def _msign(x):
+  u, _, vt = np.linalg.svd(x, full_matrices=False)
+  return u @ vt
+
+
+def test_muon_orthogonalizes_a_query_kernel_as_one_in_by_features_matrix():
+  attention = nnx.MultiHeadAttention(
+      num_heads=4, in_features=16, qkv_features=16, decode=False, rngs=nnx.Rngs(0))
+  params = nnx.state(attention, nnx.Param)
+  rng = np.random.default_rng(0)
+  grads = jax.tree.map(
+      lambda p: jnp.asarray(rng.standard_normal(p.shape), jnp.float32), params)
+  # The cubic iteration converges to the exact msign; no momentum, no scale.
+  tx = go.muon(1.0, beta=0.0, nesterov=False, coefficients="cubic", ns_steps=40,
+               scale=None, eps=0.0)
+  updates, _ = tx.update(grads, tx.init(params), params)
+  for name in ("query", "key", "value"):
+    g = np.asarray(grads[name]["kernel"].get_value())
+    u = np.asarray(updates[name]["kernel"].get_value())
+    expected = -_msign(g.reshape(16, 16)).reshape(g.shape)
+    np.testing.assert_allclose(u, expected, atol=1e-4)
+  g_out = np.asarray(grads["out"]["kernel"].get_value())
+  np.testing.assert_allclose(
+      np.asarray(updates["out"]["kernel"].get_value()),
+      -_msign(g_out.reshape(16, 16)).reshape(g_out.shape), atol=1e-4)
+  # Biases go to AdamW: its first step is -lr·sign(g).
+  bias = updates["query"]["bias"].get_value()
+  np.testing.assert_allclose(
+      bias, -np.sign(grads["query"]["bias"].get_value()), atol=1e-6)
+
+
+def test_shampoo_and_muon_see_the_same_matrix():
+  """Kronecker factors are built on the same view Newton–Schulz uses."""
+  params = {"attn": {"query": {"kernel": jnp.zeros((12, 3, 4))}}}
+  state = go.shampoo(1e-3, block_size=None).init(params)
+  left = state[0].direction_state.left_stats["attn"]["query"]["kernel"]
+  right = state[0].direction_state.right_stats["attn"]["query"]["kernel"]
+  assert left.shape == (1, 12, 12) and right.shape == (1, 12, 12)
+
+
+def test_a_user_rule_overrides_the_default_per_leaf():
+  def rule(path, leaf):
+    if "experts" in jax.tree_util.keystr(path):
+      return V((1,), (2,), batch=(0,))
+    return gt.flax_matrix_view(path, leaf)
+
+  params = {"experts": jnp.zeros((4, 6, 8)), "dense": jnp.zeros((6, 8))}
+  rng = np.random.default_rng(1)
+  grads = jax.tree.map(lambda p: jnp.asarray(rng.standard_normal(p.shape), jnp.float32), params)
+  tx = gt.clip_singular_values(1.0, 1.0, matrix_view=rule)
+  out, _ = tx.update(grads, tx.init(params))
+  for e in range(4):
+    np.testing.assert_allclose(out["experts"][e], _msign(np.asarray(grads["experts"][e])),
+                               atol=1e-5)
+  np.testing.assert_allclose(out["dense"], _msign(np.asarray(grads["dense"])), atol=1e-5)
+  views = gt.on_matrix_views(optax.identity(), rule)
+  same, _ = views.update(grads, views.init(params))
+  np.testing.assert_array_equal(same["experts"], grads["experts"])

@@ -1,0 +1,227 @@
+"""How a parameter is seen as matrices: the one rule every matrix transform uses.
+
+Newton–Schulz, singular-value clipping, Kronecker factors, SOAP's bases,
+grafting blocks, Muon's shape scale and Adam-mini's per-neuron and per-head
+blocks all ask the same question of a leaf: which of its axes are the rows
+(fan-in), which the columns (fan-out), and which index separate matrices. A
+``MatrixView`` is the answer and a *matrix-view rule*, a function of
+``(path, leaf)``, gives it (``None``: the leaf is not a matrix, e.g. a bias).
+
+The default, ``flax_matrix_view``, follows Flax's layouts (kernels are
+(fan_in, ..., fan_out)):
+
+=============================================  ===================  =====================
+Flax parameter (shape)                          rows (fan-in)        columns (fan-out)
+=============================================  ===================  =====================
+``nnx.Linear`` kernel (in, out)                 in                   out
+``nnx.Embed`` embedding (vocab, features)       vocab                features
+``nnx.Conv`` kernel (k₁, …, in, out)            k₁·…·in              out
+``MultiHeadAttention`` query/key/value kernel   in                   heads·head_dim
+(in, heads, head_dim)
+``MultiHeadAttention`` out kernel               heads·head_dim       out
+(heads, head_dim, out)
+``nnx.Einsum`` kernel                           declare it: ``einsum_matrix_view(spec)``
+scanned stacks (``nnx.scan``/``nnx.vmap``)      declare it: ``stacked_matrix_view(n)``
+biases, norm scales (any shape), 0-/1-D leaves  not matrices (``None``)
+=============================================  ===================  =====================
+
+Override it per leaf with any function of ``(path, leaf)``, e.g.
+``lambda path, leaf: gt.MatrixView(rows=(0,), cols=(1,), batch=(2,)) if
+"experts" in jax.tree_util.keystr(path) else gt.flax_matrix_view(path, leaf)``.
+"""
+
+import dataclasses
+import math
+from typing import Any, Callable, Optional
+
+import jax
+import jax.numpy as jnp
+import optax
+
+from gradtx._internal import names as _names
+
+
+@dataclasses.dataclass(frozen=True)
+class MatrixView:
+  """A leaf seen as a stack of (rows × cols) matrices.
+
+  Every axis of the leaf is in exactly one of ``batch``, ``rows`` and
+  ``cols``. The leaf, transposed to ``batch + rows + cols`` and reshaped, is
+  an array of shape (num_matrices, num_rows, num_cols).
+
+  Attributes:
+    rows: the axes whose product is a matrix's rows (fan-in), in order.
+    cols: the axes whose product is its columns (fan-out).
+    batch: the axes that index separate matrices (layers of a scanned
+      stack, experts, heads of an ``einsum_matrix_view``).
+  """
+
+  rows: tuple[int, ...]
+  cols: tuple[int, ...]
+  batch: tuple[int, ...] = ()
+
+  @property
+  def order(self) -> tuple[int, ...]:
+    return self.batch + self.rows + self.cols
+
+  def matrix_shape(self, shape: tuple[int, ...]) -> tuple[int, int, int]:
+    """(num_matrices, num_rows, num_cols) of a leaf of ``shape``."""
+    if sorted(self.order) != list(range(len(shape))):
+      raise ValueError(
+          f"{self} does not name every axis of a leaf of shape {shape} once")
+    size = lambda axes: math.prod(shape[a] for a in axes)
+    return size(self.batch), size(self.rows), size(self.cols)
+
+  def to_matrices(self, x: jax.Array) -> jax.Array:
+    """``x`` as its (num_matrices, num_rows, num_cols) stack."""
+    shape = self.matrix_shape(x.shape)
+    if self.order != tuple(range(x.ndim)):
+      x = jnp.transpose(x, self.order)
+    return x.reshape(shape)
+
+  def from_matrices(self, m: jax.Array, shape: tuple[int, ...]) -> jax.Array:
+    """Inverse of ``to_matrices`` for a leaf of ``shape``."""
+    transposed = tuple(shape[a] for a in self.order)
+    x = m.reshape(transposed)
+    if self.order != tuple(range(len(shape))):
+      x = jnp.transpose(x, tuple(self.order.index(a) for a in range(len(shape))))
+    return x
+
+
+MatrixViewRule = Callable[[tuple, Any], Optional[MatrixView]]
+
+# The attribute names of flax's MultiHeadAttention projections.
+_ATTENTION_INPUTS = ("query", "key", "value")
+
+
+def flax_matrix_view(path: tuple, leaf: Any) -> Optional[MatrixView]:
+  """The default matrix view of a leaf, from its key path and shape.
+
+  See the module docstring's table. In order: 0- and 1-D leaves and leaves
+  whose own name contains ``"bias"`` or ``"scale"`` have no view; 2-D leaves
+  are (rows, cols) as they are; 3-D kernels of flax's MultiHeadAttention
+  ``query``/``key``/``value`` projections are (in, heads·head_dim); every
+  other leaf of 3 or more dimensions is a kernel (fan_in…, fan_out): rows are
+  all axes but the last.
+
+  Args:
+    path: the leaf's key path (``jax.tree_util`` keys).
+    leaf: the parameter (an array or a ``jax.ShapeDtypeStruct``; only its
+      shape is read).
+
+  Returns:
+    The leaf's ``MatrixView``, or ``None``.
+  """
+  ndim = len(jnp.shape(leaf))
+  names = _names.path_names(path)
+  if ndim < 2 or _names.is_vector(names):
+    return None
+  if ndim == 3 and any(n in _ATTENTION_INPUTS for n in names[:-1]):
+    return MatrixView(rows=(0,), cols=(1, 2))
+  return MatrixView(rows=tuple(range(ndim - 1)), cols=(ndim - 1,))
+
+
+def stacked_matrix_view(
+    num_axes: int = 1, rule: MatrixViewRule = flax_matrix_view
+) -> MatrixViewRule:
+  """A rule for stacked layers: the leading ``num_axes`` axes index matrices.
+
+  For parameters of layers built with ``nnx.scan`` / ``nnx.vmap`` (a leading
+  layer axis): ``rule`` is applied to the shape without those axes, which
+  become the view's ``batch``. Leaves with no more than ``num_axes`` axes
+  have no view.
+  """
+
+  def stacked(path, leaf):
+    shape = tuple(jnp.shape(leaf))
+    if len(shape) <= num_axes:
+      return None
+    inner = rule(path, jax.ShapeDtypeStruct(shape[num_axes:], jnp.float32))
+    if inner is None:
+      return None
+    shift = lambda axes: tuple(a + num_axes for a in axes)
+    return MatrixView(shift(inner.rows), shift(inner.cols),
+                      tuple(range(num_axes)) + shift(inner.batch))
+
+  return stacked
+
+
+def einsum_matrix_view(spec: str) -> MatrixView:
+  """The view of an ``nnx.Einsum`` kernel from its einsum string.
+
+  For ``"inputs,kernel->output"``: kernel axes contracted with the input are
+  the rows, axes that only reach the output are the columns, and axes shared
+  by input, kernel and output (e.g. heads in ``"bnd,ndh->bnh"``) index
+  separate matrices.
+
+  Example:
+    >>> from gradtx import transforms as gt
+    >>> gt.einsum_matrix_view("btd,dnh->btnh")
+    MatrixView(rows=(0,), cols=(1, 2), batch=())
+  """
+  try:
+    inputs, output = spec.replace(" ", "").split("->")
+    operand, kernel = inputs.split(",")
+  except ValueError:
+    raise ValueError(
+        f"spec must read 'inputs,kernel->output', got {spec!r}") from None
+  rows = tuple(i for i, a in enumerate(kernel) if a in operand and a not in output)
+  cols = tuple(i for i, a in enumerate(kernel) if a in output and a not in operand)
+  batch = tuple(i for i, a in enumerate(kernel) if a in operand and a in output)
+  if not rows or not cols or len(rows + cols + batch) != len(kernel):
+    raise ValueError(f"the kernel of {spec!r} has no (rows, cols) matrix view")
+  return MatrixView(rows, cols, batch)
+
+
+def view_of(path: tuple, leaf: Any, rule: Optional[MatrixViewRule]) -> Optional[MatrixView]:
+  """``rule``'s view of a leaf (default rule: ``flax_matrix_view``).
+
+  Empty leaves (a zero-size axis) are never matrices, whatever the rule.
+  """
+  if math.prod(jnp.shape(leaf)) == 0:
+    return None
+  view = (flax_matrix_view if rule is None else rule)(path, leaf)
+  if view is not None:
+    view.matrix_shape(tuple(jnp.shape(leaf)))  # validates
+  return view
+
+
+def views_of(tree: Any, rule: Optional[MatrixViewRule]) -> list:
+  """The ``MatrixView`` (or ``None``) of every leaf of ``tree``, as a list."""
+  with_paths = jax.tree_util.tree_flatten_with_path(tree)[0]
+  return [view_of(path, leaf, rule) for path, leaf in with_paths]
+
+
+def on_matrix_views(
+    inner: optax.GradientTransformation,
+    matrix_view: Optional[MatrixViewRule] = None,
+) -> optax.GradientTransformation:
+  r"""Runs a stateless ``inner`` transform on the matrix views of the leaves.
+
+  .. math:: u \leftarrow \mathrm{view}^{-1}(\mathrm{inner}(\mathrm{view}(u)))
+
+  Each leaf with a view reaches ``inner`` as its (num_matrices, rows, cols)
+  stack and is reshaped back; leaves without one skip ``inner`` (it sees
+  ``None`` there) and come out unchanged.
+
+  Args:
+    inner: a stateless transformation that treats leading axes as a batch.
+    matrix_view: the matrix-view rule; default ``flax_matrix_view``.
+
+  Returns:
+    An ``optax.GradientTransformation`` with ``inner``'s state.
+  """
+
+  def update_fn(updates, state, params=None):
+    leaves, treedef = jax.tree.flatten(updates)
+    views = views_of(updates, matrix_view)
+    # Leaves without a view are hidden from inner (as None) and kept as they are.
+    shaped = [None if v is None else v.to_matrices(u) for u, v in zip(leaves, views)]
+    out, state = inner.update(treedef.unflatten(shaped), state, params)
+    out = [
+        u if v is None else v.from_matrices(o, u.shape)
+        for o, u, v in zip(treedef.flatten_up_to(out), leaves, views)
+    ]
+    return treedef.unflatten(out), state
+
+  return optax.GradientTransformation(inner.init, update_fn)
