@@ -50,7 +50,8 @@ def lookahead(
 
   Args:
     base: the fast (inner) optimizer.
-    sync_period: k, the fast steps per slow step, an integer >= 1.
+    sync_period: k, the fast steps per slow step, an integer >= 1 (may be
+      traced, e.g. by ``optax.inject_hyperparams``).
     slow_step_size: α, in [0, 1]. α = 1 without ``reset_state`` is the base
       optimizer (to rounding).
     reset_state: re-initialise the base state at every sync (at the synced
@@ -92,7 +93,7 @@ def lookahead(
   weights (the same for any base whose init reads only shapes).
   """
   _validate.check_transformation("base", base)
-  sync_period = _validate.check_integer("sync_period", sync_period)
+  sync_period = _validate.check_integer("sync_period", sync_period, traced=True)
   _validate.check_in_range(
       "slow_step_size", slow_step_size, 0.0, 1.0, high_inclusive=True
   )

@@ -52,6 +52,7 @@ from gradtx.transforms.shape_scale import scale_by_matrix_shape
 from gradtx.transforms.sign import ScaleByLionState, scale_by_lion, scale_by_sign, scale_by_tiger
 from gradtx.transforms.soap import ScaleBySoapState, scale_by_soap
 from gradtx.transforms.state_format import Int8Blocks, StochasticBfloat16
+from gradtx.transforms.state_sharding import state_shardings
 from gradtx.transforms.trust_ratio import ScaleByTrustRatioState, scale_by_trust_ratio
 from gradtx.transforms.weight_decay import (
     WeightDecayState,
@@ -116,5 +117,6 @@ __all__ = [
     "scale_by_tiger",
     "scale_by_trust_ratio",
     "stacked_matrix_view",
+    "state_shardings",
     "stochastic_round",
 ]

@@ -85,7 +85,8 @@ def scale_by_factored_rms(
     decay_rate: c, the exponent of the decay schedule, in [0, 1].
     factored: factor leaves with two or more axes at all.
     min_dim_size_to_factor: factor only when both factored axes have at
-      least this many elements, >= 1.
+      least this many elements, an integer >= 1 (it decides shapes: list it
+      in ``optax.inject_hyperparams``'s ``static_args``).
     eps: ε, added to g² (keeps zero-gradient rows finite), >= 0.
     decay_offset: :math:`t_0`, the step at which the schedule restarts (for
       fine-tuning), >= 0; before it the decay is 0 (optax's schedule is NaN
@@ -101,9 +102,8 @@ def scale_by_factored_rms(
   _validate.check_in_range(
       "decay_rate", decay_rate, 0.0, 1.0, high_inclusive=True
   )
-  _validate.check_in_range(
-      "min_dim_size_to_factor", min_dim_size_to_factor, 1, np.inf
-  )
+  min_dim_size_to_factor = _validate.check_integer(
+      "min_dim_size_to_factor", min_dim_size_to_factor)
   _validate.check_non_negative("eps", eps)
   _validate.check_non_negative("decay_offset", decay_offset)
 

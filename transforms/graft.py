@@ -14,8 +14,39 @@ import optax
 from gradtx._internal import sharding as _sharding
 from gradtx._internal import tree as _tree
 from gradtx._internal import validate as _validate
-from gradtx.transforms.kronecker import from_blocks, layouts_of, to_blocks
+from gradtx.transforms.kronecker import layouts_of
 from gradtx.transforms.matrix_view import MatrixViewRule
+
+
+def _ratio(m_sq, d_sq):
+  """‖m‖/‖d‖ from the squared norms; 0 where d is 0."""
+  return jnp.where(d_sq > 0, jnp.sqrt(m_sq / jnp.where(d_sq > 0, d_sq, 1)), 0)
+
+
+def _grafted_whole(m, d):
+  dtype = _tree.compute_dtype(d)
+  m_, d_ = m.astype(dtype), d.astype(dtype)
+  ratio = _ratio(jnp.sum(_tree.abs_sq(m_)), jnp.sum(_tree.abs_sq(d_)))
+  return (d_ * ratio).astype(d.dtype)
+
+
+def _grafted_blocks(m, d, layout):
+  """d rescaled per block, computed in the leaves' own layout.
+
+  Per-block squared norms are contractions with 0/1 indicator matrices of the
+  row and column blocks, so a sharded leaf only all-reduces one number per
+  block instead of moving its blocks.
+  """
+  dtype = _tree.compute_dtype(d)
+  m_, d_ = (layout.view.to_matrices(a.astype(dtype)) for a in (m, d))
+  real = _tree.real_dtype(dtype)
+  rows = (jnp.arange(layout.rows)[:, None] // layout.block_rows
+          == jnp.arange(layout.row_blocks)[None]).astype(real)
+  cols = (jnp.arange(layout.cols)[:, None] // layout.block_cols
+          == jnp.arange(layout.col_blocks)[None]).astype(real)
+  norms = lambda x: jnp.einsum("nrc,rb,cd->nbd", _tree.abs_sq(x), rows, cols)
+  scale = jnp.einsum("nbd,rb,cd->nrc", _ratio(norms(m_), norms(d_)), rows, cols)
+  return layout.view.from_matrices(d_ * scale, d.shape).astype(d.dtype)
 
 
 class GraftState(NamedTuple):
@@ -65,22 +96,10 @@ def graft(
     return GraftState(magnitude.init(params), direction.init(params))
 
   def leaf(m, d, layout):
-    dtype = _tree.compute_dtype(d)
-    # Explicit meshes: the per-block views need the whole matrix (_sharding).
-    m_, d_ = (_sharding.gather(a.astype(dtype)) for a in (m, d))
     if block_size is None or layout is None:
-      m_, d_ = m_.reshape(1, -1), d_.reshape(1, -1)
-    else:
-      m_, d_ = to_blocks(m_, layout), to_blocks(d_, layout)
-    axes = tuple(range(1, m_.ndim))
-    m_norm = jnp.sqrt(jnp.sum(_tree.abs_sq(m_), axes, keepdims=True))
-    d_norm = jnp.sqrt(jnp.sum(_tree.abs_sq(d_), axes, keepdims=True))
-    u = d_ * jnp.where(d_norm > 0, m_norm / jnp.where(d_norm > 0, d_norm, 1), 0)
-    if block_size is None or layout is None:
-      u = u.reshape(d.shape)
-    else:
-      u = from_blocks(u, layout, d.shape)
-    return _sharding.reshard_like(u.astype(d.dtype), d)
+      return _sharding.in_auto_axes(_grafted_whole, m, d, like=d)
+    return _sharding.in_auto_axes(
+        lambda m, d: _grafted_blocks(m, d, layout), m, d, like=d)
 
   def update_fn(updates, state, params=None):
     m, magnitude_state = magnitude.update(updates, state.magnitude_state, params)

@@ -1,9 +1,7 @@
 """Kronecker-factored preconditioning (Shampoo): statistics, blocks, the update.
 
 The inverse roots are ``gradtx.transforms.matrix_roots``; grafting, which
-Shampoo pairs with it, is ``gradtx.transforms.graft``. On an Explicit mesh a
-sharded matrix gradient is gathered for the products with its factors (which
-are replicated) and its update resharded like it (``_sharding``).
+Shampoo pairs with it, is ``gradtx.transforms.graft``.
 
 A matrix gradient G (m × n) is preconditioned by two Kronecker factors,
 L = Σ GGᴴ (m × m) and R = Σ GᴴG (n × n), instead of one mn × mn matrix. How a
@@ -21,8 +19,14 @@ scales, 1-D leaves) gets a diagonal (AdaGrad-style) preconditioner. Then
   blocks); each block has its own L and R. Zero padding is exact: a padded row
   of G only meets the padded corner of L, which never reaches real rows.
 
-State arrays hold one leading axis of blocks, so every root computation of a
-leaf is one batched call.
+The statistics and roots of all matrices of one shape, across all leaves, are
+one stack of blocks (``gradtx._internal.block_stacks``): every root
+computation of a shape is one batched call, and on a device mesh the stack is
+split along its block axis over all devices, each matrix with all its blocks
+on one owner device, where its statistics live and are updated, rooted and
+applied; only gradient matrices travel to the owners (one all-to-all) and
+preconditioned ones back. With fewer matrices of a shape than devices some
+devices own none of that shape (the stack is padded with zero matrices).
 """
 
 from typing import NamedTuple, Optional
@@ -31,68 +35,23 @@ import jax
 import jax.numpy as jnp
 import optax
 
-from gradtx._internal import sharding as _sharding
+from gradtx._internal import block_stacks
 from gradtx._internal import tree as _tree
 from gradtx._internal import validate as _validate
+from gradtx._internal.block_stacks import (
+  BlockLayout,  # noqa: F401 (re-exported)
+  block_layout,
+  from_blocks,  # noqa: F401 (re-exported)
+  to_blocks,  # noqa: F401 (re-exported)
+)
 from gradtx.transforms import matrix_view as _matrix_view
 from gradtx.transforms.matrix_roots import ROOT_METHODS, inverse_pth_root, matmul, transpose
-from gradtx.transforms.matrix_view import MatrixView, MatrixViewRule
-
-
-class BlockLayout(NamedTuple):
-  """How one leaf is cut into equal blocks (static, from its view and shape)."""
-
-  view: MatrixView
-  matrices: int
-  rows: int
-  cols: int
-  row_blocks: int
-  col_blocks: int
-  left: bool  # rows are preconditioned (by L)
-  right: bool  # columns are preconditioned (by R)
-
-  @property
-  def block_rows(self) -> int:
-    return -(-self.rows // self.row_blocks)
-
-  @property
-  def block_cols(self) -> int:
-    return -(-self.cols // self.col_blocks)
-
-  @property
-  def num_blocks(self) -> int:
-    return self.matrices * self.row_blocks * self.col_blocks
-
-  @property
-  def exponent(self) -> int:
-    """p of L^{-1/p}: 4 with two factors, 2 with one (−1/(2k), k factors)."""
-    return 2 * (int(self.left) + int(self.right))
-
-
-def block_layout(
-    view: Optional[MatrixView],
-    shape: tuple[int, ...],
-    block_size: Optional[int],
-    max_precondition_dim: int,
-) -> Optional[BlockLayout]:
-  """The blocks of a leaf, or ``None`` for a diagonally preconditioned leaf."""
-  if view is None:
-    return None
-  matrices, rows, cols = view.matrix_shape(shape)
-  left, right = rows <= max_precondition_dim, cols <= max_precondition_dim
-  if not (left or right):
-    return None
-
-  def cuts(dim, preconditioned):
-    return -(-dim // block_size) if preconditioned and block_size else 1
-
-  return BlockLayout(view, matrices, rows, cols, cuts(rows, left),
-                     cuts(cols, right), left, right)
+from gradtx.transforms.matrix_view import MatrixViewRule
 
 
 def layouts_of(
     tree, matrix_view: Optional[MatrixViewRule], block_size: Optional[int],
-    max_precondition_dim: int,
+    max_precondition_dim: float,
 ) -> list:
   """The ``BlockLayout`` (or ``None``) of every leaf of ``tree``, as a list."""
   return [
@@ -102,36 +61,20 @@ def layouts_of(
   ]
 
 
-def to_blocks(x: jax.Array, layout: BlockLayout) -> jax.Array:
-  """A leaf as its stack of (num_blocks, block_rows, block_cols) blocks."""
-  br, bc = layout.block_rows, layout.block_cols
-  x = layout.view.to_matrices(x)
-  x = jnp.pad(x, ((0, 0), (0, layout.row_blocks * br - layout.rows),
-                  (0, layout.col_blocks * bc - layout.cols)))
-  x = x.reshape(layout.matrices, layout.row_blocks, br, layout.col_blocks, bc)
-  return x.swapaxes(2, 3).reshape(layout.num_blocks, br, bc)
-
-
-def from_blocks(
-    blocks: jax.Array, layout: BlockLayout, shape: tuple[int, ...]
-) -> jax.Array:
-  """Inverse of ``to_blocks``: drops the padding, restores ``shape``."""
-  br, bc = layout.block_rows, layout.block_cols
-  x = blocks.reshape(layout.matrices, layout.row_blocks, layout.col_blocks, br, bc)
-  x = x.swapaxes(2, 3).reshape(
-      layout.matrices, layout.row_blocks * br, layout.col_blocks * bc)
-  return layout.view.from_matrices(x[:, : layout.rows, : layout.cols], shape)
-
-
 class KroneckerPreconditionState(NamedTuple):
-  """State of ``kronecker_precondition``; each field a tree structured like the params.
+  """State of ``kronecker_precondition``.
+
+  The matrix statistics are stacks, one per matrix shape (a dict keyed by
+  the shape of the leaves' matrix views, e.g. ``"256x768"``; ``_left`` /
+  ``_right`` where one side is not preconditioned), holding the blocks of
+  every matrix of that shape, matrix by matrix in leaf order, padded with
+  zero matrices to a multiple of the mesh size.
 
   Attributes:
     count: number of updates taken so far (int32 scalar).
-    left_stats: per leaf, the L statistics of its blocks, (blocks, r, r) in at
-      least float32; ``optax.MaskedNode()`` where the rows are not
-      preconditioned.
-    right_stats: the R statistics, (blocks, c, c), or ``MaskedNode()``.
+    left_stats: per block shape, the L statistics, (blocks, r, r) in at least
+      float32 (shapes whose rows are not preconditioned have none).
+    right_stats: the R statistics, (blocks, c, c).
     left_root: L^{-1/p} as last recomputed, shaped like ``left_stats``.
     right_root: R^{-1/p}, shaped like ``right_stats``.
     diag_stats: for diagonal leaves (no matrix view, or both sides too long)
@@ -139,10 +82,10 @@ class KroneckerPreconditionState(NamedTuple):
   """
 
   count: jax.Array
-  left_stats: optax.Updates
-  right_stats: optax.Updates
-  left_root: optax.Updates
-  right_root: optax.Updates
+  left_stats: dict
+  right_stats: dict
+  left_root: dict
+  right_root: dict
   diag_stats: optax.Updates
 
 
@@ -179,7 +122,8 @@ def kronecker_precondition(
     precondition_b2: β, the decay of the statistics, in [0, 1]; 1 is
       AdaGrad's sum.
     damping: δ, the absolute ridge (Algorithm 1's εI), >= 0.
-    precondition_every: recompute the roots every this many steps, >= 1.
+    precondition_every: recompute the roots every this many steps, >= 1 (may
+      be traced, e.g. by ``optax.inject_hyperparams``).
     block_size: longest side of a block, >= 1; ``None``: never cut.
     max_precondition_dim: sides longer than this get the identity, >= 1.
     root_method: ``"eigh"`` (float32 or wider eigendecomposition, with
@@ -212,8 +156,7 @@ def kronecker_precondition(
   _validate.check_non_negative("damping", damping)
   _validate.check_non_negative("relative_damping", relative_damping)
   precondition_every = _validate.check_integer(
-      "precondition_every", precondition_every
-  )
+      "precondition_every", precondition_every, traced=True)
   if block_size is not None:
     block_size = _validate.check_integer("block_size", block_size)
   max_precondition_dim = _validate.check_integer(
@@ -224,105 +167,127 @@ def kronecker_precondition(
         f"root_method must be one of {ROOT_METHODS}, got {root_method!r}"
     )
   beta = precondition_b2
+  precondition_every_step = isinstance(precondition_every, int) and precondition_every == 1
 
-  def layouts(tree):
-    return layouts_of(tree, matrix_view, block_size, max_precondition_dim)
+  def plan(tree):
+    """Per leaf its block layout, and the stacks of its matrices' owners.
+
+    A matrix's blocks stay together with it: its owner keeps the statistics
+    of all of them, so only whole matrices travel (an all-to-all).
+    """
+    leaves = jax.tree.leaves(tree)
+    blocks = layouts_of(tree, matrix_view, block_size, max_precondition_dim)
+    matrices = [None if b is None else block_layout(b.view, tuple(jnp.shape(x)), None,
+                                                    max_precondition_dim)
+                for b, x in zip(blocks, leaves)]
+    mesh = block_stacks.owner_mesh(leaves)
+    groups = block_stacks.plan(
+        matrices, [_tree.compute_dtype(x) for x in leaves],
+        block_stacks.num_devices(mesh))
+    # All members of a group share the matrix shape, hence the cuts.
+    group_blocks = {g.name: blocks[g.members[0][0]] for g in groups}
+    return leaves, blocks, matrices, groups, group_blocks, mesh
 
   def init_fn(params):
-    def leaf(path, p):
-      # Every field gets its own buffer, so that the state can be donated.
-      dtype = _tree.compute_dtype(p)
-      layout = block_layout(_matrix_view.view_of(path, p, matrix_view),
-                            tuple(jnp.shape(p)), block_size, max_precondition_dim)
-      if layout is None:
-        return (optax.MaskedNode(),) * 4
-      nb, br, bc = layout.num_blocks, layout.block_rows, layout.block_cols
-      side = lambda on, d: jnp.zeros((nb, d, d), dtype) if on else optax.MaskedNode()
-      return (side(layout.left, br), side(layout.right, bc),
-              side(layout.left, br), side(layout.right, bc))
+    _, blocks, _, groups, group_blocks, mesh = plan(params)
 
-    def diagonal(path, p):
-      view = _matrix_view.view_of(path, p, matrix_view)
-      return block_layout(view, tuple(jnp.shape(p)), block_size,
-                          max_precondition_dim) is None
+    def side(on, which):
+      stacks = {}
+      for g in groups:
+        if getattr(g, on):
+          b = group_blocks[g.name]
+          d = b.block_rows if which == 0 else b.block_cols
+          count = g.size * b.row_blocks * b.col_blocks
+          stacks[g.name] = block_stacks.place_on_owners(
+              jnp.zeros((count, d, d), g.dtype), mesh)
+      return stacks
 
+    # Every field gets its own buffer, so that the state can be donated.
+    sides = dict(left_stats=side("left", 0), right_stats=side("right", 1),
+                 left_root=side("left", 0), right_root=side("right", 1))
+    diagonal = iter([b is None for b in blocks])
     diag = _tree.zeros_where(
-        params, diagonal, lambda p: _tree.real_dtype(_tree.compute_dtype(p)))
-    return KroneckerPreconditionState(
-        jnp.zeros([], jnp.int32),
-        *_tree.map_statistics(leaf, 4, params, with_path=True), diag)
+        params, lambda path, p: next(diagonal),
+        lambda p: _tree.real_dtype(_tree.compute_dtype(p)))
+    return KroneckerPreconditionState(jnp.zeros([], jnp.int32), **sides, diag_stats=diag)
 
-  def accumulate(g, layout, left, right, diag):
+  def root(stats, old, exponent, mesh):
+    new = block_stacks.on_owners(
+        lambda s: inverse_pth_root(
+            s, exponent, root_method=root_method, damping=damping,
+            relative_damping=relative_damping),
+        mesh, stats)
+    finite = jnp.isfinite(new).all((-2, -1), keepdims=True)
+    return jnp.where(finite, new, old)
+
+  def recompute(groups, mesh, left_stats, right_stats, left_roots, right_roots):
+    exponents = {g.name: 2 * (int(g.left) + int(g.right)) for g in groups}
+    return (
+        {k: root(v, left_roots[k], exponents[k], mesh) for k, v in left_stats.items()},
+        {k: root(v, right_roots[k], exponents[k], mesh) for k, v in right_stats.items()},
+    )
+
+  def diagonal_step(g, diag):
     x = g.astype(_tree.compute_dtype(g))
-    if layout is None:
-      return left, right, beta * diag + _tree.abs_sq(x)
-    x = to_blocks(_sharding.gather(x), layout)
-    if layout.left:
-      left = beta * left + matmul(x, transpose(x))
-    if layout.right:
-      right = beta * right + matmul(transpose(x), x)
-    return left, right, diag
-
-  def recompute(layouts_, left_stats, right_stats, left_roots, right_roots):
-    def leaf(layout, left, right, left_root, right_root):
-      def root(stats, old, preconditioned):
-        if not preconditioned:
-          return old
-        new = inverse_pth_root(
-            stats, layout.exponent, root_method=root_method, damping=damping,
-            relative_damping=relative_damping,
-        )
-        finite = jnp.isfinite(new).all((-2, -1), keepdims=True)
-        return jnp.where(finite, new, old)
-
-      if layout is None:
-        return left_root, right_root
-      return (root(left, left_root, layout.left),
-              root(right, right_root, layout.right))
-
-    outputs = [leaf(*args) for args in zip(
-        layouts_, left_stats, right_stats, left_roots, right_roots)]
-    return [o[0] for o in outputs], [o[1] for o in outputs]
-
-  def precondition(g, layout, left_root, right_root, diag):
-    x = g.astype(_tree.compute_dtype(g))
-    if layout is None:
-      s = diag + damping
-      u = jnp.where(s > 0, x * jax.lax.rsqrt(jnp.where(s > 0, s, 1)), 0)
-      return u.astype(g.dtype)
-    blocks = to_blocks(_sharding.gather(x), layout)
-    if layout.left:
-      blocks = left_root @ blocks
-    if layout.right:
-      blocks = blocks @ right_root
-    u = from_blocks(blocks, layout, g.shape).astype(g.dtype)
-    return _sharding.reshard_like(u, g)
+    diag = beta * diag + _tree.abs_sq(x)
+    s = diag + damping
+    u = jnp.where(s > 0, x * jax.lax.rsqrt(jnp.where(s > 0, s, 1)), 0)
+    return u.astype(g.dtype), diag
 
   def update_fn(updates, state, params=None):
     del params
     count = optax.safe_increment(state.count)
-    leaves, treedef = jax.tree.flatten(updates)
-    layouts_ = layouts(updates)
-    fields = [treedef.flatten_up_to(f) for f in (
-        state.left_stats, state.right_stats, state.left_root, state.right_root,
-        state.diag_stats)]
-    stats = [accumulate(*args) for args in zip(
-        leaves, layouts_, fields[0], fields[1], fields[4])]
-    left, right, diag = ([s[i] for s in stats] for i in range(3))
-    if precondition_every == 1:
-      left_root, right_root = recompute(layouts_, left, right, *fields[2:4])
+    treedef = jax.tree.structure(updates)
+    leaves, blocks, matrices, groups, group_blocks, mesh = plan(updates)
+    stacks = block_stacks.stack(leaves, matrices, groups, mesh)
+
+    def accumulate(g, x, left, right):
+      x = block_stacks.matrix_blocks(x, group_blocks[g.name])
+      if left is not None:
+        left = beta * left + matmul(x, transpose(x))
+      if right is not None:
+        right = beta * right + matmul(transpose(x), x)
+      return left, right
+
+    left, right = {}, {}
+    for g, x in zip(groups, stacks):
+      l_new, r_new = block_stacks.on_owners(
+          lambda x, left, right, g=g: accumulate(g, x, left, right), mesh, x,
+          state.left_stats.get(g.name), state.right_stats.get(g.name))
+      if g.left:
+        left[g.name] = l_new
+      if g.right:
+        right[g.name] = r_new
+
+    roots = (left, right, state.left_root, state.right_root)
+    if precondition_every_step:
+      left_root, right_root = recompute(groups, mesh, *roots)
     else:
       left_root, right_root = jax.lax.cond(
           (count - 1) % precondition_every == 0,
-          lambda *a: recompute(layouts_, *a),
-          lambda left, right, lr, rr: (lr, rr),
-          left, right, fields[2], fields[3],
-      )
-    u = [precondition(*args) for args in zip(
-        leaves, layouts_, left_root, right_root, diag)]
-    unflatten = treedef.unflatten
-    return unflatten(u), KroneckerPreconditionState(
-        count, unflatten(left), unflatten(right), unflatten(left_root),
-        unflatten(right_root), unflatten(diag))
+          lambda *a: recompute(groups, mesh, *a), lambda *a: (a[2], a[3]), *roots)
+
+    def precondition(g, x, left, right):
+      layout = group_blocks[g.name]
+      x = block_stacks.matrix_blocks(x, layout)
+      if left is not None:
+        x = left @ x
+      if right is not None:
+        x = x @ right
+      return block_stacks.blocks_matrix(x, layout)
+
+    preconditioned = [
+        block_stacks.on_owners(
+            lambda x, left, right, g=g: precondition(g, x, left, right), mesh, x,
+            left_root.get(g.name), right_root.get(g.name))
+        for g, x in zip(groups, stacks)]
+    out = block_stacks.unstack(preconditioned, leaves, matrices, groups, mesh)
+    diag_leaves = treedef.flatten_up_to(state.diag_stats)
+    new_diag = list(diag_leaves)
+    for i, (g, layout) in enumerate(zip(leaves, blocks)):
+      if layout is None:
+        out[i], new_diag[i] = diagonal_step(g, diag_leaves[i])
+    return treedef.unflatten(out), KroneckerPreconditionState(
+        count, left, right, left_root, right_root, treedef.unflatten(new_diag))
 
   return optax.GradientTransformation(init_fn, update_fn)

@@ -14,7 +14,7 @@ import jax.numpy as jnp
 import numpy as np
 import optax
 
-from gradtx._internal import matrix_stacks
+from gradtx._internal import block_stacks
 from gradtx._internal import sharding as _sharding
 from gradtx._internal import validate as _validate
 from gradtx.transforms import matrix_view as _matrix_view
@@ -182,6 +182,36 @@ def newton_schulz(
   return y.astype(x.dtype)
 
 
+def map_matrices(
+    fn, updates: Any, matrix_view: Optional[MatrixViewRule], *, stack: bool
+) -> Any:
+  """``fn`` of every matrix of every leaf's view; leaves without one pass through.
+
+  ``fn`` maps a (num_matrices, rows, cols) stack to the same shape. Off a
+  mesh each leaf is one call, or, with ``stack``, all matrices of one shape
+  and dtype are. On a mesh (``block_stacks``) the matrices of one shape are
+  always stacked and split over the devices: each is computed whole, once,
+  on its owner, with no collective inside ``fn``.
+  """
+  leaves, treedef = jax.tree.flatten(updates)
+  layouts = [block_stacks.block_layout(view, x.shape, None)
+             for view, x in zip(_matrix_view.views_of(updates, matrix_view), leaves)]
+  mesh = block_stacks.owner_mesh(leaves)
+  if mesh is None and not stack:
+    out = [x if layout is None else block_stacks.from_blocks(
+        fn(block_stacks.to_blocks(x, layout)), layout, x.shape).astype(x.dtype)
+           for x, layout in zip(leaves, layouts)]
+    return treedef.unflatten(out)
+  groups = block_stacks.plan(layouts, [x.dtype for x in leaves],
+                             block_stacks.num_devices(mesh))
+  stacks = block_stacks.stack(leaves, layouts, groups, mesh)
+  results = [fn(s) for s in stacks]
+  if mesh is not None:  # keep fn's output on the owners too (Auto axes)
+    results = [block_stacks.place_on_owners(r, mesh) for r in results]
+  out = block_stacks.unstack(results, leaves, layouts, groups, mesh)
+  return treedef.unflatten([x if o is None else o for x, o in zip(leaves, out)])
+
+
 def orthogonalize_newton_schulz(
     ns_steps: int = 5,
     coefficients: Coefficients = "jordan",
@@ -232,7 +262,9 @@ def orthogonalize_newton_schulz(
     batch_same_shape: stack the matrices that share a shape and dtype and
       run one batched iteration over them. On 2 CPU cores this took 32
       matrices of 64×64 from 8.6 ms to 6.1 ms and made no difference at
-      512×2048 (benchmarks/RESULTS.md).
+      512×2048 (benchmarks/RESULTS.md). On a device mesh they are always
+      stacked, and each stack is split over the devices (owner compute: every
+      matrix is orthogonalized whole, once, on one device).
     matrix_view: the matrix-view rule (see ``gt.flax_matrix_view``).
 
   Returns:
@@ -255,11 +287,8 @@ def orthogonalize_newton_schulz(
 
   def update_fn(updates, state, params=None):
     del params
-    leaves, treedef = jax.tree.flatten(updates)
-    views = _matrix_view.views_of(updates, matrix_view)
-    out = matrix_stacks.map_matrices(
-        orthogonalize, leaves, views, stack=batch_same_shape)
-    return treedef.unflatten(out), state
+    return map_matrices(orthogonalize, updates, matrix_view,
+                        stack=batch_same_shape), state
 
   return optax.GradientTransformation(lambda _: optax.EmptyState(), update_fn)
 
@@ -299,9 +328,6 @@ def clip_singular_values(
 
   def update_fn(updates, state, params=None):
     del params
-    leaves, treedef = jax.tree.flatten(updates)
-    views = _matrix_view.views_of(updates, matrix_view)
-    out = matrix_stacks.map_matrices(clip, leaves, views, stack=False)
-    return treedef.unflatten(out), state
+    return map_matrices(clip, updates, matrix_view, stack=False), state
 
   return optax.GradientTransformation(lambda _: optax.EmptyState(), update_fn)

@@ -3,7 +3,11 @@
 Leaves become matrices as in ``kronecker_precondition`` (their matrix view; a
 side longer than ``max_precondition_dim`` keeps the identity basis, and a leaf
 with no preconditioned side, or no view at all, is plain Adam); there is no
-blocking, as in the reference code.
+blocking, as in the reference code. The matrices of one shape, across all
+leaves, form one stack (``gradtx._internal.block_stacks``) holding their
+statistics, eigenbases and Adam moments; on a device mesh the stack is split
+over all devices, so each matrix is rotated, updated and refreshed on one
+owner device, and only gradients travel there and updates back.
 """
 
 from typing import Any, NamedTuple, Optional
@@ -12,12 +16,11 @@ import jax
 import jax.numpy as jnp
 import optax
 
-from gradtx._internal import sharding as _sharding
+from gradtx._internal import block_stacks
 from gradtx._internal import tree as _tree
 from gradtx._internal import validate as _validate
 from gradtx.transforms import kronecker as kron
 from gradtx.transforms import matrix_roots as roots
-from gradtx.transforms import matrix_view as _matrix_view
 from gradtx.transforms import state_format
 from gradtx.transforms.matrix_view import MatrixViewRule
 
@@ -25,16 +28,23 @@ REFRESH_METHODS = ("qr", "eigh")
 
 
 class ScaleBySoapState(NamedTuple):
-  """State of ``scale_by_soap``; each field but ``count`` a tree like the params.
+  """State of ``scale_by_soap``.
+
+  Matrix statistics and moments are stacks, one per matrix shape (dicts keyed
+  by shape, e.g. ``"256x768"``), holding the matrices of every leaf of that
+  shape in leaf order, padded with zeros to a multiple of the mesh size.
 
   Attributes:
     count: number of updates taken so far (int32 scalar).
-    mu: Adam's first moment, in eigenbasis coordinates, shaped like the leaf
-      (``mu_dtype``).
-    nu: Adam's second moment, in eigenbasis coordinates (``nu_dtype``).
-    left_stats: the EMA of GGᴴ, (matrices, m, m) in at least float32, or
-      ``optax.MaskedNode()``.
-    right_stats: the EMA of GᴴG, (matrices, n, n), or ``MaskedNode()``.
+    mu: Adam's first moment of the plain-Adam leaves (no preconditioned
+      side), shaped like the leaf (``mu_dtype``); ``MaskedNode()`` elsewhere.
+    nu: their second moment (``nu_dtype``).
+    mu_stacks: per matrix shape, Adam's first moment in eigenbasis
+      coordinates, (matrices, m, n).
+    nu_stacks: the second moment, likewise.
+    left_stats: per shape, the EMA of GGᴴ, (matrices, m, m) in at least
+      float32 (shapes whose rows keep the identity basis have none).
+    right_stats: the EMA of GᴴG, (matrices, n, n).
     left_basis: Q_L, eigenvectors of ``left_stats`` by decreasing eigenvalue.
     right_basis: Q_R, likewise for ``right_stats``.
   """
@@ -42,17 +52,19 @@ class ScaleBySoapState(NamedTuple):
   count: jax.Array
   mu: optax.Updates
   nu: optax.Updates
-  left_stats: optax.Updates
-  right_stats: optax.Updates
-  left_basis: optax.Updates
-  right_basis: optax.Updates
+  mu_stacks: dict
+  nu_stacks: dict
+  left_stats: dict
+  right_stats: dict
+  left_basis: dict
+  right_basis: dict
 
 
-def _rotate(x, left, right, layout, *, back=False):
+def _rotate(x, left, right, group, *, back=False):
   """Q_Lᴴ X Q_R into the eigenbasis, or Q_L X Q_Rᴴ back (``back=True``)."""
-  if layout.left:
+  if group.left:
     x = roots.matmul(left if back else roots.transpose(left), x)
-  if layout.right:
+  if group.right:
     x = roots.matmul(x, roots.transpose(right) if back else right)
   return x
 
@@ -102,7 +114,8 @@ def scale_by_soap(
     eps: added to √v, >= 0.
     precondition_b2: decay β_s of L and R, in [0, 1); ``None``: ``b2``
       (the reference's ``shampoo_beta``).
-    precondition_every: refresh the basis every this many steps, >= 1.
+    precondition_every: refresh the basis every this many steps, >= 1 (may
+      be traced).
     max_precondition_dim: sides longer than this keep the identity, >= 1.
     refresh: ``"qr"`` or ``"eigh"``.
     mu_dtype: storage of the first moment, as in ``scale_by_adam``.
@@ -124,8 +137,7 @@ def scale_by_soap(
     _validate.check_decay("precondition_b2", precondition_b2)
   _validate.check_non_negative("eps", eps)
   precondition_every = _validate.check_integer(
-      "precondition_every", precondition_every
-  )
+      "precondition_every", precondition_every, traced=True)
   max_precondition_dim = _validate.check_integer(
       "max_precondition_dim", max_precondition_dim
   )
@@ -137,66 +149,55 @@ def scale_by_soap(
   mu_format = state_format.state_format("mu_dtype", mu_dtype)
   nu_format = state_format.state_format("nu_dtype", nu_dtype)
 
-  def layouts(tree):
-    return kron.layouts_of(tree, matrix_view, None, max_precondition_dim)
+  def plan(tree):
+    leaves = jax.tree.leaves(tree)
+    layouts = kron.layouts_of(tree, matrix_view, None, max_precondition_dim)
+    mesh = block_stacks.owner_mesh(leaves)
+    groups = block_stacks.plan(
+        layouts, [_tree.compute_dtype(x) for x in leaves],
+        block_stacks.num_devices(mesh))
+    return leaves, layouts, groups, mesh
 
   def init_fn(params):
-    def leaf(path, p):
-      # Every field gets its own buffer, so that the state can be donated.
-      dtype = _tree.compute_dtype(p)
-      view = _matrix_view.view_of(path, p, matrix_view)
-      layout = kron.block_layout(view, tuple(jnp.shape(p)), None, max_precondition_dim)
-      if layout is None:
-        return (optax.MaskedNode(),) * 4
-      side = lambda on, d: (jnp.zeros((layout.matrices, d, d), dtype) if on
-                            else optax.MaskedNode())
-      left, right = (layout.left, layout.rows), (layout.right, layout.cols)
-      return side(*left), side(*right), side(*left), side(*right)
-
+    _, layouts, groups, mesh = plan(params)
+    plain = iter([layout is None for layout in layouts])
+    plain_params = _tree.zeros_where(params, lambda path, p: next(plain))
+    moments = lambda fmt, real: {
+        g.name: state_format.zeros_like_tree(
+            block_stacks.zeros(g, g.block_shape, mesh), fmt,
+            signed=not real, real=real)
+        for g in groups}
+    side = lambda on, size: {
+        g.name: block_stacks.zeros(g, (g.block_shape[size],) * 2, mesh)
+        for g in groups if getattr(g, on)}
     return ScaleBySoapState(
-        jnp.zeros([], jnp.int32),
-        state_format.zeros_like_tree(params, mu_format, signed=True),
-        state_format.zeros_like_tree(params, nu_format, signed=False, real=True),
-        *_tree.map_statistics(leaf, 4, params, with_path=True),
+        count=jnp.zeros([], jnp.int32),
+        mu=state_format.zeros_like_tree(plain_params, mu_format, signed=True),
+        nu=state_format.zeros_like_tree(plain_params, nu_format, signed=False, real=True),
+        mu_stacks=moments(mu_format, False), nu_stacks=moments(nu_format, True),
+        left_stats=side("left", 0), right_stats=side("right", 1),
+        left_basis=side("left", 0), right_basis=side("right", 1),
     )
 
-  def adam_step(count, g, layout, mu, nu, left_basis, right_basis, seed):
-    dtype = _tree.compute_dtype(g)
-    real = _tree.real_dtype(dtype)
-    x = g.astype(dtype)
-    m, v = state_format.load(mu, dtype), state_format.load(nu, real)
-    if layout is not None:
-      x, m, v = (kron.to_blocks(_sharding.gather(a), layout) for a in (x, m, v))
-      x = _rotate(x, left_basis, right_basis, layout)
+  def adam(count, x, m, v):
+    """One Adam step of the (rotated) gradient x; the first step is zero."""
     m_new = b1 * m + (1 - b1) * x
     v_new = b2 * v + (1 - b2) * _tree.abs_sq(x)
-    steps = jnp.maximum(count - 1, 1).astype(real)
+    steps = jnp.maximum(count - 1, 1).astype(v.dtype)
     correction = jnp.sqrt(1 - b2**steps) / (1 - b1**steps)
     u = correction * m_new / (jnp.sqrt(v_new) + eps)
-    if layout is not None:
-      u = _rotate(u, left_basis, right_basis, layout, back=True)
-      unblock = lambda a: kron.from_blocks(a, layout, g.shape)
-      u, m_new, v_new, m, v = (unblock(a) for a in (u, m_new, v_new, m, v))
     first = count == 1  # builds the basis only
-    u = jnp.where(first, 0, u)
-    m_new, v_new = jnp.where(first, m, m_new), jnp.where(first, v, v_new)
+    return (jnp.where(first, 0, u), jnp.where(first, m, m_new),
+            jnp.where(first, v, v_new))
+
+  def plain_step(count, g, m, v, seed):
+    dtype = _tree.compute_dtype(g)
+    u, m_new, v_new = adam(count, g.astype(dtype), state_format.load(m, dtype),
+                           state_format.load(v, _tree.real_dtype(dtype)))
     if state_format.is_quantized(mu_format, nu_format):
       u, m_new, v_new = state_format.reset_non_finite(g, u, m_new, v_new)
-    return (
-        _sharding.reshard_like(u.astype(g.dtype), g),
-        state_format.store(m_new, mu, mu_format, seed, stream=0),
-        state_format.store(v_new, nu, nu_format, seed, stream=1),
-    )
-
-  def accumulate(g, layout, left, right):
-    if layout is None:
-      return left, right
-    x = kron.to_blocks(_sharding.gather(g.astype(_tree.compute_dtype(g))), layout)
-    if layout.left:
-      left = stats_b2 * left + (1 - stats_b2) * roots.matmul(x, roots.transpose(x))
-    if layout.right:
-      right = stats_b2 * right + (1 - stats_b2) * roots.matmul(roots.transpose(x), x)
-    return left, right
+    return (u.astype(g.dtype), state_format.store(m_new, m, mu_format, seed, stream=0),
+            state_format.store(v_new, v, nu_format, seed, stream=1))
 
   def refresh_side(stats, basis, v, axis):
     estimates = jnp.real(jnp.sum(
@@ -210,60 +211,84 @@ def scale_by_soap(
     power_step = roots.matmul(stats, basis)
     return roots.unbatched_on_cpu(jnp.linalg.qr, power_step)[0], v
 
-  def new_basis(g, layout, left, right, left_basis, right_basis, mu, nu, seed,
-                *, first):
-    if layout is None:
-      return left_basis, right_basis, mu, nu
+  def new_basis(group, left, right, left_basis, right_basis, m, v, *, first):
+    """The group's bases after a refresh, with m rotated and v permuted along."""
     if first:
-      return (_eigenvectors(left) if layout.left else left_basis,
-              _eigenvectors(right) if layout.right else right_basis, mu, nu)
-    dtype = _tree.compute_dtype(g)
-    m = kron.to_blocks(_sharding.gather(state_format.load(mu, dtype)), layout)
-    v = kron.to_blocks(_sharding.gather(
-        state_format.load(nu, _tree.real_dtype(dtype))), layout)
-    m = _rotate(m, left_basis, right_basis, layout, back=True)
-    if layout.left:
+      return (_eigenvectors(left) if group.left else None,
+              _eigenvectors(right) if group.right else None, m, v)
+    m = _rotate(m, left_basis, right_basis, group, back=True)
+    if group.left:
       left_basis, v = refresh_side(left, left_basis, v, -2)
-    if layout.right:
+    if group.right:
       right_basis, v = refresh_side(right, right_basis, v, -1)
-    m = _rotate(m, left_basis, right_basis, layout)
-    unblock = lambda a: kron.from_blocks(a, layout, g.shape)
-    return (left_basis, right_basis,
-            state_format.store(unblock(m), mu, mu_format, seed, stream=2),
-            state_format.store(unblock(v), nu, nu_format, seed, stream=3))
+    return left_basis, right_basis, _rotate(m, left_basis, right_basis, group), v
 
   def update_fn(updates, state, params=None):
     del params
     count = optax.safe_increment(state.count)
+    leaves, layouts, groups, mesh = plan(updates)
     treedef = jax.tree.structure(updates)
-    layout_tree = treedef.unflatten(layouts(updates))
     seeds = state_format.maybe_rounding_seeds(updates, count, mu_format, nu_format)
-    u, mu, nu = _tree.map_leaves(
-        lambda *leaves: adam_step(count, *leaves), 3, updates, layout_tree,
-        state.mu, state.nu, state.left_basis, state.right_basis, seeds,
-    )
-    left, right = _tree.map_leaves(
-        accumulate, 2, updates, layout_tree, state.left_stats, state.right_stats
-    )
+    stack_seeds = state_format.maybe_rounding_seeds(
+        state.mu_stacks, count, mu_format, nu_format)
+    seed_of = lambda k: None if stack_seeds is None else stack_seeds[k]
+    grads = dict(zip((g.name for g in groups),
+                     block_stacks.stack(leaves, layouts, groups, mesh)))
+    get = lambda d, g: d.get(g.name)
 
-    def basis_branch(first):
-      def branch(operands):
-        return _tree.map_leaves(
-            lambda *leaves: new_basis(*leaves, first=first), 4, updates,
-            layout_tree, *operands, seeds,
-        )
-      return branch
+    # Adam in the current eigenbasis, on the owners.
+    directions, moments = [], {}
+    for g in groups:
+      x = grads[g.name]
+      m = state_format.load(state.mu_stacks[g.name], x.dtype)
+      v = state_format.load(state.nu_stacks[g.name], block_stacks.real_dtype(g))
+      lb, rb = get(state.left_basis, g), get(state.right_basis, g)
+      u, m, v = adam(count, _rotate(x, lb, rb, g), m, v)
+      directions.append(_rotate(u, lb, rb, g, back=True))
+      moments[g.name] = (m, v)
 
-    keep = lambda operands: operands[2:]
+    left = {k: stats_b2 * v + (1 - stats_b2) * roots.matmul(grads[k], roots.transpose(grads[k]))
+            for k, v in state.left_stats.items()}
+    right = {k: stats_b2 * v + (1 - stats_b2) * roots.matmul(roots.transpose(grads[k]), grads[k])
+             for k, v in state.right_stats.items()}
+
+    def branch(first):
+      def run(operands):
+        left_basis, right_basis, moments_ = operands
+        out_left, out_right, out_moments = {}, {}, {}
+        for g in groups:
+          lb, rb, m, v = block_stacks.on_owners(
+              lambda *args, g=g: new_basis(g, *args, first=first), mesh,
+              get(left, g), get(right, g), get(left_basis, g),
+              get(right_basis, g), *moments_[g.name])
+          if g.left:
+            out_left[g.name] = lb
+          if g.right:
+            out_right[g.name] = rb
+          out_moments[g.name] = (m, v)
+        return out_left, out_right, out_moments
+      return run
+
     index = jnp.where(
-        count == 1, 0, jnp.where((count - 1) % precondition_every == 0, 1, 2)
-    )
-    operands = (left, right, state.left_basis, state.right_basis, mu, nu)
-    left_basis, right_basis, mu, nu = jax.lax.switch(
-        index, (basis_branch(True), basis_branch(False), keep), operands
-    )
-    return u, ScaleBySoapState(
-        count, mu, nu, left, right, left_basis, right_basis
-    )
+        count == 1, 0, jnp.where((count - 1) % precondition_every == 0, 1, 2))
+    left_basis, right_basis, moments = jax.lax.switch(
+        index, (branch(True), branch(False), lambda operands: operands),
+        (state.left_basis, state.right_basis, moments))
+    mu_stacks = {k: state_format.store(m, state.mu_stacks[k], mu_format, seed_of(k), stream=0)
+                 for k, (m, _) in moments.items()}
+    nu_stacks = {k: state_format.store(v, state.nu_stacks[k], nu_format, seed_of(k), stream=1)
+                 for k, (_, v) in moments.items()}
+
+    out = block_stacks.unstack(directions, leaves, layouts, groups, mesh)
+    mu_leaves, nu_leaves = (treedef.flatten_up_to(t) for t in (state.mu, state.nu))
+    seed_leaves = [None] * len(leaves) if seeds is None else treedef.flatten_up_to(seeds)
+    mu, nu = list(mu_leaves), list(nu_leaves)
+    for i, layout in enumerate(layouts):
+      if layout is None:
+        out[i], mu[i], nu[i] = plain_step(
+            count, leaves[i], mu_leaves[i], nu_leaves[i], seed_leaves[i])
+    return treedef.unflatten(out), ScaleBySoapState(
+        count, treedef.unflatten(mu), treedef.unflatten(nu), mu_stacks, nu_stacks,
+        left, right, left_basis, right_basis)
 
   return optax.GradientTransformation(init_fn, update_fn)

@@ -59,3 +59,26 @@ def reshard_like(y: jax.Array, x: jax.Array) -> jax.Array:
   if jax.typeof(y).sharding.spec == sharding.spec:
     return y
   return jax.sharding.reshard(y, sharding)
+
+
+def in_auto_axes(fn, *args, like: jax.Array):
+  """``fn(*args)``, on an Explicit mesh with XLA choosing the layouts inside.
+
+  For computations whose reshapes or contractions cross sharded axes (which
+  Explicit types refuse): inside, the axes are Auto and the partitioner lays
+  out the data movement; the result is typed with ``like``'s sharding.
+  Elsewhere it is a plain call.
+  """
+  sharding = getattr(jax.typeof(like), "sharding", None)
+  mesh = getattr(sharding, "mesh", None)
+  if mesh is None or mesh.empty or AxisType.Explicit not in mesh.axis_types:
+    return fn(*args)
+  spec = P(*sharding.spec, *([None] * (like.ndim - len(sharding.spec))))
+
+  def run():
+    return jax.sharding.auto_axes(fn, out_sharding=spec)(*args)
+
+  if jax.sharding.get_abstract_mesh().empty:
+    with jax.sharding.use_abstract_mesh(mesh):
+      return run()
+  return run()

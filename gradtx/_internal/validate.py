@@ -86,13 +86,19 @@ def check_scalar_or_schedule(name: str, value: Any) -> None:
   )
 
 
-def check_integer(name: str, value: Any, low: int = 1) -> int:
+def check_integer(name: str, value: Any, low: int = 1, *, traced: bool = False) -> Any:
   """Returns ``value`` as an ``int``; ``ValueError`` unless it is one >= low.
 
-  Python and NumPy integers are accepted. These arguments fix array shapes or
-  the step structure, so they cannot be traced: ``optax.inject_hyperparams``
-  must list them in ``static_args``.
+  Python and NumPy integers are accepted. Arguments that fix array shapes
+  cannot be traced: ``optax.inject_hyperparams`` must list them in
+  ``static_args``, which the error says. With ``traced=True`` (arguments
+  used only in arithmetic, such as a period) an integer array or tracer is
+  returned unchecked.
   """
+  if traced and hasattr(value, "dtype") and not isinstance(value, np.ndarray):
+    if not np.issubdtype(np.dtype(value.dtype), np.integer):
+      raise ValueError(f"{name} must be an integer, got an array of {value.dtype}")
+    return value
   integral = isinstance(value, numbers.Integral) or (
       isinstance(value, np.ndarray) and value.ndim == 0
       and np.issubdtype(value.dtype, np.integer)

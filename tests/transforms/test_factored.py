@@ -119,7 +119,7 @@ def test_zero_gradient_is_finite_and_bf16_stays_bf16():
     "kwargs, message",
     [
         ({"decay_rate": 1.5}, "decay_rate must be in"),
-        ({"min_dim_size_to_factor": 0}, "min_dim_size_to_factor must be in"),
+        ({"min_dim_size_to_factor": 0}, "min_dim_size_to_factor must be an integer >= 1"),
         ({"eps": -1.0}, "eps must be in"),
     ],
 )

@@ -3,7 +3,6 @@
 import jax
 import jax.numpy as jnp
 import numpy as np
-import optax
 import pytest
 
 from gradtx import transforms as gt
@@ -62,7 +61,8 @@ def test_side_above_max_precondition_dim_gets_the_identity():
   with jax.enable_x64(True):
     tx = gt.kronecker_precondition(damping=0.1, max_precondition_dim=8)
     updates, state = _run(tx, [jnp.asarray(g) for g in grads])
-  assert state.right_stats == optax.MaskedNode()
+  # One stack of left statistics for the one 3x20 block shape, no right ones.
+  assert state.right_stats == {} and set(state.left_stats) == {"3x20_left_float64"}
   left = grads[0] @ grads[0].T + grads[1] @ grads[1].T
   np.testing.assert_allclose(
       updates[1], oracles.inverse_root(left, 2, 0.1) @ grads[1], rtol=1e-10)
@@ -117,12 +117,12 @@ def test_roots_refresh_every_k_steps_in_one_trace():
   roots = []
   for _ in range(7):
     _, state = step(jnp.asarray(rng.standard_normal((4, 6)), jnp.float32), state)
-    roots.append(np.asarray(state.left_root))
+    roots.append(np.asarray(state.left_root["4x6"]))
   assert len(traces) == 1
   changed = [not np.array_equal(a, b) for a, b in zip(roots, roots[1:])]
   # Roots are computed at steps 1, 4 and 7, so they change going into 4 and 7.
   assert changed == [False, False, True, False, False, True]
-  expected = oracles.inverse_root(np.asarray(state.left_stats[0]), 4, 1e-6)
+  expected = oracles.inverse_root(np.asarray(state.left_stats["4x6"][0]), 4, 1e-6)
   assert oracles.relative_error(roots[-1][0], expected) < 1e-4
 
 

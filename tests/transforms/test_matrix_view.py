@@ -143,9 +143,10 @@ def test_shampoo_and_muon_see_the_same_matrix():
   """Kronecker factors are built on the same view Newton–Schulz uses."""
   params = {"attn": {"query": {"kernel": jnp.zeros((12, 3, 4))}}}
   state = go.shampoo(1e-3, block_size=None).init(params)
-  left = state[0].direction_state.left_stats["attn"]["query"]["kernel"]
-  right = state[0].direction_state.right_stats["attn"]["query"]["kernel"]
-  assert left.shape == (1, 12, 12) and right.shape == (1, 12, 12)
+  # One (12, 12) matrix: both factors 12x12 (not 12x3 / 4x4 as a stack).
+  assert set(state[0].direction_state.left_stats) == {"12x12"}
+  assert state[0].direction_state.left_stats["12x12"].shape == (1, 12, 12)
+  assert state[0].direction_state.right_stats["12x12"].shape == (1, 12, 12)
 
 
 def test_a_user_rule_overrides_the_default_per_leaf():

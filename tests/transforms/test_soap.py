@@ -17,9 +17,9 @@ def test_soap_first_step_only_builds_the_basis():
        "b": jnp.ones(3)}
   u, state = tx.update(g, tx.init(g))
   assert all(np.all(leaf == 0) for leaf in jax.tree.leaves(u))
-  basis = np.asarray(state.left_basis["w"][0])
+  basis = np.asarray(state.left_basis["5x3"][0])
   np.testing.assert_allclose(basis.T @ basis, np.eye(5), atol=1e-5)
-  eigenvalues = np.diag(basis.T @ np.asarray(state.left_stats["w"][0]) @ basis)
+  eigenvalues = np.diag(basis.T @ np.asarray(state.left_stats["5x3"][0]) @ basis)
   assert np.all(np.diff(eigenvalues) <= 1e-6)  # decreasing
 
 

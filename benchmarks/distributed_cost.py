@@ -1,0 +1,206 @@
+"""Per-device cost of one optimizer update on a device mesh, from the compiled step.
+
+For each optimizer and mesh axis type, the update (``tx.update`` +
+``optax.apply_updates``) is compiled for N devices and read, not timed:
+
+* FLOPs per device (``compiled.cost_analysis()["flops"]``) over the FLOPs of
+  the same update compiled for one device;
+* optimizer-state bytes held by one device (its ``addressable_shards``) over
+  the state's total bytes;
+* bytes produced by the collectives (all-gather, all-reduce, all-to-all,
+  reduce-scatter, collective-permute) of the per-device program
+  (``compiled.as_text()``), over one device's share of the parameter bytes.
+
+Deterministic (no timing), so it measures scale on a 2-core machine with fake
+CPU devices. XLA's cost analysis counts no FLOPs for LAPACK custom calls
+(eigh, QR), so Shampoo's and SOAP's roots and bases do not appear in the FLOPs
+column (they run on the owners like the rest).
+
+The model (as in issue 10): 8 blocks of qkv 256×768, proj 256×256, fc
+256×1024, out 1024×256 and a 1024 bias, parameters FSDP-style P('d', None)
+(biases P('d')), state from ``jax.jit(tx.init)`` inside ``jax.set_mesh``
+(Explicit) or with ``out_shardings=gt.state_shardings(tx, params)`` (Auto),
+Shampoo and SOAP with ``precondition_every=1``.
+
+  python -m benchmarks.distributed_cost                   # 8 devices
+  python -m benchmarks.distributed_cost --devices 2,4,8   # scaling
+"""
+
+import argparse
+import json
+import os
+import re
+import subprocess
+import sys
+
+_DEVICES_FLAG = "--xla_force_host_platform_device_count"
+
+COLLECTIVES = ("all-gather", "all-reduce", "all-to-all", "reduce-scatter",
+               "collective-permute")
+_BYTES = {"f64": 8, "f32": 4, "bf16": 2, "f16": 2, "s64": 8, "s32": 4, "u32": 4,
+          "s8": 1, "u8": 1, "pred": 1, "c64": 8, "c128": 16}
+SHAPES = {"qkv": (256, 768), "proj": (256, 256), "fc": (256, 1024),
+          "out": (1024, 256), "bias": (1024,)}
+DEFAULT_OPTIMIZERS = "adamw,muon,shampoo,soap,adamw_8bit,optax:adamw,optax:muon"
+
+
+def optimizers():
+  import optax
+
+  from gradtx import optimizers as go
+  return {
+      "adamw": lambda: go.adamw(1e-3),
+      "muon": lambda: go.muon(0.02, adam_learning_rate=1e-3),
+      "shampoo": lambda: go.shampoo(1e-3, precondition_every=1),
+      "soap": lambda: go.soap(1e-3, precondition_every=1),
+      "adamw_8bit": lambda: go.adamw_8bit(1e-3),
+      "optax:adamw": lambda: optax.adamw(1e-3),
+      "optax:muon": lambda: optax.contrib.muon(0.02),
+  }
+
+
+def collective_bytes(hlo_text: str) -> int:
+  """Bytes produced by the collectives of a compiled (per-device) HLO module."""
+  total = 0
+  ops = "|".join(COLLECTIVES)
+  for line in hlo_text.splitlines():
+    match = re.match(rf"\s*%?\S+ = (.*?) (?:{ops})(?:-start)?\(", line)
+    if not match:
+      continue
+    for dtype, dims in re.findall(r"(\w+)\[([\d,]*)\]", match.group(1)):
+      if dtype in _BYTES:
+        count = 1
+        for d in filter(None, dims.split(",")):
+          count *= int(d)
+        total += count * _BYTES[dtype]
+  return total
+
+
+def measure(devices: int, names: list, axis_types: list, width: int = 256,
+            blocks: int = 8, replicated: bool = False) -> list:
+  """The table's rows; ``width`` scales the model (``SHAPES`` at 256).
+
+  ``replicated``: data-parallel parameters (every device holds all of them)
+  instead of FSDP rows.
+  """
+  import jax
+  import jax.numpy as jnp
+  import numpy as np
+  import optax
+  from jax.sharding import AxisType, NamedSharding
+  from jax.sharding import PartitionSpec as P
+
+  rng = np.random.default_rng(0)
+  shapes = {k: tuple(d * width // 256 for d in s) for k, s in SHAPES.items()}
+  params = {f"block{i}": {k: jnp.asarray(0.02 * rng.standard_normal(s), jnp.float32)
+                          for k, s in shapes.items()} for i in range(blocks)}
+  grads = jax.tree.map(lambda p: jnp.cos(50 * p), params)
+  param_bytes = sum(x.nbytes for x in jax.tree.leaves(params))
+  factories = optimizers()
+
+  def step(tx):
+    def run(params, state, grads):
+      updates, state = tx.update(grads, state, params)
+      return optax.apply_updates(params, updates), state
+    return jax.jit(run)
+
+  def flops(compiled):
+    cost = compiled.cost_analysis()
+    cost = cost[0] if isinstance(cost, list) else cost
+    return float(cost.get("flops", 0.0))
+
+  rows = []
+  for name in names:
+    tx = factories[name]()
+    state = tx.init(params)
+    single = step(tx).lower(params, state, grads).compile()
+    single_flops = flops(single)
+    state_bytes = sum(x.nbytes for x in jax.tree.leaves(state))
+    for axis_type in axis_types:
+      kind = {"explicit": AxisType.Explicit, "auto": AxisType.Auto}[axis_type]
+      mesh = jax.make_mesh((devices,), ("d",), axis_types=(kind,))
+      shardings = jax.tree.map(
+          lambda x, mesh=mesh: NamedSharding(mesh, P() if replicated else (
+              P("d", None) if x.ndim == 2 else P("d"))), params)
+      try:
+        rows.append(_measure_on_mesh(
+            tx, mesh, kind, params, grads, shardings, step, flops, single_flops,
+            state_bytes, param_bytes, name, axis_type, devices))
+      except Exception as error:  # an anchor that does not run on this mesh
+        rows.append(dict(optimizer=name, axis_type=axis_type, devices=devices,
+                         error=f"{type(error).__name__}: {str(error)[:120]}"))
+  return rows
+
+
+def _measure_on_mesh(tx, mesh, kind, params, grads, shardings, step, flops,
+                     single_flops, state_bytes, param_bytes, name, axis_type, devices):
+  import jax
+  from jax.sharding import AxisType
+
+  from gradtx import transforms as gt
+
+  with jax.set_mesh(mesh):
+    placed = jax.device_put(params, shardings)
+    placed_grads = jax.device_put(grads, shardings)
+    if kind == AxisType.Explicit:
+      state = jax.jit(tx.init)(placed)
+    else:
+      state = jax.jit(tx.init, out_shardings=gt.state_shardings(tx, placed))(placed)
+    compiled = step(tx).lower(placed, state, placed_grads).compile()
+  per_device_state = sum(
+      x.addressable_shards[0].data.nbytes for x in jax.tree.leaves(state))
+  return dict(
+      optimizer=name, axis_type=axis_type, devices=devices,
+      flops=flops(compiled) / single_flops if single_flops else float("nan"),
+      state=per_device_state / state_bytes,
+      collectives=collective_bytes(compiled.as_text()) / (param_bytes / devices),
+  )
+
+
+def table(rows: list) -> str:
+  lines = ["| optimizer | axis type | devices | per-device FLOPs / 1-device |"
+           " per-device state / 1-device | collective bytes per device /"
+           " (param bytes / N) |", "|---|---|--:|--:|--:|--:|"]
+  for r in rows:
+    if "error" in r:
+      lines.append(f"| {r['optimizer']} | {r['axis_type']} | {r['devices']} |"
+                   f" fails: {r['error']} | | |")
+      continue
+    lines.append(f"| {r['optimizer']} | {r['axis_type']} | {r['devices']} |"
+                 f" {r['flops']:.3f} | {r['state']:.3f} | {r['collectives']:.2f} |")
+  return "\n".join(lines)
+
+
+def main(argv=None) -> list:
+  parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+  parser.add_argument("--devices", default="8",
+                      help="comma-separated device counts, one subprocess each")
+  parser.add_argument("--optimizers", default=DEFAULT_OPTIMIZERS)
+  parser.add_argument("--axis-types", default="explicit,auto")
+  parser.add_argument("--json", help="write the rows to this file")
+  parser.add_argument("--worker", action="store_true", help=argparse.SUPPRESS)
+  args = parser.parse_args(argv)
+  names, axis_types = args.optimizers.split(","), args.axis_types.split(",")
+  if args.worker:
+    rows = measure(int(args.devices), names, axis_types)
+    print(json.dumps(rows))
+    return rows
+  rows = []
+  for devices in (int(d) for d in args.devices.split(",")):
+    env = dict(os.environ, XLA_FLAGS=f"{_DEVICES_FLAG}={devices}",
+               JAX_PLATFORMS="cpu")
+    out = subprocess.run(
+        [sys.executable, "-m", "benchmarks.distributed_cost", "--worker",
+         "--devices", str(devices), "--optimizers", args.optimizers,
+         "--axis-types", args.axis_types],
+        env=env, capture_output=True, text=True, check=True)
+    rows += json.loads(out.stdout.strip().splitlines()[-1])
+  print(table(rows))
+  if args.json:
+    with open(args.json, "w") as f:
+      json.dump(rows, f, indent=1)
+  return rows
+
+
+if __name__ == "__main__":
+  main()

@@ -1,0 +1,324 @@
+"""Same-shape blocks of many leaves, stacked and laid out on their owner devices.
+
+The matrix transforms (Newton–Schulz, singular-value clipping, Kronecker
+preconditioning, SOAP) see each leaf through its matrix view, cut it into
+blocks (``BlockLayout``; a whole matrix is one block) and work on stacks of
+same-shape blocks: one batched call for many small matrices.
+
+On a device mesh (the context mesh of ``jax.set_mesh``, or the mesh an
+Explicit-axes leaf is typed with) each stack is padded with zero blocks to a
+multiple of the mesh's size and split along its stack axis over all devices:
+every block is computed whole, once, on the one device that owns it, with no
+collective inside the computation. ``stack`` moves the blocks of the
+leaves' own layouts to their owners and ``unstack`` moves the results back
+(XLA turns both into all-to-alls where the layouts allow). Because every
+group is padded to a multiple of the mesh size, each device owns the same
+number of blocks of each shape: the work is balanced across shapes. Without
+a mesh the stacks are plain arrays and nothing moves.
+"""
+
+import math
+from typing import Any, Callable, NamedTuple, Optional, Sequence
+
+import jax
+import jax.numpy as jnp
+from jax.sharding import AxisType
+from jax.sharding import PartitionSpec as P
+
+from gradtx._internal import tree as _tree
+
+
+class BlockLayout(NamedTuple):
+  """How one leaf is cut into equal blocks (static, from its view and shape)."""
+
+  view: Any  # a gt.MatrixView
+  matrices: int
+  rows: int
+  cols: int
+  row_blocks: int
+  col_blocks: int
+  left: bool  # rows are preconditioned (by L)
+  right: bool  # columns are preconditioned (by R)
+
+  @property
+  def block_rows(self) -> int:
+    return -(-self.rows // self.row_blocks)
+
+  @property
+  def block_cols(self) -> int:
+    return -(-self.cols // self.col_blocks)
+
+  @property
+  def num_blocks(self) -> int:
+    return self.matrices * self.row_blocks * self.col_blocks
+
+  @property
+  def exponent(self) -> int:
+    """p of L^{-1/p}: 4 with two factors, 2 with one (−1/(2k), k factors)."""
+    return 2 * (int(self.left) + int(self.right))
+
+
+def block_layout(
+    view: Any,
+    shape: tuple[int, ...],
+    block_size: Optional[int],
+    max_precondition_dim: float = math.inf,
+) -> Optional[BlockLayout]:
+  """The blocks of a leaf, or ``None`` (no view, or both sides too long).
+
+  A side longer than ``max_precondition_dim`` is not preconditioned (``left``/``right``
+  False); a preconditioned side longer than ``block_size`` is cut into
+  ⌈d/block_size⌉ equal blocks (zero-padded by fewer rows than there are
+  blocks). ``block_size=None``: every matrix is one block.
+  """
+  if view is None:
+    return None
+  matrices, rows, cols = view.matrix_shape(shape)
+  left, right = rows <= max_precondition_dim, cols <= max_precondition_dim
+  if not (left or right):
+    return None
+
+  def cuts(dim, preconditioned):
+    return -(-dim // block_size) if preconditioned and block_size else 1
+
+  return BlockLayout(view, matrices, rows, cols, cuts(rows, left),
+                     cuts(cols, right), left, right)
+
+
+def matrix_blocks(m: jax.Array, layout: BlockLayout) -> jax.Array:
+  """(n, rows, cols) matrices as their (n·blocks, block_rows, block_cols) blocks."""
+  br, bc = layout.block_rows, layout.block_cols
+  n = m.shape[0]
+  m = jnp.pad(m, ((0, 0), (0, layout.row_blocks * br - layout.rows),
+                  (0, layout.col_blocks * bc - layout.cols)))
+  m = m.reshape(n, layout.row_blocks, br, layout.col_blocks, bc)
+  return m.swapaxes(2, 3).reshape(n * layout.row_blocks * layout.col_blocks, br, bc)
+
+
+def blocks_matrix(blocks: jax.Array, layout: BlockLayout) -> jax.Array:
+  """Inverse of ``matrix_blocks``: the (n, rows, cols) matrices, padding dropped."""
+  br, bc = layout.block_rows, layout.block_cols
+  n = blocks.shape[0] // (layout.row_blocks * layout.col_blocks)
+  m = blocks.reshape(n, layout.row_blocks, layout.col_blocks, br, bc)
+  m = m.swapaxes(2, 3).reshape(n, layout.row_blocks * br, layout.col_blocks * bc)
+  return m[:, : layout.rows, : layout.cols]
+
+
+def to_blocks(x: jax.Array, layout: BlockLayout) -> jax.Array:
+  """A leaf as its stack of (num_blocks, block_rows, block_cols) blocks."""
+  return matrix_blocks(layout.view.to_matrices(x), layout)
+
+
+def from_blocks(
+    blocks: jax.Array, layout: BlockLayout, shape: tuple[int, ...]
+) -> jax.Array:
+  """Inverse of ``to_blocks``: drops the padding, restores ``shape``."""
+  return layout.view.from_matrices(blocks_matrix(blocks, layout), shape)
+
+
+class Group(NamedTuple):
+  """One stack: the blocks of one shape (and dtype) of all member leaves.
+
+  Attributes:
+    name: a readable, unique key ("256x768", "128x128_left", ...).
+    block_shape: (block_rows, block_cols).
+    dtype: the dtype the blocks are computed in.
+    left, right: which sides are preconditioned (as in ``BlockLayout``).
+    members: (leaf index, first block, number of blocks), in leaf order.
+    size: the number of blocks, padded to a multiple of the mesh size.
+  """
+
+  name: str
+  block_shape: tuple[int, int]
+  dtype: Any
+  left: bool
+  right: bool
+  members: tuple[tuple[int, int, int], ...]
+  size: int
+
+
+def plan(
+    layouts: Sequence[Optional[BlockLayout]],
+    dtypes: Sequence[Any],
+    devices: int,
+) -> tuple[Group, ...]:
+  """The stacks of a list of leaves' layouts, in order of first appearance."""
+  found: dict = {}
+  for index, (layout, dtype) in enumerate(zip(layouts, dtypes)):
+    if layout is None:
+      continue
+    key = (layout.block_rows, layout.block_cols, jnp.dtype(dtype), layout.left,
+           layout.right)
+    found.setdefault(key, []).append((index, layout.num_blocks))
+  groups = []
+  for (br, bc, dtype, left, right), entries in found.items():
+    members, start = [], 0
+    for index, count in entries:
+      members.append((index, start, count))
+      start += count
+    sides = "" if left and right else ("_left" if left else "_right")
+    suffix = "" if dtype == jnp.float32 else f"_{dtype.name}"
+    groups.append(Group(f"{br}x{bc}{sides}{suffix}", (br, bc), dtype, left,
+                        right, tuple(members), -(-start // devices) * devices))
+  return tuple(groups)
+
+
+def owner_mesh(leaves: Sequence[Any]) -> Optional[Any]:
+  """The mesh to spread stacks over: the context mesh, else the leaves' own.
+
+  ``None`` without a mesh of more than one device. Under ``Auto`` axes only
+  the context mesh (``jax.set_mesh``) is seen.
+  """
+  mesh = jax.sharding.get_abstract_mesh()
+  if mesh.empty:
+    for leaf in leaves:
+      sharding = getattr(_typeof(leaf), "sharding", None)
+      candidate = getattr(sharding, "mesh", None)
+      if candidate is not None and not candidate.empty:
+        mesh = candidate
+        break
+  if mesh is None or mesh.empty or mesh.size == 1:
+    return None
+  return mesh
+
+
+def _typeof(x: Any) -> Any:
+  try:
+    return jax.typeof(x)
+  except TypeError:
+    return None
+
+
+def num_devices(mesh: Optional[Any]) -> int:
+  return 1 if mesh is None else mesh.size
+
+
+def _explicit(mesh: Any) -> bool:
+  return all(t == AxisType.Explicit for t in mesh.axis_types)
+
+
+def owner_spec(mesh: Any, ndim: int) -> P:
+  """A stack split along its first axis over every axis of ``mesh``."""
+  return P(tuple(mesh.axis_names), *([None] * (ndim - 1)))
+
+
+def _in_mesh(mesh: Any, fn: Callable) -> Any:
+  if jax.sharding.get_abstract_mesh().empty:
+    with jax.sharding.use_abstract_mesh(mesh):
+      return fn()
+  return fn()
+
+
+def place_on_owners(x: jax.Array, mesh: Optional[Any]) -> jax.Array:
+  """``x`` (a stack) split along its first axis over the devices of ``mesh``."""
+  if mesh is None:
+    return x
+  spec = owner_spec(mesh, x.ndim)
+  if _explicit(mesh):
+    return _in_mesh(mesh, lambda: jax.sharding.reshard(x, spec))
+  return _in_mesh(mesh, lambda: jax.lax.with_sharding_constraint(x, spec))
+
+
+def on_owners(fn: Callable, mesh: Optional[Any], *stacks: Any) -> Any:
+  """``fn`` of the stacks' local slices, on every device (``jax.shard_map``).
+
+  For per-block work that XLA must not partition itself, such as LAPACK
+  calls walked one matrix at a time (``matrix_roots.unbatched_on_cpu``):
+  each device runs ``fn`` on the blocks it owns. ``fn``'s outputs are stacks
+  too (pytrees of arrays with the stack axis first). Without a mesh it is
+  ``fn(*stacks)``.
+  """
+  if mesh is None:
+    return fn(*stacks)
+  spec = lambda x: owner_spec(mesh, x.ndim)
+  # fn's outputs, traced on untyped local slices (one device's blocks).
+  local = lambda x: jax.ShapeDtypeStruct((x.shape[0] // mesh.size, *x.shape[1:]), x.dtype)
+  out_shape = jax.eval_shape(fn, *jax.tree.map(local, stacks))
+
+  def run():
+    return jax.shard_map(
+        fn, in_specs=jax.tree.map(spec, stacks),
+        out_specs=jax.tree.map(spec, out_shape))(*stacks)
+
+  return _in_mesh(mesh, run)
+
+
+def _leaf_spec(leaf: Any) -> Optional[P]:
+  sharding = getattr(_typeof(leaf), "sharding", None)
+  spec = getattr(sharding, "spec", None)
+  if spec is None:
+    return None
+  return P(*spec, *([None] * (jnp.ndim(leaf) - len(spec))))
+
+
+def stack(
+    leaves: Sequence[jax.Array],
+    layouts: Sequence[Optional[BlockLayout]],
+    groups: Sequence[Group],
+    mesh: Optional[Any],
+) -> tuple[jax.Array, ...]:
+  """The blocks of ``leaves`` (in each group's dtype), one stack per group."""
+
+  def build(leaves):
+    stacks = []
+    for group in groups:
+      blocks = [to_blocks(leaves[i].astype(group.dtype), layouts[i])
+                for i, _, _ in group.members]
+      s = blocks[0] if len(blocks) == 1 else jnp.concatenate(blocks)
+      pad = group.size - s.shape[0]
+      stacks.append(jnp.pad(s, ((0, pad), (0, 0), (0, 0))) if pad else s)
+    return tuple(stacks)
+
+  if mesh is None:
+    return build(list(leaves))
+  specs = tuple(owner_spec(mesh, 3) for _ in groups)
+  if _explicit(mesh):
+    # The blocking reshapes cross sharded axes, which Explicit types refuse:
+    # XLA's partitioner lays out the move (auto_axes), into owner layout.
+    return _in_mesh(mesh, lambda: jax.sharding.auto_axes(
+        build, out_sharding=specs)(list(leaves)))
+  return tuple(place_on_owners(s, mesh) for s in build(list(leaves)))
+
+
+def unstack(
+    stacks: Sequence[jax.Array],
+    leaves: Sequence[jax.Array],
+    layouts: Sequence[Optional[BlockLayout]],
+    groups: Sequence[Group],
+    mesh: Optional[Any],
+) -> list:
+  """Per leaf, its blocks of ``stacks`` put back together, in the leaf's dtype.
+
+  Leaves in no group come back as ``None``. On an Explicit mesh every result
+  has its leaf's sharding.
+  """
+  members = [(g, i, start, count) for g, group in enumerate(groups)
+             for i, start, count in group.members]
+
+  def split(stacks):
+    return tuple(
+        from_blocks(stacks[g][start:start + count], layouts[i],
+                    leaves[i].shape).astype(leaves[i].dtype)
+        for g, i, start, count in members)
+
+  if mesh is not None and _explicit(mesh):
+    specs = tuple(_leaf_spec(leaves[i]) or P() for _, i, _, _ in members)
+    parts = _in_mesh(mesh, lambda: jax.sharding.auto_axes(
+        split, out_sharding=specs)(tuple(stacks)))
+  else:
+    parts = split(tuple(stacks))
+  out = [None] * len(leaves)
+  for (_, i, _, _), part in zip(members, parts):
+    out[i] = part
+  return out
+
+
+def zeros(group: Group, shape: tuple[int, ...], mesh: Optional[Any],
+          dtype: Any = None) -> jax.Array:
+  """A zero stack of ``group.size`` entries of ``shape``, on the owners."""
+  dtype = group.dtype if dtype is None else dtype
+  return place_on_owners(jnp.zeros((group.size, *shape), dtype), mesh)
+
+
+def real_dtype(group: Group) -> Any:
+  return _tree.real_dtype(group.dtype)
