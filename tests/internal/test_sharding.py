@@ -1,7 +1,7 @@
-"""Unit tests of the Explicit-mesh helpers in transforms/_sharding.py.
+"""Unit tests of the Explicit-mesh helpers in gradtx/_internal/sharding.py.
 
-tests/conftest.py gives 8 host devices. The transforms' own sharded steps are
-tested in tests/optimizers/test_compat.py.
+tests/conftest.py gives 8 host devices. The optimizers' sharded steps are
+tested in tests/test_sharding.py.
 """
 
 import jax
@@ -11,10 +11,11 @@ from jax.sharding import AxisType, NamedSharding
 from jax.sharding import PartitionSpec as P
 
 from gradtx._internal import sharding as _sharding
+from tests.support import helpers
 
 
 def _placed(axis_type, spec):
-  mesh = jax.make_mesh((4, 2), ("x", "y"), axis_types=(axis_type,) * 2)
+  mesh = helpers.make_mesh(axis_type)
   x = jax.device_put(jnp.arange(32.0).reshape(8, 4), NamedSharding(mesh, spec))
   return mesh, x
 

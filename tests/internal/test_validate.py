@@ -1,4 +1,4 @@
-"""Unit tests of the shared argument validation in transforms/_validate.py."""
+"""Unit tests of the shared argument validation in gradtx/_internal/validate.py."""
 
 import jax
 import jax.numpy as jnp

@@ -1,9 +1,10 @@
 """lookahead against Algorithm 1 of Zhang et al. 2019 written by hand in torch.
 
-The torch side runs ``torch.optim.Adam`` / ``SGD(momentum=0.9)`` as the fast
-optimizer, keeps its own slow weights and, every k steps, does
-slow += α(fast − slow), fast ← slow (re-creating the optimizer for
-``reset_state``). Trajectories are float64, 32 steps (several syncs).
+The torch side (``torch_runners.run_torch_lookahead``) runs
+``torch.optim.Adam`` / ``SGD(momentum=0.9)`` as the fast optimizer, keeps its
+own slow weights and, every k steps, does slow += α(fast − slow),
+fast ← slow (re-creating the optimizer for ``reset_state``). Trajectories are
+float64, 32 steps (several syncs).
 """
 
 import jax
@@ -15,11 +16,12 @@ import torch
 from flax import nnx
 
 from gradtx import optimizers as go
-from tests import oracles
+from tests.oracles import problems, runners, torch_runners
+from tests.support import helpers
 
 STEPS = 32
 TOLERANCE = 1e-10
-PROBLEM = oracles.LogisticProblem(seed=5, steps=STEPS)
+PROBLEM = problems.LogisticProblem(seed=5, steps=STEPS)
 
 BASES = {  # name: (gradtx base, torch fast optimizer on a list of tensors)
     "adam": (lambda: go.adam(0.05), lambda ps: torch.optim.Adam(ps, lr=0.05)),
@@ -30,111 +32,71 @@ BASES = {  # name: (gradtx base, torch fast optimizer on a list of tensors)
 }
 
 
-def _torch_algorithm_1(make_fast, params0, grad_fn, steps, k, alpha, reset):
-  """Algorithm 1: φ ← φ + α(θ − φ), θ ← φ after every k fast steps."""
-  fast = {n: torch.tensor(v, dtype=torch.float64) for n, v in params0.items()}
-  slow = {n: t.clone() for n, t in fast.items()}
-  optimizer = make_fast(list(fast.values()))
-  trajectory = [{n: np.array(v) for n, v in params0.items()}]
-  for t in range(1, steps + 1):
-    grads = grad_fn(trajectory[-1], t - 1)
-    for n, p in fast.items():
-      p.grad = torch.tensor(grads[n], dtype=torch.float64)
-    optimizer.step()
-    if t % k == 0:
-      with torch.no_grad():
-        for n, p in fast.items():
-          slow[n] += alpha * (p - slow[n])
-          p.copy_(slow[n])
-      if reset:
-        optimizer = make_fast(list(fast.values()))
-    trajectory.append({n: p.numpy().copy() for n, p in fast.items()})
-  return trajectory
-
-
 @pytest.mark.parametrize("reset", [False, True], ids=["keep", "reset_state"])
 @pytest.mark.parametrize("base", list(BASES))
 def test_matches_torch_algorithm_1(base, reset):
   make_ours, make_torch = BASES[base]
   k, alpha = 5, 0.6
-  ours = oracles.run_gradtx(
+  ours = runners.run_gradtx(
       go.lookahead(make_ours(), sync_period=k, slow_step_size=alpha, reset_state=reset),
       PROBLEM.params0, PROBLEM.grad, STEPS,
   )
-  ref = _torch_algorithm_1(
+  ref = torch_runners.run_torch_lookahead(
       make_torch, PROBLEM.params0, PROBLEM.grad, STEPS, k, alpha, reset
   )
-  oracles.assert_trajectories_close(ours, ref, TOLERANCE)
+  runners.assert_trajectories_close(ours, ref, TOLERANCE)
   # The reference tells lookahead from its base, and a reset from none.
-  plain = oracles.run_gradtx(make_ours(), PROBLEM.params0, PROBLEM.grad, STEPS)
-  other = _torch_algorithm_1(
+  plain = runners.run_gradtx(make_ours(), PROBLEM.params0, PROBLEM.grad, STEPS)
+  other = torch_runners.run_torch_lookahead(
       make_torch, PROBLEM.params0, PROBLEM.grad, STEPS, k, alpha, not reset
   )
-  assert oracles.trajectory_errors(plain, ref)["updates"] > 1e-3
-  assert oracles.trajectory_errors(ours, other)["updates"] > 1e-3
-
-
-def _run_optax_lookahead(tx, params0, grad_fn, steps):
-  """optax.lookahead carries LookaheadParams; gradients at the fast weights."""
-  with jax.enable_x64(True):
-    params = optax.LookaheadParams.init_synced(
-        {n: jnp.asarray(v, jnp.float64) for n, v in params0.items()}
-    )
-    state = tx.init(params)
-    step = jax.jit(lambda p, s, g: (lambda u, s: (optax.apply_updates(p, u), s))(
-        *tx.update(g, s, p)))
-    trajectory = [params0]
-    for t in range(steps):
-      params, state = step(params, state, grad_fn(trajectory[-1], t))
-      trajectory.append({n: np.asarray(v) for n, v in params.fast.items()})
-  return trajectory
+  assert runners.trajectory_errors(plain, ref)["updates"] > 1e-3
+  assert runners.trajectory_errors(ours, other)["updates"] > 1e-3
 
 
 @pytest.mark.parametrize("reset", [False, True], ids=["keep", "reset_state"])
 def test_same_trajectory_as_optax_lookahead(reset):
   make = BASES["adam"][0]
-  ours = oracles.run_gradtx(
+  ours = runners.run_gradtx(
       go.lookahead(make(), sync_period=4, slow_step_size=0.3, reset_state=reset),
       PROBLEM.params0, PROBLEM.grad, STEPS,
   )
-  theirs = _run_optax_lookahead(
+  theirs = runners.run_optax_lookahead(
       optax.lookahead(make(), 4, 0.3, reset_state=reset),
       PROBLEM.params0, PROBLEM.grad, STEPS,
   )
-  oracles.assert_trajectories_close(ours, theirs, TOLERANCE)
-  other = _run_optax_lookahead(
+  runners.assert_trajectories_close(ours, theirs, TOLERANCE)
+  other = runners.run_optax_lookahead(
       optax.lookahead(make(), 4, 0.5, reset_state=reset),
       PROBLEM.params0, PROBLEM.grad, STEPS,
   )
-  assert oracles.trajectory_errors(ours, other)["updates"] > 1e-3
+  assert runners.trajectory_errors(ours, other)["updates"] > 1e-3
 
 
 @pytest.mark.parametrize("base,k", [("adam", 1), ("sgd_momentum", 3)])
 def test_slow_step_size_one_is_the_base(base, k):
   make = BASES[base][0]
-  ours = oracles.run_gradtx(
+  ours = runners.run_gradtx(
       go.lookahead(make(), sync_period=k, slow_step_size=1.0), PROBLEM.params0, PROBLEM.grad, STEPS
   )
-  plain = oracles.run_gradtx(make(), PROBLEM.params0, PROBLEM.grad, STEPS)
-  oracles.assert_trajectories_close(ours, plain, 1e-12)
+  plain = runners.run_gradtx(make(), PROBLEM.params0, PROBLEM.grad, STEPS)
+  runners.assert_trajectories_close(ours, plain, 1e-12)
 
 
 def test_sync_every_step_scales_plain_sgd():
   """k = 1 turns SGD with rate η into SGD with rate αη."""
-  ours = oracles.run_gradtx(
+  ours = runners.run_gradtx(
       go.lookahead(go.sgd(0.4), sync_period=1, slow_step_size=0.25), PROBLEM.params0,
       PROBLEM.grad, STEPS
   )
-  plain = oracles.run_gradtx(go.sgd(0.1), PROBLEM.params0, PROBLEM.grad, STEPS)
-  oracles.assert_trajectories_close(ours, plain, 1e-12)
+  plain = runners.run_gradtx(go.sgd(0.1), PROBLEM.params0, PROBLEM.grad, STEPS)
+  runners.assert_trajectories_close(ours, plain, 1e-12)
 
 
 def _steps(tx, params, grads, n):
-  state = tx.init(params)
-  for _ in range(n):
-    updates, state = tx.update(grads, state, params)
-    params = optax.apply_updates(params, updates)
-  return params, state, updates
+  """n eager steps with the same gradients; (params, state, last update)."""
+  params, state, updates = helpers.run_steps(tx, params, [grads] * n)
+  return params, state, updates[-1]
 
 
 def test_reset_initialises_the_base_at_the_synced_weights():
@@ -272,23 +234,12 @@ class _Net(nnx.Module):
 
 def test_flax_nnx_optimizer_trains_with_slow_weights_in_its_state():
   model = _Net(nnx.Rngs(0))
-  optimizer = nnx.Optimizer(
-      model, go.lookahead(go.adam(0.05), sync_period=4), wrt=nnx.Param
-  )
   x = jnp.linspace(-1, 1, 32).reshape(8, 4)
   y = jnp.sin(3 * x).sum(axis=1, keepdims=True)
-  traces = []
-
-  @nnx.jit
-  def step(model, optimizer):
-    traces.append(1)
-    loss_fn = lambda m: jnp.mean((m(x) - y) ** 2)
-    loss, grads = nnx.value_and_grad(loss_fn)(model)
-    optimizer.update(model, grads)
-    return loss
-
-  losses = [float(step(model, optimizer)) for _ in range(24)]
-  assert len(traces) == 1
+  losses, traces, optimizer = helpers.nnx_train(
+      model, go.lookahead(go.adam(0.05), sync_period=4),
+      lambda m: jnp.mean((m(x) - y) ** 2), 24)
+  assert traces == 1
   assert np.isfinite(losses).all() and losses[-1] < 0.5 * losses[0]
   slow = optimizer.opt_state.slow["head"]["kernel"]
   np.testing.assert_allclose(slow.get_value(), model.head.kernel.get_value(),

@@ -8,7 +8,8 @@ import pytest
 from flax import nnx
 
 from gradtx import optimizers as go
-from tests import oracles
+from tests.oracles import transcriptions
+from tests.support import helpers
 
 
 def _least_squares_problem(rng, fan_in=6, fan_out=10, rows=16):
@@ -27,7 +28,7 @@ def test_muon_trajectory_matches_reference_algorithm(nesterov, shape):
   lr, wd, beta = 0.05, 0.1, 0.95
   gradient = lambda w: a.T @ (a @ w - b)
   # The reference works on W_torch = Wᵀ with gradient Gᵀ.
-  expected = oracles.muon_reference(
+  expected = transcriptions.muon_reference(
       w0.T, lambda wt: gradient(wt.T).T, steps=20, lr=lr, weight_decay=wd,
       beta=beta, nesterov=nesterov,
   )
@@ -99,23 +100,9 @@ def test_update_scale_modes(scale, expected):
   np.testing.assert_allclose(-np.asarray(updates["w"]), expected * grad, atol=1e-4)
 
 
-def test_decoupled_weight_decay_and_finite_zero_gradients():
-  params = {"w": jnp.full((4, 6), 2.0), "b": jnp.full((6,), 2.0)}
-  tx = go.muon(0.1, weight_decay=0.5, adam_learning_rate=0.1)
-  state = tx.init(params)
-  zeros = jax.tree.map(jnp.zeros_like, params)
-  for _ in range(3):
-    updates, state = tx.update(zeros, state, params)
-    assert all(np.isfinite(u).all() for u in jax.tree.leaves(updates))
-    np.testing.assert_allclose(updates["w"], -0.1 * 0.5 * params["w"], rtol=1e-6)
-    params = optax.apply_updates(params, updates)
-
-
 def test_trains_an_nnx_model_with_bf16_compute():
-  model = _Net(nnx.Rngs(0))
-  optimizer = nnx.Optimizer(
-      model, go.muon(0.02, adam_learning_rate=3e-3, compute_dtype=jnp.bfloat16),
-      wrt=nnx.Param)
+  """(Zero gradients, which leave only the decoupled decay, are in
+  tests/test_non_finite.py.)"""
   x = jnp.arange(12) % 11
 
   def loss_fn(m):
@@ -123,11 +110,7 @@ def test_trains_an_nnx_model_with_bf16_compute():
     logits = m.lm_head(h)
     return optax.softmax_cross_entropy_with_integer_labels(logits, (x + 1) % 11).mean()
 
-  @nnx.jit
-  def train_step(m, opt):
-    loss, grads = nnx.value_and_grad(loss_fn)(m)
-    opt.update(m, grads)
-    return loss
-
-  losses = [float(train_step(model, optimizer)) for _ in range(30)]
+  losses, _, _ = helpers.nnx_train(
+      _Net(nnx.Rngs(0)), go.muon(0.02, adam_learning_rate=3e-3, compute_dtype=jnp.bfloat16),
+      loss_fn, 30)
   assert losses[-1] < 0.5 * losses[0]

@@ -1,9 +1,8 @@
 """SAM / ASAM against a hand-written PyTorch SAM loop, a closed form and optax.contrib.
 
-The PyTorch reference follows Algorithm 1 of Foret et al. 2021 as written in
-github.com/davda54/sam (``first_step``: ε = ρ·s⊙g/(‖√s⊙g‖ + 1e-12) added in
-place, s = w² for ``adaptive``; gradient again; ``second_step``: restore w,
-base step), on a 2-layer tanh MLP with a fresh mini-batch every step, float64.
+The PyTorch reference (``torch_runners.run_torch_sam``) follows Algorithm 1
+of Foret et al. 2021 as written in github.com/davda54/sam, on a 2-layer tanh
+MLP with a fresh mini-batch every step (``problems.MlpProblem``), float64.
 """
 
 import functools
@@ -17,75 +16,15 @@ import torch
 from flax import nnx
 
 from gradtx import optimizers as go
-from tests import oracles
+from tests.oracles import problems, runners, torch_runners
+from tests.support import helpers
 
-STEPS = 25
-_rng = np.random.default_rng(7)
-XS = _rng.normal(size=(STEPS, 16, 4))
-YS = np.sin(XS @ _rng.normal(size=(4, 2)))
-PARAMS0 = {
-    "w1": 0.7 * _rng.normal(size=(4, 8)), "b1": 0.1 * _rng.normal(size=(8,)),
-    "w2": 0.5 * _rng.normal(size=(8, 2)), "b2": 0.1 * _rng.normal(size=(2,)),
-}
-NAMES = list(PARAMS0)
-
-
-def _mlp_loss(p, x, y):
-  out = jnp.tanh(x @ p["w1"] + p["b1"]) @ p["w2"] + p["b2"]
-  return jnp.mean((out - y) ** 2)
-
-
-def _torch_mlp_loss(p, x, y):
-  out = torch.tanh(x @ p["w1"] + p["b1"]) @ p["w2"] + p["b2"]
-  return torch.mean((out - y) ** 2)
+PROBLEM = problems.MlpProblem(seed=7, steps=25)
+NAMES = list(PROBLEM.params0)
 
 
 def _run_jax(tx, wrap_grad_fn=lambda f: f):
-  """``tx`` on the MLP, float64, one jitted step; ``grad_fn`` = ∇ on batch t."""
-  with jax.enable_x64(True):
-    params = {k: jnp.asarray(v) for k, v in PARAMS0.items()}
-    state = tx.init(params)
-
-    @jax.jit
-    def step(params, state, x, y):
-      grad_fn = jax.grad(lambda p: _mlp_loss(p, x, y))
-      updates, state = tx.update(
-          grad_fn(params), state, params, grad_fn=wrap_grad_fn(grad_fn))
-      return optax.apply_updates(params, updates), state
-
-    trajectory = [PARAMS0]
-    for t in range(STEPS):
-      params, state = step(params, state, XS[t], YS[t])
-      trajectory.append({k: np.asarray(v) for k, v in params.items()})
-  return trajectory
-
-
-def _run_torch_sam(make_base, rho, adaptive):
-  """davda54/sam's first_step / second_step, by hand, float64."""
-  p = {k: torch.tensor(v, dtype=torch.float64, requires_grad=True)
-       for k, v in PARAMS0.items()}
-  base = make_base([p[k] for k in NAMES])
-  trajectory = [PARAMS0]
-  for t in range(STEPS):
-    x, y = torch.tensor(XS[t]), torch.tensor(YS[t])
-    _torch_mlp_loss(p, x, y).backward()
-    with torch.no_grad():
-      norm = torch.norm(torch.stack([
-          ((v.abs() if adaptive else 1.0) * v.grad).norm(p=2) for v in p.values()
-      ]), p=2)
-      scale = rho / (norm + 1e-12)
-      old = {k: v.clone() for k, v in p.items()}
-      for v in p.values():
-        v.add_((torch.pow(v, 2) if adaptive else 1.0) * v.grad * scale)
-    base.zero_grad()
-    _torch_mlp_loss(p, x, y).backward()
-    with torch.no_grad():
-      for k, v in p.items():
-        v.copy_(old[k])
-    base.step()
-    base.zero_grad()
-    trajectory.append({k: v.detach().numpy().copy() for k, v in p.items()})
-  return trajectory
+  return runners.run_with_grad_fn(tx, PROBLEM, wrap_grad_fn)
 
 
 BASES = {
@@ -108,11 +47,11 @@ def _gradtx_run(base, adaptive=None):
 @pytest.mark.parametrize("adaptive", [False, True])
 @pytest.mark.parametrize("base", list(BASES))
 def test_matches_torch_sam_loop(base, adaptive):
-  ref = _run_torch_sam(BASES[base][1], RHO, adaptive)
-  oracles.assert_trajectories_close(_gradtx_run(base, adaptive), ref, 1e-10)
+  ref = torch_runners.run_torch_sam(BASES[base][1], PROBLEM, RHO, adaptive)
+  runners.assert_trajectories_close(_gradtx_run(base, adaptive), ref, 1e-10)
   # The reference tells the base alone and the other rule apart.
   for other in (None, not adaptive):
-    errors = oracles.trajectory_errors(_gradtx_run(base, other), ref)
+    errors = runners.trajectory_errors(_gradtx_run(base, other), ref)
     print(f"{other=}: {errors}")
     assert errors["params"] > 1e-3
 
@@ -125,7 +64,7 @@ def test_matches_optax_contrib_sam_opaque_mode(base):
   theirs = _run_jax(
       optax.contrib.sam(make_ours(), adversary, sync_period=2, opaque_mode=True),
       wrap_grad_fn=lambda grad_fn: lambda params, _: grad_fn(params))
-  oracles.assert_trajectories_close(ours, theirs, 1e-12)
+  runners.assert_trajectories_close(ours, theirs, 1e-12)
 
 
 def _quadratic(seed=0, n=3):
@@ -357,8 +296,7 @@ def test_base_must_be_a_transformation(base):
 @pytest.mark.parametrize("adaptive", [False, True])
 def test_sharded_params_keep_their_sharding(adaptive):
   """On an 8-device Explicit mesh the step keeps the layouts and the values."""
-  mesh = jax.make_mesh((4, 2), ("x", "y"),
-                       axis_types=(jax.sharding.AxisType.Explicit,) * 2)
+  mesh = helpers.make_mesh()
   rng = np.random.default_rng(3)
   params = {"w": jnp.asarray(rng.normal(size=(8, 4)), jnp.float32),
             "b": jnp.asarray(rng.normal(size=(4,)), jnp.float32)}

@@ -7,11 +7,11 @@ import pytest
 import torch
 
 from gradtx import optimizers as go
-from tests import oracles
+from tests.oracles import problems, runners, torch_runners
 
 STEPS = 60
 TOLERANCE = 1e-8
-PROBLEM = oracles.LogisticProblem(seed=1, steps=STEPS)
+PROBLEM = problems.LogisticProblem(seed=1, steps=STEPS)
 
 
 CASES = {
@@ -30,14 +30,14 @@ CASES = {
 def test_sgd_matches_torch(name):
   kwargs = CASES[name]
   lr = 0.3
-  ours = oracles.run_gradtx(
+  ours = runners.run_gradtx(
       go.sgd(lr, **kwargs), PROBLEM.params0, PROBLEM.grad, STEPS
   )
-  ref = oracles.run_torch(
+  ref = torch_runners.run_torch(
       lambda p: torch.optim.SGD(p.values(), lr=lr, **kwargs),
       PROBLEM.params0, PROBLEM.grad, STEPS,
   )
-  oracles.assert_trajectories_close(ours, ref, TOLERANCE)
+  runners.assert_trajectories_close(ours, ref, TOLERANCE)
 
 
 def _lr_factor(t):
@@ -56,14 +56,14 @@ def test_sgd_schedule_matches_torch_lambda_lr(kwargs):
   def schedule(count):
     return base_lr * _lr_factor(count.astype(jnp.float64))
 
-  ours = oracles.run_gradtx(
+  ours = runners.run_gradtx(
       go.sgd(schedule, **kwargs), PROBLEM.params0, PROBLEM.grad, STEPS
   )
-  ref = oracles.run_torch(
+  ref = torch_runners.run_torch(
       lambda p: torch.optim.SGD(p.values(), lr=base_lr, **kwargs),
       PROBLEM.params0, PROBLEM.grad, STEPS, lr_lambda=_lr_factor,
   )
-  oracles.assert_trajectories_close(ours, ref, TOLERANCE)
+  runners.assert_trajectories_close(ours, ref, TOLERANCE)
 
 
 def test_schedule_misaligned_by_one_step_is_detected():
@@ -73,14 +73,14 @@ def test_schedule_misaligned_by_one_step_is_detected():
   def shifted(count):
     return base_lr * _lr_factor(count.astype(jnp.float64) + 1)
 
-  ours = oracles.run_gradtx(
+  ours = runners.run_gradtx(
       go.sgd(shifted, momentum=0.9), PROBLEM.params0, PROBLEM.grad, STEPS
   )
-  ref = oracles.run_torch(
+  ref = torch_runners.run_torch(
       lambda p: torch.optim.SGD(p.values(), lr=base_lr, momentum=0.9),
       PROBLEM.params0, PROBLEM.grad, STEPS, lr_lambda=_lr_factor,
   )
-  assert oracles.trajectory_errors(ours, ref)["params"] > 1e-3
+  assert runners.trajectory_errors(ours, ref)["params"] > 1e-3
 
 
 def test_sgd_without_momentum_keeps_no_state():

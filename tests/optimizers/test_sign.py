@@ -10,10 +10,10 @@ import numpy as np
 import pytest
 
 from gradtx import optimizers as go
-from tests import oracles
+from tests.oracles import problems, runners, transcriptions
 
 STEPS = 60
-PROBLEM = oracles.LogisticProblem(seed=3, steps=STEPS)
+PROBLEM = problems.LogisticProblem(seed=3, steps=STEPS)
 LR = 0.01
 
 
@@ -30,7 +30,7 @@ def _check(ours, ref, min_arg, exact):
     for a, r in zip(ours, ref):
       for k in r:
         np.testing.assert_array_equal(a[k], r[k])
-  oracles.assert_trajectories_close(ours, ref, 1e-12)
+  runners.assert_trajectories_close(ours, ref, 1e-12)
 
 
 @pytest.mark.parametrize(
@@ -47,11 +47,11 @@ def test_lion_matches_program_1(kwargs):
   np_lr, jax_lr = _schedule_pair() if kwargs.pop("schedule", False) else (LR, LR)
   b1, b2 = kwargs.get("b1", 0.9), kwargs.get("b2", 0.99)
   wd = kwargs.get("weight_decay", 0.0)
-  ours = oracles.run_gradtx(
+  ours = runners.run_gradtx(
       go.lion(jax_lr, b1=b1, b2=b2, weight_decay=wd),
       PROBLEM.params0, PROBLEM.grad, STEPS,
   )
-  ref, min_arg = oracles.lion_numpy(
+  ref, min_arg = transcriptions.lion_numpy(
       PROBLEM.params0, PROBLEM.grad, STEPS, np_lr, b1, b2, wd
   )
   _check(ours, ref, min_arg, exact=(wd == 0.0))
@@ -62,11 +62,11 @@ def test_lion_matches_program_1(kwargs):
 )
 def test_tiger_matches_reference(beta, wd, schedule):
   np_lr, jax_lr = _schedule_pair() if schedule else (LR, LR)
-  ours = oracles.run_gradtx(
+  ours = runners.run_gradtx(
       go.tiger(jax_lr, beta=beta, weight_decay=wd),
       PROBLEM.params0, PROBLEM.grad, STEPS,
   )
-  ref, min_arg = oracles.tiger_numpy(
+  ref, min_arg = transcriptions.tiger_numpy(
       PROBLEM.params0, PROBLEM.grad, STEPS, np_lr, beta, wd
   )
   _check(ours, ref, min_arg, exact=(wd == 0.0))
@@ -74,10 +74,10 @@ def test_tiger_matches_reference(beta, wd, schedule):
 
 @pytest.mark.parametrize("momentum", [0.0, 0.9])
 def test_signsgd_and_signum_match_bernstein_2018(momentum):
-  ours = oracles.run_gradtx(
+  ours = runners.run_gradtx(
       go.signsgd(LR, momentum=momentum), PROBLEM.params0, PROBLEM.grad, STEPS
   )
-  ref, min_arg = oracles.signum_numpy(
+  ref, min_arg = transcriptions.signum_numpy(
       PROBLEM.params0, PROBLEM.grad, STEPS, LR, momentum
   )
   _check(ours, ref, min_arg, exact=True)
@@ -85,8 +85,8 @@ def test_signsgd_and_signum_match_bernstein_2018(momentum):
 
 def test_lion_is_not_tiger():
   """The oracles can tell the rules apart: Lion(b1 ≠ b2) leaves Tiger's path."""
-  ours = oracles.run_gradtx(
+  ours = runners.run_gradtx(
       go.lion(LR, b1=0.9, b2=0.99), PROBLEM.params0, PROBLEM.grad, STEPS
   )
-  ref, _ = oracles.tiger_numpy(PROBLEM.params0, PROBLEM.grad, STEPS, LR, 0.99)
-  assert oracles.trajectory_errors(ours, ref)["updates"] > 0.5
+  ref, _ = transcriptions.tiger_numpy(PROBLEM.params0, PROBLEM.grad, STEPS, LR, 0.99)
+  assert runners.trajectory_errors(ours, ref)["updates"] > 0.5

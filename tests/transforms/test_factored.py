@@ -7,6 +7,7 @@ import optax
 import pytest
 
 from gradtx import transforms as gt
+from tests.support import helpers
 
 SHAPES = {
     "matrix": (130, 200),  # factored: rows 130, columns 200
@@ -30,12 +31,7 @@ def _grads(steps, seed=0):
 
 def _run(tx, grads):
   params = {name: jnp.zeros(shape) for name, shape in SHAPES.items()}
-  state, out = tx.init(params), []
-  step = jax.jit(tx.update)
-  for g in grads:
-    u, state = step(g, state, params)
-    out.append(u)
-  return out, state
+  return helpers.jit_updates(tx, grads, params)
 
 
 @pytest.mark.parametrize(
@@ -113,19 +109,6 @@ def test_zero_gradient_is_finite_and_bf16_stays_bf16():
   u, state = tx.update(params, tx.init(params))
   assert all(np.all(np.asarray(x, np.float32) == 0) for x in jax.tree.leaves(u))
   assert u["w"].dtype == jnp.bfloat16 and state.nu_row["w"].dtype == jnp.bfloat16
-
-
-@pytest.mark.parametrize(
-    "kwargs, message",
-    [
-        ({"decay_rate": 1.5}, "decay_rate must be in"),
-        ({"min_dim_size_to_factor": 0}, "min_dim_size_to_factor must be an integer >= 1"),
-        ({"eps": -1.0}, "eps must be in"),
-    ],
-)
-def test_arguments_are_validated(kwargs, message):
-  with pytest.raises(ValueError, match=message):
-    gt.scale_by_factored_rms(**kwargs)
 
 
 def test_factored_axes():

@@ -4,7 +4,6 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 import optax
-import pytest
 
 from gradtx import transforms as gt
 from gradtx.transforms import kronecker as kron
@@ -38,8 +37,3 @@ def test_zero_direction_block_gives_zero_and_dtype_is_kept():
   u = np.asarray(u["w"], np.float32)
   np.testing.assert_array_equal(u[:4], 0)
   np.testing.assert_allclose(u[4:], 2.0, rtol=1e-2)
-
-
-def test_bad_block_size_raises_naming_the_argument():
-  with pytest.raises(ValueError, match="block_size"):
-    gt.graft(optax.identity(), optax.identity(), block_size=-1)

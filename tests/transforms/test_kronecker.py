@@ -1,4 +1,7 @@
-"""Kronecker preconditioning: statistics, blocks, diagonal fallback, root refresh, jit, dtypes."""
+"""Kronecker preconditioning: statistics, blocks, diagonal fallback, root refresh.
+
+(Argument checks, zero gradients, jit and dtypes: tests/transforms/test_contract.py.)
+"""
 
 import jax
 import jax.numpy as jnp
@@ -7,7 +10,9 @@ import pytest
 
 from gradtx import transforms as gt
 from gradtx.transforms import kronecker as kron
-from tests import oracles
+from tests.oracles import runners
+from tests.oracles.transcriptions import inverse_root
+from tests.support import helpers
 
 
 def test_blocks_round_trip_with_padding():
@@ -22,14 +27,7 @@ def test_blocks_round_trip_with_padding():
   np.testing.assert_array_equal(kron.from_blocks(blocks, layout, x.shape), x)
 
 
-def _run(tx, grads):
-  state = tx.init(grads[0])
-  step = jax.jit(tx.update)
-  updates = []
-  for g in grads:
-    u, state = step(g, state)
-    updates.append(u)
-  return updates, state
+_run = helpers.jit_updates
 
 
 def test_blocks_are_preconditioned_independently():
@@ -47,7 +45,7 @@ def test_blocks_are_preconditioned_independently():
       left, right = np.zeros((4, 4)), np.zeros((4, 4))
       for t, g in enumerate(block):
         left, right = left + g @ g.T, right + g.T @ g
-        expected = oracles.inverse_root(left, 4, eps) @ g @ oracles.inverse_root(right, 4, eps)
+        expected = inverse_root(left, 4, eps) @ g @ inverse_root(right, 4, eps)
         rows, cols = min(4, 10 - 4 * r), min(4, 7 - 4 * c)
         np.testing.assert_allclose(
             np.asarray(updates[t])[4 * r:4 * r + rows, 4 * c:4 * c + cols],
@@ -65,7 +63,7 @@ def test_side_above_max_precondition_dim_gets_the_identity():
   assert state.right_stats == {} and set(state.left_stats) == {"3x20_left_float64"}
   left = grads[0] @ grads[0].T + grads[1] @ grads[1].T
   np.testing.assert_allclose(
-      updates[1], oracles.inverse_root(left, 2, 0.1) @ grads[1], rtol=1e-10)
+      updates[1], inverse_root(left, 2, 0.1) @ grads[1], rtol=1e-10)
 
 
 @pytest.mark.parametrize("shape", [(6,), (20, 30)], ids=["vector", "oversized"])
@@ -122,8 +120,8 @@ def test_roots_refresh_every_k_steps_in_one_trace():
   changed = [not np.array_equal(a, b) for a, b in zip(roots, roots[1:])]
   # Roots are computed at steps 1, 4 and 7, so they change going into 4 and 7.
   assert changed == [False, False, True, False, False, True]
-  expected = oracles.inverse_root(np.asarray(state.left_stats["4x6"][0]), 4, 1e-6)
-  assert oracles.relative_error(roots[-1][0], expected) < 1e-4
+  expected = inverse_root(np.asarray(state.left_stats["4x6"][0]), 4, 1e-6)
+  assert runners.relative_error(roots[-1][0], expected) < 1e-4
 
 
 def test_cpu_lowering_has_no_batched_lapack_calls():
@@ -143,36 +141,4 @@ def test_newton_and_eigh_updates_agree():
   grads = [jnp.asarray(rng.standard_normal((12, 9)), jnp.float32) for _ in range(3)]
   by_eigh, _ = _run(gt.kronecker_precondition(damping=1e-3), grads)
   by_newton, _ = _run(gt.kronecker_precondition(damping=1e-3, root_method="newton"), grads)
-  assert oracles.relative_error(by_newton[-1], np.asarray(by_eigh[-1], np.float64)) < 1e-4
-
-
-@pytest.mark.parametrize("make", [
-    lambda: gt.kronecker_precondition(block_size=4),
-    lambda: gt.scale_by_soap(precondition_every=2),
-], ids=["kronecker", "soap"])
-def test_bf16_updates_stay_bf16(make):
-  tx = make()
-  params = {"w": jnp.zeros((6, 10), jnp.bfloat16), "b": jnp.zeros(10, jnp.bfloat16)}
-  rng = np.random.default_rng(9)
-  grads = [jax.tree.map(lambda p: jnp.asarray(rng.standard_normal(p.shape), jnp.bfloat16),
-                        params) for _ in range(3)]
-  updates, _ = _run(tx, grads)
-  for u in updates:
-    assert all(leaf.dtype == jnp.bfloat16 for leaf in jax.tree.leaves(u))
-    assert all(np.isfinite(np.asarray(leaf, np.float32)).all() for leaf in jax.tree.leaves(u))
-  assert any(np.abs(np.asarray(u["w"], np.float32)).max() > 0 for u in updates)
-
-
-@pytest.mark.parametrize("factory, kwargs, name", [
-    (gt.kronecker_precondition, dict(precondition_b2=1.5), "precondition_b2"),
-    (gt.kronecker_precondition, dict(damping=-1.0), "damping"),
-    (gt.kronecker_precondition, dict(precondition_every=0), "precondition_every"),
-    (gt.kronecker_precondition, dict(precondition_every=2.5), "precondition_every"),
-    (gt.kronecker_precondition, dict(block_size=0), "block_size"),
-    (gt.kronecker_precondition, dict(max_precondition_dim=-3), "max_precondition_dim"),
-    (gt.kronecker_precondition, dict(root_method="svd"), "root_method"),
-    (gt.kronecker_precondition, dict(relative_damping=-1e-6), "relative_damping"),
-])
-def test_bad_arguments_raise_naming_the_argument(factory, kwargs, name):
-  with pytest.raises(ValueError, match=name):
-    factory(**kwargs)
+  assert runners.relative_error(by_newton[-1], np.asarray(by_eigh[-1], np.float64)) < 1e-4

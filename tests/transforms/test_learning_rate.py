@@ -1,4 +1,7 @@
-"""The learning-rate step: u ← −η_t u, and the step count its schedule reads."""
+"""The learning-rate step: u ← −η_t u, and the step count its schedule reads.
+
+(Argument checks, zero gradients, jit and dtypes: tests/transforms/test_contract.py.)
+"""
 
 import jax
 import jax.numpy as jnp
@@ -68,29 +71,3 @@ def test_injected_learning_rate_can_change_between_steps():
   state.hyperparams["learning_rate"] = jnp.asarray(0.3)
   updates, state = step(G, state)
   np.testing.assert_allclose(updates, -0.3 * G, rtol=1e-6)
-
-
-@pytest.mark.parametrize("dtype", [jnp.bfloat16, jnp.float32])
-def test_updates_keep_their_dtype(dtype):
-  tx = gt.scale_by_learning_rate(0.1)
-  updates, _ = tx.update(G.astype(dtype), tx.init(G))
-  assert updates.dtype == dtype
-
-
-def test_zero_gradients_give_zero_updates():
-  tx = gt.scale_by_learning_rate(lambda c: 0.1 / (1 + c))
-  updates, _ = jax.jit(tx.update)(jnp.zeros(3), tx.init(G))
-  assert np.all(np.isfinite(updates)) and np.all(np.asarray(updates) == 0)
-
-
-@pytest.mark.parametrize(
-    "value,message",
-    [
-        (-1e-3, "learning_rate must be in [0, inf], got -0.001"),
-        (None, "learning_rate must be a non-negative number or a schedule"),
-    ],
-)
-def test_invalid_learning_rate_is_refused(value, message):
-  with pytest.raises(ValueError) as error:
-    gt.scale_by_learning_rate(value)
-  assert str(error.value).startswith(message)

@@ -1,4 +1,7 @@
-"""Update rules of the first-moment transforms: momentum and the EMA."""
+"""Update rules of the first-moment transforms: momentum and the EMA.
+
+(Argument checks, zero gradients, jit and dtypes: tests/transforms/test_contract.py.)
+"""
 
 import jax
 import jax.numpy as jnp
@@ -6,19 +9,14 @@ import numpy as np
 import pytest
 
 from gradtx import transforms as gt
+from tests.support import helpers
 
 GRADS = [np.array([1.0, -2.0]), np.array([3.0, 0.5]), np.array([-1.0, 4.0])]
 
 
 def _run(tx, grads=GRADS):
-  grads = [jnp.asarray(g, jnp.float32) for g in grads]
-  state = tx.init(jnp.zeros_like(grads[0]))
-  updates = []
-  step = jax.jit(tx.update)  # compiled once per configuration
-  for g in grads:
-    u, state = step(g, state)
-    updates.append(np.asarray(u))
-  return updates, state
+  updates, state = helpers.jit_updates(tx, [jnp.asarray(g, jnp.float32) for g in grads])
+  return [np.asarray(u) for u in updates], state
 
 
 # momentum --------------------------------------------------------------------
@@ -132,39 +130,3 @@ def test_ema_bfloat16_average():
   ref, _ = _run(gt.ema(0.9, debias=True))
   assert state.mu.dtype == jnp.bfloat16
   np.testing.assert_allclose(updates, ref, rtol=1e-2)
-
-
-ALL = {
-    "momentum": lambda: gt.momentum(0.9),
-    "nesterov": lambda: gt.momentum(0.9, nesterov=True),
-    "momentum_zero": lambda: gt.momentum(0.0),
-    "ema": lambda: gt.ema(0.9),
-    "ema_debias_nesterov": lambda: gt.ema(0.9, nesterov=True, debias=True),
-}
-
-
-@pytest.mark.parametrize("name", list(ALL))
-def test_zero_gradients_give_zero_updates(name):
-  tx = ALL[name]()
-  params = {"w": jnp.ones((3, 2)), "b": jnp.ones(2)}
-  zeros = jax.tree.map(jnp.zeros_like, params)
-  state = tx.init(params)
-  step = jax.jit(tx.update)
-  for _ in range(3):
-    updates, state = step(zeros, state, params)
-    for u in jax.tree.leaves(updates):
-      assert np.all(np.isfinite(u)) and np.all(np.asarray(u) == 0)
-
-
-@pytest.mark.parametrize(
-    "factory,kwargs,message",
-    [
-        (gt.momentum, dict(momentum=1.0), "momentum must be in [0, 1), got 1.0"),
-        (gt.momentum, dict(dampening=-0.5), "dampening must be in [0, 1), got -0.5"),
-        (gt.ema, dict(decay=2.0), "decay must be in [0, 1), got 2.0"),
-    ],
-)
-def test_invalid_hyperparameters_are_refused(factory, kwargs, message):
-  with pytest.raises(ValueError) as error:
-    factory(**kwargs)
-  assert str(error.value) == message

@@ -7,7 +7,8 @@ import pytest
 
 from gradtx import transforms as gt
 from gradtx.transforms import quantize
-from tests import oracles
+from tests.oracles import transcriptions
+from tests.support import helpers
 
 # The code map ----------------------------------------------------------------
 
@@ -15,7 +16,7 @@ from tests import oracles
 @pytest.mark.parametrize("signed", [True, False])
 def test_code_map_is_bitsandbytes_dynamic_map(signed):
   table = gt.dynamic_code_map(signed)
-  np.testing.assert_allclose(table, oracles.bnb_dynamic_map(signed), rtol=1e-6)
+  np.testing.assert_allclose(table, transcriptions.bnb_dynamic_map(signed), rtol=1e-6)
   assert table.shape == (256,) and np.all(np.diff(table) > 0)
   assert np.count_nonzero(table == 0) == 1 and table[-1] == 1
   assert table[0] == (np.float32(-0.99296874) if signed else 0)
@@ -40,7 +41,7 @@ def test_quantize_is_round_to_nearest(signed):
   x = magnitudes * (rng.choice([-1.0, 1.0], magnitudes.size) if signed else 1)
   x = x.reshape(40, 256).astype(np.float32)
   q = gt.quantize_blockwise(x, signed=signed, block_size=128)
-  index, scales = oracles.nearest_codes(x, gt.dynamic_code_map(signed), 128)
+  index, scales = transcriptions.nearest_codes(x, gt.dynamic_code_map(signed), 128)
   np.testing.assert_array_equal(np.asarray(q.codes).view(np.uint8), index)
   np.testing.assert_array_equal(q.scales, scales)
 
@@ -104,8 +105,7 @@ def test_non_finite_entries_stay_in_their_own_coordinate():
 
 @pytest.mark.parametrize("axis_type", ["Explicit", "Auto"])
 def test_quantized_state_is_a_shardable_pytree(axis_type):
-  axis_types = (getattr(jax.sharding.AxisType, axis_type),)
-  mesh = jax.make_mesh((8,), ("data",), axis_types=axis_types)
+  mesh = helpers.make_mesh(getattr(jax.sharding.AxisType, axis_type), (8,), ("data",))
   sharding = jax.sharding.NamedSharding(mesh, jax.sharding.PartitionSpec("data"))
   x = jax.random.normal(jax.random.key(0), (64, 64))
   q = jax.device_put(gt.quantize_blockwise(x, signed=True), sharding)

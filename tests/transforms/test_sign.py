@@ -1,25 +1,21 @@
-"""Update rules of the sign transforms: sign, soft sign, Lion and Tiger."""
+"""Update rules of the sign transforms: sign, soft sign, Lion and Tiger.
 
-import jax
+(Argument checks, zero gradients, jit and dtypes: tests/transforms/test_contract.py.)
+"""
+
 import jax.numpy as jnp
 import numpy as np
-import pytest
 
 from gradtx import transforms as gt
+from tests.support import helpers
 
 GRADS = [np.array([1.0, -2.0, 0.5]), np.array([-3.0, 0.5, 0.25]),
          np.array([0.5, 4.0, -2.0])]
 
 
 def _run(tx, grads=GRADS):
-  grads = [jnp.asarray(g, jnp.float32) for g in grads]
-  state = tx.init(jnp.zeros_like(grads[0]))
-  updates = []
-  step = jax.jit(tx.update)  # compiled once per configuration
-  for g in grads:
-    u, state = step(g, state)
-    updates.append(np.asarray(u))
-  return updates, state
+  updates, state = helpers.jit_updates(tx, [jnp.asarray(g, jnp.float32) for g in grads])
+  return [np.asarray(u) for u in updates], state
 
 
 def test_sign():
@@ -81,38 +77,3 @@ def test_lion_bfloat16_momentum():
   assert state.mu.dtype == jnp.bfloat16
   assert all(u.dtype == np.float32 for u in updates)
   np.testing.assert_array_equal(updates, ref)
-
-
-ALL = {
-    "sign": lambda: gt.scale_by_sign(),
-    "soft_sign": lambda: gt.scale_by_sign(0.1),
-    "lion": lambda: gt.scale_by_lion(),
-    "tiger": lambda: gt.scale_by_tiger(),
-}
-
-
-@pytest.mark.parametrize("name", list(ALL))
-def test_zero_gradients_give_zero_updates(name):
-  tx = ALL[name]()
-  params = {"w": jnp.ones((3, 2)), "b": jnp.ones(2)}
-  zeros = jax.tree.map(jnp.zeros_like, params)
-  state = tx.init(params)
-  step = jax.jit(tx.update)
-  for _ in range(3):
-    updates, state = step(zeros, state, params)
-    for u in jax.tree.leaves(updates):
-      assert np.all(np.isfinite(u)) and np.all(np.asarray(u) == 0)
-
-
-@pytest.mark.parametrize(
-    "factory,kwargs,message",
-    [
-        (gt.scale_by_sign, dict(tau=-1.0), "tau must be in [0, inf], got -1.0"),
-        (gt.scale_by_lion, dict(b1=1.0), "b1 must be in [0, 1), got 1.0"),
-        (gt.scale_by_tiger, dict(beta=1.5), "beta must be in [0, 1), got 1.5"),
-    ],
-)
-def test_invalid_hyperparameters_are_refused(factory, kwargs, message):
-  with pytest.raises(ValueError) as error:
-    factory(**kwargs)
-  assert str(error.value) == message

@@ -1,12 +1,12 @@
-"""SOAP's transform: the first step, the eigenbasis, argument checks.
+"""SOAP's transform: the first step and the eigenbasis.
 
-Whole trajectories against the reference code are in tests/optimizers/test_soap.py.
+Whole trajectories against the reference code are in tests/optimizers/test_soap.py;
+argument checks, zero gradients, jit and dtypes in tests/transforms/test_contract.py.
 """
 
 import jax
 import jax.numpy as jnp
 import numpy as np
-import pytest
 
 from gradtx import transforms as gt
 
@@ -21,15 +21,3 @@ def test_soap_first_step_only_builds_the_basis():
   np.testing.assert_allclose(basis.T @ basis, np.eye(5), atol=1e-5)
   eigenvalues = np.diag(basis.T @ np.asarray(state.left_stats["5x3"][0]) @ basis)
   assert np.all(np.diff(eigenvalues) <= 1e-6)  # decreasing
-
-
-@pytest.mark.parametrize("kwargs, name", [
-    (dict(b1=1.0), "b1"),
-    (dict(b2=-0.1), "b2"),
-    (dict(precondition_b2=1.0), "precondition_b2"),
-    (dict(precondition_every=0), "precondition_every"),
-    (dict(refresh="power"), "refresh"),
-])
-def test_bad_arguments_raise_naming_the_argument(kwargs, name):
-  with pytest.raises(ValueError, match=name):
-    gt.scale_by_soap(**kwargs)

@@ -1,170 +1,32 @@
-"""Independent reference oracles for the gradtx tests, in one place.
+"""NumPy transcriptions of papers' pseudo-code and of reference implementations.
 
-* ``LogisticProblem``: a fixed, non-trivial objective (multi-output logistic
-  regression, a fresh random mini-batch at every step) whose gradients depend
-  on the parameters, so that two optimizers with different semantics drift
-  apart instead of merely producing different numbers once.
-* ``run_gradtx``: runs an ``optax.GradientTransformation`` on that problem in
-  float64, with one jitted step and ``optax.apply_updates``.
-* ``run_torch``: the same loop with a ``torch.optim`` optimizer in float64.
+Each follows its source line by line, in float64, so that a gradtx
+trajectory can be compared with it to round-off. The sign methods also return
+the smallest |argument| that was passed to sign(), so that a test can check
+the run had no near-ties, where round-off could legitimately flip a sign.
+
+* ``lion_numpy``, ``tiger_numpy``, ``signum_numpy``, ``adabelief_numpy``:
+  the papers' pseudo-code (Lion, Tiger, signSGD/Signum, AdaBelief).
 * ``lars_numpy``, ``lamb_numpy``: the large-batch papers' algorithms.
-* ``lion_numpy``, ``tiger_numpy``, ``adabelief_numpy``, ``signum_numpy``:
-  line-by-line NumPy transcriptions of the papers' pseudo-code.
-* ``trajectory_errors``: how far two trajectories are apart, relative to the
-  parameters and to the per-step updates.
-
-Kronecker preconditioning (Shampoo, SOAP):
-
+* ``newton_schulz_reference``, ``muon_reference``: Keller Jordan's Muon.
 * ``inverse_root``: (A + εI)^{-1/p} through an exact float64 eigendecomposition.
-* ``relative_error``: relative Frobenius distance, for matrix roots.
 * ``shampoo_algorithm1``: Algorithm 1 of Gupta, Koren & Singer 2018 for a
   matrix parameter, line by line.
 * ``soap_reference``: a NumPy transcription of ``SOAP.step`` of the reference
   implementation (github.com/nikhilvyas/SOAP, ``soap.py``; Vyas et al. 2024)
   for 1-D and 2-D parameters with its defaults ``merge_dims=False``,
   ``precondition_1d=False``, ``normalize_grads=False``, ``correct_bias=True``.
-
-Memory-lean optimizers (8-bit states, Adam-mini):
-
 * ``bnb_dynamic_map``: bitsandbytes' ``create_dynamic_map`` transcribed to
   NumPy (float32 ``linspace`` as torch's), the code map of 8-bit optimizers.
 * ``nearest_codes``: brute-force block-wise quantization (argmin over all 256
   codes), to check the fast encoder against.
-* ``run_adam_mini_official``: the official Adam-mini v1.1.1 package (PyPI
-  ``adam-mini``, github.com/zyushun/Adam-mini) in float64, on PyTorch-named,
-  PyTorch-layout (out, in) parameters.
-* ``quadratic_grads``: a parameter-dependent gradient with noise, so that
-  trajectories of different optimizers drift apart.
-* ``run_quadratic``: an optax transformation on that problem, float64, jitted.
-
-Every runner returns a trajectory: a list of ``{name: np.ndarray}`` parameter
-dicts, the initial point first, then one entry per step.
-The SOAP runner returns dicts of float64 arrays, the Shampoo runner arrays.
 """
 
-from typing import Callable, Dict, List, Optional, Union
+from typing import Callable, List
 
-import adam_mini  # the official Adam-mini package
-import jax
-import jax.numpy as jnp
 import numpy as np
-import optax
-import torch
 
-Params = Dict[str, np.ndarray]
-Trajectory = List[Params]
-GradFn = Callable[[Params, int], Params]
-Rate = Union[float, Callable[[int], float]]
-
-
-class LogisticProblem:
-  """Multi-output logistic regression on fixed random mini-batches.
-
-  ``grad(params, t)`` is the gradient of the mean binary cross-entropy on
-  mini-batch ``t`` at ``params``; gradients are O(0.1) and never vanish, since
-  the labels are random.
-  """
-
-  def __init__(self, seed=0, n_in=5, n_out=3, batch=16, steps=60, scale=1.0):
-    rng = np.random.default_rng(seed)
-    self.steps = steps
-    self.xs = rng.normal(size=(steps, batch, n_in))
-    self.ys = (rng.uniform(size=(steps, batch, n_out)) < 0.5).astype(np.float64)
-    self.scale = scale
-    self.params0 = {
-        "w": rng.normal(size=(n_in, n_out)),
-        "b": 0.5 * rng.normal(size=(n_out,)),
-    }
-
-  def grad(self, params: Params, t: int) -> Params:
-    x, y = self.xs[t], self.ys[t]
-    logits = x @ params["w"] + params["b"]
-    residual = self.scale * (1.0 / (1.0 + np.exp(-logits)) - y) / y.size
-    return {"w": x.T @ residual, "b": residual.sum(axis=0)}
-
-
-def _copy(params) -> Params:
-  return {k: np.array(v, dtype=np.float64) for k, v in params.items()}
-
-
-def _rate(rate: Rate, t: int) -> float:
-  return rate(t) if callable(rate) else rate
-
-
-def run_gradtx(
-    tx: optax.GradientTransformation,
-    params0: Params,
-    grad_fn: GradFn,
-    steps: int,
-) -> Trajectory:
-  """Runs ``tx`` for ``steps`` steps in float64; gradients come from NumPy."""
-  with jax.enable_x64(True):
-    params = {k: jnp.asarray(v, jnp.float64) for k, v in params0.items()}
-    state = tx.init(params)
-
-    @jax.jit
-    def step(params, state, grads):
-      updates, state = tx.update(grads, state, params)
-      return optax.apply_updates(params, updates), state
-
-    trajectory = [_copy(params0)]
-    for t in range(steps):
-      grads = grad_fn(trajectory[-1], t)
-      params, state = step(params, state, grads)
-      trajectory.append(_copy(params))
-  return trajectory
-
-
-def run_torch(
-    make_optimizer: Callable[[Dict[str, torch.Tensor]], torch.optim.Optimizer],
-    params0: Params,
-    grad_fn: GradFn,
-    steps: int,
-    *,
-    lr_lambda: Optional[Callable[[int], float]] = None,
-    before_step: Optional[Callable[[torch.optim.Optimizer, int], None]] = None,
-) -> Trajectory:
-  """Runs a ``torch.optim`` optimizer for ``steps`` steps in float64.
-
-  Args:
-    make_optimizer: builds the optimizer from ``{name: tensor}`` (so that
-      tests can form parameter groups).
-    params0: the initial point.
-    grad_fn: the NumPy gradient, shared with the JAX run.
-    steps: number of steps.
-    lr_lambda: if given, a ``torch.optim.lr_scheduler.LambdaLR`` factor,
-      stepped after every optimizer step (step t uses ``lr_lambda(t)``).
-    before_step: if given, called as ``before_step(optimizer, t)`` before step
-      ``t`` (to set ``param_groups`` values by hand).
-  """
-  tensors = {
-      k: torch.tensor(v, dtype=torch.float64, requires_grad=True)
-      for k, v in params0.items()
-  }
-  optimizer = make_optimizer(tensors)
-  scheduler = (
-      torch.optim.lr_scheduler.LambdaLR(optimizer, lr_lambda)
-      if lr_lambda is not None
-      else None
-  )
-  trajectory = [_copy(params0)]
-  for t in range(steps):
-    grads = grad_fn(trajectory[-1], t)
-    for k, p in tensors.items():
-      p.grad = torch.tensor(grads[k], dtype=torch.float64)
-    if before_step is not None:
-      before_step(optimizer, t)
-    optimizer.step()
-    if scheduler is not None:
-      scheduler.step()
-    trajectory.append({k: p.detach().numpy().copy() for k, p in tensors.items()})
-  return trajectory
-
-
-# NumPy transcriptions of the papers' pseudo-code. Each returns the trajectory
-# and the smallest |argument| that was passed to sign() (for the sign methods),
-# so that a test can check the run had no near-ties, where round-off could
-# legitimately flip a sign.
+from tests.oracles.problems import Params, Rate, copy_params, rate_at
 
 
 def lion_numpy(params0, grad_fn, steps, lr: Rate, b1, b2, weight_decay=0.0):
@@ -174,18 +36,18 @@ def lion_numpy(params0, grad_fn, steps, lr: Rate, b1, b2, weight_decay=0.0):
   θ_t = θ_{t-1} - η_t (sign(c_t) + λ θ_{t-1})
   m_t = β2 m_{t-1} + (1-β2) g_t
   """
-  theta = _copy(params0)
+  theta = copy_params(params0)
   m = {k: np.zeros_like(v) for k, v in theta.items()}
-  trajectory, min_arg = [_copy(theta)], np.inf
+  trajectory, min_arg = [copy_params(theta)], np.inf
   for t in range(steps):
     g = grad_fn(theta, t)
-    eta = _rate(lr, t)
+    eta = rate_at(lr, t)
     for k in theta:
       c = b1 * m[k] + (1 - b1) * g[k]
       min_arg = min(min_arg, np.abs(c).min())
       theta[k] = theta[k] - eta * (np.sign(c) + weight_decay * theta[k])
       m[k] = b2 * m[k] + (1 - b2) * g[k]
-    trajectory.append(_copy(theta))
+    trajectory.append(copy_params(theta))
   return trajectory, min_arg
 
 
@@ -195,17 +57,17 @@ def tiger_numpy(params0, grad_fn, steps, lr: Rate, beta, weight_decay=0.0):
   m_t = β m_{t-1} + (1-β) g_t
   θ_t = θ_{t-1} - η_t (sign(m_t) + λ θ_{t-1})
   """
-  theta = _copy(params0)
+  theta = copy_params(params0)
   m = {k: np.zeros_like(v) for k, v in theta.items()}
-  trajectory, min_arg = [_copy(theta)], np.inf
+  trajectory, min_arg = [copy_params(theta)], np.inf
   for t in range(steps):
     g = grad_fn(theta, t)
-    eta = _rate(lr, t)
+    eta = rate_at(lr, t)
     for k in theta:
       m[k] = beta * m[k] + (1 - beta) * g[k]
       min_arg = min(min_arg, np.abs(m[k]).min())
       theta[k] = theta[k] - eta * (np.sign(m[k]) + weight_decay * theta[k])
-    trajectory.append(_copy(theta))
+    trajectory.append(copy_params(theta))
   return trajectory, min_arg
 
 
@@ -215,17 +77,17 @@ def signum_numpy(params0, grad_fn, steps, lr: Rate, momentum):
   m_k = β m_{k-1} + (1-β) g_k   (m_k = g_k for signSGD, β = 0)
   x_{k+1} = x_k - δ_k sign(m_k)
   """
-  x = _copy(params0)
+  x = copy_params(params0)
   m = {k: np.zeros_like(v) for k, v in x.items()}
-  trajectory, min_arg = [_copy(x)], np.inf
+  trajectory, min_arg = [copy_params(x)], np.inf
   for t in range(steps):
     g = grad_fn(x, t)
-    delta = _rate(lr, t)
+    delta = rate_at(lr, t)
     for k in x:
       m[k] = momentum * m[k] + (1 - momentum) * g[k]
       min_arg = min(min_arg, np.abs(m[k]).min())
       x[k] = x[k] - delta * np.sign(m[k])
-    trajectory.append(_copy(x))
+    trajectory.append(copy_params(x))
   return trajectory, min_arg
 
 
@@ -241,13 +103,13 @@ def adabelief_numpy(
 
   with the official code's decoupled decay θ ← θ(1 - αλ) (weight_decouple).
   """
-  theta = _copy(params0)
+  theta = copy_params(params0)
   m = {k: np.zeros_like(v) for k, v in theta.items()}
   s = {k: np.zeros_like(v) for k, v in theta.items()}
-  trajectory = [_copy(theta)]
+  trajectory = [copy_params(theta)]
   for t in range(1, steps + 1):
     g = grad_fn(theta, t - 1)
-    alpha = _rate(lr, t - 1)
+    alpha = rate_at(lr, t - 1)
     for k in theta:
       m[k] = b1 * m[k] + (1 - b1) * g[k]
       s[k] = b2 * s[k] + (1 - b2) * (g[k] - m[k]) ** 2 + eps
@@ -255,7 +117,7 @@ def adabelief_numpy(
       s_hat = s[k] / (1 - b2**t)
       theta[k] = theta[k] * (1 - alpha * weight_decay)
       theta[k] = theta[k] - alpha * m_hat / (np.sqrt(s_hat) + eps)
-    trajectory.append(_copy(theta))
+    trajectory.append(copy_params(theta))
   return trajectory
 
 
@@ -275,12 +137,12 @@ def lars_numpy(params0, grad_fn, steps, lr: Rate, momentum, weight_decay,
   in ``adapted`` (default: all) take v ← m v + γ_t g. With ``nesterov`` the
   step is γ_t λ (g + βw) + m v (torch's look-ahead, not in the paper).
   """
-  w = _copy(params0)
+  w = copy_params(params0)
   adapted = set(w) if adapted is None else set(adapted)
   v = {k: np.zeros_like(x) for k, x in w.items()}
-  trajectory = [_copy(w)]
+  trajectory = [copy_params(w)]
   for t in range(steps):
-    g, gamma = grad_fn(w, t), _rate(lr, t)
+    g, gamma = grad_fn(w, t), rate_at(lr, t)
     for k in w:
       if k in adapted:
         denominator = np.linalg.norm(g[k]) + weight_decay * np.linalg.norm(w[k]) + eps
@@ -290,7 +152,7 @@ def lars_numpy(params0, grad_fn, steps, lr: Rate, momentum, weight_decay,
         step = gamma * g[k]
       v[k] = momentum * v[k] + step
       w[k] = w[k] - (step + momentum * v[k] if nesterov else v[k])
-    trajectory.append(_copy(w))
+    trajectory.append(copy_params(w))
   return trajectory
 
 
@@ -301,59 +163,21 @@ def lamb_numpy(params0, grad_fn, steps, lr: Rate, b1, b2, eps, weight_decay,
   r = m̂/(√v̂ + ε); w ← w − η ‖w‖/‖r + λw‖ (r + λw); the decay only on the
   ``decayed`` leaves (default: all), the ratio on every leaf.
   """
-  w = _copy(params0)
+  w = copy_params(params0)
   decayed = set(w) if decayed is None else set(decayed)
   m = {k: np.zeros_like(x) for k, x in w.items()}
   v = {k: np.zeros_like(x) for k, x in w.items()}
-  trajectory = [_copy(w)]
+  trajectory = [copy_params(w)]
   for t in range(steps):
-    g, eta = grad_fn(w, t), _rate(lr, t)
+    g, eta = grad_fn(w, t), rate_at(lr, t)
     for k in w:
       m[k] = b1 * m[k] + (1 - b1) * g[k]
       v[k] = b2 * v[k] + (1 - b2) * g[k] ** 2
       r = (m[k] / (1 - b1 ** (t + 1))) / (np.sqrt(v[k] / (1 - b2 ** (t + 1))) + eps)
       u = r + (weight_decay * w[k] if k in decayed else 0.0)
       w[k] = w[k] - eta * _trust_ratio(w[k], np.linalg.norm(u)) * u
-    trajectory.append(_copy(w))
+    trajectory.append(copy_params(w))
   return trajectory
-
-
-def trajectory_errors(trajectory: Trajectory, reference: Trajectory) -> dict:
-  """Largest relative distance between two trajectories.
-
-  Returns a dict with
-    ``params``: max over steps and leaves of ‖θ_t − θ*_t‖∞ / ‖θ*_t‖∞;
-    ``updates``: max over steps and leaves of ‖Δ_t − Δ*_t‖∞ / ‖Δ*_t‖∞ with
-      Δ_t = θ_t − θ_{t−1}, the stricter measure (an error in the step is not
-      hidden by the size of the parameters).
-  """
-  if len(trajectory) != len(reference):
-    raise ValueError(f"lengths differ: {len(trajectory)} vs {len(reference)}")
-  params_err, updates_err = 0.0, 0.0
-  for t in range(1, len(reference)):
-    for k in reference[t]:
-      a, r = trajectory[t][k], reference[t][k]
-      params_err = max(params_err, np.abs(a - r).max() / np.abs(r).max())
-      da, dr = a - trajectory[t - 1][k], r - reference[t - 1][k]
-      updates_err = max(
-          updates_err, np.abs(da - dr).max() / max(np.abs(dr).max(), 1e-300)
-      )
-  return {"params": params_err, "updates": updates_err}
-
-
-def assert_trajectories_close(
-    trajectory: Trajectory, reference: Trajectory, tolerance: float
-) -> dict:
-  """Asserts both ``trajectory_errors`` are within ``tolerance``; returns them.
-
-  The errors are printed, so ``pytest -s`` shows the measured margins.
-  """
-  errors = trajectory_errors(trajectory, reference)
-  print(f"max relative error: params {errors['params']:.2e}, "
-        f"updates {errors['updates']:.2e}")
-  assert errors["params"] <= tolerance, errors
-  assert errors["updates"] <= tolerance, errors
-  return errors
 
 
 def newton_schulz_reference(g, steps=5, coefficients=(3.4445, -4.7750, 2.0315), eps=1e-7):
@@ -390,12 +214,6 @@ def inverse_root(a: np.ndarray, p: float, eps: float = 0.0) -> np.ndarray:
   """(A + εI)^{-1/p} of a symmetric PSD matrix, by ``np.linalg.eigh`` in float64."""
   w, v = np.linalg.eigh(np.asarray(a, np.float64))
   return (v * (w + eps) ** (-1.0 / p)) @ v.T
-
-
-def relative_error(x, reference) -> float:
-  """‖x − reference‖_F / ‖reference‖_F, in float64."""
-  x = np.asarray(x, np.float64)
-  return float(np.linalg.norm(x - reference) / np.linalg.norm(reference))
 
 
 def shampoo_algorithm1(
@@ -569,45 +387,12 @@ def _update_preconditioner(g, s, beta_s, precondition_every, refresh):
     s["exp_avg"] = _project(s["exp_avg"], s["Q"], back=False)
 
 
-class LeastSquaresProblem:
-  """Mini-batch least squares, one independent problem per parameter.
-
-  A matrix W (m × n) has loss ½‖A_t W − B_t‖²/batch, a vector b has
-  ½‖b − c_t‖², with a fresh random (A_t, B_t, c_t) at every step t: gradients
-  depend on the parameters, and their row and column spaces change from step
-  to step, so the statistics become full rank and the trajectories are stable
-  under round-off (a fixed batch makes Shampoo amplify round-off ~2× a step
-  in the directions the gradients never reach).
-  """
-
-  def __init__(self, shapes: Dict[str, tuple], steps: int, seed: int = 0, batch: int = 16):
-    rng = np.random.default_rng(seed)
-    self.batch = batch
-    self.data, self.params0 = {}, {}
-    for name, shape in shapes.items():
-      if len(shape) == 2:
-        self.data[name] = (rng.standard_normal((steps, batch, shape[0])),
-                           rng.standard_normal((steps, batch, shape[1])))
-      else:
-        self.data[name] = (rng.standard_normal((steps, *shape)),)
-      self.params0[name] = 0.3 * rng.standard_normal(shape)
-
-  def grad(self, params: Params, t: int) -> Params:
-    grads = {}
-    for name, data in self.data.items():
-      if len(data) == 2:
-        a, b = data[0][t], data[1][t]
-        grads[name] = a.T @ (a @ params[name] - b) / self.batch
-      else:
-        grads[name] = params[name] - data[0][t]
-    return grads
-
-
-# --- memory-lean optimizers: 8-bit states, Adam-mini ------------------------
+# --- 8-bit states ------------------------------------------------------------
 
 
 def bnb_dynamic_map(
     signed: bool = True, max_exponent_bits: int = 7, total_bits: int = 8) -> np.ndarray:
+  """bitsandbytes' ``create_dynamic_map``: the sorted 256-entry code map."""
   data = []
   non_sign_bits = total_bits - 1
   additional_items = 2 ** (non_sign_bits - max_exponent_bits) - 1
@@ -638,71 +423,3 @@ def nearest_codes(x: np.ndarray, table: np.ndarray, block_size: int):
   normalized = blocks / np.where(scales > 0, scales, 1)[:, None]
   index = np.abs(normalized[..., None] - table).argmin(-1)
   return index, scales
-
-
-def run_adam_mini_official(params0: Params, grad_fn, steps: int, lr: Rate,
-                           betas, eps, weight_decay, *, dim, n_heads) -> Trajectory:
-  """The official Adam-mini (PyPI ``adam-mini`` 1.1.1) in float64.
-
-  ``params0`` and the gradients are PyTorch-named, PyTorch-layout (out, in)
-  arrays: the official code picks each block by name and averages rows.
-  """
-  params = {k: torch.nn.Parameter(torch.tensor(np.ascontiguousarray(v, np.float64)))
-            for k, v in params0.items()}
-  opt = adam_mini.Adam_mini(
-      params.items(), lr=_rate(lr, 0), betas=betas, eps=eps,
-      weight_decay=weight_decay, dim=dim, n_heads=n_heads, verbose=False)
-  trajectory = [_copy(params0)]
-  for t in range(steps):
-    for group in opt.param_groups:
-      group["lr"] = _rate(lr, t)
-    grads = grad_fn(trajectory[-1], t)
-    for k, p in params.items():
-      p.grad = torch.tensor(np.ascontiguousarray(grads[k], np.float64))
-    opt.step()
-    trajectory.append({k: p.detach().numpy().copy() for k, p in params.items()})
-  return trajectory
-
-
-def quadratic_grads(params0: Params, seed: int = 0, noise: float = 0.3):
-  """g_t(p) = c ⊙ (p − p*) + noise_t, per leaf: curvatures differ by row."""
-  rng = np.random.default_rng(seed)
-  target = {k: rng.normal(size=v.shape) for k, v in params0.items()}
-  curvature = {
-      k: np.exp(rng.normal(size=v.shape[:1] + (1,) * (v.ndim - 1)))
-      for k, v in params0.items()
-  }
-  keys = sorted(params0)
-
-  def grad(params: Params, t: int) -> Params:
-    step_rng = np.random.default_rng([seed, t])
-    return {
-        k: curvature[k] * (params[k] - target[k])
-        + noise * step_rng.normal(size=params[k].shape)
-        for k in keys
-    }
-
-  return grad
-
-
-def run_quadratic(tx: optax.GradientTransformation, params0: Params,
-        grad_fn: Callable[[Params, int], Params], steps: int,
-        dtype=jnp.float64) -> List[Params]:
-  """``tx`` for ``steps`` steps (jitted, ``dtype``); the trajectory."""
-  with jax.enable_x64(dtype == jnp.float64):
-    params = {k: jnp.asarray(v, dtype) for k, v in params0.items()}
-    state = tx.init(params)
-
-    @jax.jit
-    def step(params, state, grads):
-      updates, state = tx.update(grads, state, params)
-      return optax.apply_updates(params, updates), state
-
-    trajectory = [{k: np.asarray(v, np.float64) for k, v in params.items()}]
-    for t in range(steps):
-      grads = grad_fn(trajectory[-1], t)
-      params, state = step(
-          params, state, {k: jnp.asarray(v, dtype) for k, v in grads.items()}
-      )
-      trajectory.append({k: np.asarray(v, np.float64) for k, v in params.items()})
-  return trajectory

@@ -6,8 +6,11 @@ the shared helper, with a message that names the argument and the allowed
 range (``b1 must be in [0, 1), got 1.5``); traced values, such as those
 ``optax.inject_hyperparams`` feeds back in, are not checked.
 
-``RANGES`` lists, per factory, every numeric argument and its kind of range;
-``test_ranges_cover_every_argument`` keeps it complete.
+``RANGES`` lists, per factory, every numeric argument and its kind of range,
+``CHOICES`` every string-valued one with a value it refuses;
+``test_ranges_cover_every_argument`` keeps both complete. The transforms'
+arguments are checked by tests/transforms/test_contract.py, the wrappers'
+(``sam``, ``lookahead``) in their own test modules.
 """
 
 import inspect
@@ -21,6 +24,7 @@ import optax
 import pytest
 
 from gradtx import optimizers as go
+from tests.support.cases import is_optimizer
 
 LR = 0.1
 NAN = float("nan")
@@ -113,10 +117,19 @@ RANGES = {
 }
 
 
-def _is_optimizer(name):
-  return list(inspect.signature(getattr(go, name)).parameters)[:1] == [
-      "learning_rate"
-  ]
+# String-valued arguments: (a refused value, the start of the refusal).
+CHOICES = {
+    go.shampoo: dict(grafting=("adagrad", "grafting must be one of"),
+                     root_method=("svd", "root_method must be one of")),
+    go.soap: dict(refresh=("power", "refresh must be one of")),
+    go.muon: dict(coefficients=("nope", "coefficients must be one of"),
+                  scale=("big", "scale must be one of"),
+                  method=("fast", "method must be 'standard' or 'gram'")),
+}
+# Moments that exist only with a momentum (adafactor keeps none by default,
+# and then ignores mu_dtype).
+WITH_MOMENTUM = {go.adafactor: dict(b1=0.9)}
+BAD_FORMATS = ("int4", "float64x", jnp.int32, 3)
 
 
 def _call(factory, name, value):
@@ -140,7 +153,7 @@ def _params(select):
 
 
 def test_ranges_cover_every_argument():
-  optimizers = set(filter(_is_optimizer, go.__all__))
+  optimizers = set(filter(is_optimizer, go.__all__))
   assert {f.__name__ for f in RANGES} == optimizers
   for factory, args in RANGES.items():
     numeric = {
@@ -149,6 +162,9 @@ def test_ranges_cover_every_argument():
         if isinstance(v.default, (int, float)) and not isinstance(v.default, bool)
     }
     assert numeric <= set(args), (factory.__name__, numeric - set(args))
+    strings = {k for k, v in inspect.signature(factory).parameters.items()
+               if isinstance(v.default, str)}
+    assert strings <= set(CHOICES.get(factory, {})), (factory.__name__, strings)
 
 
 @pytest.mark.parametrize("factory,name,kind", _params(lambda n, k: True))
@@ -225,3 +241,31 @@ def test_non_callable_non_number_schedule_is_rejected(factory, name, value):
 def test_schedules_are_accepted(factory, name):
   _call(factory, name, optax.linear_schedule(LR, 0.0, 10))
   _call(factory, name, lambda count: LR)
+
+
+_CHOICE_PARAMS = [
+    pytest.param(f, name, bad, prefix, id=f"{f.__name__}-{name}")
+    for f, args in CHOICES.items() for name, (bad, prefix) in args.items()
+]
+
+
+@pytest.mark.parametrize("factory,name,bad,prefix", _CHOICE_PARAMS)
+def test_unknown_choice_is_rejected_at_factory_time(factory, name, bad, prefix):
+  with pytest.raises(ValueError) as error:
+    _call(factory, name, bad)
+  message = str(error.value)
+  assert message.startswith(prefix) and repr(bad) in message, message
+
+
+_FORMAT_PARAMS = [
+    pytest.param(f, name, id=f"{f.__name__}-{name}")
+    for f in RANGES for name in ("mu_dtype", "nu_dtype")
+    if name in inspect.signature(f).parameters
+]
+
+
+@pytest.mark.parametrize("factory,name", _FORMAT_PARAMS)
+def test_unknown_state_format_is_rejected_at_factory_time(factory, name):
+  for value in BAD_FORMATS:
+    with pytest.raises(ValueError, match=f"^{name} must be"):
+      factory(LR, **WITH_MOMENTUM.get(factory, {}), **{name: value})

@@ -1,0 +1,117 @@
+"""gradtx/_internal/block_stacks.py: block layouts, groups, owner stacks, round trips."""
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+import pytest
+from jax.sharding import AxisType, NamedSharding
+from jax.sharding import PartitionSpec as P
+
+from gradtx import transforms as gt
+from gradtx._internal import block_stacks as bs
+
+V = gt.MatrixView
+MATRIX = V((0,), (1,))
+LEAVES = [jnp.arange(24.0).reshape(4, 6), jnp.arange(42.0).reshape(6, 7) + 1,
+          jnp.arange(48.0).reshape(2, 4, 6) - 3, jnp.ones(5)]
+VIEWS = [MATRIX, MATRIX, V((1,), (2,), batch=(0,)), None]
+
+
+def _layouts(block_size=None, max_dim=float("inf")):
+  return [bs.block_layout(v, x.shape, block_size, max_dim) for v, x in zip(VIEWS, LEAVES)]
+
+
+def test_layout_cuts_preconditioned_sides_into_equal_blocks():
+  layout = bs.block_layout(MATRIX, (6, 7), 3)
+  assert (layout.row_blocks, layout.col_blocks) == (2, 3)
+  assert (layout.block_rows, layout.block_cols) == (3, 3)  # 7 columns padded to 9
+  assert layout.num_blocks == 6 and layout.exponent == 4
+  one_side = bs.block_layout(MATRIX, (6, 70), 3, max_precondition_dim=10)
+  assert (one_side.left, one_side.right, one_side.col_blocks, one_side.exponent) == (
+      True, False, 1, 2)
+  assert bs.block_layout(MATRIX, (60, 70), 3, max_precondition_dim=10) is None
+  assert bs.block_layout(None, (6, 7), 3) is None
+
+
+@pytest.mark.parametrize("block_size", [None, 2, 3, 5])
+def test_blocks_round_trip_and_hold_the_matrix(block_size):
+  for x, layout in zip(LEAVES, _layouts(block_size)):
+    if layout is None:
+      continue
+    blocks = bs.to_blocks(x, layout)
+    assert blocks.shape == (layout.num_blocks, layout.block_rows, layout.block_cols)
+    np.testing.assert_array_equal(bs.from_blocks(blocks, layout, x.shape), x)
+    # The blocks tile the zero-padded matrix: same sum, nothing duplicated.
+    np.testing.assert_allclose(blocks.sum(), x.sum())
+
+
+def test_blocks_are_taken_row_block_major_and_zero_padded():
+  x = np.arange(42.0).reshape(6, 7)
+  blocks = np.asarray(bs.to_blocks(jnp.asarray(x), bs.block_layout(MATRIX, (6, 7), 3)))
+  np.testing.assert_array_equal(blocks[1], x[:3, 3:6])
+  np.testing.assert_array_equal(blocks[2][:, :1], x[:3, 6:])  # last column block: padded
+  np.testing.assert_array_equal(blocks[2][:, 1:], 0)
+  np.testing.assert_array_equal(blocks[3], x[3:, :3])
+
+
+def test_plan_groups_by_block_shape_dtype_and_sides_padded_for_the_mesh():
+  layouts = _layouts()
+  groups = bs.plan(layouts, [jnp.float32] * 4, devices=8)
+  assert [(g.name, g.members, g.size) for g in groups] == [
+      ("4x6", ((0, 0, 1), (2, 1, 2)), 8), ("6x7", ((1, 0, 1),), 8)]
+  bf16 = bs.plan(layouts, [jnp.bfloat16, jnp.float32, jnp.float32, jnp.float32], 1)
+  assert [g.name for g in bf16] == ["4x6_bfloat16", "6x7", "4x6"]
+  one_sided = bs.plan([bs.block_layout(MATRIX, (4, 60), None, 10)], [jnp.float32], 3)
+  assert [(g.name, g.size) for g in one_sided] == [("4x60_left", 3)]
+
+
+@pytest.mark.parametrize("devices", [1, 8])
+def test_stack_and_unstack_round_trip(devices):
+  layouts = _layouts(block_size=3)
+  groups = bs.plan(layouts, [x.dtype for x in LEAVES], devices)
+  stacks = bs.stack(LEAVES, layouts, groups, None)
+  assert [s.shape[0] for s in stacks] == [g.size for g in groups]
+  for s, g in zip(stacks, groups):
+    real = sum(count for _, _, count in g.members)
+    np.testing.assert_array_equal(s[real:], 0)  # the padding is zero blocks
+  out = bs.unstack([2 * s for s in stacks], LEAVES, layouts, groups, None)
+  for x, o, layout in zip(LEAVES, out, layouts):
+    if layout is None:
+      assert o is None
+    else:
+      np.testing.assert_array_equal(o, 2 * x)
+
+
+@pytest.mark.parametrize("axis_type", [AxisType.Explicit, AxisType.Auto])
+def test_on_a_mesh_stacks_live_on_their_owners(axis_type):
+  mesh = jax.make_mesh((4, 2), ("x", "y"), axis_types=(axis_type,) * 2)
+  leaves = [jax.device_put(x, NamedSharding(mesh, P("x") if x.ndim < 3 else P(None, "x")))
+            for x in [LEAVES[0], jnp.arange(56.0).reshape(8, 7), LEAVES[2]]]
+  layouts = [bs.block_layout(v, x.shape, None) for v, x in zip(VIEWS, leaves)]
+
+  def roundtrip(leaves):
+    owners = bs.owner_mesh(leaves)
+    groups = bs.plan(layouts, [x.dtype for x in leaves], bs.num_devices(owners))
+    stacks = bs.stack(leaves, layouts, groups, owners)
+    stacks = bs.on_owners(lambda *s: tuple(x @ jnp.swapaxes(x, 1, 2) @ x for x in s),
+                          owners, *stacks)
+    return stacks, bs.unstack(stacks, leaves, layouts, groups, owners)
+
+  with jax.set_mesh(mesh):
+    stacks, out = jax.jit(roundtrip)(leaves)
+  for s in stacks:
+    assert s.shape[0] % 8 == 0
+    assert s.sharding.is_equivalent_to(NamedSharding(mesh, P(("x", "y"))), 3), s.sharding
+  for x, o in zip(leaves, out):
+    m = np.asarray(x)
+    np.testing.assert_allclose(o, m @ np.swapaxes(m, -1, -2) @ m, rtol=1e-5)
+    if axis_type == AxisType.Explicit:
+      assert o.sharding.is_equivalent_to(x.sharding, x.ndim)
+
+
+def test_without_a_mesh_there_are_no_owners():
+  assert bs.owner_mesh(LEAVES) is None
+  assert bs.num_devices(None) == 1
+  g = bs.plan(_layouts(), [jnp.float32] * 4, 1)[0]
+  z = bs.zeros(g, (4, 4), None)
+  assert z.shape == (g.size, 4, 4) and z.dtype == jnp.float32

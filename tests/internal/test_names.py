@@ -1,0 +1,73 @@
+"""The parameter-name lists and predicates in gradtx/_internal/names.py."""
+
+import jax
+import pytest
+from flax import nnx
+
+from gradtx._internal import names as _names
+
+
+def _path(tree):
+  """The key path of the one leaf of ``tree``."""
+  ((path, _),) = jax.tree_util.tree_flatten_with_path(tree)[0]
+  return path
+
+
+@pytest.mark.parametrize("tree", [
+    {"Block0": {"QKV": {"kernel": 0}}},
+    {"block0/qkv/kernel": 0},
+    {"block0.qkv": {"kernel": 0}},
+], ids=["nested", "slashes", "dots"])
+def test_path_names_are_lower_cased_and_split(tree):
+  assert _names.path_names(_path(tree)) == ["block0", "qkv", "kernel"]
+
+
+def test_path_names_of_attributes_indices_and_nnx_variables():
+  assert _names.path_names(_path([{"w": 0}])) == ["0", "w"]
+  state = nnx.state(nnx.Linear(2, 3, rngs=nnx.Rngs(0)), nnx.Param)
+  paths = [path for path, _ in jax.tree_util.tree_flatten_with_path(state)[0]]
+  # The trailing ".value" of an nnx variable is dropped: the last name is the leaf's.
+  assert sorted(_names.path_names(p) for p in paths) == [["bias"], ["kernel"]]
+  assert _names.path_names(()) == []
+
+
+@pytest.mark.parametrize("names, head, embedding", [
+    (["lm_head", "kernel"], True, False),
+    (["head", "kernel"], True, False),
+    (["unembed", "kernel"], True, False),  # contains "embed", but is a head
+    (["readout", "w"], True, False),
+    (["embed", "embedding"], False, True),
+    (["wte"], False, True),
+    (["wpe"], False, True),
+    (["position_embedding"], False, True),
+    (["mlp", "dense", "kernel"], False, False),
+])
+def test_output_heads_and_embeddings(names, head, embedding):
+  assert _names.is_output_head(names) == head
+  assert _names.is_embedding(names) == embedding
+
+
+@pytest.mark.parametrize("names, expected", [
+    (["attn", "q", "kernel"], True),
+    (["wk"], True),
+    (["layer", "q_proj", "kernel"], True),
+    (["c_attn", "w"], True),
+    (["self_attn", "in_proj_weight"], True),
+    (["attention", "query", "kernel"], True),
+    (["v_proj", "kernel"], False),
+    (["quantity"], False),  # "q" is an exact name, not a part
+])
+def test_query_key_projections(names, expected):
+  assert _names.is_query_key(names) == expected
+
+
+@pytest.mark.parametrize("names, expected", [
+    (["dense", "bias"], True),
+    (["norm", "scale"], True),
+    (["ln1_bias"], True),
+    (["bias_layer", "kernel"], False),  # only the leaf's own name counts
+    (["kernel"], False),
+    ([], False),
+])
+def test_vectors_are_named_by_their_last_name(names, expected):
+  assert _names.is_vector(names) == expected

@@ -1,0 +1,247 @@
+"""The optimizer registry every cross-cutting battery runs over.
+
+Each optimizer in gradtx.optimizers (and each variant whose state or code
+path differs) is one ``Case``, built here and nowhere else; adding a line to
+``CASES`` or ``STRUCTURED`` puts a new optimizer through tests/
+test_integration.py, test_non_finite.py and test_sharding.py
+(``test_cases_cover_every_optimizer`` fails until it is added). The
+element-wise optimizers (``CASES``) get every check; the structured ones
+(preconditioners, factored, block-shared and quantized states:
+``STRUCTURED``), whose programs take several times longer to compile, get the
+checks most likely to break in them.
+
+``shared_step`` and ``injected`` compile a case's step once for the whole
+session, so the batteries share their compilations.
+"""
+
+import collections
+import functools
+import inspect
+from typing import Any, Callable, NamedTuple
+
+import jax
+import jax.numpy as jnp
+import optax
+import pytest
+
+from gradtx import optimizers as go
+from tests.support.helpers import PARAMS
+
+LR = 0.1
+SCHEDULE = optax.linear_schedule(LR, LR / 10, transition_steps=4)
+
+
+def _decay_matrices(params):
+  return jax.tree.map(lambda p: jnp.ndim(p) > 1, params)
+
+
+class Case(NamedTuple):
+  """One optimizer configuration: ``factory(learning_rate, **kwargs)``."""
+
+  name: str
+  factory: Callable[..., optax.GradientTransformation]
+  kwargs: dict
+  static_args: tuple = ()  # non-numeric arguments for inject_hyperparams
+  # optax.adafactor's order: η is applied before the momentum and the weight
+  # decay, so the state holds η-scaled steps and λ is not scaled by η.
+  lr_mid_chain: bool = False
+  # Storage dtypes the optimizer fixes whatever the params' (e.g. lookahead's
+  # float32 slow weights of bf16 params).
+  fixed_state_dtypes: tuple = ()
+  # With zero gradients the update is exactly −η λ p on the decayed leaves
+  # (a decoupled decay after a rule that maps a zero gradient to 0).
+  decoupled_decay: bool = False
+
+  def make(self, learning_rate: Any = LR, **overrides):
+    return self.factory(learning_rate, **{**self.kwargs, **overrides})
+
+  def inject(self, learning_rate: Any = LR):
+    factory = optax.inject_hyperparams(
+        self.factory, static_args=self.static_args
+    )
+    return factory(learning_rate=learning_rate, **self.kwargs)
+
+  def _argument(self, name):
+    params = inspect.signature(self.factory).parameters
+    return self.kwargs.get(name, params[name].default) if name in params else None
+
+  @property
+  def weight_decay(self) -> float:
+    return self._argument("weight_decay") or 0.0
+
+  @property
+  def decays_weights(self) -> bool:
+    return self.weight_decay != 0
+
+  def decay_mask(self, params):
+    """Which leaves the weight decay touches (``optax.masked`` semantics)."""
+    mask = self._argument("mask")
+    if mask is None:
+      return jax.tree.map(lambda _: True, params)
+    return mask(params) if callable(mask) else mask
+
+  @property
+  def sign_based(self) -> bool:
+    return self.factory in (go.signsgd, go.lion, go.tiger)
+
+  @property
+  def elementwise(self) -> bool:
+    """Whether each update coordinate depends on its own gradient only."""
+    return self.factory not in (
+        go.muon, go.shampoo, go.soap, go.adafactor, go.adam_mini, go.adamw_8bit
+    )
+
+  @property
+  def state_dtypes(self) -> set:
+    """Storage dtypes fixed by the configuration rather than the params."""
+    dtypes = {
+        jnp.dtype(self.kwargs[k])
+        for k in ("mu_dtype", "nu_dtype")
+        if self.kwargs.get(k) is not None
+    }
+    return dtypes | {jnp.dtype(d) for d in self.fixed_state_dtypes}
+
+
+def lookahead_adamw(learning_rate, b1=0.9, weight_decay=1e-4):
+  """``go.lookahead`` around ``go.adamw``: the wrapper through the battery."""
+  return go.lookahead(
+      go.adamw(learning_rate, b1=b1, weight_decay=weight_decay), sync_period=2)
+
+
+CASES = [
+    Case("sgd", go.sgd, {}),
+    Case("sgd_momentum", go.sgd, dict(momentum=0.9)),
+    Case(
+        "sgd_nesterov_wd",
+        go.sgd,
+        dict(momentum=0.9, nesterov=True, weight_decay=1e-2),
+    ),
+    Case("adagrad", go.adagrad, {}),
+    Case("rmsprop", go.rmsprop, {}),
+    Case(
+        "rmsprop_centered_momentum",
+        go.rmsprop,
+        dict(centered=True, momentum=0.9),
+    ),
+    Case("adam", go.adam, {}),
+    Case("adam_amsgrad", go.adam, dict(amsgrad=True)),
+    Case("adamw", go.adamw, {}, decoupled_decay=True),
+    Case("adamw_amsgrad", go.adamw, dict(amsgrad=True), decoupled_decay=True),
+    Case(
+        "adamw_mask",
+        go.adamw,
+        dict(mask=_decay_matrices, weight_decay=0.1),
+        static_args=("mask",),
+        decoupled_decay=True,
+    ),
+    Case(
+        "adamw_bf16_nu",
+        go.adamw,
+        dict(nu_dtype=jnp.bfloat16),
+        static_args=("nu_dtype",),
+    ),
+    Case("adabelief", go.adabelief, dict(weight_decay=1e-2), decoupled_decay=True),
+    Case("signsgd", go.signsgd, {}),
+    Case("signsgd_momentum", go.signsgd, dict(momentum=0.9)),
+    Case("lion", go.lion, dict(weight_decay=1e-2), decoupled_decay=True),
+    Case("tiger", go.tiger, dict(weight_decay=1e-2), decoupled_decay=True),
+    # LARS's learning rate sits inside its momentum, as in the paper.
+    Case("lars", go.lars, dict(weight_decay=1e-2, nesterov=True, trust_coefficient=1.0),
+         lr_mid_chain=True),
+    Case("lars_mask", go.lars,
+         dict(weight_decay=1e-2, mask=_decay_matrices, trust_coefficient=1.0),
+         static_args=("mask",), lr_mid_chain=True),
+    Case("lamb", go.lamb, dict(weight_decay=1e-2)),
+    Case("lookahead", lookahead_adamw, dict(weight_decay=1e-2),
+         fixed_state_dtypes=(jnp.float32,)),
+    Case(
+        "muon",
+        go.muon,
+        dict(weight_decay=1e-2),
+        static_args=("ns_steps",),
+        decoupled_decay=True,
+    ),
+]
+# Structured states: a lighter battery (see the module docstring).
+STRUCTURED = [
+    Case(
+        "shampoo",
+        go.shampoo,
+        dict(precondition_every=2, weight_decay=1e-2),
+        static_args=("precondition_every", "block_size", "max_precondition_dim"),
+        decoupled_decay=True,
+    ),
+    Case(
+        "soap",
+        go.soap,
+        dict(precondition_every=2),
+        static_args=("precondition_every", "max_precondition_dim"),
+        decoupled_decay=True,
+    ),
+    Case(
+        "adafactor",
+        go.adafactor,
+        dict(min_dim_size_to_factor=2, b1=0.9, weight_decay=1e-2),
+        static_args=("min_dim_size_to_factor", "decay_offset"),
+        lr_mid_chain=True,
+    ),
+    Case("adam_mini", go.adam_mini, dict(weight_decay=1e-2), decoupled_decay=True),
+    Case("adamw_8bit", go.adamw_8bit, {}, static_args=("block_size",),
+         decoupled_decay=True),
+]
+
+CASES_BY_NAME = {c.name: c for c in CASES + STRUCTURED}
+cases = pytest.mark.parametrize("case", CASES, ids=[c.name for c in CASES])
+structured = pytest.mark.parametrize(
+    "case", STRUCTURED, ids=[c.name for c in STRUCTURED]
+)
+every_case = pytest.mark.parametrize(
+    "case", CASES + STRUCTURED, ids=[c.name for c in CASES + STRUCTURED]
+)
+
+
+def is_optimizer(name: str) -> bool:
+  """Whether ``go.<name>`` is an optimizer factory (learning rate first)."""
+  parameters = list(inspect.signature(getattr(go, name)).parameters)
+  return parameters[:1] == ["learning_rate"]
+
+
+# Traces of each shared step, by (name, scheduled).
+TRACES = collections.Counter()
+
+
+@functools.cache
+def shared_step(name, scheduled=False):
+  """A case's jitted training step, compiled once for the whole session.
+
+  Returns (tx, step) with ``step(params, state, grads) -> (params, state,
+  updates)``; every trace is counted in ``TRACES[name, scheduled]``.
+  """
+  tx = CASES_BY_NAME[name].make(SCHEDULE if scheduled else LR)
+
+  @jax.jit
+  def step(params, state, grads):
+    TRACES[name, scheduled] += 1
+    updates, state = tx.update(grads, state, params)
+    return optax.apply_updates(params, updates), state, updates
+
+  return tx, step
+
+
+def run_shared(name, grads_seq, scheduled=False, state=None):
+  """``helpers.run_steps`` with the shared jitted step, from ``PARAMS``."""
+  tx, step = shared_step(name, scheduled)
+  params = PARAMS
+  state = tx.init(params) if state is None else state
+  updates_seq = []
+  for grads in grads_seq:
+    params, state, updates = step(params, state, grads)
+    updates_seq.append(updates)
+  return params, state, updates_seq
+
+
+@functools.cache
+def injected(name):
+  """The inject_hyperparams form of a case and its jitted update, shared."""
+  tx = CASES_BY_NAME[name].inject(LR)
+  return tx, jax.jit(tx.update)

@@ -1,0 +1,298 @@
+"""Sharded parameters and states, for every optimizer of the case registry.
+
+tests/conftest.py gives 8 host devices. State leaves shaped like a parameter
+must follow its sharding (``optax.tree_map_params``'s recipe and a plain
+``jax.jit(tx.init)`` on an Explicit mesh), statistics are replicated, and a
+sharded step gives the unsharded result, for layouts that split the matrix
+views the transforms reshape (README, Conventions: Sharding).
+"""
+
+import contextlib
+
+import chex
+import jax
+import jax.numpy as jnp
+import numpy as np
+import optax
+import pytest
+from flax import nnx
+from jax.sharding import NamedSharding
+from jax.sharding import PartitionSpec as P
+
+from gradtx import optimizers as go
+from gradtx import transforms as gt
+from tests.support.cases import CASES, CASES_BY_NAME, STRUCTURED
+from tests.support.helpers import make_mesh, nnx_train, run_steps
+
+# Every optimizer on an Explicit-axes mesh (jax.make_mesh's default); three
+# state layouts (one buffer; Adam + MaskedState; multi_transform) on an Auto
+# one, to keep the compile count down.
+_AUTO_MESH_CASES = ("sgd_momentum", "adamw_mask", "muon")
+_MESH_PARAMS = [
+    pytest.param(c, jax.sharding.AxisType.Explicit, id=f"explicit-{c.name}")
+    for c in CASES + STRUCTURED
+] + [
+    pytest.param(c, jax.sharding.AxisType.Auto, id=f"auto-{c.name}")
+    for c in CASES
+    if c.name in _AUTO_MESH_CASES
+]
+
+
+_SPECS = {"w": P("x", "y"), "b": P("x"), "c": P()}
+_SHARD_PARAMS = {
+    "w": jnp.linspace(-1.0, 1.0, 32, dtype=jnp.float32).reshape(8, 4),
+    "b": jnp.linspace(0.5, 1.5, 8, dtype=jnp.float32),
+    "c": jnp.array([0.3, -0.7], jnp.float32),
+}
+_SHARD_GRADS = jax.tree.map(lambda p: jnp.cos(3 * p) + 0.1, _SHARD_PARAMS)
+
+
+def _placed_state(tx, mesh):
+  """Sharded params and grads, and the state placed by ``gt.state_shardings``.
+
+  Checks on the way that the helper gives every state leaf the layout
+  ``_expected_sharding`` describes.
+  """
+  param_shardings = {k: NamedSharding(mesh, s) for k, s in _SPECS.items()}
+  params = jax.device_put(_SHARD_PARAMS, param_shardings)
+  grads = jax.device_put(_SHARD_GRADS, param_shardings)
+  shardings = gt.state_shardings(tx, params)
+  abstract_state = jax.eval_shape(tx.init, params)
+  flat_abstract = jax.tree_util.tree_leaves_with_path(abstract_state)
+  flat_shardings = jax.tree.leaves(shardings)
+  assert len(flat_shardings) == len(flat_abstract)
+  for (path, leaf), sharding in zip(flat_abstract, flat_shardings):
+    assert sharding.is_equivalent_to(_expected_sharding(path, leaf, mesh), leaf.ndim), (
+        jax.tree_util.keystr(path), sharding)
+  state = jax.jit(tx.init, out_shardings=shardings)(params)
+  _check_shardings(state, mesh, "init")
+  return params, grads, state
+
+
+# State fields that are stacks of matrices spread over all devices (owners).
+_STACKS = ("left_stats", "right_stats", "left_root", "right_root", "left_basis",
+           "right_basis", "mu_stacks", "nu_stacks")
+
+
+def _expected_sharding(path, leaf, mesh):
+  """The param's spec for a copy of a param (8-bit moments of small leaves
+  included); the owner layout (split over every mesh axis along the stack
+  axis) for stacks of matrix statistics; replicated for anything else
+  (factored and per-block moments, counts), even where its shape happens to
+  match another param."""
+  if any(getattr(k, "name", None) in _STACKS for k in path):
+    return NamedSharding(mesh, P(tuple(mesh.axis_names), *[None] * (leaf.ndim - 1)))
+  keys = [getattr(k, "key", None) for k in path]
+  for k, spec in _SPECS.items():
+    if k in keys and leaf.shape == _SHARD_PARAMS[k].shape:
+      return NamedSharding(mesh, spec)
+  return NamedSharding(mesh, P())
+
+
+def _check_shardings(tree, mesh, what):
+  for path, leaf in jax.tree_util.tree_leaves_with_path(tree):
+    expected = _expected_sharding(path, leaf, mesh)
+    assert leaf.sharding.is_equivalent_to(expected, leaf.ndim), (
+        what, jax.tree_util.keystr(path), leaf.sharding, expected)
+
+
+@pytest.mark.parametrize("case", STRUCTURED, ids=[c.name for c in STRUCTURED])
+def test_state_shardings_follow_params(case):
+  _placed_state(case.make(), make_mesh(jax.sharding.AxisType.Explicit))
+
+
+@pytest.mark.parametrize("case,axis_type", _MESH_PARAMS)
+def test_sharded_params_keep_their_sharding(case, axis_type):
+  mesh = make_mesh(axis_type)
+  tx = case.make()
+  params, grads, state = _placed_state(tx, mesh)
+
+  @jax.jit
+  def step(params, state, grads):
+    updates, state = tx.update(grads, state, params)
+    return optax.apply_updates(params, updates), state, updates
+
+  with jax.set_mesh(mesh):
+    new_params, new_state, updates = step(params, state, grads)
+  _check_shardings(new_params, mesh, "params")
+  _check_shardings(updates, mesh, "updates")
+  _check_shardings(new_state, mesh, "state")
+
+  ref_params, ref_state, _ = run_steps(tx, _SHARD_PARAMS, [_SHARD_GRADS])
+  chex.assert_trees_all_close(new_params, ref_params, rtol=1e-5, atol=1e-6)
+  # Stacks are padded to a multiple of the mesh size: compare the real rows.
+  for a, b in zip(jax.tree.leaves(new_state), jax.tree.leaves(ref_state)):
+    a = np.asarray(a)
+    if a.shape != np.shape(b):
+      a = a[:np.shape(b)[0]]
+    np.testing.assert_allclose(a, b, rtol=1e-5, atol=1e-6)
+
+
+@pytest.mark.parametrize("case", CASES + STRUCTURED, ids=lambda c: c.name)
+def test_jit_init_on_an_explicit_mesh_gives_the_helpers_layout(case):
+  """Inside ``jax.set_mesh`` a plain ``jax.jit(tx.init)`` needs no
+  ``out_shardings``: every state leaf is typed as ``gt.state_shardings``
+  lays it out."""
+  tx = case.make()
+  mesh = make_mesh(jax.sharding.AxisType.Explicit)
+  _, _, placed = _placed_state(tx, mesh)
+  with jax.set_mesh(mesh):
+    params = jax.device_put(
+        _SHARD_PARAMS, {k: NamedSharding(mesh, s) for k, s in _SPECS.items()})
+    state = jax.jit(tx.init)(params)
+  for a, b in zip(jax.tree.leaves(state), jax.tree.leaves(placed)):
+    assert a.sharding.is_equivalent_to(b.sharding, a.ndim), (a.sharding, b.sharding)
+
+
+# Layouts that split the views the transforms reshape into: blocks of a
+# Kronecker factor or of a grafting norm, 8-bit blocks of a column-sharded or
+# unevenly row-sharded leaf, Adam-mini's per-head split of a fused qkv.
+_VIEW_SPECS = {
+    "w": P("x", "y"), "col": P(None, "y"), "rows": P("x", None),
+    "conv": P("x", "y", None, None), "qkv": P(None, "y"),
+}
+_VIEW_SHAPES = {
+    "w": (16, 8), "col": (128, 64), "rows": (8, 600), "conv": (4, 2, 8, 6),
+    "qkv": (16, 48),
+}
+_VIEW_OPTIMIZERS = {
+    "shampoo_blocks": lambda: go.shampoo(1e-2, block_size=4),
+    "shampoo_unblocked": lambda: go.shampoo(1e-2, block_size=None),
+    "soap": lambda: go.soap(1e-2),
+    "adafactor": lambda: go.adafactor(1e-2, min_dim_size_to_factor=2),
+    "adam_mini": lambda: go.adam_mini(1e-2, num_heads=1),
+    "adamw_8bit": lambda: go.adamw_8bit(1e-2),
+    "muon": lambda: go.muon(1e-2),
+}
+
+
+@pytest.mark.parametrize("name", list(_VIEW_OPTIMIZERS))
+def test_sharded_leaves_whose_views_split_sharded_axes(name):
+  """Two jitted steps on an Explicit mesh: one trace (the state keeps its
+  layout), params keep theirs, and the result is the unsharded one."""
+  tx = _VIEW_OPTIMIZERS[name]()
+  rng = np.random.default_rng(0)
+  params = {k: jnp.asarray(rng.normal(size=s), jnp.float32)
+            for k, s in _VIEW_SHAPES.items()}
+  traces = []
+
+  def step(params, state):
+    traces.append(1)
+    grads = jax.tree.map(lambda p: jnp.sin(3 * p) + 0.1, params)
+    updates, state = tx.update(grads, state, params)
+    return optax.apply_updates(params, updates), state
+
+  ref, ref_state = params, tx.init(params)
+  for _ in range(2):
+    ref, ref_state = jax.jit(step)(ref, ref_state)
+
+  mesh = make_mesh(jax.sharding.AxisType.Explicit)
+  traces.clear()
+  with jax.set_mesh(mesh):
+    new = jax.device_put(
+        params, {k: NamedSharding(mesh, s) for k, s in _VIEW_SPECS.items()})
+    state = init_state = jax.jit(tx.init)(new)
+    jitted = jax.jit(step)
+    for _ in range(2):
+      new, state = jitted(new, state)
+  assert len(traces) == 1
+  for before, after in zip(jax.tree.leaves(init_state), jax.tree.leaves(state)):
+    assert after.sharding.is_equivalent_to(before.sharding, after.ndim)
+  for k, spec in _VIEW_SPECS.items():
+    assert new[k].sharding.spec == spec, k
+  chex.assert_trees_all_close(new, ref, rtol=1e-4, atol=1e-5)
+
+
+def test_8bit_state_of_large_leaves_follows_the_helper():
+  """Leaves >= 4096 elements hold block codes: the helper splits those of a
+  row-sharded leaf by rows and replicates the others; the step keeps that
+  layout (one compilation) and the update the param's."""
+  mesh = make_mesh(jax.sharding.AxisType.Explicit)
+  shardings = {"w": NamedSharding(mesh, P("x", "y")),
+               "b": NamedSharding(mesh, P("x"))}
+  params = jax.device_put(
+      {"w": jnp.linspace(-1, 1, 128 * 64).reshape(128, 64),
+       "b": jnp.linspace(0, 1, 128)}, shardings)
+  tx = go.adamw_8bit(1e-2)
+  with jax.set_mesh(mesh):
+    state = jax.jit(tx.init, out_shardings=gt.state_shardings(tx, params))(params)
+    assert isinstance(state[0].mu["w"], gt.QuantizedArray)
+    traces = []
+
+    @jax.jit
+    def step(params, state):
+      traces.append(1)
+      grads = jax.tree.map(jnp.sin, params)
+      updates, state = tx.update(grads, state, params)
+      return optax.apply_updates(params, updates), state
+
+    new_params, new_state = step(*step(params, state))
+  assert len(traces) == 1
+  assert new_params["w"].sharding.spec == P("x", "y")
+  for before, after in zip(jax.tree.leaves(state), jax.tree.leaves(new_state)):
+    assert after.sharding.is_equivalent_to(before.sharding, after.ndim)
+
+
+class _ShardedLinear(nnx.Module):
+  """A Linear whose kernel is P('x', 'y') and bias P('y') (flax metadata)."""
+
+  def __init__(self, rngs, sharded):
+    shard = nnx.with_partitioning if sharded else lambda init, _: init
+    self.lin = nnx.Linear(
+        8, 4, rngs=rngs,
+        kernel_init=shard(nnx.initializers.lecun_normal(), ("x", "y")),
+        bias_init=shard(nnx.initializers.ones_init(), ("y",)),
+    )
+
+  def __call__(self, x):
+    return self.lin(x)
+
+
+def _nnx_train(make_tx, mesh=None):
+  rows = jnp.linspace(-1.0, 1.0, 16 * 8, dtype=jnp.float32).reshape(16, 8)
+  with jax.set_mesh(mesh) if mesh is not None else contextlib.nullcontext():
+    model = _ShardedLinear(nnx.Rngs(0), sharded=mesh is not None)
+    losses, _, _ = nnx_train(model, make_tx(), lambda m: jnp.mean(jnp.sin(3 * m(rows)) ** 2), 3)
+    return model, losses
+
+
+@pytest.mark.parametrize(
+    "case", [CASES_BY_NAME[n] for n in ("adamw", "muon")] + STRUCTURED,
+    ids=lambda c: c.name)
+def test_flax_nnx_optimizer_with_sharded_params(case):
+  """nnx.Optimizer copies each param's sharding metadata onto the state
+  leaves built from it: statistics of another shape must not inherit it
+  (optax.adafactor's factored moments do, and fail here)."""
+  make = lambda: case.make(0.02)
+  model, losses = _nnx_train(make, make_mesh(jax.sharding.AxisType.Explicit))
+  ref_model, ref_losses = _nnx_train(make)
+  kernel = model.lin.kernel[...]
+  assert kernel.sharding.spec == P("x", "y")
+  assert losses[-1] < losses[0]
+  if case.name == "soap":
+    # Not comparable: the 8x8 factor has rank <= 4, and SOAP's Adam on the
+    # eigenbasis of its null space turns rounding noise into O(1) steps (a
+    # 1e-6 relative change of the gradients moves the kernel by 0.08 here).
+    # test_sharded_params_keep_their_sharding compares sharded SOAP steps.
+    return
+  # Sharded sums add in another order; inverse roots of the early, badly
+  # conditioned Kronecker factors amplify that to ~1e-5 relative.
+  np.testing.assert_allclose(losses, ref_losses, rtol=2e-4)
+  np.testing.assert_allclose(
+      kernel, ref_model.lin.kernel[...], rtol=2e-4, atol=2e-5)
+
+
+def test_compact_states_of_a_data_sharded_leaf_keep_its_sharding():
+  """jit(init) on an Explicit 1-D mesh: 8-bit codes of a leaf sharded on its
+  first axis only, and Adam-mini's per-row moments, are split the same way."""
+  mesh = make_mesh(shape=(8,), names=("data",))
+  sharding = NamedSharding(mesh, P("data"))
+  params = {"w": jax.device_put(jnp.ones((64, 128)), sharding)}
+  with jax.set_mesh(mesh):
+    for tx in (go.adamw_8bit(1e-3), go.adam_mini(1e-3)):
+      state = jax.jit(tx.init)(params)
+      step = jax.jit(lambda p, s, tx=tx: tx.update(p, s, p))
+      _, state = step(params, state)
+      mu = state[0].mu["w"]
+      leaf = mu.codes if isinstance(mu, gt.QuantizedArray) else mu
+      assert leaf.sharding.spec[0] == "data"
