@@ -5,7 +5,7 @@ blocks until it is done; ``time_round_robin`` times a dict of them
 interleaved in one process, so that load from elsewhere on the machine hits
 them all alike, and ``ratio_table`` prints min and median against an anchor.
 
-  step = donated_step(tx)                       # jitted, params and state donated
+  # stepper: donated_step(tx) (jitted, params and state donated) as a contender
   times = time_round_robin({"optax": stepper(optax.adamw(1e-3), params, grads),
                             "gradtx": stepper(go.adamw(1e-3), params, grads)},
                            rounds=30)
