@@ -1,6 +1,6 @@
 """Adam-mini vs AdamW on the main job, in gradtx and in the official PyTorch code.
 
-Is Adam-mini's gap to AdamW on the main job (``examples/char_lm.py``) the
+Is Adam-mini's gap to AdamW on the main job (``examples.char_lm``) the
 method's or gradtx's? This script trains the main job's model four ways, from
 the same initialisation and on the same batches, in one process:
 
@@ -17,23 +17,23 @@ paper's partition exactly: Q/K per head, V, attention output and MLP per
 output neuron, embedding and ``lm_head`` per token, biases per element, norm
 scales and the learned position table one value per tensor.
 
-    python benchmarks/adam_mini_torch.py --seeds 0,1,2,3 [--steps 400]
-    python benchmarks/adam_mini_torch.py --d-model 192 --num-layers 4  # char_lm options
+    python -m benchmarks.adam_mini_torch --seeds 0,1,2,3 [--steps 400]
+    python -m benchmarks.adam_mini_torch --d-model 192 --num-layers 4  # char_lm options
 
 Prints, per seed, the final train loss (mean over the last 10% of steps) and
 validation loss of each, and Adam-mini's ratio to AdamW in each framework.
 """
 
 import argparse
-import platform
 
 import adam_mini
-import jax
 import numpy as np
 import torch
 import torch.nn.functional as F
-from _main_job import load_char_lm
 from torch import nn
+
+from benchmarks import harness
+from examples import char_lm
 
 
 class Block(nn.Module):
@@ -122,7 +122,7 @@ def torch_optimizer(name: str, model: nn.Module, config) -> torch.optim.Optimize
       dim=config.d_model, n_heads=config.num_heads, verbose=False)
 
 
-def train_torch(name, char_lm, config, jax_state, train_batches, val_batches) -> dict:
+def train_torch(name, config, jax_state, train_batches, val_batches) -> dict:
   """One PyTorch run of the main job; the losses as ``char_lm.train_one``'s."""
   model = CharTransformer(char_lm.VOCAB_SIZE, config.context, config.d_model,
                           config.num_layers, config.num_heads)
@@ -146,7 +146,7 @@ def train_torch(name, char_lm, config, jax_state, train_batches, val_batches) ->
   return {"train_loss": train_losses, "val_loss": [float(val)]}
 
 
-def run_seed(char_lm, seed: int, steps: int, options: list) -> dict:
+def run_seed(seed: int, steps: int, options: list) -> dict:
   config = char_lm.parse_args(
       ["--optimizers", "adamw,adam_mini", "--steps", str(steps), "--seed", str(seed),
        *options])
@@ -159,7 +159,7 @@ def run_seed(char_lm, seed: int, steps: int, options: list) -> dict:
   torch.manual_seed(seed)
   results = {f"gradtx {n}": char_lm.train_one(n, config, initial, train, val)
              for n in ("adamw", "adam_mini")}
-  results.update({f"torch {n}": train_torch(n, char_lm, config, initial[1], train, val)
+  results.update({f"torch {n}": train_torch(n, config, initial[1], train, val)
                   for n in ("adamw", "adam_mini")})
   window = char_lm.final_window(steps)
   return {name: (char_lm.smooth(r["train_loss"], window)[-1], r["val_loss"][-1])
@@ -171,24 +171,23 @@ def main(argv=None):
   parser.add_argument("--seeds", default="0,1,2,3")
   parser.add_argument("--steps", type=int, default=400)
   args, options = parser.parse_known_args(argv)  # the rest goes to char_lm
-  char_lm = load_char_lm()
-  print(f"jax {jax.__version__}, torch {torch.__version__},"
-        f" adam-mini {adam_mini.__name__} 1.1.1, {platform.processor() or platform.machine()}")
+  print(harness.machine_banner(packages=("adam-mini",)))
   rows = []
   for seed in (int(s) for s in args.seeds.split(",")):
-    losses = run_seed(char_lm, seed, args.steps, options)
+    losses = run_seed(seed, args.steps, options)
     ratio = lambda lib, losses=losses: (
         losses[f"{lib} adam_mini"][0] / losses[f"{lib} adamw"][0])
     rows.append((seed, losses, ratio("gradtx"), ratio("torch")))
   names = list(rows[0][1])
-  print("\nfinal train loss (val loss); ratio = adam_mini / adamw, train loss\n")
-  print("| seed | " + " | ".join(names) + " | ratio gradtx | ratio official |")
-  print("|---:|" + "---:|" * (len(names) + 2))
-  for seed, losses, ours, theirs in rows:
-    cells = " | ".join(f"{losses[n][0]:.4f} ({losses[n][1]:.4f})" for n in names)
-    print(f"| {seed} | {cells} | {ours:.3f} | {theirs:.3f} |")
   mean = lambda i: np.mean([r[i] for r in rows])
-  print(f"| mean | {' | '.join('' for _ in names)} | {mean(2):.3f} | {mean(3):.3f} |")
+  print("\nfinal train loss (val loss); ratio = adam_mini / adamw, train loss\n")
+  print(harness.markdown_table(
+      ["seed", *names, "ratio gradtx", "ratio official"],
+      [*((seed, *(f"{losses[n][0]:.4f} ({losses[n][1]:.4f})" for n in names),
+          f"{ours:.3f}", f"{theirs:.3f}") for seed, losses, ours, theirs in rows),
+       ("mean", *("" for _ in names), f"{mean(2):.3f}", f"{mean(3):.3f}")]))
+  print()
+  print(harness.closing_line())
 
 
 if __name__ == "__main__":

@@ -1,33 +1,31 @@
 """Optimizer-state memory of the memory-lean optimizers, as ratios to float32 AdamW.
 
-For each optimizer, on a GPT-2-style parameter tree (``step_time.gpt_shapes``):
+For each optimizer, on a GPT-2-style parameter tree (``workloads.gpt_shapes``):
 
 * state bytes: the sum of the state pytree's leaves (``jax.eval_shape`` of
   ``init``, so nothing is allocated), and its ratio to float32 AdamW's;
-* step peak: the memory one jitted step needs (``tx.update`` +
+* step peak: the memory one ``harness.donated_step`` needs (``tx.update`` +
   ``optax.apply_updates``, parameters and state donated), from the compiled
   ``memory_analysis()``: arguments + outputs − donated aliases + temporaries.
   Parameters and gradients (8 bytes per parameter) are part of every step's
   peak, so its ratios are closer to 1 than the state's;
-* step time of the 8-bit and bf16 variants against float32 AdamW, timed
-  round-robin in one process (min and median over the rounds).
+* step time of the 8-bit and bf16 variants against float32 AdamW, timed by
+  ``harness.time_round_robin`` (min and median over the rounds).
 
-  python benchmarks/memory.py                  # GPT 12x256, 16K vocab (14M params)
-  python benchmarks/memory.py --quick          # GPT 2x128: a smoke test
-  python benchmarks/memory.py --rounds 50 --workload gpt:12x512
+  python -m benchmarks.memory                  # GPT 12x256, 16K vocab (14M params)
+  python -m benchmarks.memory --quick          # GPT 2x128: a smoke test
+  python -m benchmarks.memory --rounds 50 --workload gpt:12x512
 """
 
 import argparse
-import statistics
-import time
 from typing import Callable, Sequence
 
 import jax
 import jax.numpy as jnp
-import numpy as np
 import optax
-import step_time
 
+from benchmarks import harness
+from benchmarks.workloads import Workload, params_and_grads, parse_workload
 from gradtx import optimizers as go
 from gradtx import transforms as gt
 
@@ -56,18 +54,10 @@ def state_bytes(tx: optax.GradientTransformation, params) -> int:
   return sum(x.size * x.dtype.itemsize for x in jax.tree.leaves(shapes))
 
 
-def compiled_step(tx: optax.GradientTransformation, params):
-  def step(params, state, grads):
-    updates, state = tx.update(grads, state, params)
-    return optax.apply_updates(params, updates), state
-
+def step_peak_bytes(tx: optax.GradientTransformation, params) -> tuple[int, int]:
+  """(peak, temporaries) of the compiled donated step, from its memory analysis."""
   state = jax.eval_shape(tx.init, params)
-  return jax.jit(step, donate_argnums=(0, 1)).lower(params, state, params).compile()
-
-
-def step_peak_bytes(compiled) -> tuple[int, int]:
-  """(peak, temporaries) of a compiled step, from its memory analysis."""
-  m = compiled.memory_analysis()
+  m = harness.donated_step(tx).lower(params, state, params).compile().memory_analysis()
   peak = (
       m.argument_size_in_bytes + m.output_size_in_bytes
       - m.alias_size_in_bytes + m.temp_size_in_bytes
@@ -75,75 +65,31 @@ def step_peak_bytes(compiled) -> tuple[int, int]:
   return peak, m.temp_size_in_bytes
 
 
-def memory_table(workload: step_time.Workload) -> str:
-  params = jax.eval_shape(lambda: step_time.random_tree(workload.shapes, 0, 0.02))
+def memory_table(workload: Workload) -> str:
+  params = jax.eval_shape(lambda: params_and_grads(workload)[0])
   n = workload.num_params
   rows = []
   for name, make in OPTIMIZERS.items():
     tx = make()
-    peak, temp = step_peak_bytes(compiled_step(tx, params))
-    rows.append((name, state_bytes(tx, params), peak, temp))
-  anchor = next(r for r in rows if r[0] == ANCHOR)
-  lines = [
-      f"{workload.name}: {n / 1e6:.2f}M params in {len(workload.shapes)} leaves;"
-      f" ratios to float32 {ANCHOR}",
-      f"{'optimizer':14} {'state MB':>9} {'B/param':>8} {'x state':>8}"
-      f" {'step peak MB':>13} {'x peak':>7} {'temp MB':>8}",
-  ]
-  for name, state, peak, temp in rows:
-    lines.append(
-        f"{name:14} {state / 2**20:9.2f} {state / n:8.3f} {state / anchor[1]:7.3f}x"
-        f" {peak / 2**20:13.2f} {peak / anchor[2]:6.3f}x {temp / 2**20:8.2f}"
-    )
-  return "\n".join(lines)
+    rows.append((name, state_bytes(tx, params), *step_peak_bytes(tx, params)))
+  _, anchor_state, anchor_peak, _ = next(r for r in rows if r[0] == ANCHOR)
+  title = (f"{workload.name}: {n / 1e6:.2f}M params in {len(workload.shapes)} leaves;"
+           f" ratios to float32 {ANCHOR}")
+  table = harness.markdown_table(
+      ["optimizer", "state MB", "bytes/param", "x state", "step peak MB", "x peak",
+       "temp MB"],
+      [(name, f"{state / 2**20:.2f}", f"{state / n:.3f}", f"{state / anchor_state:.3f}x",
+        f"{peak / 2**20:.2f}", f"{peak / anchor_peak:.3f}x", f"{temp / 2**20:.2f}")
+       for name, state, peak, temp in rows])
+  return f"{title}\n\n{table}"
 
 
-def timed_step(name: str, workload: step_time.Workload) -> Callable[[], None]:
-  """One donated, jitted step of optimizer ``name`` on real arrays."""
-  tx = OPTIMIZERS[name]()
-  params = step_time.random_tree(workload.shapes, 0, 0.02)
-  grads = step_time.random_tree(workload.shapes, 1, 1.0)
-  compiled = compiled_step(tx, params)
-  carry = [params, tx.init(params)]
-
-  def run():
-    carry[0], carry[1] = compiled(carry[0], carry[1], grads)
-    jax.block_until_ready(carry)
-
-  return run
-
-
-def time_round_robin(
-    steps: dict[str, Callable[[], None]], rounds: int, warmup: int = 3
-) -> dict[str, list[float]]:
-  """Seconds per step of each optimizer, one step of each per round."""
-  for step in steps.values():
-    for _ in range(warmup):
-      step()
-  names = list(steps)
-  times = {name: [] for name in names}
-  for i in range(rounds):
-    for name in names[i % len(names):] + names[: i % len(names)]:
-      start = time.perf_counter()
-      steps[name]()
-      times[name].append(time.perf_counter() - start)
-  return times
-
-
-def time_table(workload: step_time.Workload, rounds: int) -> str:
-  times = time_round_robin({n: timed_step(n, workload) for n in TIMED}, rounds)
-  t_min = {k: min(v) for k, v in times.items()}
-  t_med = {k: statistics.median(v) for k, v in times.items()}
-  lines = [
-      f"step time, {rounds} interleaved rounds ({jax.devices()[0].platform})",
-      f"{'optimizer':14} {'min ms':>8} {'med ms':>8} {'x min':>7} {'x med':>7}",
-  ]
-  for name in TIMED:
-    lines.append(
-        f"{name:14} {t_min[name] * 1e3:8.2f} {t_med[name] * 1e3:8.2f}"
-        f" {t_min[name] / t_min[ANCHOR]:6.2f}x {t_med[name] / t_med[ANCHOR]:6.2f}x"
-    )
-  return "\n".join(lines)
+def time_table(workload: Workload, rounds: int) -> str:
+  params, grads = params_and_grads(workload)
+  contenders = {n: harness.stepper(OPTIMIZERS[n](), params, grads) for n in TIMED}
+  times = harness.time_round_robin(contenders, rounds=rounds)
+  title = f"step time, {rounds} interleaved rounds ({jax.devices()[0].platform})"
+  return f"{title}\n\n{harness.ratio_table(times, anchor=ANCHOR, label='optimizer')}"
 
 
 def main(argv: Sequence[str] | None = None) -> None:
@@ -155,14 +101,16 @@ def main(argv: Sequence[str] | None = None) -> None:
   parser.add_argument("--rounds", type=int, default=20, help="timed steps per optimizer")
   parser.add_argument("--quick", action="store_true", help="gpt:2x128 and 5 rounds")
   args = parser.parse_args(argv)
-  workload = step_time.parse_workload("gpt:2x128" if args.quick else args.workload)
+  workload = parse_workload("gpt:2x128" if args.quick else args.workload)
   rounds = 5 if args.quick else args.rounds
-  print(step_time.machine_summary())
+  print(harness.machine_banner())
+  print()
   print(memory_table(workload))
   print()
   print(time_table(workload, rounds))
+  print()
+  print(harness.closing_line())
 
 
 if __name__ == "__main__":
-  np.set_printoptions(precision=3)
   main()

@@ -1,28 +1,26 @@
 """Step time of LAMB, LARS, Lookahead and SAM: gradtx vs optax, as ratios.
 
-Each pair runs the same rule on a GPT-2-style tree (``step_time.gpt_shapes``):
-one donated, jitted step (``update`` + ``apply_updates``), timed round-robin
-with the other pairs in one process (``memory.time_round_robin``). LARS is
-compared at weight decay 0, where gradtx's rule and optax's coincide.
-``optax.lookahead`` carries ``LookaheadParams(fast, slow)`` as its params,
-gradtx's keeps the slow weights in its state; both steps move the same
-arrays. SAM's ``grad_fn`` is a cheap stand-in (0.1·params), so the ratio is
-the optimizer's own overhead, without the second backward pass it adds in
-training.
+Each pair runs the same rule on a GPT-2-style tree (``workloads.gpt_shapes``):
+one ``harness.donated_step`` (``update`` + ``apply_updates``), all timed by
+``harness.time_round_robin`` in one process; each gradtx row's ratio is to
+its optax counterpart. LARS is compared at weight decay 0, where gradtx's
+rule and optax's coincide. ``optax.lookahead`` carries
+``LookaheadParams(fast, slow)`` as its params, gradtx's keeps the slow weights
+in its state; both steps move the same arrays. SAM's ``grad_fn`` is a cheap
+stand-in (0.1·params), so the ratio is the optimizer's own overhead, without
+the second backward pass it adds in training.
 
-  python benchmarks/wrapper_step.py [--workload gpt] [--rounds 20]
+  python -m benchmarks.wrapper_step [--workload gpt] [--rounds 20]
 """
 
 import argparse
-import statistics
-from typing import Callable
 
 import jax
 import jax.numpy as jnp
-import memory
 import optax
-import step_time
 
+from benchmarks import harness
+from benchmarks.workloads import params_and_grads, parse_workload
 from gradtx import optimizers as go
 
 LR = 1e-3
@@ -50,27 +48,13 @@ PAIRS = {
 }
 
 
-def timed_step(name: str, library: str, workload) -> Callable[[], None]:
-  """One donated, jitted step of the pair ``name``'s ``library`` side."""
+def contender(name: str, library: str, params, grads) -> harness.Stepper:
+  """The donated step of the pair ``name``'s ``library`` side."""
   tx = PAIRS[name][library == "optax"]()
-  params = step_time.random_tree(workload.shapes, 0, 0.02)
-  grads = step_time.random_tree(workload.shapes, 1, 1.0)
   if name.startswith("lookahead") and library == "optax":
     params = optax.LookaheadParams(params, jax.tree.map(jnp.copy, params))
   extra = {"grad_fn": grad_fn} if name.startswith("sam") else {}
-
-  def step(params, state, grads):
-    updates, state = tx.update(grads, state, params, **extra)
-    return optax.apply_updates(params, updates), state
-
-  compiled = jax.jit(step, donate_argnums=(0, 1))
-  carry = [params, tx.init(params)]
-
-  def run():
-    carry[0], carry[1] = compiled(carry[0], carry[1], grads)
-    jax.block_until_ready(carry)
-
-  return run
+  return harness.stepper(tx, params, grads, **extra)
 
 
 def main(argv=None):
@@ -78,20 +62,18 @@ def main(argv=None):
   parser.add_argument("--workload", default="gpt")
   parser.add_argument("--rounds", type=int, default=20)
   args = parser.parse_args(argv)
-  workload = step_time.parse_workload(args.workload)
-  print(step_time.machine_summary())
-  print(f"{workload.name}: {workload.num_params / 1e6:.2f}M params")
-  steps = {f"{name} {library}": timed_step(name, library, workload)
-           for name in PAIRS for library in ("gradtx", "optax")}
-  times = memory.time_round_robin(steps, args.rounds)
-  print("\n| optimizer | gradtx ms (median) | optax ms (median) | x optax (median)"
-        " | x optax (min) |")
-  print("|---|---:|---:|---:|---:|")
-  for name in PAIRS:
-    ours, theirs = times[f"{name} gradtx"], times[f"{name} optax"]
-    print(f"| {name} | {statistics.median(ours) * 1e3:.2f} | {statistics.median(theirs) * 1e3:.2f}"
-          f" | {statistics.median(ours) / statistics.median(theirs):.2f}x"
-          f" | {min(ours) / min(theirs):.2f}x |")
+  workload = parse_workload(args.workload)
+  params, grads = params_and_grads(workload)
+  print(harness.machine_banner())
+  print(f"\n{workload.name}: {workload.num_params / 1e6:.2f}M params,"
+        f" {args.rounds} rounds\n")
+  contenders = {f"{name} {library}": contender(name, library, params, grads)
+                for name in PAIRS for library in ("gradtx", "optax")}
+  times = harness.time_round_robin(contenders, rounds=args.rounds)
+  anchors = {f"{name} gradtx": f"{name} optax" for name in PAIRS}
+  print(harness.ratio_table(times, anchor=anchors, label="optimizer"))
+  print()
+  print(harness.closing_line())
 
 
 if __name__ == "__main__":

@@ -8,7 +8,7 @@ them. The corpus is real text that ships with Python, no download: the first
 printable ASCII and newline, anything else mapped to one extra token. The last
 10% is held out for validation.
 
-Usage::
+Usage (or ``python -m examples.char_lm ...`` from the repository root)::
 
   python examples/char_lm.py                          # adamw,muon,adam,lion,sgd
   python examples/char_lm.py --optimizers adamw,optax:adamw,tiger --steps 800
@@ -27,16 +27,24 @@ noisy on a shared machine); and the bytes of optimizer state. Written to
 
 To add an optimizer, add an entry to ``OPTIMIZERS``: a name and a function of
 the number of training steps returning an ``optax.GradientTransformation``.
+
+The pieces are importable (``from examples import char_lm``) for the
+benchmarks: the corpus (``load_corpus``, ``sample_batches``), the model
+(``CharTransformer``, ``initial_model``), the jitted ``train_step``, the
+registry (``OPTIMIZERS``; ``variant`` for an entry at other peak learning
+rates or keywords) and ``main(argv, optimizers=...)`` for a run over any
+registry.
 """
 
 import argparse
+import contextvars
 import dataclasses
 import functools
 import json
 import pathlib
 import sysconfig
 import time
-from typing import Callable, Optional, Sequence
+from typing import Callable, Mapping, Optional, Sequence
 
 import jax
 import jax.numpy as jnp
@@ -52,10 +60,17 @@ UNKNOWN = len(VOCAB)  # one extra token for every character outside VOCAB
 VOCAB_SIZE = len(VOCAB) + 1
 VAL_FRACTION = 0.1
 FINAL_FRACTION = 0.1  # final train loss: mean over this last share of steps
+# Set by ``variant`` while it builds an entry, so that a learning-rate grid
+# runs the entry itself rather than a copy of it with other peaks.
+_PEAK_FACTOR = contextvars.ContextVar("peak_factor", default=1.0)
 
 
 def warmup_cosine(peak: float, steps: int) -> optax.Schedule:
-  """Linear warm-up over the first 10% of steps, cosine decay to peak/10."""
+  """Linear warm-up over the first 10% of steps, cosine decay to peak/10.
+
+  Inside ``variant(name, lr_factor)`` the peak is ``lr_factor`` times ``peak``.
+  """
+  peak = peak * _PEAK_FACTOR.get()
   return optax.warmup_cosine_decay_schedule(
       0.0, peak, max(1, steps // 10), max(2, steps), end_value=peak / 10
   )
@@ -131,6 +146,29 @@ OPTIMIZERS: dict[str, Callable[[int], optax.GradientTransformation]] = {
     "optax:lion": lambda n: optax.lion(
         warmup_cosine(1e-3, n), weight_decay=0.3, mask=matrices),
 }
+
+
+Factory = Callable[[int], optax.GradientTransformation]  # an entry of OPTIMIZERS
+Registry = Mapping[str, Factory]
+
+
+def variant(name: str, lr_factor: float = 1.0, **kwargs) -> Factory:
+  """Registry entry ``name`` with every peak learning rate times ``lr_factor``.
+
+  Keyword arguments go to the entry (shampoo and soap take them). Wrappers
+  scale their base's peaks too (sam, lookahead), Muon both of its own. The
+  result is a factory like the entries', for ``main(optimizers=...)``.
+  """
+  factory = OPTIMIZERS[name]
+
+  def build(total_steps: int) -> optax.GradientTransformation:
+    token = _PEAK_FACTOR.set(_PEAK_FACTOR.get() * lr_factor)
+    try:
+      return factory(total_steps, **kwargs)
+    finally:
+      _PEAK_FACTOR.reset(token)
+
+  return build
 
 
 @dataclasses.dataclass(frozen=True)
@@ -305,18 +343,19 @@ def initial_model(config: Config) -> tuple[nnx.GraphDef, nnx.State]:
 
 
 def create_optimizer(
-    model: CharTransformer, name: str, steps: int
+    model: CharTransformer, name: str, steps: int, optimizers: Registry = OPTIMIZERS
 ) -> nnx.Optimizer:
   """The named optimizer for ``model``, its state built under ``nnx.jit``."""
-  tx = optax.with_extra_args_support(OPTIMIZERS[name](steps))
+  tx = optax.with_extra_args_support(optimizers[name](steps))
   return nnx.jit(lambda m: nnx.Optimizer(m, tx, wrt=nnx.Param))(model)
 
 
-def train_one(name, config, initial, train_batches, val_batches):
+def train_one(name, config, initial, train_batches, val_batches,
+              optimizers: Registry = OPTIMIZERS):
   """Trains the initial model with one optimizer; returns curves and timings."""
   graphdef, host_state = initial
   model = nnx.merge(graphdef, jax.device_put(host_state))
-  optimizer = create_optimizer(model, name, config.steps)
+  optimizer = create_optimizer(model, name, config.steps, optimizers)
   opt_bytes = state_bytes(optimizer)
   graphdef, state = nnx.split((model, optimizer))
   train_losses, val_steps, val_losses, step_seconds = [], [], [], []
@@ -411,10 +450,12 @@ def plot_curves(results: dict, entropy: float, path: pathlib.Path) -> None:
 # ------------------------------------------------------------------ main
 
 
-def parse_args(argv: Optional[Sequence[str]]) -> Config:
+def parse_args(
+    argv: Optional[Sequence[str]], optimizers: Registry = OPTIMIZERS
+) -> Config:
   parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
   parser.add_argument("--optimizers", default="adamw,muon,adam,lion,sgd",
-                      help="comma-separated names from OPTIMIZERS (see --list)")
+                      help="comma-separated names from the registry (see --list)")
   parser.add_argument("--list", action="store_true",
                       help="list optimizer names and exit")
   parser.add_argument("--steps", type=int, default=400)
@@ -431,21 +472,26 @@ def parse_args(argv: Optional[Sequence[str]]) -> Config:
                       default=pathlib.Path(__file__).parent / "out")
   args = parser.parse_args(argv)
   if args.list:
-    print("\n".join(OPTIMIZERS))
+    print("\n".join(optimizers))
     raise SystemExit(0)
   names = tuple(n.strip() for n in args.optimizers.split(",") if n.strip())
-  unknown = [n for n in names if n not in OPTIMIZERS]
+  unknown = [n for n in names if n not in optimizers]
   if unknown:
     parser.error(
-        f"unknown optimizer(s) {unknown}; choose from {list(OPTIMIZERS)}")
+        f"unknown optimizer(s) {unknown}; choose from {list(optimizers)}")
   fields = {f.name for f in dataclasses.fields(Config)}
   values = {k: v for k, v in vars(args).items() if k in fields}
   return Config(**{**values, "optimizers": names})
 
 
-def main(argv: Optional[Sequence[str]] = None) -> dict:
-  """Runs the comparison; returns ``{name: curves and timings}``."""
-  config = parse_args(argv)
+def main(
+    argv: Optional[Sequence[str]] = None, optimizers: Registry = OPTIMIZERS
+) -> dict:
+  """Runs the comparison; returns ``{name: curves and timings}``.
+
+  ``optimizers``: the registry the names of ``--optimizers`` come from.
+  """
+  config = parse_args(argv, optimizers)
   train_tokens, val_tokens = load_corpus(config.corpus_mb)
   entropy = unigram_entropy(train_tokens)
   print(f"corpus: {len(train_tokens):,} train / {len(val_tokens):,} val chars,"
@@ -457,7 +503,7 @@ def main(argv: Optional[Sequence[str]] = None) -> dict:
       config.seed + 1)
   initial = initial_model(config)
   results = {
-      name: train_one(name, config, initial, train_batches, val_batches)
+      name: train_one(name, config, initial, train_batches, val_batches, optimizers)
       for name in config.optimizers
   }
   reference = "adamw" if "adamw" in results else config.optimizers[0]

@@ -1,26 +1,27 @@
-"""Smoke test of examples/char_lm.py: a tiny run, in-process, into a tmp dir."""
+"""The examples run: the main job (a tiny run, in-process, into a tmp dir), the
+quickstart (README's example); and what the benchmarks take from them."""
 
-import importlib.util
+import ast
 import json
 import math
 import pathlib
+import re
+import runpy
 
+import jax
+import jax.numpy as jnp
+import numpy as np
 import pytest
 
-EXAMPLES = pathlib.Path(__file__).resolve().parents[1] / "examples"
+from benchmarks import char_lm_lr_grid, harness
+from examples import char_lm
 
-
-def load_example(name: str):
-  spec = importlib.util.spec_from_file_location(name, EXAMPLES / f"{name}.py")
-  module = importlib.util.module_from_spec(spec)
-  spec.loader.exec_module(module)
-  return module
+ROOT = pathlib.Path(__file__).resolve().parents[1]
 
 
 @pytest.fixture(scope="module")
 def char_lm_run(tmp_path_factory):
   out = tmp_path_factory.mktemp("char_lm")
-  char_lm = load_example("char_lm")
   results = char_lm.main([
       "--optimizers", "adamw,lion,sam", "--steps", "15", "--batch-size", "8",
       "--context", "32", "--d-model", "32", "--num-layers", "1",
@@ -55,3 +56,100 @@ def test_char_lm_losses_are_finite_and_decrease(char_lm_run, name):
   assert all(math.isfinite(x) for x in train + results[name]["val_loss"])
   assert sum(train[-3:]) / 3 < train[0]
   assert results[name]["state_bytes"] > 0
+
+
+# --------------------------------------------------------------- quickstart
+
+
+def test_quickstart_prints_decreasing_losses(capsys):
+  runpy.run_module("examples.quickstart", run_name="__main__")
+  (line,) = [x for x in capsys.readouterr().out.splitlines() if x.startswith("losses:")]
+  losses = [float(x) for x in line.split()[1:]]
+  assert len(losses) == 6 and all(map(math.isfinite, losses))
+  assert losses[-1] < losses[0]
+
+
+def _code_and_imports(source: str) -> tuple[list[str], set]:
+  """The statements other than imports, and the (module, name, alias) imported."""
+  body = ast.parse(source).body
+  imports = {
+      (getattr(node, "module", None), alias.name, alias.asname)
+      for node in body if isinstance(node, (ast.Import, ast.ImportFrom))
+      for alias in node.names
+  }
+  code = [ast.dump(node) for node in body
+          if not isinstance(node, (ast.Import, ast.ImportFrom))]
+  return code, imports
+
+
+def test_quickstart_is_the_readme_example():
+  """Same statements and imports; the script adds its docstring and a print."""
+  readme = (ROOT / "README.md").read_text()
+  (example,) = re.findall(r"^## Example\n.*?^```python\n(.*?)^```", readme, re.S | re.M)
+  script_code, script_imports = _code_and_imports(
+      (ROOT / "examples" / "quickstart.py").read_text())
+  readme_code, readme_imports = _code_and_imports(example)
+  assert script_imports == readme_imports
+  assert script_code[1:-1] == readme_code  # [0]: docstring, [-1]: the print
+
+
+# -------------------------------------------- what the benchmarks take from it
+
+
+def _updates(factory, params, grads, steps: int = 3):
+  """The updates of ``steps`` calls at fixed params (so only the lr differs)."""
+  tx = factory(100)
+  state, updates = tx.init(params), None
+  for _ in range(steps):
+    updates, state = tx.update(grads, state, params)
+  return updates
+
+
+def test_variant_scales_every_peak_learning_rate():
+  """Muon's entry has two schedules: Muon's for the kernel, AdamW's for the bias."""
+  params = {"kernel": jnp.full((4, 3), 0.5), "bias": jnp.full((3,), 0.1)}
+  grads = jax.tree.map(lambda p: jnp.cos(jnp.arange(p.size, dtype=p.dtype)).reshape(
+      p.shape), params)
+  base = _updates(char_lm.OPTIMIZERS["muon"], params, grads)
+  doubled = _updates(char_lm.variant("muon", 2.0), params, grads)
+  again = _updates(char_lm.OPTIMIZERS["muon"], params, grads)  # the factor is gone
+  for b, d, a in zip(jax.tree.leaves(base), jax.tree.leaves(doubled), jax.tree.leaves(again)):
+    assert np.abs(b).max() > 0
+    np.testing.assert_allclose(d, 2 * b, rtol=1e-6)
+    np.testing.assert_array_equal(a, b)
+
+
+def test_lr_grid_names_variants_the_main_job_accepts():
+  variants = char_lm_lr_grid.grid(["adamw", "shampoo:block_size=128"], [0.5, 2])
+  assert list(variants) == ["adamw@0.5x", "adamw@2x", "shampoo:block_size=128@0.5x",
+                            "shampoo:block_size=128@2x"]
+  registry = {**char_lm.OPTIMIZERS, **variants}
+  config = char_lm.parse_args(["--optimizers", "adamw,shampoo:block_size=128@2x"], registry)
+  assert config.optimizers == ("adamw", "shampoo:block_size=128@2x")
+  assert "adamw@2x" not in char_lm.OPTIMIZERS
+  with pytest.raises(SystemExit):
+    char_lm.parse_args(["--optimizers", "adamw@2x"])
+
+
+def test_harness_times_each_contender_once_a_round_in_shuffled_orders():
+  calls = []
+  contenders = {name: (lambda name=name: calls.append(name)) for name in "abcd"}
+  times = harness.time_round_robin(contenders, rounds=6, warmup=2)
+  assert calls[:8] == list("aabbccdd")
+  rounds = [calls[8 + 4 * i: 12 + 4 * i] for i in range(6)]
+  assert all(sorted(r) == list("abcd") for r in rounds)
+  assert len({tuple(r) for r in rounds}) > 1
+  assert {name: len(t) for name, t in times.items()} == dict.fromkeys("abcd", 6)
+
+
+def test_ratio_table_divides_min_by_min_and_median_by_median():
+  times = {"optax": [1e-3, 2e-3, 9e-3], "gradtx": [3e-3, 3e-3, 4e-3]}
+  table = harness.ratio_table(times, anchor="optax", columns={"note": {"gradtx": "x"}})
+  header, _, optax_row, gradtx_row = table.splitlines()
+  assert header.split(" | ")[3:5] == ["x optax (min)", "x optax (median)"]
+  assert gradtx_row == "| gradtx | 3.00 | 3.00 | 3.00x | 1.50x | x |"
+  assert optax_row == "| optax | 1.00 | 2.00 | 1.00x | 1.00x |  |"
+  pairs = harness.ratio_table(
+      {"lamb gradtx": [1.0], "lamb optax": [4.0]}, anchor={"lamb gradtx": "lamb optax"})
+  assert "| lamb gradtx | lamb optax | 1000.00 | 1000.00 | 0.25x | 0.25x |" in pairs
+

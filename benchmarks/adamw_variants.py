@@ -1,4 +1,4 @@
-"""Alternative formulations of AdamW, timed by ``step_time.py --impls all``.
+"""Alternative formulations of AdamW, timed by ``python -m benchmarks.step_time --impls all``.
 
 Each entry of ``VARIANTS`` is an ``optax.GradientTransformation`` equal in
 meaning to ``go.adamw(learning_rate, weight_decay=weight_decay)`` (torch's

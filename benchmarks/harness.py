@@ -1,0 +1,250 @@
+"""What every benchmark shares: the donated step, the timer, the machine banner, the tables.
+
+A *contender* is a callable that runs one step (or one window of steps) and
+blocks until it is done; ``time_round_robin`` times a dict of them
+interleaved in one process, so that load from elsewhere on the machine hits
+them all alike, and ``ratio_table`` prints min and median against an anchor.
+
+  # stepper: donated_step(tx) (jitted, params and state donated) as a contender
+  times = time_round_robin({"optax": stepper(optax.adamw(1e-3), params, grads),
+                            "gradtx": stepper(go.adamw(1e-3), params, grads)},
+                           rounds=30)
+  print(machine_banner()); print(ratio_table(times, anchor="optax"))
+"""
+
+import datetime
+import importlib.metadata
+import os
+import pathlib
+import platform
+import shlex
+import statistics
+import subprocess
+import sys
+import time
+from typing import Callable, Iterable, Iterator, Mapping, Optional, Sequence, Union
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+import optax
+
+ROOT = pathlib.Path(__file__).resolve().parents[1]
+VERSIONS = ("jax", "jaxlib", "optax", "flax", "torch")
+ENVIRONMENT = ("XLA_FLAGS", "OPENBLAS_NUM_THREADS", "OMP_NUM_THREADS")
+
+Step = Callable  # step(params, state, grads) -> (params, state)
+
+
+# ------------------------------------------------------------ the step
+
+
+def update_then_apply(tx: optax.GradientTransformation, **extra_args) -> Step:
+  """``step(params, state, grads)``: ``tx.update`` and ``optax.apply_updates``.
+
+  ``extra_args`` go to ``tx.update`` (SAM's ``grad_fn``).
+  """
+
+  def step(params, state, grads):
+    updates, state = tx.update(grads, state, params, **extra_args)
+    return optax.apply_updates(params, updates), state
+
+  return step
+
+
+def donated(step: Step):
+  """``jax.jit(step)`` with params and state donated: no copies of either.
+
+  ``.lower(params, state, grads).compile(options)`` it for compiler options,
+  the compiled HLO or a memory analysis.
+  """
+  return jax.jit(step, donate_argnums=(0, 1))
+
+
+def donated_step(tx: optax.GradientTransformation, **extra_args):
+  """The one timed step of an optimizer: update + apply, jitted, donated."""
+  return donated(update_then_apply(tx, **extra_args))
+
+
+class Stepper:
+  """A contender from a compiled step: each call runs ``steps`` steps, then blocks.
+
+  Carries (params, state) from call to call (they are donated), on the same
+  ``grads`` every step; ``params`` holds the latest parameters.
+  """
+
+  def __init__(self, step: Step, params, state, grads, *, steps: int = 1):
+    self.step, self.params, self.state, self.grads = step, params, state, grads
+    self.steps = steps
+
+  def __call__(self) -> None:
+    for _ in range(self.steps):
+      self.params, self.state = self.step(self.params, self.state, self.grads)
+    jax.block_until_ready((self.params, self.state))
+
+
+def stepper(
+    tx: optax.GradientTransformation, params, grads, *, steps: int = 1, **extra_args
+) -> Stepper:
+  """``tx``'s donated step as a contender, from a copy of ``params`` (kept intact)."""
+  params = jax.tree.map(jnp.copy, params)
+  return Stepper(donated_step(tx, **extra_args), params, tx.init(params), grads,
+                 steps=steps)
+
+
+# ----------------------------------------------------------- the timer
+
+
+def shuffled_rounds(
+    names: Sequence[str], rounds: int, *, seed: int = 0
+) -> Iterator[list[str]]:
+  """``rounds`` orders of ``names``, a fresh random permutation each round.
+
+  torch's OpenMP workers keep spinning for a while after a step and slow
+  down whatever runs next: a fixed order made whichever implementation
+  always followed torch 10-15% slower (RESULTS.md, step time).
+  """
+  rng = np.random.default_rng(seed)
+  for _ in range(rounds):
+    yield [names[i] for i in rng.permutation(len(names))]
+
+
+def time_round_robin(
+    contenders: Mapping[str, Callable[[], object]], *, rounds: int,
+    warmup: int = 3, seed: int = 0,
+) -> dict[str, list[float]]:
+  """Seconds of each call of each contender, one call of each per round.
+
+  First ``warmup`` untimed calls of each (compilation, first-step work),
+  then ``rounds`` rounds in a new random order every round.
+  """
+  for contender in contenders.values():
+    for _ in range(warmup):
+      contender()
+  times = {name: [] for name in contenders}
+  for order in shuffled_rounds(list(contenders), rounds, seed=seed):
+    for name in order:
+      start = time.perf_counter()
+      contenders[name]()
+      times[name].append(time.perf_counter() - start)
+  return times
+
+
+# ---------------------------------------------------------- the banner
+
+
+def _cpu_model() -> str:
+  try:
+    lscpu = subprocess.run(["lscpu"], capture_output=True, text=True).stdout
+  except OSError:
+    return platform.processor() or platform.machine()
+  fields = dict(line.split(":", 1) for line in lscpu.splitlines() if ":" in line)
+  fields = {k.strip(): v.strip() for k, v in fields.items()}
+  model = fields.get("Model name", platform.processor() or platform.machine())
+  if "CPU family" in fields:
+    model += f" (family {fields['CPU family']} model {fields.get('Model', '?')})"
+  return model
+
+
+def _version(package: str) -> str:
+  try:
+    return importlib.metadata.version(package)
+  except importlib.metadata.PackageNotFoundError:
+    return "absent"
+
+
+def _git_revision() -> str:
+  try:
+    run = lambda *args: subprocess.run(
+        ["git", *args], cwd=ROOT, capture_output=True, text=True, check=True).stdout
+    dirty = " with uncommitted changes" if run("status", "--porcelain").strip() else ""
+    return run("rev-parse", "--short", "HEAD").strip() + dirty
+  except (OSError, subprocess.CalledProcessError):
+    return "unknown"
+
+
+def _command() -> str:
+  spec = getattr(sys.modules.get("__main__"), "__spec__", None)
+  program = f"python -m {spec.name}" if spec else f"python {sys.argv[0]}"
+  return " ".join([program, *map(shlex.quote, sys.argv[1:])])
+
+
+def load_average() -> str:
+  """The 1, 5 and 15 minute load averages: above the core count, expect noise."""
+  return " / ".join(f"{x:.2f}" for x in os.getloadavg())
+
+
+def machine_banner(*, packages: Sequence[str] = ()) -> str:
+  """What produced a table: command, revision, CPU, RAM, versions, devices, load.
+
+  ``packages``: distributions whose versions to add to jax, jaxlib, optax,
+  flax and torch's.
+  """
+  ram = os.sysconf("SC_PAGE_SIZE") * os.sysconf("SC_PHYS_PAGES") / 2**30
+  versions = ", ".join(f"{p} {_version(p)}" for p in (*VERSIONS, *packages))
+  if "torch" in sys.modules:
+    versions += f" ({sys.modules['torch'].get_num_threads()} torch threads)"
+  device = jax.devices()[0]
+  environment = ", ".join(f"{k}={os.environ[k]!r}" for k in ENVIRONMENT if k in os.environ)
+  now = datetime.datetime.now(datetime.timezone.utc).strftime("%Y-%m-%d %H:%M UTC")
+  return "\n".join([
+      f"command: {_command()}",
+      f"when: {now}; gradtx at {_git_revision()}",
+      f"cpu: {_cpu_model()}, {os.cpu_count()} cores, {ram:.1f} GiB RAM;"
+      f" load average {load_average()} (1/5/15 min)",
+      f"versions: {versions}",
+      f"devices: {jax.device_count()} x {device.device_kind} ({device.platform});"
+      f" environment: {environment or 'no XLA/BLAS/OpenMP variables set'}",
+  ])
+
+
+def closing_line() -> str:
+  """Printed after the tables: the load while they were measured."""
+  return f"load average at the end: {load_average()} (1/5/15 min)"
+
+
+# ---------------------------------------------------------- the tables
+
+
+def markdown_table(
+    header: Sequence[str], rows: Iterable[Sequence[object]], *,
+    align: Optional[str] = None,
+) -> str:
+  """A markdown table; ``align``: "l" or "r" per column (first left, rest right)."""
+  align = align or "l" + "r" * (len(header) - 1)
+  rule = "|" + "|".join("---" if a == "l" else "--:" for a in align) + "|"
+  lines = ["| " + " | ".join(header) + " |", rule]
+  lines += ["| " + " | ".join(str(cell) for cell in row) + " |" for row in rows]
+  return "\n".join(lines)
+
+
+def ratio_table(
+    times: Mapping[str, Sequence[float]], *, anchor: Union[str, Mapping[str, str]],
+    label: str = "implementation",
+    columns: Optional[Mapping[str, Mapping[str, str]]] = None, unit: str = "ms",
+) -> str:
+  """Min and median of each contender's seconds, and the ratios to the anchor's.
+
+  A ratio is time / the anchor's time (below 1.00x is faster), min against
+  min and median against median. ``anchor``: one name, or name -> the name
+  it is compared with (a row not in it is its own anchor), which adds an
+  "anchor" column. ``columns``: extra columns, header -> {name: cell}.
+  """
+  scale = {"s": 1.0, "ms": 1e3, "us": 1e6}[unit]
+  per_row = not isinstance(anchor, str)
+  anchor_of = (lambda name: anchor.get(name, name)) if per_row else (lambda name: anchor)
+  columns = columns or {}
+  against = "anchor" if per_row else anchor
+  header = [label, *(["anchor"] if per_row else []), f"min {unit}", f"median {unit}",
+            f"x {against} (min)", f"x {against} (median)", *columns]
+  rows = []
+  for name, seconds in times.items():
+    base = times[anchor_of(name)]
+    fast, typical = min(seconds), statistics.median(seconds)
+    rows.append([
+        name, *([anchor_of(name)] if per_row else []),
+        f"{fast * scale:.2f}", f"{typical * scale:.2f}",
+        f"{fast / min(base):.2f}x", f"{typical / statistics.median(base):.2f}x",
+        *(cells.get(name, "") for cells in columns.values()),
+    ])
+  return markdown_table(header, rows)
