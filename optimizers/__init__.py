@@ -26,6 +26,8 @@ from gradtx.optimizers.lookahead import LookaheadState
 from gradtx.optimizers.lookahead import lookahead
 from gradtx.optimizers.sam import SamState
 from gradtx.optimizers.sam import sam
+from gradtx.optimizers.scaling_rules import learning_rate_for_batch_size
+from gradtx.optimizers.scaling_rules import weight_decay_schedule
 
 
 __all__ = [
@@ -52,4 +54,6 @@ __all__ = [
     "sam",
     "adamw_8bit",
     "relative_step_size",
+    "learning_rate_for_batch_size",
+    "weight_decay_schedule",
 ]
