@@ -12,6 +12,7 @@ from gradtx.optimizers.lookahead import LookaheadState, lookahead
 from gradtx.optimizers.muon import is_hidden_matrix, muon
 from gradtx.optimizers.rmsprop import rmsprop
 from gradtx.optimizers.sam import SamState, sam
+from gradtx.optimizers.scaling_rules import learning_rate_for_batch_size, weight_decay_schedule
 from gradtx.optimizers.sgd import sgd
 from gradtx.optimizers.shampoo import shampoo
 from gradtx.optimizers.sign import lion, signsgd, tiger
@@ -42,4 +43,6 @@ __all__ = [
     "signsgd",
     "soap",
     "tiger",
+    "learning_rate_for_batch_size",
+    "weight_decay_schedule",
 ]

@@ -128,10 +128,13 @@ NO_NU_DTYPE = {
 }
 
 
+# Factories (annotated to return a transformation); the helpers next to them
+# (is_hidden_matrix, relative_step_size, the scaling rules) are not optimizers.
 OPTIMIZERS = [
     getattr(go, n) for n in go.__all__
     if inspect.isfunction(getattr(go, n))
-    and n not in ("is_hidden_matrix", "relative_step_size")
+    and inspect.signature(getattr(go, n)).return_annotation
+    in (optax.GradientTransformation, optax.GradientTransformationExtraArgs)
 ]
 TRANSFORMS = [
     getattr(gt, n) for n in gt.__all__
