@@ -13,6 +13,7 @@ Usage (or ``python -m examples.char_lm ...`` from the repository root)::
   python examples/char_lm.py                          # adamw,muon,adam,lion,sgd
   python examples/char_lm.py --optimizers adamw,optax:adamw,tiger --steps 800
   python examples/char_lm.py --list                   # the registered names
+  python examples/char_lm.py --devices 8 --optimizers adamw,muon,shampoo,soap
 
 The defaults (d_model 96, 2 layers, context 64, batch 16, 400 steps, four
 optimizers) take about two minutes on two CPU cores. The printed table has,
@@ -24,6 +25,14 @@ the median wall-clock ms/step after the first step (so without compilation;
 noisy on a shared machine); and the bytes of optimizer state. Written to
 ``--out`` (default ``examples/out/``): ``char_lm.png`` (loss curves),
 ``char_lm.md`` (the table) and ``char_lm.json`` (config and raw curves).
+
+``--devices N`` trains on a mesh of N devices (N fake CPU devices when there
+are fewer: the script restarts itself with ``XLA_FLAGS`` set): the batch split
+over them (data parallel), the parameters FSDP (each split along its first
+axis N divides), the optimizer state laid out as ``gt.state_shardings`` gives
+it. It adds a second table: per optimizer, the compiled train step's
+per-device FLOPs over the same step's on one device, the per-device share of
+the optimizer state, and the collective bytes each device sends per step.
 
 To add an optimizer, add an entry to ``OPTIMIZERS``: a name and a function of
 the number of training steps returning an ``optax.GradientTransformation``.
@@ -37,11 +46,16 @@ registry.
 """
 
 import argparse
+import contextlib
 import contextvars
 import dataclasses
 import functools
 import json
+import math
+import os
 import pathlib
+import re
+import sys
 import sysconfig
 import time
 from typing import Callable, Mapping, Optional, Sequence
@@ -52,6 +66,8 @@ import numpy as np
 import optax
 import tqdm
 from flax import nnx
+from jax.sharding import AxisType, Mesh, NamedSharding
+from jax.sharding import PartitionSpec as P
 
 from gradtx import optimizers as go
 
@@ -187,6 +203,7 @@ class Config:
   eval_batches: int
   seed: int
   out: pathlib.Path
+  devices: int = 1
 
 
 # ---------------------------------------------------------------- corpus
@@ -350,35 +367,139 @@ def create_optimizer(
   return nnx.jit(lambda m: nnx.Optimizer(m, tx, wrt=nnx.Param))(model)
 
 
-def train_one(name, config, initial, train_batches, val_batches,
-              optimizers: Registry = OPTIMIZERS):
-  """Trains the initial model with one optimizer; returns curves and timings."""
+# ------------------------------------------------------------------ mesh
+
+COLLECTIVES = ("all-gather", "all-reduce", "all-to-all", "reduce-scatter",
+               "collective-permute")
+_BYTES = {"f64": 8, "f32": 4, "bf16": 2, "f16": 2, "s64": 8, "s32": 4, "u32": 4,
+          "s8": 1, "u8": 1, "pred": 1, "c64": 8, "c128": 16}
+
+
+def collective_bytes(hlo_text: str) -> int:
+  """Bytes produced by the collectives of a compiled (per-device) HLO module."""
+  total = 0
+  ops = "|".join(COLLECTIVES)
+  for line in hlo_text.splitlines():
+    match = re.match(rf"\s*%?\S+ = (.*?) (?:{ops})(?:-start)?\(", line)
+    if not match:
+      continue
+    for dtype, dims in re.findall(r"(\w+)\[([\d,]*)\]", match.group(1)):
+      if dtype in _BYTES:
+        total += math.prod(int(d) for d in dims.split(",") if d) * _BYTES[dtype]
+  return total
+
+
+def fsdp_spec(shape: tuple, devices: int) -> P:
+  """Split the first axis the mesh size divides (FSDP); else replicate."""
+  for axis, size in enumerate(shape):
+    if size % devices == 0 and size >= devices:
+      return P(*([None] * axis), "d")
+  return P()
+
+
+def place(tree, mesh: Optional[Mesh], spec_of: Callable):
+  """``tree`` on ``mesh``, each leaf by ``spec_of(leaf)``; as is without a mesh."""
+  if mesh is None:
+    return tree
+  return jax.tree.map(lambda x: jax.device_put(x, NamedSharding(mesh, spec_of(x))), tree)
+
+
+def sharded_model_and_optimizer(initial, name, steps, optimizers, mesh: Mesh):
+  """FSDP parameters and the optimizer state laid out by ``init`` on an
+  Explicit copy of ``mesh`` (as ``gt.state_shardings`` gives it: on Auto axes
+  ``jax.jit(tx.init)`` would replicate the state), then retyped for ``mesh``."""
+  graphdef, host_state = initial
+  explicit = Mesh(mesh.devices, mesh.axis_names,
+                  axis_types=(AxisType.Explicit,) * len(mesh.axis_names))
+  with jax.set_mesh(explicit):
+    model = nnx.merge(graphdef, place(host_state, explicit,
+                                      lambda x: fsdp_spec(x.shape, mesh.size)))
+    optimizer = create_optimizer(model, name, steps, optimizers)
+  graphdef, state = nnx.split((model, optimizer))
+  state = jax.tree.map(
+      lambda x: jax.device_put(x, NamedSharding(mesh, x.sharding.spec))
+      if isinstance(x, jax.Array) else x, state)
+  return nnx.merge(graphdef, state)
+
+
+def per_device_cost(graphdef, state, batch, single_device_flops: float) -> dict:
+  """The compiled train step's per-device FLOPs (over the 1-device step's),
+  the state's per-device bytes (over its total) and its collective bytes."""
+  compiled = train_step.lower(graphdef, state, *batch).compile()
+  leaves = [x for x in jax.tree.leaves(state[1]) if isinstance(x, jax.Array)]
+  local = sum(leaf.addressable_shards[0].data.nbytes for leaf in leaves)
+  return {"flops_ratio": compiled.cost_analysis()["flops"] / single_device_flops,
+          "state_ratio": local / max(1, sum(leaf.nbytes for leaf in leaves)),
+          "collective_mb": collective_bytes(compiled.as_text()) / 2**20}
+
+
+def single_device_flops(initial, name, steps, optimizers, batch) -> float:
+  """The FLOPs of the same train step, with its own state, on one device (a
+  mesh's state stacks are padded for its size and do not fit another)."""
   graphdef, host_state = initial
   model = nnx.merge(graphdef, jax.device_put(host_state))
-  optimizer = create_optimizer(model, name, config.steps, optimizers)
-  opt_bytes = state_bytes(optimizer)
-  graphdef, state = nnx.split((model, optimizer))
-  train_losses, val_steps, val_losses, step_seconds = [], [], [], []
-  bar = tqdm.trange(config.steps, desc=f"{name:>12}", leave=True)
-  for step in bar:
-    start = time.perf_counter()
-    batch = (b[step] for b in train_batches)
-    state, loss = train_step(graphdef, state, *batch)
-    train_losses.append(float(loss))
-    step_seconds.append(time.perf_counter() - start)
-    if (step + 1) % config.eval_every == 0 or step + 1 == config.steps:
-      val_steps.append(step + 1)
-      model, _ = nnx.merge(graphdef, state)
-      val_losses.append(mean_loss(model, *val_batches))
-      bar.set_postfix(
-          train=f"{train_losses[-1]:.3f}", val=f"{val_losses[-1]:.3f}")
+  graphdef, state = nnx.split((model, create_optimizer(model, name, steps, optimizers)))
+  batch = jax.device_put(batch, jax.devices()[0])
+  return train_step.lower(graphdef, state, *batch).compile().cost_analysis()["flops"]
+
+
+def train_one(name, config, initial, train_batches, val_batches,
+              optimizers: Registry = OPTIMIZERS, mesh: Optional[Mesh] = None):
+  """Trains the initial model with one optimizer; returns curves and timings.
+
+  With a ``mesh``: parameters FSDP (``fsdp_spec``), the optimizer state as
+  ``gt.state_shardings`` lays it out, every batch split over the devices
+  (data parallel), and the per-device cost of the step is measured.
+  """
+  graphdef, host_state = initial
+  if mesh is None:
+    model = nnx.merge(graphdef, jax.device_put(host_state))
+    optimizer = create_optimizer(model, name, config.steps, optimizers)
+  else:
+    model, optimizer = sharded_model_and_optimizer(
+        initial, name, config.steps, optimizers, mesh)
+    reference_flops = single_device_flops(initial, name, config.steps, optimizers,
+                                          tuple(b[0] for b in train_batches))
+  with jax.set_mesh(mesh) if mesh is not None else contextlib.nullcontext():
+    opt_bytes = state_bytes(optimizer)
+    graphdef, state = nnx.split((model, optimizer))
+    cost = {}
+    if mesh is not None:
+      batch0 = place(tuple(b[0] for b in train_batches), mesh, lambda x: P("d"))
+      cost = per_device_cost(graphdef, state, batch0, reference_flops)
+    train_losses, val_steps, val_losses, step_seconds = [], [], [], []
+    bar = tqdm.trange(config.steps, desc=f"{name:>12}", leave=True)
+    for step in bar:
+      start = time.perf_counter()
+      batch = place(tuple(b[step] for b in train_batches), mesh, lambda x: P("d"))
+      state, loss = train_step(graphdef, state, *batch)
+      train_losses.append(float(loss))
+      step_seconds.append(time.perf_counter() - start)
+      if (step + 1) % config.eval_every == 0 or step + 1 == config.steps:
+        val_steps.append(step + 1)
+        model, _ = nnx.merge(graphdef, state)
+        val_losses.append(mean_loss(model, *val_batches))
+        bar.set_postfix(
+            train=f"{train_losses[-1]:.3f}", val=f"{val_losses[-1]:.3f}")
   return {
       "train_loss": train_losses,
       "val_step": val_steps,
       "val_loss": val_losses,
       "ms_per_step": 1e3 * float(np.median(step_seconds[1:] or step_seconds)),
       "state_bytes": opt_bytes,
+      **cost,
   }
+
+
+def cost_table(results: dict, devices: int) -> str:
+  """The per-device cost of each optimizer's train step on the mesh."""
+  lines = [f"| optimizer ({devices} devices) | per-device FLOPs / 1-device step"
+           " | per-device state / all state | collective MB per device per step |",
+           "|---|---:|---:|---:|"]
+  for name, r in results.items():
+    lines.append(f"| {name} | {r['flops_ratio']:.3f} | {r['state_ratio']:.3f}"
+                 f" | {r['collective_mb']:.2f} |")
+  return "\n".join(lines)
 
 
 # ------------------------------------------------------------- reporting
@@ -468,6 +589,10 @@ def parse_args(
   parser.add_argument("--eval-every", type=int, default=50)
   parser.add_argument("--eval-batches", type=int, default=8)
   parser.add_argument("--seed", type=int, default=0)
+  parser.add_argument("--devices", type=int, default=1,
+                      help="train data-parallel (batch split) with FSDP parameters on a"
+                      " mesh of N devices (fake CPU devices when there are fewer);"
+                      " prints each optimizer's per-device cost")
   parser.add_argument("--out", type=pathlib.Path,
                       default=pathlib.Path(__file__).parent / "out")
   args = parser.parse_args(argv)
@@ -484,6 +609,30 @@ def parse_args(
   return Config(**{**values, "optimizers": names})
 
 
+def make_mesh(config: Config) -> Optional[Mesh]:
+  """A 1-D mesh ``("d",)`` of ``config.devices`` devices, or ``None`` for one.
+
+  Run as a script with fewer devices than asked, the process restarts itself
+  with that many fake CPU devices (XLA reads the flag once, at start-up).
+  """
+  if config.devices == 1:
+    return None
+  if config.batch_size % config.devices:
+    raise ValueError(f"--batch-size {config.batch_size} must be a multiple of"
+                     f" --devices {config.devices} (the batch is split over them)")
+  if len(jax.devices()) < config.devices:
+    flag = f"--xla_force_host_platform_device_count={config.devices}"
+    if __name__ == "__main__" and flag not in os.environ.get("XLA_FLAGS", ""):
+      env = dict(os.environ, XLA_FLAGS=f"{os.environ.get('XLA_FLAGS', '')} {flag}",
+                 JAX_PLATFORMS="cpu")
+      os.execve(sys.executable, [sys.executable, *sys.argv], env)
+    raise ValueError(f"--devices {config.devices}: only {len(jax.devices())} devices;"
+                     f" set XLA_FLAGS={flag} before jax is imported")
+  # Auto axes: XLA lays out the model's own computation (FSDP gathers, data
+  # parallel reductions); the optimizer's matrix work goes to its owners.
+  return jax.make_mesh((config.devices,), ("d",), axis_types=(AxisType.Auto,))
+
+
 def main(
     argv: Optional[Sequence[str]] = None, optimizers: Registry = OPTIMIZERS
 ) -> dict:
@@ -492,6 +641,7 @@ def main(
   ``optimizers``: the registry the names of ``--optimizers`` come from.
   """
   config = parse_args(argv, optimizers)
+  mesh = make_mesh(config)
   train_tokens, val_tokens = load_corpus(config.corpus_mb)
   entropy = unigram_entropy(train_tokens)
   print(f"corpus: {len(train_tokens):,} train / {len(val_tokens):,} val chars,"
@@ -503,13 +653,15 @@ def main(
       config.seed + 1)
   initial = initial_model(config)
   results = {
-      name: train_one(name, config, initial, train_batches, val_batches, optimizers)
+      name: train_one(name, config, initial, train_batches, val_batches, optimizers, mesh)
       for name in config.optimizers
   }
   reference = "adamw" if "adamw" in results else config.optimizers[0]
   table = results_table(results, reference)
   note = "" if reference == "adamw" else (
       f"(adamw not in the run: {reference} is the reference)\n")
+  if mesh is not None:
+    table += "\n\n" + cost_table(results, mesh.size)
   print(f"\n{note}{table}")
   config.out.mkdir(parents=True, exist_ok=True)
   (config.out / "char_lm.md").write_text(note + table + "\n")

@@ -153,3 +153,29 @@ def test_ratio_table_divides_min_by_min_and_median_by_median():
       {"lamb gradtx": [1.0], "lamb optax": [4.0]}, anchor={"lamb gradtx": "lamb optax"})
   assert "| lamb gradtx | lamb optax | 1000.00 | 1000.00 | 0.25x | 0.25x |" in pairs
 
+
+
+def test_char_lm_on_a_mesh_splits_the_work_and_matches_one_device(tmp_path):
+  """``--devices 4``: FSDP parameters, split batches, state laid out by
+  gt.state_shardings; the same losses as one device, a quarter of the state
+  per device, and the per-device cost table in the written table."""
+  args = ["--optimizers", "adamw,muon", "--steps", "4", "--batch-size", "8",
+          "--context", "16", "--d-model", "32", "--num-layers", "1",
+          "--num-heads", "2", "--corpus-mb", "0.1", "--eval-every", "4",
+          "--eval-batches", "1"]
+  one = char_lm.main([*args, "--out", str(tmp_path / "one")])
+  four = char_lm.main([*args, "--devices", "4", "--out", str(tmp_path / "four")])
+  for name in ("adamw", "muon"):
+    np.testing.assert_allclose(four[name]["train_loss"], one[name]["train_loss"],
+                               rtol=1e-4)
+    assert four[name]["state_ratio"] == pytest.approx(0.25, abs=0.01)
+    # A tiny model: replicated small leaves and padding keep this above 1/4.
+    assert four[name]["flops_ratio"] < 0.7, four[name]["flops_ratio"]
+  table = (tmp_path / "four" / "char_lm.md").read_text()
+  assert "| optimizer (4 devices) |" in table and "| muon |" in table
+
+
+def test_char_lm_refuses_a_batch_the_mesh_does_not_divide():
+  config = char_lm.parse_args(["--devices", "3", "--batch-size", "8"])
+  with pytest.raises(ValueError, match="--batch-size 8 must be a multiple of --devices 3"):
+    char_lm.make_mesh(config)
