@@ -2,8 +2,8 @@
 
 The recipe (README, "Checkpointing"): ``ocp.CheckpointManager.save(step,
 args=ocp.args.StandardSave({"params": params, "opt": state}))``, and restore
-into an abstract target, ``jax.eval_shape`` of the same tree (with the
-arrays' shardings, so a sharded state comes back sharded), through
+into an abstract target, ``ocp.utils.to_shape_dtype_struct`` of every leaf
+(with the arrays' shardings, so a sharded state comes back sharded), through
 ``ocp.args.StandardRestore``. ``flax.nnx.Optimizer`` state goes through
 ``nnx.state`` / ``nnx.update``.
 """
