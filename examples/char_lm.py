@@ -161,6 +161,16 @@ OPTIMIZERS: dict[str, Callable[[int], optax.GradientTransformation]] = {
         warmup_cosine(6e-3, n), b2=0.99, weight_decay=0.1, mask=matrices),
     "optax:lion": lambda n: optax.lion(
         warmup_cosine(1e-3, n), weight_decay=0.3, mask=matrices),
+    # Issue 14. K-FAC and QK-clip read the pass's records (train_step).
+    # K-FAC: best of lr = damping in {1e-4 .. 3e-6}, inverses every step by
+    # the Newton iteration (eigh: ~2.4 s/step here).
+    "kfac": lambda n, **kw: go.kfac(warmup_cosine(3e-6, n), **{
+        "damping": 3e-6, "precondition_every": 1, "root_method": "newton",
+        "weight_decay": 0.1, "mask": matrices, **kw}),
+    "muon:qk_clip": lambda n: go.qk_clip(OPTIMIZERS["muon"](n), threshold=100.0),
+    "dion": lambda n, **kw: go.dion(warmup_cosine(0.02, n), **{
+        "rank": 0.25, "adam_learning_rate": warmup_cosine(6e-3, n),
+        "adam_b2": 0.99, "adam_weight_decay": 0.0, **kw}),
 }
 
 
@@ -274,6 +284,8 @@ class Block(nnx.Module):
     batch, length, d_model = x.shape
     heads = self.qkv(x).reshape(batch, length, 3, self.num_heads, -1)
     q, k, v = heads[:, :, 0], heads[:, :, 1], heads[:, :, 2]
+    # Per-head max logits for QK-clip, in a recorded pass only (else a no-op).
+    go.observe_attention(self, q, k, is_causal=True)
     out = jax.nn.dot_product_attention(q, k, v, is_causal=True)
     return self.proj(out.reshape(batch, length, d_model))
 
@@ -320,12 +332,15 @@ def train_step(graphdef, state, inputs, targets):
   CPU per call against nnx.jit's 6-7 ms, some 10% of a default-sized step.
   """
   model, optimizer = nnx.merge(graphdef, state)
-  loss, grads = nnx.value_and_grad(cross_entropy)(model, inputs, targets)
+  # The gradient, and records of the pass (dense layers' inputs and output
+  # gradients, attention max logits) for K-FAC and QK-clip; unused, XLA drops them.
+  loss, grads, records = go.value_grad_and_records(cross_entropy)(
+      model, inputs, targets)
   model_def, _, rest = nnx.split(model, nnx.Param, ...)
   # SAM's second gradient, at perturbed params; the other optimizers ignore it.
   grad_fn = jax.grad(
       lambda params: cross_entropy(nnx.merge(model_def, params, rest), inputs, targets))
-  optimizer.update(model, grads, grad_fn=grad_fn)
+  optimizer.update(model, grads, grad_fn=grad_fn, records=records)
   return nnx.state((model, optimizer)), loss
 
 

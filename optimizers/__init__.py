@@ -8,8 +8,12 @@ from gradtx.optimizers.adafactor import adafactor, relative_step_size
 from gradtx.optimizers.adagrad import adagrad
 from gradtx.optimizers.adam import adam, adamw, adamw_8bit
 from gradtx.optimizers.adam_mini import adam_mini
+from gradtx.optimizers.dion import dion
+from gradtx.optimizers.kfac import kfac
 from gradtx.optimizers.lookahead import LookaheadState, lookahead
 from gradtx.optimizers.muon import is_hidden_matrix, muon
+from gradtx.optimizers.nnx_records import max_logits, observe_attention, value_grad_and_records
+from gradtx.optimizers.qk_clip import HeadScaling, QkClipState, default_qk_rule, qk_clip
 from gradtx.optimizers.rmsprop import rmsprop
 from gradtx.optimizers.sam import SamState, sam
 from gradtx.optimizers.scaling_rules import learning_rate_for_batch_size, weight_decay_schedule
@@ -45,4 +49,13 @@ __all__ = [
     "tiger",
     "learning_rate_for_batch_size",
     "weight_decay_schedule",
+    "dion",
+    "kfac",
+    "qk_clip",
+    "HeadScaling",
+    "QkClipState",
+    "default_qk_rule",
+    "max_logits",
+    "observe_attention",
+    "value_grad_and_records",
 ]

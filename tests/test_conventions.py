@@ -95,6 +95,15 @@ NAMES = {
     "flip_sign": "negate the step (descent)",
     "min_ndim": "leaves with fewer dimensions pass through",
     "warmup_init": "Adafactor's warm-up variant of the relative step",
+    "norm_constraint": "K-FAC's bound c on ⟨u, g⟩ (kfac-jax's norm_constraint)",
+    "is_dense": "K-FAC's rule of which leaves are dense kernels",
+    "rank": "k of a low-rank update (an int, or a fraction of min(m, n))",
+    "power_iters": "power iterations per step (Dion)",
+    "orthonormalize": "how a low-rank basis is orthonormalized (QR / Cholesky-QR)",
+    "error_feedback": "feed what a low-rank update left out into the next step",
+    "seed": "seed of randomly initialised state (Dion's bases)",
+    "threshold": "QK-clip's cap τ on the max attention logit",
+    "rule": "QK-clip's rule of which leaves are queries/keys and their heads",
 }
 
 # Transforms: the parameters they may take positionally, and why.
@@ -116,10 +125,17 @@ POSITIONAL = {
     "clip_singular_values": ("min_value", "max_value"),  # API.md
     "graft": ("magnitude", "direction"),
     "on_matrix_views": ("inner", "matrix_view"),
+    "orthogonalize_low_rank": ("rank",),  # its one defining argument
 }
 
 # Optimizers that keep a moment but fix its format, and why.
-NO_MU_DTYPE = {"adamw_8bit": "both moments are int8 blocks by definition"}
+NO_MU_DTYPE = {
+    "adamw_8bit": "both moments are int8 blocks by definition",
+    # Dion's momentum lives in its error-feedback buffer M = B − (1−μ)PRᵀ,
+    # which holds the un-applied remainder of every update and is kept in
+    # the parameter's dtype; its AdamW leaves use adamw's defaults.
+    "dion": "the momentum is the error-feedback buffer, kept in the parameter's dtype",
+}
 NO_NU_DTYPE = {
     "adamw_8bit": "both moments are int8 blocks by definition",
     "adam_mini": "one float32 value per block, 0.1% of the parameters",
@@ -140,7 +156,7 @@ TRANSFORMS = [
     getattr(gt, n) for n in gt.__all__
     if inspect.isfunction(getattr(gt, n))
     and inspect.signature(getattr(gt, n)).return_annotation
-    is optax.GradientTransformation
+    in (optax.GradientTransformation, optax.GradientTransformationExtraArgs)
 ]
 ids = lambda f: f.__name__
 
@@ -152,7 +168,7 @@ def test_the_lists_are_not_empty():
 @pytest.mark.parametrize("factory", OPTIMIZERS, ids=ids)
 def test_optimizers_take_only_the_learning_rate_or_base_positionally(factory):
   parameters = list(inspect.signature(factory).parameters.values())
-  first = "base" if factory in (go.sam, go.lookahead) else "learning_rate"
+  first = "base" if factory in (go.sam, go.lookahead, go.qk_clip) else "learning_rate"
   assert parameters[0].name == first
   assert parameters[0].kind is inspect.Parameter.POSITIONAL_OR_KEYWORD
   positional = [p.name for p in parameters[1:] if p.kind is not p.KEYWORD_ONLY]

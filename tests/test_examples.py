@@ -13,7 +13,7 @@ import jax.numpy as jnp
 import numpy as np
 import pytest
 
-from benchmarks import char_lm_lr_grid, harness
+from benchmarks import char_lm_lr_grid, harness, kfac_vs_shampoo
 from examples import char_lm
 
 ROOT = pathlib.Path(__file__).resolve().parents[1]
@@ -179,3 +179,30 @@ def test_char_lm_refuses_a_batch_the_mesh_does_not_divide():
   config = char_lm.parse_args(["--devices", "3", "--batch-size", "8"])
   with pytest.raises(ValueError, match="--batch-size 8 must be a multiple of --devices 3"):
     char_lm.make_mesh(config)
+
+
+def test_char_lm_runs_the_issue_14_entries_with_records(tmp_path):
+  """kfac and muon:qk_clip read the train step's records (K-FAC's dense
+  inputs and output gradients, QK-clip's per-head max logits); dion does not."""
+  names = ["kfac", "muon:qk_clip", "dion"]
+  results = char_lm.main([
+      "--optimizers", ",".join(names), "--steps", "6", "--batch-size", "8",
+      "--context", "16", "--d-model", "32", "--num-layers", "1",
+      "--num-heads", "2", "--corpus-mb", "0.1", "--eval-every", "6",
+      "--eval-batches", "1", "--out", str(tmp_path)])
+  for name in names:
+    train = results[name]["train_loss"]
+    assert len(train) == 6 and all(math.isfinite(x) for x in train), name
+    assert sum(train[-2:]) / 2 < train[0], (name, train)
+
+
+def test_kfac_vs_shampoo_comparison_numbers():
+  """benchmarks/kfac_vs_shampoo.py (the K-FAC vs Shampoo section of notebook 04)."""
+  r = kfac_vs_shampoo.compare(steps=12, batch=32)
+  # gradtx's Shampoo update is exactly (L^{1/4} ⊗ R^{1/4})⁻¹ ḡ of the numpy factors,
+  assert r["shampoo_cosine_to_its_kronecker_form"] > 1 - 1e-9
+  # K-FAC's is that of A ⊗ G up to its factored (π) split of the damping.
+  assert 0.8 < r["kfac_cosine_to_its_kronecker_form"] < 1 - 1e-6
+  # A ⊗ G is a (rough) approximation of the Fisher, a worse one of Σ ḡḡᵀ.
+  assert 0 < r["kfac_error_vs_fisher"] < r["kfac_error_vs_gradient_sum"] < 1
+  assert 0 < r["shampoo_error_vs_gradient_sum"] < 1

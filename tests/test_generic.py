@@ -67,6 +67,15 @@ OPTAX_SETTINGS = {
     go.muon: dict(learning_rate=1e-2, weight_decay=1e-4),
     go.shampoo: dict(learning_rate=1e-1, weight_decay=1e-4),
     go.soap: dict(learning_rate=1e-1, weight_decay=1e-4),
+    # K-FAC's diagonal rule (the cases' is_dense matches nothing) is
+    # g/(v̂ + λ): ≈ 1/g far from the minimum, where v̂ ≈ g², so λ = 10 keeps
+    # it SGD-like (1e-3 g near the minimum, with its momentum). Dion's rank-1
+    # step (the case's rank) has a fixed spectral size, as Muon's, and its
+    # error feedback circles the minimum at a constant rate: cosine-decayed
+    # from Muon's 1e-2, as Tiger's.
+    go.kfac: dict(learning_rate=1e-2, damping=10.0),
+    go.dion: dict(learning_rate=optax.cosine_decay_schedule(1e-2, 10_000),
+                  weight_decay=1e-4),
 }
 # Cases that are an optax optimizer (same rule, same defaults): the final
 # parameters must equal optax's. Where optax's own run misses a target (plain
@@ -84,7 +93,9 @@ ANCHORS = {
     "lion": lambda: optax.lion(1e-2, weight_decay=1e-4),
 }
 # Optimizers that refuse complex parameters at init (documented in README).
-REAL_ONLY = (go.signsgd, go.lion, go.tiger, go.adamw_8bit)
+# K-FAC and Dion: their factors, power iterations and QR are real (init
+# names the complex leaf).
+REAL_ONLY = (go.signsgd, go.lion, go.tiger, go.adamw_8bit, go.kfac, go.dion)
 STEPS = 10_000
 TOLERANCE = 3e-2  # optax's
 
@@ -281,7 +292,8 @@ def test_mu_dtype_is_honoured(case, dtype):
 # adafactor fails there too, under jit, with a TracerBoolConversionError).
 SHAPE_ARGS = {go.shampoo: ("block_size", "max_precondition_dim"),
               go.soap: ("max_precondition_dim",),
-              go.adafactor: ("min_dim_size_to_factor",), go.adamw_8bit: ("block_size",)}
+              go.adafactor: ("min_dim_size_to_factor",), go.adamw_8bit: ("block_size",),
+              go.dion: ("rank",)}
 
 
 def _numeric_kwargs(case):

@@ -114,6 +114,17 @@ RANGES = {
         learning_rate=NON_NEGATIVE, b1=DECAY, b2=DECAY, eps=NON_NEGATIVE,
         eps_root=NON_NEGATIVE, weight_decay=NON_NEGATIVE,
     ),
+    go.kfac: dict(
+        learning_rate=NON_NEGATIVE, damping=POSITIVE, precondition_b2=DECAY,
+        precondition_every=COUNT, norm_constraint=POSITIVE, momentum=DECAY,
+        weight_decay=NON_NEGATIVE,
+    ),
+    go.dion: dict(
+        learning_rate=NON_NEGATIVE, rank=COUNT, momentum=DECAY,
+        power_iters=COUNT, weight_decay=NON_NEGATIVE, eps=NON_NEGATIVE,
+        seed=INDEX, adam_learning_rate=NON_NEGATIVE, adam_b1=DECAY,
+        adam_b2=DECAY, adam_eps=NON_NEGATIVE, adam_weight_decay=NON_NEGATIVE,
+    ),
 }
 
 
@@ -122,6 +133,9 @@ CHOICES = {
     go.shampoo: dict(grafting=("adagrad", "grafting must be one of"),
                      root_method=("svd", "root_method must be one of")),
     go.soap: dict(refresh=("power", "refresh must be one of")),
+    go.kfac: dict(root_method=("svd", "root_method must be one of")),
+    go.dion: dict(orthonormalize=("svd", "orthonormalize must be one of"),
+                  scale=("big", "scale must be one of")),
     go.muon: dict(coefficients=("nope", "coefficients must be one of"),
                   scale=("big", "scale must be one of"),
                   method=("fast", "method must be 'standard' or 'gram'")),

@@ -12,8 +12,14 @@ from gradtx.transforms.adam_mini import (
 )
 from gradtx.transforms.factored import ScaleByFactoredRmsState, factored_axes, scale_by_factored_rms
 from gradtx.transforms.graft import GraftState, graft
+from gradtx.transforms.kfac import KfacPreconditionState, is_dense_kernel, kfac_precondition
 from gradtx.transforms.kronecker import KroneckerPreconditionState, kronecker_precondition
 from gradtx.transforms.learning_rate import ScaleByLearningRateState, scale_by_learning_rate
+from gradtx.transforms.low_rank import (
+    OrthogonalizeLowRankState,
+    low_rank_orthogonalize,
+    orthogonalize_low_rank,
+)
 from gradtx.transforms.matrix_roots import inverse_pth_root
 from gradtx.transforms.matrix_view import (
     MatrixView,
@@ -23,6 +29,7 @@ from gradtx.transforms.matrix_view import (
     on_matrix_views,
     stacked_matrix_view,
 )
+from gradtx.transforms.model_records import DenseRecord, Records
 from gradtx.transforms.momentum import EmaState, MomentumState, ema, momentum
 from gradtx.transforms.orthogonalize import (
     Coefficients,
@@ -119,4 +126,12 @@ __all__ = [
     "stacked_matrix_view",
     "state_shardings",
     "stochastic_round",
+    "DenseRecord",
+    "Records",
+    "KfacPreconditionState",
+    "is_dense_kernel",
+    "kfac_precondition",
+    "OrthogonalizeLowRankState",
+    "low_rank_orthogonalize",
+    "orthogonalize_low_rank",
 ]

@@ -1,7 +1,7 @@
 """Independent references for the gradtx tests, split by kind.
 
 Tests import the module they need: ``from tests.oracles import problems,
-runners, torch_runners, transcriptions``.
+runners, torch_runners, transcriptions`` (``kfac_runners`` needs kfac-jax).
 
 * ``problems``: the objectives the trajectories run on (``LogisticProblem``,
   ``LeastSquaresProblem``, ``MlpProblem``, ``quadratic_grads``), and the
@@ -18,5 +18,8 @@ runners, torch_runners, transcriptions``.
 * ``transcriptions``: NumPy transcriptions of papers and reference code:
   Lion, Tiger, signSGD/Signum, AdaBelief, LARS, LAMB, Newton–Schulz and Muon,
   ``inverse_root``, Shampoo's Algorithm 1, SOAP's ``step``, bitsandbytes'
-  dynamic map and a brute-force block quantizer (``nearest_codes``).
+  dynamic map and a brute-force block quantizer (``nearest_codes``), Dion's
+  update step (``dion_step``), Kimi K2's QK-Clip (``max_logits``, ``qk_clip``).
+* ``kfac_runners``: kfac-jax's ``OptaxPreconditioner`` + SGD on a small tanh
+  MLP, in float64 (``run_kfac_jax``, ``problem``, ``forward``, ``loss``).
 """

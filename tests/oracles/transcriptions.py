@@ -20,6 +20,11 @@ the run had no near-ties, where round-off could legitimately flip a sign.
   NumPy (float32 ``linspace`` as torch's), the code map of 8-bit optimizers.
 * ``nearest_codes``: brute-force block-wise quantization (argmin over all 256
   codes), to check the fast encoder against.
+* ``dion_step``: Dion's update step (github.com/microsoft/dion,
+  ``dion_simple.py``) for one matrix; ``matrix_with_spectrum`` builds its
+  test matrices.
+* ``max_logits``, ``qk_clip``: Kimi K2's QK-Clip (Algorithm 1 of the K2
+  report) for multi-head attention.
 """
 
 from typing import Callable, List
@@ -448,3 +453,89 @@ def adamw_numpy(params0, grad_fn, steps, lr, weight_decay, b1=0.9, b2=0.999, eps
           m_hat / (np.sqrt(v_hat) + eps) + weight_decay(t) * params[k])
     trajectory.append({k: p.copy() for k, p in params.items()})
   return trajectory
+
+
+# -------- Dion (low-rank orthogonalization)
+#
+# Dion's update step (github.com/microsoft/dion), transcribed to NumPy.
+#
+# ``dion_step`` is ``dion_update`` of ``dion/dion_simple.py`` without the
+# parameter update (it returns the orthogonalized direction P Qᵀ instead), with
+# the transposition of the reference implementation
+# (``dion_reference_optax.py``: a wide matrix, m < n, is worked on as its
+# transpose so that Q sits on the short side) and its all-zero guard
+# (``fix_all_zero_or_nan``: P = 0, R = Q):
+#
+#     M ← M + G;  P = QR(M Q).Q;  R = Mᵀ P;  M ← M − (1 − μ) P Rᵀ;
+#     Q ← R / (‖R‖_col + ε);  direction = P Qᵀ
+
+
+def dion_step(g, m, q, mu, eps=1e-8):
+  """One step for one matrix: returns (direction, new M, new Q), float64."""
+  m = m + g
+  wide = m.shape[0] < m.shape[1]
+  b = m.T if wide else m
+  p, _ = np.linalg.qr(b @ q)
+  r = b.T @ p
+  if not np.any(b):
+    p, r = np.zeros_like(p), q
+  low_rank = p @ r.T
+  m = m - (1 - mu) * (low_rank.T if wide else low_rank)
+  q = r / (np.linalg.norm(r, axis=0, keepdims=True) + eps)
+  direction = p @ q.T
+  return (direction.T if wide else direction), m, q
+
+
+def matrix_with_spectrum(m, n, singular_values, seed=0):
+  """U diag(s) Vᵀ with random orthonormal U (m × r), V (n × r)."""
+  rng = np.random.default_rng(seed)
+  r = len(singular_values)
+  u, _ = np.linalg.qr(rng.normal(size=(m, r)))
+  v, _ = np.linalg.qr(rng.normal(size=(n, r)))
+  return (u * singular_values) @ v.T, u, v
+
+
+# -------- QK-clip
+#
+# Kimi K2's QK-Clip (MuonClip), transcribed to NumPy for multi-head attention.
+#
+# Kimi Team, "Kimi K2: Open Agentic Intelligence", arXiv 2507.20534,
+# Algorithm 1 (MuonClip), the QK-Clip part, after the optimizer step::
+#
+#     for each attention head h in every attention layer:
+#         obtain S_max^h already computed during the forward pass
+#         if S_max^h > τ:
+#             γ ← τ / S_max^h
+#             W_qc^h ← W_qc^h · √γ;  W_kc^h ← W_kc^h · √γ
+#             W_qr^h ← W_qr^h · γ          (MLA's rotary query; absent in MHA)
+#
+# with S_max^h = max over the batch of max_{i,j} q_i^h · k_j^h / √d (§2.1).
+# Plain multi-head attention has only the q^C, k^C parts. K2's projections
+# have no biases; the test models do, and they are scaled with their kernels
+# (q = x W_q + b_q then scales by √γ as a whole, which keeps the logits'
+# scaling exact).
+
+
+def max_logits(q, k, causal=True):
+  """S_max^h for q, k of shape (batch, length, heads, depth)."""
+  logits = np.einsum("bqhd,bkhd->bhqk", q, k) / np.sqrt(q.shape[-1])
+  if causal:
+    length = q.shape[1]
+    logits = np.where(np.tril(np.ones((length, length), bool)), logits, -np.inf)
+  return logits.max(axis=(0, 2, 3))
+
+
+def qk_clip(w_q, w_k, s_max, tau, b_q=None, b_k=None):
+  """Algorithm 1's clip of per-head (…, heads, depth) query/key weights."""
+  w_q, w_k = w_q.copy(), w_k.copy()
+  b_q = None if b_q is None else b_q.copy()
+  b_k = None if b_k is None else b_k.copy()
+  for h in range(len(s_max)):
+    if s_max[h] > tau:
+      gamma = tau / s_max[h]
+      w_q[..., h, :] *= np.sqrt(gamma)
+      w_k[..., h, :] *= np.sqrt(gamma)
+      if b_q is not None:
+        b_q[h] *= np.sqrt(gamma)
+        b_k[h] *= np.sqrt(gamma)
+  return w_q, w_k, b_q, b_k

@@ -88,7 +88,8 @@ class Case(NamedTuple):
   def elementwise(self) -> bool:
     """Whether each update coordinate depends on its own gradient only."""
     return self.factory not in (
-        go.muon, go.shampoo, go.soap, go.adafactor, go.adam_mini, go.adamw_8bit
+        go.muon, go.shampoo, go.soap, go.adafactor, go.adam_mini, go.adamw_8bit,
+        go.kfac, go.dion,
     )
 
   @property
@@ -187,6 +188,17 @@ STRUCTURED = [
     ),
     Case("adam_mini", go.adam_mini, dict(weight_decay=1e-2), decoupled_decay=True),
     Case("adamw_8bit", go.adamw_8bit, {}, static_args=("block_size",),
+         decoupled_decay=True),
+    # K-FAC's diagonal rule on every leaf, which needs no records: the
+    # batteries call update(grads, state, params) only. Its dense blocks (with
+    # records) are tested in tests/transforms/test_kfac.py and
+    # tests/optimizers/test_nnx_records.py.
+    Case("kfac", go.kfac,
+         dict(damping=1.0, precondition_every=2, weight_decay=1e-2,
+              is_dense=lambda path, leaf: False),
+         static_args=("precondition_every", "is_dense"), decoupled_decay=True),
+    Case("dion", go.dion, dict(rank=1, weight_decay=1e-2),
+         static_args=("rank", "power_iters", "orthonormalize", "seed", "is_muon_param"),
          decoupled_decay=True),
 ]
 

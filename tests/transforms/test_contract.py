@@ -105,6 +105,15 @@ TABLE = {
         dict(block_size=COUNT, max_precondition_dim=COUNT),
         configs={"per_leaf": {}, "blocks": dict(block_size=4)},
         transform_args=("magnitude", "direction")),
+    # K-FAC on PARAMS (no leaf named "kernel"): the diagonal rule, no records;
+    # its dense blocks need records and are tested in test_kfac.py.
+    gt.kfac_precondition: Entry(
+        gt.kfac_precondition,
+        dict(damping=POSITIVE, precondition_b2=DECAY, precondition_every=COUNT,
+             norm_constraint=POSITIVE),
+        choices=dict(root_method=(("svd", "root_method must be one of"),)),
+        configs={"default": {}, "every_2_constrained": dict(
+            precondition_every=2, norm_constraint=1.0)}),
     gt.kronecker_precondition: Entry(
         gt.kronecker_precondition,
         dict(precondition_b2=UNIT, damping=NON_NEGATIVE, precondition_every=COUNT,
@@ -119,6 +128,13 @@ TABLE = {
         lambda inner=_DEFAULT, **kw: gt.on_matrix_views(
             gt.scale_by_sign() if inner is _DEFAULT else inner, **kw),
         {}, transform_args=("inner",)),
+    gt.orthogonalize_low_rank: Entry(
+        lambda rank=2, **kw: gt.orthogonalize_low_rank(rank, **kw),
+        dict(momentum=DECAY, power_iters=COUNT, eps=NON_NEGATIVE, seed=INDEX),
+        choices=dict(orthonormalize=(("svd", "orthonormalize must be one of"),)),
+        configs={"default": {}, "momentum_cholesky_qr": dict(
+            momentum=0.95, orthonormalize="cholesky_qr"),
+                 "no_feedback": dict(error_feedback=False, rank=0.5)}),
     gt.orthogonalize_newton_schulz: Entry(
         gt.orthogonalize_newton_schulz, dict(ns_steps=COUNT, eps=NON_NEGATIVE),
         choices=dict(
@@ -184,8 +200,8 @@ TRACER_GAPS = {
 
 def _is_transform(name):
   f = getattr(gt, name)
-  return inspect.isfunction(f) and (
-      inspect.signature(f).return_annotation is optax.GradientTransformation)
+  return inspect.isfunction(f) and inspect.signature(f).return_annotation in (
+      optax.GradientTransformation, optax.GradientTransformationExtraArgs)
 
 
 def _param(factory, name, *values, gaps=KNOWN_GAPS, raises=pytest.fail.Exception):

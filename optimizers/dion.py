@@ -1,0 +1,119 @@
+"""Dion: Muon with a rank-k orthogonalized update from a carried power iteration."""
+
+from typing import Optional, Union
+
+import jax
+import optax
+
+from gradtx import transforms as gt
+from gradtx._internal import validate as _validate
+from gradtx.optimizers.adam import adamw
+from gradtx.optimizers.muon import PathLeafRule, is_hidden_matrix
+from gradtx.transforms.weight_decay import MaskOrFn
+
+
+def dion(
+    learning_rate: optax.ScalarOrSchedule,
+    *,
+    rank: Union[int, float] = 0.25,
+    momentum: float = 0.95,
+    power_iters: int = 1,
+    orthonormalize: str = "qr",
+    scale: Optional[str] = "jordan",
+    weight_decay: optax.ScalarOrSchedule = 0.0,
+    mask: MaskOrFn = None,
+    eps: float = 1e-8,
+    seed: int = 0,
+    matrix_view: Optional[gt.MatrixViewRule] = None,
+    is_muon_param: Optional[PathLeafRule] = None,
+    adam_learning_rate: Optional[optax.ScalarOrSchedule] = None,
+    adam_b1: float = 0.9,
+    adam_b2: float = 0.999,
+    adam_eps: float = 1e-8,
+    adam_weight_decay: Optional[optax.ScalarOrSchedule] = None,
+) -> optax.GradientTransformation:
+  r"""Dion for hidden matrices (Muon with a low-rank msign), AdamW for every other leaf.
+
+  For a hidden weight matrix W:
+
+  .. math::
+    B_t = M_{t-1} + g_t,\quad
+    P, R = \text{power iteration}(B_t; Q_{t-1}),\quad
+    Q_t = R/\|R\|_{col},\quad M_t = B_t - (1-μ) P R^T,\\
+    W \leftarrow W - η_t (s\, P Q_t^T + λ W)
+
+  (``gt.orthogonalize_low_rank(rank, momentum=μ)``), s the Muon shape scale
+  ``scale`` (``gt.scale_by_matrix_shape``; see ``go.muon``). At full rank
+  and one exact power iteration per step this is Muon-like with an
+  error-feedback momentum; at rank k the step costs O(mnk) instead of
+  Newton–Schulz's O(mn·min(m, n)) per iteration. Which leaves are hidden
+  matrices, and the AdamW for the rest, are as in ``go.muon``.
+
+  Args:
+    learning_rate: η, a float or a schedule, >= 0.
+    rank: k, an int >= 1 or a fraction in (0, 1] of min(m, n).
+    momentum: μ in [0, 1) (Dion's μ, 0.95 in the paper).
+    power_iters: power iterations per step, >= 1.
+    orthonormalize: ``"qr"`` or ``"cholesky_qr"``.
+    scale: ``"jordan"``, ``"moonlight"`` or ``None``. Dion's code scales by
+      sqrt(fan_out/fan_in) without Muon's max(1, ·).
+    weight_decay: λ >= 0, decoupled, or a schedule.
+    mask: which leaves get the decay, on both the Dion and the AdamW side
+      (``optax.masked`` semantics); ``None``: every leaf.
+    eps: ε of the column normalisation, >= 0.
+    seed: seed of the initial bases, >= 0.
+    matrix_view: the matrix-view rule (``gt.flax_matrix_view`` by default).
+    is_muon_param: the routing rule, a function of ``(path, leaf)``;
+      ``None``: ``go.is_hidden_matrix`` with ``matrix_view``.
+    adam_learning_rate: η of the AdamW leaves; ``None``: ``learning_rate``.
+    adam_b1: AdamW's b1, in [0, 1).
+    adam_b2: AdamW's b2, in [0, 1).
+    adam_eps: AdamW's eps, >= 0.
+    adam_weight_decay: AdamW's λ; ``None``: ``weight_decay``.
+
+  Returns:
+    An ``optax.GradientTransformation`` (an ``optax.multi_transform``'s
+    update; ``init`` refuses complex parameters).
+
+  Reference: Ahn et al., "Dion: Distributed Orthonormalized Updates",
+  arXiv 2504.05295; github.com/microsoft/dion.
+  """
+  _validate.check_decay("adam_b1", adam_b1)
+  _validate.check_decay("adam_b2", adam_b2)
+  _validate.check_non_negative("adam_eps", adam_eps)
+  for name, value in (("adam_learning_rate", adam_learning_rate),
+                      ("adam_weight_decay", adam_weight_decay)):
+    if value is not None:
+      _validate.check_scalar_or_schedule(name, value)
+  hidden = optax.chain(
+      gt.orthogonalize_low_rank(
+          rank, momentum=momentum, power_iters=power_iters,
+          orthonormalize=orthonormalize, eps=eps, seed=seed,
+          matrix_view=matrix_view),
+      gt.scale_by_matrix_shape(scale, matrix_view=matrix_view),
+      gt.decoupled_weight_decay(weight_decay, mask),
+      gt.scale_by_learning_rate(learning_rate),
+  )
+  other = adamw(
+      learning_rate if adam_learning_rate is None else adam_learning_rate,
+      b1=adam_b1, b2=adam_b2, eps=adam_eps,
+      weight_decay=weight_decay if adam_weight_decay is None else adam_weight_decay,
+      mask=mask,
+  )
+  if is_muon_param is None:
+    def is_muon_param(path, leaf):
+      return is_hidden_matrix(path, leaf, matrix_view=matrix_view)
+
+  def labels(params):
+    return jax.tree_util.tree_map_with_path(
+        lambda path, leaf: "dion" if is_muon_param(path, leaf) else "adam",
+        params)
+
+  tx = optax.multi_transform({"dion": hidden, "adam": other}, labels)
+
+  def init_fn(params):
+    # Real parameters only, on either side (QR and power iterations are real).
+    _validate.check_real_leaves(params, "dion")
+    return tx.init(params)
+
+  return optax.GradientTransformationExtraArgs(init_fn, tx.update)

@@ -1,0 +1,175 @@
+"""kfac_precondition against kfac-jax's OptaxPreconditioner on a tanh MLP, float64.
+
+Both sides train the same MLP (tests/oracles/kfac_runners.py) with SGD on the
+preconditioned gradient, from the same start and on the same batches, with
+the same damping and factor decay; kfac-jax estimates the factors itself
+(``estimation_mode="fisher_empirical"``), gradtx from records of the inputs
+and output gradients of each dense layer, taken here by hand with zero taps.
+"""
+
+import importlib.util
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+import pytest
+
+from gradtx import transforms as gt
+from tests.oracles import kfac_runners as tk
+
+# The oracle is not in the test extra (kfac-jax 0.0.8 pulls distrax and
+# tensorflow-probability); the tests that need it say so when it is absent.
+needs_kfac_jax = pytest.mark.skipif(
+    importlib.util.find_spec("kfac_jax") is None,
+    reason="the kfac-jax oracle is not installed (pip install kfac-jax==0.0.8)")
+
+LR = 0.1
+DAMPING = 1e-2
+EMA = 0.9
+
+
+def _records(params, x, y):
+  layers = [k for k in params if k.startswith("l")]
+  taps = {k: jnp.zeros((x.shape[0], params[k]["kernel"].shape[1])) for k in layers}
+  grads, deltas = jax.grad(tk.loss, (0, 3))(params, x, y, taps)
+  _, inputs = tk.forward(params, x)
+  return grads, gt.Records({k: gt.DenseRecord(inputs[k], deltas[k]) for k in layers}, {})
+
+
+def _run_gradtx(params, xs, ys, damping=DAMPING, **kwargs):
+  tx = gt.kfac_precondition(damping=damping, precondition_b2=EMA, **kwargs)
+  with jax.enable_x64(True):
+    p = jax.tree.map(jnp.asarray, params)
+    state = tx.init(p)
+
+    @jax.jit
+    def step(p, state, x, y):
+      grads, records = _records(p, x, y)
+      u, state = tx.update(grads, state, p, records=records)
+      return jax.tree.map(lambda w, d: w - LR * d, p, u), state, u
+
+    trajectory, preconditioned, factors = [params], [], []
+    for t, (x, y) in enumerate(zip(xs, ys)):
+      p, state, u = step(p, state, x, y)
+      correction = 1 - EMA ** (t + 1)
+      factors.append([(state.input_factors[k]["kernel"] / correction,
+                       state.output_factors[k]["kernel"] / correction)
+                      for k in sorted(k for k in p if k.startswith("l"))])
+      trajectory.append(jax.tree.map(np.asarray, p))
+      preconditioned.append(jax.tree.map(np.asarray, u))
+  return trajectory, preconditioned, jax.tree.map(np.asarray, factors)
+
+
+def _max_relative_error(ours, theirs):
+  return max(float(np.abs(a - b).max() / np.abs(b).max())
+             for a, b in zip(jax.tree.leaves(ours), jax.tree.leaves(theirs)))
+
+
+@pytest.mark.parametrize("inverse_every,with_generic,norm_constraint", [
+    (3, True, None), (1, False, 1e-3)])
+@needs_kfac_jax
+def test_matches_kfac_jax(inverse_every, with_generic, norm_constraint):
+  params, xs, ys = tk.problem(with_generic=with_generic)
+  theirs = tk.run_kfac_jax(params, xs, ys, damping=DAMPING, ema=EMA, lr=LR,
+                           inverse_every=inverse_every,
+                           norm_constraint=norm_constraint)
+  ours = _run_gradtx(params, xs, ys, precondition_every=inverse_every,
+                     norm_constraint=norm_constraint)
+  errors = {name: _max_relative_error(o, t)
+            for name, o, t in zip(("params", "preconditioned", "factors"), ours, theirs)}
+  print(errors)
+  assert errors["factors"] < 1e-13  # A = mean ããᵀ, G = Σ δδᵀ: kfac-jax's estimates
+  assert errors["preconditioned"] < 1e-11
+  assert errors["params"] < 1e-11
+  if norm_constraint is not None:
+    return
+  # The comparison tells a 2x larger damping apart.
+  other = _run_gradtx(params, xs, ys, damping=2 * DAMPING,
+                      precondition_every=inverse_every,
+                      norm_constraint=norm_constraint)[1]
+  assert _max_relative_error(other, theirs[1]) > 1e-3
+
+
+@needs_kfac_jax
+def test_damping_and_ridge_are_kfac_jax_s_pi_adjusted_ones():
+  """Same factors and damping → the same (Â/π + √λI)⁻¹ V (πĜ + √λI)⁻¹ as kfac-jax."""
+  kfac_jax = tk._compat()
+  from kfac_jax._src.utils import math as kmath
+  rng = np.random.default_rng(3)
+  a = rng.normal(size=(5, 40))
+  a = a @ a.T / 40
+  g = rng.normal(size=(3, 9))
+  g = 1e-3 * g @ g.T
+  v = rng.normal(size=(5, 3))
+  with jax.enable_x64(True):
+    for damping in (1e-4, 1e-1):
+      inv_a, inv_g = gt.kfac.damped_inverses(jnp.asarray(a), jnp.asarray(g), damping)
+      ka, kg = kmath.pi_adjusted_kronecker_inverse(
+          jnp.asarray(a), jnp.asarray(g), damping=damping)
+      ours, theirs = inv_a @ v @ inv_g, ka @ v @ kg
+      np.testing.assert_allclose(ours, theirs, rtol=1e-12)
+  del kfac_jax
+
+
+def test_zero_records_give_gradient_over_damping():
+  params = {"d": {"kernel": jnp.ones((3, 2)), "bias": jnp.ones(2)}}
+  grads = jax.tree.map(lambda p: 2 * p, params)
+  records = gt.Records({"d": gt.DenseRecord(jnp.zeros((4, 3)), jnp.zeros((4, 2)))}, {})
+  tx = gt.kfac_precondition(damping=0.5)
+  u, state = tx.update(grads, tx.init(params), records=records)
+  jax.tree.map(lambda u_, g_: np.testing.assert_allclose(u_, g_ / 0.5, rtol=1e-6),
+               u, grads)
+  assert isinstance(state, gt.KfacPreconditionState)
+  assert state.input_factors["d"]["kernel"].shape == (4, 4)  # fan_in + bias
+
+
+def test_missing_or_mismatched_record_is_an_error():
+  params = {"enc": {"kernel": jnp.ones((3, 2))}, "scale": jnp.ones(2)}
+  tx = gt.kfac_precondition()
+  state = tx.init(params)
+  with pytest.raises(ValueError, match=r"\['enc'\]\['kernel'\] needs a dense record.*no records"):
+    tx.update(params, state)
+  with pytest.raises(ValueError, match=r"no dense entry 'enc'"):
+    tx.update(params, state, records=gt.Records({}, {}))
+  bad = gt.Records({"enc": gt.DenseRecord(jnp.ones((4, 5)), jnp.ones((4, 2)))}, {})
+  with pytest.raises(ValueError, match=r"'enc' has inputs \(..., 5\)"):
+    tx.update(params, state, records=bad)
+  # Without dense kernels no records are needed: the diagonal rule only.
+  diagonal = {"scale": jnp.ones(2)}
+  u, _ = tx.update(diagonal, tx.init(diagonal))
+  np.testing.assert_allclose(u["scale"], 1 / (1 + 1e-3), rtol=1e-6)
+
+
+def test_bf16_jit_one_trace_and_inverses_every_k():
+  params = {"d": {"kernel": jnp.ones((3, 2), jnp.bfloat16), "bias": jnp.zeros(2, jnp.bfloat16)}}
+  tx = gt.kfac_precondition(precondition_every=2)
+  traces = []
+
+  @jax.jit
+  def step(state, x):
+    traces.append(1)
+    records = gt.Records({"d": gt.DenseRecord(x, jnp.cos(x[:, :2]))}, {})
+    return tx.update(params, state, records=records)
+
+  state = tx.init(params)
+  inverses = []
+  for t in range(4):
+    u, state = step(state, jnp.full((4, 3), t + 1.0, jnp.bfloat16))
+    inverses.append(np.asarray(state.input_inverses["d"]["kernel"]))
+  assert len(traces) == 1
+  assert u["d"]["kernel"].dtype == jnp.bfloat16
+  assert state.input_factors["d"]["kernel"].dtype == jnp.float32
+  np.testing.assert_array_equal(inverses[0], inverses[1])  # kept at step 2
+  assert not np.array_equal(inverses[1], inverses[2])  # recomputed at step 3
+
+
+@pytest.mark.parametrize("kwargs,message", [
+    (dict(damping=0.0), r"damping must be in \(0, inf\), got 0.0"),
+    (dict(precondition_b2=1.0), r"precondition_b2 must be in \[0, 1\), got 1.0"),
+    (dict(precondition_every=0), r"precondition_every must be an integer >= 1"),
+    (dict(norm_constraint=-1.0), r"norm_constraint must be in \(0, inf\)"),
+    (dict(root_method="svd"), r"root_method must be one of"),
+])
+def test_validation(kwargs, message):
+  with pytest.raises(ValueError, match=message):
+    gt.kfac_precondition(**kwargs)
