@@ -7,7 +7,6 @@ the same damping and factor decay; kfac-jax estimates the factors itself
 and output gradients of each dense layer, taken here by hand with zero taps.
 """
 
-import importlib.util
 
 import jax
 import jax.numpy as jnp
@@ -16,12 +15,6 @@ import pytest
 
 from gradtx import transforms as gt
 from tests.oracles import kfac_runners as tk
-
-# The oracle is not in the test extra (kfac-jax 0.0.8 pulls distrax and
-# tensorflow-probability); the tests that need it say so when it is absent.
-needs_kfac_jax = pytest.mark.skipif(
-    importlib.util.find_spec("kfac_jax") is None,
-    reason="the kfac-jax oracle is not installed (pip install kfac-jax==0.0.8)")
 
 LR = 0.1
 DAMPING = 1e-2
@@ -67,7 +60,6 @@ def _max_relative_error(ours, theirs):
 
 @pytest.mark.parametrize("inverse_every,with_generic,norm_constraint", [
     (3, True, None), (1, False, 1e-3)])
-@needs_kfac_jax
 def test_matches_kfac_jax(inverse_every, with_generic, norm_constraint):
   params, xs, ys = tk.problem(with_generic=with_generic)
   theirs = tk.run_kfac_jax(params, xs, ys, damping=DAMPING, ema=EMA, lr=LR,
@@ -90,7 +82,6 @@ def test_matches_kfac_jax(inverse_every, with_generic, norm_constraint):
   assert _max_relative_error(other, theirs[1]) > 1e-3
 
 
-@needs_kfac_jax
 def test_damping_and_ridge_are_kfac_jax_s_pi_adjusted_ones():
   """Same factors and damping → the same (Â/π + √λI)⁻¹ V (πĜ + √λI)⁻¹ as kfac-jax."""
   kfac_jax = tk._compat()
