@@ -29,16 +29,11 @@ Shampoo and SOAP with ``precondition_every=1``.
 import argparse
 import json
 import os
-import re
 import subprocess
 import sys
 
 _DEVICES_FLAG = "--xla_force_host_platform_device_count"
 
-COLLECTIVES = ("all-gather", "all-reduce", "all-to-all", "reduce-scatter",
-               "collective-permute")
-_BYTES = {"f64": 8, "f32": 4, "bf16": 2, "f16": 2, "s64": 8, "s32": 4, "u32": 4,
-          "s8": 1, "u8": 1, "pred": 1, "c64": 8, "c128": 16}
 SHAPES = {"qkv": (256, 768), "proj": (256, 256), "fc": (256, 1024),
           "out": (1024, 256), "bias": (1024,)}
 DEFAULT_OPTIMIZERS = "adamw,muon,shampoo,soap,adamw_8bit,optax:adamw,optax:muon"
@@ -57,23 +52,6 @@ def optimizers():
       "optax:adamw": lambda: optax.adamw(1e-3),
       "optax:muon": lambda: optax.contrib.muon(0.02),
   }
-
-
-def collective_bytes(hlo_text: str) -> int:
-  """Bytes produced by the collectives of a compiled (per-device) HLO module."""
-  total = 0
-  ops = "|".join(COLLECTIVES)
-  for line in hlo_text.splitlines():
-    match = re.match(rf"\s*%?\S+ = (.*?) (?:{ops})(?:-start)?\(", line)
-    if not match:
-      continue
-    for dtype, dims in re.findall(r"(\w+)\[([\d,]*)\]", match.group(1)):
-      if dtype in _BYTES:
-        count = 1
-        for d in filter(None, dims.split(",")):
-          count *= int(d)
-        total += count * _BYTES[dtype]
-  return total
 
 
 def measure(devices: int, names: list, axis_types: list, width: int = 256,
@@ -130,6 +108,13 @@ def measure(devices: int, names: list, axis_types: list, width: int = 256,
         rows.append(dict(optimizer=name, axis_type=axis_type, devices=devices,
                          error=f"{type(error).__name__}: {str(error)[:120]}"))
   return rows
+
+
+def collective_bytes(hlo_text: str) -> int:
+  """The main job's count (``examples.char_lm.collective_bytes``), imported
+  late: the workers import jax only once ``XLA_FLAGS`` is set."""
+  from examples import char_lm
+  return char_lm.collective_bytes(hlo_text)
 
 
 def _measure_on_mesh(tx, mesh, kind, params, grads, shardings, step, flops,
