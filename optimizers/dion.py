@@ -2,13 +2,11 @@
 
 from typing import Optional, Union
 
-import jax
 import optax
 
 from gradtx import transforms as gt
 from gradtx._internal import validate as _validate
-from gradtx.optimizers.adam import adamw
-from gradtx.optimizers.muon import PathLeafRule, is_hidden_matrix
+from gradtx.optimizers.muon import PathLeafRule, matrices_and_adamw_elsewhere
 from gradtx.transforms.weight_decay import MaskOrFn
 
 
@@ -78,13 +76,6 @@ def dion(
   Reference: Ahn et al., "Dion: Distributed Orthonormalized Updates",
   arXiv 2504.05295; github.com/microsoft/dion.
   """
-  _validate.check_decay("adam_b1", adam_b1)
-  _validate.check_decay("adam_b2", adam_b2)
-  _validate.check_non_negative("adam_eps", adam_eps)
-  for name, value in (("adam_learning_rate", adam_learning_rate),
-                      ("adam_weight_decay", adam_weight_decay)):
-    if value is not None:
-      _validate.check_scalar_or_schedule(name, value)
   hidden = optax.chain(
       gt.orthogonalize_low_rank(
           rank, momentum=momentum, power_iters=power_iters,
@@ -94,22 +85,11 @@ def dion(
       gt.decoupled_weight_decay(weight_decay, mask),
       gt.scale_by_learning_rate(learning_rate),
   )
-  other = adamw(
-      learning_rate if adam_learning_rate is None else adam_learning_rate,
-      b1=adam_b1, b2=adam_b2, eps=adam_eps,
-      weight_decay=weight_decay if adam_weight_decay is None else adam_weight_decay,
-      mask=mask,
-  )
-  if is_muon_param is None:
-    def is_muon_param(path, leaf):
-      return is_hidden_matrix(path, leaf, matrix_view=matrix_view)
-
-  def labels(params):
-    return jax.tree_util.tree_map_with_path(
-        lambda path, leaf: "dion" if is_muon_param(path, leaf) else "adam",
-        params)
-
-  tx = optax.multi_transform({"dion": hidden, "adam": other}, labels)
+  tx = matrices_and_adamw_elsewhere(
+      "dion", hidden, is_muon_param, matrix_view=matrix_view, learning_rate=learning_rate,
+      adam_learning_rate=adam_learning_rate, adam_b1=adam_b1, adam_b2=adam_b2,
+      adam_eps=adam_eps, weight_decay=weight_decay, adam_weight_decay=adam_weight_decay,
+      mask=mask)
 
   def init_fn(params):
     # Real parameters only, on either side (QR and power iterations are real).

@@ -119,13 +119,6 @@ def muon(
   arXiv 2502.16982 (the "moonlight" scale).
   """
   _validate.check_decay("beta", beta)
-  _validate.check_decay("adam_b1", adam_b1)
-  _validate.check_decay("adam_b2", adam_b2)
-  _validate.check_non_negative("adam_eps", adam_eps)
-  for name, value in (("adam_learning_rate", adam_learning_rate),
-                      ("adam_weight_decay", adam_weight_decay)):
-    if value is not None:
-      _validate.check_scalar_or_schedule(name, value)
   hidden = optax.chain(
       gt.ema(beta, nesterov=nesterov, mu_dtype=mu_dtype),
       gt.orthogonalize_newton_schulz(
@@ -136,6 +129,31 @@ def muon(
       gt.decoupled_weight_decay(weight_decay, mask),
       gt.scale_by_learning_rate(learning_rate),
   )
+  return matrices_and_adamw_elsewhere(
+      "muon", hidden, is_muon_param, matrix_view=matrix_view, learning_rate=learning_rate,
+      adam_learning_rate=adam_learning_rate, adam_b1=adam_b1, adam_b2=adam_b2,
+      adam_eps=adam_eps, weight_decay=weight_decay, adam_weight_decay=adam_weight_decay,
+      mask=mask, mu_dtype=mu_dtype, nu_dtype=nu_dtype)
+
+
+def matrices_and_adamw_elsewhere(
+    label: str, hidden: optax.GradientTransformation, is_muon_param, *, matrix_view,
+    learning_rate, adam_learning_rate, adam_b1, adam_b2, adam_eps, weight_decay,
+    adam_weight_decay, mask, mu_dtype=None, nu_dtype=None,
+) -> optax.GradientTransformation:
+  """``hidden`` on the leaves ``is_muon_param`` picks (``None``: the hidden
+  matrices of ``matrix_view``), AdamW on the others, as one
+  ``optax.multi_transform`` labelled ``label`` / ``"adam"``. AdamW's
+  arguments default to the matrix side's (``adam_learning_rate=None``:
+  ``learning_rate``; ``adam_weight_decay=None``: ``weight_decay``). Shared
+  by Muon and Dion."""
+  _validate.check_decay("adam_b1", adam_b1)
+  _validate.check_decay("adam_b2", adam_b2)
+  _validate.check_non_negative("adam_eps", adam_eps)
+  for name, value in (("adam_learning_rate", adam_learning_rate),
+                      ("adam_weight_decay", adam_weight_decay)):
+    if value is not None:
+      _validate.check_scalar_or_schedule(name, value)
   other = adamw(
       learning_rate if adam_learning_rate is None else adam_learning_rate,
       b1=adam_b1, b2=adam_b2, eps=adam_eps,
@@ -148,8 +166,6 @@ def muon(
 
   def labels(params):
     return jax.tree_util.tree_map_with_path(
-        lambda path, leaf: "muon" if is_muon_param(path, leaf) else "adam",
-        params,
-    )
+        lambda path, leaf: label if is_muon_param(path, leaf) else "adam", params)
 
-  return optax.multi_transform({"muon": hidden, "adam": other}, labels)
+  return optax.multi_transform({label: hidden, "adam": other}, labels)
