@@ -70,6 +70,7 @@ from jax.sharding import AxisType, Mesh, NamedSharding
 from jax.sharding import PartitionSpec as P
 
 from gradtx import optimizers as go
+from gradtx import transforms as gt
 
 VOCAB = "\n" + "".join(chr(c) for c in range(32, 127))
 UNKNOWN = len(VOCAB)  # one extra token for every character outside VOCAB
@@ -95,6 +96,12 @@ def warmup_cosine(peak: float, steps: int) -> optax.Schedule:
 def matrices(params):
   """Weight-decay mask: decay weight matrices, not biases or norm scales."""
   return jax.tree.map(lambda p: jnp.ndim(p) >= 2, params)
+
+
+def _muon_adamw(n: int) -> dict:
+  """The AdamW side of the muon entry: AdamW's tuned peak lr, b2 0.99, no decay."""
+  return dict(adam_learning_rate=warmup_cosine(6e-3, n), adam_b2=0.99,
+              adam_weight_decay=0.0)
 
 
 # name -> factory(total_steps) -> optax.GradientTransformation. Peak learning
@@ -171,6 +178,16 @@ OPTIMIZERS: dict[str, Callable[[int], optax.GradientTransformation]] = {
     "dion": lambda n, **kw: go.dion(warmup_cosine(0.02, n), **{
         "rank": 0.25, "adam_learning_rate": warmup_cosine(6e-3, n),
         "adam_b2": 0.99, "adam_weight_decay": 0.0, **kw}),
+    # Issue 12, the fourth quadrant (go.fourth_quadrant): each factory's
+    # defaults on the matrices, the muon entry's AdamW on the other leaves.
+    # The race (--lr-factors, --seeds) tunes the peak learning rates.
+    "muon:split_qkv": lambda n: go.muon(
+        warmup_cosine(0.02, n), matrix_view=gt.fused_qkv_matrix_view(),
+        **_muon_adamw(n)),
+    "soap_muon": lambda n: go.soap_muon(warmup_cosine(0.02, n), **_muon_adamw(n)),
+    "normuon": lambda n: go.normuon(warmup_cosine(0.02, n), **_muon_adamw(n)),
+    "adamuon": lambda n: go.adamuon(warmup_cosine(6e-3, n), **_muon_adamw(n)),
+    "vmuon": lambda n: go.vmuon(warmup_cosine(0.02, n), **_muon_adamw(n)),
 }
 
 
@@ -178,14 +195,16 @@ Factory = Callable[[int], optax.GradientTransformation]  # an entry of OPTIMIZER
 Registry = Mapping[str, Factory]
 
 
-def variant(name: str, lr_factor: float = 1.0, **kwargs) -> Factory:
+def variant(name: str, lr_factor: float = 1.0, *, registry: Optional["Registry"] = None,
+            **kwargs) -> Factory:
   """Registry entry ``name`` with every peak learning rate times ``lr_factor``.
 
   Keyword arguments go to the entry (shampoo and soap take them). Wrappers
   scale their base's peaks too (sam, lookahead), Muon both of its own. The
   result is a factory like the entries', for ``main(optimizers=...)``.
+  ``registry``: where ``name`` is looked up (default ``OPTIMIZERS``).
   """
-  factory = OPTIMIZERS[name]
+  factory = (OPTIMIZERS if registry is None else registry)[name]
 
   def build(total_steps: int) -> optax.GradientTransformation:
     token = _PEAK_FACTOR.set(_PEAK_FACTOR.get() * lr_factor)
@@ -214,6 +233,9 @@ class Config:
   seed: int
   out: pathlib.Path
   devices: int = 1
+  # The race (--lr-factors / --seeds); empty: a single run at --seed.
+  lr_factors: tuple[float, ...] = ()
+  seeds: tuple[int, ...] = ()
 
 
 # ---------------------------------------------------------------- corpus
@@ -583,6 +605,155 @@ def plot_curves(results: dict, entropy: float, path: pathlib.Path) -> None:
   plt.close(fig)
 
 
+# ------------------------------------------------------------------ race
+
+
+def run_label(name: str, factor: float) -> str:
+  return name if factor == 1 else f"{name}@{factor:g}x"
+
+
+def race_runs(config: "Config", train_tokens, val_tokens, optimizers: Registry) -> dict:
+  """Every optimizer at every lr factor and seed: ``{seed: {label: result}}``.
+
+  Each seed draws its own batches and initialisation; within a seed every run
+  starts from the same weights and sees the same batches.
+  """
+  runs = {}
+  for seed in config.seeds:
+    seeded = dataclasses.replace(config, seed=seed)
+    train_batches = sample_batches(
+        train_tokens, config.steps, config.batch_size, config.context, seed)
+    val_batches = sample_batches(
+        val_tokens, config.eval_batches, config.batch_size, config.context, seed + 1)
+    initial = initial_model(seeded)
+    registry = {run_label(name, f): variant(name, f, registry=optimizers)
+                for name in config.optimizers for f in config.lr_factors}
+    runs[seed] = {label: train_one(label, seeded, initial, train_batches, val_batches,
+                                   registry)
+                  for label in registry}
+  return runs
+
+
+def race_summary(runs: dict, names: Sequence[str], factors: Sequence[float],
+                 steps: int, reference: str = "adamw") -> dict:
+  """Per optimizer: the best lr factor and, there, steps and seconds to the reference.
+
+  The best factor minimises the median over seeds of the final train loss
+  (mean over the last 10% of steps). The target of each seed is the
+  reference's final train loss at its own best factor, on that seed's run.
+  Steps to it: the first step at which the trailing-window mean reaches it
+  (``steps_to_reach``; ``None``: not within ``steps``). Wall-clock: those
+  steps times the run's median ms/step.
+  """
+  window = final_window(steps)
+  final = lambda r: float(smooth(r["train_loss"], window)[-1])
+  seeds = list(runs)
+
+  def best_factor(name):
+    return min(factors, key=lambda f: float(np.median(
+        [final(runs[s][run_label(name, f)]) for s in seeds])))
+
+  reference_factor = best_factor(reference)
+  targets = {s: final(runs[s][run_label(reference, reference_factor)]) for s in seeds}
+  summary = {}
+  for name in names:
+    factor = best_factor(name)
+    chosen = [runs[s][run_label(name, factor)] for s in seeds]
+    reached = [steps_to_reach(r["train_loss"], targets[s], window)
+               for s, r in zip(seeds, chosen)]
+    ms = [r["ms_per_step"] for r in chosen]
+    seconds = [None if n is None else n * m / 1e3 for n, m in zip(reached, ms)]
+    summary[name] = {
+        "lr_factor": factor,
+        "final_loss": [final(r) for r in chosen],
+        "steps": reached,
+        "ms_per_step": ms,
+        "seconds": seconds,
+    }
+  reference_seconds = np.median([steps * m / 1e3 for m in summary[reference]["ms_per_step"]])
+  for entry in summary.values():
+    entry["steps_ratio"] = _median_or_none(entry["steps"], steps)
+    entry["seconds_ratio"] = _median_or_none(entry["seconds"], reference_seconds)
+  return summary
+
+
+def _median_or_none(values, scale) -> Optional[float]:
+  """Median of ``values`` / ``scale``; a value ``None`` (not reached) counts as +inf."""
+  median = float(np.median([np.inf if v is None else v for v in values]))
+  return None if not np.isfinite(median) else median / scale
+
+
+def race_table(summary: dict, steps: int, reference: str = "adamw") -> str:
+  """The race as a markdown table (median over seeds unless min/median/max)."""
+  lines = [f"| optimizer | best lr × | final loss | steps to {reference}'s final loss"
+           f" (min/median/max) | × {steps} steps | ms/step | s to it | × {reference}'s s |",
+           "|---|---:|---:|---:|---:|---:|---:|---:|"]
+  show = lambda v: "—" if v is None else f"{v:.2f}"
+  for name, e in summary.items():
+    reached = [np.inf if n is None else n for n in e["steps"]]
+    spread = "/".join("—" if not np.isfinite(v) else f"{v:.0f}"
+                      for v in (min(reached), np.median(reached), max(reached)))
+    seconds = [np.inf if v is None else v for v in e["seconds"]]
+    median_s = float(np.median(seconds))
+    lines.append(
+        f"| {name} | {e['lr_factor']:g} | {np.median(e['final_loss']):.4f} | {spread}"
+        f" | {show(e['steps_ratio'])} | {np.median(e['ms_per_step']):.1f}"
+        f" | {show(median_s if np.isfinite(median_s) else None)}"
+        f" | {show(e['seconds_ratio'])} |")
+  return "\n".join(lines)
+
+
+def plot_race(runs: dict, summary: dict, path: pathlib.Path) -> None:
+  """Loss vs step and vs seconds of each optimizer at its best lr (first seed)."""
+  import matplotlib
+
+  matplotlib.use("Agg")
+  import matplotlib.pyplot as plt
+
+  first = runs[next(iter(runs))]
+  fig, (by_step, by_time) = plt.subplots(1, 2, figsize=(12, 4.5), sharey=True)
+  for name, e in summary.items():
+    r = first[run_label(name, e["lr_factor"])]
+    loss = smooth(r["train_loss"], max(1, len(r["train_loss"]) // 25))
+    steps = np.arange(1, len(loss) + 1)
+    by_step.plot(steps, loss, label=f"{name} (lr ×{e['lr_factor']:g})")
+    by_time.plot(steps * r["ms_per_step"] / 1e3, loss, label=name)
+  by_step.set(xlabel="step", ylabel="train cross-entropy (nats/char)")
+  by_time.set(xlabel="seconds (steps × median ms/step)")
+  top = float(np.median(first[run_label("adamw", summary["adamw"]["lr_factor"])]
+                        ["train_loss"][:20]))
+  by_step.set_ylim(top=min(top, by_step.get_ylim()[1]))
+  by_step.legend(fontsize=8)
+  fig.suptitle("race at the best lr of each optimizer (first seed)")
+  fig.tight_layout()
+  fig.savefig(path, dpi=120)
+  plt.close(fig)
+
+
+def race(config: "Config", train_tokens, val_tokens, optimizers: Registry) -> dict:
+  """Runs, summarises, prints and writes the race (``--lr-factors``, ``--seeds``)."""
+  names = config.optimizers if "adamw" in config.optimizers else ("adamw", *config.optimizers)
+  config = dataclasses.replace(config, optimizers=tuple(names))
+  runs = race_runs(config, train_tokens, val_tokens, optimizers)
+  summary = race_summary(runs, names, config.lr_factors, config.steps)
+  table = race_table(summary, config.steps)
+  header = (f"d_model {config.d_model}, {config.num_layers} layers, {config.steps} steps,"
+            f" lr factors {list(config.lr_factors)}, seeds {list(config.seeds)}\n\n")
+  print(f"\n{header}{table}")
+  config.out.mkdir(parents=True, exist_ok=True)
+  (config.out / "char_lm_race.md").write_text(header + table + "\n")
+  (config.out / "char_lm_race.json").write_text(json.dumps(
+      {"config": {**dataclasses.asdict(config), "out": str(config.out)},
+       "summary": summary,
+       "runs": {str(s): {label: {"train_loss": r["train_loss"], "val_loss": r["val_loss"],
+                                 "ms_per_step": r["ms_per_step"]}
+                         for label, r in by_label.items()}
+                for s, by_label in runs.items()}}, indent=None))
+  plot_race(runs, summary, config.out / "char_lm_race.png")
+  print(f"wrote {config.out}/char_lm_race.{{png,md,json}}")
+  return summary
+
+
 # ------------------------------------------------------------------ main
 
 
@@ -608,6 +779,12 @@ def parse_args(
                       help="train data-parallel (batch split) with FSDP parameters on a"
                       " mesh of N devices (fake CPU devices when there are fewer);"
                       " prints each optimizer's per-device cost")
+  parser.add_argument("--lr-factors", default="",
+                      help="race: comma-separated factors of every registry peak lr"
+                      " (e.g. 0.5,1,2); each optimizer is reported at its best one")
+  parser.add_argument("--seeds", default="",
+                      help="race: comma-separated seeds (batches and initialisation);"
+                      " steps to adamw's final loss are given as min/median/max over them")
   parser.add_argument("--out", type=pathlib.Path,
                       default=pathlib.Path(__file__).parent / "out")
   args = parser.parse_args(argv)
@@ -621,7 +798,15 @@ def parse_args(
         f"unknown optimizer(s) {unknown}; choose from {list(optimizers)}")
   fields = {f.name for f in dataclasses.fields(Config)}
   values = {k: v for k, v in vars(args).items() if k in fields}
-  return Config(**{**values, "optimizers": names})
+  factors = tuple(float(f) for f in args.lr_factors.split(",") if f.strip())
+  seeds = tuple(int(v) for v in args.seeds.split(",") if v.strip())
+  if factors or seeds:
+    factors, seeds = factors or (1.0,), seeds or (args.seed,)
+  if any(f <= 0 for f in factors):
+    parser.error(f"--lr-factors must be positive, got {args.lr_factors}")
+  if factors and args.devices != 1:
+    parser.error("--lr-factors/--seeds race on one device (omit --devices)")
+  return Config(**{**values, "optimizers": names, "lr_factors": factors, "seeds": seeds})
 
 
 def make_mesh(config: Config) -> Optional[Mesh]:
@@ -661,6 +846,8 @@ def main(
   entropy = unigram_entropy(train_tokens)
   print(f"corpus: {len(train_tokens):,} train / {len(val_tokens):,} val chars,"
         f" unigram entropy {entropy:.3f} nats")
+  if config.seeds:
+    return race(config, train_tokens, val_tokens, optimizers)
   train_batches = sample_batches(
       train_tokens, config.steps, config.batch_size, config.context, config.seed)
   val_batches = sample_batches(

@@ -104,6 +104,8 @@ NAMES = {
     "seed": "seed of randomly initialised state (Dion's bases)",
     "threshold": "QK-clip's cap τ on the max attention logit",
     "rule": "QK-clip's rule of which leaves are queries/keys and their heads",
+    "granularity": "what a second moment is kept per: element, output or input neuron",
+    "renormalize": "the Frobenius norm a normalized matrix update is rescaled to",
 }
 
 # Transforms: the parameters they may take positionally, and why.
@@ -125,6 +127,7 @@ POSITIONAL = {
     "clip_singular_values": ("min_value", "max_value"),  # API.md
     "graft": ("magnitude", "direction"),
     "on_matrix_views": ("inner", "matrix_view"),
+    "in_factored_geometry": ("inner",),  # the transform it wraps
     "orthogonalize_low_rank": ("rank",),  # its one defining argument
 }
 

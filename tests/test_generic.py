@@ -74,6 +74,16 @@ OPTAX_SETTINGS = {
     # error feedback circles the minimum at a constant rate: cosine-decayed
     # from Muon's 1e-2, as Tiger's.
     go.kfac: dict(learning_rate=1e-2, damping=10.0),
+    # The fourth quadrant: Muon's setting. V-Muon's metric gives the rows
+    # with the larger gradients the smaller steps (1/√D on a full-rank
+    # update), which on a parabola are the rows farthest from the minimum:
+    # at 1e-2 two rows stay 0.45-0.75 away after 10000 steps; 1e-1
+    # cosine-decayed (as Dion's) reaches the tolerance.
+    go.normuon: dict(learning_rate=1e-2, weight_decay=1e-4),
+    go.adamuon: dict(learning_rate=1e-2, weight_decay=1e-4),
+    go.soap_muon: dict(learning_rate=1e-2, weight_decay=1e-4),
+    go.vmuon: dict(learning_rate=optax.cosine_decay_schedule(1e-1, 10_000),
+                   weight_decay=1e-4),
     go.dion: dict(learning_rate=optax.cosine_decay_schedule(1e-2, 10_000),
                   weight_decay=1e-4),
 }
@@ -293,7 +303,7 @@ def test_mu_dtype_is_honoured(case, dtype):
 SHAPE_ARGS = {go.shampoo: ("block_size", "max_precondition_dim"),
               go.soap: ("max_precondition_dim",),
               go.adafactor: ("min_dim_size_to_factor",), go.adamw_8bit: ("block_size",),
-              go.dion: ("rank",)}
+              go.dion: ("rank",), go.soap_muon: ("max_precondition_dim",)}
 
 
 def _numeric_kwargs(case):
@@ -309,8 +319,8 @@ def test_inject_hyperparams_traces_numeric_arguments(case):
   # (batched) Kronecker factor, ties make it rounding-sensitive (a float32
   # array β₂ instead of a Python float moves its update 6%; see
   # tests/test_distributed.py::test_soap_is_this_sensitive_by_itself), so it
-  # is compared in float64.
-  precise = case.factory is go.soap
+  # is compared in float64 (and so is soap_muon, which orthogonalizes it).
+  precise = case.factory in (go.soap, go.soap_muon)
   with jax.enable_x64(precise):
     _compare_injected(case, jnp.float64 if precise else jnp.float32)
 

@@ -269,10 +269,11 @@ def test_flax_nnx_optimizer_with_sharded_params(case):
   kernel = model.lin.kernel[...]
   assert kernel.sharding.spec == P("x", "y")
   assert losses[-1] < losses[0]
-  if case.name == "soap":
+  if case.name in ("soap", "soap_muon"):
     # Not comparable: the 8x8 factor has rank <= 4, and SOAP's Adam on the
     # eigenbasis of its null space turns rounding noise into O(1) steps (a
-    # 1e-6 relative change of the gradients moves the kernel by 0.08 here).
+    # 1e-6 relative change of the gradients moves the kernel by 0.08 here;
+    # soap_muon orthogonalizes that same direction).
     # test_sharded_params_keep_their_sharding compares sharded SOAP steps.
     return
   # Sharded sums add in another order; inverse roots of the early, badly

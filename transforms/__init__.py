@@ -11,6 +11,7 @@ from gradtx.transforms.adam_mini import (
     scale_by_adam_mini,
 )
 from gradtx.transforms.factored import ScaleByFactoredRmsState, factored_axes, scale_by_factored_rms
+from gradtx.transforms.factored_geometry import InFactoredGeometryState, in_factored_geometry
 from gradtx.transforms.graft import GraftState, graft
 from gradtx.transforms.kfac import KfacPreconditionState, is_dense_kernel, kfac_precondition
 from gradtx.transforms.kronecker import KroneckerPreconditionState, kronecker_precondition
@@ -26,11 +27,16 @@ from gradtx.transforms.matrix_view import (
     MatrixViewRule,
     einsum_matrix_view,
     flax_matrix_view,
+    fused_qkv_matrix_view,
     on_matrix_views,
     stacked_matrix_view,
 )
 from gradtx.transforms.model_records import DenseRecord, Records
 from gradtx.transforms.momentum import EmaState, MomentumState, ema, momentum
+from gradtx.transforms.normalize import (
+    NormalizeBySecondMomentState,
+    normalize_by_second_moment,
+)
 from gradtx.transforms.orthogonalize import (
     Coefficients,
     clip_singular_values,
@@ -134,4 +140,9 @@ __all__ = [
     "OrthogonalizeLowRankState",
     "low_rank_orthogonalize",
     "orthogonalize_low_rank",
+    "InFactoredGeometryState",
+    "in_factored_geometry",
+    "fused_qkv_matrix_view",
+    "NormalizeBySecondMomentState",
+    "normalize_by_second_moment",
 ]

@@ -54,11 +54,15 @@ class MatrixView:
     cols: the axes whose product is its columns (fan-out).
     batch: the axes that index separate matrices (layers of a scanned
       stack, experts, heads of an ``einsum_matrix_view``).
+    col_blocks: the columns are this many equal, consecutive blocks, each a
+      matrix of its own (a fused (d, 3d) qkv kernel is the three (d, d)
+      matrices q, k and v: ``fused_qkv_matrix_view``).
   """
 
   rows: tuple[int, ...]
   cols: tuple[int, ...]
   batch: tuple[int, ...] = ()
+  col_blocks: int = 1
 
   @property
   def order(self) -> tuple[int, ...]:
@@ -70,18 +74,29 @@ class MatrixView:
       raise ValueError(
           f"{self} does not name every axis of a leaf of shape {shape} once")
     size = lambda axes: math.prod(shape[a] for a in axes)
-    return size(self.batch), size(self.rows), size(self.cols)
+    k = self.col_blocks
+    if k < 1 or size(self.cols) % k:
+      raise ValueError(
+          f"{self}: col_blocks={k} does not divide the {size(self.cols)} columns"
+          f" of a leaf of shape {shape}")
+    return size(self.batch) * k, size(self.rows), size(self.cols) // k
 
   def to_matrices(self, x: jax.Array) -> jax.Array:
     """``x`` as its (num_matrices, num_rows, num_cols) stack."""
-    shape = self.matrix_shape(x.shape)
+    num, rows, cols = self.matrix_shape(x.shape)
     if self.order != tuple(range(x.ndim)):
       x = jnp.transpose(x, self.order)
-    return x.reshape(shape)
+    if self.col_blocks == 1:
+      return x.reshape(num, rows, cols)
+    x = x.reshape(num // self.col_blocks, rows, self.col_blocks, cols)
+    return jnp.swapaxes(x, 1, 2).reshape(num, rows, cols)
 
   def from_matrices(self, m: jax.Array, shape: tuple[int, ...]) -> jax.Array:
     """Inverse of ``to_matrices`` for a leaf of ``shape``."""
     transposed = tuple(shape[a] for a in self.order)
+    if self.col_blocks > 1:
+      num, rows, cols = m.shape
+      m = jnp.swapaxes(m.reshape(num // self.col_blocks, self.col_blocks, rows, cols), 1, 2)
     x = m.reshape(transposed)
     if self.order != tuple(range(len(shape))):
       x = jnp.transpose(x, tuple(self.order.index(a) for a in range(len(shape))))
@@ -144,6 +159,30 @@ def stacked_matrix_view(
                       tuple(range(num_axes)) + shift(inner.batch))
 
   return stacked
+
+
+def fused_qkv_matrix_view(
+    num_parts: int = 3, rule: MatrixViewRule = flax_matrix_view
+) -> MatrixViewRule:
+  """A rule that sees a fused attention input kernel as ``num_parts`` matrices.
+
+  A leaf whose path names a fused projection (a name containing ``"qkv"``,
+  ``"c_attn"`` or ``"in_proj"``, ``gradtx._internal.names.FUSED_QKV_PARTS``)
+  and whose view under ``rule`` is one matrix per layer gets
+  ``col_blocks=num_parts``: a (d, 3d) ``nnx.Linear`` kernel is q, k and v,
+  three (d, d) matrices, as the reference Muon (modded-nanogpt) orthogonalizes
+  them. Every other leaf keeps ``rule``'s view.
+  """
+  if not isinstance(num_parts, int) or num_parts < 1:
+    raise ValueError(f"num_parts must be an integer >= 1, got {num_parts!r}")
+
+  def fused(path, leaf):
+    view = rule(path, leaf)
+    if view is None or not _names.is_fused_qkv(_names.path_names(path)):
+      return view
+    return dataclasses.replace(view, col_blocks=view.col_blocks * num_parts)
+
+  return fused
 
 
 def einsum_matrix_view(spec: str) -> MatrixView:

@@ -14,6 +14,8 @@ OUTPUT_HEAD_PARTS = ("unembed", "logits", "readout")
 # Query and key projections: exact names, then parts of names.
 QUERY_KEY_NAMES = ("q", "k", "wq", "wk")
 QUERY_KEY_PARTS = ("query", "key", "q_proj", "k_proj", "qkv", "c_attn", "in_proj")
+# Fused query-key-value input projections (one kernel, q|k|v column blocks).
+FUSED_QKV_PARTS = ("qkv", "c_attn", "in_proj")
 # Vectors that are never matrices, whatever their shape (flax's
 # MultiHeadAttention has (heads, head_dim) biases).
 VECTOR_NAMES = ("bias", "scale")
@@ -64,3 +66,7 @@ def is_query_key(names: list[str]) -> bool:
 def is_vector(names: list[str]) -> bool:
   """A bias or a norm scale: the leaf's own (last) name says so."""
   return bool(names) and any(v in names[-1] for v in VECTOR_NAMES)
+
+
+def is_fused_qkv(names: list[str]) -> bool:
+  return any(part in n for n in names for part in FUSED_QKV_PARTS)

@@ -27,7 +27,7 @@ the run had no near-ties, where round-off could legitimately flip a sign.
   report) for multi-head attention.
 """
 
-from typing import Callable, List
+from typing import Callable, List, Optional
 
 import numpy as np
 
@@ -212,6 +212,75 @@ def muon_reference(w0, gradient, *, steps, lr, weight_decay, beta, nesterov=True
   return trajectory
 
 
+
+# --- The fourth quadrant: NorMuon, AdaMuon, V-Muon ---------------------------
+
+
+def _muon_momentum(grad, momentum, beta, nesterov):
+  momentum = momentum + (1 - beta) * (grad - momentum)  # lerp_(grad, 1 − β)
+  return momentum, (grad + beta * (momentum - grad) if nesterov else momentum)
+
+
+def normuon_reference(w0, gradient, *, steps, lr, weight_decay=0.0, beta=0.95,
+                      beta2=0.95, nesterov=True):
+  """``normuon_update`` and ``SingleDeviceNorMuon.step`` (github.com/zichongli5/
+  NorMuon) for a PyTorch-layout (out, in) matrix, float64; the trajectory."""
+  w = np.array(w0, np.float64)
+  momentum, second, trajectory = np.zeros_like(w), np.zeros((w.shape[0], 1)), []
+  for _ in range(steps):
+    grad = gradient(w)
+    momentum, update = _muon_momentum(grad, momentum, beta, nesterov)
+    update = newton_schulz_reference(update)
+    vnorm = np.linalg.norm(update)
+    second = second + (1 - beta2) * (np.mean(update * update, axis=-1, keepdims=True) - second)
+    update = update / (np.sqrt(second) + 1e-10)
+    update = update * vnorm / (np.linalg.norm(update) + 1e-10)
+    update = update * max(1, grad.shape[-2] / grad.shape[-1]) ** 0.5
+    w = w * (1 - lr * weight_decay) - lr * update
+    trajectory.append(w.copy())
+  return trajectory
+
+
+def adamuon_reference(w0, gradient, *, steps, lr, weight_decay=0.01, beta=0.95,
+                      beta2=0.999, eps=1e-8, nesterov=True):
+  """``AdaMuon.step`` (github.com/Chongjie-Si/AdaMuon, ``adamuon.py``) for an
+  (out, in) matrix, float64 (the reference's bf16 iterations aside)."""
+  w = np.array(w0, np.float64)
+  momentum, v, trajectory = np.zeros_like(w), np.zeros_like(w), []
+  for step in range(1, steps + 1):
+    grad = gradient(w)
+    momentum, g = _muon_momentum(grad, momentum, beta, nesterov)
+    g = newton_schulz_reference(g)
+    v = v * beta2 + (1 - beta2) * g * g
+    g = g / (np.sqrt(v / (1 - beta2**step)) + eps)
+    g = g * min(w.shape) ** 0.5 / (np.linalg.norm(g) + eps)
+    w = w * (1 - lr * weight_decay) - lr * 0.2 * max(w.shape) ** 0.5 * g
+    trajectory.append(w.copy())
+  return trajectory
+
+
+def vmuon_reference(w0, gradient, *, steps, lr, beta=0.95, b2=0.95, eps=1e-3):
+  """V-Muon's equations (``go.vmuon``'s docstring) in float64 numpy, flax
+  (in, out) layout: momentum, factored metrics, msign in their geometry by
+  Keller Jordan's iteration, the msign's norm restored, the Jordan scale."""
+  w = np.array(w0, np.float64)
+  momentum, r, c = np.zeros_like(w), np.zeros((w.shape[0], 1)), np.zeros((1, w.shape[1]))
+  trajectory = []
+  for step in range(1, steps + 1):
+    grad = gradient(w)
+    momentum, m = _muon_momentum(grad, momentum, beta, True)
+    r = b2 * r + (1 - b2) * np.mean(m * m, axis=1, keepdims=True)
+    c = b2 * c + (1 - b2) * np.mean(m * m, axis=0, keepdims=True)
+    d_left = np.sqrt(r / np.mean(r)) + eps  # the bias corrections cancel in the ratio
+    d_right = np.sqrt(c / np.mean(c)) + eps
+    whiten = 1 / np.sqrt(d_left * d_right)
+    o = newton_schulz_reference(m * whiten)
+    phi = o * whiten
+    phi = phi * np.linalg.norm(o) / np.linalg.norm(phi)
+    w = w - lr * max(1, w.shape[1] / w.shape[0]) ** 0.5 * phi
+    trajectory.append(w.copy())
+  return trajectory
+
 # --- Kronecker preconditioning: Shampoo and SOAP -----------------------------
 
 
@@ -317,6 +386,7 @@ def soap_reference(
     max_precondition_dim: int = 10000,
     refresh: str = "qr",
     decay: str = "reference",
+    then: Optional[Callable[[np.ndarray], np.ndarray]] = None,
 ) -> List[Params]:
   """``SOAP.step`` of the reference code, per parameter.
 
@@ -333,6 +403,8 @@ def soap_reference(
   before the step, and also at the skipped first call (gradtx's chain
   ``scale_by_soap → decoupled_weight_decay → scale_by_learning_rate``).
   ``refresh="eigh"`` replaces the QR step by an eigendecomposition.
+  ``then`` maps each step's direction (before lr) of a matrix, e.g. by
+  Newton–Schulz for SOAP-then-orthogonalize (with ``decay="adamw"``).
   """
   beta_s = shampoo_b2 if shampoo_b2 >= 0 else b2
   theta = {k: np.array(v, np.float64) for k, v in params0.items()}
@@ -360,6 +432,8 @@ def soap_reference(
       denom = np.sqrt(s["exp_avg_sq"]) + eps
       step_size = lr * np.sqrt(1 - b2 ** s["step"]) / (1 - b1 ** s["step"])
       norm_grad = _project(s["exp_avg"] / denom, s["Q"], back=True)
+      if then is not None and g.ndim > 1:
+        norm_grad, step_size = then(step_size / lr * norm_grad), lr
       if decay == "reference":
         p = p - step_size * norm_grad
         p = p - lr * weight_decay * p if weight_decay > 0 else p

@@ -89,7 +89,7 @@ class Case(NamedTuple):
     """Whether each update coordinate depends on its own gradient only."""
     return self.factory not in (
         go.muon, go.shampoo, go.soap, go.adafactor, go.adam_mini, go.adamw_8bit,
-        go.kfac, go.dion,
+        go.kfac, go.dion, go.normuon, go.adamuon, go.soap_muon, go.vmuon,
     )
 
   @property
@@ -197,6 +197,16 @@ STRUCTURED = [
          dict(damping=1.0, precondition_every=2, weight_decay=1e-2,
               is_dense=lambda path, leaf: False),
          static_args=("precondition_every", "is_dense"), decoupled_decay=True),
+    # The fourth quadrant (issue 12): Muon's routing with a matrix side each.
+    Case("normuon", go.normuon, dict(weight_decay=1e-2), static_args=("ns_steps",),
+         decoupled_decay=True),
+    Case("adamuon", go.adamuon, dict(weight_decay=1e-2), static_args=("ns_steps",),
+         decoupled_decay=True),
+    Case("soap_muon", go.soap_muon, dict(precondition_every=2, weight_decay=1e-2),
+         static_args=("ns_steps", "precondition_every", "max_precondition_dim"),
+         decoupled_decay=True),
+    Case("vmuon", go.vmuon, dict(weight_decay=1e-2), static_args=("ns_steps",),
+         decoupled_decay=True),
     Case("dion", go.dion, dict(rank=1, weight_decay=1e-2),
          static_args=("rank", "power_iters", "orthonormalize", "seed", "is_muon_param"),
          decoupled_decay=True),

@@ -114,6 +114,10 @@ TABLE = {
         choices=dict(root_method=(("svd", "root_method must be one of"),)),
         configs={"default": {}, "every_2_constrained": dict(
             precondition_every=2, norm_constraint=1.0)}),
+    gt.in_factored_geometry: Entry(
+        lambda inner=_DEFAULT, **kw: gt.in_factored_geometry(
+            gt.orthogonalize_newton_schulz() if inner is _DEFAULT else inner, **kw),
+        dict(b2=DECAY, eps=NON_NEGATIVE), transform_args=("inner",)),
     gt.kronecker_precondition: Entry(
         gt.kronecker_precondition,
         dict(precondition_b2=UNIT, damping=NON_NEGATIVE, precondition_every=COUNT,
@@ -124,6 +128,14 @@ TABLE = {
         gt.momentum, dict(momentum=DECAY, dampening=DECAY),
         configs={"default": {}, "nesterov": dict(nesterov=True),
                  "no_momentum": dict(momentum=0.0)}),
+    gt.normalize_by_second_moment: Entry(
+        gt.normalize_by_second_moment, dict(b2=DECAY, eps=NON_NEGATIVE),
+        choices=dict(granularity=(("row", "granularity must be one of"),),
+                     renormalize=(("spectral", "renormalize must be one of"),)),
+        configs={"default": {}, "normuon": dict(granularity="fan_out", renormalize="input",
+                                                debias=False),
+                 "adamuon": dict(renormalize="orthogonal"),
+                 "bf16_nu": dict(nu_dtype=jnp.bfloat16)}),
     gt.on_matrix_views: Entry(
         lambda inner=_DEFAULT, **kw: gt.on_matrix_views(
             gt.scale_by_sign() if inner is _DEFAULT else inner, **kw),

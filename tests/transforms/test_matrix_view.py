@@ -167,3 +167,38 @@ def test_a_user_rule_overrides_the_default_per_leaf():
   views = gt.on_matrix_views(optax.identity(), rule)
   same, _ = views.update(grads, views.init(params))
   np.testing.assert_array_equal(same["experts"], grads["experts"])
+
+
+def test_column_blocks_are_consecutive_slices_of_the_columns():
+  x = jnp.arange(4 * 9.0).reshape(4, 9)
+  m = V((0,), (1,), col_blocks=3).to_matrices(x)
+  assert m.shape == (3, 4, 3)
+  for i in range(3):
+    np.testing.assert_array_equal(m[i], x[:, 3 * i:3 * i + 3])
+  with pytest.raises(ValueError, match="col_blocks"):
+    V((0,), (1,), col_blocks=2).matrix_shape((4, 9))
+  stacked = V((1,), (2,), batch=(0,), col_blocks=2)
+  y = jnp.arange(3 * 4 * 6.0).reshape(3, 4, 6)
+  blocks = stacked.to_matrices(y)
+  assert blocks.shape == (6, 4, 3)
+  np.testing.assert_array_equal(blocks[2], y[1, :, :3])  # layer 1, block 0
+  np.testing.assert_array_equal(blocks[3], y[1, :, 3:])
+  np.testing.assert_array_equal(stacked.from_matrices(blocks, y.shape), y)
+
+
+def test_fused_qkv_kernel_is_orthogonalized_as_three_matrices():
+  """The reference Muon's treatment of q, k, v (modded-nanogpt): a fused
+  (d, 3d) kernel under ``fused_qkv_matrix_view`` gets msign of each (d, d)
+  block, by exact SVD; other leaves keep the default view."""
+  rng = np.random.default_rng(0)
+  grads = {"qkv": {"kernel": jnp.asarray(rng.standard_normal((8, 24)))},
+           "up": {"kernel": jnp.asarray(rng.standard_normal((8, 24)))}}
+  tx = gt.clip_singular_values(1.0, 1.0, matrix_view=gt.fused_qkv_matrix_view())
+  out, _ = tx.update(grads, tx.init(grads))
+  fused = np.asarray(grads["qkv"]["kernel"])
+  expected = np.concatenate([_msign(fused[:, 8 * i:8 * i + 8]) for i in range(3)], axis=1)
+  np.testing.assert_allclose(out["qkv"]["kernel"], expected, atol=1e-5)
+  np.testing.assert_allclose(out["up"]["kernel"], _msign(np.asarray(grads["up"]["kernel"])),
+                             atol=1e-5)
+  with pytest.raises(ValueError, match="num_parts"):
+    gt.fused_qkv_matrix_view(0)

@@ -1,0 +1,161 @@
+"""A matrix transform run in the diagonal geometry learnt from factored g² statistics.
+
+Seed 000 leaves the fourth quadrant of its table, "matrix-wise, adaptive
+geometry", open and suggests a norm ‖Φ‖_V = Tr(ΦᵀVΦ)^{1/2} with V learnt from
+second-order statistics of the matrix gradients. ``in_factored_geometry`` is
+gradtx's answer built from two existing parts: Adafactor's row and column
+statistics learn diagonal metrics D_L, D_R (rows + cols numbers per matrix),
+and any matrix transform, e.g. Newton–Schulz, runs in the coordinates where
+that metric is the identity.
+"""
+
+from typing import NamedTuple, Optional
+
+import jax
+import jax.numpy as jnp
+import optax
+
+from gradtx._internal import sharding as _sharding
+from gradtx._internal import tree as _tree
+from gradtx._internal import validate as _validate
+from gradtx.transforms import matrix_view as _matrix_view
+from gradtx.transforms.matrix_view import MatrixViewRule
+from gradtx.transforms.normalize import frobenius_norms, statistics_dtype
+
+
+class InFactoredGeometryState(NamedTuple):
+  """State of ``in_factored_geometry``.
+
+  Attributes:
+    count: number of updates taken so far (int32 scalar).
+    nu_row: per matrix leaf, the EMA of u² averaged over the columns, shape
+      (matrices, rows, 1) of its matrix view, float32 (float64 for float64
+      leaves); ``None`` without a view.
+    nu_col: the EMA averaged over the rows, (matrices, 1, cols).
+    inner_state: the state of the wrapped transform.
+  """
+
+  count: jax.Array
+  nu_row: optax.Updates
+  nu_col: optax.Updates
+  inner_state: optax.OptState
+
+
+def _metric(nu: jax.Array, count: jax.Array, b2: float, eps: float) -> jax.Array:
+  """The root of the debiased statistic over its mean, plus eps: dimensionless."""
+  nu_hat = nu / _tree.bias_correction(b2, count, nu.dtype)
+  return jnp.sqrt(nu_hat / (jnp.mean(nu_hat, axis=(-2, -1), keepdims=True) + 1e-30)) + eps
+
+
+def in_factored_geometry(
+    inner: optax.GradientTransformation,
+    *,
+    b2: float = 0.95,
+    eps: float = 1e-3,
+    matrix_view: Optional[MatrixViewRule] = None,
+) -> optax.GradientTransformation:
+  r"""Runs ``inner`` in the geometry of diagonal metrics learnt from u², rows and columns.
+
+  For each matrix U of a leaf's matrix view, with running row and column
+  means of U⊙U (Adafactor's factored statistics, Shazeer & Stern 2018):
+
+  .. math::
+    r_t = b_2 r_{t-1} + (1-b_2)\operatorname{mean}_j U^2,\quad
+    c_t = b_2 c_{t-1} + (1-b_2)\operatorname{mean}_i U^2,\quad
+    D_L = \Big(\frac{\hat r}{\overline{\hat r}}\Big)^{1/2} + ε,\
+    D_R = \Big(\frac{\hat c}{\overline{\hat c}}\Big)^{1/2} + ε
+
+  (hats: divided by 1 − b₂ᵗ, bars: means), the update is
+
+  .. math::
+    Φ = D_L^{-1/2}\, \mathrm{inner}\big(D_L^{-1/2} U D_R^{-1/2}\big)\, D_R^{-1/2}
+        \cdot \frac{\|\mathrm{inner}(\cdot)\|_F}{\|D_L^{-1/2}\,\mathrm{inner}(\cdot)\,D_R^{-1/2}\|_F}.
+
+  With ``inner`` = msign (``gt.orthogonalize_newton_schulz``) this is the
+  exact steepest-descent direction under the norm
+  ‖Φ‖ = ‖D_L^{1/2} Φ D_R^{1/2}‖_op: substituting Ψ = D_L^{1/2}ΦD_R^{1/2}
+  turns ⟨U, Φ⟩ into ⟨D_L^{-1/2}UD_R^{-1/2}, Ψ⟩, maximised over ‖Ψ‖_op ≤ 1
+  by Ψ = msign(·). It is seed 000's ‖Φ‖_V with the trace (Frobenius) norm
+  replaced by Muon's spectral one and V learnt, diagonal, from second
+  moments. The metric is the root of the second moment, as in Adam, which is
+  steepest descent under ‖Φ‖_V with V = diag(√v) (seed 000; the first power
+  would apply the statistics twice: on a rank-one U = abᵀ it gives steps
+  ∝ 1/(|a_i||b_j|), while the root gives sign(a_i b_j), Adam's first step).
+  D_L = D_R = I gives Muon back. The final factor keeps the inner's
+  Frobenius norm, so the step size (and the learning rate) stays the
+  inner's; ε bounds the metric's condition number by about 1/ε. Leaves
+  without a matrix view go to ``inner`` unchanged.
+
+  Args:
+    inner: the matrix transform to run in the learnt geometry (stateless or
+      not; it sees the whitened updates).
+    b2: EMA decay of the row and column statistics, in [0, 1).
+    eps: added to the mean-normalized metrics, >= 0.
+    matrix_view: the matrix-view rule (``gt.flax_matrix_view`` by default).
+
+  Returns:
+    An ``optax.GradientTransformation`` with state ``InFactoredGeometryState``.
+
+  Reference: gradtx's design (benchmarks/RESULTS.md, "Fourth quadrant");
+  Shazeer & Stern, "Adafactor", ICML 2018 (the statistics); Jordan et al.
+  2024 (Muon); seed 000 (the open quadrant).
+  """
+  _validate.check_transformation("inner", inner)
+  _validate.check_decay("b2", b2)
+  _validate.check_non_negative("eps", eps)
+
+  def init_fn(params):
+    views = _matrix_view.views_of(params, matrix_view)
+
+    def statistics(path, p):
+      del path
+      view = views.pop(0)
+      if view is None:
+        return None, None
+      num, rows, cols = view.matrix_shape(tuple(p.shape))
+      dtype = statistics_dtype(p)
+      return jnp.zeros((num, rows, 1), dtype), jnp.zeros((num, 1, cols), dtype)
+
+    nu_row, nu_col = _tree.map_statistics(statistics, 2, params, with_path=True)
+    return InFactoredGeometryState(
+        jnp.zeros([], jnp.int32), nu_row, nu_col, inner.init(params))
+
+  def update_fn(updates, state, params=None):
+    count = optax.safe_increment(state.count)
+    leaves, treedef = jax.tree.flatten(updates)
+    views = _matrix_view.views_of(updates, matrix_view)
+    rows_, cols_ = (treedef.flatten_up_to(t) for t in (state.nu_row, state.nu_col))
+    whitened, metrics, new_rows, new_cols = [], [], [], []
+    for u, view, r, c in zip(leaves, views, rows_, cols_):
+      if view is None:
+        whitened.append(u)
+        metrics.append(None)
+        new_rows.append(r)
+        new_cols.append(c)
+        continue
+      m = view.to_matrices(u.astype(_tree.compute_dtype(u)))
+      sq = _tree.abs_sq(m).astype(r.dtype)
+      r = _sharding.reshard_like(
+          (b2 * r + (1 - b2) * jnp.mean(sq, axis=-1, keepdims=True)).astype(r.dtype), r)
+      c = _sharding.reshard_like(
+          (b2 * c + (1 - b2) * jnp.mean(sq, axis=-2, keepdims=True)).astype(c.dtype), c)
+      scale = jax.lax.rsqrt(_metric(r, count, b2, eps) * _metric(c, count, b2, eps))
+      whitened.append(view.from_matrices(m * scale.astype(m.dtype), u.shape).astype(u.dtype))
+      metrics.append(scale)
+      new_rows.append(r)
+      new_cols.append(c)
+    inner_out, inner_state = inner.update(
+        treedef.unflatten(whitened), state.inner_state, params)
+    out = []
+    for o, view, scale in zip(treedef.flatten_up_to(inner_out), views, metrics):
+      if view is None:
+        out.append(o)
+        continue
+      m = view.to_matrices(o.astype(_tree.compute_dtype(o)))
+      mapped = m * scale.astype(m.dtype)
+      mapped = mapped * (frobenius_norms(m) / (frobenius_norms(mapped) + 1e-30))
+      out.append(view.from_matrices(mapped, o.shape).astype(o.dtype))
+    return treedef.unflatten(out), InFactoredGeometryState(
+        count, treedef.unflatten(new_rows), treedef.unflatten(new_cols), inner_state)
+
+  return optax.GradientTransformation(init_fn, update_fn)

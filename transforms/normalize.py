@@ -1,0 +1,167 @@
+"""Second-moment normalization of matrix updates: NorMuon's and AdaMuon's step.
+
+An orthogonalized update O ≈ UVᵀ has every singular value ≈ 1 but rows and
+columns of very different sizes; dividing it by a running second moment of
+its own entries, per element or per neuron, gives it back Adam's per-
+coordinate adaptivity, and rescaling its Frobenius norm keeps the step size
+Muon's.
+"""
+
+import math
+from typing import Any, NamedTuple, Optional
+
+import jax
+import jax.numpy as jnp
+import optax
+
+from gradtx._internal import sharding as _sharding
+from gradtx._internal import tree as _tree
+from gradtx._internal import validate as _validate
+from gradtx.transforms import matrix_view as _matrix_view
+from gradtx.transforms import state_format
+from gradtx.transforms.matrix_view import MatrixViewRule
+
+GRANULARITIES = ("element", "fan_out", "fan_in")
+RENORMALIZATIONS = ("input", "orthogonal")
+
+
+class NormalizeBySecondMomentState(NamedTuple):
+  """State of ``normalize_by_second_moment``.
+
+  Attributes:
+    count: number of updates taken so far (int32 scalar).
+    nu: per matrix leaf, the EMA of u²: parameter-shaped (``"element"``), or
+      one value per column (``"fan_out"``, shape (matrices, 1, cols)) or per
+      row (``"fan_in"``, (matrices, rows, 1)) of its matrix view; ``None``
+      for leaves without a view.
+  """
+
+  count: jax.Array
+  nu: optax.Updates
+
+
+def _statistic(sq: jax.Array, granularity: str) -> jax.Array:
+  """u² averaged to the granularity, from a (matrices, rows, cols) stack."""
+  if granularity == "fan_out":
+    return jnp.mean(sq, axis=-2, keepdims=True)
+  if granularity == "fan_in":
+    return jnp.mean(sq, axis=-1, keepdims=True)
+  return sq
+
+
+def statistics_dtype(p) -> jnp.dtype:
+  """Per-neuron statistics: float32, or float64 for float64 parameters."""
+  return jnp.promote_types(_tree.real_dtype(p.dtype), jnp.float32)
+
+
+def frobenius_norms(matrices: jax.Array) -> jax.Array:
+  """‖M‖_F of each matrix of a (matrices, rows, cols) stack, shape (matrices, 1, 1)."""
+  return jnp.sqrt(jnp.sum(_tree.abs_sq(matrices), axis=(-2, -1), keepdims=True))
+
+
+def normalize_by_second_moment(
+    *,
+    b2: float = 0.95,
+    eps: float = 1e-8,
+    granularity: str = "element",
+    debias: bool = True,
+    renormalize: Optional[str] = None,
+    matrix_view: Optional[MatrixViewRule] = None,
+    nu_dtype: Optional[Any] = None,
+) -> optax.GradientTransformation:
+  r"""Divides each matrix update by the root of a running second moment of itself.
+
+  For each matrix U of a leaf's matrix view (rows = fan-in, cols = fan-out):
+
+  .. math::
+    v_t = b_2 v_{t-1} + (1-b_2)\, \overline{U_t^{2}},\qquad
+    \hat U = \frac{U_t}{\sqrt{v_t / (1-b_2^t)} + ε},\qquad
+    u = \hat U \cdot \frac{r}{\|\hat U\|_F + ε}
+
+  where the bar averages U⊙U over nothing (``"element"``, AdaMuon), over the
+  rows, one value per output neuron (``"fan_out"``, NorMuon's per-neuron
+  statistic: a row of PyTorch's (out, in) weight), or over the columns
+  (``"fan_in"``); ``debias=False`` drops the 1/(1−b₂ᵗ). ``renormalize`` sets
+  r: ``None`` leaves Û as it is, ``"input"`` restores U's own Frobenius norm
+  (NorMuon), ``"orthogonal"`` gives r = sqrt(min(rows, cols)), the norm of a
+  semi-orthogonal matrix (AdaMuon's RMS alignment). With either, the scalar
+  factors of v (e.g. the bias correction) cancel. Leaves without a matrix view
+  pass through, with no state.
+
+  Args:
+    b2: EMA decay of the second moment, in [0, 1).
+    eps: added to √v and to the norm in the rescaling, >= 0.
+    granularity: ``"element"``, ``"fan_out"`` or ``"fan_in"``.
+    debias: divide v by its total weight 1 − b₂ᵗ.
+    renormalize: ``None``, ``"input"`` or ``"orthogonal"``.
+    matrix_view: the matrix-view rule (``gt.flax_matrix_view`` by default).
+    nu_dtype: storage of an ``"element"`` second moment (any state format);
+      the per-neuron statistics are float32 (float64 for float64 leaves).
+
+  Returns:
+    An ``optax.GradientTransformation`` with state
+    ``NormalizeBySecondMomentState``.
+
+  Reference: Si et al., "AdaMuon: Adaptive Muon Optimizer", arXiv 2507.11005
+  (``"element"``, ``"orthogonal"``); Li et al., "NorMuon: Making Muon more
+  efficient and scalable", arXiv 2510.05491 (``"fan_out"``, ``"input"``).
+  """
+  _validate.check_decay("b2", b2)
+  _validate.check_non_negative("eps", eps)
+  if granularity not in GRANULARITIES:
+    raise ValueError(f"granularity must be one of {GRANULARITIES}, got {granularity!r}")
+  if renormalize is not None and renormalize not in RENORMALIZATIONS:
+    raise ValueError(
+        f"renormalize must be one of {RENORMALIZATIONS} or None, got {renormalize!r}")
+  nu_format = state_format.state_format("nu_dtype", nu_dtype)
+  elementwise = granularity == "element"
+
+  def init_fn(params):
+    views = _matrix_view.views_of(params, matrix_view)
+
+    def statistic(path, p):
+      del path
+      view = views.pop(0)
+      if view is None:
+        return (None,)
+      if elementwise:
+        return (state_format.zeros_like_tree(p, nu_format, signed=False, real=True),)
+      num, rows, cols = view.matrix_shape(tuple(p.shape))
+      shape = (num, 1, cols) if granularity == "fan_out" else (num, rows, 1)
+      return (jnp.zeros(shape, statistics_dtype(p)),)
+
+    (nu,) = _tree.map_statistics(statistic, 1, params, with_path=True)
+    return NormalizeBySecondMomentState(jnp.zeros([], jnp.int32), nu)
+
+  def update_fn(updates, state, params=None):
+    del params
+    count = optax.safe_increment(state.count)
+    views = iter(_matrix_view.views_of(updates, matrix_view))
+    seeds = state_format.maybe_rounding_seeds(updates, count, nu_format)
+
+    def leaf(u, nu, seed):
+      view = next(views)
+      if view is None:
+        return u, nu
+      dtype = _tree.compute_dtype(u)
+      m = view.to_matrices(u.astype(dtype))
+      previous = (view.to_matrices(state_format.load(nu, _tree.real_dtype(dtype)))
+                  if elementwise else nu)
+      nu_new = b2 * previous + (1 - b2) * _statistic(_tree.abs_sq(m), granularity)
+      nu_hat = nu_new / _tree.bias_correction(b2, count, dtype) if debias else nu_new
+      out = m / (jnp.sqrt(nu_hat) + eps)
+      if renormalize is not None:
+        target = (frobenius_norms(m) if renormalize == "input"
+                  else math.sqrt(min(m.shape[-2:])))
+        out = out * (target / (frobenius_norms(out) + eps))
+      out = view.from_matrices(out, u.shape).astype(u.dtype)
+      if elementwise:
+        nu_new = state_format.store(view.from_matrices(nu_new, u.shape), nu, nu_format, seed)
+      else:
+        nu_new = _sharding.reshard_like(nu_new.astype(nu.dtype), nu)
+      return out, nu_new
+
+    u, nu = _tree.map_leaves(leaf, 2, updates, state.nu, seeds)
+    return u, NormalizeBySecondMomentState(count, nu)
+
+  return optax.GradientTransformation(init_fn, update_fn)
