@@ -14,6 +14,8 @@ Usage (or ``python -m examples.char_lm ...`` from the repository root)::
   python examples/char_lm.py --optimizers adamw,optax:adamw,tiger --steps 800
   python examples/char_lm.py --list                   # the registered names
   python examples/char_lm.py --devices 8 --optimizers adamw,muon,shampoo,soap
+  python examples/char_lm.py --optimizers adamw,muon,adamuon --lr-factors 0.5,1,2 \
+      --seeds 0,1,2 --out benchmarks/race/small         # the race (issue 12)
 
 The defaults (d_model 96, 2 layers, context 64, batch 16, 400 steps, four
 optimizers) take about two minutes on two CPU cores. The printed table has,
@@ -33,6 +35,18 @@ axis N divides), the optimizer state laid out as ``gt.state_shardings`` gives
 it. It adds a second table: per optimizer, the compiled train step's
 per-device FLOPs over the same step's on one device, the per-device share of
 the optimizer state, and the collective bytes each device sends per step.
+
+``--lr-factors`` and/or ``--seeds`` run a race instead: every optimizer at
+every factor of its registry peak learning rates (``name@2x`` in
+``--optimizers``: that factor only) on every seed (batches and
+initialisation), then per optimizer its best factor (lowest median final
+train loss over the seeds), the final loss, the steps to the same seed's
+AdamW final loss (AdamW at its own best factor) as min/median/max, their
+ratio to the run's steps, ms/step and the wall-clock to it and its ratio to
+AdamW's. Every run is appended to ``char_lm_race_runs.jsonl`` in ``--out``
+and not run again when found there, so a race resumes and grows; the table
+goes to ``char_lm_race.md``, the summary to ``char_lm_race.json``, curves at
+the best factors to ``char_lm_race.png``.
 
 To add an optimizer, add an entry to ``OPTIMIZERS``: a name and a function of
 the number of training steps returning an ``optax.GradientTransformation``.
@@ -188,6 +202,8 @@ OPTIMIZERS: dict[str, Callable[[int], optax.GradientTransformation]] = {
     "normuon": lambda n: go.normuon(warmup_cosine(0.02, n), **_muon_adamw(n)),
     "adamuon": lambda n: go.adamuon(warmup_cosine(6e-3, n), **_muon_adamw(n)),
     "vmuon": lambda n: go.vmuon(warmup_cosine(0.02, n), **_muon_adamw(n)),
+    "adamuon:split_qkv": lambda n: go.adamuon(
+        warmup_cosine(6e-3, n), matrix_view=gt.fused_qkv_matrix_view(), **_muon_adamw(n)),
 }
 
 
@@ -612,34 +628,67 @@ def run_label(name: str, factor: float) -> str:
   return name if factor == 1 else f"{name}@{factor:g}x"
 
 
+def race_items(config: "Config") -> list[tuple[str, float]]:
+  """(registry name, lr factor) of every run of a seed: ``name@2x`` in
+  ``--optimizers`` is that factor only, a plain name every ``--lr-factors``."""
+  items = []
+  for item in config.optimizers:
+    name, factor = split_factor(item)
+    items += [(name, f) for f in ([factor] if factor else config.lr_factors)]
+  return items
+
+
+def split_factor(item: str) -> tuple[str, Optional[float]]:
+  """``"adamuon@2x"`` -> ("adamuon", 2.0); a name without the suffix -> (name, None)."""
+  match = re.fullmatch(r"(.+)@([0-9.]+)x", item)
+  return (match[1], float(match[2])) if match else (item, None)
+
+
 def race_runs(config: "Config", train_tokens, val_tokens, optimizers: Registry) -> dict:
-  """Every optimizer at every lr factor and seed: ``{seed: {label: result}}``.
+  """Every run of the race: ``{seed: {label: curves}}``.
 
   Each seed draws its own batches and initialisation; within a seed every run
-  starts from the same weights and sees the same batches.
+  starts from the same weights and sees the same batches. Runs are appended
+  to ``char_lm_race_runs.jsonl`` in ``--out`` as they finish, and runs found
+  there (same seed and label) are not run again, so a race can be resumed or
+  extended with more optimizers.
   """
-  runs = {}
+  config.out.mkdir(parents=True, exist_ok=True)
+  cache = config.out / "char_lm_race_runs.jsonl"
+  runs = {seed: {} for seed in config.seeds}
+  if cache.exists():
+    for line in cache.read_text().splitlines():
+      run = json.loads(line)
+      if run["seed"] in runs:
+        runs[run["seed"]][run["label"]] = run
   for seed in config.seeds:
+    todo = [(n, f) for n, f in race_items(config) if run_label(n, f) not in runs[seed]]
+    if not todo:
+      continue
     seeded = dataclasses.replace(config, seed=seed)
     train_batches = sample_batches(
         train_tokens, config.steps, config.batch_size, config.context, seed)
     val_batches = sample_batches(
         val_tokens, config.eval_batches, config.batch_size, config.context, seed + 1)
     initial = initial_model(seeded)
-    registry = {run_label(name, f): variant(name, f, registry=optimizers)
-                for name in config.optimizers for f in config.lr_factors}
-    runs[seed] = {label: train_one(label, seeded, initial, train_batches, val_batches,
-                                   registry)
-                  for label in registry}
+    for name, f in todo:
+      label = run_label(name, f)
+      r = train_one(label, seeded, initial, train_batches, val_batches,
+                    {label: variant(name, f, registry=optimizers)})
+      run = {"seed": seed, "label": label, "train_loss": r["train_loss"],
+             "val_loss": r["val_loss"], "ms_per_step": r["ms_per_step"]}
+      runs[seed][label] = run
+      with cache.open("a") as out:
+        out.write(json.dumps(run) + "\n")
   return runs
 
 
-def race_summary(runs: dict, names: Sequence[str], factors: Sequence[float],
-                 steps: int, reference: str = "adamw") -> dict:
+def race_summary(runs: dict, names: Sequence[str], steps: int,
+                 reference: str = "adamw") -> dict:
   """Per optimizer: the best lr factor and, there, steps and seconds to the reference.
 
-  The best factor minimises the median over seeds of the final train loss
-  (mean over the last 10% of steps). The target of each seed is the
+  The best factor, among those run on every seed, minimises the median over
+  seeds of the final train loss (mean over the last 10% of steps). The target of each seed is the
   reference's final train loss at its own best factor, on that seed's run.
   Steps to it: the first step at which the trailing-window mean reaches it
   (``steps_to_reach``; ``None``: not within ``steps``). Wall-clock: those
@@ -650,6 +699,8 @@ def race_summary(runs: dict, names: Sequence[str], factors: Sequence[float],
   seeds = list(runs)
 
   def best_factor(name):
+    factors = [f for f in _factors_of(runs, name)
+               if all(run_label(name, f) in runs[s] for s in seeds)]
     return min(factors, key=lambda f: float(np.median(
         [final(runs[s][run_label(name, f)]) for s in seeds])))
 
@@ -675,6 +726,17 @@ def race_summary(runs: dict, names: Sequence[str], factors: Sequence[float],
     entry["steps_ratio"] = _median_or_none(entry["steps"], steps)
     entry["seconds_ratio"] = _median_or_none(entry["seconds"], reference_seconds)
   return summary
+
+
+def _factors_of(runs: dict, name: str) -> list[float]:
+  """The lr factors ``name`` was run at (labels ``name`` and ``name@{f}x``)."""
+  factors = set()
+  for by_label in runs.values():
+    for label in by_label:
+      base, factor = split_factor(label)
+      if base == name:
+        factors.add(factor or 1.0)
+  return sorted(factors)
 
 
 def _median_or_none(values, scale) -> Optional[float]:
@@ -732,10 +794,12 @@ def plot_race(runs: dict, summary: dict, path: pathlib.Path) -> None:
 
 def race(config: "Config", train_tokens, val_tokens, optimizers: Registry) -> dict:
   """Runs, summarises, prints and writes the race (``--lr-factors``, ``--seeds``)."""
-  names = config.optimizers if "adamw" in config.optimizers else ("adamw", *config.optimizers)
-  config = dataclasses.replace(config, optimizers=tuple(names))
+  names = list(dict.fromkeys(split_factor(item)[0] for item in config.optimizers))
+  if "adamw" not in names:
+    names.insert(0, "adamw")
+    config = dataclasses.replace(config, optimizers=("adamw", *config.optimizers))
   runs = race_runs(config, train_tokens, val_tokens, optimizers)
-  summary = race_summary(runs, names, config.lr_factors, config.steps)
+  summary = race_summary(runs, names, config.steps)
   table = race_table(summary, config.steps)
   header = (f"d_model {config.d_model}, {config.num_layers} layers, {config.steps} steps,"
             f" lr factors {list(config.lr_factors)}, seeds {list(config.seeds)}\n\n")
@@ -744,11 +808,7 @@ def race(config: "Config", train_tokens, val_tokens, optimizers: Registry) -> di
   (config.out / "char_lm_race.md").write_text(header + table + "\n")
   (config.out / "char_lm_race.json").write_text(json.dumps(
       {"config": {**dataclasses.asdict(config), "out": str(config.out)},
-       "summary": summary,
-       "runs": {str(s): {label: {"train_loss": r["train_loss"], "val_loss": r["val_loss"],
-                                 "ms_per_step": r["ms_per_step"]}
-                         for label, r in by_label.items()}
-                for s, by_label in runs.items()}}, indent=None))
+       "summary": summary}, indent=1))
   plot_race(runs, summary, config.out / "char_lm_race.png")
   print(f"wrote {config.out}/char_lm_race.{{png,md,json}}")
   return summary
@@ -792,14 +852,16 @@ def parse_args(
     print("\n".join(optimizers))
     raise SystemExit(0)
   names = tuple(n.strip() for n in args.optimizers.split(",") if n.strip())
-  unknown = [n for n in names if n not in optimizers]
+  factors = tuple(float(f) for f in args.lr_factors.split(",") if f.strip())
+  seeds = tuple(int(v) for v in args.seeds.split(",") if v.strip())
+  racing = bool(factors or seeds)  # a race also takes name@{factor}x
+  unknown = [n for n in names if n not in optimizers
+             and not (racing and split_factor(n)[0] in optimizers)]
   if unknown:
     parser.error(
         f"unknown optimizer(s) {unknown}; choose from {list(optimizers)}")
   fields = {f.name for f in dataclasses.fields(Config)}
   values = {k: v for k, v in vars(args).items() if k in fields}
-  factors = tuple(float(f) for f in args.lr_factors.split(",") if f.strip())
-  seeds = tuple(int(v) for v in args.seeds.split(",") if v.strip())
   if factors or seeds:
     factors, seeds = factors or (1.0,), seeds or (args.seed,)
   if any(f <= 0 for f in factors):
@@ -836,7 +898,7 @@ def make_mesh(config: Config) -> Optional[Mesh]:
 def main(
     argv: Optional[Sequence[str]] = None, optimizers: Registry = OPTIMIZERS
 ) -> dict:
-  """Runs the comparison; returns ``{name: curves and timings}``.
+  """Runs the comparison; returns ``{name: curves and timings}`` (a race: its summary).
 
   ``optimizers``: the registry the names of ``--optimizers`` come from.
   """

@@ -68,8 +68,8 @@ def in_factored_geometry(
   (hats: divided by 1 − b₂ᵗ, bars: means), the update is
 
   .. math::
-    Φ = D_L^{-1/2}\, \mathrm{inner}\big(D_L^{-1/2} U D_R^{-1/2}\big)\, D_R^{-1/2}
-        \cdot \frac{\|\mathrm{inner}(\cdot)\|_F}{\|D_L^{-1/2}\,\mathrm{inner}(\cdot)\,D_R^{-1/2}\|_F}.
+    O = \mathrm{inner}\big(D_L^{-1/2} U D_R^{-1/2}\big),\qquad
+    Φ = D_L^{-1/2} O D_R^{-1/2} \cdot \frac{\|O\|_F}{\|D_L^{-1/2} O D_R^{-1/2}\|_F}.
 
   With ``inner`` = msign (``gt.orthogonalize_newton_schulz``) this is the
   exact steepest-descent direction under the norm

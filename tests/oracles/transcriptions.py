@@ -266,7 +266,7 @@ def vmuon_reference(w0, gradient, *, steps, lr, beta=0.95, b2=0.95, eps=1e-3):
   w = np.array(w0, np.float64)
   momentum, r, c = np.zeros_like(w), np.zeros((w.shape[0], 1)), np.zeros((1, w.shape[1]))
   trajectory = []
-  for step in range(1, steps + 1):
+  for _ in range(steps):
     grad = gradient(w)
     momentum, m = _muon_momentum(grad, momentum, beta, True)
     r = b2 * r + (1 - b2) * np.mean(m * m, axis=1, keepdims=True)
