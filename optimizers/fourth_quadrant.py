@@ -12,9 +12,12 @@ other leaves, as in ``go.muon``):
 ``vmuon``        Muon's msign in the diagonal metric learnt from factored g²
 ==============  ===============================================================
 
-The race on the main job (``examples/char_lm.py --race``) and what it
-supports are in benchmarks/RESULTS.md ("Fourth quadrant") and
-notebooks/03_fourth_quadrant.ipynb.
+The race on the main job (``examples/char_lm.py --lr-factors ... --seeds
+...``) and what it supports are in benchmarks/RESULTS.md ("Fourth quadrant")
+and notebooks/03_fourth_quadrant.ipynb. ``adamuon`` and ``go.muon`` see a
+fused (d, 3d) qkv kernel as three matrices by default (the race's choice);
+``normuon``, ``soap_muon`` and ``vmuon`` keep ``gt.flax_matrix_view`` (one
+matrix), as they were raced: pass ``matrix_view=gt.fused_qkv_matrix_view()``.
 """
 
 from typing import Any, Optional
@@ -169,7 +172,13 @@ def adamuon(
   0.2, AdamW's, so AdamW's learning rate transfers. A chain of ``gt.ema``,
   ``gt.orthogonalize_newton_schulz`` and
   ``gt.normalize_by_second_moment(renormalize="orthogonal")``. Defaults are
-  the reference code's (β = 0.95, b₂ = 0.999, ε = 1e-8, λ = 0.01).
+  the reference code's (β = 0.95, b₂ = 0.999, ε = 1e-8, λ = 0.01), but for
+  the matrix view, chosen on the race: a fused (d, 3d) qkv kernel is three
+  matrices (``gt.fused_qkv_matrix_view``, as ``go.muon``). AdaMuon won the
+  race on the main job (benchmarks/RESULTS.md, "Fourth quadrant"): with the
+  split qkv and its AdamW-sized learning rate at 2× AdamW's (peak 1.2e-2,
+  the non-matrix leaves' AdamW at the same), it reached AdamW's final loss
+  in the fewest steps of every optimizer tried.
 
   Args:
     learning_rate: η of the hidden matrices, a number or a schedule.
@@ -182,7 +191,7 @@ def adamuon(
     weight_decay: λ, decoupled, a number or a schedule.
     mask: which leaves get weight decay.
     scale: Muon's shape scale (``"moonlight"``, ``"jordan"`` or ``None``).
-    matrix_view: the matrix-view rule (``gt.flax_matrix_view`` by default).
+    matrix_view: the matrix-view rule; ``None``: ``gt.fused_qkv_matrix_view()``.
     is_muon_param: the routing rule (``go.is_hidden_matrix`` by default).
     adam_learning_rate: η of the AdamW leaves; ``None``: ``learning_rate``.
     adam_b1: AdamW's b1.
@@ -199,6 +208,7 @@ def adamuon(
   github.com/Chongjie-Si/AdaMuon (``adamuon.py``).
   """
   _validate.check_decay("beta", beta)
+  matrix_view = gt.fused_qkv_matrix_view() if matrix_view is None else matrix_view
   direction = optax.chain(
       gt.ema(beta, nesterov=nesterov, mu_dtype=mu_dtype),
       _orthogonalize(ns_steps, coefficients, matrix_view),

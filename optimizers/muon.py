@@ -100,7 +100,8 @@ def muon(
     compute_dtype: dtype of the iterations (e.g. ``jnp.bfloat16``).
     eps: added to the Frobenius norm before the iterations, >= 0.
     method: ``"standard"`` or ``"gram"`` Newton–Schulz.
-    matrix_view: the matrix-view rule (``gt.flax_matrix_view`` by default).
+    matrix_view: the matrix-view rule; ``None``: ``gt.fused_qkv_matrix_view()``
+      (``gt.flax_matrix_view`` with fused qkv kernels split).
     is_muon_param: the routing rule, a function of ``(path, leaf)``;
       ``None``: ``is_hidden_matrix`` with ``matrix_view``.
     adam_learning_rate: η of the AdamW leaves; ``None``: ``learning_rate``.
@@ -119,6 +120,7 @@ def muon(
   arXiv 2502.16982 (the "moonlight" scale).
   """
   _validate.check_decay("beta", beta)
+  matrix_view = gt.fused_qkv_matrix_view() if matrix_view is None else matrix_view
   hidden = optax.chain(
       gt.ema(beta, nesterov=nesterov, mu_dtype=mu_dtype),
       gt.orthogonalize_newton_schulz(

@@ -166,12 +166,14 @@ def fused_qkv_matrix_view(
 ) -> MatrixViewRule:
   """A rule that sees a fused attention input kernel as ``num_parts`` matrices.
 
-  A leaf whose path names a fused projection (a name containing ``"qkv"``,
-  ``"c_attn"`` or ``"in_proj"``, ``gradtx._internal.names.FUSED_QKV_PARTS``)
-  and whose view under ``rule`` is one matrix per layer gets
+  A leaf whose path names a fused projection (a name containing ``"qkv"`` or
+  ``"c_attn"``, ``gradtx._internal.names.FUSED_QKV_PARTS``) and whose view
+  under ``rule`` is (rows, num_parts·rows) matrices gets
   ``col_blocks=num_parts``: a (d, 3d) ``nnx.Linear`` kernel is q, k and v,
   three (d, d) matrices, as the reference Muon (modded-nanogpt) orthogonalizes
-  them. Every other leaf keeps ``rule``'s view.
+  them. Every other leaf keeps ``rule``'s view, and so does a fused kernel of
+  another width (grouped-query attention's (d, d + 2·d_kv), whose blocks are
+  not equal).
   """
   if not isinstance(num_parts, int) or num_parts < 1:
     raise ValueError(f"num_parts must be an integer >= 1, got {num_parts!r}")
@@ -179,6 +181,9 @@ def fused_qkv_matrix_view(
   def fused(path, leaf):
     view = rule(path, leaf)
     if view is None or not _names.is_fused_qkv(_names.path_names(path)):
+      return view
+    _, rows, cols = view.matrix_shape(tuple(jnp.shape(leaf)))
+    if cols != num_parts * rows:
       return view
     return dataclasses.replace(view, col_blocks=view.col_blocks * num_parts)
 

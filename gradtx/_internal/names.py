@@ -15,7 +15,8 @@ OUTPUT_HEAD_PARTS = ("unembed", "logits", "readout")
 QUERY_KEY_NAMES = ("q", "k", "wq", "wk")
 QUERY_KEY_PARTS = ("query", "key", "q_proj", "k_proj", "qkv", "c_attn", "in_proj")
 # Fused query-key-value input projections (one kernel, q|k|v column blocks).
-FUSED_QKV_PARTS = ("qkv", "c_attn", "in_proj")
+# Not "in_proj": Mamba's in_proj is a fused (x, z) projection.
+FUSED_QKV_PARTS = ("qkv", "c_attn")
 # Vectors that are never matrices, whatever their shape (flax's
 # MultiHeadAttention has (heads, head_dim) biases).
 VECTOR_NAMES = ("bias", "scale")

@@ -202,3 +202,7 @@ def test_fused_qkv_kernel_is_orthogonalized_as_three_matrices():
                              atol=1e-5)
   with pytest.raises(ValueError, match="num_parts"):
     gt.fused_qkv_matrix_view(0)
+  # Grouped-query attention's fused kernel (d, d + 2·d_kv) stays one matrix.
+  gqa = jnp.zeros((8, 8 + 2 * 4))
+  rule = gt.fused_qkv_matrix_view()
+  assert rule((jax.tree_util.DictKey("qkv"), jax.tree_util.DictKey("kernel")), gqa) == V((0,), (1,))
