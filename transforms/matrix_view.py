@@ -201,7 +201,7 @@ def einsum_matrix_view(spec: str) -> MatrixView:
   Example:
     >>> from gradtx import transforms as gt
     >>> gt.einsum_matrix_view("btd,dnh->btnh")
-    MatrixView(rows=(0,), cols=(1, 2), batch=())
+    MatrixView(rows=(0,), cols=(1, 2), batch=(), col_blocks=1)
   """
   try:
     inputs, output = spec.replace(" ", "").split("->")
