@@ -105,18 +105,12 @@ def in_factored_geometry(
   _validate.check_non_negative("eps", eps)
 
   def init_fn(params):
-    views = _matrix_view.views_of(params, matrix_view)
-
-    def statistics(path, p):
-      del path
-      view = views.pop(0)
-      if view is None:
-        return None, None
+    def statistics(p, view):
       num, rows, cols = view.matrix_shape(tuple(p.shape))
       dtype = statistics_dtype(p)
       return jnp.zeros((num, rows, 1), dtype), jnp.zeros((num, 1, cols), dtype)
 
-    nu_row, nu_col = _tree.map_statistics(statistics, 2, params, with_path=True)
+    nu_row, nu_col = _matrix_view.map_view_statistics(statistics, 2, params, matrix_view)
     return InFactoredGeometryState(
         jnp.zeros([], jnp.int32), nu_row, nu_col, inner.init(params))
 

@@ -39,6 +39,7 @@ import jax.numpy as jnp
 import optax
 
 from gradtx._internal import names as _names
+from gradtx._internal import tree as _tree
 
 
 @dataclasses.dataclass(frozen=True)
@@ -234,6 +235,26 @@ def views_of(tree: Any, rule: Optional[MatrixViewRule]) -> list:
   """The ``MatrixView`` (or ``None``) of every leaf of ``tree``, as a list."""
   with_paths = jax.tree_util.tree_flatten_with_path(tree)[0]
   return [view_of(path, leaf, rule) for path, leaf in with_paths]
+
+
+def map_view_statistics(
+    fn: Callable[[Any, MatrixView], tuple], num_outputs: int, params: Any,
+    rule: Optional[MatrixViewRule],
+) -> tuple:
+  """``fn(leaf, view)`` for each leaf with a view under ``rule``, ``None`` for the others.
+
+  Per-matrix state (row or column statistics of each matrix of a view), as
+  ``num_outputs`` trees collected like ``gradtx._internal.tree.map_statistics``
+  (state not shaped like its parameter).
+  """
+  views = views_of(params, rule)
+
+  def statistic(path, p):
+    del path
+    view = views.pop(0)
+    return (None,) * num_outputs if view is None else fn(p, view)
+
+  return _tree.map_statistics(statistic, num_outputs, params, with_path=True)
 
 
 def on_matrix_views(

@@ -117,20 +117,14 @@ def normalize_by_second_moment(
   elementwise = granularity == "element"
 
   def init_fn(params):
-    views = _matrix_view.views_of(params, matrix_view)
-
-    def statistic(path, p):
-      del path
-      view = views.pop(0)
-      if view is None:
-        return (None,)
+    def statistic(p, view):
       if elementwise:
         return (state_format.zeros_like_tree(p, nu_format, signed=False, real=True),)
       num, rows, cols = view.matrix_shape(tuple(p.shape))
       shape = (num, 1, cols) if granularity == "fan_out" else (num, rows, 1)
       return (jnp.zeros(shape, statistics_dtype(p)),)
 
-    (nu,) = _tree.map_statistics(statistic, 1, params, with_path=True)
+    (nu,) = _matrix_view.map_view_statistics(statistic, 1, params, matrix_view)
     return NormalizeBySecondMomentState(jnp.zeros([], jnp.int32), nu)
 
   def update_fn(updates, state, params=None):
