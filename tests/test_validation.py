@@ -125,6 +125,17 @@ RANGES = {
         seed=INDEX, adam_learning_rate=NON_NEGATIVE, adam_b1=DECAY,
         adam_b2=DECAY, adam_eps=NON_NEGATIVE, adam_weight_decay=NON_NEGATIVE,
     ),
+    **{f: dict(
+        learning_rate=NON_NEGATIVE, beta=DECAY, b2=DECAY, eps=NON_NEGATIVE, ns_steps=COUNT,
+        weight_decay=NON_NEGATIVE, adam_learning_rate=NON_NEGATIVE, adam_b1=DECAY,
+        adam_b2=DECAY, adam_eps=NON_NEGATIVE, adam_weight_decay=NON_NEGATIVE,
+    ) for f in (go.normuon, go.adamuon, go.vmuon)},
+    go.soap_muon: dict(
+        learning_rate=NON_NEGATIVE, b1=DECAY, b2=DECAY, precondition_b2=DECAY,
+        eps=NON_NEGATIVE, precondition_every=COUNT, max_precondition_dim=COUNT,
+        ns_steps=COUNT, weight_decay=NON_NEGATIVE, adam_learning_rate=NON_NEGATIVE,
+        adam_b1=DECAY, adam_b2=DECAY, adam_eps=NON_NEGATIVE, adam_weight_decay=NON_NEGATIVE,
+    ),
 }
 
 
@@ -139,6 +150,9 @@ CHOICES = {
     go.muon: dict(coefficients=("nope", "coefficients must be one of"),
                   scale=("big", "scale must be one of"),
                   method=("fast", "method must be 'standard' or 'gram'")),
+    **{f: dict(coefficients=("nope", "coefficients must be one of"),
+               scale=("big", "scale must be one of"))
+       for f in (go.normuon, go.adamuon, go.soap_muon, go.vmuon)},
 }
 # Moments that exist only with a momentum (adafactor keeps none by default,
 # and then ignores mu_dtype).
