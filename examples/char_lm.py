@@ -688,7 +688,8 @@ def race_runs(config: "Config", train_tokens, val_tokens, optimizers: Registry) 
 
 
 def race_summary(runs: dict, names: Sequence[str], steps: int,
-                 reference: str = "adamw") -> dict:
+                 reference: str = "adamw",
+                 ms_per_step: Optional[Mapping[str, float]] = None) -> dict:
   """Per optimizer: the best lr factor and, there, steps and seconds to the reference.
 
   The best factor, among those run on every seed, minimises the median over
@@ -696,7 +697,8 @@ def race_summary(runs: dict, names: Sequence[str], steps: int,
   reference's final train loss at its own best factor, on that seed's run.
   Steps to it: the first step at which the trailing-window mean reaches it
   (``steps_to_reach``; ``None``: not within ``steps``). Wall-clock: those
-  steps times the run's median ms/step.
+  steps times the run's median ms/step, or ``ms_per_step[name]`` when given
+  (e.g. the round-robin timings of benchmarks/race_step_time.py).
   """
   window = final_window(steps)
   final = lambda r: float(smooth(r["train_loss"], window)[-1])
@@ -716,7 +718,8 @@ def race_summary(runs: dict, names: Sequence[str], steps: int,
     chosen = [runs[s][run_label(name, factor)] for s in seeds]
     reached = [steps_to_reach(r["train_loss"], targets[s], window)
                for s, r in zip(seeds, chosen)]
-    ms = [r["ms_per_step"] for r in chosen]
+    ms = ([ms_per_step[name]] * len(chosen) if ms_per_step is not None
+          else [r["ms_per_step"] for r in chosen])
     seconds = [None if n is None else n * m / 1e3 for n, m in zip(reached, ms)]
     summary[name] = {
         "lr_factor": factor,
