@@ -113,8 +113,11 @@ def matrices(params):
 
 
 def _muon_adamw(n: int) -> dict:
-  """The AdamW side of the muon entry: AdamW's tuned peak lr, b2 0.99, no decay."""
-  return dict(adam_learning_rate=warmup_cosine(6e-3, n), adam_b2=0.99,
+  """The AdamW side of the Muon-family entries (embeddings, head, norms,
+  biases): b2 0.99, no decay, peak 1.8e-2 = 3x AdamW's tuned 6e-3, the best
+  of 0.5-6x for Muon and AdaMuon on the race (benchmarks/race_two_lrs.py;
+  benchmarks/RESULTS.md, "Fourth quadrant")."""
+  return dict(adam_learning_rate=warmup_cosine(1.8e-2, n), adam_b2=0.99,
               adam_weight_decay=0.0)
 
 
@@ -137,10 +140,7 @@ OPTIMIZERS: dict[str, Callable[[int], optax.GradientTransformation]] = {
         warmup_cosine(1e-3, n), weight_decay=0.3, mask=matrices),
     "tiger": lambda n: go.tiger(
         warmup_cosine(1e-3, n), weight_decay=0.3, mask=matrices),
-    "muon": lambda n: go.muon(
-        warmup_cosine(0.02, n), weight_decay=0.0,
-        adam_learning_rate=warmup_cosine(6e-3, n), adam_b2=0.99,
-        adam_weight_decay=0.0),
+    "muon": lambda n: go.muon(warmup_cosine(0.02, n), weight_decay=0.0, **_muon_adamw(n)),
     "muon:moonlight": lambda n: go.muon(
         warmup_cosine(6e-3, n), scale="moonlight", weight_decay=0.1,
         adam_b2=0.99, adam_weight_decay=0.0),
@@ -199,6 +199,9 @@ OPTIMIZERS: dict[str, Callable[[int], optax.GradientTransformation]] = {
     # default (chosen on the race); ":fused_qkv" is the one-matrix view.
     "muon:fused_qkv": lambda n: go.muon(
         warmup_cosine(0.02, n), matrix_view=gt.flax_matrix_view, **_muon_adamw(n)),
+    # The same update by Newton-Schulz on the Gram matrix (rectangular matrices only).
+    "muon:gram": lambda n: go.muon(
+        warmup_cosine(0.02, n), weight_decay=0.0, method="gram", **_muon_adamw(n)),
     "muon:polar_express": lambda n: go.muon(
         warmup_cosine(0.02, n), coefficients="polar_express", **_muon_adamw(n)),
     "soap_muon": lambda n: go.soap_muon(warmup_cosine(0.02, n), **_muon_adamw(n)),

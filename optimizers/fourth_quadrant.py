@@ -174,11 +174,12 @@ def adamuon(
   ``gt.normalize_by_second_moment(renormalize="orthogonal")``. Defaults are
   the reference code's (β = 0.95, b₂ = 0.999, ε = 1e-8, λ = 0.01), but for
   the matrix view, chosen on the race: a fused (d, 3d) qkv kernel is three
-  matrices (``gt.fused_qkv_matrix_view``, as ``go.muon``). AdaMuon won the
-  race on the main job (benchmarks/RESULTS.md, "Fourth quadrant"): with the
-  split qkv and its AdamW-sized learning rate at 2× AdamW's (peak 1.2e-2,
-  the non-matrix leaves' AdamW at the same), it reached AdamW's final loss
-  in the fewest steps of every optimizer tried.
+  matrices (``gt.fused_qkv_matrix_view``, as ``go.muon``). On the main
+  job's race (benchmarks/RESULTS.md, "Fourth quadrant") AdaMuon, with the
+  split qkv, its AdamW-sized learning rate at 2× AdamW's (peak 1.2e-2) and
+  the non-matrix leaves' AdamW at 3× (1.8e-2), reached AdamW's final loss
+  in the fewest steps of every optimizer tried at the main job's size, and
+  fell behind Muon at 2× width and depth.
 
   Args:
     learning_rate: η of the hidden matrices, a number or a schedule.

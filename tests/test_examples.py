@@ -13,7 +13,7 @@ import jax.numpy as jnp
 import numpy as np
 import pytest
 
-from benchmarks import char_lm_lr_grid, harness, kfac_vs_shampoo
+from benchmarks import char_lm_lr_grid, harness, kfac_vs_shampoo, race_two_lrs
 from examples import char_lm
 
 ROOT = pathlib.Path(__file__).resolve().parents[1]
@@ -129,6 +129,30 @@ def test_lr_grid_names_variants_the_main_job_accepts():
   assert "adamw@2x" not in char_lm.OPTIMIZERS
   with pytest.raises(SystemExit):
     char_lm.parse_args(["--optimizers", "adamw@2x"])
+
+
+def test_two_lrs_items_set_the_matrix_and_adamw_peaks_apart():
+  """benchmarks/race_two_lrs.py: ``muon/m1/a3`` is the registry's muon (AdamW side
+  at 3x AdamW's peak); ``a`` moves only the AdamW leaves, ``m`` only the matrices."""
+  assert race_two_lrs.parse_item("adamuon/m0.75/a4/ns_steps=4") == (
+      "adamuon", 0.75, 4.0, {"ns_steps": 4})
+  params = {"kernel": jnp.full((4, 3), 0.5), "bias": jnp.full((3,), 0.1)}
+  grads = jax.tree.map(lambda p: jnp.cos(jnp.arange(p.size, dtype=p.dtype)).reshape(
+      p.shape), params)
+  registry = _updates(char_lm.OPTIMIZERS["muon"], params, grads)
+  item = _updates(race_two_lrs.factory("muon/m1/a3"), params, grads)
+  adam_half = _updates(race_two_lrs.factory("muon/m1/a1.5"), params, grads)
+  matrix_twice = _updates(race_two_lrs.factory("muon/m2/a3"), params, grads)
+  for a, b in zip(jax.tree.leaves(registry), jax.tree.leaves(item)):
+    np.testing.assert_array_equal(a, b)
+  np.testing.assert_allclose(adam_half["bias"], 0.5 * item["bias"], rtol=1e-6)
+  np.testing.assert_array_equal(adam_half["kernel"], item["kernel"])
+  np.testing.assert_allclose(matrix_twice["kernel"], 2 * item["kernel"], rtol=1e-6)
+  np.testing.assert_array_equal(matrix_twice["bias"], item["bias"])
+  with pytest.raises(ValueError, match="family must be one of"):
+    race_two_lrs.parse_item("lion/m1")
+  with pytest.raises(ValueError, match="item option"):
+    race_two_lrs.parse_item("muon/x2")
 
 
 def test_harness_times_each_contender_once_a_round_in_shuffled_orders():
