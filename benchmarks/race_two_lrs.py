@@ -7,7 +7,9 @@ head, norms, biases). Here an item ``family/m<M>/a<A>`` is ``go.<family>``
 times M on the matrices (muon 0.02, adamuon 1.2e-2, the others 0.02) and
 AdamW at A times AdamW's tuned 6e-3 on the other leaves (b2 0.99, no decay,
 as the registry's ``_muon_adamw``), every other argument the factory's
-default; ``/key=value`` passes more keyword arguments (a Python literal).
+default; ``/e<E>`` gives the embeddings (token table, positions) their own
+AdamW at E times 6e-3 (``char_lm._fast_embeddings``); ``/key=value`` passes
+more keyword arguments (a Python literal).
 ``muon:moonlight/m<M>/a<A>`` is the moonlight-scaled Muon (peak 6e-3,
 decay 0.1). Items run through the race (``char_lm.race``): same seeds,
 batches and run file (``char_lm_race_runs.jsonl`` in ``--out``, resumable),
@@ -32,7 +34,8 @@ ADAMW_PEAK = 6e-3
 
 
 def parse_item(item: str) -> tuple[str, float, float, dict]:
-  """``"adamuon/m0.75/a3/ns_steps=4"`` -> ("adamuon", 0.75, 3.0, {"ns_steps": 4})."""
+  """``"adamuon/m0.75/a3/ns_steps=4"`` -> ("adamuon", 0.75, 3.0, {"ns_steps": 4});
+  an ``e<E>`` option comes back as ``kwargs["embedding_factor"]``."""
   family, *options = item.split("/")
   if family not in MATRIX_PEAK:
     raise ValueError(f"family must be one of {sorted(MATRIX_PEAK)}, got {family!r}")
@@ -41,19 +44,29 @@ def parse_item(item: str) -> tuple[str, float, float, dict]:
     if "=" in option:
       key, value = option.split("=", 1)
       kwargs[key] = ast.literal_eval(value)
+    elif option[:1] == "e":
+      kwargs["embedding_factor"] = float(option[1:])
     elif option[:1] in ("m", "a"):
       value = float(option[1:])
       matrix, adam = (value, adam) if option[0] == "m" else (matrix, value)
     else:
-      raise ValueError(f"item option must be m<factor>, a<factor> or key=value, got {option!r}")
+      raise ValueError(f"item option must be m<factor>, a<factor>, e<factor> or key=value,"
+                       f" got {option!r}")
   return family, matrix, adam, kwargs
 
 
 def factory(item: str) -> char_lm.Factory:
   """The registry-style factory of one item."""
   family, matrix, adam, kwargs = parse_item(item)
+  embedding_factor = kwargs.pop("embedding_factor", None)
 
   def build(n: int):
+    tx = build_family(n)
+    if embedding_factor is None:
+      return tx
+    return char_lm._fast_embeddings(tx, n, peak=ADAMW_PEAK * embedding_factor)
+
+  def build_family(n: int):
     side = dict(adam_learning_rate=char_lm.warmup_cosine(ADAMW_PEAK * adam, n),
                 adam_b2=0.99, adam_weight_decay=0.0)
     peak = char_lm.warmup_cosine(MATRIX_PEAK[family] * matrix, n)

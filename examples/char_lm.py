@@ -121,6 +121,25 @@ def _muon_adamw(n: int) -> dict:
               adam_weight_decay=0.0)
 
 
+def _embedding_labels(params):
+  """"embed" on the token table and the learned positions, "rest" elsewhere."""
+  def label(path, leaf):
+    names = {str(getattr(key, "key", getattr(key, "name", key))) for key in path}
+    return "embed" if names & {"embed", "position"} else "rest"
+  return jax.tree_util.tree_map_with_path(label, params)
+
+
+def _fast_embeddings(rest: optax.GradientTransformation, n: int,
+                     peak: float = 1.8e-1) -> optax.GradientTransformation:
+  """``rest`` on every leaf but the embeddings (token table, positions), which get
+  their own AdamW at ``peak``, by default 1.8e-1 = 30x AdamW's (b2 0.99, no
+  decay): the best of 3-100x on the race (benchmarks/race_two_lrs.py items
+  ``.../e<E>``; benchmarks/RESULTS.md, "Fourth quadrant"; modded-nanogpt too
+  gives its embedding a far larger learning rate than its head)."""
+  embed = go.adamw(warmup_cosine(peak, n), b2=0.99, weight_decay=0.0)
+  return optax.multi_transform({"embed": embed, "rest": rest}, _embedding_labels)
+
+
 # name -> factory(total_steps) -> optax.GradientTransformation. Peak learning
 # rates of adamw/adam, lion and sgd come from a sweep at the default settings
 # (adamw 1e-3..1e-2, lion 1e-4..3e-3 with weight decay 0.03..1, sgd 0.1..1);
@@ -209,6 +228,9 @@ OPTIMIZERS: dict[str, Callable[[int], optax.GradientTransformation]] = {
     # The race's best peak lr: 2x the AdamW-sized 6e-3 (benchmarks/RESULTS.md).
     "adamuon": lambda n: go.adamuon(warmup_cosine(1.2e-2, n), **_muon_adamw(n)),
     "vmuon": lambda n: go.vmuon(warmup_cosine(0.02, n), **_muon_adamw(n)),
+    # The embeddings apart, at 30x AdamW's peak (the race's best).
+    "adamuon:fast_embeddings": lambda n: _fast_embeddings(OPTIMIZERS["adamuon"](n), n),
+    "muon:gram:fast_embeddings": lambda n: _fast_embeddings(OPTIMIZERS["muon:gram"](n), n),
     "adamuon:fused_qkv": lambda n: go.adamuon(
         warmup_cosine(1.2e-2, n), matrix_view=gt.flax_matrix_view, **_muon_adamw(n)),
 }

@@ -149,6 +149,17 @@ def test_two_lrs_items_set_the_matrix_and_adamw_peaks_apart():
   np.testing.assert_array_equal(adam_half["kernel"], item["kernel"])
   np.testing.assert_allclose(matrix_twice["kernel"], 2 * item["kernel"], rtol=1e-6)
   np.testing.assert_array_equal(matrix_twice["bias"], item["bias"])
+  # /e<E>: the embeddings on their own AdamW; e30 is the registry's fast_embeddings.
+  params = {**params, "embed": {"embedding": jnp.full((5, 3), 0.2)}}
+  grads = {**grads, "embed": {"embedding": jnp.sin(jnp.arange(15.0)).reshape(5, 3)}}
+  fast = _updates(char_lm.OPTIMIZERS["adamuon:fast_embeddings"], params, grads)
+  item = _updates(race_two_lrs.factory("adamuon/a3/e30"), params, grads)
+  slower = _updates(race_two_lrs.factory("adamuon/a3/e15"), params, grads)
+  for a, b in zip(jax.tree.leaves(fast), jax.tree.leaves(item)):
+    np.testing.assert_array_equal(a, b)
+  np.testing.assert_allclose(slower["embed"]["embedding"], 0.5 * item["embed"]["embedding"],
+                             rtol=1e-6)
+  np.testing.assert_array_equal(slower["kernel"], item["kernel"])
   with pytest.raises(ValueError, match="family must be one of"):
     race_two_lrs.parse_item("lion/m1")
   with pytest.raises(ValueError, match="item option"):
