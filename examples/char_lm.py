@@ -85,6 +85,7 @@ from jax.sharding import PartitionSpec as P
 
 from gradtx import optimizers as go
 from gradtx import transforms as gt
+from gradtx._internal import names as _names
 
 VOCAB = "\n" + "".join(chr(c) for c in range(32, 127))
 UNKNOWN = len(VOCAB)  # one extra token for every character outside VOCAB
@@ -122,10 +123,10 @@ def _muon_adamw(n: int) -> dict:
 
 
 def _embedding_labels(params):
-  """"embed" on the token table and the learned positions, "rest" elsewhere."""
+  """"embed" on the input tables (token embeddings, learned positions: the
+  names go.muon also keeps off its hidden matrices), "rest" elsewhere."""
   def label(path, leaf):
-    names = {str(getattr(key, "key", getattr(key, "name", key))) for key in path}
-    return "embed" if names & {"embed", "position"} else "rest"
+    return "embed" if _names.is_embedding(_names.path_names(path)) else "rest"
   return jax.tree_util.tree_map_with_path(label, params)
 
 
