@@ -232,6 +232,10 @@ OPTIMIZERS: dict[str, Callable[[int], optax.GradientTransformation]] = {
     # The embeddings apart, at 30x AdamW's peak (the race's best).
     "adamuon:fast_embeddings": lambda n: _fast_embeddings(OPTIMIZERS["adamuon"](n), n),
     "muon:gram:fast_embeddings": lambda n: _fast_embeddings(OPTIMIZERS["muon:gram"](n), n),
+    # AdaMuon with Gram Newton-Schulz and the embeddings apart: the same steps as
+    # adamuon:fast_embeddings up to round-off, at Gram's cheaper step.
+    "adamuon:gram:fast_embeddings": lambda n: _fast_embeddings(
+        go.adamuon(warmup_cosine(1.2e-2, n), method="gram", **_muon_adamw(n)), n),
     "adamuon:fused_qkv": lambda n: go.adamuon(
         warmup_cosine(1.2e-2, n), matrix_view=gt.flax_matrix_view, **_muon_adamw(n)),
 }

@@ -151,7 +151,8 @@ CHOICES = {
                   scale=("big", "scale must be one of"),
                   method=("fast", "method must be 'standard' or 'gram'")),
     **{f: dict(coefficients=("nope", "coefficients must be one of"),
-               scale=("big", "scale must be one of"))
+               scale=("big", "scale must be one of"),
+               method=("fast", "method must be 'standard' or 'gram'"))
        for f in (go.normuon, go.adamuon, go.soap_muon, go.vmuon)},
 }
 # Moments that exist only with a momentum (adafactor keeps none by default,

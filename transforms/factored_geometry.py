@@ -118,7 +118,8 @@ def in_factored_geometry(
     count = optax.safe_increment(state.count)
     leaves, treedef = jax.tree.flatten(updates)
     views = _matrix_view.views_of(updates, matrix_view)
-    rows_, cols_ = (treedef.flatten_up_to(t) for t in (state.nu_row, state.nu_col))
+    statistics = _tree.statistics_structure(updates)
+    rows_, cols_ = (statistics.flatten_up_to(t) for t in (state.nu_row, state.nu_col))
     whitened, metrics, new_rows, new_cols = [], [], [], []
     for u, view, r, c in zip(leaves, views, rows_, cols_):
       if view is None:
@@ -150,6 +151,6 @@ def in_factored_geometry(
       mapped = mapped * (frobenius_norms(m) / (frobenius_norms(mapped) + 1e-30))
       out.append(view.from_matrices(mapped, o.shape).astype(o.dtype))
     return treedef.unflatten(out), InFactoredGeometryState(
-        count, treedef.unflatten(new_rows), treedef.unflatten(new_cols), inner_state)
+        count, statistics.unflatten(new_rows), statistics.unflatten(new_cols), inner_state)
 
   return optax.GradientTransformation(init_fn, update_fn)

@@ -239,7 +239,7 @@ def kfac_precondition(
 
     diag = jax.tree_util.tree_map_with_path(
         lambda path, p: jnp.zeros_like(p, _tree.compute_dtype(p))
-        if role_of(path) == "diag" else optax.MaskedNode(), params)
+        if role_of(path) == "diag" else optax.MaskedNode(), _tree.unwrap_variables(params))
     return KfacPreconditionState(
         jnp.zeros([], jnp.int32),
         *_tree.map_statistics(statistics, 4, params, with_path=True), diag)
@@ -267,7 +267,8 @@ def kfac_precondition(
     flat, treedef = jax.tree_util.tree_flatten_with_path(updates)
     grads = [g for _, g in flat]
     roles = _roles(flat, is_dense)
-    fields = [treedef.flatten_up_to(f) for f in state[1:]]
+    statistics = _tree.statistics_structure(updates)  # the state is plain
+    fields = [statistics.flatten_up_to(f) for f in state[1:]]
     count = optax.safe_increment(state.count)
     dense = [i for i, r in enumerate(roles) if isinstance(r, tuple)]
     new_a, new_g = [], []
@@ -303,12 +304,12 @@ def kfac_precondition(
       merged = list(field)
       for j, i in enumerate(dense):
         merged[i] = values[j]
-      return treedef.unflatten(merged)
+      return statistics.unflatten(merged)
 
     new_state = KfacPreconditionState(
         count, scatter(new_a, fields[0]), scatter(new_g, fields[1]),
         scatter(inv_a, fields[2]), scatter(inv_g, fields[3]),
-        treedef.unflatten(diag))
+        statistics.unflatten(diag))
     return treedef.unflatten(out), new_state
 
   return optax.GradientTransformationExtraArgs(init_fn, update_fn)

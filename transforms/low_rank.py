@@ -283,10 +283,12 @@ def orthogonalize_low_rank(
     del params
     leaves, treedef = jax.tree.flatten(updates)
     views = _matrix_view.views_of(updates, matrix_view)
-    bases = treedef.flatten_up_to(state.basis)
+    statistics = _tree.statistics_structure(updates)
+    bases = statistics.flatten_up_to(state.basis)
     residuals = treedef.flatten_up_to(state.residual)
     out = [leaf(*args) for args in zip(leaves, views, bases, residuals)]
-    u, bases, residual = (treedef.unflatten([o[i] for o in out]) for i in range(3))
+    u, residual = (treedef.unflatten([o[i] for o in out]) for i in (0, 2))
+    bases = statistics.unflatten([o[1] for o in out])
     if not error_feedback:
       residual = state.residual
     return u, OrthogonalizeLowRankState(bases, residual)

@@ -75,15 +75,47 @@ def map_leaves(
   structure of the first tree decides, so ``None`` and ``optax.MaskedNode``
   leaves of the updates are skipped) and must return ``num_outputs`` values.
   A tree given as ``None`` (an optional state field that is switched off)
-  contributes ``None`` to every call.
+  contributes ``None`` to every call. Output ``i`` corresponds to input tree
+  ``i`` (the updates, then the state fields): flax NNX variables are seen
+  through, and each output has its input's wrapping, so a plain statistic
+  stays plain when the updates arrive as ``nnx.State`` of ``nnx.Param``.
   """
-  leaves, treedef = jax.tree.flatten(trees[0])
+  plain = [None if t is None else unwrap_variables(t) for t in trees]
+  leaves, treedef = jax.tree.flatten(plain[0])
   rest = [
       [None] * len(leaves) if t is None else treedef.flatten_up_to(t)
-      for t in trees[1:]
+      for t in plain[1:]
   ]
-  outputs = [fn(*args) for args in zip(leaves, *rest)]
-  return _unzip(outputs, treedef, num_outputs)
+  outputs = _unzip([fn(*args) for args in zip(leaves, *rest)], treedef, num_outputs)
+  return tuple(
+      _wrapped_like(out, trees[i] if i < len(trees) and trees[i] is not None else trees[0])
+      for i, out in enumerate(outputs))
+
+
+def unwrap_variables(tree: Any) -> Any:
+  """``tree`` with every flax NNX variable replaced by its value."""
+  if not has_variables(tree):
+    return tree
+  return jax.tree.map(lambda x: x.get_value() if is_variable(x) else x, tree,
+                      is_leaf=is_variable)
+
+
+def has_variables(tree: Any) -> bool:
+  return any(is_variable(x) for x in jax.tree.leaves(tree, is_leaf=is_variable))
+
+
+def statistics_structure(updates: Any) -> Any:
+  """The treedef of per-leaf statistics of ``updates`` (``map_statistics``
+  builds them plain): ``updates``' own, with NNX variables seen through."""
+  return jax.tree.structure(unwrap_variables(updates))
+
+
+def _wrapped_like(plain: Any, like: Any) -> Any:
+  """``plain`` (variable-free) with ``like``'s NNX variable wrappers, if any."""
+  if not has_variables(like):
+    return plain
+  values = jax.tree.structure(unwrap_variables(like)).flatten_up_to(plain)
+  return jax.tree.unflatten(jax.tree.structure(like), values)
 
 
 def _unzip(outputs: list, treedef: Any, num_outputs: int) -> tuple:
@@ -136,10 +168,7 @@ def map_statistics(
   """
   if is_params_placeholder(params):
     return (NOT_PARAMS,) * num_outputs
-  plain = jax.tree.map(
-      lambda x: x.get_value() if is_variable(x) else x, params,
-      is_leaf=is_variable,
-  )
+  plain = unwrap_variables(params)
   with_paths, treedef = jax.tree_util.tree_flatten_with_path(plain)
   outputs = [fn(*pl) if with_path else fn(pl[1]) for pl in with_paths]
   return _unzip(outputs, treedef, num_outputs)

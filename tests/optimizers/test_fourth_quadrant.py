@@ -70,6 +70,21 @@ def test_adamuon_matches_the_reference_code(shape):
     np.testing.assert_allclose(a, b, rtol=1e-9, atol=1e-12)
 
 
+@SHAPES
+@pytest.mark.parametrize("name", ["normuon", "adamuon"])
+def test_gram_newton_schulz_follows_the_reference_code(name, shape):
+  """``method="gram"`` iterates on the Gram matrix of the smaller side: the
+  same msign polynomial, so the reference code's trajectory up to round-off."""
+  w0, gradient = _problem(shape)
+  factory, reference = {
+      "normuon": (go.normuon, transcriptions.normuon_reference),
+      "adamuon": (go.adamuon, transcriptions.adamuon_reference)}[name]
+  ours = _gradtx_trajectory(factory(0.01, method="gram"), w0, gradient)
+  theirs = _torch_layout(reference, w0, gradient, lr=0.01)
+  for a, b in zip(ours, theirs):
+    np.testing.assert_allclose(a, b, rtol=1e-7, atol=1e-10)
+
+
 @pytest.mark.parametrize("shape", [(6, 6), (4, 12)], ids=["square", "one-sided"])
 def test_soap_muon_is_the_reference_soap_direction_orthogonalized(shape):
   """As tests/optimizers/test_soap.py: a square matrix, and one whose 12
