@@ -8,7 +8,7 @@ times M on the matrices (muon 0.02, adamuon 1.2e-2, the others 0.02) and
 AdamW at A times AdamW's tuned 6e-3 on the other leaves (b2 0.99, no decay,
 as the registry's ``_muon_adamw``), every other argument the factory's
 default; ``/e<E>`` gives the embeddings (token table, positions) their own
-AdamW at E times 6e-3 (``char_lm._fast_embeddings``); ``/key=value`` passes
+AdamW at E times 6e-3 (the factory's ``embedding_learning_rate``); ``/key=value`` passes
 more keyword arguments (a Python literal).
 ``muon:moonlight/m<M>/a<A>`` is the moonlight-scaled Muon (peak 6e-3,
 decay 0.1). Items run through the race (``char_lm.race``): same seeds,
@@ -61,20 +61,17 @@ def factory(item: str) -> char_lm.Factory:
   embedding_factor = kwargs.pop("embedding_factor", None)
 
   def build(n: int):
-    tx = build_family(n)
-    if embedding_factor is None:
-      return tx
-    return char_lm._fast_embeddings(tx, n, peak=ADAMW_PEAK * embedding_factor)
-
-  def build_family(n: int):
     side = dict(adam_learning_rate=char_lm.warmup_cosine(ADAMW_PEAK * adam, n),
-                adam_b2=0.99, adam_weight_decay=0.0)
+                adam_b2=0.99, adam_weight_decay=0.0, **kwargs)
+    if embedding_factor is not None:
+      side["embedding_learning_rate"] = char_lm.warmup_cosine(
+          ADAMW_PEAK * embedding_factor, n)
     peak = char_lm.warmup_cosine(MATRIX_PEAK[family] * matrix, n)
     if family == "muon":
-      return go.muon(peak, weight_decay=0.0, **side, **kwargs)
+      return go.muon(peak, weight_decay=0.0, **side)
     if family == "muon:moonlight":
-      return go.muon(peak, scale="moonlight", weight_decay=0.1, **side, **kwargs)
-    return getattr(go, family)(peak, **side, **kwargs)
+      return go.muon(peak, scale="moonlight", weight_decay=0.1, **side)
+    return getattr(go, family)(peak, **side)
 
   return build
 

@@ -85,7 +85,6 @@ from jax.sharding import PartitionSpec as P
 
 from gradtx import optimizers as go
 from gradtx import transforms as gt
-from gradtx._internal import names as _names
 
 VOCAB = "\n" + "".join(chr(c) for c in range(32, 127))
 UNKNOWN = len(VOCAB)  # one extra token for every character outside VOCAB
@@ -122,23 +121,13 @@ def _muon_adamw(n: int) -> dict:
               adam_weight_decay=0.0)
 
 
-def _embedding_labels(params):
-  """"embed" on the input tables (token embeddings, learned positions: the
-  names go.muon also keeps off its hidden matrices), "rest" elsewhere."""
-  def label(path, leaf):
-    return "embed" if _names.is_embedding(_names.path_names(path)) else "rest"
-  return jax.tree_util.tree_map_with_path(label, params)
-
-
-def _fast_embeddings(rest: optax.GradientTransformation, n: int,
-                     peak: float = 1.8e-1) -> optax.GradientTransformation:
-  """``rest`` on every leaf but the embeddings (token table, positions), which get
-  their own AdamW at ``peak``, by default 1.8e-1 = 30x AdamW's (b2 0.99, no
-  decay): the best of 3-100x on the race (benchmarks/race_two_lrs.py items
-  ``.../e<E>``; benchmarks/RESULTS.md, "Fourth quadrant"; modded-nanogpt too
-  gives its embedding a far larger learning rate than its head)."""
-  embed = go.adamw(warmup_cosine(peak, n), b2=0.99, weight_decay=0.0)
-  return optax.multi_transform({"embed": embed, "rest": rest}, _embedding_labels)
+def _fast_embeddings(n: int) -> dict:
+  """The embeddings (token table, positions) on their own AdamW at 1.8e-1 =
+  30x AdamW's peak (the factories' ``embedding_learning_rate``; the AdamW
+  side's b2 and decay): the best of 3-100x on the race
+  (benchmarks/race_two_lrs.py items ``.../e<E>``; benchmarks/RESULTS.md,
+  "Fourth quadrant")."""
+  return dict(embedding_learning_rate=warmup_cosine(1.8e-1, n))
 
 
 # name -> factory(total_steps) -> optax.GradientTransformation. Peak learning
@@ -230,12 +219,14 @@ OPTIMIZERS: dict[str, Callable[[int], optax.GradientTransformation]] = {
     "adamuon": lambda n: go.adamuon(warmup_cosine(1.2e-2, n), **_muon_adamw(n)),
     "vmuon": lambda n: go.vmuon(warmup_cosine(0.02, n), **_muon_adamw(n)),
     # The embeddings apart, at 30x AdamW's peak (the race's best).
-    "adamuon:fast_embeddings": lambda n: _fast_embeddings(OPTIMIZERS["adamuon"](n), n),
-    "muon:gram:fast_embeddings": lambda n: _fast_embeddings(OPTIMIZERS["muon:gram"](n), n),
-    # AdaMuon with Gram Newton-Schulz and the embeddings apart: the same steps as
-    # adamuon:fast_embeddings up to round-off, at Gram's cheaper step.
-    "adamuon:gram:fast_embeddings": lambda n: _fast_embeddings(
-        go.adamuon(warmup_cosine(1.2e-2, n), method="gram", **_muon_adamw(n)), n),
+    "adamuon:fast_embeddings": lambda n: go.adamuon(
+        warmup_cosine(1.2e-2, n), **_muon_adamw(n), **_fast_embeddings(n)),
+    "muon:gram:fast_embeddings": lambda n: go.muon(
+        warmup_cosine(0.02, n), weight_decay=0.0, method="gram", **_muon_adamw(n),
+        **_fast_embeddings(n)),
+    # What won, promoted to a named optimizer: go.adamuon_lm is AdaMuon with Gram
+    # Newton-Schulz, the AdamW side at 1.5x and the embeddings at 15x its rate.
+    "adamuon:gram:fast_embeddings": lambda n: go.adamuon_lm(warmup_cosine(1.2e-2, n)),
     "adamuon:fused_qkv": lambda n: go.adamuon(
         warmup_cosine(1.2e-2, n), matrix_view=gt.flax_matrix_view, **_muon_adamw(n)),
 }

@@ -9,7 +9,7 @@ from gradtx.optimizers.adagrad import adagrad
 from gradtx.optimizers.adam import adam, adamw, adamw_8bit
 from gradtx.optimizers.adam_mini import adam_mini
 from gradtx.optimizers.dion import dion
-from gradtx.optimizers.fourth_quadrant import adamuon, normuon, soap_muon, vmuon
+from gradtx.optimizers.fourth_quadrant import adamuon, adamuon_lm, normuon, soap_muon, vmuon
 from gradtx.optimizers.kfac import kfac
 from gradtx.optimizers.lookahead import LookaheadState, lookahead
 from gradtx.optimizers.muon import is_hidden_matrix, muon
@@ -60,6 +60,7 @@ __all__ = [
     "observe_attention",
     "value_grad_and_records",
     "adamuon",
+    "adamuon_lm",
     "normuon",
     "soap_muon",
     "vmuon",

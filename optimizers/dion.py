@@ -29,6 +29,7 @@ def dion(
     adam_b2: float = 0.999,
     adam_eps: float = 1e-8,
     adam_weight_decay: Optional[optax.ScalarOrSchedule] = None,
+    embedding_learning_rate: Optional[optax.ScalarOrSchedule] = None,
 ) -> optax.GradientTransformation:
   r"""Dion for hidden matrices (Muon with a low-rank msign), AdamW for every other leaf.
 
@@ -68,6 +69,8 @@ def dion(
     adam_b2: AdamW's b2, in [0, 1).
     adam_eps: AdamW's eps, >= 0.
     adam_weight_decay: AdamW's λ; ``None``: ``weight_decay``.
+    embedding_learning_rate: η of the embeddings (as ``go.muon``); ``None``:
+      ``adam_learning_rate``.
 
   Returns:
     An ``optax.GradientTransformation`` (an ``optax.multi_transform``'s
@@ -89,7 +92,7 @@ def dion(
       "dion", hidden, is_muon_param, matrix_view=matrix_view, learning_rate=learning_rate,
       adam_learning_rate=adam_learning_rate, adam_b1=adam_b1, adam_b2=adam_b2,
       adam_eps=adam_eps, weight_decay=weight_decay, adam_weight_decay=adam_weight_decay,
-      mask=mask)
+      embedding_learning_rate=embedding_learning_rate, mask=mask)
 
   def init_fn(params):
     # Real parameters only, on either side (QR and power iterations are real).

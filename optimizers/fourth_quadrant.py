@@ -9,6 +9,7 @@ other leaves, as in ``go.muon``):
 ``soap_muon``    SOAP's Adam-in-the-eigenbasis direction, then orthogonalized
 ``normuon``      Muon, then a per-neuron second-moment normalization (NorMuon)
 ``adamuon``      Muon, then an element-wise second-moment normalization (AdaMuon)
+``adamuon_lm``   ``adamuon`` with the race's defaults: one learning rate to tune
 ``vmuon``        Muon's msign in the diagonal metric learnt from factored g²
 ==============  ===============================================================
 
@@ -25,6 +26,7 @@ from typing import Any, Optional
 import optax
 
 from gradtx import transforms as gt
+from gradtx._internal import tree as _tree
 from gradtx._internal import validate as _validate
 from gradtx.optimizers.muon import PathLeafRule, matrices_and_adamw_elsewhere
 from gradtx.transforms.weight_decay import MaskOrFn
@@ -51,9 +53,10 @@ def _hidden_then_adamw(label, direction, *, scale, matrix_view, weight_decay, ma
 
 
 def _adam_kwargs(adam_learning_rate, adam_b1, adam_b2, adam_eps, adam_weight_decay,
-                 mu_dtype, nu_dtype):
+                 embedding_learning_rate, mu_dtype, nu_dtype):
   return dict(adam_learning_rate=adam_learning_rate, adam_b1=adam_b1, adam_b2=adam_b2,
               adam_eps=adam_eps, adam_weight_decay=adam_weight_decay,
+              embedding_learning_rate=embedding_learning_rate,
               mu_dtype=mu_dtype, nu_dtype=nu_dtype)
 
 
@@ -77,6 +80,7 @@ def normuon(
     adam_b2: float = 0.999,
     adam_eps: float = 1e-8,
     adam_weight_decay: Optional[optax.ScalarOrSchedule] = None,
+    embedding_learning_rate: Optional[optax.ScalarOrSchedule] = None,
     mu_dtype: Optional[Any] = None,
     nu_dtype: Optional[Any] = None,
 ) -> optax.GradientTransformation:
@@ -117,6 +121,8 @@ def normuon(
     adam_b2: AdamW's b2.
     adam_eps: AdamW's eps.
     adam_weight_decay: AdamW's λ; ``None``: ``weight_decay``.
+    embedding_learning_rate: η of the embeddings (as ``go.muon``); ``None``:
+      ``adam_learning_rate``.
     mu_dtype: storage of the momentum and AdamW's first moment.
     nu_dtype: storage of AdamW's second moment (the per-neuron v is float32).
 
@@ -139,7 +145,7 @@ def normuon(
       weight_decay=weight_decay, mask=mask, learning_rate=learning_rate,
       is_muon_param=is_muon_param,
       adam=_adam_kwargs(adam_learning_rate, adam_b1, adam_b2, adam_eps,
-                        adam_weight_decay, mu_dtype, nu_dtype))
+                        adam_weight_decay, embedding_learning_rate, mu_dtype, nu_dtype))
 
 
 def adamuon(
@@ -162,6 +168,7 @@ def adamuon(
     adam_b2: float = 0.999,
     adam_eps: float = 1e-8,
     adam_weight_decay: Optional[optax.ScalarOrSchedule] = None,
+    embedding_learning_rate: Optional[optax.ScalarOrSchedule] = None,
     mu_dtype: Optional[Any] = None,
     nu_dtype: Optional[Any] = None,
 ) -> optax.GradientTransformation:
@@ -186,9 +193,9 @@ def adamuon(
   in the fewest steps of every optimizer tried at the main job's size, and
   fell behind Muon at 2× width and depth. With ``method="gram"`` and the
   embeddings on their own AdamW at 30× AdamW's learning rate
-  (``examples/char_lm.py``'s ``adamuon:gram:fast_embeddings``) it met both of
-  the race's targets at both sizes (≤ 0.55× AdamW's steps, ≤ 0.7× its
-  wall-clock: 0.54×/0.65× and 0.52×/0.69×).
+  (``embedding_learning_rate``) it met both of the race's targets at both
+  sizes (≤ 0.55× AdamW's steps, ≤ 0.7× its wall-clock: 0.54×/0.65× and
+  0.52×/0.69×): that is ``go.adamuon_lm``, these settings as defaults.
 
   Args:
     learning_rate: η of the hidden matrices, a number or a schedule.
@@ -210,6 +217,8 @@ def adamuon(
     adam_b2: AdamW's b2.
     adam_eps: AdamW's eps.
     adam_weight_decay: AdamW's λ; ``None``: ``weight_decay``.
+    embedding_learning_rate: η of the embeddings (as ``go.muon``); ``None``:
+      ``adam_learning_rate``.
     mu_dtype: storage of the momentum and AdamW's first moment.
     nu_dtype: storage of both second moments (the matrices' and AdamW's).
 
@@ -233,7 +242,83 @@ def adamuon(
       weight_decay=weight_decay, mask=mask, learning_rate=learning_rate,
       is_muon_param=is_muon_param,
       adam=_adam_kwargs(adam_learning_rate, adam_b1, adam_b2, adam_eps,
-                        adam_weight_decay, mu_dtype, nu_dtype))
+                        adam_weight_decay, embedding_learning_rate, mu_dtype, nu_dtype))
+
+
+# The race's ratios (benchmarks/RESULTS.md, "Fourth quadrant"): AdaMuon's
+# learning rate 1.2e-2, the AdamW side 1.8e-2, the embeddings 1.8e-1.
+ADAM_RATIO = 1.5
+EMBEDDING_RATIO = 15.0
+
+
+def adamuon_lm(
+    learning_rate: optax.ScalarOrSchedule,
+    *,
+    method: str = "gram",
+    weight_decay: optax.ScalarOrSchedule = 0.01,
+    mask: MaskOrFn = None,
+    matrix_view: Optional[gt.MatrixViewRule] = None,
+    is_muon_param: Optional[PathLeafRule] = None,
+    adam_learning_rate: Optional[optax.ScalarOrSchedule] = None,
+    adam_b2: float = 0.99,
+    adam_weight_decay: Optional[optax.ScalarOrSchedule] = 0.0,
+    embedding_learning_rate: Optional[optax.ScalarOrSchedule] = None,
+    mu_dtype: Optional[Any] = None,
+    nu_dtype: Optional[Any] = None,
+) -> optax.GradientTransformation:
+  r"""AdaMuon with the defaults that won the main job's race: one learning rate to tune.
+
+  ``go.adamuon`` on the hidden matrices (its update rule and defaults, Gram
+  Newton–Schulz), and AdamW (b₂ = 0.99, no decay) on the other leaves at
+  fixed multiples of η, the embeddings apart:
+
+  .. math::
+    η_{	ext{adam}} = 1.5\,η,\qquad η_{	ext{embedding}} = 15\,η
+
+  (``ADAM_RATIO``, ``EMBEDDING_RATIO``). These are the race's best settings
+  for a character-level transformer (examples/char_lm.py: η = 1.2e-2 peak,
+  2× AdamW's tuned rate; the AdamW side best of 0.5–6× AdamW's rate; the
+  embeddings best of 3–100×), where it reached AdamW's final loss in ≤ 0.55×
+  the steps and ≤ 0.7× the wall-clock at two model sizes (0.54×/0.65× and
+  0.52×/0.69×; benchmarks/RESULTS.md, "Fourth quadrant"). The same optimizer
+  is ``go.adamuon(η, method="gram", adam_learning_rate=1.5η, adam_b2=0.99,
+  adam_weight_decay=0.0, embedding_learning_rate=15η)``; for its other
+  arguments (β, b₂, ns_steps, ...) call ``go.adamuon`` so.
+
+  Args:
+    learning_rate: η of the hidden matrices (AdamW-sized: the update's RMS is
+      0.2), a number or a schedule; the other rates follow it.
+    method: ``"gram"`` (the default here) or ``"standard"`` Newton–Schulz.
+    weight_decay: λ of the hidden matrices, decoupled.
+    mask: which leaves get weight decay.
+    matrix_view: the matrix-view rule; ``None``: ``gt.fused_qkv_matrix_view()``.
+    is_muon_param: the routing rule (``go.is_hidden_matrix`` by default).
+    adam_learning_rate: η of the AdamW leaves; ``None``: 1.5·``learning_rate``.
+    adam_b2: AdamW's b2, in [0, 1).
+    adam_weight_decay: AdamW's λ; ``None``: ``weight_decay``.
+    embedding_learning_rate: η of the embeddings' AdamW; ``None``:
+      15·``learning_rate``.
+    mu_dtype: storage of the momentum and AdamW's first moment.
+    nu_dtype: storage of both second moments.
+
+  Returns:
+    An ``optax.GradientTransformation``.
+
+  Reference: Si et al., "AdaMuon: Adaptive Muon Optimizer", arXiv 2507.11005
+  (the matrix rule); the ratios are this library's race (issue 12).
+  """
+  _validate.check_scalar_or_schedule("learning_rate", learning_rate)
+  if adam_learning_rate is None:
+    adam_learning_rate = _tree.scale_schedule(learning_rate, ADAM_RATIO)
+  if embedding_learning_rate is None:
+    embedding_learning_rate = _tree.scale_schedule(learning_rate, EMBEDDING_RATIO)
+  return adamuon(
+      learning_rate, method=method, weight_decay=weight_decay, mask=mask,
+      matrix_view=matrix_view, is_muon_param=is_muon_param,
+      adam_learning_rate=adam_learning_rate, adam_b2=adam_b2,
+      adam_weight_decay=adam_weight_decay,
+      embedding_learning_rate=embedding_learning_rate, mu_dtype=mu_dtype,
+      nu_dtype=nu_dtype)
 
 
 def soap_muon(
@@ -258,6 +343,7 @@ def soap_muon(
     adam_b2: float = 0.999,
     adam_eps: float = 1e-8,
     adam_weight_decay: Optional[optax.ScalarOrSchedule] = None,
+    embedding_learning_rate: Optional[optax.ScalarOrSchedule] = None,
     mu_dtype: Optional[Any] = None,
     nu_dtype: Optional[Any] = None,
 ) -> optax.GradientTransformation:
@@ -298,6 +384,8 @@ def soap_muon(
     adam_b2: AdamW's b2.
     adam_eps: AdamW's eps.
     adam_weight_decay: AdamW's λ; ``None``: ``weight_decay``.
+    embedding_learning_rate: η of the embeddings (as ``go.muon``); ``None``:
+      ``adam_learning_rate``.
     mu_dtype: storage of SOAP's and AdamW's first moments.
     nu_dtype: storage of SOAP's and AdamW's second moments.
 
@@ -320,7 +408,7 @@ def soap_muon(
       weight_decay=weight_decay, mask=mask, learning_rate=learning_rate,
       is_muon_param=is_muon_param,
       adam=_adam_kwargs(adam_learning_rate, adam_b1, adam_b2, adam_eps,
-                        adam_weight_decay, mu_dtype, nu_dtype))
+                        adam_weight_decay, embedding_learning_rate, mu_dtype, nu_dtype))
 
 
 def vmuon(
@@ -343,6 +431,7 @@ def vmuon(
     adam_b2: float = 0.999,
     adam_eps: float = 1e-8,
     adam_weight_decay: Optional[optax.ScalarOrSchedule] = None,
+    embedding_learning_rate: Optional[optax.ScalarOrSchedule] = None,
     mu_dtype: Optional[Any] = None,
     nu_dtype: Optional[Any] = None,
 ) -> optax.GradientTransformation:
@@ -383,6 +472,8 @@ def vmuon(
     adam_b2: AdamW's b2.
     adam_eps: AdamW's eps.
     adam_weight_decay: AdamW's λ; ``None``: ``weight_decay``.
+    embedding_learning_rate: η of the embeddings (as ``go.muon``); ``None``:
+      ``adam_learning_rate``.
     mu_dtype: storage of the momentum and AdamW's first moment.
     nu_dtype: storage of AdamW's second moment (the row and column
       statistics are float32).
@@ -406,4 +497,4 @@ def vmuon(
       weight_decay=weight_decay, mask=mask, learning_rate=learning_rate,
       is_muon_param=is_muon_param,
       adam=_adam_kwargs(adam_learning_rate, adam_b1, adam_b2, adam_eps,
-                        adam_weight_decay, mu_dtype, nu_dtype))
+                        adam_weight_decay, embedding_learning_rate, mu_dtype, nu_dtype))

@@ -57,6 +57,7 @@ def muon(
     adam_b2: float = 0.999,
     adam_eps: float = 1e-8,
     adam_weight_decay: Optional[optax.ScalarOrSchedule] = None,
+    embedding_learning_rate: Optional[optax.ScalarOrSchedule] = None,
     mu_dtype: Optional[Any] = None,
     nu_dtype: Optional[Any] = None,
 ) -> optax.GradientTransformation:
@@ -84,7 +85,13 @@ def muon(
   eps=adam_eps, weight_decay=adam_weight_decay)``; ``adam_learning_rate``
   and ``adam_weight_decay`` default to ``learning_rate`` and ``weight_decay``
   (right for ``scale="moonlight"``; with ``scale="jordan"`` set an
-  AdamW-sized ``adam_learning_rate``).
+  AdamW-sized ``adam_learning_rate``). With ``embedding_learning_rate`` the
+  embeddings among them (token tables, learned positions: the names
+  ``is_hidden_matrix`` keeps off Muon, not output heads) get the same AdamW
+  at that learning rate instead: on the main job's race the embeddings
+  learnt best at 10× the AdamW side's rate (benchmarks/RESULTS.md, "Fourth
+  quadrant"; modded-nanogpt also gives its embedding a far larger rate than
+  its head).
 
   Args:
     learning_rate: η, a non-negative number or a schedule.
@@ -109,6 +116,8 @@ def muon(
     adam_b2: AdamW's b2, in [0, 1).
     adam_eps: AdamW's eps, >= 0.
     adam_weight_decay: AdamW's λ; ``None``: ``weight_decay``.
+    embedding_learning_rate: η of the embeddings' AdamW, a non-negative
+      number or a schedule; ``None``: they are AdamW leaves like the others.
     mu_dtype: storage of the momentum (and AdamW's first moment).
     nu_dtype: storage of AdamW's second moment.
 
@@ -135,39 +144,54 @@ def muon(
       "muon", hidden, is_muon_param, matrix_view=matrix_view, learning_rate=learning_rate,
       adam_learning_rate=adam_learning_rate, adam_b1=adam_b1, adam_b2=adam_b2,
       adam_eps=adam_eps, weight_decay=weight_decay, adam_weight_decay=adam_weight_decay,
-      mask=mask, mu_dtype=mu_dtype, nu_dtype=nu_dtype)
+      embedding_learning_rate=embedding_learning_rate, mask=mask, mu_dtype=mu_dtype,
+      nu_dtype=nu_dtype)
 
 
 def matrices_and_adamw_elsewhere(
     label: str, hidden: optax.GradientTransformation, is_muon_param, *, matrix_view,
     learning_rate, adam_learning_rate, adam_b1, adam_b2, adam_eps, weight_decay,
-    adam_weight_decay, mask, mu_dtype=None, nu_dtype=None,
+    adam_weight_decay, mask, embedding_learning_rate=None, mu_dtype=None, nu_dtype=None,
 ) -> optax.GradientTransformation:
   """``hidden`` on the leaves ``is_muon_param`` picks (``None``: the hidden
   matrices of ``matrix_view``), AdamW on the others, as one
-  ``optax.multi_transform`` labelled ``label`` / ``"adam"``. AdamW's
-  arguments default to the matrix side's (``adam_learning_rate=None``:
-  ``learning_rate``; ``adam_weight_decay=None``: ``weight_decay``). Shared
-  by Muon and Dion."""
+  ``optax.multi_transform`` labelled ``label`` / ``"adam"`` (and
+  ``"embedding"``: the embeddings' AdamW at ``embedding_learning_rate``,
+  when it is given). AdamW's arguments default to the matrix side's
+  (``adam_learning_rate=None``: ``learning_rate``; ``adam_weight_decay=None``:
+  ``weight_decay``). Shared by Muon, Dion and the fourth quadrant."""
   _validate.check_decay("adam_b1", adam_b1)
   _validate.check_decay("adam_b2", adam_b2)
   _validate.check_non_negative("adam_eps", adam_eps)
   for name, value in (("adam_learning_rate", adam_learning_rate),
-                      ("adam_weight_decay", adam_weight_decay)):
+                      ("adam_weight_decay", adam_weight_decay),
+                      ("embedding_learning_rate", embedding_learning_rate)):
     if value is not None:
       _validate.check_scalar_or_schedule(name, value)
-  other = adamw(
-      learning_rate if adam_learning_rate is None else adam_learning_rate,
-      b1=adam_b1, b2=adam_b2, eps=adam_eps,
-      weight_decay=weight_decay if adam_weight_decay is None else adam_weight_decay,
-      mask=mask, mu_dtype=mu_dtype, nu_dtype=nu_dtype,
-  )
+
+  def adamw_at(rate):
+    return adamw(
+        rate, b1=adam_b1, b2=adam_b2, eps=adam_eps,
+        weight_decay=weight_decay if adam_weight_decay is None else adam_weight_decay,
+        mask=mask, mu_dtype=mu_dtype, nu_dtype=nu_dtype,
+    )
+
+  transforms = {label: hidden, "adam": adamw_at(
+      learning_rate if adam_learning_rate is None else adam_learning_rate)}
+  if embedding_learning_rate is not None:
+    transforms["embedding"] = adamw_at(embedding_learning_rate)
   if is_muon_param is None:
     def is_muon_param(path, leaf):
       return is_hidden_matrix(path, leaf, matrix_view=matrix_view)
 
-  def labels(params):
-    return jax.tree_util.tree_map_with_path(
-        lambda path, leaf: label if is_muon_param(path, leaf) else "adam", params)
+  def label_of(path, leaf):
+    if is_muon_param(path, leaf):
+      return label
+    if "embedding" in transforms and _names.is_embedding(_names.path_names(path)):
+      return "embedding"
+    return "adam"
 
-  return optax.multi_transform({label: hidden, "adam": other}, labels)
+  def labels(params):
+    return jax.tree_util.tree_map_with_path(label_of, params)
+
+  return optax.multi_transform(transforms, labels)

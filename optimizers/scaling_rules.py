@@ -11,6 +11,7 @@ import jax.numpy as jnp
 import numpy as np
 import optax
 
+from gradtx._internal import tree as _tree
 from gradtx._internal import validate as _validate
 
 BATCH_SIZE_RULES = ("linear", "sqrt")
@@ -73,9 +74,9 @@ def learning_rate_for_batch_size(
   _check_rule(rule, BATCH_SIZE_RULES)
   ratio = batch_size / reference_batch_size
   factor = ratio if rule == "linear" else float(np.sqrt(ratio))
-  if callable(reference_learning_rate):
-    return lambda count: factor * reference_learning_rate(count)
-  return factor * float(reference_learning_rate)
+  if not callable(reference_learning_rate):
+    reference_learning_rate = float(reference_learning_rate)
+  return _tree.scale_schedule(reference_learning_rate, factor)
 
 
 def _peak(learning_rate: optax.ScalarOrSchedule, total_steps: int) -> float:

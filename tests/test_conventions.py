@@ -72,6 +72,7 @@ NAMES = {
     "adam_b2": "b2 of muon's AdamW leaves",
     "adam_eps": "eps of muon's AdamW leaves",
     "adam_weight_decay": "weight decay of muon's AdamW leaves",
+    "embedding_learning_rate": "learning rate of muon's AdamW on the embeddings",
     "min_dim_size_to_factor": "Adafactor: factor only axes at least this long",
     "multiply_by_parameter_scale": "Adafactor's relative step",
     "clipping_threshold": "Adafactor's update clipping d",

@@ -81,6 +81,7 @@ OPTAX_SETTINGS = {
     # cosine-decayed (as Dion's) reaches the tolerance.
     go.normuon: dict(learning_rate=1e-2, weight_decay=1e-4),
     go.adamuon: dict(learning_rate=1e-2, weight_decay=1e-4),
+    go.adamuon_lm: dict(learning_rate=1e-2, weight_decay=1e-4),
     go.soap_muon: dict(learning_rate=1e-2, weight_decay=1e-4),
     go.vmuon: dict(learning_rate=optax.cosine_decay_schedule(1e-1, 10_000),
                    weight_decay=1e-4),

@@ -81,6 +81,7 @@ RANGES = {
         weight_decay=NON_NEGATIVE, eps=NON_NEGATIVE,
         adam_learning_rate=NON_NEGATIVE, adam_b1=DECAY, adam_b2=DECAY,
         adam_eps=NON_NEGATIVE, adam_weight_decay=NON_NEGATIVE,
+        embedding_learning_rate=NON_NEGATIVE,
     ),
     go.shampoo: dict(
         learning_rate=NON_NEGATIVE, b1=DECAY, b2=DECAY, eps=NON_NEGATIVE,
@@ -124,17 +125,25 @@ RANGES = {
         power_iters=COUNT, weight_decay=NON_NEGATIVE, eps=NON_NEGATIVE,
         seed=INDEX, adam_learning_rate=NON_NEGATIVE, adam_b1=DECAY,
         adam_b2=DECAY, adam_eps=NON_NEGATIVE, adam_weight_decay=NON_NEGATIVE,
+        embedding_learning_rate=NON_NEGATIVE,
     ),
     **{f: dict(
         learning_rate=NON_NEGATIVE, beta=DECAY, b2=DECAY, eps=NON_NEGATIVE, ns_steps=COUNT,
         weight_decay=NON_NEGATIVE, adam_learning_rate=NON_NEGATIVE, adam_b1=DECAY,
         adam_b2=DECAY, adam_eps=NON_NEGATIVE, adam_weight_decay=NON_NEGATIVE,
+        embedding_learning_rate=NON_NEGATIVE,
     ) for f in (go.normuon, go.adamuon, go.vmuon)},
+    go.adamuon_lm: dict(
+        learning_rate=NON_NEGATIVE, weight_decay=NON_NEGATIVE,
+        adam_learning_rate=NON_NEGATIVE, adam_b2=DECAY, adam_weight_decay=NON_NEGATIVE,
+        embedding_learning_rate=NON_NEGATIVE,
+    ),
     go.soap_muon: dict(
         learning_rate=NON_NEGATIVE, b1=DECAY, b2=DECAY, precondition_b2=DECAY,
         eps=NON_NEGATIVE, precondition_every=COUNT, max_precondition_dim=COUNT,
         ns_steps=COUNT, weight_decay=NON_NEGATIVE, adam_learning_rate=NON_NEGATIVE,
         adam_b1=DECAY, adam_b2=DECAY, adam_eps=NON_NEGATIVE, adam_weight_decay=NON_NEGATIVE,
+        embedding_learning_rate=NON_NEGATIVE,
     ),
 }
 
@@ -154,6 +163,7 @@ CHOICES = {
                scale=("big", "scale must be one of"),
                method=("fast", "method must be 'standard' or 'gram'"))
        for f in (go.normuon, go.adamuon, go.soap_muon, go.vmuon)},
+    go.adamuon_lm: dict(method=("fast", "method must be 'standard' or 'gram'")),
 }
 # Moments that exist only with a momentum (adafactor keeps none by default,
 # and then ignores mu_dtype).

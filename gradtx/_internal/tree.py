@@ -51,6 +51,13 @@ def resolve_schedule(value: Any, count: jax.Array) -> Any:
   return value(count) if callable(value) else value
 
 
+def scale_schedule(value: Any, factor: float) -> Any:
+  """``factor`` times a constant, or the schedule ``count -> factor·value(count)``."""
+  if callable(value):
+    return lambda count: factor * value(count)
+  return factor * value
+
+
 def bias_correction(decay: Any, count: jax.Array, dtype: Any) -> jax.Array:
   """1 − decayᶜᵒᵘⁿᵗ: the total weight of an EMA started at zero.
 

@@ -114,3 +114,67 @@ def test_trains_an_nnx_model_with_bf16_compute():
       _Net(nnx.Rngs(0)), go.muon(0.02, adam_learning_rate=3e-3, compute_dtype=jnp.bfloat16),
       loss_fn, 30)
   assert losses[-1] < 0.5 * losses[0]
+
+
+def _embedding_problem():
+  """Two embedding tables (token, positions), a hidden matrix, a head, a bias."""
+  rng = np.random.default_rng(3)
+  params = {"tok_embed": {"embedding": rng.standard_normal((9, 4))},
+            "wpe": rng.standard_normal((5, 4)),
+            "block": {"kernel": rng.standard_normal((4, 6)) * 0.3},
+            "lm_head": {"kernel": rng.standard_normal((6, 9)) * 0.3},
+            "bias": rng.standard_normal(6)}
+  grads = [jax.tree.map(lambda p, t=t: np.cos((t + 1) * p + t), params) for t in range(10)]
+  return params, grads
+
+
+def _trajectory(tx, params, grads):
+  """Parameters after each of the gradients (fed, not computed: any leaf subset works)."""
+  params = jax.tree.map(jnp.asarray, params)
+  state, out = tx.init(params), []
+  for g in grads:
+    updates, state = tx.update(jax.tree.map(jnp.asarray, g), state, params)
+    params = optax.apply_updates(params, updates)
+    out.append(params)
+  return out
+
+
+FACTORIES = {  # the factories built on muon.matrices_and_adamw_elsewhere
+    "muon": (go.muon, {}), "dion": (go.dion, dict(rank=1)), "normuon": (go.normuon, {}),
+    "adamuon": (go.adamuon, {}), "soap_muon": (go.soap_muon, {}), "vmuon": (go.vmuon, {}),
+}
+
+
+@pytest.mark.parametrize("name", sorted(FACTORIES))
+def test_embedding_learning_rate_gives_the_embeddings_optax_adamw_at_that_rate(name):
+  """10 float64 steps: the token table and the positions follow optax.adamw at
+  ``embedding_learning_rate`` (the AdamW side's b1, b2, eps, decay); every other
+  leaf (hidden matrix, head, bias) is exactly as without the argument."""
+  factory, kwargs = FACTORIES[name]
+  params, grads = _embedding_problem()
+  side = dict(adam_learning_rate=3e-3, adam_b1=0.8, adam_b2=0.99, adam_eps=1e-7,
+              adam_weight_decay=0.05)
+  schedule = optax.linear_schedule(0.3, 0.03, 10)
+  with jax.enable_x64(True):
+    fast = _trajectory(factory(0.02, **kwargs, **side, embedding_learning_rate=schedule),
+                       params, grads)
+    plain = _trajectory(factory(0.02, **kwargs, **side), params, grads)
+    tables = ("tok_embed", "wpe")
+    anchor = _trajectory(
+        optax.adamw(schedule, b1=0.8, b2=0.99, eps=1e-7, weight_decay=0.05),
+        {k: params[k] for k in tables}, [{k: g[k] for k in tables} for g in grads])
+  for ours, slow, theirs in zip(fast, plain, anchor):
+    for key in tables:
+      np.testing.assert_allclose(
+          jax.tree.leaves(ours[key]), jax.tree.leaves(theirs[key]), rtol=1e-12)
+      assert not np.allclose(jax.tree.leaves(ours[key]), jax.tree.leaves(slow[key]))
+    for key in ("block", "lm_head", "bias"):
+      np.testing.assert_array_equal(jax.tree.leaves(ours[key]), jax.tree.leaves(slow[key]))
+
+
+def test_embedding_learning_rate_leaves_the_state_as_it_was_when_not_given():
+  """No third AdamW (and checkpoints of the two-label state still load) unless asked."""
+  params = jax.tree.map(jnp.asarray, _embedding_problem()[0])
+  assert set(go.muon(0.02).init(params).inner_states) == {"muon", "adam"}
+  assert set(go.muon(0.02, embedding_learning_rate=0.1).init(params).inner_states) == {
+      "muon", "adam", "embedding"}

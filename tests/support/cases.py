@@ -89,7 +89,7 @@ class Case(NamedTuple):
     """Whether each update coordinate depends on its own gradient only."""
     return self.factory not in (
         go.muon, go.shampoo, go.soap, go.adafactor, go.adam_mini, go.adamw_8bit,
-        go.kfac, go.dion, go.normuon, go.adamuon, go.soap_muon, go.vmuon,
+        go.kfac, go.dion, go.normuon, go.adamuon, go.adamuon_lm, go.soap_muon, go.vmuon,
     )
 
   @property
@@ -202,6 +202,9 @@ STRUCTURED = [
          decoupled_decay=True),
     Case("adamuon", go.adamuon, dict(weight_decay=1e-2), static_args=("ns_steps",),
          decoupled_decay=True),
+    # Its AdamW side steps at 1.5η with no decay: not the single −ηλp the
+    # decoupled-decay check expects (adamuon's case checks the matrix side's).
+    Case("adamuon_lm", go.adamuon_lm, dict(weight_decay=1e-2)),
     Case("soap_muon", go.soap_muon, dict(precondition_every=2, weight_decay=1e-2),
          static_args=("ns_steps", "precondition_every", "max_precondition_dim"),
          decoupled_decay=True),
