@@ -1,14 +1,14 @@
-"""The race with SOAP's eigenbasis refresh period (``precondition_every``) varied.
+"""The race with a preconditioner's refresh period (``precondition_every``) varied.
 
-Each ``--every`` value k is the registry's ``soap`` entry with
+Each ``--every`` value k is the registry's ``--entry`` (``soap``: its
+eigenbasis refresh; ``shampoo``: its inverse roots) with
 ``precondition_every=k`` (``char_lm.variant``), raced against AdamW at the
 registry's peaks (factor 1) on the same seeds and batches:
 
-  python -m benchmarks.race_soap_cadence --every 3,30 --seeds 0,1,2 \\
+  python -m benchmarks.race_cadence --entry soap --every 3,30 --seeds 0,1,2 \\
       --out benchmarks/race/small/cadence [char_lm options]
 
-The default, 10, is in the main race's run file (benchmarks/RESULTS.md,
-"Fourth quadrant").
+Results: benchmarks/RESULTS.md, "Fourth quadrant".
 """
 
 import argparse
@@ -18,11 +18,12 @@ from examples import char_lm
 
 def main(argv=None) -> dict:
   parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+  parser.add_argument("--entry", choices=("soap", "shampoo"), default="soap")
   parser.add_argument("--every", required=True, help="comma-separated refresh periods")
   args, rest = parser.parse_known_args(argv)
-  names = {f"soap:every{k}": int(k) for k in args.every.split(",")}
-  registry = {**char_lm.OPTIMIZERS,
-              **{name: char_lm.variant("soap", precondition_every=k) for name, k in names.items()}}
+  names = {f"{args.entry}:every{k}": int(k) for k in args.every.split(",")}
+  registry = {**char_lm.OPTIMIZERS, **{
+      name: char_lm.variant(args.entry, precondition_every=k) for name, k in names.items()}}
   return char_lm.main(["--optimizers", ",".join(["adamw", *names]), "--lr-factors", "1", *rest],
                       optimizers=registry)
 
