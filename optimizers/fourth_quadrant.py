@@ -273,7 +273,7 @@ def adamuon_lm(
   fixed multiples of η, the embeddings apart:
 
   .. math::
-    η_{	ext{adam}} = 1.5\,η,\qquad η_{	ext{embedding}} = 15\,η
+    η_{\text{adam}} = 1.5\,η,\qquad η_{\text{embedding}} = 15\,η
 
   (``ADAM_RATIO``, ``EMBEDDING_RATIO``). These are the race's best settings
   for a character-level transformer (examples/char_lm.py: η = 1.2e-2 peak,

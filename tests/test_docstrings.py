@@ -24,6 +24,16 @@ def test_docstring_examples(name):
   assert result.failed == 0, f"{result.failed} of {result.attempted} examples failed"
 
 
+@pytest.mark.parametrize("name", MODULES)
+def test_docstrings_hold_no_control_characters(name):
+  """A backslash escape in a docstring that is not raw (\\text read as a tab and
+  "ext") leaves a control character where the equation's command was."""
+  source = (ROOT / name.split(".")[1] / f"{name.split('.')[2]}.py").read_text()
+  bad = [n for n, line in enumerate(source.splitlines(), 1)
+         if re.search(r"[\x00-\x09\x0b-\x1f]", line)]
+  assert not bad, f"{name}: control characters on lines {bad}"
+
+
 
 def test_readme_python_blocks_run():
   """The top-level blocks (indented ones are fragments inside a list)."""
