@@ -9,6 +9,11 @@ the ratio to optax, and the fraction of the Newton–Schulz FLOP roofline
 rate measured in the same run).
 
     python -m benchmarks.muon_step [--rounds 15] [--d 512] [--layers 2]
+    python -m benchmarks.muon_step --against HEAD~1   # also the library at HEAD~1
+
+``--against REV`` adds the same gradtx rows built from the library at git
+revision REV (``benchmarks.revisions``), timed in the same rounds: the
+before/after comparison to run before merging a change to this hot path.
 """
 
 import argparse
@@ -18,7 +23,7 @@ import jax.numpy as jnp
 import numpy as np
 from optax import contrib
 
-from benchmarks import harness
+from benchmarks import harness, revisions
 from gradtx import optimizers as go
 
 ANCHOR = "optax.contrib.muon"
@@ -43,14 +48,22 @@ def ns_flops(params: dict, ns_steps: int = 5) -> float:
   return total
 
 
-def implementations(lr: float = 0.02) -> dict:
+def gradtx_rows(optimizers, lr: float = 0.02, suffix: str = "") -> dict:
+  f32 = dict(compute_dtype=jnp.float32)
   return {
-      ANCHOR: contrib.muon(lr),
-      "gradtx standard": go.muon(lr),
-      "gradtx gram": go.muon(lr, method="gram"),
-      "gradtx standard bf16": go.muon(lr, compute_dtype=jnp.bfloat16),
-      "gradtx gram bf16": go.muon(lr, method="gram", compute_dtype=jnp.bfloat16),
+      f"gradtx standard{suffix}": optimizers.muon(lr, **f32),
+      f"gradtx gram{suffix}": optimizers.muon(lr, method="gram", **f32),
+      f"gradtx standard bf16{suffix}": optimizers.muon(lr, compute_dtype=jnp.bfloat16),
+      f"gradtx gram bf16{suffix}": optimizers.muon(
+          lr, method="gram", compute_dtype=jnp.bfloat16),
   }
+
+
+def implementations(lr: float = 0.02, against: str = "") -> dict:
+  rows = {ANCHOR: contrib.muon(lr), **gradtx_rows(go, lr)}
+  if against:
+    rows.update(gradtx_rows(revisions.at_revision(against)[1], lr, f" @{against}"))
+  return rows
 
 
 def matmul_rate(n: int = 1024, repeats: int = 20) -> float:
@@ -67,6 +80,8 @@ def main(argv=None) -> None:
   parser.add_argument("--d", type=int, default=512)
   parser.add_argument("--layers", type=int, default=2)
   parser.add_argument("--rounds", type=int, default=15)
+  parser.add_argument("--against", default="",
+                      help="also time the library at this git revision")
   args = parser.parse_args(argv)
   print(harness.machine_banner())
   rate = matmul_rate()
@@ -76,7 +91,7 @@ def main(argv=None) -> None:
         f" NS FLOPs per step (standard): {flops / 1e9:.2f} GFLOP; {args.rounds} rounds\n")
   # The parameters start as a copy of the gradients (only the shapes matter).
   contenders = {name: harness.stepper(tx, grads, grads)
-                for name, tx in implementations().items()}
+                for name, tx in implementations(against=args.against).items()}
   times = harness.time_round_robin(contenders, rounds=args.rounds, warmup=1)
   roofline = {name: f"{flops / min(t) / rate:.2f}" for name, t in times.items()}
   print(harness.ratio_table(times, anchor=ANCHOR, columns={"roofline": roofline}))

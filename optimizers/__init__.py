@@ -8,12 +8,16 @@ from gradtx.optimizers.adafactor import adafactor, relative_step_size
 from gradtx.optimizers.adagrad import adagrad
 from gradtx.optimizers.adam import adam, adamw, adamw_8bit
 from gradtx.optimizers.adam_mini import adam_mini
+from gradtx.optimizers.ademamix import ademamix
 from gradtx.optimizers.dion import dion
 from gradtx.optimizers.fourth_quadrant import adamuon, adamuon_lm, normuon, soap_muon, vmuon
+from gradtx.optimizers.hyperball import adamh, muonh
 from gradtx.optimizers.kfac import kfac
 from gradtx.optimizers.lookahead import LookaheadState, lookahead
+from gradtx.optimizers.mars import mars_adamw
 from gradtx.optimizers.muon import is_hidden_matrix, muon
 from gradtx.optimizers.nnx_records import max_logits, observe_attention, value_grad_and_records
+from gradtx.optimizers.parameter_ema import ParameterEmaState, ema_params, parameter_ema
 from gradtx.optimizers.qk_clip import HeadScaling, QkClipState, default_qk_rule, qk_clip
 from gradtx.optimizers.rmsprop import rmsprop
 from gradtx.optimizers.sam import SamState, sam
@@ -64,4 +68,11 @@ __all__ = [
     "normuon",
     "soap_muon",
     "vmuon",
+    "ademamix",
+    "ParameterEmaState",
+    "ema_params",
+    "parameter_ema",
+    "adamh",
+    "muonh",
+    "mars_adamw",
 ]

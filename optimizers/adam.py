@@ -71,6 +71,7 @@ def adamw(
     eps_root: float = 0.0,
     weight_decay: optax.ScalarOrSchedule = 1e-2,
     mask: MaskOrFn = None,
+    cautious_weight_decay: bool = False,
     amsgrad: bool = False,
     nesterov: bool = False,
     mu_dtype: Optional[Any] = None,
@@ -94,6 +95,9 @@ def adamw(
     weight_decay: λ, decoupled, >= 0, or a schedule.
     mask: which leaves get the decay (a pytree of booleans or a callable,
       ``optax.masked`` semantics); ``None``: every leaf.
+    cautious_weight_decay: decay only the coordinates whose Adam step has
+      the sign of the weight (``gt.decoupled_weight_decay``; Chen et al.
+      2025).
     amsgrad: keep the running maximum of the second moment (as torch).
     nesterov: the NAdam first moment.
     mu_dtype: storage of the first moment: ``None`` (the parameter's
@@ -124,7 +128,8 @@ def adamw(
           b1, b2, eps, eps_root, amsgrad=amsgrad, nesterov=nesterov,
           mu_dtype=mu_dtype, nu_dtype=nu_dtype,
       ),
-      gt.decoupled_weight_decay(weight_decay, mask),
+      gt.decoupled_weight_decay(
+          weight_decay, mask, cautious_weight_decay=cautious_weight_decay),
       gt.scale_by_learning_rate(learning_rate),
   )
 

@@ -38,13 +38,14 @@ def _orthogonalize(ns_steps, coefficients, method, matrix_view):
 
 
 def _hidden_then_adamw(label, direction, *, scale, matrix_view, weight_decay, mask,
-                       learning_rate, is_muon_param, adam):
-  """``direction``, the shape scale, decoupled decay and η on the hidden
-  matrices; AdamW (``adam``: its keyword arguments) elsewhere."""
+                       learning_rate, is_muon_param, adam, cautious_weight_decay=False):
+  """``direction``, the shape scale, decoupled (or cautious) decay and η on
+  the hidden matrices; AdamW (``adam``: its keyword arguments) elsewhere."""
   hidden = optax.chain(
       direction,
       gt.scale_by_matrix_shape(scale, matrix_view=matrix_view),
-      gt.decoupled_weight_decay(weight_decay, mask),
+      gt.decoupled_weight_decay(
+          weight_decay, mask, cautious_weight_decay=cautious_weight_decay),
       gt.scale_by_learning_rate(learning_rate),
   )
   return matrices_and_adamw_elsewhere(
@@ -72,6 +73,7 @@ def normuon(
     method: str = "standard",
     weight_decay: optax.ScalarOrSchedule = 0.0,
     mask: MaskOrFn = None,
+    cautious_weight_decay: bool = False,
     scale: Optional[str] = "jordan",
     matrix_view: Optional[gt.MatrixViewRule] = None,
     is_muon_param: Optional[PathLeafRule] = None,
@@ -113,6 +115,8 @@ def normuon(
       round-off; Gram is cheaper on wide matrices).
     weight_decay: λ, decoupled, a number or a schedule.
     mask: which leaves get weight decay.
+    cautious_weight_decay: decay the hidden matrices only where their step
+      has the sign of the weight (``gt.decoupled_weight_decay``).
     scale: Muon's shape scale (``"jordan"``, ``"moonlight"`` or ``None``).
     matrix_view: the matrix-view rule (``gt.flax_matrix_view`` by default).
     is_muon_param: the routing rule (``go.is_hidden_matrix`` by default).
@@ -143,6 +147,7 @@ def normuon(
   return _hidden_then_adamw(
       "normuon", direction, scale=scale, matrix_view=matrix_view,
       weight_decay=weight_decay, mask=mask, learning_rate=learning_rate,
+      cautious_weight_decay=cautious_weight_decay,
       is_muon_param=is_muon_param,
       adam=_adam_kwargs(adam_learning_rate, adam_b1, adam_b2, adam_eps,
                         adam_weight_decay, embedding_learning_rate, mu_dtype, nu_dtype))
@@ -160,6 +165,7 @@ def adamuon(
     method: str = "standard",
     weight_decay: optax.ScalarOrSchedule = 0.01,
     mask: MaskOrFn = None,
+    cautious_weight_decay: bool = False,
     scale: Optional[str] = "moonlight",
     matrix_view: Optional[gt.MatrixViewRule] = None,
     is_muon_param: Optional[PathLeafRule] = None,
@@ -209,6 +215,8 @@ def adamuon(
       round-off; Gram is cheaper on wide matrices).
     weight_decay: λ, decoupled, a number or a schedule.
     mask: which leaves get weight decay.
+    cautious_weight_decay: decay the hidden matrices only where their step
+      has the sign of the weight (``gt.decoupled_weight_decay``).
     scale: Muon's shape scale (``"moonlight"``, ``"jordan"`` or ``None``).
     matrix_view: the matrix-view rule; ``None``: ``gt.fused_qkv_matrix_view()``.
     is_muon_param: the routing rule (``go.is_hidden_matrix`` by default).
@@ -240,6 +248,7 @@ def adamuon(
   return _hidden_then_adamw(
       "adamuon", direction, scale=scale, matrix_view=matrix_view,
       weight_decay=weight_decay, mask=mask, learning_rate=learning_rate,
+      cautious_weight_decay=cautious_weight_decay,
       is_muon_param=is_muon_param,
       adam=_adam_kwargs(adam_learning_rate, adam_b1, adam_b2, adam_eps,
                         adam_weight_decay, embedding_learning_rate, mu_dtype, nu_dtype))
@@ -335,6 +344,7 @@ def soap_muon(
     method: str = "standard",
     weight_decay: optax.ScalarOrSchedule = 0.0,
     mask: MaskOrFn = None,
+    cautious_weight_decay: bool = False,
     scale: Optional[str] = "jordan",
     matrix_view: Optional[gt.MatrixViewRule] = None,
     is_muon_param: Optional[PathLeafRule] = None,
@@ -376,6 +386,8 @@ def soap_muon(
       round-off; Gram is cheaper on wide matrices).
     weight_decay: λ, decoupled, a number or a schedule.
     mask: which leaves get weight decay.
+    cautious_weight_decay: decay the hidden matrices only where their step
+      has the sign of the weight (``gt.decoupled_weight_decay``).
     scale: Muon's shape scale (``"jordan"``, ``"moonlight"`` or ``None``).
     matrix_view: the matrix-view rule (``gt.flax_matrix_view`` by default).
     is_muon_param: the routing rule (``go.is_hidden_matrix`` by default).
@@ -406,6 +418,7 @@ def soap_muon(
   return _hidden_then_adamw(
       "soap_muon", direction, scale=scale, matrix_view=matrix_view,
       weight_decay=weight_decay, mask=mask, learning_rate=learning_rate,
+      cautious_weight_decay=cautious_weight_decay,
       is_muon_param=is_muon_param,
       adam=_adam_kwargs(adam_learning_rate, adam_b1, adam_b2, adam_eps,
                         adam_weight_decay, embedding_learning_rate, mu_dtype, nu_dtype))
@@ -423,6 +436,7 @@ def vmuon(
     method: str = "standard",
     weight_decay: optax.ScalarOrSchedule = 0.0,
     mask: MaskOrFn = None,
+    cautious_weight_decay: bool = False,
     scale: Optional[str] = "jordan",
     matrix_view: Optional[gt.MatrixViewRule] = None,
     is_muon_param: Optional[PathLeafRule] = None,
@@ -464,6 +478,8 @@ def vmuon(
       round-off; Gram is cheaper on wide matrices).
     weight_decay: λ, decoupled, a number or a schedule.
     mask: which leaves get weight decay.
+    cautious_weight_decay: decay the hidden matrices only where their step
+      has the sign of the weight (``gt.decoupled_weight_decay``).
     scale: Muon's shape scale (``"jordan"``, ``"moonlight"`` or ``None``).
     matrix_view: the matrix-view rule (``gt.flax_matrix_view`` by default).
     is_muon_param: the routing rule (``go.is_hidden_matrix`` by default).
@@ -495,6 +511,7 @@ def vmuon(
   return _hidden_then_adamw(
       "vmuon", direction, scale=scale, matrix_view=matrix_view,
       weight_decay=weight_decay, mask=mask, learning_rate=learning_rate,
+      cautious_weight_decay=cautious_weight_decay,
       is_muon_param=is_muon_param,
       adam=_adam_kwargs(adam_learning_rate, adam_b1, adam_b2, adam_eps,
                         adam_weight_decay, embedding_learning_rate, mu_dtype, nu_dtype))

@@ -100,14 +100,7 @@ def lookahead(
   base = optax.with_extra_args_support(base)
 
   def init_fn(params):
-    # A copy, not an alias: donating the params must not free the state. Of
-    # abstract params (jax.ShapeDtypeStruct) only the shape and dtype exist.
-    def copy(p):
-      if isinstance(p, jax.ShapeDtypeStruct):
-        return jnp.zeros_like(p, _tree.compute_dtype(p))
-      return jnp.array(p, _tree.compute_dtype(p), copy=True)
-
-    slow = jax.tree.map(copy, params)
+    slow = _tree.copy_in_compute_dtype(params)
     return LookaheadState(jnp.zeros([], jnp.int32), slow, base.init(params))
 
   def update_fn(updates, state, params=None, **extra_args):

@@ -46,6 +46,7 @@ def muon(
     coefficients: gt.Coefficients = "jordan",
     weight_decay: optax.ScalarOrSchedule = 0.0,
     mask: MaskOrFn = None,
+    cautious_weight_decay: bool = False,
     scale: Optional[str] = "jordan",
     compute_dtype: Optional[Any] = None,
     eps: float = 1e-7,
@@ -103,6 +104,10 @@ def muon(
     weight_decay: λ, decoupled, >= 0, or a schedule.
     mask: which leaves get the decay, on both the Muon and the AdamW side
       (``optax.masked`` semantics); ``None``: every leaf.
+    cautious_weight_decay: on the Muon leaves, decay only where the
+      orthogonalized step has the sign of the weight (the modded-nanogpt
+      record's cautious weight decay, ``gt.decoupled_weight_decay``); the
+      AdamW leaves keep plain decay.
     scale: ``"jordan"``, ``"moonlight"`` or ``None``.
     compute_dtype: dtype of the iterations (e.g. ``jnp.bfloat16``).
     eps: added to the Frobenius norm before the iterations, >= 0.
@@ -137,7 +142,8 @@ def muon(
           method=method, matrix_view=matrix_view,
       ),
       gt.scale_by_matrix_shape(scale, matrix_view=matrix_view),
-      gt.decoupled_weight_decay(weight_decay, mask),
+      gt.decoupled_weight_decay(
+          weight_decay, mask, cautious_weight_decay=cautious_weight_decay),
       gt.scale_by_learning_rate(learning_rate),
   )
   return matrices_and_adamw_elsewhere(

@@ -41,6 +41,8 @@ OPTIMIZERS = {
     "adafactor": lambda: go.adafactor(0.01, min_dim_size_to_factor=8, b1=0.9),
     "adam_mini": lambda: go.adam_mini(0.01, num_heads=4),
     "lookahead": lambda: go.lookahead(go.adamw(0.01), sync_period=3),
+    "ademamix_int8": lambda: go.ademamix(0.01, mu_dtype="int8", nu_dtype="int8"),
+    "parameter_ema": lambda: go.parameter_ema(go.adamw(0.01), decay=0.9, start_step=1),
     "inject_hyperparams": lambda: optax.inject_hyperparams(go.adamw)(learning_rate=0.01),
 }
 # A vector, matrices, a conv kernel and an 8-bit leaf above 4096 elements.

@@ -32,6 +32,8 @@ NAMES = {
     "momentum": "heavy-ball momentum μ: m ← μm + g (signsgd: the same sign)",
     "b1": "first-moment EMA decay: m ← b1·m + (1−b1)·g (Lion: its interpolation)",
     "b2": "second-moment EMA decay (Lion: its momentum's decay)",
+    "b3": "AdEMAMix's slow-EMA decay",
+    "alpha": "AdEMAMix's weight of the slow EMA",
     "beta": "the EMA decay of muon's and tiger's momentum (the API's name)",
     "decay": "decay of a transform's one EMA (gt.ema, scale_by_rms / torch alpha)",
     "decay_rate": "Adafactor's decay exponent c in 1 − t^(−c)",
@@ -45,6 +47,7 @@ NAMES = {
     "relative_damping": "ridge relative to the largest eigenvalue",
     "weight_decay": "decay coefficient λ, a float or a schedule",
     "mask": "which leaves get weight decay (optax.masked semantics)",
+    "cautious_weight_decay": "decay only where the update has the weight's sign",
     "trust_ratio_mask": "which leaves get the trust ratio",
     "mu_dtype": "storage format of a first moment / momentum buffer",
     "nu_dtype": "storage format of an element-wise second moment",
@@ -67,6 +70,10 @@ NAMES = {
     "batch_same_shape": "stack same-shape matrices into one call",
     "scale": "Muon's shape scale rule",
     "is_muon_param": "Muon's routing rule",
+    "is_hyperball_param": "the hyperball optimizers' routing rule (AdamH leaves)",
+    "is_mars_param": "MARS's routing rule",
+    "gamma": "MARS's strength γ of the gradient correction",
+    "exact": "MARS-exact: the previous gradient at the previous parameters (grad_fn=)",
     "adam_learning_rate": "learning rate of muon's AdamW leaves",
     "adam_b1": "b1 of muon's AdamW leaves",
     "adam_b2": "b2 of muon's AdamW leaves",
@@ -87,6 +94,7 @@ NAMES = {
     "sync_period": "Lookahead's k",
     "slow_step_size": "Lookahead's α",
     "reset_state": "Lookahead: re-initialise the base at syncs",
+    "start_step": "the step after which a parameter EMA starts averaging",
     "tau": "soft-sign constant",
     "min_value": "lower singular-value bound",
     "max_value": "upper singular-value bound",
@@ -116,9 +124,14 @@ POSITIONAL = {
     "scale_by_rms": ("decay", "eps"),  # optax.scale_by_rms
     "scale_by_adagrad": ("initial_accumulator_value", "eps"),  # optax.scale_by_rss
     "scale_by_lion": ("b1", "b2"),  # optax.scale_by_lion
+    # optax.contrib.scale_by_ademamix
+    "scale_by_ademamix": ("b1", "b2", "b3", "alpha", "eps", "eps_root"),
+    "cautious": ("inner",),  # the transform it wraps
     "decoupled_weight_decay": ("weight_decay", "mask"),  # optax.add_decayed_weights
     "coupled_weight_decay": ("weight_decay", "mask"),
     "scale_by_learning_rate": ("learning_rate",),  # optax.scale_by_learning_rate
+    "hyperball_step": ("learning_rate",),  # it replaces scale_by_learning_rate
+    "gradients_at_previous_point": ("inner",),  # the transform it wraps
     "ema": ("decay",),  # optax.ema
     "momentum": ("momentum",),  # optax.trace's decay, the one defining argument
     "scale_by_sign": ("tau",),
@@ -172,7 +185,8 @@ def test_the_lists_are_not_empty():
 @pytest.mark.parametrize("factory", OPTIMIZERS, ids=ids)
 def test_optimizers_take_only_the_learning_rate_or_base_positionally(factory):
   parameters = list(inspect.signature(factory).parameters.values())
-  first = "base" if factory in (go.sam, go.lookahead, go.qk_clip) else "learning_rate"
+  wrappers = (go.sam, go.lookahead, go.qk_clip, go.parameter_ema)
+  first = "base" if factory in wrappers else "learning_rate"
   assert parameters[0].name == first
   assert parameters[0].kind is inspect.Parameter.POSITIONAL_OR_KEYWORD
   positional = [p.name for p in parameters[1:] if p.kind is not p.KEYWORD_ONLY]

@@ -34,7 +34,13 @@ import optax
 import pytest
 
 from gradtx import optimizers as go
-from tests.support.cases import CASES, STRUCTURED, lookahead_adamw
+from tests.support.cases import (
+    CASES,
+    STRUCTURED,
+    lookahead_adamw,
+    parameter_ema_adamw,
+    record_recipe,
+)
 
 ALL = CASES + STRUCTURED
 every_case = pytest.mark.parametrize("case", ALL, ids=[c.name for c in ALL])
@@ -59,6 +65,8 @@ OPTAX_SETTINGS = {
     # for the parabola.
     go.signsgd: dict(learning_rate=optax.exponential_decay(1e-2, 1000, 0.5)),
     lookahead_adamw: dict(learning_rate=1e-1, weight_decay=1e-4),
+    parameter_ema_adamw: dict(learning_rate=1e-1, weight_decay=1e-4),
+    go.ademamix: dict(learning_rate=1e-1, weight_decay=1e-4),
     go.adam_mini: dict(learning_rate=1e-1, weight_decay=1e-4),
     go.adamw_8bit: dict(learning_rate=1e-1, weight_decay=1e-4),
     # Not in that table. Muon's orthogonal step has a fixed spectral size:
@@ -83,10 +91,21 @@ OPTAX_SETTINGS = {
     go.adamuon: dict(learning_rate=1e-2, weight_decay=1e-4),
     go.adamuon_lm: dict(learning_rate=1e-2, weight_decay=1e-4),
     go.soap_muon: dict(learning_rate=1e-2, weight_decay=1e-4),
+    record_recipe: dict(learning_rate=1e-2, weight_decay=1e-4),
     go.vmuon: dict(learning_rate=optax.cosine_decay_schedule(1e-1, 10_000),
                    weight_decay=1e-4),
     go.dion: dict(learning_rate=optax.cosine_decay_schedule(1e-2, 10_000),
                   weight_decay=1e-4),
+    # MARS-AdamW at AdamW's setting, its AdamW side's decay too (the official 0.1
+    # pulls the 1-D leaves off their targets).
+    go.mars_adamw: dict(learning_rate=1e-1, adam_weight_decay=1e-4),
+    # The hyperball holds each matrix at its initial norm (here 0: the
+    # parabola's matrix starts at zeros), so it cannot reach a target of
+    # another norm: its matrices go to the AdamW side here. The sphere is
+    # tested in tests/optimizers/test_hyperball.py.
+    go.adamh: dict(learning_rate=1e-1, is_hyperball_param=lambda path, leaf: False),
+    go.muonh: dict(learning_rate=1e-1, is_muon_param=lambda path, leaf: False,
+                   is_hyperball_param=lambda path, leaf: False),
 }
 # Cases that are an optax optimizer (same rule, same defaults): the final
 # parameters must equal optax's. Where optax's own run misses a target (plain

@@ -269,11 +269,12 @@ def test_flax_nnx_optimizer_with_sharded_params(case):
   kernel = model.lin.kernel[...]
   assert kernel.sharding.spec == P("x", "y")
   assert losses[-1] < losses[0]
-  if case.name in ("soap", "soap_muon"):
+  if case.name in ("soap", "soap_muon", "record_recipe"):
     # Not comparable: the 8x8 factor has rank <= 4, and SOAP's Adam on the
     # eigenbasis of its null space turns rounding noise into O(1) steps (a
     # 1e-6 relative change of the gradients moves the kernel by 0.08 here;
-    # soap_muon orthogonalizes that same direction).
+    # soap_muon, and the record recipe around it, orthogonalize that same
+    # direction).
     # test_sharded_params_keep_their_sharding compares sharded SOAP steps.
     return
   # Sharded sums add in another order; inverse roots of the early, badly
@@ -297,3 +298,48 @@ def test_compact_states_of_a_data_sharded_leaf_keep_its_sharding():
       mu = state[0].mu["w"]
       leaf = mu.codes if isinstance(mu, gt.QuantizedArray) else mu
       assert leaf.sharding.spec[0] == "data"
+
+
+# Meshes of 1, 2 and 3 devices, parameters sharded along their first axis
+# (the README's recipe): 3 divides no stack of 2 same-shape matrices, and a
+# one-device mesh still types its arrays with its axis (issue: Explicit
+# reshapes across a sharded axis of size 1 were refused).
+_SIZED_PARAMS = {
+    k: jnp.asarray(np.random.default_rng(i).normal(size=shape), jnp.float32)
+    for i, (k, shape) in enumerate(
+        {"w": (6, 4), "v": (6, 12), "stack": (6, 6, 4), "b": (6,)}.items())
+}
+_SIZED_SPECS = {"w": P("d", None), "v": P(None, "d"), "stack": P("d", None, None),
+                "b": P("d")}
+_MESH_SIZES = [
+    pytest.param(c, n, t, id=f"{t.name.lower()}{n}-{c.name}")
+    for c in CASES + STRUCTURED
+    for n, t in [(1, jax.sharding.AxisType.Explicit)]
+    + ([(2, jax.sharding.AxisType.Explicit), (3, jax.sharding.AxisType.Explicit),
+        (1, jax.sharding.AxisType.Auto)] if c in STRUCTURED or c.name == "muon" else [])
+]
+
+
+@pytest.mark.parametrize("case,size,axis_type", _MESH_SIZES)
+def test_every_mesh_size_gives_the_unsharded_steps(case, size, axis_type):
+  tx = case.make()
+  mesh = jax.make_mesh((size,), ("d",), axis_types=(axis_type,),
+                       devices=jax.devices()[:size])
+  grads = [jax.tree.map(lambda p, k=k: jnp.cos((3 + k) * p) + 0.1, _SIZED_PARAMS)
+           for k in range(2)]
+  ref_params, _, _ = run_steps(tx, _SIZED_PARAMS, grads)
+
+  @jax.jit
+  def step(params, state, grads):
+    updates, state = tx.update(grads, state, params)
+    return optax.apply_updates(params, updates), state
+
+  shardings = {k: NamedSharding(mesh, s) for k, s in _SIZED_SPECS.items()}
+  with jax.set_mesh(mesh):
+    params = jax.device_put(_SIZED_PARAMS, shardings)
+    state = jax.jit(tx.init, out_shardings=gt.state_shardings(tx, params))(params)
+    for g in grads:
+      params, state = step(params, state, jax.device_put(g, shardings))
+  for k, p in params.items():
+    assert p.sharding.is_equivalent_to(shardings[k], p.ndim), (k, p.sharding)
+  chex.assert_trees_all_close(params, ref_params, rtol=1e-5, atol=1e-6)

@@ -70,6 +70,10 @@ RANGES = {
         learning_rate=NON_NEGATIVE, b1=DECAY, b2=DECAY, eps=NON_NEGATIVE,
         weight_decay=NON_NEGATIVE,
     ),
+    go.ademamix: dict(
+        learning_rate=NON_NEGATIVE, b1=DECAY, b2=DECAY, b3=DECAY, alpha=NON_NEGATIVE,
+        eps=NON_NEGATIVE, eps_root=NON_NEGATIVE, weight_decay=NON_NEGATIVE,
+    ),
     go.signsgd: dict(learning_rate=NON_NEGATIVE, momentum=DECAY,
                      weight_decay=NON_NEGATIVE),
     go.lion: dict(
@@ -133,6 +137,21 @@ RANGES = {
         adam_b2=DECAY, adam_eps=NON_NEGATIVE, adam_weight_decay=NON_NEGATIVE,
         embedding_learning_rate=NON_NEGATIVE,
     ) for f in (go.normuon, go.adamuon, go.vmuon)},
+    go.mars_adamw: dict(
+        learning_rate=NON_NEGATIVE, b1=DECAY, b2=DECAY, eps=NON_NEGATIVE, gamma=NON_NEGATIVE,
+        weight_decay=NON_NEGATIVE, adam_learning_rate=NON_NEGATIVE, adam_b1=DECAY,
+        adam_b2=DECAY, adam_weight_decay=NON_NEGATIVE,
+    ),
+    go.adamh: dict(
+        learning_rate=NON_NEGATIVE, b1=DECAY, b2=DECAY, eps=NON_NEGATIVE,
+        adam_learning_rate=NON_NEGATIVE, adam_b1=DECAY, adam_b2=DECAY,
+        adam_eps=NON_NEGATIVE, adam_weight_decay=NON_NEGATIVE,
+    ),
+    go.muonh: dict(
+        learning_rate=NON_NEGATIVE, momentum=DECAY, ns_steps=COUNT, eps=NON_NEGATIVE,
+        adam_learning_rate=NON_NEGATIVE, adam_b1=DECAY, adam_b2=DECAY,
+        adam_eps=NON_NEGATIVE, adam_weight_decay=NON_NEGATIVE,
+    ),
     go.adamuon_lm: dict(
         learning_rate=NON_NEGATIVE, weight_decay=NON_NEGATIVE,
         adam_learning_rate=NON_NEGATIVE, adam_b2=DECAY, adam_weight_decay=NON_NEGATIVE,
@@ -164,6 +183,8 @@ CHOICES = {
                method=("fast", "method must be 'standard' or 'gram'"))
        for f in (go.normuon, go.adamuon, go.soap_muon, go.vmuon)},
     go.adamuon_lm: dict(method=("fast", "method must be 'standard' or 'gram'")),
+    go.muonh: dict(coefficients=("nope", "coefficients must be one of"),
+                   method=("fast", "method must be 'standard' or 'gram'")),
 }
 # Moments that exist only with a momentum (adafactor keeps none by default,
 # and then ignores mu_dtype).

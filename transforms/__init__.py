@@ -10,9 +10,12 @@ from gradtx.transforms.adam_mini import (
     adam_mini_blocks,
     scale_by_adam_mini,
 )
+from gradtx.transforms.ademamix import ScaleByAdemamixState, scale_by_ademamix
+from gradtx.transforms.cautious import CautiousState, cautious
 from gradtx.transforms.factored import ScaleByFactoredRmsState, factored_axes, scale_by_factored_rms
 from gradtx.transforms.factored_geometry import InFactoredGeometryState, in_factored_geometry
 from gradtx.transforms.graft import GraftState, graft
+from gradtx.transforms.hyperball import HyperballStepState, hyperball_step
 from gradtx.transforms.kfac import KfacPreconditionState, is_dense_kernel, kfac_precondition
 from gradtx.transforms.kronecker import KroneckerPreconditionState, kronecker_precondition
 from gradtx.transforms.learning_rate import ScaleByLearningRateState, scale_by_learning_rate
@@ -20,6 +23,12 @@ from gradtx.transforms.low_rank import (
     OrthogonalizeLowRankState,
     low_rank_orthogonalize,
     orthogonalize_low_rank,
+)
+from gradtx.transforms.mars import (
+    MarsCorrectionState,
+    PreviousPointState,
+    gradients_at_previous_point,
+    scale_by_mars,
 )
 from gradtx.transforms.matrix_roots import inverse_pth_root
 from gradtx.transforms.matrix_view import (
@@ -145,4 +154,14 @@ __all__ = [
     "fused_qkv_matrix_view",
     "NormalizeBySecondMomentState",
     "normalize_by_second_moment",
+    "CautiousState",
+    "cautious",
+    "ScaleByAdemamixState",
+    "scale_by_ademamix",
+    "HyperballStepState",
+    "hyperball_step",
+    "MarsCorrectionState",
+    "PreviousPointState",
+    "gradients_at_previous_point",
+    "scale_by_mars",
 ]

@@ -23,6 +23,28 @@ from gradtx.transforms.matrix_view import MatrixViewRule
 from gradtx.transforms.normalize import frobenius_norms, statistics_dtype
 
 
+def _scale(r, c, count, b2, eps):
+  return jax.lax.rsqrt(_metric(r, count, b2, eps) * _metric(c, count, b2, eps))
+
+
+def _whiten(u, r, c, count, view, b2, eps):
+  """u in the factored metric, and the row and column statistics updated."""
+  m = view.to_matrices(u.astype(_tree.compute_dtype(u)))
+  sq = _tree.abs_sq(m).astype(r.dtype)
+  r = (b2 * r + (1 - b2) * jnp.mean(sq, axis=-1, keepdims=True)).astype(r.dtype)
+  c = (b2 * c + (1 - b2) * jnp.mean(sq, axis=-2, keepdims=True)).astype(c.dtype)
+  scale = _scale(r, c, count, b2, eps)
+  return view.from_matrices(m * scale.astype(m.dtype), u.shape).astype(u.dtype), r, c
+
+
+def _map_back(o, r, c, count, view, b2, eps):
+  """The inner direction mapped back by the same metric, at its own norm."""
+  m = view.to_matrices(o.astype(_tree.compute_dtype(o)))
+  mapped = m * _scale(r, c, count, b2, eps).astype(m.dtype)
+  mapped = mapped * (frobenius_norms(m) / (frobenius_norms(mapped) + 1e-30))
+  return view.from_matrices(mapped, o.shape).astype(o.dtype)
+
+
 class InFactoredGeometryState(NamedTuple):
   """State of ``in_factored_geometry``.
 
@@ -128,28 +150,24 @@ def in_factored_geometry(
         new_rows.append(r)
         new_cols.append(c)
         continue
-      m = view.to_matrices(u.astype(_tree.compute_dtype(u)))
-      sq = _tree.abs_sq(m).astype(r.dtype)
-      r = _sharding.reshard_like(
-          (b2 * r + (1 - b2) * jnp.mean(sq, axis=-1, keepdims=True)).astype(r.dtype), r)
-      c = _sharding.reshard_like(
-          (b2 * c + (1 - b2) * jnp.mean(sq, axis=-2, keepdims=True)).astype(c.dtype), c)
-      scale = jax.lax.rsqrt(_metric(r, count, b2, eps) * _metric(c, count, b2, eps))
-      whitened.append(view.from_matrices(m * scale.astype(m.dtype), u.shape).astype(u.dtype))
-      metrics.append(scale)
+      # On an Explicit mesh the view's reshapes may cross sharded axes: XLA
+      # lays them out (traced values enter as arguments, not closures).
+      w, r, c = _sharding.in_auto_axes(
+          lambda *a, view=view: _whiten(*a, view, b2, eps), u, r, c, count,
+          like=(u, r, c))
+      whitened.append(w)
+      metrics.append((r, c))
       new_rows.append(r)
       new_cols.append(c)
     inner_out, inner_state = inner.update(
         treedef.unflatten(whitened), state.inner_state, params)
     out = []
-    for o, view, scale in zip(treedef.flatten_up_to(inner_out), views, metrics):
+    for o, view, rc in zip(treedef.flatten_up_to(inner_out), views, metrics):
       if view is None:
         out.append(o)
         continue
-      m = view.to_matrices(o.astype(_tree.compute_dtype(o)))
-      mapped = m * scale.astype(m.dtype)
-      mapped = mapped * (frobenius_norms(m) / (frobenius_norms(mapped) + 1e-30))
-      out.append(view.from_matrices(mapped, o.shape).astype(o.dtype))
+      out.append(_sharding.in_auto_axes(
+          lambda *a, view=view: _map_back(*a, view, b2, eps), o, *rc, count, like=o))
     return treedef.unflatten(out), InFactoredGeometryState(
         count, statistics.unflatten(new_rows), statistics.unflatten(new_cols), inner_state)
 

@@ -267,6 +267,10 @@ def orthogonalize_low_rank(
   def leaf(g, view, basis, residual):
     if view is None:
       return g, basis, residual
+    return _sharding.in_auto_axes(
+        lambda *a: on_matrices(*a, view), g, basis, residual, like=(g, basis, residual))
+
+  def on_matrices(g, basis, residual, view):
     b = g if not error_feedback else residual + g.astype(residual.dtype)
     matrices = _sharding.gather(view.to_matrices(b))
     u, basis, low_rank = low_rank_orthogonalize(

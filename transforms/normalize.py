@@ -137,6 +137,11 @@ def normalize_by_second_moment(
       view = next(views)
       if view is None:
         return u, nu
+      # Traced values enter as arguments: Explicit-typed closures are refused.
+      return _sharding.in_auto_axes(
+          lambda *a: on_matrices(*a, view), u, nu, seed, count, like=(u, nu))
+
+    def on_matrices(u, nu, seed, count, view):
       dtype = _tree.compute_dtype(u)
       m = view.to_matrices(u.astype(dtype))
       previous = (view.to_matrices(state_format.load(nu, _tree.real_dtype(dtype)))

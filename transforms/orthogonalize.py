@@ -18,6 +18,7 @@ from gradtx._internal import block_stacks
 from gradtx._internal import sharding as _sharding
 from gradtx._internal import validate as _validate
 from gradtx.transforms import matrix_view as _matrix_view
+from gradtx.transforms.matrix_roots import unbatched_on_cpu
 from gradtx.transforms.matrix_view import MatrixViewRule
 
 Coefficients = Union[str, Sequence[Sequence[float]]]
@@ -183,15 +184,17 @@ def newton_schulz(
 
 
 def map_matrices(
-    fn, updates: Any, matrix_view: Optional[MatrixViewRule], *, stack: bool
+    fn, updates: Any, matrix_view: Optional[MatrixViewRule], *, stack: bool = True
 ) -> Any:
   """``fn`` of every matrix of every leaf's view; leaves without one pass through.
 
-  ``fn`` maps a (num_matrices, rows, cols) stack to the same shape. Off a
-  mesh each leaf is one call, or, with ``stack``, all matrices of one shape
-  and dtype are. On a mesh (``block_stacks``) the matrices of one shape are
-  always stacked and split over the devices: each is computed whole, once,
-  on its owner, with no collective inside ``fn``.
+  ``fn`` maps a (num_matrices, rows, cols) stack, or one (rows, cols) matrix,
+  to the same shape. With ``stack`` (the default) all matrices of one shape
+  and dtype form one stack and ``fn`` is traced once per shape, so the
+  program does not grow with the number of same-shape leaves; on a mesh
+  (``block_stacks``) each stack is split over the devices and every matrix is
+  computed whole, once, on its owner, with no collective inside ``fn``.
+  Without ``stack``, off a mesh, each leaf is its own call.
   """
   leaves, treedef = jax.tree.flatten(updates)
   layouts = [block_stacks.block_layout(view, x.shape, None)
@@ -199,15 +202,14 @@ def map_matrices(
   mesh = block_stacks.owner_mesh(leaves)
   if mesh is None and not stack:
     out = [x if layout is None else block_stacks.from_blocks(
-        fn(block_stacks.to_blocks(x, layout)), layout, x.shape).astype(x.dtype)
-           for x, layout in zip(leaves, layouts)]
+        block_stacks.map_stack(fn, block_stacks.to_blocks(x, layout)), layout,
+        x.shape).astype(x.dtype) for x, layout in zip(leaves, layouts)]
     return treedef.unflatten(out)
   groups = block_stacks.plan(layouts, [x.dtype for x in leaves],
                              block_stacks.num_devices(mesh))
   stacks = block_stacks.stack(leaves, layouts, groups, mesh)
-  results = [fn(s) for s in stacks]
-  if mesh is not None:  # keep fn's output on the owners too (Auto axes)
-    results = [block_stacks.place_on_owners(r, mesh) for r in results]
+  results = [block_stacks.on_owners(lambda s: block_stacks.map_stack(fn, s), mesh, s)
+             for s in stacks]
   out = block_stacks.unstack(results, leaves, layouts, groups, mesh)
   return treedef.unflatten([x if o is None else o for x, o in zip(leaves, out)])
 
@@ -219,7 +221,7 @@ def orthogonalize_newton_schulz(
     eps: float = 1e-7,
     compute_dtype: Optional[Any] = None,
     method: str = "standard",
-    batch_same_shape: bool = False,
+    batch_same_shape: bool = True,
     matrix_view: Optional[MatrixViewRule] = None,
 ) -> optax.GradientTransformation:
   r"""Replaces every matrix leaf by its Newton–Schulz msign approximation.
@@ -259,12 +261,14 @@ def orthogonalize_newton_schulz(
       (after iteration 2) and at the end. About 8m²n + 28m³ FLOPs against
       20m²n + 10m³ (m ≤ n): a win when n ≳ 2m; square matrices use
       ``"standard"``. Same result up to round-off.
-    batch_same_shape: stack the matrices that share a shape and dtype and
-      run one batched iteration over them. On 2 CPU cores this took 32
-      matrices of 64×64 from 8.6 ms to 6.1 ms and made no difference at
-      512×2048 (benchmarks/RESULTS.md). On a device mesh they are always
-      stacked, and each stack is split over the devices (owner compute: every
-      matrix is orthogonalized whole, once, on one device).
+    batch_same_shape: stack the matrices that share a shape and dtype (the
+      default): the iteration is traced once per shape, so compile time does
+      not grow with the number of same-shape matrices, and runs as one
+      batched call (small matrices) or, on CPU, one 2-D call per matrix in a
+      loop (large ones, where XLA:CPU threads a 2-D product but not a batched
+      one). ``False``: one call per leaf (off a mesh). On a device mesh they
+      are always stacked, and each stack is split over the devices (owner
+      compute: every matrix is orthogonalized whole, once, on one device).
     matrix_view: the matrix-view rule (see ``gt.flax_matrix_view``).
 
   Returns:
@@ -322,12 +326,13 @@ def clip_singular_values(
 
   def clip(matrices):
     x = matrices.astype(jnp.promote_types(matrices.dtype, jnp.float32))
-    left, sigma, right_h = jnp.linalg.svd(x, full_matrices=False)
+    left, sigma, right_h = unbatched_on_cpu(
+        lambda a: jnp.linalg.svd(a, full_matrices=False), x)
     sigma = jnp.clip(sigma, min_value, max_value).astype(x.dtype)
     return ((left * sigma[..., None, :]) @ right_h).astype(matrices.dtype)
 
   def update_fn(updates, state, params=None):
     del params
-    return map_matrices(clip, updates, matrix_view, stack=False), state
+    return map_matrices(clip, updates, matrix_view), state
 
   return optax.GradientTransformation(lambda _: optax.EmptyState(), update_fn)

@@ -45,7 +45,7 @@ class WeightDecayState(NamedTuple):
 
 
 def _add_scaled_params(
-    weight_decay: Union[float, optax.Schedule], mask: MaskOrFn
+    weight_decay: Union[float, optax.Schedule], mask: MaskOrFn, cautious: bool = False
 ) -> optax.GradientTransformation:
   _validate.check_scalar_or_schedule("weight_decay", weight_decay)
 
@@ -65,7 +65,12 @@ def _add_scaled_params(
 
     def leaf(g, p):
       dtype = _tree.compute_dtype(g)
-      return (g.astype(dtype) + decay * p.astype(dtype)).astype(g.dtype)
+      g_, p_ = g.astype(dtype), p.astype(dtype)
+      decayed = decay * p_
+      if cautious:  # only where u·p ≥ 0: the step then moves p towards 0
+        agrees = jnp.real(jnp.conj(g_) * p_) >= 0 if _tree.is_complex(g_) else g_ * p_ >= 0
+        decayed = jnp.where(agrees, decayed, 0)
+      return (g_ + decayed).astype(g.dtype)
 
     updates = jax.tree.map(leaf, updates, params)
     return updates, WeightDecayState(optax.safe_increment(state.count))
@@ -75,15 +80,27 @@ def _add_scaled_params(
 
 
 def decoupled_weight_decay(
-    weight_decay: Union[float, optax.Schedule], mask: MaskOrFn = None
+    weight_decay: Union[float, optax.Schedule],
+    mask: MaskOrFn = None,
+    *,
+    cautious_weight_decay: bool = False,
 ) -> optax.GradientTransformation:
   r"""Adds decoupled weight decay to an already preconditioned update.
 
   .. math:: u \leftarrow u + λ_t\, p
+    \quad\text{or, cautious,}\quad u \leftarrow u + λ_t\, \mathbb{1}[u \odot p \ge 0]\, p
 
   Place it after the preconditioner and before the learning-rate scale; the
   chain then applies :math:`p \leftarrow p - η_t (u + λ_t p)`, PyTorch AdamW's
-  semantics.
+  semantics. Cautious weight decay decays a coordinate only where the
+  incoming update u (still the gradient's sign, before the learning rate
+  negates it) has the sign of p, i.e. where the step already moves p
+  towards zero, and leaves the others to the data: the rule of the
+  modded-nanogpt / nanochat Muon step (``mask = (g * p) >= 0``) and of the
+  Cautious Weight Decay paper. heavyball compares sign bits, which differs
+  only where u or p is zero. A zero update is decayed in full, so
+  with zero gradients this is plain decoupled decay. Complex leaves use
+  :math:`\operatorname{Re}(\bar u p) \ge 0`.
 
   Args:
     weight_decay: λ, a non-negative number or a schedule of the step count.
@@ -91,15 +108,17 @@ def decoupled_weight_decay(
     mask: a pytree of booleans shaped like the parameters, or a callable
       returning one from the parameters, selecting the leaves to decay
       (``optax.masked`` semantics). ``None`` decays every leaf.
+    cautious_weight_decay: decay only where ``u * p >= 0``.
 
   Returns:
     An ``optax.GradientTransformation`` with state ``WeightDecayState``
     (wrapped in ``optax.MaskedState`` when a mask is given).
 
   Reference: Loshchilov & Hutter, "Decoupled Weight Decay Regularization",
-  ICLR 2019.
+  ICLR 2019; Chen et al., "Cautious Weight Decay", arXiv 2510.12402,
+  2025 (the cautious form).
   """
-  return _add_scaled_params(weight_decay, mask)
+  return _add_scaled_params(weight_decay, mask, cautious_weight_decay)
 
 
 def coupled_weight_decay(

@@ -61,22 +61,30 @@ def reshard_like(y: jax.Array, x: jax.Array) -> jax.Array:
   return jax.sharding.reshard(y, sharding)
 
 
-def in_auto_axes(fn, *args, like: jax.Array):
+def in_auto_axes(fn, *args, like):
   """``fn(*args)``, on an Explicit mesh with XLA choosing the layouts inside.
 
   For computations whose reshapes or contractions cross sharded axes (which
   Explicit types refuse): inside, the axes are Auto and the partitioner lays
-  out the data movement; the result is typed with ``like``'s sharding.
-  Elsewhere it is a plain call.
+  out the data movement; each output is typed with the sharding of its
+  counterpart in ``like`` (an array, or a pytree shaped like ``fn``'s
+  output). Elsewhere it is a plain call.
   """
-  sharding = getattr(jax.typeof(like), "sharding", None)
-  mesh = getattr(sharding, "mesh", None)
-  if mesh is None or mesh.empty or AxisType.Explicit not in mesh.axis_types:
+  mesh = None
+  for leaf in jax.tree.leaves(like):
+    candidate = getattr(getattr(jax.typeof(leaf), "sharding", None), "mesh", None)
+    if candidate is not None and not candidate.empty:
+      mesh = candidate
+      break
+  if mesh is None or AxisType.Explicit not in mesh.axis_types:
     return fn(*args)
-  spec = P(*sharding.spec, *([None] * (like.ndim - len(sharding.spec))))
+
+  def spec(x):
+    own = jax.typeof(x).sharding.spec
+    return P(*own, *([None] * (x.ndim - len(own))))
 
   def run():
-    return jax.sharding.auto_axes(fn, out_sharding=spec)(*args)
+    return jax.sharding.auto_axes(fn, out_sharding=jax.tree.map(spec, like))(*args)
 
   if jax.sharding.get_abstract_mesh().empty:
     with jax.sharding.use_abstract_mesh(mesh):

@@ -73,6 +73,21 @@ def bias_correction(decay: Any, count: jax.Array, dtype: Any) -> jax.Array:
   return -jnp.expm1(count.astype(dtype) * jnp.asarray(log_decay, dtype))
 
 
+def copy_in_compute_dtype(params: Any) -> Any:
+  """A copy of ``params`` in ``compute_dtype`` (a wrapper's copy of the weights).
+
+  A copy, not an alias: donating the params must not free the state. Of
+  abstract params (``jax.ShapeDtypeStruct``) only the shape and dtype exist,
+  so they give zeros.
+  """
+  def copy(p):
+    if isinstance(p, jax.ShapeDtypeStruct):
+      return jnp.zeros_like(p, compute_dtype(p))
+    return jnp.array(p, compute_dtype(p), copy=True)
+
+  return jax.tree.map(copy, params)
+
+
 def map_leaves(
     fn: Callable[..., tuple], num_outputs: int, *trees: Any
 ) -> tuple:

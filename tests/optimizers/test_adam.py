@@ -14,7 +14,7 @@ import torch
 
 from gradtx import optimizers as go
 from gradtx import transforms as gt
-from tests.oracles import problems, runners, torch_runners
+from tests.oracles import problems, runners, torch_runners, transcriptions
 from tests.support import helpers
 
 STEPS = 60
@@ -282,3 +282,22 @@ def test_state_memory_on_a_gpt_tree():
   assert helpers.state_ratio(go.adamw_8bit(1e-3)) <= 0.27
   assert helpers.state_ratio(go.adamw(1e-3, nu_dtype=jnp.bfloat16)) == pytest.approx(
       0.75, abs=1e-3)
+
+
+def test_cautious_weight_decay_matches_heavyball():
+  """20 float64 steps against AdamW stepped by heavyball's ``_compilable_update_``
+  with ``cautious_weight_decay``; the logistic gradients are never zero, where
+  the sign-bit rule could differ. (With heavyball's ``caution`` too, its
+  masked coordinates are +0 and are decayed only where p >= 0; gradtx decays
+  a zero update in full, as the record's ``(u * p) >= 0``: see
+  tests/transforms/test_weight_decay.py.)"""
+  steps, lr, wd = 20, 0.05, 2.0
+  problem = problems.LogisticProblem(seed=4, steps=steps)
+  tx = go.adamw(lr, weight_decay=wd, cautious_weight_decay=True)
+  trajectory = runners.run_gradtx(tx, problem.params0, problem.grad, steps)
+  ref = transcriptions.adamw_heavyball_numpy(
+      problem.params0, problem.grad, steps, lr, wd, caution=False, cautious_decay=True)
+  runners.assert_trajectories_close(trajectory, ref, 1e-10)
+  plain = transcriptions.adamw_heavyball_numpy(
+      problem.params0, problem.grad, steps, lr, wd, caution=False, cautious_decay=False)
+  assert runners.trajectory_errors(plain, ref)["updates"] > 1e-3

@@ -188,3 +188,34 @@ def test_adamuon_lm_is_adamuon_at_the_race_ratios():
     np.testing.assert_allclose(jax.tree.leaves(ours[key]), jax.tree.leaves(expected[key]),
                                rtol=1e-12)
   assert not np.allclose(ours["embed"]["embedding"], params["embed"]["embedding"], atol=0.05)
+
+
+@pytest.mark.parametrize("factory", [go.normuon, go.adamuon, go.soap_muon, go.vmuon],
+                         ids=lambda f: f.__name__)
+def test_cautious_weight_decay_reaches_the_matrix_side(factory):
+  """Three float64 steps: the matrix leaf's direction d, read off the plain
+  run's step −η(d + λp), stepped by the record's cautious rule
+  (``transcriptions.nanogpt_cautious_step``) gives the cautious run's step; the
+  AdamW leaf keeps plain decay."""
+  lr, wd = 0.05, 3.0
+  rng = np.random.default_rng(5)
+  with jax.enable_x64(True):
+    params = {"w": jnp.asarray(rng.normal(size=(6, 8))), "b": jnp.asarray(rng.normal(size=8))}
+    grads = [jax.tree.map(lambda p: jnp.asarray(rng.normal(size=p.shape)), params)
+             for _ in range(3)]
+    route = dict(is_muon_param=lambda path, leaf: leaf.ndim == 2)
+    plain = factory(lr, weight_decay=wd, **route)
+    cautious = factory(lr, weight_decay=wd, cautious_weight_decay=True, **route)
+    s_plain, s_cautious = plain.init(params), cautious.init(params)
+    disagreements = 0  # (SOAP's first step only builds its basis: d = 0)
+    for g in grads:
+      u_plain, s_plain = plain.update(g, s_plain, params)
+      u_cautious, s_cautious = cautious.update(g, s_cautious, params)
+      p = np.asarray(params["w"])
+      direction = -np.asarray(u_plain["w"]) / lr - wd * p
+      expected = transcriptions.nanogpt_cautious_step(p, direction, lr, wd) - p
+      np.testing.assert_allclose(u_cautious["w"], expected, rtol=1e-9, atol=1e-12)
+      np.testing.assert_array_equal(u_cautious["b"], u_plain["b"])
+      disagreements += int(np.sum(direction * p < 0))
+      params = optax.apply_updates(params, u_plain)
+  assert disagreements > 0

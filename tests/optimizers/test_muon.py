@@ -19,6 +19,20 @@ def _least_squares_problem(rng, fan_in=6, fan_out=10, rows=16):
   return a, b, w0
 
 
+def _run(tx, w0, gradient, steps=20):
+  """``steps`` float64 steps of ``tx`` on {"w": w0}; the list of iterates."""
+  with jax.enable_x64(True):
+    params = {"w": jnp.asarray(w0)}
+    state = tx.init(params)
+    trajectory = []
+    for _ in range(steps):
+      grads = {"w": jnp.asarray(gradient(np.asarray(params["w"])))}
+      updates, state = tx.update(grads, state, params)
+      params = optax.apply_updates(params, updates)
+      trajectory.append(np.asarray(params["w"]))
+  return trajectory
+
+
 @pytest.mark.parametrize("nesterov", [True, False])
 @pytest.mark.parametrize("shape", [(6, 10), (12, 5)], ids=["wide", "tall"])
 def test_muon_trajectory_matches_reference_algorithm(nesterov, shape):
@@ -32,18 +46,30 @@ def test_muon_trajectory_matches_reference_algorithm(nesterov, shape):
       w0.T, lambda wt: gradient(wt.T).T, steps=20, lr=lr, weight_decay=wd,
       beta=beta, nesterov=nesterov,
   )
-  with jax.enable_x64(True):
-    tx = go.muon(lr, beta=beta, nesterov=nesterov, weight_decay=wd)
-    params = {"w": jnp.asarray(w0)}
-    state = tx.init(params)
-    trajectory = []
-    for _ in range(20):
-      grads = {"w": jnp.asarray(gradient(np.asarray(params["w"])))}
-      updates, state = tx.update(grads, state, params)
-      params = optax.apply_updates(params, updates)
-      trajectory.append(np.asarray(params["w"]))
+  trajectory = _run(go.muon(lr, beta=beta, nesterov=nesterov, weight_decay=wd), w0, gradient)
   for ours, theirs in zip(trajectory, expected):
     np.testing.assert_allclose(ours, theirs.T, rtol=1e-9, atol=1e-12)
+
+
+@pytest.mark.parametrize("nesterov", [True, False])
+def test_cautious_weight_decay_matches_the_record_step(nesterov):
+  """20 float64 steps against the reference Muon with modded-nanogpt's
+  cautious decay step, ``p -= lr·u + lr·wd·p·[u·p >= 0]``, at a decay large
+  enough that the mask matters."""
+  a, b, w0 = _least_squares_problem(np.random.default_rng(2), 6, 10)
+  lr, wd, beta = 0.05, 2.0, 0.9
+  gradient = lambda w: a.T @ (a @ w - b)
+  expected = transcriptions.muon_reference(
+      w0.T, lambda wt: gradient(wt.T).T, steps=20, lr=lr, weight_decay=wd,
+      beta=beta, nesterov=nesterov, cautious_weight_decay=True)
+  plain = transcriptions.muon_reference(
+      w0.T, lambda wt: gradient(wt.T).T, steps=20, lr=lr, weight_decay=wd,
+      beta=beta, nesterov=nesterov)
+  tx = go.muon(lr, beta=beta, nesterov=nesterov, weight_decay=wd, cautious_weight_decay=True)
+  trajectory = _run(tx, w0, gradient)
+  for ours, theirs in zip(trajectory, expected):
+    np.testing.assert_allclose(ours, theirs.T, rtol=1e-9, atol=1e-12)
+  assert np.abs(plain[-1] - expected[-1]).max() > 1e-3
 
 
 class _Net(nnx.Module):

@@ -8,6 +8,7 @@ apart instead of merely producing different numbers once.
 
 from typing import Callable, Dict, List, Union
 
+import jax
 import jax.numpy as jnp
 import numpy as np
 
@@ -108,6 +109,13 @@ class MlpProblem:
   def loss(p, x, y):
     out = jnp.tanh(x @ p["w1"] + p["b1"]) @ p["w2"] + p["b2"]
     return jnp.mean((out - y) ** 2)
+
+  def grads(self, params: Params, t: int) -> Params:
+    """The float64 gradient of mini-batch ``t`` as NumPy (a ``GradFn``)."""
+    with jax.enable_x64(True):
+      g = jax.grad(self.loss)({k: jnp.asarray(v) for k, v in params.items()},
+                              self.xs[t], self.ys[t])
+      return {k: np.asarray(v) for k, v in g.items()}
 
 
 def quadratic_grads(params0: Params, seed: int = 0, noise: float = 0.3) -> GradFn:

@@ -25,6 +25,18 @@ the run had no near-ties, where round-off could legitimately flip a sign.
   test matrices.
 * ``max_logits``, ``qk_clip``: Kimi K2's QK-Clip (Algorithm 1 of the K2
   report) for multi-head attention.
+* ``mars_official``: ``MARS.step`` of AGI-Arena/MARS (MARS-AdamW, approx and
+  exact).
+* ``hyperball_marin``: Marin's ``scale_by_adamh`` / ``scale_with_muonh``
+  (AdamH, MuonH) with their routing, for 2-D matrices.
+* ``caution_c_optim``, ``c_adamw_numpy``: the cautious mask and C-AdamW's
+  step of the Cautious Optimizers reference code (github.com/kyleliang919/
+  C-Optim, ``c_adamw.py``); ``caution_levanter`` (Levanter's
+  ``scale_by_cautious``), ``caution_heavyball`` and ``heavyball_update``
+  (heavyball's ``_compilable_cautioning`` and ``_compilable_update_``, with
+  its cautious weight decay; ``adamw_heavyball_numpy``: AdamW with those
+  flags); ``nanogpt_cautious_step`` (the modded-nanogpt / nanochat Muon
+  step's cautious weight decay).
 """
 
 from typing import Callable, List, Optional
@@ -197,9 +209,11 @@ def newton_schulz_reference(g, steps=5, coefficients=(3.4445, -4.7750, 2.0315), 
 
 
 def muon_reference(w0, gradient, *, steps, lr, weight_decay, beta, nesterov=True,
-                   ns_steps=5):
+                   ns_steps=5, cautious_weight_decay=False):
   """The published Muon step (github.com/KellerJordan/Muon, ``muon_update``),
-  transcribed for a PyTorch-layout (out, in) matrix; returns the trajectory."""
+  transcribed for a PyTorch-layout (out, in) matrix; returns the trajectory.
+  ``cautious_weight_decay``: the parameter step of modded-nanogpt's record
+  instead (``nanogpt_cautious_step``)."""
   w, momentum, trajectory = np.array(w0, np.float64), np.zeros_like(w0), []
   for _ in range(steps):
     grad = gradient(w)
@@ -207,7 +221,10 @@ def muon_reference(w0, gradient, *, steps, lr, weight_decay, beta, nesterov=True
     update = grad + beta * (momentum - grad) if nesterov else momentum
     update = newton_schulz_reference(update, ns_steps)
     update = update * max(1, grad.shape[-2] / grad.shape[-1]) ** 0.5
-    w = w * (1 - lr * weight_decay) - lr * update
+    if cautious_weight_decay:
+      w = nanogpt_cautious_step(w, update, lr, weight_decay)
+    else:
+      w = w * (1 - lr * weight_decay) - lr * update
     trajectory.append(w.copy())
   return trajectory
 
@@ -613,3 +630,201 @@ def qk_clip(w_q, w_k, s_max, tau, b_q=None, b_k=None):
         b_q[h] *= np.sqrt(gamma)
         b_k[h] *= np.sqrt(gamma)
   return w_q, w_k, b_q, b_k
+
+
+# -------- MARS (AGI-Arena/MARS, ``MARS/optimizers/mars.py``)
+#
+# ``MARS.step`` and ``update_fn`` with ``mars_type="mars-adamw"``, no AMSGrad,
+# line by line in NumPy: 2-D parameters (or all, ``optimize_1d``) take the
+# clipped variance-reduced c into Adam's moments; the others AdamW with
+# ``betas_1d`` at lr·(lr_1d/lr) and ``weight_decay_1d``. ``last_grad`` starts
+# at zero. Approx: last_grad ← grad after each step. Exact (``train_mars.py``
+# with ``is_approx=False``): before step t the gradient at x_t on batch t+1 is
+# stored (``update_previous_grad``) and becomes last_grad after the step
+# (``update_last_grad``): at step t, last_grad = ∇f(x_{t−1}, ξ_t).
+
+
+def mars_official(params0, grad_fn, steps, *, lr=3e-3, betas=(0.95, 0.99), eps=1e-8,
+                  weight_decay=0.0, gamma=0.025, is_approx=True, optimize_1d=False,
+                  lr_1d=3e-3, betas_1d=(0.9, 0.95), weight_decay_1d=0.1):
+  """Returns the trajectory (initial point, then one dict per step)."""
+  p = copy_params(params0)
+  exp_avg = {k: np.zeros_like(v) for k, v in p.items()}
+  exp_avg_sq = {k: np.zeros_like(v) for k, v in p.items()}
+  last_grad = {k: np.zeros_like(v) for k, v in p.items()}
+  beta1, beta2 = betas
+  trajectory = [copy_params(p)]
+  for t in range(steps):
+    step = t + 1
+    if not is_approx and t > 0:
+      last_grad = grad_fn(trajectory[-2], t)
+    grads = grad_fn(p, t)
+    for k in p:
+      grad = grads[k]
+      if optimize_1d or grad.ndim == 2:
+        c_t = (grad - last_grad[k]) * (gamma * (beta1 / (1.0 - beta1))) + grad
+        c_t_norm = np.linalg.norm(c_t)
+        if c_t_norm > 1.0:
+          c_t = c_t / c_t_norm
+        exp_avg[k] = exp_avg[k] * beta1 + c_t * (1.0 - beta1)
+        exp_avg_sq[k] = exp_avg_sq[k] * beta2 + c_t * c_t * (1.0 - beta2)
+        bias_correction1 = 1.0 - beta1**step
+        bias_correction2 = 1.0 - beta2**step
+        denom = (np.sqrt(exp_avg_sq[k]) * (1 / np.sqrt(bias_correction2)) + eps) * bias_correction1
+        p[k] = p[k] + -lr * (p[k] * weight_decay + exp_avg[k] / denom)
+      else:
+        b1_1d, b2_1d = betas_1d
+        exp_avg[k] = exp_avg[k] * b1_1d + grad * (1.0 - b1_1d)
+        exp_avg_sq[k] = exp_avg_sq[k] * b2_1d + grad * grad * (1.0 - b2_1d)
+        bias_correction1 = 1.0 - b1_1d**step
+        bias_correction2 = 1.0 - b2_1d**step
+        denom = (np.sqrt(exp_avg_sq[k]) * (1 / np.sqrt(bias_correction2)) + eps) * bias_correction1
+        wd_1d = weight_decay if optimize_1d else weight_decay_1d
+        p[k] = p[k] + -lr * (lr_1d / lr) * (p[k] * wd_1d + exp_avg[k] / denom)
+      if is_approx:
+        last_grad[k] = grad
+    trajectory.append(copy_params(p))
+  return trajectory
+
+
+# -------- Hyperball (marin-community/marin, ``levanter/optim/adamh.py``, ``muonh.py``)
+#
+# ``scale_by_adamh`` / ``scale_with_muonh`` and their configs' routing, for
+# plain 2-D matrices: the matrices in ``hyperball`` (AdamH) and ``muon``
+# (MuonH, heavy-ball momentum m ← μm + g, Nesterov g + μm, Levanter's
+# ``zeropower_via_newtonschulz5`` with the given cyclic coefficients) take
+#   new_p = p − η u ‖p‖/max(‖u‖, 1e−10);  p ← new_p/‖new_p‖ · ‖p‖,
+# the others ``optax.scale_by_adam`` then −adam_lr (no decay).
+
+
+def _adam_direction(g, m, v, b1, b2, eps, step):
+  m = b1 * m + (1 - b1) * g
+  v = b2 * v + (1 - b2) * g * g
+  return m, v, (m / (1 - b1**step)) / (np.sqrt(v / (1 - b2**step)) + eps)
+
+
+def _levanter_newton_schulz(x, steps, eps, coefficients):
+  x = x / (np.linalg.norm(x) + eps)
+  transpose = x.shape[0] > x.shape[1]
+  if transpose:
+    x = x.T
+  for i in range(steps):
+    a, b, c = coefficients[i % len(coefficients)]
+    gram = x @ x.T
+    x = a * x + (b * gram + c * gram @ gram) @ x
+  return x.T if transpose else x
+
+
+def hyperball_marin(params0, grad_fn, steps, *, lr, adam_lr, hyperball=(), muon=(),
+                    b1=0.9, b2=0.95, eps=1e-8, momentum=0.95, nesterov=True,
+                    ns_steps=5, muon_eps=1e-8,
+                    coefficients=((3.4445, -4.7750, 2.0315),)):
+  """AdamH (``hyperball``) and MuonH (``muon``) leaves, Adam elsewhere; the trajectory."""
+  p = copy_params(params0)
+  m = {k: np.zeros_like(v) for k, v in p.items()}
+  v = {k: np.zeros_like(x) for k, x in p.items()}
+  trajectory = [copy_params(p)]
+  for t in range(steps):
+    grads = grad_fn(p, t)
+    for k in p:
+      g = grads[k]
+      if k in muon:
+        m[k] = momentum * m[k] + g
+        u = momentum * m[k] + g if nesterov else m[k]
+        u = _levanter_newton_schulz(u, ns_steps, muon_eps, coefficients)
+      else:
+        m[k], v[k], u = _adam_direction(g, m[k], v[k], b1, b2, eps, t + 1)
+      if k in muon or k in hyperball:
+        new_p = p[k] - lr * u * np.linalg.norm(p[k]) / max(np.linalg.norm(u), 1e-10)
+        p[k] = new_p / np.linalg.norm(new_p) * np.linalg.norm(p[k])
+      else:
+        p[k] = p[k] - adam_lr * u
+    trajectory.append(copy_params(p))
+  return trajectory
+
+# --- Cautious updates and cautious weight decay ------------------------------
+
+
+def caution_c_optim(u, g):
+  """C-Optim ``c_adamw.py``: ``mask = (exp_avg * grad > 0)``,
+  ``mask.div_(mask.mean().clamp_(min=1e-3))``, applied to the update."""
+  mask = (u * g > 0).astype(u.dtype)
+  mask = mask / max(mask.mean(), 1e-3)
+  return u * mask
+
+
+def caution_levanter(u, g, eps=1e-8):
+  """Levanter ``scale_by_cautious``: ``m = (g * u) > 0``, ``u * m / (m.mean() + eps)``."""
+  m = (g * u) > 0
+  return u * m / (m.mean() + eps)
+
+
+def caution_heavyball(g, u):
+  """heavyball ``_compilable_cautioning(g, update)``."""
+  mask = np.signbit(g) ^ np.signbit(u)  # "mask if they point in different directions"
+  u = np.where(mask, 0.0, u)
+  scale = mask.size / max(mask.size - mask.sum(), 1)
+  return u * scale
+
+
+def heavyball_update(p, u, decay, lr, caution, cautious_decay, g):
+  """heavyball ``_compilable_update_`` for one parameter: the caution of the
+  update, then p ← p(1 − d·lr) − lr·u with d the decay where the sign bits
+  of p and u agree (cautious weight decay) or everywhere."""
+  if caution:
+    u = caution_heavyball(g, u)
+  d = decay * (1 - (np.signbit(p) ^ np.signbit(u))) if cautious_decay else decay
+  return p * (1 - d * lr) + u * -lr
+
+
+def nanogpt_cautious_step(p, g, lr, wd):
+  """The last lines of modded-nanogpt's / nanochat's fused Muon step:
+  ``mask = (g * p) >= 0``; ``p.sub_(lr * g + lr * wd * p * mask)``."""
+  mask = (g * p) >= 0
+  return p - (lr * g + lr * wd * p * mask)
+
+
+def c_adamw_numpy(params0, grad_fn, steps, lr, b1, b2, eps, weight_decay):
+  """C-Optim's ``AdamW.step`` (``c_adamw.py``, ``correct_bias=True``) line by
+  line in float64: decay first, then the cautiously masked Adam step with
+  step size lr·√(1 − β₂ᵗ)/(1 − β₁ᵗ) and denominator √v + ε. Returns the
+  trajectory (the initial point, then one dict per step)."""
+  params = copy_params(params0)
+  exp_avg = {k: np.zeros_like(v) for k, v in params.items()}
+  exp_avg_sq = {k: np.zeros_like(v) for k, v in params.items()}
+  trajectory = [copy_params(params)]
+  for t in range(1, steps + 1):
+    grads = grad_fn(trajectory[-1], t - 1)
+    for k, p in params.items():
+      grad = grads[k]
+      p = p + p * (-lr * weight_decay)
+      exp_avg[k] = exp_avg[k] * b1 + grad * (1.0 - b1)
+      exp_avg_sq[k] = exp_avg_sq[k] * b2 + grad * grad * (1.0 - b2)
+      denom = np.sqrt(exp_avg_sq[k]) + eps
+      step_size = lr * np.sqrt(1.0 - b2**t) / (1.0 - b1**t)
+      mask = (exp_avg[k] * grad > 0).astype(grad.dtype)
+      mask = mask / max(mask.mean(), 1e-3)
+      params[k] = p + (exp_avg[k] * mask) / denom * -step_size
+    trajectory.append(copy_params(params))
+  return trajectory
+
+
+def adamw_heavyball_numpy(params0, grad_fn, steps, lr, weight_decay, caution, cautious_decay,
+                          b1=0.9, b2=0.999, eps=1e-8):
+  """torch AdamW's direction m̂/(√v̂ + ε) stepped by heavyball's
+  ``_compilable_update_`` (``heavyball_update``): heavyball's ``caution`` and
+  ``cautious_weight_decay`` flags on AdamW. Returns the trajectory."""
+  params = copy_params(params0)
+  m = {k: np.zeros_like(v) for k, v in params.items()}
+  v = {k: np.zeros_like(p) for k, p in params.items()}
+  trajectory = [copy_params(params)]
+  for t in range(1, steps + 1):
+    grads = grad_fn(trajectory[-1], t - 1)
+    for k in params:
+      g = grads[k]
+      m[k] = b1 * m[k] + (1 - b1) * g
+      v[k] = b2 * v[k] + (1 - b2) * g * g
+      u = (m[k] / (1 - b1**t)) / (np.sqrt(v[k] / (1 - b2**t)) + eps)
+      params[k] = heavyball_update(params[k], u, weight_decay, lr, caution, cautious_decay, g)
+    trajectory.append(copy_params(params))
+  return trajectory

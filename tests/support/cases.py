@@ -51,6 +51,11 @@ class Case(NamedTuple):
   # With zero gradients the update is exactly −η λ p on the decayed leaves
   # (a decoupled decay after a rule that maps a zero gradient to 0).
   decoupled_decay: bool = False
+  # The state keeps the stepped parameters (parameter_ema's average), so it
+  # depends on η, unlike a state of gradient statistics.
+  params_in_state: bool = False
+  # The hyperball's η is an angle: the step is not affine in it.
+  nonlinear_lr: bool = False
 
   def make(self, learning_rate: Any = LR, **overrides):
     return self.factory(learning_rate, **{**self.kwargs, **overrides})
@@ -90,6 +95,8 @@ class Case(NamedTuple):
     return self.factory not in (
         go.muon, go.shampoo, go.soap, go.adafactor, go.adam_mini, go.adamw_8bit,
         go.kfac, go.dion, go.normuon, go.adamuon, go.adamuon_lm, go.soap_muon, go.vmuon,
+        go.mars_adamw, go.adamh, go.muonh,
+        record_recipe,
     )
 
   @property
@@ -107,6 +114,20 @@ def lookahead_adamw(learning_rate, b1=0.9, weight_decay=1e-4):
   """``go.lookahead`` around ``go.adamw``: the wrapper through the battery."""
   return go.lookahead(
       go.adamw(learning_rate, b1=b1, weight_decay=weight_decay), sync_period=2)
+
+
+def parameter_ema_adamw(learning_rate, b1=0.9, weight_decay=1e-4):
+  """``go.parameter_ema`` around ``go.adamw``: the EMA wrapper through the battery."""
+  return go.parameter_ema(
+      go.adamw(learning_rate, b1=b1, weight_decay=weight_decay), decay=0.9, start_step=1)
+
+
+def record_recipe(learning_rate, weight_decay=1e-2):
+  """Issue 29's record recipe: an EMA of ``go.soap_muon`` with cautious decay."""
+  return go.parameter_ema(
+      go.soap_muon(learning_rate, precondition_every=2, weight_decay=weight_decay,
+                   cautious_weight_decay=True),
+      decay=0.9)
 
 
 CASES = [
@@ -128,6 +149,11 @@ CASES = [
     Case("adam_amsgrad", go.adam, dict(amsgrad=True)),
     Case("adamw", go.adamw, {}, decoupled_decay=True),
     Case("adamw_amsgrad", go.adamw, dict(amsgrad=True), decoupled_decay=True),
+    Case("adamw_cautious_wd", go.adamw, dict(weight_decay=0.1, cautious_weight_decay=True),
+         decoupled_decay=True),
+    Case("ademamix", go.ademamix, dict(b3=0.999, weight_decay=1e-2), decoupled_decay=True),
+    Case("parameter_ema", parameter_ema_adamw, dict(weight_decay=1e-2),
+         fixed_state_dtypes=(jnp.float32,), decoupled_decay=True, params_in_state=True),
     Case(
         "adamw_mask",
         go.adamw,
@@ -162,6 +188,10 @@ CASES = [
         static_args=("ns_steps",),
         decoupled_decay=True,
     ),
+    # MARS-approx (MARS-exact needs update(..., grad_fn=): tests/optimizers/test_mars.py).
+    Case("mars_adamw", go.mars_adamw, dict(weight_decay=1e-2, adam_weight_decay=1e-2),
+         decoupled_decay=True),
+    Case("adamh", go.adamh, {}, nonlinear_lr=True),
 ]
 # Structured states: a lighter battery (see the module docstring).
 STRUCTURED = [
@@ -210,6 +240,9 @@ STRUCTURED = [
          decoupled_decay=True),
     Case("vmuon", go.vmuon, dict(weight_decay=1e-2), static_args=("ns_steps",),
          decoupled_decay=True),
+    Case("muonh", go.muonh, {}, static_args=("ns_steps",), nonlinear_lr=True),
+    Case("record_recipe", record_recipe, {}, fixed_state_dtypes=(jnp.float32,),
+         decoupled_decay=True, params_in_state=True),
     Case("dion", go.dion, dict(rank=1, weight_decay=1e-2),
          static_args=("rank", "power_iters", "orthonormalize", "seed", "is_muon_param"),
          decoupled_decay=True),

@@ -93,8 +93,13 @@ TABLE = {
     gt.decoupled_weight_decay: Entry(
         lambda weight_decay=0.1, **kw: gt.decoupled_weight_decay(weight_decay, **kw),
         dict(weight_decay=NON_NEGATIVE),
-        configs={"no_decay": dict(weight_decay=0.0), "decay": dict(weight_decay=0.1)},
+        configs={"no_decay": dict(weight_decay=0.0), "decay": dict(weight_decay=0.1),
+                 "cautious": dict(weight_decay=0.1, cautious_weight_decay=True)},
         zero_update=_decay),
+    gt.cautious: Entry(
+        lambda inner=_DEFAULT, **kw: gt.cautious(
+            gt.scale_by_adam() if inner is _DEFAULT else inner, **kw),
+        {}, transform_args=("inner",)),
     gt.ema: Entry(
         gt.ema, dict(decay=DECAY),
         configs={"default": {}, "debias_nesterov": dict(nesterov=True, debias=True)}),
@@ -114,6 +119,15 @@ TABLE = {
         choices=dict(root_method=(("svd", "root_method must be one of"),)),
         configs={"default": {}, "every_2_constrained": dict(
             precondition_every=2, norm_constraint=1.0)}),
+    # Its behaviour needs update(..., grad_fn=): tests/transforms/test_mars.py.
+    gt.gradients_at_previous_point: Entry(
+        lambda inner=_DEFAULT: gt.gradients_at_previous_point(
+            gt.scale_by_mars(exact=True) if inner is _DEFAULT else inner),
+        {}, configs={}, transform_args=("inner",)),
+    gt.hyperball_step: Entry(
+        lambda learning_rate=0.1, **kw: gt.hyperball_step(learning_rate, **kw),
+        dict(learning_rate=NON_NEGATIVE),
+        configs={"default": {}, "schedule": dict(learning_rate=lambda c: 0.1 / (1 + c))}),
     gt.in_factored_geometry: Entry(
         lambda inner=_DEFAULT, **kw: gt.in_factored_geometry(
             gt.orthogonalize_newton_schulz() if inner is _DEFAULT else inner, **kw),
@@ -159,6 +173,16 @@ TABLE = {
         gt.scale_by_adam, dict(b1=DECAY, b2=DECAY, eps=NON_NEGATIVE, eps_root=NON_NEGATIVE),
         configs={"default": {}, "amsgrad_nesterov": dict(amsgrad=True, nesterov=True),
                  "bf16_moments": dict(mu_dtype=jnp.bfloat16, nu_dtype=jnp.bfloat16)}),
+    gt.scale_by_ademamix: Entry(
+        gt.scale_by_ademamix,
+        dict(b1=DECAY, b2=DECAY, b3=DECAY, alpha=NON_NEGATIVE, eps=NON_NEGATIVE,
+             eps_root=NON_NEGATIVE),
+        configs={"default": {}, "schedules_int8": dict(
+            alpha=optax.linear_schedule(0.0, 5.0, 4), b3=lambda count: 0.9 + 0.0 * count,
+            mu_dtype="int8", nu_dtype=jnp.bfloat16)}),
+    gt.scale_by_mars: Entry(
+        gt.scale_by_mars, dict(b1=DECAY, b2=DECAY, eps=NON_NEGATIVE, gamma=NON_NEGATIVE),
+        configs={"default": {}, "strong_bf16": dict(gamma=0.5, mu_dtype=jnp.bfloat16)}),
     gt.scale_by_adam_mini: Entry(
         gt.scale_by_adam_mini,
         dict(b1=DECAY, b2=DECAY, eps=NON_NEGATIVE, num_heads=AT_LEAST_ONE)),

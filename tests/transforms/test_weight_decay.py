@@ -10,6 +10,7 @@ import optax
 import pytest
 
 from gradtx import transforms as gt
+from tests.oracles import transcriptions
 
 PARAMS = {"w": jnp.array([[1.0, -2.0], [0.5, 4.0]]), "b": jnp.array([3.0, -1.0])}
 GRADS = {"w": jnp.array([[0.1, 0.2], [-0.3, 0.0]]), "b": jnp.array([1.0, 2.0])}
@@ -96,3 +97,50 @@ def test_placement_decides_coupled_versus_decoupled():
   u_cou, _ = coupled.update(zeros, coupled.init(params), params)
   np.testing.assert_allclose(u_dec, 0.1 * params, rtol=1e-6)
   np.testing.assert_allclose(u_cou, np.sign(params), rtol=1e-4)
+
+
+def _cautious_step(u, p, lr, wd):
+  """p + (the update of decoupled cautious decay then −η), float64."""
+  with jax.enable_x64(True):
+    tx = optax.chain(gt.decoupled_weight_decay(wd, cautious_weight_decay=True),
+                     gt.scale_by_learning_rate(lr))
+    p_ = jnp.asarray(p)
+    updates, _ = tx.update(jnp.asarray(u), tx.init(p_), p_)
+    return np.asarray(p_ + updates)
+
+
+def test_cautious_decay_matches_the_record_step_and_heavyball():
+  """modded-nanogpt's ``p -= lr·u + lr·wd·p·[u·p >= 0]`` and heavyball's sign-bit
+  rule, on random u and p (no zeros, where the two agree)."""
+  rng = np.random.default_rng(0)
+  u, p = rng.normal(size=(6, 5)), rng.normal(size=(6, 5))
+  ours = _cautious_step(u, p, 0.1, 0.5)
+  np.testing.assert_allclose(ours, transcriptions.nanogpt_cautious_step(p, u, 0.1, 0.5),
+                             rtol=1e-15)
+  np.testing.assert_allclose(
+      ours, transcriptions.heavyball_update(p, u, 0.5, 0.1, False, True, None), rtol=1e-15)
+  agrees = u * p >= 0
+  assert 0 < agrees.sum() < agrees.size
+  np.testing.assert_allclose(ours[~agrees], (p - 0.1 * u)[~agrees], rtol=1e-15)
+
+
+def test_cautious_decay_at_zero_updates_follows_the_record_step():
+  """A zero update decays in full ((0·p >= 0): plain decay on zero gradients);
+  heavyball leaves a negative weight alone there (+0 and p < 0 differ in sign bit)."""
+  u, p = np.array([0.0, 0.0, 1.0]), np.array([-2.0, 2.0, -1.0])
+  ours = _cautious_step(u, p, 0.1, 0.5)
+  np.testing.assert_allclose(ours, transcriptions.nanogpt_cautious_step(p, u, 0.1, 0.5))
+  assert transcriptions.heavyball_update(p, u, 0.5, 0.1, False, True, None)[0] == -2.0
+  assert ours[0] == -2.0 * (1 - 0.05)
+
+
+def test_cautious_decay_keeps_schedules_and_masks():
+  mask = {"w": True, "b": False}
+  tx = gt.decoupled_weight_decay(lambda count: 0.1 * (count + 1), mask,
+                                 cautious_weight_decay=True)
+  state = tx.init(PARAMS)
+  for _ in range(2):
+    updates, state = tx.update(GRADS, state, PARAMS)
+  agrees = GRADS["w"] * PARAMS["w"] >= 0
+  np.testing.assert_allclose(updates["w"], GRADS["w"] + 0.2 * PARAMS["w"] * agrees, rtol=1e-6)
+  np.testing.assert_allclose(updates["b"], GRADS["b"])

@@ -1,0 +1,116 @@
+"""Compile time of one optimizer step against the number of layers, next to optax.adamw.
+
+The tree is ``layers`` blocks of four same-shaped-per-block dense kernels
+(d×3d, d×d, d×4d, 4d×d) with their biases, so it holds ``4·layers`` matrices
+of four shapes. For every optimizer, one jitted ``update + apply_updates``
+(``harness.donated_step``) is lowered and compiled from abstract arguments
+(nothing runs), and the seconds of ``lower`` + ``compile`` are reported next
+to optax.adamw's, compiled in the same process at the same size: ratios to the
+anchor, and the growth from the smallest to the largest tree. A transform
+whose program holds one copy of its per-matrix work per distinct shape
+(stacks, ``lax.map``) grows like optax.adamw; one that traces per leaf grows
+with the number of matrices.
+
+    python -m benchmarks.compile_time                       # 48 and 192 matrices
+    python -m benchmarks.compile_time --layers 12 24 48 --d 128 --repeats 3
+    python -m benchmarks.compile_time --optimizers muon shampoo
+
+Each figure is the minimum over ``--repeats`` compilations (the JAX caches
+are cleared before each, so every one is a cold trace, lower and compile).
+"""
+
+import argparse
+import time
+from typing import Callable
+
+import jax
+import jax.numpy as jnp
+import optax
+
+from benchmarks import harness
+from gradtx import optimizers as go
+
+ANCHOR = "optax.adamw"
+LEARNING_RATE = 1e-3
+
+OPTIMIZERS: dict[str, Callable[[], optax.GradientTransformation]] = {
+    ANCHOR: lambda: optax.adamw(LEARNING_RATE),
+    "adamw": lambda: go.adamw(LEARNING_RATE),
+    "muon": lambda: go.muon(LEARNING_RATE),
+    "muon:gram": lambda: go.muon(LEARNING_RATE, method="gram"),
+    "adamuon_lm": lambda: go.adamuon_lm(LEARNING_RATE),
+    "shampoo": lambda: go.shampoo(LEARNING_RATE),
+    "soap": lambda: go.soap(LEARNING_RATE),
+    "adamw_8bit": lambda: go.adamw_8bit(LEARNING_RATE),
+    "adafactor": lambda: go.adafactor(LEARNING_RATE),
+    "adam_mini": lambda: go.adam_mini(LEARNING_RATE),
+    "lamb": lambda: go.lamb(LEARNING_RATE),
+}
+
+
+def layered_tree(layers: int, d: int) -> dict:
+  """``layers`` blocks of 4 kernels and 4 biases, float32, as abstract arrays."""
+  shapes = {"qkv": (d, 3 * d), "out": (d, d), "fc1": (d, 4 * d), "fc2": (4 * d, d)}
+  spec = lambda shape: jax.ShapeDtypeStruct(shape, jnp.float32)
+  return {
+      f"layer_{i}": {
+          name: {"kernel": spec(shape), "bias": spec(shape[1:])}
+          for name, shape in shapes.items()
+      }
+      for i in range(layers)
+  }
+
+
+def compile_seconds(tx: optax.GradientTransformation, params: dict) -> float:
+  """Seconds to trace, lower and compile ``tx``'s donated step, from cold caches."""
+  jax.clear_caches()
+  state = jax.eval_shape(tx.init, params)
+  start = time.perf_counter()
+  harness.donated_step(tx).lower(params, state, params).compile()
+  return time.perf_counter() - start
+
+
+def measure(names, layers, d, repeats) -> dict[str, dict[int, float]]:
+  seconds = {name: {} for name in names}
+  for count in layers:
+    params = layered_tree(count, d)
+    for name in names:
+      seconds[name][count] = min(
+          compile_seconds(OPTIMIZERS[name](), params) for _ in range(repeats))
+  return seconds
+
+
+def table(seconds: dict[str, dict[int, float]], layers) -> str:
+  anchor = seconds[ANCHOR]
+  header = ["optimizer"]
+  for count in layers:
+    header += [f"{4 * count} matrices s", f"x {ANCHOR}"]
+  header.append(f"growth {4 * layers[0]} -> {4 * layers[-1]}")
+  rows = []
+  for name, by_size in seconds.items():
+    row = [name]
+    for count in layers:
+      row += [f"{by_size[count]:.2f}", f"{by_size[count] / anchor[count]:.2f}x"]
+    row.append(f"{by_size[layers[-1]] / by_size[layers[0]]:.2f}x")
+    rows.append(row)
+  return harness.markdown_table(header, rows)
+
+
+def main(argv=None) -> None:
+  parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+  parser.add_argument("--layers", type=int, nargs="+", default=[12, 48])
+  parser.add_argument("--d", type=int, default=128)
+  parser.add_argument("--repeats", type=int, default=1)
+  parser.add_argument("--optimizers", nargs="+", default=list(OPTIMIZERS),
+                      choices=list(OPTIMIZERS))
+  args = parser.parse_args(argv)
+  names = [ANCHOR] + [n for n in args.optimizers if n != ANCHOR]
+  print(harness.machine_banner())
+  print(f"\nlower + compile of one update+apply step, d = {args.d}, min of"
+        f" {args.repeats}\n")
+  print(table(measure(names, args.layers, args.d, args.repeats), args.layers))
+  print(harness.closing_line())
+
+
+if __name__ == "__main__":
+  main()

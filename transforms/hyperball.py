@@ -1,0 +1,112 @@
+"""Hyperball: a step of fixed length on the sphere of the weights' own norm."""
+
+from typing import NamedTuple, Optional, Union
+
+import jax
+import jax.numpy as jnp
+import optax
+
+from gradtx._internal import sharding as _sharding
+from gradtx._internal import tree as _tree
+from gradtx._internal import validate as _validate
+from gradtx.transforms import matrix_view as _matrix_view
+
+
+class HyperballStepState(NamedTuple):
+  """State of ``hyperball_step``: the step count for schedules."""
+
+  count: jax.Array
+
+
+def _norms(x: jax.Array) -> jax.Array:
+  """The Frobenius norm of each matrix of a (num, rows, cols) stack."""
+  return jnp.sqrt(jnp.sum(_tree.abs_sq(x), axis=(1, 2), keepdims=True))
+
+
+def _sphere_step(u: jax.Array, p: jax.Array, eta) -> jax.Array:
+  """R·N(p − ηR·N(u)) − p per matrix, R = ‖p‖, N(x) = x/‖x‖; 0 where u = 0."""
+  radius, u_norm = _norms(p), _norms(u)
+  tiny = jnp.finfo(_tree.real_dtype(p.dtype)).tiny
+  moved = p - eta * radius * u / jnp.maximum(u_norm, tiny)
+  # radius/‖moved‖ first: exactly 1 when η = 0, so that step is exactly 0.
+  step = moved * (radius / jnp.maximum(_norms(moved), tiny)) - p
+  return jnp.where(u_norm == 0, 0, step)  # a NaN u stays NaN
+
+
+def hyperball_step(
+    learning_rate: Union[float, optax.Schedule],
+    *,
+    matrix_view: Optional[_matrix_view.MatrixViewRule] = None,
+) -> optax.GradientTransformation:
+  r"""The last step of a chain: moves each matrix by η_t·R along −u, back onto its sphere.
+
+  .. math::
+    p' = R\,\operatorname{N}\!\left(p - η_t R\,\operatorname{N}(u)\right),\quad
+    \operatorname{N}(x) = x/\lVert x\rVert_F,\quad R = \lVert p\rVert_F,
+    \qquad u \leftarrow p' - p
+
+  per matrix of each leaf's matrix view (each layer of a stack on its own
+  sphere), per whole leaf for leaves without one. It replaces both the
+  learning-rate scale and the weight decay: the norm of every matrix stays
+  where it started and η is the angular step (tan θ = η). R is the current
+  norm, as in Marin's ``adamh.py`` / ``muonh.py``; it stays the initial norm
+  (the paper's R = ‖W₀‖_F) up to round-off. A zero u, or a zero matrix
+  (R = 0), gives a zero update. Comes after the direction transforms (Adam,
+  Muon's orthogonalization); their scale does not matter, only their
+  direction.
+
+  Args:
+    learning_rate: η, the step relative to the radius, a non-negative number
+      or a schedule of the step count.
+    matrix_view: the matrix-view rule; default ``gt.flax_matrix_view``.
+
+  Returns:
+    An ``optax.GradientTransformation`` with state ``HyperballStepState``;
+    ``update`` needs ``params``.
+
+  Example:
+    >>> import jax.numpy as jnp, optax
+    >>> from gradtx import transforms as gt
+    >>> w = jnp.array([[3.0, 4.0]])
+    >>> tx = gt.hyperball_step(0.1)
+    >>> u, _ = tx.update(jnp.array([[1.0, 0.0]]), tx.init(w), w)
+    >>> float(jnp.linalg.norm(optax.apply_updates(w, u)))
+    5.0
+
+  Reference: Wen, Dang, Lyu, Ma & Liang, "Fantastic Pretraining Optimizers
+  and Where to Find Them II: Hyperball Optimization", arXiv 2606.16899, 2026;
+  marin-community/marin ``levanter/optim/adamh.py`` (``scale_invariant_update``).
+  """
+  _validate.check_scalar_or_schedule("learning_rate", learning_rate)
+
+  def init_fn(params):
+    del params
+    return HyperballStepState(jnp.zeros([], jnp.int32))
+
+  def update_fn(updates, state, params=None):
+    if params is None:
+      raise ValueError(
+          "hyperball_step needs the parameters: call update(updates, state, params)")
+    eta = _tree.resolve_schedule(learning_rate, state.count)
+    leaves, treedef = jax.tree.flatten(updates)
+    views = _matrix_view.views_of(updates, matrix_view)
+
+    def leaf(u, p, view):
+      # eta enters as an argument: Explicit-typed closures are refused.
+      return _sharding.in_auto_axes(
+          lambda u, p, eta: on_leaf(u, p, eta, view), u, p, eta, like=u)
+
+    def on_leaf(u, p, eta, view):
+      dtype = _tree.compute_dtype(u)
+      u_, p_ = u.astype(dtype), p.astype(dtype)
+      if view is None:
+        step = _sphere_step(u_.reshape(1, 1, -1), p_.reshape(1, 1, -1), eta)
+        return step.reshape(u.shape).astype(u.dtype)
+      step = _sphere_step(view.to_matrices(u_), view.to_matrices(p_), eta)
+      return view.from_matrices(step, u.shape).astype(u.dtype)
+
+    out = [leaf(u, p, v) for u, p, v in
+           zip(leaves, treedef.flatten_up_to(params), views)]
+    return treedef.unflatten(out), HyperballStepState(optax.safe_increment(state.count))
+
+  return optax.GradientTransformation(init_fn, update_fn)
