@@ -14,6 +14,7 @@ with the number of matrices.
     python -m benchmarks.compile_time                       # 48 and 192 matrices
     python -m benchmarks.compile_time --layers 12 24 48 --d 128 --repeats 3
     python -m benchmarks.compile_time --optimizers muon shampoo
+    python -m benchmarks.compile_time --optimizers muon --against HEAD~1
 
 Each figure is the minimum over ``--repeats`` compilations (the JAX caches
 are cleared before each, so every one is a cold trace, lower and compile).
@@ -27,25 +28,31 @@ import jax
 import jax.numpy as jnp
 import optax
 
-from benchmarks import harness
+from benchmarks import harness, revisions
 from gradtx import optimizers as go
 
 ANCHOR = "optax.adamw"
 LEARNING_RATE = 1e-3
 
-OPTIMIZERS: dict[str, Callable[[], optax.GradientTransformation]] = {
-    ANCHOR: lambda: optax.adamw(LEARNING_RATE),
-    "adamw": lambda: go.adamw(LEARNING_RATE),
-    "muon": lambda: go.muon(LEARNING_RATE),
-    "muon:gram": lambda: go.muon(LEARNING_RATE, method="gram"),
-    "adamuon_lm": lambda: go.adamuon_lm(LEARNING_RATE),
-    "shampoo": lambda: go.shampoo(LEARNING_RATE),
-    "soap": lambda: go.soap(LEARNING_RATE),
-    "adamw_8bit": lambda: go.adamw_8bit(LEARNING_RATE),
-    "adafactor": lambda: go.adafactor(LEARNING_RATE),
-    "adam_mini": lambda: go.adam_mini(LEARNING_RATE),
-    "lamb": lambda: go.lamb(LEARNING_RATE),
-}
+
+
+def gradtx_optimizers(optimizers) -> dict[str, Callable[[], optax.GradientTransformation]]:
+  """The contenders, built from a ``gradtx.optimizers`` module (any revision's)."""
+  return {
+      "adamw": lambda: optimizers.adamw(LEARNING_RATE),
+      "muon": lambda: optimizers.muon(LEARNING_RATE),
+      "muon:gram": lambda: optimizers.muon(LEARNING_RATE, method="gram"),
+      "adamuon_lm": lambda: optimizers.adamuon_lm(LEARNING_RATE),
+      "shampoo": lambda: optimizers.shampoo(LEARNING_RATE),
+      "soap": lambda: optimizers.soap(LEARNING_RATE),
+      "adamw_8bit": lambda: optimizers.adamw_8bit(LEARNING_RATE),
+      "adafactor": lambda: optimizers.adafactor(LEARNING_RATE),
+      "adam_mini": lambda: optimizers.adam_mini(LEARNING_RATE),
+      "lamb": lambda: optimizers.lamb(LEARNING_RATE),
+  }
+
+
+OPTIMIZERS = {ANCHOR: lambda: optax.adamw(LEARNING_RATE), **gradtx_optimizers(go)}
 
 
 def layered_tree(layers: int, d: int) -> dict:
@@ -103,8 +110,15 @@ def main(argv=None) -> None:
   parser.add_argument("--repeats", type=int, default=1)
   parser.add_argument("--optimizers", nargs="+", default=list(OPTIMIZERS),
                       choices=list(OPTIMIZERS))
+  parser.add_argument("--against", default="",
+                      help="also compile the library at this git revision")
   args = parser.parse_args(argv)
   names = [ANCHOR] + [n for n in args.optimizers if n != ANCHOR]
+  if args.against:
+    old = gradtx_optimizers(revisions.at_revision(args.against)[1])
+    for name in list(names[1:]):
+      OPTIMIZERS[f"{name} @{args.against}"] = old[name]
+      names.append(f"{name} @{args.against}")
   print(harness.machine_banner())
   print(f"\nlower + compile of one update+apply step, d = {args.d}, min of"
         f" {args.repeats}\n")

@@ -24,6 +24,8 @@ Shampoo and SOAP with ``precondition_every=1``.
 
   python -m benchmarks.distributed_cost                   # 8 devices
   python -m benchmarks.distributed_cost --devices 2,4,8   # scaling
+  python -m benchmarks.distributed_cost --blocks 3        # 3 matrices a shape on 8
+  python -m benchmarks.distributed_cost --against HEAD~1  # the library at HEAD~1
 """
 
 import argparse
@@ -39,10 +41,15 @@ SHAPES = {"qkv": (256, 768), "proj": (256, 256), "fc": (256, 1024),
 DEFAULT_OPTIMIZERS = "adamw,muon,shampoo,soap,adamw_8bit,optax:adamw,optax:muon"
 
 
-def optimizers():
+def optimizers(revision: str = ""):
+  """The contenders; ``revision``: gradtx as it was at that git revision."""
   import optax
 
-  from gradtx import optimizers as go
+  if revision:
+    from benchmarks import revisions
+    go = revisions.at_revision(revision)[1]
+  else:
+    from gradtx import optimizers as go
   return {
       "adamw": lambda: go.adamw(1e-3),
       "muon": lambda: go.muon(0.02, adam_learning_rate=1e-3),
@@ -55,7 +62,7 @@ def optimizers():
 
 
 def measure(devices: int, names: list, axis_types: list, width: int = 256,
-            blocks: int = 8, replicated: bool = False) -> list:
+            blocks: int = 8, replicated: bool = False, revision: str = "") -> list:
   """The table's rows; ``width`` scales the model (``SHAPES`` at 256).
 
   ``replicated``: data-parallel parameters (every device holds all of them)
@@ -74,7 +81,7 @@ def measure(devices: int, names: list, axis_types: list, width: int = 256,
                           for k, s in shapes.items()} for i in range(blocks)}
   grads = jax.tree.map(lambda p: jnp.cos(50 * p), params)
   param_bytes = sum(x.nbytes for x in jax.tree.leaves(params))
-  factories = optimizers()
+  factories = optimizers(revision)
 
   def step(tx):
     def run(params, state, grads):
@@ -163,11 +170,16 @@ def main(argv=None) -> list:
   parser.add_argument("--optimizers", default=DEFAULT_OPTIMIZERS)
   parser.add_argument("--axis-types", default="explicit,auto")
   parser.add_argument("--json", help="write the rows to this file")
+  parser.add_argument("--blocks", type=int, default=8,
+                      help="transformer blocks: matrices of each shape (8 divides 2, 4, 8)")
+  parser.add_argument("--against", default="",
+                      help="measure the library at this git revision instead")
   parser.add_argument("--worker", action="store_true", help=argparse.SUPPRESS)
   args = parser.parse_args(argv)
   names, axis_types = args.optimizers.split(","), args.axis_types.split(",")
   if args.worker:
-    rows = measure(int(args.devices), names, axis_types)
+    rows = measure(int(args.devices), names, axis_types, blocks=args.blocks,
+                   revision=args.against)
     print(json.dumps(rows))
     return rows
   rows = []
@@ -177,7 +189,8 @@ def main(argv=None) -> list:
     out = subprocess.run(
         [sys.executable, "-m", "benchmarks.distributed_cost", "--worker",
          "--devices", str(devices), "--optimizers", args.optimizers,
-         "--axis-types", args.axis_types],
+         "--axis-types", args.axis_types, "--blocks", str(args.blocks),
+         "--against", args.against],
         env=env, capture_output=True, text=True, check=True)
     rows += json.loads(out.stdout.strip().splitlines()[-1])
   print(table(rows))

@@ -27,8 +27,12 @@ def is_hidden_matrix(
   an embedding or an output head: a name containing ``"embed"``
   (``embedding``, ``tok_embed``), ``"position"`` (learned positions),
   ``"wte"``, ``"wpe"``, ``"unembed"``, ``"logits"`` or ``"readout"``, or
-  ending in ``"head"`` (``lm_head``, ``head``). Everything else goes to
-  AdamW. Misrouting an embedding or head to Muon raises no error, only
+  ending in ``"head"`` (``lm_head``, ``head``), or named ``"pos"``.
+  Everything else goes to AdamW. The optimizers' default routing adds one
+  rule of the whole tree: a (d, vocab) kernel is an output head when the
+  tree holds a token embedding of shape (vocab, d), vocab != d, whatever the
+  kernel is called (Linen's ``Dense_2``); gt.describe shows where each leaf
+  goes. Misrouting an embedding or head to Muon raises no error, only
   trains worse (Jordan 2024; optax's default labels every 2-D leaf as Muon).
   """
   if _matrix_view.view_of(path, leaf, matrix_view) is None:
@@ -186,18 +190,22 @@ def matrices_and_adamw_elsewhere(
       learning_rate if adam_learning_rate is None else adam_learning_rate)}
   if embedding_learning_rate is not None:
     transforms["embedding"] = adamw_at(embedding_learning_rate)
+  by_shape = is_muon_param is None
   if is_muon_param is None:
     def is_muon_param(path, leaf):
       return is_hidden_matrix(path, leaf, matrix_view=matrix_view)
 
-  def label_of(path, leaf):
-    if is_muon_param(path, leaf):
+  def label_of(path, leaf, head):
+    if not head and is_muon_param(path, leaf):
       return label
     if "embedding" in transforms and _names.is_embedding(_names.path_names(path)):
       return "embedding"
     return "adam"
 
   def labels(params):
-    return jax.tree_util.tree_map_with_path(label_of, params)
+    flat, treedef = jax.tree_util.tree_flatten_with_path(params)
+    heads = (_names.heads_by_shape([(_names.path_names(p), jax.numpy.shape(x)) for p, x in flat])
+             if by_shape else [False] * len(flat))
+    return treedef.unflatten([label_of(p, x, h) for (p, x), h in zip(flat, heads)])
 
   return optax.multi_transform(transforms, labels)

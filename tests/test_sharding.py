@@ -81,6 +81,10 @@ def _expected_sharding(path, leaf, mesh):
   (factored and per-block moments, counts), even where its shape happens to
   match another param."""
   if any(getattr(k, "name", None) in _STACKS for k in path):
+    # Stored unpadded: split over the owners when the mesh size divides the
+    # stack, replicated otherwise.
+    if leaf.shape[0] % mesh.size:
+      return NamedSharding(mesh, P())
     return NamedSharding(mesh, P(tuple(mesh.axis_names), *[None] * (leaf.ndim - 1)))
   keys = [getattr(k, "key", None) for k in path]
   for k, spec in _SPECS.items():
@@ -120,12 +124,9 @@ def test_sharded_params_keep_their_sharding(case, axis_type):
 
   ref_params, ref_state, _ = run_steps(tx, _SHARD_PARAMS, [_SHARD_GRADS])
   chex.assert_trees_all_close(new_params, ref_params, rtol=1e-5, atol=1e-6)
-  # Stacks are padded to a multiple of the mesh size: compare the real rows.
+  # Stacks are stored unpadded: the state has the same shapes on any mesh.
   for a, b in zip(jax.tree.leaves(new_state), jax.tree.leaves(ref_state)):
-    a = np.asarray(a)
-    if a.shape != np.shape(b):
-      a = a[:np.shape(b)[0]]
-    np.testing.assert_allclose(a, b, rtol=1e-5, atol=1e-6)
+    np.testing.assert_allclose(np.asarray(a), b, rtol=1e-5, atol=1e-6)
 
 
 @pytest.mark.parametrize("case", CASES + STRUCTURED, ids=lambda c: c.name)
@@ -343,3 +344,32 @@ def test_every_mesh_size_gives_the_unsharded_steps(case, size, axis_type):
   for k, p in params.items():
     assert p.sharding.is_equivalent_to(shardings[k], p.ndim), (k, p.sharding)
   chex.assert_trees_all_close(params, ref_params, rtol=1e-5, atol=1e-6)
+
+
+@pytest.mark.parametrize("case", CASES + STRUCTURED, ids=lambda c: c.name)
+def test_optax_map_params_maps_the_parameter_copies_or_refuses(case):
+  """optax's documented way to derive state shardings, ``optax.tree.map_params``,
+  either maps exactly the state leaves that are copies of a parameter, or (a
+  state of stacks or quantized blocks) refuses, naming ``state_shardings``."""
+  tx = case.make()
+  params = {"w": jnp.ones((8, 4)), "b": jnp.ones(8), "big": jnp.ones((64, 128))}
+  state = tx.init(params)
+  try:
+    marked = optax.tree.map_params(tx, _ParamMark, state)
+  except ValueError as error:
+    assert "gradtx.transforms.state_shardings" in str(error)
+    return
+  flat_marked, flat_state = jax.tree.leaves(marked), jax.tree.leaves(state)
+  assert len(flat_marked) == len(flat_state)
+  for mark, leaf in zip(flat_marked, flat_state):
+    if isinstance(mark, _ParamMark):
+      assert jnp.shape(leaf) == mark.shape
+    else:
+      assert mark is leaf
+
+
+class _ParamMark:
+  """What ``map_params`` puts where a parameter copy was (a pytree leaf)."""
+
+  def __init__(self, param):
+    self.shape = jnp.shape(param)

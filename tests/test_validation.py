@@ -24,6 +24,7 @@ import optax
 import pytest
 
 from gradtx import optimizers as go
+from gradtx import transforms as gt
 from tests.support.cases import is_optimizer
 
 LR = 0.1
@@ -329,3 +330,36 @@ def test_unknown_state_format_is_rejected_at_factory_time(factory, name):
   for value in BAD_FORMATS:
     with pytest.raises(ValueError, match=f"^{name} must be"):
       factory(LR, **WITH_MOMENTUM.get(factory, {}), **{name: value})
+
+
+# Every matrix transform, given a gradient transposed relative to its
+# parameter: a ValueError naming the leaf and both shapes (with the params),
+# or the block shape the state lacks (stateful transforms without them).
+_MATRIX_TRANSFORMS = {
+    "orthogonalize_newton_schulz": lambda: gt.orthogonalize_newton_schulz(),
+    "clip_singular_values": lambda: gt.clip_singular_values(),
+    "kronecker_precondition": lambda: gt.kronecker_precondition(),
+    "scale_by_soap": lambda: gt.scale_by_soap(),
+    "kfac_precondition": lambda: gt.kfac_precondition(),
+    "orthogonalize_low_rank": lambda: gt.orthogonalize_low_rank(rank=2),
+    "normalize_by_second_moment": lambda: gt.normalize_by_second_moment(),
+    "in_factored_geometry": lambda: gt.in_factored_geometry(gt.orthogonalize_newton_schulz()),
+}
+
+
+@pytest.mark.parametrize("name", list(_MATRIX_TRANSFORMS))
+def test_a_transposed_gradient_is_named(name):
+  tx = _MATRIX_TRANSFORMS[name]()
+  params = {"w": jnp.ones((8, 16)), "b": jnp.ones(16)}
+  grads = {"w": jnp.ones((16, 8)), "b": jnp.ones(16)}
+  state = tx.init(params)
+  with pytest.raises(ValueError, match=r"\['w'\].*\(16, 8\).*\(8, 16\)"):
+    tx.update(grads, state, params)
+
+
+@pytest.mark.parametrize("name", ["kronecker_precondition", "scale_by_soap"])
+def test_a_transposed_gradient_without_params_is_named(name):
+  tx = _MATRIX_TRANSFORMS[name]()
+  state = tx.init({"w": jnp.ones((8, 16))})
+  with pytest.raises(ValueError, match=r"\['w'\].*\(16, 8\).*16x8"):
+    tx.update({"w": jnp.ones((16, 8))}, state)

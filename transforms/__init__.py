@@ -3,6 +3,7 @@
 >>> from gradtx import transforms as gt
 """
 
+from gradtx.describe import Description, LeafDescription, describe
 from gradtx.transforms.adam_mini import (
     Blocks,
     PartitionRule,
@@ -32,6 +33,7 @@ from gradtx.transforms.mars import (
 )
 from gradtx.transforms.matrix_roots import inverse_pth_root
 from gradtx.transforms.matrix_view import (
+    AmbiguousMatrixViewWarning,
     MatrixView,
     MatrixViewRule,
     einsum_matrix_view,
@@ -164,4 +166,8 @@ __all__ = [
     "PreviousPointState",
     "gradients_at_previous_point",
     "scale_by_mars",
+    "AmbiguousMatrixViewWarning",
+    "Description",
+    "LeafDescription",
+    "describe",
 ]

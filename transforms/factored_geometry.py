@@ -137,6 +137,7 @@ def in_factored_geometry(
         jnp.zeros([], jnp.int32), nu_row, nu_col, inner.init(params))
 
   def update_fn(updates, state, params=None):
+    _validate.check_matching_shapes(updates, params, "in_factored_geometry")
     count = optax.safe_increment(state.count)
     leaves, treedef = jax.tree.flatten(updates)
     views = _matrix_view.views_of(updates, matrix_view)

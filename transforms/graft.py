@@ -33,19 +33,23 @@ def _grafted_whole(m, d):
 def _grafted_blocks(m, d, layout):
   """d rescaled per block, computed in the leaves' own layout.
 
-  Per-block squared norms are contractions with 0/1 indicator matrices of the
-  row and column blocks, so a sharded leaf only all-reduces one number per
-  block instead of moving its blocks.
+  The blocks are cut by a zero pad and a reshape (as ``block_stacks``
+  cuts them), their squared norms summed, and each block's ratio broadcast
+  back over its elements: reductions and element-wise work only, the same
+  program for every leaf of one shape.
   """
   dtype = _tree.compute_dtype(d)
   m_, d_ = (layout.view.to_matrices(a.astype(dtype)) for a in (m, d))
-  real = _tree.real_dtype(dtype)
-  rows = (jnp.arange(layout.rows)[:, None] // layout.block_rows
-          == jnp.arange(layout.row_blocks)[None]).astype(real)
-  cols = (jnp.arange(layout.cols)[:, None] // layout.block_cols
-          == jnp.arange(layout.col_blocks)[None]).astype(real)
-  norms = lambda x: jnp.einsum("nrc,rb,cd->nbd", _tree.abs_sq(x), rows, cols)
-  scale = jnp.einsum("nbd,rb,cd->nrc", _ratio(norms(m_), norms(d_)), rows, cols)
+  n, rb, cb = m_.shape[0], layout.row_blocks, layout.col_blocks
+  br, bc = layout.block_rows, layout.block_cols
+  pad = ((0, 0), (0, rb * br - layout.rows), (0, cb * bc - layout.cols))
+
+  def norms(x):
+    blocks = jnp.pad(_tree.abs_sq(x), pad).reshape(n, rb, br, cb, bc)
+    return jnp.sum(blocks, axis=(2, 4), keepdims=True)
+
+  scale = jnp.broadcast_to(_ratio(norms(m_), norms(d_)), (n, rb, br, cb, bc))
+  scale = scale.reshape(n, rb * br, cb * bc)[:, :layout.rows, :layout.cols]
   return layout.view.from_matrices(d_ * scale, d.shape).astype(d.dtype)
 
 

@@ -12,7 +12,10 @@ Which leaves are dense kernels is decided from the parameter tree alone (a
 rule of the path and leaf, ``is_dense_kernel`` by default): the factors'
 shapes must be known at ``init``, before any record exists. A kernel's
 sibling ``bias`` of shape (fan_out,) is preconditioned jointly with it, as
-the last row of [W; b]. Every other leaf gets a diagonal rule.
+the last row of [W; b]. Every other leaf gets a diagonal rule, except a
+stack of dense kernels (a ``kernel`` of 3+ dimensions not named a
+convolution or attention projection), which the default rule refuses: its
+layers need K-FAC blocks of their own.
 """
 
 from typing import Any, Callable, NamedTuple, Optional
@@ -21,6 +24,8 @@ import jax
 import jax.numpy as jnp
 import optax
 
+from gradtx._internal import names as _names
+from gradtx._internal import routing as _routing
 from gradtx._internal import sharding as _sharding
 from gradtx._internal import tree as _tree
 from gradtx._internal import validate as _validate
@@ -88,7 +93,29 @@ def _roles(flat: list, is_dense: DenseRule) -> list:
     roles[layer.kernel] = (key, layer.bias is not None)
     if layer.bias is not None:
       roles[layer.bias] = "bias"
+  names = {"diag": "diagonal", "bias": "dense bias"}
+  _routing.report_per_path([path for path, _ in flat], "roles",
+                           [names.get(r, "dense") if isinstance(r, str) else "dense"
+                            for r in roles])
   return roles
+
+
+def _refuse_stacked_kernels(flat: list) -> None:
+  """A ``kernel`` of 3+ dimensions that no name calls a convolution or an
+  attention projection is a stack of dense kernels (scanned layers, experts):
+  the default rule would give it the diagonal rule without a word."""
+  for path, leaf in flat:
+    names = _names.path_names(path)
+    if (jnp.ndim(leaf) < 3 or model_records.split_leaf_path(path)[1] != "kernel"
+        or _names.is_convolution(names) or _names.is_attention_output(names)
+        or any(n in ("query", "key", "value") for n in names)):
+      continue
+    raise ValueError(
+        f"{_NAME}: {jax.tree_util.keystr(path)} {jnp.shape(leaf)} looks like a stack of"
+        " dense kernels (scanned layers or experts). K-FAC preconditions 2-D kernels from"
+        " each layer's own record, so it cannot precondition a stack: build the layers as"
+        " separate modules, or pass is_dense= your own rule (the leaves it rejects get the"
+        " diagonal rule).")
 
 
 def _gram(x: jax.Array, y: jax.Array) -> jax.Array:
@@ -183,7 +210,8 @@ def kfac_precondition(
       (may be traced).
     norm_constraint: c > 0, or ``None`` for no scaling.
     is_dense: ``is_dense(path, leaf)``, which leaves are dense kernels
-      (fan_in, fan_out); default ``is_dense_kernel``.
+      (fan_in, fan_out); default ``is_dense_kernel``, with which a stack
+      of dense kernels is refused (a ``ValueError`` naming it).
     root_method: ``"eigh"`` or ``"newton"``, for ``inverse_pth_root``.
 
   Returns:
@@ -225,6 +253,8 @@ def kfac_precondition(
   def init_fn(params):
     _validate.check_real_leaves(params, _NAME)
     flat = jax.tree_util.tree_flatten_with_path(params)[0]
+    if is_dense is is_dense_kernel:
+      _refuse_stacked_kernels(flat)
     roles = {tuple(model_records.leaf_names(path)): role
              for (path, _), role in zip(flat, _roles(flat, is_dense))}
     role_of = lambda path: roles[tuple(model_records.leaf_names(path))]
@@ -263,7 +293,8 @@ def kfac_precondition(
     return [p[0] for p in pairs], [p[1] for p in pairs]
 
   def update_fn(updates, state, params=None, *, records=None, **extra_args):
-    del params, extra_args
+    del extra_args
+    _validate.check_matching_shapes(updates, params, "kfac_precondition")
     flat, treedef = jax.tree_util.tree_flatten_with_path(updates)
     grads = [g for _, g in flat]
     roles = _roles(flat, is_dense)

@@ -36,6 +36,7 @@ import jax.numpy as jnp
 import optax
 
 from gradtx._internal import block_stacks
+from gradtx._internal import routing as _routing
 from gradtx._internal import tree as _tree
 from gradtx._internal import validate as _validate
 from gradtx._internal.block_stacks import (
@@ -53,12 +54,29 @@ def layouts_of(
     tree, matrix_view: Optional[MatrixViewRule], block_size: Optional[int],
     max_precondition_dim: float,
 ) -> list:
-  """The ``BlockLayout`` (or ``None``) of every leaf of ``tree``, as a list."""
-  return [
+  """The ``BlockLayout`` (or ``None``: diagonal) of every leaf of ``tree``, as a list."""
+  layouts = [
       block_layout(view, tuple(jnp.shape(leaf)), block_size, max_precondition_dim)
       for view, leaf in zip(_matrix_view.views_of(tree, matrix_view),
                             jax.tree.leaves(tree))
   ]
+  _routing.report_per_leaf(tree, "layouts", layouts)
+  _routing.report_per_leaf(tree, "roles", ["diagonal" if b is None else None for b in layouts])
+  return layouts
+
+
+def stack_bytes(tree, groups, fields) -> tuple[list, list]:
+  """(paths, bytes): each member leaf's share of the stacks in ``fields``
+  (dicts of stacks keyed by group name), for ``gradtx.describe``."""
+  paths = [path for path, _ in jax.tree_util.tree_flatten_with_path(tree)[0]]
+  out_paths, out_bytes = [], []
+  for g in groups:
+    per_block = sum(x.nbytes for f in fields if g.name in f
+                    for x in jax.tree.leaves(f[g.name])) // g.count
+    for index, _, count in g.members:
+      out_paths.append(paths[index])
+      out_bytes.append(per_block * count)
+  return out_paths, out_bytes
 
 
 class KroneckerPreconditionState(NamedTuple):
@@ -189,6 +207,7 @@ def kronecker_precondition(
     return leaves, blocks, matrices, groups, group_blocks, mesh
 
   def init_fn(params):
+    _validate.check_shaped_params(params, "kronecker_precondition")
     _, blocks, _, groups, group_blocks, mesh = plan(params)
 
     def side(on, which):
@@ -197,14 +216,14 @@ def kronecker_precondition(
         if getattr(g, on):
           b = group_blocks[g.name]
           d = b.block_rows if which == 0 else b.block_cols
-          count = g.size * b.row_blocks * b.col_blocks
-          stacks[g.name] = block_stacks.place_on_owners(
-              jnp.zeros((count, d, d), g.dtype), mesh)
+          stacks[g.name] = block_stacks.zeros(
+              g, (d, d), mesh, per_entry=b.row_blocks * b.col_blocks)
       return stacks
 
     # Every field gets its own buffer, so that the state can be donated.
     sides = dict(left_stats=side("left", 0), right_stats=side("right", 1),
                  left_root=side("left", 0), right_root=side("right", 1))
+    _routing.report_stack_bytes(*stack_bytes(params, groups, sides.values()))
     diagonal = iter([b is None for b in blocks])
     diag = _tree.zeros_where(
         params, lambda path, p: next(diagonal),
@@ -235,10 +254,25 @@ def kronecker_precondition(
     return u.astype(g.dtype), diag
 
   def update_fn(updates, state, params=None):
-    del params
+    _validate.check_matching_shapes(updates, params, "kronecker_precondition")
     count = optax.safe_increment(state.count)
     treedef = jax.tree.structure(updates)
     leaves, blocks, matrices, groups, group_blocks, mesh = plan(updates)
+    block_stacks.check_groups_in_state(
+        groups, {**state.left_stats, **state.right_stats}, updates,
+        "kronecker_precondition")
+    # The state's stacks are stored unpadded (the same on any mesh): padded to
+    # the owners' length for the step, cut back after it.
+    per_entry = {g.name: group_blocks[g.name].row_blocks * group_blocks[g.name].col_blocks
+                 for g in groups}
+    padded = {g.name: g.size * per_entry[g.name] for g in groups}
+    stored = {g.name: g.count * per_entry[g.name] for g in groups}
+    to_owners = lambda stacks: {
+        k: block_stacks.to_owners(v, padded[k], mesh) for k, v in stacks.items()}
+    to_state = lambda stacks: {
+        k: block_stacks.to_state(v, stored[k], mesh) for k, v in stacks.items()}
+    left_stats, right_stats, left_root, right_root = map(to_owners, (
+        state.left_stats, state.right_stats, state.left_root, state.right_root))
     stacks = block_stacks.stack(leaves, matrices, groups, mesh)
 
     def accumulate(g, x, left, right):
@@ -253,13 +287,13 @@ def kronecker_precondition(
     for g, x in zip(groups, stacks):
       l_new, r_new = block_stacks.on_owners(
           lambda x, left, right, g=g: accumulate(g, x, left, right), mesh, x,
-          state.left_stats.get(g.name), state.right_stats.get(g.name))
+          left_stats.get(g.name), right_stats.get(g.name))
       if g.left:
         left[g.name] = l_new
       if g.right:
         right[g.name] = r_new
 
-    roots = (left, right, state.left_root, state.right_root)
+    roots = (left, right, left_root, right_root)
     if precondition_every_step:
       left_root, right_root = recompute(groups, mesh, *roots)
     else:
@@ -288,6 +322,7 @@ def kronecker_precondition(
       if layout is None:
         out[i], new_diag[i] = diagonal_step(g, diag_leaves[i])
     return treedef.unflatten(out), KroneckerPreconditionState(
-        count, left, right, left_root, right_root, treedef.unflatten(new_diag))
+        count, *map(to_state, (left, right, left_root, right_root)),
+        treedef.unflatten(new_diag))
 
   return optax.GradientTransformation(init_fn, update_fn)

@@ -284,7 +284,7 @@ def orthogonalize_low_rank(
     return u, basis, residual
 
   def update_fn(updates, state, params=None):
-    del params
+    _validate.check_matching_shapes(updates, params, "orthogonalize_low_rank")
     leaves, treedef = jax.tree.flatten(updates)
     views = _matrix_view.views_of(updates, matrix_view)
     statistics = _tree.statistics_structure(updates)

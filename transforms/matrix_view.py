@@ -20,10 +20,20 @@ Flax parameter (shape)                          rows (fan-in)        columns (fa
 (in, heads, head_dim)
 ``MultiHeadAttention`` out kernel               heads·head_dim       out
 (heads, head_dim, out)
+an expert stack (experts, in, out): a name      in, per expert       out
+containing ``"expert"``
 ``nnx.Einsum`` kernel                           declare it: ``einsum_matrix_view(spec)``
 scanned stacks (``nnx.scan``/``nnx.vmap``)      declare it: ``stacked_matrix_view(n)``
 biases, norm scales (any shape), 0-/1-D leaves  not matrices (``None``)
 =============================================  ===================  =====================
+
+A leaf of 3 or more dimensions that no name settles (a convolution: a name
+containing ``"conv"``; attention: ``query``/``key``/``value``/``out``;
+experts) is read as a convolution kernel, but that is a guess: a scanned
+stack of dense kernels has the same shape. The guess warns once per leaf
+(``AmbiguousMatrixViewWarning``, naming the leaf, the view and the fix), and
+``flax_matrix_view(path, leaf, strict=True)`` refuses it instead;
+``gradtx.describe`` lists such leaves.
 
 Override it per leaf with any function of ``(path, leaf)``, e.g.
 ``lambda path, leaf: gt.MatrixView(rows=(0,), cols=(1,), batch=(2,)) if
@@ -32,6 +42,7 @@ Override it per leaf with any function of ``(path, leaf)``, e.g.
 
 import dataclasses
 import math
+import warnings
 from typing import Any, Callable, Optional
 
 import jax
@@ -39,6 +50,7 @@ import jax.numpy as jnp
 import optax
 
 from gradtx._internal import names as _names
+from gradtx._internal import routing as _routing
 from gradtx._internal import tree as _tree
 
 
@@ -110,46 +122,87 @@ MatrixViewRule = Callable[[tuple, Any], Optional[MatrixView]]
 _ATTENTION_INPUTS = ("query", "key", "value")
 
 
-def flax_matrix_view(path: tuple, leaf: Any) -> Optional[MatrixView]:
+class AmbiguousMatrixViewWarning(UserWarning):
+  """A leaf's matrix view was guessed from its shape alone."""
+
+
+# (leaf key, shape) of the guesses already warned about: each warns once.
+_WARNED: set = set()
+
+
+def flax_matrix_view(path: tuple, leaf: Any, *, strict: bool = False) -> Optional[MatrixView]:
   """The default matrix view of a leaf, from its key path and shape.
 
   See the module docstring's table. In order: 0- and 1-D leaves and leaves
   whose own name contains ``"bias"`` or ``"scale"`` have no view; 2-D leaves
   are (rows, cols) as they are; 3-D kernels of flax's MultiHeadAttention
-  ``query``/``key``/``value`` projections are (in, heads·head_dim); every
+  ``query``/``key``/``value`` projections are (in, heads·head_dim); 3-D
+  leaves with ``"expert"`` in a name are a stack of (in, out) matrices; every
   other leaf of 3 or more dimensions is a kernel (fan_in…, fan_out): rows are
-  all axes but the last.
+  all axes but the last. That last reading is a guess unless a name says
+  convolution or attention output: it warns once per leaf
+  (``AmbiguousMatrixViewWarning``).
 
   Args:
     path: the leaf's key path (``jax.tree_util`` keys).
     leaf: the parameter (an array or a ``jax.ShapeDtypeStruct``; only its
       shape is read).
+    strict: raise a ``ValueError`` instead of warning about a guess.
 
   Returns:
     The leaf's ``MatrixView``, or ``None``.
   """
-  ndim = len(jnp.shape(leaf))
+  shape = tuple(jnp.shape(leaf))
+  ndim = len(shape)
   names = _names.path_names(path)
   if ndim < 2 or _names.is_vector(names):
     return None
   if ndim == 3 and any(n in _ATTENTION_INPUTS for n in names[:-1]):
     return MatrixView(rows=(0,), cols=(1, 2))
-  return MatrixView(rows=tuple(range(ndim - 1)), cols=(ndim - 1,))
+  if ndim == 3 and _names.is_expert_stack(names):
+    return MatrixView(rows=(1,), cols=(2,), batch=(0,))
+  view = MatrixView(rows=tuple(range(ndim - 1)), cols=(ndim - 1,))
+  if ndim > 2 and not (_names.is_convolution(names) or _names.is_attention_output(names)):
+    _guessed(path, shape, view, strict)
+  return view
+
+
+def _guessed(path: tuple, shape: tuple, view: MatrixView, strict: bool) -> None:
+  key = _routing.leaf_key(path)
+  _, rows, cols = view.matrix_shape(shape)
+  message = (
+      f"{key} {shape}: a {len(shape)}-D leaf with no name that settles its layout is"
+      f" seen as one {rows}x{cols} matrix (a convolution kernel: rows are all axes"
+      " but the last). If its leading axes index separate matrices (scanned layers,"
+      " experts), pass matrix_view=gt.stacked_matrix_view(); to keep this view,"
+      " pass your own rule as matrix_view= or name the module (conv, expert).")
+  _routing.report_ambiguous(path, message)
+  if strict:
+    raise ValueError(message)
+  if (key, shape) not in _WARNED:
+    _WARNED.add((key, shape))
+    warnings.warn(message, AmbiguousMatrixViewWarning, stacklevel=3)
 
 
 def stacked_matrix_view(
-    num_axes: int = 1, rule: MatrixViewRule = flax_matrix_view
+    num_axes: int = 1, rule: MatrixViewRule = flax_matrix_view,
+    where: Optional[Callable[[tuple, Any], bool]] = None,
 ) -> MatrixViewRule:
   """A rule for stacked layers: the leading ``num_axes`` axes index matrices.
 
   For parameters of layers built with ``nnx.scan`` / ``nnx.vmap`` (a leading
-  layer axis): ``rule`` is applied to the shape without those axes, which
-  become the view's ``batch``. Leaves with no more than ``num_axes`` axes
-  have no view.
+  layer axis): on a stacked leaf ``rule`` is applied to the shape without
+  those axes, which become the view's ``batch``. Stacked leaves are those
+  ``where(path, leaf)`` picks; by default every leaf with at least
+  ``num_axes + 2`` axes (a stack of matrices). Every other leaf keeps the view
+  ``rule`` gives it: the model's ordinary 2-D kernels stay matrices.
   """
 
   def stacked(path, leaf):
     shape = tuple(jnp.shape(leaf))
+    is_stack = len(shape) >= num_axes + 2 if where is None else where(path, leaf)
+    if not is_stack:
+      return rule(path, leaf)
     if len(shape) <= num_axes:
       return None
     inner = rule(path, jax.ShapeDtypeStruct(shape[num_axes:], jnp.float32))
@@ -157,7 +210,7 @@ def stacked_matrix_view(
       return None
     shift = lambda axes: tuple(a + num_axes for a in axes)
     return MatrixView(shift(inner.rows), shift(inner.cols),
-                      tuple(range(num_axes)) + shift(inner.batch))
+                      tuple(range(num_axes)) + shift(inner.batch), inner.col_blocks)
 
   return stacked
 
@@ -234,7 +287,9 @@ def view_of(path: tuple, leaf: Any, rule: Optional[MatrixViewRule]) -> Optional[
 def views_of(tree: Any, rule: Optional[MatrixViewRule]) -> list:
   """The ``MatrixView`` (or ``None``) of every leaf of ``tree``, as a list."""
   with_paths = jax.tree_util.tree_flatten_with_path(tree)[0]
-  return [view_of(path, leaf, rule) for path, leaf in with_paths]
+  views = [view_of(path, leaf, rule) for path, leaf in with_paths]
+  _routing.report_per_leaf(tree, "views", views)
+  return views
 
 
 def map_view_statistics(

@@ -128,7 +128,7 @@ def normalize_by_second_moment(
     return NormalizeBySecondMomentState(jnp.zeros([], jnp.int32), nu)
 
   def update_fn(updates, state, params=None):
-    del params
+    _validate.check_matching_shapes(updates, params, "normalize_by_second_moment")
     count = optax.safe_increment(state.count)
     views = iter(_matrix_view.views_of(updates, matrix_view))
     seeds = state_format.maybe_rounding_seeds(updates, count, nu_format)

@@ -290,7 +290,7 @@ def orthogonalize_newton_schulz(
     )
 
   def update_fn(updates, state, params=None):
-    del params
+    _validate.check_matching_shapes(updates, params, "orthogonalize_newton_schulz")
     return map_matrices(orthogonalize, updates, matrix_view,
                         stack=batch_same_shape), state
 
@@ -332,7 +332,7 @@ def clip_singular_values(
     return ((left * sigma[..., None, :]) @ right_h).astype(matrices.dtype)
 
   def update_fn(updates, state, params=None):
-    del params
+    _validate.check_matching_shapes(updates, params, "clip_singular_values")
     return map_matrices(clip, updates, matrix_view), state
 
   return optax.GradientTransformation(lambda _: optax.EmptyState(), update_fn)

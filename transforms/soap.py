@@ -17,6 +17,7 @@ import jax.numpy as jnp
 import optax
 
 from gradtx._internal import block_stacks
+from gradtx._internal import routing as _routing
 from gradtx._internal import tree as _tree
 from gradtx._internal import validate as _validate
 from gradtx.transforms import kronecker as kron
@@ -159,6 +160,7 @@ def scale_by_soap(
     return leaves, layouts, groups, mesh
 
   def init_fn(params):
+    _validate.check_shaped_params(params, "scale_by_soap")
     _, layouts, groups, mesh = plan(params)
     plain = iter([layout is None for layout in layouts])
     plain_params = _tree.zeros_where(params, lambda path, p: next(plain))
@@ -170,14 +172,16 @@ def scale_by_soap(
     side = lambda on, size: {
         g.name: block_stacks.zeros(g, (g.block_shape[size],) * 2, mesh)
         for g in groups if getattr(g, on)}
+    stacks = dict(
+        mu_stacks=moments(mu_format, False), nu_stacks=moments(nu_format, True),
+        left_stats=side("left", 0), right_stats=side("right", 1),
+        left_basis=side("left", 0), right_basis=side("right", 1))
+    _routing.report_stack_bytes(*kron.stack_bytes(params, groups, stacks.values()))
     return ScaleBySoapState(
         count=jnp.zeros([], jnp.int32),
         mu=state_format.zeros_like_tree(plain_params, mu_format, signed=True),
         nu=state_format.zeros_like_tree(plain_params, nu_format, signed=False, real=True),
-        mu_stacks=moments(mu_format, False), nu_stacks=moments(nu_format, True),
-        left_stats=side("left", 0), right_stats=side("right", 1),
-        left_basis=side("left", 0), right_basis=side("right", 1),
-    )
+        **stacks)
 
   def adam(count, x, m, v):
     """One Adam step of the (rotated) gradient x; the first step is zero."""
@@ -224,9 +228,10 @@ def scale_by_soap(
     return left_basis, right_basis, _rotate(m, left_basis, right_basis, group), v
 
   def update_fn(updates, state, params=None):
-    del params
+    _validate.check_matching_shapes(updates, params, "scale_by_soap")
     count = optax.safe_increment(state.count)
     leaves, layouts, groups, mesh = plan(updates)
+    block_stacks.check_groups_in_state(groups, state.mu_stacks, updates, "scale_by_soap")
     treedef = jax.tree.structure(updates)
     seeds = state_format.maybe_rounding_seeds(updates, count, mu_format, nu_format)
     stack_seeds = state_format.maybe_rounding_seeds(
@@ -235,22 +240,32 @@ def scale_by_soap(
     grads = dict(zip((g.name for g in groups),
                      block_stacks.stack(leaves, layouts, groups, mesh)))
     get = lambda d, g: d.get(g.name)
+    # The state's stacks are stored unpadded (the same on any mesh): padded to
+    # the owners' length for the step, cut back after it.
+    by_name = {g.name: g for g in groups}
+    to_owners = lambda stacks: {
+        k: block_stacks.to_owners(v, by_name[k].size, mesh) for k, v in stacks.items()}
+    to_state = lambda stacks: {
+        k: block_stacks.to_state(v, by_name[k].count, mesh) for k, v in stacks.items()}
+    left_stats, right_stats, old_left_basis, old_right_basis = map(to_owners, (
+        state.left_stats, state.right_stats, state.left_basis, state.right_basis))
 
     # Adam in the current eigenbasis, on the owners.
     directions, moments = [], {}
     for g in groups:
       x = grads[g.name]
-      m = state_format.load(state.mu_stacks[g.name], x.dtype)
-      v = state_format.load(state.nu_stacks[g.name], block_stacks.real_dtype(g))
-      lb, rb = get(state.left_basis, g), get(state.right_basis, g)
+      m, v = (block_stacks.to_owners(state_format.load(stored, dtype), g.size, mesh)
+              for stored, dtype in ((state.mu_stacks[g.name], x.dtype),
+                                    (state.nu_stacks[g.name], block_stacks.real_dtype(g))))
+      lb, rb = get(old_left_basis, g), get(old_right_basis, g)
       u, m, v = adam(count, _rotate(x, lb, rb, g), m, v)
       directions.append(_rotate(u, lb, rb, g, back=True))
       moments[g.name] = (m, v)
 
     left = {k: stats_b2 * v + (1 - stats_b2) * roots.matmul(grads[k], roots.transpose(grads[k]))
-            for k, v in state.left_stats.items()}
+            for k, v in left_stats.items()}
     right = {k: stats_b2 * v + (1 - stats_b2) * roots.matmul(roots.transpose(grads[k]), grads[k])
-             for k, v in state.right_stats.items()}
+             for k, v in right_stats.items()}
 
     def branch(first):
       def run(operands):
@@ -273,11 +288,13 @@ def scale_by_soap(
         count == 1, 0, jnp.where((count - 1) % precondition_every == 0, 1, 2))
     left_basis, right_basis, moments = jax.lax.switch(
         index, (branch(True), branch(False), lambda operands: operands),
-        (state.left_basis, state.right_basis, moments))
+        (old_left_basis, old_right_basis, moments))
+    mu_stacks = to_state({k: m for k, (m, _) in moments.items()})
+    nu_stacks = to_state({k: v for k, (_, v) in moments.items()})
     mu_stacks = {k: state_format.store(m, state.mu_stacks[k], mu_format, seed_of(k), stream=0)
-                 for k, (m, _) in moments.items()}
+                 for k, m in mu_stacks.items()}
     nu_stacks = {k: state_format.store(v, state.nu_stacks[k], nu_format, seed_of(k), stream=1)
-                 for k, (_, v) in moments.items()}
+                 for k, v in nu_stacks.items()}
 
     out = block_stacks.unstack(directions, leaves, layouts, groups, mesh)
     mu_leaves, nu_leaves = (treedef.flatten_up_to(t) for t in (state.mu, state.nu))
@@ -289,6 +306,6 @@ def scale_by_soap(
             count, leaves[i], mu_leaves[i], nu_leaves[i], seed_leaves[i])
     return treedef.unflatten(out), ScaleBySoapState(
         count, treedef.unflatten(mu), treedef.unflatten(nu), mu_stacks, nu_stacks,
-        left, right, left_basis, right_basis)
+        *map(to_state, (left, right, left_basis, right_basis)))
 
   return optax.GradientTransformation(init_fn, update_fn)

@@ -183,6 +183,8 @@ def zeros_like_tree(params: Any, fmt: Any, *, signed: bool, real: bool = False) 
   ``real``: the state of a complex leaf is real-valued (a second moment
   |g|²), stored in the matching real dtype.
   """
+  if isinstance(fmt, Int8Blocks):
+    _validate.check_shaped_params(params, "int8 (block-quantized) state")
   jax.tree_util.tree_map_with_path(lambda path, p: check_storable(path, p, fmt), params)
   if isinstance(fmt, StochasticBfloat16):
     return optax.tree.zeros_like(params, jnp.bfloat16)

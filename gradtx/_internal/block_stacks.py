@@ -125,7 +125,10 @@ class Group(NamedTuple):
     dtype: the dtype the blocks are computed in.
     left, right: which sides are preconditioned (as in ``BlockLayout``).
     members: (leaf index, first block, number of blocks), in leaf order.
-    size: the number of blocks, padded to a multiple of the mesh size.
+    size: the number of blocks, padded to a multiple of the mesh size (the
+      stacks the step computes on).
+    count: the number of real blocks (the stacks a state stores, whatever
+      the mesh size).
   """
 
   name: str
@@ -135,6 +138,7 @@ class Group(NamedTuple):
   right: bool
   members: tuple[tuple[int, int, int], ...]
   size: int
+  count: int
 
 
 def plan(
@@ -159,8 +163,29 @@ def plan(
     sides = "" if left and right else ("_left" if left else "_right")
     suffix = "" if dtype == jnp.float32 else f"_{dtype.name}"
     groups.append(Group(f"{br}x{bc}{sides}{suffix}", (br, bc), dtype, left,
-                        right, tuple(members), -(-start // devices) * devices))
+                        right, tuple(members), -(-start // devices) * devices, start))
   return tuple(groups)
+
+
+def check_groups_in_state(
+    groups: Sequence[Group], state_stacks: Any, updates: Any, transform: str
+) -> None:
+  """Raises ``ValueError`` for a group the state has no stack for.
+
+  The state's stacks are keyed by the block shapes of the parameters it was
+  initialised on; an update leaf of another shape (a transposed gradient)
+  names a stack that does not exist.
+  """
+  flat = jax.tree_util.tree_flatten_with_path(updates)[0]
+  for group in groups:
+    if group.name not in state_stacks:
+      index = group.members[0][0]
+      path, leaf = flat[index]
+      raise ValueError(
+          f"{transform}: the update of {jax.tree_util.keystr(path)} has shape"
+          f" {jnp.shape(leaf)}, whose blocks ({group.name}) match no statistics of"
+          f" the state (built for blocks {sorted(state_stacks)}): is the gradient"
+          " shaped like its parameter?")
 
 
 def owner_mesh(leaves: Sequence[Any]) -> Optional[Any]:
@@ -340,10 +365,56 @@ def map_stack(fn: Callable, stack: jax.Array) -> Any:
 
 
 def zeros(group: Group, shape: tuple[int, ...], mesh: Optional[Any],
-          dtype: Any = None) -> jax.Array:
-  """A zero stack of ``group.size`` entries of ``shape``, on the owners."""
+          dtype: Any = None, *, per_entry: int = 1) -> jax.Array:
+  """A zero state stack: ``group.count · per_entry`` entries of ``shape``.
+
+  Laid out by ``place_as_state``; its shape does not depend on the mesh.
+  """
   dtype = group.dtype if dtype is None else dtype
-  return place_on_owners(jnp.zeros((group.size, *shape), dtype), mesh)
+  return place_as_state(jnp.zeros((group.count * per_entry, *shape), dtype), mesh)
+
+
+def place_as_state(x: jax.Array, mesh: Optional[Any]) -> jax.Array:
+  """A state stack as it is stored: split over the owners when the mesh size
+  divides its length, replicated otherwise.
+
+  A state stored unpadded has the same shape on every mesh, so a checkpoint
+  saved on N devices restores on M; ``to_owners`` pads it for the step.
+  """
+  if mesh is None or x.shape[0] % mesh.size == 0:
+    return place_on_owners(x, mesh)
+  spec = P(*([None] * x.ndim))
+  if _explicit(mesh):
+    return _in_mesh(mesh, lambda: jax.sharding.reshard(x, spec))
+  return _in_mesh(mesh, lambda: jax.lax.with_sharding_constraint(x, spec))
+
+
+def _moved(fn: Callable, x: jax.Array, mesh: Any, spec: P) -> jax.Array:
+  """``fn(x)`` with XLA laying out the move, the result typed with ``spec``."""
+  if _explicit(mesh):
+    return _in_mesh(mesh, lambda: jax.sharding.auto_axes(fn, out_sharding=spec)(x))
+  return _in_mesh(mesh, lambda: jax.lax.with_sharding_constraint(fn(x), spec))
+
+
+def to_owners(x: jax.Array, length: int, mesh: Optional[Any]) -> jax.Array:
+  """A stored state stack padded with zero entries to ``length``, on the owners."""
+  pad = lambda y: jnp.pad(y, [(0, length - y.shape[0])] + [(0, 0)] * (y.ndim - 1))
+  if mesh is None:
+    return pad(x) if length > x.shape[0] else x
+  if length == x.shape[0]:
+    return place_on_owners(x, mesh)
+  return _moved(pad, x, mesh, owner_spec(mesh, x.ndim))
+
+
+def to_state(x: jax.Array, length: int, mesh: Optional[Any]) -> jax.Array:
+  """Inverse of ``to_owners``: the first ``length`` entries, laid out as state."""
+  if length == x.shape[0]:
+    return place_as_state(x, mesh)
+  if mesh is None:
+    return x[:length]
+  spec = (owner_spec(mesh, x.ndim) if length % mesh.size == 0
+          else P(*([None] * x.ndim)))
+  return _moved(lambda y: y[:length], x, mesh, spec)
 
 
 def real_dtype(group: Group) -> Any:

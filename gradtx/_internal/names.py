@@ -8,6 +8,9 @@ default matrix view), so the rules cannot drift apart.
 # An input table: token embeddings and learned positions (nnx.Embed's
 # "embedding", GPT-2's "wte"/"wpe"). "unembed" is an output head instead.
 EMBEDDING_PARTS = ("embed", "embd", "wte", "wpe", "position")
+# Names that are a learned position table only as a whole name ("pos" is
+# part of "compose", "transpose").
+EMBEDDING_NAMES = ("pos", "pos_emb")
 # An output projection onto the vocabulary or the classes; also any name that
 # ends in "head" (lm_head, head).
 OUTPUT_HEAD_PARTS = ("unembed", "logits", "readout")
@@ -20,6 +23,12 @@ FUSED_QKV_PARTS = ("qkv", "c_attn")
 # Vectors that are never matrices, whatever their shape (flax's
 # MultiHeadAttention has (heads, head_dim) biases).
 VECTOR_NAMES = ("bias", "scale")
+# Kernels of 3+ dimensions whose layout a name settles: convolutions
+# (k₁, …, in, out), flax MultiHeadAttention's output projection
+# (heads, head_dim, out), and stacks of experts (experts, in, out).
+CONVOLUTION_PARTS = ("conv",)
+ATTENTION_OUTPUT_NAMES = ("out", "o_proj", "out_proj")
+EXPERT_PARTS = ("expert",)
 
 
 def path_names(path: tuple) -> list[str]:
@@ -53,9 +62,13 @@ def is_output_head(names: list[str]) -> bool:
 
 
 def is_embedding(names: list[str]) -> bool:
-  return not is_output_head(names) and any(
-      part in n for n in names for part in EMBEDDING_PARTS
-  )
+  return not is_output_head(names) and (
+      any(part in n for n in names for part in EMBEDDING_PARTS)
+      or any(n in EMBEDDING_NAMES for n in names))
+
+
+def is_position_table(names: list[str]) -> bool:
+  return any(n in EMBEDDING_NAMES or "position" in n or "wpe" in n for n in names)
 
 
 def is_query_key(names: list[str]) -> bool:
@@ -71,3 +84,30 @@ def is_vector(names: list[str]) -> bool:
 
 def is_fused_qkv(names: list[str]) -> bool:
   return any(part in n for n in names for part in FUSED_QKV_PARTS)
+
+
+def is_convolution(names: list[str]) -> bool:
+  return any(part in n for n in names for part in CONVOLUTION_PARTS)
+
+
+def is_attention_output(names: list[str]) -> bool:
+  return any(n in ATTENTION_OUTPUT_NAMES for n in names)
+
+
+def is_expert_stack(names: list[str]) -> bool:
+  return any(part in n for n in names for part in EXPERT_PARTS)
+
+
+def heads_by_shape(leaves: list) -> list[bool]:
+  """Which of ``(names, shape)`` pairs are output heads by their shape.
+
+  A 2-D leaf of shape (d, vocab) is an output head when the same tree holds
+  a token embedding of shape (vocab, d) with vocab != d (an embedding name,
+  not a learned position table); a square table says nothing. This finds a
+  vocabulary projection whatever it is called (Linen's ``Dense_2``).
+  """
+  tables = {tuple(shape) for names, shape in leaves
+            if len(shape) == 2 and shape[0] != shape[1]
+            and is_embedding(names) and not is_position_table(names)}
+  return [len(shape) == 2 and not is_vector(names) and not is_embedding(names)
+          and (shape[1], shape[0]) in tables for names, shape in leaves]

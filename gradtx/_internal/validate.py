@@ -132,3 +132,42 @@ def check_real_leaves(params: Any, transform: str) -> None:
       raise ValueError(
           f"{transform} does not support complex parameters; the leaf"
           f" {jax.tree_util.keystr(path)} is {np.dtype(dtype)}")
+
+
+def _is_placeholder(x: Any) -> bool:
+  # optax.tree.map_params initialises on an empty pytree node of this class.
+  return type(x).__name__ == "_ParamsPlaceholder"
+
+
+def check_shaped_params(params: Any, transform: str) -> None:
+  """Raises ``ValueError`` when ``params`` is optax's shapeless placeholder.
+
+  For transforms whose state is built from the parameters' shapes (stacks of
+  matrix blocks, quantized blocks) rather than copies of them: their ``init``
+  cannot run on the placeholder ``optax.tree.map_params`` passes, and a state
+  built on it would not be the one to map.
+  """
+  if any(map(_is_placeholder, jax.tree.leaves(params, is_leaf=_is_placeholder))):
+    raise ValueError(
+        f"{transform} builds its state from the parameters' shapes (stacks of"
+        " matrix blocks or quantized blocks), not from copies of them, so"
+        " optax.tree.map_params cannot map it. Use"
+        " gradtx.transforms.state_shardings(tx, params) for its shardings.")
+
+
+def check_matching_shapes(updates: Any, params: Any, transform: str) -> None:
+  """Raises ``ValueError`` naming the first leaf whose update and parameter
+  shapes differ (a transposed gradient, a tree of another model)."""
+  if params is None:
+    return
+  flat = jax.tree_util.tree_flatten_with_path(updates)[0]
+  shapes = [np.shape(p) for p in jax.tree.leaves(params)]
+  if len(flat) != len(shapes):
+    raise ValueError(
+        f"{transform}: the updates have {len(flat)} leaves but the parameters"
+        f" {len(shapes)}")
+  for (path, u), shape in zip(flat, shapes):
+    if np.shape(u) != shape:
+      raise ValueError(
+          f"{transform}: the update of {jax.tree_util.keystr(path)} has shape"
+          f" {np.shape(u)} but its parameter has shape {shape}")

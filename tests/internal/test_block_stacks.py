@@ -114,4 +114,27 @@ def test_without_a_mesh_there_are_no_owners():
   assert bs.num_devices(None) == 1
   g = bs.plan(_layouts(), [jnp.float32] * 4, 1)[0]
   z = bs.zeros(g, (4, 4), None)
-  assert z.shape == (g.size, 4, 4) and z.dtype == jnp.float32
+  assert z.shape == (g.count, 4, 4) == (g.size, 4, 4) and z.dtype == jnp.float32
+
+
+@pytest.mark.parametrize("axis_type", [AxisType.Explicit, AxisType.Auto])
+@pytest.mark.parametrize("length", [3, 8])
+def test_state_stacks_are_stored_unpadded_and_padded_for_the_owners(axis_type, length):
+  """A state stack keeps its real length on any mesh (a checkpoint restores on
+  another mesh size): split over the owners when the mesh divides it,
+  replicated otherwise; ``to_owners`` pads it for the step and ``to_state``
+  gives back the same entries."""
+  mesh = jax.make_mesh((8,), ("d",), axis_types=(axis_type,))
+  x = jnp.arange(length * 4.0).reshape(length, 2, 2)
+  with jax.set_mesh(mesh):
+    stored = jax.jit(lambda x: bs.place_as_state(x, mesh))(x)
+    padded = jax.jit(lambda s: bs.to_owners(s, 8, mesh))(stored)
+    back = jax.jit(lambda p: bs.to_state(p, length, mesh))(padded)
+  owners = NamedSharding(mesh, P("d", None, None))
+  expected = owners if length % 8 == 0 else NamedSharding(mesh, P())
+  assert stored.sharding.is_equivalent_to(expected, 3)
+  assert padded.shape == (8, 2, 2) and padded.sharding.is_equivalent_to(owners, 3)
+  np.testing.assert_array_equal(np.asarray(padded)[:length], x)
+  np.testing.assert_array_equal(np.asarray(padded)[length:], 0)
+  assert back.sharding.is_equivalent_to(expected, 3)
+  np.testing.assert_array_equal(back, x)

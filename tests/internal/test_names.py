@@ -71,3 +71,15 @@ def test_query_key_projections(names, expected):
 ])
 def test_vectors_are_named_by_their_last_name(names, expected):
   assert _names.is_vector(names) == expected
+
+
+def test_heads_by_shape_needs_a_non_square_token_table():
+  table, head, hidden = (["embed_0", "embedding"], (40, 16)), (["dense_2", "kernel"], (16, 40)), (
+      ["dense_0", "kernel"], (16, 32))
+  positions = (["pos"], (40, 16))
+  assert _names.heads_by_shape([table, head, hidden]) == [False, True, False]
+  # A learned position table of the same shape names no vocabulary.
+  assert _names.heads_by_shape([positions, head]) == [False, False]
+  square = (["embed", "embedding"], (16, 16))
+  assert _names.heads_by_shape([square, (["dense", "kernel"], (16, 16))]) == [False, False]
+  assert _names.is_embedding(["pos"]) and not _names.is_embedding(["transpose"])

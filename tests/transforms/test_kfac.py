@@ -164,3 +164,20 @@ def test_bf16_jit_one_trace_and_inverses_every_k():
 def test_validation(kwargs, message):
   with pytest.raises(ValueError, match=message):
     gt.kfac_precondition(**kwargs)
+
+
+def test_a_stack_of_dense_kernels_is_refused_not_made_diagonal():
+  """Issue 26: a scanned stack's (layers, in, out) kernel used to fall to the
+  diagonal rule without a word."""
+  params = {"layers": {"kernel": jnp.zeros((4, 8, 8)), "bias": jnp.zeros((4, 8))}}
+  with pytest.raises(ValueError, match=r"\['layers'\]\['kernel'\] \(4, 8, 8\).*stack of dense"
+                     r" kernels.*is_dense="):
+    gt.kfac_precondition().init(params)
+  # Convolution and attention kernels keep the diagonal rule, and so does a
+  # stack under a rule of the user's own.
+  conv = {"conv": {"kernel": jnp.zeros((3, 3, 2, 4))},
+          "attn": {"query": {"kernel": jnp.zeros((8, 2, 4))}}}
+  state = gt.kfac_precondition().init(conv)
+  assert state.diag_stats["conv"]["kernel"].shape == (3, 3, 2, 4)
+  state = gt.kfac_precondition(is_dense=lambda path, leaf: False).init(params)
+  assert state.diag_stats["layers"]["kernel"].shape == (4, 8, 8)

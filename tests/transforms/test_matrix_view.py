@@ -1,5 +1,7 @@
 """The one matrix-view rule: Flax layers' parameters as matrices, overrides, round trips."""
 
+import warnings
+
 import jax
 import jax.numpy as jnp
 import numpy as np
@@ -206,3 +208,53 @@ def test_fused_qkv_kernel_is_orthogonalized_as_three_matrices():
   gqa = jnp.zeros((8, 8 + 2 * 4))
   rule = gt.fused_qkv_matrix_view()
   assert rule((jax.tree_util.DictKey("qkv"), jax.tree_util.DictKey("kernel")), gqa) == V((0,), (1,))
+
+
+def test_stacked_view_leaves_ordinary_kernels_their_own_view():
+  """Issue 26: a model with a scanned stack keeps its 2-D kernels as matrices."""
+  rule = gt.stacked_matrix_view()
+  kernel = jax.ShapeDtypeStruct((16, 24), jnp.float32)
+  stack = jax.ShapeDtypeStruct((4, 16, 24), jnp.float32)
+  path = (jax.tree_util.DictKey("dense"), jax.tree_util.DictKey("kernel"))
+  assert rule(path, kernel) == V((0,), (1,))
+  assert rule(path, stack) == V((1,), (2,), batch=(0,))
+  only = gt.stacked_matrix_view(where=lambda path, leaf: False)
+  assert only(path, stack) == V((0, 1), (2,))  # the inner rule's view, un-stacked
+
+
+def test_stacked_view_keeps_the_inner_rules_column_blocks():
+  rule = gt.stacked_matrix_view(rule=gt.fused_qkv_matrix_view())
+  path = (jax.tree_util.DictKey("qkv"), jax.tree_util.DictKey("kernel"))
+  view = rule(path, jax.ShapeDtypeStruct((2, 4, 12), jnp.float32))
+  assert view == V((1,), (2,), batch=(0,), col_blocks=3)
+  assert view.matrix_shape((2, 4, 12)) == (6, 4, 4)
+
+
+def _key_path(*names):
+  return tuple(jax.tree_util.DictKey(n) for n in names)
+
+
+def test_an_unnamed_3d_leaf_warns_once_and_strict_refuses(monkeypatch):
+  monkeypatch.setattr(matrix_view, "_WARNED", set())
+  leaf = jax.ShapeDtypeStruct((4, 8, 8), jnp.float32)
+  path = _key_path("blocks", "kernel")
+  with pytest.warns(gt.AmbiguousMatrixViewWarning, match=r"\['blocks'\]\['kernel'\].*32x8.*"
+                    r"stacked_matrix_view"):
+    assert gt.flax_matrix_view(path, leaf) == V((0, 1), (2,))
+  with warnings.catch_warnings():
+    warnings.simplefilter("error")
+    gt.flax_matrix_view(path, leaf)  # once only
+  with pytest.raises(ValueError, match="stacked_matrix_view"):
+    gt.flax_matrix_view(path, leaf, strict=True)
+
+
+@pytest.mark.parametrize("names, shape, view", [
+    (("conv", "kernel"), (3, 3, 4, 8), V((0, 1, 2), (3,))),
+    (("Conv_0", "kernel"), (3, 4, 8), V((0, 1), (2,))),
+    (("attn", "out", "kernel"), (2, 4, 8), V((0, 1), (2,))),
+    (("moe", "experts_w1"), (8, 16, 32), V((1,), (2,), batch=(0,))),
+], ids=["conv2d", "linen_conv1d", "attention_out", "experts"])
+def test_named_3d_layouts_are_settled_silently(names, shape, view):
+  with warnings.catch_warnings():
+    warnings.simplefilter("error")
+    assert gt.flax_matrix_view(_key_path(*names), jax.ShapeDtypeStruct(shape, jnp.float32)) == view

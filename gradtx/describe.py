@@ -1,0 +1,262 @@
+"""``describe``: what an optimizer does to each leaf, read from the optimizer itself.
+
+``describe(tx, params)`` traces ``tx.init`` and ``tx.update`` on abstract
+parameters (``jax.eval_shape``: nothing is computed or allocated) and reads,
+per leaf:
+
+* the **branch**: the labels of the ``optax.multi_transform`` partitions the
+  leaf falls in (Muon's ``muon`` / ``adam`` / ``embedding``), read from the
+  partition states (a partition's branch holds state for exactly its
+  leaves; a branch without per-leaf state gets the leaves no other branch
+  claims), and the roles the matrix transforms report (``diagonal``: a
+  Kronecker, SOAP or K-FAC leaf on its diagonal fallback; ``dense``: a K-FAC
+  layer). No labels and no role: ``matrix`` when a transform saw the leaf as
+  matrices, else ``element-wise``;
+* its **matrix view**, as the transforms that use one saw it, and its Kronecker
+  **blocks** where a ``block_size`` cuts it;
+* the **state bytes** it accounts for: every state entry shaped like the
+  parameter tree gives each leaf its own part, and the stacks that Kronecker
+  and SOAP share across leaves are split by the blocks each leaf owns. What
+  belongs to no one leaf (step counts, stack padding on a mesh) is
+  ``shared_bytes``.
+
+Nothing here restates a routing rule: change the rule, the optimizer or the
+wrapper, and ``describe`` shows the change.
+"""
+
+import math
+from typing import Any, NamedTuple, Optional
+
+import jax
+import optax
+
+from gradtx._internal import routing as _routing
+from gradtx._internal import tree as _tree
+
+
+class LeafDescription(NamedTuple):
+  """One leaf of ``describe``.
+
+  Attributes:
+    path: the leaf's key path (``jax.tree_util.keystr``, without an NNX
+      variable's ``.value``).
+    shape: its shape.
+    dtype: its dtype's name.
+    branch: where it goes (see the module docstring), e.g. ``"muon"``.
+    view: the ``gt.MatrixView`` a matrix transform used, or ``None``.
+    matrices: ``view``'s (num_matrices, rows, cols), or ``None``.
+    blocks: the Kronecker ``BlockLayout`` (blocks of a ``block_size``), or
+      ``None``.
+    state_bytes: bytes of optimizer state kept for this leaf.
+  """
+
+  path: str
+  shape: tuple
+  dtype: str
+  branch: str
+  view: Optional[Any]
+  matrices: Optional[tuple]
+  blocks: Optional[Any]
+  state_bytes: int
+
+
+class Description:
+  """``describe``'s answer: rows (``LeafDescription``) when iterated, a table when printed.
+
+  Attributes:
+    rows: one ``LeafDescription`` per leaf, in the tree's order.
+    shared_bytes: state bytes that belong to no one leaf (counts, padding).
+    ambiguous: ``{path: message}`` of the leaves whose matrix view was a
+      guess (``gt.AmbiguousMatrixViewWarning``).
+    notes: what could not be read (an ``update`` that needs extra arguments).
+  """
+
+  def __init__(self, rows, shared_bytes, ambiguous, notes):
+    self.rows = tuple(rows)
+    self.shared_bytes = shared_bytes
+    self.ambiguous = dict(ambiguous)
+    self.notes = tuple(notes)
+
+  def __iter__(self):
+    return iter(self.rows)
+
+  def __len__(self):
+    return len(self.rows)
+
+  def __getitem__(self, key):
+    """A row by position, or by (a unique part of) its path."""
+    if isinstance(key, int):
+      return self.rows[key]
+    found = [r for r in self.rows if r.path == key] or [r for r in self.rows if key in r.path]
+    if len(found) != 1:
+      raise KeyError(f"{key!r} matches {len(found)} leaves")
+    return found[0]
+
+  @property
+  def state_bytes(self) -> int:
+    return sum(r.state_bytes for r in self.rows) + self.shared_bytes
+
+  def __str__(self):
+    head = ("path", "shape", "dtype", "branch", "matrices", "blocks", "state")
+    lines = [head] + [
+        (r.path, "x".join(map(str, r.shape)) or "scalar", r.dtype, r.branch,
+         _matrices_text(r), _blocks_text(r.blocks), _bytes_text(r.state_bytes))
+        for r in self.rows]
+    widths = [max(len(line[i]) for line in lines) for i in range(len(head))]
+    text = ["  ".join(c.ljust(w) for c, w in zip(line, widths)).rstrip() for line in lines]
+    text.insert(1, "  ".join("-" * w for w in widths))
+    text.append(f"state: {_bytes_text(self.state_bytes)} in all"
+                f" ({_bytes_text(self.shared_bytes)} shared by all leaves)")
+    text += [f"guessed view: {m}" for m in self.ambiguous.values()]
+    text += [f"note: {n}" for n in self.notes]
+    return "\n".join(text)
+
+  __repr__ = __str__
+
+
+def describe(tx: optax.GradientTransformation, params: Any, *, strict: bool = False,
+             **extra_args: Any) -> Description:
+  """Per leaf of ``params``: the branch ``tx`` sends it to, its matrix view, blocks and state.
+
+  Works for any gradtx optimizer or transform and for chains and wrappers of
+  them (``optax.chain``, ``optax.multi_transform``, ``optax.masked``,
+  ``optax.inject_hyperparams``, ``optax.MultiSteps``, ``go.lookahead``,
+  ``go.sam``, ``go.parameter_ema``). See the module docstring for what each
+  column means and where it is read from.
+
+  Args:
+    tx: the optimizer.
+    params: the parameters: arrays, ``jax.ShapeDtypeStruct`` s or an
+      ``nnx.State``; only shapes and dtypes are read.
+    strict: raise a ``ValueError`` when a leaf's matrix view was guessed from
+      its shape alone (``gt.AmbiguousMatrixViewWarning``).
+    **extra_args: passed to ``tx.update`` (``go.sam``'s ``grad_fn``, K-FAC's
+      ``records``); without the ones it needs, ``update`` is not traced and
+      ``notes`` says so (the matrix views of transforms that only look at
+      them in ``update``, like Newton–Schulz, are then missing).
+
+  Returns:
+    A ``Description``: iterate it for ``LeafDescription`` rows, print it for
+    a table.
+
+  Example:
+    >>> import jax, jax.numpy as jnp
+    >>> from gradtx import optimizers as go, transforms as gt
+    >>> params = {"embed": jax.ShapeDtypeStruct((50, 8), jnp.float32),
+    ...           "hidden": {"kernel": jax.ShapeDtypeStruct((8, 8), jnp.float32)}}
+    >>> [(r.path, r.branch) for r in gt.describe(go.muon(0.02), params)]
+    [("['embed']", 'adam'), ("['hidden']['kernel']", 'muon')]
+  """
+  notes = []
+  with _routing.recording() as recorder:
+    state = jax.eval_shape(lambda p: tx.init(p), params)
+    recorder.phase = _routing.UPDATE
+    try:
+      jax.eval_shape(lambda p, s: tx.update(p, s, p, **extra_args), params, state)
+    except Exception as error:  # noqa: BLE001: an update that needs extra arguments
+      notes.append(f"update not traced ({type(error).__name__}: {error}); views from init only")
+  if strict and recorder.ambiguous:
+    raise ValueError("\n".join(recorder.ambiguous.values()))
+  flat = jax.tree_util.tree_flatten_with_path(params)[0]
+  keys = [_routing.leaf_key(path) for path, _ in flat]
+  labels, leaf_bytes, shared = _read_state(state, params, keys, recorder)
+  rows = []
+  for key, (_, leaf), label, nbytes in zip(keys, flat, labels, leaf_bytes):
+    report = recorder.leaves.get(key, _routing.LeafReport())
+    view = report.views[0] if report.views else None
+    shape = tuple(leaf.shape)
+    branch = "/".join(label + tuple(report.roles)) or ("matrix" if view else "element-wise")
+    rows.append(LeafDescription(
+        key, shape, _dtype_name(leaf), branch, view,
+        None if view is None else view.matrix_shape(shape),
+        report.layouts[0] if report.layouts else None,
+        nbytes + report.stack_bytes))
+  stacked = sum(r.stack_bytes for r in recorder.leaves.values())
+  return Description(rows, shared - stacked, recorder.ambiguous, notes)
+
+
+def _read_state(state, params, keys, recorder):
+  """Per leaf its partition labels and the bytes of the param-shaped state;
+  the bytes of everything else."""
+  structures = [jax.tree.structure(params),
+                jax.tree.structure(_tree.unwrap_variables(params))]
+  n = len(keys)
+  labels, leaf_bytes = [()] * n, [0] * n
+  partitions, claimed, stack_prefixes = [], set(), set()
+  shared = 0
+
+  def visit(node, prefix):
+    nonlocal shared
+    if isinstance(node, optax.MultiTransformState):
+      partitions.append((prefix, tuple(node.inner_states)))
+      for group, inner in node.inner_states.items():
+        visit(inner, prefix + (group,))
+      return
+    for structure in structures:
+      try:
+        parts = structure.flatten_up_to(node)
+      except (ValueError, TypeError):
+        continue
+      for i, part in enumerate(parts):
+        if jax.tree.leaves(part):
+          leaf_bytes[i] += _nbytes(part)
+          claimed.add(prefix)
+          if len(prefix) > len(labels[i]):
+            labels[i] = prefix
+      return
+    if jax.tree_util.treedef_is_leaf(jax.tree.structure(node)):
+      shared += _nbytes(node)
+      if getattr(node, "ndim", 0) >= 3:
+        stack_prefixes.add(prefix)
+      return
+    for child in jax.tree_util.tree_flatten(node, is_leaf=lambda x: x is not node)[0]:
+      visit(child, prefix)
+
+  visit(state, ())
+  has_stacks = [recorder.leaves.get(k, _routing.LeafReport()).stack_bytes > 0 for k in keys]
+  for prefix, groups in sorted(partitions, key=lambda p: len(p[0])):
+    branches = [prefix + (g,) for g in groups]
+    unclaimed = [b for b in branches
+                 if not any(c[:len(b)] == b for c in claimed)]
+    with_stacks = [b for b in branches if any(s[:len(b)] == b for s in stack_prefixes)]
+    for i in range(n):
+      if labels[i] != prefix:
+        continue
+      if has_stacks[i] and len(with_stacks) == 1:
+        labels[i] = with_stacks[0]
+      elif len(unclaimed) == 1:
+        labels[i] = unclaimed[0]
+  return labels, leaf_bytes, shared
+
+
+def _nbytes(tree) -> int:
+  return sum(math.prod(x.shape) * getattr(x.dtype, "itemsize", 0)
+             for x in jax.tree.leaves(tree))
+
+
+def _dtype_name(leaf) -> str:
+  return getattr(leaf.dtype, "name", str(leaf.dtype))
+
+
+def _matrices_text(row) -> str:
+  if row.matrices is None:
+    return "-"
+  num, rows, cols = row.matrices
+  text = f"{num}x{rows}x{cols}" if num > 1 else f"{rows}x{cols}"
+  blocks = row.view.col_blocks
+  return text + (f" ({blocks} col blocks)" if blocks > 1 else "")
+
+
+def _blocks_text(layout) -> str:
+  if layout is None:
+    return "-"
+  sides = "" if layout.left and layout.right else (" rows" if layout.left else " cols")
+  return (f"{layout.row_blocks}x{layout.col_blocks} of"
+          f" {layout.block_rows}x{layout.block_cols}{sides}")
+
+
+def _bytes_text(n: int) -> str:
+  if n < 1024:
+    return f"{n} B"
+  power = min(int(math.log(n, 1024)), 3)
+  return f"{n / 1024 ** power:.1f} {('KiB', 'MiB', 'GiB')[power - 1]}"

@@ -1,0 +1,251 @@
+"""gradtx.describe (gradtx/describe.py): routing, views, blocks and state per leaf,
+read from the optimizer, checked against routing written out by hand on real
+Flax modules (Linen with automatic names, an NNX scanned stack, an expert stack)."""
+
+import doctest
+import math
+
+import flax.linen as nn
+import jax
+import jax.numpy as jnp
+import numpy as np
+import optax
+import pytest
+from flax import nnx
+
+import gradtx.describe
+from gradtx import optimizers as go
+from gradtx import transforms as gt
+from gradtx._internal.routing import leaf_key
+from gradtx.transforms import matrix_view
+
+V = gt.MatrixView
+F32 = 4
+
+
+def _nbytes(tree):
+  return sum(math.prod(x.shape) * x.dtype.itemsize for x in jax.tree.leaves(tree))
+
+
+def _routing(description):
+  return {r.path: (r.branch, r.matrices) for r in description}
+
+
+class _LinenLM(nn.Module):
+  """Linen names its layers itself: Embed_0, Dense_0, Dense_1, Dense_2 (the head)."""
+
+  @nn.compact
+  def __call__(self, tokens):
+    h = nn.Embed(40, 16)(tokens)
+    h = nn.Dense(16)(nn.relu(nn.Dense(32)(h)))
+    return nn.Dense(40)(h)
+
+
+def _linen_params():
+  return jax.eval_shape(_LinenLM().init, jax.random.key(0), jnp.zeros((1, 4), jnp.int32))
+
+
+P = "['params']"
+LINEN_BY_HAND = {  # path: (label, matrices) with the vocabulary head on AdamW
+    f"{P}['Dense_0']['kernel']": ("matrix", (1, 32, 16)),  # Dense(16), built first
+    f"{P}['Dense_1']['kernel']": ("matrix", (1, 16, 32)),
+    f"{P}['Dense_2']['kernel']": ("adam", None),
+    f"{P}['Embed_0']['embedding']": ("embedding", None),
+    **{f"{P}['Dense_{i}']['bias']": ("adam", None) for i in range(3)},
+}
+
+
+@pytest.mark.parametrize("factory, matrix, embedding", [
+    (go.muon, "muon", "adam"), (go.adamuon_lm, "adamuon", "embedding"),
+], ids=["muon", "adamuon_lm"])
+def test_linen_auto_named_lm_routes_its_head_to_adamw(factory, matrix, embedding):
+  params = _linen_params()
+  names = {"matrix": matrix, "embedding": embedding}
+  expected = {p: (names.get(label, label), m) for p, (label, m) in LINEN_BY_HAND.items()}
+  default = gt.describe(factory(0.02), params)
+  assert _routing(default) == expected
+  hidden = {p for p, (label, _) in LINEN_BY_HAND.items() if label == "matrix"}
+  explicit = gt.describe(factory(0.02, is_muon_param=lambda path, _: leaf_key(path) in hidden),
+                         params)
+  assert _routing(explicit) == _routing(default)
+  assert "Dense_2" in str(default) and matrix in str(default)
+
+
+def test_state_bytes_are_each_leafs_own_and_add_up_to_the_state():
+  params = _linen_params()
+  description = gt.describe(go.muon(0.02), params)
+  for row in description:
+    size = math.prod(row.shape) * F32
+    # Muon keeps one momentum per matrix, AdamW two moments per leaf.
+    assert row.state_bytes == (size if row.branch == "muon" else 2 * size), row.path
+  state = jax.eval_shape(go.muon(0.02).init, params)
+  assert description.state_bytes == _nbytes(state)
+  assert 0 < description.shared_bytes < 100  # the step counts
+
+
+@pytest.mark.parametrize("wrap, extra", [
+    (lambda tx: optax.chain(optax.clip_by_global_norm(1.0), tx), 0),
+    (lambda tx: optax.MultiSteps(tx, every_k_schedule=2), 1),  # the gradient accumulator
+    (lambda tx: go.lookahead(tx), 1),  # the slow weights
+    (lambda tx: go.parameter_ema(tx, decay=0.9), 1),  # the average
+    (lambda tx: go.sam(tx), None),  # update(..., grad_fn=) below
+    (lambda tx: optax.masked(tx, lambda p: jax.tree.map(lambda _: True, p)), 0),
+], ids=["chain", "multi_steps", "lookahead", "parameter_ema", "sam", "masked"])
+def test_wrappers_keep_the_routing_and_add_their_own_state(wrap, extra):
+  params = _linen_params()
+  bare = gt.describe(go.muon(0.02), params)
+  wrapped = gt.describe(wrap(go.muon(0.02)), params, grad_fn=lambda p: p)
+  assert _routing(wrapped) == _routing(bare)
+  assert not wrapped.notes
+  for b, w in zip(bare, wrapped):
+    if extra is not None:
+      assert w.state_bytes == b.state_bytes + extra * math.prod(b.shape) * F32, b.path
+  state = jax.eval_shape(wrap(go.muon(0.02)).init, params)
+  assert wrapped.state_bytes == _nbytes(state)
+
+
+def test_inject_hyperparams_keeps_the_routing():
+  params = _linen_params()
+  injected = optax.inject_hyperparams(go.muon)(learning_rate=0.02)
+  assert _routing(gt.describe(injected, params)) == _routing(gt.describe(go.muon(0.02), params))
+
+
+class _Block(nnx.Module):
+  def __init__(self, rngs):
+    self.mlp = nnx.Linear(8, 8, rngs=rngs)
+
+
+class _Scanned(nnx.Module):
+  """Four identical blocks stacked by nnx.vmap, between ordinary layers."""
+
+  def __init__(self, rngs):
+    self.embed = nnx.Embed(40, 8, rngs=rngs)
+
+    @nnx.split_rngs(splits=4)
+    @nnx.vmap(in_axes=(0,), out_axes=0)
+    def blocks(rngs):
+      return _Block(rngs)
+
+    self.layers = blocks(rngs)
+    self.proj = nnx.Linear(8, 12, rngs=rngs)
+    self.unembed = nnx.Linear(12, 40, rngs=rngs)
+
+
+SCANNED_BY_HAND = {  # path: (view, goes to Muon)
+    "['embed']['embedding']": (V((0,), (1,)), False),
+    "['layers']['mlp']['kernel']": (V((1,), (2,), batch=(0,)), True),
+    "['proj']['kernel']": (V((0,), (1,)), True),
+    "['unembed']['kernel']": (V((0,), (1,)), False),
+}
+
+
+def _by_hand(table):
+  views = {path: view for path, (view, _) in table.items()}
+  muon = {path for path, (_, on) in table.items() if on}
+  return (lambda path, leaf: views.get(leaf_key(path)),
+          lambda path, leaf: leaf_key(path) in muon)
+
+
+def _same_first_update(a, b, params):
+  grads = jax.tree.map(lambda p: jnp.cos(3.0 * jnp.arange(p.size).reshape(p.shape)), params)
+
+  @jax.jit  # one program for both
+  def both(grads, params):
+    return (a.update(grads, a.init(params), params)[0],
+            b.update(grads, b.init(params), params)[0])
+
+  ua, ub = both(grads, params)
+  for x, y in zip(jax.tree.leaves(ua), jax.tree.leaves(ub)):
+    np.testing.assert_allclose(x, y, rtol=1e-5, atol=1e-7)
+
+
+def test_nnx_scanned_stack_default_routing_equals_the_rules_by_hand():
+  params = nnx.state(_Scanned(nnx.Rngs(0)), nnx.Param)
+  default = go.muon(0.02, matrix_view=gt.stacked_matrix_view())
+  view, is_muon = _by_hand(SCANNED_BY_HAND)
+  explicit = go.muon(0.02, matrix_view=view, is_muon_param=is_muon)
+  description = gt.describe(default, params)
+  assert _routing(description) == _routing(gt.describe(explicit, params))
+  assert description["layers']['mlp']['kernel"].matrices == (4, 8, 8)
+  assert description["['proj']['kernel']"].matrices == (1, 8, 12)  # not taken away
+  assert {r.path for r in description if r.branch == "muon"} == {
+      p for p, (_, on) in SCANNED_BY_HAND.items() if on}
+  _same_first_update(default, explicit, params)
+  # Abstract parameters describe the same way.
+  abstract = jax.tree.map(lambda x: jax.ShapeDtypeStruct(x.shape, x.dtype), params)
+  assert tuple(gt.describe(default, abstract)) == tuple(description)
+
+
+def test_an_undeclared_stack_is_listed_as_a_guess_and_strict_refuses_it(monkeypatch):
+  monkeypatch.setattr(matrix_view, "_WARNED", set())
+  params = nnx.state(_Scanned(nnx.Rngs(0)), nnx.Param)
+  with pytest.warns(gt.AmbiguousMatrixViewWarning, match="layers"):
+    description = gt.describe(go.muon(0.02), params)
+  assert description["mlp']['kernel"].matrices == (1, 32, 8)
+  assert list(description.ambiguous) == ["['layers']['mlp']['kernel']"]
+  assert "guessed view" in str(description)
+  with pytest.raises(ValueError, match="stacked_matrix_view"):
+    gt.describe(go.muon(0.02), params, strict=True)
+
+
+class _MoE(nnx.Module):
+  def __init__(self, rngs):
+    self.router = nnx.Linear(16, 8, rngs=rngs)
+    self.experts = nnx.Param(jax.random.normal(rngs.params(), (8, 16, 32)) * 0.1)
+    self.norm = nnx.RMSNorm(16, rngs=rngs)
+
+
+def test_moe_expert_stack_is_one_matrix_per_expert_by_default():
+  params = nnx.state(_MoE(nnx.Rngs(0)), nnx.Param)
+  by_hand = {"['experts']": (V((1,), (2,), batch=(0,)), True),
+             "['router']['kernel']": (V((0,), (1,)), True)}
+  view, is_muon = _by_hand(by_hand)
+  default, explicit = go.muon(0.02), go.muon(0.02, matrix_view=view, is_muon_param=is_muon)
+  description = gt.describe(default, params)
+  assert _routing(description) == _routing(gt.describe(explicit, params))
+  assert description["['experts']"].matrices == (8, 16, 32)
+  assert description["['experts']"].branch == "muon"
+  assert description["['norm']['scale']"].branch == "adam"
+  assert not description.ambiguous
+  _same_first_update(default, explicit, params)
+
+
+def test_kronecker_blocks_diagonal_fallback_and_stacked_state():
+  params = {"w": jax.ShapeDtypeStruct((24, 8), jnp.float32),
+            "b": jax.ShapeDtypeStruct((8,), jnp.float32)}
+  description = gt.describe(gt.kronecker_precondition(block_size=8), params)
+  w, b = description["['w']"], description["['b']"]
+  assert (w.branch, b.branch) == ("matrix", "diagonal")
+  assert (w.blocks.row_blocks, w.blocks.col_blocks, w.blocks.block_rows) == (3, 1, 8)
+  # Three 8x8 blocks, each with L and R statistics and roots.
+  assert w.state_bytes == 3 * 2 * (8 * 8 + 8 * 8) * F32
+  assert b.state_bytes == 8 * F32
+  assert "3x1 of 8x8" in str(description)
+
+
+def test_soap_muon_stacks_are_its_matrix_leaves_state():
+  params = _linen_params()
+  description = gt.describe(go.soap_muon(0.02), params)
+  hidden = [r for r in description if r.branch == "soap_muon"]
+  assert {r.path for r in hidden} == {p for p, (label, _) in LINEN_BY_HAND.items()
+                                      if label == "matrix"}
+  assert all(r.state_bytes > 0 for r in hidden)
+  assert description.state_bytes == _nbytes(jax.eval_shape(go.soap_muon(0.02).init, params))
+
+
+def test_kfac_roles_and_an_update_that_needs_records():
+  params = {"dense": {"kernel": jax.ShapeDtypeStruct((3, 2), jnp.float32),
+                      "bias": jax.ShapeDtypeStruct((2,), jnp.float32)},
+            "norm": {"scale": jax.ShapeDtypeStruct((2,), jnp.float32)}}
+  description = gt.describe(gt.kfac_precondition(damping=1.0), params)
+  assert [r.branch for r in description] == ["dense bias", "dense", "diagonal"]
+  # A (fan_in + 1 for the bias) and G, and their inverses; the bias shares them.
+  assert description["kernel"].state_bytes == 2 * (4 * 4 + 2 * 2) * F32
+  assert description["bias"].state_bytes == 0
+  assert description["scale"].state_bytes == 2 * F32
+  assert any("records" in note for note in description.notes)
+
+
+def test_the_docstring_example_runs():
+  result = doctest.testmod(gradtx.describe, optionflags=doctest.NORMALIZE_WHITESPACE)
+  assert result.attempted and not result.failed
