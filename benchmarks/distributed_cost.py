@@ -26,6 +26,7 @@ Shampoo and SOAP with ``precondition_every=1``.
   python -m benchmarks.distributed_cost --devices 2,4,8   # scaling
   python -m benchmarks.distributed_cost --blocks 3        # 3 matrices a shape on 8
   python -m benchmarks.distributed_cost --against HEAD~1  # the library at HEAD~1
+  python -m benchmarks.distributed_cost --mesh 2,2,2      # (data, fsdp, tensor)
 """
 
 import argparse
@@ -62,7 +63,8 @@ def optimizers(revision: str = ""):
 
 
 def measure(devices: int, names: list, axis_types: list, width: int = 256,
-            blocks: int = 8, replicated: bool = False, revision: str = "") -> list:
+            blocks: int = 8, replicated: bool = False, revision: str = "",
+            mesh_shape: tuple = ()) -> list:
   """The table's rows; ``width`` scales the model (``SHAPES`` at 256).
 
   ``replicated``: data-parallel parameters (every device holds all of them)
@@ -75,6 +77,12 @@ def measure(devices: int, names: list, axis_types: list, width: int = 256,
   from jax.sharding import AxisType, NamedSharding
   from jax.sharding import PartitionSpec as P
 
+  from gradtx._internal import block_stacks
+
+  # XLA's cost analysis counts a while loop's body once: with large stacks
+  # walked one matrix at a time (lax.map, CPU only) the one-device program
+  # would look 1/n as costly. Batched, every matrix's FLOPs are counted.
+  block_stacks.PER_MATRIX_ON_CPU = float("inf")
   rng = np.random.default_rng(0)
   shapes = {k: tuple(d * width // 256 for d in s) for k, s in SHAPES.items()}
   params = {f"block{i}": {k: jnp.asarray(0.02 * rng.standard_normal(s), jnp.float32)
@@ -103,10 +111,17 @@ def measure(devices: int, names: list, axis_types: list, width: int = 256,
     state_bytes = sum(x.nbytes for x in jax.tree.leaves(state))
     for axis_type in axis_types:
       kind = {"explicit": AxisType.Explicit, "auto": AxisType.Auto}[axis_type]
-      mesh = jax.make_mesh((devices,), ("d",), axis_types=(kind,))
+      if mesh_shape:
+        # (data, fsdp, tensor): matrices split over fsdp rows and tensor columns.
+        mesh = jax.make_mesh(mesh_shape, ("data", "fsdp", "tensor"),
+                             axis_types=(kind,) * len(mesh_shape))
+        spec = lambda x: P("fsdp", "tensor") if x.ndim == 2 else P("fsdp")
+      else:
+        mesh = jax.make_mesh((devices,), ("d",), axis_types=(kind,))
+        spec = lambda x: P("d", None) if x.ndim == 2 else P("d")
       shardings = jax.tree.map(
-          lambda x, mesh=mesh: NamedSharding(mesh, P() if replicated else (
-              P("d", None) if x.ndim == 2 else P("d"))), params)
+          lambda x, mesh=mesh, spec=spec: NamedSharding(
+              mesh, P() if replicated else spec(x)), params)
       try:
         rows.append(_measure_on_mesh(
             tx, mesh, kind, params, grads, shardings, step, flops, single_flops,
@@ -174,12 +189,15 @@ def main(argv=None) -> list:
                       help="transformer blocks: matrices of each shape (8 divides 2, 4, 8)")
   parser.add_argument("--against", default="",
                       help="measure the library at this git revision instead")
+  parser.add_argument("--mesh", default="",
+                      help="a (data, fsdp, tensor) mesh shape, e.g. 2,2,2, instead of one axis")
   parser.add_argument("--worker", action="store_true", help=argparse.SUPPRESS)
   args = parser.parse_args(argv)
   names, axis_types = args.optimizers.split(","), args.axis_types.split(",")
   if args.worker:
+    mesh_shape = tuple(int(n) for n in args.mesh.split(",")) if args.mesh else ()
     rows = measure(int(args.devices), names, axis_types, blocks=args.blocks,
-                   revision=args.against)
+                   revision=args.against, mesh_shape=mesh_shape)
     print(json.dumps(rows))
     return rows
   rows = []
@@ -190,7 +208,7 @@ def main(argv=None) -> list:
         [sys.executable, "-m", "benchmarks.distributed_cost", "--worker",
          "--devices", str(devices), "--optimizers", args.optimizers,
          "--axis-types", args.axis_types, "--blocks", str(args.blocks),
-         "--against", args.against],
+         "--against", args.against, "--mesh", args.mesh],
         env=env, capture_output=True, text=True, check=True)
     rows += json.loads(out.stdout.strip().splitlines()[-1])
   print(table(rows))

@@ -3,6 +3,8 @@
 >>> from gradtx import optimizers as go
 """
 
+import warnings
+
 from gradtx.optimizers.adabelief import adabelief
 from gradtx.optimizers.adafactor import adafactor, relative_step_size
 from gradtx.optimizers.adagrad import adagrad
@@ -10,7 +12,7 @@ from gradtx.optimizers.adam import adam, adamw, adamw_8bit
 from gradtx.optimizers.adam_mini import adam_mini
 from gradtx.optimizers.ademamix import ademamix
 from gradtx.optimizers.dion import dion
-from gradtx.optimizers.fourth_quadrant import adamuon, adamuon_lm, normuon, soap_muon, vmuon
+from gradtx.optimizers.fourth_quadrant import adamuon, normuon, soap_muon, vmuon
 from gradtx.optimizers.hyperball import adamh, muonh
 from gradtx.optimizers.kfac import kfac
 from gradtx.optimizers.lookahead import LookaheadState, lookahead
@@ -18,6 +20,7 @@ from gradtx.optimizers.mars import mars_adamw
 from gradtx.optimizers.muon import is_hidden_matrix, muon
 from gradtx.optimizers.nnx_records import max_logits, observe_attention, value_grad_and_records
 from gradtx.optimizers.parameter_ema import ParameterEmaState, ema_params, parameter_ema
+from gradtx.optimizers.psgd_kron import psgd_kron
 from gradtx.optimizers.qk_clip import HeadScaling, QkClipState, default_qk_rule, qk_clip
 from gradtx.optimizers.rmsprop import rmsprop
 from gradtx.optimizers.sam import SamState, sam
@@ -64,7 +67,6 @@ __all__ = [
     "observe_attention",
     "value_grad_and_records",
     "adamuon",
-    "adamuon_lm",
     "normuon",
     "soap_muon",
     "vmuon",
@@ -75,4 +77,16 @@ __all__ = [
     "adamh",
     "muonh",
     "mars_adamw",
+    "psgd_kron",
 ]
+
+
+def __getattr__(name):
+  # go.adamuon_lm moved to gradtx.contrib: the old name still works, with a warning.
+  if name == "adamuon_lm":
+    warnings.warn(
+        "gradtx.optimizers.adamuon_lm is deprecated: it is an experimental recipe tuned on "
+        "one benchmark, now gradtx.contrib.adamuon_lm", DeprecationWarning, stacklevel=2)
+    from gradtx.contrib import adamuon_lm
+    return adamuon_lm
+  raise AttributeError(f"module {__name__!r} has no attribute {name!r}")

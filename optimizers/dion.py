@@ -6,10 +6,10 @@ import optax
 
 from gradtx import transforms as gt
 from gradtx._internal import validate as _validate
-from gradtx.optimizers.muon import PathLeafRule, matrices_and_adamw_elsewhere
 from gradtx.transforms.weight_decay import MaskOrFn
 
 
+@gt.AdamWSide.document
 def dion(
     learning_rate: optax.ScalarOrSchedule,
     *,
@@ -23,7 +23,7 @@ def dion(
     eps: float = 1e-8,
     seed: int = 0,
     matrix_view: Optional[gt.MatrixViewRule] = None,
-    is_muon_param: Optional[PathLeafRule] = None,
+    is_muon_param: Optional[gt.PathLeafRule] = None,
     adam_learning_rate: Optional[optax.ScalarOrSchedule] = None,
     adam_b1: float = 0.9,
     adam_b2: float = 0.999,
@@ -64,13 +64,7 @@ def dion(
     matrix_view: the matrix-view rule (``gt.flax_matrix_view`` by default).
     is_muon_param: the routing rule, a function of ``(path, leaf)``;
       ``None``: ``go.is_hidden_matrix`` with ``matrix_view``.
-    adam_learning_rate: η of the AdamW leaves; ``None``: ``learning_rate``.
-    adam_b1: AdamW's b1, in [0, 1).
-    adam_b2: AdamW's b2, in [0, 1).
-    adam_eps: AdamW's eps, >= 0.
-    adam_weight_decay: AdamW's λ; ``None``: ``weight_decay``.
-    embedding_learning_rate: η of the embeddings (as ``go.muon``); ``None``:
-      ``adam_learning_rate``.
+    adam_*, embedding_learning_rate: the AdamW side (``gt.AdamWSide``).
 
   Returns:
     An ``optax.GradientTransformation`` (an ``optax.multi_transform``'s
@@ -88,11 +82,11 @@ def dion(
       gt.decoupled_weight_decay(weight_decay, mask),
       gt.scale_by_learning_rate(learning_rate),
   )
-  tx = matrices_and_adamw_elsewhere(
-      "dion", hidden, is_muon_param, matrix_view=matrix_view, learning_rate=learning_rate,
-      adam_learning_rate=adam_learning_rate, adam_b1=adam_b1, adam_b2=adam_b2,
-      adam_eps=adam_eps, weight_decay=weight_decay, adam_weight_decay=adam_weight_decay,
-      embedding_learning_rate=embedding_learning_rate, mask=mask)
+  side = gt.AdamWSide(
+      adam_learning_rate, adam_b1, adam_b2, adam_eps, adam_weight_decay,
+      embedding_learning_rate)
+  tx = side.around("dion", hidden, is_muon_param, learning_rate=learning_rate,
+                   weight_decay=weight_decay, mask=mask, matrix_view=matrix_view)
 
   def init_fn(params):
     # Real parameters only, on either side (QR and power iterations are real).

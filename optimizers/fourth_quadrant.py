@@ -1,24 +1,25 @@
 """The fourth quadrant: matrix-wise updates in an adaptive geometry.
 
-Seed 000's table crosses element-wise / matrix-wise with fixed / adaptive
-geometry: SGD, AdamW, Muon and "??". Each optimizer here fills the empty cell
-with a short chain of gradtx transforms on the hidden matrices (AdamW on the
-other leaves, as in ``go.muon``):
+Optimizers can be sorted by two questions: is the update element-wise or
+matrix-wise, and is its geometry fixed or adapted to the gradients' second
+moments? SGD is element-wise and fixed, AdamW element-wise and adaptive,
+Muon matrix-wise and fixed. Each optimizer here fills the fourth cell,
+matrix-wise and adaptive, with a short chain of gradtx transforms on the
+hidden matrices (AdamW on the other leaves, ``gt.AdamWSide``, as in
+``go.muon``):
 
 ==============  ===============================================================
 ``soap_muon``    SOAP's Adam-in-the-eigenbasis direction, then orthogonalized
 ``normuon``      Muon, then a per-neuron second-moment normalization (NorMuon)
 ``adamuon``      Muon, then an element-wise second-moment normalization (AdaMuon)
-``adamuon_lm``   ``adamuon`` with the race's defaults: one learning rate to tune
 ``vmuon``        Muon's msign in the diagonal metric learnt from factored g²
 ==============  ===============================================================
 
-The race on the main job (``examples/char_lm.py --lr-factors ... --seeds
-...``) and what it supports are in benchmarks/RESULTS.md ("Fourth quadrant")
-and notebooks/03_fourth_quadrant.ipynb. ``adamuon`` and ``go.muon`` see a
-fused (d, 3d) qkv kernel as three matrices by default (the race's choice);
-``normuon``, ``soap_muon`` and ``vmuon`` keep ``gt.flax_matrix_view`` (one
-matrix), as they were raced: pass ``matrix_view=gt.fused_qkv_matrix_view()``.
+Measured: see benchmarks/RESULTS.md, "Fourth quadrant", and
+notebooks/03_fourth_quadrant.ipynb. ``adamuon`` and ``go.muon`` see a fused
+(d, 3d) qkv kernel as three matrices by default; ``normuon``, ``soap_muon``
+and ``vmuon`` keep ``gt.flax_matrix_view`` (one matrix): pass
+``matrix_view=gt.fused_qkv_matrix_view()`` to split it.
 """
 
 from typing import Any, Optional
@@ -26,9 +27,7 @@ from typing import Any, Optional
 import optax
 
 from gradtx import transforms as gt
-from gradtx._internal import tree as _tree
 from gradtx._internal import validate as _validate
-from gradtx.optimizers.muon import PathLeafRule, matrices_and_adamw_elsewhere
 from gradtx.transforms.weight_decay import MaskOrFn
 
 
@@ -38,9 +37,9 @@ def _orthogonalize(ns_steps, coefficients, method, matrix_view):
 
 
 def _hidden_then_adamw(label, direction, *, scale, matrix_view, weight_decay, mask,
-                       learning_rate, is_muon_param, adam, cautious_weight_decay=False):
+                       learning_rate, is_muon_param, side, cautious_weight_decay=False):
   """``direction``, the shape scale, decoupled (or cautious) decay and η on
-  the hidden matrices; AdamW (``adam``: its keyword arguments) elsewhere."""
+  the hidden matrices; ``side`` (a ``gt.AdamWSide``) elsewhere."""
   hidden = optax.chain(
       direction,
       gt.scale_by_matrix_shape(scale, matrix_view=matrix_view),
@@ -48,19 +47,11 @@ def _hidden_then_adamw(label, direction, *, scale, matrix_view, weight_decay, ma
           weight_decay, mask, cautious_weight_decay=cautious_weight_decay),
       gt.scale_by_learning_rate(learning_rate),
   )
-  return matrices_and_adamw_elsewhere(
-      label, hidden, is_muon_param, matrix_view=matrix_view, learning_rate=learning_rate,
-      weight_decay=weight_decay, mask=mask, **adam)
+  return side.around(label, hidden, is_muon_param, learning_rate=learning_rate,
+                     weight_decay=weight_decay, mask=mask, matrix_view=matrix_view)
 
 
-def _adam_kwargs(adam_learning_rate, adam_b1, adam_b2, adam_eps, adam_weight_decay,
-                 embedding_learning_rate, mu_dtype, nu_dtype):
-  return dict(adam_learning_rate=adam_learning_rate, adam_b1=adam_b1, adam_b2=adam_b2,
-              adam_eps=adam_eps, adam_weight_decay=adam_weight_decay,
-              embedding_learning_rate=embedding_learning_rate,
-              mu_dtype=mu_dtype, nu_dtype=nu_dtype)
-
-
+@gt.AdamWSide.document
 def normuon(
     learning_rate: optax.ScalarOrSchedule,
     *,
@@ -76,7 +67,7 @@ def normuon(
     cautious_weight_decay: bool = False,
     scale: Optional[str] = "jordan",
     matrix_view: Optional[gt.MatrixViewRule] = None,
-    is_muon_param: Optional[PathLeafRule] = None,
+    is_muon_param: Optional[gt.PathLeafRule] = None,
     adam_learning_rate: Optional[optax.ScalarOrSchedule] = None,
     adam_b1: float = 0.9,
     adam_b2: float = 0.999,
@@ -120,13 +111,7 @@ def normuon(
     scale: Muon's shape scale (``"jordan"``, ``"moonlight"`` or ``None``).
     matrix_view: the matrix-view rule (``gt.flax_matrix_view`` by default).
     is_muon_param: the routing rule (``go.is_hidden_matrix`` by default).
-    adam_learning_rate: η of the AdamW leaves; ``None``: ``learning_rate``.
-    adam_b1: AdamW's b1.
-    adam_b2: AdamW's b2.
-    adam_eps: AdamW's eps.
-    adam_weight_decay: AdamW's λ; ``None``: ``weight_decay``.
-    embedding_learning_rate: η of the embeddings (as ``go.muon``); ``None``:
-      ``adam_learning_rate``.
+    adam_*, embedding_learning_rate: the AdamW side (``gt.AdamWSide``).
     mu_dtype: storage of the momentum and AdamW's first moment.
     nu_dtype: storage of AdamW's second moment (the per-neuron v is float32).
 
@@ -149,10 +134,11 @@ def normuon(
       weight_decay=weight_decay, mask=mask, learning_rate=learning_rate,
       cautious_weight_decay=cautious_weight_decay,
       is_muon_param=is_muon_param,
-      adam=_adam_kwargs(adam_learning_rate, adam_b1, adam_b2, adam_eps,
+      side=gt.AdamWSide(adam_learning_rate, adam_b1, adam_b2, adam_eps,
                         adam_weight_decay, embedding_learning_rate, mu_dtype, nu_dtype))
 
 
+@gt.AdamWSide.document
 def adamuon(
     learning_rate: optax.ScalarOrSchedule,
     *,
@@ -168,7 +154,7 @@ def adamuon(
     cautious_weight_decay: bool = False,
     scale: Optional[str] = "moonlight",
     matrix_view: Optional[gt.MatrixViewRule] = None,
-    is_muon_param: Optional[PathLeafRule] = None,
+    is_muon_param: Optional[gt.PathLeafRule] = None,
     adam_learning_rate: Optional[optax.ScalarOrSchedule] = None,
     adam_b1: float = 0.9,
     adam_b2: float = 0.999,
@@ -191,17 +177,11 @@ def adamuon(
   ``gt.orthogonalize_newton_schulz`` and
   ``gt.normalize_by_second_moment(renormalize="orthogonal")``. Defaults are
   the reference code's (β = 0.95, b₂ = 0.999, ε = 1e-8, λ = 0.01), but for
-  the matrix view, chosen on the race: a fused (d, 3d) qkv kernel is three
-  matrices (``gt.fused_qkv_matrix_view``, as ``go.muon``). On the main
-  job's race (benchmarks/RESULTS.md, "Fourth quadrant") AdaMuon, with the
-  split qkv, its AdamW-sized learning rate at 2× AdamW's (peak 1.2e-2) and
-  the non-matrix leaves' AdamW at 3× (1.8e-2), reached AdamW's final loss
-  in the fewest steps of every optimizer tried at the main job's size, and
-  fell behind Muon at 2× width and depth. With ``method="gram"`` and the
-  embeddings on their own AdamW at 30× AdamW's learning rate
-  (``embedding_learning_rate``) it met both of the race's targets at both
-  sizes (≤ 0.55× AdamW's steps, ≤ 0.7× its wall-clock: 0.54×/0.65× and
-  0.52×/0.69×): that is ``go.adamuon_lm``, these settings as defaults.
+  the matrix view: a fused (d, 3d) qkv kernel is three matrices
+  (``gt.fused_qkv_matrix_view``, as ``go.muon``), which trained faster than
+  one (d, 3d) matrix; measured: see benchmarks/RESULTS.md, "Fourth
+  quadrant". ``gradtx.contrib.adamuon_lm`` is this optimizer with Gram
+  Newton–Schulz and learning-rate ratios tuned on one language model.
 
   Args:
     learning_rate: η of the hidden matrices, a number or a schedule.
@@ -220,13 +200,7 @@ def adamuon(
     scale: Muon's shape scale (``"moonlight"``, ``"jordan"`` or ``None``).
     matrix_view: the matrix-view rule; ``None``: ``gt.fused_qkv_matrix_view()``.
     is_muon_param: the routing rule (``go.is_hidden_matrix`` by default).
-    adam_learning_rate: η of the AdamW leaves; ``None``: ``learning_rate``.
-    adam_b1: AdamW's b1.
-    adam_b2: AdamW's b2.
-    adam_eps: AdamW's eps.
-    adam_weight_decay: AdamW's λ; ``None``: ``weight_decay``.
-    embedding_learning_rate: η of the embeddings (as ``go.muon``); ``None``:
-      ``adam_learning_rate``.
+    adam_*, embedding_learning_rate: the AdamW side (``gt.AdamWSide``).
     mu_dtype: storage of the momentum and AdamW's first moment.
     nu_dtype: storage of both second moments (the matrices' and AdamW's).
 
@@ -250,86 +224,11 @@ def adamuon(
       weight_decay=weight_decay, mask=mask, learning_rate=learning_rate,
       cautious_weight_decay=cautious_weight_decay,
       is_muon_param=is_muon_param,
-      adam=_adam_kwargs(adam_learning_rate, adam_b1, adam_b2, adam_eps,
+      side=gt.AdamWSide(adam_learning_rate, adam_b1, adam_b2, adam_eps,
                         adam_weight_decay, embedding_learning_rate, mu_dtype, nu_dtype))
 
 
-# The race's ratios (benchmarks/RESULTS.md, "Fourth quadrant"): AdaMuon's
-# learning rate 1.2e-2, the AdamW side 1.8e-2, the embeddings 1.8e-1.
-ADAM_RATIO = 1.5
-EMBEDDING_RATIO = 15.0
-
-
-def adamuon_lm(
-    learning_rate: optax.ScalarOrSchedule,
-    *,
-    method: str = "gram",
-    weight_decay: optax.ScalarOrSchedule = 0.01,
-    mask: MaskOrFn = None,
-    matrix_view: Optional[gt.MatrixViewRule] = None,
-    is_muon_param: Optional[PathLeafRule] = None,
-    adam_learning_rate: Optional[optax.ScalarOrSchedule] = None,
-    adam_b2: float = 0.99,
-    adam_weight_decay: Optional[optax.ScalarOrSchedule] = 0.0,
-    embedding_learning_rate: Optional[optax.ScalarOrSchedule] = None,
-    mu_dtype: Optional[Any] = None,
-    nu_dtype: Optional[Any] = None,
-) -> optax.GradientTransformation:
-  r"""AdaMuon with the defaults that won the main job's race: one learning rate to tune.
-
-  ``go.adamuon`` on the hidden matrices (its update rule and defaults, Gram
-  Newton–Schulz), and AdamW (b₂ = 0.99, no decay) on the other leaves at
-  fixed multiples of η, the embeddings apart:
-
-  .. math::
-    η_{\text{adam}} = 1.5\,η,\qquad η_{\text{embedding}} = 15\,η
-
-  (``ADAM_RATIO``, ``EMBEDDING_RATIO``). These are the race's best settings
-  for a character-level transformer (examples/char_lm.py: η = 1.2e-2 peak,
-  2× AdamW's tuned rate; the AdamW side best of 0.5–6× AdamW's rate; the
-  embeddings best of 3–100×), where it reached AdamW's final loss in ≤ 0.55×
-  the steps and ≤ 0.7× the wall-clock at two model sizes (0.54×/0.65× and
-  0.52×/0.69×; benchmarks/RESULTS.md, "Fourth quadrant"). The same optimizer
-  is ``go.adamuon(η, method="gram", adam_learning_rate=1.5η, adam_b2=0.99,
-  adam_weight_decay=0.0, embedding_learning_rate=15η)``; for its other
-  arguments (β, b₂, ns_steps, ...) call ``go.adamuon`` so.
-
-  Args:
-    learning_rate: η of the hidden matrices (AdamW-sized: the update's RMS is
-      0.2), a number or a schedule; the other rates follow it.
-    method: ``"gram"`` (the default here) or ``"standard"`` Newton–Schulz.
-    weight_decay: λ of the hidden matrices, decoupled.
-    mask: which leaves get weight decay.
-    matrix_view: the matrix-view rule; ``None``: ``gt.fused_qkv_matrix_view()``.
-    is_muon_param: the routing rule (``go.is_hidden_matrix`` by default).
-    adam_learning_rate: η of the AdamW leaves; ``None``: 1.5·``learning_rate``.
-    adam_b2: AdamW's b2, in [0, 1).
-    adam_weight_decay: AdamW's λ; ``None``: ``weight_decay``.
-    embedding_learning_rate: η of the embeddings' AdamW; ``None``:
-      15·``learning_rate``.
-    mu_dtype: storage of the momentum and AdamW's first moment.
-    nu_dtype: storage of both second moments.
-
-  Returns:
-    An ``optax.GradientTransformation``.
-
-  Reference: Si et al., "AdaMuon: Adaptive Muon Optimizer", arXiv 2507.11005
-  (the matrix rule); the ratios are this library's race (issue 12).
-  """
-  _validate.check_scalar_or_schedule("learning_rate", learning_rate)
-  if adam_learning_rate is None:
-    adam_learning_rate = _tree.scale_schedule(learning_rate, ADAM_RATIO)
-  if embedding_learning_rate is None:
-    embedding_learning_rate = _tree.scale_schedule(learning_rate, EMBEDDING_RATIO)
-  return adamuon(
-      learning_rate, method=method, weight_decay=weight_decay, mask=mask,
-      matrix_view=matrix_view, is_muon_param=is_muon_param,
-      adam_learning_rate=adam_learning_rate, adam_b2=adam_b2,
-      adam_weight_decay=adam_weight_decay,
-      embedding_learning_rate=embedding_learning_rate, mu_dtype=mu_dtype,
-      nu_dtype=nu_dtype)
-
-
+@gt.AdamWSide.document
 def soap_muon(
     learning_rate: optax.ScalarOrSchedule,
     *,
@@ -347,7 +246,7 @@ def soap_muon(
     cautious_weight_decay: bool = False,
     scale: Optional[str] = "jordan",
     matrix_view: Optional[gt.MatrixViewRule] = None,
-    is_muon_param: Optional[PathLeafRule] = None,
+    is_muon_param: Optional[gt.PathLeafRule] = None,
     adam_learning_rate: Optional[optax.ScalarOrSchedule] = None,
     adam_b1: float = 0.9,
     adam_b2: float = 0.999,
@@ -391,13 +290,7 @@ def soap_muon(
     scale: Muon's shape scale (``"jordan"``, ``"moonlight"`` or ``None``).
     matrix_view: the matrix-view rule (``gt.flax_matrix_view`` by default).
     is_muon_param: the routing rule (``go.is_hidden_matrix`` by default).
-    adam_learning_rate: η of the AdamW leaves; ``None``: ``learning_rate``.
-    adam_b1: AdamW's b1.
-    adam_b2: AdamW's b2.
-    adam_eps: AdamW's eps.
-    adam_weight_decay: AdamW's λ; ``None``: ``weight_decay``.
-    embedding_learning_rate: η of the embeddings (as ``go.muon``); ``None``:
-      ``adam_learning_rate``.
+    adam_*, embedding_learning_rate: the AdamW side (``gt.AdamWSide``).
     mu_dtype: storage of SOAP's and AdamW's first moments.
     nu_dtype: storage of SOAP's and AdamW's second moments.
 
@@ -420,10 +313,11 @@ def soap_muon(
       weight_decay=weight_decay, mask=mask, learning_rate=learning_rate,
       cautious_weight_decay=cautious_weight_decay,
       is_muon_param=is_muon_param,
-      adam=_adam_kwargs(adam_learning_rate, adam_b1, adam_b2, adam_eps,
+      side=gt.AdamWSide(adam_learning_rate, adam_b1, adam_b2, adam_eps,
                         adam_weight_decay, embedding_learning_rate, mu_dtype, nu_dtype))
 
 
+@gt.AdamWSide.document
 def vmuon(
     learning_rate: optax.ScalarOrSchedule,
     *,
@@ -439,7 +333,7 @@ def vmuon(
     cautious_weight_decay: bool = False,
     scale: Optional[str] = "jordan",
     matrix_view: Optional[gt.MatrixViewRule] = None,
-    is_muon_param: Optional[PathLeafRule] = None,
+    is_muon_param: Optional[gt.PathLeafRule] = None,
     adam_learning_rate: Optional[optax.ScalarOrSchedule] = None,
     adam_b1: float = 0.9,
     adam_b2: float = 0.999,
@@ -459,10 +353,12 @@ def vmuon(
           \;\text{rescaled to}\; \|\operatorname{msign}(\cdot)\|_F,\qquad
     W \leftarrow W - η(s\,Φ_t + λW)
 
-  the steepest-descent direction under ‖Φ‖ = ‖D_L^{1/2}ΦD_R^{1/2}‖_op:
-  seed 000's ‖Φ‖_V = Tr(ΦᵀVΦ)^{1/2}, with the trace norm replaced by Muon's
-  spectral norm and V diagonal, learnt from second moments (rows + cols
-  numbers per matrix). D = I is Muon. A chain of ``gt.ema`` and
+  the steepest-descent direction under ‖Φ‖ = ‖D_L^{1/2}ΦD_R^{1/2}‖_op: the
+  adaptive matrix norm ‖Φ‖_V = Tr(ΦᵀVΦ)^{1/2} (the geometry of a
+  second-moment metric V, as in Shampoo's and Adam's steepest-descent
+  readings), with the trace norm replaced by Muon's spectral norm and V
+  diagonal, learnt from second moments (rows + cols numbers per matrix).
+  D = I is Muon. A chain of ``gt.ema`` and
   ``gt.in_factored_geometry(gt.orthogonalize_newton_schulz(...))``.
 
   Args:
@@ -483,13 +379,7 @@ def vmuon(
     scale: Muon's shape scale (``"jordan"``, ``"moonlight"`` or ``None``).
     matrix_view: the matrix-view rule (``gt.flax_matrix_view`` by default).
     is_muon_param: the routing rule (``go.is_hidden_matrix`` by default).
-    adam_learning_rate: η of the AdamW leaves; ``None``: ``learning_rate``.
-    adam_b1: AdamW's b1.
-    adam_b2: AdamW's b2.
-    adam_eps: AdamW's eps.
-    adam_weight_decay: AdamW's λ; ``None``: ``weight_decay``.
-    embedding_learning_rate: η of the embeddings (as ``go.muon``); ``None``:
-      ``adam_learning_rate``.
+    adam_*, embedding_learning_rate: the AdamW side (``gt.AdamWSide``).
     mu_dtype: storage of the momentum and AdamW's first moment.
     nu_dtype: storage of AdamW's second moment (the row and column
       statistics are float32).
@@ -497,9 +387,12 @@ def vmuon(
   Returns:
     An ``optax.GradientTransformation``.
 
-  Reference: gradtx's design (``gt.in_factored_geometry``), from seed 000's
-  adaptive matrix norm; Jordan et al. 2024 (Muon); Shazeer & Stern 2018
-  (factored statistics).
+  Reference: gradtx's construction (``gt.in_factored_geometry``): Muon's
+  spectral step in an adaptive matrix norm; Jordan et al. 2024 (Muon);
+  Bernstein & Newhouse, "Old Optimizer, New Norm: An Anthology",
+  arXiv 2409.20325 (optimizers as steepest descent in a norm); Shazeer &
+  Stern 2018 (factored statistics). Measured: see benchmarks/RESULTS.md,
+  "Fourth quadrant".
   """
   _validate.check_decay("beta", beta)
   direction = optax.chain(
@@ -513,5 +406,5 @@ def vmuon(
       weight_decay=weight_decay, mask=mask, learning_rate=learning_rate,
       cautious_weight_decay=cautious_weight_decay,
       is_muon_param=is_muon_param,
-      adam=_adam_kwargs(adam_learning_rate, adam_b1, adam_b2, adam_eps,
+      side=gt.AdamWSide(adam_learning_rate, adam_b1, adam_b2, adam_eps,
                         adam_weight_decay, embedding_learning_rate, mu_dtype, nu_dtype))

@@ -8,12 +8,11 @@ import optax
 from gradtx import transforms as gt
 from gradtx._internal import names as _names
 from gradtx._internal import validate as _validate
-from gradtx.optimizers.muon import PathLeafRule, is_hidden_matrix, matrices_and_adamw_elsewhere
 from gradtx.transforms import matrix_view as _matrix_view
 from gradtx.transforms.weight_decay import MaskOrFn
 
 
-def _matrix_not_embedding(matrix_view) -> PathLeafRule:
+def _matrix_not_embedding(matrix_view) -> gt.PathLeafRule:
   """Marin's AdamH routing: every matrix (output heads too) but the embeddings."""
   def rule(path, leaf):
     names = _names.path_names(path)
@@ -22,6 +21,7 @@ def _matrix_not_embedding(matrix_view) -> PathLeafRule:
   return rule
 
 
+@gt.AdamWSide.document
 def adamh(
     learning_rate: optax.ScalarOrSchedule,
     *,
@@ -29,7 +29,7 @@ def adamh(
     b2: float = 0.95,
     eps: float = 1e-8,
     matrix_view: Optional[gt.MatrixViewRule] = None,
-    is_hyperball_param: Optional[PathLeafRule] = None,
+    is_hyperball_param: Optional[gt.PathLeafRule] = None,
     adam_learning_rate: Optional[optax.ScalarOrSchedule] = None,
     adam_b1: float = 0.9,
     adam_b2: float = 0.95,
@@ -67,11 +67,7 @@ def adamh(
     is_hyperball_param: the routing rule, a function of ``(path, leaf)``;
       ``None``: every leaf with a matrix view whose path names no embedding
       (output heads included, as Marin routes every ``Linear``).
-    adam_learning_rate: η of the AdamW leaves; ``None``: ``learning_rate``.
-    adam_b1: AdamW's b1, in [0, 1).
-    adam_b2: AdamW's b2, in [0, 1).
-    adam_eps: AdamW's eps, >= 0.
-    adam_weight_decay: AdamW's decoupled λ, >= 0, or a schedule.
+    adam_*: the AdamW side (``gt.AdamWSide``).
     mask: which AdamW leaves get the decay (``optax.masked`` semantics).
     mu_dtype: storage of the first moments.
     nu_dtype: storage of the second moments.
@@ -88,14 +84,14 @@ def adamh(
       gt.scale_by_adam(b1, b2, eps, mu_dtype=mu_dtype, nu_dtype=nu_dtype),
       gt.hyperball_step(learning_rate, matrix_view=matrix_view),
   )
-  return matrices_and_adamw_elsewhere(
+  side = gt.AdamWSide(adam_learning_rate, adam_b1, adam_b2, adam_eps, adam_weight_decay,
+                      mu_dtype=mu_dtype, nu_dtype=nu_dtype)
+  return side.around(
       "adamh", hidden, is_hyperball_param or _matrix_not_embedding(matrix_view),
-      matrix_view=matrix_view, learning_rate=learning_rate,
-      adam_learning_rate=adam_learning_rate, adam_b1=adam_b1, adam_b2=adam_b2,
-      adam_eps=adam_eps, weight_decay=0.0, adam_weight_decay=adam_weight_decay,
-      mask=mask, mu_dtype=mu_dtype, nu_dtype=nu_dtype)
+      learning_rate=learning_rate, weight_decay=0.0, mask=mask, matrix_view=matrix_view)
 
 
+@gt.AdamWSide.document
 def muonh(
     learning_rate: optax.ScalarOrSchedule,
     *,
@@ -107,8 +103,8 @@ def muonh(
     compute_dtype: Optional[Any] = None,
     method: str = "standard",
     matrix_view: Optional[gt.MatrixViewRule] = None,
-    is_muon_param: Optional[PathLeafRule] = None,
-    is_hyperball_param: Optional[PathLeafRule] = None,
+    is_muon_param: Optional[gt.PathLeafRule] = None,
+    is_hyperball_param: Optional[gt.PathLeafRule] = None,
     adam_learning_rate: Optional[optax.ScalarOrSchedule] = None,
     adam_b1: float = 0.9,
     adam_b2: float = 0.95,
@@ -156,11 +152,10 @@ def muonh(
       ``(path, leaf)``; ``None``: ``go.is_hidden_matrix``.
     is_hyperball_param: the rule of the AdamH leaves among the others;
       ``None``: the output heads with a matrix view.
-    adam_learning_rate: η of the AdamW leaves; ``None``: ``learning_rate``.
     adam_b1: b1 of the AdamH and AdamW leaves, in [0, 1).
     adam_b2: b2 of the AdamH and AdamW leaves, in [0, 1).
     adam_eps: eps of the AdamH and AdamW leaves, >= 0.
-    adam_weight_decay: AdamW's decoupled λ, >= 0, or a schedule.
+    adam_*: the AdamW side (``gt.AdamWSide``).
     mask: which AdamW leaves get the decay (``optax.masked`` semantics).
     mu_dtype: storage of the momentum and the first moments.
     nu_dtype: storage of the second moments.
@@ -173,13 +168,13 @@ def muonh(
   marin-community/marin ``levanter/optim/muonh.py``.
   """
   _validate.check_decay("momentum", momentum)
-  _validate.check_decay("adam_b1", adam_b1)  # before the AdamH chain names them b1, b2
-  _validate.check_decay("adam_b2", adam_b2)
-  _validate.check_non_negative("adam_eps", adam_eps)
+  # Checked before the AdamH chain, which would name them b1, b2 and eps.
+  side = gt.AdamWSide(adam_learning_rate, adam_b1, adam_b2, adam_eps, adam_weight_decay,
+                      mu_dtype=mu_dtype, nu_dtype=nu_dtype)
   matrix_view = gt.fused_qkv_matrix_view() if matrix_view is None else matrix_view
   if is_muon_param is None:
     def is_muon_param(path, leaf):
-      return is_hidden_matrix(path, leaf, matrix_view=matrix_view)
+      return gt.is_hidden_matrix(path, leaf, matrix_view=matrix_view)
   if is_hyperball_param is None:
     def is_hyperball_param(path, leaf):
       return (_matrix_view.view_of(path, leaf, matrix_view) is not None
@@ -196,10 +191,7 @@ def muonh(
           gt.hyperball_step(learning_rate, matrix_view=matrix_view)),
   }, lambda params: jax.tree_util.tree_map_with_path(
       lambda path, leaf: "muonh" if is_muon_param(path, leaf) else "adamh", params))
-  return matrices_and_adamw_elsewhere(
+  return side.around(
       "hyperball", sphere,
       lambda path, leaf: is_muon_param(path, leaf) or is_hyperball_param(path, leaf),
-      matrix_view=matrix_view, learning_rate=learning_rate,
-      adam_learning_rate=adam_learning_rate, adam_b1=adam_b1, adam_b2=adam_b2,
-      adam_eps=adam_eps, weight_decay=0.0, adam_weight_decay=adam_weight_decay,
-      mask=mask, mu_dtype=mu_dtype, nu_dtype=nu_dtype)
+      learning_rate=learning_rate, weight_decay=0.0, mask=mask, matrix_view=matrix_view)

@@ -6,12 +6,10 @@ import jax
 import optax
 
 from gradtx import transforms as gt
-from gradtx._internal import validate as _validate
-from gradtx.optimizers.adam import adamw
-from gradtx.optimizers.muon import PathLeafRule
 from gradtx.transforms.weight_decay import MaskOrFn
 
 
+@gt.AdamWSide.document
 def mars_adamw(
     learning_rate: optax.ScalarOrSchedule,
     *,
@@ -22,7 +20,7 @@ def mars_adamw(
     exact: bool = False,
     weight_decay: optax.ScalarOrSchedule = 0.0,
     mask: MaskOrFn = None,
-    is_mars_param: Optional[PathLeafRule] = None,
+    is_mars_param: Optional[gt.PathLeafRule] = None,
     adam_learning_rate: Optional[optax.ScalarOrSchedule] = None,
     adam_b1: float = 0.9,
     adam_b2: float = 0.95,
@@ -67,10 +65,7 @@ def mars_adamw(
     is_mars_param: the routing rule, a function of ``(path, leaf)``;
       ``None``: leaves with ``ndim == 2`` (``lambda path, leaf: True`` is the
       official ``optimize_1d=True``).
-    adam_learning_rate: η of the AdamW leaves; ``None``: ``learning_rate``.
-    adam_b1: AdamW's b1, in [0, 1).
-    adam_b2: AdamW's b2, in [0, 1).
-    adam_weight_decay: AdamW's λ, >= 0, or a schedule.
+    adam_*: the AdamW side (``gt.AdamWSide``; its eps is ``eps``).
     mu_dtype: storage of the first moments.
     nu_dtype: storage of the second moments.
 
@@ -94,22 +89,15 @@ def mars_adamw(
   for Training Large Models", arXiv 2411.10438, 2024; AGI-Arena/MARS
   ``MARS/optimizers/mars.py``.
   """
-  _validate.check_decay("adam_b1", adam_b1)
-  _validate.check_decay("adam_b2", adam_b2)
-  for name, value in (("adam_learning_rate", adam_learning_rate),
-                      ("adam_weight_decay", adam_weight_decay)):
-    if value is not None:
-      _validate.check_scalar_or_schedule(name, value)
   mars = optax.chain(
       gt.scale_by_mars(b1=b1, b2=b2, eps=eps, gamma=gamma, exact=exact,
                        mu_dtype=mu_dtype, nu_dtype=nu_dtype),
       gt.decoupled_weight_decay(weight_decay, mask),
       gt.scale_by_learning_rate(learning_rate),
   )
-  adam = adamw(
-      learning_rate if adam_learning_rate is None else adam_learning_rate,
-      b1=adam_b1, b2=adam_b2, eps=eps, weight_decay=adam_weight_decay, mask=mask,
-      mu_dtype=mu_dtype, nu_dtype=nu_dtype)
+  side = gt.AdamWSide(adam_learning_rate, adam_b1, adam_b2, eps, adam_weight_decay,
+                      mu_dtype=mu_dtype, nu_dtype=nu_dtype)
+  adam = side.adamw(learning_rate, weight_decay=adam_weight_decay, mask=mask)
   if is_mars_param is None:
     def is_mars_param(path, leaf):
       return jax.numpy.ndim(leaf) == 2

@@ -52,7 +52,7 @@ def default_qk_rule(path: tuple, leaf: jax.Array) -> Optional[HeadScaling]:
     ``<attn>``'s.
   * a fused projection named ``qkv`` (``<block>/qkv/{kernel,bias}``, an
     ``nnx.Linear`` to 3·heads·head_dim features laid out (3, heads,
-    head_dim), q then k then v, as in the main job and nanoGPT): the q and k
+    head_dim), q then k then v, as in nanoGPT and examples/char_lm.py): the q and k
     features of head h get √γ_h, v none; the record is ``<block>``'s (the
     module that calls ``observe_attention``).
 

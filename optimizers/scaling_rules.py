@@ -36,13 +36,14 @@ def learning_rate_for_batch_size(
     η(B) = η_0 \frac{B}{B_0}\ \ (\texttt{"linear"}),\qquad
     η(B) = η_0 \sqrt{\frac{B}{B_0}}\ \ (\texttt{"sqrt"})
 
-  The linear rule is SGD's (Goyal et al. 2017; seed 001 §2.7 derives it from
-  the expected one-step decrease), the square-root rule Adam's (Malladi et
-  al. 2022, from the SDE of adaptive methods). Both describe batches below
-  the critical batch size only: the seed's own optimum
-  :math:`η^* = 2\|∇f\|^2 / (L(\|∇f\|^2 + σ^2/B))` is linear in B while
-  :math:`σ^2/B \gg \|∇f\|^2` and saturates at 2/L above it (the seed states
-  :math:`η^* ∝ B` in both regimes; ``notebooks/06_batch_size.ipynb``
+  The linear rule is SGD's (Goyal et al. 2017; it follows from the expected
+  one-step decrease of an L-smooth loss), the square-root rule Adam's
+  (Malladi et al. 2022, from the SDE of adaptive methods). Both describe
+  batches below the critical batch size only: the step that maximises the
+  expected one-step decrease,
+  :math:`η^* = 2\|∇f\|^2 / (L(\|∇f\|^2 + σ^2/B))`, is linear in B while
+  :math:`σ^2/B \gg \|∇f\|^2` and saturates at 2/L above it (McCandlish et
+  al. 2018, the critical batch size; ``notebooks/06_batch_size.ipynb``
   measures the saturation).
 
   Args:
@@ -106,11 +107,11 @@ def weight_decay_schedule(
     \qquad
     λ_t = λ\,\frac{η_t}{\max_{s<T} η_s}\ \ (\texttt{"learning_rate"})
 
-  ``"cosine_growth"`` is seed 001's schedule for Lion (§4.4, "small λ early to
-  fit fast, large λ late to regularise"), which grows from 0 to λ at step T
-  and stays there. The seed writes :math:`λ_{\max}(1 - \cos(πt/T))`, which
-  ends at :math:`2λ_{\max}`; the factor 1/2 makes λ the final value, as the
-  name λ_max says. ``"learning_rate"`` makes λ_t follow the learning-rate
+  ``"cosine_growth"`` is a growing decay for Lion ("small λ early to fit
+  fast, large λ late to regularise"), which grows from 0 to λ at step T and
+  stays there. Written :math:`λ_{\max}(1 - \cos(πt/T))` it would end at
+  :math:`2λ_{\max}`; the factor 1/2 makes λ the final value, as the name
+  λ_max says. ``"learning_rate"`` makes λ_t follow the learning-rate
   schedule, with λ its value at the peak learning rate: in a chain whose
   decay is not multiplied by η (``adafactor``'s, ``optax.add_decayed_weights``
   before ``optax.scale``) this is the paper's AdamW, where one schedule

@@ -22,6 +22,7 @@ import numpy as np
 import optax
 import pytest
 
+from gradtx import contrib
 from gradtx import optimizers as go
 from gradtx import transforms as gt
 
@@ -110,7 +111,15 @@ NAMES = {
     "power_iters": "power iterations per step (Dion)",
     "orthonormalize": "how a low-rank basis is orthonormalized (QR / Cholesky-QR)",
     "error_feedback": "feed what a low-rank update left out into the next step",
-    "seed": "seed of randomly initialised state (Dion's bases)",
+    "seed": "seed of random state (Dion's bases, PSGD's probes)",
+    "precond_update_probability": "PSGD: how often its preconditioner is fitted (or a schedule)",
+    "max_size_triangular": "PSGD: longer axes get a diagonal factor",
+    "min_ndim_triangular": "PSGD: leaves with fewer axes get diagonal factors",
+    "memory_save_mode": "PSGD: which axes get diagonal factors to save memory",
+    "momentum_into_precond_update": "PSGD: fit the preconditioner on the momentum",
+    "precond_lr": "PSGD: step size of the preconditioner's fit",
+    "precond_init_scale": "PSGD: scale of the initial preconditioner",
+    "precond_dtype": "storage dtype of a preconditioner",
     "threshold": "QK-clip's cap τ on the max attention logit",
     "rule": "QK-clip's rule of which leaves are queries/keys and their heads",
     "granularity": "what a second moment is kept per: element, output or input neuron",
@@ -164,9 +173,9 @@ NO_NU_DTYPE = {
 # Factories (annotated to return a transformation); the helpers next to them
 # (is_hidden_matrix, relative_step_size, the scaling rules) are not optimizers.
 OPTIMIZERS = [
-    getattr(go, n) for n in go.__all__
-    if inspect.isfunction(getattr(go, n))
-    and inspect.signature(getattr(go, n)).return_annotation
+    getattr(module, n) for module in (go, contrib) for n in module.__all__
+    if inspect.isfunction(getattr(module, n))
+    and inspect.signature(getattr(module, n)).return_annotation
     in (optax.GradientTransformation, optax.GradientTransformationExtraArgs)
 ]
 TRANSFORMS = [

@@ -14,6 +14,7 @@ import pytest
 from flax import nnx
 
 import gradtx.describe
+from gradtx import contrib
 from gradtx import optimizers as go
 from gradtx import transforms as gt
 from gradtx._internal.routing import leaf_key
@@ -56,7 +57,7 @@ LINEN_BY_HAND = {  # path: (label, matrices) with the vocabulary head on AdamW
 
 
 @pytest.mark.parametrize("factory, matrix, embedding", [
-    (go.muon, "muon", "adam"), (go.adamuon_lm, "adamuon", "embedding"),
+    (go.muon, "muon", "adam"), (contrib.adamuon_lm, "adamuon", "embedding"),
 ], ids=["muon", "adamuon_lm"])
 def test_linen_auto_named_lm_routes_its_head_to_adamw(factory, matrix, embedding):
   params = _linen_params()

@@ -11,7 +11,7 @@ import pytest
 ROOT = pathlib.Path(__file__).resolve().parents[1]
 MODULES = [
     f"gradtx.{package}.{path.stem}"
-    for package in ("transforms", "optimizers")
+    for package in ("transforms", "optimizers", "contrib")
     for path in sorted((ROOT / package).glob("*.py"))
     if path.stem != "__init__"
 ]

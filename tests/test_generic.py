@@ -33,6 +33,7 @@ import numpy as np
 import optax
 import pytest
 
+from gradtx import contrib
 from gradtx import optimizers as go
 from tests.support.cases import (
     CASES,
@@ -53,6 +54,8 @@ OPTAX_SETTINGS = {
     go.rmsprop: dict(learning_rate=5e-3), go.adam: dict(learning_rate=1e-1),
     go.adamw: dict(learning_rate=1e-1, weight_decay=1e-4),
     go.adabelief: dict(learning_rate=1e-2),
+    # PSGD's whitened step does not shrink with the gradient: a decaying rate.
+    go.psgd_kron: dict(learning_rate=optax.cosine_decay_schedule(1e-2, 10_000)),
     go.lars: dict(learning_rate=1.0, trust_coefficient=1e-3),
     go.lamb: dict(learning_rate=1e-3), go.adafactor: dict(learning_rate=5e-3),
     go.lion: dict(learning_rate=1e-2, weight_decay=1e-4),
@@ -89,7 +92,7 @@ OPTAX_SETTINGS = {
     # cosine-decayed (as Dion's) reaches the tolerance.
     go.normuon: dict(learning_rate=1e-2, weight_decay=1e-4),
     go.adamuon: dict(learning_rate=1e-2, weight_decay=1e-4),
-    go.adamuon_lm: dict(learning_rate=1e-2, weight_decay=1e-4),
+    contrib.adamuon_lm: dict(learning_rate=1e-2, weight_decay=1e-4),
     go.soap_muon: dict(learning_rate=1e-2, weight_decay=1e-4),
     record_recipe: dict(learning_rate=1e-2, weight_decay=1e-4),
     go.vmuon: dict(learning_rate=optax.cosine_decay_schedule(1e-1, 10_000),
@@ -125,7 +128,7 @@ ANCHORS = {
 # Optimizers that refuse complex parameters at init (documented in README).
 # K-FAC and Dion: their factors, power iterations and QR are real (init
 # names the complex leaf).
-REAL_ONLY = (go.signsgd, go.lion, go.tiger, go.adamw_8bit, go.kfac, go.dion)
+REAL_ONLY = (go.signsgd, go.lion, go.tiger, go.adamw_8bit, go.kfac, go.dion, go.psgd_kron)
 STEPS = 10_000
 TOLERANCE = 3e-2  # optax's
 
@@ -333,7 +336,8 @@ def test_mu_dtype_is_honoured(case, dtype):
 SHAPE_ARGS = {go.shampoo: ("block_size", "max_precondition_dim"),
               go.soap: ("max_precondition_dim",),
               go.adafactor: ("min_dim_size_to_factor",), go.adamw_8bit: ("block_size",),
-              go.dion: ("rank",), go.soap_muon: ("max_precondition_dim",)}
+              go.dion: ("rank",), go.soap_muon: ("max_precondition_dim",),
+              go.psgd_kron: ("max_size_triangular", "min_ndim_triangular")}
 
 
 def _numeric_kwargs(case):

@@ -25,6 +25,7 @@ import optax
 import pytest
 from flax import nnx
 
+from gradtx import contrib
 from gradtx import optimizers as go
 from gradtx import transforms as gt
 from tests.support.cases import (
@@ -51,7 +52,7 @@ from tests.support.helpers import (
 
 
 def test_cases_cover_every_optimizer():
-  optimizers = set(filter(is_optimizer, go.__all__))
+  optimizers = set(filter(is_optimizer, go.__all__)) | set(contrib.__all__)
   covered = {c.factory.__name__ for c in CASES + STRUCTURED}
   wrappers = {"lookahead_adamw", "parameter_ema_adamw", "record_recipe"}
   assert covered == optimizers | wrappers, optimizers ^ covered

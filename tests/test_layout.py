@@ -1,7 +1,8 @@
 """tests/ mirrors the source: one test module per source module, and back.
 
 ``transforms/<m>.py`` is tested in ``tests/transforms/test_<m>.py``,
-``optimizers/<m>.py`` in ``tests/optimizers/test_<m>.py`` and
+``optimizers/<m>.py`` in ``tests/optimizers/test_<m>.py``,
+``contrib/<m>.py`` in ``tests/contrib/test_<m>.py`` and
 ``gradtx/_internal/<m>.py`` in ``tests/internal/test_<m>.py``. The only other
 test modules there are the tables every module of the package answers to
 (``EXTRA``).
@@ -15,6 +16,7 @@ ROOT = pathlib.Path(__file__).resolve().parents[1]
 MIRRORS = {  # source folder -> test folder
     "transforms": "tests/transforms",
     "optimizers": "tests/optimizers",
+    "contrib": "tests/contrib",
     "gradtx/_internal": "tests/internal",
 }
 EXTRA = {"tests/transforms": {"test_contract"}}
@@ -38,4 +40,5 @@ def test_every_test_module_names_a_source_module(source, tests):
 
 
 def test_the_mirrors_are_not_empty():
-  assert all(len(_modules(source)) >= 5 for source in MIRRORS)
+  assert all(len(_modules(source)) >= 5 for source in MIRRORS if source != "contrib")
+  assert _modules("contrib")

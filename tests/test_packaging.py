@@ -1,7 +1,7 @@
-"""The package layout: ``import gradtx`` gives both subpackages and the version,
+"""The package layout: ``import gradtx`` gives the subpackages and the version,
 from the editable install (the source tree) and from a built wheel; the
-top-level folders transforms/ and optimizers/ are gradtx.transforms and
-gradtx.optimizers, and gradtx/_internal holds what both share."""
+top-level folders transforms/, optimizers/ and contrib/ are gradtx.transforms,
+gradtx.optimizers and gradtx.contrib, and gradtx/_internal holds what they share."""
 
 import importlib.metadata
 import pathlib
@@ -15,7 +15,7 @@ ROOT = pathlib.Path(__file__).resolve().parents[1]
 PROBE = (
     "import gradtx;"
     "print(gradtx.transforms.__file__); print(gradtx.optimizers.__file__);"
-    "print(gradtx.__version__);"
+    "print(gradtx.contrib.__file__); print(gradtx.__version__);"
     "assert callable(gradtx.optimizers.adamw) and callable(gradtx.transforms.scale_by_adam)"
 )
 
@@ -32,9 +32,10 @@ def _probe(env_path: str | None, cwd: pathlib.Path) -> list[str]:
 
 
 def test_installed_package_resolves_to_the_source_tree(tmp_path):
-  transforms_file, optimizers_file, version = _probe(None, tmp_path)
+  transforms_file, optimizers_file, contrib_file, version = _probe(None, tmp_path)
   assert pathlib.Path(transforms_file).parent == ROOT / "transforms"
   assert pathlib.Path(optimizers_file).parent == ROOT / "optimizers"
+  assert pathlib.Path(contrib_file).parent == ROOT / "contrib"
   assert version == importlib.metadata.version("gradtx")
 
 
@@ -52,7 +53,8 @@ def wheel(tmp_path_factory):
 
 def test_wheel_contains_the_package_layout(wheel):
   names = zipfile.ZipFile(wheel).namelist()
-  for package in ("gradtx", "gradtx/_internal", "gradtx/transforms", "gradtx/optimizers"):
+  for package in ("gradtx", "gradtx/_internal", "gradtx/transforms", "gradtx/optimizers",
+                  "gradtx/contrib"):
     assert f"{package}/__init__.py" in names
   assert not any(n.startswith(("tests/", "examples/", "benchmarks/")) for n in names)
 
@@ -60,7 +62,8 @@ def test_wheel_contains_the_package_layout(wheel):
 def test_wheel_imports_from_its_own_files(wheel, tmp_path):
   target = tmp_path / "site"
   zipfile.ZipFile(wheel).extractall(target)
-  transforms_file, optimizers_file, version = _probe(str(target), tmp_path)
+  transforms_file, optimizers_file, contrib_file, version = _probe(str(target), tmp_path)
   assert version == importlib.metadata.version("gradtx")
   assert transforms_file.startswith(str(target))
   assert optimizers_file.startswith(str(target))
+  assert contrib_file.startswith(str(target))

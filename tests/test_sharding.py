@@ -82,10 +82,13 @@ def _expected_sharding(path, leaf, mesh):
   match another param."""
   if any(getattr(k, "name", None) in _STACKS for k in path):
     # Stored unpadded: split over the owners when the mesh size divides the
-    # stack, replicated otherwise.
-    if leaf.shape[0] % mesh.size:
-      return NamedSharding(mesh, P())
-    return NamedSharding(mesh, P(tuple(mesh.axis_names), *[None] * (leaf.ndim - 1)))
+    # stack, else along its rows when it divides them, else replicated.
+    axes = tuple(mesh.axis_names)
+    if leaf.shape[0] % mesh.size == 0:
+      return NamedSharding(mesh, P(axes, *[None] * (leaf.ndim - 1)))
+    if leaf.shape[1] % mesh.size == 0:
+      return NamedSharding(mesh, P(None, axes, *[None] * (leaf.ndim - 2)))
+    return NamedSharding(mesh, P())
   keys = [getattr(k, "key", None) for k in path]
   for k, spec in _SPECS.items():
     if k in keys and leaf.shape == _SHARD_PARAMS[k].shape:
@@ -312,12 +315,17 @@ _SIZED_PARAMS = {
 }
 _SIZED_SPECS = {"w": P("d", None), "v": P(None, "d"), "stack": P("d", None, None),
                 "b": P("d")}
+# One optimizer per matrix transform's layout code (Newton–Schulz, Kronecker,
+# SOAP, 8-bit blocks, factored, per-block, K-FAC, low rank, normalize,
+# factored geometry, hyperball); the rest reuse them and get one device.
+_EVERY_SIZE = ("muon", "shampoo", "soap", "adamw_8bit", "adafactor", "adam_mini", "kfac",
+               "dion", "normuon", "vmuon", "muonh")
 _MESH_SIZES = [
     pytest.param(c, n, t, id=f"{t.name.lower()}{n}-{c.name}")
     for c in CASES + STRUCTURED
     for n, t in [(1, jax.sharding.AxisType.Explicit)]
     + ([(2, jax.sharding.AxisType.Explicit), (3, jax.sharding.AxisType.Explicit),
-        (1, jax.sharding.AxisType.Auto)] if c in STRUCTURED or c.name == "muon" else [])
+        (1, jax.sharding.AxisType.Auto)] if c.name in _EVERY_SIZE else [])
 ]
 
 

@@ -23,6 +23,7 @@ import numpy as np
 import optax
 import pytest
 
+from gradtx import contrib
 from gradtx import optimizers as go
 from gradtx import transforms as gt
 from tests.support.cases import is_optimizer
@@ -45,6 +46,7 @@ NON_NEGATIVE = Kind((-1e-3, NAN), (0.0, 3.0), ("[0, inf]", "non-negative", ">= 0
 POSITIVE = Kind((0.0, -1.0, NAN), (1e-3,), ("(0, inf)", "> 0"))
 COUNT = Kind((0, -1), (1,), (">= 1", "[1, inf)"))
 INDEX = Kind((-1,), (0, 5), (">= 0", "[0, inf)", "[0, inf]"))
+PROBABILITY = Kind((0.0, -0.1, 1.5, NAN), (0.5, 1.0), ("(0, 1]",))
 
 RANGES = {
     go.sgd: dict(
@@ -125,6 +127,12 @@ RANGES = {
         precondition_every=COUNT, norm_constraint=POSITIVE, momentum=DECAY,
         weight_decay=NON_NEGATIVE,
     ),
+    go.psgd_kron: dict(
+        learning_rate=NON_NEGATIVE, b1=DECAY, weight_decay=NON_NEGATIVE,
+        precond_update_probability=PROBABILITY, max_size_triangular=COUNT,
+        min_ndim_triangular=INDEX, precond_lr=NON_NEGATIVE, precond_init_scale=POSITIVE,
+        seed=INDEX,
+    ),
     go.dion: dict(
         learning_rate=NON_NEGATIVE, rank=COUNT, momentum=DECAY,
         power_iters=COUNT, weight_decay=NON_NEGATIVE, eps=NON_NEGATIVE,
@@ -153,7 +161,7 @@ RANGES = {
         adam_learning_rate=NON_NEGATIVE, adam_b1=DECAY, adam_b2=DECAY,
         adam_eps=NON_NEGATIVE, adam_weight_decay=NON_NEGATIVE,
     ),
-    go.adamuon_lm: dict(
+    contrib.adamuon_lm: dict(
         learning_rate=NON_NEGATIVE, weight_decay=NON_NEGATIVE,
         adam_learning_rate=NON_NEGATIVE, adam_b2=DECAY, adam_weight_decay=NON_NEGATIVE,
         embedding_learning_rate=NON_NEGATIVE,
@@ -174,6 +182,7 @@ CHOICES = {
                      root_method=("svd", "root_method must be one of")),
     go.soap: dict(refresh=("power", "refresh must be one of")),
     go.kfac: dict(root_method=("svd", "root_method must be one of")),
+    go.psgd_kron: dict(memory_save_mode=("two_diag", "memory_save_mode must be one of")),
     go.dion: dict(orthonormalize=("svd", "orthonormalize must be one of"),
                   scale=("big", "scale must be one of")),
     go.muon: dict(coefficients=("nope", "coefficients must be one of"),
@@ -183,7 +192,7 @@ CHOICES = {
                scale=("big", "scale must be one of"),
                method=("fast", "method must be 'standard' or 'gram'"))
        for f in (go.normuon, go.adamuon, go.soap_muon, go.vmuon)},
-    go.adamuon_lm: dict(method=("fast", "method must be 'standard' or 'gram'")),
+    contrib.adamuon_lm: dict(method=("fast", "method must be 'standard' or 'gram'")),
     go.muonh: dict(coefficients=("nope", "coefficients must be one of"),
                    method=("fast", "method must be 'standard' or 'gram'")),
 }
@@ -214,7 +223,7 @@ def _params(select):
 
 
 def test_ranges_cover_every_argument():
-  optimizers = set(filter(is_optimizer, go.__all__))
+  optimizers = set(filter(is_optimizer, go.__all__)) | set(contrib.__all__)
   assert {f.__name__ for f in RANGES} == optimizers
   for factory, args in RANGES.items():
     numeric = {

@@ -32,6 +32,7 @@ from gradtx.transforms.mars import (
     scale_by_mars,
 )
 from gradtx.transforms.matrix_roots import inverse_pth_root
+from gradtx.transforms.matrix_routing import AdamWSide, PathLeafRule, is_hidden_matrix
 from gradtx.transforms.matrix_view import (
     AmbiguousMatrixViewWarning,
     MatrixView,
@@ -55,6 +56,11 @@ from gradtx.transforms.orthogonalize import (
     orthogonalize_newton_schulz,
 )
 from gradtx.transforms.param_scale import scale_by_param_rms
+from gradtx.transforms.psgd_kron import (
+    ScaleByPsgdKronState,
+    precond_update_prob_schedule,
+    scale_by_psgd_kron,
+)
 from gradtx.transforms.quantize import (
     QuantizedArray,
     dequantize_blockwise,
@@ -166,8 +172,14 @@ __all__ = [
     "PreviousPointState",
     "gradients_at_previous_point",
     "scale_by_mars",
+    "ScaleByPsgdKronState",
+    "precond_update_prob_schedule",
+    "scale_by_psgd_kron",
     "AmbiguousMatrixViewWarning",
     "Description",
     "LeafDescription",
     "describe",
+    "AdamWSide",
+    "PathLeafRule",
+    "is_hidden_matrix",
 ]

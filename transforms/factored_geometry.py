@@ -1,12 +1,13 @@
 """A matrix transform run in the diagonal geometry learnt from factored g² statistics.
 
-Seed 000 leaves the fourth quadrant of its table, "matrix-wise, adaptive
-geometry", open and suggests a norm ‖Φ‖_V = Tr(ΦᵀVΦ)^{1/2} with V learnt from
-second-order statistics of the matrix gradients. ``in_factored_geometry`` is
-gradtx's answer built from two existing parts: Adafactor's row and column
-statistics learn diagonal metrics D_L, D_R (rows + cols numbers per matrix),
-and any matrix transform, e.g. Newton–Schulz, runs in the coordinates where
-that metric is the identity.
+Sorting optimizers by element-wise / matrix-wise update and fixed / adaptive
+geometry leaves one cell, "matrix-wise, adaptive", without a classical
+member; a natural candidate is steepest descent under the norm
+‖Φ‖_V = Tr(ΦᵀVΦ)^{1/2} with V learnt from second-order statistics of the
+matrix gradients. ``in_factored_geometry`` builds it from two existing
+parts: Adafactor's row and column statistics learn diagonal metrics D_L,
+D_R (rows + cols numbers per matrix), and any matrix transform, e.g.
+Newton–Schulz, runs in the coordinates where that metric is the identity.
 """
 
 from typing import NamedTuple, Optional
@@ -97,10 +98,10 @@ def in_factored_geometry(
   exact steepest-descent direction under the norm
   ‖Φ‖ = ‖D_L^{1/2} Φ D_R^{1/2}‖_op: substituting Ψ = D_L^{1/2}ΦD_R^{1/2}
   turns ⟨U, Φ⟩ into ⟨D_L^{-1/2}UD_R^{-1/2}, Ψ⟩, maximised over ‖Ψ‖_op ≤ 1
-  by Ψ = msign(·). It is seed 000's ‖Φ‖_V with the trace (Frobenius) norm
-  replaced by Muon's spectral one and V learnt, diagonal, from second
-  moments. The metric is the root of the second moment, as in Adam, which is
-  steepest descent under ‖Φ‖_V with V = diag(√v) (seed 000; the first power
+  by Ψ = msign(·). It is the adaptive norm ‖Φ‖_V = Tr(ΦᵀVΦ)^{1/2} with the
+  trace (Frobenius) norm replaced by Muon's spectral one and V learnt,
+  diagonal, from second moments. The metric is the root of the second moment, as in Adam, which is
+  steepest descent under ‖Φ‖_V with V = diag(√v) (the first power
   would apply the statistics twice: on a rank-one U = abᵀ it gives steps
   ∝ 1/(|a_i||b_j|), while the root gives sign(a_i b_j), Adam's first step).
   D_L = D_R = I gives Muon back. The final factor keeps the inner's
@@ -118,9 +119,11 @@ def in_factored_geometry(
   Returns:
     An ``optax.GradientTransformation`` with state ``InFactoredGeometryState``.
 
-  Reference: gradtx's design (benchmarks/RESULTS.md, "Fourth quadrant");
-  Shazeer & Stern, "Adafactor", ICML 2018 (the statistics); Jordan et al.
-  2024 (Muon); seed 000 (the open quadrant).
+  Reference: gradtx's construction (measured: see benchmarks/RESULTS.md,
+  "Fourth quadrant"); Shazeer & Stern, "Adafactor", ICML 2018 (the
+  statistics); Jordan et al. 2024 (Muon); Bernstein & Newhouse, "Old
+  Optimizer, New Norm: An Anthology", arXiv 2409.20325 (steepest descent
+  in a norm).
   """
   _validate.check_transformation("inner", inner)
   _validate.check_decay("b2", b2)

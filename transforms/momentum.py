@@ -38,7 +38,7 @@ def momentum(
     \end{cases}
 
   This is ``torch.optim.SGD``'s buffer, first step included (the dampening d
-  applies from the second step on). The seeds write momentum as an EMA,
+  applies from the second step on). Momentum is also often written as an EMA,
   :math:`m_t = β m_{t-1} + (1-β) g_t`: that is ``ema``, and differs from the
   heavy-ball form only by the constant factor 1/(1−β) folded into the
   learning rate.

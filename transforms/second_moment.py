@@ -271,7 +271,7 @@ def scale_by_rms(
 
   where :math:`\bar g_t = ρ \bar g_{t-1} + (1-ρ) g_t` when ``centered``
   (Graves 2013) and 0 otherwise. This is ``torch.optim.RMSprop``'s rule (ε
-  outside the root, :math:`v_0 = 0`); the seeds' and Hinton's form
+  outside the root, :math:`v_0 = 0`); Hinton's lecture form
   :math:`\sqrt{v_t + ε}` is ``eps=0, eps_root=ε``. The centered variance is
   clipped at 0 against round-off (where torch would return NaN).
 
@@ -355,8 +355,8 @@ def scale_by_adagrad(
     s_t = s_{t-1} + |g_t|^2,\quad u_t = \frac{g_t}{\sqrt{s_t} + ε}
 
   with :math:`s_0` = ``initial_accumulator_value``: ``torch.optim.Adagrad``'s
-  rule. The seeds write :math:`g_t/\sqrt{s_t + ε}`; the two differ only in
-  where the tiny ε sits, and we follow the reference implementation.
+  rule. Duchi et al. 2011 write :math:`g_t/\sqrt{s_t + ε}`; the two differ
+  only in where the tiny ε sits, and this follows the PyTorch reference.
 
   Args:
     initial_accumulator_value: starting value of the sum, >= 0.

@@ -3,7 +3,7 @@
 Both add ``weight_decay * params`` to the incoming updates; what makes them
 different is *where* they sit in a chain. Before a preconditioner (e.g.
 ``scale_by_adam``) the decay is part of the gradient and gets rescaled with
-it: L2 regularisation, the seeds' "Adam + L2", whose shrinkage is anisotropic
+it: L2 regularisation ("Adam + L2", torch's Adam), whose shrinkage is anisotropic
 and, for a zero data gradient, moves every weight by about lr·sign(w). After
 the preconditioner and before the learning-rate scale it is decoupled weight
 decay (Loshchilov & Hutter 2019): p ← p − lr·(u + λp), a radial, multiplicative

@@ -374,16 +374,32 @@ def zeros(group: Group, shape: tuple[int, ...], mesh: Optional[Any],
   return place_as_state(jnp.zeros((group.count * per_entry, *shape), dtype), mesh)
 
 
+def state_spec(shape: tuple[int, ...], mesh: Any) -> P:
+  """How a state stack of ``shape`` is stored on ``mesh``.
+
+  Split along the stack axis over every device (the owners) when the mesh
+  size divides its length; otherwise split along its first matrix axis when
+  the size divides that (each device still holds 1/N of it, and the step
+  moves it to the owners and back, one all-to-all each way); replicated when
+  neither does.
+  """
+  axes = tuple(mesh.axis_names)
+  if shape[0] % mesh.size == 0:
+    return P(axes, *([None] * (len(shape) - 1)))
+  if len(shape) > 1 and shape[1] % mesh.size == 0:
+    return P(None, axes, *([None] * (len(shape) - 2)))
+  return P(*([None] * len(shape)))
+
+
 def place_as_state(x: jax.Array, mesh: Optional[Any]) -> jax.Array:
-  """A state stack as it is stored: split over the owners when the mesh size
-  divides its length, replicated otherwise.
+  """A state stack laid out as it is stored (``state_spec``).
 
   A state stored unpadded has the same shape on every mesh, so a checkpoint
   saved on N devices restores on M; ``to_owners`` pads it for the step.
   """
-  if mesh is None or x.shape[0] % mesh.size == 0:
-    return place_on_owners(x, mesh)
-  spec = P(*([None] * x.ndim))
+  if mesh is None:
+    return x
+  spec = state_spec(x.shape, mesh)
   if _explicit(mesh):
     return _in_mesh(mesh, lambda: jax.sharding.reshard(x, spec))
   return _in_mesh(mesh, lambda: jax.lax.with_sharding_constraint(x, spec))
@@ -412,9 +428,7 @@ def to_state(x: jax.Array, length: int, mesh: Optional[Any]) -> jax.Array:
     return place_as_state(x, mesh)
   if mesh is None:
     return x[:length]
-  spec = (owner_spec(mesh, x.ndim) if length % mesh.size == 0
-          else P(*([None] * x.ndim)))
-  return _moved(lambda y: y[:length], x, mesh, spec)
+  return _moved(lambda y: y[:length], x, mesh, state_spec((length, *x.shape[1:]), mesh))
 
 
 def real_dtype(group: Group) -> Any:

@@ -121,19 +121,19 @@ def test_without_a_mesh_there_are_no_owners():
 @pytest.mark.parametrize("length", [3, 8])
 def test_state_stacks_are_stored_unpadded_and_padded_for_the_owners(axis_type, length):
   """A state stack keeps its real length on any mesh (a checkpoint restores on
-  another mesh size): split over the owners when the mesh divides it,
-  replicated otherwise; ``to_owners`` pads it for the step and ``to_state``
+  another mesh size): split over the owners when the mesh divides it, along
+  its rows otherwise; ``to_owners`` pads it for the step and ``to_state``
   gives back the same entries."""
   mesh = jax.make_mesh((8,), ("d",), axis_types=(axis_type,))
-  x = jnp.arange(length * 4.0).reshape(length, 2, 2)
+  x = jnp.arange(length * 16.0).reshape(length, 8, 2)
   with jax.set_mesh(mesh):
     stored = jax.jit(lambda x: bs.place_as_state(x, mesh))(x)
     padded = jax.jit(lambda s: bs.to_owners(s, 8, mesh))(stored)
     back = jax.jit(lambda p: bs.to_state(p, length, mesh))(padded)
   owners = NamedSharding(mesh, P("d", None, None))
-  expected = owners if length % 8 == 0 else NamedSharding(mesh, P())
+  expected = owners if length % 8 == 0 else NamedSharding(mesh, P(None, "d", None))
   assert stored.sharding.is_equivalent_to(expected, 3)
-  assert padded.shape == (8, 2, 2) and padded.sharding.is_equivalent_to(owners, 3)
+  assert padded.shape == (8, 8, 2) and padded.sharding.is_equivalent_to(owners, 3)
   np.testing.assert_array_equal(np.asarray(padded)[:length], x)
   np.testing.assert_array_equal(np.asarray(padded)[length:], 0)
   assert back.sharding.is_equivalent_to(expected, 3)

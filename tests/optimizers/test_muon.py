@@ -165,7 +165,7 @@ def _trajectory(tx, params, grads):
   return out
 
 
-FACTORIES = {  # the factories built on muon.matrices_and_adamw_elsewhere
+FACTORIES = {  # the factories built on gt.AdamWSide.around
     "muon": (go.muon, {}), "dion": (go.dion, dict(rank=1)), "normuon": (go.normuon, {}),
     "adamuon": (go.adamuon, {}), "soap_muon": (go.soap_muon, {}), "vmuon": (go.vmuon, {}),
 }

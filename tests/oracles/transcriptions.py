@@ -37,6 +37,9 @@ the run had no near-ties, where round-off could legitimately flip a sign.
   its cautious weight decay; ``adamw_heavyball_numpy``: AdamW with those
   flags); ``nanogpt_cautious_step`` (the modded-nanogpt / nanochat Muon
   step's cautious weight decay).
+* ``psgd_kron_reference``: psgd-jax's ``scale_by_kron`` (PSGD Kron; its
+  einsum expressions, ``psgd_init_q_exprs``, and ``psgd_norm_lower_bound``)
+  with the random probes passed in.
 """
 
 from typing import Callable, List, Optional
@@ -828,3 +831,148 @@ def adamw_heavyball_numpy(params0, grad_fn, steps, lr, weight_decay, caution, ca
       params[k] = heavyball_update(params[k], u, weight_decay, lr, caution, cautious_decay, g)
     trajectory.append(copy_params(params))
   return trajectory
+
+
+# -------- PSGD Kron (evanatyourservice/psgd_jax, ``psgd_jax/kron.py``)
+#
+# ``scale_by_kron``'s update with update probability 1 (the preconditioner is
+# fitted every step), real leaves, no scanned layers, in float64: the einsum
+# expressions of ``_init_Q_exprs``, ``_conjB``, ``_update_precond``,
+# ``_precond_grad`` and ``_norm_lower_bound`` as written there. The random
+# draws (the probes V and whether to balance) are passed in.
+
+_PSGD_LETTERS = "abcdefghijklmnopqrstuvwxyzABCDEFGHIJKLMNOPQRSTUVWXYZ"
+
+
+def psgd_init_q_exprs(shape, scale, max_size, min_ndim_triangular, memory_save_mode):
+  """``_init_Q_exprs``: the initial factors Q and the (exprA, exprGs, exprP)."""
+  letters = _PSGD_LETTERS
+  if len(shape) == 0:
+    return [scale * np.ones(())], (",->", [",->"], ",,->")
+  scale = scale ** (1 / len(shape))
+  dim_diag = [memory_save_mode == "all_diag"] * len(shape)
+  if memory_save_mode == "one_diag":
+    dim_diag[np.argsort(shape)[::-1][0]] = True
+  q, piece1a, piece2a, piece3a, expr_gs = [], [], "", "", []
+  piece1p, piece2p, piece3p, piece4p = [], [], "", ""
+  for i, (size, dim_d) in enumerate(zip(shape, dim_diag)):
+    piece1 = "".join(letters[i + 13] if j == i else letters[j] for j in range(len(shape)))
+    if size == 1 or size > max_size or len(shape) < min_ndim_triangular or dim_d:
+      q.append(scale * np.ones(size))
+      piece1a.append(letters[i])
+      piece2a += letters[i]
+      piece3a += letters[i]
+      expr_gs.append(piece1 + "," + piece1 + "->" + letters[i + 13])
+      piece1p.append(letters[i + 13])
+      piece2p.append(letters[i + 13])
+      piece3p += letters[i + 13]
+      piece4p += letters[i + 13]
+    else:
+      q.append(scale * np.eye(size))
+      piece1a.append(letters[i] + letters[i + 13])
+      piece2a += letters[i + 13]
+      piece3a += letters[i]
+      piece2 = "".join(letters[i + 26] if j == i else letters[j] for j in range(len(shape)))
+      expr_gs.append(piece1 + "," + piece2 + "->" + letters[i + 13] + letters[i + 26])
+      a, b, c = letters[i], letters[i + 13], letters[i + 26]
+      piece1p.append(a + b)
+      piece2p.append(a + c)
+      piece3p += c
+      piece4p += b
+  expr_a = ",".join(piece1a) + "," + piece2a + "->" + piece3a
+  expr_p = ",".join(piece1p) + "," + ",".join(piece2p) + "," + piece3p + "->" + piece4p
+  return q, (expr_a, expr_gs, expr_p)
+
+
+def psgd_norm_lower_bound(a):
+  """``_norm_lower_bound`` for a real matrix."""
+  max_abs = np.max(np.abs(a))
+  if not max_abs > 0:
+    return max_abs
+  a = a / max_abs
+  aa = a * a
+  sum0, sum1 = aa.sum(axis=0), aa.sum(axis=1)
+  i, j = np.argmax(sum0), np.argmax(sum1)
+  if sum0[i] > sum1[j]:
+    x = a[:, i] @ a
+    return max_abs * np.linalg.norm((x / np.linalg.norm(x)) @ a.T)
+  x = a @ a[j]
+  return max_abs * np.linalg.norm(a.T @ (x / np.linalg.norm(x)))
+
+
+def _psgd_solve_triangular_right(x, a):
+  """X @ inv(A) over the last axis of X."""
+  flat = x.reshape(-1, x.shape[-1])
+  return np.linalg.solve(a.T, flat.T).T.reshape(x.shape)
+
+
+def _psgd_conj_b(qs, g, v):
+  order = g.ndim
+  p = list(range(order))
+  conj_b = np.transpose(v, p[1:] + p[:1])
+  for i, q in enumerate(qs):
+    conj_b = conj_b / q if q.ndim < 2 else _psgd_solve_triangular_right(conj_b, q)
+    if i < order - 1:
+      conj_b = np.swapaxes(conj_b, i, order - 1)
+  return conj_b
+
+
+def _psgd_update_precond(qs, g, conj_b, exprs, precond_lr):
+  expr_a, expr_gs, _ = exprs
+  a = np.einsum(expr_a, *qs, g)
+  out = []
+  for i, q in enumerate(qs):
+    term1 = np.einsum(expr_gs[i], a, a)
+    term2 = np.einsum(expr_gs[i], conj_b, conj_b)
+    tmp = (term1 - term2) * precond_lr
+    tiny = np.finfo(np.float64).tiny
+    if q.ndim < 2:
+      out.append(q - tmp * q / (tiny + np.max(np.abs(term1 + term2))))
+    else:
+      tmp = np.triu(tmp) / (tiny + psgd_norm_lower_bound(term1 + term2))
+      out.append(q - tmp @ q)
+  return out
+
+
+def _psgd_balance(qs):
+  norms = np.array([np.max(np.abs(q)) for q in qs])
+  gmean = np.prod(norms) ** (1 / len(norms))
+  return [q * x for q, x in zip(qs, gmean / norms)]
+
+
+def psgd_kron_reference(grads, probes, balances, *, b1=0.9, precond_lr=0.1,
+                        precond_init_scale=1.0, max_size_triangular=8192,
+                        min_ndim_triangular=2, memory_save_mode=None,
+                        momentum_into_precond_update=True):
+  """``scale_by_kron`` with update probability 1, step by step.
+
+  ``grads``, ``probes``: per step a ``{name: array}`` dict; ``balances``: per
+  step whether the factors are balanced first. Returns per step (updates,
+  {name: list of factors}).
+  """
+  qs, exprs = {}, {}
+  for k, g in grads[0].items():
+    qs[k], exprs[k] = psgd_init_q_exprs(np.shape(g), precond_init_scale, max_size_triangular,
+                                        min_ndim_triangular, memory_save_mode)
+  mu = {k: np.zeros_like(g, dtype=np.float64) for k, g in grads[0].items()}
+  damp_eps = np.sqrt(np.finfo(np.float32).eps)
+  out = []
+  for t, (step_grads, step_probes, balance) in enumerate(zip(grads, probes, balances), 1):
+    updates = {}
+    for k, g in step_grads.items():
+      g = np.asarray(g, np.float64)
+      if b1 > 0:
+        mu[k] = b1 * mu[k] + (1 - b1) * g
+        m = mu[k] / (1 - b1**t)
+      else:
+        m = g
+      h = m if momentum_into_precond_update else g
+      v = np.asarray(step_probes[k], np.float64)
+      if balance and len(qs[k]) > 1:
+        qs[k] = _psgd_balance(qs[k])
+      h = h + damp_eps * np.mean(np.abs(h)) * v
+      qs[k] = _psgd_update_precond(qs[k], h, _psgd_conj_b(qs[k], h, v), exprs[k], precond_lr)
+      u = np.einsum(exprs[k][2], *qs[k], *qs[k], m)
+      updates[k] = u / max(1.0, np.sqrt(np.mean(u * u)) / 1.1)
+    out.append((updates, {k: [q.copy() for q in v] for k, v in qs.items()}))
+  return out

@@ -24,6 +24,7 @@ import jax.numpy as jnp
 import optax
 import pytest
 
+from gradtx import contrib
 from gradtx import optimizers as go
 from tests.support.helpers import PARAMS
 
@@ -94,8 +95,8 @@ class Case(NamedTuple):
     """Whether each update coordinate depends on its own gradient only."""
     return self.factory not in (
         go.muon, go.shampoo, go.soap, go.adafactor, go.adam_mini, go.adamw_8bit,
-        go.kfac, go.dion, go.normuon, go.adamuon, go.adamuon_lm, go.soap_muon, go.vmuon,
-        go.mars_adamw, go.adamh, go.muonh,
+        go.kfac, go.dion, go.normuon, go.adamuon, contrib.adamuon_lm, go.soap_muon, go.vmuon,
+        go.mars_adamw, go.adamh, go.muonh, go.psgd_kron,
         record_recipe,
     )
 
@@ -227,14 +228,14 @@ STRUCTURED = [
          dict(damping=1.0, precondition_every=2, weight_decay=1e-2,
               is_dense=lambda path, leaf: False),
          static_args=("precondition_every", "is_dense"), decoupled_decay=True),
-    # The fourth quadrant (issue 12): Muon's routing with a matrix side each.
+    # The fourth quadrant: Muon's routing with a matrix side each.
     Case("normuon", go.normuon, dict(weight_decay=1e-2), static_args=("ns_steps",),
          decoupled_decay=True),
     Case("adamuon", go.adamuon, dict(weight_decay=1e-2), static_args=("ns_steps",),
          decoupled_decay=True),
     # Its AdamW side steps at 1.5η with no decay: not the single −ηλp the
     # decoupled-decay check expects (adamuon's case checks the matrix side's).
-    Case("adamuon_lm", go.adamuon_lm, dict(weight_decay=1e-2)),
+    Case("adamuon_lm", contrib.adamuon_lm, dict(weight_decay=1e-2)),
     Case("soap_muon", go.soap_muon, dict(precondition_every=2, weight_decay=1e-2),
          static_args=("ns_steps", "precondition_every", "max_precondition_dim"),
          decoupled_decay=True),
@@ -243,6 +244,11 @@ STRUCTURED = [
     Case("muonh", go.muonh, {}, static_args=("ns_steps",), nonlinear_lr=True),
     Case("record_recipe", record_recipe, {}, fixed_state_dtypes=(jnp.float32,),
          decoupled_decay=True, params_in_state=True),
+    Case("psgd_kron", go.psgd_kron,
+         dict(weight_decay=1e-2, precond_update_probability=0.5, memory_save_mode="one_diag"),
+         static_args=("max_size_triangular", "min_ndim_triangular", "memory_save_mode",
+                      "precond_dtype", "seed"),
+         decoupled_decay=True),
     Case("dion", go.dion, dict(rank=1, weight_decay=1e-2),
          static_args=("rank", "power_iters", "orthonormalize", "seed", "is_muon_param"),
          decoupled_decay=True),

@@ -48,6 +48,7 @@ NON_NEGATIVE = Kind((-1e-3, -0.1, -1.0, NAN), (0.0, 3.0),
                     "{name} must be in [0, inf], got {value!r}")
 POSITIVE = Kind((0.0, -1.0, NAN), (1e-3, 2.0), "{name} must be in (0, inf), got {value!r}")
 COUNT = Kind((0, -1, 2.5, True), (1, 3), "{name} must be an integer >= 1, got {value!r}")
+PROBABILITY = Kind((0.0, -0.1, 1.5, NAN), (0.5, 1.0), "{name} must be in (0, 1], got {value!r}")
 AT_LEAST_ONE = Kind((0, -1, NAN), (1, 4), "{name} must be in [1, inf), got {value!r}")
 # clip_singular_values' lower bound stays below its default upper bound 1.
 BELOW_ONE = NON_NEGATIVE._replace(good=(0.0, 0.5))
@@ -202,6 +203,15 @@ TABLE = {
         gt.scale_by_matrix_shape, {},
         choices=dict(scale=(("big", "scale must be one of ('jordan', 'moonlight') or None"),))),
     gt.scale_by_param_rms: Entry(gt.scale_by_param_rms, dict(min_ndim=INDEX)),
+    gt.scale_by_psgd_kron: Entry(
+        gt.scale_by_psgd_kron,
+        dict(b1=DECAY, precond_update_probability=PROBABILITY, max_size_triangular=COUNT,
+             min_ndim_triangular=INDEX, precond_lr=NON_NEGATIVE,
+             precond_init_scale=POSITIVE, seed=INDEX),
+        choices=dict(memory_save_mode=(("two_diag", "memory_save_mode must be one of"),)),
+        configs={"default": {}, "one_diag_bf16": dict(
+            memory_save_mode="one_diag", precond_dtype=jnp.bfloat16,
+            precond_update_probability=0.5)}),
     gt.scale_by_rms: Entry(
         gt.scale_by_rms,
         dict(decay=DECAY, eps=NON_NEGATIVE, eps_root=NON_NEGATIVE, initial_scale=NON_NEGATIVE),

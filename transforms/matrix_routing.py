@@ -1,0 +1,204 @@
+"""Routing a tree between a matrix rule and AdamW.
+
+Muon and the optimizers built like it (Dion, NorMuon, AdaMuon, SOAP-Muon,
+V-Muon, the hyperball ones, MARS-AdamW) update the hidden weight matrices
+with their own rule and every other leaf (biases, norm scales, embeddings,
+output heads) with AdamW. ``is_hidden_matrix`` is the default rule of which
+leaf is which; ``AdamWSide`` is the AdamW of the other leaves, its keyword
+arguments and their documentation, declared once for all of them.
+"""
+
+import dataclasses
+import re
+from typing import Any, Callable, Optional
+
+import jax
+import optax
+
+from gradtx._internal import names as _names
+from gradtx._internal import validate as _validate
+from gradtx.transforms import matrix_view as _matrix_view
+from gradtx.transforms.learning_rate import scale_by_learning_rate
+from gradtx.transforms.second_moment import scale_by_adam
+from gradtx.transforms.weight_decay import MaskOrFn, decoupled_weight_decay
+
+PathLeafRule = Callable[[tuple, jax.Array], bool]
+
+
+def is_hidden_matrix(
+    path: tuple, leaf: jax.Array, *,
+    matrix_view: Optional[_matrix_view.MatrixViewRule] = None,
+) -> bool:
+  """gradtx's default Muon routing rule.
+
+  A leaf goes to Muon when it has a matrix view (``gt.flax_matrix_view``, or
+  ``matrix_view``: dense and convolution kernels, attention projections;
+  not biases, norm scales, 1-D or empty leaves) and no key on its path names
+  an embedding or an output head: a name containing ``"embed"``
+  (``embedding``, ``tok_embed``), ``"position"`` (learned positions),
+  ``"wte"``, ``"wpe"``, ``"unembed"``, ``"logits"`` or ``"readout"``, or
+  ending in ``"head"`` (``lm_head``, ``head``), or named ``"pos"``.
+  Everything else goes to AdamW. The optimizers' default routing adds one
+  rule of the whole tree: a (d, vocab) kernel is an output head when the
+  tree holds a token embedding of shape (vocab, d), vocab != d, whatever the
+  kernel is called (Linen's ``Dense_2``); gt.describe shows where each leaf
+  goes. Misrouting an embedding or head to Muon raises no error, only
+  trains worse (Jordan 2024; optax's default labels every 2-D leaf as Muon).
+  """
+  if _matrix_view.view_of(path, leaf, matrix_view) is None:
+    return False
+  names = _names.path_names(path)
+  return not (_names.is_embedding(names) or _names.is_output_head(names))
+
+
+@dataclasses.dataclass(frozen=True)
+class AdamWSide:
+  r"""The AdamW that a matrix optimizer gives the leaves its matrix rule does not take.
+
+  .. math::
+    p \leftarrow p - η_{\text{adam}}\left(\frac{\hat m_t}{\sqrt{\hat v_t} + ε}
+      + λ_{\text{adam}}\, p\right)
+
+  (``torch.optim.AdamW``'s rule: ``gt.scale_by_adam``,
+  ``gt.decoupled_weight_decay`` and ``gt.scale_by_learning_rate``). The
+  fields are the keyword arguments, under the same names, of every optimizer
+  with an AdamW side (``go.muon``, ``go.dion``, ``go.normuon``, ...); those
+  factories document them from here. Values are checked when the side is
+  built.
+
+  Attributes:
+    adam_learning_rate: η of the AdamW leaves, a non-negative number or a
+      schedule; ``None``: the matrix rule's ``learning_rate`` (right for an
+      AdamW-sized matrix step such as Muon's ``scale="moonlight"``; with
+      ``scale="jordan"`` set an AdamW-sized one).
+    adam_b1: AdamW's b1, in [0, 1).
+    adam_b2: AdamW's b2, in [0, 1).
+    adam_eps: AdamW's eps, >= 0.
+    adam_weight_decay: AdamW's decoupled λ, >= 0, or a schedule; ``None``:
+      the matrix rule's ``weight_decay``.
+    embedding_learning_rate: η of the embeddings among the AdamW leaves
+      (token tables, learned positions: the names ``is_hidden_matrix`` keeps
+      off the matrices, not output heads), a non-negative number or a
+      schedule; they get the same AdamW at that rate. ``None``: they are
+      AdamW leaves like the others. Embeddings often learn best at a far
+      larger rate than the rest (modded-nanogpt's speedrun gives its
+      embedding one; measured: see benchmarks/RESULTS.md, "Fourth quadrant").
+    mu_dtype: storage of AdamW's first moment.
+    nu_dtype: storage of AdamW's second moment.
+
+  Example:
+    >>> import jax.numpy as jnp, optax
+    >>> from gradtx import transforms as gt
+    >>> side = gt.AdamWSide(adam_learning_rate=1e-3, adam_b2=0.95)
+    >>> tx = side.around("matrix", optax.sgd(0.02), lambda path, leaf: leaf.ndim == 2,
+    ...                  learning_rate=0.02, weight_decay=0.0)
+    >>> params = {"w": jnp.ones((3, 3)), "b": jnp.ones(3)}
+    >>> u, _ = tx.update(params, tx.init(params), params)
+    >>> round(float(u["w"][0, 0]), 6), round(float(u["b"][0]), 6)
+    (-0.02, -0.001)
+
+  Reference: Loshchilov & Hutter, "Decoupled Weight Decay Regularization",
+  ICLR 2019; Jordan et al., "Muon: An optimizer for hidden layers in neural
+  networks", 2024 (AdamW on every leaf that is not a hidden matrix).
+  """
+
+  adam_learning_rate: Optional[optax.ScalarOrSchedule] = None
+  adam_b1: float = 0.9
+  adam_b2: float = 0.999
+  adam_eps: float = 1e-8
+  adam_weight_decay: Optional[optax.ScalarOrSchedule] = None
+  embedding_learning_rate: Optional[optax.ScalarOrSchedule] = None
+  mu_dtype: Optional[Any] = None
+  nu_dtype: Optional[Any] = None
+
+  def __post_init__(self):
+    _validate.check_decay("adam_b1", self.adam_b1)
+    _validate.check_decay("adam_b2", self.adam_b2)
+    _validate.check_non_negative("adam_eps", self.adam_eps)
+    for name in ("adam_learning_rate", "adam_weight_decay", "embedding_learning_rate"):
+      if getattr(self, name) is not None:
+        _validate.check_scalar_or_schedule(name, getattr(self, name))
+
+  def adamw(
+      self, learning_rate: optax.ScalarOrSchedule, weight_decay: optax.ScalarOrSchedule,
+      mask: MaskOrFn = None,
+  ) -> optax.GradientTransformation:
+    """AdamW at ``learning_rate`` (``adam_learning_rate`` when given) with
+    ``adam_weight_decay`` (``None``: ``weight_decay``) on the ``mask`` leaves."""
+    return self._adamw(
+        learning_rate if self.adam_learning_rate is None else self.adam_learning_rate,
+        weight_decay, mask)
+
+  def _adamw(self, rate, weight_decay, mask):
+    return optax.chain(
+        scale_by_adam(self.adam_b1, self.adam_b2, self.adam_eps,
+                      mu_dtype=self.mu_dtype, nu_dtype=self.nu_dtype),
+        decoupled_weight_decay(
+            weight_decay if self.adam_weight_decay is None else self.adam_weight_decay, mask),
+        scale_by_learning_rate(rate),
+    )
+
+  def around(
+      self, label: str, inner: optax.GradientTransformation,
+      is_inner_param: Optional[PathLeafRule], *,
+      learning_rate: optax.ScalarOrSchedule, weight_decay: optax.ScalarOrSchedule,
+      mask: MaskOrFn = None, matrix_view: Optional[_matrix_view.MatrixViewRule] = None,
+  ) -> optax.GradientTransformation:
+    """``inner`` on the leaves ``is_inner_param`` picks, this AdamW on the others.
+
+    One ``optax.multi_transform`` labelled ``label`` / ``"adam"`` (and
+    ``"embedding"``: the embeddings' AdamW, with ``embedding_learning_rate``).
+    ``is_inner_param=None`` routes by ``is_hidden_matrix`` with
+    ``matrix_view``, and sends a (d, vocab) kernel to AdamW as an output head
+    when the tree holds a (vocab, d) token embedding. ``learning_rate`` and
+    ``weight_decay`` are the matrix rule's (the defaults of
+    ``adam_learning_rate`` and ``adam_weight_decay``); ``mask`` picks the
+    AdamW leaves that get the decay.
+    """
+    transforms = {label: inner, "adam": self.adamw(learning_rate, weight_decay, mask)}
+    if self.embedding_learning_rate is not None:
+      transforms["embedding"] = self._adamw(self.embedding_learning_rate, weight_decay, mask)
+    by_shape = is_inner_param is None
+    if by_shape:
+      def is_inner_param(path, leaf):
+        return is_hidden_matrix(path, leaf, matrix_view=matrix_view)
+
+    def label_of(path, leaf, head):
+      if not head and is_inner_param(path, leaf):
+        return label
+      if "embedding" in transforms and _names.is_embedding(_names.path_names(path)):
+        return "embedding"
+      return "adam"
+
+    def labels(params):
+      flat, treedef = jax.tree_util.tree_flatten_with_path(params)
+      heads = (_names.heads_by_shape([(_names.path_names(p), jax.numpy.shape(x))
+                                      for p, x in flat])
+               if by_shape else [False] * len(flat))
+      return treedef.unflatten([label_of(p, x, h) for (p, x), h in zip(flat, heads)])
+
+    return optax.multi_transform(transforms, labels)
+
+  @staticmethod
+  def document(factory: Callable) -> Callable:
+    """Fills a factory's ``adam_*`` line under ``Args:`` with the entries above
+    of the AdamW-side arguments it takes and does not document itself."""
+    marker = _MARKER.search(factory.__doc__)
+    indent = marker.group(1)
+    code = factory.__code__
+    taken = code.co_varnames[:code.co_argcount + code.co_kwonlyargcount]
+    entries = [
+        (name, text) for name, text in
+        _ENTRY.findall(AdamWSide.__doc__.split("Attributes:")[1].split("Example:")[0])
+        if name in taken and not re.search(rf"^{indent}{name}:", factory.__doc__, re.M)]
+    filled = "".join(f"{indent}{name}:{text}".replace("\n      ", f"\n{indent}  ")
+                     for name, text in entries)
+    factory.__doc__ = (factory.__doc__[:marker.start()] + filled.rstrip("\n")
+                       + factory.__doc__[marker.end():])
+    return factory
+
+
+# An Args entry: a name at four spaces, then its text and continuation lines.
+_ENTRY = re.compile(r"^    (\w+):(.*\n(?:      .*\n)*)", re.M)
+# The line a factory's docstring names the AdamW side by.
+_MARKER = re.compile(r"^( +)adam_\*.*$", re.M)

@@ -1,0 +1,375 @@
+"""PSGD Kron: a Kronecker-factored whitening preconditioner fitted online.
+
+Each leaf of shape (d_1, ..., d_k) keeps one factor Q_i per axis: an upper
+triangular d_i × d_i matrix, or a diagonal (a vector) for axes of size 1,
+axes longer than ``max_size_triangular``, leaves with fewer than
+``min_ndim_triangular`` axes and the axes ``memory_save_mode`` picks. The
+preconditioner is P = Qᵀ Q with Q = Q_1 ⊗ ... ⊗ Q_k; Q is fitted online, one
+relative-gradient step at a time on Li's whitening criterion, from a gradient
+and a random probe V (psgd-jax's ``kron``).
+"""
+
+import zlib
+from typing import Any, Callable, NamedTuple, Optional, Sequence, Union
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+import optax
+
+from gradtx._internal import names as _names
+from gradtx._internal import sharding as _sharding
+from gradtx._internal import tree as _tree
+from gradtx._internal import validate as _validate
+from gradtx.transforms import state_format
+
+MEMORY_SAVE_MODES = (None, "one_diag", "all_diag")
+# psgd-jax balances the factors' magnitudes at about 1 in 100 updates.
+BALANCE_PROBABILITY = 0.01
+# The probe's weight relative to mean |g| in the fitted input (psgd-jax's damping).
+PROBE_WEIGHT = float(np.sqrt(np.finfo(np.float32).eps))
+
+
+def precond_update_prob_schedule(
+    max_prob: float = 1.0, min_prob: float = 0.03, decay: float = 0.001,
+    flat_start: float = 500,
+) -> Callable[[jax.Array], jax.Array]:
+  """psgd-jax's schedule of the preconditioner update probability.
+
+  ``p(t) = clip(max_prob · exp(−decay · (t − flat_start)), min_prob, max_prob)``:
+  every step for the first ``flat_start`` steps, then an exponential anneal
+  to ``min_prob``.
+  """
+  def schedule(count):
+    return jnp.minimum(
+        jnp.maximum(max_prob * jnp.exp(-decay * (count - flat_start)), min_prob), max_prob)
+
+  return schedule
+
+
+def triangular_axes(
+    shape: Sequence[int], max_size_triangular: int, min_ndim_triangular: int,
+    memory_save_mode: Optional[str],
+) -> tuple[bool, ...]:
+  """Per axis of a leaf (a scalar counts as shape (1,)): a triangular factor?"""
+  shape = tuple(shape) or (1,)
+  diagonal = [memory_save_mode == "all_diag"] * len(shape)
+  if memory_save_mode == "one_diag":
+    diagonal[np.argsort(shape)[::-1][0]] = True
+  return tuple(
+      not (size == 1 or size > max_size_triangular or len(shape) < min_ndim_triangular or d)
+      for size, d in zip(shape, diagonal))
+
+
+def _along(x: jax.Array, axis: int, factor: jax.Array, transpose: bool = False) -> jax.Array:
+  """Factor applied along ``axis`` of ``x``: Σ_n Q[a, n] x[..., n, ...] (or Qᵀ)."""
+  if factor.ndim == 1:
+    return x * factor.reshape([-1 if a == axis else 1 for a in range(x.ndim)])
+  q = factor.T if transpose else factor
+  return jnp.moveaxis(jnp.tensordot(q, x, axes=(1, axis)), 0, axis)
+
+
+def _solve_along(x: jax.Array, axis: int, factor: jax.Array) -> jax.Array:
+  """Q⁻ᵀ applied along ``axis`` of ``x`` (a triangular solve, or a division)."""
+  if factor.ndim == 1:
+    return x / factor.reshape([-1 if a == axis else 1 for a in range(x.ndim)])
+  y = jnp.moveaxis(x, axis, 0)
+  solved = jax.lax.linalg.triangular_solve(
+      factor, y.reshape(y.shape[0], -1), left_side=True, lower=False, transpose_a=True)
+  return jnp.moveaxis(solved.reshape(y.shape), 0, axis)
+
+
+def _gram_along(x: jax.Array, axis: int, diagonal: bool) -> jax.Array:
+  """Σ over every other axis of x xᵀ along ``axis``: (d, d), or its diagonal."""
+  others = [a for a in range(x.ndim) if a != axis]
+  if diagonal:
+    return jnp.sum(x * x, axis=others)
+  return jnp.tensordot(x, x, axes=(others, others))
+
+
+def norm_lower_bound(a: jax.Array) -> jax.Array:
+  """psgd-jax's cheap lower bound of the spectral norm of a real matrix.
+
+  max|a| times the norm of aᵀ(a x / |a x|) for x the largest row or column of
+  a / max|a|; within √2 of the norm on random matrices.
+  """
+  max_abs = jnp.max(jnp.abs(a))
+
+  def bound(a):
+    a = a / max_abs
+    sq = a * a
+    col, row = jnp.sum(sq, axis=0), jnp.sum(sq, axis=1)
+    i, j = jnp.argmax(col), jnp.argmax(row)
+
+    def by_column():
+      x = a[:, i] @ a
+      return max_abs * jnp.linalg.norm((x / jnp.linalg.norm(x)) @ a.T)
+
+    def by_row():
+      x = a @ a[j]
+      return max_abs * jnp.linalg.norm(a.T @ (x / jnp.linalg.norm(x)))
+
+    return jax.lax.cond(col[i] > row[j], by_column, by_row)
+
+  return jax.lax.cond(max_abs > 0, bound, lambda _: max_abs, a)
+
+
+def balance(factors: Sequence[jax.Array]) -> list:
+  """The factors rescaled to equal max |entry| (their geometric mean); P unchanged."""
+  if len(factors) < 2:
+    return list(factors)
+  norms = jnp.stack([jnp.max(jnp.abs(q)) for q in factors])
+  gmean = jnp.prod(norms) ** (1 / len(factors))
+  return [q * (gmean / n) for q, n in zip(factors, norms)]
+
+
+def fit_factors(
+    factors: Sequence[jax.Array], g: jax.Array, probe: jax.Array, precond_lr: Any,
+) -> list:
+  """One relative-gradient step of every factor on the pair (Q G, Q⁻ᵀ V).
+
+  With A = Q G and B = Q⁻ᵀ V, factor i moves by
+  Q_i ← Q_i − η triu(A_iA_iᵀ − B_iB_iᵀ) Q_i / ‖A_iA_iᵀ + B_iB_iᵀ‖ (diagonal
+  factors: element-wise, normed by the largest entry), where A_iA_iᵀ sums
+  over every axis but i.
+  """
+  a, b = g, probe
+  for axis, q in enumerate(factors):
+    a, b = _along(a, axis, q), _solve_along(b, axis, q)
+  tiny = jnp.finfo(g.dtype).tiny
+  out = []
+  for axis, q in enumerate(factors):
+    diagonal = q.ndim == 1
+    term1, term2 = _gram_along(a, axis, diagonal), _gram_along(b, axis, diagonal)
+    step = precond_lr * (term1 - term2)
+    if diagonal:
+      out.append(q - step * q / (tiny + jnp.max(jnp.abs(term1 + term2))))
+    else:
+      out.append(q - jnp.triu(step) / (tiny + norm_lower_bound(term1 + term2)) @ q)
+  return out
+
+
+def precondition(factors: Sequence[jax.Array], g: jax.Array) -> jax.Array:
+  """P G = Qᵀ Q G, factor by factor along each axis."""
+  for axis, q in enumerate(factors):
+    g = _along(g, axis, q)
+  for axis, q in enumerate(factors):
+    g = _along(g, axis, q, transpose=True)
+  return g
+
+
+def clip_rms(u: jax.Array, limit: float = 1.1) -> jax.Array:
+  """u / max(1, rms(u) / limit): psgd-jax caps the preconditioned RMS at 1.1."""
+  return u / jnp.maximum(1.0, jnp.sqrt(jnp.mean(u * u)) / limit)
+
+
+def draws(key: jax.Array, updates: Any) -> tuple[jax.Array, list]:
+  """The random numbers of the step that starts from the state's ``key``.
+
+  Returns (whether to balance the factors, one standard normal probe per leaf
+  of ``updates``, in its compute dtype, in leaf order). Each probe's key is
+  folded from the leaf's path, so adding a leaf changes no other leaf's. A
+  test feeds the same draws to a reference.
+  """
+  step_key = jax.random.split(key)[1]
+  balance_key, probe_key = jax.random.split(step_key)
+  probes = []
+  for path, x in jax.tree_util.tree_flatten_with_path(_tree.unwrap_variables(updates))[0]:
+    name = "/".join(_names.path_names(path)).encode()
+    leaf_key = jax.random.fold_in(probe_key, zlib.crc32(name) % 2**31)
+    probes.append(jax.random.normal(leaf_key, jnp.shape(x), _tree.compute_dtype(x)))
+  return jax.random.uniform(balance_key) < BALANCE_PROBABILITY, probes
+
+
+class ScaleByPsgdKronState(NamedTuple):
+  """State of ``scale_by_psgd_kron``.
+
+  Attributes:
+    count: number of updates taken so far (int32 scalar).
+    mu: the momentum EMA, one leaf per parameter (``None`` with ``b1=0``).
+    factors: per leaf, the tuple of its factors Q_i (d_i × d_i upper
+      triangular, or length-d_i diagonals; a scalar leaf has one of length 1).
+    update_counter: steps since the preconditioner was last fitted.
+    key: the PRNG key (raw uint32) of the next step's probes.
+  """
+
+  count: jax.Array
+  mu: optax.Updates
+  factors: Any
+  update_counter: jax.Array
+  key: jax.Array
+
+
+def scale_by_psgd_kron(
+    *,
+    b1: float = 0.9,
+    precond_update_probability: Union[float, Callable] = precond_update_prob_schedule(),
+    max_size_triangular: int = 8192,
+    min_ndim_triangular: int = 2,
+    memory_save_mode: Optional[str] = None,
+    momentum_into_precond_update: bool = True,
+    precond_lr: float = 0.1,
+    precond_init_scale: float = 1.0,
+    mu_dtype: Optional[Any] = None,
+    precond_dtype: Optional[Any] = None,
+    seed: int = 0,
+) -> optax.GradientTransformation:
+  r"""PSGD Kron (Li): the update preconditioned by a fitted Kronecker factor Q.
+
+  .. math::
+    m_t = β_1 m_{t-1} + (1-β_1) g_t,\quad \hat m_t = m_t / (1-β_1^t),\quad
+    u_t = \frac{Q^T Q \hat m_t}{\max(1, \mathrm{rms}(Q^T Q \hat m_t)/1.1)}
+
+  with Q = Q_1 ⊗ ... ⊗ Q_k (one factor per axis, see the module docstring).
+  Before preconditioning, on every ⌈1/p⌉-th step (p =
+  ``precond_update_probability``, deterministic as in psgd-jax), each factor
+  takes one relative-gradient step towards whitening h = m̂ + ε·mean|m̂|·V
+  (ε = √eps_f32, V a standard normal probe): A = Q h, B = Q⁻ᵀ V,
+
+  .. math::
+    Q_i \leftarrow Q_i - η\,\frac{\mathrm{triu}(A_iA_i^T - B_iB_i^T)}
+    {\lVert A_iA_i^T + B_iB_i^T \rVert_{lb}}\, Q_i
+
+  (diagonal factors: element-wise, normed by the largest entry; ‖·‖_lb a
+  cheap lower bound of the spectral norm); with probability 0.01 the factors
+  are first rescaled to equal magnitudes. The probes and the balancing draw
+  come from a key kept in the state, so a run is determined by ``seed``.
+
+  Args:
+    b1: β₁, the momentum's decay, in [0, 1); 0 keeps no momentum.
+    precond_update_probability: p, in (0, 1], or a schedule of the step
+      (``gt.precond_update_prob_schedule``, the default: 1 for 500 steps,
+      then annealed to 0.03).
+    max_size_triangular: axes longer than this get a diagonal factor, >= 1.
+    min_ndim_triangular: leaves with fewer axes get diagonal factors, >= 0.
+    memory_save_mode: ``None`` (triangular where allowed), ``"one_diag"``
+      (each leaf's longest axis diagonal) or ``"all_diag"``.
+    momentum_into_precond_update: fit Q on m̂ (psgd-jax's default) rather than
+      on g.
+    precond_lr: η, the factors' step size, >= 0.
+    precond_init_scale: Q starts at this times the identity (each factor at
+      its k-th root), > 0.
+    mu_dtype: storage of the momentum, as in ``ema``.
+    precond_dtype: storage of the factors (e.g. ``jnp.bfloat16``); ``None``:
+      the parameter's compute dtype. They are fitted and applied in at least
+      float32.
+    seed: seed of the probes' key, >= 0.
+
+  Returns:
+    An ``optax.GradientTransformation`` with state ``ScaleByPsgdKronState``.
+
+  Example:
+    >>> import jax.numpy as jnp
+    >>> from gradtx import transforms as gt
+    >>> tx = gt.scale_by_psgd_kron(b1=0.0, precond_update_probability=1.0)
+    >>> u, state = tx.update(jnp.ones((2, 3)), tx.init(jnp.zeros((2, 3))))
+    >>> [q.shape for q in state.factors]
+    [(2, 2), (3, 3)]
+
+  Reference: Li, "Preconditioned Stochastic Gradient Descent", IEEE TNNLS
+  2018, and "Black Box Lie Group Preconditioners for SGD", 2022; transcribed
+  from psgd-jax's ``kron.py`` (evanatyourservice/psgd_jax), without its
+  scanned-layer and matmul-precision options; real leaves only.
+  """
+  _validate.check_decay("b1", b1)
+  if not callable(precond_update_probability):
+    _validate.check_in_range("precond_update_probability", precond_update_probability,
+                             0.0, 1.0, low_inclusive=False, high_inclusive=True)
+  max_size_triangular = _validate.check_integer("max_size_triangular", max_size_triangular)
+  min_ndim_triangular = _validate.check_integer("min_ndim_triangular", min_ndim_triangular, 0)
+  if memory_save_mode not in MEMORY_SAVE_MODES:
+    raise ValueError(
+        f"memory_save_mode must be one of {MEMORY_SAVE_MODES}, got {memory_save_mode!r}")
+  _validate.check_non_negative("precond_lr", precond_lr)
+  _validate.check_in_range("precond_init_scale", precond_init_scale, 0.0, np.inf,
+                           low_inclusive=False)
+  if precond_dtype is not None and not jnp.issubdtype(precond_dtype, jnp.floating):
+    raise ValueError(f"precond_dtype must be a floating dtype or None, got {precond_dtype!r}")
+  seed = _validate.check_integer("seed", seed, low=0, traced=True)
+  mu_format = state_format.state_format("mu_dtype", mu_dtype)
+  keeps_momentum = not _validate.is_static_zero(b1)
+
+  def kinds(x):
+    return triangular_axes(jnp.shape(x), max_size_triangular, min_ndim_triangular,
+                           memory_save_mode)
+
+  def factor_dtype(x):
+    return _tree.compute_dtype(x) if precond_dtype is None else jnp.dtype(precond_dtype)
+
+  def init_factors(p):
+    shape, triangular = jnp.shape(p) or (1,), kinds(p)
+    scale = precond_init_scale ** (1 / len(shape))
+    if len(jnp.shape(p)) == 1:  # shaped like its parameter: laid out like it
+      return ((scale * jnp.ones_like(p, factor_dtype(p)),),)
+    return (tuple(scale * (jnp.eye(d, dtype=factor_dtype(p)) if t
+                           else jnp.ones(d, factor_dtype(p)))
+                  for d, t in zip(shape, triangular)),)
+
+  def init_fn(params):
+    _validate.check_real_leaves(params, "scale_by_psgd_kron")
+    mu = state_format.zeros_like_tree(params, mu_format, signed=True) if keeps_momentum else None
+    factors = _tree.map_statistics(init_factors, 1, params)[0]
+    return ScaleByPsgdKronState(jnp.zeros([], jnp.int32), mu, factors,
+                                jnp.zeros([], jnp.int32), jax.random.PRNGKey(seed))
+
+  def update_fn(updates, state, params=None):
+    del params
+    count = optax.safe_increment(state.count)
+    probability = _tree.resolve_schedule(precond_update_probability, count)
+    counter = optax.safe_increment(state.update_counter)
+    fit = counter >= 1 / probability
+    do_balance, probes = draws(state.key, updates)
+    treedef = _tree.statistics_structure(updates)
+    seeds = state_format.maybe_rounding_seeds(updates, count, mu_format)
+
+    def step(g, m, factors, probe, scalars):
+      """One leaf's step, in its compute dtype (a scalar as shape (1,)).
+
+      Traced numbers come in ``scalars``, not by closure: on an Explicit mesh
+      this runs with Auto axes, where outer values may not enter.
+      """
+      fit, do_balance, decay, correction, lr = scalars
+      shape = g.shape or (1,)
+      g_ = g.reshape(shape)
+      if keeps_momentum:
+        m = decay * m.reshape(shape) + (1 - decay) * g_
+        m_hat = m / correction
+      else:
+        m_hat = g_
+
+      def refit(qs):
+        v = probe.reshape(shape)
+        h = m_hat if momentum_into_precond_update else g_
+        h = h + PROBE_WEIGHT * jnp.mean(jnp.abs(h)) * v
+        qs = jax.lax.cond(do_balance, balance, list, qs)
+        return fit_factors(qs, h, v, lr)
+
+      qs = jax.lax.cond(fit, refit, list, list(factors))
+      u = clip_rms(precondition(qs, m_hat)).reshape(g.shape)
+      return u, None if m is None else m.reshape(g.shape), tuple(qs)
+
+    def leaf(g, m, factors, probe, seed):
+      if g.size == 0:
+        return g, m, factors
+      dtype = _tree.compute_dtype(g)
+      m_old = state_format.load(m, dtype) if keeps_momentum else None
+      # On an Explicit mesh the factors' contractions cross sharded axes: XLA
+      # lays them out; the outputs keep the layouts of the step's inputs.
+      scalars = (fit, do_balance, jnp.asarray(b1, dtype),
+                 _tree.bias_correction(b1, count, dtype), jnp.asarray(precond_lr, dtype))
+      u, m_new, qs = _sharding.in_auto_axes(
+          step, g.astype(dtype), m_old, tuple(q.astype(dtype) for q in factors), probe,
+          scalars, like=(g, m_old, factors))
+      stored = tuple(q.astype(f.dtype) for q, f in zip(qs, factors))
+      if not keeps_momentum:
+        return u.astype(g.dtype), None, stored
+      return u.astype(g.dtype), state_format.store(m_new, m, mu_format, seed), stored
+
+    u, mu, factors = _tree.map_leaves(
+        leaf, 3, updates, state.mu, state.factors, treedef.unflatten(probes), seeds)
+    return u, ScaleByPsgdKronState(
+        count, mu if keeps_momentum else None, factors, jnp.where(fit, 0, counter),
+        jax.random.split(state.key)[0])
+
+  return optax.GradientTransformation(init_fn, update_fn)
+
