@@ -307,8 +307,9 @@ def clip_singular_values(
 
   Exact, through ``jnp.linalg.svd`` in at least float32 (QK-clip's idea,
   spectral clipping, applied to an update), per matrix of each leaf's matrix
-  view (leaves without one pass through). Cost: one SVD per matrix, O(mn·min(m, n)) FLOPs, far slower on
-  accelerators than a Newton–Schulz step. ``min_value = max_value = 1`` is
+  view (leaves without one pass through). Cost: one SVD per matrix,
+  O(mn·min(m, n)) FLOPs, far slower on accelerators than a Newton–Schulz
+  step. ``min_value = max_value = 1`` is
   the exact msign (for full-rank inputs).
 
   Args:
