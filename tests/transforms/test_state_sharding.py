@@ -57,7 +57,10 @@ def test_statistics_stacks_are_split_over_all_devices():
   shardings = gt.state_shardings(tx, _params(mesh, abstract=True))
   paths = jax.tree_util.tree_leaves_with_path(shardings)
   stats = [s for p, s in paths if "left_stats" in jax.tree_util.keystr(p)]
-  assert stats and all(s.spec == P(("x", "y"), None, None) for s in stats)
+  # Along the stack, or along the rows where the mesh does not divide the
+  # stack (stacks are stored unpadded): over all devices either way.
+  owners = {P(("x", "y"), None, None), P(None, ("x", "y"), None)}
+  assert stats and all(s.spec in owners for s in stats)
 
 
 def test_jit_init_with_the_shardings_places_the_state():
