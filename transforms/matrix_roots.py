@@ -12,6 +12,8 @@ from typing import Any, Callable
 import jax
 import jax.numpy as jnp
 
+from gradtx._internal import block_stacks
+
 ROOT_METHODS = ("eigh", "newton")
 _HIGHEST = jax.lax.Precision.HIGHEST
 _NEWTON_MAX_ITERS = 100
@@ -40,13 +42,8 @@ def unbatched_on_cpu(fn: Callable, a: jax.Array) -> Any:
   keep the batched call.
   """
   batch, matrix = a.shape[:-2], a.shape[-2:]
-  unbatch = lambda out: jax.tree.map(
-      lambda x: x.reshape(*batch, *x.shape[1:]), out)
-  flat = a.reshape(-1, *matrix)
-  if flat.shape[0] == 1:
-    return unbatch(jax.tree.map(lambda x: x[None], fn(flat[0])))
-  return unbatch(jax.lax.platform_dependent(
-      flat, cpu=lambda x: jax.lax.map(fn, x), default=fn))
+  out = block_stacks.map_stack(fn, a.reshape(-1, *matrix), per_matrix_from=0)
+  return jax.tree.map(lambda x: x.reshape(*batch, *x.shape[1:]), out)
 
 
 def _eigh_inverse_root(a, p, damping, relative_damping):

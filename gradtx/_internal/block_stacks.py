@@ -347,18 +347,21 @@ def unstack(
 PER_MATRIX_ON_CPU = 1 << 17
 
 
-def map_stack(fn: Callable, stack: jax.Array) -> Any:
+def map_stack(fn: Callable, stack: jax.Array, *, per_matrix_from: Optional[int] = None) -> Any:
   """``fn`` of a (n, rows, cols) stack, batched or one matrix at a time on CPU.
 
   ``fn`` takes a stack or a single matrix (it works on the last two axes) and
   returns arrays with the same leading axes. A stack of one is one 2-D call;
-  on CPU a stack of large matrices is walked with ``lax.map`` (each step a
-  2-D call that XLA:CPU threads), elsewhere and for small matrices it is one
+  on CPU a stack of matrices of at least ``per_matrix_from`` elements
+  (default ``PER_MATRIX_ON_CPU``) is walked with ``lax.map`` (each step a 2-D
+  call that XLA:CPU threads), elsewhere and for smaller matrices it is one
   batched call. The program holds one copy of ``fn`` either way.
   """
+  if per_matrix_from is None:
+    per_matrix_from = PER_MATRIX_ON_CPU
   if stack.shape[0] == 1:
     return jax.tree.map(lambda y: y[None], fn(stack[0]))
-  if stack.shape[-2] * stack.shape[-1] < PER_MATRIX_ON_CPU:
+  if stack.shape[-2] * stack.shape[-1] < per_matrix_from:
     return fn(stack)
   return jax.lax.platform_dependent(
       stack, cpu=lambda s: jax.lax.map(fn, s), default=fn)
