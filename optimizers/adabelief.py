@@ -16,6 +16,7 @@ def adabelief(
     eps: float = 1e-16,
     weight_decay: optax.ScalarOrSchedule = 0.0,
     mask: MaskOrFn = None,
+    cautious_weight_decay: bool = False,
     mu_dtype: Optional[Any] = None,
     nu_dtype: Optional[Any] = None,
 ) -> optax.GradientTransformation:
@@ -35,6 +36,8 @@ def adabelief(
     eps: the paper's ε (inside :math:`s_t` and in the denominator), >= 0.
     weight_decay: λ, decoupled, >= 0, or a schedule.
     mask: which leaves get the decay (``optax.masked`` semantics).
+    cautious_weight_decay: decay only where the update has the sign of the
+      weight (``gt.decoupled_weight_decay``; Chen et al. 2025).
     mu_dtype: storage of the first moment (``gt.scale_by_adam``).
     nu_dtype: storage of the belief variance.
 
@@ -46,6 +49,7 @@ def adabelief(
   """
   return optax.chain(
       gt.scale_by_belief(b1, b2, eps, mu_dtype=mu_dtype, nu_dtype=nu_dtype),
-      gt.decoupled_weight_decay(weight_decay, mask),
+      gt.decoupled_weight_decay(
+          weight_decay, mask, cautious_weight_decay=cautious_weight_decay),
       gt.scale_by_learning_rate(learning_rate),
   )

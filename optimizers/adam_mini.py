@@ -16,6 +16,7 @@ def adam_mini(
     eps: float = 1e-8,
     weight_decay: optax.ScalarOrSchedule = 0.0,
     mask: MaskOrFn = None,
+    cautious_weight_decay: bool = False,
     num_heads: Optional[int] = None,
     blocks: Optional[gt.PartitionRule] = None,
     matrix_view: Optional[gt.MatrixViewRule] = None,
@@ -42,6 +43,8 @@ def adam_mini(
     eps: added to the denominator outside the square root, >= 0.
     weight_decay: λ, decoupled, >= 0, or a schedule.
     mask: which leaves get the decay (``optax.masked`` semantics).
+    cautious_weight_decay: decay only where the update has the sign of the
+      weight (``gt.decoupled_weight_decay``; Chen et al. 2025).
     num_heads: attention heads, for per-head query/key blocks.
     blocks: the partition rule, ``(path, leaf) -> gt.Blocks``.
     matrix_view: the matrix-view rule the default partition reads rows and
@@ -59,6 +62,7 @@ def adam_mini(
           b1=b1, b2=b2, eps=eps, num_heads=num_heads, blocks=blocks,
           mu_dtype=mu_dtype, matrix_view=matrix_view,
       ),
-      gt.decoupled_weight_decay(weight_decay, mask),
+      gt.decoupled_weight_decay(
+          weight_decay, mask, cautious_weight_decay=cautious_weight_decay),
       gt.scale_by_learning_rate(learning_rate),
   )

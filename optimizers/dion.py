@@ -20,6 +20,7 @@ def dion(
     scale: Optional[str] = "jordan",
     weight_decay: optax.ScalarOrSchedule = 0.0,
     mask: MaskOrFn = None,
+    cautious_weight_decay: bool = False,
     eps: float = 1e-8,
     seed: int = 0,
     matrix_view: Optional[gt.MatrixViewRule] = None,
@@ -59,6 +60,9 @@ def dion(
     weight_decay: λ >= 0, decoupled, or a schedule.
     mask: which leaves get the decay, on both the Dion and the AdamW side
       (``optax.masked`` semantics); ``None``: every leaf.
+    cautious_weight_decay: on the Dion leaves, decay only where the update
+      has the sign of the weight (``gt.decoupled_weight_decay``; Chen et al.
+      2025); the AdamW side keeps plain decay.
     eps: ε of the column normalisation, >= 0.
     seed: seed of the initial bases, >= 0.
     matrix_view: the matrix-view rule (``gt.flax_matrix_view`` by default).
@@ -79,7 +83,8 @@ def dion(
           orthonormalize=orthonormalize, eps=eps, seed=seed,
           matrix_view=matrix_view),
       gt.scale_by_matrix_shape(scale, matrix_view=matrix_view),
-      gt.decoupled_weight_decay(weight_decay, mask),
+      gt.decoupled_weight_decay(
+          weight_decay, mask, cautious_weight_decay=cautious_weight_decay),
       gt.scale_by_learning_rate(learning_rate),
   )
   side = gt.AdamWSide(

@@ -20,6 +20,7 @@ def mars_adamw(
     exact: bool = False,
     weight_decay: optax.ScalarOrSchedule = 0.0,
     mask: MaskOrFn = None,
+    cautious_weight_decay: bool = False,
     is_mars_param: Optional[gt.PathLeafRule] = None,
     adam_learning_rate: Optional[optax.ScalarOrSchedule] = None,
     adam_b1: float = 0.9,
@@ -62,6 +63,9 @@ def mars_adamw(
     weight_decay: λ of the MARS leaves, decoupled, >= 0, or a schedule.
     mask: which leaves get the decay, on both sides (``optax.masked``
       semantics); ``None``: every leaf.
+    cautious_weight_decay: on the MARS leaves, decay only where the update
+      has the sign of the weight (``gt.decoupled_weight_decay``; Chen et al.
+      2025); the AdamW side keeps plain decay.
     is_mars_param: the routing rule, a function of ``(path, leaf)``;
       ``None``: leaves with ``ndim == 2`` (``lambda path, leaf: True`` is the
       official ``optimize_1d=True``).
@@ -92,7 +96,8 @@ def mars_adamw(
   mars = optax.chain(
       gt.scale_by_mars(b1=b1, b2=b2, eps=eps, gamma=gamma, exact=exact,
                        mu_dtype=mu_dtype, nu_dtype=nu_dtype),
-      gt.decoupled_weight_decay(weight_decay, mask),
+      gt.decoupled_weight_decay(
+          weight_decay, mask, cautious_weight_decay=cautious_weight_decay),
       gt.scale_by_learning_rate(learning_rate),
   )
   side = gt.AdamWSide(adam_learning_rate, adam_b1, adam_b2, eps, adam_weight_decay,

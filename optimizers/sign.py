@@ -15,6 +15,7 @@ def signsgd(
     momentum: float = 0.0,
     weight_decay: optax.ScalarOrSchedule = 0.0,
     mask: MaskOrFn = None,
+    cautious_weight_decay: bool = False,
     mu_dtype: Optional[Any] = None,
 ) -> optax.GradientTransformation:
   r"""signSGD, or Signum with momentum.
@@ -32,6 +33,8 @@ def signsgd(
     momentum: μ, in [0, 1).
     weight_decay: λ, decoupled, >= 0, or a schedule.
     mask: which leaves get the decay (``optax.masked`` semantics).
+    cautious_weight_decay: decay only where the update has the sign of the
+      weight (``gt.decoupled_weight_decay``; Chen et al. 2025).
     mu_dtype: storage of the momentum (``gt.scale_by_adam``).
 
   Returns:
@@ -44,7 +47,8 @@ def signsgd(
   return optax.chain(
       gt.ema(momentum, mu_dtype=mu_dtype),
       gt.scale_by_sign(),
-      gt.decoupled_weight_decay(weight_decay, mask),
+      gt.decoupled_weight_decay(
+          weight_decay, mask, cautious_weight_decay=cautious_weight_decay),
       gt.scale_by_learning_rate(learning_rate),
   )
 
@@ -56,6 +60,7 @@ def lion(
     b2: float = 0.99,
     weight_decay: optax.ScalarOrSchedule = 0.0,
     mask: MaskOrFn = None,
+    cautious_weight_decay: bool = False,
     mu_dtype: Optional[Any] = None,
 ) -> optax.GradientTransformation:
   r"""Lion.
@@ -75,6 +80,8 @@ def lion(
     b2: decay of the stored momentum, in [0, 1).
     weight_decay: λ, decoupled, >= 0, or a schedule.
     mask: which leaves get the decay (``optax.masked`` semantics).
+    cautious_weight_decay: decay only where the update has the sign of the
+      weight (``gt.decoupled_weight_decay``; Chen et al. 2025).
     mu_dtype: storage of the momentum (``gt.scale_by_adam``).
 
   Returns:
@@ -85,7 +92,8 @@ def lion(
   """
   return optax.chain(
       gt.scale_by_lion(b1, b2, mu_dtype=mu_dtype),
-      gt.decoupled_weight_decay(weight_decay, mask),
+      gt.decoupled_weight_decay(
+          weight_decay, mask, cautious_weight_decay=cautious_weight_decay),
       gt.scale_by_learning_rate(learning_rate),
   )
 
@@ -96,6 +104,7 @@ def tiger(
     beta: float = 0.965,
     weight_decay: optax.ScalarOrSchedule = 0.0,
     mask: MaskOrFn = None,
+    cautious_weight_decay: bool = False,
     mu_dtype: Optional[Any] = None,
     param_rms_scaling: bool = False,
 ) -> optax.GradientTransformation:
@@ -114,6 +123,8 @@ def tiger(
     beta: β, the decay of the momentum, in [0, 1) (the API's name for it).
     weight_decay: λ, decoupled, >= 0, or a schedule.
     mask: which leaves get the decay (``optax.masked`` semantics).
+    cautious_weight_decay: decay only where the update has the sign of the
+      weight (``gt.decoupled_weight_decay``; Chen et al. 2025).
     mu_dtype: storage of the momentum (``gt.scale_by_adam``).
     param_rms_scaling: scale each matrix leaf's step by RMS(p).
 
@@ -125,7 +136,8 @@ def tiger(
   """
   return optax.chain(
       gt.scale_by_tiger(beta, mu_dtype=mu_dtype),
-      gt.decoupled_weight_decay(weight_decay, mask),
+      gt.decoupled_weight_decay(
+          weight_decay, mask, cautious_weight_decay=cautious_weight_decay),
       gt.scale_by_param_rms() if param_rms_scaling else optax.identity(),
       gt.scale_by_learning_rate(learning_rate),
   )

@@ -19,6 +19,7 @@ def soap(
     max_precondition_dim: int = 10000,
     weight_decay: optax.ScalarOrSchedule = 0.01,
     mask: MaskOrFn = None,
+    cautious_weight_decay: bool = False,
     refresh: str = "qr",
     matrix_view: Optional[gt.MatrixViewRule] = None,
     mu_dtype: Optional[Any] = None,
@@ -51,6 +52,8 @@ def soap(
     max_precondition_dim: sides longer than this keep the identity basis.
     weight_decay: λ, decoupled, a number or a schedule.
     mask: which leaves get weight decay.
+    cautious_weight_decay: decay only where the update has the sign of the
+      weight (``gt.decoupled_weight_decay``; Chen et al. 2025).
     refresh: ``"qr"`` (one power iteration + QR, the paper's) or ``"eigh"``.
     matrix_view: the matrix-view rule (``gt.flax_matrix_view`` by default).
     mu_dtype: storage of Adam's first moment.
@@ -69,6 +72,7 @@ def soap(
           max_precondition_dim=max_precondition_dim, refresh=refresh,
           mu_dtype=mu_dtype, nu_dtype=nu_dtype, matrix_view=matrix_view,
       ),
-      gt.decoupled_weight_decay(weight_decay, mask),
+      gt.decoupled_weight_decay(
+          weight_decay, mask, cautious_weight_decay=cautious_weight_decay),
       gt.scale_by_learning_rate(learning_rate),
   )

@@ -100,6 +100,7 @@ def lamb(
     eps_root: float = 0.0,
     weight_decay: optax.ScalarOrSchedule = 0.0,
     mask: MaskOrFn = None,
+    cautious_weight_decay: bool = False,
     trust_ratio_mask: MaskOrFn = None,
     mu_dtype: Optional[Any] = None,
     nu_dtype: Optional[Any] = None,
@@ -122,6 +123,8 @@ def lamb(
     eps_root: added inside the square root, >= 0.
     weight_decay: λ, decoupled, >= 0, or a schedule.
     mask: which leaves get the decay (``optax.masked`` semantics).
+    cautious_weight_decay: decay only where the update has the sign of the
+      weight (``gt.decoupled_weight_decay``; Chen et al. 2025).
     trust_ratio_mask: which leaves get the trust ratio; ``None``: every
       leaf, as in ``optax.lamb`` (BERT's LAMB exempts biases and norms).
     mu_dtype: storage of the first moment (``"int8"``, ...; see
@@ -140,7 +143,8 @@ def lamb(
   return optax.chain(
       gt.scale_by_adam(
           b1, b2, eps, eps_root, mu_dtype=mu_dtype, nu_dtype=nu_dtype),
-      gt.decoupled_weight_decay(weight_decay, mask),
+      gt.decoupled_weight_decay(
+          weight_decay, mask, cautious_weight_decay=cautious_weight_decay),
       trust_ratio,
       gt.scale_by_learning_rate(learning_rate),
   )

@@ -401,3 +401,44 @@ def test_inject_hyperparams_one_liner(factory):
   for k in SHAPES:
     np.testing.assert_allclose(updates[k], ref[k], rtol=1e-5, atol=1e-7)
   assert float(state.hyperparams["learning_rate"]) == pytest.approx(0.02)
+
+
+def _takes_cautious_decay(factory) -> bool:
+  return "cautious_weight_decay" in inspect.signature(factory).parameters
+
+
+# The weight decay of LAMB is inside its trust ratio, not added to the step.
+_CAUTIOUS = sorted(
+    (f for f in vars(go).values()
+     if callable(f) and f is not go.lamb and _takes_cautious_decay(f)
+     and not getattr(f, "__deprecated__", None)),
+    key=lambda f: f.__name__)
+
+
+@pytest.mark.parametrize("factory", _CAUTIOUS, ids=lambda f: f.__name__)
+def test_cautious_weight_decay_decays_where_the_step_has_the_weights_sign(factory):
+  """Three steps on one (6, 8) matrix, float64: the decay a cautious run adds
+  to the step of the undecayed run is the plain run's decay where that step
+  u₀ = −ηd satisfies u₀·p ≤ 0 (d·p ≥ 0), and zero elsewhere (the decay is
+  decoupled, so the direction d is the same in all three runs)."""
+  lr, wd = 0.05, 0.3
+  rng = np.random.default_rng(11)
+  with jax.enable_x64(True):
+    params = {"w": jnp.asarray(rng.normal(size=(6, 8)))}
+    runs = [factory(lr, weight_decay=w, **kw) for w, kw in
+            ((0.0, {}), (wd, {}), (wd, dict(cautious_weight_decay=True)))]
+    states = [tx.init(params) for tx in runs]
+    disagreements = 0
+    for _ in range(3):
+      grads = {"w": jnp.asarray(rng.normal(size=(6, 8)))}
+      steps = []
+      for i, tx in enumerate(runs):
+        u, states[i] = tx.update(grads, states[i], params)
+        steps.append(np.asarray(u["w"]))
+      u0, plain, cautious = steps
+      p = np.asarray(params["w"])
+      expected = np.where(u0 * p <= 0, plain - u0, 0.0)
+      np.testing.assert_allclose(cautious - u0, expected, rtol=1e-9, atol=1e-12)
+      disagreements += int(np.sum(u0 * p > 0))
+      params = optax.apply_updates(params, {"w": jnp.asarray(u0)})
+  assert disagreements > 0, "every coordinate agreed: the test could not fail"

@@ -18,7 +18,7 @@ convolution or attention projection), which the default rule refuses: its
 layers need K-FAC blocks of their own.
 """
 
-from typing import Any, Callable, NamedTuple, Optional
+from typing import Any, NamedTuple, Optional
 
 import jax
 import jax.numpy as jnp
@@ -31,8 +31,8 @@ from gradtx._internal import tree as _tree
 from gradtx._internal import validate as _validate
 from gradtx.transforms import model_records
 from gradtx.transforms.matrix_roots import ROOT_METHODS, inverse_pth_root, matmul
+from gradtx.transforms.matrix_routing import PathLeafRule
 
-DenseRule = Callable[[tuple, jax.Array], bool]
 _NAME = "kfac_precondition"
 
 
@@ -71,7 +71,7 @@ class _Layer(NamedTuple):
   bias: Optional[int]
 
 
-def _dense_layers(flat: list, is_dense: DenseRule) -> dict:
+def _dense_layers(flat: list, is_dense: PathLeafRule) -> dict:
   """``{module key: _Layer}`` of the (path, leaf) list ``flat``."""
   kernels = {}
   for i, (path, leaf) in enumerate(flat):
@@ -86,7 +86,7 @@ def _dense_layers(flat: list, is_dense: DenseRule) -> dict:
   return layers
 
 
-def _roles(flat: list, is_dense: DenseRule) -> list:
+def _roles(flat: list, is_dense: PathLeafRule) -> list:
   """Per leaf: ``(key, has_bias)`` for a kernel, ``"bias"`` or ``"diag"``."""
   roles = ["diag"] * len(flat)
   for key, layer in _dense_layers(flat, is_dense).items():
@@ -165,7 +165,7 @@ def kfac_precondition(
     precondition_b2: float = 0.95,
     precondition_every: int = 1,
     norm_constraint: Optional[float] = None,
-    is_dense: DenseRule = is_dense_kernel,
+    is_dense: PathLeafRule = is_dense_kernel,
     root_method: str = "eigh",
 ) -> optax.GradientTransformationExtraArgs:
   r"""K-FAC's preconditioner: (A ⊗ G + λI)⁻¹ g per dense layer, from recorded activations.
