@@ -25,7 +25,7 @@ import types
 from benchmarks.harness import ROOT
 
 _PACKAGE_DIRS = {"gradtx": "gradtx", "transforms": "gradtx/transforms",
-                 "optimizers": "gradtx/optimizers"}
+                 "optimizers": "gradtx/optimizers", "contrib": "gradtx/contrib"}
 
 
 def _extract(revision: str) -> str:

@@ -74,6 +74,111 @@ def _eigenvectors(stats):
   return roots.unbatched_on_cpu(jnp.linalg.eigh, stats)[1][..., ::-1]
 
 
+def adam_in_basis(count, x, m, v, *, b1: float, b2: float, eps: float):
+  r"""One Adam step of the rotated gradient x: (u, m, v); the first step is zero.
+
+  .. math:: m' = β_1 m + (1-β_1) x,\quad v' = β_2 v + (1-β_2)|x|^2,\quad
+    u = \frac{\sqrt{1-β_2^k}}{1-β_1^k} \frac{m'}{\sqrt{v'} + ε}
+
+  with k = max(count − 1, 1) Adam steps. At ``count == 1`` (the step that only
+  builds the basis) u is zero and m, v are returned unchanged.
+  """
+  m_new = b1 * m + (1 - b1) * x
+  v_new = b2 * v + (1 - b2) * _tree.abs_sq(x)
+  steps = jnp.maximum(count - 1, 1).astype(v.dtype)
+  correction = jnp.sqrt(1 - b2**steps) / (1 - b1**steps)
+  u = correction * m_new / (jnp.sqrt(v_new) + eps)
+  first = count == 1
+  return (jnp.where(first, 0, u), jnp.where(first, m, m_new),
+          jnp.where(first, v, v_new))
+
+
+def accumulate_statistics(left_stats: dict, right_stats: dict, grads: dict,
+                          decay: float) -> tuple[dict, dict]:
+  r"""Shampoo's statistics of each stack: :math:`L ← βL + (1-β) G G^H`,
+  :math:`R ← βR + (1-β) G^H G` (only the sides a stack preconditions)."""
+  t = roots.transpose
+  left = {k: decay * s + (1 - decay) * roots.matmul(grads[k], t(grads[k]))
+          for k, s in left_stats.items()}
+  right = {k: decay * s + (1 - decay) * roots.matmul(t(grads[k]), grads[k])
+           for k, s in right_stats.items()}
+  return left, right
+
+
+def refreshed_side(stats, basis, v, axis: int, *, refresh: str):
+  r"""One side's basis refreshed from its statistics, and v permuted along.
+
+  The columns of Q are ordered by the estimated eigenvalues
+  :math:`\mathrm{diag}(Q^H S Q)`, largest first (v's ``axis`` alike); then
+  ``refresh="qr"``: Q ← qr(S Q), one power-iteration step; ``"eigh"``: Q ←
+  the eigenvectors of S by decreasing eigenvalue.
+  """
+  estimates = jnp.real(jnp.sum(
+      jnp.conj(basis) * roots.matmul(stats, basis), axis=-2))
+  order = jnp.argsort(-estimates, axis=-1)
+  index = order[..., :, None] if axis == -2 else order[..., None, :]
+  v = jnp.take_along_axis(v, index, axis)
+  if refresh == "eigh":
+    return _eigenvectors(stats), v
+  basis = jnp.take_along_axis(basis, order[..., None, :], -1)
+  power_step = roots.matmul(stats, basis)
+  return roots.unbatched_on_cpu(jnp.linalg.qr, power_step)[0], v
+
+
+def new_basis(group, left, right, left_basis, right_basis, m, v, *, first: bool,
+              refresh: str):
+  """A stack's bases after a refresh, with m rotated into them and v permuted.
+
+  ``first``: the bases are built from scratch (eigenvectors of L and R) and
+  m, v (still zero) are returned as they are.
+  """
+  if first:
+    return (_eigenvectors(left) if group.left else None,
+            _eigenvectors(right) if group.right else None, m, v)
+  m = _rotate(m, left_basis, right_basis, group, back=True)
+  if group.left:
+    left_basis, v = refreshed_side(left, left_basis, v, -2, refresh=refresh)
+  if group.right:
+    right_basis, v = refreshed_side(right, right_basis, v, -1, refresh=refresh)
+  return left_basis, right_basis, _rotate(m, left_basis, right_basis, group), v
+
+
+def refresh_bases(count, groups, mesh, left, right, left_basis, right_basis, moments, *,
+                  precondition_every, refresh: str):
+  """Every stack's bases and moments after step ``count``, on their owners.
+
+  Step 1 builds the bases (``new_basis(first=True)``); after the Adam step of
+  every k = count − 1 with k % ``precondition_every`` = 0 they are refreshed;
+  otherwise everything is returned as it is (one ``lax.switch``). ``left``,
+  ``right``, the bases and ``moments`` (name -> (m, v)) are dicts of stacks
+  keyed by group name.
+  """
+  get = lambda d, g: d.get(g.name)
+
+  def branch(first):
+    def run(operands):
+      left_basis, right_basis, moments = operands
+      out_left, out_right, out_moments = {}, {}, {}
+      for g in groups:
+        lb, rb, m, v = block_stacks.on_owners(
+            lambda *args, g=g: new_basis(g, *args, first=first, refresh=refresh), mesh,
+            get(left, g), get(right, g), get(left_basis, g), get(right_basis, g),
+            *moments[g.name])
+        if g.left:
+          out_left[g.name] = lb
+        if g.right:
+          out_right[g.name] = rb
+        out_moments[g.name] = (m, v)
+      return out_left, out_right, out_moments
+    return run
+
+  index = jnp.where(
+      count == 1, 0, jnp.where((count - 1) % precondition_every == 0, 1, 2))
+  return jax.lax.switch(
+      index, (branch(True), branch(False), lambda operands: operands),
+      (left_basis, right_basis, moments))
+
+
 def scale_by_soap(
     *,
     b1: float = 0.95,
@@ -183,16 +288,7 @@ def scale_by_soap(
         nu=state_format.zeros_like_tree(plain_params, nu_format, signed=False, real=True),
         **stacks)
 
-  def adam(count, x, m, v):
-    """One Adam step of the (rotated) gradient x; the first step is zero."""
-    m_new = b1 * m + (1 - b1) * x
-    v_new = b2 * v + (1 - b2) * _tree.abs_sq(x)
-    steps = jnp.maximum(count - 1, 1).astype(v.dtype)
-    correction = jnp.sqrt(1 - b2**steps) / (1 - b1**steps)
-    u = correction * m_new / (jnp.sqrt(v_new) + eps)
-    first = count == 1  # builds the basis only
-    return (jnp.where(first, 0, u), jnp.where(first, m, m_new),
-            jnp.where(first, v, v_new))
+  adam = lambda count, x, m, v: adam_in_basis(count, x, m, v, b1=b1, b2=b2, eps=eps)
 
   def plain_step(count, g, m, v, seed):
     dtype = _tree.compute_dtype(g)
@@ -202,30 +298,6 @@ def scale_by_soap(
       u, m_new, v_new = state_format.reset_non_finite(g, u, m_new, v_new)
     return (u.astype(g.dtype), state_format.store(m_new, m, mu_format, seed, stream=0),
             state_format.store(v_new, v, nu_format, seed, stream=1))
-
-  def refresh_side(stats, basis, v, axis):
-    estimates = jnp.real(jnp.sum(
-        jnp.conj(basis) * roots.matmul(stats, basis), axis=-2))
-    order = jnp.argsort(-estimates, axis=-1)
-    index = order[..., :, None] if axis == -2 else order[..., None, :]
-    v = jnp.take_along_axis(v, index, axis)
-    if refresh == "eigh":
-      return _eigenvectors(stats), v
-    basis = jnp.take_along_axis(basis, order[..., None, :], -1)
-    power_step = roots.matmul(stats, basis)
-    return roots.unbatched_on_cpu(jnp.linalg.qr, power_step)[0], v
-
-  def new_basis(group, left, right, left_basis, right_basis, m, v, *, first):
-    """The group's bases after a refresh, with m rotated and v permuted along."""
-    if first:
-      return (_eigenvectors(left) if group.left else None,
-              _eigenvectors(right) if group.right else None, m, v)
-    m = _rotate(m, left_basis, right_basis, group, back=True)
-    if group.left:
-      left_basis, v = refresh_side(left, left_basis, v, -2)
-    if group.right:
-      right_basis, v = refresh_side(right, right_basis, v, -1)
-    return left_basis, right_basis, _rotate(m, left_basis, right_basis, group), v
 
   def update_fn(updates, state, params=None):
     _validate.check_matching_shapes(updates, params, "scale_by_soap")
@@ -262,33 +334,11 @@ def scale_by_soap(
       directions.append(_rotate(u, lb, rb, g, back=True))
       moments[g.name] = (m, v)
 
-    left = {k: stats_b2 * v + (1 - stats_b2) * roots.matmul(grads[k], roots.transpose(grads[k]))
-            for k, v in left_stats.items()}
-    right = {k: stats_b2 * v + (1 - stats_b2) * roots.matmul(roots.transpose(grads[k]), grads[k])
-             for k, v in right_stats.items()}
+    left, right = accumulate_statistics(left_stats, right_stats, grads, stats_b2)
 
-    def branch(first):
-      def run(operands):
-        left_basis, right_basis, moments_ = operands
-        out_left, out_right, out_moments = {}, {}, {}
-        for g in groups:
-          lb, rb, m, v = block_stacks.on_owners(
-              lambda *args, g=g: new_basis(g, *args, first=first), mesh,
-              get(left, g), get(right, g), get(left_basis, g),
-              get(right_basis, g), *moments_[g.name])
-          if g.left:
-            out_left[g.name] = lb
-          if g.right:
-            out_right[g.name] = rb
-          out_moments[g.name] = (m, v)
-        return out_left, out_right, out_moments
-      return run
-
-    index = jnp.where(
-        count == 1, 0, jnp.where((count - 1) % precondition_every == 0, 1, 2))
-    left_basis, right_basis, moments = jax.lax.switch(
-        index, (branch(True), branch(False), lambda operands: operands),
-        (old_left_basis, old_right_basis, moments))
+    left_basis, right_basis, moments = refresh_bases(
+        count, groups, mesh, left, right, old_left_basis, old_right_basis, moments,
+        precondition_every=precondition_every, refresh=refresh)
     mu_stacks = to_state({k: m for k, (m, _) in moments.items()})
     nu_stacks = to_state({k: v for k, (_, v) in moments.items()})
     mu_stacks = {k: state_format.store(m, state.mu_stacks[k], mu_format, seed_of(k), stream=0)

@@ -1,4 +1,5 @@
-"""SOAP's transform: the first step and the eigenbasis.
+"""SOAP's transform: its steps one by one (Adam in the basis, the statistics, the
+refresh and its schedule) against numpy, the first step and the eigenbasis.
 
 Whole trajectories against the reference code are in tests/optimizers/test_soap.py;
 argument checks, zero gradients, jit and dtypes in tests/transforms/test_contract.py.
@@ -9,6 +10,8 @@ import jax.numpy as jnp
 import numpy as np
 
 from gradtx import transforms as gt
+from gradtx._internal.block_stacks import Group
+from gradtx.transforms import soap
 
 
 def test_soap_first_step_only_builds_the_basis():
@@ -21,3 +24,76 @@ def test_soap_first_step_only_builds_the_basis():
   np.testing.assert_allclose(basis.T @ basis, np.eye(5), atol=1e-5)
   eigenvalues = np.diag(basis.T @ np.asarray(state.left_stats["5x3"][0]) @ basis)
   assert np.all(np.diff(eigenvalues) <= 1e-6)  # decreasing
+
+
+def _spd(rng, n):
+  a = rng.standard_normal((n, n))
+  return a @ a.T + 0.1 * np.eye(n)
+
+
+def _same_columns_up_to_sign(a, b):
+  signs = np.sign(np.sum(a * b, axis=-2, keepdims=True))
+  np.testing.assert_allclose(a * signs, b, rtol=1e-9, atol=1e-10)
+
+
+def test_adam_in_basis_is_zero_at_step_one_then_bias_corrected_adam():
+  rng = np.random.default_rng(0)
+  x, m, v = rng.standard_normal((3, 4, 5))
+  v = np.abs(v)
+  b1, b2, eps = 0.9, 0.99, 1e-8
+  with jax.enable_x64(True):
+    u, m1, v1 = soap.adam_in_basis(jnp.int32(1), x, m, v, b1=b1, b2=b2, eps=eps)
+    np.testing.assert_array_equal(u, 0)
+    np.testing.assert_array_equal(m1, m)
+    np.testing.assert_array_equal(v1, v)
+    u, m3, v3 = soap.adam_in_basis(jnp.int32(4), x, m, v, b1=b1, b2=b2, eps=eps)
+  m_ref, v_ref = b1 * m + (1 - b1) * x, b2 * v + (1 - b2) * x**2
+  u_ref = np.sqrt(1 - b2**3) / (1 - b1**3) * m_ref / (np.sqrt(v_ref) + eps)
+  np.testing.assert_allclose(m3, m_ref, rtol=1e-12)
+  np.testing.assert_allclose(v3, v_ref, rtol=1e-12)
+  np.testing.assert_allclose(u, u_ref, rtol=1e-12)
+
+
+def test_accumulate_statistics_is_an_ema_of_the_gram_matrices():
+  rng = np.random.default_rng(1)
+  g, l0, r0 = rng.standard_normal((2, 4, 6)), _spd(rng, 4), _spd(rng, 6)
+  with jax.enable_x64(True):
+    left, right = soap.accumulate_statistics(
+        {"a": jnp.stack([l0, l0])}, {"a": jnp.stack([r0, r0])}, {"a": jnp.asarray(g)}, 0.95)
+  for i in range(2):
+    np.testing.assert_allclose(left["a"][i], 0.95 * l0 + 0.05 * g[i] @ g[i].T, rtol=1e-12)
+    np.testing.assert_allclose(right["a"][i], 0.95 * r0 + 0.05 * g[i].T @ g[i], rtol=1e-12)
+
+
+def test_refreshed_side_sorts_by_estimated_eigenvalue_then_takes_one_power_step():
+  rng = np.random.default_rng(2)
+  stats = _spd(rng, 5)
+  basis = np.linalg.qr(rng.standard_normal((5, 5)))[0]
+  v = rng.random((5, 3))
+  with jax.enable_x64(True):
+    q, v_new = soap.refreshed_side(stats, basis, v, -2, refresh="qr")
+    q_eigh, _ = soap.refreshed_side(stats, basis, v, -2, refresh="eigh")
+  order = np.argsort(-np.diag(basis.T @ stats @ basis))
+  np.testing.assert_array_equal(v_new, v[order])
+  _same_columns_up_to_sign(np.asarray(q), np.linalg.qr(stats @ basis[:, order])[0])
+  eigenvalues, eigenvectors = np.linalg.eigh(stats)
+  _same_columns_up_to_sign(np.asarray(q_eigh), eigenvectors[:, ::-1])
+
+
+def test_refresh_bases_builds_at_step_one_and_refreshes_every_k_steps():
+  """precondition_every = 3: counts 1 (build), 4 and 7 (k = 3, 6) change the
+  bases; 2, 3, 5 return them untouched."""
+  rng = np.random.default_rng(3)
+  group = Group("4x6", (4, 6), jnp.float64, True, True, ((0, 0, 1),), 1, 1)
+  with jax.enable_x64(True):
+    left, right = {"4x6": jnp.asarray(_spd(rng, 4))[None]}, {"4x6": jnp.asarray(_spd(rng, 6))[None]}
+    bases = [{"4x6": jnp.eye(n, dtype=jnp.float64)[None]} for n in (4, 6)]
+    moments = {"4x6": (jnp.asarray(rng.standard_normal((1, 4, 6))),
+                       jnp.asarray(rng.random((1, 4, 6))))}
+    changed = []
+    for count in range(1, 8):
+      lb, rb, _ = soap.refresh_bases(
+          jnp.int32(count), (group,), None, left, right, *bases, moments,
+          precondition_every=3, refresh="qr")
+      changed.append(not np.allclose(lb["4x6"], bases[0]["4x6"]))
+  assert changed == [True, False, False, True, False, False, True]
