@@ -159,6 +159,38 @@ def damped_inverses(
   return inverse(a / pi), inverse(g * pi)
 
 
+def inverses_at(count, input_factors, output_factors, old_inverses, *, precondition_b2,
+                damping, precondition_every, root_method: str = "eigh"):
+  r"""The damped inverses of every layer's bias-corrected factors at step ``count``.
+
+  Recomputed (``damped_inverses`` of :math:`A_t/(1-β^t)`, :math:`G_t/(1-β^t)`)
+  at steps 1, 1 + k, 1 + 2k, ... for k = ``precondition_every`` (one
+  ``lax.cond``), ``old_inverses`` (a pair of lists) otherwise.
+  """
+  def recompute(count, input_factors, output_factors):
+    correction = lambda m: m / _tree.bias_correction(precondition_b2, count, m.dtype)
+    pairs = [damped_inverses(correction(a), correction(g), damping, root_method)
+             for a, g in zip(input_factors, output_factors)]
+    return [p[0] for p in pairs], [p[1] for p in pairs]
+
+  if isinstance(precondition_every, int) and precondition_every == 1:
+    return recompute(count, input_factors, output_factors)
+  return jax.lax.cond(
+      (count - 1) % precondition_every == 0,
+      recompute, lambda *_: old_inverses, count, input_factors, output_factors)
+
+
+def diagonal_step(count, g, v, *, precondition_b2, damping):
+  r"""kfac-jax's ``NaiveDiagonal`` rule for one leaf: (u, v_t).
+
+  .. math:: v_t = β v_{t-1} + (1-β) g^2,\quad u = g / (v_t/(1-β^t) + λ)
+  """
+  x = g.astype(_tree.compute_dtype(g))
+  v = precondition_b2 * v + (1 - precondition_b2) * x * x
+  corrected = v / _tree.bias_correction(precondition_b2, count, x.dtype)
+  return (x / (corrected + damping)).astype(g.dtype), v
+
+
 def kfac_precondition(
     *,
     damping: Any = 1e-3,
@@ -286,12 +318,6 @@ def kfac_precondition(
           f" {record.output_grads.shape[-1]}), but its kernel is {kernel.shape}")
     return batch_factors(record, has_bias)
 
-  def recompute(count, input_factors, output_factors):
-    correction = lambda m: m / _tree.bias_correction(b2, count, m.dtype)
-    pairs = [damped_inverses(correction(a), correction(g), damping, root_method)
-             for a, g in zip(input_factors, output_factors)]
-    return [p[0] for p in pairs], [p[1] for p in pairs]
-
   def update_fn(updates, state, params=None, *, records=None, **extra_args):
     del extra_args
     _validate.check_matching_shapes(updates, params, "kfac_precondition")
@@ -310,26 +336,21 @@ def kfac_precondition(
       new_a.append(b2 * fields[0][i] + (1 - b2) * a)
       new_g.append(b2 * fields[1][i] + (1 - b2) * g)
     old_inverses = ([fields[2][i] for i in dense], [fields[3][i] for i in dense])
-    if isinstance(precondition_every, int) and precondition_every == 1:
-      inv_a, inv_g = recompute(count, new_a, new_g)
-    else:
-      inv_a, inv_g = jax.lax.cond(
-          (count - 1) % precondition_every == 0,
-          recompute, lambda *_: old_inverses, count, new_a, new_g)
+    inv_a, inv_g = inverses_at(
+        count, new_a, new_g, old_inverses, precondition_b2=b2, damping=damping,
+        precondition_every=precondition_every, root_method=root_method)
 
     out, diag = list(grads), list(fields[4])
     for i, role in enumerate(roles):
       if role == "diag":
-        x = grads[i].astype(_tree.compute_dtype(grads[i]))
-        diag[i] = b2 * fields[4][i] + (1 - b2) * x * x
-        v = diag[i] / _tree.bias_correction(b2, count, x.dtype)
-        out[i] = (x / (v + damping)).astype(grads[i].dtype)
+        out[i], diag[i] = diagonal_step(count, grads[i], fields[4][i],
+                                        precondition_b2=b2, damping=damping)
     layers = _dense_layers(flat, is_dense)
     for j, i in enumerate(dense):
       bias = layers[roles[i][0]].bias
-      _precondition_layer(grads, out, i, bias, inv_a[j], inv_g[j])
+      precondition_layer(grads, out, i, bias, inv_a[j], inv_g[j])
     if norm_constraint is not None:
-      out = _constrain(out, grads, norm_constraint)
+      out = constrain_norm(out, grads, norm_constraint)
 
     def scatter(values, field):
       merged = list(field)
@@ -346,7 +367,7 @@ def kfac_precondition(
   return optax.GradientTransformationExtraArgs(init_fn, update_fn)
 
 
-def _precondition_layer(grads, out, kernel, bias, inv_a, inv_g):
+def precondition_layer(grads, out, kernel, bias, inv_a, inv_g):
   """out[kernel], out[bias] ← split(Â⁻¹ [g_W; g_b] Ĝ⁻¹)."""
   g_w = grads[kernel]
   dtype = inv_a.dtype
@@ -360,7 +381,7 @@ def _precondition_layer(grads, out, kernel, bias, inv_a, inv_g):
     out[bias] = _sharding.reshard_like(u[-1].astype(g_b.dtype), g_b)
 
 
-def _constrain(out, grads, norm_constraint):
+def constrain_norm(out, grads, norm_constraint):
   """Scales every update by min(1, √(c/⟨u, g⟩)), kfac-jax's norm constraint."""
   inner = sum(jnp.vdot(u.astype(_tree.compute_dtype(u)), g.astype(_tree.compute_dtype(u)))
               for u, g in zip(out, grads))

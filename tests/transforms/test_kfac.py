@@ -5,6 +5,8 @@ preconditioned gradient, from the same start and on the same batches, with
 the same damping and factor decay; kfac-jax estimates the factors itself
 (``estimation_mode="fisher_empirical"``), gradtx from records of the inputs
 and output gradients of each dense layer, taken here by hand with zero taps.
+Its steps one by one (the factors of a record, the inverses' schedule, the
+diagonal rule, the layer product, the norm constraint) against numpy.
 """
 
 
@@ -14,6 +16,7 @@ import numpy as np
 import pytest
 
 from gradtx import transforms as gt
+from gradtx.transforms import kfac
 from tests.oracles import kfac_runners as tk
 
 LR = 0.1
@@ -181,3 +184,66 @@ def test_a_stack_of_dense_kernels_is_refused_not_made_diagonal():
   assert state.diag_stats["conv"]["kernel"].shape == (3, 3, 2, 4)
   state = gt.kfac_precondition(is_dense=lambda path, leaf: False).init(params)
   assert state.diag_stats["layers"]["kernel"].shape == (4, 8, 8)
+
+
+def test_batch_factors_are_the_mean_input_gram_and_the_summed_output_gram():
+  rng = np.random.default_rng(0)
+  x, d = rng.standard_normal((2, 5, 3)), rng.standard_normal((2, 5, 4))
+  with jax.enable_x64(True):
+    a, g = kfac.batch_factors(gt.DenseRecord(jnp.asarray(x), jnp.asarray(d)), True)
+  x1 = np.concatenate([x.reshape(-1, 3), np.ones((10, 1))], 1)
+  np.testing.assert_allclose(a, x1.T @ x1 / 10, rtol=1e-12)
+  np.testing.assert_allclose(g, d.reshape(-1, 4).T @ d.reshape(-1, 4), rtol=1e-12)
+
+
+def test_inverses_are_recomputed_at_steps_one_plus_multiples_of_k():
+  rng = np.random.default_rng(1)
+  a = rng.standard_normal((3, 3))
+  a = a @ a.T
+  g = np.eye(2) * 2.0
+  with jax.enable_x64(True):
+    old = ([jnp.zeros((3, 3))], [jnp.zeros((2, 2))])
+    recomputed = []
+    for count in range(1, 8):
+      inv_a, inv_g = kfac.inverses_at(
+          jnp.int32(count), [jnp.asarray(a)], [jnp.asarray(g)], old,
+          precondition_b2=0.9, damping=1e-2, precondition_every=3)
+      recomputed.append(bool(np.any(np.asarray(inv_a[0]) != 0)))
+      if recomputed[-1]:
+        scale = 1 - 0.9**count
+        ref_a, ref_g = kfac.damped_inverses(jnp.asarray(a / scale), jnp.asarray(g / scale), 1e-2)
+        np.testing.assert_allclose(inv_a[0], ref_a, rtol=1e-10)
+        np.testing.assert_allclose(inv_g[0], ref_g, rtol=1e-10)
+  assert recomputed == [True, False, False, True, False, False, True]
+
+
+def test_diagonal_step_is_kfac_jax_s_naive_diagonal_rule():
+  rng = np.random.default_rng(2)
+  g, v = rng.standard_normal(6), rng.random(6)
+  with jax.enable_x64(True):
+    u, v_new = kfac.diagonal_step(jnp.int32(3), jnp.asarray(g), jnp.asarray(v),
+                                  precondition_b2=0.9, damping=1e-2)
+  v_ref = 0.9 * v + 0.1 * g**2
+  np.testing.assert_allclose(v_new, v_ref, rtol=1e-12)
+  np.testing.assert_allclose(u, g / (v_ref / (1 - 0.9**3) + 1e-2), rtol=1e-12)
+
+
+def test_precondition_layer_splits_the_kernel_and_bias_product():
+  rng = np.random.default_rng(3)
+  g_w, g_b = rng.standard_normal((3, 2)), rng.standard_normal(2)
+  inv_a, inv_g = rng.standard_normal((4, 4)), rng.standard_normal((2, 2))
+  with jax.enable_x64(True):
+    grads = [jnp.asarray(g_w), jnp.asarray(g_b)]
+    out = list(grads)
+    kfac.precondition_layer(grads, out, 0, 1, jnp.asarray(inv_a), jnp.asarray(inv_g))
+  u = inv_a @ np.concatenate([g_w, g_b[None]], 0) @ inv_g
+  np.testing.assert_allclose(out[0], u[:3], rtol=1e-12)
+  np.testing.assert_allclose(out[1], u[3], rtol=1e-12)
+
+
+def test_constrain_norm_scales_by_min_one_and_root_c_over_inner_product():
+  u, g = [jnp.full(3, 2.0)], [jnp.full(3, 1.0)]  # <u, g> = 6
+  (small,) = kfac.constrain_norm(u, g, 1.5)
+  np.testing.assert_allclose(small, 2.0 * np.sqrt(1.5 / 6.0), rtol=1e-6)
+  (kept,) = kfac.constrain_norm(u, g, 60.0)
+  np.testing.assert_array_equal(kept, u[0])
