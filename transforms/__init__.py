@@ -12,6 +12,11 @@ from gradtx.transforms.adam_mini import (
     scale_by_adam_mini,
 )
 from gradtx.transforms.ademamix import ScaleByAdemamixState, scale_by_ademamix
+from gradtx.transforms.axis_names import (
+    AxisNamesMatrixView,
+    add_axis_names,
+    matrix_view_from_axes,
+)
 from gradtx.transforms.cautious import CautiousState, cautious
 from gradtx.transforms.factored import ScaleByFactoredRmsState, factored_axes, scale_by_factored_rms
 from gradtx.transforms.factored_geometry import InFactoredGeometryState, in_factored_geometry
@@ -91,6 +96,7 @@ from gradtx.transforms.weight_decay import (
 )
 
 __all__ = [
+    "AxisNamesMatrixView",
     "Blocks",
     "Coefficients",
     "EmaState",
@@ -115,6 +121,7 @@ __all__ = [
     "StochasticBfloat16",
     "WeightDecayState",
     "adam_mini_blocks",
+    "add_axis_names",
     "clip_singular_values",
     "coupled_weight_decay",
     "decoupled_weight_decay",
@@ -127,6 +134,7 @@ __all__ = [
     "graft",
     "inverse_pth_root",
     "kronecker_precondition",
+    "matrix_view_from_axes",
     "momentum",
     "newton_schulz",
     "on_matrix_views",

@@ -243,10 +243,11 @@ def orthogonalize_low_rank(
   def init_fn(params):
     _validate.check_real_leaves(params, "orthogonalize_low_rank")
     key = jax.random.key(seed)
-    views = iter(_matrix_view.views_of(params, matrix_view))
+    views = _matrix_view.views_of(params, matrix_view)
+    basis_views = iter(views)  # map_statistics visits the leaves in views' order
 
     def basis(path, p):
-      view = _matrix_view.view_of(path, p, matrix_view)
+      view = next(basis_views)
       if view is None:
         return (optax.MaskedNode(),)
       num, m, n = view.matrix_shape(tuple(p.shape))
@@ -260,8 +261,8 @@ def orthogonalize_low_rank(
     else:
       leaves, treedef = jax.tree.flatten(params)
       residual = treedef.unflatten([
-          optax.MaskedNode() if next(views) is None else jnp.zeros_like(p)
-          for p in leaves])
+          optax.MaskedNode() if view is None else jnp.zeros_like(p)
+          for p, view in zip(leaves, views)])
     return OrthogonalizeLowRankState(bases, residual)
 
   def leaf(g, view, basis, residual):

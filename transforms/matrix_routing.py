@@ -17,6 +17,7 @@ import optax
 
 from gradtx._internal import names as _names
 from gradtx._internal import validate as _validate
+from gradtx.transforms import axis_names as _axes
 from gradtx.transforms import matrix_view as _matrix_view
 from gradtx.transforms.learning_rate import scale_by_learning_rate
 from gradtx.transforms.second_moment import scale_by_adam
@@ -33,22 +34,40 @@ def is_hidden_matrix(
 
   A leaf goes to Muon when it has a matrix view (``gt.flax_matrix_view``, or
   ``matrix_view``: dense and convolution kernels, attention projections;
-  not biases, norm scales, 1-D or empty leaves) and no key on its path names
-  an embedding or an output head: a name containing ``"embed"``
-  (``embedding``, ``tok_embed``), ``"position"`` (learned positions),
-  ``"wte"``, ``"wpe"``, ``"unembed"``, ``"logits"`` or ``"readout"``, or
-  ending in ``"head"`` (``lm_head``, ``head``), or named ``"pos"``.
-  Everything else goes to AdamW. The optimizers' default routing adds one
-  rule of the whole tree: a (d, vocab) kernel is an output head when the
-  tree holds a token embedding of shape (vocab, d), vocab != d, whatever the
-  kernel is called (Linen's ``Dense_2``); gt.describe shows where each leaf
-  goes. Misrouting an embedding or head to Muon raises no error, only
-  trains worse (Jordan 2024; optax's default labels every 2-D leaf as Muon).
+  not biases, norm scales, 1-D or empty leaves) and it is neither an
+  embedding nor an output head. Which rule decides, first to last:
+
+  1. its Flax axis names, where the routing sees them (a tree of NNX
+     variables or Linen boxes, or ``matrix_view=gt.matrix_view_from_axes(...)``):
+     (vocab, …) is an embedding, (…, vocab) an output head, and names that
+     settle rows and columns ((embed, mlp)) make a hidden matrix;
+  2. names on its key path: a name containing ``"embed"`` (``embedding``,
+     ``tok_embed``), ``"position"`` (learned positions), ``"wte"``,
+     ``"wpe"``, ``"unembed"``, ``"logits"`` or ``"readout"``, or ending in
+     ``"head"`` (``lm_head``, ``head``), or named ``"pos"``;
+  3. in the optimizers' routing of the whole tree (``AdamWSide.around``),
+     its shape: a 2-D (d, vocab) kernel is an output head when the tree holds
+     a token embedding (by 1. or 2.) of shape (vocab, d), vocab != d, whatever
+     the kernel is called (Linen's ``Dense_2``).
+
+  Everything else goes to AdamW; gt.describe shows where each leaf goes.
+  Misrouting an embedding or head to Muon raises no error, only trains worse
+  (Jordan 2024; optax's default labels every 2-D leaf as Muon).
   """
-  if _matrix_view.view_of(path, leaf, matrix_view) is None:
-    return False
+  with _axes.using(getattr(matrix_view, "axis_names", None)):
+    if _matrix_view.view_of(path, leaf, matrix_view) is None:
+      return False
+    role = leaf_role(path, leaf)
+  if role in ("embedding", "output_head", "matrix"):
+    return role == "matrix"
   names = _names.path_names(path)
   return not (_names.is_embedding(names) or _names.is_output_head(names))
+
+
+def leaf_role(path: tuple, leaf: Any) -> Optional[str]:
+  """The role (``gradtx.transforms.axis_names.read``) the axis names in use give a leaf."""
+  axes = _axes.names_at(path, jax.numpy.shape(leaf))
+  return None if axes is None else _axes.read(axes).role
 
 
 @dataclasses.dataclass(frozen=True)
@@ -149,8 +168,10 @@ class AdamWSide:
     One ``optax.multi_transform`` labelled ``label`` / ``"adam"`` (and
     ``"embedding"``: the embeddings' AdamW, with ``embedding_learning_rate``).
     ``is_inner_param=None`` routes by ``is_hidden_matrix`` with
-    ``matrix_view``, and sends a (d, vocab) kernel to AdamW as an output head
-    when the tree holds a (vocab, d) token embedding. ``learning_rate`` and
+    ``matrix_view`` (axis names first: the tree's own, or those of
+    ``gt.matrix_view_from_axes``), and sends a (d, vocab) kernel that no axis
+    names settle to AdamW as an output head when the tree holds a (vocab, d)
+    token embedding. ``learning_rate`` and
     ``weight_decay`` are the matrix rule's (the defaults of
     ``adam_learning_rate`` and ``adam_weight_decay``); ``mask`` picks the
     AdamW leaves that get the decay.
@@ -163,19 +184,28 @@ class AdamWSide:
       def is_inner_param(path, leaf):
         return is_hidden_matrix(path, leaf, matrix_view=matrix_view)
 
+    def is_embedding(path, leaf):
+      role = leaf_role(path, leaf)
+      return role == "embedding" or (
+          role is None and _names.is_embedding(_names.path_names(path)))
+
     def label_of(path, leaf, head):
       if not head and is_inner_param(path, leaf):
         return label
-      if "embedding" in transforms and _names.is_embedding(_names.path_names(path)):
+      if "embedding" in transforms and is_embedding(path, leaf):
         return "embedding"
       return "adam"
 
     def labels(params):
       flat, treedef = jax.tree_util.tree_flatten_with_path(params)
-      heads = (_names.heads_by_shape([(_names.path_names(p), jax.numpy.shape(x))
-                                      for p, x in flat])
-               if by_shape else [False] * len(flat))
-      return treedef.unflatten([label_of(p, x, h) for (p, x), h in zip(flat, heads)])
+      with _axes.reading(params), _axes.using(getattr(matrix_view, "axis_names", None)):
+        heads = [False] * len(flat)
+        if by_shape:
+          heads = _names.heads_by_shape(
+              [(_names.path_names(p), jax.numpy.shape(x)) for p, x in flat],
+              [is_embedding(p, x) for p, x in flat])
+          heads = [h and leaf_role(p, x) is None for (p, x), h in zip(flat, heads)]
+        return treedef.unflatten([label_of(p, x, h) for (p, x), h in zip(flat, heads)])
 
     return optax.multi_transform(transforms, labels)
 

@@ -7,7 +7,11 @@ blocks all ask the same question of a leaf: which of its axes are the rows
 ``MatrixView`` is the answer and a *matrix-view rule*, a function of
 ``(path, leaf)``, gives it (``None``: the leaf is not a matrix, e.g. a bias).
 
-The default, ``flax_matrix_view``, follows Flax's layouts (kernels are
+The default, ``flax_matrix_view``, reads a leaf's Flax axis names first
+where it can see them (``nnx.with_partitioning``, Linen's logical
+partitioning, the ``layers`` axis ``nnx.scan`` adds: the table of recognised
+names is in ``gradtx.transforms.axis_names``); what they leave open, names on
+the key path and then the shape decide, after Flax's layouts (kernels are
 (fan_in, ..., fan_out)):
 
 =============================================  ===================  =====================
@@ -23,7 +27,8 @@ Flax parameter (shape)                          rows (fan-in)        columns (fa
 an expert stack (experts, in, out): a name      in, per expert       out
 containing ``"expert"``
 ``nnx.Einsum`` kernel                           declare it: ``einsum_matrix_view(spec)``
-scanned stacks (``nnx.scan``/``nnx.vmap``)      declare it: ``stacked_matrix_view(n)``
+scanned stacks (``nnx.scan``/``nnx.vmap``)      their axis names (``layers``), else
+                                                declare it: ``stacked_matrix_view(n)``
 biases, norm scales (any shape), 0-/1-D leaves  not matrices (``None``)
 =============================================  ===================  =====================
 
@@ -52,6 +57,7 @@ import optax
 from gradtx._internal import names as _names
 from gradtx._internal import routing as _routing
 from gradtx._internal import tree as _tree
+from gradtx.transforms import axis_names as _axes
 
 
 @dataclasses.dataclass(frozen=True)
@@ -131,9 +137,13 @@ _WARNED: set = set()
 
 
 def flax_matrix_view(path: tuple, leaf: Any, *, strict: bool = False) -> Optional[MatrixView]:
-  """The default matrix view of a leaf, from its key path and shape.
+  """The default matrix view of a leaf, from its axis names, key path and shape.
 
-  See the module docstring's table. In order: 0- and 1-D leaves and leaves
+  First the leaf's Flax axis names, where the transform can see them
+  (``gradtx.transforms.axis_names``: ``layers``/``exp`` axes are the view's
+  batch, (embed, mlp) is embed × mlp, a stacked bias or norm scale is no
+  matrix); they leave open what they do not recognise. Then the module
+  docstring's table, by name and shape. In order: 0- and 1-D leaves and leaves
   whose own name contains ``"bias"`` or ``"scale"`` have no view; 2-D leaves
   are (rows, cols) as they are; 3-D kernels of flax's MultiHeadAttention
   ``query``/``key``/``value`` projections are (in, heads·head_dim); 3-D
@@ -153,6 +163,15 @@ def flax_matrix_view(path: tuple, leaf: Any, *, strict: bool = False) -> Optiona
     The leaf's ``MatrixView``, or ``None``.
   """
   shape = tuple(jnp.shape(leaf))
+  axes = _axes.names_at(path, shape)
+  if axes is not None:
+    reading = _axes.read(axes)
+    if reading.role == "vector":
+      return None
+    if reading.rows is not None:
+      return MatrixView(reading.rows, reading.cols, reading.batch)
+    if reading.batch:
+      return _around_batch(path, shape, reading.batch, strict)
   ndim = len(shape)
   names = _names.path_names(path)
   if ndim < 2 or _names.is_vector(names):
@@ -167,6 +186,19 @@ def flax_matrix_view(path: tuple, leaf: Any, *, strict: bool = False) -> Optiona
   return view
 
 
+def _around_batch(path: tuple, shape: tuple, batch: tuple, strict: bool) -> Optional[MatrixView]:
+  """The view of a leaf whose axis names settle only its ``batch`` axes: the
+  path's names and the shape decide on the other axes."""
+  others = [a for a in range(len(shape)) if a not in batch]
+  inner = flax_matrix_view(
+      path, jax.ShapeDtypeStruct(tuple(shape[a] for a in others), jnp.float32), strict=strict)
+  if inner is None:
+    return None
+  axes = lambda inner_axes: tuple(others[a] for a in inner_axes)
+  return MatrixView(axes(inner.rows), axes(inner.cols), batch + axes(inner.batch),
+                    inner.col_blocks)
+
+
 def _guessed(path: tuple, shape: tuple, view: MatrixView, strict: bool) -> None:
   key = _routing.leaf_key(path)
   _, rows, cols = view.matrix_shape(shape)
@@ -174,7 +206,8 @@ def _guessed(path: tuple, shape: tuple, view: MatrixView, strict: bool) -> None:
       f"{key} {shape}: a {len(shape)}-D leaf with no name that settles its layout is"
       f" seen as one {rows}x{cols} matrix (a convolution kernel: rows are all axes"
       " but the last). If its leading axes index separate matrices (scanned layers,"
-      " experts), pass matrix_view=gt.stacked_matrix_view(); to keep this view,"
+      " experts), give them axis names (nnx.with_partitioning, 'layers') or pass"
+      " matrix_view=gt.stacked_matrix_view(); to keep this view,"
       " pass your own rule as matrix_view= or name the module (conv, expert).")
   _routing.report_ambiguous(path, message)
   if strict:
@@ -212,6 +245,7 @@ def stacked_matrix_view(
     return MatrixView(shift(inner.rows), shift(inner.cols),
                       tuple(range(num_axes)) + shift(inner.batch), inner.col_blocks)
 
+  stacked.axis_names = getattr(rule, "axis_names", None)
   return stacked
 
 
@@ -241,6 +275,7 @@ def fused_qkv_matrix_view(
       return view
     return dataclasses.replace(view, col_blocks=view.col_blocks * num_parts)
 
+  fused.axis_names = getattr(rule, "axis_names", None)
   return fused
 
 
@@ -287,7 +322,8 @@ def view_of(path: tuple, leaf: Any, rule: Optional[MatrixViewRule]) -> Optional[
 def views_of(tree: Any, rule: Optional[MatrixViewRule]) -> list:
   """The ``MatrixView`` (or ``None``) of every leaf of ``tree``, as a list."""
   with_paths = jax.tree_util.tree_flatten_with_path(tree)[0]
-  views = [view_of(path, leaf, rule) for path, leaf in with_paths]
+  with _axes.reading(tree):
+    views = [view_of(path, leaf, rule) for path, leaf in with_paths]
   _routing.report_per_leaf(tree, "views", views)
   return views
 

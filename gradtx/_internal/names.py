@@ -5,6 +5,8 @@ leaves by name (Muon's ``is_hidden_matrix``, Adam-mini's default blocks, the
 default matrix view), so the rules cannot drift apart.
 """
 
+from typing import Optional
+
 # An input table: token embeddings and learned positions (nnx.Embed's
 # "embedding", GPT-2's "wte"/"wpe"). "unembed" is an output head instead.
 EMBEDDING_PARTS = ("embed", "embd", "wte", "wpe", "position")
@@ -98,16 +100,20 @@ def is_expert_stack(names: list[str]) -> bool:
   return any(part in n for n in names for part in EXPERT_PARTS)
 
 
-def heads_by_shape(leaves: list) -> list[bool]:
+def heads_by_shape(leaves: list, embeddings: Optional[list] = None) -> list[bool]:
   """Which of ``(names, shape)`` pairs are output heads by their shape.
 
   A 2-D leaf of shape (d, vocab) is an output head when the same tree holds
   a token embedding of shape (vocab, d) with vocab != d (an embedding name,
-  not a learned position table); a square table says nothing. This finds a
-  vocabulary projection whatever it is called (Linen's ``Dense_2``).
+  not a learned position table; or the leaves ``embeddings`` flags, e.g. by
+  their axis names); a square table says nothing. This finds a vocabulary
+  projection whatever it is called (Linen's ``Dense_2``).
   """
-  tables = {tuple(shape) for names, shape in leaves
-            if len(shape) == 2 and shape[0] != shape[1]
-            and is_embedding(names) and not is_position_table(names)}
-  return [len(shape) == 2 and not is_vector(names) and not is_embedding(names)
-          and (shape[1], shape[0]) in tables for names, shape in leaves]
+  if embeddings is None:
+    embeddings = [is_embedding(names) for names, _ in leaves]
+  tables = {tuple(shape) for (names, shape), table in zip(leaves, embeddings)
+            if table and len(shape) == 2 and shape[0] != shape[1]
+            and not is_position_table(names)}
+  return [len(shape) == 2 and not is_vector(names) and not table
+          and (shape[1], shape[0]) in tables
+          for (names, shape), table in zip(leaves, embeddings)]

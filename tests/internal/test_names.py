@@ -83,3 +83,10 @@ def test_heads_by_shape_needs_a_non_square_token_table():
   square = (["embed", "embedding"], (16, 16))
   assert _names.heads_by_shape([square, (["dense", "kernel"], (16, 16))]) == [False, False]
   assert _names.is_embedding(["pos"]) and not _names.is_embedding(["transpose"])
+
+
+def test_heads_by_shape_takes_the_tables_it_is_given():
+  # A table its axis names mark (vocab, embed), whatever it is called.
+  table, head = (["tok", "weight"], (40, 16)), (["dense_2", "kernel"], (16, 40))
+  assert _names.heads_by_shape([table, head]) == [False, False]
+  assert _names.heads_by_shape([table, head], [True, False]) == [False, True]

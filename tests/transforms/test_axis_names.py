@@ -1,0 +1,308 @@
+"""Flax axis names as the first source of truth of matrix views and routing
+(transforms/axis_names.py), on real Flax modules: NNX with
+``nnx.with_partitioning`` and the ``layers`` axis of ``nnx.vmap``, an expert
+stack, Linen's logical partitioning and ``nn.scan``; each checked against the
+routing written out by hand, leaf by leaf, and in ``gt.describe``'s table."""
+
+import doctest
+import warnings
+
+import flax.linen as nn
+import jax
+import jax.numpy as jnp
+import numpy as np
+import optax
+import pytest
+from flax import nnx
+
+from gradtx import optimizers as go
+from gradtx import transforms as gt
+from gradtx._internal.routing import leaf_key
+from gradtx.transforms import axis_names
+
+V = gt.MatrixView
+
+
+@pytest.mark.parametrize("names, reading", [
+    (("layers", "embed", "mlp"), ((0,), (1,), (2,), "matrix")),
+    (("embed", "heads", "kv"), ((), (0,), (1, 2), "matrix")),
+    (("heads", "kv", "embed"), ((), (0, 1), (2,), "matrix")),
+    (("exp", "mlp", "embed"), ((0,), (1,), (2,), "matrix")),
+    (("embed", "num_activations", "mlp"), ((1,), (0,), (2,), "matrix")),
+    (("embed", "exp"), ((), (0,), (1,), "matrix")),  # a router
+    (("layers", "mlp"), ((0,), None, None, "vector")),  # a stacked bias
+    (("layers", "norm"), ((0,), None, None, "vector")),
+    (("vocab", "embed"), ((), None, None, "embedding")),
+    (("embed", "vocab"), ((), (0,), (1,), "output_head")),
+    (("layers", None, None), ((0,), None, None, None)),  # left to the shape
+    (("embed", None), ((), None, None, None)),
+    (("embed", ("fsdp", "mlp")), ((), (0,), (1,), "matrix")),  # several mesh axes
+])
+def test_what_the_names_settle(names, reading):
+  assert tuple(axis_names.read(names)) == reading
+
+
+def test_add_axis_names_recognises_more_and_checks_the_role(monkeypatch):
+  monkeypatch.setattr(axis_names, "_ROLE_OF", dict(axis_names._ROLE_OF))
+  assert axis_names.read(("my_blocks", "embed", "mlp")).role is None
+  gt.add_axis_names("batch", "my_blocks")
+  assert tuple(axis_names.read(("my_blocks", "embed", "mlp")))[:3] == ((0,), (1,), (2,))
+  with pytest.raises(ValueError, match="role must be one of"):
+    gt.add_axis_names("stack", "my_blocks")
+
+
+def _partitioned(names, init=None):
+  return nnx.with_partitioning(init or nnx.initializers.lecun_normal(), names)
+
+
+class _Block(nnx.Module):
+  def __init__(self, rngs):
+    self.up = nnx.Linear(16, 32, kernel_init=_partitioned(("embed", "mlp")), rngs=rngs)
+    self.down = nnx.Linear(32, 16, kernel_init=_partitioned(("mlp", "embed")), rngs=rngs)
+    self.norm = nnx.RMSNorm(16, scale_init=_partitioned(("norm",), nnx.initializers.ones),
+                            rngs=rngs)
+
+
+class _ScannedLM(nnx.Module):
+  """Embedding, four blocks stacked by nnx.vmap with a 'layers' axis, a head.
+
+  The head is called ``out``: no name says it is one, its 'vocab' axis does.
+  """
+
+  def __init__(self, rngs, vocab=50):
+    self.embed = nnx.Embed(vocab, 16, embedding_init=_partitioned(
+        ("vocab", "embed"), nnx.initializers.normal()), rngs=rngs)
+
+    @nnx.split_rngs(splits=4)
+    @nnx.vmap(in_axes=(0,), out_axes=0, transform_metadata={nnx.PARTITION_NAME: "layers"})
+    def blocks(rngs):
+      return _Block(rngs)
+
+    self.blocks = blocks(rngs)
+    self.out = nnx.Linear(16, vocab, kernel_init=_partitioned(("embed", "vocab")), rngs=rngs)
+
+
+SCANNED_BY_HAND = {  # path: (view, goes to Muon); no view: not a matrix
+    "['blocks']['up']['kernel']": (V((1,), (2,), batch=(0,)), True),
+    "['blocks']['down']['kernel']": (V((1,), (2,), batch=(0,)), True),
+    "['embed']['embedding']": (V((0,), (1,)), False),
+    "['out']['kernel']": (V((0,), (1,)), False),
+}
+
+
+def _by_hand(table):
+  views = {path: view for path, (view, _) in table.items()}
+  muon = {path for path, (_, on) in table.items() if on}
+  return (lambda path, leaf: views.get(leaf_key(path)),
+          lambda path, leaf: leaf_key(path) in muon)
+
+
+def _rows(description):
+  return [(r.path, r.branch, r.view) for r in description]
+
+
+def _assert_routed_as_by_hand(params, table, matrix_view=None):
+  """describe(go.muon) of the default equals that of the rules by hand, leaf by leaf."""
+  view, is_muon = _by_hand(table)
+  with warnings.catch_warnings():
+    warnings.simplefilter("error")  # no guessed view, no deprecation
+    default = gt.describe(go.muon(0.02, matrix_view=matrix_view), params)
+  explicit = gt.describe(go.muon(0.02, matrix_view=view, is_muon_param=is_muon), params)
+  assert not default.notes and not default.ambiguous
+  for row, by_hand in zip(default, explicit, strict=True):
+    assert (row.path, row.branch, row.view) == (by_hand.path, by_hand.branch, by_hand.view)
+  for path, (_, on) in table.items():
+    assert default[path].branch == ("muon" if on else "adam"), path
+  return default
+
+
+def _table_line(description, path):
+  return next(line.split() for line in str(description).splitlines()
+              if line.startswith(path + " "))
+
+
+def _nnx_model(cls, **kwargs):
+  with nnx.use_eager_sharding(False):  # sharding names without a mesh
+    return cls(nnx.Rngs(0), **kwargs)
+
+
+def test_nnx_scanned_stack_routes_by_its_axis_names():
+  model = _nnx_model(_ScannedLM)
+  description = _assert_routed_as_by_hand(nnx.state(model, nnx.Param), SCANNED_BY_HAND)
+  assert _table_line(description, "['blocks']['up']['kernel']")[1:4] == [
+      "4x16x32", "float32", "muon"]
+  assert _table_line(description, "['blocks']['up']['kernel']")[4] == "4x16x32"
+  assert _table_line(description, "['out']['kernel']")[3] == "adam"
+  assert description["['blocks']['norm']['scale']"].view is None  # (layers, norm)
+  # Abstract parameters (nnx.eval_shape) read the same names.
+  with nnx.use_eager_sharding(False):
+    abstract = nnx.state(nnx.eval_shape(lambda: _ScannedLM(nnx.Rngs(0))), nnx.Param)
+  assert _rows(gt.describe(go.muon(0.02), abstract)) == _rows(description)
+
+
+def _same_update(a, b, params, grads, params_b=None, grads_b=None):
+  ua = a.update(grads, a.init(params), params)[0]
+  ub = b.update(grads if grads_b is None else grads_b,
+                b.init(params if params_b is None else params_b), params)[0]
+  for x, y in zip(jax.tree.leaves(ua), jax.tree.leaves(ub), strict=True):
+    np.testing.assert_allclose(x, y, rtol=1e-5, atol=1e-6)
+
+
+def _loss(model):
+  return sum(jnp.sum(jnp.sin(x)) for x in jax.tree.leaves(nnx.state(model, nnx.Param)))
+
+
+def test_nnx_optimizer_reads_the_names_its_update_does_not_see():
+  # nnx.Optimizer hands tx.init variables and tx.update plain arrays: the
+  # update reads the names its init met (a vocabulary of its own, so no other
+  # test's tree has these shapes).
+  model = _nnx_model(_ScannedLM, vocab=37)
+  view, is_muon = _by_hand(SCANNED_BY_HAND)
+  by_hand = go.muon(0.02, matrix_view=view, is_muon_param=is_muon)
+  plain = jax.tree.map(jnp.asarray, nnx.to_pure_dict(nnx.state(model, nnx.Param)))
+  grads = nnx.to_pure_dict(nnx.grad(_loss)(model))
+  expected = by_hand.update(grads, by_hand.init(plain), plain)[0]
+  optimizer = nnx.Optimizer(model, go.muon(0.02), wrt=nnx.Param)
+  with warnings.catch_warnings():
+    warnings.simplefilter("error", gt.AmbiguousMatrixViewWarning)
+    optimizer.update(model, nnx.grad(_loss)(model))
+  after = nnx.to_pure_dict(nnx.state(model, nnx.Param))
+  for x, p, u in zip(jax.tree.leaves(after), jax.tree.leaves(plain),
+                     jax.tree.leaves(expected), strict=True):
+    np.testing.assert_allclose(x, p + u, rtol=1e-5, atol=1e-6)
+
+
+class _MoE(nnx.Module):
+  """MaxText's layout: a router (embed, None), experts (exp, embed, mlp) and
+  (exp, mlp, embed) under names that do not say "expert"."""
+
+  def __init__(self, rngs):
+    self.gate = nnx.Linear(16, 8, kernel_init=_partitioned(("embed", None)), rngs=rngs)
+    self.wi = nnx.Param(jax.random.normal(rngs.params(), (8, 16, 32)) * 0.1,
+                        out_sharding=("exp", "embed", "mlp"))
+    self.wo = nnx.Param(jax.random.normal(rngs.params(), (8, 32, 16)) * 0.1,
+                        out_sharding=("exp", "mlp", "embed"))
+
+
+MOE_BY_HAND = {
+    "['gate']['kernel']": (V((0,), (1,)), True),
+    "['wi']": (V((1,), (2,), batch=(0,)), True),
+    "['wo']": (V((1,), (2,), batch=(0,)), True),
+}
+
+
+def test_moe_expert_stack_is_one_matrix_per_expert_by_its_axis_names():
+  model = _nnx_model(_MoE)
+  params = nnx.state(model, nnx.Param)
+  description = _assert_routed_as_by_hand(params, MOE_BY_HAND)
+  assert _table_line(description, "['wi']")[3:5] == ["muon", "8x16x32"]
+  assert _table_line(description, "['wo']")[3:5] == ["muon", "8x32x16"]
+  view, is_muon = _by_hand(MOE_BY_HAND)
+  grads = jax.tree.map(lambda p: jnp.cos(jnp.arange(p.size).reshape(p.shape)), params)
+  _same_update(go.muon(0.02), go.muon(0.02, matrix_view=view, is_muon_param=is_muon),
+               params, grads)
+
+
+def _logical(names, init=None):
+  return nn.with_logical_partitioning(init or nn.initializers.lecun_normal(), names)
+
+
+class _LinenBlock(nn.Module):
+  @nn.compact
+  def __call__(self, x, _):
+    h = nn.Dense(32, kernel_init=_logical(("embed", "mlp")))(x)
+    return nn.Dense(16, kernel_init=_logical(("mlp", "embed")))(h), None
+
+
+class _LinenScannedLM(nn.Module):
+  """Linen's automatic names; a head called Dense_0 that its 'vocab' axis marks."""
+
+  @nn.compact
+  def __call__(self, tokens):
+    x = nn.Embed(50, 16, embedding_init=_logical(("vocab", "embed"),
+                                                 nn.initializers.normal()))(tokens)
+    x, _ = nn.scan(_LinenBlock, variable_axes={"params": 0}, split_rngs={"params": True},
+                   length=3, metadata_params={nn.PARTITION_NAME: "layers"})()(x, None)
+    return nn.Dense(50, kernel_init=nn.with_partitioning(
+        nn.initializers.lecun_normal(), ("embed", "vocab")))(x)
+
+
+LINEN_BY_HAND = {
+    "['Dense_0']['kernel']": (V((0,), (1,)), False),
+    "['Embed_0']['embedding']": (V((0,), (1,)), False),
+    "['Scan_LinenBlock_0']['Dense_0']['kernel']": (V((1,), (2,), batch=(0,)), True),
+    "['Scan_LinenBlock_0']['Dense_1']['kernel']": (V((1,), (2,), batch=(0,)), True),
+}
+
+
+def _linen_boxed():
+  return jax.eval_shape(_LinenScannedLM().init, jax.random.key(0),
+                        jnp.zeros((2, 5), jnp.int32))["params"]
+
+
+def test_linen_boxes_and_nn_scan_route_by_their_axis_names():
+  boxed = _linen_boxed()
+  description = _assert_routed_as_by_hand(boxed, LINEN_BY_HAND)
+  assert _table_line(description, "['Scan_LinenBlock_0']['Dense_1']['kernel']")[3:5] == [
+      "muon", "3x32x16"]
+  assert _table_line(description, "['Dense_0']['kernel']")[3] == "adam"
+  # The boxes reach the optimizer in init and update alike.
+  params = jax.tree.map(lambda x: jnp.ones(x.shape, x.dtype), boxed)
+  grads = jax.tree.map(lambda x: jnp.cos(jnp.arange(x.size).reshape(x.shape)), params)
+  view, is_muon = _by_hand(LINEN_BY_HAND)
+  _same_update(go.muon(0.02), go.muon(0.02, matrix_view=view, is_muon_param=is_muon),
+               params, grads, nn.unbox(params), nn.unbox(grads))
+
+
+def test_matrix_view_from_axes_gives_unboxed_parameters_their_names(monkeypatch):
+  monkeypatch.setattr(axis_names, "_MET", {})  # no tree met before
+  boxed = _linen_boxed()
+  rule = gt.matrix_view_from_axes(boxed)
+  _assert_routed_as_by_hand(nn.unbox(boxed), LINEN_BY_HAND, matrix_view=rule)
+  fused = gt.fused_qkv_matrix_view(rule=rule)
+  _assert_routed_as_by_hand(nn.unbox(boxed), LINEN_BY_HAND, matrix_view=fused)
+  # Without them the stack is a guess and the head is found by its shape only.
+  with pytest.warns(gt.AmbiguousMatrixViewWarning):
+    plain = gt.describe(go.muon(0.02), nn.unbox(boxed))
+  assert plain["['Scan_LinenBlock_0']['Dense_0']['kernel']"].matrices == (1, 48, 32)
+
+
+def _boxed(names, shape):
+  return nn.LogicallyPartitioned(jax.ShapeDtypeStruct(shape, jnp.float32), names)
+
+
+def test_names_settle_a_stack_axis_that_is_not_leading():
+  # nn.scan(variable_axes={"params": 1}): the layer axis second.
+  path = (jax.tree_util.DictKey("w"),)
+  rule = gt.matrix_view_from_axes({"w": _boxed(("embed", "layers", "mlp"), (8, 3, 16))})
+  assert rule(path, jnp.zeros((8, 3, 16))) == V((0,), (2,), (1,))
+  # Names that settle the stack only: the rest by shape, around it.
+  rule = gt.matrix_view_from_axes({"w": _boxed((None, "layers", None), (8, 3, 16))})
+  assert rule(path, jnp.zeros((8, 3, 16))) == V((0,), (2,), (1,))
+  # Another shape at that path is not the named leaf.
+  with pytest.warns(gt.AmbiguousMatrixViewWarning):
+    assert rule(path, jnp.zeros((3, 8, 16))) == V((0, 1), (2,))
+
+
+def test_a_vocabulary_axis_outranks_names_and_shapes():
+  # A kernel named like a hidden layer whose last axis is the vocabulary is a
+  # head; a table named "proj" whose first axis is the vocabulary is an embedding.
+  boxed = {"proj": _boxed(("vocab", "embed"), (40, 8)),
+           "hidden": _boxed(("embed", "vocab"), (8, 40)),
+           "mlp": {"kernel": jax.ShapeDtypeStruct((8, 8), jnp.float32)}}
+  tx = go.muon(0.02, embedding_learning_rate=0.1)
+  branches = {r.path: r.branch for r in gt.describe(tx, boxed)}
+  assert branches == {"['hidden']": "adam", "['mlp']['kernel']": "muon",
+                      "['proj']": "embedding"}
+
+
+def test_the_docstring_example_runs():
+  result = doctest.testmod(axis_names, optionflags=doctest.NORMALIZE_WHITESPACE)
+  assert result.attempted and not result.failed
+
+
+def test_optax_transforms_keep_the_names_of_variables():
+  # scale_by_adam's moments are variables too: names reach every transform.
+  model = _nnx_model(_MoE)
+  mu = optax.scale_by_adam().init(nnx.state(model, nnx.Param)).mu
+  assert axis_names.axis_names_of(mu)["['wi']"] == ((8, 16, 32), ("exp", "embed", "mlp"))

@@ -1,0 +1,266 @@
+"""Flax axis names: what a parameter's logical axis names say about its matrix view.
+
+Flax parameters can carry one name per axis: NNX ``nnx.with_partitioning`` /
+``nnx.Param(..., sharding_names=...)`` (kept as the variable's
+``out_sharding`` metadata), the partition axis ``nnx.scan`` / ``nnx.vmap``
+insert through ``transform_metadata={nnx.PARTITION_NAME: "layers"}``, Linen
+``nn.with_logical_partitioning`` / ``nn.with_partitioning`` boxes and the axis
+``nn.scan(metadata_params={nn.PARTITION_NAME: "layers"})`` adds to them. Where
+a leaf has them, they are the first source of truth of its matrix view and of
+its routing; its key path's names, then its shape, decide only what they leave
+open. The recognised names (MaxText's and Flax's examples' logical names):
+
+==============  ====================================================  =========================
+role            names                                                 the axis is
+==============  ====================================================  =========================
+``batch``       layers, layer, stage, exp, expert, experts,           an index of separate
+                num_experts, num_activations                          matrices (scanned layers,
+                                                                      experts, fused gate/up)
+``vocab``       vocab, vocab_size                                     the vocabulary
+``embed``       embed, embed_no_exp, emb, d_model                     the model width
+``attention``   heads, q_heads, kv_heads, num_heads, kv, head_dim,    heads and head features
+                kv_head_dim, qk_head_dim, v_head_dim                  (one group of axes)
+``mlp``         mlp, mlp_no_fsdp, intermediate, ffn                   the MLP's hidden width
+``lora``        q_lora, kv_lora                                       a low-rank bottleneck
+``vector``      norm                                                  a norm scale: no matrix
+==============  ====================================================  =========================
+
+``add_axis_names(role, *names)`` recognises more. From a leaf's names, in
+order (``read``): its ``batch`` axes are the view's ``batch`` (but a 2-D
+(embed, exp) router is one matrix onto the experts); a ``vector`` axis or
+fewer than two other axes means no matrix (a stacked bias or norm scale);
+otherwise, when every other axis is recognised and they have two roles or
+more, the rows are the leading axes of the first axis's role and the columns
+the rest ((embed, mlp): embed × mlp; (embed, heads, kv): embed × heads·kv;
+(heads, kv, embed): heads·kv × embed). What they leave open (a ``None`` or
+unknown name, or one role only) the key path's names and the shape decide,
+around the batch axes. A leaf whose other axes are (vocab, …) is an
+embedding table and one whose last axis is vocab an output head: neither
+goes to a hidden-matrix rule (``gt.is_hidden_matrix``).
+
+Where metadata reaches a transform: in a tree of NNX variables
+(``nnx.state(model, nnx.Param)`` and its ``nnx.grad``), of Linen boxes
+(``model.init(...)["params"]`` before ``nn.unbox``, and its gradients), and in
+a tree of plain arrays with the very paths and shapes of such a tree met
+earlier in the process (``nnx.Optimizer`` hands ``tx.init`` variables and
+``tx.update`` plain arrays). Where a transform sees only plain arrays (Linen
+after ``nn.unbox``, MaxText), ``matrix_view_from_axes(abstract_params)``
+gives the names as a matrix-view rule.
+"""
+
+import contextlib
+import contextvars
+from typing import Any, Iterator, NamedTuple, Optional
+
+import jax
+
+from gradtx._internal import routing as _routing
+from gradtx._internal import tree as _tree
+
+ROLES = ("batch", "vocab", "embed", "attention", "mlp", "lora", "vector")
+_ROLE_OF = {}
+
+
+def add_axis_names(role: str, *names: str) -> None:
+  """Recognise ``names`` as axis names of ``role`` (one of the table's roles).
+
+  Example:
+    >>> from gradtx import transforms as gt
+    >>> gt.add_axis_names("batch", "repeats")  # nn.scan over "repeats"
+  """
+  if role not in ROLES:
+    raise ValueError(f"role must be one of {ROLES}, got {role!r}")
+  for name in names:
+    _ROLE_OF[name] = role
+
+
+add_axis_names("batch", "layers", "layer", "stage", "exp", "expert", "experts",
+               "num_experts", "num_activations")
+add_axis_names("vocab", "vocab", "vocab_size")
+add_axis_names("embed", "embed", "embed_no_exp", "emb", "d_model")
+add_axis_names("attention", "heads", "q_heads", "kv_heads", "num_heads", "kv", "head_dim",
+               "kv_head_dim", "qk_head_dim", "v_head_dim")
+add_axis_names("mlp", "mlp", "mlp_no_fsdp", "intermediate", "ffn")
+add_axis_names("lora", "q_lora", "kv_lora")
+add_axis_names("vector", "norm")
+
+
+def role_of_axis(name: Any) -> Optional[str]:
+  """The role of an axis name; a tuple of names (several mesh axes) takes the
+  first recognised one's; ``None`` if none is recognised."""
+  for part in name if isinstance(name, (tuple, list)) else (name,):
+    if isinstance(part, str) and part in _ROLE_OF:
+      return _ROLE_OF[part]
+  return None
+
+
+class Reading(NamedTuple):
+  """What a leaf's axis names say (``read``).
+
+  Attributes:
+    batch: the axes that index separate matrices.
+    rows: the rows' axes, when the names settle them, else ``None``.
+    cols: the columns' axes, likewise.
+    role: ``"vector"`` (no matrix), ``"embedding"``, ``"output_head"``,
+      ``"matrix"`` (rows and columns settled) or ``None`` (left open).
+  """
+
+  batch: tuple
+  rows: Optional[tuple]
+  cols: Optional[tuple]
+  role: Optional[str]
+
+
+def read(names: tuple) -> Reading:
+  """What the axis ``names`` of a leaf settle (see the module docstring)."""
+  roles = [role_of_axis(n) for n in names]
+  batch = tuple(i for i, r in enumerate(roles) if r == "batch")
+  if len(roles) == 2 and batch == (1,):
+    batch = ()  # (embed, exp): a router, one matrix onto the experts
+  axes = [i for i in range(len(names)) if i not in batch]
+  other = [roles[i] for i in axes]
+  if "vector" in other or len(other) < 2:
+    return Reading(batch, None, None, "vector")
+  if other[0] == "vocab":
+    return Reading(batch, None, None, "embedding")
+  if None in other or len(set(other)) < 2:
+    return Reading(batch, None, None, "output_head" if other[-1] == "vocab" else None)
+  first = next(k for k, r in enumerate(other) if r != other[0])
+  role = "output_head" if other[-1] == "vocab" else "matrix"
+  return Reading(batch, tuple(axes[:first]), tuple(axes[first:]), role)
+
+
+def _is_box(x: Any) -> bool:
+  # Linen's nn.Partitioned and nn.LogicallyPartitioned.
+  return hasattr(x, "unbox") and hasattr(x, "names") and hasattr(x, "value")
+
+
+def _named_leaf(x: Any) -> Optional[tuple[tuple, tuple]]:
+  """(shape, axis names) of an NNX variable or a Linen box that names every
+  axis of its value, else ``None``."""
+  if _is_box(x):
+    names, value = x.names, x.value
+  elif _tree.is_variable(x):
+    metadata = x.get_metadata()
+    names = next((metadata[k] for k in ("out_sharding", "sharding_names", "sharding")
+                  if metadata.get(k) is not None), None)
+    value = x.get_value()
+  else:
+    return None
+  shape = getattr(value, "shape", None)  # None: a masked-out value (optax.masked)
+  if shape is None or not isinstance(names, (tuple, list)) or len(names) != len(shape):
+    return None
+  names = tuple(tuple(n) if isinstance(n, list) else n for n in names)
+  return (tuple(shape), names) if any(role_of_axis(n) for n in names) else None
+
+
+def axis_names_of(tree: Any) -> dict:
+  """``{leaf key: (shape, axis names)}`` of the leaves of ``tree`` that carry names."""
+  is_leaf = lambda x: _is_box(x) or _tree.is_variable(x)
+  found = {}
+  for path, x in jax.tree_util.tree_flatten_with_path(tree, is_leaf=is_leaf)[0]:
+    named = _named_leaf(x)
+    if named is not None:
+      found[_routing.leaf_key(path)] = named
+  return found
+
+
+# The names of each tree met, by the tree's (leaf key, shape)s: a tree of plain
+# arrays shaped like one of them (nnx.Optimizer's update) reads the same names.
+_MET: dict = {}
+_CURRENT: contextvars.ContextVar = contextvars.ContextVar("gradtx_axis_names", default=None)
+
+
+def _signature(tree: Any) -> tuple:
+  return tuple((_routing.leaf_key(p), tuple(jax.numpy.shape(x)))
+               for p, x in jax.tree_util.tree_flatten_with_path(tree)[0])
+
+
+@contextlib.contextmanager
+def reading(tree: Any) -> Iterator[None]:
+  """The axis names of ``tree`` (or of a tree met before with its paths and
+  shapes) are what ``names_at`` answers inside the ``with`` block."""
+  found = axis_names_of(tree)
+  if found:
+    _MET[_signature(tree)] = found
+  elif _MET:
+    found = _MET.get(_signature(tree))
+  with using(found or None):
+    yield
+
+
+@contextlib.contextmanager
+def using(names: Optional[dict]) -> Iterator[None]:
+  """``names`` (``axis_names_of``'s) answer ``names_at`` in the block; ``None``
+  keeps the names already in use."""
+  if names is None:
+    yield
+    return
+  token = _CURRENT.set(names)
+  try:
+    yield
+  finally:
+    _CURRENT.reset(token)
+
+
+def names_at(path: tuple, shape: tuple) -> Optional[tuple]:
+  """The axis names in use of the leaf at ``path``, if it has ``shape``."""
+  found = (_CURRENT.get() or {}).get(_routing.leaf_key(path))
+  return found[1] if found is not None and found[0] == tuple(shape) else None
+
+
+class AxisNamesMatrixView:
+  """A matrix-view rule that reads the axis names of a tree of Flax parameters.
+
+  ``rule`` (default ``gt.flax_matrix_view``) with the names of ``params``'
+  leaves in use (see the module docstring), whatever tree the transform is
+  handed: for parameters that reach the optimizer as plain arrays. Attribute
+  ``axis_names``: ``{leaf key: (shape, names)}``.
+  """
+
+  def __init__(self, params: Any, rule: Optional[Any] = None):
+    self.axis_names = axis_names_of(params)
+    self.rule = rule
+
+  def __call__(self, path: tuple, leaf: Any):
+    # Imported here: matrix_view imports this module.
+    from gradtx.transforms import matrix_view
+
+    with using(self.axis_names):
+      return (self.rule or matrix_view.flax_matrix_view)(path, leaf)
+
+  def __repr__(self):
+    return f"matrix_view_from_axes(<{len(self.axis_names)} named leaves>)"
+
+
+def matrix_view_from_axes(params: Any, rule: Optional[Any] = None) -> AxisNamesMatrixView:
+  """A matrix-view rule (``matrix_view=``) from the axis names of Flax parameters.
+
+  For parameters whose names a transform cannot see: Linen parameters after
+  ``nn.unbox`` (and MaxText's), or any optimizer that is handed plain arrays.
+  ``params`` is a tree holding the names: Linen's boxed
+  ``jax.eval_shape(model.init, ...)["params"]`` or an ``nnx.State`` (abstract:
+  ``nnx.state(nnx.eval_shape(...), nnx.Param)``). Leaves are matched by key
+  path (without ``.value`` and box) and shape. The routing of
+  ``gt.is_hidden_matrix`` and the optimizers reads the same names (an
+  embedding's or output head's ``vocab`` axis) when this rule is their
+  ``matrix_view``, or ``rule`` of ``gt.fused_qkv_matrix_view`` /
+  ``gt.stacked_matrix_view``.
+
+  Args:
+    params: the parameters with their axis names (arrays or abstract).
+    rule: the rule that reads the names; default ``gt.flax_matrix_view``.
+
+  Returns:
+    A matrix-view rule, a function of ``(path, leaf)``.
+
+  Example:
+    >>> import jax, jax.numpy as jnp, flax.linen as nn
+    >>> from gradtx import transforms as gt
+    >>> w = jax.ShapeDtypeStruct((4, 8, 16), jnp.float32)
+    >>> boxed = {"w": nn.LogicallyPartitioned(w, ("layers", "embed", "mlp"))}
+    >>> rule = gt.matrix_view_from_axes(boxed)
+    >>> rule((jax.tree_util.DictKey("w"),), jnp.zeros((4, 8, 16)))
+    MatrixView(rows=(1,), cols=(2,), batch=(0,), col_blocks=1)
+  """
+  return AxisNamesMatrixView(params, rule)
