@@ -247,6 +247,19 @@ def test_kfac_roles_and_an_update_that_needs_records():
   assert any("records" in note for note in description.notes)
 
 
+
+def test_psgd_kron_shows_each_axis_factor_and_adam_mini_its_blocks():
+  params = {"w": jax.ShapeDtypeStruct((16, 300), jnp.float32),
+            "b": jax.ShapeDtypeStruct((16,), jnp.float32)}
+  kron = gt.describe(go.psgd_kron(1e-3, max_size_triangular=256), params)
+  assert kron["['w']"].branch == "kron 16x300 (tri, diag)"  # 300 > max_size_triangular
+  assert kron["['b']"].branch == "kron 16 (diag)"
+  assert kron["['w']"].state_bytes == (16 * 16 + 300 + 16 * 300) * F32  # Q's and momentum
+  mini = gt.describe(go.adam_mini(1e-3, num_heads=4), params)
+  # A hidden matrix: one block per output neuron; a vector: one block.
+  assert (mini["['w']"].branch, mini["['b']"].branch) == ("300 blocks of 16", "1 block of 16")
+  assert mini["['w']"].state_bytes == (16 * 300 + 300) * F32
+
 def test_the_docstring_example_runs():
   result = doctest.testmod(gradtx.describe, optionflags=doctest.NORMALIZE_WHITESPACE)
   assert result.attempted and not result.failed

@@ -9,6 +9,7 @@ norm scale, and one per element of a bias. A partition is described by a
 """
 
 import dataclasses
+import math
 from typing import Any, Callable, NamedTuple, Optional
 
 import jax
@@ -17,6 +18,7 @@ import numpy as np
 import optax
 
 from gradtx._internal import names as _names
+from gradtx._internal import routing as _routing
 from gradtx._internal import sharding as _sharding
 from gradtx._internal import tree as _tree
 from gradtx._internal import validate as _validate
@@ -180,6 +182,12 @@ class ScaleByAdamMiniState(NamedTuple):
   nu: optax.Updates
 
 
+def _block_role(blocks: Blocks) -> str:
+  """What ``gt.describe`` shows: '8 blocks of 64' (one second moment each)."""
+  count = math.prod(blocks.nu_shape)
+  return f"{count} block{'s' if count != 1 else ''} of {math.prod(blocks.shape) // count}"
+
+
 def scale_by_adam_mini(
     *,
     b1: float = 0.9,
@@ -244,6 +252,10 @@ def scale_by_adam_mini(
     )
 
   def init_fn(params):
+    _routing.report_per_path(
+        [path for path, _ in jax.tree_util.tree_flatten_with_path(params)[0]], "roles",
+        [_block_role(_checked_blocks(rule, path, p))
+         for path, p in jax.tree_util.tree_flatten_with_path(params)[0]])
     (nu,) = _tree.map_statistics(
         lambda path, p: (jnp.zeros(
             _checked_blocks(rule, path, p).nu_shape,

@@ -18,6 +18,7 @@ import numpy as np
 import optax
 
 from gradtx._internal import names as _names
+from gradtx._internal import routing as _routing
 from gradtx._internal import sharding as _sharding
 from gradtx._internal import tree as _tree
 from gradtx._internal import validate as _validate
@@ -305,8 +306,15 @@ def scale_by_psgd_kron(
                            else jnp.ones(d, factor_dtype(p)))
                   for d, t in zip(shape, triangular)),)
 
+  def role(x):
+    """What ``gt.describe`` shows: each axis's factor, e.g. 'kron 16x32 (tri, diag)'."""
+    shape = jnp.shape(x) or (1,)
+    sides = ", ".join("tri" if t else "diag" for t in kinds(x))
+    return f"kron {'x'.join(map(str, shape))} ({sides})"
+
   def init_fn(params):
     _validate.check_real_leaves(params, "scale_by_psgd_kron")
+    _routing.report_per_leaf(params, "roles", [role(x) for x in jax.tree.leaves(params)])
     mu = state_format.zeros_like_tree(params, mu_format, signed=True) if keeps_momentum else None
     factors = _tree.map_statistics(init_factors, 1, params)[0]
     return ScaleByPsgdKronState(jnp.zeros([], jnp.int32), mu, factors,
