@@ -57,6 +57,7 @@ def optimizers(revision: str = ""):
       "shampoo": lambda: go.shampoo(1e-3, precondition_every=1),
       "soap": lambda: go.soap(1e-3, precondition_every=1),
       "adamw_8bit": lambda: go.adamw_8bit(1e-3),
+      "psgd_kron": lambda: go.psgd_kron(1e-3, precond_update_probability=1.0),
       "optax:adamw": lambda: optax.adamw(1e-3),
       "optax:muon": lambda: optax.contrib.muon(0.02),
   }
