@@ -15,9 +15,14 @@ with the number of matrices.
     python -m benchmarks.compile_time --layers 12 24 48 --d 128 --repeats 3
     python -m benchmarks.compile_time --optimizers muon shampoo
     python -m benchmarks.compile_time --optimizers muon --against HEAD~1
+    python -m benchmarks.compile_time --optimizers adamw_8bit --against HEAD --step-rounds 20
 
 Each figure is the minimum over ``--repeats`` compilations (the JAX caches
 are cleared before each, so every one is a cold trace, lower and compile).
+``--step-rounds N`` then times the compiled steps themselves on the largest
+tree (random parameters and gradients), one step of each contender per round
+in a new random order (``harness.time_round_robin``): a change that buys
+compile time must not cost step time.
 """
 
 import argparse
@@ -87,6 +92,28 @@ def measure(names, layers, d, repeats) -> dict[str, dict[int, float]]:
   return seconds
 
 
+def step_milliseconds(names, layers: int, d: int, rounds: int) -> dict[str, list[float]]:
+  """Milliseconds of each contender's step on a random tree of ``layers`` blocks."""
+  shapes = layered_tree(layers, d)
+  leaves, treedef = jax.tree.flatten(shapes)
+  keys = jax.random.split(jax.random.key(0), 2 * len(leaves))
+  normal = lambda key, s: jax.random.normal(key, s.shape, s.dtype)
+  params = treedef.unflatten([normal(k, s) for k, s in zip(keys, leaves)])
+  grads = treedef.unflatten(
+      [1e-2 * normal(k, s) for k, s in zip(keys[len(leaves):], leaves)])
+  contenders = {name: harness.stepper(OPTIMIZERS[name](), params, grads) for name in names}
+  times = harness.time_round_robin(contenders, rounds=rounds)
+  return {name: [1e3 * t for t in ts] for name, ts in times.items()}
+
+
+def step_table(milliseconds: dict[str, list[float]]) -> str:
+  anchor = min(milliseconds[ANCHOR])
+  rows = [[name, f"{min(ms):.2f}", f"{sorted(ms)[len(ms) // 2]:.2f}",
+           f"{min(ms) / anchor:.2f}x"] for name, ms in milliseconds.items()]
+  return harness.markdown_table(
+      ["optimizer", "step ms (min)", "step ms (median)", f"x {ANCHOR} (min)"], rows)
+
+
 def table(seconds: dict[str, dict[int, float]], layers) -> str:
   anchor = seconds[ANCHOR]
   header = ["optimizer"]
@@ -112,6 +139,8 @@ def main(argv=None) -> None:
                       choices=list(OPTIMIZERS))
   parser.add_argument("--against", default="",
                       help="also compile the library at this git revision")
+  parser.add_argument("--step-rounds", type=int, default=0,
+                      help="also time this many round-robin steps on the largest tree")
   args = parser.parse_args(argv)
   names = [ANCHOR] + [n for n in args.optimizers if n != ANCHOR]
   if args.against:
@@ -123,6 +152,9 @@ def main(argv=None) -> None:
   print(f"\nlower + compile of one update+apply step, d = {args.d}, min of"
         f" {args.repeats}\n")
   print(table(measure(names, args.layers, args.d, args.repeats), args.layers))
+  if args.step_rounds:
+    print(f"\nstep time, {4 * args.layers[-1]} matrices, {args.step_rounds} rounds round-robin\n")
+    print(step_table(step_milliseconds(names, args.layers[-1], args.d, args.step_rounds)))
   print(harness.closing_line())
 
 

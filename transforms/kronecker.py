@@ -315,7 +315,7 @@ def kronecker_precondition(
             lambda x, left, right, g=g: precondition(g, x, left, right), mesh, x,
             left_root.get(g.name), right_root.get(g.name))
         for g, x in zip(groups, stacks)]
-    out = block_stacks.unstack(preconditioned, leaves, matrices, groups, mesh)
+    out = block_stacks.unstack_alike(preconditioned, leaves, matrices, groups, mesh)
     diag_leaves = treedef.flatten_up_to(state.diag_stats)
     new_diag = list(diag_leaves)
     for i, (g, layout) in enumerate(zip(leaves, blocks)):

@@ -12,6 +12,7 @@ import jax
 import jax.numpy as jnp
 import optax
 
+from gradtx._internal import block_stacks as _block_stacks
 from gradtx._internal import tree as _tree
 from gradtx._internal import validate as _validate
 from gradtx.transforms import state_format
@@ -151,8 +152,12 @@ def scale_by_adam(
           else None,
       )
 
+    # Quantized state makes each leaf's update a long program (decode, update,
+    # block maxima, encode): traced once per distinct leaf shape.
+    leaf_fn = (_block_stacks.traced_once_per_shape(leaf, updates)
+               if guard_non_finite else leaf)
     u, mu, nu, nu_max = _tree.map_leaves(
-        leaf, 4, updates, state.mu, state.nu, state.nu_max, seeds
+        leaf_fn, 4, updates, state.mu, state.nu, state.nu_max, seeds
     )
     return u, ScaleByAdamState(count, mu, nu, nu_max if amsgrad else None)
 

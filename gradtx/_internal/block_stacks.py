@@ -436,3 +436,72 @@ def to_state(x: jax.Array, length: int, mesh: Optional[Any]) -> jax.Array:
 
 def real_dtype(group: Group) -> Any:
   return _tree.real_dtype(group.dtype)
+
+
+def opaque(values: Sequence[int], arrays: tuple) -> tuple:
+  """(``values`` as int32 scalars, ``arrays``), both opaque to XLA's optimiser.
+
+  They come out of a loop that runs zero times (its bound is minus the
+  absolute value of a bit pattern of ``arrays[0]``, never positive), so XLA
+  knows neither the scalars' values nor that the arrays come out unchanged.
+  Pieces of the arrays taken at those offsets are then alike for the
+  compiler: XLA:CPU compiles one kernel per *distinct* fusion, and a constant
+  offset baked into every slice made each piece distinct (~25 ms of compile
+  each on 2 cores); and the arrays are computed once, before the slicing,
+  instead of XLA pushing each slice up into their computation (a copy of it
+  per piece, a dot per leaf).
+  """
+  first = jnp.abs(jnp.ravel(arrays[0])[0]).astype(jnp.float32)  # complex too
+  word = jax.lax.bitcast_convert_type(first, jnp.int32)
+  stop = -jnp.abs(word)
+
+  def body(carry):
+    step, ks, xs = carry
+    # Not k + 1: a common increment lets XLA rewrite every k as k₀ + i.
+    changed = lambda x: jnp.where(step > 0, jnp.zeros_like(x), x)
+    return step + 1, tuple(k * step for k in ks), tuple(map(changed, xs))
+
+  init = (jnp.int32(0), tuple(jnp.int32(v) for v in values), tuple(arrays))
+  return jax.lax.while_loop(lambda c: c[0] < stop, body, init)[1:]
+
+
+def unstack_alike(
+    stacks: Sequence[jax.Array],
+    leaves: Sequence[jax.Array],
+    layouts: Sequence[Optional[BlockLayout]],
+    groups: Sequence[Group],
+    mesh: Optional[Any],
+) -> list:
+  """``unstack``, compiled once per shape instead of once per leaf (no mesh).
+
+  Each leaf's blocks are taken at an ``opaque`` offset, so the same-shape
+  leaves of a group share one slicing kernel; the results are ``unstack``'s.
+  On a mesh it is ``unstack``.
+  """
+  if mesh is not None:
+    return unstack(stacks, leaves, layouts, groups, mesh)
+  out = [None] * len(leaves)
+  for stack, group in zip(stacks, groups):
+    members = group.members
+    if len(members) > 1:
+      starts, (stack,) = opaque([start for _, start, _ in members], (stack,))
+    else:
+      starts = [start for _, start, _ in members]
+    for (i, _, count), start in zip(members, starts):
+      part = jax.lax.dynamic_slice_in_dim(stack, start, count)
+      out[i] = from_blocks(part, layouts[i], leaves[i].shape).astype(leaves[i].dtype)
+  return out
+
+
+def traced_once_per_shape(fn: Callable, inputs: Any) -> Callable:
+  """``fn`` (a per-leaf function) traced once per distinct argument shape.
+
+  Inside a trace (``inputs`` hold tracers) it is ``jax.jit(fn)``: same-shape
+  leaves reuse one trace and one lowered function, which XLA inlines, so a
+  long per-leaf program (8-bit decode and encode, factored statistics) is
+  traced and lowered once per shape instead of once per leaf; the numbers are
+  the same. Called eagerly it is ``fn`` (a fresh jit would compile per call).
+  """
+  if any(isinstance(x, jax.core.Tracer) for x in jax.tree.leaves(inputs)):
+    return jax.jit(fn)
+  return fn

@@ -1,5 +1,7 @@
 """gradtx/_internal/block_stacks.py: block layouts, groups, owner stacks, round trips."""
 
+import re
+
 import jax
 import jax.numpy as jnp
 import numpy as np
@@ -138,3 +140,44 @@ def test_state_stacks_are_stored_unpadded_and_padded_for_the_owners(axis_type, l
   np.testing.assert_array_equal(np.asarray(padded)[length:], 0)
   assert back.sharding.is_equivalent_to(expected, 3)
   np.testing.assert_array_equal(back, x)
+
+
+@pytest.mark.parametrize("jit", [False, True])
+def test_unstack_alike_is_unstack(jit):
+  layouts = _layouts(block_size=3)
+  groups = bs.plan(layouts, [x.dtype for x in LEAVES], 1)
+  leaves = LEAVES + [x + 10 for x in LEAVES]  # two leaves of each shape
+  layouts, groups = layouts * 2, bs.plan(layouts * 2, [x.dtype for x in leaves], 1)
+  stacks = bs.stack(leaves, layouts, groups, None)
+
+  def both(stacks):
+    return (bs.unstack(stacks, leaves, layouts, groups, None),
+            bs.unstack_alike(stacks, leaves, layouts, groups, None))
+
+  expected, got = (jax.jit(both) if jit else both)([2 * s for s in stacks])
+  for e, g in zip(expected, got):
+    if e is None:
+      assert g is None
+    else:
+      np.testing.assert_array_equal(g, e)
+
+
+def test_same_shape_pieces_share_one_compiled_kernel():
+  # 16 same-shape pieces of one stack: static slices compile a kernel each
+  # (their offsets differ), unstack_alike's one for all of them.
+  leaves = [jnp.full((8, 8), float(i)) for i in range(16)]
+  layouts = [bs.block_layout(MATRIX, x.shape, None) for x in leaves]
+  groups = bs.plan(layouts, [x.dtype for x in leaves], 1)
+
+  def step(leaves):
+    stacks = [2 * s for s in bs.stack(leaves, layouts, groups, None)]
+    return bs.unstack_alike(stacks, leaves, layouts, groups, None)
+
+  out = jax.jit(step)(leaves)
+  for i, o in enumerate(out):
+    np.testing.assert_array_equal(o, 2.0 * i)
+  text = jax.jit(step).lower(leaves).compile().as_text()
+  bodies = re.findall(r"^%\S+ \([^\n]*\n(.*?)\n\}", text, re.M | re.S)
+  anonymous = lambda b: re.sub(r", metadata=\{[^}]*\}", "", re.sub(r"[\w-]+\.\d+", "x", b))
+  slicing = {anonymous(b) for b in bodies if "slice" in b}
+  assert len(slicing) <= 2  # the pieces share one kernel (and the opaque loop reads one element)
