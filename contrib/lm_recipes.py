@@ -22,6 +22,7 @@ def adamuon_lm(
     method: str = "gram",
     weight_decay: optax.ScalarOrSchedule = 0.01,
     mask: MaskOrFn = None,
+    cautious_weight_decay: bool = False,
     matrix_view: Optional[gt.MatrixViewRule] = None,
     is_muon_param: Optional[gt.PathLeafRule] = None,
     adam_learning_rate: Optional[optax.ScalarOrSchedule] = None,
@@ -60,6 +61,8 @@ def adamuon_lm(
     method: ``"gram"`` (the default here) or ``"standard"`` Newton–Schulz.
     weight_decay: λ of the hidden matrices, decoupled.
     mask: which leaves get weight decay.
+    cautious_weight_decay: on the hidden matrices, decay only where the update
+      has the sign of the weight (``gt.decoupled_weight_decay``).
     matrix_view: the matrix-view rule; ``None``: ``gt.fused_qkv_matrix_view()``.
     is_muon_param: the routing rule (``gt.is_hidden_matrix`` by default).
     adam_learning_rate: η of the AdamW leaves; ``None``: 1.5·``learning_rate``.
@@ -83,6 +86,7 @@ def adamuon_lm(
     embedding_learning_rate = _tree.scale_schedule(learning_rate, EMBEDDING_RATIO)
   return adamuon(
       learning_rate, method=method, weight_decay=weight_decay, mask=mask,
+      cautious_weight_decay=cautious_weight_decay,
       matrix_view=matrix_view, is_muon_param=is_muon_param,
       adam_learning_rate=adam_learning_rate, adam_b2=adam_b2,
       adam_weight_decay=adam_weight_decay,

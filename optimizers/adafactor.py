@@ -39,6 +39,7 @@ def adafactor(
     mu_dtype: Optional[Any] = None,
     weight_decay: optax.ScalarOrSchedule = 0.0,
     mask: MaskOrFn = None,
+    cautious_weight_decay: bool = False,
     eps: float = 1e-30,
     factored: bool = True,
 ) -> optax.GradientTransformation:
@@ -78,6 +79,8 @@ def adafactor(
     mu_dtype: storage of the momentum, as in ``gt.scale_by_adam``.
     weight_decay: λ, a number or a schedule, >= 0.
     mask: which leaves get weight decay, as in ``gt.decoupled_weight_decay``.
+    cautious_weight_decay: decay only where the update has the sign of the
+      weight (``gt.decoupled_weight_decay``; Chen et al. 2025).
     eps: added to g² in the second moments, >= 0.
     factored: factor the second moments of matrices at all.
 
@@ -109,6 +112,7 @@ def adafactor(
     steps.append(optax.scale_by_param_block_rms())
   if b1 is not None:
     steps.append(gt.ema(b1, mu_dtype=mu_dtype))
-  steps.append(gt.decoupled_weight_decay(weight_decay, mask))
+  steps.append(gt.decoupled_weight_decay(
+      weight_decay, mask, cautious_weight_decay=cautious_weight_decay))
   steps.append(optax.scale(-1.0))
   return optax.chain(*steps)

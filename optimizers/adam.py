@@ -143,6 +143,7 @@ def adamw_8bit(
     eps_root: float = 0.0,
     weight_decay: optax.ScalarOrSchedule = 1e-2,
     mask: MaskOrFn = None,
+    cautious_weight_decay: bool = False,
     amsgrad: bool = False,
     block_size: int = 256,
 ) -> optax.GradientTransformation:
@@ -167,6 +168,8 @@ def adamw_8bit(
     eps_root: added inside the square root, >= 0.
     weight_decay: λ, decoupled, >= 0, or a schedule.
     mask: which leaves get the decay (``optax.masked`` semantics).
+    cautious_weight_decay: decay only where the update has the sign of the
+      weight (``gt.decoupled_weight_decay``; Chen et al. 2025).
     amsgrad: keep the running maximum of the second moment.
     block_size: elements per quantization block (one scale each), >= 1.
 
@@ -178,6 +181,6 @@ def adamw_8bit(
   """
   return adamw(
       learning_rate, b1=b1, b2=b2, eps=eps, eps_root=eps_root,
-      weight_decay=weight_decay, mask=mask, amsgrad=amsgrad,
-      mu_dtype=gt.Int8Blocks(block_size), nu_dtype=gt.Int8Blocks(block_size),
+      weight_decay=weight_decay, mask=mask, cautious_weight_decay=cautious_weight_decay,
+      amsgrad=amsgrad, mu_dtype=gt.Int8Blocks(block_size), nu_dtype=gt.Int8Blocks(block_size),
   )

@@ -34,6 +34,7 @@ def shampoo(
     grafting: Optional[str] = "adam",
     weight_decay: optax.ScalarOrSchedule = 0.0,
     mask: MaskOrFn = None,
+    cautious_weight_decay: bool = False,
     nesterov: bool = False,
     max_precondition_dim: int = 4096,
     root_method: str = "eigh",
@@ -79,6 +80,8 @@ def shampoo(
     grafting: ``"adam"``, ``"rmsprop"``, ``"sgd"`` or ``None``.
     weight_decay: λ, decoupled (AdamW-style), a number or a schedule.
     mask: which leaves get weight decay (as in ``gt.decoupled_weight_decay``).
+    cautious_weight_decay: decay only where the update has the sign of the
+      weight (``gt.decoupled_weight_decay``; Chen et al. 2025).
     nesterov: step along :math:`β_1 m_t/(1-β_1^t) + (1-β_1) u_t` (the
       look-ahead of ``gt.ema``) instead of :math:`m_t/(1-β_1^t)`.
     max_precondition_dim: sides longer than this are not preconditioned.
@@ -115,6 +118,7 @@ def shampoo(
   return optax.chain(
       direction,
       gt.ema(b1, nesterov=nesterov, debias=True, mu_dtype=mu_dtype),
-      gt.decoupled_weight_decay(weight_decay, mask),
+      gt.decoupled_weight_decay(
+          weight_decay, mask, cautious_weight_decay=cautious_weight_decay),
       gt.scale_by_learning_rate(learning_rate),
   )

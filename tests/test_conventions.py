@@ -7,7 +7,8 @@
   one defining argument).
 * One name per meaning: every argument name is in ``NAMES`` with its meaning;
   a new name needs a line there (and in the README's Conventions table).
-* ``mask`` wherever weight decay is added, ``mu_dtype`` wherever a first
+* ``mask`` wherever weight decay is added, ``cautious_weight_decay`` wherever
+  it is decoupled, ``mu_dtype`` wherever a first
   moment or momentum buffer is kept, ``nu_dtype`` wherever an element-wise
   second moment is, and each accepts every state format.
 * Every docstring documents each argument under ``Args:`` and cites a source.
@@ -213,6 +214,18 @@ def test_transforms_take_positionally_only_what_optax_does(factory):
 def test_every_argument_name_has_one_listed_meaning(factory):
   unknown = set(inspect.signature(factory).parameters) - set(NAMES)
   assert not unknown, f"{factory.__name__}: add {unknown} to NAMES (and the README)"
+
+
+# Optimizers whose weight decay is the L2 gradient (coupled, torch's
+# ``weight_decay``) or lies inside a trust ratio: no cautious form.
+COUPLED_DECAY = {"sgd", "adam", "adagrad", "rmsprop", "lars"}
+
+
+@pytest.mark.parametrize("factory", OPTIMIZERS, ids=ids)
+def test_decoupled_weight_decay_has_its_cautious_form(factory):
+  names = set(inspect.signature(factory).parameters)
+  if "weight_decay" in names and factory.__name__ not in COUPLED_DECAY:
+    assert "cautious_weight_decay" in names, factory.__name__
 
 
 @pytest.mark.parametrize("factory", OPTIMIZERS, ids=ids)
