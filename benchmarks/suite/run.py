@@ -1,0 +1,157 @@
+"""The suite's one command: every run of a ruleset, resumable, then tables and plots.
+
+  python -m benchmarks.suite.run                                  # the tuned race, all workloads
+  python -m benchmarks.suite.run --ruleset fixed --optimizers adamw,muon@1x,soap@0.5x
+  python -m benchmarks.suite.run --workloads tabular_mlp --optimizers adamw,muon \\
+      --factors 1 --seeds 0 --steps 20 --out /tmp/smoke          # a smoke run, seconds
+
+Rulesets (AlgoPerf-style). ``tuned``: every optimizer at every ``--factors``
+times its registry peak learning rates (``examples/char_lm.py``'s
+``OPTIMIZERS`` and ``variant``), on every seed, scored at its best factor per
+workload. ``fixed``: one factor per optimizer for every workload
+(``name@Fx`` in ``--optimizers``, a plain name: 1x); AdamW still runs its
+``--factors`` grid, which sets the target. Every finished run is one JSON
+line in ``<out>/runs.jsonl``; a rerun skips the runs found there. Written
+per (ruleset, schedule): ``table_<ruleset>_<schedule>.md``,
+``profiles_<ruleset>_<schedule>.png`` and ``summary_<ruleset>_<schedule>.json``.
+"""
+
+import argparse
+import json
+import os
+import pathlib
+import warnings
+from typing import Optional, Sequence
+
+import tqdm
+
+from benchmarks.suite import WORKLOADS, scoring
+from benchmarks.suite import train as suite_train
+from examples import char_lm
+
+DEFAULT_OUT = pathlib.Path(__file__).parent / "results"
+
+
+def parse_args(argv: Optional[Sequence[str]]) -> argparse.Namespace:
+  parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+  parser.add_argument("--workloads", default=",".join(WORKLOADS))
+  parser.add_argument("--optimizers", default="adamw,muon,adamuon,soap",
+                      help="registry names (examples/char_lm.py --list); fixed: name@Fx")
+  parser.add_argument("--ruleset", choices=("tuned", "fixed"), default="tuned")
+  parser.add_argument("--factors", default="0.5,1,2",
+                      help="lr factors of the tuned grid (and of AdamW's, for the target)")
+  parser.add_argument("--seeds", default="0,1,2")
+  parser.add_argument("--schedules", default="warmup_cosine,constant")
+  parser.add_argument("--steps", type=int, default=None,
+                      help="override every workload's step budget (smoke runs)")
+  parser.add_argument("--eval-every", type=int, default=50)
+  parser.add_argument("--out", type=pathlib.Path, default=DEFAULT_OUT)
+  args = parser.parse_args(argv)
+  floats = lambda text: tuple(float(x) for x in text.split(",") if x)
+  args.workloads = tuple(w for w in args.workloads.split(",") if w)
+  args.factors, args.seeds = floats(args.factors), tuple(int(s) for s in args.seeds.split(","))
+  args.schedules = tuple(s for s in args.schedules.split(",") if s)
+  items = [char_lm.split_factor(item) for item in args.optimizers.split(",") if item]
+  args.optimizers = tuple(name for name, _ in items)
+  args.fixed = {name: factor or 1.0 for name, factor in items}
+  unknown = ({w for w in args.workloads if w not in WORKLOADS}
+             | {o for o in args.optimizers if o not in char_lm.OPTIMIZERS})
+  if unknown:
+    parser.error(f"unknown names: {', '.join(sorted(unknown))}")
+  return args
+
+
+def run_key(run: dict) -> tuple:
+  return (run["workload"], run["schedule"], run["optimizer"], run["factor"], run["seed"],
+          run["steps"], run.get("lr_scale", 1.0))
+
+
+def planned(args: argparse.Namespace, workloads: dict) -> list[dict]:
+  """Every run the ruleset needs, as the key fields of its record."""
+  runs = []
+  for workload in args.workloads:
+    for schedule in args.schedules:
+      for seed in args.seeds:
+        for name in dict.fromkeys((scoring.REFERENCE, *args.optimizers)):
+          factors = (args.factors if args.ruleset == "tuned" or name == scoring.REFERENCE
+                     else ())
+          if args.ruleset == "fixed" and name in args.fixed:
+            factors = tuple(dict.fromkeys((*factors, args.fixed[name])))
+          runs += [{"workload": workload, "schedule": schedule, "optimizer": name,
+                    "factor": f, "seed": seed, "steps": workloads[workload].steps,
+                    "lr_scale": workloads[workload].lr_scale} for f in factors]
+  return runs
+
+
+def load_runs(path: pathlib.Path) -> dict[tuple, dict]:
+  """The finished runs of ``path`` (one JSON object a line), by key."""
+  if not path.exists():
+    return {}
+  runs = (json.loads(line) for line in path.read_text().splitlines() if line.strip())
+  return {run_key(run): run for run in runs}
+
+
+def execute(todo: list[dict], workloads: dict, path: pathlib.Path, eval_every: int) -> None:
+  """Runs ``todo``, appending each finished run to ``path``."""
+  for plan in tqdm.tqdm(todo, desc="suite", unit="run"):
+    workload = workloads[plan["workload"]]
+    with warnings.catch_warnings(record=True) as caught:
+      warnings.simplefilter("always")
+      tx = suite_train.make_optimizer(plan["optimizer"], plan["factor"] * workload.lr_scale,
+                                      plan["schedule"], workload.steps, workload.matrix_view)
+      result = suite_train.train(workload, tx, plan["seed"], eval_every)
+    view = workload.matrix_view is not None and suite_train.takes_keywords(plan["optimizer"])
+    record = {**plan, **result, "matrix_view": "workload's" if view else "entry's default",
+              "warnings": sorted({str(w.message)[:200] for w in caught}),
+              "load_average": os.getloadavg()[0]}
+    with path.open("a") as out:
+      out.write(json.dumps(record) + "\n")
+
+
+def report(args: argparse.Namespace, runs: dict, workloads: dict) -> dict:
+  """Writes and prints the table and plot of each schedule; returns the summaries."""
+  names = args.optimizers
+  fixed = args.fixed if args.ruleset == "fixed" else None
+  results = {}
+  for schedule in args.schedules:
+    summaries = {}
+    for workload in args.workloads:
+      w = workloads[workload]
+      chosen = [r for k, r in runs.items() if k[:2] == (workload, schedule)
+                and k[5:] == (w.steps, w.lr_scale) and r["seed"] in args.seeds]
+      summary = scoring.summarize(chosen, names, args.seeds, fixed)
+      if summary:
+        summaries[workload] = summary
+    if not summaries:
+      continue
+    stem = f"{args.ruleset}_{schedule}"
+    text = (f"{args.ruleset} ruleset, {schedule}, seeds {list(args.seeds)}, factors"
+            f" {list(args.factors)}; cell: median steps / wall-clock to tuned AdamW's target"
+            " over AdamW's (min–max steps) @factor · final train loss · held-out accuracy\n\n"
+            + scoring.table(summaries, names))
+    print(f"\n{text}")
+    (args.out / f"table_{stem}.md").write_text(text + "\n")
+    (args.out / f"summary_{stem}.json").write_text(json.dumps(summaries, indent=1))
+    scoring.plot_profiles(summaries, names, f"{args.ruleset} ruleset, {schedule}",
+                          args.out / f"profiles_{stem}.png")
+    results[schedule] = summaries
+  return results
+
+
+def main(argv: Optional[Sequence[str]] = None) -> dict:
+  """Runs what is missing, then reports; returns ``{schedule: {workload: summary}}``."""
+  args = parse_args(argv)
+  args.out.mkdir(parents=True, exist_ok=True)
+  overrides = {} if args.steps is None else {"steps": args.steps}
+  workloads = {name: WORKLOADS[name](**overrides) for name in args.workloads}
+  path = args.out / "runs.jsonl"
+  finished = load_runs(path)
+  todo = [plan for plan in planned(args, workloads) if run_key(plan) not in finished]
+  print(f"{len(todo)} runs to do, {len(finished)} found in {path};"
+        f" load average {os.getloadavg()[0]:.1f} on {os.cpu_count()} cores")
+  execute(todo, workloads, path, args.eval_every)
+  return report(args, load_runs(path), workloads)
+
+
+if __name__ == "__main__":
+  main()

@@ -1,0 +1,130 @@
+"""The workload suite (benchmarks/suite): workloads train, the runner resumes, profiles score."""
+
+import json
+import math
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+import pytest
+
+from benchmarks.suite import WORKLOADS, run, scoring
+from benchmarks.suite import train as suite_train
+
+# Each workload at a size that compiles and steps in seconds.
+TINY = {
+    "stdlib_lm": dict(d_model=16, corpus_mb=0.05),
+    "docs_lm": dict(d_model=16, num_layers=1),
+    "linen_lm": dict(d_model=16, num_layers=1),
+    "digits_cnn": {},
+    "digits_vit": dict(d_model=16, num_layers=1),
+    "tabular_mlp": dict(hidden=16),
+    "scan_lm": dict(d_model=16, num_layers=2, corpus_mb=0.05),
+    "moe_lm": dict(d_model=16, hidden=16, num_layers=1),
+}
+STEPS = 8
+
+
+def test_every_workload_has_a_tiny_size():
+  assert set(TINY) == set(WORKLOADS)
+
+
+@pytest.mark.parametrize("name", list(TINY))
+@pytest.mark.parametrize("optimizer", ["adamw", "muon"])
+def test_workload_trains(name, optimizer):
+  workload = WORKLOADS[name](steps=STEPS, **TINY[name])
+  tx = suite_train.make_optimizer(optimizer, 2.0, "constant", STEPS, workload.matrix_view)
+  result = suite_train.train(workload, tx, seed=0, eval_every=STEPS)
+  losses = result["train_loss"]
+  assert len(losses) == STEPS and np.all(np.isfinite(losses))
+  assert np.mean(losses[-3:]) < losses[0]
+  assert math.isfinite(result["eval_loss"][-1]) and 0 <= result["eval_accuracy"][-1] <= 1
+
+
+@pytest.mark.parametrize("schedule, expected", [("constant", 2 * 3e-4), ("warmup_cosine", None)])
+def test_constant_schedule_holds_the_scaled_peak(schedule, expected):
+  # signsgd's update is lr * sign(momentum): its size is the learning rate.
+  tx = suite_train.make_optimizer("signsgd", 2.0, schedule, 100)
+  params = {"w": jnp.zeros(3)}
+  state = tx.init(params)
+  update = jax.jit(lambda s: tx.update({"w": jnp.ones(3)}, s, params))
+  for _ in range(60):
+    updates, state = update(state)
+  size = float(jnp.abs(updates["w"][0]))
+  if expected is None:
+    assert 0 < size < 2 * 3e-4 * 0.9
+  else:
+    assert size == pytest.approx(expected, rel=1e-5)
+
+
+def test_make_optimizer_refuses_an_unknown_schedule():
+  with pytest.raises(ValueError, match="schedule must be"):
+    suite_train.make_optimizer("adamw", 1.0, "linear", 10)
+
+
+def _fake_train(calls):
+  def train(workload, tx, seed, eval_every):
+    calls.append(seed)
+    losses = np.linspace(2.0, 1.0 - 0.1 * len(calls), workload.steps).tolist()
+    return {"train_loss": losses, "eval_step": [workload.steps], "eval_loss": [1.0],
+            "eval_accuracy": [0.5], "ms_per_step": 1.0, "seconds": 0.1}
+
+  return train
+
+
+def test_runner_resumes_from_its_run_files(tmp_path, monkeypatch):
+  calls = []
+  monkeypatch.setattr(suite_train, "train", _fake_train(calls))
+  argv = ["--workloads", "tabular_mlp", "--optimizers", "adamw,muon", "--factors", "1",
+          "--seeds", "0,1", "--steps", "10", "--schedules", "constant", "--out", str(tmp_path)]
+  run.main(argv)
+  assert len(calls) == 4
+  run.main(argv)
+  assert len(calls) == 4  # nothing rerun
+  summaries = run.main([*argv[:5], "1,2", *argv[6:]])
+  assert len(calls) == 8  # only the new factor's runs
+  lines = (tmp_path / "runs.jsonl").read_text().splitlines()
+  assert len(lines) == 8 and {json.loads(line)["factor"] for line in lines} == {1.0, 2.0}
+  assert set(summaries["constant"]["tabular_mlp"]) == {"adamw", "muon"}
+  assert (tmp_path / "profiles_tuned_constant.png").exists()
+  assert "score (steps)" in (tmp_path / "table_tuned_constant.md").read_text()
+
+
+def test_fixed_ruleset_runs_one_factor_and_adamws_grid():
+  args = run.parse_args(["--ruleset", "fixed", "--optimizers", "adamw,muon@3x",
+                         "--factors", "0.5,1", "--seeds", "0", "--schedules", "constant",
+                         "--workloads", "tabular_mlp"])
+  plans = run.planned(args, {"tabular_mlp": WORKLOADS["tabular_mlp"](steps=10)})
+  assert sorted((p["optimizer"], p["factor"]) for p in plans) == [
+      ("adamw", 0.5), ("adamw", 1.0), ("muon", 3.0)]
+
+
+def test_performance_profile_on_a_hand_made_table():
+  # Best times per workload: 1, 1, 4; the last workload nobody but b solves.
+  times = {"a": [1.0, 2.0, None], "b": [2.0, 1.0, 4.0], "c": [3.0, math.inf, math.inf]}
+  taus = np.array([1.0, 1.5, 2.0, 3.0, 4.0])
+  profiles = scoring.performance_profile(times, taus)
+  np.testing.assert_allclose(profiles["a"], [1 / 3, 1 / 3, 2 / 3, 2 / 3, 2 / 3])
+  np.testing.assert_allclose(profiles["b"], [2 / 3, 2 / 3, 1, 1, 1])
+  np.testing.assert_allclose(profiles["c"], [0, 0, 0, 1 / 3, 1 / 3])
+  assert scoring.profile_score(np.ones(5), taus) == 1.0
+  assert scoring.profile_score(profiles["c"], taus) == pytest.approx((1 / 3) * 1.5 / 3)
+
+
+def test_summarize_targets_tuned_adamw():
+  ramp = lambda end: {"train_loss": np.linspace(2, end, 10).tolist(), "ms_per_step": 2.0,
+                      "eval_loss": [end], "eval_accuracy": [0.5]}
+  runs = [{"optimizer": "adamw", "factor": 1.0, "seed": 0, **ramp(1.0)},
+          {"optimizer": "adamw", "factor": 2.0, "seed": 0, **ramp(1.5)},
+          {"optimizer": "muon", "factor": 1.0, "seed": 0, **ramp(0.5)}]
+  summary = scoring.summarize(runs, ["adamw", "muon"], [0])
+  assert summary["adamw"]["factor"] == 1.0 and summary["adamw"]["at_edge"]
+  assert summary["muon"]["steps"][0] < summary["adamw"]["steps"][0] <= 10
+  assert summary["muon"]["seconds"][0] == summary["muon"]["steps"][0] * 2.0 / 1e3
+
+
+def test_stacked_workloads_declare_their_matrix_view_once():
+  stacked = {name for name in WORKLOADS if WORKLOADS[name]().matrix_view is not None}
+  assert stacked == {"scan_lm", "moe_lm"}
+  # Entries that take keywords get it; the others keep their default view.
+  assert suite_train.takes_keywords("soap") and not suite_train.takes_keywords("muon")
