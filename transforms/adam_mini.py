@@ -22,6 +22,7 @@ from gradtx._internal import routing as _routing
 from gradtx._internal import sharding as _sharding
 from gradtx._internal import tree as _tree
 from gradtx._internal import validate as _validate
+from gradtx.transforms import axis_names as _axes
 from gradtx.transforms import matrix_view as _matrix_view
 from gradtx.transforms import state_format
 from gradtx.transforms.matrix_view import MatrixViewRule
@@ -247,11 +248,16 @@ def scale_by_adam_mini(
     return blocks(path, leaf)
 
   def partition(tree):
-    return jax.tree_util.tree_map_with_path(
-        lambda path, leaf: _checked_blocks(rule, path, leaf), tree
-    )
+    with _axes.reading(tree):  # Flax axis names, where the tree carries them
+      return jax.tree_util.tree_map_with_path(
+          lambda path, leaf: _checked_blocks(rule, path, leaf), tree
+      )
 
   def init_fn(params):
+    with _axes.reading(params):
+      return _init(params)
+
+  def _init(params):
     _routing.report_per_path(
         [path for path, _ in jax.tree_util.tree_flatten_with_path(params)[0]], "roles",
         [_block_role(_checked_blocks(rule, path, p))

@@ -105,3 +105,21 @@ def test_bad_partition_is_refused_at_init():
   bad = gt.scale_by_adam_mini(blocks=lambda path, leaf: gt.Blocks((3,), (0,)))
   with pytest.raises(ValueError, match=r"partition of \['w'\] \(shape \(2, 2\)\)"):
     bad.init({"w": jnp.zeros((2, 2))})
+
+
+def test_a_scanned_stack_with_axis_names_gets_blocks_per_layer():
+  """An (layers, embed, mlp) kernel named by its Flax metadata: one block per
+  layer and output neuron (3 x 16); unnamed, the same 3-D leaf is read as one
+  tall matrix, whose 16 blocks each span all layers."""
+  from flax import nnx
+
+  with nnx.use_eager_sharding(False):  # axis names without a mesh
+    named = nnx.Param(jnp.ones((3, 8, 16)), out_sharding=("layers", "embed", "mlp"))
+  tx = gt.scale_by_adam_mini()
+  state = tx.init(nnx.State({"kernel": named}))
+  assert jax.tree.leaves(state.nu)[0].shape == (3, 1, 16)
+  u, _ = tx.update(nnx.State({"kernel": named}), state)
+  assert jax.tree.leaves(u)[0].shape == (3, 8, 16)
+  with pytest.warns(gt.AmbiguousMatrixViewWarning):
+    plain = tx.init({"other": jnp.ones((3, 8, 16))})
+  assert jax.tree.leaves(plain.nu)[0].shape == (1, 1, 16)
