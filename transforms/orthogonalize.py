@@ -207,9 +207,12 @@ def map_matrices(
     return treedef.unflatten(out)
   groups = block_stacks.plan(layouts, [x.dtype for x in leaves],
                              block_stacks.num_devices(mesh))
-  stacks = block_stacks.stack(leaves, layouts, groups, mesh)
-  results = [block_stacks.on_owners(lambda s: block_stacks.map_stack(fn, s), mesh, s)
-             for s in stacks]
+  # An expert stack already split over its axis stays where it is.
+  first = block_stacks.stack_axes(leaves, layouts, groups) if mesh is not None else None
+  stacks = block_stacks.stack(leaves, layouts, groups, mesh, first)
+  results = [block_stacks.on_owners(lambda s: block_stacks.map_stack(fn, s), mesh, s,
+                                    first=() if first is None else f)
+             for s, f in zip(stacks, first or [()] * len(stacks))]
   out = block_stacks.unstack(results, leaves, layouts, groups, mesh)
   return treedef.unflatten([x if o is None else o for x, o in zip(leaves, out)])
 

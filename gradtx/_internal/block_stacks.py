@@ -225,9 +225,37 @@ def _explicit(mesh: Any) -> bool:
   return all(t == AxisType.Explicit for t in mesh.axis_types)
 
 
-def owner_spec(mesh: Any, ndim: int) -> P:
-  """A stack split along its first axis over every axis of ``mesh``."""
-  return P(tuple(mesh.axis_names), *([None] * (ndim - 1)))
+def owner_spec(mesh: Any, ndim: int, first: Sequence[str] = ()) -> P:
+  """A stack split along its first axis over every axis of ``mesh``.
+
+  The axes ``first`` are the major ones (``stack_axes``), the others follow
+  in the mesh's order.
+  """
+  axes = tuple(first) + tuple(a for a in mesh.axis_names if a not in first)
+  return P(axes, *([None] * (ndim - 1)))
+
+
+def stack_axes(leaves: Sequence[Any], layouts: Sequence[Optional[BlockLayout]],
+               groups: Sequence[Group]) -> list:
+  """Per group, the mesh axes its stack is already split over, else ``()``.
+
+  A group of one leaf whose matrices are its first axis, split over mesh
+  axes (an expert stack ``P('expert', None, None)``), is laid out on its
+  owners with those axes major: each device then owns matrices it already
+  holds, and nothing moves to the owners. Other groups take the mesh's order.
+  """
+  out = []
+  for group in groups:
+    axes = ()
+    if len(group.members) == 1:
+      i, _, count = group.members[0]
+      layout, spec = layouts[i], _leaf_spec(leaves[i])
+      whole = layout.row_blocks == layout.col_blocks == 1
+      if (spec is not None and spec[0] is not None and whole
+          and tuple(layout.view.batch) == (0,) and count == leaves[i].shape[0]):
+        axes = spec[0] if isinstance(spec[0], tuple) else (spec[0],)
+    out.append(axes)
+  return out
 
 
 def _in_mesh(mesh: Any, fn: Callable) -> Any:
@@ -247,18 +275,19 @@ def place_on_owners(x: jax.Array, mesh: Optional[Any]) -> jax.Array:
   return _in_mesh(mesh, lambda: jax.lax.with_sharding_constraint(x, spec))
 
 
-def on_owners(fn: Callable, mesh: Optional[Any], *stacks: Any) -> Any:
+def on_owners(fn: Callable, mesh: Optional[Any], *stacks: Any,
+              first: Sequence[str] = ()) -> Any:
   """``fn`` of the stacks' local slices, on every device (``jax.shard_map``).
 
   For per-block work that XLA must not partition itself, such as LAPACK
   calls walked one matrix at a time (``matrix_roots.unbatched_on_cpu``):
   each device runs ``fn`` on the blocks it owns. ``fn``'s outputs are stacks
   too (pytrees of arrays with the stack axis first). Without a mesh it is
-  ``fn(*stacks)``.
+  ``fn(*stacks)``. ``first``: the major mesh axes (``owner_spec``).
   """
   if mesh is None:
     return fn(*stacks)
-  spec = lambda x: owner_spec(mesh, x.ndim)
+  spec = lambda x: owner_spec(mesh, x.ndim, first)
   # fn's outputs, traced on untyped local slices (one device's blocks).
   local = lambda x: jax.ShapeDtypeStruct((x.shape[0] // mesh.size, *x.shape[1:]), x.dtype)
   out_shape = jax.eval_shape(fn, *jax.tree.map(local, stacks))
@@ -284,8 +313,13 @@ def stack(
     layouts: Sequence[Optional[BlockLayout]],
     groups: Sequence[Group],
     mesh: Optional[Any],
+    first: Optional[Sequence[Sequence[str]]] = None,
 ) -> tuple[jax.Array, ...]:
-  """The blocks of ``leaves`` (in each group's dtype), one stack per group."""
+  """The blocks of ``leaves`` (in each group's dtype), one stack per group.
+
+  ``first``: per group, the major mesh axes of its owner layout
+  (``stack_axes``); by default the mesh's order.
+  """
 
   def build(leaves):
     stacks = []
@@ -299,13 +333,15 @@ def stack(
 
   if mesh is None:
     return build(list(leaves))
-  specs = tuple(owner_spec(mesh, 3) for _ in groups)
+  first = [()] * len(groups) if first is None else first
+  specs = tuple(owner_spec(mesh, 3, f) for f in first)
   if _explicit(mesh):
     # The blocking reshapes cross sharded axes, which Explicit types refuse:
     # XLA's partitioner lays out the move (auto_axes), into owner layout.
     return _in_mesh(mesh, lambda: jax.sharding.auto_axes(
         build, out_sharding=specs)(list(leaves)))
-  return tuple(place_on_owners(s, mesh) for s in build(list(leaves)))
+  return tuple(_in_mesh(mesh, lambda s=s, spec=spec: jax.lax.with_sharding_constraint(s, spec))
+               for s, spec in zip(build(list(leaves)), specs))
 
 
 def unstack(
