@@ -29,15 +29,31 @@ def corpus() -> str:
 
 
 class Block(nnx.Module):
-  """Pre-norm block: ``nnx.MultiHeadAttention`` (causal) and a GELU MLP."""
+  """Pre-norm block: ``nnx.MultiHeadAttention`` (causal) and a GELU MLP.
 
-  def __init__(self, d_model: int, num_heads: int, rngs: nnx.Rngs):
-    self.attention_norm = nnx.LayerNorm(d_model, rngs=rngs)
+  ``axis_names``: declare each parameter's logical axis names (MaxText's:
+  embed, heads, kv, mlp, norm) with ``nnx.with_partitioning``, as a Flax user
+  who shards would; the initial values are the same either way. Build a named
+  block under ``nnx.use_eager_sharding(False)`` when there is no mesh.
+  """
+
+  def __init__(self, d_model: int, num_heads: int, rngs: nnx.Rngs, *, axis_names: bool = False):
+    named = lambda init, *names: nnx.with_partitioning(init, names) if axis_names else init
+    ones, zeros, kernel = (nnx.initializers.ones_init(), nnx.initializers.zeros_init(),
+                           nnx.initializers.lecun_normal())
+    norm = lambda: nnx.LayerNorm(d_model, scale_init=named(ones, "norm"),
+                                 bias_init=named(zeros, "norm"), rngs=rngs)
+    self.attention_norm = norm()
     self.attention = nnx.MultiHeadAttention(
-        num_heads=num_heads, in_features=d_model, decode=False, rngs=rngs)
-    self.mlp_norm = nnx.LayerNorm(d_model, rngs=rngs)
-    self.mlp_in = nnx.Linear(d_model, 4 * d_model, rngs=rngs)
-    self.mlp_out = nnx.Linear(4 * d_model, d_model, rngs=rngs)
+        num_heads=num_heads, in_features=d_model, decode=False,
+        kernel_init=named(kernel, "embed", "heads", "kv"),
+        out_kernel_init=named(kernel, "heads", "kv", "embed"),
+        bias_init=named(zeros, "heads", "kv"), out_bias_init=named(zeros, "embed"), rngs=rngs)
+    self.mlp_norm = norm()
+    self.mlp_in = nnx.Linear(d_model, 4 * d_model, kernel_init=named(kernel, "embed", "mlp"),
+                             bias_init=named(zeros, "mlp"), rngs=rngs)
+    self.mlp_out = nnx.Linear(4 * d_model, d_model, kernel_init=named(kernel, "mlp", "embed"),
+                              bias_init=named(zeros, "embed"), rngs=rngs)
 
   def __call__(self, x: jax.Array, mask: jax.Array) -> jax.Array:
     x = x + self.attention(self.attention_norm(x), mask=mask)

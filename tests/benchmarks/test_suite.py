@@ -2,6 +2,7 @@
 
 import json
 import math
+import warnings
 
 import jax
 import jax.numpy as jnp
@@ -10,6 +11,7 @@ import pytest
 
 from benchmarks.suite import WORKLOADS, run, scoring
 from benchmarks.suite import train as suite_train
+from gradtx import transforms as gt
 
 # Each workload at a size that compiles and steps in seconds.
 TINY = {
@@ -123,8 +125,39 @@ def test_summarize_targets_tuned_adamw():
   assert summary["muon"]["seconds"][0] == summary["muon"]["steps"][0] * 2.0 / 1e3
 
 
-def test_stacked_workloads_declare_their_matrix_view_once():
-  stacked = {name for name in WORKLOADS if WORKLOADS[name]().matrix_view is not None}
-  assert stacked == {"scan_lm", "moe_lm"}
-  # Entries that take keywords get it; the others keep their default view.
+@pytest.mark.parametrize("name, stacked", [("scan_lm", "['blocks']['mlp_in']['kernel']"),
+                                           ("moe_lm", "['blocks'][0]['moe']['experts_in']")])
+def test_stacked_workloads_route_by_their_axis_names(name, stacked):
+  # Flax axis names (nnx.with_partitioning, the 'layers' axis of nnx.vmap):
+  # every optimizer's default sees one matrix per layer or expert, unguessed.
+  assert all(WORKLOADS[w]().matrix_view is None for w in WORKLOADS)
+  params, _ = WORKLOADS[name](**TINY[name]).init(0)
+  for optimizer in ("muon", "adamuon", "adamuon:gram:fast_embeddings", "soap"):
+    tx = suite_train.make_optimizer(optimizer, 1.0, "constant", STEPS)
+    with warnings.catch_warnings():
+      warnings.simplefilter("error")
+      description = gt.describe(tx, params)
+    assert not description.notes and not description.ambiguous
+    assert description[stacked].view.batch == (0,), optimizer
   assert suite_train.takes_keywords("soap") and not suite_train.takes_keywords("muon")
+
+
+def test_adamws_grid_can_be_wider_than_the_others():
+  argv = ["--optimizers", "adamw,muon", "--factors", "1", "--target-factors", "0.5,1,2",
+          "--seeds", "0", "--schedules", "constant", "--workloads", "tabular_mlp"]
+  plans = run.planned(run.parse_args(argv), {"tabular_mlp": WORKLOADS["tabular_mlp"](steps=10)})
+  assert sorted((p["optimizer"], p["factor"]) for p in plans) == [
+      ("adamw", 0.5), ("adamw", 1.0), ("adamw", 2.0), ("muon", 1.0)]
+  assert run.parse_args(argv[:4]).target_factors == (1.0,)  # default: --factors
+
+
+def test_report_scores_each_optimizer_on_its_own_grid(tmp_path, monkeypatch):
+  calls = []
+  monkeypatch.setattr(suite_train, "train", _fake_train(calls))
+  argv = ["--workloads", "tabular_mlp", "--optimizers", "adamw,muon", "--factors", "1,2",
+          "--seeds", "0", "--steps", "10", "--schedules", "constant", "--out", str(tmp_path)]
+  run.main([*argv, "--target-factors", "0.5,1,2"])
+  assert len(calls) == 5
+  summary = run.main(argv)["constant"]["tabular_mlp"]  # AdamW's 0.5 run left out
+  assert summary["adamw"]["factor"] in (1.0, 2.0) and len(calls) == 5
+  assert "(AdamW: [1.0, 2.0])" in (tmp_path / "table_tuned_constant.md").read_text()
