@@ -186,6 +186,8 @@ class ScaleByAdamMiniState(NamedTuple):
 def _block_role(blocks: Blocks) -> str:
   """What ``gt.describe`` shows: '8 blocks of 64' (one second moment each)."""
   count = math.prod(blocks.nu_shape)
+  if count == 0:
+    return "empty"
   return f"{count} block{'s' if count != 1 else ''} of {math.prod(blocks.shape) // count}"
 
 
