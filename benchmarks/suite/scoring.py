@@ -23,6 +23,7 @@ import numpy as np
 from examples import char_lm
 
 REFERENCE = "adamw"
+TARGET = "tuned adamw"  # the fixed ruleset's denominator (summarize)
 TAU_MAX = 4.0
 TAUS = np.linspace(1.0, TAU_MAX, 301)
 
@@ -72,23 +73,30 @@ def summarize(runs: Sequence[dict], optimizers: Sequence[str], seeds: Sequence[i
     candidates = by_factor(runs, name, seeds)
     if fixed is not None:
       candidates = {f: r for f, r in candidates.items() if f == fixed[name]}
-    if not candidates:
-      continue
-    scored = {f: [steps_to(r, t) for r, t in zip(rs, targets)] for f, rs in candidates.items()}
-    factor = min(candidates, key=lambda f: (
-        median(scored[f]), median(final_loss(r) for r in candidates[f])))
-    chosen = candidates[factor]
-    summary[name] = {
-        "factor": factor, "at_edge": len(candidates) > 1 and factor in (
-            min(candidates), max(candidates)),
-        "steps": scored[factor],
-        "seconds": [None if n is None else n * r["ms_per_step"] / 1e3
-                    for n, r in zip(scored[factor], chosen)],
-        "final_loss": median(final_loss(r) for r in chosen),
-        "eval_loss": median(r["eval_loss"][-1] for r in chosen),
-        "eval_accuracy": float(np.median([r["eval_accuracy"][-1] for r in chosen])),
-    }
+    if candidates:
+      summary[name] = _entry(candidates, targets)
+  if fixed is not None:
+    # The ratios' denominator stays tuned AdamW, whatever factor AdamW is fixed at.
+    summary[TARGET] = _entry({best: reference[best]}, targets)
   return summary
+
+
+def _entry(candidates: Mapping[float, Sequence[dict]], targets: Sequence[float]) -> dict:
+  """The best of ``candidates`` (factor -> runs, one per seed) at reaching ``targets``."""
+  scored = {f: [steps_to(r, t) for r, t in zip(rs, targets)] for f, rs in candidates.items()}
+  factor = min(candidates, key=lambda f: (
+      median(scored[f]), median(final_loss(r) for r in candidates[f])))
+  chosen = candidates[factor]
+  return {
+      "factor": factor, "at_edge": len(candidates) > 1 and factor in (
+          min(candidates), max(candidates)),
+      "steps": scored[factor],
+      "seconds": [None if n is None else n * r["ms_per_step"] / 1e3
+                  for n, r in zip(scored[factor], chosen)],
+      "final_loss": median(final_loss(r) for r in chosen),
+      "eval_loss": median(r["eval_loss"][-1] for r in chosen),
+      "eval_accuracy": float(np.median([r["eval_accuracy"][-1] for r in chosen])),
+  }
 
 
 def performance_profile(times: Mapping[str, Sequence[float]],
@@ -130,15 +138,16 @@ def table(summaries: Mapping[str, dict], optimizers: Sequence[str]) -> str:
   lines = ["| workload | " + " | ".join(optimizers) + " |",
            "|---|" + "---:|" * len(optimizers)]
   for workload, summary in summaries.items():
-    reference = summary.get(REFERENCE)
+    reference = summary.get(TARGET, summary.get(REFERENCE))
     cells = [_cell(summary.get(o), reference) for o in optimizers]
     lines.append(f"| {workload} | " + " | ".join(cells) + " |")
   for label, key in (("score (steps)", "steps"), ("score (wall-clock)", "seconds")):
     profiles = aggregate(summaries, optimizers, key)
     lines.append(f"| **{label}** | " + " | ".join(
         f"{profile_score(profiles[o]):.3f}" for o in optimizers) + " |")
-  ratios = {o: [median(s[o]["steps"]) / median(s[REFERENCE]["steps"]) for s in summaries.values()
-                if o in s and REFERENCE in s] for o in optimizers}
+  denominator = lambda s: median(s.get(TARGET, s.get(REFERENCE))["steps"])
+  ratios = {o: [median(s[o]["steps"]) / denominator(s) for s in summaries.values()
+                if o in s and (TARGET in s or REFERENCE in s)] for o in optimizers}
   lines.append("| **geomean steps ratio** | " + " | ".join(
       f"{math.exp(np.mean(np.log(r))):.2f}×" if r else "—" for r in ratios.values()) + " |")
   return "\n".join(lines)

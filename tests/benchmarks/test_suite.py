@@ -125,6 +125,22 @@ def test_summarize_targets_tuned_adamw():
   assert summary["muon"]["seconds"][0] == summary["muon"]["steps"][0] * 2.0 / 1e3
 
 
+
+def test_the_fixed_ruleset_divides_by_tuned_adamw_not_by_its_fixed_adamw():
+  """AdamW fixed at 2x never reaches tuned AdamW's (1x) target: the others'
+  ratios are still over tuned AdamW's steps, and AdamW's cell says so."""
+  ramp = lambda end: {"train_loss": np.linspace(2, end, 10).tolist(), "ms_per_step": 2.0,
+                      "eval_loss": [end], "eval_accuracy": [0.5]}
+  runs = [{"optimizer": "adamw", "factor": 1.0, "seed": 0, **ramp(1.0)},
+          {"optimizer": "adamw", "factor": 2.0, "seed": 0, **ramp(1.5)},
+          {"optimizer": "muon", "factor": 1.0, "seed": 0, **ramp(0.5)}]
+  summary = scoring.summarize(runs, ["adamw", "muon"], [0], fixed={"adamw": 2.0, "muon": 1.0})
+  assert summary["adamw"]["steps"] == [None]
+  assert summary[scoring.TARGET]["factor"] == 1.0
+  ratio = summary["muon"]["steps"][0] / summary[scoring.TARGET]["steps"][0]
+  text = scoring.table({"w": summary}, ["adamw", "muon"])
+  assert "not reached @2" in text and f"{ratio:.2f}×" in text and "nan" not in text
+
 @pytest.mark.parametrize("name, stacked", [("scan_lm", "['blocks']['mlp_in']['kernel']"),
                                            ("moe_lm", "['blocks'][0]['moe']['experts_in']")])
 def test_stacked_workloads_route_by_their_axis_names(name, stacked):
