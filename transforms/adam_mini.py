@@ -260,10 +260,9 @@ def scale_by_adam_mini(
       return _init(params)
 
   def _init(params):
-    _routing.report_per_path(
-        [path for path, _ in jax.tree_util.tree_flatten_with_path(params)[0]], "roles",
-        [_block_role(_checked_blocks(rule, path, p))
-         for path, p in jax.tree_util.tree_flatten_with_path(params)[0]])
+    flat = jax.tree_util.tree_flatten_with_path(params)[0]
+    _routing.report_per_path([path for path, _ in flat], "roles",
+                             [_block_role(_checked_blocks(rule, path, p)) for path, p in flat])
     (nu,) = _tree.map_statistics(
         lambda path, p: (jnp.zeros(
             _checked_blocks(rule, path, p).nu_shape,
