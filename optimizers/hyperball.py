@@ -6,19 +6,8 @@ import jax
 import optax
 
 from gradtx import transforms as gt
-from gradtx._internal import names as _names
 from gradtx._internal import validate as _validate
-from gradtx.transforms import matrix_view as _matrix_view
 from gradtx.transforms.weight_decay import MaskOrFn
-
-
-def _matrix_not_embedding(matrix_view) -> gt.PathLeafRule:
-  """Marin's AdamH routing: every matrix (output heads too) but the embeddings."""
-  def rule(path, leaf):
-    names = _names.path_names(path)
-    return (_matrix_view.view_of(path, leaf, matrix_view) is not None
-            and not _names.is_embedding(names))
-  return rule
 
 
 @gt.AdamWSide.document
@@ -65,8 +54,9 @@ def adamh(
     eps: added to AdamH's denominator, >= 0.
     matrix_view: the matrix-view rule; ``None``: ``gt.fused_qkv_matrix_view()``.
     is_hyperball_param: the routing rule, a function of ``(path, leaf)``;
-      ``None``: every leaf with a matrix view whose path names no embedding
-      (output heads included, as Marin routes every ``Linear``).
+      ``None``: every leaf with a matrix view that is no embedding, output
+      heads included, as Marin routes every ``Linear`` (``gt.matrix_roles``'
+      ``"hidden"`` and ``"output_head"``: axis names, path names, shape).
     adam_*: the AdamW side (``gt.AdamWSide``).
     mask: which AdamW leaves get the decay (``optax.masked`` semantics).
     mu_dtype: storage of the first moments.
@@ -86,9 +76,11 @@ def adamh(
   )
   side = gt.AdamWSide(adam_learning_rate, adam_b1, adam_b2, adam_eps, adam_weight_decay,
                       mu_dtype=mu_dtype, nu_dtype=nu_dtype)
+  # Marin routes every matrix but the embeddings, output heads included.
   return side.around(
-      "adamh", hidden, is_hyperball_param or _matrix_not_embedding(matrix_view),
-      learning_rate=learning_rate, weight_decay=0.0, mask=mask, matrix_view=matrix_view)
+      "adamh", hidden, is_hyperball_param,
+      learning_rate=learning_rate, weight_decay=0.0, mask=mask, matrix_view=matrix_view,
+      heads=None if is_hyperball_param else hidden)
 
 
 @gt.AdamWSide.document
@@ -151,7 +143,8 @@ def muonh(
     is_muon_param: the rule of the MuonH leaves, a function of
       ``(path, leaf)``; ``None``: ``go.is_hidden_matrix``.
     is_hyperball_param: the rule of the AdamH leaves among the others;
-      ``None``: the output heads with a matrix view.
+      ``None``: the output heads with a matrix view (``gt.matrix_roles``:
+      by axis names, path names, or shape).
     adam_b1: b1 of the AdamH and AdamW leaves, in [0, 1).
     adam_b2: b2 of the AdamH and AdamW leaves, in [0, 1).
     adam_eps: eps of the AdamH and AdamW leaves, >= 0.
@@ -172,25 +165,27 @@ def muonh(
   side = gt.AdamWSide(adam_learning_rate, adam_b1, adam_b2, adam_eps, adam_weight_decay,
                       mu_dtype=mu_dtype, nu_dtype=nu_dtype)
   matrix_view = gt.fused_qkv_matrix_view() if matrix_view is None else matrix_view
+  muonh_chain = optax.chain(
+      gt.momentum(momentum, nesterov=nesterov, mu_dtype=mu_dtype),
+      gt.orthogonalize_newton_schulz(
+          ns_steps, coefficients, eps=eps, compute_dtype=compute_dtype,
+          method=method, matrix_view=matrix_view),
+      gt.hyperball_step(learning_rate, matrix_view=matrix_view))
+  adamh_chain = optax.chain(
+      gt.scale_by_adam(adam_b1, adam_b2, adam_eps, mu_dtype=mu_dtype, nu_dtype=nu_dtype),
+      gt.hyperball_step(learning_rate, matrix_view=matrix_view))
+  if is_hyperball_param is None:
+    # The output heads gt.matrix_roles finds (axis names, path names, shape).
+    return side.around(
+        "muonh", muonh_chain, is_muon_param, heads=adamh_chain,
+        learning_rate=learning_rate, weight_decay=0.0, mask=mask, matrix_view=matrix_view)
   if is_muon_param is None:
     def is_muon_param(path, leaf):
       return gt.is_hidden_matrix(path, leaf, matrix_view=matrix_view)
-  if is_hyperball_param is None:
-    def is_hyperball_param(path, leaf):
-      return (_matrix_view.view_of(path, leaf, matrix_view) is not None
-              and _names.is_output_head(_names.path_names(path)))
-  sphere = optax.multi_transform({
-      "muonh": optax.chain(
-          gt.momentum(momentum, nesterov=nesterov, mu_dtype=mu_dtype),
-          gt.orthogonalize_newton_schulz(
-              ns_steps, coefficients, eps=eps, compute_dtype=compute_dtype,
-              method=method, matrix_view=matrix_view),
-          gt.hyperball_step(learning_rate, matrix_view=matrix_view)),
-      "adamh": optax.chain(
-          gt.scale_by_adam(adam_b1, adam_b2, adam_eps, mu_dtype=mu_dtype, nu_dtype=nu_dtype),
-          gt.hyperball_step(learning_rate, matrix_view=matrix_view)),
-  }, lambda params: jax.tree_util.tree_map_with_path(
-      lambda path, leaf: "muonh" if is_muon_param(path, leaf) else "adamh", params))
+  sphere = optax.multi_transform(
+      {"muonh": muonh_chain, "adamh": adamh_chain},
+      lambda params: jax.tree_util.tree_map_with_path(
+          lambda path, leaf: "muonh" if is_muon_param(path, leaf) else "adamh", params))
   return side.around(
       "hyperball", sphere,
       lambda path, leaf: is_muon_param(path, leaf) or is_hyperball_param(path, leaf),

@@ -72,6 +72,18 @@ def test_linen_auto_named_lm_routes_its_head_to_adamw(factory, matrix, embedding
   assert "Dense_2" in str(default) and matrix in str(default)
 
 
+@pytest.mark.parametrize("factory, hidden", [(go.muonh, "muonh"), (go.adamh, "adamh")])
+def test_hyperball_finds_the_linen_head_by_its_shape(factory, hidden):
+  """Marin's routing on Linen's names: the head Dense_2 (16, 40), beside the
+  (40, 16) Embed_0, takes AdamH's step (MuonH: not Newton-Schulz), the
+  embedding and biases AdamW."""
+  branch = {"matrix": hidden, "adam": "output_head"}
+  expected = {p: (branch[label], m or (1, 16, 40)) if "kernel" in p else (label, m)
+              for p, (label, m) in LINEN_BY_HAND.items()}
+  expected[f"{P}['Embed_0']['embedding']"] = ("adam", None)
+  assert _routing(gt.describe(factory(0.02), _linen_params())) == expected
+
+
 def test_state_bytes_are_each_leafs_own_and_add_up_to_the_state():
   params = _linen_params()
   description = gt.describe(go.muon(0.02), params)

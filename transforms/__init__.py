@@ -37,7 +37,12 @@ from gradtx.transforms.mars import (
     scale_by_mars,
 )
 from gradtx.transforms.matrix_roots import inverse_pth_root
-from gradtx.transforms.matrix_routing import AdamWSide, PathLeafRule, is_hidden_matrix
+from gradtx.transforms.matrix_routing import (
+    AdamWSide,
+    PathLeafRule,
+    is_hidden_matrix,
+    matrix_roles,
+)
 from gradtx.transforms.matrix_view import (
     AmbiguousMatrixViewWarning,
     MatrixView,
@@ -190,4 +195,5 @@ __all__ = [
     "AdamWSide",
     "PathLeafRule",
     "is_hidden_matrix",
+    "matrix_roles",
 ]

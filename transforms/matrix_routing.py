@@ -70,6 +70,41 @@ def leaf_role(path: tuple, leaf: Any) -> Optional[str]:
   return None if axes is None else _axes.read(axes).role
 
 
+def matrix_roles(params: Any, *, matrix_view: Optional[_matrix_view.MatrixViewRule] = None) -> Any:
+  """Each leaf's part in the Muon family's routing, as a tree of strings.
+
+  ``"hidden"``: a hidden matrix (``is_hidden_matrix``, less the output heads
+  found by shape); ``"output_head"``: a leaf with a matrix view that its axis
+  names, its path names or its shape (a (d, vocab) kernel beside a (vocab, d)
+  token embedding) make an output head; ``"embedding"``: a token or position
+  table by its axis names or path names; ``"other"``: the rest (biases, norm
+  scales, leaves with no matrix view). ``is_hidden_matrix``'s docstring
+  lists the order in which the rules decide.
+  """
+  flat, treedef = jax.tree_util.tree_flatten_with_path(params)
+  with _axes.reading(params), _axes.using(getattr(matrix_view, "axis_names", None)):
+    axis_roles = [leaf_role(p, x) for p, x in flat]
+    names = [_names.path_names(p) for p, _ in flat]
+    embeddings = [role == "embedding" or (role is None and _names.is_embedding(n))
+                  for n, role in zip(names, axis_roles)]
+    by_shape = _names.heads_by_shape(
+        [(n, jax.numpy.shape(x)) for n, (_, x) in zip(names, flat)], embeddings)
+    roles = []
+    for (p, x), n, role, embedding, shape_head in zip(
+        flat, names, axis_roles, embeddings, by_shape):
+      has_view = _matrix_view.view_of(p, x, matrix_view) is not None
+      if is_hidden_matrix(p, x, matrix_view=matrix_view):
+        roles.append("output_head" if shape_head and role is None else "hidden")
+      elif embedding:
+        roles.append("embedding")
+      elif has_view and (role == "output_head" or (
+          role not in ("embedding", "matrix") and _names.is_output_head(n))):
+        roles.append("output_head")
+      else:
+        roles.append("other")
+  return treedef.unflatten(roles)
+
+
 @dataclasses.dataclass(frozen=True)
 class AdamWSide:
   r"""The AdamW that a matrix optimizer gives the leaves its matrix rule does not take.
@@ -162,16 +197,19 @@ class AdamWSide:
       is_inner_param: Optional[PathLeafRule], *,
       learning_rate: optax.ScalarOrSchedule, weight_decay: optax.ScalarOrSchedule,
       mask: MaskOrFn = None, matrix_view: Optional[_matrix_view.MatrixViewRule] = None,
+      heads: Optional[optax.GradientTransformation] = None,
   ) -> optax.GradientTransformation:
     """``inner`` on the leaves ``is_inner_param`` picks, this AdamW on the others.
 
     One ``optax.multi_transform`` labelled ``label`` / ``"adam"`` (and
-    ``"embedding"``: the embeddings' AdamW, with ``embedding_learning_rate``).
-    ``is_inner_param=None`` routes by ``is_hidden_matrix`` with
-    ``matrix_view`` (axis names first: the tree's own, or those of
-    ``gt.matrix_view_from_axes``), and sends a (d, vocab) kernel that no axis
-    names settle to AdamW as an output head when the tree holds a (vocab, d)
-    token embedding. ``learning_rate`` and
+    ``"embedding"``: the embeddings' AdamW, with ``embedding_learning_rate``;
+    ``"output_head"``: ``heads``). ``is_inner_param=None`` routes by
+    ``is_hidden_matrix`` with ``matrix_view`` (axis names first: the tree's
+    own, or those of ``gt.matrix_view_from_axes``), and sends a (d, vocab)
+    kernel that no axis names settle to AdamW as an output head when the tree
+    holds a (vocab, d) token embedding. ``heads``, when given, updates the
+    output heads that have a matrix view (``matrix_roles``'s
+    ``"output_head"``) instead of AdamW. ``learning_rate`` and
     ``weight_decay`` are the matrix rule's (the defaults of
     ``adam_learning_rate`` and ``adam_weight_decay``); ``mask`` picks the
     AdamW leaves that get the decay.
@@ -179,33 +217,18 @@ class AdamWSide:
     transforms = {label: inner, "adam": self.adamw(learning_rate, weight_decay, mask)}
     if self.embedding_learning_rate is not None:
       transforms["embedding"] = self._adamw(self.embedding_learning_rate, weight_decay, mask)
-    by_shape = is_inner_param is None
-    if by_shape:
-      def is_inner_param(path, leaf):
-        return is_hidden_matrix(path, leaf, matrix_view=matrix_view)
+    if heads is not None:
+      transforms["output_head"] = heads
 
-    def is_embedding(path, leaf):
-      role = leaf_role(path, leaf)
-      return role == "embedding" or (
-          role is None and _names.is_embedding(_names.path_names(path)))
-
-    def label_of(path, leaf, head):
-      if not head and is_inner_param(path, leaf):
+    def label_of(path, leaf, role):
+      if role == "hidden" if is_inner_param is None else is_inner_param(path, leaf):
         return label
-      if "embedding" in transforms and is_embedding(path, leaf):
-        return "embedding"
-      return "adam"
+      return role if role in transforms else "adam"
 
     def labels(params):
-      flat, treedef = jax.tree_util.tree_flatten_with_path(params)
+      roles = matrix_roles(params, matrix_view=matrix_view)
       with _axes.reading(params), _axes.using(getattr(matrix_view, "axis_names", None)):
-        heads = [False] * len(flat)
-        if by_shape:
-          heads = _names.heads_by_shape(
-              [(_names.path_names(p), jax.numpy.shape(x)) for p, x in flat],
-              [is_embedding(p, x) for p, x in flat])
-          heads = [h and leaf_role(p, x) is None for (p, x), h in zip(flat, heads)]
-        return treedef.unflatten([label_of(p, x, h) for (p, x), h in zip(flat, heads)])
+        return jax.tree_util.tree_map_with_path(label_of, params, roles)
 
     return optax.multi_transform(transforms, labels)
 

@@ -84,15 +84,15 @@ def test_default_routing_follows_marin():
   _, adamh_state, _, _ = _train(go.adamh(0.02), steps=1)
   labels = lambda state: {k for k, v in state.inner_states.items()
                           if not isinstance(v.inner_state, optax.EmptyState)}
-  assert set(adamh_state.inner_states) == {"adamh", "adam"}
+  assert labels(adamh_state) == {"adamh", "output_head", "adam"}
   _, muonh_state, _, _ = _train(go.muonh(0.02), steps=1)
-  assert labels(muonh_state) == {"hyperball", "adam"}
-  sphere = muonh_state.inner_states["hyperball"].inner_state.inner_states
-  muon_mu = sphere["muonh"].inner_state[0].mu
-  adamh_mu = sphere["adamh"].inner_state[0].mu
+  assert labels(muonh_state) == {"muonh", "output_head", "adam"}
+  muon_mu = muonh_state.inner_states["muonh"].inner_state[0].mu
+  adamh_mu = muonh_state.inner_states["output_head"].inner_state[0].mu
   assert isinstance(muon_mu["lm_head"]["kernel"], optax.MaskedNode)
   assert muon_mu["block"]["kernel"].shape == (8, 8)
   assert adamh_mu["lm_head"]["kernel"].shape == (8, 16)
+  assert isinstance(adamh_mu["block"]["kernel"], optax.MaskedNode)
   adam_side = adamh_state.inner_states["adam"].inner_state[0].mu
   assert adam_side["embedding"].shape == (16, 8)
   assert isinstance(adam_side["lm_head"]["kernel"], optax.MaskedNode)
