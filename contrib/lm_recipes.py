@@ -8,7 +8,6 @@ from gradtx import transforms as gt
 from gradtx._internal import tree as _tree
 from gradtx._internal import validate as _validate
 from gradtx.optimizers.fourth_quadrant import adamuon
-from gradtx.transforms.weight_decay import MaskOrFn
 
 # AdaMuon's learning rate 1.2e-2, the AdamW side 1.8e-2, the embeddings 1.8e-1
 # (benchmarks/RESULTS.md, "Fourth quadrant").
@@ -21,7 +20,7 @@ def adamuon_lm(
     *,
     method: str = "gram",
     weight_decay: optax.ScalarOrSchedule = 0.01,
-    mask: MaskOrFn = None,
+    mask: gt.MaskOrFn = None,
     cautious_weight_decay: bool = False,
     matrix_view: Optional[gt.MatrixViewRule] = None,
     is_muon_param: Optional[gt.PathLeafRule] = None,

@@ -128,7 +128,7 @@ def describe(tx: optax.GradientTransformation, params: Any, *, strict: bool = Fa
     tx: the optimizer.
     params: the parameters: arrays, ``jax.ShapeDtypeStruct`` s, an
       ``nnx.State`` or Linen's boxed parameters; only shapes, dtypes and
-      Flax axis names (``gradtx.transforms.axis_names``) are read.
+      Flax axis names (``gradtx.routing.axis_names``) are read.
     strict: raise a ``ValueError`` when a leaf's matrix view was guessed from
       its shape alone (``gt.AmbiguousMatrixViewWarning``).
     **extra_args: passed to ``tx.update`` (``go.sam``'s ``grad_fn``, K-FAC's

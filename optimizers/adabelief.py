@@ -5,7 +5,6 @@ from typing import Any, Optional
 import optax
 
 from gradtx import transforms as gt
-from gradtx.transforms.weight_decay import MaskOrFn
 
 
 def adabelief(
@@ -15,7 +14,7 @@ def adabelief(
     b2: float = 0.999,
     eps: float = 1e-16,
     weight_decay: optax.ScalarOrSchedule = 0.0,
-    mask: MaskOrFn = None,
+    mask: gt.MaskOrFn = None,
     cautious_weight_decay: bool = False,
     mu_dtype: Optional[Any] = None,
     nu_dtype: Optional[Any] = None,

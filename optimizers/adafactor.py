@@ -8,7 +8,6 @@ import optax
 
 from gradtx import transforms as gt
 from gradtx._internal import validate as _validate
-from gradtx.transforms.weight_decay import MaskOrFn
 
 
 def relative_step_size(*, warmup_init: bool = False) -> optax.Schedule:
@@ -38,7 +37,7 @@ def adafactor(
     b1: Optional[float] = None,
     mu_dtype: Optional[Any] = None,
     weight_decay: optax.ScalarOrSchedule = 0.0,
-    mask: MaskOrFn = None,
+    mask: gt.MaskOrFn = None,
     cautious_weight_decay: bool = False,
     eps: float = 1e-30,
     factored: bool = True,

@@ -5,7 +5,6 @@ from typing import Any, Optional
 import optax
 
 from gradtx import transforms as gt
-from gradtx.transforms.weight_decay import MaskOrFn
 
 
 def adagrad(
@@ -14,7 +13,7 @@ def adagrad(
     initial_accumulator_value: float = 0.0,
     eps: float = 1e-10,
     weight_decay: optax.ScalarOrSchedule = 0.0,
-    mask: MaskOrFn = None,
+    mask: gt.MaskOrFn = None,
     nu_dtype: Optional[Any] = None,
 ) -> optax.GradientTransformation:
   r"""AdaGrad: :math:`p \leftarrow p - η\, g'/(\sqrt{\sum g'^2} + ε)`, g' = g + λp.

@@ -5,7 +5,6 @@ from typing import Any, Optional
 import optax
 
 from gradtx import transforms as gt
-from gradtx.transforms.weight_decay import MaskOrFn
 
 
 def adam(
@@ -16,7 +15,7 @@ def adam(
     eps: float = 1e-8,
     eps_root: float = 0.0,
     weight_decay: optax.ScalarOrSchedule = 0.0,
-    mask: MaskOrFn = None,
+    mask: gt.MaskOrFn = None,
     amsgrad: bool = False,
     nesterov: bool = False,
     mu_dtype: Optional[Any] = None,
@@ -70,7 +69,7 @@ def adamw(
     eps: float = 1e-8,
     eps_root: float = 0.0,
     weight_decay: optax.ScalarOrSchedule = 1e-2,
-    mask: MaskOrFn = None,
+    mask: gt.MaskOrFn = None,
     cautious_weight_decay: bool = False,
     amsgrad: bool = False,
     nesterov: bool = False,
@@ -142,7 +141,7 @@ def adamw_8bit(
     eps: float = 1e-8,
     eps_root: float = 0.0,
     weight_decay: optax.ScalarOrSchedule = 1e-2,
-    mask: MaskOrFn = None,
+    mask: gt.MaskOrFn = None,
     cautious_weight_decay: bool = False,
     amsgrad: bool = False,
     block_size: int = 256,

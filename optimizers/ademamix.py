@@ -5,7 +5,6 @@ from typing import Any, Optional, Union
 import optax
 
 from gradtx import transforms as gt
-from gradtx.transforms.weight_decay import MaskOrFn
 
 
 def ademamix(
@@ -18,7 +17,7 @@ def ademamix(
     eps: float = 1e-8,
     eps_root: float = 0.0,
     weight_decay: optax.ScalarOrSchedule = 0.0,
-    mask: MaskOrFn = None,
+    mask: gt.MaskOrFn = None,
     cautious_weight_decay: bool = False,
     mu_dtype: Optional[Any] = None,
     nu_dtype: Optional[Any] = None,

@@ -6,7 +6,6 @@ import optax
 
 from gradtx import transforms as gt
 from gradtx._internal import validate as _validate
-from gradtx.transforms.weight_decay import MaskOrFn
 
 
 @gt.AdamWSide.document
@@ -19,7 +18,7 @@ def dion(
     orthonormalize: str = "qr",
     scale: Optional[str] = "jordan",
     weight_decay: optax.ScalarOrSchedule = 0.0,
-    mask: MaskOrFn = None,
+    mask: gt.MaskOrFn = None,
     cautious_weight_decay: bool = False,
     eps: float = 1e-8,
     seed: int = 0,

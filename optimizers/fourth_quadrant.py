@@ -28,7 +28,6 @@ import optax
 
 from gradtx import transforms as gt
 from gradtx._internal import validate as _validate
-from gradtx.transforms.weight_decay import MaskOrFn
 
 
 def _orthogonalize(ns_steps, coefficients, method, matrix_view):
@@ -63,7 +62,7 @@ def normuon(
     coefficients: gt.Coefficients = "jordan",
     method: str = "standard",
     weight_decay: optax.ScalarOrSchedule = 0.0,
-    mask: MaskOrFn = None,
+    mask: gt.MaskOrFn = None,
     cautious_weight_decay: bool = False,
     scale: Optional[str] = "jordan",
     matrix_view: Optional[gt.MatrixViewRule] = None,
@@ -150,7 +149,7 @@ def adamuon(
     coefficients: gt.Coefficients = "jordan",
     method: str = "standard",
     weight_decay: optax.ScalarOrSchedule = 0.01,
-    mask: MaskOrFn = None,
+    mask: gt.MaskOrFn = None,
     cautious_weight_decay: bool = False,
     scale: Optional[str] = "moonlight",
     matrix_view: Optional[gt.MatrixViewRule] = None,
@@ -242,7 +241,7 @@ def soap_muon(
     coefficients: gt.Coefficients = "jordan",
     method: str = "standard",
     weight_decay: optax.ScalarOrSchedule = 0.0,
-    mask: MaskOrFn = None,
+    mask: gt.MaskOrFn = None,
     cautious_weight_decay: bool = False,
     scale: Optional[str] = "jordan",
     matrix_view: Optional[gt.MatrixViewRule] = None,
@@ -329,7 +328,7 @@ def vmuon(
     coefficients: gt.Coefficients = "jordan",
     method: str = "standard",
     weight_decay: optax.ScalarOrSchedule = 0.0,
-    mask: MaskOrFn = None,
+    mask: gt.MaskOrFn = None,
     cautious_weight_decay: bool = False,
     scale: Optional[str] = "jordan",
     matrix_view: Optional[gt.MatrixViewRule] = None,

@@ -7,7 +7,6 @@ import optax
 
 from gradtx import transforms as gt
 from gradtx._internal import validate as _validate
-from gradtx.transforms.weight_decay import MaskOrFn
 
 
 @gt.AdamWSide.document
@@ -24,7 +23,7 @@ def adamh(
     adam_b2: float = 0.95,
     adam_eps: float = 1e-8,
     adam_weight_decay: optax.ScalarOrSchedule = 0.0,
-    mask: MaskOrFn = None,
+    mask: gt.MaskOrFn = None,
     mu_dtype: Optional[Any] = None,
     nu_dtype: Optional[Any] = None,
 ) -> optax.GradientTransformation:
@@ -102,7 +101,7 @@ def muonh(
     adam_b2: float = 0.95,
     adam_eps: float = 1e-8,
     adam_weight_decay: optax.ScalarOrSchedule = 0.0,
-    mask: MaskOrFn = None,
+    mask: gt.MaskOrFn = None,
     mu_dtype: Optional[Any] = None,
     nu_dtype: Optional[Any] = None,
 ) -> optax.GradientTransformation:

@@ -6,7 +6,6 @@ import optax
 
 from gradtx import transforms as gt
 from gradtx._internal import validate as _validate
-from gradtx.transforms.weight_decay import MaskOrFn
 
 
 def kfac(
@@ -19,7 +18,7 @@ def kfac(
     momentum: float = 0.9,
     nesterov: bool = False,
     weight_decay: optax.ScalarOrSchedule = 0.0,
-    mask: MaskOrFn = None,
+    mask: gt.MaskOrFn = None,
     cautious_weight_decay: bool = False,
     is_dense: gt.PathLeafRule = gt.is_dense_kernel,
     root_method: str = "eigh",

@@ -6,7 +6,6 @@ import jax
 import optax
 
 from gradtx import transforms as gt
-from gradtx.transforms.weight_decay import MaskOrFn
 
 
 @gt.AdamWSide.document
@@ -19,7 +18,7 @@ def mars_adamw(
     gamma: float = 0.025,
     exact: bool = False,
     weight_decay: optax.ScalarOrSchedule = 0.0,
-    mask: MaskOrFn = None,
+    mask: gt.MaskOrFn = None,
     cautious_weight_decay: bool = False,
     is_mars_param: Optional[gt.PathLeafRule] = None,
     adam_learning_rate: Optional[optax.ScalarOrSchedule] = None,

@@ -6,7 +6,6 @@ import optax
 
 from gradtx import transforms as gt
 from gradtx._internal import validate as _validate
-from gradtx.transforms.weight_decay import MaskOrFn
 
 # The routing rule is the transforms' (gt.is_hidden_matrix); go names it too.
 is_hidden_matrix = gt.is_hidden_matrix
@@ -21,7 +20,7 @@ def muon(
     ns_steps: int = 5,
     coefficients: gt.Coefficients = "jordan",
     weight_decay: optax.ScalarOrSchedule = 0.0,
-    mask: MaskOrFn = None,
+    mask: gt.MaskOrFn = None,
     cautious_weight_decay: bool = False,
     scale: Optional[str] = "jordan",
     compute_dtype: Optional[Any] = None,

@@ -34,7 +34,7 @@ from typing import Any, Callable, Optional
 import jax
 import jax.numpy as jnp
 
-from gradtx.transforms.model_records import DenseRecord, Records, module_key
+from gradtx.flax_integration.model_records import DenseRecord, Records, module_key
 
 _SESSION = contextvars.ContextVar("gradtx_nnx_records", default=None)
 _PATCH_LOCK = threading.Lock()

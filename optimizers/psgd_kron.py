@@ -5,7 +5,6 @@ from typing import Any, Callable, Optional, Union
 import optax
 
 from gradtx import transforms as gt
-from gradtx.transforms.weight_decay import MaskOrFn
 
 
 def psgd_kron(
@@ -13,7 +12,7 @@ def psgd_kron(
     *,
     b1: float = 0.9,
     weight_decay: optax.ScalarOrSchedule = 0.0,
-    mask: MaskOrFn = None,
+    mask: gt.MaskOrFn = None,
     cautious_weight_decay: bool = False,
     precond_update_probability: Union[float, Callable] = gt.precond_update_prob_schedule(),
     max_size_triangular: int = 8192,

@@ -9,7 +9,7 @@ import optax
 
 from gradtx._internal import tree as _tree
 from gradtx._internal import validate as _validate
-from gradtx.transforms import model_records
+from gradtx.flax_integration import model_records
 
 
 class HeadScaling(NamedTuple):

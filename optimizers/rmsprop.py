@@ -5,7 +5,6 @@ from typing import Any, Optional
 import optax
 
 from gradtx import transforms as gt
-from gradtx.transforms.weight_decay import MaskOrFn
 
 
 def rmsprop(
@@ -17,7 +16,7 @@ def rmsprop(
     momentum: float = 0.0,
     centered: bool = False,
     weight_decay: optax.ScalarOrSchedule = 0.0,
-    mask: MaskOrFn = None,
+    mask: gt.MaskOrFn = None,
     mu_dtype: Optional[Any] = None,
     nu_dtype: Optional[Any] = None,
 ) -> optax.GradientTransformation:

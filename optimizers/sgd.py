@@ -5,7 +5,6 @@ from typing import Any, Optional
 import optax
 
 from gradtx import transforms as gt
-from gradtx.transforms.weight_decay import MaskOrFn
 
 
 def sgd(
@@ -14,7 +13,7 @@ def sgd(
     momentum: float = 0.0,
     nesterov: bool = False,
     weight_decay: optax.ScalarOrSchedule = 0.0,
-    mask: MaskOrFn = None,
+    mask: gt.MaskOrFn = None,
     dampening: float = 0.0,
     mu_dtype: Optional[Any] = None,
 ) -> optax.GradientTransformation:

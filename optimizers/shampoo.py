@@ -6,7 +6,6 @@ import optax
 
 from gradtx import transforms as gt
 from gradtx._internal import validate as _validate
-from gradtx.transforms.weight_decay import MaskOrFn
 
 GRAFTINGS = ("adam", "rmsprop", "sgd", None)
 
@@ -33,7 +32,7 @@ def shampoo(
     block_size: Optional[int] = 256,
     grafting: Optional[str] = "adam",
     weight_decay: optax.ScalarOrSchedule = 0.0,
-    mask: MaskOrFn = None,
+    mask: gt.MaskOrFn = None,
     cautious_weight_decay: bool = False,
     nesterov: bool = False,
     max_precondition_dim: int = 4096,

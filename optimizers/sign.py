@@ -6,7 +6,6 @@ import optax
 
 from gradtx import transforms as gt
 from gradtx._internal import validate as _validate
-from gradtx.transforms.weight_decay import MaskOrFn
 
 
 def signsgd(
@@ -14,7 +13,7 @@ def signsgd(
     *,
     momentum: float = 0.0,
     weight_decay: optax.ScalarOrSchedule = 0.0,
-    mask: MaskOrFn = None,
+    mask: gt.MaskOrFn = None,
     cautious_weight_decay: bool = False,
     mu_dtype: Optional[Any] = None,
 ) -> optax.GradientTransformation:
@@ -59,7 +58,7 @@ def lion(
     b1: float = 0.9,
     b2: float = 0.99,
     weight_decay: optax.ScalarOrSchedule = 0.0,
-    mask: MaskOrFn = None,
+    mask: gt.MaskOrFn = None,
     cautious_weight_decay: bool = False,
     mu_dtype: Optional[Any] = None,
 ) -> optax.GradientTransformation:
@@ -103,7 +102,7 @@ def tiger(
     *,
     beta: float = 0.965,
     weight_decay: optax.ScalarOrSchedule = 0.0,
-    mask: MaskOrFn = None,
+    mask: gt.MaskOrFn = None,
     cautious_weight_decay: bool = False,
     mu_dtype: Optional[Any] = None,
     param_rms_scaling: bool = False,

@@ -5,7 +5,6 @@ from typing import Any, Optional
 import optax
 
 from gradtx import transforms as gt
-from gradtx.transforms.weight_decay import MaskOrFn
 
 
 def soap(
@@ -18,7 +17,7 @@ def soap(
     precondition_every: int = 10,
     max_precondition_dim: int = 10000,
     weight_decay: optax.ScalarOrSchedule = 0.01,
-    mask: MaskOrFn = None,
+    mask: gt.MaskOrFn = None,
     cautious_weight_decay: bool = False,
     refresh: str = "qr",
     matrix_view: Optional[gt.MatrixViewRule] = None,

@@ -6,14 +6,13 @@ import jax
 import optax
 
 from gradtx import transforms as gt
-from gradtx.transforms.weight_decay import MaskOrFn, weight_decay_mask
 
 
-def _and_not(mask: MaskOrFn, excluded: MaskOrFn):
+def _and_not(mask: gt.MaskOrFn, excluded: gt.MaskOrFn):
   """The leaves of ``mask`` outside ``excluded`` (both optax-style masks)."""
 
   def combined(params):
-    a, b = weight_decay_mask(mask, params), weight_decay_mask(excluded, params)
+    a, b = gt.weight_decay_mask(mask, params), gt.weight_decay_mask(excluded, params)
     return jax.tree.map(lambda x, y: x and not y, a, b)
 
   return combined
@@ -25,10 +24,10 @@ def lars(
     momentum: float = 0.9,
     nesterov: bool = False,
     weight_decay: optax.ScalarOrSchedule = 0.0,
-    mask: MaskOrFn = None,
+    mask: gt.MaskOrFn = None,
     trust_coefficient: float = 0.001,
     eps: float = 0.0,
-    trust_ratio_mask: MaskOrFn = None,
+    trust_ratio_mask: gt.MaskOrFn = None,
     mu_dtype: Optional[Any] = None,
 ) -> optax.GradientTransformation:
   r"""LARS: momentum SGD with a layer-wise local learning rate.
@@ -99,9 +98,9 @@ def lamb(
     eps: float = 1e-6,
     eps_root: float = 0.0,
     weight_decay: optax.ScalarOrSchedule = 0.0,
-    mask: MaskOrFn = None,
+    mask: gt.MaskOrFn = None,
     cautious_weight_decay: bool = False,
-    trust_ratio_mask: MaskOrFn = None,
+    trust_ratio_mask: gt.MaskOrFn = None,
     mu_dtype: Optional[Any] = None,
     nu_dtype: Optional[Any] = None,
 ) -> optax.GradientTransformation:

@@ -18,7 +18,7 @@ from gradtx import contrib
 from gradtx import optimizers as go
 from gradtx import transforms as gt
 from gradtx._internal.routing import leaf_key
-from gradtx.transforms import matrix_view
+from gradtx.routing import matrix_view
 
 V = gt.MatrixView
 F32 = 4

@@ -1,7 +1,9 @@
 """The package layout: ``import gradtx`` gives the subpackages and the version,
 from the editable install (the source tree) and from a built wheel; the
 top-level folders transforms/, optimizers/ and contrib/ are gradtx.transforms,
-gradtx.optimizers and gradtx.contrib, and gradtx/_internal holds what they share."""
+gradtx.optimizers and gradtx.contrib; the infrastructure packages under gradtx/
+(routing, linalg, storage, distributed, flax_integration) and gradtx/_internal
+hold what they share."""
 
 import importlib.metadata
 import pathlib
@@ -16,8 +18,12 @@ PROBE = (
     "import gradtx;"
     "print(gradtx.transforms.__file__); print(gradtx.optimizers.__file__);"
     "print(gradtx.contrib.__file__); print(gradtx.__version__);"
-    "assert callable(gradtx.optimizers.adamw) and callable(gradtx.transforms.scale_by_adam)"
+    "assert callable(gradtx.optimizers.adamw) and callable(gradtx.transforms.scale_by_adam);"
+    "import gradtx.routing, gradtx.linalg, gradtx.storage, gradtx.distributed;"
+    "import gradtx.flax_integration"
 )
+SUBPACKAGES = sorted(f"gradtx/{p.name}" for p in (ROOT / "gradtx").iterdir()
+                     if (p / "__init__.py").exists())
 
 
 def _probe(env_path: str | None, cwd: pathlib.Path) -> list[str]:
@@ -53,7 +59,8 @@ def wheel(tmp_path_factory):
 
 def test_wheel_contains_the_package_layout(wheel):
   names = zipfile.ZipFile(wheel).namelist()
-  for package in ("gradtx", "gradtx/_internal", "gradtx/transforms", "gradtx/optimizers",
+  assert len(SUBPACKAGES) >= 6  # _internal and the infrastructure packages
+  for package in ("gradtx", *SUBPACKAGES, "gradtx/transforms", "gradtx/optimizers",
                   "gradtx/contrib"):
     assert f"{package}/__init__.py" in names
   assert not any(n.startswith(("tests/", "examples/", "benchmarks/")) for n in names)

@@ -3,7 +3,38 @@
 >>> from gradtx import transforms as gt
 """
 
-from gradtx.describe import Description, LeafDescription, describe
+# What the transforms take and give that is not a transform, re-exported so
+# one ``gt`` namespace serves a user: matrix views and routing rules, state
+# formats, mesh shardings, model records, inverse roots, ``describe``.
+from gradtx.describe import Description, LeafDescription, describe  # noqa: E402
+from gradtx.distributed import state_shardings  # noqa: E402
+from gradtx.flax_integration import DenseRecord, Records  # noqa: E402
+from gradtx.linalg import inverse_pth_root  # noqa: E402
+from gradtx.routing import (  # noqa: E402
+    AmbiguousMatrixViewWarning,
+    AxisNamesMatrixView,
+    MatrixView,
+    MatrixViewRule,
+    PathLeafRule,
+    add_axis_names,
+    einsum_matrix_view,
+    flax_matrix_view,
+    fused_qkv_matrix_view,
+    is_hidden_matrix,
+    matrix_roles,
+    matrix_view_from_axes,
+    on_matrix_views,
+    stacked_matrix_view,
+)
+from gradtx.storage import (  # noqa: E402
+    Int8Blocks,
+    QuantizedArray,
+    StochasticBfloat16,
+    dequantize_blockwise,
+    dynamic_code_map,
+    quantize_blockwise,
+    stochastic_round,
+)
 from gradtx.transforms.adam_mini import (
     Blocks,
     PartitionRule,
@@ -11,12 +42,8 @@ from gradtx.transforms.adam_mini import (
     adam_mini_blocks,
     scale_by_adam_mini,
 )
+from gradtx.transforms.adamw_side import AdamWSide
 from gradtx.transforms.ademamix import ScaleByAdemamixState, scale_by_ademamix
-from gradtx.transforms.axis_names import (
-    AxisNamesMatrixView,
-    add_axis_names,
-    matrix_view_from_axes,
-)
 from gradtx.transforms.cautious import CautiousState, cautious
 from gradtx.transforms.factored import ScaleByFactoredRmsState, factored_axes, scale_by_factored_rms
 from gradtx.transforms.factored_geometry import InFactoredGeometryState, in_factored_geometry
@@ -36,24 +63,6 @@ from gradtx.transforms.mars import (
     gradients_at_previous_point,
     scale_by_mars,
 )
-from gradtx.transforms.matrix_roots import inverse_pth_root
-from gradtx.transforms.matrix_routing import (
-    AdamWSide,
-    PathLeafRule,
-    is_hidden_matrix,
-    matrix_roles,
-)
-from gradtx.transforms.matrix_view import (
-    AmbiguousMatrixViewWarning,
-    MatrixView,
-    MatrixViewRule,
-    einsum_matrix_view,
-    flax_matrix_view,
-    fused_qkv_matrix_view,
-    on_matrix_views,
-    stacked_matrix_view,
-)
-from gradtx.transforms.model_records import DenseRecord, Records
 from gradtx.transforms.momentum import EmaState, MomentumState, ema, momentum
 from gradtx.transforms.normalize import (
     NormalizeBySecondMomentState,
@@ -71,13 +80,6 @@ from gradtx.transforms.psgd_kron import (
     precond_update_prob_schedule,
     scale_by_psgd_kron,
 )
-from gradtx.transforms.quantize import (
-    QuantizedArray,
-    dequantize_blockwise,
-    dynamic_code_map,
-    quantize_blockwise,
-    stochastic_round,
-)
 from gradtx.transforms.second_moment import (
     ScaleByAdagradState,
     ScaleByAdamState,
@@ -91,35 +93,53 @@ from gradtx.transforms.second_moment import (
 from gradtx.transforms.shape_scale import scale_by_matrix_shape
 from gradtx.transforms.sign import ScaleByLionState, scale_by_lion, scale_by_sign, scale_by_tiger
 from gradtx.transforms.soap import ScaleBySoapState, scale_by_soap
-from gradtx.transforms.state_format import Int8Blocks, StochasticBfloat16
-from gradtx.transforms.state_sharding import state_shardings
 from gradtx.transforms.trust_ratio import ScaleByTrustRatioState, scale_by_trust_ratio
 from gradtx.transforms.weight_decay import (
+    MaskOrFn,
     WeightDecayState,
     coupled_weight_decay,
     decoupled_weight_decay,
+    weight_decay_mask,
 )
 
 __all__ = [
+    "AdamWSide",
+    "AmbiguousMatrixViewWarning",
     "AxisNamesMatrixView",
     "Blocks",
+    "CautiousState",
     "Coefficients",
+    "DenseRecord",
+    "Description",
     "EmaState",
     "GraftState",
+    "HyperballStepState",
+    "InFactoredGeometryState",
     "Int8Blocks",
+    "KfacPreconditionState",
     "KroneckerPreconditionState",
+    "LeafDescription",
+    "MarsCorrectionState",
+    "MaskOrFn",
     "MatrixView",
     "MatrixViewRule",
     "MomentumState",
+    "NormalizeBySecondMomentState",
+    "OrthogonalizeLowRankState",
     "PartitionRule",
+    "PathLeafRule",
+    "PreviousPointState",
     "QuantizedArray",
+    "Records",
     "ScaleByAdagradState",
     "ScaleByAdamMiniState",
     "ScaleByAdamState",
+    "ScaleByAdemamixState",
     "ScaleByBeliefState",
     "ScaleByFactoredRmsState",
     "ScaleByLearningRateState",
     "ScaleByLionState",
+    "ScaleByPsgdKronState",
     "ScaleByRmsState",
     "ScaleBySoapState",
     "ScaleByTrustRatioState",
@@ -127,33 +147,50 @@ __all__ = [
     "WeightDecayState",
     "adam_mini_blocks",
     "add_axis_names",
+    "cautious",
     "clip_singular_values",
     "coupled_weight_decay",
     "decoupled_weight_decay",
     "dequantize_blockwise",
+    "describe",
     "dynamic_code_map",
     "einsum_matrix_view",
     "ema",
     "factored_axes",
     "flax_matrix_view",
+    "fused_qkv_matrix_view",
+    "gradients_at_previous_point",
     "graft",
+    "hyperball_step",
+    "in_factored_geometry",
     "inverse_pth_root",
+    "is_dense_kernel",
+    "is_hidden_matrix",
+    "kfac_precondition",
     "kronecker_precondition",
+    "low_rank_orthogonalize",
+    "matrix_roles",
     "matrix_view_from_axes",
     "momentum",
     "newton_schulz",
+    "normalize_by_second_moment",
     "on_matrix_views",
+    "orthogonalize_low_rank",
     "orthogonalize_newton_schulz",
+    "precond_update_prob_schedule",
     "quantize_blockwise",
     "scale_by_adagrad",
     "scale_by_adam",
     "scale_by_adam_mini",
+    "scale_by_ademamix",
     "scale_by_belief",
     "scale_by_factored_rms",
     "scale_by_learning_rate",
     "scale_by_lion",
+    "scale_by_mars",
     "scale_by_matrix_shape",
     "scale_by_param_rms",
+    "scale_by_psgd_kron",
     "scale_by_rms",
     "scale_by_sign",
     "scale_by_soap",
@@ -162,38 +199,5 @@ __all__ = [
     "stacked_matrix_view",
     "state_shardings",
     "stochastic_round",
-    "DenseRecord",
-    "Records",
-    "KfacPreconditionState",
-    "is_dense_kernel",
-    "kfac_precondition",
-    "OrthogonalizeLowRankState",
-    "low_rank_orthogonalize",
-    "orthogonalize_low_rank",
-    "InFactoredGeometryState",
-    "in_factored_geometry",
-    "fused_qkv_matrix_view",
-    "NormalizeBySecondMomentState",
-    "normalize_by_second_moment",
-    "CautiousState",
-    "cautious",
-    "ScaleByAdemamixState",
-    "scale_by_ademamix",
-    "HyperballStepState",
-    "hyperball_step",
-    "MarsCorrectionState",
-    "PreviousPointState",
-    "gradients_at_previous_point",
-    "scale_by_mars",
-    "ScaleByPsgdKronState",
-    "precond_update_prob_schedule",
-    "scale_by_psgd_kron",
-    "AmbiguousMatrixViewWarning",
-    "Description",
-    "LeafDescription",
-    "describe",
-    "AdamWSide",
-    "PathLeafRule",
-    "is_hidden_matrix",
-    "matrix_roles",
+    "weight_decay_mask",
 ]

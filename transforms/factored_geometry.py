@@ -19,8 +19,8 @@ import optax
 from gradtx._internal import sharding as _sharding
 from gradtx._internal import tree as _tree
 from gradtx._internal import validate as _validate
-from gradtx.transforms import matrix_view as _matrix_view
-from gradtx.transforms.matrix_view import MatrixViewRule
+from gradtx.routing import matrix_view as _matrix_view
+from gradtx.routing.matrix_view import MatrixViewRule
 from gradtx.transforms.normalize import frobenius_norms, statistics_dtype
 
 

@@ -14,8 +14,8 @@ import optax
 from gradtx._internal import sharding as _sharding
 from gradtx._internal import tree as _tree
 from gradtx._internal import validate as _validate
+from gradtx.routing.matrix_view import MatrixViewRule
 from gradtx.transforms.kronecker import layouts_of
-from gradtx.transforms.matrix_view import MatrixViewRule
 
 
 def _ratio(m_sq, d_sq):

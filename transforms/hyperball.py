@@ -9,7 +9,7 @@ import optax
 from gradtx._internal import sharding as _sharding
 from gradtx._internal import tree as _tree
 from gradtx._internal import validate as _validate
-from gradtx.transforms import matrix_view as _matrix_view
+from gradtx.routing import matrix_view as _matrix_view
 
 
 class HyperballStepState(NamedTuple):

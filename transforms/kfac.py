@@ -6,7 +6,7 @@ block E[vec(ãδᵀ) vec(ãδᵀ)ᵀ] is approximated by A ⊗ G with A = E[ã �
 G = E[δ δᵀ] (Martens & Grosse 2015). Unlike Shampoo's factors (GGᵀ and GᵀG
 of the weight gradient, ``gradtx.transforms.kronecker``), A and G come from
 the model's activations; the transform reads them from
-``update(..., records=Records)`` (``gradtx.transforms.model_records``).
+``update(..., records=Records)`` (``gradtx.flax_integration.model_records``).
 
 Which leaves are dense kernels is decided from the parameter tree alone (a
 rule of the path and leaf, ``is_dense_kernel`` by default): the factors'
@@ -29,9 +29,9 @@ from gradtx._internal import routing as _routing
 from gradtx._internal import sharding as _sharding
 from gradtx._internal import tree as _tree
 from gradtx._internal import validate as _validate
-from gradtx.transforms import model_records
-from gradtx.transforms.matrix_roots import ROOT_METHODS, inverse_pth_root, matmul
-from gradtx.transforms.matrix_routing import PathLeafRule
+from gradtx.flax_integration import model_records
+from gradtx.linalg.matrix_roots import ROOT_METHODS, inverse_pth_root, matmul
+from gradtx.routing.roles import PathLeafRule
 
 _NAME = "kfac_precondition"
 

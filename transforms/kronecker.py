@@ -1,6 +1,6 @@
 """Kronecker-factored preconditioning (Shampoo): statistics, blocks, the update.
 
-The inverse roots are ``gradtx.transforms.matrix_roots``; grafting, which
+The inverse roots are ``gradtx.linalg.matrix_roots``; grafting, which
 Shampoo pairs with it, is ``gradtx.transforms.graft``.
 
 A matrix gradient G (m × n) is preconditioned by two Kronecker factors,
@@ -45,9 +45,9 @@ from gradtx._internal.block_stacks import (
   from_blocks,  # noqa: F401 (re-exported)
   to_blocks,  # noqa: F401 (re-exported)
 )
-from gradtx.transforms import matrix_view as _matrix_view
-from gradtx.transforms.matrix_roots import ROOT_METHODS, inverse_pth_root, matmul, transpose
-from gradtx.transforms.matrix_view import MatrixViewRule
+from gradtx.linalg.matrix_roots import ROOT_METHODS, inverse_pth_root, matmul, transpose
+from gradtx.routing import matrix_view as _matrix_view
+from gradtx.routing.matrix_view import MatrixViewRule
 
 
 def layouts_of(

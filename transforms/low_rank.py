@@ -26,9 +26,9 @@ from gradtx._internal import names as _names
 from gradtx._internal import sharding as _sharding
 from gradtx._internal import tree as _tree
 from gradtx._internal import validate as _validate
-from gradtx.transforms import matrix_view as _matrix_view
-from gradtx.transforms.matrix_roots import matmul, transpose, unbatched_on_cpu
-from gradtx.transforms.matrix_view import MatrixViewRule
+from gradtx.linalg.matrix_roots import matmul, transpose, unbatched_on_cpu
+from gradtx.routing import matrix_view as _matrix_view
+from gradtx.routing.matrix_view import MatrixViewRule
 
 ORTHONORMALIZE_METHODS = ("qr", "cholesky_qr")
 

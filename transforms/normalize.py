@@ -17,9 +17,9 @@ import optax
 from gradtx._internal import sharding as _sharding
 from gradtx._internal import tree as _tree
 from gradtx._internal import validate as _validate
-from gradtx.transforms import matrix_view as _matrix_view
-from gradtx.transforms import state_format
-from gradtx.transforms.matrix_view import MatrixViewRule
+from gradtx.routing import matrix_view as _matrix_view
+from gradtx.routing.matrix_view import MatrixViewRule
+from gradtx.storage import state_format
 
 GRANULARITIES = ("element", "fan_out", "fan_in")
 RENORMALIZATIONS = ("input", "orthogonal")

@@ -17,9 +17,9 @@ import optax
 from gradtx._internal import block_stacks
 from gradtx._internal import sharding as _sharding
 from gradtx._internal import validate as _validate
-from gradtx.transforms import matrix_view as _matrix_view
-from gradtx.transforms.matrix_roots import unbatched_on_cpu
-from gradtx.transforms.matrix_view import MatrixViewRule
+from gradtx.linalg.matrix_roots import unbatched_on_cpu
+from gradtx.routing import matrix_view as _matrix_view
+from gradtx.routing.matrix_view import MatrixViewRule
 
 Coefficients = Union[str, Sequence[Sequence[float]]]
 

@@ -22,7 +22,7 @@ from gradtx._internal import routing as _routing
 from gradtx._internal import sharding as _sharding
 from gradtx._internal import tree as _tree
 from gradtx._internal import validate as _validate
-from gradtx.transforms import state_format
+from gradtx.storage import state_format
 
 MEMORY_SAVE_MODES = (None, "one_diag", "all_diag")
 # psgd-jax balances the factors' magnitudes at about 1 in 100 updates.

@@ -15,7 +15,7 @@ import optax
 from gradtx._internal import block_stacks as _block_stacks
 from gradtx._internal import tree as _tree
 from gradtx._internal import validate as _validate
-from gradtx.transforms import state_format
+from gradtx.storage import state_format
 
 
 class ScaleByAdamState(NamedTuple):

@@ -6,7 +6,7 @@ from typing import Optional
 import jax
 import optax
 
-from gradtx.transforms import matrix_view as _matrix_view
+from gradtx.routing import matrix_view as _matrix_view
 
 SCALES = ("jordan", "moonlight")
 

@@ -8,7 +8,7 @@ import optax
 
 from gradtx._internal import tree as _tree
 from gradtx._internal import validate as _validate
-from gradtx.transforms import state_format
+from gradtx.storage import state_format
 
 
 def scale_by_sign(tau: float = 0.0) -> optax.GradientTransformation:

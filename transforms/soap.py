@@ -20,10 +20,10 @@ from gradtx._internal import block_stacks
 from gradtx._internal import routing as _routing
 from gradtx._internal import tree as _tree
 from gradtx._internal import validate as _validate
+from gradtx.linalg import matrix_roots as roots
+from gradtx.routing.matrix_view import MatrixViewRule
+from gradtx.storage import state_format
 from gradtx.transforms import kronecker as kron
-from gradtx.transforms import matrix_roots as roots
-from gradtx.transforms import state_format
-from gradtx.transforms.matrix_view import MatrixViewRule
 
 REFRESH_METHODS = ("qr", "eigh")
 

@@ -1,4 +1,5 @@
-"""gt.state_shardings (transforms/state_sharding.py): the state's layout from the params'."""
+"""gt.state_shardings (gradtx/distributed/state_sharding.py): the state's layout
+from the params'."""
 
 import jax
 import jax.numpy as jnp

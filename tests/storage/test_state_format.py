@@ -1,4 +1,5 @@
-"""State formats (transforms/state_format.py): int8 blocks and stochastic bf16 in the moments."""
+"""State formats (gradtx/storage/state_format.py): int8 blocks and stochastic bf16
+in the moments."""
 
 import jax
 import jax.numpy as jnp

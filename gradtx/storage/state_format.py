@@ -2,7 +2,7 @@
 
 The ``mu_dtype`` / ``nu_dtype`` arguments of the transforms that keep moments
 (``scale_by_adam``, ``ema``, ``scale_by_adam_mini``, ...) select how a state
-leaf is stored (see ``gradtx.transforms.quantize`` for the 8-bit codec):
+leaf is stored (see ``gradtx.storage.quantize`` for the 8-bit codec):
 
 * ``None`` or a floating dtype: a plain array;
 * ``"int8"`` or ``Int8Blocks(block_size, min_size)``: a ``QuantizedArray``
@@ -28,7 +28,7 @@ from jax.sharding import PartitionSpec as P
 from gradtx._internal import sharding as _sharding
 from gradtx._internal import tree as _tree
 from gradtx._internal import validate as _validate
-from gradtx.transforms import quantize
+from gradtx.storage import quantize
 
 
 @dataclasses.dataclass(frozen=True)

@@ -7,7 +7,7 @@ per block. A code indexes a non-linear "dynamic" map of 256 values in [-1, 1]
 exactly one zero, so a zero array, and every zero inside a block, round-trips
 exactly. ``stochastic_round`` rounds float32 to bfloat16 without bias, with
 counter-based random bits. How optimizer states use them is
-``gradtx.transforms.state_format``.
+``gradtx.storage.state_format``.
 
 Sharding: ``codes`` has shape (num_blocks, block_size), the row-major
 flattened leaf in blocks, and ``scales`` shape (num_blocks,); both shard along

@@ -1,5 +1,5 @@
 """Flax axis names as the first source of truth of matrix views and routing
-(transforms/axis_names.py), on real Flax modules: NNX with
+(gradtx/routing/axis_names.py), on real Flax modules: NNX with
 ``nnx.with_partitioning`` and the ``layers`` axis of ``nnx.vmap``, an expert
 stack, Linen's logical partitioning and ``nn.scan``; each checked against the
 routing written out by hand, leaf by leaf, and in ``gt.describe``'s table."""
@@ -18,7 +18,7 @@ from flax import nnx
 from gradtx import optimizers as go
 from gradtx import transforms as gt
 from gradtx._internal.routing import leaf_key
-from gradtx.transforms import axis_names
+from gradtx.routing import axis_names
 
 V = gt.MatrixView
 

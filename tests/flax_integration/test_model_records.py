@@ -5,7 +5,7 @@ import jax.numpy as jnp
 import pytest
 
 from gradtx import transforms as gt
-from gradtx.transforms import model_records
+from gradtx.flax_integration import model_records
 
 
 def _path(tree, leaf_name):

@@ -11,7 +11,7 @@ from flax import nnx
 
 from gradtx import optimizers as go
 from gradtx import transforms as gt
-from gradtx.transforms import matrix_view
+from gradtx.routing import matrix_view
 
 V = gt.MatrixView
 

@@ -224,7 +224,7 @@ class AxisNamesMatrixView:
 
   def __call__(self, path: tuple, leaf: Any):
     # Imported here: matrix_view imports this module.
-    from gradtx.transforms import matrix_view
+    from gradtx.routing import matrix_view
 
     with using(self.axis_names):
       return (self.rule or matrix_view.flax_matrix_view)(path, leaf)

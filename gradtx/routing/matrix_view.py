@@ -10,7 +10,7 @@ blocks all ask the same question of a leaf: which of its axes are the rows
 The default, ``flax_matrix_view``, reads a leaf's Flax axis names first
 where it can see them (``nnx.with_partitioning``, Linen's logical
 partitioning, the ``layers`` axis ``nnx.scan`` adds: the table of recognised
-names is in ``gradtx.transforms.axis_names``); what they leave open, names on
+names is in ``gradtx.routing.axis_names``); what they leave open, names on
 the key path and then the shape decide, after Flax's layouts (kernels are
 (fan_in, ..., fan_out)):
 
@@ -57,7 +57,7 @@ import optax
 from gradtx._internal import names as _names
 from gradtx._internal import routing as _routing
 from gradtx._internal import tree as _tree
-from gradtx.transforms import axis_names as _axes
+from gradtx.routing import axis_names as _axes
 
 
 @dataclasses.dataclass(frozen=True)
@@ -140,7 +140,7 @@ def flax_matrix_view(path: tuple, leaf: Any, *, strict: bool = False) -> Optiona
   """The default matrix view of a leaf, from its axis names, key path and shape.
 
   First the leaf's Flax axis names, where the transform can see them
-  (``gradtx.transforms.axis_names``: ``layers``/``exp`` axes are the view's
+  (``gradtx.routing.axis_names``: ``layers``/``exp`` axes are the view's
   batch, (embed, mlp) is embed × mlp, a stacked bias or norm scale is no
   matrix); they leave open what they do not recognise. Then the module
   docstring's table, by name and shape. In order: 0- and 1-D leaves and leaves

@@ -6,7 +6,7 @@ import numpy as np
 import pytest
 
 from gradtx import transforms as gt
-from gradtx.transforms import quantize
+from gradtx.storage import quantize
 from tests.oracles import transcriptions
 from tests.support import helpers
 

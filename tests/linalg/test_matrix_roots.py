@@ -1,4 +1,4 @@
-"""Matrix inverse p-th roots (transforms/matrix_roots.py) vs float64 numpy eigh."""
+"""Matrix inverse p-th roots (gradtx/linalg/matrix_roots.py) vs float64 numpy eigh."""
 
 import jax.numpy as jnp
 import numpy as np
