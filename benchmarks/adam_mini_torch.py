@@ -32,7 +32,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from benchmarks import harness
+from benchmarks import harness, registry
 from examples import char_lm
 
 
@@ -128,7 +128,7 @@ def train_torch(name, config, jax_state, train_batches, val_batches) -> dict:
                           config.num_layers, config.num_heads)
   model.load_state_dict(torch_weights(jax_state, config.d_model))
   optimizer = torch_optimizer(name, model, config)
-  schedule = char_lm.warmup_cosine(6e-3, config.steps)  # adamw's (and adam_mini's)
+  schedule = registry.warmup_cosine(6e-3, config.steps)  # adamw's (and adam_mini's)
   loss_fn = lambda x, y: F.cross_entropy(model(x).flatten(0, 1), y.flatten().long())
   train_losses = []
   for step in range(config.steps):

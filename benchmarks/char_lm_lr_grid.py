@@ -2,7 +2,7 @@
 
 Runs the main job once, in one process, with the reference optimizer (adamw)
 and, for every named registry entry, variants whose peak learning rates are
-the registry's times each factor of ``--factors`` (``char_lm.variant``: the
+the registry's times each factor of ``--factors`` (``registry.variant``: the
 entry's own factory, so every other setting stays the registry's). A grid
 item ``name:key=value,...`` also passes those keyword arguments to the entry
 (shampoo and soap take them). The main job's table then gives each variant's
@@ -16,7 +16,7 @@ final losses and its steps to the reference's final train loss.
 import argparse
 import ast
 
-from benchmarks import harness
+from benchmarks import harness, registry
 from examples import char_lm
 
 
@@ -27,13 +27,13 @@ def parse_item(item: str) -> tuple[str, dict]:
   return name, {k: ast.literal_eval(v) for k, v in pairs}
 
 
-def grid(items, factors) -> dict[str, char_lm.Factory]:
+def grid(items, factors) -> dict[str, registry.Factory]:
   """``item@factor`` -> the registry entry's variant, for every item and factor."""
   variants = {}
   for item in items:
     name, kwargs = parse_item(item)
     for factor in factors:
-      variants[f"{item}@{factor:g}x"] = char_lm.variant(name, factor, **kwargs)
+      variants[f"{item}@{factor:g}x"] = registry.variant(name, factor, **kwargs)
   return variants
 
 
@@ -48,7 +48,7 @@ def main(argv=None):
   variants = grid(args.grid.split(";"), factors)
   print(harness.machine_banner())
   results = char_lm.main(["--optimizers", ",".join([args.reference, *variants]), *rest],
-                         optimizers={**char_lm.OPTIMIZERS, **variants})
+                         optimizers={**registry.OPTIMIZERS, **variants})
   print(harness.closing_line())
   return results
 

@@ -134,10 +134,10 @@ def measure(devices: int, names: list, axis_types: list, width: int = 256,
 
 
 def collective_bytes(hlo_text: str) -> int:
-  """The main job's count (``examples.char_lm.collective_bytes``), imported
+  """The main job's count (``benchmarks.device_cost.collective_bytes``), imported
   late: the workers import jax only once ``XLA_FLAGS`` is set."""
-  from examples import char_lm
-  return char_lm.collective_bytes(hlo_text)
+  from benchmarks import device_cost
+  return device_cost.collective_bytes(hlo_text)
 
 
 def _measure_on_mesh(tx, mesh, kind, params, grads, shardings, step, flops,

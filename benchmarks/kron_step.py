@@ -44,7 +44,7 @@ import jax.numpy as jnp
 import optax
 from flax import nnx
 
-from benchmarks import harness
+from benchmarks import harness, registry
 from examples import char_lm
 from gradtx import transforms as gt
 
@@ -72,7 +72,7 @@ DEFAULT = ("adamw,shampoo every 1,shampoo every 10,shampoo every 10 (block 128),
 
 def make_tx(name: str, steps: int) -> optax.GradientTransformation:
   entry, kwargs = VARIANTS[name]
-  return char_lm.OPTIMIZERS[entry](steps, **kwargs)
+  return registry.OPTIMIZERS[entry](steps, **kwargs)
 
 
 def per_step(contenders: dict, rounds: int, window: int) -> dict:

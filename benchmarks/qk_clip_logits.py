@@ -19,6 +19,7 @@ import jax.numpy as jnp
 import numpy as np
 from flax import nnx
 
+from benchmarks import registry
 from examples import char_lm
 from gradtx import optimizers as go
 
@@ -35,10 +36,10 @@ def _step(graphdef, state, inputs, targets):
   return nnx.state((model, optimizer)), loss, logits
 
 
-def train(name, config, batches, registry):
+def train(name, config, batches, optimizers):
   graphdef, host_state = char_lm.initial_model(config)
   model = nnx.merge(graphdef, jax.device_put(host_state))
-  optimizer = char_lm.create_optimizer(model, name, config.steps, registry)
+  optimizer = char_lm.create_optimizer(model, name, config.steps, optimizers)
   graphdef, state = nnx.split((model, optimizer))
   losses, logits = [], []
   for step in range(config.steps):
@@ -55,14 +56,14 @@ def main(argv=None):
   parser.add_argument("--steps", type=int, default=400)
   args = parser.parse_args(argv)
   # Both of Muon's peak learning rates (its own and its AdamW part's) scaled.
-  muon = char_lm.variant("muon", args.lr_factor)
-  registry = {"muon": muon,
-              "muon+clip": lambda n: go.qk_clip(muon(n), threshold=args.threshold)}
+  muon = registry.variant("muon", args.lr_factor)
+  optimizers = {"muon": muon,
+                "muon+clip": lambda n: go.qk_clip(muon(n), threshold=args.threshold)}
   config = char_lm.parse_args(["--steps", str(args.steps)])
   train_tokens, _ = char_lm.load_corpus(config.corpus_mb)
   batches = char_lm.sample_batches(train_tokens, config.steps, config.batch_size,
                                    config.context, config.seed)
-  runs = {name: train(name, config, batches, registry) for name in registry}
+  runs = {name: train(name, config, batches, optimizers) for name in optimizers}
 
   window = char_lm.final_window(config.steps)
   print(f"peak lr x{args.lr_factor:g} (muon {0.02 * args.lr_factor:g}, adam part"

@@ -2,7 +2,7 @@
 
 Each ``--every`` value k is the registry's ``--entry`` (``soap``: its
 eigenbasis refresh; ``shampoo``: its inverse roots) with
-``precondition_every=k`` (``char_lm.variant``), raced against AdamW at the
+``precondition_every=k`` (``registry.variant``), raced against AdamW at the
 registry's peaks (factor 1) on the same seeds and batches:
 
   python -m benchmarks.race_cadence --entry soap --every 3,30 --seeds 0,1,2 \\
@@ -13,6 +13,7 @@ Results: benchmarks/RESULTS.md, "Fourth quadrant".
 
 import argparse
 
+from benchmarks import registry
 from examples import char_lm
 
 
@@ -22,10 +23,10 @@ def main(argv=None) -> dict:
   parser.add_argument("--every", required=True, help="comma-separated refresh periods")
   args, rest = parser.parse_known_args(argv)
   names = {f"{args.entry}:every{k}": int(k) for k in args.every.split(",")}
-  registry = {**char_lm.OPTIMIZERS, **{
-      name: char_lm.variant(args.entry, precondition_every=k) for name, k in names.items()}}
+  optimizers = {**registry.OPTIMIZERS, **{
+      name: registry.variant(args.entry, precondition_every=k) for name, k in names.items()}}
   return char_lm.main(["--optimizers", ",".join(["adamw", *names]), "--lr-factors", "1", *rest],
-                      optimizers=registry)
+                      optimizers=optimizers)
 
 
 if __name__ == "__main__":

@@ -11,7 +11,7 @@ default; ``/e<E>`` gives the embeddings (token table, positions) their own
 AdamW at E times 6e-3 (the factory's ``embedding_learning_rate``); ``/key=value`` passes
 more keyword arguments (a Python literal).
 ``muon:moonlight/m<M>/a<A>`` is the moonlight-scaled Muon (peak 6e-3,
-decay 0.1). Items run through the race (``char_lm.race``): same seeds,
+decay 0.1). Items run through the race (benchmarks/race.py): same seeds,
 batches and run file (``char_lm_race_runs.jsonl`` in ``--out``, resumable),
 the summary table against AdamW.
 
@@ -25,6 +25,7 @@ registry's AdamW side of the Muon-family entries to 3x AdamW's peak.
 import argparse
 import ast
 
+from benchmarks import registry
 from examples import char_lm
 from gradtx import optimizers as go
 
@@ -55,18 +56,18 @@ def parse_item(item: str) -> tuple[str, float, float, dict]:
   return family, matrix, adam, kwargs
 
 
-def factory(item: str) -> char_lm.Factory:
+def factory(item: str) -> registry.Factory:
   """The registry-style factory of one item."""
   family, matrix, adam, kwargs = parse_item(item)
   embedding_factor = kwargs.pop("embedding_factor", None)
 
   def build(n: int):
-    side = dict(adam_learning_rate=char_lm.warmup_cosine(ADAMW_PEAK * adam, n),
+    side = dict(adam_learning_rate=registry.warmup_cosine(ADAMW_PEAK * adam, n),
                 adam_b2=0.99, adam_weight_decay=0.0, **kwargs)
     if embedding_factor is not None:
-      side["embedding_learning_rate"] = char_lm.warmup_cosine(
+      side["embedding_learning_rate"] = registry.warmup_cosine(
           ADAMW_PEAK * embedding_factor, n)
-    peak = char_lm.warmup_cosine(MATRIX_PEAK[family] * matrix, n)
+    peak = registry.warmup_cosine(MATRIX_PEAK[family] * matrix, n)
     if family == "muon":
       return go.muon(peak, weight_decay=0.0, **side)
     if family == "muon:moonlight":
@@ -83,9 +84,9 @@ def main(argv=None) -> dict:
                       help="the registry's reference run (e.g. adamw@0.5x at the large size)")
   args, rest = parser.parse_known_args(argv)
   items = args.items.split(",")
-  registry = {**char_lm.OPTIMIZERS, **{item: factory(item) for item in items}}
+  optimizers = {**registry.OPTIMIZERS, **{item: factory(item) for item in items}}
   return char_lm.main(["--optimizers", ",".join([args.reference, *items]),
-                       "--lr-factors", "1", *rest], optimizers=registry)
+                       "--lr-factors", "1", *rest], optimizers=optimizers)
 
 
 if __name__ == "__main__":

@@ -8,12 +8,10 @@ import pathlib
 import re
 import runpy
 
-import jax
-import jax.numpy as jnp
 import numpy as np
 import pytest
 
-from benchmarks import char_lm_lr_grid, harness, kfac_vs_shampoo, race_two_lrs
+from benchmarks import harness, kfac_vs_shampoo
 from examples import char_lm
 
 ROOT = pathlib.Path(__file__).resolve().parents[1]
@@ -94,76 +92,7 @@ def test_quickstart_is_the_readme_example():
 
 
 # -------------------------------------------- what the benchmarks take from it
-
-
-def _updates(factory, params, grads, steps: int = 3):
-  """The updates of ``steps`` calls at fixed params (so only the lr differs)."""
-  tx = factory(100)
-  state, updates = tx.init(params), None
-  for _ in range(steps):
-    updates, state = tx.update(grads, state, params)
-  return updates
-
-
-def test_variant_scales_every_peak_learning_rate():
-  """Muon's entry has two schedules: Muon's for the kernel, AdamW's for the bias."""
-  params = {"kernel": jnp.full((4, 3), 0.5), "bias": jnp.full((3,), 0.1)}
-  grads = jax.tree.map(lambda p: jnp.cos(jnp.arange(p.size, dtype=p.dtype)).reshape(
-      p.shape), params)
-  base = _updates(char_lm.OPTIMIZERS["muon"], params, grads)
-  doubled = _updates(char_lm.variant("muon", 2.0), params, grads)
-  again = _updates(char_lm.OPTIMIZERS["muon"], params, grads)  # the factor is gone
-  for b, d, a in zip(jax.tree.leaves(base), jax.tree.leaves(doubled), jax.tree.leaves(again)):
-    assert np.abs(b).max() > 0
-    np.testing.assert_allclose(d, 2 * b, rtol=1e-6)
-    np.testing.assert_array_equal(a, b)
-
-
-def test_lr_grid_names_variants_the_main_job_accepts():
-  variants = char_lm_lr_grid.grid(["adamw", "shampoo:block_size=128"], [0.5, 2])
-  assert list(variants) == ["adamw@0.5x", "adamw@2x", "shampoo:block_size=128@0.5x",
-                            "shampoo:block_size=128@2x"]
-  registry = {**char_lm.OPTIMIZERS, **variants}
-  config = char_lm.parse_args(["--optimizers", "adamw,shampoo:block_size=128@2x"], registry)
-  assert config.optimizers == ("adamw", "shampoo:block_size=128@2x")
-  assert "adamw@2x" not in char_lm.OPTIMIZERS
-  with pytest.raises(SystemExit):
-    char_lm.parse_args(["--optimizers", "adamw@2x"])
-
-
-def test_two_lrs_items_set_the_matrix_and_adamw_peaks_apart():
-  """benchmarks/race_two_lrs.py: ``muon/m1/a3`` is the registry's muon (AdamW side
-  at 3x AdamW's peak); ``a`` moves only the AdamW leaves, ``m`` only the matrices."""
-  assert race_two_lrs.parse_item("adamuon/m0.75/a4/ns_steps=4") == (
-      "adamuon", 0.75, 4.0, {"ns_steps": 4})
-  params = {"kernel": jnp.full((4, 3), 0.5), "bias": jnp.full((3,), 0.1)}
-  grads = jax.tree.map(lambda p: jnp.cos(jnp.arange(p.size, dtype=p.dtype)).reshape(
-      p.shape), params)
-  registry = _updates(char_lm.OPTIMIZERS["muon"], params, grads)
-  item = _updates(race_two_lrs.factory("muon/m1/a3"), params, grads)
-  adam_half = _updates(race_two_lrs.factory("muon/m1/a1.5"), params, grads)
-  matrix_twice = _updates(race_two_lrs.factory("muon/m2/a3"), params, grads)
-  for a, b in zip(jax.tree.leaves(registry), jax.tree.leaves(item)):
-    np.testing.assert_array_equal(a, b)
-  np.testing.assert_allclose(adam_half["bias"], 0.5 * item["bias"], rtol=1e-6)
-  np.testing.assert_array_equal(adam_half["kernel"], item["kernel"])
-  np.testing.assert_allclose(matrix_twice["kernel"], 2 * item["kernel"], rtol=1e-6)
-  np.testing.assert_array_equal(matrix_twice["bias"], item["bias"])
-  # /e<E>: the embeddings on their own AdamW; e30 is the registry's fast_embeddings.
-  params = {**params, "embed": {"embedding": jnp.full((5, 3), 0.2)}}
-  grads = {**grads, "embed": {"embedding": jnp.sin(jnp.arange(15.0)).reshape(5, 3)}}
-  fast = _updates(char_lm.OPTIMIZERS["adamuon:fast_embeddings"], params, grads)
-  item = _updates(race_two_lrs.factory("adamuon/a3/e30"), params, grads)
-  slower = _updates(race_two_lrs.factory("adamuon/a3/e15"), params, grads)
-  for a, b in zip(jax.tree.leaves(fast), jax.tree.leaves(item)):
-    np.testing.assert_array_equal(a, b)
-  np.testing.assert_allclose(slower["embed"]["embedding"], 0.5 * item["embed"]["embedding"],
-                             rtol=1e-6)
-  np.testing.assert_array_equal(slower["kernel"], item["kernel"])
-  with pytest.raises(ValueError, match="family must be one of"):
-    race_two_lrs.parse_item("lion/m1")
-  with pytest.raises(ValueError, match="item option"):
-    race_two_lrs.parse_item("muon/x2")
+# (the registry and the race: tests/benchmarks/test_registry.py, test_race.py)
 
 
 def test_harness_times_each_contender_once_a_round_in_shuffled_orders():
@@ -241,50 +170,3 @@ def test_kfac_vs_shampoo_comparison_numbers():
   # A ⊗ G is a (rough) approximation of the Fisher, a worse one of Σ ḡḡᵀ.
   assert 0 < r["kfac_error_vs_fisher"] < r["kfac_error_vs_gradient_sum"] < 1
   assert 0 < r["shampoo_error_vs_gradient_sum"] < 1
-
-
-# --- the race (issue 12) -----------------------------------------------------
-
-
-def _curve(final, steps=100, start=4.0):
-  """A loss curve falling linearly from ``start`` to ``final``."""
-  return list(np.linspace(start, final, steps))
-
-
-def test_race_summary_picks_the_best_lr_and_counts_steps_to_adamw():
-  """Synthetic runs: adamw is best at 1x (final 2.0 on both seeds), fast at 2x
-  (final 1.0 and 1.2); fast@2x's steps to 2.0 are where its line crosses 2.0
-  (the trailing 10-step window lags by 4.5 steps)."""
-  runs = {s: {"adamw": {"train_loss": _curve(2.0), "ms_per_step": 10.0},
-              "adamw@2x": {"train_loss": _curve(2.5), "ms_per_step": 10.0},
-              "fast": {"train_loss": _curve(1.8), "ms_per_step": 20.0},
-              "fast@2x": {"train_loss": _curve(1.0 + 0.2 * s), "ms_per_step": 20.0}}
-          for s in (0, 1)}
-  summary = char_lm.race_summary(runs, ["adamw", "fast"], 100)
-  assert summary["adamw"]["lr_factor"] == 1.0 and summary["fast"]["lr_factor"] == 2.0
-  expected = [int(np.flatnonzero(char_lm.smooth(runs[s]["fast@2x"]["train_loss"], 10)
-                                 <= char_lm.smooth(_curve(2.0), 10)[-1] + 1e-9)[0]) + 1
-              for s in (0, 1)]
-  assert summary["fast"]["steps"] == expected and expected[0] < expected[1] < 100
-  assert summary["fast"]["steps_ratio"] == pytest.approx(np.median(expected) / 100)
-  assert summary["fast"]["seconds_ratio"] == pytest.approx(
-      np.median(expected) * 20.0 / (100 * 10.0))
-  table = char_lm.race_table(summary, 100)
-  assert "| fast | 2 | " in table and f"{min(expected)}/" in table
-
-
-def test_race_runs_resume_from_the_run_file(tmp_path):
-  tiny = ["--steps", "6", "--batch-size", "4", "--context", "16", "--d-model", "16",
-          "--num-layers", "1", "--num-heads", "2", "--corpus-mb", "0.1",
-          "--eval-every", "6", "--eval-batches", "1", "--out", str(tmp_path)]
-  first = char_lm.main(["--optimizers", "adamw,muon", "--lr-factors", "1,2",
-                        "--seeds", "0,1", *tiny])
-  lines = (tmp_path / "char_lm_race_runs.jsonl").read_text().splitlines()
-  assert len(lines) == 2 * 2 * 2 and set(first) == {"adamw", "muon"}
-  second = char_lm.main(["--optimizers", "muon,adamuon@2x", "--lr-factors", "1,2",
-                         "--seeds", "0,1", *tiny])
-  lines = (tmp_path / "char_lm_race_runs.jsonl").read_text().splitlines()
-  assert len(lines) == 8 + 2  # only adamuon@2x on each seed is new
-  assert second["muon"]["final_loss"] == first["muon"]["final_loss"]
-  assert second["adamuon"]["lr_factor"] == 2.0
-  assert (tmp_path / "char_lm_race.md").read_text().count("\n| ") == 4

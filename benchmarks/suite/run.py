@@ -6,7 +6,7 @@
       --factors 1 --seeds 0 --steps 20 --out /tmp/smoke          # a smoke run, seconds
 
 Rulesets (AlgoPerf-style). ``tuned``: every optimizer at every ``--factors``
-times its registry peak learning rates (``examples/char_lm.py``'s
+times its registry peak learning rates (benchmarks/registry.py's
 ``OPTIMIZERS`` and ``variant``), on every seed, scored at its best factor per
 workload. ``fixed``: one factor per optimizer for every workload
 (``name@Fx`` in ``--optimizers``, a plain name: 1x); AdamW still runs its
@@ -27,9 +27,9 @@ from typing import Optional, Sequence
 
 import tqdm
 
+from benchmarks import registry
 from benchmarks.suite import WORKLOADS, scoring
 from benchmarks.suite import train as suite_train
-from examples import char_lm
 
 DEFAULT_OUT = pathlib.Path(__file__).parent / "results"
 
@@ -57,11 +57,11 @@ def parse_args(argv: Optional[Sequence[str]]) -> argparse.Namespace:
   args.target_factors = (args.factors if args.target_factors is None
                          else floats(args.target_factors))
   args.schedules = tuple(s for s in args.schedules.split(",") if s)
-  items = [char_lm.split_factor(item) for item in args.optimizers.split(",") if item]
+  items = [registry.split_factor(item) for item in args.optimizers.split(",") if item]
   args.optimizers = tuple(name for name, _ in items)
   args.fixed = {name: factor or 1.0 for name, factor in items}
   unknown = ({w for w in args.workloads if w not in WORKLOADS}
-             | {o for o in args.optimizers if o not in char_lm.OPTIMIZERS})
+             | {o for o in args.optimizers if o not in registry.OPTIMIZERS})
   if unknown:
     parser.error(f"unknown names: {', '.join(sorted(unknown))}")
   return args

@@ -1,7 +1,7 @@
 """One run of the suite: a workload trained by a registry optimizer, timed and scored.
 
-The optimizer is ``examples/char_lm.py``'s registry entry at ``lr_factor``
-times its peak learning rates (``char_lm.variant``), under one of two
+The optimizer is benchmarks/registry.py's entry at ``lr_factor``
+times its peak learning rates (``registry.variant``), under one of two
 schedules: ``warmup_cosine``, the entries' own (linear warm-up over 10% of the
 steps, cosine decay to a tenth of the peak), or ``constant``: the same
 warm-up, then the peak held to the end. Steps run in jitted ``lax.scan``
@@ -19,15 +19,15 @@ import jax.numpy as jnp
 import numpy as np
 import optax
 
+from benchmarks import registry
 from benchmarks.suite.workload import Workload
-from examples import char_lm
 
 
 def warmup_constant(entry_schedule: Callable[[float, int], optax.Schedule]):
-  """A stand-in for ``char_lm.warmup_cosine``: the same peak, held after warm-up.
+  """A stand-in for ``registry.warmup_cosine``: the same peak, held after warm-up.
 
   The peak is the one the entry's own schedule reaches at the end of its
-  warm-up, so ``char_lm.variant``'s factor applies unchanged.
+  warm-up, so ``registry.variant``'s factor applies unchanged.
   """
 
   def schedule(peak: float, steps: int) -> optax.Schedule:
@@ -39,7 +39,7 @@ def warmup_constant(entry_schedule: Callable[[float, int], optax.Schedule]):
 
 def takes_keywords(name: str) -> bool:
   """Whether registry entry ``name`` passes keyword arguments on to its factory."""
-  parameters = inspect.signature(char_lm.OPTIMIZERS[name]).parameters.values()
+  parameters = inspect.signature(registry.OPTIMIZERS[name]).parameters.values()
   return any(p.kind is inspect.Parameter.VAR_KEYWORD for p in parameters)
 
 
@@ -54,8 +54,8 @@ def make_optimizer(name: str, lr_factor: float, schedule: str, steps: int,
   if schedule not in ("constant", "warmup_cosine"):
     raise ValueError(f"schedule must be 'constant' or 'warmup_cosine', got {schedule!r}")
   kwargs = {"matrix_view": matrix_view} if matrix_view and takes_keywords(name) else {}
-  build = char_lm.variant(name, lr_factor, **kwargs)
-  hook = (mock.patch.object(char_lm, "warmup_cosine", warmup_constant(char_lm.warmup_cosine))
+  build = registry.variant(name, lr_factor, **kwargs)
+  hook = (mock.patch.object(registry, "warmup_cosine", warmup_constant(registry.warmup_cosine))
           if schedule == "constant" else contextlib.nullcontext())
   with hook:
     return build(steps)

@@ -10,6 +10,11 @@ element-wise optimizers (``CASES``) get every check; the structured ones
 ``STRUCTURED``), whose programs take several times longer to compile, get the
 checks most likely to break in them.
 
+The main job's registry (benchmarks/registry.py: tuned peak learning rates
+on the warm-up-cosine schedule) names a subset of these factories at other
+settings; tests/benchmarks/test_registry.py fails when an entry builds a
+factory that has no case here.
+
 ``shared_step`` and ``injected`` compile a case's step once for the whole
 session, so the batteries share their compilations.
 """

@@ -1,0 +1,208 @@
+"""The named optimizer entries the main job, the race and the benchmarks share.
+
+``OPTIMIZERS`` maps a name to a factory of the number of training steps that
+returns an ``optax.GradientTransformation``, every peak learning rate on the
+``warmup_cosine`` schedule; the comments next to the entries say where each
+peak came from (benchmarks/RESULTS.md). ``variant(name, lr_factor, **kwargs)``
+is an entry at other peaks (and keyword arguments), ``run_label`` and
+``split_factor`` its name in a race (``name@2x``).
+
+Used by ``examples/char_lm.py`` (``--optimizers``, ``--list``), the race
+(benchmarks/race.py), the learning-rate grids and step-time benchmarks, and
+the workload suite (benchmarks/suite). tests/benchmarks/test_registry.py
+keeps every gradtx factory an entry calls in tests/support/cases.py's
+batteries.
+
+To add an optimizer, add an entry to ``OPTIMIZERS``: a name and a function of
+the number of training steps returning an ``optax.GradientTransformation``.
+"""
+
+import contextvars
+import re
+from typing import Callable, Mapping, Optional
+
+import jax
+import jax.numpy as jnp
+import optax
+
+from gradtx import contrib
+from gradtx import optimizers as go
+from gradtx import transforms as gt
+
+# Set by ``variant`` while it builds an entry, so that a learning-rate grid
+# runs the entry itself rather than a copy of it with other peaks.
+_PEAK_FACTOR = contextvars.ContextVar("peak_factor", default=1.0)
+
+
+def warmup_cosine(peak: float, steps: int) -> optax.Schedule:
+  """Linear warm-up over the first 10% of steps, cosine decay to peak/10.
+
+  Inside ``variant(name, lr_factor)`` the peak is ``lr_factor`` times ``peak``.
+  """
+  peak = peak * _PEAK_FACTOR.get()
+  return optax.warmup_cosine_decay_schedule(
+      0.0, peak, max(1, steps // 10), max(2, steps), end_value=peak / 10
+  )
+
+
+def matrices(params):
+  """Weight-decay mask: decay weight matrices, not biases or norm scales."""
+  return jax.tree.map(lambda p: jnp.ndim(p) >= 2, params)
+
+
+def _muon_adamw(n: int) -> dict:
+  """The AdamW side of the Muon-family entries (embeddings, head, norms,
+  biases): b2 0.99, no decay, peak 1.8e-2 = 3x AdamW's tuned 6e-3, the best
+  of 0.5-6x for Muon and AdaMuon on the race (benchmarks/race_two_lrs.py;
+  benchmarks/RESULTS.md, "Fourth quadrant")."""
+  return dict(adam_learning_rate=warmup_cosine(1.8e-2, n), adam_b2=0.99,
+              adam_weight_decay=0.0)
+
+
+def _fast_embeddings(n: int) -> dict:
+  """The embeddings (token table, positions) on their own AdamW at 1.8e-1 =
+  30x AdamW's peak (the factories' ``embedding_learning_rate``; the AdamW
+  side's b2 and decay): the best of 3-100x on the race
+  (benchmarks/race_two_lrs.py items ``.../e<E>``; benchmarks/RESULTS.md,
+  "Fourth quadrant")."""
+  return dict(embedding_learning_rate=warmup_cosine(1.8e-1, n))
+
+
+# name -> factory(total_steps) -> optax.GradientTransformation. Peak learning
+# rates of adamw/adam, lion and sgd come from a sweep at the default settings
+# (adamw 1e-3..1e-2, lion 1e-4..3e-3 with weight decay 0.03..1, sgd 0.1..1);
+# the other entries are untuned starting points.
+OPTIMIZERS: dict[str, Callable[[int], optax.GradientTransformation]] = {
+    "adamw": lambda n: go.adamw(
+        warmup_cosine(6e-3, n), b2=0.99, weight_decay=0.1, mask=matrices),
+    "adam": lambda n: go.adam(warmup_cosine(6e-3, n), b2=0.99),
+    "adabelief": lambda n: go.adabelief(
+        warmup_cosine(3e-3, n), b2=0.99, eps=1e-12, weight_decay=0.1,
+        mask=matrices),
+    "adagrad": lambda n: go.adagrad(warmup_cosine(3e-2, n)),
+    "rmsprop": lambda n: go.rmsprop(warmup_cosine(1e-3, n)),
+    "sgd": lambda n: go.sgd(warmup_cosine(0.1, n), momentum=0.9),
+    "signsgd": lambda n: go.signsgd(warmup_cosine(3e-4, n), momentum=0.9),
+    "lion": lambda n: go.lion(
+        warmup_cosine(1e-3, n), weight_decay=0.3, mask=matrices),
+    "tiger": lambda n: go.tiger(
+        warmup_cosine(1e-3, n), weight_decay=0.3, mask=matrices),
+    "muon": lambda n: go.muon(warmup_cosine(0.02, n), weight_decay=0.0, **_muon_adamw(n)),
+    "muon:moonlight": lambda n: go.muon(
+        warmup_cosine(6e-3, n), scale="moonlight", weight_decay=0.1,
+        adam_b2=0.99, adam_weight_decay=0.0),
+    # Lrs: best of a peak-lr grid (benchmarks/RESULTS.md, main job). Keyword
+    # arguments (precondition_every, block_size, ...) are passed on, for
+    # benchmarks/kron_step.py and benchmarks/char_lm_lr_grid.py.
+    "shampoo": lambda n, **kw: go.shampoo(warmup_cosine(9e-3, n), **{
+        "precondition_b2": 0.99, "b2": 0.99, "nesterov": True, "weight_decay": 0.1,
+        "mask": matrices, **kw}),
+    "soap": lambda n, **kw: go.soap(
+        warmup_cosine(1.2e-2, n), weight_decay=0.1, mask=matrices, **kw),
+    "adamw_8bit": lambda n: go.adamw_8bit(
+        warmup_cosine(6e-3, n), b2=0.99, weight_decay=0.1, mask=matrices),
+    # AdamW's hyper-parameters, as the Adam-mini paper and official code
+    # prescribe. At this size (~0.25M parameters; the paper tests 125M-7B)
+    # it trails adamw by 2-5% in final train loss over seeds 0-3, as does the
+    # official PyTorch code on a copy of this model
+    # (benchmarks/adam_mini_torch.py); neither partition variants nor peak lr
+    # 4e-3..1.2e-2 or b2 0.95..0.999 close the gap (benchmarks/RESULTS.md).
+    "adam_mini": lambda n: go.adam_mini(
+        warmup_cosine(6e-3, n), b2=0.99, weight_decay=0.1, mask=matrices,
+        num_heads=4),
+    "adafactor": lambda n: go.adafactor(
+        warmup_cosine(6e-3, n), min_dim_size_to_factor=32,
+        multiply_by_parameter_scale=False, b1=0.9),
+    # Large-batch methods, peak lr best of a grid at the default (small)
+    # batch: lamb 3e-3..1.2e-2, lars 0.25..10 (benchmarks/RESULTS.md).
+    "lamb": lambda n: go.lamb(
+        warmup_cosine(6e-3, n), b2=0.99, weight_decay=0.1, mask=matrices),
+    "lars": lambda n: go.lars(
+        warmup_cosine(2.5, n), momentum=0.9, weight_decay=1e-4,
+        mask=matrices, trust_ratio_mask=matrices),
+    # Wrappers around the adamw entry. SAM takes two gradients a step.
+    "sam": lambda n: go.sam(OPTIMIZERS["adamw"](n), rho=0.05),
+    # k = 5 divides the default 400 steps: the final weights are slow ones.
+    "lookahead": lambda n: go.lookahead(
+        OPTIMIZERS["adamw"](n), sync_period=5, slow_step_size=0.5),
+    "optax:adamw": lambda n: optax.adamw(
+        warmup_cosine(6e-3, n), b2=0.99, weight_decay=0.1, mask=matrices),
+    "optax:lion": lambda n: optax.lion(
+        warmup_cosine(1e-3, n), weight_decay=0.3, mask=matrices),
+    # Issue 14. K-FAC and QK-clip read the pass's records (train_step).
+    # K-FAC: best of lr = damping in {1e-4 .. 3e-6}, inverses every step by
+    # the Newton iteration (eigh: ~2.4 s/step here).
+    "kfac": lambda n, **kw: go.kfac(warmup_cosine(3e-6, n), **{
+        "damping": 3e-6, "precondition_every": 1, "root_method": "newton",
+        "weight_decay": 0.1, "mask": matrices, **kw}),
+    "muon:qk_clip": lambda n: go.qk_clip(OPTIMIZERS["muon"](n), threshold=100.0),
+    "dion": lambda n, **kw: go.dion(warmup_cosine(0.02, n), **{
+        "rank": 0.25, "adam_learning_rate": warmup_cosine(6e-3, n),
+        "adam_b2": 0.99, "adam_weight_decay": 0.0, **kw}),
+    # Issue 12, the fourth quadrant (go.fourth_quadrant): each factory's
+    # defaults on the matrices, the muon entry's AdamW on the other leaves.
+    # The race (--lr-factors, --seeds) tunes the peak learning rates.
+    # go.muon and go.adamuon split a fused qkv kernel into q, k, v by
+    # default (chosen on the race); ":fused_qkv" is the one-matrix view.
+    "muon:fused_qkv": lambda n: go.muon(
+        warmup_cosine(0.02, n), matrix_view=gt.flax_matrix_view, **_muon_adamw(n)),
+    # The same update by Newton-Schulz on the Gram matrix (rectangular matrices only).
+    "muon:gram": lambda n: go.muon(
+        warmup_cosine(0.02, n), weight_decay=0.0, method="gram", **_muon_adamw(n)),
+    "muon:polar_express": lambda n: go.muon(
+        warmup_cosine(0.02, n), coefficients="polar_express", **_muon_adamw(n)),
+    "soap_muon": lambda n: go.soap_muon(warmup_cosine(0.02, n), **_muon_adamw(n)),
+    "normuon": lambda n: go.normuon(warmup_cosine(0.02, n), **_muon_adamw(n)),
+    # The race's best peak lr: 2x the AdamW-sized 6e-3 (benchmarks/RESULTS.md).
+    "adamuon": lambda n: go.adamuon(warmup_cosine(1.2e-2, n), **_muon_adamw(n)),
+    "vmuon": lambda n: go.vmuon(warmup_cosine(0.02, n), **_muon_adamw(n)),
+    # The embeddings apart, at 30x AdamW's peak (the race's best).
+    "adamuon:fast_embeddings": lambda n: go.adamuon(
+        warmup_cosine(1.2e-2, n), **_muon_adamw(n), **_fast_embeddings(n)),
+    "muon:gram:fast_embeddings": lambda n: go.muon(
+        warmup_cosine(0.02, n), weight_decay=0.0, method="gram", **_muon_adamw(n),
+        **_fast_embeddings(n)),
+    # What won, kept as an experimental recipe: contrib.adamuon_lm is AdaMuon with
+    # Gram Newton-Schulz, the AdamW side at 1.5x and the embeddings at 15x its rate.
+    "adamuon:gram:fast_embeddings": lambda n: contrib.adamuon_lm(warmup_cosine(1.2e-2, n)),
+    "adamuon:fused_qkv": lambda n: go.adamuon(
+        warmup_cosine(1.2e-2, n), matrix_view=gt.flax_matrix_view, **_muon_adamw(n)),
+}
+
+
+Factory = Callable[[int], optax.GradientTransformation]  # an entry of OPTIMIZERS
+Registry = Mapping[str, Factory]
+
+
+def variant(name: str, lr_factor: float = 1.0, *, registry: Optional["Registry"] = None,
+            **kwargs) -> Factory:
+  """Registry entry ``name`` with every peak learning rate times ``lr_factor``.
+
+  Keyword arguments go to the entry (shampoo and soap take them). Wrappers
+  scale their base's peaks too (sam, lookahead), Muon both of its own. The
+  result is a factory like the entries', for ``examples/char_lm.py``'s
+  ``main(optimizers=...)``.
+  ``registry``: where ``name`` is looked up (default ``OPTIMIZERS``).
+  """
+  factory = (OPTIMIZERS if registry is None else registry)[name]
+
+  def build(total_steps: int) -> optax.GradientTransformation:
+    token = _PEAK_FACTOR.set(_PEAK_FACTOR.get() * lr_factor)
+    try:
+      return factory(total_steps, **kwargs)
+    finally:
+      _PEAK_FACTOR.reset(token)
+
+  return build
+
+
+def run_label(name: str, factor: float) -> str:
+  """The race's label of entry ``name`` at ``factor`` times its peaks: ``name@2x``
+  (``name`` alone at 1x); ``split_factor`` reads it back."""
+  return name if factor == 1 else f"{name}@{factor:g}x"
+
+
+def split_factor(item: str) -> tuple[str, Optional[float]]:
+  """``"adamuon@2x"`` -> ("adamuon", 2.0); a name without the suffix -> (name, None)."""
+  match = re.fullmatch(r"(.+)@([0-9.]+)x", item)
+  return (match[1], float(match[2])) if match else (item, None)
