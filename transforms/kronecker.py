@@ -29,7 +29,7 @@ preconditioned ones back. With fewer matrices of a shape than devices some
 devices own none of that shape (the stack is padded with zero matrices).
 """
 
-from typing import NamedTuple, Optional
+from typing import Any, NamedTuple, Optional
 
 import jax
 import jax.numpy as jnp
@@ -41,13 +41,39 @@ from gradtx._internal import tree as _tree
 from gradtx._internal import validate as _validate
 from gradtx._internal.block_stacks import (
   BlockLayout,  # noqa: F401 (re-exported)
-  block_layout,
   from_blocks,  # noqa: F401 (re-exported)
   to_blocks,  # noqa: F401 (re-exported)
 )
 from gradtx.linalg.matrix_roots import ROOT_METHODS, inverse_pth_root, matmul, transpose
 from gradtx.routing import matrix_view as _matrix_view
 from gradtx.routing.matrix_view import MatrixViewRule
+
+
+def block_layout(
+    view: Any,
+    shape: tuple[int, ...],
+    block_size: Optional[int],
+    max_precondition_dim: float = float("inf"),
+) -> Optional[BlockLayout]:
+  """The blocks of a leaf, or ``None`` (diagonal: no view, or both sides too long).
+
+  A side longer than ``max_precondition_dim`` is not preconditioned (``left``/``right``
+  False); a preconditioned side longer than ``block_size`` is cut into
+  ⌈d/block_size⌉ equal blocks (``block_stacks.block_layout``).
+  ``block_size=None``: every matrix is one block.
+  """
+  if view is None:
+    return None
+  _, rows, cols = view.matrix_shape(shape)
+  left, right = rows <= max_precondition_dim, cols <= max_precondition_dim
+  if not (left or right):
+    return None
+  return block_stacks.block_layout(view, shape, block_size, left, right)
+
+
+def exponent(left: bool, right: bool) -> int:
+  """p of L^{-1/p}: 4 with two factors, 2 with one (−1/(2k), k factors)."""
+  return 2 * (int(left) + int(right))
 
 
 def layouts_of(
@@ -63,6 +89,26 @@ def layouts_of(
   _routing.report_per_leaf(tree, "layouts", layouts)
   _routing.report_per_leaf(tree, "roles", ["diagonal" if b is None else None for b in layouts])
   return layouts
+
+
+def owner_plan(
+    tree, matrix_view: Optional[MatrixViewRule], block_size: Optional[int],
+    max_precondition_dim: float,
+) -> tuple[block_stacks.OwnerPlan, list]:
+  """(the owner plan of the leaves' whole matrices, per leaf its ``BlockLayout``).
+
+  The plan stacks each leaf's matrices whole, in its compute dtype; leaves
+  whose layout is ``None`` are diagonal and not stacked. A matrix's blocks
+  stay together with it: its owner keeps the statistics of all of them, so
+  only whole matrices travel (an all-to-all).
+  """
+  leaves = jax.tree.leaves(tree)
+  blocks = layouts_of(tree, matrix_view, block_size, max_precondition_dim)
+  matrices = [None if b is None else b._replace(row_blocks=1, col_blocks=1)
+              for b in blocks]
+  owners = block_stacks.OwnerPlan.build(
+      leaves, matrices, [_tree.compute_dtype(x) for x in leaves])
+  return owners, blocks
 
 
 def stack_bytes(tree, groups, fields) -> tuple[list, list]:
@@ -188,62 +234,49 @@ def kronecker_precondition(
   precondition_every_step = isinstance(precondition_every, int) and precondition_every == 1
 
   def plan(tree):
-    """Per leaf its block layout, and the stacks of its matrices' owners.
-
-    A matrix's blocks stay together with it: its owner keeps the statistics
-    of all of them, so only whole matrices travel (an all-to-all).
-    """
-    leaves = jax.tree.leaves(tree)
-    blocks = layouts_of(tree, matrix_view, block_size, max_precondition_dim)
-    matrices = [None if b is None else block_layout(b.view, tuple(jnp.shape(x)), None,
-                                                    max_precondition_dim)
-                for b, x in zip(blocks, leaves)]
-    mesh = block_stacks.owner_mesh(leaves)
-    groups = block_stacks.plan(
-        matrices, [_tree.compute_dtype(x) for x in leaves],
-        block_stacks.num_devices(mesh))
+    """``owner_plan``, and per group the block layout of its members."""
+    owners, blocks = owner_plan(tree, matrix_view, block_size, max_precondition_dim)
     # All members of a group share the matrix shape, hence the cuts.
-    group_blocks = {g.name: blocks[g.members[0][0]] for g in groups}
-    return leaves, blocks, matrices, groups, group_blocks, mesh
+    group_blocks = {g.name: blocks[g.members[0][0]] for g in owners.groups}
+    return blocks, owners, group_blocks
 
   def init_fn(params):
     _validate.check_shaped_params(params, "kronecker_precondition")
-    _, blocks, _, groups, group_blocks, mesh = plan(params)
+    blocks, owners, group_blocks = plan(params)
 
     def side(on, which):
       stacks = {}
-      for g in groups:
+      for g in owners.groups:
         if getattr(g, on):
           b = group_blocks[g.name]
           d = b.block_rows if which == 0 else b.block_cols
-          stacks[g.name] = block_stacks.zeros(
-              g, (d, d), mesh, per_entry=b.row_blocks * b.col_blocks)
+          stacks[g.name] = owners.zeros(g, (d, d), per_entry=b.row_blocks * b.col_blocks)
       return stacks
 
     # Every field gets its own buffer, so that the state can be donated.
     sides = dict(left_stats=side("left", 0), right_stats=side("right", 1),
                  left_root=side("left", 0), right_root=side("right", 1))
-    _routing.report_stack_bytes(*stack_bytes(params, groups, sides.values()))
+    _routing.report_stack_bytes(*stack_bytes(params, owners.groups, sides.values()))
     diagonal = iter([b is None for b in blocks])
     diag = _tree.zeros_where(
         params, lambda path, p: next(diagonal),
         lambda p: _tree.real_dtype(_tree.compute_dtype(p)))
     return KroneckerPreconditionState(jnp.zeros([], jnp.int32), **sides, diag_stats=diag)
 
-  def root(stats, old, exponent, mesh):
-    new = block_stacks.on_owners(
+  def root(stats, old, p, owners):
+    new = owners.on_owners(
         lambda s: inverse_pth_root(
-            s, exponent, root_method=root_method, damping=damping,
+            s, p, root_method=root_method, damping=damping,
             relative_damping=relative_damping),
-        mesh, stats)
+        stats)
     finite = jnp.isfinite(new).all((-2, -1), keepdims=True)
     return jnp.where(finite, new, old)
 
-  def recompute(groups, mesh, left_stats, right_stats, left_roots, right_roots):
-    exponents = {g.name: 2 * (int(g.left) + int(g.right)) for g in groups}
+  def recompute(owners, left_stats, right_stats, left_roots, right_roots):
+    exponents = {g.name: exponent(g.left, g.right) for g in owners.groups}
     return (
-        {k: root(v, left_roots[k], exponents[k], mesh) for k, v in left_stats.items()},
-        {k: root(v, right_roots[k], exponents[k], mesh) for k, v in right_stats.items()},
+        {k: root(v, left_roots[k], exponents[k], owners) for k, v in left_stats.items()},
+        {k: root(v, right_roots[k], exponents[k], owners) for k, v in right_stats.items()},
     )
 
   def diagonal_step(g, diag):
@@ -257,23 +290,19 @@ def kronecker_precondition(
     _validate.check_matching_shapes(updates, params, "kronecker_precondition")
     count = optax.safe_increment(state.count)
     treedef = jax.tree.structure(updates)
-    leaves, blocks, matrices, groups, group_blocks, mesh = plan(updates)
-    block_stacks.check_groups_in_state(
-        groups, {**state.left_stats, **state.right_stats}, updates,
-        "kronecker_precondition")
+    blocks, owners, group_blocks = plan(updates)
+    owners.check_state({**state.left_stats, **state.right_stats}, updates,
+                       "kronecker_precondition")
     # The state's stacks are stored unpadded (the same on any mesh): padded to
     # the owners' length for the step, cut back after it.
-    per_entry = {g.name: group_blocks[g.name].row_blocks * group_blocks[g.name].col_blocks
-                 for g in groups}
-    padded = {g.name: g.size * per_entry[g.name] for g in groups}
-    stored = {g.name: g.count * per_entry[g.name] for g in groups}
+    per_entry = {k: b.row_blocks * b.col_blocks for k, b in group_blocks.items()}
     to_owners = lambda stacks: {
-        k: block_stacks.to_owners(v, padded[k], mesh) for k, v in stacks.items()}
+        k: owners.to_owners(k, v, per_entry[k]) for k, v in stacks.items()}
     to_state = lambda stacks: {
-        k: block_stacks.to_state(v, stored[k], mesh) for k, v in stacks.items()}
+        k: owners.to_state(k, v, per_entry[k]) for k, v in stacks.items()}
     left_stats, right_stats, left_root, right_root = map(to_owners, (
         state.left_stats, state.right_stats, state.left_root, state.right_root))
-    stacks = block_stacks.stack(leaves, matrices, groups, mesh)
+    stacks = owners.stack()
 
     def accumulate(g, x, left, right):
       x = block_stacks.matrix_blocks(x, group_blocks[g.name])
@@ -284,10 +313,8 @@ def kronecker_precondition(
       return left, right
 
     left, right = {}, {}
-    for g, x in zip(groups, stacks):
-      l_new, r_new = block_stacks.on_owners(
-          lambda x, left, right, g=g: accumulate(g, x, left, right), mesh, x,
-          left_stats.get(g.name), right_stats.get(g.name))
+    for g, (l_new, r_new) in zip(owners.groups, owners.map(
+        accumulate, stacks, left_stats, right_stats)):
       if g.left:
         left[g.name] = l_new
       if g.right:
@@ -295,11 +322,11 @@ def kronecker_precondition(
 
     roots = (left, right, left_root, right_root)
     if precondition_every_step:
-      left_root, right_root = recompute(groups, mesh, *roots)
+      left_root, right_root = recompute(owners, *roots)
     else:
       left_root, right_root = jax.lax.cond(
           (count - 1) % precondition_every == 0,
-          lambda *a: recompute(groups, mesh, *a), lambda *a: (a[2], a[3]), *roots)
+          lambda *a: recompute(owners, *a), lambda *a: (a[2], a[3]), *roots)
 
     def precondition(g, x, left, right):
       layout = group_blocks[g.name]
@@ -310,15 +337,11 @@ def kronecker_precondition(
         x = x @ right
       return block_stacks.blocks_matrix(x, layout)
 
-    preconditioned = [
-        block_stacks.on_owners(
-            lambda x, left, right, g=g: precondition(g, x, left, right), mesh, x,
-            left_root.get(g.name), right_root.get(g.name))
-        for g, x in zip(groups, stacks)]
-    out = block_stacks.unstack_alike(preconditioned, leaves, matrices, groups, mesh)
+    preconditioned = owners.map(precondition, stacks, left_root, right_root)
+    out = owners.unstack(preconditioned, alike=True)
     diag_leaves = treedef.flatten_up_to(state.diag_stats)
     new_diag = list(diag_leaves)
-    for i, (g, layout) in enumerate(zip(leaves, blocks)):
+    for i, (g, layout) in enumerate(zip(owners.leaves, blocks)):
       if layout is None:
         out[i], new_diag[i] = diagonal_step(g, diag_leaves[i])
     return treedef.unflatten(out), KroneckerPreconditionState(

@@ -197,23 +197,17 @@ def map_matrices(
   Without ``stack``, off a mesh, each leaf is its own call.
   """
   leaves, treedef = jax.tree.flatten(updates)
-  layouts = [block_stacks.block_layout(view, x.shape, None)
+  layouts = [block_stacks.block_layout(view, x.shape)
              for view, x in zip(_matrix_view.views_of(updates, matrix_view), leaves)]
-  mesh = block_stacks.owner_mesh(leaves)
-  if mesh is None and not stack:
+  if not stack and block_stacks.owner_mesh(leaves) is None:
     out = [x if layout is None else block_stacks.from_blocks(
         block_stacks.map_stack(fn, block_stacks.to_blocks(x, layout)), layout,
         x.shape).astype(x.dtype) for x, layout in zip(leaves, layouts)]
     return treedef.unflatten(out)
-  groups = block_stacks.plan(layouts, [x.dtype for x in leaves],
-                             block_stacks.num_devices(mesh))
   # An expert stack already split over its axis stays where it is.
-  first = block_stacks.stack_axes(leaves, layouts, groups) if mesh is not None else None
-  stacks = block_stacks.stack(leaves, layouts, groups, mesh, first)
-  results = [block_stacks.on_owners(lambda s: block_stacks.map_stack(fn, s), mesh, s,
-                                    first=() if first is None else f)
-             for s, f in zip(stacks, first or [()] * len(stacks))]
-  out = block_stacks.unstack(results, leaves, layouts, groups, mesh)
+  plan = block_stacks.OwnerPlan.build(leaves, layouts, keep_split=True)
+  results = plan.map(lambda _, s: block_stacks.map_stack(fn, s), plan.stack())
+  out = plan.unstack(results)
   return treedef.unflatten([x if o is None else o for x, o in zip(leaves, out)])
 
 

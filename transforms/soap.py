@@ -255,27 +255,20 @@ def scale_by_soap(
   mu_format = state_format.state_format("mu_dtype", mu_dtype)
   nu_format = state_format.state_format("nu_dtype", nu_dtype)
 
-  def plan(tree):
-    leaves = jax.tree.leaves(tree)
-    layouts = kron.layouts_of(tree, matrix_view, None, max_precondition_dim)
-    mesh = block_stacks.owner_mesh(leaves)
-    groups = block_stacks.plan(
-        layouts, [_tree.compute_dtype(x) for x in leaves],
-        block_stacks.num_devices(mesh))
-    return leaves, layouts, groups, mesh
+  plan = lambda tree: kron.owner_plan(tree, matrix_view, None, max_precondition_dim)[0]
 
   def init_fn(params):
     _validate.check_shaped_params(params, "scale_by_soap")
-    _, layouts, groups, mesh = plan(params)
-    plain = iter([layout is None for layout in layouts])
+    owners = plan(params)
+    groups = owners.groups
+    plain = iter([layout is None for layout in owners.layouts])
     plain_params = _tree.zeros_where(params, lambda path, p: next(plain))
     moments = lambda fmt, real: {
         g.name: state_format.zeros_like_tree(
-            block_stacks.zeros(g, g.block_shape, mesh), fmt,
-            signed=not real, real=real)
+            owners.zeros(g, g.block_shape), fmt, signed=not real, real=real)
         for g in groups}
     side = lambda on, size: {
-        g.name: block_stacks.zeros(g, (g.block_shape[size],) * 2, mesh)
+        g.name: owners.zeros(g, (g.block_shape[size],) * 2)
         for g in groups if getattr(g, on)}
     stacks = dict(
         mu_stacks=moments(mu_format, False), nu_stacks=moments(nu_format, True),
@@ -302,23 +295,20 @@ def scale_by_soap(
   def update_fn(updates, state, params=None):
     _validate.check_matching_shapes(updates, params, "scale_by_soap")
     count = optax.safe_increment(state.count)
-    leaves, layouts, groups, mesh = plan(updates)
-    block_stacks.check_groups_in_state(groups, state.mu_stacks, updates, "scale_by_soap")
+    owners = plan(updates)
+    leaves, layouts, groups = owners.leaves, owners.layouts, owners.groups
+    owners.check_state(state.mu_stacks, updates, "scale_by_soap")
     treedef = jax.tree.structure(updates)
     seeds = state_format.maybe_rounding_seeds(updates, count, mu_format, nu_format)
     stack_seeds = state_format.maybe_rounding_seeds(
         state.mu_stacks, count, mu_format, nu_format)
     seed_of = lambda k: None if stack_seeds is None else stack_seeds[k]
-    grads = dict(zip((g.name for g in groups),
-                     block_stacks.stack(leaves, layouts, groups, mesh)))
+    grads = dict(zip((g.name for g in groups), owners.stack()))
     get = lambda d, g: d.get(g.name)
     # The state's stacks are stored unpadded (the same on any mesh): padded to
     # the owners' length for the step, cut back after it.
-    by_name = {g.name: g for g in groups}
-    to_owners = lambda stacks: {
-        k: block_stacks.to_owners(v, by_name[k].size, mesh) for k, v in stacks.items()}
-    to_state = lambda stacks: {
-        k: block_stacks.to_state(v, by_name[k].count, mesh) for k, v in stacks.items()}
+    to_owners = lambda stacks: {k: owners.to_owners(k, v) for k, v in stacks.items()}
+    to_state = lambda stacks: {k: owners.to_state(k, v) for k, v in stacks.items()}
     left_stats, right_stats, old_left_basis, old_right_basis = map(to_owners, (
         state.left_stats, state.right_stats, state.left_basis, state.right_basis))
 
@@ -326,9 +316,9 @@ def scale_by_soap(
     directions, moments = [], {}
     for g in groups:
       x = grads[g.name]
-      m, v = (block_stacks.to_owners(state_format.load(stored, dtype), g.size, mesh)
+      m, v = (owners.to_owners(g.name, state_format.load(stored, dtype))
               for stored, dtype in ((state.mu_stacks[g.name], x.dtype),
-                                    (state.nu_stacks[g.name], block_stacks.real_dtype(g))))
+                                    (state.nu_stacks[g.name], _tree.real_dtype(g.dtype))))
       lb, rb = get(old_left_basis, g), get(old_right_basis, g)
       u, m, v = adam(count, _rotate(x, lb, rb, g), m, v)
       directions.append(_rotate(u, lb, rb, g, back=True))
@@ -337,7 +327,7 @@ def scale_by_soap(
     left, right = accumulate_statistics(left_stats, right_stats, grads, stats_b2)
 
     left_basis, right_basis, moments = refresh_bases(
-        count, groups, mesh, left, right, old_left_basis, old_right_basis, moments,
+        count, groups, owners.mesh, left, right, old_left_basis, old_right_basis, moments,
         precondition_every=precondition_every, refresh=refresh)
     mu_stacks = to_state({k: m for k, (m, _) in moments.items()})
     nu_stacks = to_state({k: v for k, (_, v) in moments.items()})
@@ -346,7 +336,7 @@ def scale_by_soap(
     nu_stacks = {k: state_format.store(v, state.nu_stacks[k], nu_format, seed_of(k), stream=1)
                  for k, v in nu_stacks.items()}
 
-    out = block_stacks.unstack(directions, leaves, layouts, groups, mesh)
+    out = owners.unstack(directions)
     mu_leaves, nu_leaves = (treedef.flatten_up_to(t) for t in (state.mu, state.nu))
     seed_leaves = [None] * len(leaves) if seeds is None else treedef.flatten_up_to(seeds)
     mu, nu = list(mu_leaves), list(nu_leaves)

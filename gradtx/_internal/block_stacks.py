@@ -9,15 +9,17 @@ On a device mesh (the context mesh of ``jax.set_mesh``, or the mesh an
 Explicit-axes leaf is typed with) each stack is padded with zero blocks to a
 multiple of the mesh's size and split along its stack axis over all devices:
 every block is computed whole, once, on the one device that owns it, with no
-collective inside the computation. ``stack`` moves the blocks of the
-leaves' own layouts to their owners and ``unstack`` moves the results back
-(XLA turns both into all-to-alls where the layouts allow). Because every
-group is padded to a multiple of the mesh size, each device owns the same
-number of blocks of each shape: the work is balanced across shapes. Without
-a mesh the stacks are plain arrays and nothing moves.
+collective inside the computation. A transform plans this once per step
+(``OwnerPlan.build``): its ``stack`` moves the blocks of the leaves' own
+layouts to their owners and ``unstack`` moves the results back (XLA turns
+both into all-to-alls where the layouts allow); ``map`` and ``on_owners`` run
+per-block work there; ``zeros``, ``to_owners`` and ``to_state`` keep state
+stacks. Because every group is padded to a multiple of the mesh size, each
+device owns the same number of blocks of each shape: the work is balanced
+across shapes. Without a mesh the stacks are plain arrays and nothing moves.
 """
 
-import math
+import dataclasses
 from typing import Any, Callable, NamedTuple, Optional, Sequence
 
 import jax
@@ -25,11 +27,17 @@ import jax.numpy as jnp
 from jax.sharding import AxisType
 from jax.sharding import PartitionSpec as P
 
-from gradtx._internal import tree as _tree
-
 
 class BlockLayout(NamedTuple):
-  """How one leaf is cut into equal blocks (static, from its view and shape)."""
+  """How one leaf is cut into equal blocks (static, from its view and shape).
+
+  Cutting a matrix into more than one block (``block_size``) is Kronecker
+  preconditioning's, which also decides the sides
+  (``kronecker.block_layout``). The cutting stays here: ``OwnerPlan.stack``
+  and ``unstack`` take every leaf apart with it (a whole matrix is one block,
+  and those ops are in every matrix transform's program), and kronecker.py
+  imports this module.
+  """
 
   view: Any  # a gt.MatrixView
   matrices: int
@@ -37,8 +45,8 @@ class BlockLayout(NamedTuple):
   cols: int
   row_blocks: int
   col_blocks: int
-  left: bool  # rows are preconditioned (by L)
-  right: bool  # columns are preconditioned (by R)
+  left: bool = True  # rows are preconditioned (Kronecker's L, SOAP's Q_L)
+  right: bool = True  # columns are preconditioned (R, Q_R)
 
   @property
   def block_rows(self) -> int:
@@ -52,37 +60,30 @@ class BlockLayout(NamedTuple):
   def num_blocks(self) -> int:
     return self.matrices * self.row_blocks * self.col_blocks
 
-  @property
-  def exponent(self) -> int:
-    """p of L^{-1/p}: 4 with two factors, 2 with one (−1/(2k), k factors)."""
-    return 2 * (int(self.left) + int(self.right))
-
 
 def block_layout(
     view: Any,
     shape: tuple[int, ...],
-    block_size: Optional[int],
-    max_precondition_dim: float = math.inf,
+    block_size: Optional[int] = None,
+    left: bool = True,
+    right: bool = True,
 ) -> Optional[BlockLayout]:
-  """The blocks of a leaf, or ``None`` (no view, or both sides too long).
+  """The blocks of a leaf, or ``None`` (no view).
 
-  A side longer than ``max_precondition_dim`` is not preconditioned (``left``/``right``
-  False); a preconditioned side longer than ``block_size`` is cut into
-  ⌈d/block_size⌉ equal blocks (zero-padded by fewer rows than there are
-  blocks). ``block_size=None``: every matrix is one block.
+  A side ``left``/``right`` says is preconditioned and that is longer than
+  ``block_size`` is cut into ⌈d/block_size⌉ equal blocks (zero-padded by
+  fewer rows than there are blocks). ``block_size=None``: every matrix is
+  one block.
   """
   if view is None:
     return None
   matrices, rows, cols = view.matrix_shape(shape)
-  left, right = rows <= max_precondition_dim, cols <= max_precondition_dim
-  if not (left or right):
-    return None
 
   def cuts(dim, preconditioned):
     return -(-dim // block_size) if preconditioned and block_size else 1
 
-  return BlockLayout(view, matrices, rows, cols, cuts(rows, left),
-                     cuts(cols, right), left, right)
+  return BlockLayout(view, matrices, rows, cols, cuts(rows, left), cuts(cols, right),
+                     left, right)
 
 
 def matrix_blocks(m: jax.Array, layout: BlockLayout) -> jax.Array:
@@ -141,7 +142,7 @@ class Group(NamedTuple):
   count: int
 
 
-def plan(
+def groups_of(
     layouts: Sequence[Optional[BlockLayout]],
     dtypes: Sequence[Any],
     devices: int,
@@ -165,27 +166,6 @@ def plan(
     groups.append(Group(f"{br}x{bc}{sides}{suffix}", (br, bc), dtype, left,
                         right, tuple(members), -(-start // devices) * devices, start))
   return tuple(groups)
-
-
-def check_groups_in_state(
-    groups: Sequence[Group], state_stacks: Any, updates: Any, transform: str
-) -> None:
-  """Raises ``ValueError`` for a group the state has no stack for.
-
-  The state's stacks are keyed by the block shapes of the parameters it was
-  initialised on; an update leaf of another shape (a transposed gradient)
-  names a stack that does not exist.
-  """
-  flat = jax.tree_util.tree_flatten_with_path(updates)[0]
-  for group in groups:
-    if group.name not in state_stacks:
-      index = group.members[0][0]
-      path, leaf = flat[index]
-      raise ValueError(
-          f"{transform}: the update of {jax.tree_util.keystr(path)} has shape"
-          f" {jnp.shape(leaf)}, whose blocks ({group.name}) match no statistics of"
-          f" the state (built for blocks {sorted(state_stacks)}): is the gradient"
-          " shaped like its parameter?")
 
 
 def owner_mesh(leaves: Sequence[Any]) -> Optional[Any]:
@@ -215,10 +195,6 @@ def _typeof(x: Any) -> Any:
     return jax.typeof(x)
   except TypeError:
     return None
-
-
-def num_devices(mesh: Optional[Any]) -> int:
-  return 1 if mesh is None else mesh.size
 
 
 def _explicit(mesh: Any) -> bool:
@@ -308,75 +284,6 @@ def _leaf_spec(leaf: Any) -> Optional[P]:
   return P(*spec, *([None] * (jnp.ndim(leaf) - len(spec))))
 
 
-def stack(
-    leaves: Sequence[jax.Array],
-    layouts: Sequence[Optional[BlockLayout]],
-    groups: Sequence[Group],
-    mesh: Optional[Any],
-    first: Optional[Sequence[Sequence[str]]] = None,
-) -> tuple[jax.Array, ...]:
-  """The blocks of ``leaves`` (in each group's dtype), one stack per group.
-
-  ``first``: per group, the major mesh axes of its owner layout
-  (``stack_axes``); by default the mesh's order.
-  """
-
-  def build(leaves):
-    stacks = []
-    for group in groups:
-      blocks = [to_blocks(leaves[i].astype(group.dtype), layouts[i])
-                for i, _, _ in group.members]
-      s = blocks[0] if len(blocks) == 1 else jnp.concatenate(blocks)
-      pad = group.size - s.shape[0]
-      stacks.append(jnp.pad(s, ((0, pad), (0, 0), (0, 0))) if pad else s)
-    return tuple(stacks)
-
-  if mesh is None:
-    return build(list(leaves))
-  first = [()] * len(groups) if first is None else first
-  specs = tuple(owner_spec(mesh, 3, f) for f in first)
-  if _explicit(mesh):
-    # The blocking reshapes cross sharded axes, which Explicit types refuse:
-    # XLA's partitioner lays out the move (auto_axes), into owner layout.
-    return _in_mesh(mesh, lambda: jax.sharding.auto_axes(
-        build, out_sharding=specs)(list(leaves)))
-  return tuple(_in_mesh(mesh, lambda s=s, spec=spec: jax.lax.with_sharding_constraint(s, spec))
-               for s, spec in zip(build(list(leaves)), specs))
-
-
-def unstack(
-    stacks: Sequence[jax.Array],
-    leaves: Sequence[jax.Array],
-    layouts: Sequence[Optional[BlockLayout]],
-    groups: Sequence[Group],
-    mesh: Optional[Any],
-) -> list:
-  """Per leaf, its blocks of ``stacks`` put back together, in the leaf's dtype.
-
-  Leaves in no group come back as ``None``. On an Explicit mesh every result
-  has its leaf's sharding.
-  """
-  members = [(g, i, start, count) for g, group in enumerate(groups)
-             for i, start, count in group.members]
-
-  def split(stacks):
-    return tuple(
-        from_blocks(stacks[g][start:start + count], layouts[i],
-                    leaves[i].shape).astype(leaves[i].dtype)
-        for g, i, start, count in members)
-
-  if mesh is not None and _explicit(mesh):
-    specs = tuple(_leaf_spec(leaves[i]) or P() for _, i, _, _ in members)
-    parts = _in_mesh(mesh, lambda: jax.sharding.auto_axes(
-        split, out_sharding=specs)(tuple(stacks)))
-  else:
-    parts = split(tuple(stacks))
-  out = [None] * len(leaves)
-  for (_, i, _, _), part in zip(members, parts):
-    out[i] = part
-  return out
-
-
 # From this many elements per matrix, XLA:CPU runs a stack faster one matrix
 # at a time (a 2-D dot uses every core; a batched one gives each matrix one
 # thread): (1, 512, 2048) Newton–Schulz 94 ms batched, 60 ms as 2-D.
@@ -401,16 +308,6 @@ def map_stack(fn: Callable, stack: jax.Array, *, per_matrix_from: Optional[int] 
     return fn(stack)
   return jax.lax.platform_dependent(
       stack, cpu=lambda s: jax.lax.map(fn, s), default=fn)
-
-
-def zeros(group: Group, shape: tuple[int, ...], mesh: Optional[Any],
-          dtype: Any = None, *, per_entry: int = 1) -> jax.Array:
-  """A zero state stack: ``group.count · per_entry`` entries of ``shape``.
-
-  Laid out by ``place_as_state``; its shape does not depend on the mesh.
-  """
-  dtype = group.dtype if dtype is None else dtype
-  return place_as_state(jnp.zeros((group.count * per_entry, *shape), dtype), mesh)
 
 
 def state_spec(shape: tuple[int, ...], mesh: Any) -> P:
@@ -470,10 +367,6 @@ def to_state(x: jax.Array, length: int, mesh: Optional[Any]) -> jax.Array:
   return _moved(lambda y: y[:length], x, mesh, state_spec((length, *x.shape[1:]), mesh))
 
 
-def real_dtype(group: Group) -> Any:
-  return _tree.real_dtype(group.dtype)
-
-
 def opaque(values: Sequence[int], arrays: tuple) -> tuple:
   """(``values`` as int32 scalars, ``arrays``), both opaque to XLA's optimiser.
 
@@ -501,32 +394,179 @@ def opaque(values: Sequence[int], arrays: tuple) -> tuple:
   return jax.lax.while_loop(lambda c: c[0] < stop, body, init)[1:]
 
 
-def unstack_alike(
-    stacks: Sequence[jax.Array],
-    leaves: Sequence[jax.Array],
-    layouts: Sequence[Optional[BlockLayout]],
-    groups: Sequence[Group],
-    mesh: Optional[Any],
-) -> list:
-  """``unstack``, compiled once per shape instead of once per leaf (no mesh).
+@dataclasses.dataclass(frozen=True)
+class OwnerPlan:
+  """The stacks of a list of leaves and the devices that own their blocks.
 
-  Each leaf's blocks are taken at an ``opaque`` offset, so the same-shape
-  leaves of a group share one slicing kernel; the results are ``unstack``'s.
-  On a mesh it is ``unstack``.
+  Built once per ``init`` or ``update`` (``OwnerPlan.build``); every matrix
+  transform moves its leaves' blocks with it (``stack``, ``unstack``), runs
+  per-block work on the owners (``map``, ``on_owners``) and keeps its state
+  stacks with it (``zeros``, ``to_owners``, ``to_state``).
+
+  Attributes:
+    leaves: the leaves (arrays or tracers), in tree order.
+    layouts: per leaf its ``BlockLayout``, or ``None`` (not stacked).
+    groups: the stacks (``groups_of``), padded for ``mesh``.
+    mesh: the owner mesh (``owner_mesh``), or ``None``.
+    first: per group, the major mesh axes of its owner layout
+      (``stack_axes``; ``()``: the mesh's order).
   """
-  if mesh is not None:
-    return unstack(stacks, leaves, layouts, groups, mesh)
-  out = [None] * len(leaves)
-  for stack, group in zip(stacks, groups):
-    members = group.members
-    if len(members) > 1:
-      starts, (stack,) = opaque([start for _, start, _ in members], (stack,))
+
+  leaves: tuple
+  layouts: tuple
+  groups: tuple[Group, ...]
+  mesh: Optional[Any]
+  first: tuple
+
+  @classmethod
+  def build(cls, leaves: Sequence[Any], layouts: Sequence[Optional[BlockLayout]],
+            dtypes: Optional[Sequence[Any]] = None, *,
+            keep_split: bool = False) -> "OwnerPlan":
+    """The plan of ``leaves`` cut by ``layouts``, computed in ``dtypes``.
+
+    ``dtypes`` defaults to the leaves' own. ``keep_split``: a stack of one
+    leaf already split over mesh axes along its matrices stays there
+    (``stack_axes``); only for stacks without state, which is stored in the
+    mesh's order.
+    """
+    leaves, layouts = tuple(leaves), tuple(layouts)
+    mesh = owner_mesh(leaves)
+    dtypes = [x.dtype for x in leaves] if dtypes is None else dtypes
+    groups = groups_of(layouts, dtypes, 1 if mesh is None else mesh.size)
+    if keep_split and mesh is not None:
+      first = tuple(stack_axes(leaves, layouts, groups))
     else:
-      starts = [start for _, start, _ in members]
-    for (i, _, count), start in zip(members, starts):
-      part = jax.lax.dynamic_slice_in_dim(stack, start, count)
-      out[i] = from_blocks(part, layouts[i], leaves[i].shape).astype(leaves[i].dtype)
-  return out
+      first = ((),) * len(groups)
+    return cls(leaves, layouts, groups, mesh, first)
+
+  def stack(self) -> tuple[jax.Array, ...]:
+    """The blocks of the leaves (in each group's dtype), one stack per group,
+    each laid out on its owners."""
+    leaves, layouts, groups, mesh = list(self.leaves), self.layouts, self.groups, self.mesh
+
+    def build(leaves):
+      stacks = []
+      for group in groups:
+        blocks = [to_blocks(leaves[i].astype(group.dtype), layouts[i])
+                  for i, _, _ in group.members]
+        s = blocks[0] if len(blocks) == 1 else jnp.concatenate(blocks)
+        pad = group.size - s.shape[0]
+        stacks.append(jnp.pad(s, ((0, pad), (0, 0), (0, 0))) if pad else s)
+      return tuple(stacks)
+
+    if mesh is None:
+      return build(leaves)
+    specs = tuple(owner_spec(mesh, 3, f) for f in self.first)
+    if _explicit(mesh):
+      # The blocking reshapes cross sharded axes, which Explicit types refuse:
+      # XLA's partitioner lays out the move (auto_axes), into owner layout.
+      return _in_mesh(mesh, lambda: jax.sharding.auto_axes(
+          build, out_sharding=specs)(leaves))
+    return tuple(_in_mesh(mesh, lambda s=s, spec=spec: jax.lax.with_sharding_constraint(s, spec))
+                 for s, spec in zip(build(leaves), specs))
+
+  def unstack(self, stacks: Sequence[jax.Array], *, alike: bool = False) -> list:
+    """Per leaf, its blocks of ``stacks`` put back together, in its dtype.
+
+    Leaves in no group come back as ``None``. On an Explicit mesh every
+    result has its leaf's sharding. ``alike`` (no mesh): each leaf's blocks
+    are taken at an ``opaque`` offset, so the same-shape leaves of a group
+    share one slicing kernel (compiled once per shape, not once per leaf);
+    the results are the same.
+    """
+    if alike and self.mesh is None:
+      return self._unstack_alike(stacks)
+    leaves, layouts, mesh = self.leaves, self.layouts, self.mesh
+    members = [(g, i, start, count) for g, group in enumerate(self.groups)
+               for i, start, count in group.members]
+
+    def split(stacks):
+      return tuple(
+          from_blocks(stacks[g][start:start + count], layouts[i],
+                      leaves[i].shape).astype(leaves[i].dtype)
+          for g, i, start, count in members)
+
+    if mesh is not None and _explicit(mesh):
+      specs = tuple(_leaf_spec(leaves[i]) or P() for _, i, _, _ in members)
+      parts = _in_mesh(mesh, lambda: jax.sharding.auto_axes(
+          split, out_sharding=specs)(tuple(stacks)))
+    else:
+      parts = split(tuple(stacks))
+    out = [None] * len(leaves)
+    for (_, i, _, _), part in zip(members, parts):
+      out[i] = part
+    return out
+
+  def _unstack_alike(self, stacks: Sequence[jax.Array]) -> list:
+    """``unstack`` off a mesh with every piece sliced at an ``opaque`` offset."""
+    leaves, layouts = self.leaves, self.layouts
+    out = [None] * len(leaves)
+    for stack, group in zip(stacks, self.groups):
+      members = group.members
+      if len(members) > 1:
+        starts, (stack,) = opaque([start for _, start, _ in members], (stack,))
+      else:
+        starts = [start for _, start, _ in members]
+      for (i, _, count), start in zip(members, starts):
+        part = jax.lax.dynamic_slice_in_dim(stack, start, count)
+        out[i] = from_blocks(part, layouts[i], leaves[i].shape).astype(leaves[i].dtype)
+    return out
+
+  def on_owners(self, fn: Callable, *stacks: Any, first: Sequence[str] = ()) -> Any:
+    """``fn`` of the stacks' local slices on every owner (``on_owners``)."""
+    return on_owners(fn, self.mesh, *stacks, first=first)
+
+  def map(self, fn: Callable, *per_group: Any) -> list:
+    """Per group, ``fn(group, *its stacks)`` on the owners of its blocks.
+
+    Each of ``per_group`` is a sequence in group order or a dict keyed by
+    group name (a missing name gives ``None``).
+    """
+    out = []
+    for i, (group, first) in enumerate(zip(self.groups, self.first)):
+      args = [a.get(group.name) if isinstance(a, dict) else a[i] for a in per_group]
+      out.append(on_owners(lambda *a, group=group: fn(group, *a), self.mesh, *args,
+                           first=first))
+    return out
+
+  def zeros(self, group: Group, shape: tuple[int, ...], dtype: Any = None, *,
+            per_entry: int = 1) -> jax.Array:
+    """A zero state stack: ``group.count · per_entry`` entries of ``shape``.
+
+    Laid out by ``place_as_state``; its shape does not depend on the mesh.
+    """
+    dtype = group.dtype if dtype is None else dtype
+    return place_as_state(jnp.zeros((group.count * per_entry, *shape), dtype), self.mesh)
+
+  def to_owners(self, name: str, x: jax.Array, per_entry: int = 1) -> jax.Array:
+    """Group ``name``'s state stack (stored unpadded) padded for the step, on
+    the owners (``to_owners``)."""
+    return to_owners(x, self._group(name).size * per_entry, self.mesh)
+
+  def to_state(self, name: str, x: jax.Array, per_entry: int = 1) -> jax.Array:
+    """Inverse of ``to_owners``: the real entries, laid out as state."""
+    return to_state(x, self._group(name).count * per_entry, self.mesh)
+
+  def _group(self, name: str) -> Group:
+    return next(g for g in self.groups if g.name == name)
+
+  def check_state(self, state_stacks: Any, updates: Any, transform: str) -> None:
+    """Raises ``ValueError`` for a group the state has no stack for.
+
+    The state's stacks are keyed by the block shapes of the parameters it
+    was initialised on; an update leaf of another shape (a transposed
+    gradient) names a stack that does not exist.
+    """
+    flat = jax.tree_util.tree_flatten_with_path(updates)[0]
+    for group in self.groups:
+      if group.name not in state_stacks:
+        index = group.members[0][0]
+        path, leaf = flat[index]
+        raise ValueError(
+            f"{transform}: the update of {jax.tree_util.keystr(path)} has shape"
+            f" {jnp.shape(leaf)}, whose blocks ({group.name}) match no statistics of"
+            f" the state (built for blocks {sorted(state_stacks)}): is the gradient"
+            " shaped like its parameter?")
 
 
 def traced_once_per_shape(fn: Callable, inputs: Any) -> Callable:

@@ -1,11 +1,20 @@
-"""Explicit-mesh helpers for transforms that multiply whole matrices.
+"""Explicit-mesh helpers for transforms that compute on a leaf where it lives.
 
 On a mesh with ``AxisType.Explicit`` axes an array's sharding is part of its
 type, and a matrix product over a sharded axis is refused (JAX cannot tell
-how the result should be laid out). Matrix transforms (Newton–Schulz,
-Kronecker factors, SOAP rotations) therefore gather the axes they multiply
-over, compute, and give the result the input's sharding back. Everywhere else
-(no mesh, ``Auto`` axes: GSPMD chooses the layout) these are identities.
+how the result should be laid out). A transform that works on a leaf in
+place therefore gathers the axes it multiplies over (``gather``), computes,
+and gives the result the input's sharding back (``reshard_like``): Dion's
+low-rank step, K-FAC, Adam-mini's blocks, a quantized state's codes, and
+``newton_schulz`` called on a sharded array. Or it lets XLA lay out the data
+movement (``in_auto_axes``: grafting, PSGD, Hyperball, the second-moment
+normalisation, the factored geometries).
+
+The stacked matrix transforms (``orthogonalize_newton_schulz``,
+``clip_singular_values``, ``kronecker_precondition``, ``scale_by_soap``) do
+not gather: they move whole matrices to one owner device each and compute
+there (``gradtx._internal.block_stacks``). Everywhere else (no mesh, ``Auto``
+axes: GSPMD chooses the layout) these helpers are identities.
 """
 
 from typing import Optional, Sequence

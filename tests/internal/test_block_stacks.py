@@ -1,4 +1,4 @@
-"""gradtx/_internal/block_stacks.py: block layouts, groups, owner stacks, round trips."""
+"""gradtx/_internal/block_stacks.py: block layouts, groups, owner plans, round trips."""
 
 import re
 
@@ -11,6 +11,7 @@ from jax.sharding import PartitionSpec as P
 
 from gradtx import transforms as gt
 from gradtx._internal import block_stacks as bs
+from gradtx.transforms import kronecker as kron
 
 V = gt.MatrixView
 MATRIX = V((0,), (1,))
@@ -19,20 +20,28 @@ LEAVES = [jnp.arange(24.0).reshape(4, 6), jnp.arange(42.0).reshape(6, 7) + 1,
 VIEWS = [MATRIX, MATRIX, V((1,), (2,), batch=(0,)), None]
 
 
-def _layouts(block_size=None, max_dim=float("inf")):
-  return [bs.block_layout(v, x.shape, block_size, max_dim) for v, x in zip(VIEWS, LEAVES)]
+def _layouts(block_size=None):
+  return [bs.block_layout(v, x.shape, block_size) for v, x in zip(VIEWS, LEAVES)]
+
+
+def _plan(leaves, layouts, devices):
+  """An owner plan without a mesh whose stacks are padded for ``devices``."""
+  groups = bs.groups_of(layouts, [x.dtype for x in leaves], devices)
+  return bs.OwnerPlan(tuple(leaves), tuple(layouts), groups, None, ((),) * len(groups))
 
 
 def test_layout_cuts_preconditioned_sides_into_equal_blocks():
   layout = bs.block_layout(MATRIX, (6, 7), 3)
   assert (layout.row_blocks, layout.col_blocks) == (2, 3)
   assert (layout.block_rows, layout.block_cols) == (3, 3)  # 7 columns padded to 9
-  assert layout.num_blocks == 6 and layout.exponent == 4
-  one_side = bs.block_layout(MATRIX, (6, 70), 3, max_precondition_dim=10)
-  assert (one_side.left, one_side.right, one_side.col_blocks, one_side.exponent) == (
-      True, False, 1, 2)
-  assert bs.block_layout(MATRIX, (60, 70), 3, max_precondition_dim=10) is None
+  assert layout.num_blocks == 6
+  one_side = bs.block_layout(MATRIX, (6, 70), 3, right=False)
+  assert (one_side.left, one_side.right, one_side.col_blocks) == (True, False, 1)
   assert bs.block_layout(None, (6, 7), 3) is None
+  # Kronecker's rule: a side longer than max_precondition_dim is not preconditioned.
+  assert kron.block_layout(MATRIX, (6, 70), 3, max_precondition_dim=10) == one_side
+  assert kron.block_layout(MATRIX, (60, 70), 3, max_precondition_dim=10) is None
+  assert (kron.exponent(True, True), kron.exponent(True, False)) == (4, 2)
 
 
 @pytest.mark.parametrize("block_size", [None, 2, 3, 5])
@@ -56,27 +65,28 @@ def test_blocks_are_taken_row_block_major_and_zero_padded():
   np.testing.assert_array_equal(blocks[3], x[3:, :3])
 
 
-def test_plan_groups_by_block_shape_dtype_and_sides_padded_for_the_mesh():
+def test_groups_by_block_shape_dtype_and_sides_padded_for_the_mesh():
   layouts = _layouts()
-  groups = bs.plan(layouts, [jnp.float32] * 4, devices=8)
+  groups = bs.groups_of(layouts, [jnp.float32] * 4, devices=8)
   assert [(g.name, g.members, g.size) for g in groups] == [
       ("4x6", ((0, 0, 1), (2, 1, 2)), 8), ("6x7", ((1, 0, 1),), 8)]
-  bf16 = bs.plan(layouts, [jnp.bfloat16, jnp.float32, jnp.float32, jnp.float32], 1)
+  bf16 = bs.groups_of(layouts, [jnp.bfloat16, jnp.float32, jnp.float32, jnp.float32], 1)
   assert [g.name for g in bf16] == ["4x6_bfloat16", "6x7", "4x6"]
-  one_sided = bs.plan([bs.block_layout(MATRIX, (4, 60), None, 10)], [jnp.float32], 3)
+  one_sided = bs.groups_of([bs.block_layout(MATRIX, (4, 60), None, right=False)],
+                           [jnp.float32], 3)
   assert [(g.name, g.size) for g in one_sided] == [("4x60_left", 3)]
 
 
 @pytest.mark.parametrize("devices", [1, 8])
 def test_stack_and_unstack_round_trip(devices):
   layouts = _layouts(block_size=3)
-  groups = bs.plan(layouts, [x.dtype for x in LEAVES], devices)
-  stacks = bs.stack(LEAVES, layouts, groups, None)
-  assert [s.shape[0] for s in stacks] == [g.size for g in groups]
-  for s, g in zip(stacks, groups):
+  plan = _plan(LEAVES, layouts, devices)
+  stacks = plan.stack()
+  assert [s.shape[0] for s in stacks] == [g.size for g in plan.groups]
+  for s, g in zip(stacks, plan.groups):
     real = sum(count for _, _, count in g.members)
     np.testing.assert_array_equal(s[real:], 0)  # the padding is zero blocks
-  out = bs.unstack([2 * s for s in stacks], LEAVES, layouts, groups, None)
+  out = plan.unstack([2 * s for s in stacks])
   for x, o, layout in zip(LEAVES, out, layouts):
     if layout is None:
       assert o is None
@@ -92,31 +102,49 @@ def test_on_a_mesh_stacks_live_on_their_owners(axis_type):
   layouts = [bs.block_layout(v, x.shape, None) for v, x in zip(VIEWS, leaves)]
 
   def roundtrip(leaves):
-    owners = bs.owner_mesh(leaves)
-    groups = bs.plan(layouts, [x.dtype for x in leaves], bs.num_devices(owners))
-    stacks = bs.stack(leaves, layouts, groups, owners)
-    stacks = bs.on_owners(lambda *s: tuple(x @ jnp.swapaxes(x, 1, 2) @ x for x in s),
-                          owners, *stacks)
-    return stacks, bs.unstack(stacks, leaves, layouts, groups, owners)
+    plan = bs.OwnerPlan.build(leaves, layouts)
+    assert plan.mesh is not None
+    stacks = plan.on_owners(lambda *s: tuple(x @ jnp.swapaxes(x, 1, 2) @ x for x in s),
+                            *plan.stack())
+    mapped = plan.map(lambda g, x: x @ jnp.swapaxes(x, 1, 2) @ x, plan.stack())
+    return stacks, plan.unstack(stacks), plan.unstack(mapped)
 
   with jax.set_mesh(mesh):
-    stacks, out = jax.jit(roundtrip)(leaves)
+    stacks, out, mapped = jax.jit(roundtrip)(leaves)
   for s in stacks:
     assert s.shape[0] % 8 == 0
     assert s.sharding.is_equivalent_to(NamedSharding(mesh, P(("x", "y"))), 3), s.sharding
-  for x, o in zip(leaves, out):
+  for x, o, o_mapped in zip(leaves, out, mapped):
     m = np.asarray(x)
     np.testing.assert_allclose(o, m @ np.swapaxes(m, -1, -2) @ m, rtol=1e-5)
+    np.testing.assert_array_equal(o_mapped, o)
     if axis_type == AxisType.Explicit:
       assert o.sharding.is_equivalent_to(x.sharding, x.ndim)
 
 
+def test_an_expert_stack_split_over_its_matrices_keeps_its_axis_major():
+  mesh = jax.make_mesh((4, 2), ("x", "y"), axis_types=(AxisType.Explicit,) * 2)
+  experts = jax.device_put(jnp.ones((8, 4, 6)), NamedSharding(mesh, P("y")))
+  layouts = [bs.block_layout(VIEWS[2], experts.shape)]
+  assert bs.OwnerPlan.build([experts], layouts).first == ((),)
+  assert bs.OwnerPlan.build([experts], layouts, keep_split=True).first == (("y",),)
+
+
 def test_without_a_mesh_there_are_no_owners():
   assert bs.owner_mesh(LEAVES) is None
-  assert bs.num_devices(None) == 1
-  g = bs.plan(_layouts(), [jnp.float32] * 4, 1)[0]
-  z = bs.zeros(g, (4, 4), None)
+  plan = bs.OwnerPlan.build(LEAVES, _layouts(), [jnp.float32] * 4)
+  assert plan.mesh is None
+  g = plan.groups[0]
+  z = plan.zeros(g, (4, 4))
   assert z.shape == (g.count, 4, 4) == (g.size, 4, 4) and z.dtype == jnp.float32
+  np.testing.assert_array_equal(plan.to_owners(g.name, z), z)
+
+
+def test_check_state_names_the_leaf_without_a_stack():
+  plan = bs.OwnerPlan.build(LEAVES, _layouts())
+  plan.check_state({"4x6": 0, "6x7": 0}, LEAVES, "t")
+  with pytest.raises(ValueError, match=r"t: the update of \[1\] has shape \(6, 7\)"):
+    plan.check_state({"4x6": 0}, LEAVES, "t")
 
 
 @pytest.mark.parametrize("axis_type", [AxisType.Explicit, AxisType.Auto])
@@ -144,15 +172,12 @@ def test_state_stacks_are_stored_unpadded_and_padded_for_the_owners(axis_type, l
 
 @pytest.mark.parametrize("jit", [False, True])
 def test_unstack_alike_is_unstack(jit):
-  layouts = _layouts(block_size=3)
-  groups = bs.plan(layouts, [x.dtype for x in LEAVES], 1)
   leaves = LEAVES + [x + 10 for x in LEAVES]  # two leaves of each shape
-  layouts, groups = layouts * 2, bs.plan(layouts * 2, [x.dtype for x in leaves], 1)
-  stacks = bs.stack(leaves, layouts, groups, None)
+  plan = bs.OwnerPlan.build(leaves, _layouts(block_size=3) * 2)
+  stacks = plan.stack()
 
   def both(stacks):
-    return (bs.unstack(stacks, leaves, layouts, groups, None),
-            bs.unstack_alike(stacks, leaves, layouts, groups, None))
+    return plan.unstack(stacks), plan.unstack(stacks, alike=True)
 
   expected, got = (jax.jit(both) if jit else both)([2 * s for s in stacks])
   for e, g in zip(expected, got):
@@ -166,12 +191,11 @@ def test_same_shape_pieces_share_one_compiled_kernel():
   # 16 same-shape pieces of one stack: static slices compile a kernel each
   # (their offsets differ), unstack_alike's one for all of them.
   leaves = [jnp.full((8, 8), float(i)) for i in range(16)]
-  layouts = [bs.block_layout(MATRIX, x.shape, None) for x in leaves]
-  groups = bs.plan(layouts, [x.dtype for x in leaves], 1)
+  layouts = [bs.block_layout(MATRIX, x.shape) for x in leaves]
 
   def step(leaves):
-    stacks = [2 * s for s in bs.stack(leaves, layouts, groups, None)]
-    return bs.unstack_alike(stacks, leaves, layouts, groups, None)
+    plan = bs.OwnerPlan.build(leaves, layouts)
+    return plan.unstack([2 * s for s in plan.stack()], alike=True)
 
   out = jax.jit(step)(leaves)
   for i, o in enumerate(out):
