@@ -4,6 +4,7 @@ XLA_FLAGS must be set before jax is first imported, which is why it lives here.
 """
 
 import os
+import shutil
 import tempfile
 
 os.environ["XLA_FLAGS"] = (
@@ -14,12 +15,18 @@ os.environ.setdefault("JAX_PLATFORMS", "cpu")
 # Many tests compile the same small program (one optimizer on one toy tree)
 # from a fresh closure, which jax.jit's in-process cache cannot see. XLA's
 # persistent cache is keyed by the program itself, so those compile once per
-# run and are shared by the pytest-xdist workers and the subprocesses the
-# tests start (they inherit these variables). The cache holds executables
-# only: tracing, and every assertion, runs as before.
-os.environ.setdefault(
-  "JAX_COMPILATION_CACHE_DIR", os.path.join(tempfile.gettempdir(), "gradtx-tests-xla-cache")
-)
+# run. The cache is this run's own folder, made by the first process (the
+# pytest-xdist controller) and inherited by its workers and by the
+# subprocesses the tests start, and removed at the end: nothing else writes
+# to it or evicts from it. It holds executables only: tracing, and every
+# assertion, runs as before.
+_OWN_CACHE = "JAX_COMPILATION_CACHE_DIR" not in os.environ
+if _OWN_CACHE:
+  os.environ["JAX_COMPILATION_CACHE_DIR"] = tempfile.mkdtemp(prefix="gradtx-tests-xla-cache-")
 os.environ.setdefault("JAX_PERSISTENT_CACHE_MIN_COMPILE_TIME_SECS", "0")
 os.environ.setdefault("JAX_PERSISTENT_CACHE_MIN_ENTRY_SIZE_BYTES", "0")
-os.environ.setdefault("JAX_COMPILATION_CACHE_MAX_SIZE", str(2**30))  # least recently used go
+
+
+def pytest_sessionfinish(session):
+  if _OWN_CACHE and not hasattr(session.config, "workerinput"):
+    shutil.rmtree(os.environ["JAX_COMPILATION_CACHE_DIR"], ignore_errors=True)
