@@ -212,26 +212,48 @@ def owner_spec(mesh: Any, ndim: int, first: Sequence[str] = ()) -> P:
 
 
 def stack_axes(leaves: Sequence[Any], layouts: Sequence[Optional[BlockLayout]],
-               groups: Sequence[Group]) -> list:
+               groups: Sequence[Group], *, interleave: bool = True) -> list:
   """Per group, the mesh axes its stack is already split over, else ``()``.
 
-  A group of one leaf whose matrices are its first axis, split over mesh
-  axes (an expert stack ``P('expert', None, None)``), is laid out on its
-  owners with those axes major: each device then owns matrices it already
-  holds, and nothing moves to the owners. Other groups take the mesh's order.
+  A group of expert stacks (leaves whose matrices are their first axis, whole,
+  split over the same mesh axes: ``P('expert', None, None)``) is laid out on
+  its owners with those axes major: each device then owns matrices it already
+  holds, and nothing moves to the owners. A group of one such leaf always; a
+  group of several of the same length (a SwiGLU MoE's ``gate`` and ``up``)
+  with ``interleave`` and no padding: ``OwnerPlan.stack`` interleaves its
+  members expert-major (``interleaved``). Other groups take the mesh's order.
   """
   out = []
   for group in groups:
-    axes = ()
-    if len(group.members) == 1:
-      i, _, count = group.members[0]
-      layout, spec = layouts[i], _leaf_spec(leaves[i])
-      whole = layout.row_blocks == layout.col_blocks == 1
-      if (spec is not None and spec[0] is not None and whole
-          and tuple(layout.view.batch) == (0,) and count == leaves[i].shape[0]):
-        axes = spec[0] if isinstance(spec[0], tuple) else (spec[0],)
-    out.append(axes)
+    axes = {_expert_axes(leaves[i], layouts[i], count) for i, _, count in group.members}
+    counts = {count for _, _, count in group.members}
+    alone = len(group.members) == 1
+    ok = alone or (interleave and len(counts) == 1 and group.size == group.count)
+    out.append(next(iter(axes)) if ok and len(axes) == 1 and None not in axes else ())
   return out
+
+
+def _expert_axes(leaf: Any, layout: BlockLayout, count: int) -> Optional[tuple]:
+  """The mesh axes a leaf's first axis is split over, when its matrices are
+  that axis (batch view (0,), one block each); else ``None``."""
+  spec = _leaf_spec(leaf)
+  whole = layout.row_blocks == layout.col_blocks == 1
+  if (spec is None or spec[0] is None or not whole or tuple(layout.view.batch) != (0,)
+      or count != leaf.shape[0]):
+    return None
+  return spec[0] if isinstance(spec[0], tuple) else (spec[0],)
+
+
+def interleaved(blocks: Sequence[jax.Array]) -> jax.Array:
+  """k (E, r, c) stacks as one (E·k, r, c) stack, expert-major: [e0 of each
+  member, e1 of each, ...]. Split into equal parts over the devices (expert
+  axes major), each part holds the matrices of the experts its device holds."""
+  return jnp.stack(blocks, axis=1).reshape(-1, *blocks[0].shape[1:])
+
+
+def deinterleaved(stack: jax.Array, k: int, j: int) -> jax.Array:
+  """Inverse of ``interleaved``: the j-th of its k members."""
+  return stack.reshape(-1, k, *stack.shape[1:])[:, j]
 
 
 def _in_mesh(mesh: Any, fn: Callable) -> Any:
@@ -409,7 +431,8 @@ class OwnerPlan:
     groups: the stacks (``groups_of``), padded for ``mesh``.
     mesh: the owner mesh (``owner_mesh``), or ``None``.
     first: per group, the major mesh axes of its owner layout
-      (``stack_axes``; ``()``: the mesh's order).
+      (``stack_axes``; ``()``: the mesh's order). A group of several members
+      with such axes is stacked ``interleaved``.
   """
 
   leaves: tuple
@@ -424,17 +447,17 @@ class OwnerPlan:
             keep_split: bool = False) -> "OwnerPlan":
     """The plan of ``leaves`` cut by ``layouts``, computed in ``dtypes``.
 
-    ``dtypes`` defaults to the leaves' own. ``keep_split``: a stack of one
-    leaf already split over mesh axes along its matrices stays there
-    (``stack_axes``); only for stacks without state, which is stored in the
-    mesh's order.
+    ``dtypes`` defaults to the leaves' own. ``keep_split``: a stack of
+    expert leaves already split over mesh axes along their matrices stays
+    there (``stack_axes``); only for stacks without state, which is stored in
+    the mesh's order.
     """
     leaves, layouts = tuple(leaves), tuple(layouts)
     mesh = owner_mesh(leaves)
     dtypes = [x.dtype for x in leaves] if dtypes is None else dtypes
     groups = groups_of(layouts, dtypes, 1 if mesh is None else mesh.size)
     if keep_split and mesh is not None:
-      first = tuple(stack_axes(leaves, layouts, groups))
+      first = tuple(stack_axes(leaves, layouts, groups, interleave=mesh.size > 1))
     else:
       first = ((),) * len(groups)
     return cls(leaves, layouts, groups, mesh, first)
@@ -446,10 +469,11 @@ class OwnerPlan:
 
     def build(leaves):
       stacks = []
-      for group in groups:
+      for group, first in zip(groups, self.first):
         blocks = [to_blocks(leaves[i].astype(group.dtype), layouts[i])
                   for i, _, _ in group.members]
-        s = blocks[0] if len(blocks) == 1 else jnp.concatenate(blocks)
+        join = interleaved if first else jnp.concatenate
+        s = blocks[0] if len(blocks) == 1 else join(blocks)
         pad = group.size - s.shape[0]
         stacks.append(jnp.pad(s, ((0, pad), (0, 0), (0, 0))) if pad else s)
       return tuple(stacks)
@@ -480,9 +504,15 @@ class OwnerPlan:
     members = [(g, i, start, count) for g, group in enumerate(self.groups)
                for i, start, count in group.members]
 
+    def piece(stack, g, start, count):
+      k = len(self.groups[g].members)
+      if self.first[g] and k > 1:  # interleaved, its members of one count
+        return deinterleaved(stack, k, start // count)
+      return stack[start:start + count]
+
     def split(stacks):
       return tuple(
-          from_blocks(stacks[g][start:start + count], layouts[i],
+          from_blocks(piece(stacks[g], g, start, count), layouts[i],
                       leaves[i].shape).astype(leaves[i].dtype)
           for g, i, start, count in members)
 

@@ -130,6 +130,47 @@ def test_an_expert_stack_split_over_its_matrices_keeps_its_axis_major():
   assert bs.OwnerPlan.build([experts], layouts, keep_split=True).first == (("y",),)
 
 
+
+def test_same_shape_expert_stacks_are_interleaved_expert_by_expert():
+  """Two (8, 4, 6) expert stacks split over ``y`` (a SwiGLU's gate and up)
+  share one stack, interleaved [e0 gate, e0 up, e1 gate, ...]: each device
+  owns matrices of experts it holds, and ``unstack`` gives the leaves back. A
+  group that must be padded for the mesh keeps the concatenated layout."""
+  a, b = jnp.arange(192.0).reshape(8, 4, 6), -jnp.arange(192.0).reshape(8, 4, 6)
+  np.testing.assert_array_equal(bs.interleaved([a, b])[1::2], b)
+  for j, x in enumerate([a, b]):
+    np.testing.assert_array_equal(bs.deinterleaved(bs.interleaved([a, b]), 2, j), x)
+  mesh = jax.make_mesh((4, 2), ("x", "y"), axis_types=(AxisType.Explicit,) * 2)
+  split = NamedSharding(mesh, P("y"))
+  leaves = [jax.device_put(x, split) for x in (a, b)]
+  plan_of = lambda leaves: bs.OwnerPlan.build(
+      leaves, [bs.block_layout(VIEWS[2], x.shape) for x in leaves], keep_split=True)
+  assert plan_of(leaves).first == (("y",),)
+
+  def roundtrip(leaves):
+    stacks = plan_of(leaves).stack()
+    return stacks, plan_of(leaves).unstack(stacks)
+
+  with jax.set_mesh(mesh):
+    (stack,), out = jax.jit(roundtrip)(leaves)
+  np.testing.assert_array_equal(stack, np.stack([a, b], 1).reshape(16, 4, 6))
+  held = {s.device: s.index[0] for s in leaves[0].addressable_shards}
+  for shard in stack.addressable_shards:  # two blocks: one expert's gate and up
+    expert = shard.index[0].start // 2
+    assert held[shard.device].start <= expert < held[shard.device].stop
+  for x, o in zip(leaves, out):
+    np.testing.assert_array_equal(o, x)
+    assert o.sharding.is_equivalent_to(split, 3)
+  # Three stacks of 2 experts: 6 blocks padded to 8, concatenated as before.
+  small = [jax.device_put(jnp.full((2, 4, 6), float(i)), split) for i in range(3)]
+  assert plan_of(small).first == ((),)
+  with jax.set_mesh(mesh):
+    (stack,), out = jax.jit(roundtrip)(small)
+  np.testing.assert_array_equal(np.asarray(stack)[:6], np.concatenate(small))
+  for x, o in zip(small, out):
+    np.testing.assert_array_equal(o, x)
+
+
 def test_without_a_mesh_there_are_no_owners():
   assert bs.owner_mesh(LEAVES) is None
   plan = bs.OwnerPlan.build(LEAVES, _layouts(), [jnp.float32] * 4)
