@@ -7,8 +7,17 @@ import os
 import shutil
 import tempfile
 
+import pytest
+
+# The thousands of small programs the tests compile skip LLVM's optimisation
+# passes (XLA's own HLO passes run as in any program: the compiled HLO a test
+# reads is the same, and XLA:CPU uses no fast-math either way): most of a
+# test's time is compiling, not running. Processes that train for long
+# (notebooks) take the optimised back end again (``optimised_xla``).
+FAST_COMPILE = "--xla_backend_optimization_level=0"
 os.environ["XLA_FLAGS"] = (
-    os.environ.get("XLA_FLAGS", "") + " --xla_force_host_platform_device_count=8"
+    os.environ.get("XLA_FLAGS", "")
+    + f" --xla_force_host_platform_device_count=8 {FAST_COMPILE}"
 ).strip()
 os.environ.setdefault("JAX_PLATFORMS", "cpu")
 
@@ -30,3 +39,9 @@ os.environ.setdefault("JAX_PERSISTENT_CACHE_MIN_ENTRY_SIZE_BYTES", "0")
 def pytest_sessionfinish(session):
   if _OWN_CACHE and not hasattr(session.config, "workerinput"):
     shutil.rmtree(os.environ["JAX_COMPILATION_CACHE_DIR"], ignore_errors=True)
+
+
+@pytest.fixture
+def optimised_xla(monkeypatch):
+  """Subprocesses started under this fixture compile with LLVM's optimisation."""
+  monkeypatch.setenv("XLA_FLAGS", os.environ["XLA_FLAGS"].replace(FAST_COMPILE, ""))

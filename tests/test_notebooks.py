@@ -46,7 +46,7 @@ def test_notebooks_exist():
 
 
 @pytest.mark.parametrize("path", NOTEBOOKS, ids=lambda p: p.name)
-def test_notebook_runs(path, monkeypatch):
+def test_notebook_runs(path, monkeypatch, optimised_xla):
   # The inline backend (ipykernel's default when MPLBACKEND is unset) renders headless.
   monkeypatch.delenv("MPLBACKEND", raising=False)
   nb = execute(path)
