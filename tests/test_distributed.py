@@ -35,14 +35,14 @@ from benchmarks import distributed_cost
 from gradtx import optimizers as go
 from gradtx import transforms as gt
 
-# Its module-scoped fixture is built once: every test here on one worker.
+# Its session-scoped fixture is built once: every test here on one worker.
 pytestmark = pytest.mark.xdist_group("distributed")
 
 ROOT = pathlib.Path(__file__).resolve().parents[1]
 AXIS_TYPES = {"explicit": AxisType.Explicit, "auto": AxisType.Auto}
 
 
-@pytest.fixture(scope="module")
+@pytest.fixture(scope="session")
 def costs():
   rows = distributed_cost.measure(
       8, ["adamw", "muon", "shampoo", "soap"], list(AXIS_TYPES), width=64)
@@ -303,8 +303,9 @@ def _free_port():
 
 
 def _worker(out, process_id, processes, port, devices):
-  env = dict(os.environ, XLA_FLAGS=f"--xla_force_host_platform_device_count={devices}",
-             JAX_PLATFORMS="cpu", PYTHONPATH=str(ROOT))
+  # Small programs: LLVM's optimisation skipped, as tests/conftest.py does.
+  flags = f"--xla_force_host_platform_device_count={devices} --xla_backend_optimization_level=0"
+  env = dict(os.environ, XLA_FLAGS=flags, JAX_PLATFORMS="cpu", PYTHONPATH=str(ROOT))
   return subprocess.Popen(
       [sys.executable, str(ROOT / "tests" / "multihost_worker.py"), str(out),
        str(process_id), str(processes), str(port)],

@@ -14,13 +14,13 @@ import pytest
 from benchmarks import harness, kfac_vs_shampoo
 from examples import char_lm
 
-# Its module-scoped fixture is built once: every test here on one worker.
+# Its session-scoped fixture is built once: every test here on one worker.
 pytestmark = pytest.mark.xdist_group("examples")
 
 ROOT = pathlib.Path(__file__).resolve().parents[1]
 
 
-@pytest.fixture(scope="module")
+@pytest.fixture(scope="session")
 def char_lm_run(tmp_path_factory):
   out = tmp_path_factory.mktemp("char_lm")
   results = char_lm.main([

@@ -13,7 +13,7 @@ import zipfile
 
 import pytest
 
-# Its module-scoped fixture is built once: every test here on one worker.
+# Its session-scoped fixture is built once: every test here on one worker.
 pytestmark = pytest.mark.xdist_group("packaging")
 
 ROOT = pathlib.Path(__file__).resolve().parents[1]
@@ -48,7 +48,7 @@ def test_installed_package_resolves_to_the_source_tree(tmp_path):
   assert version == importlib.metadata.version("gradtx")
 
 
-@pytest.fixture(scope="module")
+@pytest.fixture(scope="session")
 def wheel(tmp_path_factory):
   out = tmp_path_factory.mktemp("wheel")
   subprocess.run(
