@@ -36,12 +36,13 @@ def adamuon_lm(
   Experimental, not a default: every setting below was chosen on one
   workload, the character-level transformer of ``examples/char_lm.py``
   (warm-up-cosine schedule, two model sizes, three seeds). On the eight
-  workloads of ``benchmarks/suite`` (one seed, warm-up-cosine, a 3-point lr
+  workloads of ``benchmarks/suite`` (two seeds, warm-up-cosine, a 3-point lr
   grid; benchmarks/RESULTS.md, "Workload suite") it has the best aggregate
   of the five raced there and beats its parent ``go.adamuon`` on every
-  transformer LM, but loses to ``go.soap`` on the image classifiers and only
-  ties AdamW on the tabular MLP. Where the model is not a transformer, prefer
-  ``go.adamuon`` or ``go.muon`` and tune their learning rates.
+  transformer LM, but loses to ``go.soap`` on the image classifiers (and to
+  ``go.muon`` on the small ViT); on the tabular MLP the two seeds disagree.
+  Where the model is not a transformer, prefer ``go.adamuon`` or ``go.muon``
+  and tune their learning rates.
 
   ``go.adamuon`` on the hidden matrices (its update rule and defaults, Gram
   Newton–Schulz), and AdamW (b₂ = 0.99, no decay) on the other leaves at
