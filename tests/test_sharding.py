@@ -2,9 +2,10 @@
 
 tests/conftest.py gives 8 host devices. State leaves shaped like a parameter
 must follow its sharding (``optax.tree_map_params``'s recipe and a plain
-``jax.jit(tx.init)`` on an Explicit mesh), statistics are replicated, and a
-sharded step gives the unsharded result, for layouts that split the matrix
-views the transforms reshape (README, Conventions: Sharding).
+``jax.jit(tx.init)`` on an Explicit mesh), matrix statistics (stacks, PSGD's
+factors) are split over the devices in the owner layout, other statistics are
+replicated, and a sharded step gives the unsharded result, for layouts that
+split the matrix views the transforms reshape (README, Conventions: Sharding).
 """
 
 import contextlib
@@ -70,14 +71,14 @@ def _placed_state(tx, mesh):
 
 
 # State fields that are stacks of matrices spread over all devices (owners).
-_STACKS = ("left_stats", "right_stats", "left_root", "right_root", "left_basis",
+_STACKS = ("factors", "left_stats", "right_stats", "left_root", "right_root", "left_basis",
            "right_basis", "mu_stacks", "nu_stacks")
 
 
 def _expected_sharding(path, leaf, mesh):
   """The param's spec for a copy of a param (8-bit moments of small leaves
   included); the owner layout (split over every mesh axis along the stack
-  axis) for stacks of matrix statistics; replicated for anything else
+  axis) for stacks of matrix statistics and PSGD Kron's factors; replicated for anything else
   (factored and per-block moments, counts), even where its shape happens to
   match another param."""
   if any(getattr(k, "name", None) in _STACKS for k in path):
@@ -86,7 +87,7 @@ def _expected_sharding(path, leaf, mesh):
     axes = tuple(mesh.axis_names)
     if leaf.shape[0] % mesh.size == 0:
       return NamedSharding(mesh, P(axes, *[None] * (leaf.ndim - 1)))
-    if leaf.shape[1] % mesh.size == 0:
+    if leaf.ndim > 1 and leaf.shape[1] % mesh.size == 0:
       return NamedSharding(mesh, P(None, axes, *[None] * (leaf.ndim - 2)))
     return NamedSharding(mesh, P())
   keys = [getattr(k, "key", None) for k in path]

@@ -7,6 +7,11 @@ axes longer than ``max_size_triangular``, leaves with fewer than
 preconditioner is P = Qᵀ Q with Q = Q_1 ⊗ ... ⊗ Q_k; Q is fitted online, one
 relative-gradient step at a time on Li's whitening criterion, from a gradient
 and a random probe V (psgd-jax's ``kron``).
+
+On a device mesh the leaves of two axes are stepped in stacks of equal
+shapes, each leaf whole on one owner device (``block_stacks``, as Shampoo),
+and every factor is stored split over the devices
+(``block_stacks.state_spec``); the numbers are those of the per-leaf step.
 """
 
 import zlib
@@ -17,6 +22,7 @@ import jax.numpy as jnp
 import numpy as np
 import optax
 
+from gradtx._internal import block_stacks
 from gradtx._internal import names as _names
 from gradtx._internal import routing as _routing
 from gradtx._internal import sharding as _sharding
@@ -312,11 +318,24 @@ def scale_by_psgd_kron(
     sides = ", ".join("tri" if t else "diag" for t in kinds(x))
     return f"kron {'x'.join(map(str, shape))} ({sides})"
 
+  def place_factors(params, factors):
+    """On a mesh, every factor laid out as a state stack
+    (``block_stacks.place_as_state``: split along its first axis over all
+    devices where the mesh size divides it, else its second, else
+    replicated), which the mesh path of ``update`` keeps; without a mesh, as
+    they are."""
+    mesh = block_stacks.owner_mesh(jax.tree.leaves(_tree.unwrap_variables(params)))
+    if mesh is None:
+      return factors
+    return jax.tree.map(lambda q: block_stacks.place_as_state(q, mesh), factors)
+
   def init_fn(params):
     _validate.check_real_leaves(params, "scale_by_psgd_kron")
     _routing.report_per_leaf(params, "roles", [role(x) for x in jax.tree.leaves(params)])
     mu = state_format.zeros_like_tree(params, mu_format, signed=True) if keeps_momentum else None
     factors = _tree.map_statistics(init_factors, 1, params)[0]
+    if not _tree.is_params_placeholder(params):
+      factors = place_factors(params, factors)
     return ScaleByPsgdKronState(jnp.zeros([], jnp.int32), mu, factors,
                                 jnp.zeros([], jnp.int32), jax.random.PRNGKey(seed))
 
@@ -368,13 +387,82 @@ def scale_by_psgd_kron(
       u, m_new, qs = _sharding.in_auto_axes(
           step, g.astype(dtype), m_old, tuple(q.astype(dtype) for q in factors), probe,
           scalars, like=(g, m_old, factors))
+      return finish(g, m, factors, seed, u, m_new, qs)
+
+    def finish(g, m, factors, seed, u, m_new, qs):
+      """A leaf's step's results cast and stored as its state keeps them."""
       stored = tuple(q.astype(f.dtype) for q, f in zip(qs, factors))
       if not keeps_momentum:
         return u.astype(g.dtype), None, stored
       return u.astype(g.dtype), state_format.store(m_new, m, mu_format, seed), stored
 
-    u, mu, factors = _tree.map_leaves(
-        leaf, 3, updates, state.mu, state.factors, treedef.unflatten(probes), seeds)
+    def scalars_of(dtype):
+      return (fit, do_balance, jnp.asarray(b1, dtype),
+              _tree.bias_correction(b1, count, dtype), jnp.asarray(precond_lr, dtype))
+
+    def group_step(mesh, members):
+      """The steps of same-shape leaves, each computed whole on one owner.
+
+      ``members``: per leaf (g, m, factors, probe, seed). Their arrays are
+      stacked (padded to a multiple of the mesh size), split along the stack
+      over all devices, stepped there under ``jax.vmap`` (``fit`` and
+      ``do_balance`` shared, so their conds stay conds) and unstacked into
+      the leaves' layouts; the factors keep the layouts they came in.
+      """
+      dtype = _tree.compute_dtype(members[0][0])
+      size = -(-len(members) // mesh.size) * mesh.size
+      ms = [state_format.load(m, dtype) if keeps_momentum else None for _, m, _, _, _ in members]
+      columns = [[g.astype(dtype) for g, *_ in members], [p for _, _, _, p, _ in members]]
+      columns += [[qs[i].astype(dtype) for _, _, qs, _, _ in members]
+                  for i in range(len(members[0][2]))]
+      columns += [ms] if keeps_momentum else []
+      g, v, *rest = block_stacks.stack_on_owners(columns, size, mesh)
+      qs, m = (tuple(rest[:-1]), rest[-1]) if keeps_momentum else (tuple(rest), None)
+      run = lambda stacks, scalars: jax.vmap(step, in_axes=(0, 0, 0, 0, None))(*stacks, scalars)
+      u, m, qs = block_stacks.on_owners_shared(run, mesh, (g, m, qs, v), scalars_of(dtype))
+      explicit = jax.sharding.AxisType.Explicit in mesh.axis_types
+      like = lambda xs: [block_stacks.leaf_spec(x) if explicit else None for x in xs]
+      specs = [like([g for g, *_ in members])]
+      specs += [[block_stacks.leaf_spec(f) if explicit else block_stacks.state_spec(f.shape, mesh)
+                 for f in fs] for fs in zip(*[f for _, _, f, _, _ in members])]
+      specs += [like(ms)] if keeps_momentum else []
+      u, *rest = block_stacks.unstack_from_owners((u, *qs, *([m] if keeps_momentum else [])),
+                                                  specs, mesh)
+      qs = list(zip(*rest[:len(qs)]))
+      m = rest[-1] if keeps_momentum else [None] * len(members)
+      return [finish(g_, m_, f_, s_, *out) for (g_, m_, f_, _, s_), out in
+              zip(members, zip(u, m, qs))]
+
+    def mesh_leaves(mesh, *trees):
+      """``map_leaves(leaf, ...)`` with the leaves of 2 axes grouped by shape,
+      factor kinds and dtypes and stepped on their owners (``group_step``)."""
+      plain = [None if t is None else _tree.unwrap_variables(t) for t in trees]
+      flat = [[None] * treedef.num_leaves if t is None else treedef.flatten_up_to(t)
+              for t in plain]
+      args = list(zip(*flat))
+      groups = {}
+      for i, (g, m, factors, _, _) in enumerate(args):
+        if jnp.ndim(g) == 2 and g.size:
+          key = (g.shape, kinds(g), jnp.dtype(g.dtype), tuple(
+              (q.shape, jnp.dtype(q.dtype)) for q in factors),
+              None if m is None else jnp.dtype(m.dtype))
+          groups.setdefault(key, []).append(i)
+      out = [None] * len(args)
+      for indices in groups.values():
+        for i, result in zip(indices, group_step(mesh, [args[i] for i in indices])):
+          out[i] = result
+      results = iter([leaf(*a) if o is None else o for a, o in zip(args, out)])
+      # map_leaves visits the leaves in this order and wraps its outputs as
+      # the inputs are wrapped (NNX variables).
+      return _tree.map_leaves(lambda *_: next(results), 3, *trees)
+
+    mesh = block_stacks.owner_mesh(jax.tree.leaves(_tree.unwrap_variables(updates)))
+    if mesh is None:
+      u, mu, factors = _tree.map_leaves(
+          leaf, 3, updates, state.mu, state.factors, treedef.unflatten(probes), seeds)
+    else:
+      u, mu, factors = mesh_leaves(
+          mesh, updates, state.mu, state.factors, treedef.unflatten(probes), seeds)
     return u, ScaleByPsgdKronState(
         count, mu if keeps_momentum else None, factors, jnp.where(fit, 0, counter),
         jax.random.split(state.key)[0])

@@ -611,3 +611,69 @@ def traced_once_per_shape(fn: Callable, inputs: Any) -> Callable:
   if any(isinstance(x, jax.core.Tracer) for x in jax.tree.leaves(inputs)):
     return jax.jit(fn)
   return fn
+
+
+def stack_on_owners(arrays: Sequence[Sequence[jax.Array]], size: int,
+                    mesh: Any) -> tuple:
+  """Per list of same-shape arrays, their (``size``, ...) stack on the owners.
+
+  Each stack is padded to ``size`` with copies of its first entry (numbers a
+  step can take as it takes the real ones, unlike zeros that a solve turns
+  into NaNs) and split along its stack axis over the devices of ``mesh``
+  (``owner_spec``); on an Explicit mesh XLA lays out the move.
+  """
+  def build(arrays):
+    out = []
+    for xs in arrays:
+      s = jnp.stack(xs)
+      if size > len(xs):
+        s = jnp.concatenate([s, jnp.broadcast_to(s[:1], (size - len(xs), *s.shape[1:]))])
+      out.append(s)
+    return tuple(out)
+
+  specs = tuple(owner_spec(mesh, jnp.ndim(xs[0]) + 1) for xs in arrays)
+  if _explicit(mesh):
+    return _in_mesh(mesh, lambda: jax.sharding.auto_axes(build, out_sharding=specs)(
+        tuple(map(tuple, arrays))))
+  return tuple(_in_mesh(mesh, lambda s=s, spec=spec: jax.lax.with_sharding_constraint(s, spec))
+               for s, spec in zip(build(arrays), specs))
+
+
+def unstack_from_owners(stacks: Sequence[jax.Array], specs: Sequence[Sequence[Optional[P]]],
+                        mesh: Any) -> tuple:
+  """Inverse of ``stack_on_owners``: per stack, its first ``len(specs[i])``
+  entries, entry j laid out with ``specs[i][j]`` (``None``: as XLA likes; on
+  an Explicit mesh every spec must be given)."""
+  def split(stacks):
+    return tuple(tuple(s[j] for j in range(len(sp))) for s, sp in zip(stacks, specs))
+
+  if _explicit(mesh):
+    return _in_mesh(mesh, lambda: jax.sharding.auto_axes(
+        split, out_sharding=tuple(map(tuple, specs)))(tuple(stacks)))
+  constrain = lambda x, spec: x if spec is None else _in_mesh(
+      mesh, lambda: jax.lax.with_sharding_constraint(x, spec))
+  return tuple(tuple(constrain(x, spec) for x, spec in zip(xs, sp))
+               for xs, sp in zip(split(tuple(stacks)), specs))
+
+
+def on_owners_shared(fn: Callable, mesh: Any, stacks: Any, shared: Any) -> Any:
+  """``fn(local stacks, shared)`` on every device (``jax.shard_map``).
+
+  As ``on_owners``, with ``shared`` (a pytree of arrays, e.g. scalars) given
+  whole to every device.
+  """
+  spec = lambda x: owner_spec(mesh, x.ndim)
+  local = lambda x: jax.ShapeDtypeStruct((x.shape[0] // mesh.size, *x.shape[1:]), x.dtype)
+  out_shape = jax.eval_shape(fn, jax.tree.map(local, stacks), shared)
+
+  def run():
+    return jax.shard_map(
+        fn, in_specs=(jax.tree.map(spec, stacks), jax.tree.map(lambda _: P(), shared)),
+        out_specs=jax.tree.map(spec, out_shape))(stacks, shared)
+
+  return _in_mesh(mesh, run)
+
+
+def leaf_spec(leaf: Any) -> Optional[P]:
+  """The spec ``leaf`` is typed with (padded to its rank), or ``None``."""
+  return _leaf_spec(leaf)
