@@ -384,40 +384,11 @@ class _ParamMark:
     self.shape = jnp.shape(param)
 
 
-def test_an_expert_stack_is_orthogonalized_where_its_experts_already_are():
-  """Experts (8, 64, 128) split over ``expert`` of a (data 2, expert 4) mesh:
-  each expert's Newton-Schulz runs on a device that holds it, so the compiled
-  step moves nothing to the owners (no collective-permute, no all-to-all);
-  only the results are gathered over ``data``, where the parameters are
-  replicated. The update equals the one-device update."""
+def _muon_on_experts(shapes):
+  """go.muon's update of random experts {name: shape} under "experts", split
+  P('expert') over a (data 2, expert 4) mesh: checks it equals the
+  one-device update and keeps the sharding; returns the compiled text."""
   rng = np.random.default_rng(0)
-  params = {"moe": {"experts_in": jnp.asarray(rng.standard_normal((8, 64, 128)), jnp.float32)}}
-  grads = jax.tree.map(lambda p: jnp.cos(3 * p), params)
-  tx = go.muon(0.02)
-  expected, _ = tx.update(grads, tx.init(params), params)
-  mesh = make_mesh(shape=(2, 4), names=("data", "expert"))
-  sharding = NamedSharding(mesh, P("expert", None, None))
-  with jax.set_mesh(mesh):
-    p, g = jax.device_put(params, sharding), jax.device_put(grads, sharding)
-    state = jax.jit(tx.init)(p)
-    step = jax.jit(lambda g, s, p: tx.update(g, s, p))
-    updates, _ = step(g, state, p)
-    text = step.lower(g, state, p).compile().as_text()
-  np.testing.assert_allclose(updates["moe"]["experts_in"], expected["moe"]["experts_in"],
-                             rtol=2e-5, atol=2e-6)
-  assert updates["moe"]["experts_in"].sharding.is_equivalent_to(sharding, 3)
-  assert "collective-permute" not in text and "all-to-all" not in text
-
-
-def test_a_swiglu_expert_group_is_orthogonalized_where_its_experts_already_are():
-  """A SwiGLU MoE: ``gate`` and ``up`` (8, 64, 128) share one stack, ``down``
-  (8, 128, 64) has its own, all split over ``expert`` of a (data 2, expert 4)
-  mesh. The shared stack interleaves its members expert by expert
-  (``block_stacks.interleaved``), so each device owns gate and up matrices of
-  experts it holds: the compiled step moves nothing to the owners, and the
-  update equals the one-device update."""
-  rng = np.random.default_rng(0)
-  shapes = {"gate": (8, 64, 128), "up": (8, 64, 128), "down": (8, 128, 64)}
   params = {"experts": {k: jnp.asarray(rng.standard_normal(s), jnp.float32)
                         for k, s in shapes.items()}}
   grads = jax.tree.map(lambda p: jnp.cos(3 * p), params)
@@ -435,4 +406,25 @@ def test_a_swiglu_expert_group_is_orthogonalized_where_its_experts_already_are()
     np.testing.assert_allclose(updates["experts"][name], expected["experts"][name],
                                rtol=2e-5, atol=2e-6)
     assert updates["experts"][name].sharding.is_equivalent_to(sharding, 3)
+  return text
+
+
+def test_an_expert_stack_is_orthogonalized_where_its_experts_already_are():
+  """Experts (8, 64, 128) split over ``expert`` of a (data 2, expert 4) mesh:
+  each expert's Newton-Schulz runs on a device that holds it, so the compiled
+  step moves nothing to the owners (no collective-permute, no all-to-all);
+  only the results are gathered over ``data``, where the parameters are
+  replicated. The update equals the one-device update."""
+  text = _muon_on_experts({"experts_in": (8, 64, 128)})
+  assert "collective-permute" not in text and "all-to-all" not in text
+
+
+def test_a_swiglu_expert_group_is_orthogonalized_where_its_experts_already_are():
+  """A SwiGLU MoE: ``gate`` and ``up`` (8, 64, 128) share one stack, ``down``
+  (8, 128, 64) has its own, all split over ``expert`` of a (data 2, expert 4)
+  mesh. The shared stack interleaves its members expert by expert
+  (``block_stacks.interleaved``), so each device owns gate and up matrices of
+  experts it holds: the compiled step moves nothing to the owners, and the
+  update equals the one-device update."""
+  text = _muon_on_experts({"gate": (8, 64, 128), "up": (8, 64, 128), "down": (8, 128, 64)})
   assert "collective-permute" not in text and "all-to-all" not in text
