@@ -45,3 +45,24 @@ def pytest_sessionfinish(session):
 def optimised_xla(monkeypatch):
   """Subprocesses started under this fixture compile with LLVM's optimisation."""
   monkeypatch.setenv("XLA_FLAGS", os.environ["XLA_FLAGS"].replace(FAST_COMPILE, ""))
+
+
+# Modules whose session-scoped fixture is expensive (compiled costs on a mesh,
+# a trained example, a built wheel) run whole on one worker, so it is built
+# once; every other test is handed out on its own (``--dist loadgroup``'s
+# ``xdist_group`` marks would say this, but pytest-xdist 3.8 under pytest 9
+# does not group by them: measured, each worker built the fixture).
+WHOLE_MODULES = ("tests/test_distributed.py", "tests/test_examples.py", "tests/test_packaging.py")
+
+
+def pytest_xdist_make_scheduler(config, log):
+  if config.getvalue("dist") != "loadgroup":
+    return None
+  from xdist.scheduler import LoadScopeScheduling
+
+  class WholeModulesElseOneByOne(LoadScopeScheduling):
+    def _split_scope(self, nodeid):
+      module = nodeid.split("::", 1)[0]
+      return module if module in WHOLE_MODULES else nodeid
+
+  return WholeModulesElseOneByOne(config, log)

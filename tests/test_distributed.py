@@ -35,9 +35,6 @@ from benchmarks import distributed_cost
 from gradtx import optimizers as go
 from gradtx import transforms as gt
 
-# Its session-scoped fixture is built once: every test here on one worker.
-pytestmark = pytest.mark.xdist_group("distributed")
-
 ROOT = pathlib.Path(__file__).resolve().parents[1]
 AXIS_TYPES = {"explicit": AxisType.Explicit, "auto": AxisType.Auto}
 

@@ -14,9 +14,6 @@ import pytest
 from benchmarks import harness, kfac_vs_shampoo
 from examples import char_lm
 
-# Its session-scoped fixture is built once: every test here on one worker.
-pytestmark = pytest.mark.xdist_group("examples")
-
 ROOT = pathlib.Path(__file__).resolve().parents[1]
 
 

@@ -13,9 +13,6 @@ import zipfile
 
 import pytest
 
-# Its session-scoped fixture is built once: every test here on one worker.
-pytestmark = pytest.mark.xdist_group("packaging")
-
 ROOT = pathlib.Path(__file__).resolve().parents[1]
 PROBE = (
     "import gradtx;"
