@@ -28,7 +28,11 @@ from gradtx._internal import routing as _routing
 from gradtx._internal import sharding as _sharding
 from gradtx._internal import tree as _tree
 from gradtx._internal import validate as _validate
+from gradtx.routing.matrix_view import MatrixView
 from gradtx.storage import state_format
+
+# On a mesh a 2-D leaf is stepped whole, as one block of the owner plan.
+WHOLE_MATRIX = MatrixView(rows=(0,), cols=(1,))
 
 MEMORY_SAVE_MODES = (None, "one_diag", "all_diag")
 # psgd-jax balances the factors' magnitudes at about 1 in 100 updates.
@@ -400,56 +404,55 @@ def scale_by_psgd_kron(
       return (fit, do_balance, jnp.asarray(b1, dtype),
               _tree.bias_correction(b1, count, dtype), jnp.asarray(precond_lr, dtype))
 
-    def group_step(mesh, members):
-      """The steps of same-shape leaves, each computed whole on one owner.
+    def group_step(plan, group, members):
+      """The steps of one group's leaves, each computed whole on one owner.
 
-      ``members``: per leaf (g, m, factors, probe, seed). Their arrays are
-      stacked (padded to a multiple of the mesh size), split along the stack
-      over all devices, stepped there under ``jax.vmap`` (``fit`` and
-      ``do_balance`` shared, so their conds stay conds) and unstacked into
-      the leaves' layouts; the factors keep the layouts they came in.
+      ``members``: per leaf of ``group`` (g, m, factors, probe, seed). Their
+      arrays are stacked (``plan.stack_entries``: padded to a multiple of the
+      mesh size), split along the stack over all devices, stepped there under
+      ``jax.vmap`` (``fit`` and ``do_balance`` shared, so their conds stay
+      conds) and unstacked into the leaves' layouts; the factors keep the
+      layouts they came in.
       """
-      dtype = _tree.compute_dtype(members[0][0])
-      size = -(-len(members) // mesh.size) * mesh.size
+      dtype, mesh = group.dtype, plan.mesh
       ms = [state_format.load(m, dtype) if keeps_momentum else None for _, m, _, _, _ in members]
       columns = [[g.astype(dtype) for g, *_ in members], [p for _, _, _, p, _ in members]]
       columns += [[qs[i].astype(dtype) for _, _, qs, _, _ in members]
                   for i in range(len(members[0][2]))]
       columns += [ms] if keeps_momentum else []
-      g, v, *rest = block_stacks.stack_on_owners(columns, size, mesh)
+      g, v, *rest = plan.stack_entries(group, columns)
       qs, m = (tuple(rest[:-1]), rest[-1]) if keeps_momentum else (tuple(rest), None)
       run = lambda stacks, scalars: jax.vmap(step, in_axes=(0, 0, 0, 0, None))(*stacks, scalars)
-      u, m, qs = block_stacks.on_owners_shared(run, mesh, (g, m, qs, v), scalars_of(dtype))
+      u, m, qs = plan.on_owners_shared(run, (g, m, qs, v), scalars_of(dtype))
       explicit = jax.sharding.AxisType.Explicit in mesh.axis_types
       like = lambda xs: [block_stacks.leaf_spec(x) if explicit else None for x in xs]
       specs = [like([g for g, *_ in members])]
       specs += [[block_stacks.leaf_spec(f) if explicit else block_stacks.state_spec(f.shape, mesh)
                  for f in fs] for fs in zip(*[f for _, _, f, _, _ in members])]
       specs += [like(ms)] if keeps_momentum else []
-      u, *rest = block_stacks.unstack_from_owners((u, *qs, *([m] if keeps_momentum else [])),
-                                                  specs, mesh)
+      u, *rest = plan.unstack_entries((u, *qs, *([m] if keeps_momentum else [])), specs)
       qs = list(zip(*rest[:len(qs)]))
       m = rest[-1] if keeps_momentum else [None] * len(members)
       return [finish(g_, m_, f_, s_, *out) for (g_, m_, f_, _, s_), out in
               zip(members, zip(u, m, qs))]
 
-    def mesh_leaves(mesh, *trees):
-      """``map_leaves(leaf, ...)`` with the leaves of 2 axes grouped by shape,
-      factor kinds and dtypes and stepped on their owners (``group_step``)."""
+    def mesh_leaves(*trees):
+      """``map_leaves(leaf, ...)`` with the non-empty 2-D leaves grouped by
+      shape and compute dtype (``block_stacks.OwnerPlan``, each leaf one
+      whole block) and stepped on their owners (``group_step``)."""
       plain = [None if t is None else _tree.unwrap_variables(t) for t in trees]
       flat = [[None] * treedef.num_leaves if t is None else treedef.flatten_up_to(t)
               for t in plain]
       args = list(zip(*flat))
-      groups = {}
-      for i, (g, m, factors, _, _) in enumerate(args):
-        if jnp.ndim(g) == 2 and g.size:
-          key = (g.shape, kinds(g), jnp.dtype(g.dtype), tuple(
-              (q.shape, jnp.dtype(q.dtype)) for q in factors),
-              None if m is None else jnp.dtype(m.dtype))
-          groups.setdefault(key, []).append(i)
+      grads = [g for g, *_ in args]
+      plan = block_stacks.OwnerPlan.build(
+          grads, [block_stacks.block_layout(WHOLE_MATRIX, g.shape)
+                  if jnp.ndim(g) == 2 and g.size else None for g in grads],
+          [_tree.compute_dtype(g) for g in grads])
       out = [None] * len(args)
-      for indices in groups.values():
-        for i, result in zip(indices, group_step(mesh, [args[i] for i in indices])):
+      for group in plan.groups:
+        indices = [i for i, _, _ in group.members]
+        for i, result in zip(indices, group_step(plan, group, [args[i] for i in indices])):
           out[i] = result
       results = iter([leaf(*a) if o is None else o for a, o in zip(args, out)])
       # map_leaves visits the leaves in this order and wraps its outputs as
@@ -462,7 +465,7 @@ def scale_by_psgd_kron(
           leaf, 3, updates, state.mu, state.factors, treedef.unflatten(probes), seeds)
     else:
       u, mu, factors = mesh_leaves(
-          mesh, updates, state.mu, state.factors, treedef.unflatten(probes), seeds)
+          updates, state.mu, state.factors, treedef.unflatten(probes), seeds)
     return u, ScaleByPsgdKronState(
         count, mu if keeps_momentum else None, factors, jnp.where(fit, 0, counter),
         jax.random.split(state.key)[0])

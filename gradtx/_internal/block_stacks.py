@@ -14,9 +14,11 @@ collective inside the computation. A transform plans this once per step
 layouts to their owners and ``unstack`` moves the results back (XLA turns
 both into all-to-alls where the layouts allow); ``map`` and ``on_owners`` run
 per-block work there; ``zeros``, ``to_owners`` and ``to_state`` keep state
-stacks. Because every group is padded to a multiple of the mesh size, each
-device owns the same number of blocks of each shape: the work is balanced
-across shapes. Without a mesh the stacks are plain arrays and nothing moves.
+stacks. A transform whose state is kept per leaf (PSGD's factors) stacks it
+with ``stack_entries`` and runs with traced scalars by ``on_owners_shared``.
+Because every group is padded to a multiple of the mesh size, each device
+owns the same number of blocks of each shape: the work is balanced across
+shapes. Without a mesh the stacks are plain arrays and nothing moves.
 """
 
 import dataclasses
@@ -220,16 +222,18 @@ def stack_axes(leaves: Sequence[Any], layouts: Sequence[Optional[BlockLayout]],
   its owners with those axes major: each device then owns matrices it already
   holds, and nothing moves to the owners. A group of one such leaf always; a
   group of several of the same length (a SwiGLU MoE's ``gate`` and ``up``)
-  with ``interleave`` and no padding: ``OwnerPlan.stack`` interleaves its
-  members expert-major (``interleaved``). Other groups take the mesh's order.
+  with ``interleave``: ``OwnerPlan.stack`` interleaves its members
+  expert-major (``interleaved``). Such a stack is padded and split within
+  each part its axes hold (``padded_per_shard``), so a part's experts stay
+  on its devices however many there are. Other groups take the mesh's order.
   """
   out = []
   for group in groups:
     axes = {_expert_axes(leaves[i], layouts[i], count) for i, _, count in group.members}
     counts = {count for _, _, count in group.members}
     alone = len(group.members) == 1
-    ok = alone or (interleave and len(counts) == 1 and group.size == group.count)
-    out.append(next(iter(axes)) if ok and len(axes) == 1 and None not in axes else ())
+    ok = (alone or (interleave and len(counts) == 1)) and len(axes) == 1 and None not in axes
+    out.append(next(iter(axes)) if ok else ())
   return out
 
 
@@ -241,7 +245,42 @@ def _expert_axes(leaf: Any, layout: BlockLayout, count: int) -> Optional[tuple]:
   if (spec is None or spec[0] is None or not whole or tuple(layout.view.batch) != (0,)
       or count != leaf.shape[0]):
     return None
-  return spec[0] if isinstance(spec[0], tuple) else (spec[0],)
+  axes = spec[0] if isinstance(spec[0], tuple) else (spec[0],)
+  return axes if count % _shards(_typeof(leaf).sharding.mesh, axes) == 0 else None
+
+
+def _shards(mesh: Any, axes: Sequence[str]) -> int:
+  """How many parts mesh axes ``axes`` split an array into."""
+  sizes = dict(zip(mesh.axis_names, mesh.axis_sizes))
+  out = 1
+  for axis in axes:
+    out *= sizes[axis]
+  return out
+
+
+def padded_per_shard(stack: jax.Array, size: int, mesh: Any, first: Sequence[str]) -> jax.Array:
+  """``stack``, split along its first axis over mesh axes ``first``, as a
+  ``size``-long stack split over every axis of ``mesh`` with ``first`` major
+  (``owner_spec``) where every entry stays on the devices that hold it.
+
+  Each of the parts ``first`` holds is padded with zero entries to
+  ``size / parts`` and split over the other axes there (a slice of what
+  those devices hold: nothing moves).
+  """
+  parts = _shards(mesh, first)
+  rest = tuple(a for a in mesh.axis_names if a not in first)
+  held = lambda x, *axes: jax.lax.with_sharding_constraint(
+      x, P(tuple(first), *axes, *([None] * (x.ndim - 1 - len(axes)))))
+  part = held(stack).reshape(parts, stack.shape[0] // parts, *stack.shape[1:])
+  pad = [(0, 0), (0, size // parts - part.shape[1])] + [(0, 0)] * (stack.ndim - 1)
+  part = jnp.pad(part, pad) if size > stack.shape[0] else part
+  return held(part, rest or None).reshape(size, *stack.shape[1:])
+
+
+def unpadded_per_shard(stack: jax.Array, count: int, shards: int) -> jax.Array:
+  """Inverse of ``padded_per_shard``: the ``count`` real entries."""
+  part = stack.reshape(shards, stack.shape[0] // shards, *stack.shape[1:])
+  return part[:, : count // shards].reshape(count, *stack.shape[1:])
 
 
 def interleaved(blocks: Sequence[jax.Array]) -> jax.Array:
@@ -422,8 +461,10 @@ class OwnerPlan:
 
   Built once per ``init`` or ``update`` (``OwnerPlan.build``); every matrix
   transform moves its leaves' blocks with it (``stack``, ``unstack``), runs
-  per-block work on the owners (``map``, ``on_owners``) and keeps its state
-  stacks with it (``zeros``, ``to_owners``, ``to_state``).
+  per-block work on the owners (``map``, ``on_owners``, ``on_owners_shared``)
+  and keeps its state stacks with it (``zeros``, ``to_owners``,
+  ``to_state``), or per-leaf state with ``stack_entries`` and
+  ``unstack_entries``.
 
   Attributes:
     leaves: the leaves (arrays or tracers), in tree order.
@@ -475,7 +516,11 @@ class OwnerPlan:
         join = interleaved if first else jnp.concatenate
         s = blocks[0] if len(blocks) == 1 else join(blocks)
         pad = group.size - s.shape[0]
-        stacks.append(jnp.pad(s, ((0, pad), (0, 0), (0, 0))) if pad else s)
+        if first:
+          s = padded_per_shard(s, group.size, mesh, first)
+        elif pad:
+          s = jnp.pad(s, ((0, pad), (0, 0), (0, 0)))
+        stacks.append(s)
       return tuple(stacks)
 
     if mesh is None:
@@ -505,8 +550,11 @@ class OwnerPlan:
                for i, start, count in group.members]
 
     def piece(stack, g, start, count):
-      k = len(self.groups[g].members)
-      if self.first[g] and k > 1:  # interleaved, its members of one count
+      group, first = self.groups[g], self.first[g]
+      k = len(group.members)
+      if first and group.size > group.count:
+        stack = unpadded_per_shard(stack, group.count, _shards(mesh, first))
+      if first and k > 1:  # interleaved, its members of one count
         return deinterleaved(stack, k, start // count)
       return stack[start:start + count]
 
@@ -580,6 +628,77 @@ class OwnerPlan:
   def _group(self, name: str) -> Group:
     return next(g for g in self.groups if g.name == name)
 
+  def stack_entries(self, group: Group, columns: Sequence[Sequence[jax.Array]]) -> tuple:
+    """Per column (one array per member of ``group``, alike), its stack of
+    ``group.size`` entries on the owners.
+
+    For state kept per leaf rather than per block (PSGD's factors, the
+    random probes): the group's layouts must be whole matrices. Each stack is
+    padded with copies of its first entry (numbers a step can take as it
+    takes the real ones, unlike zeros that a solve turns into NaNs); on an
+    Explicit mesh XLA lays out the move.
+    """
+    size, mesh = group.size, self.mesh
+
+    def build(columns):
+      out = []
+      for xs in columns:
+        s = jnp.stack(xs)
+        if size > len(xs):
+          s = jnp.concatenate([s, jnp.broadcast_to(s[:1], (size - len(xs), *s.shape[1:]))])
+        out.append(s)
+      return tuple(out)
+
+    columns = tuple(map(tuple, columns))
+    if mesh is None:
+      return build(columns)
+    specs = tuple(owner_spec(mesh, jnp.ndim(xs[0]) + 1) for xs in columns)
+    if _explicit(mesh):
+      return _in_mesh(mesh, lambda: jax.sharding.auto_axes(build, out_sharding=specs)(columns))
+    return tuple(_in_mesh(mesh, lambda s=s, spec=spec: jax.lax.with_sharding_constraint(s, spec))
+                 for s, spec in zip(build(columns), specs))
+
+  def unstack_entries(self, stacks: Sequence[jax.Array],
+                      specs: Sequence[Sequence[Optional[P]]]) -> tuple:
+    """Inverse of ``stack_entries``: per stack, its first ``len(specs[i])``
+    entries, entry j laid out with ``specs[i][j]`` (``None``: as XLA likes; on
+    an Explicit mesh every spec must be given)."""
+    mesh = self.mesh
+
+    def split(stacks):
+      return tuple(tuple(s[j] for j in range(len(sp))) for s, sp in zip(stacks, specs))
+
+    if mesh is None:
+      return split(tuple(stacks))
+    if _explicit(mesh):
+      return _in_mesh(mesh, lambda: jax.sharding.auto_axes(
+          split, out_sharding=tuple(map(tuple, specs)))(tuple(stacks)))
+    constrain = lambda x, spec: x if spec is None else _in_mesh(
+        mesh, lambda: jax.lax.with_sharding_constraint(x, spec))
+    return tuple(tuple(constrain(x, spec) for x, spec in zip(xs, sp))
+                 for xs, sp in zip(split(tuple(stacks)), specs))
+
+  def on_owners_shared(self, fn: Callable, stacks: Any, shared: Any) -> Any:
+    """``fn(local stacks, shared)`` on every owner (``jax.shard_map``).
+
+    As ``on_owners``, with ``shared`` (a pytree of arrays, e.g. traced
+    scalars) given whole to every device.
+    """
+    mesh = self.mesh
+    if mesh is None:
+      return fn(stacks, shared)
+    spec = lambda x: owner_spec(mesh, x.ndim)
+    local = lambda x: jax.ShapeDtypeStruct((x.shape[0] // mesh.size, *x.shape[1:]), x.dtype)
+    out_shape = jax.eval_shape(fn, jax.tree.map(local, stacks), shared)
+
+    def run():
+      return jax.shard_map(
+          fn, in_specs=(jax.tree.map(spec, stacks), jax.tree.map(lambda _: P(), shared)),
+          out_specs=jax.tree.map(spec, out_shape))(stacks, shared)
+
+    return _in_mesh(mesh, run)
+
+
   def check_state(self, state_stacks: Any, updates: Any, transform: str) -> None:
     """Raises ``ValueError`` for a group the state has no stack for.
 
@@ -611,67 +730,6 @@ def traced_once_per_shape(fn: Callable, inputs: Any) -> Callable:
   if any(isinstance(x, jax.core.Tracer) for x in jax.tree.leaves(inputs)):
     return jax.jit(fn)
   return fn
-
-
-def stack_on_owners(arrays: Sequence[Sequence[jax.Array]], size: int,
-                    mesh: Any) -> tuple:
-  """Per list of same-shape arrays, their (``size``, ...) stack on the owners.
-
-  Each stack is padded to ``size`` with copies of its first entry (numbers a
-  step can take as it takes the real ones, unlike zeros that a solve turns
-  into NaNs) and split along its stack axis over the devices of ``mesh``
-  (``owner_spec``); on an Explicit mesh XLA lays out the move.
-  """
-  def build(arrays):
-    out = []
-    for xs in arrays:
-      s = jnp.stack(xs)
-      if size > len(xs):
-        s = jnp.concatenate([s, jnp.broadcast_to(s[:1], (size - len(xs), *s.shape[1:]))])
-      out.append(s)
-    return tuple(out)
-
-  specs = tuple(owner_spec(mesh, jnp.ndim(xs[0]) + 1) for xs in arrays)
-  if _explicit(mesh):
-    return _in_mesh(mesh, lambda: jax.sharding.auto_axes(build, out_sharding=specs)(
-        tuple(map(tuple, arrays))))
-  return tuple(_in_mesh(mesh, lambda s=s, spec=spec: jax.lax.with_sharding_constraint(s, spec))
-               for s, spec in zip(build(arrays), specs))
-
-
-def unstack_from_owners(stacks: Sequence[jax.Array], specs: Sequence[Sequence[Optional[P]]],
-                        mesh: Any) -> tuple:
-  """Inverse of ``stack_on_owners``: per stack, its first ``len(specs[i])``
-  entries, entry j laid out with ``specs[i][j]`` (``None``: as XLA likes; on
-  an Explicit mesh every spec must be given)."""
-  def split(stacks):
-    return tuple(tuple(s[j] for j in range(len(sp))) for s, sp in zip(stacks, specs))
-
-  if _explicit(mesh):
-    return _in_mesh(mesh, lambda: jax.sharding.auto_axes(
-        split, out_sharding=tuple(map(tuple, specs)))(tuple(stacks)))
-  constrain = lambda x, spec: x if spec is None else _in_mesh(
-      mesh, lambda: jax.lax.with_sharding_constraint(x, spec))
-  return tuple(tuple(constrain(x, spec) for x, spec in zip(xs, sp))
-               for xs, sp in zip(split(tuple(stacks)), specs))
-
-
-def on_owners_shared(fn: Callable, mesh: Any, stacks: Any, shared: Any) -> Any:
-  """``fn(local stacks, shared)`` on every device (``jax.shard_map``).
-
-  As ``on_owners``, with ``shared`` (a pytree of arrays, e.g. scalars) given
-  whole to every device.
-  """
-  spec = lambda x: owner_spec(mesh, x.ndim)
-  local = lambda x: jax.ShapeDtypeStruct((x.shape[0] // mesh.size, *x.shape[1:]), x.dtype)
-  out_shape = jax.eval_shape(fn, jax.tree.map(local, stacks), shared)
-
-  def run():
-    return jax.shard_map(
-        fn, in_specs=(jax.tree.map(spec, stacks), jax.tree.map(lambda _: P(), shared)),
-        out_specs=jax.tree.map(spec, out_shape))(stacks, shared)
-
-  return _in_mesh(mesh, run)
 
 
 def leaf_spec(leaf: Any) -> Optional[P]:

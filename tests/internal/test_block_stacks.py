@@ -135,7 +135,7 @@ def test_same_shape_expert_stacks_are_interleaved_expert_by_expert():
   """Two (8, 4, 6) expert stacks split over ``y`` (a SwiGLU's gate and up)
   share one stack, interleaved [e0 gate, e0 up, e1 gate, ...]: each device
   owns matrices of experts it holds, and ``unstack`` gives the leaves back. A
-  group that must be padded for the mesh keeps the concatenated layout."""
+  group that must be padded for the mesh is padded within each expert's part."""
   a, b = jnp.arange(192.0).reshape(8, 4, 6), -jnp.arange(192.0).reshape(8, 4, 6)
   np.testing.assert_array_equal(bs.interleaved([a, b])[1::2], b)
   for j, x in enumerate([a, b]):
@@ -161,12 +161,21 @@ def test_same_shape_expert_stacks_are_interleaved_expert_by_expert():
   for x, o in zip(leaves, out):
     np.testing.assert_array_equal(o, x)
     assert o.sharding.is_equivalent_to(split, 3)
-  # Three stacks of 2 experts: 6 blocks padded to 8, concatenated as before.
-  small = [jax.device_put(jnp.full((2, 4, 6), float(i)), split) for i in range(3)]
-  assert plan_of(small).first == ((),)
+  # Three stacks of 2 experts: 6 blocks, padded to 8 within each expert's
+  # part ([e0 of each, 0, e1 of each, 0]): every real block stays put.
+  small = [jax.device_put(jnp.arange(48.0).reshape(2, 4, 6) + 100 * i, split)
+           for i in range(3)]
+  assert plan_of(small).first == (("y",),)
   with jax.set_mesh(mesh):
     (stack,), out = jax.jit(roundtrip)(small)
-  np.testing.assert_array_equal(np.asarray(stack)[:6], np.concatenate(small))
+  parts = np.asarray(stack).reshape(2, 4, 4, 6)
+  np.testing.assert_array_equal(parts[:, :3], np.stack(small, 1))
+  np.testing.assert_array_equal(parts[:, 3], 0)
+  held = {s.device: s.index[0] for s in small[0].addressable_shards}
+  for shard in stack.addressable_shards:  # one block each
+    entry = shard.index[0].start
+    if entry % 4 < 3:
+      assert held[shard.device].start <= entry // 4 < held[shard.device].stop
   for x, o in zip(small, out):
     np.testing.assert_array_equal(o, x)
 
@@ -246,3 +255,35 @@ def test_same_shape_pieces_share_one_compiled_kernel():
   anonymous = lambda b: re.sub(r", metadata=\{[^}]*\}", "", re.sub(r"[\w-]+\.\d+", "x", b))
   slicing = {anonymous(b) for b in bodies if "slice" in b}
   assert len(slicing) <= 2  # the pieces share one kernel (and the opaque loop reads one element)
+
+
+@pytest.mark.parametrize("members", [1, 2, 3])
+def test_fewer_experts_than_devices_stay_where_they_are(members):
+  """Four experts split over ``expert`` of a (data 2, expert 4) mesh, in
+  ``members`` same-shape stacks: 4, 8 or 12 blocks, padded to 8, 8 or 16
+  within each expert's part (``padded_per_shard``). Stacking them moves
+  nothing (the compiled program has no collective), each device owns blocks
+  of an expert it holds, and ``unstack`` gives the leaves back."""
+  mesh = jax.make_mesh((2, 4), ("data", "expert"), axis_types=(AxisType.Explicit,) * 2)
+  split = NamedSharding(mesh, P("expert"))
+  leaves = [jax.device_put(jnp.arange(4 * 8 * 6.0).reshape(4, 8, 6) + 1000 * i, split)
+            for i in range(members)]
+  plan_of = lambda leaves: bs.OwnerPlan.build(
+      leaves, [bs.block_layout(VIEWS[2], x.shape) for x in leaves], keep_split=True)
+  assert plan_of(leaves).first == (("expert",),)
+  stack_only = jax.jit(lambda leaves: plan_of(leaves).stack())
+  roundtrip = jax.jit(lambda leaves: plan_of(leaves).unstack(plan_of(leaves).stack()))
+  with jax.set_mesh(mesh):
+    text = stack_only.lower(leaves).compile().as_text()
+    (stack,), out = stack_only(leaves), roundtrip(leaves)
+  for op in ("all-to-all", "collective-permute", "all-gather", "all-reduce"):
+    assert f" {op}(" not in text, op
+  assert stack.shape[0] == -(-4 * members // 8) * 8
+  held = {s.device: s.index[0] for s in leaves[0].addressable_shards}
+  per_part = stack.shape[0] // 4
+  for shard in stack.addressable_shards:
+    entry = shard.index[0].start
+    if entry % per_part < members:  # a real block: expert entry // per_part
+      assert held[shard.device].start <= entry // per_part < held[shard.device].stop
+  for x, o in zip(leaves, out):
+    np.testing.assert_array_equal(o, x)
