@@ -9,6 +9,7 @@ into an abstract target, ``ocp.utils.to_shape_dtype_struct`` of every leaf
 """
 
 import contextlib
+import functools
 
 import jax
 import jax.numpy as jnp
@@ -22,6 +23,7 @@ from jax.sharding import PartitionSpec as P
 
 from gradtx import optimizers as go
 from gradtx import transforms as gt
+from tests.support.cases import CASES, STRUCTURED
 
 OPTIMIZERS = {
     "sgd": lambda: go.sgd(0.05, momentum=0.9),
@@ -41,6 +43,7 @@ OPTIMIZERS = {
     "shampoo": lambda: go.shampoo(0.01, precondition_every=2, block_size=16),
     "soap": lambda: go.soap(0.01, precondition_every=2),
     "adafactor": lambda: go.adafactor(0.01, min_dim_size_to_factor=8, b1=0.9),
+    "psgd_kron": lambda: go.psgd_kron(0.01, precond_update_probability=0.5),
     "adam_mini": lambda: go.adam_mini(0.01, num_heads=4),
     "lookahead": lambda: go.lookahead(go.adamw(0.01), sync_period=3),
     "ademamix_int8": lambda: go.ademamix(0.01, mu_dtype="int8", nu_dtype="int8"),
@@ -60,14 +63,21 @@ def _problem():
   return params, grad
 
 
-def _steps(tx, params, state, grad, n):
+@functools.lru_cache(maxsize=4)
+def _stepper(tx, grad):
+  """One jitted step of ``tx`` on ``grad``'s gradients, shared by a test's
+  runs (traced again only for other shapes or layouts)."""
   @jax.jit
   def step(params, state):
     updates, state = tx.update(grad(params), state, params)
     return optax.apply_updates(params, updates), state
 
+  return step
+
+
+def _steps(tx, params, state, grad, n):
   for _ in range(n):
-    params, state = step(params, state)
+    params, state = _stepper(tx, grad)(params, state)
   return params, state
 
 
@@ -184,13 +194,13 @@ def _abstract_on(mesh, tx, params):
 # (round-off of another layout picks another one): only full-rank factors
 # are comparable, so sides over 32 (whose factors these gradients leave
 # rank-deficient) are not preconditioned here.
-_IN_FLOAT64 = ("shampoo", "soap")
+_IN_FLOAT64 = ("shampoo", "soap", "psgd_kron")
 _RESUMED = {**OPTIMIZERS, "soap": lambda: go.soap(
     0.01, precondition_every=2, max_precondition_dim=32)}
 
 
 @pytest.mark.parametrize("name", ["adamw", "muon", "shampoo", "soap", "adamw_8bit",
-                                  "adafactor", "adam_mini"])
+                                  "adafactor", "adam_mini", "psgd_kron"])
 def test_a_state_resumes_on_another_mesh_size(name, tmp_path):
   """Saved on 8 devices, restored on 4, then 1, then 8 again: every hop takes
   one step, and each step equals the uninterrupted run's (Shampoo and SOAP in
@@ -208,7 +218,12 @@ def _resume_on_other_meshes(name, tmp_path):
   params, grad = _problem()
   if name in _IN_FLOAT64:
     params = jax.tree.map(lambda p: p.astype(jnp.float64), params)
-  reference = [_steps(tx, params, tx.init(params), grad, n)[0] for n in (3, 4, 5, 6)]
+  reference, state = [], tx.init(params)
+  p = params
+  for _ in range(6):
+    p, state = _steps(tx, p, state, grad, 1)
+    reference.append(p)
+  reference = reference[2:]  # after 3, 4, 5 and 6 steps
   mesh = lambda n: jax.make_mesh((n,), ("d",), axis_types=(AxisType.Explicit,),
                                  devices=jax.devices()[:n])
   with jax.set_mesh(mesh(8)):
@@ -231,3 +246,28 @@ def _resume_on_other_meshes(name, tmp_path):
     for k, p in tree["params"].items():
       np.testing.assert_allclose(np.asarray(p), reference[hop + 1][k], rtol=1e-6, atol=1e-7)
   manager.close()
+
+
+def _mesh(n):
+  return jax.make_mesh((n,), ("d",), axis_types=(AxisType.Explicit,), devices=jax.devices()[:n])
+
+
+@pytest.mark.parametrize("case", CASES + STRUCTURED, ids=lambda c: c.name)
+def test_every_state_has_one_shape_whatever_the_mesh_size(case):
+  """For every optimizer, the README's restore target (``jax.eval_shape`` of
+  init plus ``gt.state_shardings``) has the same structure, shapes and dtypes
+  on meshes of 8, 4 and 1 devices: a state saved on any of them restores on
+  any other, orbax resharding the saved arrays (the values are the saved
+  ones). With ``tests/test_sharding.py``'s sharded-equals-unsharded steps
+  (every optimizer on one device, the matrix layouts on 2, 3 and 8), the step
+  after such a restore is the uninterrupted run's;
+  ``test_a_state_resumes_on_another_mesh_size`` runs the hops 8 -> 4 -> 1 -> 8
+  end to end for the optimizers with their own state layouts."""
+  params, _ = _problem()
+  tx = case.make()
+  targets = [_abstract_on(_mesh(n), tx, params)["opt"] for n in (8, 4, 1)]
+  described = [(jax.tree.structure(t), [(a.shape, a.dtype) for a in jax.tree.leaves(t)])
+               for t in targets]
+  assert described[0] == described[1] == described[2], case.name
+  for n, target in zip((8, 4, 1), targets):
+    assert all(a.sharding.mesh.size == n for a in jax.tree.leaves(target)), case.name
