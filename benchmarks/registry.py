@@ -167,6 +167,23 @@ OPTIMIZERS: dict[str, Callable[[int], optax.GradientTransformation]] = {
     "adamuon:gram:fast_embeddings": lambda n: contrib.adamuon_lm(warmup_cosine(1.2e-2, n)),
     "adamuon:fused_qkv": lambda n: go.adamuon(
         warmup_cosine(1.2e-2, n), matrix_view=gt.flax_matrix_view, **_muon_adamw(n)),
+    # Later methods at the rates their sources suggest, untuned here: PSGD Kron
+    # at AdamW's / 3 (psgd-jax: 3-10x smaller than AdamW's), AdEMAMix and MARS at
+    # AdamW's, AdamH at Marin's sqrt(ηλ) of AdamW's (η 6e-3, λ 0.1), MuonH at
+    # Muon's (a step of Muon's relative size on a matrix of Frobenius norm √d).
+    "psgd_kron": lambda n: go.psgd_kron(
+        warmup_cosine(2e-3, n), weight_decay=0.1, mask=matrices),
+    "ademamix": lambda n: go.ademamix(
+        warmup_cosine(6e-3, n), b2=0.99, weight_decay=0.1, mask=matrices),
+    "mars_adamw": lambda n: go.mars_adamw(
+        warmup_cosine(6e-3, n), weight_decay=0.1,
+        adam_learning_rate=warmup_cosine(6e-3, n), adam_b2=0.99),
+    "adamh": lambda n: go.adamh(
+        warmup_cosine(2.4e-2, n), adam_learning_rate=warmup_cosine(6e-3, n), adam_b2=0.99),
+    "muonh": lambda n: go.muonh(warmup_cosine(0.02, n), **_muon_adamw(n)),
+    "adamw:cautious_wd": lambda n: go.adamw(
+        warmup_cosine(6e-3, n), b2=0.99, weight_decay=0.1, mask=matrices,
+        cautious_weight_decay=True),
 }
 
 
