@@ -310,8 +310,9 @@ def _free_port():
 
 
 def _worker(out, process_id, processes, port, devices):
-  # Small programs: LLVM's optimisation skipped, as tests/conftest.py does.
-  flags = f"--xla_force_host_platform_device_count={devices} --xla_backend_optimization_level=0"
+  # Small programs: compiled as tests/conftest.py compiles them.
+  flags = (f"--xla_force_host_platform_device_count={devices}"
+           " --xla_backend_optimization_level=0 --xla_cpu_use_fusion_emitters=false")
   env = dict(os.environ, XLA_FLAGS=flags, JAX_PLATFORMS="cpu", PYTHONPATH=str(ROOT))
   return subprocess.Popen(
       [sys.executable, str(ROOT / "tests" / "multihost_worker.py"), str(out),

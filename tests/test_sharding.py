@@ -210,8 +210,9 @@ def test_sharded_leaves_whose_views_split_sharded_axes(name):
 
 def test_8bit_state_of_large_leaves_follows_the_helper():
   """Leaves >= 4096 elements hold block codes: the helper splits those of a
-  row-sharded leaf by rows and replicates the others; the step keeps that
-  layout (one compilation) and the update the param's."""
+  row-sharded leaf by rows (over the rows' mesh axes only, for a leaf split
+  over two) and replicates the others; the step keeps that layout (one
+  compilation) and the update the param's."""
   mesh = make_mesh(jax.sharding.AxisType.Explicit)
   shardings = {"w": NamedSharding(mesh, P("x", "y")),
                "b": NamedSharding(mesh, P("x"))}
@@ -222,6 +223,8 @@ def test_8bit_state_of_large_leaves_follows_the_helper():
   with jax.set_mesh(mesh):
     state = jax.jit(tx.init, out_shardings=gt.state_shardings(tx, params))(params)
     assert isinstance(state[0].mu["w"], gt.QuantizedArray)
+    for codes in (state[0].mu["w"].codes, state[0].nu["w"].codes):
+      assert codes.sharding.spec[0] == "x", codes.sharding
     traces = []
 
     @jax.jit
@@ -234,6 +237,9 @@ def test_8bit_state_of_large_leaves_follows_the_helper():
     new_params, new_state = step(*step(params, state))
   assert len(traces) == 1
   assert new_params["w"].sharding.spec == P("x", "y")
+  plain = jax.tree.map(np.asarray, params)
+  ref = step(*step(plain, tx.init(plain)))[0]
+  chex.assert_trees_all_close(new_params, ref, rtol=1e-6, atol=1e-7)
   for before, after in zip(jax.tree.leaves(state), jax.tree.leaves(new_state)):
     assert after.sharding.is_equivalent_to(before.sharding, after.ndim)
 

@@ -118,14 +118,17 @@ def maybe_rounding_seeds(tree: Any, count: jax.Array, *formats: Any) -> Any:
 def _blocks_sharded_like(q: quantize.QuantizedArray, p: jax.Array) -> quantize.QuantizedArray:
   """Codes and scales split over the mesh axes of ``p``'s leading axis.
 
-  Blocks follow the row-major flattening of ``p``, so when only ``p``'s
-  first axis is sharded (data/FSDP-style) each device's rows are whole
-  blocks of its own, as long as the blocks divide evenly; any other layout
-  of ``p`` leaves the blocks replicated. Explicit meshes only (elsewhere the
+  Blocks follow the row-major flattening of ``p``, so when ``p``'s first
+  axis is sharded (data/FSDP-style) each device's rows are whole blocks of
+  its own, as long as the blocks divide evenly. Other sharded axes (a
+  ``P('fsdp', 'tensor')`` kernel) do not split the codes further: the
+  devices of one row shard hold its blocks whole, and a step gathers the
+  value over those axes before encoding it. A leaf whose first axis is not
+  sharded keeps its blocks replicated. Explicit meshes only (elsewhere the
   compiler picks a layout).
   """
   sharding = _sharding.explicit_sharding(p)
-  if sharding is None or any(a is not None for a in sharding.spec[1:]):
+  if sharding is None or sharding.spec[0] is None:
     return q
   mesh, axes = sharding.mesh, sharding.spec[0]
   devices = int(np.prod([mesh.shape[a] for a in np.atleast_1d(axes)]))
