@@ -19,6 +19,7 @@ from gradtx import optimizers as go
 from gradtx import transforms as gt
 from gradtx._internal.routing import leaf_key
 from gradtx.routing import matrix_view
+from tests.support.cases import CASES, STRUCTURED
 
 V = gt.MatrixView
 F32 = 4
@@ -94,6 +95,21 @@ def test_state_bytes_are_each_leafs_own_and_add_up_to_the_state():
   state = jax.eval_shape(go.muon(0.02).init, params)
   assert description.state_bytes == _nbytes(state)
   assert 0 < description.shared_bytes < 100  # the step counts
+
+
+@pytest.mark.parametrize("case", CASES + STRUCTURED, ids=lambda c: c.name)
+def test_every_optimizer_is_described_leaf_by_leaf(case):
+  """One row per parameter leaf, each on a named branch; the rows' state
+  bytes plus the shared state's are the whole state's, for every optimizer
+  of the batteries (tests/support/cases.py)."""
+  params = _linen_params()
+  description = gt.describe(case.make(), params)
+  assert [r.path for r in description] == [
+      jax.tree_util.keystr(p) for p, _ in jax.tree_util.tree_leaves_with_path(params)]
+  assert all(r.branch for r in description), case.name
+  state = jax.eval_shape(case.make().init, params)
+  assert description.state_bytes == _nbytes(state), case.name
+  assert sum(r.state_bytes for r in description) + description.shared_bytes == _nbytes(state)
 
 
 @pytest.mark.parametrize("wrap, extra", [
