@@ -184,6 +184,11 @@ OPTIMIZERS: dict[str, Callable[[int], optax.GradientTransformation]] = {
     "adamw:cautious_wd": lambda n: go.adamw(
         warmup_cosine(6e-3, n), b2=0.99, weight_decay=0.1, mask=matrices,
         cautious_weight_decay=True),
+    # Cautious updates (C-AdamW, gt.cautious's docstring): Adam's direction
+    # masked where it disagrees with the gradient, AdamW's decay after the mask.
+    "adamw:cautious": lambda n: optax.chain(
+        gt.cautious(gt.scale_by_adam(b2=0.99)), gt.decoupled_weight_decay(0.1, matrices),
+        gt.scale_by_learning_rate(warmup_cosine(6e-3, n))),
 }
 
 
