@@ -422,8 +422,8 @@ def scale_by_psgd_kron(
       columns += [ms] if keeps_momentum else []
       g, v, *rest = plan.stack_entries(group, columns)
       qs, m = (tuple(rest[:-1]), rest[-1]) if keeps_momentum else (tuple(rest), None)
-      run = lambda stacks, scalars: jax.vmap(step, in_axes=(0, 0, 0, 0, None))(*stacks, scalars)
-      u, m, qs = plan.on_owners_shared(run, (g, m, qs, v), scalars_of(dtype))
+      run = jax.vmap(step, in_axes=(0, 0, 0, 0, None))
+      u, m, qs = plan.on_owners(run, g, m, qs, v, shared=scalars_of(dtype))
       explicit = jax.sharding.AxisType.Explicit in mesh.axis_types
       like = lambda xs: [block_stacks.leaf_spec(x) if explicit else None for x in xs]
       specs = [like([g for g, *_ in members])]

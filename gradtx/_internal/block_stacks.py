@@ -15,7 +15,7 @@ layouts to their owners and ``unstack`` moves the results back (XLA turns
 both into all-to-alls where the layouts allow); ``map`` and ``on_owners`` run
 per-block work there; ``zeros``, ``to_owners`` and ``to_state`` keep state
 stacks. A transform whose state is kept per leaf (PSGD's factors) stacks it
-with ``stack_entries`` and runs with traced scalars by ``on_owners_shared``.
+with ``stack_entries`` and passes traced scalars to ``on_owners`` whole (``shared``).
 Because every group is padded to a multiple of the mesh size, each device
 owns the same number of blocks of each shape: the work is balanced across
 shapes. Without a mesh the stacks are plain arrays and nothing moves.
@@ -313,7 +313,7 @@ def place_on_owners(x: jax.Array, mesh: Optional[Any]) -> jax.Array:
 
 
 def on_owners(fn: Callable, mesh: Optional[Any], *stacks: Any,
-              first: Sequence[str] = ()) -> Any:
+              first: Sequence[str] = (), shared: Any = None) -> Any:
   """``fn`` of the stacks' local slices, on every device (``jax.shard_map``).
 
   For per-block work that XLA must not partition itself, such as LAPACK
@@ -321,18 +321,24 @@ def on_owners(fn: Callable, mesh: Optional[Any], *stacks: Any,
   each device runs ``fn`` on the blocks it owns. ``fn``'s outputs are stacks
   too (pytrees of arrays with the stack axis first). Without a mesh it is
   ``fn(*stacks)``. ``first``: the major mesh axes (``owner_spec``).
+  ``shared``: a pytree of arrays (e.g. traced scalars) given whole to every
+  device as ``fn``'s last argument, ``fn(*stacks, shared)``.
   """
+  args = stacks if shared is None else (*stacks, shared)
   if mesh is None:
-    return fn(*stacks)
+    return fn(*args)
   spec = lambda x: owner_spec(mesh, x.ndim, first)
   # fn's outputs, traced on untyped local slices (one device's blocks).
   local = lambda x: jax.ShapeDtypeStruct((x.shape[0] // mesh.size, *x.shape[1:]), x.dtype)
-  out_shape = jax.eval_shape(fn, *jax.tree.map(local, stacks))
+  local_args = jax.tree.map(local, stacks) + (() if shared is None else (shared,))
+  out_shape = jax.eval_shape(fn, *local_args)
+  in_specs = jax.tree.map(spec, stacks)
+  if shared is not None:
+    in_specs = (*in_specs, jax.tree.map(lambda _: P(), shared))
 
   def run():
     return jax.shard_map(
-        fn, in_specs=jax.tree.map(spec, stacks),
-        out_specs=jax.tree.map(spec, out_shape))(*stacks)
+        fn, in_specs=in_specs, out_specs=jax.tree.map(spec, out_shape))(*args)
 
   return _in_mesh(mesh, run)
 
@@ -461,8 +467,8 @@ class OwnerPlan:
 
   Built once per ``init`` or ``update`` (``OwnerPlan.build``); every matrix
   transform moves its leaves' blocks with it (``stack``, ``unstack``), runs
-  per-block work on the owners (``map``, ``on_owners``, ``on_owners_shared``)
-  and keeps its state stacks with it (``zeros``, ``to_owners``,
+  per-block work on the owners (``map``, ``on_owners``, with ``shared``
+  arrays given whole to every owner) and keeps its state stacks with it (``zeros``, ``to_owners``,
   ``to_state``), or per-leaf state with ``stack_entries`` and
   ``unstack_entries``.
 
@@ -590,9 +596,11 @@ class OwnerPlan:
         out[i] = from_blocks(part, layouts[i], leaves[i].shape).astype(leaves[i].dtype)
     return out
 
-  def on_owners(self, fn: Callable, *stacks: Any, first: Sequence[str] = ()) -> Any:
-    """``fn`` of the stacks' local slices on every owner (``on_owners``)."""
-    return on_owners(fn, self.mesh, *stacks, first=first)
+  def on_owners(self, fn: Callable, *stacks: Any, first: Sequence[str] = (),
+                shared: Any = None) -> Any:
+    """``fn`` of the stacks' local slices on every owner (``on_owners``;
+    ``shared``: arrays given whole to every owner, ``fn``'s last argument)."""
+    return on_owners(fn, self.mesh, *stacks, first=first, shared=shared)
 
   def map(self, fn: Callable, *per_group: Any) -> list:
     """Per group, ``fn(group, *its stacks)`` on the owners of its blocks.
@@ -677,27 +685,6 @@ class OwnerPlan:
         mesh, lambda: jax.lax.with_sharding_constraint(x, spec))
     return tuple(tuple(constrain(x, spec) for x, spec in zip(xs, sp))
                  for xs, sp in zip(split(tuple(stacks)), specs))
-
-  def on_owners_shared(self, fn: Callable, stacks: Any, shared: Any) -> Any:
-    """``fn(local stacks, shared)`` on every owner (``jax.shard_map``).
-
-    As ``on_owners``, with ``shared`` (a pytree of arrays, e.g. traced
-    scalars) given whole to every device.
-    """
-    mesh = self.mesh
-    if mesh is None:
-      return fn(stacks, shared)
-    spec = lambda x: owner_spec(mesh, x.ndim)
-    local = lambda x: jax.ShapeDtypeStruct((x.shape[0] // mesh.size, *x.shape[1:]), x.dtype)
-    out_shape = jax.eval_shape(fn, jax.tree.map(local, stacks), shared)
-
-    def run():
-      return jax.shard_map(
-          fn, in_specs=(jax.tree.map(spec, stacks), jax.tree.map(lambda _: P(), shared)),
-          out_specs=jax.tree.map(spec, out_shape))(stacks, shared)
-
-    return _in_mesh(mesh, run)
-
 
   def check_state(self, state_stacks: Any, updates: Any, transform: str) -> None:
     """Raises ``ValueError`` for a group the state has no stack for.
