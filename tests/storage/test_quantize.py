@@ -23,11 +23,15 @@ def test_code_map_is_bitsandbytes_dynamic_map(signed):
 
 
 @pytest.mark.parametrize("signed", [True, False])
-def test_decoding_by_arithmetic_matches_the_table(signed):
-  table = gt.dynamic_code_map(signed)
-  decoded = np.asarray(quantize._decode(jnp.arange(256), signed))
-  np.testing.assert_allclose(decoded, table, rtol=2e-7, atol=0)
-  assert decoded[table == 0] == 0 and decoded[-1] == 1
+def test_dequantize_is_the_table_value_times_the_block_scale(signed):
+  """bitsandbytes' dequantization, T[c] s_b, exactly (not to an ulp)."""
+  x = np.random.default_rng(3).normal(size=(6, 256)).astype(np.float32)
+  x = x if signed else np.abs(x)
+  q = gt.quantize_blockwise(x, signed=signed, block_size=128)
+  codes = np.asarray(q.codes).view(np.uint8).astype(np.int64)
+  expected = gt.dynamic_code_map(signed)[codes] * np.asarray(q.scales)[:, None]
+  np.testing.assert_array_equal(np.asarray(q.dequantize()), expected.reshape(6, 256))
+  assert len(np.unique(codes)) > 100  # most of the map is exercised
 
 
 # Quantize / dequantize ---------------------------------------------------------
