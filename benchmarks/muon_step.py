@@ -25,6 +25,7 @@ from optax import contrib
 
 from benchmarks import harness, revisions
 from gradtx import optimizers as go
+from gradtx import transforms as gt
 
 ANCHOR = "optax.contrib.muon"
 
@@ -48,21 +49,26 @@ def ns_flops(params: dict, ns_steps: int = 5) -> float:
   return total
 
 
-def gradtx_rows(optimizers, lr: float = 0.02, suffix: str = "") -> dict:
+def gradtx_rows(transforms, optimizers, lr: float = 0.02, suffix: str = "") -> dict:
+  """The default view (the fused qkv split into q, k, v) in float32 and bf16,
+  and the whole-qkv view (one 512×1536 matrix, as optax.contrib.muon sees it)."""
   f32 = dict(compute_dtype=jnp.float32)
+  whole = dict(matrix_view=transforms.flax_matrix_view, **f32)
   return {
       f"gradtx standard{suffix}": optimizers.muon(lr, **f32),
       f"gradtx gram{suffix}": optimizers.muon(lr, method="gram", **f32),
       f"gradtx standard bf16{suffix}": optimizers.muon(lr, compute_dtype=jnp.bfloat16),
       f"gradtx gram bf16{suffix}": optimizers.muon(
           lr, method="gram", compute_dtype=jnp.bfloat16),
+      f"gradtx standard, qkv whole{suffix}": optimizers.muon(lr, **whole),
+      f"gradtx gram, qkv whole{suffix}": optimizers.muon(lr, method="gram", **whole),
   }
 
 
 def implementations(lr: float = 0.02, against: str = "") -> dict:
-  rows = {ANCHOR: contrib.muon(lr), **gradtx_rows(go, lr)}
+  rows = {ANCHOR: contrib.muon(lr), **gradtx_rows(gt, go, lr)}
   if against:
-    rows.update(gradtx_rows(revisions.at_revision(against)[1], lr, f" @{against}"))
+    rows.update(gradtx_rows(*revisions.at_revision(against), lr, f" @{against}"))
   return rows
 
 
