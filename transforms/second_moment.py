@@ -131,6 +131,12 @@ def scale_by_adam(
       v_new = b2_ * state_format.load(v, real) + c2 * _tree.abs_sq(g_)
       if amsgrad:
         v_max_new = jnp.maximum(state_format.load(v_max, real), v_new)
+      if guard_non_finite:
+        # The update is computed from the moments as stored (reset where g is
+        # not finite), so XLA reads each moment once instead of recomputing
+        # it (and copying the donated buffer it overwrites).
+        m_new, v_new, v_max_new = state_format.reset_non_finite(
+            g_, m_new, v_new, v_max_new if amsgrad else None)
       v_used = v_max_new if amsgrad else v_new
       if nesterov:
         m_hat = b1_ * m_new / _tree.bias_correction(b1, count + 1, dtype) + (
@@ -140,9 +146,7 @@ def scale_by_adam(
       v_hat = v_used / _tree.bias_correction(b2, count, dtype)
       u = m_hat / (jnp.sqrt(v_hat + eps_root) + eps)
       if guard_non_finite:
-        u, m_new, v_new, v_max_new = state_format.reset_non_finite(
-            g_, u, m_new, v_new, v_max_new if amsgrad else None
-        )
+        (u,) = state_format.reset_non_finite(g_, u)
       return (
           u.astype(g.dtype),
           state_format.store(m_new, m, mu_format, seed, stream=0),

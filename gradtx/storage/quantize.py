@@ -54,40 +54,47 @@ def dynamic_code_map(signed: bool) -> np.ndarray:
   return np.sort(np.asarray(values, np.float32))
 
 
-# The rank of a magnitude a in [0, 1] among the codes is read from tables
-# indexed by the top bits of its float32 pattern (exponent and 8 mantissa
-# bits): each key spans [lo, lo·(1 + 2⁻⁸)), narrower than the gap between
-# any two rounding thresholds, so one comparison with the next threshold
-# finishes the exact round-to-nearest. Two gathers instead of a binary search.
+# The rank of a magnitude a in [0, 1] among the codes is read from a table
+# indexed by the top 17 bits of its float32 pattern (exponent and 8 mantissa
+# bits): each key spans [lo, lo·(1 + 2⁻⁸)), narrower than the gap between any
+# two rounding thresholds, so at most one threshold t lies inside it, and
+# inside it a > t compares the low 15 bits only. An entry holds
+# (rank below the interval) · 2¹⁵ + (2¹⁵ − 1 − t's low bits), so adding a's
+# low bits carries into the rank exactly when a > t: one gather and one add
+# give the exact round-to-nearest.
 _KEY_SHIFT = 15
+_LOW_BITS = (1 << _KEY_SHIFT) - 1
 
 
 @functools.lru_cache(maxsize=None)
-def _rank_tables(signed: bool) -> tuple[np.ndarray, np.ndarray]:
-  """(thresholds below each key interval, the next threshold above)."""
+def _rank_table(signed: bool) -> np.ndarray:
+  """Per key: the rank below its interval · 2¹⁵ + the complement of the next
+  threshold's low 15 bits (0 when that threshold lies above the interval,
+  which no magnitude of the interval then exceeds)."""
   table = dynamic_code_map(signed)
   magnitudes = table[table >= 0]
   thresholds = np.append((magnitudes[:-1] + magnitudes[1:]) / 2, np.inf)
-  keys = np.arange((np.float32(1).view(np.uint32) >> _KEY_SHIFT) + 1)
-  lo = (keys.astype(np.uint32) << _KEY_SHIFT).view(np.float32)
-  hi = ((keys.astype(np.uint32) + 1) << _KEY_SHIFT).view(np.float32)
+  thresholds = thresholds.astype(np.float32)
+  keys = np.arange((np.float32(1).view(np.uint32) >> _KEY_SHIFT) + 1, dtype=np.uint32)
+  lo = (keys << _KEY_SHIFT).view(np.float32)
+  hi = ((keys + 1) << _KEY_SHIFT).view(np.float32)
   below = np.searchsorted(thresholds, lo, side="left")
   assert np.all(thresholds[np.minimum(below + 1, len(thresholds) - 1)] >= hi)
-  return below.astype(np.int32), thresholds[below].astype(np.float32)
+  next_threshold = thresholds[below]
+  low = np.where(next_threshold < hi, next_threshold.view(np.uint32) & _LOW_BITS, _LOW_BITS)
+  return ((below.astype(np.int64) << _KEY_SHIFT) + _LOW_BITS - low).astype(np.int32)
 
 
 def _encode(normalized: jax.Array, signed: bool) -> jax.Array:
   """Index of the code nearest to each value in [-1, 1] (ties round down)."""
-  below, next_threshold = (jnp.asarray(t) for t in _rank_tables(signed))
+  table = jnp.asarray(_rank_table(signed))
   magnitude = jnp.minimum(jnp.abs(normalized), 1)
-  key = jax.lax.bitcast_convert_type(magnitude, jnp.uint32) >> _KEY_SHIFT
-  key = key.astype(jnp.int32)
+  bits = jax.lax.bitcast_convert_type(magnitude, jnp.int32)
   # out_sharding: a gather from a replicated table is sharded like its
   # indices (explicit-sharding meshes ask for it).
-  take = dict(mode="promise_in_bounds", out_sharding=jax.typeof(key).sharding)
-  rank = below.at[key].get(**take) + (
-      magnitude > next_threshold.at[key].get(**take)
-  )
+  entry = table.at[bits >> _KEY_SHIFT].get(
+      mode="promise_in_bounds", out_sharding=jax.typeof(bits).sharding)
+  rank = (entry + (bits & _LOW_BITS)) >> _KEY_SHIFT
   if not signed:
     return rank
   zero = _zero_index(True)
