@@ -50,6 +50,29 @@ def test_quantize_is_round_to_nearest(signed):
   np.testing.assert_array_equal(q.scales, scales)
 
 
+@pytest.mark.parametrize("signed", [True, False])
+def test_values_at_and_beside_the_rounding_thresholds(signed):
+  """Exact round-to-nearest where it is decided: at each midpoint between
+  codes (a tie rounds toward zero) and one float32 step either side, against
+  a search of the midpoints in numpy."""
+  table = gt.dynamic_code_map(signed)
+  magnitudes = table[table >= 0]
+  midpoints = ((magnitudes[:-1] + magnitudes[1:]) / 2).astype(np.float32)
+  values = np.concatenate([midpoints, np.nextafter(midpoints, np.float32(0)),
+                           np.nextafter(midpoints, np.float32(1)), magnitudes])
+  values = np.concatenate([[1.0], values]).astype(np.float32)  # block max 1
+  rank = np.searchsorted(midpoints, values, side="left")
+  zero = int(np.flatnonzero(table == 0)[0])
+  for sign in ((1, -1) if signed else (1,)):
+    x = sign * values
+    x[0] = 1.0
+    q = gt.quantize_blockwise(x, signed=signed, block_size=x.size)
+    # The signed map has no -1: the largest negative magnitudes take -0.99297.
+    expected = zero + rank if sign > 0 else zero - np.minimum(rank, zero)
+    expected[0] = 255
+    np.testing.assert_array_equal(np.asarray(q.codes).view(np.uint8)[0], expected)
+
+
 def test_layout_padding_and_bytes():
   x = jnp.arange(1000.0).reshape(10, 100) - 500
   q = gt.quantize_blockwise(x, signed=True, block_size=256)
