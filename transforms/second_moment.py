@@ -23,7 +23,8 @@ class ScaleByAdamState(NamedTuple):
 
   Attributes:
     count: number of updates taken so far (int32 scalar).
-    mu: first moment, an EMA of the gradients (stored in ``mu_dtype``).
+    mu: first moment, an EMA of the gradients (stored in ``mu_dtype``);
+      ``None`` with ``b1=0`` (then :math:`m_t = g_t`, nothing to keep).
     nu: second moment, an EMA of the squared gradients (``nu_dtype``).
     nu_max: running maximum of ``nu`` when ``amsgrad=True``, else ``None``.
   """
@@ -69,7 +70,8 @@ def scale_by_adam(
   ``optax.apply_if_finite`` to skip such steps.)
 
   Args:
-    b1: decay of the first moment, in [0, 1).
+    b1: decay of the first moment, in [0, 1); a Python 0 keeps no first
+      moment (RMSProp with Adam's bias correction, e.g. Shampoo's grafting).
     b2: decay of the second moment, in [0, 1).
     eps: added to the denominator outside the square root, >= 0.
     eps_root: added inside the square root, >= 0.
@@ -103,6 +105,8 @@ def scale_by_adam(
   nu_format = state_format.state_format("nu_dtype", nu_dtype)
   guard_non_finite = state_format.is_quantized(mu_format, nu_format)
 
+  keeps_mu = not (isinstance(b1, (int, float)) and b1 == 0)
+
   def init_fn(params):
     def nu():  # a fresh tree each time: donation refuses aliased buffers
       return state_format.zeros_like_tree(
@@ -110,7 +114,8 @@ def scale_by_adam(
 
     return ScaleByAdamState(
         count=jnp.zeros([], jnp.int32),
-        mu=state_format.zeros_like_tree(params, mu_format, signed=True),
+        mu=(state_format.zeros_like_tree(params, mu_format, signed=True)
+            if keeps_mu else None),
         nu=nu(),
         nu_max=nu() if amsgrad else None,
     )
@@ -127,7 +132,7 @@ def scale_by_adam(
       b1_, b2_ = jnp.asarray(b1, real), jnp.asarray(b2, real)
       c1, c2 = jnp.asarray(1 - b1, real), jnp.asarray(1 - b2, real)
       g_ = g.astype(dtype)
-      m_new = b1_ * state_format.load(m, dtype) + c1 * g_
+      m_new = b1_ * state_format.load(m, dtype) + c1 * g_ if keeps_mu else g_
       v_new = b2_ * state_format.load(v, real) + c2 * _tree.abs_sq(g_)
       if amsgrad:
         v_max_new = jnp.maximum(state_format.load(v_max, real), v_new)
@@ -149,7 +154,9 @@ def scale_by_adam(
         (u,) = state_format.reset_non_finite(g_, u)
       return (
           u.astype(g.dtype),
-          state_format.store(m_new, m, mu_format, seed, stream=0),
+          state_format.store(m_new, m, mu_format, seed, stream=0)
+          if keeps_mu
+          else None,
           state_format.store(v_new, v, nu_format, seed, stream=1),
           state_format.store(v_max_new, v_max, nu_format, seed, stream=2)
           if amsgrad
@@ -163,7 +170,8 @@ def scale_by_adam(
     u, mu, nu, nu_max = _tree.map_leaves(
         leaf_fn, 4, updates, state.mu, state.nu, state.nu_max, seeds
     )
-    return u, ScaleByAdamState(count, mu, nu, nu_max if amsgrad else None)
+    return u, ScaleByAdamState(
+        count, mu if keeps_mu else None, nu, nu_max if amsgrad else None)
 
   return optax.GradientTransformation(init_fn, update_fn)
 

@@ -22,6 +22,23 @@ def _run(tx, grads, params=None):
 # Adam ------------------------------------------------------------------------
 
 
+@pytest.mark.parametrize("nesterov", [False, True])
+def test_adam_without_first_moment_keeps_none(nesterov):
+  """b1 = 0: u_t = g_t / (sqrt(v_t / (1 - b2^t)) + eps), the grafting of
+  Shampoo; nothing of the first moment is stored."""
+  rng = np.random.default_rng(4)
+  grads = [rng.normal(size=(3, 5)) for _ in range(12)]
+  b2, eps = 0.9, 1e-3
+  with jax.enable_x64(True):
+    updates, state = _run(gt.scale_by_adam(0.0, b2, eps, nesterov=nesterov),
+                          [jnp.asarray(g) for g in grads])
+  v = np.zeros((3, 5))
+  for t, (g, u) in enumerate(zip(grads, updates), start=1):
+    v = b2 * v + (1 - b2) * g**2
+    np.testing.assert_allclose(u, g / (np.sqrt(v / (1 - b2**t)) + eps), rtol=1e-12)
+  assert state.mu is None and state.nu.shape == (3, 5)
+
+
 @pytest.mark.parametrize("b1,b2", [(0.9, 0.999), (0.5, 0.75), (0.0, 0.0)])
 def test_adam_first_step_is_sign_up_to_eps(b1, b2):
   g = jnp.array([2.0, -3.0, 1e-3, -1e-6])
