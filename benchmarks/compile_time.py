@@ -54,6 +54,7 @@ def gradtx_optimizers(optimizers) -> dict[str, Callable[[], optax.GradientTransf
       "adafactor": lambda: optimizers.adafactor(LEARNING_RATE),
       "adam_mini": lambda: optimizers.adam_mini(LEARNING_RATE),
       "lamb": lambda: optimizers.lamb(LEARNING_RATE),
+      "psgd_kron": lambda: optimizers.psgd_kron(LEARNING_RATE),
   }
 
 
