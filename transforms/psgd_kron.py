@@ -174,22 +174,45 @@ def clip_rms(u: jax.Array, limit: float = 1.1) -> jax.Array:
   return u / jnp.maximum(1.0, jnp.sqrt(jnp.mean(u * u)) / limit)
 
 
-def draws(key: jax.Array, updates: Any) -> tuple[jax.Array, list]:
-  """The random numbers of the step that starts from the state's ``key``.
+def probe_keys(key: jax.Array, updates: Any) -> tuple[jax.Array, list]:
+  """The random keys of the step that starts from the state's ``key``.
 
-  Returns (whether to balance the factors, one standard normal probe per leaf
-  of ``updates``, in its compute dtype, in leaf order). Each probe's key is
-  folded from the leaf's path, so adding a leaf changes no other leaf's. A
-  test feeds the same draws to a reference.
+  Returns (whether to balance the factors, one key per leaf of ``updates``,
+  in leaf order). Each leaf's key is folded from its path, so adding a leaf
+  changes no other leaf's; all are folded under one ``vmap``, and each leaf's
+  probe is drawn from its key inside the (stacked) step, so the program holds
+  one copy of the generator per distinct leaf shape.
   """
   step_key = jax.random.split(key)[1]
   balance_key, probe_key = jax.random.split(step_key)
-  probes = []
-  for path, x in jax.tree_util.tree_flatten_with_path(_tree.unwrap_variables(updates))[0]:
-    name = "/".join(_names.path_names(path)).encode()
-    leaf_key = jax.random.fold_in(probe_key, zlib.crc32(name) % 2**31)
-    probes.append(jax.random.normal(leaf_key, jnp.shape(x), _tree.compute_dtype(x)))
-  return jax.random.uniform(balance_key) < BALANCE_PROBABILITY, probes
+  flat = jax.tree_util.tree_flatten_with_path(_tree.unwrap_variables(updates))[0]
+  folds = [zlib.crc32("/".join(_names.path_names(path)).encode()) % 2**31
+           for path, _ in flat]
+  keys = jax.vmap(lambda fold: jax.random.fold_in(probe_key, fold))(
+      jnp.asarray(folds, jnp.uint32).reshape(len(folds)))
+  return jax.random.uniform(balance_key) < BALANCE_PROBABILITY, list(keys)
+
+
+def probe(key: jax.Array, x: Any) -> jax.Array:
+  """A leaf's standard normal probe, shaped like ``x``, in its compute dtype."""
+  return jax.random.normal(key, jnp.shape(x), _tree.compute_dtype(x))
+
+
+def draws(key: jax.Array, updates: Any) -> tuple[jax.Array, list]:
+  """The random numbers of the step that starts from the state's ``key``:
+  (whether to balance, one probe per leaf of ``updates``, in leaf order). A
+  test feeds the same draws to a reference."""
+  do_balance, keys = probe_keys(key, updates)
+  leaves = jax.tree.leaves(_tree.unwrap_variables(updates))
+  return do_balance, [probe(k, x) for k, x in zip(keys, leaves)]
+
+
+class _LeafStack(NamedTuple):
+  """A stack of same-shape leaves off a mesh (what ``group_step`` reads of a
+  ``block_stacks.Group``): its length and compute dtype."""
+
+  size: int
+  dtype: Any
 
 
 class ScaleByPsgdKronState(NamedTuple):
@@ -349,11 +372,11 @@ def scale_by_psgd_kron(
     probability = _tree.resolve_schedule(precond_update_probability, count)
     counter = optax.safe_increment(state.update_counter)
     fit = counter >= 1 / probability
-    do_balance, probes = draws(state.key, updates)
+    do_balance, keys = probe_keys(state.key, updates)
     treedef = _tree.statistics_structure(updates)
     seeds = state_format.maybe_rounding_seeds(updates, count, mu_format)
 
-    def step(g, m, factors, probe, scalars):
+    def step(g, m, factors, key, scalars):
       """One leaf's step, in its compute dtype (a scalar as shape (1,)).
 
       Traced numbers come in ``scalars``, not by closure: on an Explicit mesh
@@ -369,7 +392,7 @@ def scale_by_psgd_kron(
         m_hat = g_
 
       def refit(qs):
-        v = probe.reshape(shape)
+        v = probe(key, g).reshape(shape)  # drawn only when the factors are fitted
         h = m_hat if momentum_into_precond_update else g_
         h = h + PROBE_WEIGHT * jnp.mean(jnp.abs(h)) * v
         qs = jax.lax.cond(do_balance, balance, list, qs)
@@ -379,7 +402,7 @@ def scale_by_psgd_kron(
       u = clip_rms(precondition(qs, m_hat)).reshape(g.shape)
       return u, None if m is None else m.reshape(g.shape), tuple(qs)
 
-    def leaf(g, m, factors, probe, seed):
+    def leaf(g, m, factors, key, seed):
       if g.size == 0:
         return g, m, factors
       dtype = _tree.compute_dtype(g)
@@ -389,7 +412,7 @@ def scale_by_psgd_kron(
       scalars = (fit, do_balance, jnp.asarray(b1, dtype),
                  _tree.bias_correction(b1, count, dtype), jnp.asarray(precond_lr, dtype))
       u, m_new, qs = _sharding.in_auto_axes(
-          step, g.astype(dtype), m_old, tuple(q.astype(dtype) for q in factors), probe,
+          step, g.astype(dtype), m_old, tuple(q.astype(dtype) for q in factors), key,
           scalars, like=(g, m_old, factors))
       return finish(g, m, factors, seed, u, m_new, qs)
 
@@ -407,7 +430,7 @@ def scale_by_psgd_kron(
     def group_step(plan, group, members):
       """The steps of one group's leaves, each computed whole on one owner.
 
-      ``members``: per leaf of ``group`` (g, m, factors, probe, seed). Their
+      ``members``: per leaf of ``group`` (g, m, factors, key, seed). Their
       arrays are stacked (``plan.stack_entries``: padded to a multiple of the
       mesh size), split along the stack over all devices, stepped there under
       ``jax.vmap`` (``fit`` and ``do_balance`` shared, so their conds stay
@@ -416,18 +439,19 @@ def scale_by_psgd_kron(
       """
       dtype, mesh = group.dtype, plan.mesh
       ms = [state_format.load(m, dtype) if keeps_momentum else None for _, m, _, _, _ in members]
-      columns = [[g.astype(dtype) for g, *_ in members], [p for _, _, _, p, _ in members]]
+      columns = [[g.astype(dtype) for g, *_ in members], [k for _, _, _, k, _ in members]]
       columns += [[qs[i].astype(dtype) for _, _, qs, _, _ in members]
                   for i in range(len(members[0][2]))]
       columns += [ms] if keeps_momentum else []
-      g, v, *rest = plan.stack_entries(group, columns)
+      g, keys, *rest = plan.stack_entries(group, columns)
       qs, m = (tuple(rest[:-1]), rest[-1]) if keeps_momentum else (tuple(rest), None)
       run = jax.vmap(step, in_axes=(0, 0, 0, 0, None))
-      u, m, qs = plan.on_owners(run, g, m, qs, v, shared=scalars_of(dtype))
-      explicit = jax.sharding.AxisType.Explicit in mesh.axis_types
+      u, m, qs = plan.on_owners(run, g, m, qs, keys, shared=scalars_of(dtype))
+      explicit = mesh is not None and jax.sharding.AxisType.Explicit in mesh.axis_types
       like = lambda xs: [block_stacks.leaf_spec(x) if explicit else None for x in xs]
+      state_spec = lambda f: None if mesh is None else block_stacks.state_spec(f.shape, mesh)
       specs = [like([g for g, *_ in members])]
-      specs += [[block_stacks.leaf_spec(f) if explicit else block_stacks.state_spec(f.shape, mesh)
+      specs += [[block_stacks.leaf_spec(f) if explicit else state_spec(f)
                  for f in fs] for fs in zip(*[f for _, _, f, _, _ in members])]
       specs += [like(ms)] if keeps_momentum else []
       u, *rest = plan.unstack_entries((u, *qs, *([m] if keeps_momentum else [])), specs)
@@ -436,10 +460,13 @@ def scale_by_psgd_kron(
       return [finish(g_, m_, f_, s_, *out) for (g_, m_, f_, _, s_), out in
               zip(members, zip(u, m, qs))]
 
-    def mesh_leaves(*trees):
-      """``map_leaves(leaf, ...)`` with the non-empty 2-D leaves grouped by
-      shape and compute dtype (``block_stacks.OwnerPlan``, each leaf one
-      whole block) and stepped on their owners (``group_step``)."""
+    def stacked_leaves(*trees):
+      """``map_leaves(leaf, ...)`` with the leaves stepped in stacks, one
+      program per distinct shape: the non-empty 2-D leaves grouped by shape
+      and compute dtype (``block_stacks.OwnerPlan``, each leaf one whole
+      block) and stepped on their owners (``group_step``); without a mesh the
+      other non-empty leaves (vectors, scalars) stacked alike, on a mesh each
+      on its own."""
       plain = [None if t is None else _tree.unwrap_variables(t) for t in trees]
       flat = [[None] * treedef.num_leaves if t is None else treedef.flatten_up_to(t)
               for t in plain]
@@ -449,9 +476,17 @@ def scale_by_psgd_kron(
           grads, [block_stacks.block_layout(WHOLE_MATRIX, g.shape)
                   if jnp.ndim(g) == 2 and g.size else None for g in grads],
           [_tree.compute_dtype(g) for g in grads])
+      groups = [(group, [i for i, _, _ in group.members]) for group in plan.groups]
+      if plan.mesh is None:
+        grouped = {i for _, indices in groups for i in indices}
+        alike = {}
+        for i, g in enumerate(grads):
+          if i not in grouped and g.size:
+            alike.setdefault((jnp.shape(g), _tree.compute_dtype(g)), []).append(i)
+        groups += [(_LeafStack(len(indices), dtype), indices)
+                   for (_, dtype), indices in alike.items()]
       out = [None] * len(args)
-      for group in plan.groups:
-        indices = [i for i, _, _ in group.members]
+      for group, indices in groups:
         for i, result in zip(indices, group_step(plan, group, [args[i] for i in indices])):
           out[i] = result
       results = iter([leaf(*a) if o is None else o for a, o in zip(args, out)])
@@ -459,13 +494,8 @@ def scale_by_psgd_kron(
       # the inputs are wrapped (NNX variables).
       return _tree.map_leaves(lambda *_: next(results), 3, *trees)
 
-    mesh = block_stacks.owner_mesh(jax.tree.leaves(_tree.unwrap_variables(updates)))
-    if mesh is None:
-      u, mu, factors = _tree.map_leaves(
-          leaf, 3, updates, state.mu, state.factors, treedef.unflatten(probes), seeds)
-    else:
-      u, mu, factors = mesh_leaves(
-          updates, state.mu, state.factors, treedef.unflatten(probes), seeds)
+    u, mu, factors = stacked_leaves(
+        updates, state.mu, state.factors, treedef.unflatten(keys), seeds)
     return u, ScaleByPsgdKronState(
         count, mu if keeps_momentum else None, factors, jnp.where(fit, 0, counter),
         jax.random.split(state.key)[0])
