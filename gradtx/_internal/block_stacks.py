@@ -670,14 +670,22 @@ class OwnerPlan:
                       specs: Sequence[Sequence[Optional[P]]]) -> tuple:
     """Inverse of ``stack_entries``: per stack, its first ``len(specs[i])``
     entries, entry j laid out with ``specs[i][j]`` (``None``: as XLA likes; on
-    an Explicit mesh every spec must be given)."""
+    an Explicit mesh every spec must be given). Off a mesh the entries are
+    taken at ``opaque`` offsets, so one kernel slices all of a stack's
+    entries (as ``unstack(alike=True)``)."""
     mesh = self.mesh
 
     def split(stacks):
       return tuple(tuple(s[j] for j in range(len(sp))) for s, sp in zip(stacks, specs))
 
+    def split_alike(stack, count):
+      if count == 1:
+        return (stack[0],)
+      starts, (stack,) = opaque(range(count), (stack,))
+      return tuple(jax.lax.dynamic_index_in_dim(stack, j, keepdims=False) for j in starts)
+
     if mesh is None:
-      return split(tuple(stacks))
+      return tuple(split_alike(s, len(sp)) for s, sp in zip(stacks, specs))
     if _explicit(mesh):
       return _in_mesh(mesh, lambda: jax.sharding.auto_axes(
           split, out_sharding=tuple(map(tuple, specs)))(tuple(stacks)))
