@@ -432,8 +432,9 @@ def scale_by_psgd_kron(
 
       ``members``: per leaf of ``group`` (g, m, factors, key, seed). Their
       arrays are stacked (``plan.stack_entries``: padded to a multiple of the
-      mesh size), split along the stack over all devices, stepped there under
-      ``jax.vmap`` (``fit`` and ``do_balance`` shared, so their conds stay
+      mesh size), split along the stack over all devices, stepped there
+      (``block_stacks.map_entries``: vmapped, or one matrix at a time where
+      that is faster; ``fit`` and ``do_balance`` shared, so their conds stay
       conds) and unstacked into the leaves' layouts; the factors keep the
       layouts they came in.
       """
@@ -445,7 +446,8 @@ def scale_by_psgd_kron(
       columns += [ms] if keeps_momentum else []
       g, keys, *rest = plan.stack_entries(group, columns)
       qs, m = (tuple(rest[:-1]), rest[-1]) if keeps_momentum else (tuple(rest), None)
-      run = jax.vmap(step, in_axes=(0, 0, 0, 0, None))
+      run = lambda g, m, qs, keys, scalars: block_stacks.map_entries(
+          step, g, m, qs, keys, shared=scalars)
       u, m, qs = plan.on_owners(run, g, m, qs, keys, shared=scalars_of(dtype))
       explicit = mesh is not None and jax.sharding.AxisType.Explicit in mesh.axis_types
       like = lambda xs: [block_stacks.leaf_spec(x) if explicit else None for x in xs]

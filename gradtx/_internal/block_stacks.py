@@ -377,6 +377,27 @@ def map_stack(fn: Callable, stack: jax.Array, *, per_matrix_from: Optional[int] 
       stack, cpu=lambda s: jax.lax.map(fn, s), default=fn)
 
 
+def map_entries(fn: Callable, *stacks: Any, shared: Any = None,
+                per_matrix_from: Optional[int] = None) -> Any:
+  """``fn(*entries, shared)`` over the entries of stacked arguments, as
+  ``map_stack`` runs a stack: a stack of one is one unbatched call; on CPU
+  entries of at least ``per_matrix_from`` elements (the first stack's) are
+  walked with ``lax.map``; otherwise ``jax.vmap``. ``fn`` returns a pytree
+  of per-entry arrays; the result has the stack axis first. ``stacks`` may
+  hold ``None`` (an absent argument) and tuples of stacks."""
+  if per_matrix_from is None:
+    per_matrix_from = PER_MATRIX_ON_CPU
+  first = jax.tree.leaves(stacks)[0]
+  if first.shape[0] == 1:
+    out = fn(*jax.tree.map(lambda x: x[0], stacks), shared)
+    return jax.tree.map(lambda y: y[None], out)
+  batched = lambda *xs: jax.vmap(lambda *e: fn(*e, shared))(*xs)
+  if first[0].size < per_matrix_from:
+    return batched(*stacks)
+  walked = lambda *xs: jax.lax.map(lambda e: fn(*e, shared), xs)
+  return jax.lax.platform_dependent(*stacks, cpu=walked, default=batched)
+
+
 def state_spec(shape: tuple[int, ...], mesh: Any) -> P:
   """How a state stack of ``shape`` is stored on ``mesh``.
 

@@ -287,3 +287,28 @@ def test_fewer_experts_than_devices_stay_where_they_are(members):
       assert held[shard.device].start <= entry // per_part < held[shard.device].stop
   for x, o in zip(leaves, out):
     np.testing.assert_array_equal(o, x)
+
+
+@pytest.mark.parametrize("count,per_matrix_from", [(1, None), (3, None), (3, 1)])
+def test_map_entries_is_fn_of_each_entry(count, per_matrix_from):
+  """One call, vmapped, or walked with lax.map (per_matrix_from=1 forces it on
+  CPU): the same per-entry results, with None arguments and tuples of stacks."""
+  rng = np.random.default_rng(5)
+  a = jnp.asarray(rng.normal(size=(count, 4, 6)), jnp.float32)
+  pair = (jnp.asarray(rng.normal(size=(count, 4, 4)), jnp.float32),
+          jnp.asarray(rng.normal(size=(count, 6)), jnp.float32))
+  scale = jnp.float32(2.5)
+
+  def fn(x, absent, qs, shared):
+    assert absent is None and x.ndim == 2
+    return qs[0] @ x * shared, jnp.sum(x, axis=0) + qs[1]
+
+  out = jax.jit(lambda a, pair: bs.map_entries(
+      fn, a, None, pair, shared=scale, per_matrix_from=per_matrix_from))(a, pair)
+  for j in range(count):
+    expected = fn(a[j], None, (pair[0][j], pair[1][j]), scale)
+    for got, want in zip(out, expected):
+      np.testing.assert_allclose(got[j], want, rtol=1e-6, atol=1e-6)
+  jaxpr = str(jax.make_jaxpr(lambda a, pair: bs.map_entries(
+      fn, a, None, pair, shared=scale, per_matrix_from=per_matrix_from))(a, pair))
+  assert ("scan" in jaxpr) == (count > 1 and per_matrix_from == 1)
