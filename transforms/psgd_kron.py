@@ -207,14 +207,6 @@ def draws(key: jax.Array, updates: Any) -> tuple[jax.Array, list]:
   return do_balance, [probe(k, x) for k, x in zip(keys, leaves)]
 
 
-class _LeafStack(NamedTuple):
-  """A stack of same-shape leaves off a mesh (what ``group_step`` reads of a
-  ``block_stacks.Group``): its length and compute dtype."""
-
-  size: int
-  dtype: Any
-
-
 class ScaleByPsgdKronState(NamedTuple):
   """State of ``scale_by_psgd_kron``.
 
@@ -427,24 +419,24 @@ def scale_by_psgd_kron(
       return (fit, do_balance, jnp.asarray(b1, dtype),
               _tree.bias_correction(b1, count, dtype), jnp.asarray(precond_lr, dtype))
 
-    def group_step(plan, group, members):
+    def group_step(plan, size, dtype, members):
       """The steps of one group's leaves, each computed whole on one owner.
 
-      ``members``: per leaf of ``group`` (g, m, factors, key, seed). Their
-      arrays are stacked (``plan.stack_entries``: padded to a multiple of the
-      mesh size), split along the stack over all devices, stepped there
+      ``members``: per leaf of the group (g, m, factors, key, seed), computed
+      in ``dtype``. Their arrays are stacked (``plan.stack_entries``: padded
+      to ``size``, a multiple of the mesh size), split along the stack over all devices, stepped there
       (``block_stacks.map_entries``: vmapped, or one matrix at a time where
       that is faster; ``fit`` and ``do_balance`` shared, so their conds stay
       conds) and unstacked into the leaves' layouts; the factors keep the
       layouts they came in.
       """
-      dtype, mesh = group.dtype, plan.mesh
+      mesh = plan.mesh
       ms = [state_format.load(m, dtype) if keeps_momentum else None for _, m, _, _, _ in members]
       columns = [[g.astype(dtype) for g, *_ in members], [k for _, _, _, k, _ in members]]
       columns += [[qs[i].astype(dtype) for _, _, qs, _, _ in members]
                   for i in range(len(members[0][2]))]
       columns += [ms] if keeps_momentum else []
-      g, keys, *rest = plan.stack_entries(group, columns)
+      g, keys, *rest = plan.stack_entries(size, columns)
       qs, m = (tuple(rest[:-1]), rest[-1]) if keeps_momentum else (tuple(rest), None)
       run = lambda g, m, qs, keys, scalars: block_stacks.map_entries(
           step, g, m, qs, keys, shared=scalars)
@@ -478,18 +470,20 @@ def scale_by_psgd_kron(
           grads, [block_stacks.block_layout(WHOLE_MATRIX, g.shape)
                   if jnp.ndim(g) == 2 and g.size else None for g in grads],
           [_tree.compute_dtype(g) for g in grads])
-      groups = [(group, [i for i, _, _ in group.members]) for group in plan.groups]
+      # (size, dtype, member indices) per stack.
+      stacks = [(group.size, group.dtype, [i for i, _, _ in group.members])
+                for group in plan.groups]
       if plan.mesh is None:
-        grouped = {i for _, indices in groups for i in indices}
+        grouped = {i for _, _, indices in stacks for i in indices}
         alike = {}
         for i, g in enumerate(grads):
           if i not in grouped and g.size:
             alike.setdefault((jnp.shape(g), _tree.compute_dtype(g)), []).append(i)
-        groups += [(_LeafStack(len(indices), dtype), indices)
-                   for (_, dtype), indices in alike.items()]
+        stacks += [(len(indices), dtype, indices) for (_, dtype), indices in alike.items()]
       out = [None] * len(args)
-      for group, indices in groups:
-        for i, result in zip(indices, group_step(plan, group, [args[i] for i in indices])):
+      for size, dtype, indices in stacks:
+        results = group_step(plan, size, dtype, [args[i] for i in indices])
+        for i, result in zip(indices, results):
           out[i] = result
       results = iter([leaf(*a) if o is None else o for a, o in zip(args, out)])
       # map_leaves visits the leaves in this order and wraps its outputs as

@@ -70,7 +70,7 @@ def scale_by_adam(
   ``optax.apply_if_finite`` to skip such steps.)
 
   Args:
-    b1: decay of the first moment, in [0, 1); a Python 0 keeps no first
+    b1: decay of the first moment, in [0, 1); a plain (untraced) 0 keeps no first
       moment (RMSProp with Adam's bias correction, e.g. Shampoo's grafting).
     b2: decay of the second moment, in [0, 1).
     eps: added to the denominator outside the square root, >= 0.
@@ -105,7 +105,7 @@ def scale_by_adam(
   nu_format = state_format.state_format("nu_dtype", nu_dtype)
   guard_non_finite = state_format.is_quantized(mu_format, nu_format)
 
-  keeps_mu = not (isinstance(b1, (int, float)) and b1 == 0)
+  keeps_mu = not _validate.is_static_zero(b1)
 
   def init_fn(params):
     def nu():  # a fresh tree each time: donation refuses aliased buffers

@@ -357,6 +357,23 @@ def _leaf_spec(leaf: Any) -> Optional[P]:
 PER_MATRIX_ON_CPU = 1 << 17
 
 
+def _stacked(stacks: tuple, per_entry: Callable, batched: Callable,
+             per_matrix_from: Optional[int]) -> Any:
+  """``per_entry`` of every entry of ``stacks``: one unbatched call for a
+  stack of one; on CPU, entries of at least ``per_matrix_from`` elements (the
+  first stack's) walked with ``lax.map``; otherwise ``batched(*stacks)``."""
+  if per_matrix_from is None:
+    per_matrix_from = PER_MATRIX_ON_CPU
+  first = jax.tree.leaves(stacks)[0]
+  if first.shape[0] == 1:
+    out = per_entry(*jax.tree.map(lambda x: x[0], stacks))
+    return jax.tree.map(lambda y: y[None], out)
+  if first[0].size < per_matrix_from:
+    return batched(*stacks)
+  walked = lambda *xs: jax.lax.map(lambda entry: per_entry(*entry), xs)
+  return jax.lax.platform_dependent(*stacks, cpu=walked, default=batched)
+
+
 def map_stack(fn: Callable, stack: jax.Array, *, per_matrix_from: Optional[int] = None) -> Any:
   """``fn`` of a (n, rows, cols) stack, batched or one matrix at a time on CPU.
 
@@ -367,35 +384,18 @@ def map_stack(fn: Callable, stack: jax.Array, *, per_matrix_from: Optional[int] 
   call that XLA:CPU threads), elsewhere and for smaller matrices it is one
   batched call. The program holds one copy of ``fn`` either way.
   """
-  if per_matrix_from is None:
-    per_matrix_from = PER_MATRIX_ON_CPU
-  if stack.shape[0] == 1:
-    return jax.tree.map(lambda y: y[None], fn(stack[0]))
-  if stack.shape[-2] * stack.shape[-1] < per_matrix_from:
-    return fn(stack)
-  return jax.lax.platform_dependent(
-      stack, cpu=lambda s: jax.lax.map(fn, s), default=fn)
+  return _stacked((stack,), fn, fn, per_matrix_from)
 
 
 def map_entries(fn: Callable, *stacks: Any, shared: Any = None,
                 per_matrix_from: Optional[int] = None) -> Any:
-  """``fn(*entries, shared)`` over the entries of stacked arguments, as
-  ``map_stack`` runs a stack: a stack of one is one unbatched call; on CPU
-  entries of at least ``per_matrix_from`` elements (the first stack's) are
-  walked with ``lax.map``; otherwise ``jax.vmap``. ``fn`` returns a pytree
-  of per-entry arrays; the result has the stack axis first. ``stacks`` may
-  hold ``None`` (an absent argument) and tuples of stacks."""
-  if per_matrix_from is None:
-    per_matrix_from = PER_MATRIX_ON_CPU
-  first = jax.tree.leaves(stacks)[0]
-  if first.shape[0] == 1:
-    out = fn(*jax.tree.map(lambda x: x[0], stacks), shared)
-    return jax.tree.map(lambda y: y[None], out)
-  batched = lambda *xs: jax.vmap(lambda *e: fn(*e, shared))(*xs)
-  if first[0].size < per_matrix_from:
-    return batched(*stacks)
-  walked = lambda *xs: jax.lax.map(lambda e: fn(*e, shared), xs)
-  return jax.lax.platform_dependent(*stacks, cpu=walked, default=batched)
+  """``fn(*entries, shared)`` over the entries of stacked arguments, run as
+  ``map_stack`` runs a stack, its batched form ``jax.vmap``. ``fn`` returns a
+  pytree of per-entry arrays; the result has the stack axis first.
+  ``stacks`` may hold ``None`` (an absent argument) and tuples of stacks."""
+  per_entry = lambda *entry: fn(*entry, shared)
+  return _stacked(stacks, per_entry, lambda *xs: jax.vmap(per_entry)(*xs),
+                  per_matrix_from)
 
 
 def state_spec(shape: tuple[int, ...], mesh: Any) -> P:
@@ -657,17 +657,18 @@ class OwnerPlan:
   def _group(self, name: str) -> Group:
     return next(g for g in self.groups if g.name == name)
 
-  def stack_entries(self, group: Group, columns: Sequence[Sequence[jax.Array]]) -> tuple:
-    """Per column (one array per member of ``group``, alike), its stack of
-    ``group.size`` entries on the owners.
+  def stack_entries(self, size: int, columns: Sequence[Sequence[jax.Array]]) -> tuple:
+    """Per column (one array per member of a group, alike), its stack of
+    ``size`` entries (the group's ``size``) on the owners.
 
     For state kept per leaf rather than per block (PSGD's factors, the
-    random probes): the group's layouts must be whole matrices. Each stack is
-    padded with copies of its first entry (numbers a step can take as it
-    takes the real ones, unlike zeros that a solve turns into NaNs); on an
-    Explicit mesh XLA lays out the move.
+    random probes): the group's layouts must be whole matrices; off a mesh
+    any same-shape leaves may be stacked. Each stack is padded with copies of
+    its first entry (numbers a step can take as it takes the real ones,
+    unlike zeros that a solve turns into NaNs); on an Explicit mesh XLA lays
+    out the move.
     """
-    size, mesh = group.size, self.mesh
+    mesh = self.mesh
 
     def build(columns):
       out = []
