@@ -424,7 +424,8 @@ def scale_by_psgd_kron(
 
       ``members``: per leaf of the group (g, m, factors, key, seed), computed
       in ``dtype``. Their arrays are stacked (``plan.stack_entries``: padded
-      to ``size``, a multiple of the mesh size), split along the stack over all devices, stepped there
+      to ``size``, a multiple of the mesh size), split along the stack over
+      all devices, stepped there
       (``block_stacks.map_entries``: vmapped, or one matrix at a time where
       that is faster; ``fit`` and ``do_balance`` shared, so their conds stay
       conds) and unstacked into the leaves' layouts; the factors keep the
