@@ -58,7 +58,16 @@ def gradtx_optimizers(optimizers) -> dict[str, Callable[[], optax.GradientTransf
   }
 
 
-OPTIMIZERS = {ANCHOR: lambda: optax.adamw(LEARNING_RATE), **gradtx_optimizers(go)}
+# optax's own versions of the same methods, for reference next to the anchor.
+OPTAX_REFERENCES = {
+    "optax.adafactor": lambda: optax.adafactor(LEARNING_RATE),
+    "optax.lamb": lambda: optax.lamb(LEARNING_RATE),
+    "optax.contrib.muon": lambda: optax.contrib.muon(LEARNING_RATE),
+}
+
+OPTIMIZERS = {
+    ANCHOR: lambda: optax.adamw(LEARNING_RATE), **OPTAX_REFERENCES, **gradtx_optimizers(go),
+}
 
 
 def layered_tree(layers: int, d: int) -> dict:

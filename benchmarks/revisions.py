@@ -21,6 +21,7 @@ import sys
 import tarfile
 import tempfile
 import types
+import warnings
 
 from benchmarks.harness import ROOT
 
@@ -51,6 +52,30 @@ def _forget_gradtx() -> dict:
   return {n: sys.modules.pop(n) for n in names}
 
 
+def _bind_forwarded_names(optimizers: types.ModuleType) -> None:
+  """Binds the names ``optimizers`` forwards to ``gradtx.contrib`` on first use.
+
+  A deprecated name (``go.adamuon_lm``) is resolved by a module
+  ``__getattr__`` that imports ``gradtx.contrib`` when called: after
+  ``at_revision`` returns, that would be the working tree's. Bound here,
+  while the revision's package is the one imported, it stays the revision's.
+  """
+  try:
+    contrib = importlib.import_module("gradtx.contrib")
+  except ImportError:  # before gradtx.contrib existed
+    return
+  for name in getattr(contrib, "__all__", ()):
+    if name not in vars(optimizers):
+      try:
+        with warnings.catch_warnings():
+          warnings.simplefilter("ignore", DeprecationWarning)
+          forwarded = getattr(optimizers, name)
+      except AttributeError:
+        continue
+      if forwarded is getattr(contrib, name):
+        setattr(optimizers, name, forwarded)
+
+
 def at_revision(revision: str) -> tuple[types.ModuleType, types.ModuleType]:
   """``(transforms, optimizers)`` of gradtx at ``revision`` (any git name)."""
   folder = _extract(revision)
@@ -63,6 +88,7 @@ def at_revision(revision: str) -> tuple[types.ModuleType, types.ModuleType]:
   try:
     modules = (importlib.import_module("gradtx.transforms"),
                importlib.import_module("gradtx.optimizers"))
+    _bind_forwarded_names(modules[1])
   finally:
     sys.path.remove(folder)
     sys.meta_path[:] = editable + sys.meta_path

@@ -1,0 +1,26 @@
+"""benchmarks.revisions: the library at another revision, next to the working tree's."""
+
+import inspect
+import pathlib
+import warnings
+
+from benchmarks import revisions
+from benchmarks.harness import ROOT
+from gradtx import optimizers as go
+
+
+def _defined_under(fn) -> pathlib.Path:
+  return pathlib.Path(inspect.getfile(fn)).resolve()
+
+
+def test_forwarded_names_stay_the_revisions():
+  # go.adamuon_lm is forwarded to gradtx.contrib on first use: a revision's
+  # must be that revision's code, not the working tree's.
+  old_gt, old_go = revisions.at_revision("HEAD")
+  with warnings.catch_warnings():
+    warnings.simplefilter("ignore", DeprecationWarning)
+    current = go.adamuon_lm
+  assert ROOT.resolve() not in _defined_under(old_go.adamuon_lm).parents
+  assert ROOT.resolve() in _defined_under(current).parents
+  assert ROOT.resolve() not in _defined_under(old_go.muon).parents
+  assert ROOT.resolve() not in _defined_under(old_gt.scale_by_adam).parents
