@@ -103,12 +103,12 @@ def adafactor(
       )
   ]
   if clipping_threshold is not None:
-    steps.append(optax.clip_by_block_rms(clipping_threshold))
+    steps.append(gt.clip_by_block_rms(clipping_threshold))
   if learning_rate is None:
     learning_rate = relative_step_size()
   steps.append(gt.scale_by_learning_rate(learning_rate, flip_sign=False))
   if multiply_by_parameter_scale:
-    steps.append(optax.scale_by_param_block_rms())
+    steps.append(gt.scale_by_param_rms(min_ndim=0, min_scale=1e-3))
   if b1 is not None:
     steps.append(gt.ema(b1, mu_dtype=mu_dtype))
   steps.append(gt.decoupled_weight_decay(

@@ -121,7 +121,7 @@ def lookahead(
     # A cond, not a select: between syncs the slow weights are not rewritten.
     updates, slow = jax.lax.cond(
         sync,
-        lambda: _tree.map_leaves(synced_leaf, 2, updates, params, state.slow),
+        lambda: _tree.map_leaves(synced_leaf, 2, updates, params, state.slow, once_per_shape=True),
         lambda: (updates, state.slow))
     if reset_state:  # a cond: the base's init runs at syncs only
       inner_state = jax.lax.cond(

@@ -85,6 +85,7 @@ NAMES = {
     "min_dim_size_to_factor": "Adafactor: factor only axes at least this long",
     "multiply_by_parameter_scale": "Adafactor's relative step",
     "clipping_threshold": "Adafactor's update clipping d",
+    "min_scale": "the floor of a parameter-RMS step factor (Adafactor's 1e-3)",
     "factored": "Adafactor: factor the second moments at all",
     "num_heads": "attention heads (Adam-mini's per-head blocks)",
     "blocks": "Adam-mini's partition rule",
@@ -140,6 +141,7 @@ POSITIONAL = {
     "decoupled_weight_decay": ("weight_decay", "mask"),  # optax.add_decayed_weights
     "coupled_weight_decay": ("weight_decay", "mask"),
     "scale_by_learning_rate": ("learning_rate",),  # optax.scale_by_learning_rate
+    "clip_by_block_rms": ("clipping_threshold",),  # optax.clip_by_block_rms(threshold)
     "hyperball_step": ("learning_rate",),  # it replaces scale_by_learning_rate
     "gradients_at_previous_point": ("inner",),  # the transform it wraps
     "ema": ("decay",),  # optax.ema

@@ -74,7 +74,7 @@ from gradtx.transforms.orthogonalize import (
     newton_schulz,
     orthogonalize_newton_schulz,
 )
-from gradtx.transforms.param_scale import scale_by_param_rms
+from gradtx.transforms.param_scale import clip_by_block_rms, scale_by_param_rms
 from gradtx.transforms.psgd_kron import (
     ScaleByPsgdKronState,
     precond_update_prob_schedule,
@@ -148,6 +148,7 @@ __all__ = [
     "adam_mini_blocks",
     "add_axis_names",
     "cautious",
+    "clip_by_block_rms",
     "clip_singular_values",
     "coupled_weight_decay",
     "decoupled_weight_decay",

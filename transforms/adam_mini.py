@@ -308,7 +308,7 @@ def scale_by_adam_mini(
       )
 
     u, mu, nu = _tree.map_leaves(
-        leaf, 3, updates, state.mu, state.nu, partition(updates), seeds
+        leaf, 3, updates, state.mu, state.nu, partition(updates), seeds, once_per_shape=True
     )
     return u, ScaleByAdamMiniState(count, mu, nu)
 

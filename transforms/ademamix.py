@@ -139,7 +139,7 @@ def scale_by_ademamix(
       )
 
     u, mu, mu_slow, nu = _tree.map_leaves(
-        leaf, 4, updates, state.mu, state.mu_slow, state.nu, seeds)
+        leaf, 4, updates, state.mu, state.mu_slow, state.nu, seeds, once_per_shape=True)
     return u, ScaleByAdemamixState(count, mu, mu_slow, nu)
 
   return optax.GradientTransformation(init_fn, update_fn)

@@ -105,7 +105,7 @@ def cautious(inner: optax.GradientTransformation) -> optax.GradientTransformatio
   def update_fn(updates, state, params=None, **extra_args):
     directions, inner_state = inner.update(
         updates, state.inner_state, params, **extra_args)
-    (masked,) = _tree.map_leaves(_cautious_leaf, 1, directions, updates)
+    (masked,) = _tree.map_leaves(_cautious_leaf, 1, directions, updates, once_per_shape=True)
     return masked, CautiousState(inner_state)
 
   return optax.GradientTransformationExtraArgs(init_fn, update_fn)

@@ -7,7 +7,6 @@ import jax.numpy as jnp
 import numpy as np
 import optax
 
-from gradtx._internal import block_stacks as _block_stacks
 from gradtx._internal import sharding as _sharding
 from gradtx._internal import tree as _tree
 from gradtx._internal import validate as _validate
@@ -159,9 +158,8 @@ def scale_by_factored_rms(
       c = _sharding.reshard_like(c.astype(v_col.dtype), v_col)
       return u.astype(g.dtype), r, c, v
 
-    leaf_fn = _block_stacks.traced_once_per_shape(leaf, updates)
     u, nu_row, nu_col, nu = _tree.map_leaves(
-        leaf_fn, 4, updates, state.nu_row, state.nu_col, state.nu
+        leaf, 4, updates, state.nu_row, state.nu_col, state.nu, once_per_shape=True
     )
     return u, ScaleByFactoredRmsState(
         optax.safe_increment(state.count), nu_row, nu_col, nu

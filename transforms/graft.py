@@ -111,7 +111,10 @@ def graft(
     leaves, treedef = jax.tree.flatten(d)
     layouts = (layouts_of(d, matrix_view, block_size, max_precondition_dim)
                if block_size is not None else [None] * len(leaves))
-    grafted = [leaf(*args) for args in zip(
+    # One traced program per distinct layout (and shape), not per leaf.
+    per_layout = {layout: _tree.traced_once_per_shape(
+        lambda m, d, layout=layout: leaf(m, d, layout), leaves) for layout in set(layouts)}
+    grafted = [per_layout[layout](m_, d_) for m_, d_, layout in zip(
         treedef.flatten_up_to(m), leaves, layouts)]
     return treedef.unflatten(grafted), GraftState(magnitude_state, direction_state)
 

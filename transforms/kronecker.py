@@ -341,9 +341,10 @@ def kronecker_precondition(
     out = owners.unstack(preconditioned, alike=True)
     diag_leaves = treedef.flatten_up_to(state.diag_stats)
     new_diag = list(diag_leaves)
+    diagonal = _tree.traced_once_per_shape(diagonal_step, owners.leaves)
     for i, (g, layout) in enumerate(zip(owners.leaves, blocks)):
       if layout is None:
-        out[i], new_diag[i] = diagonal_step(g, diag_leaves[i])
+        out[i], new_diag[i] = diagonal(g, diag_leaves[i])
     return treedef.unflatten(out), KroneckerPreconditionState(
         count, *map(to_state, (left, right, left_root, right_root)),
         treedef.unflatten(new_diag))

@@ -93,7 +93,7 @@ def momentum(
         u, m_new = state_format.reset_non_finite(g_, u, m_new)
       return u.astype(g.dtype), state_format.store(m_new, m, mu_format, seed)
 
-    u, mu = _tree.map_leaves(leaf, 2, updates, state.mu, seeds)
+    u, mu = _tree.map_leaves(leaf, 2, updates, state.mu, seeds, once_per_shape=True)
     return u, MomentumState(count, mu)
 
   return optax.GradientTransformation(init_fn, update_fn)
@@ -167,7 +167,7 @@ def ema(
         u, m_new = state_format.reset_non_finite(g_, u, m_new)
       return u.astype(g.dtype), state_format.store(m_new, m, mu_format, seed)
 
-    u, mu = _tree.map_leaves(leaf, 2, updates, state.mu, seeds)
+    u, mu = _tree.map_leaves(leaf, 2, updates, state.mu, seeds, once_per_shape=True)
     return u, EmaState(count, mu)
 
   return optax.GradientTransformation(init_fn, update_fn)

@@ -130,11 +130,11 @@ def normalize_by_second_moment(
   def update_fn(updates, state, params=None):
     _validate.check_matching_shapes(updates, params, "normalize_by_second_moment")
     count = optax.safe_increment(state.count)
-    views = iter(_matrix_view.views_of(updates, matrix_view))
+    views = jax.tree.structure(_tree.unwrap_variables(updates)).unflatten(
+        _matrix_view.views_of(updates, matrix_view))
     seeds = state_format.maybe_rounding_seeds(updates, count, nu_format)
 
-    def leaf(u, nu, seed):
-      view = next(views)
+    def leaf(u, nu, seed, view):
       if view is None:
         return u, nu
       # Traced values enter as arguments: Explicit-typed closures are refused.
@@ -160,7 +160,7 @@ def normalize_by_second_moment(
         nu_new = _sharding.reshard_like(nu_new.astype(nu.dtype), nu)
       return out, nu_new
 
-    u, nu = _tree.map_leaves(leaf, 2, updates, state.nu, seeds)
+    u, nu = _tree.map_leaves(leaf, 2, updates, state.nu, seeds, views, once_per_shape=True)
     return u, NormalizeBySecondMomentState(count, nu)
 
   return optax.GradientTransformation(init_fn, update_fn)

@@ -207,7 +207,7 @@ def map_matrices(
   # An expert stack already split over its axis stays where it is.
   plan = block_stacks.OwnerPlan.build(leaves, layouts, keep_split=True)
   results = plan.map(lambda _, s: block_stacks.map_stack(fn, s), plan.stack())
-  out = plan.unstack(results)
+  out = plan.unstack(results, alike=True)
   return treedef.unflatten([x if o is None else o for x, o in zip(leaves, out)])
 
 

@@ -190,7 +190,10 @@ def probe_keys(key: jax.Array, updates: Any) -> tuple[jax.Array, list]:
            for path, _ in flat]
   keys = jax.vmap(lambda fold: jax.random.fold_in(probe_key, fold))(
       jnp.asarray(folds, jnp.uint32).reshape(len(folds)))
-  return jax.random.uniform(balance_key) < BALANCE_PROBABILITY, list(keys)
+  # Taken at opaque offsets: one slicing kernel for all leaves, not one each.
+  starts, (keys,) = block_stacks.opaque(range(len(folds)), (keys,))
+  keys = [jax.lax.dynamic_index_in_dim(keys, j, keepdims=False) for j in starts]
+  return jax.random.uniform(balance_key) < BALANCE_PROBABILITY, keys
 
 
 def probe(key: jax.Array, x: Any) -> jax.Array:

@@ -12,7 +12,6 @@ import jax
 import jax.numpy as jnp
 import optax
 
-from gradtx._internal import block_stacks as _block_stacks
 from gradtx._internal import tree as _tree
 from gradtx._internal import validate as _validate
 from gradtx.storage import state_format
@@ -163,12 +162,8 @@ def scale_by_adam(
           else None,
       )
 
-    # Quantized state makes each leaf's update a long program (decode, update,
-    # block maxima, encode): traced once per distinct leaf shape.
-    leaf_fn = (_block_stacks.traced_once_per_shape(leaf, updates)
-               if guard_non_finite else leaf)
     u, mu, nu, nu_max = _tree.map_leaves(
-        leaf_fn, 4, updates, state.mu, state.nu, state.nu_max, seeds
+        leaf, 4, updates, state.mu, state.nu, state.nu_max, seeds, once_per_shape=True
     )
     return u, ScaleByAdamState(
         count, mu if keeps_mu else None, nu, nu_max if amsgrad else None)
@@ -250,7 +245,7 @@ def scale_by_belief(
               state_format.store(m_new, m, mu_format, seed, stream=0),
               state_format.store(s_new, s, nu_format, seed, stream=1))
 
-    u, mu, nu = _tree.map_leaves(leaf, 3, updates, state.mu, state.nu, seeds)
+    u, mu, nu = _tree.map_leaves(leaf, 3, updates, state.mu, state.nu, seeds, once_per_shape=True)
     return u, ScaleByBeliefState(count, mu, nu)
 
   return optax.GradientTransformation(init_fn, update_fn)
@@ -347,7 +342,7 @@ def scale_by_rms(
           if centered else None,
       )
 
-    u, nu, mu = _tree.map_leaves(leaf, 3, updates, state.nu, state.mu, seeds)
+    u, nu, mu = _tree.map_leaves(leaf, 3, updates, state.nu, state.mu, seeds, once_per_shape=True)
     return u, ScaleByRmsState(count, nu, mu if centered else None)
 
   return optax.GradientTransformation(init_fn, update_fn)
@@ -410,7 +405,7 @@ def scale_by_adagrad(
         u, s_new = state_format.reset_non_finite(g_, u, s_new)
       return u.astype(g.dtype), state_format.store(s_new, s, nu_format, seed)
 
-    u, s = _tree.map_leaves(leaf, 2, updates, state.sum_of_squares, seeds)
+    u, s = _tree.map_leaves(leaf, 2, updates, state.sum_of_squares, seeds, once_per_shape=True)
     return u, ScaleByAdagradState(count, s)
 
   return optax.GradientTransformation(init_fn, update_fn)

@@ -103,7 +103,7 @@ def scale_by_lion(
         u, m_new = state_format.reset_non_finite(g_, u, m_new)
       return u.astype(g.dtype), state_format.store(m_new, m, mu_format, seed)
 
-    u, mu = _tree.map_leaves(leaf, 2, updates, state.mu, seeds)
+    u, mu = _tree.map_leaves(leaf, 2, updates, state.mu, seeds, once_per_shape=True)
     return u, ScaleByLionState(count, mu)
 
   return optax.GradientTransformation(init_fn, update_fn)

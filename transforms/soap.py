@@ -336,7 +336,7 @@ def scale_by_soap(
     nu_stacks = {k: state_format.store(v, state.nu_stacks[k], nu_format, seed_of(k), stream=1)
                  for k, v in nu_stacks.items()}
 
-    out = owners.unstack(directions)
+    out = owners.unstack(directions, alike=True)
     mu_leaves, nu_leaves = (treedef.flatten_up_to(t) for t in (state.mu, state.nu))
     seed_leaves = [None] * len(leaves) if seeds is None else treedef.flatten_up_to(seeds)
     mu, nu = list(mu_leaves), list(nu_leaves)

