@@ -155,7 +155,7 @@ def main(argv=None) -> None:
   names = [ANCHOR] + [n for n in args.optimizers if n != ANCHOR]
   if args.against:
     old = gradtx_optimizers(revisions.at_revision(args.against)[1])
-    for name in list(names[1:]):
+    for name in [n for n in names if n in old]:  # optax's rows do not change
       OPTIMIZERS[f"{name} @{args.against}"] = old[name]
       names.append(f"{name} @{args.against}")
   print(harness.machine_banner())
