@@ -165,6 +165,41 @@ def _factors(p):
   return jnp.zeros(p.shape[:1]), jnp.zeros(p.shape[1:])
 
 
+def test_map_leaves_once_per_shape_traces_each_shape_once():
+  """Six leaves of two shapes: with ``once_per_shape`` the leaf function is
+  traced twice under jit (one per shape), without it six times; the values
+  are the same, and a static (non-array) argument per leaf is honoured."""
+  tree = {f"a{i}": jnp.full((2, 3), float(i)) for i in range(4)}
+  tree |= {f"b{i}": jnp.full((5,), float(i)) for i in range(2)}
+  scales = {k: (2 if k.startswith("a") else 3) for k in tree}  # Python ints: static
+  calls = []
+
+  def leaf(x, scale):
+    calls.append(x.shape)
+    return (x * scale + 1,)
+
+  def run(once):
+    calls.clear()
+    (out,) = jax.jit(lambda t: _tree.map_leaves(
+        leaf, 1, t, scales, once_per_shape=once))(tree)
+    return out, len(calls)
+
+  shared, traced_shared = run(True)
+  per_leaf, traced_per_leaf = run(False)
+  assert (traced_shared, traced_per_leaf) == (2, 6)
+  chex.assert_trees_all_equal(shared, per_leaf)
+  np.testing.assert_array_equal(shared["a3"], 3.0 * 2 + 1)
+  np.testing.assert_array_equal(shared["b1"], 1.0 * 3 + 1)
+
+
+def test_map_leaves_once_per_shape_is_plain_eagerly():
+  calls = []
+  leaf = lambda x: (calls.append(1) or x + 1,)
+  (out,) = _tree.map_leaves(leaf, 1, [jnp.ones(2), jnp.ones(2)], once_per_shape=True)
+  assert len(calls) == 2  # called per leaf, no jit compiled per call
+  np.testing.assert_array_equal(out[1], 2.0)
+
+
 def test_map_statistics_collects_each_output_into_a_params_structured_tree():
   rows, cols = _tree.map_statistics(_factors, 2, {"w": jnp.ones((2, 3))})
   assert rows["w"].shape == (2,) and cols["w"].shape == (3,)
