@@ -694,7 +694,9 @@ class OwnerPlan:
     entries, entry j laid out with ``specs[i][j]`` (``None``: as XLA likes; on
     an Explicit mesh every spec must be given). Off a mesh the entries are
     taken at ``opaque`` offsets, so one kernel slices all of a stack's
-    entries (as ``unstack(alike=True)``)."""
+    entries (as ``unstack(alike=True)``); stacks of one length share one
+    opaque loop (PSGD's update, factors and momentum: a third of the loop
+    outputs XLA copies)."""
     mesh = self.mesh
 
     def split(stacks):
@@ -707,6 +709,12 @@ class OwnerPlan:
       return tuple(jax.lax.dynamic_index_in_dim(stack, j, keepdims=False) for j in starts)
 
     if mesh is None:
+      counts = {len(sp) for sp in specs}
+      if len(counts) == 1 and min(counts) > 1:
+        # The stacks of one group: one opaque loop gives all their offsets.
+        starts, stacks = opaque(range(min(counts)), tuple(stacks))
+        return tuple(tuple(jax.lax.dynamic_index_in_dim(s, j, keepdims=False) for j in starts)
+                     for s in stacks)
       return tuple(split_alike(s, len(sp)) for s, sp in zip(stacks, specs))
     if _explicit(mesh):
       return _in_mesh(mesh, lambda: jax.sharding.auto_axes(
