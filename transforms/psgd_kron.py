@@ -174,26 +174,28 @@ def clip_rms(u: jax.Array, limit: float = 1.1) -> jax.Array:
   return u / jnp.maximum(1.0, jnp.sqrt(jnp.mean(u * u)) / limit)
 
 
-def probe_keys(key: jax.Array, updates: Any) -> tuple[jax.Array, list]:
-  """The random keys of the step that starts from the state's ``key``.
+def step_keys(key: jax.Array) -> tuple[jax.Array, jax.Array]:
+  """(whether to balance the factors, the probes' key) of the step that
+  starts from the state's ``key``."""
+  balance_key, probe_key = jax.random.split(jax.random.split(key)[1])
+  return jax.random.uniform(balance_key) < BALANCE_PROBABILITY, probe_key
 
-  Returns (whether to balance the factors, one key per leaf of ``updates``,
-  in leaf order). Each leaf's key is folded from its path, so adding a leaf
-  changes no other leaf's; all are folded under one ``vmap``, and each leaf's
-  probe is drawn from its key inside the (stacked) step, so the program holds
-  one copy of the generator per distinct leaf shape.
-  """
-  step_key = jax.random.split(key)[1]
-  balance_key, probe_key = jax.random.split(step_key)
+
+def probe_folds(updates: Any) -> list:
+  """Per leaf of ``updates`` (in leaf order), the number its probe's key is
+  folded from: a hash of its path, so adding a leaf changes no other leaf's
+  probe. Each leaf's key, ``fold_in(probe_key, fold)``, is derived inside
+  the (stacked) step, so the program holds one copy of the generator per
+  distinct leaf shape and no per-leaf key slicing."""
   flat = jax.tree_util.tree_flatten_with_path(_tree.unwrap_variables(updates))[0]
-  folds = [zlib.crc32("/".join(_names.path_names(path)).encode()) % 2**31
-           for path, _ in flat]
-  keys = jax.vmap(lambda fold: jax.random.fold_in(probe_key, fold))(
-      jnp.asarray(folds, jnp.uint32).reshape(len(folds)))
-  # Taken at opaque offsets: one slicing kernel for all leaves, not one each.
-  starts, (keys,) = block_stacks.opaque(range(len(folds)), (keys,))
-  keys = [jax.lax.dynamic_index_in_dim(keys, j, keepdims=False) for j in starts]
-  return jax.random.uniform(balance_key) < BALANCE_PROBABILITY, keys
+  return [zlib.crc32("/".join(_names.path_names(path)).encode()) % 2**31 for path, _ in flat]
+
+
+def probe_keys(key: jax.Array, updates: Any) -> tuple[jax.Array, list]:
+  """(whether to balance the factors, one probe key per leaf of ``updates``,
+  in leaf order) of the step that starts from the state's ``key``."""
+  do_balance, probe_key = step_keys(key)
+  return do_balance, [jax.random.fold_in(probe_key, f) for f in probe_folds(updates)]
 
 
 def probe(key: jax.Array, x: Any) -> jax.Array:
@@ -367,17 +369,19 @@ def scale_by_psgd_kron(
     probability = _tree.resolve_schedule(precond_update_probability, count)
     counter = optax.safe_increment(state.update_counter)
     fit = counter >= 1 / probability
-    do_balance, keys = probe_keys(state.key, updates)
+    do_balance, probe_key = step_keys(state.key)
+    folds = [jnp.uint32(f) for f in probe_folds(updates)]
     treedef = _tree.statistics_structure(updates)
     seeds = state_format.maybe_rounding_seeds(updates, count, mu_format)
 
-    def step(g, m, factors, key, scalars):
-      """One leaf's step, in its compute dtype (a scalar as shape (1,)).
+    def step(g, m, factors, fold, scalars):
+      """One leaf's step, in its compute dtype (a scalar as shape (1,)); its
+      probe's key is folded from ``fold`` (``probe_folds``).
 
       Traced numbers come in ``scalars``, not by closure: on an Explicit mesh
       this runs with Auto axes, where outer values may not enter.
       """
-      fit, do_balance, decay, correction, lr = scalars
+      fit, do_balance, decay, correction, lr, probe_key = scalars
       shape = g.shape or (1,)
       g_ = g.reshape(shape)
       if keeps_momentum:
@@ -387,7 +391,8 @@ def scale_by_psgd_kron(
         m_hat = g_
 
       def refit(qs):
-        v = probe(key, g).reshape(shape)  # drawn only when the factors are fitted
+        # Drawn only when the factors are fitted.
+        v = probe(jax.random.fold_in(probe_key, fold), g).reshape(shape)
         h = m_hat if momentum_into_precond_update else g_
         h = h + PROBE_WEIGHT * jnp.mean(jnp.abs(h)) * v
         qs = jax.lax.cond(do_balance, balance, list, qs)
@@ -397,18 +402,16 @@ def scale_by_psgd_kron(
       u = clip_rms(precondition(qs, m_hat)).reshape(g.shape)
       return u, None if m is None else m.reshape(g.shape), tuple(qs)
 
-    def leaf(g, m, factors, key, seed):
+    def leaf(g, m, factors, fold, seed):
       if g.size == 0:
         return g, m, factors
       dtype = _tree.compute_dtype(g)
       m_old = state_format.load(m, dtype) if keeps_momentum else None
       # On an Explicit mesh the factors' contractions cross sharded axes: XLA
       # lays them out; the outputs keep the layouts of the step's inputs.
-      scalars = (fit, do_balance, jnp.asarray(b1, dtype),
-                 _tree.bias_correction(b1, count, dtype), jnp.asarray(precond_lr, dtype))
       u, m_new, qs = _sharding.in_auto_axes(
-          step, g.astype(dtype), m_old, tuple(q.astype(dtype) for q in factors), key,
-          scalars, like=(g, m_old, factors))
+          step, g.astype(dtype), m_old, tuple(q.astype(dtype) for q in factors), fold,
+          scalars_of(dtype), like=(g, m_old, factors))
       return finish(g, m, factors, seed, u, m_new, qs)
 
     def finish(g, m, factors, seed, u, m_new, qs):
@@ -420,12 +423,13 @@ def scale_by_psgd_kron(
 
     def scalars_of(dtype):
       return (fit, do_balance, jnp.asarray(b1, dtype),
-              _tree.bias_correction(b1, count, dtype), jnp.asarray(precond_lr, dtype))
+              _tree.bias_correction(b1, count, dtype), jnp.asarray(precond_lr, dtype),
+              probe_key)
 
     def group_step(plan, size, dtype, members):
       """The steps of one group's leaves, each computed whole on one owner.
 
-      ``members``: per leaf of the group (g, m, factors, key, seed), computed
+      ``members``: per leaf of the group (g, m, factors, fold, seed), computed
       in ``dtype``. Their arrays are stacked (``plan.stack_entries``: padded
       to ``size``, a multiple of the mesh size), split along the stack over
       all devices, stepped there
@@ -436,15 +440,15 @@ def scale_by_psgd_kron(
       """
       mesh = plan.mesh
       ms = [state_format.load(m, dtype) if keeps_momentum else None for _, m, _, _, _ in members]
-      columns = [[g.astype(dtype) for g, *_ in members], [k for _, _, _, k, _ in members]]
+      columns = [[g.astype(dtype) for g, *_ in members], [f for _, _, _, f, _ in members]]
       columns += [[qs[i].astype(dtype) for _, _, qs, _, _ in members]
                   for i in range(len(members[0][2]))]
       columns += [ms] if keeps_momentum else []
-      g, keys, *rest = plan.stack_entries(size, columns)
+      g, folds, *rest = plan.stack_entries(size, columns)
       qs, m = (tuple(rest[:-1]), rest[-1]) if keeps_momentum else (tuple(rest), None)
-      run = lambda g, m, qs, keys, scalars: block_stacks.map_entries(
-          step, g, m, qs, keys, shared=scalars)
-      u, m, qs = plan.on_owners(run, g, m, qs, keys, shared=scalars_of(dtype))
+      run = lambda g, m, qs, folds, scalars: block_stacks.map_entries(
+          step, g, m, qs, folds, shared=scalars)
+      u, m, qs = plan.on_owners(run, g, m, qs, folds, shared=scalars_of(dtype))
       explicit = mesh is not None and jax.sharding.AxisType.Explicit in mesh.axis_types
       like = lambda xs: [block_stacks.leaf_spec(x) if explicit else None for x in xs]
       state_spec = lambda f: None if mesh is None else block_stacks.state_spec(f.shape, mesh)
@@ -495,7 +499,7 @@ def scale_by_psgd_kron(
       return _tree.map_leaves(lambda *_: next(results), 3, *trees)
 
     u, mu, factors = stacked_leaves(
-        updates, state.mu, state.factors, treedef.unflatten(keys), seeds)
+        updates, state.mu, state.factors, treedef.unflatten(folds), seeds)
     return u, ScaleByPsgdKronState(
         count, mu if keeps_momentum else None, factors, jnp.where(fit, 0, counter),
         jax.random.split(state.key)[0])
