@@ -48,8 +48,8 @@ def scale_by_param_rms(
       if jnp.ndim(p) < min_ndim:
         return (u,)
       dtype = _tree.compute_dtype(u)
-      rms = jnp.sqrt(jnp.mean(_tree.abs_sq(p.astype(dtype))))
-      return ((jnp.maximum(rms, min_scale) * u.astype(dtype)).astype(u.dtype),)
+      scale = jnp.maximum(_tree.rms(p.astype(dtype)), min_scale)
+      return ((scale * u.astype(dtype)).astype(u.dtype),)
 
     (out,) = _tree.map_leaves(leaf, 1, updates, params, once_per_shape=True)
     return out, state
@@ -83,10 +83,8 @@ def clip_by_block_rms(clipping_threshold: float) -> optax.GradientTransformation
     del params
 
     def leaf(u):
-      dtype = _tree.compute_dtype(u)
-      u_ = u.astype(dtype)
-      rms = jnp.sqrt(jnp.mean(_tree.abs_sq(u_)))
-      return ((u_ / jnp.maximum(1.0, rms / clipping_threshold)).astype(u.dtype),)
+      clipped = _tree.clipped_to_rms(u.astype(_tree.compute_dtype(u)), clipping_threshold)
+      return (clipped.astype(u.dtype),)
 
     (out,) = _tree.map_leaves(leaf, 1, updates, once_per_shape=True)
     return out, state

@@ -169,9 +169,8 @@ def precondition(factors: Sequence[jax.Array], g: jax.Array) -> jax.Array:
   return g
 
 
-def clip_rms(u: jax.Array, limit: float = 1.1) -> jax.Array:
-  """u / max(1, rms(u) / limit): psgd-jax caps the preconditioned RMS at 1.1."""
-  return u / jnp.maximum(1.0, jnp.sqrt(jnp.mean(u * u)) / limit)
+# psgd-jax caps the preconditioned update's RMS at 1.1.
+RMS_LIMIT = 1.1
 
 
 def step_keys(key: jax.Array) -> tuple[jax.Array, jax.Array]:
@@ -399,7 +398,7 @@ def scale_by_psgd_kron(
         return fit_factors(qs, h, v, lr)
 
       qs = jax.lax.cond(fit, refit, list, list(factors))
-      u = clip_rms(precondition(qs, m_hat)).reshape(g.shape)
+      u = _tree.clipped_to_rms(precondition(qs, m_hat), RMS_LIMIT).reshape(g.shape)
       return u, None if m is None else m.reshape(g.shape), tuple(qs)
 
     def leaf(g, m, factors, fold, seed):

@@ -44,6 +44,16 @@ def abs_sq(x: jax.Array) -> jax.Array:
   return x * x
 
 
+def rms(x: jax.Array) -> jax.Array:
+  """The root mean square of all of ``x``'s elements, sqrt(mean |x|²)."""
+  return jnp.sqrt(jnp.mean(abs_sq(x)))
+
+
+def clipped_to_rms(x: jax.Array, limit: Any) -> jax.Array:
+  """``x / max(1, rms(x) / limit)``: ``x`` scaled down to an RMS of at most ``limit``."""
+  return x / jnp.maximum(1.0, rms(x) / limit)
+
+
 def is_complex(x: Any) -> bool:
   return jnp.issubdtype(dtype_of(x), jnp.complexfloating)
 

@@ -167,7 +167,8 @@ def _factors(p):
 
 def test_map_leaves_once_per_shape_traces_each_shape_once():
   """Six leaves of two shapes: with ``once_per_shape`` the leaf function is
-  traced twice under jit (one per shape), without it six times; the values
+  traced under jit once per shape (two traces), without it once per leaf
+  (six traces); the values
   are the same, and a static (non-array) argument per leaf is honoured."""
   tree = {f"a{i}": jnp.full((2, 3), float(i)) for i in range(4)}
   tree |= {f"b{i}": jnp.full((5,), float(i)) for i in range(2)}
@@ -243,3 +244,11 @@ def test_zeros_where_masks_the_other_leaves():
   assert zeros["b"].dtype == jnp.bfloat16 and not zeros["b"].any()
   zeros32 = _tree.zeros_where(params, lambda _, p: True, lambda p: jnp.float32)
   assert {x.dtype for x in jax.tree.leaves(zeros32)} == {jnp.dtype(jnp.float32)}
+
+
+def test_rms_and_clipped_to_rms_by_hand():
+  x = jnp.array([3.0 + 4.0j, 0.0])  # |x|² = 25, 0: RMS √12.5
+  np.testing.assert_allclose(_tree.rms(x), np.sqrt(12.5), rtol=1e-6)
+  y = jnp.array([3.0, -4.0])  # RMS √12.5 ≈ 3.54
+  np.testing.assert_allclose(_tree.clipped_to_rms(y, 1.0), y / np.sqrt(12.5), rtol=1e-6)
+  np.testing.assert_array_equal(_tree.clipped_to_rms(y, 10.0), y)  # under the limit
