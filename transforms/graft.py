@@ -26,7 +26,7 @@ def _ratio(m_sq, d_sq):
 def _grafted_whole(m, d):
   dtype = _tree.compute_dtype(d)
   m_, d_ = m.astype(dtype), d.astype(dtype)
-  ratio = _ratio(jnp.sum(_tree.abs_sq(m_)), jnp.sum(_tree.abs_sq(d_)))
+  ratio = _ratio(_tree.sum_squares(m_), _tree.sum_squares(d_))
   return (d_ * ratio).astype(d.dtype)
 
 

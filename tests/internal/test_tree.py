@@ -252,3 +252,27 @@ def test_rms_and_clipped_to_rms_by_hand():
   y = jnp.array([3.0, -4.0])  # RMS √12.5 ≈ 3.54
   np.testing.assert_allclose(_tree.clipped_to_rms(y, 1.0), y / np.sqrt(12.5), rtol=1e-6)
   np.testing.assert_array_equal(_tree.clipped_to_rms(y, 10.0), y)  # under the limit
+
+
+@pytest.mark.parametrize("shape", [(), (7,), (3, 5), (2, 3, 4)])
+def test_sum_squares_matches_numpy(shape):
+  rng = np.random.default_rng(0)
+  x = rng.normal(size=shape).astype(np.float32)
+  z = (rng.normal(size=shape) + 1j * rng.normal(size=shape)).astype(np.complex64)
+  np.testing.assert_allclose(_tree.sum_squares(x), np.sum(x.astype(np.float64) ** 2),
+                             rtol=1e-6)
+  total = _tree.sum_squares(z)
+  assert total.dtype == jnp.float32  # real, the complex leaf's real dtype
+  np.testing.assert_allclose(total, np.sum(np.abs(z.astype(np.complex128)) ** 2), rtol=1e-6)
+
+
+def test_sum_squares_of_nothing_is_zero_and_rms_finite():
+  assert float(_tree.sum_squares(jnp.zeros((0, 3)))) == 0.0
+  assert float(_tree.rms(jnp.zeros((0,)))) == 0.0
+
+
+def test_sum_squares_asks_for_full_precision():
+  # A backend's reduced default matmul precision (TPU) must not reach a norm.
+  with jax.default_matmul_precision("bfloat16"):
+    text = jax.jit(_tree.sum_squares).lower(jnp.ones((4, 4))).as_text()
+  assert "HIGHEST" in text
