@@ -16,9 +16,20 @@ with the number of matrices.
     python -m benchmarks.compile_time --optimizers muon shampoo
     python -m benchmarks.compile_time --optimizers muon --against HEAD~1
     python -m benchmarks.compile_time --optimizers adamw_8bit --against HEAD --step-rounds 20
+    python -m benchmarks.compile_time --transforms --layers 12 48   # the matrix transforms alone
 
 Each figure is the minimum over ``--repeats`` compilations (the JAX caches
-are cleared before each, so every one is a cold trace, lower and compile).
+are cleared before each, so every one is a cold trace, lower and compile),
+taken in rounds that visit every contender once in a new random order, so a
+drift in the machine's speed reaches all of them alike.
+
+``--transforms`` compiles the matrix transforms alone (Newton–Schulz, the
+Kronecker preconditioner, SOAP, PSGD Kron) on the kernels only, next to
+``optax.scale_by_adam``: what the optimizers add to a per-leaf transform.
+Besides the growth, the table gives each one's seconds per added matrix
+(from the smallest to the largest tree): a per-matrix program stacked or
+mapped once per shape costs no more per added matrix than a per-leaf
+element-wise transform does.
 ``--step-rounds N`` then times the compiled steps themselves on the largest
 tree (random parameters and gradients), one step of each contender per round
 in a new random order (``harness.time_round_robin``): a change that buys
@@ -26,6 +37,7 @@ compile time must not cost step time.
 """
 
 import argparse
+import random
 import time
 from typing import Callable
 
@@ -35,6 +47,7 @@ import optax
 
 from benchmarks import harness, revisions
 from gradtx import optimizers as go
+from gradtx import transforms as gt
 
 ANCHOR = "optax.adamw"
 LEARNING_RATE = 1e-3
@@ -69,14 +82,24 @@ OPTIMIZERS = {
     ANCHOR: lambda: optax.adamw(LEARNING_RATE), **OPTAX_REFERENCES, **gradtx_optimizers(go),
 }
 
+# --transforms: the matrix transforms alone, next to a per-leaf transform.
+TRANSFORM_ANCHOR = "optax.scale_by_adam"
+TRANSFORMS = {
+    TRANSFORM_ANCHOR: optax.scale_by_adam,
+    "orthogonalize_newton_schulz": gt.orthogonalize_newton_schulz,
+    "kronecker_precondition": gt.kronecker_precondition,
+    "scale_by_soap": gt.scale_by_soap,
+    "scale_by_psgd_kron": gt.scale_by_psgd_kron,
+}
 
-def layered_tree(layers: int, d: int) -> dict:
-  """``layers`` blocks of 4 kernels and 4 biases, float32, as abstract arrays."""
+
+def layered_tree(layers: int, d: int, biases: bool = True) -> dict:
+  """``layers`` blocks of 4 kernels (and 4 biases), float32, as abstract arrays."""
   shapes = {"qkv": (d, 3 * d), "out": (d, d), "fc1": (d, 4 * d), "fc2": (4 * d, d)}
   spec = lambda shape: jax.ShapeDtypeStruct(shape, jnp.float32)
   return {
       f"layer_{i}": {
-          name: {"kernel": spec(shape), "bias": spec(shape[1:])}
+          name: {"kernel": spec(shape), **({"bias": spec(shape[1:])} if biases else {})}
           for name, shape in shapes.items()
       }
       for i in range(layers)
@@ -92,13 +115,17 @@ def compile_seconds(tx: optax.GradientTransformation, params: dict) -> float:
   return time.perf_counter() - start
 
 
-def measure(names, layers, d, repeats) -> dict[str, dict[int, float]]:
-  seconds = {name: {} for name in names}
+def measure(builders, layers, d, repeats, biases=True) -> dict[str, dict[int, float]]:
+  """Per contender and tree size, the fastest of ``repeats`` cold compiles,
+  in rounds that visit the contenders in a new random order each."""
+  rng = random.Random(0)
+  seconds = {name: {} for name in builders}
   for count in layers:
-    params = layered_tree(count, d)
-    for name in names:
-      seconds[name][count] = min(
-          compile_seconds(OPTIMIZERS[name](), params) for _ in range(repeats))
+    params = layered_tree(count, d, biases)
+    for _ in range(repeats):
+      for name in rng.sample(list(builders), len(builders)):
+        took = compile_seconds(builders[name](), params)
+        seconds[name][count] = min(seconds[name].get(count, took), took)
   return seconds
 
 
@@ -124,18 +151,22 @@ def step_table(milliseconds: dict[str, list[float]]) -> str:
       ["optimizer", "step ms (min)", "step ms (median)", f"x {ANCHOR} (min)"], rows)
 
 
-def table(seconds: dict[str, dict[int, float]], layers) -> str:
-  anchor = seconds[ANCHOR]
-  header = ["optimizer"]
+def table(seconds: dict[str, dict[int, float]], layers, anchor_name: str = ANCHOR) -> str:
+  anchor = seconds[anchor_name]
+  first, last = layers[0], layers[-1]
+  header = ["contender"]
   for count in layers:
-    header += [f"{4 * count} matrices s", f"x {ANCHOR}"]
-  header.append(f"growth {4 * layers[0]} -> {4 * layers[-1]}")
+    header += [f"{4 * count} matrices s", f"x {anchor_name}"]
+  if last > first:
+    header += [f"growth {4 * first} -> {4 * last}", "ms per added matrix"]
   rows = []
   for name, by_size in seconds.items():
     row = [name]
     for count in layers:
       row += [f"{by_size[count]:.2f}", f"{by_size[count] / anchor[count]:.2f}x"]
-    row.append(f"{by_size[layers[-1]] / by_size[layers[0]]:.2f}x")
+    if last > first:
+      row += [f"{by_size[last] / by_size[first]:.2f}x",
+              f"{1e3 * (by_size[last] - by_size[first]) / (4 * (last - first)):.1f}"]
     rows.append(row)
   return harness.markdown_table(header, rows)
 
@@ -151,17 +182,27 @@ def main(argv=None) -> None:
                       help="also compile the library at this git revision")
   parser.add_argument("--step-rounds", type=int, default=0,
                       help="also time this many round-robin steps on the largest tree")
+  parser.add_argument("--transforms", action="store_true",
+                      help="compile the matrix transforms alone, on the kernels only")
   args = parser.parse_args(argv)
+  print(harness.machine_banner())
+  if args.transforms:
+    print(f"\nlower + compile of one update+apply step of each transform alone, the kernels"
+          f" only (no biases), d = {args.d}, min of {args.repeats}\n")
+    seconds = measure(TRANSFORMS, args.layers, args.d, args.repeats, biases=False)
+    print(table(seconds, args.layers, TRANSFORM_ANCHOR))
+    print(harness.closing_line())
+    return
   names = [ANCHOR] + [n for n in args.optimizers if n != ANCHOR]
   if args.against:
     old = gradtx_optimizers(revisions.at_revision(args.against)[1])
     for name in [n for n in names if n in old]:  # optax's rows do not change
       OPTIMIZERS[f"{name} @{args.against}"] = old[name]
       names.append(f"{name} @{args.against}")
-  print(harness.machine_banner())
   print(f"\nlower + compile of one update+apply step, d = {args.d}, min of"
         f" {args.repeats}\n")
-  print(table(measure(names, args.layers, args.d, args.repeats), args.layers))
+  builders = {name: OPTIMIZERS[name] for name in names}
+  print(table(measure(builders, args.layers, args.d, args.repeats), args.layers))
   if args.step_rounds:
     print(f"\nstep time, {4 * args.layers[-1]} matrices, {args.step_rounds} rounds round-robin\n")
     print(step_table(step_milliseconds(names, args.layers[-1], args.d, args.step_rounds)))
