@@ -47,7 +47,7 @@ def abs_sq(x: jax.Array) -> jax.Array:
 
 
 def sum_squares(x: jax.Array) -> jax.Array:
-  """Σ|x|² over all of ``x``'s elements, real, in ``x``'s dtype.
+  """Σ|x|² over all of ``x``'s elements, in ``x``'s real dtype.
 
   A contraction of every axis (``dot_general(conj(x), x)``), not
   ``sum(x * x)``: XLA:CPU runs a dot as a library call, where it compiles a
