@@ -26,10 +26,11 @@ drift in the machine's speed reaches all of them alike.
 ``--transforms`` compiles the matrix transforms alone (Newton–Schulz, the
 Kronecker preconditioner, SOAP, PSGD Kron) on the kernels only, next to
 ``optax.scale_by_adam``: what the optimizers add to a per-leaf transform.
-Besides the growth, the table gives each one's seconds per added matrix
-(from the smallest to the largest tree): a per-matrix program stacked or
-mapped once per shape costs no more per added matrix than a per-leaf
-element-wise transform does.
+Besides the growth, every table gives the milliseconds of compile each
+added matrix costs (from the smallest to the largest tree): a per-matrix
+program stacked or mapped once per shape costs no more per added matrix than
+a per-leaf element-wise transform does.
+
 ``--step-rounds N`` then times the compiled steps themselves on the largest
 tree (random parameters and gradients), one step of each contender per round
 in a new random order (``harness.time_round_robin``): a change that buys
@@ -185,6 +186,8 @@ def main(argv=None) -> None:
   parser.add_argument("--transforms", action="store_true",
                       help="compile the matrix transforms alone, on the kernels only")
   args = parser.parse_args(argv)
+  if args.transforms and (args.against or args.step_rounds):
+    parser.error("--transforms takes neither --against nor --step-rounds")
   print(harness.machine_banner())
   if args.transforms:
     print(f"\nlower + compile of one update+apply step of each transform alone, the kernels"

@@ -154,7 +154,8 @@ def describe(tx: optax.GradientTransformation, params: Any, *, strict: bool = Fa
     recorder.phase = _routing.UPDATE
     try:
       jax.eval_shape(lambda p, s: tx.update(p, s, p, **extra_args), params, state)
-    except Exception as error:  # noqa: BLE001: an update that needs extra arguments
+    # An update that needs extra arguments: reported, and the views come from init.
+    except Exception as error:  # noqa: BLE001
       notes.append(f"update not traced ({type(error).__name__}: {error}); views from init only")
   if strict and recorder.ambiguous:
     raise ValueError("\n".join(recorder.ambiguous.values()))

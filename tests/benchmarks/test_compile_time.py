@@ -1,6 +1,7 @@
 """benchmarks.compile_time: compile seconds against the number of layers."""
 
 import jax
+import pytest
 
 from benchmarks import compile_time
 
@@ -28,3 +29,8 @@ def test_transforms_mode_compiles_every_matrix_transform(capsys):
   for name in compile_time.TRANSFORMS:
     assert f"| {name} |" in out
   assert "ms per added matrix" in out
+
+
+def test_transforms_mode_refuses_the_optimizer_only_options():
+  with pytest.raises(SystemExit):
+    compile_time.main(["--transforms", "--against", "HEAD"])
