@@ -159,3 +159,15 @@ def test_int8_state_survives_jit_donation_and_optax_wrappers():
   for _ in range(4):
     u, state = step(params, state, params)
   assert np.isfinite(u["w"]).all() and float(jnp.abs(u["w"]).max()) > 0
+
+
+def test_int8_state_path_is_traced_once_per_shape():
+  # The codes' encode and decode (table gathers) appear once per distinct
+  # shape in the lowered update, however many leaves share the shape.
+  def gathers(per_shape):
+    tree = {f"w{i}": jnp.zeros((64, 128)) for i in range(per_shape)}
+    tx = gt.scale_by_adam(mu_dtype=SMALL_INT8, nu_dtype=SMALL_INT8)
+    text = jax.jit(tx.update).lower(tree, tx.init(tree), tree).as_text()
+    return text.count("stablehlo.gather")
+
+  assert gathers(2) == gathers(8) > 0
