@@ -9,6 +9,8 @@ tests/conftest.py gives 8 CPU devices. What is checked:
   Explicit and Auto meshes; AdamW stays at 1/8, 1/8 and no collective;
 * sharded runs equal unsharded ones within 1e-5 relative over 5 steps, for
   every optimizer, on both axis types;
+* the matrix transforms trace their per-matrix program once per distinct
+  shape on a mesh too (as tests/transforms/test_contract.py checks on one device);
 * the edge cases: fewer matrices than devices, a Kronecker block split over
   devices, a two-axis (data x model) mesh, replicated (data-parallel) params;
 * two processes x 4 CPU devices (``jax.distributed``, gloo) equal one process
@@ -34,6 +36,7 @@ from jax.sharding import PartitionSpec as P
 from benchmarks import distributed_cost
 from gradtx import optimizers as go
 from gradtx import transforms as gt
+from tests.support import helpers
 
 ROOT = pathlib.Path(__file__).resolve().parents[1]
 AXIS_TYPES = {"explicit": AxisType.Explicit, "auto": AxisType.Auto}
@@ -210,6 +213,26 @@ def test_soap_is_this_sensitive_by_itself():
     reference = _run(OPTIMIZERS["soap"](), params, target)
     nudged = _run(OPTIMIZERS["soap"](), jax.tree.map(lambda x: x * (1 + 1e-9), params), target)
   assert max(_relative(nudged[k], reference[k]) for k in SHAPES) > 1e-3
+
+
+
+@pytest.mark.parametrize("name", sorted(helpers.MATRIX_TRANSFORMS))
+def test_matrix_work_is_traced_once_per_shape_on_a_mesh(name):
+  """On an 8-device Explicit mesh as on one device: the owners' per-matrix
+  program is traced once per distinct shape (the same matrix products for
+  two and eight matrices of each shape)."""
+  mesh = jax.make_mesh((8,), ("d",), axis_types=(AxisType.Explicit,))
+  factory = helpers.MATRIX_TRANSFORMS[name]
+
+  def products(per_shape):
+    tree = helpers.two_shape_tree(per_shape)
+    with jax.set_mesh(mesh):
+      placed = jax.device_put(tree, NamedSharding(mesh, P("d")))
+      tx = factory()
+      state = jax.jit(tx.init, out_shardings=gt.state_shardings(tx, placed))(placed)
+      return helpers.matrix_products(tx, placed, state)
+
+  assert products(2) == products(8) > 0
 
 
 # --- edge cases ----------------------------------------------------------

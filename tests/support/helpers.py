@@ -9,6 +9,7 @@ import optax
 from flax import nnx
 
 from gradtx import optimizers as go
+from gradtx import transforms as gt
 
 _RNG = np.random.default_rng(0)
 # A matrix and a vector, and six gradients for them (float32).
@@ -132,3 +133,27 @@ class EmbedClassifier(nnx.Module):
       logits = m.head(m.norm(jax.nn.gelu(m.hidden(m.embed(x)))))
       return optax.softmax_cross_entropy_with_integer_labels(logits, (x + 1) % 11).mean()
     return loss_fn
+
+
+# The matrix transforms, for the checks that their per-matrix program is
+# traced once per distinct shape (tests/transforms/test_contract.py, on one
+# device; tests/test_distributed.py, on a mesh).
+MATRIX_TRANSFORMS = {
+    "orthogonalize_newton_schulz": gt.orthogonalize_newton_schulz,
+    "clip_singular_values": gt.clip_singular_values,
+    "kronecker_precondition": lambda: gt.kronecker_precondition(precondition_every=1),
+    "scale_by_soap": gt.scale_by_soap,
+    "scale_by_psgd_kron": gt.scale_by_psgd_kron,
+}
+
+
+def two_shape_tree(per_shape: int) -> dict:
+  """``per_shape`` matrices of each of two shapes, zeros."""
+  return {**{f"a{i}": jnp.zeros((16, 24)) for i in range(per_shape)},
+          **{f"b{i}": jnp.zeros((32, 16)) for i in range(per_shape)}}
+
+
+def matrix_products(tx, tree, state=None) -> int:
+  """How many matrix products ``tx``'s lowered update holds for ``tree``."""
+  state = tx.init(tree) if state is None else state
+  return jax.jit(tx.update).lower(tree, state, tree).as_text().count("stablehlo.dot_general")

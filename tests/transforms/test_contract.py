@@ -29,6 +29,7 @@ import optax
 import pytest
 
 from gradtx import transforms as gt
+from tests.support import helpers
 
 NAN = float("nan")
 
@@ -436,28 +437,10 @@ def test_bfloat16_gradients_give_bfloat16_updates(factory, config):
   assert any(bool(jnp.any(u != 0)) for u in jax.tree.leaves(updates_seq))
 
 
-
-# A matrix transform traces its per-matrix program once per distinct shape
-# (the same-shape leaves stacked, batched or mapped): its matrix products do
-# not multiply with the number of matrices that share a shape.
-MATRIX_TRANSFORMS = {
-    "orthogonalize_newton_schulz": gt.orthogonalize_newton_schulz,
-    "clip_singular_values": gt.clip_singular_values,
-    "kronecker_precondition": lambda: gt.kronecker_precondition(precondition_every=1),
-    "scale_by_soap": gt.scale_by_soap,
-    "scale_by_psgd_kron": gt.scale_by_psgd_kron,
-}
-
-
-def _matrix_products(tx, per_shape: int) -> int:
-  tree = {**{f"a{i}": jnp.zeros((8, 24)) for i in range(per_shape)},
-          **{f"b{i}": jnp.zeros((16, 8)) for i in range(per_shape)}}
-  text = jax.jit(tx.update).lower(tree, tx.init(tree), tree).as_text()
-  return text.count("stablehlo.dot_general")
-
-
-@pytest.mark.parametrize("name", sorted(MATRIX_TRANSFORMS))
+@pytest.mark.parametrize("name", sorted(helpers.MATRIX_TRANSFORMS))
 def test_matrix_work_is_traced_once_per_shape(name):
-  factory = MATRIX_TRANSFORMS[name]
-  two, eight = _matrix_products(factory(), 2), _matrix_products(factory(), 8)
+  # The same-shape leaves stacked, batched or mapped: the matrix products do
+  # not multiply with the number of matrices that share a shape.
+  factory = helpers.MATRIX_TRANSFORMS[name]
+  two, eight = (helpers.matrix_products(factory(), helpers.two_shape_tree(n)) for n in (2, 8))
   assert two > 0 and eight == two
