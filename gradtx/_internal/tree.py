@@ -68,7 +68,7 @@ def sum_squares(x: jax.Array) -> jax.Array:
 
 
 def rms(x: jax.Array) -> jax.Array:
-  """The root mean square of all of ``x``'s elements, sqrt(mean |x|²)."""
+  """The root mean square of all of ``x``'s elements, sqrt(mean |x|²); 0 for no elements."""
   return jnp.sqrt(sum_squares(x) / max(jnp.size(x), 1))
 
 

@@ -266,7 +266,7 @@ def test_sum_squares_matches_numpy(shape):
   np.testing.assert_allclose(total, np.sum(np.abs(z.astype(np.complex128)) ** 2), rtol=1e-6)
 
 
-def test_sum_squares_of_nothing_is_zero_and_rms_finite():
+def test_sum_squares_and_rms_of_nothing_are_zero():
   assert float(_tree.sum_squares(jnp.zeros((0, 3)))) == 0.0
   assert float(_tree.rms(jnp.zeros((0,)))) == 0.0
 
