@@ -35,7 +35,7 @@ def _corrected(g, previous, coefficient):
   dtype = _tree.compute_dtype(g)
   g_ = g.astype(dtype)
   c = g_ + coefficient * (g_ - previous.astype(dtype))
-  norm = jnp.sqrt(_tree.sum_squares(c))
+  norm = _tree.norm(c)
   return (c / jnp.maximum(norm, 1)).astype(g.dtype)
 
 

@@ -89,7 +89,7 @@ def scale_by_trust_ratio(
       dtype = _tree.compute_dtype(u)
       decay_ = decay if decays else 0.0
       u_, p_ = u.astype(dtype), p.astype(dtype)
-      param_norm, update_norm = (jnp.sqrt(_tree.sum_squares(x)) for x in (p_, u_))
+      param_norm, update_norm = _tree.norm(p_), _tree.norm(u_)
       denominator = update_norm + decay_ * param_norm + eps
       moves = (param_norm > 0) & (denominator > 0)
       ratio = jnp.where(

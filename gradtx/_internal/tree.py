@@ -67,6 +67,11 @@ def sum_squares(x: jax.Array) -> jax.Array:
   return jnp.real(product)
 
 
+def norm(x: jax.Array) -> jax.Array:
+  """The Frobenius norm of all of ``x``'s elements, sqrt(Σ|x|²) (``sum_squares``)."""
+  return jnp.sqrt(sum_squares(x))
+
+
 def rms(x: jax.Array) -> jax.Array:
   """The root mean square of all of ``x``'s elements, sqrt(mean |x|²); 0 for no elements."""
   return jnp.sqrt(sum_squares(x) / max(jnp.size(x), 1))

@@ -14,8 +14,9 @@ def test_layered_tree_holds_four_kernels_per_layer_and_optional_biases():
 
 
 def test_table_gives_ratios_growth_and_cost_per_added_matrix():
-  seconds = {"anchor": {1: 1.0, 3: 2.0}, "other": {1: 2.0, 3: 6.0}}
-  text = compile_time.table(seconds, [1, 3], "anchor")
+  # Made-up figures: the table's arithmetic, checked by hand (nothing is timed).
+  figures = {"anchor": {1: 1.0, 3: 2.0}, "other": {1: 2.0, 3: 6.0}}
+  text = compile_time.table(figures, [1, 3], "anchor")
   row = next(line for line in text.splitlines() if line.startswith("| other"))
   # 2.0 s at 4 matrices (2x the anchor), 6.0 s at 12 (3x), growth 3x,
   # (6 - 2) s over 8 added matrices: 500 ms each.

@@ -266,6 +266,11 @@ def test_sum_squares_matches_numpy(shape):
   np.testing.assert_allclose(total, np.sum(np.abs(z.astype(np.complex128)) ** 2), rtol=1e-6)
 
 
+def test_norm_is_the_root_of_the_sum_of_squares():
+  np.testing.assert_allclose(_tree.norm(jnp.array([[3.0, 0.0], [0.0, 4.0]])), 5.0, rtol=1e-7)
+  np.testing.assert_allclose(_tree.norm(jnp.array([3.0 + 4.0j])), 5.0, rtol=1e-7)
+
+
 def test_sum_squares_and_rms_of_nothing_are_zero():
   assert float(_tree.sum_squares(jnp.zeros((0, 3)))) == 0.0
   assert float(_tree.rms(jnp.zeros((0,)))) == 0.0
