@@ -68,13 +68,18 @@ def _fast_embeddings(n: int) -> dict:
   return dict(embedding_learning_rate=warmup_cosine(1.8e-1, n))
 
 
+def _adamw(n: int, *, b1: float = 0.9, b2: float = 0.99, weight_decay: float = 0.1):
+  """The adamw entry with one of its other hyper-parameters changed."""
+  return go.adamw(warmup_cosine(6e-3, n), b1=b1, b2=b2, weight_decay=weight_decay,
+                  mask=matrices)
+
+
 # name -> factory(total_steps) -> optax.GradientTransformation. Peak learning
 # rates of adamw/adam, lion and sgd come from a sweep at the default settings
 # (adamw 1e-3..1e-2, lion 1e-4..3e-3 with weight decay 0.03..1, sgd 0.1..1);
 # the other entries are untuned starting points.
 OPTIMIZERS: dict[str, Callable[[int], optax.GradientTransformation]] = {
-    "adamw": lambda n: go.adamw(
-        warmup_cosine(6e-3, n), b2=0.99, weight_decay=0.1, mask=matrices),
+    "adamw": _adamw,
     "adam": lambda n: go.adam(warmup_cosine(6e-3, n), b2=0.99),
     "adabelief": lambda n: go.adabelief(
         warmup_cosine(3e-3, n), b2=0.99, eps=1e-12, weight_decay=0.1,
@@ -181,6 +186,14 @@ OPTIMIZERS: dict[str, Callable[[int], optax.GradientTransformation]] = {
     "adamh": lambda n: go.adamh(
         warmup_cosine(2.4e-2, n), adam_learning_rate=warmup_cosine(6e-3, n), adam_b2=0.99),
     "muonh": lambda n: go.muonh(warmup_cosine(0.02, n), **_muon_adamw(n)),
+    # Issue 25: AdamW's other hyper-parameters, one at a time around the adamw
+    # entry (Marin's point, arXiv 2509.02046: a baseline tuned in its learning
+    # rate alone flatters whatever is compared with it).
+    "adamw:b1=0.95": lambda n: _adamw(n, b1=0.95),
+    "adamw:b2=0.95": lambda n: _adamw(n, b2=0.95),
+    "adamw:b2=0.999": lambda n: _adamw(n, b2=0.999),
+    "adamw:wd=0": lambda n: _adamw(n, weight_decay=0.0),
+    "adamw:wd=0.3": lambda n: _adamw(n, weight_decay=0.3),
     "adamw:cautious_wd": lambda n: go.adamw(
         warmup_cosine(6e-3, n), b2=0.99, weight_decay=0.1, mask=matrices,
         cautious_weight_decay=True),
