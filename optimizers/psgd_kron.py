@@ -24,6 +24,7 @@ def psgd_kron(
     mu_dtype: Optional[Any] = None,
     precond_dtype: Optional[Any] = None,
     seed: int = 0,
+    matrix_view: Optional[gt.MatrixViewRule] = None,
 ) -> optax.GradientTransformation:
   r"""PSGD Kron with decoupled weight decay (psgd-jax's ``kron``).
 
@@ -54,6 +55,8 @@ def psgd_kron(
     mu_dtype: storage of the momentum.
     precond_dtype: storage of the factors (``jnp.bfloat16`` halves them).
     seed: seed of the random probes, >= 0.
+    matrix_view: which axes index separate leaves (scanned layers, experts),
+      as in ``gt.scale_by_psgd_kron``; default: the Flax axis names.
 
   Returns:
     An ``optax.GradientTransformation``.
@@ -68,7 +71,8 @@ def psgd_kron(
           memory_save_mode=memory_save_mode,
           momentum_into_precond_update=momentum_into_precond_update,
           precond_lr=precond_lr, precond_init_scale=precond_init_scale,
-          mu_dtype=mu_dtype, precond_dtype=precond_dtype, seed=seed),
+          mu_dtype=mu_dtype, precond_dtype=precond_dtype, seed=seed,
+          matrix_view=matrix_view),
       gt.decoupled_weight_decay(weight_decay, mask,
                                 cautious_weight_decay=cautious_weight_decay),
       gt.scale_by_learning_rate(learning_rate),

@@ -110,8 +110,9 @@ OPTIMIZERS = {
 # Square matrices: after one gradient both of SOAP's factors are full rank, so
 # its first eigenbasis is unique; a rank-deficient factor's basis is arbitrary
 # in its null space, where Adam turns round-off into O(1) steps (FIELD_NOTES).
+# "experts": a stack of 8 (16, 8) matrices (its name makes it one: batch axis 0).
 SHAPES = {"q": (32, 32), "k": (32, 32), "v": (32, 32), "out": (64, 64), "bias": (32,),
-          "emb": (16, 8)}
+          "emb": (16, 8), "experts": (8, 16, 8)}
 
 
 def _loss(params, target):

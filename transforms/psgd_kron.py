@@ -8,6 +8,13 @@ preconditioner is P = Qᵀ Q with Q = Q_1 ⊗ ... ⊗ Q_k; Q is fitted online, o
 relative-gradient step at a time on Li's whitening criterion, from a gradient
 and a random probe V (psgd-jax's ``kron``).
 
+Axes that index separate arrays (a view's ``batch``: scanned layers,
+stacked experts; by default read from Flax axis names, see
+``scale_by_psgd_kron``'s ``matrix_view``) are not preconditioned: each index
+along them is a leaf of its own, with its own factors, probe and RMS cap
+(psgd-jax's ``scanned_layers``, whose damping and cap are taken over the whole
+stack instead).
+
 On a device mesh the leaves of two axes are stepped in stacks of equal
 shapes, each leaf whole on one owner device (``block_stacks``, as Shampoo),
 and every factor is stored split over the devices
@@ -28,7 +35,8 @@ from gradtx._internal import routing as _routing
 from gradtx._internal import sharding as _sharding
 from gradtx._internal import tree as _tree
 from gradtx._internal import validate as _validate
-from gradtx.routing.matrix_view import MatrixView
+from gradtx.routing import matrix_view as _matrix_view
+from gradtx.routing.matrix_view import MatrixView, MatrixViewRule
 from gradtx.storage import state_format
 
 # On a mesh a 2-D leaf is stepped whole, as one block of the owner plan.
@@ -169,6 +177,24 @@ def precondition(factors: Sequence[jax.Array], g: jax.Array) -> jax.Array:
   return g
 
 
+def to_entries(x: jax.Array, batch: Sequence[int]) -> jax.Array:
+  """``x`` with its ``batch`` axes moved to the front and merged into one."""
+  rest = [d for a, d in enumerate(x.shape) if a not in batch]
+  return jnp.moveaxis(x, tuple(batch), tuple(range(len(batch)))).reshape(-1, *rest)
+
+
+def from_entries(x: jax.Array, shape: tuple, batch: Sequence[int]) -> jax.Array:
+  """Inverse of ``to_entries`` for a leaf of ``shape``."""
+  front = [shape[a] for a in batch] + [d for a, d in enumerate(shape) if a not in batch]
+  return jnp.moveaxis(x.reshape(front), tuple(range(len(batch))), tuple(batch))
+
+
+def entry_shape(shape: tuple, batch: Sequence[int]) -> tuple:
+  """(number of entries, the shape of one) of a leaf of ``shape``."""
+  return (int(np.prod([shape[a] for a in batch], dtype=np.int64)),
+          tuple(d for a, d in enumerate(shape) if a not in batch))
+
+
 # psgd-jax caps the preconditioned update's RMS at 1.1.
 RMS_LIMIT = 1.1
 
@@ -202,13 +228,30 @@ def probe(key: jax.Array, x: Any) -> jax.Array:
   return jax.random.normal(key, jnp.shape(x), _tree.compute_dtype(x))
 
 
-def draws(key: jax.Array, updates: Any) -> tuple[jax.Array, list]:
+def entry_probes(key: jax.Array, x: Any, batch: Sequence[int]) -> jax.Array:
+  """A leaf's probe from its ``key``: entry j of a leaf with ``batch`` axes
+  (``to_entries``) drawn from ``fold_in(key, j)``, in the leaf's layout."""
+  if not batch:
+    return probe(key, x)
+  count, shape = entry_shape(jnp.shape(x), batch)
+  dtype = _tree.compute_dtype(x)
+  entries = jax.vmap(lambda j: probe(jax.random.fold_in(key, j),
+                                     jax.ShapeDtypeStruct(shape, dtype)))(
+      jnp.arange(count, dtype=jnp.uint32))
+  return from_entries(entries, jnp.shape(x), batch)
+
+
+def draws(key: jax.Array, updates: Any,
+          matrix_view: Optional[MatrixViewRule] = None) -> tuple[jax.Array, list]:
   """The random numbers of the step that starts from the state's ``key``:
-  (whether to balance, one probe per leaf of ``updates``, in leaf order). A
-  test feeds the same draws to a reference."""
+  (whether to balance, one probe per leaf of ``updates``, in leaf order;
+  ``matrix_view`` as the transform's). A test feeds the same draws to a
+  reference."""
   do_balance, keys = probe_keys(key, updates)
-  leaves = jax.tree.leaves(_tree.unwrap_variables(updates))
-  return do_balance, [probe(k, x) for k, x in zip(keys, leaves)]
+  plain = _tree.unwrap_variables(updates)
+  batches = _matrix_view.batch_axes_of(plain, matrix_view)
+  return do_balance, [entry_probes(k, x, b)
+                      for k, x, b in zip(keys, jax.tree.leaves(plain), batches)]
 
 
 class ScaleByPsgdKronState(NamedTuple):
@@ -218,7 +261,9 @@ class ScaleByPsgdKronState(NamedTuple):
     count: number of updates taken so far (int32 scalar).
     mu: the momentum EMA, one leaf per parameter (``None`` with ``b1=0``).
     factors: per leaf, the tuple of its factors Q_i (d_i × d_i upper
-      triangular, or length-d_i diagonals; a scalar leaf has one of length 1).
+      triangular, or length-d_i diagonals; a scalar leaf has one of length 1),
+      over the axes that are not batch axes; a leaf with batch axes has one
+      set per entry, stacked along a leading axis.
     update_counter: steps since the preconditioner was last fitted.
     key: the PRNG key (raw uint32) of the next step's probes.
   """
@@ -243,6 +288,7 @@ def scale_by_psgd_kron(
     mu_dtype: Optional[Any] = None,
     precond_dtype: Optional[Any] = None,
     seed: int = 0,
+    matrix_view: Optional[MatrixViewRule] = None,
 ) -> optax.GradientTransformation:
   r"""PSGD Kron (Li): the update preconditioned by a fitted Kronecker factor Q.
 
@@ -284,6 +330,12 @@ def scale_by_psgd_kron(
       the parameter's compute dtype. They are fitted and applied in at least
       float32.
     seed: seed of the probes' key, >= 0.
+    matrix_view: which axes of a leaf index separate leaves: the ``batch``
+      axes of this rule's views (e.g. ``gt.stacked_matrix_view()``; only the
+      batch is read). Default: those the Flax axis names settle (``layers``,
+      ``exp``, ...) and the leading axis of a 3-D leaf with ``"expert"`` in
+      its path. Each index along them gets its own factors over the other
+      axes (stored with the batch first), its own probe and RMS cap.
 
   Returns:
     An ``optax.GradientTransformation`` with state ``ScaleByPsgdKronState``.
@@ -326,20 +378,27 @@ def scale_by_psgd_kron(
   def factor_dtype(x):
     return _tree.compute_dtype(x) if precond_dtype is None else jnp.dtype(precond_dtype)
 
-  def init_factors(p):
+  def init_factors(p, batch):
+    if batch:
+      count, shape = entry_shape(jnp.shape(p), batch)
+      one = init_factors(jax.ShapeDtypeStruct(shape, _tree.compute_dtype(p)), ())[0]
+      return (tuple(jnp.broadcast_to(q, (count, *q.shape)) for q in one),)
     shape, triangular = jnp.shape(p) or (1,), kinds(p)
     scale = precond_init_scale ** (1 / len(shape))
-    if len(jnp.shape(p)) == 1:  # shaped like its parameter: laid out like it
+    if len(jnp.shape(p)) == 1 and isinstance(p, jax.Array):  # laid out like its parameter
       return ((scale * jnp.ones_like(p, factor_dtype(p)),),)
     return (tuple(scale * (jnp.eye(d, dtype=factor_dtype(p)) if t
                            else jnp.ones(d, factor_dtype(p)))
                   for d, t in zip(shape, triangular)),)
 
-  def role(x):
-    """What ``gt.describe`` shows: each axis's factor, e.g. 'kron 16x32 (tri, diag)'."""
-    shape = jnp.shape(x) or (1,)
-    sides = ", ".join("tri" if t else "diag" for t in kinds(x))
-    return f"kron {'x'.join(map(str, shape))} ({sides})"
+  def role(x, batch):
+    """What ``gt.describe`` shows: each axis's factor, e.g. 'kron 16x32 (tri, diag)'
+    (with batch axes: 'kron 16x32 (tri, diag), 4 entries')."""
+    count, shape = entry_shape(jnp.shape(x), batch)
+    shape = shape or (1,)
+    sides = ", ".join("tri" if t else "diag" for t in kinds(jax.ShapeDtypeStruct(shape, x.dtype)))
+    entries = f", {count} entries" if batch else ""
+    return f"kron {'x'.join(map(str, shape))} ({sides}){entries}"
 
   def place_factors(params, factors):
     """On a mesh, every factor laid out as a state stack
@@ -354,9 +413,12 @@ def scale_by_psgd_kron(
 
   def init_fn(params):
     _validate.check_real_leaves(params, "scale_by_psgd_kron")
-    _routing.report_per_leaf(params, "roles", [role(x) for x in jax.tree.leaves(params)])
+    batches = _matrix_view.batch_axes_of(_tree.unwrap_variables(params), matrix_view)
+    _routing.report_per_leaf(params, "roles", [
+        role(x, b) for x, b in zip(jax.tree.leaves(_tree.unwrap_variables(params)), batches)])
     mu = state_format.zeros_like_tree(params, mu_format, signed=True) if keeps_momentum else None
-    factors = _tree.map_statistics(init_factors, 1, params)[0]
+    next_batch = iter(batches).__next__
+    factors = _tree.map_statistics(lambda p: init_factors(p, next_batch()), 1, params)[0]
     if not _tree.is_params_placeholder(params):
       factors = place_factors(params, factors)
     return ScaleByPsgdKronState(jnp.zeros([], jnp.int32), mu, factors,
@@ -401,7 +463,26 @@ def scale_by_psgd_kron(
       u = _tree.clipped_to_rms(precondition(qs, m_hat), RMS_LIMIT).reshape(g.shape)
       return u, None if m is None else m.reshape(g.shape), tuple(qs)
 
-    def leaf(g, m, factors, fold, seed):
+    def step_of(batch):
+      """``step`` for a leaf with ``batch`` axes: vmapped over its entries
+      (``to_entries``), entry j's probe key folded from the leaf's and j
+      (``entry_probes``)."""
+      if not batch:
+        return step
+
+      def entries_step(g, m, factors, fold, scalars):
+        *rest, probe_key = scalars
+        count, _ = entry_shape(g.shape, batch)
+        entries = lambda x: None if x is None else to_entries(x, batch)
+        u, m_new, qs = jax.vmap(step, in_axes=(0, 0, 0, 0, None))(
+            entries(g), entries(m), factors, jnp.arange(count, dtype=jnp.uint32),
+            (*rest, jax.random.fold_in(probe_key, fold)))
+        back = lambda x: None if x is None else from_entries(x, g.shape, batch)
+        return back(u), back(m_new), qs
+
+      return entries_step
+
+    def leaf(g, m, factors, fold, seed, batch):
       if g.size == 0:
         return g, m, factors
       dtype = _tree.compute_dtype(g)
@@ -409,7 +490,7 @@ def scale_by_psgd_kron(
       # On an Explicit mesh the factors' contractions cross sharded axes: XLA
       # lays them out; the outputs keep the layouts of the step's inputs.
       u, m_new, qs = _sharding.in_auto_axes(
-          step, g.astype(dtype), m_old, tuple(q.astype(dtype) for q in factors), fold,
+          step_of(batch), g.astype(dtype), m_old, tuple(q.astype(dtype) for q in factors), fold,
           scalars_of(dtype), like=(g, m_old, factors))
       return finish(g, m, factors, seed, u, m_new, qs)
 
@@ -428,54 +509,56 @@ def scale_by_psgd_kron(
     def group_step(plan, size, dtype, members):
       """The steps of one group's leaves, each computed whole on one owner.
 
-      ``members``: per leaf of the group (g, m, factors, fold, seed), computed
-      in ``dtype``. Their arrays are stacked (``plan.stack_entries``: padded
-      to ``size``, a multiple of the mesh size), split along the stack over
-      all devices, stepped there
+      ``members``: per leaf of the group (g, m, factors, fold, seed, batch
+      axes, the same for all), computed in ``dtype``. Their arrays are
+      stacked (``plan.stack_entries``: padded to ``size``, a multiple of the
+      mesh size), split along the stack over all devices, stepped there
       (``block_stacks.map_entries``: vmapped, or one matrix at a time where
       that is faster; ``fit`` and ``do_balance`` shared, so their conds stay
       conds) and unstacked into the leaves' layouts; the factors keep the
       layouts they came in.
       """
       mesh = plan.mesh
-      ms = [state_format.load(m, dtype) if keeps_momentum else None for _, m, _, _, _ in members]
-      columns = [[g.astype(dtype) for g, *_ in members], [f for _, _, _, f, _ in members]]
-      columns += [[qs[i].astype(dtype) for _, _, qs, _, _ in members]
+      ms = [state_format.load(m, dtype) if keeps_momentum else None for _, m, *_ in members]
+      columns = [[g.astype(dtype) for g, *_ in members], [f for _, _, _, f, *_ in members]]
+      columns += [[qs[i].astype(dtype) for _, _, qs, *_ in members]
                   for i in range(len(members[0][2]))]
       columns += [ms] if keeps_momentum else []
       g, folds, *rest = plan.stack_entries(size, columns)
       qs, m = (tuple(rest[:-1]), rest[-1]) if keeps_momentum else (tuple(rest), None)
       run = lambda g, m, qs, folds, scalars: block_stacks.map_entries(
-          step, g, m, qs, folds, shared=scalars)
+          step_of(members[0][5]), g, m, qs, folds, shared=scalars)
       u, m, qs = plan.on_owners(run, g, m, qs, folds, shared=scalars_of(dtype))
       explicit = mesh is not None and jax.sharding.AxisType.Explicit in mesh.axis_types
       like = lambda xs: [block_stacks.leaf_spec(x) if explicit else None for x in xs]
       state_spec = lambda f: None if mesh is None else block_stacks.state_spec(f.shape, mesh)
       specs = [like([g for g, *_ in members])]
       specs += [[block_stacks.leaf_spec(f) if explicit else state_spec(f)
-                 for f in fs] for fs in zip(*[f for _, _, f, _, _ in members])]
+                 for f in fs] for fs in zip(*[f for _, _, f, *_ in members])]
       specs += [like(ms)] if keeps_momentum else []
       u, *rest = plan.unstack_entries((u, *qs, *([m] if keeps_momentum else [])), specs)
       qs = list(zip(*rest[:len(qs)]))
       m = rest[-1] if keeps_momentum else [None] * len(members)
-      return [finish(g_, m_, f_, s_, *out) for (g_, m_, f_, _, s_), out in
+      return [finish(g_, m_, f_, s_, *out) for (g_, m_, f_, _, s_, _), out in
               zip(members, zip(u, m, qs))]
 
     def stacked_leaves(*trees):
       """``map_leaves(leaf, ...)`` with the leaves stepped in stacks, one
-      program per distinct shape: the non-empty 2-D leaves grouped by shape
-      and compute dtype (``block_stacks.OwnerPlan``, each leaf one whole
-      block) and stepped on their owners (``group_step``); without a mesh the
-      other non-empty leaves (vectors, scalars) stacked alike, on a mesh each
-      on its own."""
+      program per distinct shape: the non-empty 2-D leaves without batch
+      axes grouped by shape and compute dtype (``block_stacks.OwnerPlan``,
+      each leaf one whole block) and stepped on their owners
+      (``group_step``); without a mesh the other non-empty leaves (vectors,
+      scalars, stacks of entries) stacked alike, on a mesh each on its own."""
       plain = [None if t is None else _tree.unwrap_variables(t) for t in trees]
       flat = [[None] * treedef.num_leaves if t is None else treedef.flatten_up_to(t)
               for t in plain]
-      args = list(zip(*flat))
+      batches = _matrix_view.batch_axes_of(plain[0], matrix_view)
+      args = [(*a, b) for a, b in zip(zip(*flat), batches)]
       grads = [g for g, *_ in args]
       plan = block_stacks.OwnerPlan.build(
           grads, [block_stacks.block_layout(WHOLE_MATRIX, g.shape)
-                  if jnp.ndim(g) == 2 and g.size else None for g in grads],
+                  if jnp.ndim(g) == 2 and g.size and not b else None
+                  for g, b in zip(grads, batches)],
           [_tree.compute_dtype(g) for g in grads])
       # (size, dtype, member indices) per stack.
       stacks = [(group.size, group.dtype, [i for i, _, _ in group.members])
@@ -485,8 +568,8 @@ def scale_by_psgd_kron(
         alike = {}
         for i, g in enumerate(grads):
           if i not in grouped and g.size:
-            alike.setdefault((jnp.shape(g), _tree.compute_dtype(g)), []).append(i)
-        stacks += [(len(indices), dtype, indices) for (_, dtype), indices in alike.items()]
+            alike.setdefault((jnp.shape(g), _tree.compute_dtype(g), batches[i]), []).append(i)
+        stacks += [(len(indices), dtype, indices) for (_, dtype, _), indices in alike.items()]
       out = [None] * len(args)
       for size, dtype, indices in stacks:
         results = group_step(plan, size, dtype, [args[i] for i in indices])

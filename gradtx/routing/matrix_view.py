@@ -328,6 +328,35 @@ def views_of(tree: Any, rule: Optional[MatrixViewRule]) -> list:
   return views
 
 
+def batch_axes(path: tuple, leaf: Any, rule: Optional[MatrixViewRule]) -> tuple[int, ...]:
+  """The axes of a leaf that index separate arrays (scanned layers, experts).
+
+  For transforms that keep state per axis of a leaf rather than per matrix
+  (PSGD Kron). With a ``rule``: the ``batch`` of its view (none without one).
+  By default only what settles them without a guess at rows and columns, so
+  without a warning: the leaf's Flax axis names (``layers``, ``exp``, ...,
+  ``gradtx.routing.axis_names``), else ``"expert"`` in the path of a 3-D leaf
+  (as ``flax_matrix_view`` reads them).
+  """
+  if rule is not None:
+    view = view_of(path, leaf, rule)
+    return () if view is None else tuple(view.batch)
+  shape = tuple(jnp.shape(leaf))
+  names = _axes.names_at(path, shape)
+  if names is not None:
+    return tuple(_axes.read(names).batch)
+  if len(shape) == 3 and _names.is_expert_stack(_names.path_names(path)):
+    return (0,)
+  return ()
+
+
+def batch_axes_of(tree: Any, rule: Optional[MatrixViewRule]) -> list:
+  """``batch_axes`` of every leaf of ``tree``, as a list."""
+  with_paths = jax.tree_util.tree_flatten_with_path(tree)[0]
+  with _axes.reading(tree):
+    return [batch_axes(path, leaf, rule) for path, leaf in with_paths]
+
+
 def map_view_statistics(
     fn: Callable[[Any, MatrixView], tuple], num_outputs: int, params: Any,
     rule: Optional[MatrixViewRule],

@@ -60,6 +60,47 @@ def test_factors_and_updates_equal_psgd_jax_over_20_steps(config):
         np.testing.assert_allclose(q.reshape(ref_q.shape), ref_q, rtol=1e-9, atol=1e-12)
 
 
+def _stack_rule(path, leaf):
+  """"stack_1" has its batch axis in the middle; experts are left to the default."""
+  if jnp.ndim(leaf) == 3 and "stack_1" in str(path):
+    return gt.MatrixView(rows=(0,), cols=(2,), batch=(1,))
+  return None
+
+
+@pytest.mark.parametrize("matrix_view", [None, _stack_rule], ids=["experts_by_name", "rule"])
+def test_batch_axes_step_as_separate_leaves_of_psgd_jax(matrix_view):
+  """Each index along a leaf's batch axes is a leaf of its own: its factors,
+  probe and RMS cap are those of psgd-jax's update of that slice alone."""
+  name, axis = ("experts", 0) if matrix_view is None else ("stack_1", 1)
+  shapes = {"w": (4, 6), name: (4, 3, 6) if axis == 1 else (3, 4, 6)}
+  grads = _grads(12, shapes=shapes)
+  take = lambda x, j: np.take(np.asarray(x), j, axis=axis)
+  with jax.enable_x64(True):
+    tx = gt.scale_by_psgd_kron(precond_update_probability=1.0, seed=SEED,
+                               matrix_view=matrix_view)
+    state = tx.init(jax.tree.map(jnp.zeros_like, grads[0]))
+    assert [q.shape for q in state.factors[name]] == [(3, 4, 4), (3, 6, 6)]
+    run, balances, probes = [], [], []
+    for g in grads:
+      balance, draws = psgd_kron.draws(state.key, g, matrix_view)
+      updates, state = jax.jit(tx.update)(g, state)
+      run.append((updates, state.factors))
+      balances.append(bool(balance))
+      probes.append(dict(zip(sorted(g), draws)))
+  split = lambda tree: {"w": tree["w"], **{f"{name}{j}": take(tree[name], j) for j in range(3)}}
+  reference = psgd_kron_reference([split(g) for g in grads], [split(p) for p in probes],
+                                   balances)
+  for (updates, factors), (ref_updates, ref_factors) in zip(run, reference):
+    np.testing.assert_allclose(updates["w"], ref_updates["w"], rtol=1e-9, atol=1e-12)
+    for j in range(3):
+      np.testing.assert_allclose(take(updates[name], j), ref_updates[f"{name}{j}"],
+                                 rtol=1e-9, atol=1e-12)
+      for q, ref_q in zip(factors[name], ref_factors[f"{name}{j}"]):
+        np.testing.assert_allclose(q[j], ref_q, rtol=1e-9, atol=1e-12)
+  # The entries' probes are not one draw split three ways: three draws.
+  assert not np.allclose(take(probes[0][name], 0), take(probes[0][name], 1))
+
+
 def test_factor_kinds():
   tri = lambda shape, **kw: psgd_kron.triangular_axes(
       shape, kw.get("max_size", 8192), kw.get("min_ndim", 2), kw.get("mode"))
