@@ -17,6 +17,7 @@ with the number of matrices.
     python -m benchmarks.compile_time --optimizers muon --against HEAD~1
     python -m benchmarks.compile_time --optimizers adamw_8bit --against HEAD --step-rounds 20
     python -m benchmarks.compile_time --transforms --layers 12 48   # the matrix transforms alone
+    python -m benchmarks.compile_time --scanned --layers 12 48      # layers stacked (nnx.scan)
 
 Each figure is the minimum over ``--repeats`` compilations (the JAX caches
 are cleared before each, so every one is a cold trace, lower and compile),
@@ -31,6 +32,12 @@ added matrix costs (from the smallest to the largest tree): a per-matrix
 program stacked or mapped once per shape costs no more per added matrix than
 a per-leaf element-wise transform does.
 
+``--scanned`` stacks the layers as ``nnx.scan`` does: one leaf per kernel
+and bias with a leading layer axis, 8 leaves at any depth; every gradtx
+optimizer that takes a matrix view gets ``gt.stacked_matrix_view()`` (one
+matrix per layer), and optax.contrib.muon, which has no such view, is left
+out. What a deep model's first step costs when its layers are scanned.
+
 ``--step-rounds N`` then times the compiled steps themselves on the largest
 tree (random parameters and gradients), one step of each contender per round
 in a new random order (``harness.time_round_robin``): a change that buys
@@ -38,9 +45,10 @@ compile time must not cost step time.
 """
 
 import argparse
+import inspect
 import random
 import time
-from typing import Callable
+from typing import Callable, Optional
 
 import jax
 import jax.numpy as jnp
@@ -55,20 +63,30 @@ LEARNING_RATE = 1e-3
 
 
 
-def gradtx_optimizers(optimizers) -> dict[str, Callable[[], optax.GradientTransformation]]:
-  """The contenders, built from a ``gradtx.optimizers`` module (any revision's)."""
+def gradtx_optimizers(
+    optimizers, matrix_view: Optional[Callable] = None,
+) -> dict[str, Callable[[], optax.GradientTransformation]]:
+  """The contenders, built from a ``gradtx.optimizers`` module (any revision's);
+  ``matrix_view`` goes to those that take one."""
+
+  def build(name, **kwargs):
+    factory = getattr(optimizers, name)
+    if matrix_view is not None and "matrix_view" in inspect.signature(factory).parameters:
+      kwargs["matrix_view"] = matrix_view
+    return lambda: factory(LEARNING_RATE, **kwargs)
+
   return {
-      "adamw": lambda: optimizers.adamw(LEARNING_RATE),
-      "muon": lambda: optimizers.muon(LEARNING_RATE),
-      "muon:gram": lambda: optimizers.muon(LEARNING_RATE, method="gram"),
-      "adamuon_lm": lambda: optimizers.adamuon_lm(LEARNING_RATE),
-      "shampoo": lambda: optimizers.shampoo(LEARNING_RATE),
-      "soap": lambda: optimizers.soap(LEARNING_RATE),
-      "adamw_8bit": lambda: optimizers.adamw_8bit(LEARNING_RATE),
-      "adafactor": lambda: optimizers.adafactor(LEARNING_RATE),
-      "adam_mini": lambda: optimizers.adam_mini(LEARNING_RATE),
-      "lamb": lambda: optimizers.lamb(LEARNING_RATE),
-      "psgd_kron": lambda: optimizers.psgd_kron(LEARNING_RATE),
+      "adamw": build("adamw"),
+      "muon": build("muon"),
+      "muon:gram": build("muon", method="gram"),
+      "adamuon_lm": build("adamuon_lm"),
+      "shampoo": build("shampoo"),
+      "soap": build("soap"),
+      "adamw_8bit": build("adamw_8bit"),
+      "adafactor": build("adafactor"),
+      "adam_mini": build("adam_mini"),
+      "lamb": build("lamb"),
+      "psgd_kron": build("psgd_kron"),
   }
 
 
@@ -83,6 +101,9 @@ OPTIMIZERS = {
     ANCHOR: lambda: optax.adamw(LEARNING_RATE), **OPTAX_REFERENCES, **gradtx_optimizers(go),
 }
 
+# Not in --scanned: no per-layer view of a stacked kernel.
+SCANNED_UNSUPPORTED = ("optax.contrib.muon",)
+
 # --transforms: the matrix transforms alone, next to a per-leaf transform.
 TRANSFORM_ANCHOR = "optax.scale_by_adam"
 TRANSFORMS = {
@@ -94,10 +115,19 @@ TRANSFORMS = {
 }
 
 
-def layered_tree(layers: int, d: int, biases: bool = True) -> dict:
-  """``layers`` blocks of 4 kernels (and 4 biases), float32, as abstract arrays."""
+def layered_tree(layers: int, d: int, biases: bool = True, scanned: bool = False) -> dict:
+  """``layers`` blocks of 4 kernels (and 4 biases), float32, as abstract arrays.
+
+  ``scanned``: as ``nnx.scan`` stacks them, one leaf per kernel (and bias)
+  with a leading layer axis: 8 leaves whatever the depth.
+  """
   shapes = {"qkv": (d, 3 * d), "out": (d, d), "fc1": (d, 4 * d), "fc2": (4 * d, d)}
   spec = lambda shape: jax.ShapeDtypeStruct(shape, jnp.float32)
+  if scanned:
+    return {"layers": {
+        name: {"kernel": spec((layers, *shape)),
+               **({"bias": spec((layers, shape[1]))} if biases else {})}
+        for name, shape in shapes.items()}}
   return {
       f"layer_{i}": {
           name: {"kernel": spec(shape), **({"bias": spec(shape[1:])} if biases else {})}
@@ -116,13 +146,14 @@ def compile_seconds(tx: optax.GradientTransformation, params: dict) -> float:
   return time.perf_counter() - start
 
 
-def measure(builders, layers, d, repeats, biases=True) -> dict[str, dict[int, float]]:
+def measure(builders, layers, d, repeats, biases=True,
+            scanned=False) -> dict[str, dict[int, float]]:
   """Per contender and tree size, the fastest of ``repeats`` cold compiles,
   in rounds that visit the contenders in a new random order each."""
   rng = random.Random(0)
   seconds = {name: {} for name in builders}
   for count in layers:
-    params = layered_tree(count, d, biases)
+    params = layered_tree(count, d, biases, scanned)
     for _ in range(repeats):
       for name in rng.sample(list(builders), len(builders)):
         took = compile_seconds(builders[name](), params)
@@ -130,9 +161,10 @@ def measure(builders, layers, d, repeats, biases=True) -> dict[str, dict[int, fl
   return seconds
 
 
-def step_milliseconds(names, layers: int, d: int, rounds: int) -> dict[str, list[float]]:
+def step_milliseconds(names, layers: int, d: int, rounds: int,
+                      scanned: bool = False) -> dict[str, list[float]]:
   """Milliseconds of each contender's step on a random tree of ``layers`` blocks."""
-  shapes = layered_tree(layers, d)
+  shapes = layered_tree(layers, d, scanned=scanned)
   leaves, treedef = jax.tree.flatten(shapes)
   keys = jax.random.split(jax.random.key(0), 2 * len(leaves))
   normal = lambda key, s: jax.random.normal(key, s.shape, s.dtype)
@@ -185,6 +217,8 @@ def main(argv=None) -> None:
                       help="also time this many round-robin steps on the largest tree")
   parser.add_argument("--transforms", action="store_true",
                       help="compile the matrix transforms alone, on the kernels only")
+  parser.add_argument("--scanned", action="store_true",
+                      help="the layers stacked as nnx.scan stacks them (one leaf per kernel)")
   args = parser.parse_args(argv)
   if args.transforms and (args.against or args.step_rounds):
     parser.error("--transforms takes neither --against nor --step-rounds")
@@ -197,18 +231,29 @@ def main(argv=None) -> None:
     print(harness.closing_line())
     return
   names = [ANCHOR] + [n for n in args.optimizers if n != ANCHOR]
+  if args.scanned:
+    # Each gradtx optimizer sees one matrix per layer of a stacked kernel;
+    # optax.contrib.muon has no such view (it would run Adam on the stacks).
+    OPTIMIZERS.update(gradtx_optimizers(go, gt.stacked_matrix_view()))
+    names = [n for n in names if n not in SCANNED_UNSUPPORTED]
   if args.against:
-    old = gradtx_optimizers(revisions.at_revision(args.against)[1])
+    old_transforms, old_optimizers = revisions.at_revision(args.against)
+    view = old_transforms.stacked_matrix_view() if args.scanned else None
+    old = gradtx_optimizers(old_optimizers, view)
     for name in [n for n in names if n in old]:  # optax's rows do not change
       OPTIMIZERS[f"{name} @{args.against}"] = old[name]
       names.append(f"{name} @{args.against}")
-  print(f"\nlower + compile of one update+apply step, d = {args.d}, min of"
+  layout = ("scanned: each kernel one leaf with a leading layer axis" if args.scanned
+            else "one leaf per kernel per layer")
+  print(f"\nlower + compile of one update+apply step, d = {args.d}, {layout}, min of"
         f" {args.repeats}\n")
   builders = {name: OPTIMIZERS[name] for name in names}
-  print(table(measure(builders, args.layers, args.d, args.repeats), args.layers))
+  print(table(measure(builders, args.layers, args.d, args.repeats, scanned=args.scanned),
+              args.layers))
   if args.step_rounds:
     print(f"\nstep time, {4 * args.layers[-1]} matrices, {args.step_rounds} rounds round-robin\n")
-    print(step_table(step_milliseconds(names, args.layers[-1], args.d, args.step_rounds)))
+    print(step_table(step_milliseconds(names, args.layers[-1], args.d, args.step_rounds,
+                                       args.scanned)))
   print(harness.closing_line())
 
 

@@ -104,6 +104,7 @@ OPTIMIZERS = {
     "soap": lambda: go.soap(0.01, precondition_every=2),
     "adafactor": lambda: go.adafactor(0.01, min_dim_size_to_factor=8, b1=0.9),
     "adam_mini": lambda: go.adam_mini(0.01, num_heads=4),
+    "psgd_kron": lambda: go.psgd_kron(0.01, precond_update_probability=0.5),
     "sam": lambda: go.sam(go.adamw(0.01), rho=0.05),
     "lookahead": lambda: go.lookahead(go.adamw(0.01), sync_period=2),
 }

@@ -110,27 +110,21 @@ def norm_lower_bound(a: jax.Array) -> jax.Array:
   """psgd-jax's cheap lower bound of the spectral norm of a real matrix.
 
   max|a| times the norm of aᵀ(a x / |a x|) for x the largest row or column of
-  a / max|a|; within √2 of the norm on random matrices.
+  a / max|a|; within √2 of the norm on random matrices. psgd-jax picks the
+  row or column (and skips a zero ``a``) with ``lax.cond``; both candidates
+  cost a matrix-vector product, so both are computed and one selected: the
+  same numbers, and no branches for XLA to compile once per call site.
   """
   max_abs = jnp.max(jnp.abs(a))
-
-  def bound(a):
-    a = a / max_abs
-    sq = a * a
-    col, row = jnp.sum(sq, axis=0), jnp.sum(sq, axis=1)
-    i, j = jnp.argmax(col), jnp.argmax(row)
-
-    def by_column():
-      x = a[:, i] @ a
-      return max_abs * jnp.linalg.norm((x / jnp.linalg.norm(x)) @ a.T)
-
-    def by_row():
-      x = a @ a[j]
-      return max_abs * jnp.linalg.norm(a.T @ (x / jnp.linalg.norm(x)))
-
-    return jax.lax.cond(col[i] > row[j], by_column, by_row)
-
-  return jax.lax.cond(max_abs > 0, bound, lambda _: max_abs, a)
+  a = a / jnp.where(max_abs > 0, max_abs, 1)
+  sq = a * a
+  col, row = jnp.sum(sq, axis=0), jnp.sum(sq, axis=1)
+  i, j = jnp.argmax(col), jnp.argmax(row)
+  x = a[:, i] @ a
+  by_column = jnp.linalg.norm((x / jnp.linalg.norm(x)) @ a.T)
+  y = a @ a[j]
+  by_row = jnp.linalg.norm(a.T @ (y / jnp.linalg.norm(y)))
+  return jnp.where(max_abs > 0, max_abs * jnp.where(col[i] > row[j], by_column, by_row), 0)
 
 
 def balance(factors: Sequence[jax.Array]) -> list:
@@ -351,7 +345,9 @@ def scale_by_psgd_kron(
   Reference: Li, "Preconditioned Stochastic Gradient Descent", IEEE TNNLS
   2018, and "Black Box Lie Group Preconditioners for SGD", 2022; transcribed
   from psgd-jax's ``kron.py`` (evanatyourservice/psgd_jax), without its
-  scanned-layer and matmul-precision options; real leaves only.
+  matmul-precision options (its ``scanned_layers`` are the batch axes of
+  ``matrix_view``, each entry damped and capped on its own); real leaves
+  only.
   """
   _validate.check_decay("b1", b1)
   if not callable(precond_update_probability):
@@ -413,7 +409,7 @@ def scale_by_psgd_kron(
 
   def init_fn(params):
     _validate.check_real_leaves(params, "scale_by_psgd_kron")
-    batches = _matrix_view.batch_axes_of(_tree.unwrap_variables(params), matrix_view)
+    batches = _matrix_view.batch_axes_of(params, matrix_view)
     _routing.report_per_leaf(params, "roles", [
         role(x, b) for x, b in zip(jax.tree.leaves(_tree.unwrap_variables(params)), batches)])
     mu = state_format.zeros_like_tree(params, mu_format, signed=True) if keeps_momentum else None
@@ -456,7 +452,8 @@ def scale_by_psgd_kron(
         v = probe(jax.random.fold_in(probe_key, fold), g).reshape(shape)
         h = m_hat if momentum_into_precond_update else g_
         h = h + PROBE_WEIGHT * jnp.mean(jnp.abs(h)) * v
-        qs = jax.lax.cond(do_balance, balance, list, qs)
+        # Selected, not branched on (as norm_lower_bound): a rescaling.
+        qs = [jnp.where(do_balance, b, q) for b, q in zip(balance(qs), qs)]
         return fit_factors(qs, h, v, lr)
 
       qs = jax.lax.cond(fit, refit, list, list(factors))

@@ -35,3 +35,30 @@ def test_transforms_mode_compiles_every_matrix_transform(capsys):
 def test_transforms_mode_refuses_the_optimizer_only_options():
   with pytest.raises(SystemExit):
     compile_time.main(["--transforms", "--against", "HEAD"])
+
+
+def test_scanned_tree_holds_one_stacked_leaf_per_kernel_and_bias():
+  tree = compile_time.layered_tree(3, 8, scanned=True)
+  leaves = jax.tree.leaves(tree)
+  assert len(leaves) == 8 and all(leaf.shape[0] == 3 for leaf in leaves)
+  assert sorted(leaf.ndim for leaf in leaves) == [2] * 4 + [3] * 4
+
+
+def test_scanned_mode_gives_the_matrix_optimizers_a_per_layer_view(capsys, monkeypatch):
+  """Each gradtx optimizer that takes a matrix view is built with
+  ``gt.stacked_matrix_view()``; optax.contrib.muon, which has none, is left out."""
+  views = []
+  monkeypatch.setattr(compile_time.gt, "stacked_matrix_view",
+                      lambda: views.append("stacked") or (lambda path, leaf: None))
+  saved = dict(compile_time.OPTIMIZERS)
+  try:
+    compile_time.main(["--scanned", "--layers", "1", "2", "--d", "8", "--optimizers",
+                       "muon", "adamw", "optax.contrib.muon"])
+  finally:
+    compile_time.OPTIMIZERS.clear()
+    compile_time.OPTIMIZERS.update(saved)
+  out = capsys.readouterr().out
+  assert "| muon |" in out and "| adamw |" in out
+  assert "optax.contrib.muon" not in out
+  assert views == ["stacked"]
+  assert "scanned" in out

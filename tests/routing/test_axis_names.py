@@ -172,6 +172,33 @@ def test_nnx_optimizer_reads_the_names_its_update_does_not_see():
     np.testing.assert_allclose(x, p + u, rtol=1e-5, atol=1e-6)
 
 
+def test_psgd_kron_reads_the_layers_axis_too():
+  # PSGD Kron keeps factors per axis, not per matrix: it reads only the
+  # batch axes. Through nnx.Optimizer (names at init, plain arrays at the
+  # update) every named leaf under 'blocks' (the kernels and the norm scale;
+  # nnx.Linear's biases carry no names) has one set of factors per layer and
+  # the step a rule giving that axis by hand gives.
+  model = _nnx_model(_ScannedLM, vocab=41)
+  plain = jax.tree.map(jnp.asarray, nnx.to_pure_dict(nnx.state(model, nnx.Param)))
+  grads = nnx.to_pure_dict(nnx.grad(_loss)(model))
+  named = ("['blocks']['up']['kernel']", "['blocks']['down']['kernel']",
+           "['blocks']['norm']['scale']")
+  layers = lambda path, leaf: (V(tuple(range(1, jnp.ndim(leaf))), (), batch=(0,))
+                               if leaf_key(path) in named else None)
+  by_hand = go.psgd_kron(1e-2, matrix_view=layers)
+  state = by_hand.init(plain)
+  expected = by_hand.update(grads, state, plain)[0]
+  optimizer = nnx.Optimizer(model, go.psgd_kron(1e-2), wrt=nnx.Param)
+  shapes = lambda tree: sorted(jnp.shape(x) for x in jax.tree.leaves(tree))
+  assert shapes(optimizer.opt_state) == shapes(state)
+  assert (4, 32, 32) in shapes(state) and (4, 16) in shapes(state)  # per layer
+  optimizer.update(model, nnx.grad(_loss)(model))
+  after = nnx.to_pure_dict(nnx.state(model, nnx.Param))
+  for x, p, u in zip(jax.tree.leaves(after), jax.tree.leaves(plain),
+                     jax.tree.leaves(expected), strict=True):
+    np.testing.assert_allclose(x, p + u, rtol=1e-5, atol=1e-6)
+
+
 class _MoE(nnx.Module):
   """MaxText's layout: a router (embed, None), experts (exp, embed, mlp) and
   (exp, mlp, embed) under names that do not say "expert"."""
