@@ -11,9 +11,9 @@ and a random probe V (psgd-jax's ``kron``).
 Axes that index separate arrays (a view's ``batch``: scanned layers,
 stacked experts; by default read from Flax axis names, see
 ``scale_by_psgd_kron``'s ``matrix_view``) are not preconditioned: each index
-along them is a leaf of its own, with its own factors, probe and RMS cap
-(psgd-jax's ``scanned_layers``, whose damping and cap are taken over the whole
-stack instead).
+along them has its own factors and probe, fitted and applied on its own; the
+probe's damping and the RMS cap are taken over the whole leaf (psgd-jax's
+``scanned_layers``, generalised from the leading axis to any batch axes).
 
 On a device mesh the leaves of two axes are stepped in stacks of equal
 shapes, each leaf whole on one owner device (``block_stacks``, as Shampoo),
@@ -329,7 +329,8 @@ def scale_by_psgd_kron(
       batch is read). Default: those the Flax axis names settle (``layers``,
       ``exp``, ...) and the leading axis of a 3-D leaf with ``"expert"`` in
       its path. Each index along them gets its own factors over the other
-      axes (stored with the batch first), its own probe and RMS cap.
+      axes (stored with the batch first) and its own probe; damping and RMS
+      cap stay per leaf (psgd-jax's ``scanned_layers``).
 
   Returns:
     An ``optax.GradientTransformation`` with state ``ScaleByPsgdKronState``.
@@ -346,8 +347,7 @@ def scale_by_psgd_kron(
   2018, and "Black Box Lie Group Preconditioners for SGD", 2022; transcribed
   from psgd-jax's ``kron.py`` (evanatyourservice/psgd_jax), without its
   matmul-precision options (its ``scanned_layers`` are the batch axes of
-  ``matrix_view``, each entry damped and capped on its own); real leaves
-  only.
+  ``matrix_view``); real leaves only.
   """
   _validate.check_decay("b1", b1)
   if not callable(precond_update_probability):
@@ -431,6 +431,30 @@ def scale_by_psgd_kron(
     treedef = _tree.statistics_structure(updates)
     seeds = state_format.maybe_rounding_seeds(updates, count, mu_format)
 
+    def moments(g, m, decay, correction):
+      """(m_t or ``None``, m̂_t, the fitted input's base h) of a leaf, a scalar as shape (1,)."""
+      shape = g.shape or (1,)
+      g_ = g.reshape(shape)
+      if not keeps_momentum:
+        return None, g_, g_
+      m = decay * m.reshape(shape) + (1 - decay) * g_
+      m_hat = m / correction
+      return m, m_hat, m_hat if momentum_into_precond_update else g_
+
+    def preconditioned(m_hat, h, factors, fold, g, damp, fit, do_balance, lr, probe_key):
+      """(P m̂, the factors), the factors first fitted on h + damp·V when ``fit``; V is
+      drawn like ``g`` from the key folded from ``fold``."""
+
+      def refit(qs):
+        # Drawn only when the factors are fitted.
+        v = probe(jax.random.fold_in(probe_key, fold), g).reshape(h.shape)
+        # Selected, not branched on (as norm_lower_bound): a rescaling.
+        qs = [jnp.where(do_balance, b, q) for b, q in zip(balance(qs), qs)]
+        return fit_factors(qs, h + damp * v, v, lr)
+
+      qs = jax.lax.cond(fit, refit, list, list(factors))
+      return precondition(qs, m_hat), tuple(qs)
+
     def step(g, m, factors, fold, scalars):
       """One leaf's step, in its compute dtype (a scalar as shape (1,)); its
       probe's key is folded from ``fold`` (``probe_folds``).
@@ -439,43 +463,31 @@ def scale_by_psgd_kron(
       this runs with Auto axes, where outer values may not enter.
       """
       fit, do_balance, decay, correction, lr, probe_key = scalars
-      shape = g.shape or (1,)
-      g_ = g.reshape(shape)
-      if keeps_momentum:
-        m = decay * m.reshape(shape) + (1 - decay) * g_
-        m_hat = m / correction
-      else:
-        m_hat = g_
-
-      def refit(qs):
-        # Drawn only when the factors are fitted.
-        v = probe(jax.random.fold_in(probe_key, fold), g).reshape(shape)
-        h = m_hat if momentum_into_precond_update else g_
-        h = h + PROBE_WEIGHT * jnp.mean(jnp.abs(h)) * v
-        # Selected, not branched on (as norm_lower_bound): a rescaling.
-        qs = [jnp.where(do_balance, b, q) for b, q in zip(balance(qs), qs)]
-        return fit_factors(qs, h, v, lr)
-
-      qs = jax.lax.cond(fit, refit, list, list(factors))
-      u = _tree.clipped_to_rms(precondition(qs, m_hat), RMS_LIMIT).reshape(g.shape)
-      return u, None if m is None else m.reshape(g.shape), tuple(qs)
+      m, m_hat, h = moments(g, m, decay, correction)
+      damp = PROBE_WEIGHT * jnp.mean(jnp.abs(h))
+      u, qs = preconditioned(m_hat, h, factors, fold, g, damp, fit, do_balance, lr, probe_key)
+      u = _tree.clipped_to_rms(u, RMS_LIMIT).reshape(g.shape)
+      return u, None if m is None else m.reshape(g.shape), qs
 
     def step_of(batch):
-      """``step`` for a leaf with ``batch`` axes: vmapped over its entries
-      (``to_entries``), entry j's probe key folded from the leaf's and j
-      (``entry_probes``)."""
+      """``step`` for a leaf with ``batch`` axes, as psgd-jax's scanned layers:
+      the factors fitted and applied entry by entry (``to_entries``; entry j's
+      probe key folded from the leaf's and j, ``entry_probes``), the probe's
+      damping and the RMS cap taken over the whole leaf."""
       if not batch:
         return step
 
       def entries_step(g, m, factors, fold, scalars):
-        *rest, probe_key = scalars
+        fit, do_balance, decay, correction, lr, probe_key = scalars
+        m, m_hat, h = moments(g, m, decay, correction)
+        damp = PROBE_WEIGHT * jnp.mean(jnp.abs(h))
+        entries = lambda x: to_entries(x, batch)
         count, _ = entry_shape(g.shape, batch)
-        entries = lambda x: None if x is None else to_entries(x, batch)
-        u, m_new, qs = jax.vmap(step, in_axes=(0, 0, 0, 0, None))(
-            entries(g), entries(m), factors, jnp.arange(count, dtype=jnp.uint32),
-            (*rest, jax.random.fold_in(probe_key, fold)))
-        back = lambda x: None if x is None else from_entries(x, g.shape, batch)
-        return back(u), back(m_new), qs
+        u, qs = jax.vmap(preconditioned, in_axes=(0, 0, 0, 0, 0) + (None,) * 5)(
+            entries(m_hat), entries(h), factors, jnp.arange(count, dtype=jnp.uint32),
+            entries(g), damp, fit, do_balance, lr, jax.random.fold_in(probe_key, fold))
+        u = _tree.clipped_to_rms(from_entries(u, g.shape, batch), RMS_LIMIT)
+        return u, m, qs
 
       return entries_step
 

@@ -940,20 +940,35 @@ def _psgd_balance(qs):
   return [q * x for q, x in zip(qs, gmean / norms)]
 
 
+def _psgd_step(qs, h, v, m, balance, exprs, precond_lr):
+  """One leaf's (or one scanned layer's) factors balanced, fitted on (h, v),
+  and its preconditioned m."""
+  if balance and len(qs) > 1:
+    qs = _psgd_balance(qs)
+  qs = _psgd_update_precond(qs, h, _psgd_conj_b(qs, h, v), exprs, precond_lr)
+  return qs, np.einsum(exprs[2], *qs, *qs, m)
+
+
 def psgd_kron_reference(grads, probes, balances, *, b1=0.9, precond_lr=0.1,
                         precond_init_scale=1.0, max_size_triangular=8192,
                         min_ndim_triangular=2, memory_save_mode=None,
-                        momentum_into_precond_update=True):
+                        momentum_into_precond_update=True, scanned=()):
   """``scale_by_kron`` with update probability 1, step by step.
 
   ``grads``, ``probes``: per step a ``{name: array}`` dict; ``balances``: per
-  step whether the factors are balanced first. Returns per step (updates,
-  {name: list of factors}).
+  step whether the factors are balanced first. ``scanned``: the names whose
+  leading axis is a stack of layers (``scanned_layers``: the factors of each
+  layer balanced, fitted and applied on the layer alone, as its ``vmap``
+  does; the damping and the RMS cap over the whole leaf). Returns per step
+  (updates, {name: list of factors}, a scanned leaf's stacked over layers).
   """
   qs, exprs = {}, {}
   for k, g in grads[0].items():
-    qs[k], exprs[k] = psgd_init_q_exprs(np.shape(g), precond_init_scale, max_size_triangular,
+    shape = np.shape(g)[1:] if k in scanned else np.shape(g)
+    qs[k], exprs[k] = psgd_init_q_exprs(shape, precond_init_scale, max_size_triangular,
                                         min_ndim_triangular, memory_save_mode)
+    if k in scanned:
+      qs[k] = [[q.copy() for q in qs[k]] for _ in range(np.shape(g)[0])]
   mu = {k: np.zeros_like(g, dtype=np.float64) for k, g in grads[0].items()}
   damp_eps = np.sqrt(np.finfo(np.float32).eps)
   out = []
@@ -968,11 +983,15 @@ def psgd_kron_reference(grads, probes, balances, *, b1=0.9, precond_lr=0.1,
         m = g
       h = m if momentum_into_precond_update else g
       v = np.asarray(step_probes[k], np.float64)
-      if balance and len(qs[k]) > 1:
-        qs[k] = _psgd_balance(qs[k])
       h = h + damp_eps * np.mean(np.abs(h)) * v
-      qs[k] = _psgd_update_precond(qs[k], h, _psgd_conj_b(qs[k], h, v), exprs[k], precond_lr)
-      u = np.einsum(exprs[k][2], *qs[k], *qs[k], m)
+      if k in scanned:
+        stepped = [_psgd_step(q, h[j], v[j], m[j], balance, exprs[k], precond_lr)
+                   for j, q in enumerate(qs[k])]
+        qs[k], u = [q for q, _ in stepped], np.stack([u for _, u in stepped])
+      else:
+        qs[k], u = _psgd_step(qs[k], h, v, m, balance, exprs[k], precond_lr)
       updates[k] = u / max(1.0, np.sqrt(np.mean(u * u)) / 1.1)
-    out.append((updates, {k: [q.copy() for q in v] for k, v in qs.items()}))
+    out.append((updates, {
+        k: ([np.stack(q) for q in zip(*v)] if k in scanned else [q.copy() for q in v])
+        for k, v in qs.items()}))
   return out

@@ -68,16 +68,19 @@ def _stack_rule(path, leaf):
 
 
 @pytest.mark.parametrize("matrix_view", [None, _stack_rule], ids=["experts_by_name", "rule"])
-def test_batch_axes_step_as_separate_leaves_of_psgd_jax(matrix_view):
-  """Each index along a leaf's batch axes is a leaf of its own: its factors,
-  probe and RMS cap are those of psgd-jax's update of that slice alone."""
+def test_batch_axes_are_psgd_jax_s_scanned_layers(matrix_view):
+  """Each index along a leaf's batch axes has its own factors, fitted and
+  applied on its slice alone, with its own probe; damping and RMS cap are
+  the whole leaf's: psgd-jax's update with the leaf in ``scanned_layers``
+  (its stack axis moved first, where psgd-jax has it)."""
   name, axis = ("experts", 0) if matrix_view is None else ("stack_1", 1)
   shapes = {"w": (4, 6), name: (4, 3, 6) if axis == 1 else (3, 4, 6)}
   grads = _grads(12, shapes=shapes)
-  take = lambda x, j: np.take(np.asarray(x), j, axis=axis)
+  first = lambda x: np.moveaxis(np.asarray(x), axis, 0)
   with jax.enable_x64(True):
+    # A large initial Q, so that the RMS cap binds (on the whole leaf).
     tx = gt.scale_by_psgd_kron(precond_update_probability=1.0, seed=SEED,
-                               matrix_view=matrix_view)
+                               matrix_view=matrix_view, precond_init_scale=3.0)
     state = tx.init(jax.tree.map(jnp.zeros_like, grads[0]))
     assert [q.shape for q in state.factors[name]] == [(3, 4, 4), (3, 6, 6)]
     run, balances, probes = [], [], []
@@ -87,18 +90,17 @@ def test_batch_axes_step_as_separate_leaves_of_psgd_jax(matrix_view):
       run.append((updates, state.factors))
       balances.append(bool(balance))
       probes.append(dict(zip(sorted(g), draws)))
-  split = lambda tree: {"w": tree["w"], **{f"{name}{j}": take(tree[name], j) for j in range(3)}}
-  reference = psgd_kron_reference([split(g) for g in grads], [split(p) for p in probes],
-                                   balances)
+  assert any(balances)
+  moved = lambda tree: {**tree, name: first(tree[name])}
+  reference = psgd_kron_reference([moved(g) for g in grads], [moved(p) for p in probes],
+                                  balances, scanned=(name,), precond_init_scale=3.0)
   for (updates, factors), (ref_updates, ref_factors) in zip(run, reference):
     np.testing.assert_allclose(updates["w"], ref_updates["w"], rtol=1e-9, atol=1e-12)
-    for j in range(3):
-      np.testing.assert_allclose(take(updates[name], j), ref_updates[f"{name}{j}"],
-                                 rtol=1e-9, atol=1e-12)
-      for q, ref_q in zip(factors[name], ref_factors[f"{name}{j}"]):
-        np.testing.assert_allclose(q[j], ref_q, rtol=1e-9, atol=1e-12)
-  # The entries' probes are not one draw split three ways: three draws.
-  assert not np.allclose(take(probes[0][name], 0), take(probes[0][name], 1))
+    np.testing.assert_allclose(first(updates[name]), ref_updates[name], rtol=1e-9, atol=1e-12)
+    for q, ref_q in zip(factors[name], ref_factors[name], strict=True):
+      np.testing.assert_allclose(q, ref_q, rtol=1e-9, atol=1e-12)
+  # One probe per entry, not one draw split three ways.
+  assert not np.allclose(first(probes[0][name])[0], first(probes[0][name])[1])
 
 
 def test_factor_kinds():
