@@ -110,21 +110,27 @@ def norm_lower_bound(a: jax.Array) -> jax.Array:
   """psgd-jax's cheap lower bound of the spectral norm of a real matrix.
 
   max|a| times the norm of aᵀ(a x / |a x|) for x the largest row or column of
-  a / max|a|; within √2 of the norm on random matrices. psgd-jax picks the
-  row or column (and skips a zero ``a``) with ``lax.cond``; both candidates
-  cost a matrix-vector product, so both are computed and one selected: the
-  same numbers, and no branches for XLA to compile once per call site.
+  a / max|a|; within √2 of the norm on random matrices.
   """
   max_abs = jnp.max(jnp.abs(a))
-  a = a / jnp.where(max_abs > 0, max_abs, 1)
-  sq = a * a
-  col, row = jnp.sum(sq, axis=0), jnp.sum(sq, axis=1)
-  i, j = jnp.argmax(col), jnp.argmax(row)
-  x = a[:, i] @ a
-  by_column = jnp.linalg.norm((x / jnp.linalg.norm(x)) @ a.T)
-  y = a @ a[j]
-  by_row = jnp.linalg.norm(a.T @ (y / jnp.linalg.norm(y)))
-  return jnp.where(max_abs > 0, max_abs * jnp.where(col[i] > row[j], by_column, by_row), 0)
+
+  def bound(a):
+    a = a / max_abs
+    sq = a * a
+    col, row = jnp.sum(sq, axis=0), jnp.sum(sq, axis=1)
+    i, j = jnp.argmax(col), jnp.argmax(row)
+
+    def by_column():
+      x = a[:, i] @ a
+      return max_abs * jnp.linalg.norm((x / jnp.linalg.norm(x)) @ a.T)
+
+    def by_row():
+      x = a @ a[j]
+      return max_abs * jnp.linalg.norm(a.T @ (x / jnp.linalg.norm(x)))
+
+    return jax.lax.cond(col[i] > row[j], by_column, by_row)
+
+  return jax.lax.cond(max_abs > 0, bound, lambda _: max_abs, a)
 
 
 def balance(factors: Sequence[jax.Array]) -> list:
@@ -442,15 +448,16 @@ def scale_by_psgd_kron(
       return m, m_hat, m_hat if momentum_into_precond_update else g_
 
     def preconditioned(m_hat, h, factors, fold, g, damp, fit, do_balance, lr, probe_key):
-      """(P m̂, the factors), the factors first fitted on h + damp·V when ``fit``; V is
-      drawn like ``g`` from the key folded from ``fold``."""
+      """(P m̂, the factors), the factors first fitted on h + damp·V when ``fit``
+      (``damp=None``: ε·mean|h|); V is drawn like ``g`` from the key folded
+      from ``fold``."""
 
       def refit(qs):
-        # Drawn only when the factors are fitted.
+        # Drawn (and h's mean taken) only when the factors are fitted.
         v = probe(jax.random.fold_in(probe_key, fold), g).reshape(h.shape)
-        # Selected, not branched on (as norm_lower_bound): a rescaling.
-        qs = [jnp.where(do_balance, b, q) for b, q in zip(balance(qs), qs)]
-        return fit_factors(qs, h + damp * v, v, lr)
+        scale = PROBE_WEIGHT * jnp.mean(jnp.abs(h)) if damp is None else damp
+        qs = jax.lax.cond(do_balance, balance, list, qs)
+        return fit_factors(qs, h + scale * v, v, lr)
 
       qs = jax.lax.cond(fit, refit, list, list(factors))
       return precondition(qs, m_hat), tuple(qs)
@@ -464,8 +471,7 @@ def scale_by_psgd_kron(
       """
       fit, do_balance, decay, correction, lr, probe_key = scalars
       m, m_hat, h = moments(g, m, decay, correction)
-      damp = PROBE_WEIGHT * jnp.mean(jnp.abs(h))
-      u, qs = preconditioned(m_hat, h, factors, fold, g, damp, fit, do_balance, lr, probe_key)
+      u, qs = preconditioned(m_hat, h, factors, fold, g, None, fit, do_balance, lr, probe_key)
       u = _tree.clipped_to_rms(u, RMS_LIMIT).reshape(g.shape)
       return u, None if m is None else m.reshape(g.shape), qs
 
