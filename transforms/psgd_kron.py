@@ -419,8 +419,9 @@ def scale_by_psgd_kron(
     _routing.report_per_leaf(params, "roles", [
         role(x, b) for x, b in zip(jax.tree.leaves(_tree.unwrap_variables(params)), batches)])
     mu = state_format.zeros_like_tree(params, mu_format, signed=True) if keeps_momentum else None
-    next_batch = iter(batches).__next__
-    factors = _tree.map_statistics(lambda p: init_factors(p, next_batch()), 1, params)[0]
+    # map_statistics visits the leaves in this order.
+    leaf_batches = iter(batches)
+    factors = _tree.map_statistics(lambda p: init_factors(p, next(leaf_batches)), 1, params)[0]
     if not _tree.is_params_placeholder(params):
       factors = place_factors(params, factors)
     return ScaleByPsgdKronState(jnp.zeros([], jnp.int32), mu, factors,
