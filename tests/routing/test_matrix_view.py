@@ -258,3 +258,20 @@ def test_named_3d_layouts_are_settled_silently(names, shape, view):
   with warnings.catch_warnings():
     warnings.simplefilter("error")
     assert gt.flax_matrix_view(_key_path(*names), jax.ShapeDtypeStruct(shape, jnp.float32)) == view
+
+
+def test_batch_axes_read_names_expert_stacks_and_rules_without_guessing():
+  key = jax.tree_util.DictKey
+  leaf = jax.ShapeDtypeStruct((4, 16, 32), jnp.float32)
+  with warnings.catch_warnings():
+    warnings.simplefilter("error", gt.AmbiguousMatrixViewWarning)
+    # No names, no "expert": no batch axes, and no warning (no rows/cols guessed).
+    assert matrix_view.batch_axes((key("blocks"), key("kernel")), leaf, None) == ()
+    assert matrix_view.batch_axes((key("moe"), key("experts_in")), leaf, None) == (0,)
+    names = {"['blocks']['kernel']": ((16, 4, 32), ("embed", "layers", "mlp"))}
+    with matrix_view._axes.using(names):
+      middle = jax.ShapeDtypeStruct((16, 4, 32), jnp.float32)
+      assert matrix_view.batch_axes((key("blocks"), key("kernel")), middle, None) == (1,)
+  rule = gt.stacked_matrix_view()
+  assert matrix_view.batch_axes((key("blocks"), key("kernel")), leaf, rule) == (0,)
+  assert matrix_view.batch_axes((key("b"),), jax.ShapeDtypeStruct((8,), jnp.float32), rule) == ()
