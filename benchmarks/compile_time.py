@@ -70,10 +70,13 @@ def gradtx_optimizers(
   ``matrix_view`` goes to those that take one."""
 
   def build(name, **kwargs):
-    factory = getattr(optimizers, name)
-    if matrix_view is not None and "matrix_view" in inspect.signature(factory).parameters:
-      kwargs["matrix_view"] = matrix_view
-    return lambda: factory(LEARNING_RATE, **kwargs)
+    def make():
+      factory = getattr(optimizers, name)  # on use: a deprecated name warns then
+      takes_view = "matrix_view" in inspect.signature(factory).parameters
+      view = {"matrix_view": matrix_view} if matrix_view is not None and takes_view else {}
+      return factory(LEARNING_RATE, **kwargs, **view)
+
+    return make
 
   return {
       "adamw": build("adamw"),
