@@ -568,7 +568,7 @@ def scale_by_psgd_kron(
       plain = [None if t is None else _tree.unwrap_variables(t) for t in trees]
       flat = [[None] * treedef.num_leaves if t is None else treedef.flatten_up_to(t)
               for t in plain]
-      batches = _matrix_view.batch_axes_of(plain[0], matrix_view)
+      batches = _matrix_view.batch_axes_of(trees[0], matrix_view)  # as init: names on variables
       args = [(*a, b) for a, b in zip(zip(*flat), batches)]
       grads = [g for g, *_ in args]
       plan = block_stacks.OwnerPlan.build(
