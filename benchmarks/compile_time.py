@@ -18,6 +18,7 @@ with the number of matrices.
     python -m benchmarks.compile_time --optimizers adamw_8bit --against HEAD --step-rounds 20
     python -m benchmarks.compile_time --transforms --layers 12 48   # the matrix transforms alone
     python -m benchmarks.compile_time --scanned --layers 12 48      # layers stacked (nnx.scan)
+    python -m benchmarks.compile_time --references --optimizers shampoo psgd_kron
 
 Each figure is the minimum over ``--repeats`` compilations (the JAX caches
 are cleared before each, so every one is a cold trace, lower and compile),
@@ -38,6 +39,10 @@ optimizer that takes a matrix view gets ``gt.stacked_matrix_view()`` (one
 matrix per layer), and optax.contrib.muon, which has no such view, is left
 out. What a deep model's first step costs when its layers are scanned.
 
+``--references`` adds the methods' own JAX implementations (psgd-jax's
+``kron``, precondition's ``distributed_shampoo``; ``benchmarks.references``,
+optional packages) next to gradtx's psgd_kron and shampoo.
+
 ``--step-rounds N`` then times the compiled steps themselves on the largest
 tree (random parameters and gradients), one step of each contender per round
 in a new random order (``harness.time_round_robin``): a change that buys
@@ -45,6 +50,7 @@ compile time must not cost step time.
 """
 
 import argparse
+import functools
 import inspect
 import random
 import time
@@ -54,7 +60,7 @@ import jax
 import jax.numpy as jnp
 import optax
 
-from benchmarks import harness, revisions
+from benchmarks import harness, references, revisions
 from gradtx import optimizers as go
 from gradtx import transforms as gt
 
@@ -102,6 +108,12 @@ OPTAX_REFERENCES = {
 
 OPTIMIZERS = {
     ANCHOR: lambda: optax.adamw(LEARNING_RATE), **OPTAX_REFERENCES, **gradtx_optimizers(go),
+}
+
+# --references: the methods' own implementations (optional packages, built on use).
+METHOD_REFERENCES = {
+    name: functools.partial(factory, LEARNING_RATE)
+    for name, factory in references.REFERENCES.items()
 }
 
 # Not in --scanned: no per-layer view of a stacked kernel.
@@ -222,6 +234,9 @@ def main(argv=None) -> None:
                       help="compile the matrix transforms alone, on the kernels only")
   parser.add_argument("--scanned", action="store_true",
                       help="the layers stacked as nnx.scan stacks them (one leaf per kernel)")
+  parser.add_argument("--references", action="store_true",
+                      help="also the methods' own implementations (psgd-jax, distributed_shampoo;"
+                      f" {references.INSTALL})")
   args = parser.parse_args(argv)
   if args.transforms and (args.against or args.step_rounds):
     parser.error("--transforms takes neither --against nor --step-rounds")
@@ -234,6 +249,11 @@ def main(argv=None) -> None:
     print(harness.closing_line())
     return
   names = [ANCHOR] + [n for n in args.optimizers if n != ANCHOR]
+  if args.references:
+    if args.scanned:
+      parser.error("--references takes no --scanned (neither reference is given a layer view)")
+    OPTIMIZERS.update(METHOD_REFERENCES)
+    names += list(METHOD_REFERENCES)
   if args.scanned:
     # Each gradtx optimizer sees one matrix per layer of a stacked kernel;
     # optax.contrib.muon has no such view (it would run Adam on the stacks).
