@@ -4,6 +4,7 @@
   python -m benchmarks.suite.run --ruleset fixed --optimizers adamw,muon@1x,soap@0.5x
   python -m benchmarks.suite.run --workloads tabular_mlp --optimizers adamw,muon \\
       --factors 1 --seeds 0 --steps 20 --out /tmp/smoke          # a smoke run, seconds
+  python -m benchmarks.suite.run --baseline-variants adamw:wd=0,adamw:wd=0.3 --score-only
 
 Rulesets (AlgoPerf-style). ``tuned``: every optimizer at every ``--factors``
 times its registry peak learning rates (benchmarks/registry.py's
@@ -12,7 +13,9 @@ workload. ``fixed``: one factor per optimizer for every workload
 (``name@Fx`` in ``--optimizers``, a plain name: 1x); AdamW still runs its
 grid, which sets the target. AdamW's grid is ``--target-factors`` (default:
 ``--factors``): a wider one keeps its best factor off the grid's edge, so the
-target is not set by an under-tuned baseline. Every finished run is one JSON
+target is not set by an under-tuned baseline; ``--baseline-variants`` tunes it
+over other hyper-parameters too (registry variants of AdamW on the same grid,
+the best (variant, factor) sets the target). Every finished run is one JSON
 line in ``<out>/runs.jsonl``; a rerun skips the runs found there. Written
 per (ruleset, schedule): ``table_<ruleset>_<schedule>.md``,
 ``profiles_<ruleset>_<schedule>.png`` and ``summary_<ruleset>_<schedule>.json``.
@@ -44,6 +47,11 @@ def parse_args(argv: Optional[Sequence[str]]) -> argparse.Namespace:
                       help="lr factors of the tuned grid")
   parser.add_argument("--target-factors", default=None,
                       help="lr factors of AdamW's grid, which sets the target (default: --factors)")
+  parser.add_argument("--baseline-variants", default="",
+                      help="AdamW variants (registry names, e.g. adamw:wd=0) the target's AdamW is"
+                      " also tuned over, each on AdamW's grid")
+  parser.add_argument("--score-only", action="store_true",
+                      help="run nothing: score the runs found in --out")
   parser.add_argument("--seeds", default="0,1,2")
   parser.add_argument("--schedules", default="warmup_cosine,constant")
   parser.add_argument("--steps", type=int, default=None,
@@ -57,11 +65,13 @@ def parse_args(argv: Optional[Sequence[str]]) -> argparse.Namespace:
   args.target_factors = (args.factors if args.target_factors is None
                          else floats(args.target_factors))
   args.schedules = tuple(s for s in args.schedules.split(",") if s)
+  args.baseline_variants = tuple(v for v in args.baseline_variants.split(",") if v)
   items = [registry.split_factor(item) for item in args.optimizers.split(",") if item]
   args.optimizers = tuple(name for name, _ in items)
   args.fixed = {name: factor or 1.0 for name, factor in items}
   unknown = ({w for w in args.workloads if w not in WORKLOADS}
-             | {o for o in args.optimizers if o not in registry.OPTIMIZERS})
+             | {o for o in (*args.optimizers, *args.baseline_variants)
+                if o not in registry.OPTIMIZERS})
   if unknown:
     parser.error(f"unknown names: {', '.join(sorted(unknown))}")
   return args
@@ -72,9 +82,15 @@ def run_key(run: dict) -> tuple:
           run["steps"], run.get("lr_scale", 1.0))
 
 
+def baseline(args: argparse.Namespace) -> tuple[str, ...]:
+  """AdamW and the variants it is tuned over: together they set the target."""
+  return (scoring.REFERENCE, *args.baseline_variants)
+
+
 def grid(args: argparse.Namespace, name: str) -> tuple[float, ...]:
-  """The lr factors ``name`` is tuned over: AdamW's ``--target-factors``, others' ``--factors``."""
-  return args.target_factors if name == scoring.REFERENCE else args.factors
+  """The lr factors ``name`` is tuned over: the baseline's ``--target-factors``,
+  others' ``--factors``."""
+  return args.target_factors if name in baseline(args) else args.factors
 
 
 def planned(args: argparse.Namespace, workloads: dict) -> list[dict]:
@@ -83,8 +99,8 @@ def planned(args: argparse.Namespace, workloads: dict) -> list[dict]:
   for workload in args.workloads:
     for schedule in args.schedules:
       for seed in args.seeds:
-        for name in dict.fromkeys((scoring.REFERENCE, *args.optimizers)):
-          factors = grid(args, name) if args.ruleset == "tuned" or name == scoring.REFERENCE else ()
+        for name in dict.fromkeys((*baseline(args), *args.optimizers)):
+          factors = grid(args, name) if args.ruleset == "tuned" or name in baseline(args) else ()
           if args.ruleset == "fixed" and name in args.fixed:
             factors = tuple(dict.fromkeys((*factors, args.fixed[name])))
           runs += [{"workload": workload, "schedule": schedule, "optimizer": name,
@@ -131,14 +147,16 @@ def report(args: argparse.Namespace, runs: dict, workloads: dict) -> dict:
                 and k[5:] == (w.steps, w.lr_scale) and r["seed"] in args.seeds
                 and (r["factor"] in grid(args, r["optimizer"])
                      or (fixed and r["factor"] == fixed.get(r["optimizer"])))]
-      summary = scoring.summarize(chosen, names, args.seeds, fixed)
+      summary = scoring.summarize(chosen, names, args.seeds, fixed, args.baseline_variants)
       if summary:
         summaries[workload] = summary
     if not summaries:
       continue
     stem = f"{args.ruleset}_{schedule}"
+    tuned_over = "".join(f", {v}" for v in args.baseline_variants)
     text = (f"{args.ruleset} ruleset, {schedule}, seeds {list(args.seeds)}, factors"
-            f" {list(args.factors)} (AdamW: {list(args.target_factors)}); cell: median steps"
+            f" {list(args.factors)} (AdamW{tuned_over}: {list(args.target_factors)});"
+            " cell: median steps"
             " / wall-clock to tuned AdamW's target over AdamW's (min–max steps) @factor"
             " · final train loss · held-out accuracy\n\n"
             + scoring.table(summaries, names))
@@ -160,6 +178,9 @@ def main(argv: Optional[Sequence[str]] = None) -> dict:
   path = args.out / "runs.jsonl"
   finished = load_runs(path)
   todo = [plan for plan in planned(args, workloads) if run_key(plan) not in finished]
+  if args.score_only:
+    print(f"--score-only: {len(todo)} planned runs not found in {path} are left out")
+    todo = []
   print(f"{len(todo)} runs to do, {len(finished)} found in {path};"
         f" load average {os.getloadavg()[0]:.1f} on {os.cpu_count()} cores")
   execute(todo, workloads, path, args.eval_every)

@@ -3,11 +3,15 @@
 The target of a (workload, schedule, seed) is tuned AdamW's final train loss
 there (the mean over the last 10% of steps, ``char_lm.final_window``), AdamW
 tuned as every optimizer is: its best factor minimises the median over seeds
-of the final train loss. An optimizer's steps to the target: the first step
-at which its trailing-window train loss reaches it (``char_lm.steps_to_reach``);
-its wall-clock: those steps times the run's ms/step. Under the ``tuned``
-ruleset an optimizer's factor is the one with the fewest median steps (ties:
-lowest median final loss); under ``fixed`` it is the one factor it was given.
+of the final train loss. Given ``baseline_variants`` (registry names of AdamW
+with other hyper-parameters, e.g. ``adamw:wd=0``), AdamW is tuned over them
+too: the target is set by the best (variant, factor), and the AdamW column
+is that tuned baseline (its cell names the variant). An optimizer's steps to
+the target: the first step at which its trailing-window train loss reaches it
+(``char_lm.steps_to_reach``); its wall-clock: those steps times the run's
+ms/step. Under the ``tuned`` ruleset an optimizer's factor is the one with
+the fewest median steps (ties: lowest median final loss); under ``fixed`` it
+is the one factor it was given.
 A performance profile (Dolan and Moré 2002, as AlgoPerf uses it) gives, per
 optimizer, the fraction of workloads it solves within τ times the best
 optimizer's time there; the score is its area over τ in [1, TAU_MAX],
@@ -54,31 +58,45 @@ def steps_to(run: dict, target: float) -> Optional[int]:
 
 
 def summarize(runs: Sequence[dict], optimizers: Sequence[str], seeds: Sequence[int],
-              fixed: Optional[Mapping[str, float]] = None) -> dict:
+              fixed: Optional[Mapping[str, float]] = None,
+              baseline_variants: Sequence[str] = ()) -> dict:
   """Per optimizer, on the runs of one (workload, schedule): its factor and scores.
 
-  ``fixed``: optimizer -> factor (the fixed ruleset); ``None``: tuned. Returns
-  ``{optimizer: {"factor", "at_edge" (the factor is the grid's smallest or
-  largest: widen the grid), "steps", "seconds" (per seed), "final_loss",
-  "eval_loss", "eval_accuracy" (medians)}}``; optimizers without runs on
-  every seed are left out, and all of them when AdamW has none.
+  ``fixed``: optimizer -> factor (the fixed ruleset); ``None``: tuned.
+  ``baseline_variants``: AdamW variants the baseline is tuned over besides its
+  factor. Returns ``{optimizer: {"factor", "at_edge" (the factor is the grid's
+  smallest or largest: widen the grid), "steps", "seconds" (per seed),
+  "final_loss", "eval_loss", "eval_accuracy" (medians)}}``, AdamW's entry
+  with its ``"variant"``; optimizers without runs on every seed are left out,
+  and all of them when AdamW has none.
   """
-  reference = by_factor(runs, REFERENCE, seeds)
-  if not reference:
+  if not by_factor(runs, REFERENCE, seeds):
     return {}
-  best = min(reference, key=lambda f: median(final_loss(r) for r in reference[f]))
-  targets = [final_loss(r) for r in reference[best]]
+  baseline = {(name, f): rs for name in (REFERENCE, *baseline_variants)
+              for f, rs in by_factor(runs, name, seeds).items()}
+  best = min(baseline, key=lambda key: median(final_loss(r) for r in baseline[key]))
+  targets = [final_loss(r) for r in baseline[best]]
   summary = {}
   for name in optimizers:
     candidates = by_factor(runs, name, seeds)
     if fixed is not None:
       candidates = {f: r for f, r in candidates.items() if f == fixed[name]}
-    if candidates:
+    if name == REFERENCE and fixed is None:
+      summary[name] = _tuned_baseline(runs, (REFERENCE, *baseline_variants), seeds, targets)
+    elif candidates:
       summary[name] = _entry(candidates, targets)
   if fixed is not None:
     # The ratios' denominator stays tuned AdamW, whatever factor AdamW is fixed at.
-    summary[TARGET] = _entry({best: reference[best]}, targets)
+    summary[TARGET] = {**_entry({best[1]: baseline[best]}, targets), "variant": best[0]}
   return summary
+
+
+def _tuned_baseline(runs: Sequence[dict], variants: Sequence[str], seeds: Sequence[int],
+                    targets: Sequence[float]) -> dict:
+  """The fastest of AdamW's variants to ``targets``, each at its best factor."""
+  entries = [{**_entry(by_factor(runs, name, seeds), targets), "variant": name}
+             for name in variants if by_factor(runs, name, seeds)]
+  return min(entries, key=lambda e: (median(e["steps"]), e["final_loss"]))
 
 
 def _entry(candidates: Mapping[float, Sequence[dict]], targets: Sequence[float]) -> dict:
@@ -127,7 +145,9 @@ def _cell(entry: Optional[dict], reference: Optional[dict]) -> str:
   reached = [x for x in entry["steps"] if x is not None]
   span = f"{min(reached)}–{max(reached)}" if reached else "—"
   edge = "†" if entry.get("at_edge") else ""
-  return (f"{ratio('steps'):.2f}× / {ratio('seconds'):.2f}× ({span}) @{entry['factor']:g}{edge}"
+  variant = entry.get("variant", REFERENCE)
+  factor = f"{entry['factor']:g}{edge}" + (f" {variant}" if variant != REFERENCE else "")
+  return (f"{ratio('steps'):.2f}× / {ratio('seconds'):.2f}× ({span}) @{factor}"
           f" · {entry['final_loss']:.3f} · {entry['eval_accuracy']:.3f}")
 
 

@@ -141,6 +141,43 @@ def test_the_fixed_ruleset_divides_by_tuned_adamw_not_by_its_fixed_adamw():
   text = scoring.table({"w": summary}, ["adamw", "muon"])
   assert "not reached @2" in text and f"{ratio:.2f}×" in text and "nan" not in text
 
+
+def test_a_baseline_variant_with_a_lower_final_loss_sets_the_target():
+  """AdamW tuned over a variant too: adamw:wd=0 ends lower, so its final loss is
+  the target, AdamW's column is that variant, and the others' ratios (tuned and
+  fixed) are over its steps."""
+  ramp = lambda end: {"train_loss": np.linspace(2, end, 10).tolist(), "ms_per_step": 2.0,
+                      "eval_loss": [end], "eval_accuracy": [0.5]}
+  runs = [{"optimizer": "adamw", "factor": 1.0, "seed": 0, **ramp(1.0)},
+          {"optimizer": "adamw:wd=0", "factor": 2.0, "seed": 0, **ramp(0.8)},
+          {"optimizer": "muon", "factor": 1.0, "seed": 0, **ramp(0.5)}]
+  plain = scoring.summarize(runs, ["adamw", "muon"], [0])
+  tuned = scoring.summarize(runs, ["adamw", "muon"], [0], baseline_variants=["adamw:wd=0"])
+  assert plain["adamw"]["variant"] == "adamw"
+  assert tuned["adamw"]["variant"] == "adamw:wd=0" and tuned["adamw"]["factor"] == 2.0
+  # A lower target: muon needs more steps to it than to plain AdamW's.
+  assert tuned["muon"]["steps"][0] > plain["muon"]["steps"][0]
+  assert "@2 adamw:wd=0" in scoring.table({"w": tuned}, ["adamw", "muon"])
+  fixed = scoring.summarize(runs, ["adamw", "muon"], [0], fixed={"adamw": 1.0, "muon": 1.0},
+                            baseline_variants=["adamw:wd=0"])
+  assert fixed[scoring.TARGET]["variant"] == "adamw:wd=0"
+  assert fixed[scoring.TARGET]["steps"] == tuned["adamw"]["steps"]
+
+
+def test_baseline_variants_run_adamws_grid_and_score_only_runs_nothing(tmp_path, monkeypatch):
+  argv = ["--optimizers", "adamw,muon", "--factors", "1", "--target-factors", "0.5,1",
+          "--baseline-variants", "adamw:wd=0", "--seeds", "0", "--schedules", "constant",
+          "--workloads", "tabular_mlp", "--steps", "10", "--out", str(tmp_path)]
+  plans = run.planned(run.parse_args(argv), {"tabular_mlp": WORKLOADS["tabular_mlp"](steps=10)})
+  assert sorted((p["optimizer"], p["factor"]) for p in plans) == [
+      ("adamw", 0.5), ("adamw", 1.0), ("adamw:wd=0", 0.5), ("adamw:wd=0", 1.0), ("muon", 1.0)]
+  calls = []
+  monkeypatch.setattr(suite_train, "train", _fake_train(calls))
+  assert run.main([*argv, "--score-only"]) == {} and calls == []
+  with pytest.raises(SystemExit):
+    run.parse_args([*argv, "--baseline-variants", "adamw:nonsense"])
+
+
 @pytest.mark.parametrize("name, stacked", [("scan_lm", "['blocks']['mlp_in']['kernel']"),
                                            ("moe_lm", "['blocks'][0]['moe']['experts_in']")])
 def test_stacked_workloads_route_by_their_axis_names(name, stacked):
