@@ -194,6 +194,8 @@ OPTIMIZERS: dict[str, Callable[[int], optax.GradientTransformation]] = {
     "adamw:b2=0.999": lambda n: _adamw(n, b2=0.999),
     "adamw:wd=0": lambda n: _adamw(n, weight_decay=0.0),
     "adamw:wd=0.3": lambda n: _adamw(n, weight_decay=0.3),
+    # SOAP without its decay: the suite's CNN and MLP prefer AdamW without one.
+    "soap:wd=0": lambda n: go.soap(warmup_cosine(1.2e-2, n), weight_decay=0.0),
     "adamw:cautious_wd": lambda n: go.adamw(
         warmup_cosine(6e-3, n), b2=0.99, weight_decay=0.1, mask=matrices,
         cautious_weight_decay=True),
