@@ -5,8 +5,10 @@ the hidden matrices of two transformer layers at d = 512 (512×1536 qkv,
 512×512 attention out, 512×2048 and 2048×512 MLP), float32, timed by
 ``harness.time_round_robin`` in one process. We report min and median ms,
 the ratio to optax, and the fraction of the Newton–Schulz FLOP roofline
-(ns_steps·(4m²n + 2m³) FLOPs per m×n matrix, m ≤ n, at the float32 matmul
-rate measured in the same run).
+(ns_steps·(4m²n + 2m³) FLOPs per m×n matrix, m ≤ n, of the row's matrix view:
+the default view's three (d, d) q, k, v cost 18d³ per iteration where the
+whole (d, 3d) qkv costs 14d³; at the float32 matmul rate measured in the same
+run).
 
     python -m benchmarks.muon_step [--rounds 15] [--d 512] [--layers 2]
     python -m benchmarks.muon_step --against HEAD~1   # also the library at HEAD~1
@@ -41,12 +43,23 @@ def transformer_matrices(d: int, layers: int) -> dict:
   }
 
 
-def ns_flops(params: dict, ns_steps: int = 5) -> float:
+def ns_flops(params: dict, ns_steps: int = 5, split_qkv: bool = False) -> float:
+  """Standard Newton–Schulz FLOPs of one step; ``split_qkv``: each (d, 3d) qkv
+  kernel as three (d, d) matrices (gradtx's default view), 18d³ per
+  iteration against 14d³ for the whole matrix."""
   total = 0.0
-  for leaf in jax.tree.leaves(params):
-    m, n = sorted(leaf.shape)
-    total += ns_steps * (4 * m * m * n + 2 * m**3)
+  for path, leaf in jax.tree_util.tree_flatten_with_path(params)[0]:
+    shape, copies = leaf.shape, 1
+    if split_qkv and jax.tree_util.keystr(path).endswith("['qkv']"):
+      shape, copies = (shape[0], shape[1] // 3), 3
+    m, n = sorted(shape)
+    total += copies * ns_steps * (4 * m * m * n + 2 * m**3)
   return total
+
+
+def splits_qkv(name: str) -> bool:
+  """Whether row ``name`` orthogonalizes q, k and v apart (gradtx's default view)."""
+  return name != ANCHOR and "qkv whole" not in name
 
 
 def gradtx_rows(transforms, optimizers, lr: float = 0.02, suffix: str = "") -> dict:
@@ -92,14 +105,16 @@ def main(argv=None) -> None:
   print(harness.machine_banner())
   rate = matmul_rate()
   grads = transformer_matrices(args.d, args.layers)
-  flops = ns_flops(grads)
-  print(f"\nfloat32 matmul rate (1024^3): {rate / 1e9:.1f} GFLOP/s;"
-        f" NS FLOPs per step (standard): {flops / 1e9:.2f} GFLOP; {args.rounds} rounds\n")
+  flops = {split: ns_flops(grads, split_qkv=split) for split in (False, True)}
+  print(f"\nfloat32 matmul rate (1024^3): {rate / 1e9:.1f} GFLOP/s; NS FLOPs per step"
+        f" (standard): {flops[False] / 1e9:.2f} GFLOP with qkv whole, {flops[True] / 1e9:.2f}"
+        f" with q, k, v apart (the default view); {args.rounds} rounds\n")
   # The parameters start as a copy of the gradients (only the shapes matter).
   contenders = {name: harness.stepper(tx, grads, grads)
                 for name, tx in implementations(against=args.against).items()}
   times = harness.time_round_robin(contenders, rounds=args.rounds, warmup=1)
-  roofline = {name: f"{flops / min(t) / rate:.2f}" for name, t in times.items()}
+  roofline = {name: f"{flops[splits_qkv(name)] / min(t) / rate:.2f}"
+              for name, t in times.items()}
   print(harness.ratio_table(times, anchor=ANCHOR, columns={"roofline": roofline}))
   print()
   print(harness.closing_line())
