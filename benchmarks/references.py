@@ -17,10 +17,11 @@ psgd-jax imports ``optax._src.clipping``, which optax no longer has (its kron
 uses nothing from it): the shim is a module holding optax's
 ``clip_by_global_norm``, which is what the other psgd-jax optimizers take from
 it. distributed_shampoo calls ``jax.tree_map``, ``jax.tree_flatten`` and
-``jax.tree_unflatten``, removed in JAX 0.6: the shims are their ``jax.tree``
-replacements.
+``jax.tree_unflatten``, removed in JAX 0.6: its module's ``jax`` is given
+them as their ``jax.tree`` replacements (jax itself is not changed).
 """
 
+import importlib
 import sys
 import types
 from typing import Callable
@@ -33,7 +34,7 @@ INSTALL = 'pip install -e ".[references]"'
 
 def _needs(module: str):
   try:
-    return __import__(module, fromlist=["_"])
+    return importlib.import_module(module)
   except ImportError as error:
     raise ImportError(f"{module} is not installed: {INSTALL}") from error
 
@@ -59,12 +60,18 @@ _JAX_TREE_ALIASES = {
 }
 
 
+class _JaxWithOldTreeNames:
+  """``jax`` as distributed_shampoo's module sees it: the old tree names added,
+  everything else jax's own (the ``jax`` module itself is left as it is)."""
+
+  def __getattr__(self, name):
+    return _JAX_TREE_ALIASES[name] if name in _JAX_TREE_ALIASES else getattr(jax, name)
+
+
 def distributed_shampoo(learning_rate: float) -> optax.GradientTransformation:
   """precondition-opt's ``distributed_shampoo``, set as ``go.shampoo``'s defaults are."""
-  for old, new in _JAX_TREE_ALIASES.items():
-    if not hasattr(jax, old):
-      setattr(jax, old, new)
   shampoo = _needs("precondition.distributed_shampoo")
+  shampoo.jax = _JaxWithOldTreeNames()
   return shampoo.distributed_shampoo(
       learning_rate, block_size=256, beta1=0.9, beta2=0.999, nesterov=False,
       preconditioning_compute_steps=10, graft_type=shampoo.GraftingType.RMSPROP)

@@ -47,3 +47,9 @@ def test_references_mode_compiles_them_next_to_gradtx(capsys, monkeypatch):
 def test_references_mode_refuses_scanned_layers():
   with pytest.raises(SystemExit):
     compile_time.main(["--references", "--scanned"])
+
+
+def test_loading_the_references_leaves_jax_as_it_is():
+  for factory in references.REFERENCES.values():
+    factory(1e-3)
+  assert not hasattr(jax, "tree_map")  # given to distributed_shampoo's module only
