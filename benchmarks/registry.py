@@ -194,6 +194,9 @@ OPTIMIZERS: dict[str, Callable[[int], optax.GradientTransformation]] = {
     "adamw:b2=0.999": lambda n: _adamw(n, b2=0.999),
     "adamw:wd=0": lambda n: _adamw(n, weight_decay=0.0),
     "adamw:wd=0.3": lambda n: _adamw(n, weight_decay=0.3),
+    # The two changes that gained alone, together (b2 0.95 with the better decay).
+    "adamw:wd=0:b2=0.95": lambda n: _adamw(n, b2=0.95, weight_decay=0.0),
+    "adamw:wd=0.3:b2=0.95": lambda n: _adamw(n, b2=0.95, weight_decay=0.3),
     # SOAP without its decay: the suite's CNN and MLP prefer AdamW without one.
     "soap:wd=0": lambda n: go.soap(warmup_cosine(1.2e-2, n), weight_decay=0.0),
     "adamw:cautious_wd": lambda n: go.adamw(
