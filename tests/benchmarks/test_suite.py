@@ -113,12 +113,16 @@ def test_performance_profile_on_a_hand_made_table():
   assert scoring.profile_score(profiles["c"], taus) == pytest.approx((1 / 3) * 1.5 / 3)
 
 
+def _ramp(end):
+  """A run whose train loss falls linearly from 2 to ``end`` over 10 steps."""
+  return {"train_loss": np.linspace(2, end, 10).tolist(), "ms_per_step": 2.0,
+          "eval_loss": [end], "eval_accuracy": [0.5]}
+
+
 def test_summarize_targets_tuned_adamw():
-  ramp = lambda end: {"train_loss": np.linspace(2, end, 10).tolist(), "ms_per_step": 2.0,
-                      "eval_loss": [end], "eval_accuracy": [0.5]}
-  runs = [{"optimizer": "adamw", "factor": 1.0, "seed": 0, **ramp(1.0)},
-          {"optimizer": "adamw", "factor": 2.0, "seed": 0, **ramp(1.5)},
-          {"optimizer": "muon", "factor": 1.0, "seed": 0, **ramp(0.5)}]
+  runs = [{"optimizer": "adamw", "factor": 1.0, "seed": 0, **_ramp(1.0)},
+          {"optimizer": "adamw", "factor": 2.0, "seed": 0, **_ramp(1.5)},
+          {"optimizer": "muon", "factor": 1.0, "seed": 0, **_ramp(0.5)}]
   summary = scoring.summarize(runs, ["adamw", "muon"], [0])
   assert summary["adamw"]["factor"] == 1.0 and summary["adamw"]["at_edge"]
   assert summary["muon"]["steps"][0] < summary["adamw"]["steps"][0] <= 10
@@ -129,11 +133,9 @@ def test_summarize_targets_tuned_adamw():
 def test_the_fixed_ruleset_divides_by_tuned_adamw_not_by_its_fixed_adamw():
   """AdamW fixed at 2x never reaches tuned AdamW's (1x) target: the others'
   ratios are still over tuned AdamW's steps, and AdamW's cell says so."""
-  ramp = lambda end: {"train_loss": np.linspace(2, end, 10).tolist(), "ms_per_step": 2.0,
-                      "eval_loss": [end], "eval_accuracy": [0.5]}
-  runs = [{"optimizer": "adamw", "factor": 1.0, "seed": 0, **ramp(1.0)},
-          {"optimizer": "adamw", "factor": 2.0, "seed": 0, **ramp(1.5)},
-          {"optimizer": "muon", "factor": 1.0, "seed": 0, **ramp(0.5)}]
+  runs = [{"optimizer": "adamw", "factor": 1.0, "seed": 0, **_ramp(1.0)},
+          {"optimizer": "adamw", "factor": 2.0, "seed": 0, **_ramp(1.5)},
+          {"optimizer": "muon", "factor": 1.0, "seed": 0, **_ramp(0.5)}]
   summary = scoring.summarize(runs, ["adamw", "muon"], [0], fixed={"adamw": 2.0, "muon": 1.0})
   assert summary["adamw"]["steps"] == [None]
   assert summary[scoring.TARGET]["factor"] == 1.0
@@ -146,11 +148,9 @@ def test_a_baseline_variant_with_a_lower_final_loss_sets_the_target():
   """AdamW tuned over a variant too: adamw:wd=0 ends lower, so its final loss is
   the target, AdamW's column is that variant, and the others' ratios (tuned and
   fixed) are over its steps."""
-  ramp = lambda end: {"train_loss": np.linspace(2, end, 10).tolist(), "ms_per_step": 2.0,
-                      "eval_loss": [end], "eval_accuracy": [0.5]}
-  runs = [{"optimizer": "adamw", "factor": 1.0, "seed": 0, **ramp(1.0)},
-          {"optimizer": "adamw:wd=0", "factor": 2.0, "seed": 0, **ramp(0.8)},
-          {"optimizer": "muon", "factor": 1.0, "seed": 0, **ramp(0.5)}]
+  runs = [{"optimizer": "adamw", "factor": 1.0, "seed": 0, **_ramp(1.0)},
+          {"optimizer": "adamw:wd=0", "factor": 2.0, "seed": 0, **_ramp(0.8)},
+          {"optimizer": "muon", "factor": 1.0, "seed": 0, **_ramp(0.5)}]
   plain = scoring.summarize(runs, ["adamw", "muon"], [0])
   tuned = scoring.summarize(runs, ["adamw", "muon"], [0], baseline_variants=["adamw:wd=0"])
   assert plain["adamw"]["variant"] == "adamw"
