@@ -44,10 +44,11 @@ def adamuon_lm(
   constant one, and with a held peak it needs 0.125x its rate on the ViT.
   Against AdamW tuned in its weight decay and b2 as well as its learning rate
   (``benchmarks/suite/results/tuned_baseline``) it still leads the LMs
-  (0.44-0.55x) but never reaches that AdamW's final loss on the CNN, where
+  (0.44-0.55x its steps, 0.51-0.63x its wall-clock measured side by side)
+  but never reaches that AdamW's final loss on the CNN, where
   ``go.adamuon`` does (1.01x) and ``go.soap`` leads (0.69x), so it loses to
   its parent on the suite aggregate there (profile score by steps 0.87
-  against 0.93; 0.98 against 0.92 with AdamW tuned in its learning rate
+  against 0.92; 0.98 against 0.92 with AdamW tuned in its learning rate
   only). Where the model is not a transformer, prefer ``go.soap`` (steps)
   or ``go.adamuon`` / ``go.muon`` (time) and tune their learning rates.
 

@@ -20,7 +20,8 @@ moe_lm         mixture of experts   top-2 of 4 experts in (E, d, f) arrays
 ``train.py`` trains one (workload, optimizer, lr factor, schedule, seed);
 ``scoring.py`` turns runs into steps to tuned AdamW's target, performance
 profiles and tables; ``run.py`` is the command line (``python -m
-benchmarks.suite.run``).
+benchmarks.suite.run``); ``step_time.py`` times every contender's training
+step side by side in one process and turns a summary's steps into wall-clock.
 """
 
 from benchmarks.suite import (
