@@ -38,6 +38,13 @@ def test_wall_clock_is_steps_times_step_time_over_adamws():
   assert math.isinf(step_time.wall_clock_ratio(summary, "soap", ms))  # median not reached
 
 
+def test_a_fixed_summary_divides_by_tuned_adamw_not_by_the_fixed_one():
+  summary = {"adamw": {"steps": [None]}, "tuned adamw": {"steps": [100]},
+             "muon": {"steps": [50]}}
+  ms = {"adamw": 2.0, "muon": 4.0}
+  assert step_time.wall_clock_ratio(summary, "muon", ms) == 1.0
+
+
 def test_table_divides_by_adamws_step_and_marks_misses():
   milliseconds = {"w": {"adamw": [2.0, 3.0], "muon": [4.0, 5.0], "soap": [1.0, 1.5]}}
   summaries = {"w": {"adamw": {"steps": [100]}, "muon": {"steps": [40]},
