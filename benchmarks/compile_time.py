@@ -14,6 +14,7 @@ with the number of matrices.
     python -m benchmarks.compile_time                       # 48 and 192 matrices
     python -m benchmarks.compile_time --layers 12 24 48 --d 128 --repeats 3
     python -m benchmarks.compile_time --optimizers muon shampoo
+    python -m benchmarks.compile_time --all --layers 48 --repeats 3   # every gradtx optimizer
     python -m benchmarks.compile_time --optimizers muon --against HEAD~1
     python -m benchmarks.compile_time --optimizers adamw_8bit --against HEAD --step-rounds 20
     python -m benchmarks.compile_time --transforms --layers 12 48   # the matrix transforms alone
@@ -69,6 +70,14 @@ LEARNING_RATE = 1e-3
 
 
 
+# --all adds every other optimizer of gradtx.optimizers built from a learning
+# rate alone (the wrappers, K-FAC and SAM take a model or an optimizer).
+MORE_OPTIMIZERS = (
+    "adabelief", "adagrad", "adam", "adamh", "adamuon", "ademamix", "dion", "lars", "lion",
+    "mars_adamw", "muonh", "normuon", "rmsprop", "sgd", "signsgd", "soap_muon", "tiger", "vmuon",
+)
+
+
 def gradtx_optimizers(
     optimizers, matrix_view: Optional[Callable] = None,
 ) -> dict[str, Callable[[], optax.GradientTransformation]]:
@@ -96,6 +105,7 @@ def gradtx_optimizers(
       "adam_mini": build("adam_mini"),
       "lamb": build("lamb"),
       "psgd_kron": build("psgd_kron"),
+      **{name: build(name) for name in MORE_OPTIMIZERS},
   }
 
 
@@ -224,8 +234,10 @@ def main(argv=None) -> None:
   parser.add_argument("--layers", type=int, nargs="+", default=[12, 48])
   parser.add_argument("--d", type=int, default=128)
   parser.add_argument("--repeats", type=int, default=1)
-  parser.add_argument("--optimizers", nargs="+", default=list(OPTIMIZERS),
-                      choices=list(OPTIMIZERS))
+  parser.add_argument("--optimizers", nargs="+", choices=list(OPTIMIZERS),
+                      default=[n for n in OPTIMIZERS if n not in MORE_OPTIMIZERS])
+  parser.add_argument("--all", action="store_true",
+                      help="every gradtx optimizer built from a learning rate alone")
   parser.add_argument("--against", default="",
                       help="also compile the library at this git revision")
   parser.add_argument("--step-rounds", type=int, default=0,
@@ -249,6 +261,8 @@ def main(argv=None) -> None:
     print(harness.closing_line())
     return
   names = [ANCHOR] + [n for n in args.optimizers if n != ANCHOR]
+  if args.all:
+    names += [n for n in OPTIMIZERS if n not in names and n not in OPTAX_REFERENCES]
   if args.references:
     if args.scanned:
       parser.error("--references takes no --scanned (neither reference is given a layer view)")

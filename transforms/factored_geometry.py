@@ -8,6 +8,9 @@ matrix gradients. ``in_factored_geometry`` builds it from two existing
 parts: Adafactor's row and column statistics learn diagonal metrics D_L,
 D_R (rows + cols numbers per matrix), and any matrix transform, e.g.
 Newton–Schulz, runs in the coordinates where that metric is the identity.
+Off a device mesh the same-shape matrices of a tree are whitened and mapped
+back in one stacked call per shape (``block_stacks.map_alike``); on a mesh
+each leaf is, where it lives.
 """
 
 from typing import NamedTuple, Optional
@@ -16,6 +19,7 @@ import jax
 import jax.numpy as jnp
 import optax
 
+from gradtx._internal import block_stacks
 from gradtx._internal import sharding as _sharding
 from gradtx._internal import tree as _tree
 from gradtx._internal import validate as _validate
@@ -146,32 +150,31 @@ def in_factored_geometry(
     views = _matrix_view.views_of(updates, matrix_view)
     statistics = _tree.statistics_structure(updates)
     rows_, cols_ = (statistics.flatten_up_to(t) for t in (state.nu_row, state.nu_col))
-    whitened, metrics, new_rows, new_cols = [], [], [], []
-    for u, view, r, c in zip(leaves, views, rows_, cols_):
-      if view is None:
-        whitened.append(u)
-        metrics.append(None)
-        new_rows.append(r)
-        new_cols.append(c)
-        continue
+    matrices = [i for i, view in enumerate(views) if view is not None]
+
+    def whiten(view):
       # On an Explicit mesh the view's reshapes may cross sharded axes: XLA
       # lays them out (traced values enter as arguments, not closures).
-      w, r, c = _sharding.in_auto_axes(
-          lambda *a, view=view: _whiten(*a, view, b2, eps), u, r, c, count,
-          like=(u, r, c))
-      whitened.append(w)
-      metrics.append((r, c))
-      new_rows.append(r)
-      new_cols.append(c)
+      return lambda u, r, c: _sharding.in_auto_axes(
+          lambda *a: _whiten(*a, view, b2, eps), u, r, c, count, like=(u, r, c))
+
+    whitened, new_rows, new_cols = list(leaves), list(rows_), list(cols_)
+    for i, (w, r, c) in zip(matrices, block_stacks.map_alike(
+        whiten, [views[i] for i in matrices], *([a[i] for i in matrices]
+                                                 for a in (leaves, rows_, cols_)))):
+      whitened[i], new_rows[i], new_cols[i] = w, r, c
     inner_out, inner_state = inner.update(
         treedef.unflatten(whitened), state.inner_state, params)
-    out = []
-    for o, view, rc in zip(treedef.flatten_up_to(inner_out), views, metrics):
-      if view is None:
-        out.append(o)
-        continue
-      out.append(_sharding.in_auto_axes(
-          lambda *a, view=view: _map_back(*a, view, b2, eps), o, *rc, count, like=o))
+
+    def map_back(view):
+      return lambda o, r, c: _sharding.in_auto_axes(
+          lambda *a: _map_back(*a, view, b2, eps), o, r, c, count, like=o)
+
+    out = treedef.flatten_up_to(inner_out)
+    for i, o in zip(matrices, block_stacks.map_alike(
+        map_back, [views[i] for i in matrices],
+        *([a[i] for i in matrices] for a in (out, new_rows, new_cols)))):
+      out[i] = o
     return treedef.unflatten(out), InFactoredGeometryState(
         count, statistics.unflatten(new_rows), statistics.unflatten(new_cols), inner_state)
 

@@ -62,3 +62,23 @@ def test_scanned_mode_gives_the_matrix_optimizers_a_per_layer_view(capsys, monke
   assert "optax.contrib.muon" not in out
   assert views == ["stacked"]
   assert "scanned" in out
+
+
+def test_all_adds_every_gradtx_optimizer_built_from_a_learning_rate(monkeypatch):
+  """``--all``: the default contenders plus every other optimizer of
+  ``gradtx.optimizers`` that takes only a learning rate, each one built
+  (the compile itself is replaced: nothing is timed)."""
+  seen = {}
+
+  def fake_measure(builders, layers, d, repeats, **kwargs):
+    seen.update({name: build() for name, build in builders.items()})
+    return {name: {n: 1.0 for n in layers} for name in builders}
+
+  monkeypatch.setattr(compile_time, "measure", fake_measure)
+  compile_time.main(["--layers", "1", "--d", "8"])
+  default = set(seen)
+  seen.clear()
+  compile_time.main(["--all", "--layers", "1", "--d", "8"])
+  assert set(seen) == default | set(compile_time.MORE_OPTIMIZERS)
+  assert not default & set(compile_time.MORE_OPTIMIZERS)
+  assert all(hasattr(tx, "update") for tx in seen.values())

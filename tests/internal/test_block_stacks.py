@@ -312,3 +312,45 @@ def test_map_entries_is_fn_of_each_entry(count, per_matrix_from):
   jaxpr = str(jax.make_jaxpr(lambda a, pair: bs.map_entries(
       fn, a, None, pair, shared=scale, per_matrix_from=per_matrix_from))(a, pair))
   assert ("scan" in jaxpr) == (count > 1 and per_matrix_from == 1)
+
+
+def test_map_alike_is_fn_of_each_entry_one_program_per_shape():
+  """Same-shape entries (and the same static) run as one vmapped call whose
+  results are sliced by one kernel; each result is fn of its own entry."""
+  rng = np.random.default_rng(3)
+  shapes = [(4, 6), (4, 6), (3, 5), (4, 6), (4, 6)]
+  xs = [jnp.asarray(rng.normal(size=s), jnp.float32) for s in shapes]
+  ys = [jnp.asarray(rng.normal(size=s[:1]), jnp.float32) for s in shapes]
+  statics = [1.0, 1.0, 1.0, 1.0, 2.0]  # the last is alone in its group
+
+  def fn(static):
+    return lambda x, y: (static * jnp.sum(x * x, axis=1) + y, x / jnp.linalg.norm(x))
+
+  run = jax.jit(lambda xs, ys: bs.map_alike(fn, statics, xs, ys))
+  for got, static, x, y in zip(run(xs, ys), statics, xs, ys):
+    for g, want in zip(got, fn(static)(x, y)):
+      np.testing.assert_allclose(g, want, rtol=1e-6)
+  text = run.lower(xs, ys).compile().as_text()
+  assert text.count(" while(") == 1  # one group of several: one opaque loop
+  eager = bs.map_alike(fn, statics, xs, ys)  # no trace: the same
+  np.testing.assert_allclose(eager[1][0], fn(1.0)(xs[1], ys[1])[0], rtol=1e-6)
+
+
+def test_map_alike_on_a_mesh_calls_fn_per_entry_where_the_entry_lives():
+  mesh = jax.make_mesh((8,), ("data",), axis_types=(AxisType.Explicit,))
+  xs = [jax.device_put(jnp.arange(16.0).reshape(8, 2) + i, NamedSharding(mesh, P("data")))
+        for i in range(3)]
+  calls = []
+
+  def fn(static):
+    def per_entry(x):
+      calls.append(x.shape)
+      return 2 * x
+    return per_entry
+
+  with jax.set_mesh(mesh):
+    out = jax.jit(lambda xs: bs.map_alike(fn, [None] * 3, xs))(xs)
+  assert calls == [(8, 2)] * 3  # per entry, never a stack of them
+  for x, o in zip(xs, out):
+    np.testing.assert_array_equal(o, 2 * x)
+    assert o.sharding.is_equivalent_to(x.sharding, o.ndim)

@@ -24,19 +24,28 @@ def _metrics(us, b2, eps):
   return np.sqrt(r / r.mean()) + eps, np.sqrt(c / c.mean()) + eps
 
 
-def test_is_the_closed_form_in_the_learnt_metric():
-  rng = np.random.default_rng(0)
-  us = [rng.standard_normal((6, 9)) * rng.uniform(0.2, 2, (6, 1)) for _ in range(4)]
-  with jax.enable_x64(True):
-    tx = gt.in_factored_geometry(EXACT_MSIGN, b2=0.9, eps=1e-3)
-    state = tx.init({"w": jnp.zeros((6, 9))})
-    for u in us:
-      out, state = tx.update({"w": jnp.asarray(u)}, state)
-  d_left, d_right = _metrics(us, 0.9, 1e-3)
+def _closed_form(us, b2, eps):
+  d_left, d_right = _metrics(us, b2, eps)
   o = _msign(us[-1] / np.sqrt(d_left * d_right))
   phi = o / np.sqrt(d_left * d_right)
-  phi *= np.linalg.norm(o) / np.linalg.norm(phi)
-  np.testing.assert_allclose(out["w"], phi, rtol=1e-9, atol=1e-12)
+  return phi * np.linalg.norm(o) / np.linalg.norm(phi)
+
+
+@pytest.mark.parametrize("shapes", [[(6, 9)], [(6, 9), (6, 9), (4, 7), (6, 9)]])
+def test_is_the_closed_form_in_the_learnt_metric(shapes):
+  """Every leaf alone, also when same-shape leaves are stepped in one stack."""
+  rng = np.random.default_rng(0)
+  steps = [[rng.standard_normal(s) * rng.uniform(0.2, 2, (s[0], 1)) for s in shapes]
+           for _ in range(4)]
+  with jax.enable_x64(True):
+    tx = gt.in_factored_geometry(EXACT_MSIGN, b2=0.9, eps=1e-3)
+    state = tx.init([jnp.zeros(s) for s in shapes])
+    update = jax.jit(tx.update)
+    for us in steps:
+      out, state = update([jnp.asarray(u) for u in us], state)
+  for i in range(len(shapes)):
+    np.testing.assert_allclose(out[i], _closed_form([us[i] for us in steps], 0.9, 1e-3),
+                               rtol=1e-9, atol=1e-12)
 
 
 def test_maximises_the_inner_product_over_the_metric_unit_ball():
