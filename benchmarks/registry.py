@@ -208,6 +208,11 @@ OPTIMIZERS: dict[str, Callable[[int], optax.GradientTransformation]] = {
         warmup_cosine(1.2e-2, n), b2=0.99, weight_decay=0.1, mask=matrices),
     "adamuon:wd=0": lambda n: go.adamuon(
         warmup_cosine(1.2e-2, n), weight_decay=0.0, **_muon_adamw(n)),
+    # The Kronecker methods refreshing their preconditioner every step (the
+    # entries refresh every 10): what the small workloads lose to amortisation.
+    "soap:every=1": lambda n: go.soap(
+        warmup_cosine(1.2e-2, n), weight_decay=0.1, mask=matrices, precondition_every=1),
+    "shampoo:every=1": lambda n: OPTIMIZERS["shampoo"](n, precondition_every=1),
     "adamw:cautious_wd": lambda n: go.adamw(
         warmup_cosine(6e-3, n), b2=0.99, weight_decay=0.1, mask=matrices,
         cautious_weight_decay=True),
