@@ -151,6 +151,7 @@ def in_factored_geometry(
     statistics = _tree.statistics_structure(updates)
     rows_, cols_ = (statistics.flatten_up_to(t) for t in (state.nu_row, state.nu_col))
     matrices = [i for i, view in enumerate(views) if view is not None]
+    of_matrices = lambda xs: [xs[i] for i in matrices]
 
     def whiten(view):
       # On an Explicit mesh the view's reshapes may cross sharded axes: XLA
@@ -160,8 +161,7 @@ def in_factored_geometry(
 
     whitened, new_rows, new_cols = list(leaves), list(rows_), list(cols_)
     for i, (w, r, c) in zip(matrices, block_stacks.map_alike(
-        whiten, [views[i] for i in matrices], *([a[i] for i in matrices]
-                                                 for a in (leaves, rows_, cols_)))):
+        whiten, of_matrices(views), *map(of_matrices, (leaves, rows_, cols_)))):
       whitened[i], new_rows[i], new_cols[i] = w, r, c
     inner_out, inner_state = inner.update(
         treedef.unflatten(whitened), state.inner_state, params)
@@ -172,8 +172,7 @@ def in_factored_geometry(
 
     out = treedef.flatten_up_to(inner_out)
     for i, o in zip(matrices, block_stacks.map_alike(
-        map_back, [views[i] for i in matrices],
-        *([a[i] for i in matrices] for a in (out, new_rows, new_cols)))):
+        map_back, of_matrices(views), *map(of_matrices, (out, new_rows, new_cols)))):
       out[i] = o
     return treedef.unflatten(out), InFactoredGeometryState(
         count, statistics.unflatten(new_rows), statistics.unflatten(new_cols), inner_state)
