@@ -42,8 +42,9 @@ Where metadata reaches a transform: in a tree of NNX variables
 (``nnx.state(model, nnx.Param)`` and its ``nnx.grad``), of Linen boxes
 (``model.init(...)["params"]`` before ``nn.unbox``, and its gradients), and in
 a tree of plain arrays with the very paths and shapes of such a tree met
-earlier in the process (``nnx.Optimizer`` hands ``tx.init`` variables and
-``tx.update`` plain arrays). Where a transform sees only plain arrays (Linen
+earlier in the process, or of a part of one (``nnx.Optimizer`` hands
+``tx.init`` variables and ``tx.update`` plain arrays; ``optax.masked`` hands
+its inner transform the leaves it keeps). Where a transform sees only plain arrays (Linen
 after ``nn.unbox``, MaxText), ``matrix_view_from_axes(abstract_params)``
 gives the names as a matrix-view rule.
 """
@@ -166,25 +167,42 @@ def axis_names_of(tree: Any) -> dict:
 
 
 # The names of each tree met, by the tree's (leaf key, shape)s: a tree of plain
-# arrays shaped like one of them (nnx.Optimizer's update) reads the same names.
+# arrays shaped like one of them, or like a part of one (nnx.Optimizer's update,
+# and the subtree optax.masked hands its inner transform), reads the same names.
 _MET: dict = {}
 _CURRENT: contextvars.ContextVar = contextvars.ContextVar("gradtx_axis_names", default=None)
 
 
-def _signature(tree: Any) -> tuple:
-  return tuple((_routing.leaf_key(p), tuple(jax.numpy.shape(x)))
-               for p, x in jax.tree_util.tree_flatten_with_path(tree)[0])
+def _signature(tree: Any) -> frozenset:
+  return frozenset((_routing.leaf_key(p), tuple(jax.numpy.shape(x)))
+                   for p, x in jax.tree_util.tree_flatten_with_path(tree)[0])
+
+
+def _names_met(signature: frozenset) -> Optional[dict]:
+  """The names of the latest tree met whose leaves (key and shape) include
+  every leaf of ``signature``, restricted to those leaves; ``None`` if none."""
+  if not signature:
+    return None
+  if signature in _MET:
+    return _MET[signature]
+  for met, found in reversed(_MET.items()):
+    if signature <= met:
+      keys = {key for key, _ in signature}
+      return {key: named for key, named in found.items() if key in keys}
+  return None
 
 
 @contextlib.contextmanager
 def reading(tree: Any) -> Iterator[None]:
   """The axis names of ``tree`` (or of a tree met before with its paths and
-  shapes) are what ``names_at`` answers inside the ``with`` block."""
+  shapes, or holding them) are what ``names_at`` answers in the ``with`` block."""
   found = axis_names_of(tree)
   if found:
-    _MET[_signature(tree)] = found
+    signature = _signature(tree)
+    _MET.pop(signature, None)  # the latest met is looked at first
+    _MET[signature] = found
   elif _MET:
-    found = _MET.get(_signature(tree))
+    found = _names_met(_signature(tree))
   with using(found or None):
     yield
 

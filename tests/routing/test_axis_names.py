@@ -154,8 +154,9 @@ def _loss(model):
 
 def test_nnx_optimizer_reads_the_names_its_update_does_not_see():
   # nnx.Optimizer hands tx.init variables and tx.update plain arrays: the
-  # update reads the names its init met (a vocabulary of its own, so no other
-  # test's tree has these shapes).
+  # update reads the names its init met, with no other tree met and nothing
+  # warned of before (conftest's fresh_routing_memory). Muon's inner transform
+  # sees only the leaves optax.masked keeps, a part of the tree init met.
   model = _nnx_model(_ScannedLM, vocab=37)
   view, is_muon = _by_hand(SCANNED_BY_HAND)
   by_hand = go.muon(0.02, matrix_view=view, is_muon_param=is_muon)
@@ -170,6 +171,29 @@ def test_nnx_optimizer_reads_the_names_its_update_does_not_see():
   for x, p, u in zip(jax.tree.leaves(after), jax.tree.leaves(plain),
                      jax.tree.leaves(expected), strict=True):
     np.testing.assert_allclose(x, p + u, rtol=1e-5, atol=1e-6)
+
+
+def test_a_part_of_a_tree_met_reads_its_names():
+  # optax.masked hands its inner transform the leaves it keeps: a part of the
+  # tree met reads the names of its leaves; a leaf of another shape or path,
+  # or a tree with one, reads none.
+  abstract = nnx.state(_nnx_model(_ScannedLM, vocab=23), nnx.Param)
+  with axis_names.reading(abstract):
+    pass
+  plain = jax.tree.map(lambda v: jnp.zeros(v.shape), nnx.to_pure_dict(abstract))
+  down = plain["blocks"]["down"]["kernel"]
+  key = lambda *keys: tuple(jax.tree_util.DictKey(k) for k in keys)
+  kernels = {"blocks": {k: {"kernel": plain["blocks"][k]["kernel"]} for k in ("up", "down")}}
+  with axis_names.reading(kernels):
+    assert axis_names.names_at(key("blocks", "up", "kernel"), (4, 16, 32)) == (
+        "layers", "embed", "mlp")
+    assert axis_names.names_at(key("blocks", "down", "kernel"), (4, 32, 16)) == (
+        "layers", "mlp", "embed")
+  other = {"blocks": {"up": {"kernel": jnp.zeros((4, 16, 33))}, "down": {"kernel": down}}}
+  with axis_names.reading(other):
+    assert axis_names.names_at(key("blocks", "down", "kernel"), (4, 32, 16)) is None
+  with axis_names.reading({"down": {"kernel": down}}):
+    assert axis_names.names_at(key("down", "kernel"), (4, 32, 16)) is None
 
 
 def test_psgd_kron_reads_the_layers_axis_too():
@@ -281,8 +305,7 @@ def test_linen_boxes_and_nn_scan_route_by_their_axis_names():
                params, grads, nn.unbox(params), nn.unbox(grads))
 
 
-def test_matrix_view_from_axes_gives_unboxed_parameters_their_names(monkeypatch):
-  monkeypatch.setattr(axis_names, "_MET", {})  # no tree met before
+def test_matrix_view_from_axes_gives_unboxed_parameters_their_names():
   boxed = _linen_boxed()
   rule = gt.matrix_view_from_axes(boxed)
   _assert_routed_as_by_hand(nn.unbox(boxed), LINEN_BY_HAND, matrix_view=rule)
