@@ -29,7 +29,7 @@ import jax.numpy as jnp
 import numpy as np
 import optax
 
-from gradtx._internal import block_stacks
+from gradtx._internal import block_stacks, threefry
 from gradtx._internal import names as _names
 from gradtx._internal import routing as _routing
 from gradtx._internal import sharding as _sharding
@@ -220,12 +220,13 @@ def probe_keys(key: jax.Array, updates: Any) -> tuple[jax.Array, list]:
   """(whether to balance the factors, one probe key per leaf of ``updates``,
   in leaf order) of the step that starts from the state's ``key``."""
   do_balance, probe_key = step_keys(key)
-  return do_balance, [jax.random.fold_in(probe_key, f) for f in probe_folds(updates)]
+  return do_balance, [threefry.fold_in(probe_key, f) for f in probe_folds(updates)]
 
 
 def probe(key: jax.Array, x: Any) -> jax.Array:
-  """A leaf's standard normal probe, shaped like ``x``, in its compute dtype."""
-  return jax.random.normal(key, jnp.shape(x), _tree.compute_dtype(x))
+  """A leaf's standard normal probe, shaped like ``x``, in its compute dtype:
+  ``jax.random.normal``'s numbers, its threefry unrolled (``threefry``)."""
+  return threefry.normal(key, jnp.shape(x), _tree.compute_dtype(x))
 
 
 def entry_probes(key: jax.Array, x: Any, batch: Sequence[int]) -> jax.Array:
@@ -235,7 +236,7 @@ def entry_probes(key: jax.Array, x: Any, batch: Sequence[int]) -> jax.Array:
     return probe(key, x)
   count, shape = entry_shape(jnp.shape(x), batch)
   dtype = _tree.compute_dtype(x)
-  entries = jax.vmap(lambda j: probe(jax.random.fold_in(key, j),
+  entries = jax.vmap(lambda j: probe(threefry.fold_in(key, j),
                                      jax.ShapeDtypeStruct(shape, dtype)))(
       jnp.arange(count, dtype=jnp.uint32))
   return from_entries(entries, jnp.shape(x), batch)
@@ -455,7 +456,7 @@ def scale_by_psgd_kron(
 
       def refit(qs):
         # Drawn (and h's mean taken) only when the factors are fitted.
-        v = probe(jax.random.fold_in(probe_key, fold), g).reshape(h.shape)
+        v = probe(threefry.fold_in(probe_key, fold), g).reshape(h.shape)
         scale = PROBE_WEIGHT * jnp.mean(jnp.abs(h)) if damp is None else damp
         qs = jax.lax.cond(do_balance, balance, list, qs)
         return fit_factors(qs, h + scale * v, v, lr)
@@ -492,7 +493,7 @@ def scale_by_psgd_kron(
         count, _ = entry_shape(g.shape, batch)
         u, qs = jax.vmap(preconditioned, in_axes=(0, 0, 0, 0, 0) + (None,) * 5)(
             entries(m_hat), entries(h), factors, jnp.arange(count, dtype=jnp.uint32),
-            entries(g), damp, fit, do_balance, lr, jax.random.fold_in(probe_key, fold))
+            entries(g), damp, fit, do_balance, lr, threefry.fold_in(probe_key, fold))
         u = _tree.clipped_to_rms(from_entries(u, g.shape, batch), RMS_LIMIT)
         return u, m, qs
 
