@@ -107,30 +107,26 @@ def _gram_along(x: jax.Array, axis: int, diagonal: bool) -> jax.Array:
 
 
 def norm_lower_bound(a: jax.Array) -> jax.Array:
-  """psgd-jax's cheap lower bound of the spectral norm of a real matrix.
+  """psgd-jax's cheap lower bound of the spectral norm of a symmetric matrix.
 
-  max|a| times the norm of aᵀ(a x / |a x|) for x the largest row or column of
-  a / max|a|; within √2 of the norm on random matrices.
+  max|a| times ‖aᵀ x / ‖x‖‖ for x = a r, r the largest row of a / max|a|;
+  within √2 of the norm on random matrices, and 0 for a zero matrix.
+
+  psgd-jax's ``_norm_lower_bound`` takes any matrix and starts from its
+  largest column or its largest row, whichever is larger. It is only ever
+  given A_iA_iᵀ + B_iB_iᵀ, which is symmetric: its columns are its rows, so
+  both starts are the same vector and both branches the same number, and
+  this keeps the row branch (the one psgd-jax takes when the two tie). The
+  value is psgd-jax's up to rounding, without its two conds and its second
+  branch (a third of PSGD Kron's compile per factor shape).
   """
   max_abs = jnp.max(jnp.abs(a))
-
-  def bound(a):
-    a = a / max_abs
-    sq = a * a
-    col, row = jnp.sum(sq, axis=0), jnp.sum(sq, axis=1)
-    i, j = jnp.argmax(col), jnp.argmax(row)
-
-    def by_column():
-      x = a[:, i] @ a
-      return max_abs * jnp.linalg.norm((x / jnp.linalg.norm(x)) @ a.T)
-
-    def by_row():
-      x = a @ a[j]
-      return max_abs * jnp.linalg.norm(a.T @ (x / jnp.linalg.norm(x)))
-
-    return jax.lax.cond(col[i] > row[j], by_column, by_row)
-
-  return jax.lax.cond(max_abs > 0, bound, lambda _: max_abs, a)
+  a = a / jnp.where(max_abs > 0, max_abs, 1)
+  x = a @ a[jnp.argmax(jnp.sum(a * a, axis=1))]
+  # ‖x‖ >= 1 unless a is zero (x's entry at the largest row is that row's
+  # squared norm), so the guard only keeps a zero matrix's 0/0 out.
+  x_norm = jnp.linalg.norm(x)
+  return max_abs * jnp.linalg.norm(a.T @ (x / jnp.where(x_norm > 0, x_norm, 1)))
 
 
 def balance(factors: Sequence[jax.Array]) -> list:
@@ -227,6 +223,20 @@ def probe(key: jax.Array, x: Any) -> jax.Array:
   """A leaf's standard normal probe, shaped like ``x``, in its compute dtype:
   ``jax.random.normal``'s numbers, its threefry unrolled (``threefry``)."""
   return threefry.normal(key, jnp.shape(x), _tree.compute_dtype(x))
+
+
+def probe_when(fit: jax.Array, key: jax.Array, x: Any) -> jax.Array:
+  """``probe(key, x)`` when ``fit``, else zeros: drawn in a branch of its own.
+
+  Drawn inline, XLA fuses the draw (twenty threefry rounds and an
+  ``erf_inv``) into every kernel that reads the probe (the fitted input
+  h + εV, the solve's operand, ...): a 2-D leaf's was compiled and run three
+  times. A branch's result is one buffer, so here it is drawn once; at 192
+  matrices that is about 0.6 s of PSGD Kron's 6.8 s compile
+  (``benchmarks/RESULTS.md``, "Stop 43").
+  """
+  return jax.lax.cond(fit, lambda: probe(key, x),
+                      lambda: jnp.zeros_like(x, _tree.compute_dtype(x)))
 
 
 def entry_probes(key: jax.Array, x: Any, batch: Sequence[int]) -> jax.Array:
@@ -454,14 +464,14 @@ def scale_by_psgd_kron(
       (``damp=None``: ε·mean|h|); V is drawn like ``g`` from the key folded
       from ``fold``."""
 
-      def refit(qs):
-        # Drawn (and h's mean taken) only when the factors are fitted.
-        v = probe(threefry.fold_in(probe_key, fold), g).reshape(h.shape)
+      def refit(qs, v):
+        # h's mean taken only when the factors are fitted.
         scale = PROBE_WEIGHT * jnp.mean(jnp.abs(h)) if damp is None else damp
         qs = jax.lax.cond(do_balance, balance, list, qs)
         return fit_factors(qs, h + scale * v, v, lr)
 
-      qs = jax.lax.cond(fit, refit, list, list(factors))
+      v = probe_when(fit, threefry.fold_in(probe_key, fold), g).reshape(h.shape)
+      qs = jax.lax.cond(fit, refit, lambda qs, _: list(qs), list(factors), v)
       return precondition(qs, m_hat), tuple(qs)
 
     def step(g, m, factors, fold, scalars):

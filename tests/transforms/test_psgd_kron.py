@@ -178,3 +178,43 @@ def test_one_trace_for_many_steps():
   for g in grads:
     _, state = step(g, state)
   assert len(traces) == 1
+
+
+@pytest.mark.parametrize("size", [1, 2, 7, 40])
+def test_norm_lower_bound_is_psgd_jax_s_on_the_symmetric_matrices_it_is_given(size):
+  """fit_factors' A Aᵀ + B Bᵀ: psgd-jax's general bound (either branch), to
+  rounding, and within [‖a‖/√2, ‖a‖] of numpy's spectral norm."""
+  from tests.oracles.transcriptions import psgd_norm_lower_bound
+
+  rng = np.random.default_rng(size)
+  with jax.enable_x64(True):
+    for rank in sorted({1, max(1, size // 3), size}):
+      a, b = rng.standard_normal((size, rank)), rng.standard_normal((size, 3))
+      m = a @ a.T + 1e-3 * (b @ b.T)
+      got = float(jax.jit(psgd_kron.norm_lower_bound)(jnp.asarray(m)))
+      np.testing.assert_allclose(got, psgd_norm_lower_bound(m), rtol=1e-12)
+      exact = np.linalg.norm(m, 2)
+      assert exact / np.sqrt(2) <= got <= exact * (1 + 1e-12)
+    # A rank-one matrix's bound is its norm; a zero matrix's is 0 (no 0/0).
+    v = rng.standard_normal(size)
+    np.testing.assert_allclose(
+        float(psgd_kron.norm_lower_bound(jnp.outer(v, v))), v @ v, rtol=1e-12)
+    assert float(psgd_kron.norm_lower_bound(jnp.zeros((size, size)))) == 0.0
+
+
+def _kernels_drawing_probes(tx, params):
+  """The fused kernels of ``tx``'s compiled update that draw a normal probe
+  (hold an ``erf_inv``)."""
+  state = tx.init(params)
+  hlo = jax.jit(tx.update).lower(params, state).compile().as_text()
+  kernels = hlo.split("\n\n")
+  return [k for k in kernels if k.startswith("%fused") and "erf_inv" in k]
+
+
+def test_each_stack_draws_its_probe_in_one_kernel():
+  """The probe is drawn once per stack (``probe_when``): drawn inline, XLA
+  fused the draw into each of its consumers' kernels, three per shape."""
+  params = {"a": jnp.ones((8, 16)), "b": jnp.ones((8, 16)), "c": jnp.ones((16, 4)),
+            "bias": jnp.ones(16)}
+  tx = gt.scale_by_psgd_kron(precond_update_probability=1.0)
+  assert len(_kernels_drawing_probes(tx, params)) == 3  # (8, 16) x 2, (16, 4), (16,)
