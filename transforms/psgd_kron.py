@@ -205,9 +205,8 @@ def step_keys(key: jax.Array) -> tuple[jax.Array, jax.Array]:
 def probe_folds(updates: Any) -> list:
   """Per leaf of ``updates`` (in leaf order), the number its probe's key is
   folded from: a hash of its path, so adding a leaf changes no other leaf's
-  probe. Each leaf's key, ``fold_in(probe_key, fold)``, is derived inside
-  the (stacked) step, so the program holds one copy of the generator per
-  distinct leaf shape and no per-leaf key slicing."""
+  probe. The step derives every leaf's key, ``fold_in(probe_key, fold)``, in
+  one hash of all the folds (one kernel), and each stack gathers its rows."""
   flat = jax.tree_util.tree_flatten_with_path(_tree.unwrap_variables(updates))[0]
   return [zlib.crc32("/".join(_names.path_names(path)).encode()) % 2**31 for path, _ in flat]
 
@@ -445,8 +444,10 @@ def scale_by_psgd_kron(
     counter = optax.safe_increment(state.update_counter)
     fit = counter >= 1 / probability
     do_balance, probe_key = step_keys(state.key)
-    folds = [jnp.uint32(f) for f in probe_folds(updates)]
     treedef = _tree.statistics_structure(updates)
+    # Every leaf's probe key (``probe_keys``), row i for leaf i, in one hash.
+    leaf_keys = threefry.fold_in(probe_key, np.asarray(probe_folds(updates), np.uint32))
+    indices = [jnp.int32(i) for i in range(treedef.num_leaves)]
     seeds = state_format.maybe_rounding_seeds(updates, count, mu_format)
 
     def moments(g, m, decay, correction):
@@ -459,10 +460,9 @@ def scale_by_psgd_kron(
       m_hat = m / correction
       return m, m_hat, m_hat if momentum_into_precond_update else g_
 
-    def preconditioned(m_hat, h, factors, fold, g, damp, fit, do_balance, lr, probe_key):
+    def preconditioned(m_hat, h, factors, key, g, damp, fit, do_balance, lr):
       """(P m̂, the factors), the factors first fitted on h + damp·V when ``fit``
-      (``damp=None``: ε·mean|h|); V is drawn like ``g`` from the key folded
-      from ``fold``."""
+      (``damp=None``: ε·mean|h|); V is drawn like ``g`` from ``key``."""
 
       def refit(qs, v):
         # h's mean taken only when the factors are fitted.
@@ -470,20 +470,20 @@ def scale_by_psgd_kron(
         qs = jax.lax.cond(do_balance, balance, list, qs)
         return fit_factors(qs, h + scale * v, v, lr)
 
-      v = probe_when(fit, threefry.fold_in(probe_key, fold), g).reshape(h.shape)
+      v = probe_when(fit, key, g).reshape(h.shape)
       qs = jax.lax.cond(fit, refit, lambda qs, _: list(qs), list(factors), v)
       return precondition(qs, m_hat), tuple(qs)
 
-    def step(g, m, factors, fold, scalars):
+    def step(g, m, factors, index, scalars):
       """One leaf's step, in its compute dtype (a scalar as shape (1,)); its
-      probe's key is folded from ``fold`` (``probe_folds``).
+      probe's key is row ``index`` of ``leaf_keys``.
 
       Traced numbers come in ``scalars``, not by closure: on an Explicit mesh
       this runs with Auto axes, where outer values may not enter.
       """
-      fit, do_balance, decay, correction, lr, probe_key = scalars
+      fit, do_balance, decay, correction, lr, keys = scalars
       m, m_hat, h = moments(g, m, decay, correction)
-      u, qs = preconditioned(m_hat, h, factors, fold, g, None, fit, do_balance, lr, probe_key)
+      u, qs = preconditioned(m_hat, h, factors, keys[index], g, None, fit, do_balance, lr)
       u = _tree.clipped_to_rms(u, RMS_LIMIT).reshape(g.shape)
       return u, None if m is None else m.reshape(g.shape), qs
 
@@ -495,21 +495,22 @@ def scale_by_psgd_kron(
       if not batch:
         return step
 
-      def entries_step(g, m, factors, fold, scalars):
-        fit, do_balance, decay, correction, lr, probe_key = scalars
+      def entries_step(g, m, factors, index, scalars):
+        fit, do_balance, decay, correction, lr, keys = scalars
         m, m_hat, h = moments(g, m, decay, correction)
         damp = PROBE_WEIGHT * jnp.mean(jnp.abs(h))
         entries = lambda x: to_entries(x, batch)
         count, _ = entry_shape(g.shape, batch)
-        u, qs = jax.vmap(preconditioned, in_axes=(0, 0, 0, 0, 0) + (None,) * 5)(
-            entries(m_hat), entries(h), factors, jnp.arange(count, dtype=jnp.uint32),
-            entries(g), damp, fit, do_balance, lr, threefry.fold_in(probe_key, fold))
+        entry_keys = threefry.fold_in(keys[index], jnp.arange(count, dtype=jnp.uint32))
+        u, qs = jax.vmap(preconditioned, in_axes=(0, 0, 0, 0, 0) + (None,) * 4)(
+            entries(m_hat), entries(h), factors, entry_keys, entries(g), damp, fit, do_balance,
+            lr)
         u = _tree.clipped_to_rms(from_entries(u, g.shape, batch), RMS_LIMIT)
         return u, m, qs
 
       return entries_step
 
-    def leaf(g, m, factors, fold, seed, batch):
+    def leaf(g, m, factors, index, seed, batch):
       if g.size == 0:
         return g, m, factors
       dtype = _tree.compute_dtype(g)
@@ -517,7 +518,7 @@ def scale_by_psgd_kron(
       # On an Explicit mesh the factors' contractions cross sharded axes: XLA
       # lays them out; the outputs keep the layouts of the step's inputs.
       u, m_new, qs = _sharding.in_auto_axes(
-          step_of(batch), g.astype(dtype), m_old, tuple(q.astype(dtype) for q in factors), fold,
+          step_of(batch), g.astype(dtype), m_old, tuple(q.astype(dtype) for q in factors), index,
           scalars_of(dtype), like=(g, m_old, factors))
       return finish(g, m, factors, seed, u, m_new, qs)
 
@@ -531,12 +532,12 @@ def scale_by_psgd_kron(
     def scalars_of(dtype):
       return (fit, do_balance, jnp.asarray(b1, dtype),
               _tree.bias_correction(b1, count, dtype), jnp.asarray(precond_lr, dtype),
-              probe_key)
+              leaf_keys)
 
     def group_step(plan, size, dtype, members):
       """The steps of one group's leaves, each computed whole on one owner.
 
-      ``members``: per leaf of the group (g, m, factors, fold, seed, batch
+      ``members``: per leaf of the group (g, m, factors, index, seed, batch
       axes, the same for all), computed in ``dtype``. Their arrays are
       stacked (``plan.stack_entries``: padded to ``size``, a multiple of the
       mesh size), split along the stack over all devices, stepped there
@@ -551,11 +552,11 @@ def scale_by_psgd_kron(
       columns += [[qs[i].astype(dtype) for _, _, qs, *_ in members]
                   for i in range(len(members[0][2]))]
       columns += [ms] if keeps_momentum else []
-      g, folds, *rest = plan.stack_entries(size, columns)
+      g, indices, *rest = plan.stack_entries(size, columns)
       qs, m = (tuple(rest[:-1]), rest[-1]) if keeps_momentum else (tuple(rest), None)
-      run = lambda g, m, qs, folds, scalars: block_stacks.map_entries(
-          step_of(members[0][5]), g, m, qs, folds, shared=scalars)
-      u, m, qs = plan.on_owners(run, g, m, qs, folds, shared=scalars_of(dtype))
+      run = lambda g, m, qs, indices, scalars: block_stacks.map_entries(
+          step_of(members[0][5]), g, m, qs, indices, shared=scalars)
+      u, m, qs = plan.on_owners(run, g, m, qs, indices, shared=scalars_of(dtype))
       explicit = mesh is not None and jax.sharding.AxisType.Explicit in mesh.axis_types
       like = lambda xs: [block_stacks.leaf_spec(x) if explicit else None for x in xs]
       state_spec = lambda f: None if mesh is None else block_stacks.state_spec(f.shape, mesh)
@@ -608,7 +609,7 @@ def scale_by_psgd_kron(
       return _tree.map_leaves(lambda *_: next(results), 3, *trees)
 
     u, mu, factors = stacked_leaves(
-        updates, state.mu, state.factors, treedef.unflatten(folds), seeds)
+        updates, state.mu, state.factors, treedef.unflatten(indices), seeds)
     return u, ScaleByPsgdKronState(
         count, mu if keeps_momentum else None, factors, jnp.where(fit, 0, counter),
         jax.random.split(state.key)[0])
