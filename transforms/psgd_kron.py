@@ -233,7 +233,8 @@ def probe_when(fit: jax.Array, key: jax.Array, x: Any) -> jax.Array:
   h + εV, the solve's operand, ...): a 2-D leaf's was compiled and run three
   times. A branch's result is one buffer, so here it is drawn once; at 192
   matrices that is about 0.6 s of PSGD Kron's 6.8 s compile
-  (``benchmarks/RESULTS.md``, "Stop 43").
+  (``benchmarks/RESULTS.md``, "Stop 43"). The step calls it inside its own
+  ``fit`` branch, where the zeros are never made.
   """
   return jax.lax.cond(fit, lambda: probe(key, x),
                       lambda: jnp.zeros_like(x, _tree.compute_dtype(x)))
@@ -465,14 +466,14 @@ def scale_by_psgd_kron(
       """(P m̂, the factors), the factors first fitted on h + damp·V when ``fit``
       (``damp=None``: ε·mean|h|); V is drawn like ``g`` from ``key``."""
 
-      def refit(qs, v):
-        # h's mean taken only when the factors are fitted.
+      def refit(qs):
+        # Drawn (and h's mean taken) only when the factors are fitted.
+        v = probe_when(fit, key, g).reshape(h.shape)
         scale = PROBE_WEIGHT * jnp.mean(jnp.abs(h)) if damp is None else damp
         qs = jax.lax.cond(do_balance, balance, list, qs)
         return fit_factors(qs, h + scale * v, v, lr)
 
-      v = probe_when(fit, key, g).reshape(h.shape)
-      qs = jax.lax.cond(fit, refit, lambda qs, _: list(qs), list(factors), v)
+      qs = jax.lax.cond(fit, refit, list, list(factors))
       return precondition(qs, m_hat), tuple(qs)
 
     def step(g, m, factors, index, scalars):
