@@ -1,4 +1,5 @@
-"""PSGD Kron: psgd-jax's update in float64, factor kinds, schedule, dtypes.
+"""PSGD Kron: psgd-jax's update in float64, factor kinds, schedule, dtypes,
+the norm bound, one probe draw per stack.
 
 (Argument checks, jit and zero gradients of the defaults:
 tests/transforms/test_contract.py.)
