@@ -212,11 +212,17 @@ def probe_folds(updates: Any) -> list:
   return [zlib.crc32("/".join(_names.path_names(path)).encode()) % 2**31 for path, _ in flat]
 
 
+def leaf_probe_keys(probe_key: jax.Array, updates: Any) -> jax.Array:
+  """Every leaf's probe key, ``fold_in(probe_key, fold)``, row i for leaf i
+  (``probe_folds``): one hash of all the folds, one kernel."""
+  return threefry.fold_in(probe_key, np.asarray(probe_folds(updates), np.uint32))
+
+
 def probe_keys(key: jax.Array, updates: Any) -> tuple[jax.Array, list]:
   """(whether to balance the factors, one probe key per leaf of ``updates``,
   in leaf order) of the step that starts from the state's ``key``."""
   do_balance, probe_key = step_keys(key)
-  return do_balance, [threefry.fold_in(probe_key, f) for f in probe_folds(updates)]
+  return do_balance, list(leaf_probe_keys(probe_key, updates))
 
 
 def probe(key: jax.Array, x: Any) -> jax.Array:
@@ -447,8 +453,7 @@ def scale_by_psgd_kron(
     fit = counter >= 1 / probability
     do_balance, probe_key = step_keys(state.key)
     treedef = _tree.statistics_structure(updates)
-    # Every leaf's probe key (``probe_keys``), row i for leaf i, in one hash.
-    leaf_keys = threefry.fold_in(probe_key, np.asarray(probe_folds(updates), np.uint32))
+    leaf_keys = leaf_probe_keys(probe_key, updates)
     indices = [jnp.int32(i) for i in range(treedef.num_leaves)]
     seeds = state_format.maybe_rounding_seeds(updates, count, mu_format)
 
