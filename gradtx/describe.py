@@ -1,8 +1,9 @@
 """``describe``: what an optimizer does to each leaf, read from the optimizer itself.
 
 ``describe(tx, params)`` traces ``tx.init`` and ``tx.update`` on abstract
-parameters (``jax.eval_shape``: nothing is computed or allocated) and reads,
-per leaf:
+parameters (``jax.eval_shape``: nothing is computed or allocated, and the
+Flax axis names of ``params`` are not remembered for later plain trees, so a
+look changes no training) and reads, per leaf:
 
 * the **branch**: the labels of the ``optax.multi_transform`` partitions the
   leaf falls in (Muon's ``muon`` / ``adam`` / ``embedding``), read from the
@@ -32,6 +33,7 @@ import optax
 
 from gradtx._internal import routing as _routing
 from gradtx._internal import tree as _tree
+from gradtx.routing import axis_names as _axes
 
 
 class LeafDescription(NamedTuple):
@@ -68,7 +70,8 @@ class Description:
     shared_bytes: state bytes that belong to no one leaf (counts, padding).
     ambiguous: ``{path: message}`` of the leaves whose matrix view was a
       guess (``gt.AmbiguousMatrixViewWarning``).
-    notes: what could not be read (an ``update`` that needs extra arguments).
+    notes: what could not be read (an ``update`` that needs extra arguments),
+      and where training may see the tree otherwise (names read from Linen boxes).
   """
 
   def __init__(self, rows, shared_bytes, ambiguous, notes):
@@ -149,7 +152,12 @@ def describe(tx: optax.GradientTransformation, params: Any, *, strict: bool = Fa
     [("['embed']", 'adam'), ("['hidden']['kernel']", 'muon')]
   """
   notes = []
-  with _routing.recording() as recorder:
+  if _axes.has_linen_boxes(params):
+    notes.append(
+        "axis names read from Linen boxes: an optimizer handed the unboxed arrays"
+        " (nn.unbox, a TrainState) does not see them unless its matrix_view is"
+        " gt.matrix_view_from_axes(<these params>)")
+  with _routing.recording() as recorder, _axes.forgetting_trees_met():
     state = jax.eval_shape(lambda p: tx.init(p), params)
     recorder.phase = _routing.UPDATE
     try:

@@ -52,13 +52,15 @@ def optimised_xla(monkeypatch):
 @pytest.fixture(autouse=True)
 def fresh_routing_memory(monkeypatch):
   """Each test starts with the routing's process-wide memory empty: no tree's
-  axis names met before (``axis_names._MET``) and no ambiguous view warned of
-  before (``matrix_view._WARNED``, one warning per leaf and process). A test
-  then passes or fails alone as in any order pytest-xdist hands it out."""
-  from gradtx.routing import axis_names, matrix_view  # after XLA_FLAGS above
+  axis names met before (``axis_names._MET``) and no ambiguous view or head
+  warned of before (``matrix_view._WARNED``, ``roles._WARNED``: one warning per
+  leaf and process). A test then passes or fails alone as in any order
+  pytest-xdist hands it out."""
+  from gradtx.routing import axis_names, matrix_view, roles  # after XLA_FLAGS above
 
   monkeypatch.setattr(axis_names, "_MET", {})
   monkeypatch.setattr(matrix_view, "_WARNED", set())
+  monkeypatch.setattr(roles, "_WARNED", set())
 
 
 # Modules whose session-scoped fixture is expensive (compiled costs on a mesh,

@@ -291,3 +291,43 @@ def test_psgd_kron_shows_each_axis_factor_and_adam_mini_its_blocks():
 def test_the_docstring_example_runs():
   result = doctest.testmod(gradtx.describe, optionflags=doctest.NORMALIZE_WHITESPACE)
   assert result.attempted and not result.failed
+
+
+class _LinenScanned(nn.Module):
+  """Three scanned Linen layers whose kernels carry logical axis names."""
+
+  @nn.compact
+  def __call__(self, h):
+    class Block(nn.Module):
+      @nn.compact
+      def __call__(self, h, _):
+        init = nn.with_logical_partitioning(nn.initializers.lecun_normal(), ("embed", "mlp"))
+        return h + nn.Dense(16, kernel_init=init)(h), None
+
+    scanned = nn.scan(Block, variable_axes={"params": 0}, split_rngs={"params": True},
+                      length=3, metadata_params={nn.PARTITION_NAME: "layers"})
+    return scanned()(h, None)[0]
+
+
+@pytest.mark.parametrize("factory", [go.muon, go.soap, go.psgd_kron])
+def test_a_look_changes_no_training(factory):
+  """A state built from the unboxed parameters (a TrainState's) fits the
+  updates after ``describe`` has read the boxed ones, which give the same
+  leaves three 16x16 matrices where the plain arrays are one 48x16: the look
+  leaves no names behind, and its notes say how training would see them."""
+  boxed = _LinenScanned().init(jax.random.key(0), jnp.ones((2, 16)))["params"]
+  params = nn.unbox(boxed)
+  grads = jax.tree.map(lambda p: jnp.cos(jnp.arange(p.size, dtype=p.dtype)).reshape(p.shape),
+                       params)
+  tx = factory(0.01)
+  state = tx.init(params)
+  before, _ = tx.update(grads, state, params)
+  description = gt.describe(tx, boxed)
+  assert any("matrix_view_from_axes" in note for note in description.notes)
+  after, _ = tx.update(grads, state, params)
+  for x, y in zip(jax.tree.leaves(before), jax.tree.leaves(after)):
+    np.testing.assert_array_equal(x, y)
+  key = "['ScanBlock_0']['Dense_0']['kernel']"
+  named, plain = description[key], gt.describe(tx, params)[key]
+  assert (named.branch, named.matrices) != (plain.branch, plain.matrices)
+  assert "3 entries" in named.branch or named.matrices == (3, 16, 16)

@@ -26,6 +26,7 @@ step are in tests/test_integration.py, over the same cases.
 """
 
 import inspect
+import pathlib
 
 import jax
 import jax.numpy as jnp
@@ -442,3 +443,12 @@ def test_cautious_weight_decay_decays_where_the_step_has_the_weights_sign(factor
       disagreements += int(np.sum(u0 * p > 0))
       params = optax.apply_updates(params, {"w": jnp.asarray(u0)})
   assert disagreements > 0, "every coordinate agreed: the test could not fail"
+
+
+def test_readme_lists_every_optimizer_inject_hyperparams_needs_static_args_for():
+  readme = (pathlib.Path(__file__).resolve().parents[1] / "README.md").read_text()
+  start = readme.index("optax.inject_hyperparams(factory)")
+  sentence = " ".join(readme[start:readme.index("the error names them", start)].split())
+  for factory, args in SHAPE_ARGS.items():
+    assert factory.__name__ in sentence
+    assert all(f"`{arg}`" in sentence for arg in args), (factory.__name__, args)

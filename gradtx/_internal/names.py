@@ -5,6 +5,7 @@ leaves by name (Muon's ``is_hidden_matrix``, Adam-mini's default blocks, the
 default matrix view), so the rules cannot drift apart.
 """
 
+import re
 from typing import Optional
 
 # An input table: token embeddings and learned positions (nnx.Embed's
@@ -100,20 +101,49 @@ def is_expert_stack(names: list[str]) -> bool:
   return any(part in n for n in names for part in EXPERT_PARTS)
 
 
-def heads_by_shape(leaves: list, embeddings: Optional[list] = None) -> list[bool]:
+def head_candidates_by_shape(
+    leaves: list, embeddings: Optional[list] = None, settled: Optional[list] = None,
+) -> list[list[int]]:
+  """Per token embedding of shape (vocab, d), the indices of the 2-D (d, vocab)
+  leaves of ``(names, shape)`` pairs beside it whose role names have not
+  ``settled`` already (by default, those not named an output head)."""
+  if embeddings is None:
+    embeddings = [is_embedding(names) for names, _ in leaves]
+  if settled is None:
+    settled = [is_output_head(names) for names, _ in leaves]
+  tables = {tuple(shape) for (names, shape), table in zip(leaves, embeddings)
+            if table and len(shape) == 2 and shape[0] != shape[1]
+            and not is_position_table(names)}
+  groups = {}
+  for i, ((names, shape), table, known) in enumerate(zip(leaves, embeddings, settled)):
+    if (len(shape) == 2 and not is_vector(names) and not table and not known
+        and (shape[1], shape[0]) in tables):
+      groups.setdefault((shape[1], shape[0]), []).append(i)
+  return list(groups.values())
+
+
+def heads_by_shape(
+    leaves: list, embeddings: Optional[list] = None, settled: Optional[list] = None,
+) -> list[bool]:
   """Which of ``(names, shape)`` pairs are output heads by their shape.
 
   A 2-D leaf of shape (d, vocab) is an output head when the same tree holds
   a token embedding of shape (vocab, d) with vocab != d (an embedding name,
   not a learned position table; or the leaves ``embeddings`` flags, e.g. by
   their axis names); a square table says nothing. This finds a vocabulary
-  projection whatever it is called (Linen's ``Dense_2``).
+  projection whatever it is called (Linen's ``Dense_2``); leaves whose role
+  their names have ``settled`` are left out. Where several others have that
+  shape (an MLP as wide as the vocabulary), one is the head:
+  the nearest the tree's root, then the last in natural order (``Dense_10``
+  after ``Dense_9``), as Linen names a model's last layer.
   """
-  if embeddings is None:
-    embeddings = [is_embedding(names) for names, _ in leaves]
-  tables = {tuple(shape) for (names, shape), table in zip(leaves, embeddings)
-            if table and len(shape) == 2 and shape[0] != shape[1]
-            and not is_position_table(names)}
-  return [len(shape) == 2 and not is_vector(names) and not table
-          and (shape[1], shape[0]) in tables
-          for (names, shape), table in zip(leaves, embeddings)]
+  heads = {max(group, key=lambda i: _head_rank(leaves[i][0]))
+           for group in head_candidates_by_shape(leaves, embeddings, settled)}
+  return [i in heads for i in range(len(leaves))]
+
+
+def _head_rank(names: list[str]) -> tuple:
+  """Nearer the root first, then the natural order of the names."""
+  natural = tuple(tuple(int(part) if part.isdigit() else part for part in re.split(r"(\d+)", n))
+                  for n in names)
+  return (-len(names), natural)

@@ -26,8 +26,9 @@ role            names                                                 the axis i
 ==============  ====================================================  =========================
 
 ``add_axis_names(role, *names)`` recognises more. From a leaf's names, in
-order (``read``): its ``batch`` axes are the view's ``batch`` (but a 2-D
-(embed, exp) router is one matrix onto the experts); a ``vector`` axis or
+order (``read``): its ``batch`` axes are the view's ``batch`` (but a router,
+(embed, exp) or scanned (layers, embed, exp), is one matrix onto the experts
+per layer: a last batch axis after a single other axis); a ``vector`` axis or
 fewer than two other axes means no matrix (a stacked bias or norm scale);
 otherwise, when every other axis is recognised and they have two roles or
 more, the rows are the leading axes of the first axis's role and the columns
@@ -116,8 +117,9 @@ def read(names: tuple) -> Reading:
   """What the axis ``names`` of a leaf settle (see the module docstring)."""
   roles = [role_of_axis(n) for n in names]
   batch = tuple(i for i, r in enumerate(roles) if r == "batch")
-  if len(roles) == 2 and batch == (1,):
-    batch = ()  # (embed, exp): a router, one matrix onto the experts
+  if batch and batch[-1] == len(roles) - 1 and len(roles) - len(batch) == 1:
+    # (…, embed, exp): a router, one matrix onto the experts (per layer).
+    batch = batch[:-1]
   axes = [i for i in range(len(names)) if i not in batch]
   other = [roles[i] for i in axes]
   if "vector" in other or len(other) < 2:
@@ -205,6 +207,24 @@ def reading(tree: Any) -> Iterator[None]:
     found = _names_met(_signature(tree))
   with using(found or None):
     yield
+
+
+@contextlib.contextmanager
+def forgetting_trees_met() -> Iterator[None]:
+  """The trees met in the block are forgotten after it: a look at a tree
+  (``gt.describe``) leaves what later plain trees read as it was, so an
+  optimizer state built before the look still fits the updates after it."""
+  met = dict(_MET)
+  try:
+    yield
+  finally:
+    _MET.clear()
+    _MET.update(met)
+
+
+def has_linen_boxes(tree: Any) -> bool:
+  """Whether ``tree`` holds Linen ``nn.Partitioned`` / ``nn.LogicallyPartitioned`` boxes."""
+  return any(_is_box(x) for x in jax.tree.leaves(tree, is_leaf=_is_box))
 
 
 @contextlib.contextmanager

@@ -129,7 +129,7 @@ _ATTENTION_INPUTS = ("query", "key", "value")
 
 
 class AmbiguousMatrixViewWarning(UserWarning):
-  """A leaf's matrix view was guessed from its shape alone."""
+  """A leaf's matrix view, or its routing as an output head, was guessed from its shape alone."""
 
 
 # (leaf key, shape) of the guesses already warned about: each warns once.

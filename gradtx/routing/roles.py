@@ -9,15 +9,21 @@ output heads) with AdamW (``gradtx.transforms.AdamWSide``).
 found by its shape).
 """
 
+import warnings
 from typing import Any, Callable, Optional
 
 import jax
+import optax
 
 from gradtx._internal import names as _names
+from gradtx._internal import routing as _routing
 from gradtx.routing import axis_names as _axes
 from gradtx.routing import matrix_view as _matrix_view
 
 PathLeafRule = Callable[[tuple, jax.Array], bool]
+
+# The heads chosen among several of their shape already warned about: each warns once.
+_WARNED: set = set()
 
 
 def is_hidden_matrix(
@@ -42,7 +48,9 @@ def is_hidden_matrix(
   3. in the optimizers' routing of the whole tree (``AdamWSide.around``),
      its shape: a 2-D (d, vocab) kernel is an output head when the tree holds
      a token embedding (by 1. or 2.) of shape (vocab, d), vocab != d, whatever
-     the kernel is called (Linen's ``Dense_2``).
+     the kernel is called (Linen's ``Dense_2``); of several such kernels only
+     one, the nearest the root and then the last by name, and the choice
+     warns (``gt.AmbiguousMatrixViewWarning``).
 
   Everything else goes to AdamW; gt.describe shows where each leaf goes.
   Misrouting an embedding or head to Muon raises no error, only trains worse
@@ -81,8 +89,12 @@ def matrix_roles(params: Any, *, matrix_view: Optional[_matrix_view.MatrixViewRu
     names = [_names.path_names(p) for p, _ in flat]
     embeddings = [role == "embedding" or (role is None and _names.is_embedding(n))
                   for n, role in zip(names, axis_roles)]
-    by_shape = _names.heads_by_shape(
-        [(n, jax.numpy.shape(x)) for n, (_, x) in zip(names, flat)], embeddings)
+    shaped = [(n, jax.numpy.shape(x)) for n, (_, x) in zip(names, flat)]
+    settled = [role is not None or _names.is_output_head(n) for n, role in zip(names, axis_roles)]
+    by_shape = _names.heads_by_shape(shaped, embeddings, settled)
+    for group in _names.head_candidates_by_shape(shaped, embeddings, settled):
+      if len(group) > 1:
+        _one_head_of_several([flat[i][0] for i in group], [by_shape[i] for i in group])
     roles = []
     for (p, x), n, role, embedding, shape_head in zip(
         flat, names, axis_roles, embeddings, by_shape):
@@ -96,4 +108,44 @@ def matrix_roles(params: Any, *, matrix_view: Optional[_matrix_view.MatrixViewRu
         roles.append("output_head")
       else:
         roles.append("other")
+  if not any(embeddings) and "output_head" not in roles:
+    _warn_if_embedding_masked_out(params)
   return treedef.unflatten(roles)
+
+
+def _one_head_of_several(paths: list, chosen: list) -> None:
+  """Reports (``gt.describe``) and warns once that ``paths`` all have the
+  output head's shape and only the ``chosen`` one is routed as the head."""
+  keys = [_routing.leaf_key(p) for p in paths]
+  head = next(k for k, c in zip(keys, chosen) if c)
+  message = (
+      f"{', '.join(keys)} all have the shape of an output head beside the token embedding"
+      f" (d, vocab): only {head} (the nearest the root, then the last by name) is taken"
+      " for the head, the others for hidden matrices. Name the head (lm_head, logits) or"
+      " give axis names ('embed', 'vocab') to settle it.")
+  for path in paths:
+    _routing.report_ambiguous(path, message)
+  if head not in _WARNED:
+    _WARNED.add(head)
+    warnings.warn(message, _matrix_view.AmbiguousMatrixViewWarning, stacklevel=4)
+
+
+def _warn_if_embedding_masked_out(params: Any) -> None:
+  """Warns once when a token embedding of the tree is masked out of it
+  (``optax.multi_transform`` / ``optax.masked`` hand a transform its own
+  leaves only) and no output head was found: a head that only its shape beside
+  the embedding makes one would be routed as a hidden matrix."""
+  is_masked = lambda x: isinstance(x, optax.MaskedNode)
+  masked = [path for path, x in jax.tree_util.tree_flatten_with_path(params, is_leaf=is_masked)[0]
+            if is_masked(x) and _names.is_embedding(_names.path_names(path))
+            and not _names.is_position_table(_names.path_names(path))]
+  if not masked or _routing.leaf_key(masked[0]) in _WARNED:
+    return
+  _WARNED.add(_routing.leaf_key(masked[0]))
+  warnings.warn(
+      f"the token embedding {_routing.leaf_key(masked[0])} is masked out of the tree this"
+      " optimizer routes (optax.multi_transform or optax.masked hand it its own leaves):"
+      " an output head beside it cannot be found by its (d, vocab) shape, and none was"
+      " found by name. If this tree holds the head, name it (lm_head, logits), give it"
+      " axis names ('embed', 'vocab') or route it to another branch.",
+      _matrix_view.AmbiguousMatrixViewWarning, stacklevel=4)

@@ -30,6 +30,8 @@ V = gt.MatrixView
     (("exp", "mlp", "embed"), ((0,), (1,), (2,), "matrix")),
     (("embed", "num_activations", "mlp"), ((1,), (0,), (2,), "matrix")),
     (("embed", "exp"), ((), (0,), (1,), "matrix")),  # a router
+    (("layers", "embed", "exp"), ((0,), (1,), (2,), "matrix")),  # a scanned router
+    (("layers", "exp"), ((0, 1), None, None, "vector")),  # a stacked experts' bias
     (("layers", "mlp"), ((0,), None, None, "vector")),  # a stacked bias
     (("layers", "norm"), ((0,), None, None, "vector")),
     (("vocab", "embed"), ((), None, None, "embedding")),
@@ -108,7 +110,9 @@ def _assert_routed_as_by_hand(params, table, matrix_view=None):
     warnings.simplefilter("error")  # no guessed view, no deprecation
     default = gt.describe(go.muon(0.02, matrix_view=matrix_view), params)
   explicit = gt.describe(go.muon(0.02, matrix_view=view, is_muon_param=is_muon), params)
-  assert not default.notes and not default.ambiguous
+  assert not default.ambiguous
+  # Read from Linen boxes, the names come with a note on training unboxed.
+  assert all("Linen boxes" in note for note in default.notes)
   for row, by_hand in zip(default, explicit, strict=True):
     assert (row.path, row.branch, row.view) == (by_hand.path, by_hand.branch, by_hand.view)
   for path, (_, on) in table.items():

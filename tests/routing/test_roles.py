@@ -1,10 +1,15 @@
 """gradtx.routing.roles: which leaf is a hidden matrix, an output head, an
 embedding, by axis names, then path names, then shapes."""
 
+import warnings
+
 import flax.linen as nn
 import jax
 import jax.numpy as jnp
+import optax
+import pytest
 
+from gradtx import optimizers as go
 from gradtx import transforms as gt
 from tests.transforms.test_adamw_side import PARAMS
 
@@ -33,3 +38,55 @@ def test_matrix_roles_read_axis_names_then_path_names_then_shapes():
   # The same tree without its embedding: no head by shape.
   del params["tok_embed"], params["proj_in"]
   assert gt.matrix_roles(params)["Dense_2"] == {"kernel": "hidden"}
+
+
+def _linen_mlp_as_wide_as_the_vocabulary():
+  """Linen's automatic names, vocab 64, d 16, an MLP 4d = 64 wide: the
+  up-projection Dense_1 has the head Dense_2's shape."""
+  zeros = lambda *shape: jnp.zeros(shape)
+  return {"Embed_0": {"embedding": zeros(64, 16)}, "Dense_0": {"kernel": zeros(64, 16)},
+          "Dense_1": {"kernel": zeros(16, 64)}, "Dense_2": {"kernel": zeros(16, 64)}}
+
+
+def test_of_several_kernels_shaped_like_the_head_only_the_last_is_the_head():
+  params = _linen_mlp_as_wide_as_the_vocabulary()
+  with pytest.warns(gt.AmbiguousMatrixViewWarning, match=r"only \['Dense_2'\]\['kernel'\]"):
+    roles = gt.matrix_roles(params)
+  assert roles["Dense_1"] == {"kernel": "hidden"} and roles["Dense_2"] == {"kernel": "output_head"}
+  description = gt.describe(go.muon(0.02), params)
+  assert {r.path: r.branch for r in description}["['Dense_1']['kernel']"] == "muon"
+  assert set(description.ambiguous) == {"['Dense_1']['kernel']", "['Dense_2']['kernel']"}
+
+
+def test_the_head_among_several_is_the_nearest_the_root_then_the_last_by_name():
+  zeros = lambda *shape: jnp.zeros(shape)
+  params = {"Embed_0": {"embedding": zeros(64, 16)}, "Dense_9": {"kernel": zeros(16, 64)},
+            "Dense_10": {"kernel": zeros(16, 64)},
+            "Block_0": {"Dense_11": {"kernel": zeros(16, 64)}}}
+  with pytest.warns(gt.AmbiguousMatrixViewWarning):
+    roles = gt.matrix_roles(params)
+  assert [k for k, v in roles.items() if v == {"kernel": "output_head"}] == ["Dense_10"]
+  # A head named as one takes no part: the shapes leave nothing to choose.
+  named = {**params, "lm_head": {"kernel": zeros(16, 64)}}
+  del named["Dense_9"], named["Block_0"]
+  with warnings.catch_warnings():
+    warnings.simplefilter("error")
+    roles = gt.matrix_roles(named)
+  assert roles["lm_head"] == {"kernel": "output_head"} == roles["Dense_10"]
+
+
+def test_a_branch_without_the_embedding_warns_that_it_cannot_find_the_head():
+  """optax.multi_transform hands go.muon its own leaves: beside the masked-out
+  embedding, the head Dense_2 has no shape to be found by, and it says so."""
+  params = {"Embed_0": {"embedding": jnp.zeros((50, 16))},
+            "Dense_0": {"kernel": jnp.zeros((16, 16))}, "Dense_2": {"kernel": jnp.zeros((16, 50))}}
+  labels = lambda p: jax.tree_util.tree_map_with_path(
+      lambda path, _: "emb" if path[0].key == "Embed_0" else "rest", p)
+  split = optax.multi_transform({"emb": optax.adam(1e-3), "rest": go.muon(0.02)}, labels)
+  with pytest.warns(gt.AmbiguousMatrixViewWarning, match=r"\['Embed_0'\]\['embedding'\] is masked"):
+    split.init(params)
+  # Named, the head is found, and nothing warns.
+  params["lm_head"] = params.pop("Dense_2")
+  with warnings.catch_warnings():
+    warnings.simplefilter("error")
+    optax.multi_transform({"emb": optax.adam(1e-3), "rest": go.muon(0.02)}, labels).init(params)
