@@ -10,7 +10,10 @@ For each optimizer, on a GPT-2-style parameter tree (``workloads.gpt_shapes``):
   Parameters and gradients (8 bytes per parameter) are part of every step's
   peak, so its ratios are closer to 1 than the state's;
 * step time of the 8-bit and bf16 variants against float32 AdamW, timed by
-  ``harness.time_round_robin`` (min and median over the rounds).
+  ``harness.time_round_robin`` (min and median over the rounds), next to
+  torch's AdamW (``foreach``) and bitsandbytes' ``AdamW8bit`` on the same
+  tree, where bitsandbytes is installed (the test extra): whether an 8-bit
+  step's cost is the method's or gradtx's.
 
   python -m benchmarks.memory                  # GPT 12x256, 16K vocab (14M params)
   python -m benchmarks.memory --quick          # GPT 2x128: a smoke test
@@ -23,8 +26,9 @@ from typing import Callable, Sequence
 import jax
 import jax.numpy as jnp
 import optax
+import torch
 
-from benchmarks import harness
+from benchmarks import harness, step_time
 from benchmarks.workloads import Workload, params_and_grads, parse_workload
 from gradtx import optimizers as go
 from gradtx import transforms as gt
@@ -47,6 +51,19 @@ OPTIMIZERS: dict[str, Callable[[], optax.GradientTransformation]] = {
     "lion": lambda: go.lion(LEARNING_RATE / 10),
 }
 TIMED = ("adamw", "adamw_8bit", "adamw bf16-nu", "adamw bf16-sr")
+
+
+def torch_optimizers() -> dict[str, Callable[[list], torch.optim.Optimizer]]:
+  """The torch references timed beside them: AdamW, and bitsandbytes'
+  8-bit AdamW if it is installed (its CPU backend, on this machine)."""
+  references = {"torch AdamW (foreach)": lambda params: torch.optim.AdamW(
+      params, lr=LEARNING_RATE, foreach=True)}
+  try:
+    import bitsandbytes
+  except ImportError:
+    return references
+  return references | {"bitsandbytes AdamW8bit": lambda params: bitsandbytes.optim.AdamW8bit(
+      params, lr=LEARNING_RATE)}
 
 
 def state_bytes(tx: optax.GradientTransformation, params) -> int:
@@ -86,7 +103,9 @@ def memory_table(workload: Workload) -> str:
 
 def time_table(workload: Workload, rounds: int) -> str:
   params, grads = params_and_grads(workload)
-  contenders = {n: harness.stepper(OPTIMIZERS[n](), params, grads) for n in TIMED}
+  contenders = {n: harness.stepper(OPTIMIZERS[n](), params, grads) for n in TIMED} | {
+      name: step_time.torch_runner(workload, make).step
+      for name, make in torch_optimizers().items()}
   times = harness.time_round_robin(contenders, rounds=rounds)
   title = f"step time, {rounds} interleaved rounds ({jax.devices()[0].platform})"
   return f"{title}\n\n{harness.ratio_table(times, anchor=ANCHOR, label='optimizer')}"

@@ -76,16 +76,16 @@ def jax_runner(step: harness.Step, init: Callable, workload: Workload,
   return Runner(contender, lambda: jax.tree.map(np.asarray, contender.params), note)
 
 
-def torch_runner(workload: Workload, *, fused: bool) -> Runner:
+def torch_runner(
+    workload: Workload, make_optimizer: Callable[[list], torch.optim.Optimizer]
+) -> Runner:
+  """A torch optimizer's ``step`` on the workload's parameters and gradients."""
   as_torch = lambda tree: [torch.from_numpy(np.array(x)) for x in tree.values()]
   jax_params, jax_grads = params_and_grads(workload)
   params = [torch.nn.Parameter(x) for x in as_torch(jax_params)]
   for p, g in zip(params, as_torch(jax_grads)):
     p.grad = g
-  opt = torch.optim.AdamW(
-      params, lr=LEARNING_RATE, weight_decay=WEIGHT_DECAY,
-      foreach=not fused, fused=fused,
-  )
+  opt = make_optimizer(params)
 
   def final_params():
     return {k: p.detach().numpy() for k, p in zip(workload.shapes, params)}
@@ -95,7 +95,9 @@ def torch_runner(workload: Workload, *, fused: bool) -> Runner:
 
 def make_runner(impl: str, workload: Workload, compiler_options: dict) -> Runner:
   if impl in ("torch-foreach", "torch-fused"):
-    return torch_runner(workload, fused=impl == "torch-fused")
+    fused = impl == "torch-fused"
+    return torch_runner(workload, lambda params: torch.optim.AdamW(
+        params, lr=LEARNING_RATE, weight_decay=WEIGHT_DECAY, foreach=not fused, fused=fused))
   if impl in adamw_variants.STEPS:
     init, step = adamw_variants.STEPS[impl](LEARNING_RATE, WEIGHT_DECAY)
     return jax_runner(step, init, workload, compiler_options)
