@@ -6,9 +6,11 @@ optimizer: nothing is masked silently, AMSGrad's running maximum included.
 Skipping bad steps is opt-in, through ``optax.apply_if_finite``, which leaves
 the inner state untouched. (``adamw_8bit`` zeroes such coordinates instead, as
 bitsandbytes does, and says so in ``scale_by_adam``'s docstring; its test
-records the exception.) An infinite gradient is not checked: sign-based rules
-map it to ±1. Zero gradients give finite updates, also after a thousand steps
-of them, and leave only the decoupled weight decay where there is one.
+records the exception.) An infinite gradient is checked where a rule could
+hide it: sign-based rules (jnp.sign(±inf) = ±1), the soft sign and the
+trust ratio give NaN. Zero gradients give finite updates, also after a
+thousand steps of them, and leave only the decoupled weight decay where there
+is one.
 """
 
 import chex
@@ -19,6 +21,7 @@ import optax
 import pytest
 
 from gradtx import optimizers as go
+from gradtx import transforms as gt
 from tests.support.cases import (
     CASES,
     LR,
@@ -60,6 +63,37 @@ def test_nan_gradient_propagates_into_updates(case):
     assert any(bool(jnp.isnan(x).any()) for x in floating_leaves(state))
     _, _, (updates,) = run_shared(case.name, GRADS[2:3], scheduled, state)
     assert bool(jnp.isnan(updates["w"][1, 0]))
+
+
+def _with_inf(grads):
+  return {**grads, "w": grads["w"].at[1, 0].set(jnp.inf)}
+
+
+# Where an inf could vanish: a sign, or a trust ratio's division by its norm.
+SIGN_OR_TRUST = [c for c in CASES if c.sign_based or c.factory in (go.lars, go.lamb)]
+
+
+@pytest.mark.parametrize("case", SIGN_OR_TRUST, ids=[c.name for c in SIGN_OR_TRUST])
+def test_inf_gradient_is_not_hidden_by_a_sign_or_a_trust_ratio(case):
+  """jnp.sign(±inf) is ±1 and a trust ratio of an infinite norm 0: the step
+  would look finite, and Lion's, Tiger's and Signum's inf momentum would then
+  step ±1 for ever whatever the gradient. They give NaN instead."""
+  tx = case.make()
+  state = tx.init(PARAMS)
+  updates, state = tx.update(_with_inf(GRADS[0]), state, PARAMS)
+  assert bool(jnp.isnan(updates["w"][1, 0]))
+  assert bool(jnp.all(jnp.isfinite(updates["b"])))
+  if floating_leaves(state):  # the momentum remembers it
+    updates, _ = tx.update(GRADS[1], state, PARAMS)
+    assert not bool(jnp.isfinite(updates["w"][1, 0]))
+
+
+def test_soft_sign_keeps_nan_and_inf_visible():
+  updates, _ = gt.scale_by_sign(tau=0.1).update(
+      jnp.array([0.5, jnp.nan, -2.0, jnp.inf]), optax.EmptyState())
+  updates = np.asarray(updates)
+  np.testing.assert_allclose(updates[[0, 2]], [0.5 / 0.6, -2.0 / 2.1], rtol=1e-6)
+  assert np.isnan(updates[1]) and np.isnan(updates[3])
 
 
 @pytest.mark.parametrize(

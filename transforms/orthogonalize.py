@@ -172,7 +172,8 @@ def newton_schulz(
   y = x if wide else _hermitian(x)
   y = y.astype(jnp.promote_types(y.dtype, jnp.float32))
   norm = jnp.linalg.norm(y, axis=(-2, -1), keepdims=True)
-  y = (y / (safety * norm + eps)).astype(compute_dtype or y.dtype)
+  scale = safety * norm + eps
+  y = (y / jnp.where(scale > 0, scale, 1)).astype(compute_dtype or y.dtype)  # eps = 0, y = 0
   if not static:
     y = _traced_iterations(y, coefficients, ns_steps)
   elif method == "gram" and y.shape[-2] != y.shape[-1]:
@@ -307,7 +308,9 @@ def clip_singular_values(
   view (leaves without one pass through). Cost: one SVD per matrix,
   O(mn·min(m, n)) FLOPs, far slower on accelerators than a Newton–Schulz
   step. ``min_value = max_value = 1`` is
-  the exact msign (for full-rank inputs).
+  the exact msign (for full-rank inputs). A matrix with a NaN or ±inf entry
+  comes out all NaN (the SVD is not run on it: LAPACK's never returns for
+  ±inf on CPU).
 
   Args:
     min_value: lower bound of the singular values, >= 0.
@@ -324,10 +327,14 @@ def clip_singular_values(
 
   def clip(matrices):
     x = matrices.astype(jnp.promote_types(matrices.dtype, jnp.float32))
+    # LAPACK's SVD of a matrix holding ±inf never returns on CPU (jax 0.10):
+    # such a matrix is decomposed as zeros and comes out NaN.
+    finite = jnp.all(jnp.isfinite(x), axis=(-2, -1), keepdims=True)
     left, sigma, right_h = unbatched_on_cpu(
-        lambda a: jnp.linalg.svd(a, full_matrices=False), x)
+        lambda a: jnp.linalg.svd(a, full_matrices=False), jnp.where(finite, x, 0))
     sigma = jnp.clip(sigma, min_value, max_value).astype(x.dtype)
-    return ((left * sigma[..., None, :]) @ right_h).astype(matrices.dtype)
+    clipped = (left * sigma[..., None, :]) @ right_h
+    return jnp.where(finite, clipped, jnp.nan).astype(matrices.dtype)
 
   def update_fn(updates, state, params=None):
     _validate.check_matching_shapes(updates, params, "clip_singular_values")

@@ -11,6 +11,12 @@ from gradtx._internal import validate as _validate
 from gradtx.storage import state_format
 
 
+def sign(x: jax.Array) -> jax.Array:
+  """``jnp.sign(x)``, but NaN where x is ±inf or NaN: a non-finite gradient or
+  momentum shows in the update instead of stepping ±1 for ever."""
+  return jnp.where(jnp.isfinite(x), jnp.sign(x), jnp.nan).astype(x.dtype)
+
+
 def scale_by_sign(tau: float = 0.0) -> optax.GradientTransformation:
   r"""Replaces each coordinate by its sign, or by a soft sign.
 
@@ -18,7 +24,9 @@ def scale_by_sign(tau: float = 0.0) -> optax.GradientTransformation:
     u = \operatorname{sign}(g) \;(τ = 0),\qquad u = \frac{g}{τ + |g|}\;(τ > 0)
 
   The soft sign is a smooth, bounded stand-in for the sign (|u| < 1), equal
-  to :math:`g/τ` near 0. ``sign(0) = 0``, so zero gradients give zero updates.
+  to :math:`g/τ` near 0. ``sign(0) = 0``, so zero gradients give zero updates;
+  a NaN or ±inf coordinate gives NaN (``sign``), where ``jnp.sign(±inf)``
+  would hide it.
 
   Args:
     tau: softening constant, >= 0.
@@ -40,11 +48,10 @@ def scale_by_sign(tau: float = 0.0) -> optax.GradientTransformation:
   def update_fn(updates, state, params=None):
     del params
     if _validate.is_static_zero(tau):
-      return jax.tree.map(jnp.sign, updates), state
+      return jax.tree.map(sign, updates), state
 
     def soft_sign(g):
-      denominator = tau + jnp.abs(g)
-      return jnp.where(denominator > 0, g / denominator, 0).astype(g.dtype)
+      return (g / (tau + jnp.abs(g))).astype(g.dtype)  # NaN for NaN and ±inf
 
     return jax.tree.map(soft_sign, updates), state
 
@@ -97,7 +104,7 @@ def scale_by_lion(
     def leaf(g, m, seed):
       dtype = _tree.compute_dtype(g)
       g_, m_ = g.astype(dtype), state_format.load(m, dtype)
-      u = jnp.sign(b1 * m_ + (1 - b1) * g_)
+      u = sign(b1 * m_ + (1 - b1) * g_)  # an inf momentum stays visible
       m_new = b2 * m_ + (1 - b2) * g_
       if state_format.is_quantized(mu_format):
         u, m_new = state_format.reset_non_finite(g_, u, m_new)

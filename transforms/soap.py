@@ -41,7 +41,8 @@ class ScaleBySoapState(NamedTuple):
       side), shaped like the leaf (``mu_dtype``); ``MaskedNode()`` elsewhere.
     nu: their second moment (``nu_dtype``).
     mu_stacks: per matrix shape, Adam's first moment in eigenbasis
-      coordinates, (matrices, m, n).
+      coordinates, (matrices, m, n), stored in its parameters' dtype (or
+      ``mu_dtype``) and updated in at least float32.
     nu_stacks: the second moment, likewise.
     left_stats: per shape, the EMA of GGᴴ, (matrices, m, m) in at least
       float32 (shapes whose rows keep the identity basis have none).
@@ -263,9 +264,12 @@ def scale_by_soap(
     groups = owners.groups
     plain = iter([layout is None for layout in owners.layouts])
     plain_params = _tree.zeros_where(params, lambda path, p: next(plain))
+    leaves = jax.tree.leaves(params)
+    # Stored like their parameters (None formats), computed in the stack's dtype.
+    like_params = lambda g: jnp.result_type(*(leaves[i].dtype for i, _, _ in g.members))
     moments = lambda fmt, real: {
         g.name: state_format.zeros_like_tree(
-            owners.zeros(g, g.block_shape), fmt, signed=not real, real=real)
+            owners.zeros(g, g.block_shape, like_params(g)), fmt, signed=not real, real=real)
         for g in groups}
     side = lambda on, size: {
         g.name: owners.zeros(g, (g.block_shape[size],) * 2)

@@ -53,8 +53,9 @@ def scale_by_trust_ratio(
 
   Returns:
     An ``optax.GradientTransformation`` that needs ``params``, with state
-    ``ScaleByTrustRatioState``. A non-finite gradient makes its leaf's whole
-    update non-finite (the norm is), as in optax.
+    ``ScaleByTrustRatioState``. A NaN or ±inf gradient makes its leaf's whole
+    update NaN (its norm is not finite; optax agrees for NaN, and for ±inf
+    leaves zeros beside it).
 
   Example:
     >>> import jax.numpy as jnp
@@ -91,9 +92,10 @@ def scale_by_trust_ratio(
       u_, p_ = u.astype(dtype), p.astype(dtype)
       param_norm, update_norm = _tree.norm(p_), _tree.norm(u_)
       denominator = update_norm + decay_ * param_norm + eps
-      moves = (param_norm > 0) & (denominator > 0)
+      still = (param_norm == 0) | (denominator == 0)  # NaN is neither: it stays NaN
       ratio = jnp.where(
-          moves, trust_coefficient * param_norm / jnp.where(moves, denominator, 1), 1)
+          still, 1, trust_coefficient * param_norm / jnp.where(still, 1, denominator))
+      ratio = jnp.where(jnp.isfinite(denominator), ratio, jnp.nan)  # ±inf too
       return (ratio * (u_ + decay_ * p_)).astype(u.dtype)
 
     new = jax.tree.map(leaf, updates, params, decayed)

@@ -102,6 +102,7 @@ class Case(NamedTuple):
         go.muon, go.shampoo, go.soap, go.adafactor, go.adam_mini, go.adamw_8bit,
         go.kfac, go.dion, go.normuon, go.adamuon, contrib.adamuon_lm, go.soap_muon, go.vmuon,
         go.mars_adamw, go.adamh, go.muonh, go.psgd_kron,
+        go.lars, go.lamb,  # a leaf-wise norm: a NaN or inf spreads over the leaf
         record_recipe,
     )
 

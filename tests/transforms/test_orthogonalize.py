@@ -126,6 +126,13 @@ def test_zero_and_rank_deficient_inputs_give_finite_output():
   assert np.isfinite(tiny).all()
 
 
+@pytest.mark.parametrize("method", ["standard", "gram"])
+def test_zero_input_gives_zero_with_eps_zero(method):
+  """eps = 0 is allowed: the zero matrix is not divided by its zero norm."""
+  zeros = _orthogonalize(np.zeros((6, 10)), eps=0.0, method=method)
+  np.testing.assert_array_equal(zeros, 0.0)
+
+
 def test_vectors_pass_through_and_dtype_is_kept():
   tx = gt.orthogonalize_newton_schulz()
   tree = {"b": jnp.arange(3.0), "w": jnp.ones((4, 6), jnp.bfloat16)}
@@ -142,6 +149,19 @@ def test_clip_singular_values_matches_numpy_svd(shape):
   tx = gt.clip_singular_values(0.5, 1.5, **_stacked_if_3d(x))
   y = tx.update(jnp.asarray(x, jnp.float32), tx.init(None))[0]
   np.testing.assert_allclose(y, expected, atol=1e-5)
+
+
+@pytest.mark.parametrize("bad", [np.inf, np.nan])
+def test_clip_singular_values_of_a_non_finite_matrix_is_nan(bad):
+  """A matrix with a NaN or ±inf entry comes out NaN (with ±inf, LAPACK's SVD
+  never returned); the other matrices of the stack are clipped as before."""
+  x = np.random.default_rng(7).standard_normal((2, 5, 9))
+  tx = gt.clip_singular_values(0.5, 1.5, **_stacked_if_3d(x))
+  clean = tx.update(jnp.asarray(x, jnp.float32), tx.init(None))[0]
+  x[1, 2, 3] = bad
+  y = jax.jit(tx.update)(jnp.asarray(x, jnp.float32), tx.init(None))[0]
+  assert bool(jnp.all(jnp.isnan(y[1])))
+  np.testing.assert_allclose(y[0], clean[0], atol=1e-6)
 
 
 def test_clip_singular_values_refuses_an_empty_interval():

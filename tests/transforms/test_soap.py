@@ -97,3 +97,20 @@ def test_refresh_bases_builds_at_step_one_and_refreshes_every_k_steps():
           precondition_every=3, refresh="qr")
       changed.append(not np.allclose(lb["4x6"], bases[0]["4x6"]))
   assert changed == [True, False, False, True, False, False, True]
+
+
+def test_moment_stacks_are_stored_in_the_parameters_dtype():
+  """README (Dtypes): states take the parameter's dtype unless mu_dtype /
+  nu_dtype say otherwise; the statistics and bases stay float32."""
+  bf16 = {"a": jnp.ones((16, 24), jnp.bfloat16), "b": jnp.ones((16, 24), jnp.bfloat16)}
+  state = gt.scale_by_soap().init(bf16)
+  assert {x.dtype for x in jax.tree.leaves((state.mu_stacks, state.nu_stacks))} == {
+      jnp.dtype(jnp.bfloat16)}
+  assert {x.dtype for x in jax.tree.leaves(state.left_stats)} == {jnp.dtype(jnp.float32)}
+  mixed = {**bf16, "b": jnp.ones((16, 24), jnp.float32)}  # one stack, the wider dtype
+  state = gt.scale_by_soap().init(mixed)
+  assert {x.dtype for x in jax.tree.leaves(state.mu_stacks)} == {jnp.dtype(jnp.float32)}
+  wide = gt.scale_by_soap(mu_dtype=jnp.float32, nu_dtype=jnp.float32).init(bf16)
+  assert {x.dtype for x in jax.tree.leaves(wide.nu_stacks)} == {jnp.dtype(jnp.float32)}
+  updates, _ = gt.scale_by_soap().update(bf16, gt.scale_by_soap().init(bf16), bf16)
+  assert all(u.dtype == jnp.bfloat16 for u in jax.tree.leaves(updates))

@@ -53,3 +53,17 @@ def test_bfloat16_stays_bfloat16_and_needs_params():
   assert out.dtype == jnp.bfloat16
   with pytest.raises(ValueError, match="needs params"):
     tx.update(p, tx.init(p))
+
+
+@pytest.mark.parametrize("bad", [np.nan, np.inf])
+def test_a_non_finite_gradient_makes_the_whole_leaf_nan(bad):
+  """Its norm is not finite, so neither is the ratio: no coordinate takes the
+  ratio-1 step of a zero-initialised leaf (LARS's ~300x step), and no ±inf
+  leaves zeros beside it."""
+  tx = gt.scale_by_trust_ratio(trust_coefficient=1e-3, weight_decay=1e-2)
+  p = jnp.ones(8)
+  u = jnp.full(8, 0.5).at[0].set(bad)
+  updates, _ = tx.update({"w": u, "b": jnp.ones(3)}, tx.init({"w": p, "b": p[:3]}),
+                         {"w": p, "b": p[:3]})
+  assert bool(jnp.all(jnp.isnan(updates["w"])))
+  assert bool(jnp.all(jnp.isfinite(updates["b"])))
