@@ -14,7 +14,7 @@ from gradtx.storage import state_format
 def sign(x: jax.Array) -> jax.Array:
   """``jnp.sign(x)``, but NaN where x is ±inf or NaN: a non-finite gradient or
   momentum shows in the update instead of stepping ±1 for ever."""
-  return jnp.where(jnp.isfinite(x), jnp.sign(x), jnp.nan).astype(x.dtype)
+  return jnp.sign(x) + 0 * x  # 0·(±inf) = NaN; a multiply-add, cheaper than a select
 
 
 def scale_by_sign(tau: float = 0.0) -> optax.GradientTransformation:
