@@ -372,3 +372,27 @@ def test_a_transposed_gradient_without_params_is_named(name):
   state = tx.init({"w": jnp.ones((8, 16))})
   with pytest.raises(ValueError, match=r"\['w'\].*\(16, 8\).*16x8"):
     tx.update({"w": jnp.ones((16, 8))}, state)
+
+
+# The element-wise optimizers: a gradient transposed relative to its parameter,
+# or a tree with one leaf more, is refused by the first transform that keeps a
+# per-leaf state (or by the weight decay, which reads the parameters), naming
+# the leaf and both shapes, not by a broadcasting TypeError deep inside.
+_ELEMENTWISE = {
+    "adamw": lambda: go.adamw(LR), "adamw_8bit": lambda: go.adamw_8bit(LR),
+    "adabelief": lambda: go.adabelief(LR), "rmsprop": lambda: go.rmsprop(LR),
+    "adagrad": lambda: go.adagrad(LR), "lion": lambda: go.lion(LR),
+    "sgd": lambda: go.sgd(LR), "sgd_momentum": lambda: go.sgd(LR, momentum=0.9),
+    "signum": lambda: go.signsgd(LR, momentum=0.9),
+}
+
+
+@pytest.mark.parametrize("name", list(_ELEMENTWISE))
+def test_an_element_wise_optimizer_names_a_transposed_gradient(name):
+  tx = _ELEMENTWISE[name]()
+  params = {"w": jnp.ones((64, 96)), "b": jnp.ones(16)}  # w: 8-bit state in adamw_8bit
+  state = tx.init(params)
+  with pytest.raises(ValueError, match=r"\['w'\].*\(96, 64\).*\(64, 96\)"):
+    tx.update({"w": jnp.ones((96, 64)), "b": jnp.ones(16)}, state, params)
+  with pytest.raises(ValueError, match="3 leaves"):
+    tx.update({**params, "extra": jnp.ones(3)}, state, params)

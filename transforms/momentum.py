@@ -79,7 +79,7 @@ def momentum(
     count = optax.safe_increment(state.count)
     if not keeps_buffer:
       return updates, MomentumState(count, None)
-
+    _validate.check_matching_shapes(updates, state.mu, "momentum", of="state")
     seeds = state_format.maybe_rounding_seeds(updates, count, mu_format)
 
     def leaf(g, m, seed):
@@ -155,6 +155,7 @@ def ema(
     count = optax.safe_increment(state.count)
     if not keeps_average:
       return updates, EmaState(count, None)
+    _validate.check_matching_shapes(updates, state.mu, "ema", of="state")
     seeds = state_format.maybe_rounding_seeds(updates, count, mu_format)
 
     def leaf(g, m, seed):

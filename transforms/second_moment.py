@@ -121,6 +121,7 @@ def scale_by_adam(
 
   def update_fn(updates, state, params=None):
     del params
+    _validate.check_matching_shapes(updates, state.nu, "scale_by_adam", of="state")
     count = optax.safe_increment(state.count)
     seeds = state_format.maybe_rounding_seeds(updates, count, mu_format, nu_format)
 
@@ -226,6 +227,7 @@ def scale_by_belief(
 
   def update_fn(updates, state, params=None):
     del params
+    _validate.check_matching_shapes(updates, state.nu, "scale_by_belief", of="state")
     count = optax.safe_increment(state.count)
     seeds = state_format.maybe_rounding_seeds(updates, count, mu_format, nu_format)
 
@@ -320,6 +322,7 @@ def scale_by_rms(
 
   def update_fn(updates, state, params=None):
     del params
+    _validate.check_matching_shapes(updates, state.nu, "scale_by_rms", of="state")
     count = optax.safe_increment(state.count)
     seeds = state_format.maybe_rounding_seeds(updates, count, mu_format, nu_format)
 
@@ -393,6 +396,7 @@ def scale_by_adagrad(
 
   def update_fn(updates, state, params=None):
     del params
+    _validate.check_matching_shapes(updates, state.sum_of_squares, "scale_by_adagrad", of="state")
     count = optax.safe_increment(state.count)
     seeds = state_format.maybe_rounding_seeds(updates, count, nu_format)
 

@@ -98,6 +98,7 @@ def scale_by_lion(
 
   def update_fn(updates, state, params=None):
     del params
+    _validate.check_matching_shapes(updates, state.mu, "scale_by_lion", of="state")
     count = optax.safe_increment(state.count)
     seeds = state_format.maybe_rounding_seeds(updates, count, mu_format)
 

@@ -54,6 +54,7 @@ def _add_scaled_params(
     return WeightDecayState(jnp.zeros([], jnp.int32))
 
   def update_fn(updates, state, params=None):
+    _validate.check_matching_shapes(updates, params, "weight decay")
     if _validate.is_static_zero(weight_decay):
       return updates, WeightDecayState(optax.safe_increment(state.count))
     if params is None:

@@ -155,19 +155,28 @@ def check_shaped_params(params: Any, transform: str) -> None:
         " gradtx.transforms.state_shardings(tx, params) for its shardings.")
 
 
-def check_matching_shapes(updates: Any, params: Any, transform: str) -> None:
+def check_matching_shapes(
+    updates: Any, params: Any, transform: str, of: str = "parameter",
+) -> None:
   """Raises ``ValueError`` naming the first leaf whose update and parameter
-  shapes differ (a transposed gradient, a tree of another model)."""
+  shapes differ (a transposed gradient, a tree of another model).
+
+  ``params`` may be a per-leaf state built at ``init`` (``of="state"`` says
+  so); its 8-bit leaves count as one leaf of the shape they stand for.
+  """
   if params is None:
     return
   flat = jax.tree_util.tree_flatten_with_path(updates)[0]
-  shapes = [np.shape(p) for p in jax.tree.leaves(params)]
+  quantized = lambda x: type(x).__name__ == "QuantizedArray"  # storage imports this module
+  shapes = [tuple(p.shape) if quantized(p) else np.shape(p)
+            for p in jax.tree.leaves(params, is_leaf=quantized)]
   if len(flat) != len(shapes):
     raise ValueError(
-        f"{transform}: the updates have {len(flat)} leaves but the parameters"
-        f" {len(shapes)}")
+        f"{transform}: the updates have {len(flat)} leaves but the {of} tree"
+        f" {len(shapes)}: are they the gradients of these parameters?")
   for (path, u), shape in zip(flat, shapes):
     if np.shape(u) != shape:
       raise ValueError(
           f"{transform}: the update of {jax.tree_util.keystr(path)} has shape"
-          f" {np.shape(u)} but its parameter has shape {shape}")
+          f" {np.shape(u)} but its {of} has shape {shape}"
+          + ("" if of == "parameter" else " (built at init): is it the gradient of its parameter?"))
