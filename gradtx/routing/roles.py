@@ -22,7 +22,8 @@ from gradtx.routing import matrix_view as _matrix_view
 
 PathLeafRule = Callable[[tuple, jax.Array], bool]
 
-# The heads chosen among several of their shape already warned about: each warns once.
+# The leaf keys of the routing guesses already warned about (a head chosen among
+# several of its shape, a masked-out embedding): each warns once per process.
 _WARNED: set = set()
 
 
@@ -48,9 +49,9 @@ def is_hidden_matrix(
   3. in the optimizers' routing of the whole tree (``AdamWSide.around``),
      its shape: a 2-D (d, vocab) kernel is an output head when the tree holds
      a token embedding (by 1. or 2.) of shape (vocab, d), vocab != d, whatever
-     the kernel is called (Linen's ``Dense_2``); of several such kernels only
-     one, the nearest the root and then the last by name, and the choice
-     warns (``gt.AmbiguousMatrixViewWarning``).
+     the kernel is called (Linen's ``Dense_2``); where several kernels have
+     that shape, only one is the head (the nearest the root, then the last by
+     name) and the choice warns (``gt.AmbiguousMatrixViewWarning``).
 
   Everything else goes to AdamW; gt.describe shows where each leaf goes.
   Misrouting an embedding or head to Muon raises no error, only trains worse
