@@ -134,8 +134,11 @@ def ema_params(state: Any, params: optax.Params) -> optax.Params:
   """The averaged parameters held by a ``parameter_ema`` state, in ``params``' dtypes.
 
   ``state`` is the ``ParameterEmaState`` or any state tree holding exactly
-  one (e.g. inside ``optax.inject_hyperparams`` or ``optax.chain``), as
+  one (e.g. inside ``optax.inject_hyperparams`` or ``optax.chain``, or a
+  flax ``nnx.Optimizer``'s ``opt_state``), as
   ``optax.contrib.schedule_free_eval_params`` takes the schedule-free state.
+  With NNX parameters (``nnx.state(model, nnx.Param)``) the result is an
+  ``nnx.State`` of ``nnx.Param`` s: ``nnx.update(model, ...)`` takes it.
 
   Args:
     state: the optimizer state.
@@ -149,5 +152,10 @@ def ema_params(state: Any, params: optax.Params) -> optax.Params:
   if len(found) != 1:
     raise ValueError(
         f"ema_params needs a state holding one ParameterEmaState (from"
-        f" go.parameter_ema), found {len(found)}")
-  return jax.tree.map(lambda e, p: e.astype(_tree.dtype_of(p)), found[0].ema, params)
+        f" go.parameter_ema), found {len(found)} (of an nnx.Optimizer, pass its"
+        f" opt_state)")
+  # flax NNX: nnx.Optimizer's opt_state wraps the EMA in OptVariables, and
+  # nnx.state(model, nnx.Param) the parameters in Params.
+  ema, plain = _tree.unwrap_variables(found[0].ema), _tree.unwrap_variables(params)
+  averaged = jax.tree.map(lambda e, p: e.astype(_tree.dtype_of(p)), ema, plain)
+  return _tree.wrapped_like(averaged, params)

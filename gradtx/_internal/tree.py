@@ -158,7 +158,7 @@ def map_leaves(
   ]
   outputs = _unzip([fn(*args) for args in zip(leaves, *rest)], treedef, num_outputs)
   return tuple(
-      _wrapped_like(out, trees[i] if i < len(trees) and trees[i] is not None else trees[0])
+      wrapped_like(out, trees[i] if i < len(trees) and trees[i] is not None else trees[0])
       for i, out in enumerate(outputs))
 
 
@@ -208,7 +208,7 @@ def statistics_structure(updates: Any) -> Any:
   return jax.tree.structure(unwrap_variables(updates))
 
 
-def _wrapped_like(plain: Any, like: Any) -> Any:
+def wrapped_like(plain: Any, like: Any) -> Any:
   """``plain`` (variable-free) with ``like``'s NNX variable wrappers, if any."""
   if not has_variables(like):
     return plain

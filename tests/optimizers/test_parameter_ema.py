@@ -135,3 +135,32 @@ def test_state_has_no_zero_size_placeholders():
   params = {"w": jnp.ones((4, 3)), "b": jnp.ones(3)}
   state = go.parameter_ema(go.adamw(0.1)).init(params)
   assert all(x.size for x in jax.tree.leaves(state))
+
+
+def test_ema_params_of_an_nnx_optimizer():
+  """nnx.Optimizer keeps the EMA in OptVariables and the model its Params:
+  ema_params reads through both, gives what the plain-pytree run gives, and
+  returns Params that nnx.update puts into an evaluation model."""
+  from flax import nnx
+
+  model = nnx.Linear(4, 2, rngs=nnx.Rngs(0))
+  tx = go.parameter_ema(go.sgd(0.1), decay=0.5)
+  optimizer = nnx.Optimizer(model, tx, wrt=nnx.Param)
+  x = jnp.linspace(-1.0, 1.0, 12).reshape(3, 4)
+  loss = lambda m: jnp.mean(m(x) ** 2)
+  plain = jax.tree.map(jnp.copy, nnx.to_pure_dict(nnx.state(model, nnx.Param)))
+  state = tx.init(plain)
+  for _ in range(3):
+    grads = nnx.grad(loss)(model)
+    optimizer.update(model, grads)
+    updates, state = tx.update(nnx.to_pure_dict(grads), state, plain)
+    plain = optax.apply_updates(plain, updates)
+  averaged = go.ema_params(optimizer.opt_state, nnx.state(model, nnx.Param))
+  expected = go.ema_params(state, plain)
+  for got, want in zip(jax.tree.leaves(nnx.to_pure_dict(averaged)), jax.tree.leaves(expected)):
+    np.testing.assert_allclose(got, want, rtol=1e-6)
+  evaluation = nnx.clone(model)
+  nnx.update(evaluation, averaged)
+  np.testing.assert_allclose(evaluation.kernel[...], expected["kernel"], rtol=1e-6)
+  with pytest.raises(ValueError, match="opt_state"):
+    go.ema_params(nnx.state(optimizer), nnx.state(model, nnx.Param))
