@@ -22,7 +22,7 @@ from jax.sharding import PartitionSpec as P
 
 from gradtx import optimizers as go
 from gradtx import transforms as gt
-from tests.support.cases import CASES, CASES_BY_NAME, STRUCTURED
+from tests.support.cases import CASES, CASES_BY_NAME, LR, STRUCTURED
 from tests.support.helpers import make_mesh, nnx_train, run_steps
 
 # Every optimizer on an Explicit-axes mesh (jax.make_mesh's default); three
@@ -102,6 +102,25 @@ def _check_shardings(tree, mesh, what):
     expected = _expected_sharding(path, leaf, mesh)
     assert leaf.sharding.is_equivalent_to(expected, leaf.ndim), (
         what, jax.tree_util.keystr(path), leaf.sharding, expected)
+
+
+def test_psgd_kron_momentum_keeps_its_parameters_layout_on_an_auto_mesh():
+  """The README recipe on Auto axes (state placed by ``gt.state_shardings``,
+  a plain ``jax.jit`` step): the matrix leaves' momentum used to come back
+  from the owners' stacks whole on every device (8x its memory); it is now
+  updated where its leaf lives. (The bias's update there is laid out as XLA
+  likes: Auto axes give it no constraint.)"""
+  mesh = make_mesh(jax.sharding.AxisType.Auto)
+  tx = go.psgd_kron(LR)
+  params, grads, state = _placed_state(tx, mesh)
+  step = jax.jit(lambda p, s, g: tx.update(g, s, p)[1])
+  with jax.set_mesh(mesh):
+    state = step(params, state, grads)
+    state = step(params, state, grads)
+  mu = state[0].mu["w"]
+  assert mu.sharding.is_equivalent_to(params["w"].sharding, 2), mu.sharding
+  ref = run_steps(tx, _SHARD_PARAMS, [_SHARD_GRADS, _SHARD_GRADS])[1]
+  np.testing.assert_allclose(np.asarray(mu), ref[0].mu["w"], rtol=1e-5, atol=1e-6)
 
 
 @pytest.mark.parametrize("case", STRUCTURED, ids=[c.name for c in STRUCTURED])

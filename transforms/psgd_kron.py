@@ -554,7 +554,11 @@ def scale_by_psgd_kron(
       layouts they came in.
       """
       mesh = plan.mesh
-      ms = [state_format.load(m, dtype) if keeps_momentum else None for _, m, *_ in members]
+      scalars = scalars_of(dtype)
+      # The momentum is updated leaf by leaf, where each leaf lives (so it
+      # keeps its parameter's layout on any mesh), and the owners are handed
+      # m_t with decay 1: their step's m = 1·m_t + 0·g is m_t exactly.
+      ms = [momentum_of(g.astype(dtype), m, scalars) for g, m, *_ in members]
       columns = [[g.astype(dtype) for g, *_ in members], [f for _, _, _, f, *_ in members]]
       columns += [[qs[i].astype(dtype) for _, _, qs, *_ in members]
                   for i in range(len(members[0][2]))]
@@ -563,19 +567,24 @@ def scale_by_psgd_kron(
       qs, m = (tuple(rest[:-1]), rest[-1]) if keeps_momentum else (tuple(rest), None)
       run = lambda g, m, qs, indices, scalars: block_stacks.map_entries(
           step_of(members[0][5]), g, m, qs, indices, shared=scalars)
-      u, m, qs = plan.on_owners(run, g, m, qs, indices, shared=scalars_of(dtype))
+      fit_, balance_, decay, *rest_scalars = scalars
+      u, _, qs = plan.on_owners(run, g, m, qs, indices,
+                                shared=(fit_, balance_, jnp.ones_like(decay), *rest_scalars))
       explicit = mesh is not None and jax.sharding.AxisType.Explicit in mesh.axis_types
-      like = lambda xs: [block_stacks.leaf_spec(x) if explicit else None for x in xs]
       state_spec = lambda f: None if mesh is None else block_stacks.state_spec(f.shape, mesh)
-      specs = [like([g for g, *_ in members])]
+      specs = [[block_stacks.leaf_spec(g) if explicit else None for g, *_ in members]]
       specs += [[block_stacks.leaf_spec(f) if explicit else state_spec(f)
                  for f in fs] for fs in zip(*[f for _, _, f, *_ in members])]
-      specs += [like(ms)] if keeps_momentum else []
-      u, *rest = plan.unstack_entries((u, *qs, *([m] if keeps_momentum else [])), specs)
-      qs = list(zip(*rest[:len(qs)]))
-      m = rest[-1] if keeps_momentum else [None] * len(members)
+      u, *qs = plan.unstack_entries((u, *qs), specs)
       return [finish(g_, m_, f_, s_, *out) for (g_, m_, f_, _, s_, _), out in
-              zip(members, zip(u, m, qs))]
+              zip(members, zip(u, ms, zip(*qs)))]
+
+    def momentum_of(g, m, scalars):
+      """m_t = β₁ m_{t-1} + (1 − β₁) g_t of one leaf, as ``moments`` forms it."""
+      if not keeps_momentum:
+        return None
+      decay = scalars[2]
+      return decay * state_format.load(m, g.dtype) + (1 - decay) * g
 
     def stacked_leaves(*trees):
       """``map_leaves(leaf, ...)`` with the leaves stepped in stacks, one
