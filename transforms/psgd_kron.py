@@ -212,6 +212,12 @@ def probe_folds(updates: Any) -> list:
   return [zlib.crc32("/".join(_names.path_names(path)).encode()) % 2**31 for path, _ in flat]
 
 
+def momentum_step(m: jax.Array, g: jax.Array, decay: jax.Array) -> jax.Array:
+  """m_t = β₁ m_{t-1} + (1 − β₁) g_t, the one form the leaf-wise and the
+  owners' steps share (with β₁ = 1 the owners' step passes m_t through)."""
+  return decay * m + (1 - decay) * g
+
+
 def leaf_probe_keys(probe_key: jax.Array, updates: Any) -> jax.Array:
   """Every leaf's probe key, ``fold_in(probe_key, fold)``, row i for leaf i
   (``probe_folds``): one hash of all the folds, one kernel."""
@@ -463,7 +469,7 @@ def scale_by_psgd_kron(
       g_ = g.reshape(shape)
       if not keeps_momentum:
         return None, g_, g_
-      m = decay * m.reshape(shape) + (1 - decay) * g_
+      m = momentum_step(m.reshape(shape), g_, decay)
       m_hat = m / correction
       return m, m_hat, m_hat if momentum_into_precond_update else g_
 
@@ -580,11 +586,10 @@ def scale_by_psgd_kron(
               zip(members, zip(u, ms, zip(*qs)))]
 
     def momentum_of(g, m, scalars):
-      """m_t = β₁ m_{t-1} + (1 − β₁) g_t of one leaf, as ``moments`` forms it."""
+      """One leaf's m_t (``momentum_step``), where the leaf lives."""
       if not keeps_momentum:
         return None
-      decay = scalars[2]
-      return decay * state_format.load(m, g.dtype) + (1 - decay) * g
+      return momentum_step(state_format.load(m, g.dtype), g, scalars[2])
 
     def stacked_leaves(*trees):
       """``map_leaves(leaf, ...)`` with the leaves stepped in stacks, one

@@ -137,9 +137,14 @@ def heads_by_shape(
   the nearest the tree's root, then the last in natural order (``Dense_10``
   after ``Dense_9``), as Linen names a model's last layer.
   """
-  heads = {max(group, key=lambda i: _head_rank(leaves[i][0]))
+  heads = {head_of(group, leaves)
            for group in head_candidates_by_shape(leaves, embeddings, settled)}
   return [i in heads for i in range(len(leaves))]
+
+
+def head_of(group: list[int], leaves: list) -> int:
+  """The head among a ``head_candidates_by_shape`` group (see ``heads_by_shape``)."""
+  return max(group, key=lambda i: _head_rank(leaves[i][0]))
 
 
 def _head_rank(names: list[str]) -> tuple:

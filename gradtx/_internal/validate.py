@@ -167,7 +167,9 @@ def check_matching_shapes(
   if params is None:
     return
   flat = jax.tree_util.tree_flatten_with_path(updates)[0]
-  quantized = lambda x: type(x).__name__ == "QuantizedArray"  # storage imports this module
+  from gradtx.storage import quantize  # here: the storage package imports this module
+
+  quantized = lambda x: isinstance(x, quantize.QuantizedArray)
   shapes = [tuple(p.shape) if quantized(p) else np.shape(p)
             for p in jax.tree.leaves(params, is_leaf=quantized)]
   if len(flat) != len(shapes):

@@ -92,10 +92,12 @@ def matrix_roles(params: Any, *, matrix_view: Optional[_matrix_view.MatrixViewRu
                   for n, role in zip(names, axis_roles)]
     shaped = [(n, jax.numpy.shape(x)) for n, (_, x) in zip(names, flat)]
     settled = [role is not None or _names.is_output_head(n) for n, role in zip(names, axis_roles)]
-    by_shape = _names.heads_by_shape(shaped, embeddings, settled)
-    for group in _names.head_candidates_by_shape(shaped, embeddings, settled):
+    groups = _names.head_candidates_by_shape(shaped, embeddings, settled)
+    heads = {_names.head_of(group, shaped) for group in groups}
+    by_shape = [i in heads for i in range(len(flat))]
+    for group in groups:
       if len(group) > 1:
-        _one_head_of_several([flat[i][0] for i in group], [by_shape[i] for i in group])
+        _one_head_of_several([flat[i][0] for i in group], [i in heads for i in group])
     roles = []
     for (p, x), n, role, embedding, shape_head in zip(
         flat, names, axis_roles, embeddings, by_shape):
