@@ -26,15 +26,15 @@ from tests.support.cases import CASES, CASES_BY_NAME, LR, STRUCTURED
 from tests.support.helpers import make_mesh, nnx_train, run_steps
 
 # Every optimizer on an Explicit-axes mesh (jax.make_mesh's default); three
-# state layouts (one buffer; Adam + MaskedState; multi_transform) on an Auto
-# one, to keep the compile count down.
-_AUTO_MESH_CASES = ("sgd_momentum", "adamw_mask", "muon")
+# state layouts (one buffer; Adam + MaskedState; multi_transform; PSGD's
+# owners and leaf-wise vectors) on an Auto one, to keep the compile count down.
+_AUTO_MESH_CASES = ("sgd_momentum", "adamw_mask", "muon", "psgd_kron")
 _MESH_PARAMS = [
     pytest.param(c, jax.sharding.AxisType.Explicit, id=f"explicit-{c.name}")
     for c in CASES + STRUCTURED
 ] + [
     pytest.param(c, jax.sharding.AxisType.Auto, id=f"auto-{c.name}")
-    for c in CASES
+    for c in CASES + STRUCTURED
     if c.name in _AUTO_MESH_CASES
 ]
 
@@ -78,10 +78,15 @@ _STACKS = ("factors", "left_stats", "right_stats", "left_root", "right_root", "l
 def _expected_sharding(path, leaf, mesh):
   """The param's spec for a copy of a param (8-bit moments of small leaves
   included); the owner layout (split over every mesh axis along the stack
-  axis) for stacks of matrix statistics and PSGD Kron's factors; replicated for anything else
+  axis) for stacks of matrix statistics and PSGD Kron's factors of matrices (a
+  vector's factor is laid out like the vector); replicated for anything else
   (factored and per-block moments, counts), even where its shape happens to
   match another param."""
-  if any(getattr(k, "name", None) in _STACKS for k in path):
+  names = [getattr(k, "name", None) for k in path]
+  keys = [getattr(k, "key", None) for k in path]
+  if "factors" in names and "b" in keys:  # a vector's PSGD factor: like the vector
+    return NamedSharding(mesh, _SPECS["b"])
+  if any(n in _STACKS for n in names):
     # Stored unpadded: split over the owners when the mesh size divides the
     # stack, else along its rows when it divides them, else replicated.
     axes = tuple(mesh.axis_names)
@@ -90,7 +95,6 @@ def _expected_sharding(path, leaf, mesh):
     if leaf.ndim > 1 and leaf.shape[1] % mesh.size == 0:
       return NamedSharding(mesh, P(None, axes, *[None] * (leaf.ndim - 2)))
     return NamedSharding(mesh, P())
-  keys = [getattr(k, "key", None) for k in path]
   for k, spec in _SPECS.items():
     if k in keys and leaf.shape == _SHARD_PARAMS[k].shape:
       return NamedSharding(mesh, spec)
@@ -108,8 +112,8 @@ def test_psgd_kron_momentum_keeps_its_parameters_layout_on_an_auto_mesh():
   """The README recipe on Auto axes (state placed by ``gt.state_shardings``,
   a plain ``jax.jit`` step): the matrix leaves' momentum used to come back
   from the owners' stacks whole on every device (8x its memory); it is now
-  updated where its leaf lives. (The bias's update there is laid out as XLA
-  likes: Auto axes give it no constraint.)"""
+  updated where its leaf lives. (The bias, stepped leaf-wise, keeps its
+  layout since its factor is stored like it: ``test_sharded_params_keep_their_sharding``.)"""
   mesh = make_mesh(jax.sharding.AxisType.Auto)
   tx = go.psgd_kron(LR)
   params, grads, state = _placed_state(tx, mesh)

@@ -427,15 +427,22 @@ def scale_by_psgd_kron(
     return f"kron {'x'.join(map(str, shape))} ({sides}){entries}"
 
   def place_factors(params, factors):
-    """On a mesh, every factor laid out as a state stack
-    (``block_stacks.place_as_state``: split along its first axis over all
-    devices where the mesh size divides it, else its second, else
-    replicated), which the mesh path of ``update`` keeps; without a mesh, as
-    they are."""
-    mesh = block_stacks.owner_mesh(jax.tree.leaves(_tree.unwrap_variables(params)))
+    """On a mesh, the factors of a matrix or a stack of entries laid out as
+    state stacks (``block_stacks.place_as_state``: split along the first
+    axis over all devices where the mesh size divides it, else the second,
+    else replicated), which the owners' step keeps; a vector's diagonal
+    factor as its parameter (it is stepped where the parameter lives, and on
+    Auto axes the layouts of its inputs are all XLA goes by); without a
+    mesh, as they are."""
+    plain = _tree.unwrap_variables(params)
+    leaves, treedef = jax.tree.flatten(plain)
+    mesh = block_stacks.owner_mesh(leaves)
     if mesh is None:
       return factors
-    return jax.tree.map(lambda q: block_stacks.place_as_state(q, mesh), factors)
+    place = lambda q: block_stacks.place_as_state(q, mesh)
+    return treedef.unflatten([
+        qs if jnp.ndim(p) == 1 else jax.tree.map(place, qs)
+        for p, qs in zip(leaves, treedef.flatten_up_to(factors))])
 
   def init_fn(params):
     _validate.check_real_leaves(params, "scale_by_psgd_kron")
