@@ -20,7 +20,7 @@ def sgd(
   r"""SGD with coupled L2 decay and heavy-ball / Nesterov momentum.
 
   .. math::
-    g'_t = g_t + λ_t p_t,\quad m_t = μ m_{t-1} + (1-d) g'_t,\quad
+    g'_t = g_t + λ_t p_t,\quad m_1 = g'_1,\; m_t = μ m_{t-1} + (1-d) g'_t,\quad
     p_{t+1} = p_t - η_t \cdot (m_t \;\text{or}\; g'_t + μ m_t)
 
   ``torch.optim.SGD``'s rule. ``momentum=0`` keeps no state.
@@ -32,7 +32,7 @@ def sgd(
     weight_decay: λ, the coupled L2 coefficient, >= 0, or a schedule.
     mask: which leaves get the decay (a pytree of booleans or a callable,
       ``optax.masked`` semantics); ``None``: every leaf.
-    dampening: d, in [0, 1).
+    dampening: d, in [0, 1); 0 with ``nesterov`` (torch's rule).
     mu_dtype: storage of the momentum buffer (a dtype, ``"int8"``,
       ``gt.StochasticBfloat16()``; see ``gt.scale_by_adam``).
 

@@ -33,15 +33,17 @@ import jax.numpy as jnp
 import numpy as np
 import optax
 import pytest
+import torch
 
 from gradtx import contrib
 from gradtx import optimizers as go
+from tests.oracles import runners, torch_runners
 from tests.support.cases import (
-    CASES,
-    STRUCTURED,
-    lookahead_adamw,
-    parameter_ema_adamw,
-    record_recipe,
+  CASES,
+  STRUCTURED,
+  lookahead_adamw,
+  parameter_ema_adamw,
+  record_recipe,
 )
 
 ALL = CASES + STRUCTURED
@@ -452,3 +454,30 @@ def test_readme_lists_every_optimizer_inject_hyperparams_needs_static_args_for()
   for factory, args in SHAPE_ARGS.items():
     assert factory.__name__ in sentence
     assert all(f"`{arg}`" in sentence for arg in args), (factory.__name__, args)
+
+
+_TORCH_COMPLEX = {
+    "adam": (lambda: go.adam(0.05), lambda p: torch.optim.Adam(p.values(), lr=0.05)),
+    "adamw_amsgrad": (
+        lambda: go.adamw(0.05, weight_decay=0.1, amsgrad=True),
+        lambda p: torch.optim.AdamW(p.values(), lr=0.05, weight_decay=0.1, amsgrad=True)),
+    "rmsprop_centered": (
+        lambda: go.rmsprop(0.01, centered=True, momentum=0.5),
+        lambda p: torch.optim.RMSprop(p.values(), lr=0.01, centered=True, momentum=0.5)),
+    "adagrad": (lambda: go.adagrad(0.1), lambda p: torch.optim.Adagrad(p.values(), lr=0.1)),
+}
+
+
+@pytest.mark.parametrize("name", list(_TORCH_COMPLEX))
+def test_complex_parameters_take_torchs_steps_through_split_real_and_imaginary(name):
+  """torch views a complex tensor as pairs of reals (``view_as_real``): one
+  second moment per part. gradtx keeps optax's |g|², shared by both parts
+  (README, Conventions: Complex parameters), so torch's steps are
+  ``optax.contrib.split_real_and_imaginary``'s around gradtx's optimizer
+  (complex128, 30 steps); without it they differ."""
+  make_ours, make_torch = _TORCH_COMPLEX[name]
+  split = optax.contrib.split_real_and_imaginary(make_ours())
+  ours, ref = torch_runners.run_complex_gradtx_and_torch(split, make_torch)
+  runners.assert_trajectories_close(ours, ref, 1e-10)
+  shared, _ = torch_runners.run_complex_gradtx_and_torch(make_ours(), make_torch)
+  assert runners.trajectory_errors(shared, ref)["params"] > 1e-2

@@ -396,3 +396,13 @@ def test_an_element_wise_optimizer_names_a_transposed_gradient(name):
     tx.update({"w": jnp.ones((96, 64)), "b": jnp.ones(16)}, state, params)
   with pytest.raises(ValueError, match="3 leaves"):
     tx.update({**params, "extra": jnp.ones(3)}, state, params)
+
+
+def test_nesterov_with_dampening_is_rejected_as_torch_does():
+  """torch.optim.SGD: "Nesterov momentum requires a momentum and zero dampening"."""
+  for make in (lambda d: go.sgd(LR, momentum=0.9, nesterov=True, dampening=d),
+               lambda d: gt.momentum(0.9, nesterov=True, dampening=d)):
+    with pytest.raises(ValueError, match=r"dampening must be 0 with nesterov"):
+      make(0.1)
+    make(0.0)
+    make(jnp.asarray(0.0))  # injected values are not checked

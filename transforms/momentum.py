@@ -47,13 +47,16 @@ def momentum(
     momentum: μ, the decay of the buffer, in [0, 1).
     nesterov: return the Nesterov look-ahead :math:`g_t + μ m_t`.
     dampening: d, the fraction of the gradient withheld from the buffer, in
-      [0, 1).
+      [0, 1); it must be 0 with ``nesterov`` (as ``torch.optim.SGD`` requires).
     mu_dtype: storage of the buffer, as in ``scale_by_adam``: ``None`` (the
       parameter's dtype), a floating or complex dtype, ``"int8"`` /
       ``gt.Int8Blocks(...)`` or ``gt.StochasticBfloat16()``.
 
   A literal ``momentum=0`` keeps no buffer (``mu`` is ``None``) and returns
-  the updates unchanged, ignoring ``dampening``, as torch does.
+  the updates unchanged, ignoring ``dampening``, as torch does. A momentum
+  injected as a traced 0 (``optax.inject_hyperparams``) keeps the buffer,
+  m_t = g_t: raised later, it goes on from there, where torch, which keeps
+  no buffer at 0, starts one from the gradient.
 
   Returns:
     An ``optax.GradientTransformation`` with state ``MomentumState``.
@@ -63,6 +66,9 @@ def momentum(
   """
   _validate.check_decay("momentum", momentum)
   _validate.check_decay("dampening", dampening)
+  if nesterov and _validate.is_static_nonzero(dampening):
+    raise ValueError(
+        f"dampening must be 0 with nesterov=True (torch.optim.SGD's rule), got {dampening!r}")
 
   mu_format = state_format.state_format("mu_dtype", mu_dtype)
   keeps_buffer = not _validate.is_static_zero(momentum)

@@ -23,6 +23,11 @@ def is_static_zero(value: Any) -> bool:
   return _is_plain_number(value) and float(value) == 0.0
 
 
+def is_static_nonzero(value: Any) -> bool:
+  """True for a plain number other than 0: a switch-on known at build time."""
+  return _is_plain_number(value) and float(value) != 0.0
+
+
 def check_in_range(
     name: str,
     value: Any,

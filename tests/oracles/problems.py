@@ -18,9 +18,14 @@ GradFn = Callable[[Params, int], Params]
 Rate = Union[float, Callable[[int], float]]
 
 
+def float64_of(x) -> np.dtype:
+  """complex128 for complex values, float64 otherwise."""
+  return np.dtype(np.complex128 if np.iscomplexobj(x) else np.float64)
+
+
 def copy_params(params) -> Params:
-  """A float64 NumPy copy of a ``{name: array}`` dict."""
-  return {k: np.array(v, dtype=np.float64) for k, v in params.items()}
+  """A float64 (complex128) NumPy copy of a ``{name: array}`` dict."""
+  return {k: np.array(v, dtype=float64_of(v)) for k, v in params.items()}
 
 
 def rate_at(rate: Rate, t: int) -> float:
@@ -134,6 +139,28 @@ def quadratic_grads(params0: Params, seed: int = 0, noise: float = 0.3) -> GradF
         k: curvature[k] * (params[k] - target[k])
         + noise * step_rng.normal(size=params[k].shape)
         for k in keys
+    }
+
+  return grad
+
+
+def complex_quadratic_grads(params0: Params, seed: int = 0, noise: float = 0.3) -> GradFn:
+  """g_t(z) = c ⊙ (z − z*) + noise_t for complex leaves: the conjugate
+  (Wirtinger) gradient ∂L/∂z̄ of L = Σ c|z − z*|², which is what torch puts in
+  ``.grad`` and what README asks of a gradtx user; real and imaginary parts of
+  the noise differ in size, so per-part and shared second moments differ."""
+  rng = np.random.default_rng(seed)
+  target = {k: rng.normal(size=v.shape) + 1j * rng.normal(size=v.shape)
+            for k, v in params0.items()}
+  curvature = {k: np.exp(rng.normal(size=v.shape)) for k, v in params0.items()}
+
+  def grad(params: Params, t: int) -> Params:
+    step_rng = np.random.default_rng([seed, t])
+    return {
+        k: curvature[k] * (params[k] - target[k])
+        + noise * (step_rng.normal(size=params[k].shape)
+                   + 3j * step_rng.normal(size=params[k].shape))
+        for k in sorted(params0)
     }
 
   return grad

@@ -11,7 +11,7 @@ import jax.numpy as jnp
 import numpy as np
 import optax
 
-from tests.oracles.problems import GradFn, MlpProblem, Params, Trajectory, copy_params
+from tests.oracles.problems import GradFn, MlpProblem, Params, Trajectory, copy_params, float64_of
 
 
 def run_gradtx(
@@ -20,9 +20,10 @@ def run_gradtx(
     grad_fn: GradFn,
     steps: int,
 ) -> Trajectory:
-  """Runs ``tx`` for ``steps`` steps in float64; gradients come from NumPy."""
+  """Runs ``tx`` for ``steps`` steps in float64 (complex128 for complex
+  leaves); gradients come from NumPy."""
   with jax.enable_x64(True):
-    params = {k: jnp.asarray(v, jnp.float64) for k, v in params0.items()}
+    params = {k: jnp.asarray(v, float64_of(v)) for k, v in params0.items()}
     state = tx.init(params)
 
     @jax.jit

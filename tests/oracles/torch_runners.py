@@ -16,6 +16,7 @@ from tests.oracles.problems import (
   Params,
   Rate,
   Trajectory,
+  complex_quadratic_grads,
   copy_params,
   rate_at,
 )
@@ -44,8 +45,9 @@ def run_torch(
     before_step: if given, called as ``before_step(optimizer, t)`` before step
       ``t`` (to set ``param_groups`` values by hand).
   """
+  dtype = lambda v: torch.complex128 if np.iscomplexobj(v) else torch.float64
   tensors = {
-      k: torch.tensor(v, dtype=torch.float64, requires_grad=True)
+      k: torch.tensor(v, dtype=dtype(v), requires_grad=True)
       for k, v in params0.items()
   }
   optimizer = make_optimizer(tensors)
@@ -58,7 +60,7 @@ def run_torch(
   for t in range(steps):
     grads = grad_fn(trajectory[-1], t)
     for k, p in tensors.items():
-      p.grad = torch.tensor(grads[k], dtype=torch.float64)
+      p.grad = torch.tensor(grads[k], dtype=dtype(grads[k]))
     if before_step is not None:
       before_step(optimizer, t)
     optimizer.step()
@@ -160,3 +162,14 @@ def run_gradtx_and_torch(tx, make_torch, problem, steps: int, **torch_kwargs):
   """(gradtx trajectory, ``run_torch`` trajectory) on ``problem``, float64."""
   ours = run_gradtx(tx, problem.params0, problem.grad, steps)
   return ours, run_torch(make_torch, problem.params0, problem.grad, steps, **torch_kwargs)
+
+
+def run_complex_gradtx_and_torch(tx, make_torch, steps: int = 30, seed: int = 0):
+  """(gradtx, ``run_torch``) trajectories in complex128 on a complex quadratic
+  (``problems.complex_quadratic_grads``: a vector and a matrix leaf)."""
+  rng = np.random.default_rng(seed)
+  params0 = {k: rng.normal(size=shape) + 1j * rng.normal(size=shape)
+             for k, shape in (("z", (5,)), ("w", (3, 4)))}
+  grad = complex_quadratic_grads(params0, seed)
+  return (run_gradtx(tx, params0, grad, steps),
+          run_torch(make_torch, params0, grad, steps))
