@@ -9,6 +9,8 @@ split the matrix views the transforms reshape (README, Conventions: Sharding).
 """
 
 import contextlib
+import math
+import re
 
 import chex
 import jax
@@ -469,3 +471,32 @@ def test_fewer_experts_than_devices_are_orthogonalized_where_they_are():
   (``block_stacks.padded_per_shard``), so no expert moves either."""
   text = _muon_on_experts({"down": (4, 32, 16)})
   assert "collective-permute" not in text and "all-to-all" not in text
+
+
+def test_tensor_parallel_kernels_are_not_gathered_whole_on_their_way_to_the_owners():
+  """Kernels split over rows and columns, ``P('fsdp', 'tensor')`` on a
+  (data 2, fsdp 2, tensor 2) Explicit mesh: on the way to and from the owners
+  each passes through a split of its rows over every axis
+  (``block_stacks.rows_over_mesh``), so no device gathers a whole kernel
+  (XLA's partitioner, asked for the owners' layout directly, gathered every
+  kernel whole on every device); the update equals the one-device update."""
+  rng = np.random.default_rng(0)
+  shapes = {"a": (64, 32), "b": (64, 32), "c": (32, 64)}
+  params = {k: jnp.asarray(rng.standard_normal(s), jnp.float32) for k, s in shapes.items()}
+  grads = jax.tree.map(lambda p: jnp.cos(3 * p), params)
+  mesh = make_mesh(shape=(2, 2, 2), names=("data", "fsdp", "tensor"))
+  sharding = NamedSharding(mesh, P("fsdp", "tensor"))
+  for tx in (go.muon(0.02), go.soap(1e-3, precondition_every=1)):
+    expected, _ = tx.update(grads, tx.init(params), params)
+    with jax.set_mesh(mesh):
+      p, g = jax.device_put(params, sharding), jax.device_put(grads, sharding)
+      state = jax.jit(tx.init)(p)
+      step = jax.jit(lambda g, s, p, tx=tx: tx.update(g, s, p))
+      updates, _ = step(g, state, p)
+      text = step.lower(g, state, p).compile().as_text()
+    for name in shapes:
+      np.testing.assert_allclose(updates[name], expected[name], rtol=2e-5, atol=2e-6)
+      assert updates[name].sharding.is_equivalent_to(sharding, 2)
+    gathered = [math.prod(map(int, dims.split(",")))
+                for dims in re.findall(r"= f32\[([\d,]+)\][^ ]* all-gather", text)]
+    assert max(gathered, default=0) < 64 * 32, gathered  # was 2 x 64 x 32

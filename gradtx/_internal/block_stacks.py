@@ -260,6 +260,39 @@ def _shards(mesh: Any, axes: Sequence[str]) -> int:
   return out
 
 
+def rows_over_mesh(spec: Optional[P], shape: tuple, mesh: Any) -> Optional[tuple]:
+  """The layout a sharded leaf passes through on its way to and from the owners.
+
+  A leaf split along an axis other than its first (a tensor-parallel kernel
+  ``P('fsdp', 'tensor')``), or over some of the mesh's axes only, is first
+  split along its first axis over every mesh axis, its own axes major (an
+  all-to-all within each group of its column shards; over the axes it is
+  replicated on, a local slice): from there the owners' stack is one
+  all-to-all away, as from an FSDP leaf on a one-axis mesh. XLA's
+  partitioner, asked for the owners' layout directly, gathers such a leaf
+  whole on every device (on a (data 2, fsdp 2, tensor 2) mesh Muon's
+  collectives fell from 24 to 10 times a device's share of the parameters,
+  ``benchmarks/RESULTS.md``). Returns the layouts to pass through, in order
+  (the way back takes them in reverse), from the leaf's ``spec`` (padded to
+  its rank; only known on Explicit axes) and ``shape``; ``None`` (go
+  directly) for a leaf that is replicated, already so split, of rank < 2, or
+  whose first axis the mesh size does not divide.
+  """
+  if spec is None or len(shape) < 2 or shape[0] % mesh.size:
+    return None
+  own = [a for entry in spec if entry is not None
+         for a in (entry if isinstance(entry, tuple) else (entry,))]
+  if not own:
+    return None
+  rest = [None] * (len(shape) - 1)
+  steps = [P(tuple(own), *rest), P(tuple(own) + tuple(a for a in mesh.axis_names
+                                                     if a not in own), *rest)]
+  axes_of = lambda p: tuple(() if e is None else e if isinstance(e, tuple) else (e,) for e in p)
+  steps = [t for t in steps if axes_of(t) != axes_of(spec)]
+  steps = [t for k, t in enumerate(steps) if k == 0 or axes_of(t) != axes_of(steps[k - 1])]
+  return tuple(steps) or None
+
+
 def padded_per_shard(stack: jax.Array, size: int, mesh: Any, first: Sequence[str]) -> jax.Array:
   """``stack``, split along its first axis over mesh axes ``first``, as a
   ``size``-long stack split over every axis of ``mesh`` with ``first`` major
@@ -577,10 +610,12 @@ class OwnerPlan:
     each laid out on its owners."""
     leaves, layouts, groups, mesh = list(self.leaves), self.layouts, self.groups, self.mesh
 
+    via = self._rows_over_mesh()
+
     def build(leaves):
       stacks = []
       for group, first in zip(groups, self.first):
-        blocks = [to_blocks(leaves[i].astype(group.dtype), layouts[i])
+        blocks = [to_blocks(self._through(leaves[i], via[i]).astype(group.dtype), layouts[i])
                   for i, _, _ in group.members]
         join = interleaved if first else jnp.concatenate
         s = blocks[0] if len(blocks) == 1 else join(blocks)
@@ -627,10 +662,12 @@ class OwnerPlan:
         return deinterleaved(stack, k, start // count)
       return stack[start:start + count]
 
+    via = self._rows_over_mesh()
+
     def split(stacks):
       return tuple(
-          from_blocks(piece(stacks[g], g, start, count), layouts[i],
-                      leaves[i].shape).astype(leaves[i].dtype)
+          self._through(from_blocks(piece(stacks[g], g, start, count), layouts[i],
+                                    leaves[i].shape), via[i], back=True).astype(leaves[i].dtype)
           for g, i, start, count in members)
 
     if mesh is not None and _explicit(mesh):
@@ -643,6 +680,26 @@ class OwnerPlan:
     for (_, i, _, _), part in zip(members, parts):
       out[i] = part
     return out
+
+  def _rows_over_mesh(self) -> list:
+    """Per leaf, ``rows_over_mesh``'s layout for it on the way to and from
+    its owners, or ``None``; ``None`` everywhere off a mesh and for the
+    leaves of a stack already split where it lies (``first``)."""
+    via = [None] * len(self.leaves)
+    if self.mesh is None:
+      return via
+    for group, first in zip(self.groups, self.first):
+      for i, _, _ in group.members:
+        leaf = self.leaves[i]
+        via[i] = None if first else rows_over_mesh(_leaf_spec(leaf), jnp.shape(leaf), self.mesh)
+    return via
+
+  def _through(self, x: jax.Array, specs: Optional[tuple], *, back: bool = False) -> jax.Array:
+    """``x`` laid out with each of ``specs`` in turn (``back``: in reverse;
+    ``None``: as it is)."""
+    for spec in (specs or ())[::-1 if back else 1]:
+      x = _in_mesh(self.mesh, lambda x=x, spec=spec: jax.lax.with_sharding_constraint(x, spec))
+    return x
 
   def _unstack_alike(self, stacks: Sequence[jax.Array]) -> list:
     """``unstack`` off a mesh with every piece sliced at an ``opaque`` offset."""
@@ -712,10 +769,13 @@ class OwnerPlan:
     """
     mesh = self.mesh
 
+    via = [[None if mesh is None else rows_over_mesh(_leaf_spec(x), jnp.shape(x), mesh)
+            for x in xs] for xs in columns]
+
     def build(columns):
       out = []
-      for xs in columns:
-        s = jnp.stack(xs)
+      for xs, vias in zip(columns, via):
+        s = jnp.stack([self._through(x, v) for x, v in zip(xs, vias)])
         if size > len(xs):
           s = jnp.concatenate([s, jnp.broadcast_to(s[:1], (size - len(xs), *s.shape[1:]))])
         out.append(s)
@@ -742,7 +802,8 @@ class OwnerPlan:
     mesh = self.mesh
 
     def split(stacks):
-      return tuple(tuple(s[j] for j in range(len(sp))) for s, sp in zip(stacks, specs))
+      return tuple(tuple(self._through(s[j], rows_over_mesh(spec, s.shape[1:], mesh), back=True)
+                         for j, spec in enumerate(sp)) for s, sp in zip(stacks, specs))
 
     def split_alike(stack, count):
       if count == 1:
