@@ -20,8 +20,10 @@ the exact (F + λI)⁻¹ ḡ or (H + εI)^{-1/2} ḡ, and its own Kronecker form
 (A ⊗ G + λI)⁻¹ ḡ (K-FAC splits λ between the factors, so not exactly) or
 (L^{1/4} ⊗ R^{1/4})⁻¹ ḡ (exactly Shampoo's update).
 
-    python -m benchmarks.kfac_vs_shampoo
+    python -m benchmarks.kfac_vs_shampoo                 # --seed, --steps, --batch
 """
+
+import argparse
 
 import jax
 import jax.numpy as jnp
@@ -112,6 +114,17 @@ def compare(seed=0, steps=20, batch=64, damping=1e-3, eps=1e-8, decay=0.9):
   }
 
 
-if __name__ == "__main__":
-  for key, value in compare().items():
+def main(argv=None) -> dict:
+  parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+  parser.add_argument("--seed", type=int, default=0)
+  parser.add_argument("--steps", type=int, default=20, help="batches shown to the layer")
+  parser.add_argument("--batch", type=int, default=64)
+  args = parser.parse_args(argv)
+  result = compare(seed=args.seed, steps=args.steps, batch=args.batch)
+  for key, value in result.items():
     print(f"{key:34s} {value:.4f}")
+  return result
+
+
+if __name__ == "__main__":
+  main()

@@ -3,7 +3,7 @@
 >>> from gradtx import optimizers as go
 """
 
-import warnings
+import warnings as _warnings
 
 from gradtx.optimizers.adabelief import adabelief
 from gradtx.optimizers.adafactor import adafactor, relative_step_size
@@ -84,7 +84,7 @@ __all__ = [
 def __getattr__(name):
   # go.adamuon_lm moved to gradtx.contrib: the old name still works, with a warning.
   if name == "adamuon_lm":
-    warnings.warn(
+    _warnings.warn(
         "gradtx.optimizers.adamuon_lm is deprecated: it is an experimental recipe tuned on "
         "one benchmark, now gradtx.contrib.adamuon_lm", DeprecationWarning, stacklevel=2)
     from gradtx.contrib import adamuon_lm

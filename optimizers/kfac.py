@@ -20,7 +20,7 @@ def kfac(
     weight_decay: optax.ScalarOrSchedule = 0.0,
     mask: gt.MaskOrFn = None,
     cautious_weight_decay: bool = False,
-    is_dense: gt.PathLeafRule = gt.is_dense_kernel,
+    is_dense: Optional[gt.PathLeafRule] = None,
     root_method: str = "eigh",
     mu_dtype: Optional[Any] = None,
 ) -> optax.GradientTransformationExtraArgs:
@@ -57,7 +57,7 @@ def kfac(
     mask: where the weight decay applies (optax.masked semantics).
     cautious_weight_decay: decay only where the update has the sign of the
       weight (``gt.decoupled_weight_decay``; Chen et al. 2025).
-    is_dense: which leaves are dense kernels (``gt.is_dense_kernel``).
+    is_dense: which leaves are dense kernels (``None``: ``gt.is_dense_kernel``).
     root_method: ``"eigh"`` or ``"newton"`` (matmul-only; on a 2-core CPU it
       inverts a 385 × 385 factor in 18 ms against eigh's 125 ms).
     mu_dtype: storage of the momentum buffer (as in ``gt.momentum``).

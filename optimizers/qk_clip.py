@@ -81,7 +81,7 @@ def qk_clip(
     base: optax.GradientTransformation,
     *,
     threshold: float = 100.0,
-    rule: QKRule = default_qk_rule,
+    rule: Optional[QKRule] = None,
 ) -> optax.GradientTransformationExtraArgs:
   r"""After the base step, heads whose max logit exceeded τ get W_q, W_k scaled by √(τ/S_max).
 
@@ -116,7 +116,7 @@ def qk_clip(
   Args:
     base: the optimizer whose update is clipped (``go.muon`` in K2).
     threshold: τ > 0 (K2: 100).
-    rule: ``rule(path, leaf) -> HeadScaling | None``.
+    rule: ``rule(path, leaf) -> HeadScaling | None``; ``None``: ``default_qk_rule``.
 
   Returns:
     A ``GradientTransformationExtraArgs`` with state ``QkClipState``.
@@ -128,6 +128,7 @@ def qk_clip(
   _validate.check_in_range("threshold", threshold, 0.0, float("inf"),
                            low_inclusive=False)
   base = optax.with_extra_args_support(base)
+  rule = default_qk_rule if rule is None else rule
 
   def init_fn(params):
     return QkClipState(base.init(params))

@@ -481,3 +481,17 @@ def test_complex_parameters_take_torchs_steps_through_split_real_and_imaginary(n
   runners.assert_trajectories_close(ours, ref, 1e-10)
   shared, _ = torch_runners.run_complex_gradtx_and_torch(make_ours(), make_torch)
   assert runners.trajectory_errors(shared, ref)["params"] > 1e-2
+
+
+def test_no_optimizer_defaults_to_a_function_inject_hyperparams_would_call():
+  """``optax.inject_hyperparams`` takes every callable argument for a
+  schedule and calls it with the step: rules (routing, which leaves are
+  dense, which are queries and keys) default to ``None``; the one callable
+  default is PSGD Kron's schedule of its fit probability."""
+  callables = sorted(
+      (name, arg) for name, f in vars(go).items()
+      if inspect.isfunction(f) and not name.startswith("_")
+      for arg, p in inspect.signature(f).parameters.items() if inspect.isfunction(p.default))
+  assert callables == [("psgd_kron", "precond_update_probability")]
+  tx = optax.inject_hyperparams(go.kfac)(learning_rate=0.02)
+  assert float(tx.init(_tree(SHAPES)).hyperparams["learning_rate"]) == pytest.approx(0.02)

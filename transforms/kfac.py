@@ -197,7 +197,7 @@ def kfac_precondition(
     precondition_b2: float = 0.95,
     precondition_every: int = 1,
     norm_constraint: Optional[float] = None,
-    is_dense: PathLeafRule = is_dense_kernel,
+    is_dense: Optional[PathLeafRule] = None,
     root_method: str = "eigh",
 ) -> optax.GradientTransformationExtraArgs:
   r"""K-FAC's preconditioner: (A ⊗ G + λI)⁻¹ g per dense layer, from recorded activations.
@@ -242,7 +242,7 @@ def kfac_precondition(
       (may be traced).
     norm_constraint: c > 0, or ``None`` for no scaling.
     is_dense: ``is_dense(path, leaf)``, which leaves are dense kernels
-      (fan_in, fan_out); default ``is_dense_kernel``, with which a stack
+      (fan_in, fan_out); ``None``: ``is_dense_kernel``, with which a stack
       of dense kernels is refused (a ``ValueError`` naming it).
     root_method: ``"eigh"`` or ``"newton"``, for ``inverse_pth_root``.
 
@@ -281,11 +281,13 @@ def kfac_precondition(
     raise ValueError(
         f"root_method must be one of {ROOT_METHODS}, got {root_method!r}")
   b2 = precondition_b2
+  refuse_stacks = is_dense is None or is_dense is is_dense_kernel
+  is_dense = is_dense_kernel if is_dense is None else is_dense
 
   def init_fn(params):
     _validate.check_real_leaves(params, _NAME)
     flat = jax.tree_util.tree_flatten_with_path(params)[0]
-    if is_dense is is_dense_kernel:
+    if refuse_stacks:
       _refuse_stacked_kernels(flat)
     roles = {tuple(model_records.leaf_names(path)): role
              for (path, _), role in zip(flat, _roles(flat, is_dense))}

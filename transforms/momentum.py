@@ -127,7 +127,9 @@ def ema(
 
   where ``debias`` first replaces :math:`m_t` by :math:`m_t/(1-β^t)`, so a
   constant gradient comes back unchanged in both forms. The Nesterov form is
-  the reference Muon's (``grad.lerp_(momentum, beta)``).
+  the reference Muon's (``grad.lerp_(momentum, beta)``). ``optax.ema``
+  debiases by default; here ``debias=False`` (the reference Muon's form), so
+  ``optax.ema(β)`` is ``ema(β, debias=True)``.
 
   Args:
     decay: β, in [0, 1).

@@ -287,7 +287,10 @@ def scale_by_rms(
   (Graves 2013) and 0 otherwise. This is ``torch.optim.RMSprop``'s rule (ε
   outside the root, :math:`v_0 = 0`); Hinton's lecture form
   :math:`\sqrt{v_t + ε}` is ``eps=0, eps_root=ε``. The centered variance is
-  clipped at 0 against round-off (where torch would return NaN).
+  clipped at 0 against round-off (where torch would return NaN). Unlike
+  ``optax.scale_by_rms`` (decay 0.9, ε inside the root), the decay defaults
+  to torch's 0.99 and ε is outside: ``optax.scale_by_rms(ρ, ε)`` is
+  ``scale_by_rms(ρ, 0.0, eps_root=ε)``.
 
   Args:
     decay: ρ, the decay of the moving averages (torch's ``alpha``), in [0, 1).

@@ -88,17 +88,23 @@ def scale_by_lion(
   """
   _validate.check_decay("b1", b1)
   _validate.check_decay("b2", b2)
+  return _sign_of_momentum(b1, b2, mu_dtype, "scale_by_lion")
+
+
+def _sign_of_momentum(b1: float, b2: float, mu_dtype: Optional[Any],
+                      name: str) -> optax.GradientTransformation:
+  """``scale_by_lion``'s transformation; ``name`` is the one errors give."""
   mu_format = state_format.state_format("mu_dtype", mu_dtype)
 
   def init_fn(params):
-    _validate.check_real_leaves(params, "scale_by_lion")
+    _validate.check_real_leaves(params, name)
     return ScaleByLionState(
         jnp.zeros([], jnp.int32),
         state_format.zeros_like_tree(params, mu_format, signed=True))
 
   def update_fn(updates, state, params=None):
     del params
-    _validate.check_matching_shapes(updates, state.mu, "scale_by_lion", of="state")
+    _validate.check_matching_shapes(updates, state.mu, name, of="state")
     count = optax.safe_increment(state.count)
     seeds = state_format.maybe_rounding_seeds(updates, count, mu_format)
 
@@ -140,4 +146,4 @@ def scale_by_tiger(
   (github.com/bojone/tiger).
   """
   _validate.check_decay("beta", beta)
-  return scale_by_lion(beta, beta, mu_dtype=mu_dtype)
+  return _sign_of_momentum(beta, beta, mu_dtype, "scale_by_tiger")

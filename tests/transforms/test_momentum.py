@@ -6,6 +6,7 @@
 import jax
 import jax.numpy as jnp
 import numpy as np
+import optax
 import pytest
 
 from gradtx import transforms as gt
@@ -130,3 +131,11 @@ def test_ema_bfloat16_average():
   ref, _ = _run(gt.ema(0.9, debias=True))
   assert state.mu.dtype == jnp.bfloat16
   np.testing.assert_allclose(updates, ref, rtol=1e-2)
+
+
+def test_optax_ema_is_the_debiased_ema():
+  """``optax.ema(β)`` debiases by default: it is ``gt.ema(β, debias=True)``."""
+  grads = [jnp.asarray(g, jnp.float32) for g in GRADS]
+  theirs = [np.asarray(u) for u in helpers.jit_updates(optax.ema(0.8), grads)[0]]
+  np.testing.assert_allclose(_run(gt.ema(0.8, debias=True))[0], theirs, rtol=1e-6)
+  assert not np.allclose(_run(gt.ema(0.8))[0][0], theirs[0])

@@ -238,3 +238,13 @@ def test_adam_int8_moments_track_float32():
     assert sum(x.nbytes for x in jax.tree.leaves(moment)) < 0.3 * 4 * 8192
   errors = np.abs(np.asarray(low) - np.asarray(ref))
   assert errors.mean() < 0.02 and errors.max() < 0.25, (errors.mean(), errors.max())
+
+
+def test_optax_scale_by_rms_is_eps_inside_the_root():
+  """``optax.scale_by_rms(ρ, ε)`` is ``gt.scale_by_rms(ρ, 0, eps_root=ε)``
+  (the docstring's translation); with ε outside (gradtx's default) it differs."""
+  grads = [jnp.asarray(g, jnp.float32) for g in ([1e-4, -2.0], [3e-4, 0.5], [-1e-4, 4.0])]
+  theirs = [np.asarray(u) for u in helpers.jit_updates(optax.scale_by_rms(0.9, 1e-6), grads)[0]]
+  ours = _run(gt.scale_by_rms(0.9, 0.0, eps_root=1e-6), grads)[0]
+  np.testing.assert_allclose(ours, theirs, rtol=1e-6)
+  assert not np.allclose(_run(gt.scale_by_rms(0.9, 1e-6), grads)[0], theirs, rtol=1e-3)
