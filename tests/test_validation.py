@@ -406,3 +406,8 @@ def test_nesterov_with_dampening_is_rejected_as_torch_does():
       make(0.1)
     make(0.0)
     make(jnp.asarray(0.0))  # injected values are not checked
+
+
+def test_a_boolean_learning_rate_is_refused():
+  with pytest.raises(ValueError, match="learning_rate must be a non-negative number"):
+    go.adamw(True)

@@ -321,9 +321,8 @@ def clip_singular_values(
     A stateless ``optax.GradientTransformation``.
   """
   _validate.check_non_negative("min_value", min_value)
-  _validate.check_in_range(
-      "max_value", max_value, float(min_value), float("inf"), high_inclusive=True
-  )
+  _validate.check_non_negative("max_value", max_value)
+  _validate.check_ordered("min_value", min_value, "max_value", max_value)
 
   def clip(matrices):
     x = matrices.astype(jnp.promote_types(matrices.dtype, jnp.float32))

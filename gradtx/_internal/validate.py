@@ -66,6 +66,13 @@ def check_non_negative(name: str, value: Any) -> None:
   check_in_range(name, value, 0.0, np.inf, high_inclusive=True)
 
 
+def check_ordered(low_name: str, low: Any, high_name: str, high: Any) -> None:
+  """Raises ``ValueError`` when plain numbers ``low`` > ``high``, naming both."""
+  if _is_plain_number(low) and _is_plain_number(high) and float(high) < float(low):
+    raise ValueError(
+        f"{high_name} must be >= {low_name}, got {high_name}={high!r} < {low_name}={low!r}")
+
+
 def check_decay(name: str, value: Any) -> None:
   """A decay rate of an exponential moving average: in [0, 1)."""
   check_in_range(name, value, 0.0, 1.0)
@@ -80,7 +87,7 @@ def check_scalar_or_schedule(name: str, value: Any) -> None:
   """
   if callable(value):
     return
-  if _is_plain_number(value):
+  if _is_plain_number(value) and not isinstance(value, (bool, np.bool_)):
     check_non_negative(name, value)
     return
   if hasattr(value, "dtype") and hasattr(value, "shape"):
