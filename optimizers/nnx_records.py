@@ -16,9 +16,9 @@ The taps' shapes come from a first, abstract pass (``jax.eval_shape``), so
 object identity on the copy of the model the pass runs on: ``nnx.Linear``'s
 ``__call__`` is wrapped for the duration of the pass (a no-op for any other
 model), and each attention module's ``attention_fn`` is wrapped on the
-copy. Not recorded: layers inside ``nnx.scan``/``nnx.vmap`` (they run on
-copies of their own), subclasses that override ``__call__``, and a second
-call of the same layer in one pass (an error).
+copy. Not recorded: layers inside ``nnx.scan``, ``nnx.vmap`` or
+``nnx.remat`` (they run on copies of their own), subclasses that override
+``__call__``, and a second call of the same layer in one pass (an error).
 
 flax is imported inside the functions: ``import gradtx.optimizers`` works
 without it.
@@ -37,6 +37,11 @@ import jax.numpy as jnp
 from gradtx.flax_integration.model_records import DenseRecord, Records, module_key
 
 _SESSION = contextvars.ContextVar("gradtx_nnx_records", default=None)
+# The attention module whose __call__ is running: its attention_fn is a
+# static attribute that copies of the module (inside nnx.scan, nnx.remat,
+# nnx.vmap) share, so the observation asks who called, as nnx.Linear's
+# record does.
+_ATTENTION_CALLER = contextvars.ContextVar("gradtx_nnx_attention_caller", default=None)
 _PATCH_LOCK = threading.Lock()
 _PATCH_USERS = [0]
 
@@ -125,14 +130,28 @@ def _recording_call(original: Callable) -> Callable:
   return call
 
 
+def _calling_attention(original: Callable) -> Callable:
+  @functools.wraps(original)
+  def call(self, *args, **kwargs):
+    token = _ATTENTION_CALLER.set(self)
+    try:
+      return original(self, *args, **kwargs)
+    finally:
+      _ATTENTION_CALLER.reset(token)
+
+  return call
+
+
 @contextlib.contextmanager
-def _linear_patched():
-  """``nnx.Linear.__call__`` records while any pass is being traced."""
+def _calls_patched():
+  """``nnx.Linear.__call__`` records, and ``nnx.MultiHeadAttention.__call__``
+  names its caller, while any pass is being traced."""
   from flax import nnx
 
   with _PATCH_LOCK:
     if _PATCH_USERS[0] == 0:
       nnx.Linear.__call__ = _recording_call(nnx.Linear.__call__)
+      nnx.MultiHeadAttention.__call__ = _calling_attention(nnx.MultiHeadAttention.__call__)
     _PATCH_USERS[0] += 1
   try:
     yield
@@ -141,11 +160,16 @@ def _linear_patched():
       _PATCH_USERS[0] -= 1
       if _PATCH_USERS[0] == 0:
         nnx.Linear.__call__ = nnx.Linear.__call__.__wrapped__
+        nnx.MultiHeadAttention.__call__ = nnx.MultiHeadAttention.__call__.__wrapped__
 
 
-def _observed_attention_fn(module: Any, attention_fn: Callable) -> Callable:
+def _observed_attention_fn(attention_fn: Callable) -> Callable:
+  """``attention_fn`` that first observes the logits of the module calling
+  it (a copy made by an NNX transform is not in the pass: not recorded)."""
   def fn(query, key, value, *args, mask=None, is_causal=False, **kwargs):
-    observe_attention(module, query, key, mask=mask, is_causal=is_causal)
+    caller = _ATTENTION_CALLER.get()
+    if caller is not None:
+      observe_attention(caller, query, key, mask=mask, is_causal=is_causal)
     return attention_fn(query, key, value, *args, mask=mask,
                         is_causal=is_causal, **kwargs)
 
@@ -162,11 +186,11 @@ def _recording(model: Any, taps: Optional[dict]):
     if isinstance(node, nnx.Module):
       keys[id(node)] = module_key(path)
       if isinstance(node, nnx.MultiHeadAttention):
-        node.attention_fn = _observed_attention_fn(node, node.attention_fn)
+        node.attention_fn = _observed_attention_fn(node.attention_fn)
   session = _Session(keys, taps)
   token = _SESSION.set(session)
   try:
-    with _linear_patched():
+    with _calls_patched():
       yield session
   finally:
     _SESSION.reset(token)

@@ -176,3 +176,54 @@ def test_sharded_data_parallel_step_equals_unsharded():
   jax.tree.map(lambda a, b: np.testing.assert_allclose(a, b, rtol=1e-4, atol=1e-6),
                nnx.to_pure_dict(nnx.state(sharded, nnx.Param)),
                nnx.to_pure_dict(nnx.state(model, nnx.Param)))
+
+
+class RematAttention(Attention):
+  """``Attention`` with its attention layer under ``nnx.remat``."""
+
+  def __call__(self, x):
+    mask = nnx.make_causal_mask(x[..., 0])
+    h = nnx.remat(lambda attn, h: attn(h, mask=mask))(self.attn, self.inp(x))
+    return self.out(h)
+
+
+class ScannedAttention(nnx.Module):
+  """Two attention layers stacked with ``nnx.scan`` between two Linears."""
+
+  def __init__(self, rngs):
+    self.inp = nnx.Linear(3, 8, rngs=rngs)
+
+    @nnx.split_rngs(splits=2)
+    @nnx.vmap
+    def layers(rngs):
+      return nnx.MultiHeadAttention(num_heads=2, in_features=8, qkv_features=8,
+                                    decode=False, rngs=rngs)
+
+    self.layers = layers(rngs)
+    self.out = nnx.Linear(8, 2, rngs=rngs)
+
+  def __call__(self, x):
+    mask = nnx.make_causal_mask(x[..., 0])
+
+    @nnx.scan(in_axes=(0, nnx.Carry), out_axes=nnx.Carry)
+    def body(attn, h):
+      return attn(h, mask=mask)
+
+    return self.out(body(self.layers, self.inp(x)))
+
+
+@pytest.mark.parametrize("make", [RematAttention, ScannedAttention])
+def test_attention_under_an_nnx_transform_is_left_out_not_leaked(make):
+  """Inside ``nnx.remat`` or ``nnx.scan`` the attention runs on a copy: its
+  logits are not recorded (they used to leak the inner trace's values into
+  the records: UnexpectedTracerError); the layers outside are, and the
+  gradient is ``nnx.grad``'s."""
+  x, y = _batch()
+  model = make(nnx.Rngs(0))
+  loss, grads, records = nnx.jit(
+      lambda m, x, y: go.value_grad_and_records(_loss)(m, x, y))(model, x, y)
+  assert set(records.dense) == {"inp", "out"} and not records.max_logits
+  expected_loss, expected = nnx.jit(nnx.value_and_grad(_loss))(model, x, y)
+  np.testing.assert_allclose(loss, expected_loss, rtol=1e-6)
+  jax.tree.map(lambda a, b: np.testing.assert_allclose(a, b, rtol=1e-5, atol=1e-7),
+               nnx.to_pure_dict(grads), nnx.to_pure_dict(expected))
