@@ -30,8 +30,10 @@ def mars_adamw(
 ) -> optax.GradientTransformationExtraArgs:
   r"""MARS-AdamW: AdamW on a variance-reduced, clipped gradient.
 
-  For each leaf picked by ``is_mars_param`` (by default the 2-D ones, as
-  the official code's ``optimize_1d=False``):
+  For each leaf picked by ``is_mars_param`` (by default every leaf with a
+  matrix view, one matrix per layer or expert of a stack, embeddings and
+  output heads included: the official code's ``optimize_1d=False`` takes
+  every ≥2-D parameter of a model whose parameters are single matrices):
 
   .. math::
     c_t = g_t + γ\frac{β_1}{1-β_1}(g_t - \tilde g_{t-1}),\quad
@@ -66,8 +68,10 @@ def mars_adamw(
       has the sign of the weight (``gt.decoupled_weight_decay``; Chen et al.
       2025); the AdamW side keeps plain decay.
     is_mars_param: the routing rule, a function of ``(path, leaf)``;
-      ``None``: leaves with ``ndim == 2`` (``lambda path, leaf: True`` is the
-      official ``optimize_1d=True``).
+      ``None``: the leaves ``gt.matrix_roles`` gives a role other than
+      ``"other"`` (kernels, attention projections, embeddings, output
+      heads; not biases, norm scales or stacks of them), ``lambda path,
+      leaf: True`` is the official ``optimize_1d=True``.
     adam_*: the AdamW side (``gt.AdamWSide``; its eps is ``eps``).
     mu_dtype: storage of the first moments.
     nu_dtype: storage of the second moments.
@@ -102,11 +106,10 @@ def mars_adamw(
   side = gt.AdamWSide(adam_learning_rate, adam_b1, adam_b2, eps, adam_weight_decay,
                       mu_dtype=mu_dtype, nu_dtype=nu_dtype)
   adam = side.adamw(learning_rate, weight_decay=adam_weight_decay, mask=mask)
-  if is_mars_param is None:
-    def is_mars_param(path, leaf):
-      return jax.numpy.ndim(leaf) == 2
-
   def labels(params):
+    if is_mars_param is None:
+      return jax.tree.map(lambda role: "adam" if role == "other" else "mars",
+                          gt.matrix_roles(params))
     return jax.tree_util.tree_map_with_path(
         lambda path, leaf: "mars" if is_mars_param(path, leaf) else "adam", params)
 

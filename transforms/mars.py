@@ -16,6 +16,8 @@ import optax
 
 from gradtx._internal import tree as _tree
 from gradtx._internal import validate as _validate
+from gradtx.routing import matrix_view as _matrix_view
+from gradtx.routing.matrix_view import MatrixViewRule
 from gradtx.transforms.second_moment import scale_by_adam
 
 
@@ -30,16 +32,22 @@ class MarsCorrectionState(NamedTuple):
   previous_grads: Optional[optax.Updates]
 
 
-def _corrected(g, previous, coefficient):
-  """c = g + k (g − g_prev), divided by ‖c‖_F where that exceeds 1."""
+def _corrected(g, previous, coefficient, batch):
+  """c = g + k (g − g_prev), divided by ‖c‖_F where that exceeds 1, the norm
+  taken per matrix (over all axes but the ``batch`` ones)."""
   dtype = _tree.compute_dtype(g)
   g_ = g.astype(dtype)
   c = g_ + coefficient * (g_ - previous.astype(dtype))
-  norm = _tree.norm(c)
+  if batch:
+    axes = tuple(a for a in range(c.ndim) if a not in batch)
+    norm = jnp.sqrt(jnp.sum(jnp.abs(c) ** 2, axis=axes, keepdims=True))
+  else:
+    norm = _tree.norm(c)
   return (c / jnp.maximum(norm, 1)).astype(g.dtype)
 
 
-def _mars_correction(b1, gamma, exact: bool) -> optax.GradientTransformationExtraArgs:
+def _mars_correction(b1, gamma, exact: bool,
+                     matrix_view) -> optax.GradientTransformationExtraArgs:
   def init_fn(params):
     if exact:
       return MarsCorrectionState(None)
@@ -54,7 +62,9 @@ def _mars_correction(b1, gamma, exact: bool) -> optax.GradientTransformationExtr
           " update(grads, state, params, grad_fn=...)")
     previous = previous_grads if exact else state.previous_grads
     coefficient = gamma * b1 / (1 - b1)
-    c = jax.tree.map(lambda g, p: _corrected(g, p, coefficient), updates, previous)
+    batches = iter(_matrix_view.batch_axes_of(updates, matrix_view))
+    c = jax.tree.map(lambda g, p: _corrected(g, p, coefficient, next(batches)),
+                     updates, previous)
     if exact:
       return c, MarsCorrectionState(None)
     kept = jax.tree.map(lambda g, s: g.astype(s.dtype), updates, state.previous_grads)
@@ -72,6 +82,7 @@ def scale_by_mars(
     exact: bool = False,
     mu_dtype: Optional[Any] = None,
     nu_dtype: Optional[Any] = None,
+    matrix_view: Optional[MatrixViewRule] = None,
 ) -> optax.GradientTransformationExtraArgs:
   r"""Rescales updates by MARS-AdamW: Adam's moments of a variance-reduced gradient.
 
@@ -82,7 +93,8 @@ def scale_by_mars(
     u_t = \frac{m_t/(1-β_1^t)}{\sqrt{v_t/(1-β_2^t)} + ε}
 
   with the norm taken per leaf, as in the official code (``torch.norm`` per
-  parameter; Levanter's ``scale_by_mars`` clips the whole tree's norm at
+  parameter), and per matrix of a stack (a scanned layer, an expert: the
+  batch axes of ``matrix_view``'s view; Levanter's ``scale_by_mars`` clips the whole tree's norm at
   ``max_grad_norm`` instead). Approximate MARS (the default, the paper's
   MARS-approx): :math:`\tilde g_{t-1} = g_{t-1}`, the previous gradient,
   kept in the state. Exact MARS (``exact=True``): :math:`\tilde g_{t-1} =
@@ -103,6 +115,9 @@ def scale_by_mars(
       instead of the state.
     mu_dtype: storage of the first moment (``gt.scale_by_adam``).
     nu_dtype: storage of the second moment (``gt.scale_by_adam``).
+    matrix_view: the matrix-view rule whose batch axes (the layers or
+      experts of a stack) the clip's norm is taken per (see
+      ``gt.flax_matrix_view``).
 
   Returns:
     An ``optax.GradientTransformationExtraArgs`` (a chain) with state
@@ -123,7 +138,7 @@ def scale_by_mars(
   _validate.check_decay("b1", b1)
   _validate.check_non_negative("gamma", gamma)
   return optax.chain(
-      _mars_correction(b1, gamma, exact),
+      _mars_correction(b1, gamma, exact, matrix_view),
       scale_by_adam(b1, b2, eps, mu_dtype=mu_dtype, nu_dtype=nu_dtype),
   )
 

@@ -5,6 +5,7 @@ in float64, MARS-approx and MARS-exact."""
 
 import jax
 import jax.numpy as jnp
+import numpy as np
 import optax
 import pytest
 
@@ -62,3 +63,40 @@ def test_exact_is_extra_args_and_trains_under_jit_with_a_schedule():
     params, state = step(params, state, PROBLEM.xs[t % 2], PROBLEM.ys[t % 2])
   assert float(PROBLEM.loss(params, PROBLEM.xs[0], PROBLEM.ys[0])) < first
   assert step._cache_size() == 1
+
+
+def test_default_routing_takes_every_matrix_view_and_leaves_biases_to_adamw():
+  """Kernels, a 3-D attention projection (in, heads, head_dim), embeddings
+  and heads go to MARS (the official code's ≥2-D parameters); biases and a
+  2-D (heads, head_dim) attention bias to AdamW. The rule by ``ndim == 2``
+  sent the projection to AdamW and the 2-D bias to MARS."""
+  rng = np.random.default_rng(0)
+  shapes = {("dense", "kernel"): (8, 4), ("dense", "bias"): (4,),
+            ("attention", "query", "kernel"): (8, 2, 4), ("attention", "query", "bias"): (2, 4),
+            ("embed", "embedding"): (10, 8), ("head", "kernel"): (8, 10)}
+  params, grads = {}, {}
+  for path, shape in shapes.items():
+    for tree in (params, grads):
+      node = tree
+      for k in path[:-1]:
+        node = node.setdefault(k, {})
+      node[path[-1]] = jnp.asarray(rng.normal(size=shape), jnp.float32)
+  mars = {("dense", "kernel"), ("attention", "query", "kernel"), ("embed", "embedding"),
+          ("head", "kernel")}
+  expected_rule = lambda path, leaf: tuple(k.key for k in path) in mars
+
+  def run(tx):  # three steps on different gradients: MARS's correction shows
+    state, total = tx.init(params), None
+    for t in range(3):
+      g = jax.tree.map(lambda x, t=t: jnp.cos(x * (t + 1)), grads)
+      u, state = tx.update(g, state, params)
+      total = u if total is None else jax.tree.map(jnp.add, total, u)
+    return total
+
+  make = lambda **kw: go.mars_adamw(3e-3, gamma=0.5, adam_weight_decay=0.0, **kw)
+  default = run(make())
+  jax.tree.map(np.testing.assert_array_equal, default, run(make(is_mars_param=expected_rule)))
+  by_ndim = run(make(is_mars_param=lambda p, x: x.ndim == 2))
+  for part in ("kernel", "bias"):
+    gap = np.abs(by_ndim["attention"]["query"][part] - default["attention"]["query"][part])
+    assert gap.max() > 1e-4, part

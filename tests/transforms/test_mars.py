@@ -89,3 +89,27 @@ def test_bfloat16_params_keep_their_dtype_in_the_state():
   u, state = jax.jit(tx.update)(p, tx.init(p))
   assert u["w"].dtype == jnp.bfloat16
   assert state[0].previous_grads["w"].dtype == jnp.bfloat16
+
+
+def test_a_stack_is_clipped_per_matrix_as_its_matrices_alone():
+  """With ``gt.stacked_matrix_view()`` a (3, 4, 5) stack (scanned layers) is
+  three matrices: the clip's norm is each one's, so the stack's trajectory
+  is its slices' run one by one (the official code's per-parameter norm)."""
+  rng = np.random.default_rng(5)
+  params0 = {"stack": rng.normal(size=(3, 4, 5))}
+  scales = np.array([3.0, 0.05, 1.0])[:, None, None]  # one clipped, one not
+  base = problems.quadratic_grads(params0, seed=6)
+  grad_fn = lambda p, t: {"stack": scales * base(p, t)["stack"]}
+  stacked = optax.chain(gt.scale_by_mars(gamma=0.5, matrix_view=gt.stacked_matrix_view()),
+                        gt.scale_by_learning_rate(LR))
+  ours = runners.run_gradtx(stacked, params0, grad_fn, STEPS)
+  per_layer = optax.chain(gt.scale_by_mars(gamma=0.5), gt.scale_by_learning_rate(LR))
+  for i in range(3):
+    alone = runners.run_gradtx(
+        per_layer, {"m": params0["stack"][i]},
+        lambda p, t, i=i: {"m": grad_fn({"stack": np.broadcast_to(p["m"], (3, 4, 5))}, t)
+                           ["stack"][i]}, STEPS)
+    assert runners.trajectory_errors(
+        [{"m": step["stack"][i]} for step in ours], alone)["params"] < 1e-12
+  whole = runners.run_gradtx(per_layer, params0, grad_fn, STEPS)
+  assert runners.trajectory_errors(whole, ours)["params"] > 1e-3
