@@ -1,6 +1,7 @@
 """QK-clip (Kimi K2's MuonClip): cap attention logits by rescaling W_q and W_k per head."""
 
 import functools
+import warnings
 from typing import Callable, NamedTuple, Optional
 
 import jax
@@ -131,6 +132,14 @@ def qk_clip(
   rule = default_qk_rule if rule is None else rule
 
   def init_fn(params):
+    if not _tree.is_params_placeholder(params) and not any(
+        rule(path, leaf) is not None
+        for path, leaf in jax.tree_util.tree_flatten_with_path(params)[0]):
+      warnings.warn(
+          "qk_clip: no leaf of the parameters matches its rule, so nothing will be clipped"
+          " (default_qk_rule finds nnx.MultiHeadAttention's query and key and a fused 'qkv'"
+          " kernel); pass rule= for another layout (q_proj/k_proj, Linen's auto-named"
+          " Dense_0)", stacklevel=2)
     return QkClipState(base.init(params))
 
   def clip(records, path, u, p):

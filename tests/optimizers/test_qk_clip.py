@@ -1,6 +1,8 @@
 """qk_clip against a NumPy transcription of Kimi K2's Algorithm 1
 (``tests.oracles.transcriptions.qk_clip``)."""
 
+import warnings
+
 import jax
 import jax.numpy as jnp
 import numpy as np
@@ -221,3 +223,14 @@ def test_missing_record_and_params_are_errors():
     go.qk_clip(go.sgd(0.1), threshold=0.0)
   with pytest.raises(ValueError, match="base must be an optax.GradientTransformation"):
     go.qk_clip(None)
+
+
+def test_a_tree_with_no_query_or_key_warns_that_nothing_will_be_clipped():
+  """A layout the rule does not know (Linen's auto-named ``Dense_0``, HF's
+  ``q_proj``) would train as the base alone, silently: ``init`` says so."""
+  tx = go.qk_clip(go.muon(0.02))
+  with pytest.warns(UserWarning, match="no leaf of the parameters matches its rule"):
+    tx.init({"Dense_0": {"kernel": jnp.ones((4, 12))}})
+  with warnings.catch_warnings():
+    warnings.filterwarnings("error", message="qk_clip")
+    tx.init({"block": {"qkv": {"kernel": jnp.ones((4, 12))}}})
