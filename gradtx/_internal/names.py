@@ -16,7 +16,7 @@ EMBEDDING_PARTS = ("embed", "embd", "wte", "wpe", "position")
 EMBEDDING_NAMES = ("pos", "pos_emb")
 # An output projection onto the vocabulary or the classes; also any name that
 # ends in "head" (lm_head, head).
-OUTPUT_HEAD_PARTS = ("unembed", "logits", "readout")
+OUTPUT_HEAD_PARTS = ("unembed", "logits", "readout", "classifier")
 # Query and key projections: exact names, then parts of names.
 QUERY_KEY_NAMES = ("q", "k", "wq", "wk")
 QUERY_KEY_PARTS = ("query", "key", "q_proj", "k_proj", "qkv", "c_attn", "in_proj")

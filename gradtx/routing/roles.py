@@ -44,8 +44,9 @@ def is_hidden_matrix(
      settle rows and columns ((embed, mlp)) make a hidden matrix;
   2. names on its key path: a name containing ``"embed"`` (``embedding``,
      ``tok_embed``), ``"position"`` (learned positions), ``"wte"``,
-     ``"wpe"``, ``"unembed"``, ``"logits"`` or ``"readout"``, or ending in
-     ``"head"`` (``lm_head``, ``head``), or named ``"pos"``;
+     ``"wpe"``, ``"unembed"``, ``"logits"``, ``"readout"`` or
+     ``"classifier"``, or ending in ``"head"`` (``lm_head``, ``head``), or
+     named ``"pos"``;
   3. in the optimizers' routing of the whole tree (``AdamWSide.around``),
      its shape: a 2-D (d, vocab) kernel is an output head when the tree holds
      a token embedding (by 1. or 2.) of shape (vocab, d), vocab != d, whatever

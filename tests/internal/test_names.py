@@ -36,6 +36,7 @@ def test_path_names_of_attributes_indices_and_nnx_variables():
     (["head", "kernel"], True, False),
     (["unembed", "kernel"], True, False),  # contains "embed", but is a head
     (["readout", "w"], True, False),
+    (["classifier", "kernel"], True, False),  # a class-logit head (HF, the suite's ViT)
     (["embed", "embedding"], False, True),
     (["wte"], False, True),
     (["wpe"], False, True),
