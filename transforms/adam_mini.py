@@ -91,7 +91,8 @@ def adam_mini_blocks(
   * leaves without a view (0- and 1-D leaves, biases and norm scales of
     any shape, empty leaves): one block per element when a name on the
     path contains ``"bias"`` (the official code runs Adam on biases) or the
-    leaf is empty, else one block for the whole leaf (norm scales);
+    leaf is empty, else one block for the whole leaf (norm scales), one per
+    layer or expert of a stack (its batch axes: ``(layers, norm)`` names);
   * an embedding (a name containing ``"embed"``, ``"embd"``, ``"wte"``,
     ``"wpe"`` or ``"position"``, but not an output head such as
     ``"unembed"``): one block per row, i.e. per token or position;
@@ -128,8 +129,10 @@ def adam_mini_blocks(
   names = _names.path_names(path)
   view = _matrix_view.view_of(path, leaf, matrix_view)
   if view is None:
-    per_element = any("bias" in n for n in names) or 0 in shape
-    return Blocks.per_element(shape) if per_element else Blocks.per_tensor(shape)
+    if any("bias" in n for n in names) or 0 in shape:
+      return Blocks.per_element(shape)
+    batch = _matrix_view.batch_axes(path, leaf, matrix_view)
+    return Blocks(shape, tuple(a for a in range(len(shape)) if a not in batch))
   if _names.is_embedding(names):
     return Blocks(shape, view.cols)
   if num_heads and _names.is_query_key(names):

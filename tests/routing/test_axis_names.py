@@ -360,3 +360,11 @@ def test_optax_transforms_keep_the_names_of_variables():
   model = _nnx_model(_MoE)
   mu = optax.scale_by_adam().init(nnx.state(model, nnx.Param)).mu
   assert axis_names.axis_names_of(mu)["['wi']"] == ((8, 16, 32), ("exp", "embed", "mlp"))
+
+
+def test_adam_mini_gives_each_layer_of_a_stacked_norm_scale_its_block():
+  """A norm scale stacked by ``nnx.vmap`` (layers, norm) is one block per
+  layer, as the unstacked model's scale is one block, not one across layers."""
+  params = nnx.state(_nnx_model(_ScannedLM), nnx.Param)
+  rows = {r.path: r for r in gt.describe(go.adam_mini(1e-3), params)}
+  assert "4 blocks of 16" in str(rows["['blocks']['norm']['scale']"])
