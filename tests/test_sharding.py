@@ -81,7 +81,8 @@ def _expected_sharding(path, leaf, mesh):
   """The param's spec for a copy of a param (8-bit moments of small leaves
   included); the owner layout (split over every mesh axis along the stack
   axis) for stacks of matrix statistics and PSGD Kron's factors of matrices (a
-  vector's factor is laid out like the vector); replicated for anything else
+  vector's factor is laid out like the vector); Adam-mini's per-block second
+  moment like its parameter on the axes it keeps; replicated for anything else
   (factored and per-block moments, counts), even where its shape happens to
   match another param."""
   names = [getattr(k, "name", None) for k in path]
@@ -100,6 +101,12 @@ def _expected_sharding(path, leaf, mesh):
   for k, spec in _SPECS.items():
     if k in keys and leaf.shape == _SHARD_PARAMS[k].shape:
       return NamedSharding(mesh, spec)
+    shape = _SHARD_PARAMS[k].shape
+    if k in keys and "nu" in names and len(leaf.shape) == len(shape):
+      # Adam-mini's per-block moment: the parameter's layout on the axes it keeps.
+      spec = P(*spec, *([None] * (len(shape) - len(spec))))
+      return NamedSharding(mesh, P(*(s if n == d and n > 1 else None
+                                     for s, n, d in zip(spec, leaf.shape, shape))))
   return NamedSharding(mesh, P())
 
 

@@ -266,11 +266,13 @@ def scale_by_adam_mini(
     flat = jax.tree_util.tree_flatten_with_path(params)[0]
     _routing.report_per_path([path for path, _ in flat], "roles",
                              [_block_role(_checked_blocks(rule, path, p)) for path, p in flat])
+    # Laid out like the parameter on the axes a block keeps (its rows, its
+    # elements), so each device holds its share.
     (nu,) = _tree.map_statistics(
-        lambda path, p: (jnp.zeros(
+        lambda path, p: (_sharding.like_on_kept_axes(jnp.zeros(
             _checked_blocks(rule, path, p).nu_shape,
             _tree.real_dtype(_tree.compute_dtype(p)),
-        ),),
+        ), p),),
         1, params, with_path=True,
     )
     return ScaleByAdamMiniState(

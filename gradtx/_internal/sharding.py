@@ -17,7 +17,7 @@ there (``gradtx._internal.block_stacks``). Everywhere else (no mesh, ``Auto``
 axes: GSPMD chooses the layout) these helpers are identities.
 """
 
-from typing import Optional, Sequence
+from typing import Any, Optional, Sequence
 
 import jax
 from jax.sharding import AxisType, NamedSharding
@@ -51,6 +51,23 @@ def gather(x: jax.Array, axes: Optional[Sequence[int]] = None) -> jax.Array:
   axes = {a % x.ndim for a in (range(x.ndim) if axes is None else axes)}
   spec = P(*(None if i in axes else s for i, s in enumerate(sharding.spec)))
   return jax.sharding.reshard(x, NamedSharding(sharding.mesh, spec))
+
+
+def like_on_kept_axes(y: jax.Array, x: Any) -> jax.Array:
+  """``y``, whose axes are ``x``'s or reduced to 1 (a per-row or per-column
+  statistic, ``keepdims``), typed with ``x``'s sharding on the axes it keeps
+  (replicated on the reduced ones) on an Explicit mesh; elsewhere, or for a
+  ``y`` of another rank, as it is."""
+  if not isinstance(x, jax.Array) or y.ndim != x.ndim:
+    return y
+  sharding = explicit_sharding(x)
+  if sharding is None:
+    return y
+  spec = P(*(s if n == d and n > 1 else None
+             for s, n, d in zip(sharding.spec, y.shape, x.shape)))
+  if all(s is None for s in spec):
+    return y
+  return jax.sharding.reshard(y, NamedSharding(sharding.mesh, spec))
 
 
 def reshard_like(y: jax.Array, x: jax.Array) -> jax.Array:
