@@ -507,3 +507,31 @@ def test_tensor_parallel_kernels_are_not_gathered_whole_on_their_way_to_the_owne
     gathered = [math.prod(map(int, dims.split(",")))
                 for dims in re.findall(r"= f32\[([\d,]+)\][^ ]* all-gather", text)]
     assert max(gathered, default=0) < 64 * 32, gathered  # was 2 x 64 x 32
+
+
+@pytest.mark.parametrize("name", ["psgd_kron", "adamw"])
+def test_a_step_from_state_shardings_is_compiled_once(name):
+  """State placed by ``gt.state_shardings`` comes back from a jitted step with
+  the sharding it went in with, so the second step hits jit's cache. PSGD
+  Kron's replicated key was typed P() and came back P(None,): a second
+  compile."""
+  tx = getattr(go, name)(LR)
+  mesh = make_mesh(shape=(8,), names=("d",))
+  specs = {"w": P("d", None), "b": P("d"), "c": P("d")}
+  params = {"w": jnp.ones((16, 4)), "b": jnp.ones((8,)), "c": jnp.ones((16,))}
+  with jax.set_mesh(mesh):
+    params = {k: jax.device_put(v, NamedSharding(mesh, specs[k])) for k, v in params.items()}
+    state = jax.jit(tx.init, out_shardings=gt.state_shardings(tx, params))(params)
+
+
+    @jax.jit
+    def step(params, state):
+      updates, state = tx.update(jax.tree.map(lambda p: 0.1 * p, params), state, params)
+      return optax.apply_updates(params, updates), state
+
+    _, new_state = step(params, state)
+  # jit's compile cache compares shardings by equality, not equivalence.
+  for (path, before), after in zip(jax.tree_util.tree_leaves_with_path(state),
+                                   jax.tree.leaves(new_state)):
+    assert after.sharding == before.sharding, (jax.tree_util.keystr(path), before.sharding.spec,
+                                               after.sharding.spec)

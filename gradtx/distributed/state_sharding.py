@@ -70,6 +70,9 @@ def state_shardings(tx: optax.GradientTransformation, params: Any) -> Any:
   def sharding_of(leaf):
     sharding = getattr(leaf, "sharding", None)
     spec = sharding.spec if isinstance(sharding, NamedSharding) else P()
-    return NamedSharding(mesh, spec)
+    # Full rank, as a jitted step returns its outputs' specs (P(None,) for a
+    # replicated vector, not P()): the state then comes back from the step
+    # with the sharding it went in with, and the step is compiled once.
+    return NamedSharding(mesh, P(*spec, *([None] * (len(leaf.shape) - len(spec)))))
 
   return jax.tree.map(sharding_of, state)
