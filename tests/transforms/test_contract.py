@@ -245,9 +245,7 @@ KNOWN_GAPS = {
     (gt.on_matrix_views, "inner"): "on_matrix_views raises AttributeError",
 }
 # The same for the check that tracers pass (what inject_hyperparams does under jit).
-TRACER_GAPS = {
-    (gt.clip_singular_values, "min_value"): "float(min_value) in max_value's check",
-}
+TRACER_GAPS = {}
 
 def _is_transform(name):
   f = getattr(gt, name)
