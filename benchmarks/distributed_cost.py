@@ -27,6 +27,7 @@ Shampoo and SOAP with ``precondition_every=1``.
   python -m benchmarks.distributed_cost --blocks 3        # 3 matrices a shape on 8
   python -m benchmarks.distributed_cost --against HEAD~1  # the library at HEAD~1
   python -m benchmarks.distributed_cost --mesh 2,2,2      # (data, fsdp, tensor)
+  python -m benchmarks.distributed_cost --mesh 2,2,2 --kernel-spec fsdp,None
 """
 
 import argparse
@@ -65,7 +66,7 @@ def optimizers(revision: str = ""):
 
 def measure(devices: int, names: list, axis_types: list, width: int = 256,
             blocks: int = 8, replicated: bool = False, revision: str = "",
-            mesh_shape: tuple = ()) -> list:
+            mesh_shape: tuple = (), kernel_spec: tuple = ("fsdp", "tensor")) -> list:
   """The table's rows; ``width`` scales the model (``SHAPES`` at 256).
 
   ``replicated``: data-parallel parameters (every device holds all of them)
@@ -116,7 +117,7 @@ def measure(devices: int, names: list, axis_types: list, width: int = 256,
         # (data, fsdp, tensor): matrices split over fsdp rows and tensor columns.
         mesh = jax.make_mesh(mesh_shape, ("data", "fsdp", "tensor"),
                              axis_types=(kind,) * len(mesh_shape))
-        spec = lambda x: P("fsdp", "tensor") if x.ndim == 2 else P("fsdp")
+        spec = lambda x: P(*kernel_spec) if x.ndim == 2 else P("fsdp")
       else:
         mesh = jax.make_mesh((devices,), ("d",), axis_types=(kind,))
         spec = lambda x: P("d", None) if x.ndim == 2 else P("d")
@@ -179,6 +180,11 @@ def table(rows: list) -> str:
   return "\n".join(lines)
 
 
+def _kernel_spec(text: str) -> tuple:
+  """``"fsdp,tensor"`` -> ("fsdp", "tensor"); ``None`` for a replicated axis."""
+  return tuple(None if a == "None" else a for a in text.split(","))
+
+
 def main(argv=None) -> list:
   parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
   parser.add_argument("--devices", default="8",
@@ -192,13 +198,16 @@ def main(argv=None) -> list:
                       help="measure the library at this git revision instead")
   parser.add_argument("--mesh", default="",
                       help="a (data, fsdp, tensor) mesh shape, e.g. 2,2,2, instead of one axis")
+  parser.add_argument("--kernel-spec", default="fsdp,tensor",
+                      help="with --mesh: the kernels' PartitionSpec, e.g. fsdp,None or None,tensor")
   parser.add_argument("--worker", action="store_true", help=argparse.SUPPRESS)
   args = parser.parse_args(argv)
   names, axis_types = args.optimizers.split(","), args.axis_types.split(",")
   if args.worker:
     mesh_shape = tuple(int(n) for n in args.mesh.split(",")) if args.mesh else ()
     rows = measure(int(args.devices), names, axis_types, blocks=args.blocks,
-                   revision=args.against, mesh_shape=mesh_shape)
+                   revision=args.against, mesh_shape=mesh_shape,
+                   kernel_spec=_kernel_spec(args.kernel_spec))
     print(json.dumps(rows))
     return rows
   rows = []
@@ -209,7 +218,7 @@ def main(argv=None) -> list:
         [sys.executable, "-m", "benchmarks.distributed_cost", "--worker",
          "--devices", str(devices), "--optimizers", args.optimizers,
          "--axis-types", args.axis_types, "--blocks", str(args.blocks),
-         "--against", args.against, "--mesh", args.mesh],
+         "--against", args.against, "--mesh", args.mesh, "--kernel-spec", args.kernel_spec],
         env=env, capture_output=True, text=True, check=True)
     rows += json.loads(out.stdout.strip().splitlines()[-1])
   print(table(rows))
