@@ -6,6 +6,7 @@ import jax
 import optax
 
 from gradtx import transforms as gt
+from gradtx.routing import matrix_view as _matrix_view
 
 
 @gt.AdamWSide.document
@@ -21,6 +22,7 @@ def mars_adamw(
     mask: gt.MaskOrFn = None,
     cautious_weight_decay: bool = False,
     is_mars_param: Optional[gt.PathLeafRule] = None,
+    matrix_view: Optional[gt.MatrixViewRule] = None,
     adam_learning_rate: Optional[optax.ScalarOrSchedule] = None,
     adam_b1: float = 0.9,
     adam_b2: float = 0.95,
@@ -68,10 +70,16 @@ def mars_adamw(
       has the sign of the weight (``gt.decoupled_weight_decay``; Chen et al.
       2025); the AdamW side keeps plain decay.
     is_mars_param: the routing rule, a function of ``(path, leaf)``;
-      ``None``: the leaves ``gt.matrix_roles`` gives a role other than
-      ``"other"`` (kernels, attention projections, embeddings, output
-      heads; not biases, norm scales or stacks of them), ``lambda path,
-      leaf: True`` is the official ``optimize_1d=True``.
+      ``None``: the leaves with a matrix view that ``gt.matrix_roles``
+      gives a role other than ``"other"`` (kernels, attention projections,
+      embedding tables, output heads; not biases, norm scales or stacks of
+      them, whatever their names), ``lambda path, leaf: True`` is the
+      official ``optimize_1d=True``.
+    matrix_view: the matrix-view rule of the routing and of the clip's
+      per-matrix norm (``gt.flax_matrix_view`` by default: a stack is seen
+      as one matrix per layer or expert where its axis names or an
+      ``expert`` name say so; ``gt.stacked_matrix_view()`` for unnamed
+      stacks).
     adam_*: the AdamW side (``gt.AdamWSide``; its eps is ``eps``).
     mu_dtype: storage of the first moments.
     nu_dtype: storage of the second moments.
@@ -98,7 +106,7 @@ def mars_adamw(
   """
   mars = optax.chain(
       gt.scale_by_mars(b1=b1, b2=b2, eps=eps, gamma=gamma, exact=exact,
-                       mu_dtype=mu_dtype, nu_dtype=nu_dtype),
+                       mu_dtype=mu_dtype, nu_dtype=nu_dtype, matrix_view=matrix_view),
       gt.decoupled_weight_decay(
           weight_decay, mask, cautious_weight_decay=cautious_weight_decay),
       gt.scale_by_learning_rate(learning_rate),
@@ -108,8 +116,11 @@ def mars_adamw(
   adam = side.adamw(learning_rate, weight_decay=adam_weight_decay, mask=mask)
   def labels(params):
     if is_mars_param is None:
-      return jax.tree.map(lambda role: "adam" if role == "other" else "mars",
-                          gt.matrix_roles(params))
+      roles = jax.tree.leaves(gt.matrix_roles(params, matrix_view=matrix_view))
+      views = _matrix_view.views_of(params, matrix_view)
+      return jax.tree.structure(params).unflatten(
+          ["mars" if role != "other" and view is not None else "adam"
+           for role, view in zip(roles, views)])
     return jax.tree_util.tree_map_with_path(
         lambda path, leaf: "mars" if is_mars_param(path, leaf) else "adam", params)
 

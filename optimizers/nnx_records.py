@@ -17,8 +17,10 @@ object identity on the copy of the model the pass runs on: ``nnx.Linear``'s
 ``__call__`` is wrapped for the duration of the pass (a no-op for any other
 model), and each attention module's ``attention_fn`` is wrapped on the
 copy. Not recorded: layers inside ``nnx.scan``, ``nnx.vmap`` or
-``nnx.remat`` (they run on copies of their own), subclasses that override
-``__call__``, and a second call of the same layer in one pass (an error).
+``nnx.remat`` (they run on copies of their own; an attention subclass that
+overrides ``__call__`` must not be used there), ``nnx.Linear`` subclasses
+that override ``__call__``, and a second call of the same layer in one pass
+(an error).
 
 flax is imported inside the functions: ``import gradtx.optimizers`` works
 without it.
@@ -142,16 +144,22 @@ def _calling_attention(original: Callable) -> Callable:
   return call
 
 
+_ORIGINAL_CALLS = {}  # class -> its own __call__, while patched
+
+
 @contextlib.contextmanager
 def _calls_patched():
   """``nnx.Linear.__call__`` records, and ``nnx.MultiHeadAttention.__call__``
-  names its caller, while any pass is being traced."""
+  names its caller, while any pass is being traced; the originals are put
+  back when the last pass ends."""
   from flax import nnx
 
   with _PATCH_LOCK:
     if _PATCH_USERS[0] == 0:
-      nnx.Linear.__call__ = _recording_call(nnx.Linear.__call__)
-      nnx.MultiHeadAttention.__call__ = _calling_attention(nnx.MultiHeadAttention.__call__)
+      for cls, wrap in ((nnx.Linear, _recording_call),
+                        (nnx.MultiHeadAttention, _calling_attention)):
+        _ORIGINAL_CALLS[cls] = cls.__call__
+        cls.__call__ = wrap(cls.__call__)
     _PATCH_USERS[0] += 1
   try:
     yield
@@ -159,17 +167,20 @@ def _calls_patched():
     with _PATCH_LOCK:
       _PATCH_USERS[0] -= 1
       if _PATCH_USERS[0] == 0:
-        nnx.Linear.__call__ = nnx.Linear.__call__.__wrapped__
-        nnx.MultiHeadAttention.__call__ = nnx.MultiHeadAttention.__call__.__wrapped__
+        for cls, original in _ORIGINAL_CALLS.items():
+          cls.__call__ = original
+        _ORIGINAL_CALLS.clear()
 
 
-def _observed_attention_fn(attention_fn: Callable) -> Callable:
+def _observed_attention_fn(module: Any, attention_fn: Callable) -> Callable:
   """``attention_fn`` that first observes the logits of the module calling
-  it (a copy made by an NNX transform is not in the pass: not recorded)."""
+  it: the one ``MultiHeadAttention.__call__`` names (a copy made by an NNX
+  transform is not in the pass: not recorded), else ``module``, whose
+  attention function this is (a subclass with its own ``__call__``)."""
   def fn(query, key, value, *args, mask=None, is_causal=False, **kwargs):
     caller = _ATTENTION_CALLER.get()
-    if caller is not None:
-      observe_attention(caller, query, key, mask=mask, is_causal=is_causal)
+    observe_attention(module if caller is None else caller, query, key, mask=mask,
+                      is_causal=is_causal)
     return attention_fn(query, key, value, *args, mask=mask,
                         is_causal=is_causal, **kwargs)
 
@@ -186,7 +197,7 @@ def _recording(model: Any, taps: Optional[dict]):
     if isinstance(node, nnx.Module):
       keys[id(node)] = module_key(path)
       if isinstance(node, nnx.MultiHeadAttention):
-        node.attention_fn = _observed_attention_fn(node.attention_fn)
+        node.attention_fn = _observed_attention_fn(node, node.attention_fn)
   session = _Session(keys, taps)
   token = _SESSION.set(session)
   try:

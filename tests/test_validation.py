@@ -408,6 +408,8 @@ def test_nesterov_with_dampening_is_rejected_as_torch_does():
     make(jnp.asarray(0.0))  # injected values are not checked
 
 
-def test_a_boolean_learning_rate_is_refused():
+@pytest.mark.parametrize("value", [True, np.bool_(True), jnp.asarray(True)],
+                         ids=["bool", "numpy", "array"])
+def test_a_boolean_learning_rate_is_refused(value):
   with pytest.raises(ValueError, match="learning_rate must be a non-negative number"):
-    go.adamw(True)
+    go.adamw(value)

@@ -260,36 +260,40 @@ def _shards(mesh: Any, axes: Sequence[str]) -> int:
   return out
 
 
+def _axes_of(spec: Sequence[Any]) -> tuple:
+  """Each entry of a spec as a tuple of mesh axes (``()`` for ``None``)."""
+  return tuple(() if e is None else tuple(e) if isinstance(e, tuple) else (e,) for e in spec)
+
+
 def rows_over_mesh(spec: Optional[P], shape: tuple, mesh: Any) -> Optional[tuple]:
-  """The layout a sharded leaf passes through on its way to and from the owners.
+  """The layouts a sharded leaf passes through on its way to the owners.
 
   A leaf split along an axis other than its first (a tensor-parallel kernel
   ``P('fsdp', 'tensor')``), or over some of the mesh's axes only, is first
-  split along its first axis over every mesh axis, its own axes major (an
-  all-to-all within each group of its column shards; over the axes it is
-  replicated on, a local slice): from there the owners' stack is one
-  all-to-all away, as from an FSDP leaf on a one-axis mesh. XLA's
-  partitioner, asked for the owners' layout directly, gathers such a leaf
-  whole on every device (on a (data 2, fsdp 2, tensor 2) mesh Muon's
-  collectives fell from 24 to 10 times a device's share of the parameters,
-  ``benchmarks/RESULTS.md``). Returns the layouts to pass through, in order
-  (the way back takes them in reverse), from the leaf's ``spec`` (padded to
-  its rank; only known on Explicit axes) and ``shape``; ``None`` (go
-  directly) for a leaf that is replicated, already so split, of rank < 2, or
-  whose first axis the mesh size does not divide.
+  split along its first axis over its own axes (an all-to-all within each
+  group of its column shards), then over every mesh axis (over the axes it
+  is replicated on, a local slice): a layout whose move to the owners' stack
+  XLA lays out as an all-to-all, where asked for the owners' layout directly
+  its partitioner gathered such a leaf whole on every device (on a (data 2,
+  fsdp 2, tensor 2) mesh Muon's collectives fell from 24 to 10 times a
+  device's share of the parameters, ``benchmarks/RESULTS.md``). The way back
+  takes the layouts in reverse. ``spec``: the leaf's (padded here to its
+  rank; only known on Explicit axes). ``None`` (go directly) for a leaf that
+  is replicated, already so split, of rank < 2, or whose first axis the
+  mesh size does not divide.
   """
   if spec is None or len(shape) < 2 or shape[0] % mesh.size:
     return None
-  own = [a for entry in spec if entry is not None
-         for a in (entry if isinstance(entry, tuple) else (entry,))]
+  spec = P(*spec, *([None] * (len(shape) - len(spec))))
+  own = tuple(a for axes in _axes_of(spec) for a in axes)
   if not own:
     return None
   rest = [None] * (len(shape) - 1)
-  steps = [P(tuple(own), *rest), P(tuple(own) + tuple(a for a in mesh.axis_names
-                                                     if a not in own), *rest)]
-  axes_of = lambda p: tuple(() if e is None else e if isinstance(e, tuple) else (e,) for e in p)
-  steps = [t for t in steps if axes_of(t) != axes_of(spec)]
-  steps = [t for k, t in enumerate(steps) if k == 0 or axes_of(t) != axes_of(steps[k - 1])]
+  steps = []
+  for axes in (own, own + tuple(a for a in mesh.axis_names if a not in own)):
+    step = P(axes, *rest)
+    if _axes_of(step) not in {_axes_of(spec), *map(_axes_of, steps)}:
+      steps.append(step)
   return tuple(steps) or None
 
 
@@ -615,8 +619,8 @@ class OwnerPlan:
     def build(leaves):
       stacks = []
       for group, first in zip(groups, self.first):
-        blocks = [to_blocks(self._through(leaves[i], via[i]).astype(group.dtype), layouts[i])
-                  for i, _, _ in group.members]
+        blocks = [to_blocks(self._laid_out_through(leaves[i], via[i]).astype(group.dtype),
+                            layouts[i]) for i, _, _ in group.members]
         join = interleaved if first else jnp.concatenate
         s = blocks[0] if len(blocks) == 1 else join(blocks)
         pad = group.size - s.shape[0]
@@ -666,7 +670,7 @@ class OwnerPlan:
 
     def split(stacks):
       return tuple(
-          self._through(from_blocks(piece(stacks[g], g, start, count), layouts[i],
+          self._laid_out_through(from_blocks(piece(stacks[g], g, start, count), layouts[i],
                                     leaves[i].shape), via[i], back=True).astype(leaves[i].dtype)
           for g, i, start, count in members)
 
@@ -682,19 +686,22 @@ class OwnerPlan:
     return out
 
   def _rows_over_mesh(self) -> list:
-    """Per leaf, ``rows_over_mesh``'s layout for it on the way to and from
-    its owners, or ``None``; ``None`` everywhere off a mesh and for the
-    leaves of a stack already split where it lies (``first``)."""
+    """Per leaf, the layouts it passes through to and from its owners
+    (``rows_over_mesh``); ``None`` off a mesh and for the leaves of a stack
+    already split where it lies (``first``)."""
     via = [None] * len(self.leaves)
-    if self.mesh is None:
-      return via
     for group, first in zip(self.groups, self.first):
       for i, _, _ in group.members:
-        leaf = self.leaves[i]
-        via[i] = None if first else rows_over_mesh(_leaf_spec(leaf), jnp.shape(leaf), self.mesh)
+        via[i] = None if first else self._layouts_on_the_way(_leaf_spec(self.leaves[i]),
+                                                             jnp.shape(self.leaves[i]))
     return via
 
-  def _through(self, x: jax.Array, specs: Optional[tuple], *, back: bool = False) -> jax.Array:
+  def _layouts_on_the_way(self, spec: Optional[P], shape: tuple) -> Optional[tuple]:
+    """``rows_over_mesh`` on this plan's mesh; ``None`` off a mesh."""
+    return None if self.mesh is None else rows_over_mesh(spec, shape, self.mesh)
+
+  def _laid_out_through(self, x: jax.Array, specs: Optional[tuple], *,
+                        back: bool = False) -> jax.Array:
     """``x`` laid out with each of ``specs`` in turn (``back``: in reverse;
     ``None``: as it is)."""
     for spec in (specs or ())[::-1 if back else 1]:
@@ -769,13 +776,13 @@ class OwnerPlan:
     """
     mesh = self.mesh
 
-    via = [[None if mesh is None else rows_over_mesh(_leaf_spec(x), jnp.shape(x), mesh)
-            for x in xs] for xs in columns]
+    via = [[self._layouts_on_the_way(_leaf_spec(x), jnp.shape(x)) for x in xs]
+           for xs in columns]
 
     def build(columns):
       out = []
       for xs, vias in zip(columns, via):
-        s = jnp.stack([self._through(x, v) for x, v in zip(xs, vias)])
+        s = jnp.stack([self._laid_out_through(x, v) for x, v in zip(xs, vias)])
         if size > len(xs):
           s = jnp.concatenate([s, jnp.broadcast_to(s[:1], (size - len(xs), *s.shape[1:]))])
         out.append(s)
@@ -802,8 +809,9 @@ class OwnerPlan:
     mesh = self.mesh
 
     def split(stacks):
-      return tuple(tuple(self._through(s[j], rows_over_mesh(spec, s.shape[1:], mesh), back=True)
-                         for j, spec in enumerate(sp)) for s, sp in zip(stacks, specs))
+      return tuple(tuple(
+          self._laid_out_through(s[j], self._layouts_on_the_way(spec, s.shape[1:]), back=True)
+          for j, spec in enumerate(sp)) for s, sp in zip(stacks, specs))
 
     def split_alike(stack, count):
       if count == 1:

@@ -90,7 +90,7 @@ def check_scalar_or_schedule(name: str, value: Any) -> None:
   if _is_plain_number(value) and not isinstance(value, (bool, np.bool_)):
     check_non_negative(name, value)
     return
-  if hasattr(value, "dtype") and hasattr(value, "shape"):
+  if hasattr(value, "dtype") and hasattr(value, "shape") and value.dtype != np.bool_:
     return
   raise ValueError(
       f"{name} must be a non-negative number or a schedule (a callable of the"

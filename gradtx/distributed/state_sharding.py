@@ -27,11 +27,14 @@ def state_shardings(tx: optax.GradientTransformation, params: Any) -> Any:
   ``NamedSharding``s of one mesh (of any axis types). Nothing is allocated:
   the state is traced abstractly on the mesh with Explicit axes, where every
   gradtx state leaf is typed as ``init`` lays it out — moments shaped like a
-  parameter (including 8-bit moments of small leaves) like that parameter,
-  the stacks of Kronecker statistics, SOAP bases and moments split over all
-  devices along their stack axis (their owners), 8-bit codes of row-sharded
-  parameters by rows, small statistics and counters replicated — and the
-  specs are returned on ``params``' own mesh. Use it for
+  parameter (including 8-bit moments of small leaves, and PSGD Kron's factor
+  of a vector) like that parameter, Adam-mini's per-block second moments
+  like their parameter on the axes a block keeps, the stacks of Kronecker
+  statistics, SOAP bases and moments and PSGD Kron's factors of matrices
+  split over all devices along their stack axis (their owners), 8-bit codes
+  of row-sharded parameters by rows, other small statistics and counters
+  replicated — and the specs are returned on ``params``' own mesh, full
+  rank (``P(None,)`` for a replicated vector, as a jitted step returns it). Use it for
   ``jax.jit(tx.init, out_shardings=...)``, the train step's in/out
   shardings, and orbax restore targets. It works for optax's own
   transformations as well.

@@ -67,13 +67,15 @@ def test_exact_is_extra_args_and_trains_under_jit_with_a_schedule():
 
 def test_default_routing_takes_every_matrix_view_and_leaves_biases_to_adamw():
   """Kernels, a 3-D attention projection (in, heads, head_dim), embeddings
-  and heads go to MARS (the official code's ≥2-D parameters); biases and a
-  2-D (heads, head_dim) attention bias to AdamW. The rule by ``ndim == 2``
+  and heads go to MARS (the official code's ≥2-D parameters); biases, a
+  2-D (heads, head_dim) attention bias and a norm scale under an embedding's
+  name (BERT's ``embeddings/LayerNorm``) to AdamW. The rule by ``ndim == 2``
   sent the projection to AdamW and the 2-D bias to MARS."""
   rng = np.random.default_rng(0)
   shapes = {("dense", "kernel"): (8, 4), ("dense", "bias"): (4,),
             ("attention", "query", "kernel"): (8, 2, 4), ("attention", "query", "bias"): (2, 4),
-            ("embed", "embedding"): (10, 8), ("head", "kernel"): (8, 10)}
+            ("embed", "embedding"): (10, 8), ("head", "kernel"): (8, 10),
+            ("embeddings", "LayerNorm", "scale"): (8,)}  # an embedding's name, no view
   params, grads = {}, {}
   for path, shape in shapes.items():
     for tree in (params, grads):

@@ -227,3 +227,25 @@ def test_attention_under_an_nnx_transform_is_left_out_not_leaked(make):
   np.testing.assert_allclose(loss, expected_loss, rtol=1e-6)
   jax.tree.map(lambda a, b: np.testing.assert_allclose(a, b, rtol=1e-5, atol=1e-7),
                nnx.to_pure_dict(grads), nnx.to_pure_dict(expected))
+
+
+class _OwnCallAttention(nnx.MultiHeadAttention):
+  """An attention with its own ``__call__`` (the rotary pattern): it calls
+  ``self.attention_fn`` on q, k, v it computes itself."""
+
+  def __call__(self, x, mask=None):
+    q, k, v = self.query(x), self.key(x), self.value(x)
+    return self.out(self.attention_fn(q, k, v, mask=mask))
+
+
+def test_an_attention_with_its_own_call_is_recorded():
+  """The observed attention function falls back to the module it belongs to
+  when no ``MultiHeadAttention.__call__`` names the caller: its max logits
+  are numpy's of its q and k."""
+  attn = _OwnCallAttention(num_heads=2, in_features=8, qkv_features=8, decode=False,
+                           rngs=nnx.Rngs(0))
+  x = jnp.asarray(np.random.default_rng(0).normal(size=(2, 3, 8)), jnp.float32)
+  _, _, records = go.value_grad_and_records(lambda m, x: jnp.sum(m(x) ** 2))(attn, x)
+  q, k = np.asarray(attn.query(x)), np.asarray(attn.key(x))
+  expected = np.einsum("bqhd,bkhd->bhqk", q, k).max(axis=(0, 2, 3)) / np.sqrt(q.shape[-1])
+  np.testing.assert_allclose(records.max_logits[""], expected, rtol=1e-5)
