@@ -531,3 +531,20 @@ def test_a_step_from_state_shardings_is_compiled_once(name):
                                    jax.tree.leaves(new_state)):
     assert after.sharding == before.sharding, (jax.tree_util.keystr(path), before.sharding.spec,
                                                after.sharding.spec)
+
+
+def test_adam_mini_eager_init_lays_nu_out_as_its_traced_init_does():
+  """``tx.init`` run eagerly on Explicit-typed arrays (with or without
+  ``jax.set_mesh``) or on sharded ``jax.ShapeDtypeStruct``s gives the bias's
+  per-element ``nu`` the bias's layout, as ``jax.eval_shape(tx.init)`` does
+  (eagerly, outside a mesh context, it used to fail)."""
+  tx = go.adam_mini(LR)
+  mesh = make_mesh(shape=(8,), names=("d",))
+  params = {"bias": jax.device_put(jnp.ones(16), NamedSharding(mesh, P("d")))}
+  abstract = {"bias": jax.ShapeDtypeStruct((16,), jnp.float32, sharding=params["bias"].sharding)}
+  expected = P("d")
+  assert tx.init(params)[0].nu["bias"].sharding.spec == expected
+  with jax.set_mesh(mesh):
+    assert tx.init(params)[0].nu["bias"].sharding.spec == expected
+    assert tx.init(abstract)[0].nu["bias"].sharding.spec == expected
+    assert jax.eval_shape(tx.init, abstract)[0].nu["bias"].sharding.spec == expected

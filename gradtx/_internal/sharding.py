@@ -20,7 +20,7 @@ axes: GSPMD chooses the layout) these helpers are identities.
 from typing import Any, Optional, Sequence
 
 import jax
-from jax.sharding import AxisType, NamedSharding
+from jax.sharding import AbstractMesh, AxisType, NamedSharding
 from jax.sharding import PartitionSpec as P
 
 
@@ -56,9 +56,10 @@ def gather(x: jax.Array, axes: Optional[Sequence[int]] = None) -> jax.Array:
 def like_on_kept_axes(y: jax.Array, x: Any) -> jax.Array:
   """``y``, whose axes are ``x``'s or reduced to 1 (a per-row or per-column
   statistic, ``keepdims``), typed with ``x``'s sharding on the axes it keeps
-  (replicated on the reduced ones) on an Explicit mesh; elsewhere, or for a
-  ``y`` of another rank, as it is."""
-  if not isinstance(x, jax.Array) or y.ndim != x.ndim:
+  (replicated on the reduced ones) on an Explicit mesh; ``x`` may be an
+  abstract ``jax.ShapeDtypeStruct``. Elsewhere, or for a ``y`` of another
+  rank, as it is."""
+  if not isinstance(x, (jax.Array, jax.ShapeDtypeStruct)) or y.ndim != len(x.shape):
     return y
   sharding = explicit_sharding(x)
   if sharding is None:
@@ -67,7 +68,17 @@ def like_on_kept_axes(y: jax.Array, x: Any) -> jax.Array:
              for s, n, d in zip(sharding.spec, y.shape, x.shape)))
   if all(s is None for s in spec):
     return y
-  return jax.sharding.reshard(y, NamedSharding(sharding.mesh, spec))
+  if not isinstance(y, jax.core.Tracer):
+    # An eager init (inside jax.set_mesh or not): placed on x's own devices.
+    placed = getattr(x, "sharding", None)
+    if not isinstance(placed, NamedSharding) or isinstance(placed.mesh, AbstractMesh):
+      return y
+    return jax.device_put(y, NamedSharding(placed.mesh, spec))
+  target = NamedSharding(sharding.mesh, spec)
+  if jax.sharding.get_abstract_mesh().empty:
+    with jax.sharding.use_abstract_mesh(sharding.mesh):
+      return jax.sharding.reshard(y, target)
+  return jax.sharding.reshard(y, target)
 
 
 def reshard_like(y: jax.Array, x: jax.Array) -> jax.Array:
