@@ -18,18 +18,13 @@ class HyperballStepState(NamedTuple):
   count: jax.Array
 
 
-def _norms(x: jax.Array) -> jax.Array:
-  """The Frobenius norm of each matrix of a (num, rows, cols) stack."""
-  return jnp.sqrt(jnp.sum(_tree.abs_sq(x), axis=(1, 2), keepdims=True))
-
-
 def _sphere_step(u: jax.Array, p: jax.Array, eta) -> jax.Array:
   """R·N(p − ηR·N(u)) − p per matrix, R = ‖p‖, N(x) = x/‖x‖; 0 where u = 0."""
-  radius, u_norm = _norms(p), _norms(u)
+  radius, u_norm = _tree.norms(p, (1, 2)), _tree.norms(u, (1, 2))
   tiny = jnp.finfo(_tree.real_dtype(p.dtype)).tiny
   moved = p - eta * radius * u / jnp.maximum(u_norm, tiny)
   # radius/‖moved‖ first: exactly 1 when η = 0, so that step is exactly 0.
-  step = moved * (radius / jnp.maximum(_norms(moved), tiny)) - p
+  step = moved * (radius / jnp.maximum(_tree.norms(moved, (1, 2)), tiny)) - p
   return jnp.where(u_norm == 0, 0, step)  # a NaN u stays NaN
 
 

@@ -39,8 +39,7 @@ def _corrected(g, previous, coefficient, batch):
   g_ = g.astype(dtype)
   c = g_ + coefficient * (g_ - previous.astype(dtype))
   if batch:
-    axes = tuple(a for a in range(c.ndim) if a not in batch)
-    norm = jnp.sqrt(jnp.sum(jnp.abs(c) ** 2, axis=axes, keepdims=True))
+    norm = _tree.norms(c, [a for a in range(c.ndim) if a not in batch])
   else:
     norm = _tree.norm(c)
   return (c / jnp.maximum(norm, 1)).astype(g.dtype)

@@ -56,7 +56,7 @@ def statistics_dtype(p) -> jnp.dtype:
 
 def frobenius_norms(matrices: jax.Array) -> jax.Array:
   """‖M‖_F of each matrix of a (matrices, rows, cols) stack, shape (matrices, 1, 1)."""
-  return jnp.sqrt(jnp.sum(_tree.abs_sq(matrices), axis=(-2, -1), keepdims=True))
+  return _tree.norms(matrices, (-2, -1))
 
 
 def normalize_by_second_moment(

@@ -17,6 +17,7 @@ there (``gradtx._internal.block_stacks``). Everywhere else (no mesh, ``Auto``
 axes: GSPMD chooses the layout) these helpers are identities.
 """
 
+import contextlib
 from typing import Any, Optional, Sequence
 
 import jax
@@ -74,11 +75,9 @@ def like_on_kept_axes(y: jax.Array, x: Any) -> jax.Array:
     if not isinstance(placed, NamedSharding) or isinstance(placed.mesh, AbstractMesh):
       return y
     return jax.device_put(y, NamedSharding(placed.mesh, spec))
-  target = NamedSharding(sharding.mesh, spec)
-  if jax.sharding.get_abstract_mesh().empty:
-    with jax.sharding.use_abstract_mesh(sharding.mesh):
-      return jax.sharding.reshard(y, target)
-  return jax.sharding.reshard(y, target)
+  in_a_mesh = not jax.sharding.get_abstract_mesh().empty
+  with contextlib.nullcontext() if in_a_mesh else jax.sharding.use_abstract_mesh(sharding.mesh):
+    return jax.sharding.reshard(y, NamedSharding(sharding.mesh, spec))
 
 
 def reshard_like(y: jax.Array, x: jax.Array) -> jax.Array:

@@ -12,7 +12,7 @@ The dtype policy of every gradtx transform:
 
 import functools
 import math
-from typing import Any, Callable
+from typing import Any, Callable, Sequence
 
 import jax
 import jax.numpy as jnp
@@ -70,6 +70,13 @@ def sum_squares(x: jax.Array) -> jax.Array:
 def norm(x: jax.Array) -> jax.Array:
   """The Frobenius norm of all of ``x``'s elements, sqrt(Σ|x|²) (``sum_squares``)."""
   return jnp.sqrt(sum_squares(x))
+
+
+def norms(x: jax.Array, axes: Sequence[int]) -> jax.Array:
+  """The Frobenius norm over ``axes`` of each slice of ``x`` (one per index of
+  the other axes), sqrt(Σ|x|²), with ``axes`` kept as size 1: the norm of
+  each matrix of a stack (``axes=(-2, -1)``) or of a scanned layer."""
+  return jnp.sqrt(jnp.sum(abs_sq(x), axis=tuple(axes), keepdims=True))
 
 
 def rms(x: jax.Array) -> jax.Array:
