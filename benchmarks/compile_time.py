@@ -20,6 +20,7 @@ with the number of matrices.
     python -m benchmarks.compile_time --transforms --layers 12 48   # the matrix transforms alone
     python -m benchmarks.compile_time --scanned --layers 12 48      # layers stacked (nnx.scan)
     python -m benchmarks.compile_time --references --optimizers shampoo psgd_kron
+    python -m benchmarks.compile_time --devices 8 --optimizers muon shampoo   # on a mesh
 
 Each figure is the minimum over ``--repeats`` compilations (the JAX caches
 are cleared before each, so every one is a cold trace, lower and compile),
@@ -44,6 +45,14 @@ out. What a deep model's first step costs when its layers are scanned.
 ``kron``, precondition's ``distributed_shampoo``; ``benchmarks.references``,
 optional packages) next to gradtx's psgd_kron and shampoo.
 
+``--devices N`` compiles the same steps for N fake CPU devices (a one-axis
+Explicit mesh ``d``), the parameters laid out FSDP-style: a kernel's rows
+``P('d', None)``, a bias ``P('d')`` (a dimension N does not divide stays
+whole), the state as ``jax.eval_shape(tx.init)`` lays it out; optax.adamw is
+compiled on the same mesh. The matrix optimizers' mesh path (owner stacks,
+collectives) is another program than their one-device path: this is its
+compile time, and with ``--step-rounds`` its step time on the fake devices.
+
 ``--step-rounds N`` then times the compiled steps themselves on the largest
 tree (random parameters and gradients), one step of each contender per round
 in a new random order (``harness.time_round_robin``): a change that buys
@@ -51,8 +60,10 @@ compile time must not cost step time.
 """
 
 import argparse
+import contextlib
 import functools
 import inspect
+import os
 import random
 import time
 from typing import Callable, Optional
@@ -140,14 +151,20 @@ TRANSFORMS = {
 }
 
 
-def layered_tree(layers: int, d: int, biases: bool = True, scanned: bool = False) -> dict:
+def layered_tree(layers: int, d: int, biases: bool = True, scanned: bool = False,
+                 mesh: Optional[jax.sharding.Mesh] = None) -> dict:
   """``layers`` blocks of 4 kernels (and 4 biases), float32, as abstract arrays.
 
   ``scanned``: as ``nnx.scan`` stacks them, one leaf per kernel (and bias)
-  with a leading layer axis: 8 leaves whatever the depth.
+  with a leading layer axis: 8 leaves whatever the depth. ``mesh``: laid out
+  on its one axis FSDP-style (``fsdp_sharding``).
   """
   shapes = {"qkv": (d, 3 * d), "out": (d, d), "fc1": (d, 4 * d), "fc2": (4 * d, d)}
-  spec = lambda shape: jax.ShapeDtypeStruct(shape, jnp.float32)
+
+  def spec(shape):
+    sharding = None if mesh is None else fsdp_sharding(shape, mesh, scanned)
+    return jax.ShapeDtypeStruct(shape, jnp.float32, sharding=sharding)
+
   if scanned:
     return {"layers": {
         name: {"kernel": spec((layers, *shape)),
@@ -162,6 +179,18 @@ def layered_tree(layers: int, d: int, biases: bool = True, scanned: bool = False
   }
 
 
+def fsdp_sharding(shape: tuple, mesh: jax.sharding.Mesh,
+                  scanned: bool = False) -> jax.sharding.NamedSharding:
+  """A leaf's rows over the mesh's one axis (past a scanned leaf's layer axis),
+  whole where the axis does not divide them."""
+  (axis,), size = mesh.axis_names, mesh.devices.size
+  row = 1 if scanned else 0
+  spec = [None] * len(shape)
+  if shape[row] % size == 0:
+    spec[row] = axis
+  return jax.sharding.NamedSharding(mesh, jax.sharding.PartitionSpec(*spec))
+
+
 def compile_seconds(tx: optax.GradientTransformation, params: dict) -> float:
   """Seconds to trace, lower and compile ``tx``'s donated step, from cold caches."""
   jax.clear_caches()
@@ -171,14 +200,14 @@ def compile_seconds(tx: optax.GradientTransformation, params: dict) -> float:
   return time.perf_counter() - start
 
 
-def measure(builders, layers, d, repeats, biases=True,
-            scanned=False) -> dict[str, dict[int, float]]:
+def measure(builders, layers, d, repeats, biases=True, scanned=False,
+            mesh: Optional[jax.sharding.Mesh] = None) -> dict[str, dict[int, float]]:
   """Per contender and tree size, the fastest of ``repeats`` cold compiles,
   in rounds that visit the contenders in a new random order each."""
   rng = random.Random(0)
   seconds = {name: {} for name in builders}
   for count in layers:
-    params = layered_tree(count, d, biases, scanned)
+    params = layered_tree(count, d, biases, scanned, mesh)
     for _ in range(repeats):
       for name in rng.sample(list(builders), len(builders)):
         took = compile_seconds(builders[name](), params)
@@ -186,13 +215,13 @@ def measure(builders, layers, d, repeats, biases=True,
   return seconds
 
 
-def step_milliseconds(names, layers: int, d: int, rounds: int,
-                      scanned: bool = False) -> dict[str, list[float]]:
+def step_milliseconds(names, layers: int, d: int, rounds: int, scanned: bool = False,
+                      mesh: Optional[jax.sharding.Mesh] = None) -> dict[str, list[float]]:
   """Milliseconds of each contender's step on a random tree of ``layers`` blocks."""
-  shapes = layered_tree(layers, d, scanned=scanned)
+  shapes = layered_tree(layers, d, scanned=scanned, mesh=mesh)
   leaves, treedef = jax.tree.flatten(shapes)
   keys = jax.random.split(jax.random.key(0), 2 * len(leaves))
-  normal = lambda key, s: jax.random.normal(key, s.shape, s.dtype)
+  normal = lambda key, s: jax.device_put(jax.random.normal(key, s.shape, s.dtype), s.sharding)
   params = treedef.unflatten([normal(k, s) for k, s in zip(keys, leaves)])
   grads = treedef.unflatten(
       [1e-2 * normal(k, s) for k, s in zip(keys[len(leaves):], leaves)])
@@ -246,17 +275,53 @@ def main(argv=None) -> None:
                       help="compile the matrix transforms alone, on the kernels only")
   parser.add_argument("--scanned", action="store_true",
                       help="the layers stacked as nnx.scan stacks them (one leaf per kernel)")
+  parser.add_argument("--devices", type=int, default=1,
+                      help="compile for this many fake CPU devices, parameters FSDP-sharded")
   parser.add_argument("--references", action="store_true",
                       help="also the methods' own implementations (psgd-jax, distributed_shampoo;"
                       f" {references.INSTALL})")
   args = parser.parse_args(argv)
   if args.transforms and (args.against or args.step_rounds):
     parser.error("--transforms takes neither --against nor --step-rounds")
+  mesh = fake_device_mesh(parser, args.devices)
+  with contextlib.ExitStack() as stack:
+    if mesh is not None:
+      stack.enter_context(jax.set_mesh(mesh))
+    run(parser, args, mesh)
+
+
+def fake_device_mesh(parser, devices: int) -> Optional[jax.sharding.Mesh]:
+  """``devices`` fake CPU devices as a one-axis Explicit mesh; ``None`` for one.
+
+  XLA reads the device count when JAX first uses its CPU backend, which this
+  module has not done before ``main``.
+  """
+  if devices < 1:
+    parser.error(f"--devices must be at least 1, got {devices}")
+  if devices == 1:
+    return None
+  flag = f"--xla_force_host_platform_device_count={devices}"
+  saved = os.environ.get("XLA_FLAGS")
+  os.environ["XLA_FLAGS"] = f"{saved or ''} {flag}".strip()
+  try:
+    count = jax.device_count()  # starts the backend, if nothing has yet
+  finally:  # the flag is read once: leave the caller's environment as it was
+    if saved is None:
+      del os.environ["XLA_FLAGS"]
+    else:
+      os.environ["XLA_FLAGS"] = saved
+  if count != devices:
+    parser.error(f"--devices {devices}: JAX already runs on {count} devices"
+                 " (run the module in a fresh process)")
+  return jax.make_mesh((devices,), ("d",), axis_types=(jax.sharding.AxisType.Explicit,))
+
+
+def run(parser, args, mesh) -> None:
   print(harness.machine_banner())
   if args.transforms:
     print(f"\nlower + compile of one update+apply step of each transform alone, the kernels"
           f" only (no biases), d = {args.d}, min of {args.repeats}\n")
-    seconds = measure(TRANSFORMS, args.layers, args.d, args.repeats, biases=False)
+    seconds = measure(TRANSFORMS, args.layers, args.d, args.repeats, biases=False, mesh=mesh)
     print(table(seconds, args.layers, TRANSFORM_ANCHOR))
     print(harness.closing_line())
     return
@@ -282,15 +347,17 @@ def main(argv=None) -> None:
       names.append(f"{name} @{args.against}")
   layout = ("scanned: each kernel one leaf with a leading layer axis" if args.scanned
             else "one leaf per kernel per layer")
+  if mesh is not None:
+    layout += f", FSDP-sharded over {mesh.devices.size} fake devices (Explicit axis)"
   print(f"\nlower + compile of one update+apply step, d = {args.d}, {layout}, min of"
         f" {args.repeats}\n")
   builders = {name: OPTIMIZERS[name] for name in names}
-  print(table(measure(builders, args.layers, args.d, args.repeats, scanned=args.scanned),
-              args.layers))
+  print(table(measure(builders, args.layers, args.d, args.repeats, scanned=args.scanned,
+                      mesh=mesh), args.layers))
   if args.step_rounds:
     print(f"\nstep time, {4 * args.layers[-1]} matrices, {args.step_rounds} rounds round-robin\n")
     print(step_table(step_milliseconds(names, args.layers[-1], args.d, args.step_rounds,
-                                       args.scanned)))
+                                       args.scanned, mesh)))
   print(harness.closing_line())
 
 

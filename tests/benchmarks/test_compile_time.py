@@ -1,5 +1,7 @@
 """benchmarks.compile_time: compile seconds against the number of layers."""
 
+import os
+
 import jax
 import pytest
 
@@ -82,3 +84,30 @@ def test_all_adds_every_gradtx_optimizer_built_from_a_learning_rate(monkeypatch)
   assert set(seen) == default | set(compile_time.MORE_OPTIMIZERS)
   assert not default & set(compile_time.MORE_OPTIMIZERS)
   assert all(hasattr(tx, "update") for tx in seen.values())
+
+
+def test_fsdp_sharding_splits_rows_over_the_axis_and_keeps_what_it_does_not_divide():
+  mesh = jax.make_mesh((8,), ("d",), axis_types=(jax.sharding.AxisType.Explicit,))
+  spec = lambda shape, scanned=False: compile_time.fsdp_sharding(shape, mesh, scanned).spec
+  P = jax.sharding.PartitionSpec
+  assert spec((16, 48)) == P("d", None)
+  assert spec((48,)) == P("d")
+  assert spec((12, 16)) == P(None, None)  # 8 does not divide 12 rows
+  assert spec((3, 16, 48), scanned=True) == P(None, "d", None)
+
+
+def test_devices_mode_compiles_and_steps_on_a_sharded_tree(capsys):
+  """``--devices 8`` (the test process has 8 fake devices): the tree's leaves
+  are sharded, every contender compiles and steps on the mesh."""
+  compile_time.main(["--devices", "8", "--layers", "1", "--d", "8", "--optimizers",
+                     "muon", "--step-rounds", "1"])
+  out = capsys.readouterr().out
+  assert "FSDP-sharded over 8 fake devices" in out
+  assert "| muon |" in out and "| optax.adamw |" in out
+  assert "step time" in out
+
+
+def test_devices_mode_refuses_a_count_jax_does_not_run_on():
+  with pytest.raises(SystemExit):
+    compile_time.main(["--devices", "3", "--layers", "1"])
+  assert "=3" not in os.environ.get("XLA_FLAGS", "")  # the flag is not left behind
