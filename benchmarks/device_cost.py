@@ -108,7 +108,7 @@ def single_device_flops(step: Callable, initial, make_optimizer: Callable, batch
 def cost_table(results: dict, devices: int) -> str:
   """The per-device cost of each optimizer's train step on the mesh."""
   lines = [f"| optimizer ({devices} devices) | per-device FLOPs / 1-device step"
-           " | per-device state / all state | collective MB per device per step |",
+           " | per-device state / all state | collective MiB per device per step |",
            "|---|---:|---:|---:|"]
   for name, r in results.items():
     lines.append(f"| {name} | {r['flops_ratio']:.3f} | {r['state_ratio']:.3f}"

@@ -14,6 +14,7 @@ them all alike, and ``ratio_table`` prints min and median against an anchor.
 
 import datetime
 import importlib.metadata
+import json
 import os
 import pathlib
 import platform
@@ -22,6 +23,7 @@ import statistics
 import subprocess
 import sys
 import time
+import warnings
 from typing import Callable, Iterable, Iterator, Mapping, Optional, Sequence, Union
 
 import jax
@@ -248,3 +250,35 @@ def ratio_table(
         *(cells.get(name, "") for cells in columns.values()),
     ])
   return markdown_table(header, rows)
+
+
+def read_records(path: pathlib.Path, required: Sequence[str]) -> list[tuple[int, dict]]:
+  """(line number, record) of a run file of one JSON object a line; none if
+  it does not exist.
+
+  A last line cut short (a process killed mid-write) is dropped from the
+  file with a warning, so a resumed run makes that run again and appends it
+  on a line of its own; any other line that is not a JSON object, or lacks a
+  ``required`` key, is an error naming the file and line.
+  """
+  if not path.exists():
+    return []
+  lines = path.read_text().splitlines()
+  records = []
+  for number, line in enumerate(lines, 1):
+    if not line.strip():
+      continue
+    try:
+      record = json.loads(line)
+    except json.JSONDecodeError as error:
+      if number == len(lines):
+        warnings.warn(f"{path}:{number}: the last run is cut short ({error.msg}); dropped"
+                      " from the file, it is run again", stacklevel=3)
+        path.write_text("".join(line + "\n" for line in lines[:-1]))
+        continue
+      raise ValueError(f"{path}:{number} is not a JSON run record ({error.msg})") from None
+    missing = set(required) - set(record)
+    if missing:
+      raise ValueError(f"{path}:{number}: the run record lacks {sorted(missing)}")
+    records.append((number, record))
+  return records

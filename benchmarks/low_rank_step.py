@@ -23,6 +23,7 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
+from benchmarks import harness
 from gradtx import transforms as gt
 
 
@@ -55,6 +56,7 @@ def main(argv=None):
   parser.add_argument("--d", type=int, default=1024)
   parser.add_argument("--rounds", type=int, default=20)
   args = parser.parse_args(argv)
+  print(harness.machine_banner())
   d = args.d
   ranks = (d // 8, d // 4, d // 2)
   for shape in ((d, d), (d, 4 * d)):
@@ -75,6 +77,7 @@ def main(argv=None):
       ms = 1e3 * statistics.median(times[name])
       print(f"| {name} | {flops / 1e9:.3f} | {extra / 1e9:.3f} |"
             f" {(flops + extra) / base_flops:.3f} | {ms:.2f} | {ms / base_ms:.2f} |")
+  print(harness.closing_line())
 
 
 if __name__ == "__main__":

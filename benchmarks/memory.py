@@ -93,8 +93,8 @@ def memory_table(workload: Workload) -> str:
   title = (f"{workload.name}: {n / 1e6:.2f}M params in {len(workload.shapes)} leaves;"
            f" ratios to float32 {ANCHOR}")
   table = harness.markdown_table(
-      ["optimizer", "state MB", "bytes/param", "x state", "step peak MB", "x peak",
-       "temp MB"],
+      ["optimizer", "state MiB", "bytes/param", "x state", "step peak MiB", "x peak",
+       "temp MiB"],
       [(name, f"{state / 2**20:.2f}", f"{state / n:.3f}", f"{state / anchor_state:.3f}x",
         f"{peak / 2**20:.2f}", f"{peak / anchor_peak:.3f}x", f"{temp / 2**20:.2f}")
        for name, state, peak, temp in rows])
@@ -117,11 +117,17 @@ def main(argv: Sequence[str] | None = None) -> None:
       "--workload", default="gpt",
       help="gpt, gpt:LAYERSxWIDTH or a vector length (default: %(default)s)",
   )
-  parser.add_argument("--rounds", type=int, default=20, help="timed steps per optimizer")
-  parser.add_argument("--quick", action="store_true", help="gpt:2x128 and 5 rounds")
+  parser.add_argument("--rounds", type=int, default=None,
+                      help="timed steps per optimizer (default: 20; 5 with --quick)")
+  parser.add_argument("--quick", action="store_true",
+                      help="gpt:2x128 and 5 rounds (a smoke test; takes no --workload)")
   args = parser.parse_args(argv)
+  if args.quick and args.workload != parser.get_default("workload"):
+    parser.error("--quick sets the workload (gpt:2x128): give --workload or --quick")
+  if args.rounds is not None and args.rounds < 1:
+    parser.error(f"--rounds must be at least 1, got {args.rounds}")
   workload = parse_workload("gpt:2x128" if args.quick else args.workload)
-  rounds = 5 if args.quick else args.rounds
+  rounds = args.rounds or (5 if args.quick else 20)
   print(harness.machine_banner())
   print()
   print(memory_table(workload))

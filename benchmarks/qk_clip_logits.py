@@ -4,10 +4,12 @@ Trains ``examples/char_lm.py``'s model with ``go.muon`` at a peak learning
 rate ``--lr-factor`` times the registry's (same schedule, same batches), and
 with ``go.qk_clip`` around it, recording at every step the largest
 pre-softmax logit of every head (``go.value_grad_and_records``). Writes
-``benchmarks/qk_clip_logits.png`` (max logit over heads and layers, and the
-train loss, per step) and prints the numbers for ``benchmarks/RESULTS.md``.
+``qk_clip_logits.png`` into ``--out`` (default: ``benchmarks/``, the committed
+plot; max logit over heads and layers, and the train loss, per step) and
+prints the numbers for ``benchmarks/RESULTS.md``.
 
     python -m benchmarks.qk_clip_logits [--lr-factor 5] [--threshold 100] [--steps 400]
+    python -m benchmarks.qk_clip_logits --steps 20 --out /tmp/qk   # a smoke run
 """
 
 import argparse
@@ -54,7 +56,11 @@ def main(argv=None):
   parser.add_argument("--lr-factor", type=float, default=5.0)
   parser.add_argument("--threshold", type=float, default=100.0)
   parser.add_argument("--steps", type=int, default=400)
+  parser.add_argument("--out", type=pathlib.Path, default=HERE,
+                      help="folder of the plot (default: benchmarks/, the committed one)")
   args = parser.parse_args(argv)
+  if args.steps < 1 or args.lr_factor <= 0 or args.threshold <= 0:
+    parser.error("--steps, --lr-factor and --threshold must be positive")
   # Both of Muon's peak learning rates (its own and its AdamW part's) scaled.
   muon = registry.variant("muon", args.lr_factor)
   optimizers = {"muon": muon,
@@ -66,8 +72,9 @@ def main(argv=None):
   runs = {name: train(name, config, batches, optimizers) for name in optimizers}
 
   window = char_lm.final_window(config.steps)
-  print(f"peak lr x{args.lr_factor:g} (muon {0.02 * args.lr_factor:g}, adam part"
-        f" {6e-3 * args.lr_factor:g}), tau = {args.threshold:g}, {config.steps} steps")
+  print(f"peak lr x{args.lr_factor:g} (muon {registry.MUON_PEAK * args.lr_factor:g}, adam part"
+        f" {registry.MUON_ADAMW_PEAK * args.lr_factor:g}), tau = {args.threshold:g},"
+        f" {config.steps} steps")
   print("| run | max logit @25% | @50% | @75% | @100% | peak | final train loss |")
   print("|---|---:|---:|---:|---:|---:|---:|")
   for name, (losses, logits) in runs.items():
@@ -91,8 +98,9 @@ def main(argv=None):
   for ax in (ax1, ax2):
     ax.legend()
   fig.tight_layout()
-  fig.savefig(HERE / "qk_clip_logits.png", dpi=110)
-  print(f"wrote {HERE / 'qk_clip_logits.png'}")
+  args.out.mkdir(parents=True, exist_ok=True)
+  fig.savefig(args.out / "qk_clip_logits.png", dpi=110)
+  print(f"wrote {args.out / 'qk_clip_logits.png'}")
 
 
 if __name__ == "__main__":

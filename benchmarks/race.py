@@ -26,6 +26,7 @@ from typing import Mapping, Optional, Sequence
 
 import numpy as np
 
+from benchmarks import harness
 from benchmarks.registry import Registry, run_label, split_factor, variant
 from examples import char_lm
 
@@ -52,11 +53,9 @@ def race_runs(config: char_lm.Config, train_tokens, val_tokens, optimizers: Regi
   config.out.mkdir(parents=True, exist_ok=True)
   cache = config.out / "char_lm_race_runs.jsonl"
   runs = {seed: {} for seed in config.seeds}
-  if cache.exists():
-    for line in cache.read_text().splitlines():
-      run = json.loads(line)
-      if run["seed"] in runs:
-        runs[run["seed"]][run["label"]] = run
+  for run in read_runs(cache, run_settings(config)):
+    if run["seed"] in runs:
+      runs[run["seed"]][run["label"]] = run
   for seed in config.seeds:
     todo = [(n, f) for n, f in race_items(config) if run_label(n, f) not in runs[seed]]
     if not todo:
@@ -72,11 +71,38 @@ def race_runs(config: char_lm.Config, train_tokens, val_tokens, optimizers: Regi
       r = char_lm.train_one(label, seeded, initial, train_batches, val_batches,
                             {label: variant(name, f, registry=optimizers)})
       run = {"seed": seed, "label": label, "train_loss": r["train_loss"],
-             "val_loss": r["val_loss"], "ms_per_step": r["ms_per_step"]}
+             "val_loss": r["val_loss"], "ms_per_step": r["ms_per_step"],
+             "settings": run_settings(config)}
       runs[seed][label] = run
       with cache.open("a") as out:
         out.write(json.dumps(run) + "\n")
   return runs
+
+
+# The settings a run's curves depend on besides its seed and label.
+RUN_SETTINGS = ("steps", "batch_size", "context", "d_model", "num_layers", "num_heads",
+                "corpus_mb", "eval_every", "eval_batches")
+
+
+def run_settings(config: char_lm.Config) -> dict:
+  return {name: getattr(config, name) for name in RUN_SETTINGS}
+
+
+def read_runs(path: pathlib.Path, settings: dict) -> list[dict]:
+  """The runs recorded in ``path`` (``harness.read_records``), each checked
+  against the race's ``settings``: a run made with others is refused with
+  both named, not scored as if it were this race's (a run file written
+  before runs kept their settings is checked by its curve's length)."""
+  runs = harness.read_records(path, ("seed", "label", "train_loss"))
+  for number, run in runs:
+    recorded = run.get("settings", {"steps": len(run["train_loss"])})
+    differing = {k: (v, settings[k]) for k, v in recorded.items() if settings.get(k) != v}
+    if differing:
+      pairs = ", ".join(f"{k}={old!r} (this race: {new!r})" for k, (old, new) in differing.items())
+      raise ValueError(f"{path}:{number}: run {run['label']!r} (seed {run['seed']}) was made"
+                       f" with {pairs}; resume a race with the settings it was run with, or"
+                       " give another --out")
+  return [run for _, run in runs]
 
 
 def race_summary(runs: dict, names: Sequence[str], steps: int,

@@ -50,12 +50,16 @@ def matrices(params):
   return jax.tree.map(lambda p: jnp.ndim(p) >= 2, params)
 
 
+# The peak learning rates of the muon entry: its own and its AdamW side's.
+MUON_PEAK, MUON_ADAMW_PEAK = 0.02, 1.8e-2
+
+
 def _muon_adamw(n: int) -> dict:
   """The AdamW side of the Muon-family entries (embeddings, head, norms,
   biases): b2 0.99, no decay, peak 1.8e-2 = 3x AdamW's tuned 6e-3, the best
   of 0.5-6x for Muon and AdaMuon on the race (benchmarks/race_two_lrs.py;
   benchmarks/RESULTS.md, "Fourth quadrant")."""
-  return dict(adam_learning_rate=warmup_cosine(1.8e-2, n), adam_b2=0.99,
+  return dict(adam_learning_rate=warmup_cosine(MUON_ADAMW_PEAK, n), adam_b2=0.99,
               adam_weight_decay=0.0)
 
 
@@ -92,7 +96,7 @@ OPTIMIZERS: dict[str, Callable[[int], optax.GradientTransformation]] = {
         warmup_cosine(1e-3, n), weight_decay=0.3, mask=matrices),
     "tiger": lambda n: go.tiger(
         warmup_cosine(1e-3, n), weight_decay=0.3, mask=matrices),
-    "muon": lambda n: go.muon(warmup_cosine(0.02, n), weight_decay=0.0, **_muon_adamw(n)),
+    "muon": lambda n: go.muon(warmup_cosine(MUON_PEAK, n), weight_decay=0.0, **_muon_adamw(n)),
     "muon:moonlight": lambda n: go.muon(
         warmup_cosine(6e-3, n), scale="moonlight", weight_decay=0.1,
         adam_b2=0.99, adam_weight_decay=0.0),

@@ -30,8 +30,13 @@ _PACKAGE_DIRS = {"gradtx": "gradtx", "transforms": "gradtx/transforms",
 
 
 def _extract(revision: str) -> str:
-  run = lambda *args: subprocess.run(
-      ["git", *args], cwd=ROOT, capture_output=True, check=True).stdout
+  def run(*args):
+    done = subprocess.run(["git", *args], cwd=ROOT, capture_output=True)
+    if done.returncode:
+      raise ValueError(f"revision {revision!r}: git {args[0]} failed:"
+                       f" {done.stderr.decode().strip()}")
+    return done.stdout
+
   present = set(run("ls-tree", "--name-only", revision).decode().split())
   # Before gradtx/ existed the package was a namespace of the other two.
   archive = run("archive", "--format=tar", revision,

@@ -436,8 +436,22 @@ def parse_args(
     print("\n".join(optimizers))
     raise SystemExit(0)
   names = tuple(n.strip() for n in args.optimizers.split(",") if n.strip())
-  factors = tuple(float(f) for f in args.lr_factors.split(",") if f.strip())
-  seeds = tuple(int(v) for v in args.seeds.split(",") if v.strip())
+
+  def numbers(option, text, kind):
+    try:
+      return tuple(kind(v) for v in text.split(",") if v.strip())
+    except ValueError:
+      parser.error(f"{option} takes comma-separated {kind.__name__}s, got {text!r}")
+
+  factors = numbers("--lr-factors", args.lr_factors, float)
+  seeds = numbers("--seeds", args.seeds, int)
+  sizes = ("steps", "batch_size", "context", "d_model", "num_layers", "num_heads",
+           "eval_every", "eval_batches", "devices")
+  small = [f"--{k.replace('_', '-')} {getattr(args, k)}" for k in sizes if getattr(args, k) < 1]
+  if small or args.corpus_mb <= 0:
+    parser.error(f"must be positive: {', '.join(small or [f'--corpus-mb {args.corpus_mb}'])}")
+  if not names:
+    parser.error("--optimizers is empty")
   racing = bool(factors or seeds)  # a race also takes name@{factor}x
   unknown = [n for n in names if n not in optimizers
              and not (racing and split_factor(n)[0] in optimizers)]

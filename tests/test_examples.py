@@ -145,6 +145,19 @@ def test_char_lm_refuses_a_batch_the_mesh_does_not_divide():
     char_lm.make_mesh(config)
 
 
+@pytest.mark.parametrize("options, message", [
+    (["--eval-every", "0"], "must be positive: --eval-every 0"),
+    (["--steps", "0"], "must be positive: --steps 0"),
+    (["--lr-factors", "1,x"], "--lr-factors takes comma-separated floats"),
+    (["--seeds", "0,1.5"], "--seeds takes comma-separated ints"),
+    (["--corpus-mb", "0"], "--corpus-mb 0"),
+])
+def test_char_lm_refuses_settings_it_cannot_train_with(options, message, capsys):
+  with pytest.raises(SystemExit):
+    char_lm.parse_args(options)
+  assert message in capsys.readouterr().err
+
+
 def test_char_lm_runs_the_issue_14_entries_with_records(tmp_path):
   """kfac and muon:qk_clip read the train step's records (K-FAC's dense
   inputs and output gradients, QK-clip's per-head max logits); dion does not."""

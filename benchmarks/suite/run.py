@@ -18,7 +18,10 @@ over other hyper-parameters too (registry variants of AdamW on the same grid,
 the best (variant, factor) sets the target). Every finished run is one JSON
 line in ``<out>/runs.jsonl``; a rerun skips the runs found there. Written
 per (ruleset, schedule): ``table_<ruleset>_<schedule>.md``,
-``profiles_<ruleset>_<schedule>.png`` and ``summary_<ruleset>_<schedule>.json``.
+``profiles_<ruleset>_<schedule>.png`` and ``summary_<ruleset>_<schedule>.json``,
+but not over tables that score workloads or optimizers this run does not (a
+smoke run left in the default ``--out``, the committed results): those are
+printed only, unless ``--replace-tables``.
 """
 
 import argparse
@@ -30,9 +33,10 @@ from typing import Optional, Sequence
 
 import tqdm
 
-from benchmarks import registry
+from benchmarks import harness, registry
 from benchmarks.suite import WORKLOADS, scoring
 from benchmarks.suite import train as suite_train
+from benchmarks.suite.workload import SCHEDULES
 
 DEFAULT_OUT = pathlib.Path(__file__).parent / "results"
 
@@ -58,23 +62,58 @@ def parse_args(argv: Optional[Sequence[str]]) -> argparse.Namespace:
                       help="override every workload's step budget (smoke runs)")
   parser.add_argument("--eval-every", type=int, default=50)
   parser.add_argument("--out", type=pathlib.Path, default=DEFAULT_OUT)
+  parser.add_argument("--replace-tables", action="store_true",
+                      help="write the tables even over ones that score more workloads or"
+                      " optimizers (a partial run in the committed folder does not, by default)")
   args = parser.parse_args(argv)
-  floats = lambda text: tuple(float(x) for x in text.split(",") if x)
+
+  def numbers(option, text, kind):
+    try:
+      return tuple(kind(x) for x in text.split(",") if x.strip())
+    except ValueError:
+      parser.error(f"{option} takes comma-separated {kind.__name__}s, got {text!r}")
+
   args.workloads = tuple(w for w in args.workloads.split(",") if w)
-  args.factors, args.seeds = floats(args.factors), tuple(int(s) for s in args.seeds.split(","))
+  args.factors = numbers("--factors", args.factors, float)
+  args.seeds = numbers("--seeds", args.seeds, int)
   args.target_factors = (args.factors if args.target_factors is None
-                         else floats(args.target_factors))
+                         else numbers("--target-factors", args.target_factors, float))
   args.schedules = tuple(s for s in args.schedules.split(",") if s)
   args.baseline_variants = tuple(v for v in args.baseline_variants.split(",") if v)
   items = [registry.split_factor(item) for item in args.optimizers.split(",") if item]
   args.optimizers = tuple(name for name, _ in items)
   args.fixed = {name: factor or 1.0 for name, factor in items}
+  check(parser, args, items)
+  return args
+
+
+def check(parser: argparse.ArgumentParser, args: argparse.Namespace, items: list) -> None:
+  """Every option's values runnable, before the first run: a long race must
+  not stop hours in on a name or a number it could have refused at once."""
   unknown = ({w for w in args.workloads if w not in WORKLOADS}
              | {o for o in (*args.optimizers, *args.baseline_variants)
                 if o not in registry.OPTIMIZERS})
   if unknown:
     parser.error(f"unknown names: {', '.join(sorted(unknown))}")
-  return args
+  unsupported = [o for o in args.optimizers if o in suite_train.NEEDS_EXTRA_ARGS]
+  if unsupported:
+    parser.error(f"{', '.join(unsupported)}: their updates need the training step's grad_fn"
+                 " or records, which the suite's workloads do not give")
+  schedules = [s for s in args.schedules if s not in SCHEDULES]
+  if schedules:
+    parser.error(f"--schedules: unknown {', '.join(schedules)} (one of {', '.join(SCHEDULES)})")
+  for option, value in (("--steps", args.steps), ("--eval-every", args.eval_every)):
+    if value is not None and value < 1:
+      parser.error(f"{option} must be at least 1, got {value}")
+  for option, values in (("--factors", args.factors), ("--seeds", args.seeds),
+                         ("--target-factors", args.target_factors),
+                         ("--workloads", args.workloads), ("--schedules", args.schedules)):
+    if not values:
+      parser.error(f"{option} is empty")
+  with_factor = [f"{n}@{f:g}x" for n, f in items if f is not None]
+  if args.ruleset == "tuned" and with_factor:
+    parser.error(f"{', '.join(with_factor)}: a name@Fx factor is the fixed ruleset's"
+                 " (--ruleset fixed); the tuned ruleset runs every name on --factors")
 
 
 def run_key(run: dict) -> tuple:
@@ -109,17 +148,21 @@ def planned(args: argparse.Namespace, workloads: dict) -> list[dict]:
   return runs
 
 
+# What scoring a run reads: its key and its curve.
+RECORD_KEYS = ("workload", "schedule", "optimizer", "factor", "seed", "steps", "train_loss")
+
+
 def load_runs(path: pathlib.Path) -> dict[tuple, dict]:
-  """The finished runs of ``path`` (one JSON object a line), by key."""
-  if not path.exists():
-    return {}
-  runs = (json.loads(line) for line in path.read_text().splitlines() if line.strip())
-  return {run_key(run): run for run in runs}
+  """The finished runs of ``path`` (``harness.read_records``), by key."""
+  return {run_key(run): run for _, run in harness.read_records(path, RECORD_KEYS)}
 
 
 def execute(todo: list[dict], workloads: dict, path: pathlib.Path, eval_every: int) -> None:
   """Runs ``todo``, appending each finished run to ``path``."""
-  for plan in tqdm.tqdm(todo, desc="suite", unit="run"):
+  bar = tqdm.tqdm(todo, desc="suite", unit="run")
+  for plan in bar:
+    bar.set_postfix_str(f"{plan['workload']} {plan['schedule']} {plan['optimizer']}"
+                        f"@{plan['factor']:g}x seed {plan['seed']}")
     workload = workloads[plan["workload"]]
     with warnings.catch_warnings(record=True) as caught:
       warnings.simplefilter("always")
@@ -161,12 +204,31 @@ def report(args: argparse.Namespace, runs: dict, workloads: dict) -> dict:
             " · final train loss · held-out accuracy\n\n"
             + scoring.table(summaries, names))
     print(f"\n{text}")
+    covered = dropped_from(args.out / f"summary_{stem}.json", summaries)
+    if covered and not args.replace_tables:
+      print(f"not written: {args.out}'s {stem} tables cover {covered}, which this run does not"
+            " (give another --out, or --replace-tables)")
+      results[schedule] = summaries
+      continue
     (args.out / f"table_{stem}.md").write_text(text + "\n")
     (args.out / f"summary_{stem}.json").write_text(json.dumps(summaries, indent=1))
     scoring.plot_profiles(summaries, names, f"{args.ruleset} ruleset, {schedule}",
                           args.out / f"profiles_{stem}.png")
     results[schedule] = summaries
   return results
+
+
+def dropped_from(path: pathlib.Path, summaries: dict) -> str:
+  """What the summary at ``path`` scores that ``summaries`` do not (workloads,
+  optimizers), in words; empty if nothing (or no file)."""
+  if not path.exists():
+    return ""
+  old = json.loads(path.read_text())
+  workloads = sorted(set(old) - set(summaries))
+  names = lambda s: {name for by_name in s.values() for name in by_name}
+  optimizers = sorted(names(old) - names(summaries))
+  return "; ".join(f"{kind} {', '.join(items)}" for kind, items in
+                   (("workloads", workloads), ("optimizers", optimizers)) if items)
 
 
 def main(argv: Optional[Sequence[str]] = None) -> dict:

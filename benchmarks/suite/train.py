@@ -43,6 +43,11 @@ def takes_keywords(name: str) -> bool:
   return any(p.kind is inspect.Parameter.VAR_KEYWORD for p in parameters)
 
 
+# Registry entries whose update needs more than gradients (sam's ``grad_fn``,
+# kfac's and qk_clip's ``records``), which the suite's step does not give.
+NEEDS_EXTRA_ARGS = ("sam", "kfac", "muon:qk_clip")
+
+
 def make_optimizer(name: str, lr_factor: float, schedule: str, steps: int,
                    matrix_view: Optional[Callable] = None) -> optax.GradientTransformation:
   """Registry entry ``name`` at ``lr_factor`` times its peaks, on ``schedule``.

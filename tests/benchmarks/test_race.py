@@ -1,6 +1,10 @@
 """The race (benchmarks/race.py, ``examples/char_lm.py --lr-factors --seeds``):
 the summary at each optimizer's best lr, and runs resumed from the run file."""
 
+import dataclasses
+import json
+import pathlib
+
 import numpy as np
 import pytest
 
@@ -50,3 +54,52 @@ def test_race_runs_resume_from_the_run_file(tmp_path):
   assert second["muon"]["final_loss"] == first["muon"]["final_loss"]
   assert second["adamuon"]["lr_factor"] == 2.0
   assert (tmp_path / "char_lm_race.md").read_text().count("\n| ") == 4
+
+
+def _tiny_config(tmp_path, **changes):
+  config = char_lm.Config(
+      optimizers=("adamw",), steps=6, batch_size=4, context=16, d_model=16, num_layers=1,
+      num_heads=2, corpus_mb=0.1, eval_every=6, eval_batches=1, seed=0, out=tmp_path,
+      lr_factors=(1.0,), seeds=(0,))
+  return dataclasses.replace(config, **changes)
+
+
+def _record(tmp_path, lines):
+  (tmp_path / "char_lm_race_runs.jsonl").write_text("".join(line + "\n" for line in lines))
+
+
+def test_a_run_made_with_other_settings_is_refused_not_scored(tmp_path):
+  settings = race.run_settings(_tiny_config(tmp_path))
+  made = json.dumps({"seed": 0, "label": "adamw", "train_loss": [3.0] * 6,
+                     "settings": {**settings, "steps": 10}})
+  _record(tmp_path, [made])
+  with pytest.raises(ValueError, match=r"steps=10 \(this race: 6\)"):
+    race.read_runs(tmp_path / "char_lm_race_runs.jsonl", settings)
+  # A run file from before runs kept their settings: checked by its curve's length.
+  _record(tmp_path, [json.dumps({"seed": 0, "label": "adamw", "train_loss": [3.0] * 10})])
+  with pytest.raises(ValueError, match="steps=10"):
+    race.read_runs(tmp_path / "char_lm_race_runs.jsonl", settings)
+  _record(tmp_path, [json.dumps({"seed": 0, "label": "adamw", "train_loss": [3.0] * 6})])
+  assert len(race.read_runs(tmp_path / "char_lm_race_runs.jsonl", settings)) == 1
+
+
+def test_a_run_file_cut_short_drops_its_last_run_and_names_a_bad_line(tmp_path):
+  settings = race.run_settings(_tiny_config(tmp_path))
+  good = json.dumps({"seed": 0, "label": "adamw", "train_loss": [3.0] * 6,
+                     "settings": settings})
+  _record(tmp_path, [good, good[:40]])
+  with pytest.warns(UserWarning, match=":2: the last run is cut short"):
+    assert len(race.read_runs(tmp_path / "char_lm_race_runs.jsonl", settings)) == 1
+  _record(tmp_path, [good[:40], good])
+  with pytest.raises(ValueError, match=":1 is not a JSON run record"):
+    race.read_runs(tmp_path / "char_lm_race_runs.jsonl", settings)
+  _record(tmp_path, [json.dumps({"seed": 0, "label": "adamw"})])
+  with pytest.raises(ValueError, match="lacks \\['train_loss'\\]"):
+    race.read_runs(tmp_path / "char_lm_race_runs.jsonl", settings)
+
+
+def test_the_committed_race_files_resume_under_the_settings_they_were_run_with():
+  """Their curves are as long as the races' 400 steps (README's commands)."""
+  root = pathlib.Path(race.__file__).parent / "race"
+  for path in root.rglob("char_lm_race_runs.jsonl"):
+    assert race.read_runs(path, {"steps": 400})

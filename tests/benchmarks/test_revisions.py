@@ -4,6 +4,8 @@ import inspect
 import pathlib
 import warnings
 
+import pytest
+
 from benchmarks import revisions
 from benchmarks.harness import ROOT
 from gradtx import optimizers as go
@@ -24,3 +26,8 @@ def test_forwarded_names_stay_the_revisions():
   assert ROOT.resolve() in _defined_under(current).parents
   assert ROOT.resolve() not in _defined_under(old_go.muon).parents
   assert ROOT.resolve() not in _defined_under(old_gt.scale_by_adam).parents
+
+
+def test_an_unknown_revision_is_named_with_gits_message():
+  with pytest.raises(ValueError, match="revision 'no-such-rev': git ls-tree failed: .*no-such-rev"):
+    revisions.at_revision("no-such-rev")

@@ -92,6 +92,57 @@ def test_runner_resumes_from_its_run_files(tmp_path, monkeypatch):
   assert "score (steps)" in (tmp_path / "table_tuned_constant.md").read_text()
 
 
+@pytest.mark.parametrize("options, message", [
+    (["--optimizers", "adamw,sam"], "grad_fn or records"),
+    (["--optimizers", "adamw,muon:qk_clip"], "grad_fn or records"),
+    (["--schedules", "constant,foo"], "--schedules: unknown foo"),
+    (["--steps", "0"], "--steps must be at least 1"),
+    (["--eval-every", "0"], "--eval-every must be at least 1"),
+    (["--seeds", "0,x"], "--seeds takes comma-separated ints"),
+    (["--factors", ","], "--factors is empty"),
+    (["--optimizers", "adamw,muon@2x"], "muon@2x: a name@Fx factor is the fixed ruleset's"),
+])
+def test_options_the_runs_could_not_use_are_refused_before_the_first_run(
+    options, message, capsys):
+  with pytest.raises(SystemExit):
+    run.parse_args(options)
+  assert message in capsys.readouterr().err
+
+
+def test_a_run_file_cut_short_is_resumed_and_a_bad_record_named(tmp_path, monkeypatch):
+  calls = []
+  monkeypatch.setattr(suite_train, "train", _fake_train(calls))
+  argv = ["--workloads", "tabular_mlp", "--optimizers", "adamw", "--factors", "1,2",
+          "--seeds", "0", "--steps", "10", "--schedules", "constant", "--out", str(tmp_path)]
+  run.main(argv)
+  path = tmp_path / "runs.jsonl"
+  first, second = path.read_text().splitlines()
+  path.write_text(first + "\n" + second[:50])  # killed mid-write
+  with pytest.warns(UserWarning, match="runs.jsonl:2: the last run is cut short"):
+    run.main(argv)
+  assert len(calls) == 3  # the cut run made again, on a line of its own
+  assert [json.loads(line)["factor"] for line in path.read_text().splitlines()] == [1.0, 2.0]
+  record = json.loads(first)
+  del record["train_loss"]
+  path.write_text(json.dumps(record) + "\n")
+  with pytest.raises(ValueError, match="runs.jsonl:1: the run record lacks \\['train_loss'\\]"):
+    run.main(argv)
+
+
+def test_a_partial_run_does_not_overwrite_tables_that_score_more(tmp_path, monkeypatch):
+  calls = []
+  monkeypatch.setattr(suite_train, "train", _fake_train(calls))
+  argv = ["--optimizers", "adamw,muon", "--factors", "1", "--seeds", "0", "--steps", "10",
+          "--schedules", "constant", "--out", str(tmp_path)]
+  run.main(["--workloads", "tabular_mlp,digits_cnn", *argv])
+  table = tmp_path / "table_tuned_constant.md"
+  both = table.read_text()
+  run.main(["--workloads", "tabular_mlp", *argv])
+  assert table.read_text() == both  # still scores digits_cnn
+  run.main(["--workloads", "tabular_mlp", "--replace-tables", *argv])
+  assert table.read_text() != both and "digits_cnn" not in table.read_text()
+
+
 def test_fixed_ruleset_runs_one_factor_and_adamws_grid():
   args = run.parse_args(["--ruleset", "fixed", "--optimizers", "adamw,muon@3x",
                          "--factors", "0.5,1", "--seeds", "0", "--schedules", "constant",
