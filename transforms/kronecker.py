@@ -180,7 +180,9 @@ def kronecker_precondition(
   root is :math:`-1/2`; diagonal leaves get
   :math:`u = g / \sqrt{β s + |g|^2 + δ}` element-wise. How leaves become
   blocks is described in the module docstring. A root that comes out
-  non-finite is discarded and the previous one kept.
+  non-finite from finite statistics is discarded and the previous one kept;
+  statistics made non-finite by a gradient give non-finite roots (the
+  failure shows, as README's "Non-finite gradients" has it).
 
   Args:
     precondition_b2: β, the decay of the statistics, in [0, 1]; 1 is
@@ -269,8 +271,11 @@ def kronecker_precondition(
             s, p, root_method=root_method, damping=damping,
             relative_damping=relative_damping),
         stats)
-    finite = jnp.isfinite(new).all((-2, -1), keepdims=True)
-    return jnp.where(finite, new, old)
+    # A root that fails on finite statistics (an ill-conditioned eigh or
+    # Newton run) is discarded; statistics a non-finite gradient reached give
+    # a non-finite root, not a silently stale one.
+    finite = lambda x: jnp.isfinite(x).all((-2, -1), keepdims=True)
+    return jnp.where(finite(stats) & ~finite(new), old, new)
 
   def recompute(owners, left_stats, right_stats, left_roots, right_roots):
     exponents = {g.name: exponent(g.left, g.right) for g in owners.groups}

@@ -43,7 +43,9 @@ class ScaleBySoapState(NamedTuple):
     mu_stacks: per matrix shape, Adam's first moment in eigenbasis
       coordinates, (matrices, m, n), stored in its parameters' dtype (or
       ``mu_dtype``) and updated in at least float32.
-    nu_stacks: the second moment, likewise.
+    nu_stacks: the second moment, likewise, but at least float32 over
+      float16 parameters (σ₁² overflows float16); with ``nu_dtype="int8"``
+      stored as √v (v spans too many decades for the 8-bit map).
     left_stats: per shape, the EMA of GGᴴ, (matrices, m, m) in at least
       float32 (shapes whose rows keep the identity basis have none).
     right_stats: the EMA of GᴴG, (matrices, n, n).
@@ -257,6 +259,13 @@ def scale_by_soap(
   nu_format = state_format.state_format("nu_dtype", nu_dtype)
 
   plan = lambda tree: kron.owner_plan(tree, matrix_view, None, max_precondition_dim)[0]
+  # In the eigenbasis v concentrates on the top directions and spans more
+  # decades (1e8 measured) than the 8-bit map keeps (its smallest code is
+  # ~3e-7 of a block's largest): its small entries stored as 0 made
+  # m/(√v + ε) 30x too large. Quantized, the stacks keep √v: half the decades.
+  root_of_nu = state_format.is_quantized(nu_format)
+  load_nu = lambda stored, dtype: (
+      (lambda r: r * r) if root_of_nu else (lambda v: v))(state_format.load(stored, dtype))
 
   def init_fn(params):
     _validate.check_shaped_params(params, "scale_by_soap")
@@ -265,11 +274,15 @@ def scale_by_soap(
     plain = iter([layout is None for layout in owners.layouts])
     plain_params = _tree.zeros_where(params, lambda path, p: next(plain))
     leaves = jax.tree.leaves(params)
-    # Stored like their parameters (None formats), computed in the stack's dtype.
+    # Stored like their parameters (None formats), computed in the stack's
+    # dtype; v at least in float32 over float16 parameters: in the eigenbasis
+    # it gathers σ₁², past float16's 65504 for a 512x512 gradient of ones.
     like_params = lambda g: jnp.result_type(*(leaves[i].dtype for i, _, _ in g.members))
+    wide = lambda dtype: jnp.float32 if dtype == jnp.float16 else dtype
     moments = lambda fmt, real: {
         g.name: state_format.zeros_like_tree(
-            owners.zeros(g, g.block_shape, like_params(g)), fmt, signed=not real, real=real)
+            owners.zeros(g, g.block_shape, wide(like_params(g)) if real else like_params(g)),
+            fmt, signed=not real, real=real)
         for g in groups}
     side = lambda on, size: {
         g.name: owners.zeros(g, (g.block_shape[size],) * 2)
@@ -320,9 +333,10 @@ def scale_by_soap(
     directions, moments = [], {}
     for g in groups:
       x = grads[g.name]
-      m, v = (owners.to_owners(g.name, state_format.load(stored, dtype))
-              for stored, dtype in ((state.mu_stacks[g.name], x.dtype),
-                                    (state.nu_stacks[g.name], _tree.real_dtype(g.dtype))))
+      m, v = (owners.to_owners(g.name, load(stored, dtype))
+              for stored, dtype, load in (
+                  (state.mu_stacks[g.name], x.dtype, state_format.load),
+                  (state.nu_stacks[g.name], _tree.real_dtype(g.dtype), load_nu)))
       lb, rb = get(old_left_basis, g), get(old_right_basis, g)
       u, m, v = adam(count, _rotate(x, lb, rb, g), m, v)
       directions.append(_rotate(u, lb, rb, g, back=True))
@@ -337,7 +351,8 @@ def scale_by_soap(
     nu_stacks = to_state({k: v for k, (_, v) in moments.items()})
     mu_stacks = {k: state_format.store(m, state.mu_stacks[k], mu_format, seed_of(k), stream=0)
                  for k, m in mu_stacks.items()}
-    nu_stacks = {k: state_format.store(v, state.nu_stacks[k], nu_format, seed_of(k), stream=1)
+    nu_stacks = {k: state_format.store(jnp.sqrt(v) if root_of_nu else v, state.nu_stacks[k],
+                                       nu_format, seed_of(k), stream=1)
                  for k, v in nu_stacks.items()}
 
     out = owners.unstack(directions, alike=True)

@@ -142,3 +142,19 @@ def test_newton_and_eigh_updates_agree():
   by_eigh, _ = _run(gt.kronecker_precondition(damping=1e-3), grads)
   by_newton, _ = _run(gt.kronecker_precondition(damping=1e-3, root_method="newton"), grads)
   assert runners.relative_error(by_newton[-1], np.asarray(by_eigh[-1], np.float64)) < 1e-4
+
+
+def test_statistics_a_nan_gradient_reached_give_nan_roots_not_stale_ones():
+  """A root that fails on finite statistics keeps the previous one; once a
+  NaN gradient has entered the statistics the roots show it (before: the
+  step-1 roots were kept for good, and with int8 moments Shampoo then trained
+  on a frozen preconditioner, silently)."""
+  tx = gt.kronecker_precondition(precondition_every=2)
+  params = {"w": jnp.ones((6, 4))}
+  state = tx.init(params)
+  g = {"w": jnp.arange(24.0).reshape(6, 4) / 24 + jnp.eye(6, 4)}
+  _, state = tx.update(g, state)  # step 1: roots from finite statistics
+  assert all(bool(jnp.isfinite(r).all()) for r in jax.tree.leaves(state.left_root))
+  _, state = tx.update({"w": g["w"].at[2, 1].set(jnp.nan)}, state)
+  _, state = tx.update(g, state)  # step 3: the roots are recomputed
+  assert not any(bool(jnp.isfinite(r).all()) for r in jax.tree.leaves(state.left_root))
