@@ -49,6 +49,10 @@ OPTIMIZERS = {
     "ademamix_int8": lambda: go.ademamix(0.01, mu_dtype="int8", nu_dtype="int8"),
     "parameter_ema": lambda: go.parameter_ema(go.adamw(0.01), decay=0.9, start_step=1),
     "inject_hyperparams": lambda: optax.inject_hyperparams(go.adamw)(learning_rate=0.01),
+    # int8 moments inside optax.masked (Muon's AdamW side): under NNX a
+    # masked-out leaf is a variable holding a MaskedNode.
+    "muon_int8": lambda: go.muon(0.02, adam_learning_rate=0.01, mu_dtype="int8",
+                                 nu_dtype="int8"),
 }
 # A vector, matrices, a conv kernel and an 8-bit leaf above 4096 elements.
 # (No zero-size leaf: orbax refuses to save one, in the params as anywhere;
@@ -143,7 +147,7 @@ class _Net(nnx.Module):
     return self.out(self.attn(x))
 
 
-@pytest.mark.parametrize("name", ["adamw", "muon", "shampoo", "soap"])
+@pytest.mark.parametrize("name", ["adamw", "muon", "shampoo", "soap", "muon_int8"])
 def test_nnx_optimizer_state_round_trips(name, tmp_path):
   x = jnp.asarray(np.random.default_rng(1).standard_normal((4, 5, 8)), jnp.float32)
 
@@ -169,6 +173,20 @@ def test_nnx_optimizer_state_round_trips(name, tmp_path):
   new_losses = [float(train(new_model, new_optimizer)) for _ in range(2)]
   assert losses == new_losses
   assert _bit_identical(nnx.state(new_model), nnx.state(model))
+
+
+@pytest.mark.parametrize("name", ["adamw_8bit", "ademamix_int8", "muon_int8", "soap"])
+def test_flax_to_bytes_resumes_bit_identically(name):
+  """``flax.serialization.to_bytes`` of the state (a Linen ``TrainState``'s
+  checkpoint path), 8-bit codes included ("big" is quantized), restored with
+  ``from_bytes`` onto a fresh state: the next steps are the same bits."""
+  from flax import serialization
+  params, grad = _problem()
+  tx = OPTIMIZERS[name]()
+  params, state = _steps(tx, params, tx.init(params), grad, 3)
+  restored = serialization.from_bytes(tx.init(params), serialization.to_bytes(state))
+  assert _bit_identical(restored, state)
+  assert _bit_identical(_steps(tx, params, restored, grad, 2), _steps(tx, params, state, grad, 2))
 
 
 _MESH_SPECS = {"bias": P("d"), "w": P("d", None), "conv": P(None, None, None, "d"),

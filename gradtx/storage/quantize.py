@@ -19,6 +19,7 @@ ICLR 2022 (the dynamic map is bitsandbytes' ``create_dynamic_map``).
 """
 
 import functools
+import importlib.util
 from typing import Any
 
 import jax
@@ -144,6 +145,28 @@ class QuantizedArray:
         f"QuantizedArray(codes={self.codes!r}, scales={self.scales!r},"
         f" shape={self.shape}, signed={self.signed})"
     )
+
+
+def _register_with_flax() -> None:
+  """``flax.serialization`` (``to_bytes``, msgpack, a ``TrainState``'s
+  checkpoints) sees a ``QuantizedArray`` as ``{"codes", "scales"}`` and
+  restores it onto its target's shape and code map; without flax, nothing."""
+  if importlib.util.find_spec("flax") is None:
+    return
+  from flax import serialization
+
+  serialization.register_serialization_state(
+      QuantizedArray,
+      lambda q: {"codes": serialization.to_state_dict(q.codes),
+                 "scales": serialization.to_state_dict(q.scales)},
+      lambda target, state: QuantizedArray(
+          serialization.from_state_dict(target.codes, state["codes"]),
+          serialization.from_state_dict(target.scales, state["scales"]),
+          target.shape, target.signed),
+      override=True)
+
+
+_register_with_flax()
 
 
 def _zero_index(signed: bool) -> int:

@@ -197,6 +197,8 @@ def zeros_like_tree(params: Any, fmt: Any, *, signed: bool, real: bool = False) 
 
   def leaf(x):
     p = x.get_value() if _tree.is_variable(x) else x
+    if isinstance(p, optax.MaskedNode):  # a variable optax.masked left out (NNX)
+      return x
     if np.prod(p.shape, dtype=np.int64) < fmt.min_size:
       # float32 and parameter-shaped (a flax variable keeps its metadata), so
       # it takes its parameter's sharding like any moment.
