@@ -11,7 +11,9 @@ from gradtx._internal import validate as _validate
 
 
 class ScaleByLearningRateState(NamedTuple):
-  """State of ``scale_by_learning_rate``: the step count for schedules."""
+  """State of ``scale_by_learning_rate`` with a schedule: the step count (a
+  constant rate keeps ``optax.EmptyState()``, as optax does, so that
+  ``optax.tree_utils.tree_get(state, "count")`` finds one count)."""
 
   count: jax.Array
 
@@ -32,21 +34,22 @@ def scale_by_learning_rate(
 
   Returns:
     An ``optax.GradientTransformation`` with state
-    ``ScaleByLearningRateState``.
+    ``ScaleByLearningRateState`` for a schedule, else ``optax.EmptyState``.
   """
   _validate.check_scalar_or_schedule("learning_rate", learning_rate)
   sign = -1 if flip_sign else 1
+  counts = callable(learning_rate)
 
   def init_fn(params):
     del params
-    return ScaleByLearningRateState(jnp.zeros([], jnp.int32))
+    return ScaleByLearningRateState(jnp.zeros([], jnp.int32)) if counts else optax.EmptyState()
 
   def update_fn(updates, state, params=None):
     del params
-    step_size = sign * _tree.resolve_schedule(learning_rate, state.count)
+    step_size = sign * (learning_rate(state.count) if counts else learning_rate)
     updates = jax.tree.map(
         lambda g: (step_size * g).astype(g.dtype), updates
     )
-    return updates, ScaleByLearningRateState(optax.safe_increment(state.count))
+    return updates, _tree.counted(state)
 
   return optax.GradientTransformation(init_fn, update_fn)

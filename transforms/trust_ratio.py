@@ -12,7 +12,8 @@ from gradtx.transforms.weight_decay import MaskOrFn, weight_decay_mask
 
 
 class ScaleByTrustRatioState(NamedTuple):
-  """State of ``scale_by_trust_ratio``: the step count, for a decay schedule."""
+  """State of ``scale_by_trust_ratio`` with a scheduled decay: the step count
+  (otherwise ``optax.EmptyState()``, as in optax)."""
 
   count: jax.Array
 
@@ -53,9 +54,9 @@ def scale_by_trust_ratio(
 
   Returns:
     An ``optax.GradientTransformation`` that needs ``params``, with state
-    ``ScaleByTrustRatioState``. A NaN or ±inf gradient makes its leaf's whole
-    update NaN (its norm is not finite; optax agrees for NaN, and for ±inf
-    leaves zeros beside it).
+    ``ScaleByTrustRatioState`` (scheduled decay) or ``optax.EmptyState``. A
+    NaN or ±inf gradient makes its leaf's whole update NaN (its norm is not
+    finite; optax agrees for NaN, and for ±inf leaves zeros beside it).
 
   Example:
     >>> import jax.numpy as jnp
@@ -75,15 +76,17 @@ def scale_by_trust_ratio(
   _validate.check_non_negative("eps", eps)
   _validate.check_scalar_or_schedule("weight_decay", weight_decay)
 
+  counts = callable(weight_decay)
+
   def init_fn(params):
     del params
-    return ScaleByTrustRatioState(jnp.zeros([], jnp.int32))
+    return ScaleByTrustRatioState(jnp.zeros([], jnp.int32)) if counts else optax.EmptyState()
 
   def update_fn(updates, state, params=None):
     if params is None:
       raise ValueError(
           "scale_by_trust_ratio needs params: update(u, state, params)")
-    decay = _tree.resolve_schedule(weight_decay, state.count)
+    decay = weight_decay(state.count) if counts else weight_decay
     decayed = weight_decay_mask(mask, params)
 
     def leaf(u, p, decays):
@@ -99,6 +102,6 @@ def scale_by_trust_ratio(
       return (ratio * (u_ + decay_ * p_)).astype(u.dtype)
 
     new = jax.tree.map(leaf, updates, params, decayed)
-    return new, ScaleByTrustRatioState(optax.safe_increment(state.count))
+    return new, _tree.counted(state)
 
   return optax.GradientTransformation(init_fn, update_fn)

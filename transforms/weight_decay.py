@@ -39,7 +39,8 @@ def weight_decay_mask(mask: MaskOrFn, params: Any) -> Any:
 
 
 class WeightDecayState(NamedTuple):
-  """State of the weight-decay transforms: the step count for schedules."""
+  """State of the weight-decay transforms with a scheduled λ: the step count
+  (a constant λ keeps ``optax.EmptyState()``, as optax does)."""
 
   count: jax.Array
 
@@ -49,20 +50,22 @@ def _add_scaled_params(
 ) -> optax.GradientTransformation:
   _validate.check_scalar_or_schedule("weight_decay", weight_decay)
 
+  counts = callable(weight_decay)
+
   def init_fn(params):
     del params
-    return WeightDecayState(jnp.zeros([], jnp.int32))
+    return WeightDecayState(jnp.zeros([], jnp.int32)) if counts else optax.EmptyState()
 
   def update_fn(updates, state, params=None):
     _validate.check_matching_shapes(updates, params, "weight decay")
     if _validate.is_static_zero(weight_decay):
-      return updates, WeightDecayState(optax.safe_increment(state.count))
+      return updates, state
     if params is None:
       raise ValueError(
           "weight decay needs the parameters: call update(updates, state,"
           " params)"
       )
-    decay = _tree.resolve_schedule(weight_decay, state.count)
+    decay = weight_decay(state.count) if counts else weight_decay
 
     def leaf(g, p):
       dtype = _tree.compute_dtype(g)
@@ -74,7 +77,7 @@ def _add_scaled_params(
       return (g_ + decayed).astype(g.dtype)
 
     updates = jax.tree.map(leaf, updates, params)
-    return updates, WeightDecayState(optax.safe_increment(state.count))
+    return updates, _tree.counted(state)
 
   tx = optax.GradientTransformation(init_fn, update_fn)
   return tx if mask is None else optax.masked(tx, mask)
@@ -112,8 +115,9 @@ def decoupled_weight_decay(
     cautious_weight_decay: decay only where ``u * p >= 0``.
 
   Returns:
-    An ``optax.GradientTransformation`` with state ``WeightDecayState``
-    (wrapped in ``optax.MaskedState`` when a mask is given).
+    An ``optax.GradientTransformation`` with state ``WeightDecayState`` for a
+    scheduled λ, else ``optax.EmptyState`` (wrapped in ``optax.MaskedState``
+    when a mask is given).
 
   Reference: Loshchilov & Hutter, "Decoupled Weight Decay Regularization",
   ICLR 2019; Chen et al., "Cautious Weight Decay", arXiv 2510.12402,
@@ -139,6 +143,7 @@ def coupled_weight_decay(
     mask: which leaves to decay, as in ``decoupled_weight_decay``.
 
   Returns:
-    An ``optax.GradientTransformation`` with state ``WeightDecayState``.
+    An ``optax.GradientTransformation`` with state ``WeightDecayState`` for a
+    scheduled λ, else ``optax.EmptyState``.
   """
   return _add_scaled_params(weight_decay, mask)

@@ -98,6 +98,14 @@ def resolve_schedule(value: Any, count: jax.Array) -> Any:
   return value(count) if callable(value) else value
 
 
+def counted(state: Any) -> Any:
+  """``state`` one step on: its ``count`` incremented (a schedule's step
+  count), or as it is if it keeps none (``optax.EmptyState``)."""
+  if "count" not in getattr(state, "_fields", ()):  # (a tuple's .count is a method)
+    return state
+  return state._replace(count=optax.safe_increment(state.count))
+
+
 def scale_schedule(value: Any, factor: float) -> Any:
   """``factor`` times a constant, or the schedule ``count -> factor·value(count)``."""
   if callable(value):

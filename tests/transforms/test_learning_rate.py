@@ -19,8 +19,21 @@ def test_constant_learning_rate_descends():
   tx = gt.scale_by_learning_rate(0.1)
   updates, state = tx.update(G, tx.init(G))
   np.testing.assert_allclose(updates, -0.1 * G, rtol=1e-6)
-  assert int(state.count) == 1
+  assert state == optax.EmptyState()  # only a schedule needs the step count
 
+
+def test_one_count_in_an_optimizers_state_as_in_optax():
+  """optax.tree_utils.tree_get(state, "count") finds the step, as it does in
+  optax's adam, adamw, lion and lamb (the learning rate, the decoupled decay
+  and the trust ratio each kept a count of their own before: KeyError)."""
+  params = {"w": jnp.ones((4, 3)), "b": jnp.ones(3)}
+  for name in ("adam", "adamw", "lion", "lamb"):
+    state = getattr(go, name)(1e-3).init(params)
+    assert int(optax.tree_utils.tree_get(state, "count")) == 0, name
+  scheduled = go.adamw(optax.linear_schedule(1e-3, 0.0, 10)).init(params)
+  counts = [k for k, _ in jax.tree_util.tree_leaves_with_path(scheduled)
+            if "count" in jax.tree_util.keystr(k)]
+  assert len(counts) == 2  # the moments' and the schedule's
 
 def test_flip_sign_false_ascends():
   tx = gt.scale_by_learning_rate(0.1, flip_sign=False)
