@@ -16,6 +16,7 @@ import optax
 
 from gradtx._internal import block_stacks
 from gradtx._internal import sharding as _sharding
+from gradtx._internal import tree as _tree
 from gradtx._internal import validate as _validate
 from gradtx.linalg.matrix_roots import unbatched_on_cpu
 from gradtx.routing import matrix_view as _matrix_view
@@ -171,7 +172,7 @@ def newton_schulz(
   wide = x.shape[-2] <= x.shape[-1]
   y = x if wide else _hermitian(x)
   y = y.astype(jnp.promote_types(y.dtype, jnp.float32))
-  norm = jnp.linalg.norm(y, axis=(-2, -1), keepdims=True)
+  norm = _tree.norms(y, (-2, -1))
   scale = safety * norm + eps
   y = (y / jnp.where(scale > 0, scale, 1)).astype(compute_dtype or y.dtype)  # eps = 0, y = 0
   if not static:
@@ -244,7 +245,9 @@ def orthogonalize_newton_schulz(
 
   Args:
     ns_steps: number of iterations, >= 1; may be traced (inject_hyperparams)
-      with ``method="standard"``.
+      with ``method="standard"``, but then has no reverse-mode derivative
+      (a loop of traced length): give it in ``static_args`` to differentiate
+      through the step.
     coefficients: ``"jordan"`` (3.4445, −4.7750, 2.0315) every step, the
       reference Muon's; ``"polar_express"``: the per-iteration minimax
       coefficients of Amsel et al. 2025 (Algorithm 1, safety factor 1.01,

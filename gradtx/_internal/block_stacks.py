@@ -24,10 +24,12 @@ off a mesh as one vmapped call per shape with ``map_alike``.
 """
 
 import dataclasses
+import functools
 from typing import Any, Callable, NamedTuple, Optional, Sequence
 
 import jax
 import jax.numpy as jnp
+import numpy as np
 from jax.sharding import AxisType
 from jax.sharding import PartitionSpec as P
 
@@ -505,8 +507,14 @@ def opaque(values: Sequence[int], arrays: tuple) -> tuple:
   offset baked into every slice made each piece distinct (~25 ms of compile
   each on 2 cores); and the arrays are computed once, before the slicing,
   instead of XLA pushing each slice up into their computation (a copy of it
-  per piece, a dot per leaf).
+  per piece, a dot per leaf). For differentiation it is the identity (a
+  ``custom_jvp``): reverse mode cannot go through a loop with a traced bound.
   """
+  return _opaque(tuple(int(v) for v in values), tuple(arrays))
+
+
+@functools.partial(jax.custom_jvp, nondiff_argnums=(0,))
+def _opaque(values: tuple, arrays: tuple) -> tuple:
   first = jnp.abs(jnp.ravel(arrays[0])[0]).astype(jnp.float32)  # complex too
   word = jax.lax.bitcast_convert_type(first, jnp.int32)
   stop = -jnp.abs(word)
@@ -517,8 +525,15 @@ def opaque(values: Sequence[int], arrays: tuple) -> tuple:
     changed = lambda x: jnp.where(step > 0, jnp.zeros_like(x), x)
     return step + 1, tuple(k * step for k in ks), tuple(map(changed, xs))
 
-  init = (jnp.int32(0), tuple(jnp.int32(v) for v in values), tuple(arrays))
+  init = (jnp.int32(0), tuple(jnp.int32(v) for v in values), arrays)
   return jax.lax.while_loop(lambda c: c[0] < stop, body, init)[1:]
+
+
+@_opaque.defjvp
+def _opaque_jvp(values: tuple, primals: tuple, tangents: tuple) -> tuple:
+  (arrays,), (array_tangents,) = primals, tangents
+  offsets = tuple(np.zeros((), jax.dtypes.float0) for _ in values)
+  return _opaque(values, arrays), (offsets, tuple(array_tangents))
 
 
 def map_alike(fn: Callable, statics: Sequence[Any], *columns: Sequence[Any]) -> list:
