@@ -16,7 +16,6 @@ import optax
 
 from gradtx._internal import block_stacks
 from gradtx._internal import sharding as _sharding
-from gradtx._internal import tree as _tree
 from gradtx._internal import validate as _validate
 from gradtx.linalg.matrix_roots import unbatched_on_cpu
 from gradtx.routing import matrix_view as _matrix_view
@@ -130,6 +129,26 @@ def _named_coefficients(coefficients: Coefficients) -> tuple:
   return tuple(coefficients)
 
 
+@jax.custom_jvp
+def _matrix_norms(y: jax.Array) -> jax.Array:
+  """Each matrix's Frobenius norm (``jnp.linalg.norm``, the same program),
+  with a derivative of 0 at a zero matrix instead of √'s 0·∞ = NaN.
+
+  (Written into the forward program, even as √(Σ|y|² + tiny), the guard
+  cost Muon's step 5% and NorMuon's 7-9%, measured: only the JVP has it.)
+  """
+  return jnp.linalg.norm(y, axis=(-2, -1), keepdims=True)
+
+
+@_matrix_norms.defjvp
+def _matrix_norms_jvp(primals: tuple, tangents: tuple) -> tuple:
+  (y,), (t,) = primals, tangents
+  norm = _matrix_norms(y)
+  nonzero = norm != 0  # NaN too: a NaN stays NaN
+  along = jnp.sum(jnp.real(jnp.conj(y) * t), axis=(-2, -1), keepdims=True)
+  return norm, jnp.where(nonzero, along / jnp.where(nonzero, norm, 1), 0)
+
+
 def _is_static(ns_steps: Any) -> bool:
   """A Python or NumPy integer; arrays (inject_hyperparams) are traced."""
   return isinstance(ns_steps, (int, np.integer))
@@ -172,7 +191,7 @@ def newton_schulz(
   wide = x.shape[-2] <= x.shape[-1]
   y = x if wide else _hermitian(x)
   y = y.astype(jnp.promote_types(y.dtype, jnp.float32))
-  norm = _tree.norms(y, (-2, -1))
+  norm = _matrix_norms(y)
   scale = safety * norm + eps
   y = (y / jnp.where(scale > 0, scale, 1)).astype(compute_dtype or y.dtype)  # eps = 0, y = 0
   if not static:

@@ -75,12 +75,8 @@ def norm(x: jax.Array) -> jax.Array:
 def norms(x: jax.Array, axes: Sequence[int]) -> jax.Array:
   """The Frobenius norm over ``axes`` of each slice of ``x`` (one per index of
   the other axes), sqrt(Σ|x|²), with ``axes`` kept as size 1: the norm of
-  each matrix of a stack (``axes=(-2, -1)``) or of a scanned layer. Its
-  derivative at a zero slice is 0, not √'s 0·∞ = NaN (differentiating
-  through Newton–Schulz of a zero momentum)."""
-  squares = jnp.sum(abs_sq(x), axis=tuple(axes), keepdims=True)
-  nonzero = squares != 0  # NaN too: a NaN stays NaN
-  return jnp.where(nonzero, jnp.sqrt(jnp.where(nonzero, squares, 1)), 0)
+  each matrix of a stack (``axes=(-2, -1)``) or of a scanned layer."""
+  return jnp.sqrt(jnp.sum(abs_sq(x), axis=tuple(axes), keepdims=True))
 
 
 def rms(x: jax.Array) -> jax.Array:
