@@ -74,3 +74,16 @@ def test_wheel_imports_from_its_own_files(wheel, tmp_path):
   assert transforms_file.startswith(str(target))
   assert optimizers_file.startswith(str(target))
   assert contrib_file.startswith(str(target))
+
+
+def test_importing_gradtx_imports_no_flax():
+  """flax is optional: gradtx neither imports it (its QuantizedArray is
+  registered with flax.serialization only once flax is imported) nor fails
+  on a flax that cannot import."""
+  code = ("import sys; sys.modules['flax'] = None\n"  # any import of flax now fails
+          "import gradtx.optimizers, gradtx.transforms\n"
+          "del sys.modules['flax']\n"
+          "import gradtx.optimizers as go, jax.numpy as jnp\n"
+          "go.adamw_8bit(1e-3).init({'w': jnp.zeros((64, 128))})\n"
+          "assert 'flax' not in sys.modules, 'gradtx imported flax'\n")
+  subprocess.run([sys.executable, "-c", code], check=True, capture_output=True, text=True)

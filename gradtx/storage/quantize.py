@@ -19,7 +19,7 @@ ICLR 2022 (the dynamic map is bitsandbytes' ``create_dynamic_map``).
 """
 
 import functools
-import importlib.util
+import sys
 from typing import Any
 
 import jax
@@ -147,14 +147,22 @@ class QuantizedArray:
     )
 
 
-def _register_with_flax() -> None:
-  """``flax.serialization`` (``to_bytes``, msgpack, a ``TrainState``'s
-  checkpoints) sees a ``QuantizedArray`` as ``{"codes", "scales"}`` and
-  restores it onto its target's shape and code map; without flax, nothing."""
-  if importlib.util.find_spec("flax") is None:
-    return
-  from flax import serialization
+def register_with_flax() -> None:
+  """Registers ``QuantizedArray`` with ``flax.serialization`` (``to_bytes``,
+  msgpack, a ``TrainState``'s checkpoints: ``{"codes", "scales"}``, restored
+  onto the target's shape and code map), once, if flax is already imported.
 
+  Called when gradtx is imported and whenever a quantized state is built, so
+  a Flax program (which imports flax first) has it before any ``to_bytes``;
+  gradtx itself never imports flax, nor fails on a flax that cannot import.
+  """
+  global _REGISTERED_WITH_FLAX
+  if _REGISTERED_WITH_FLAX or "flax" not in sys.modules:
+    return
+  try:
+    from flax import serialization
+  except ImportError:
+    return
   serialization.register_serialization_state(
       QuantizedArray,
       lambda q: {"codes": serialization.to_state_dict(q.codes),
@@ -164,9 +172,11 @@ def _register_with_flax() -> None:
           serialization.from_state_dict(target.scales, state["scales"]),
           target.shape, target.signed),
       override=True)
+  _REGISTERED_WITH_FLAX = True
 
 
-_register_with_flax()
+_REGISTERED_WITH_FLAX = False
+register_with_flax()
 
 
 def _zero_index(signed: bool) -> int:
@@ -181,6 +191,7 @@ def quantized_zeros(
     shape: tuple, *, signed: bool, block_size: int = 256
 ) -> QuantizedArray:
   """The ``QuantizedArray`` of an all-zero array of ``shape``."""
+  register_with_flax()
   num_blocks = max(1, -(-int(np.prod(shape, dtype=np.int64)) // block_size))
   codes = jnp.full((num_blocks, block_size), _zero_code(signed), jnp.int8)
   scales = jnp.zeros(num_blocks, jnp.float32)
