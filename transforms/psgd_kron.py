@@ -592,6 +592,31 @@ def scale_by_psgd_kron(
       return [finish(g_, m_, f_, s_, *out) for (g_, m_, f_, _, s_, _), out in
               zip(members, zip(u, ms, zip(*qs)))]
 
+    def where_they_live(dtype, members):
+      """Leaves of one shape and layout off the owner plan (on an Explicit
+      mesh: vectors, stacks of entries), stepped as one vmapped call where
+      they live: stacked along a new leading axis (each device keeps its
+      shards; nothing moves) and taken back at ``opaque`` offsets. One
+      program per (shape, layout) instead of one per leaf, each with its
+      own probe and conds (PSGD Kron's compile on a mesh)."""
+      batch = members[0][5]
+      stack = lambda xs: jnp.stack(list(xs))
+      g = stack(g_.astype(dtype) for g_, *_ in members)
+      m = stack(state_format.load(m_, dtype) for _, m_, *_ in members) if keeps_momentum else None
+      qs = tuple(stack(q.astype(dtype) for q in column)
+                 for column in zip(*[f for _, _, f, *_ in members]))
+      indices = stack(index for _, _, _, index, *_ in members)
+      stepped = jax.vmap(step_of(batch), in_axes=(0, 0 if keeps_momentum else None, 0, 0, None))
+      results = _sharding.in_auto_axes(stepped, g, m, qs, indices, scalars_of(dtype),
+                                       like=(g, m, qs))
+      flat, treedef = jax.tree.flatten(results)
+      # (The loop's bound is read from its first array: the replicated
+      # indices, not a stack split over the mesh, which cannot be raveled.)
+      starts, (_, *flat) = block_stacks.opaque(range(len(members)), (indices, *flat))
+      return [finish(g_, m_, f_, seed, *treedef.unflatten(
+          [jax.lax.dynamic_index_in_dim(x, start, keepdims=False) for x in flat]))
+              for (g_, m_, f_, _, seed, _), start in zip(members, starts)]
+
     def momentum_of(g, m, scalars):
       """One leaf's m_t (``momentum_step``), where the leaf lives."""
       if not keeps_momentum:
@@ -619,18 +644,26 @@ def scale_by_psgd_kron(
       # (size, dtype, member indices) per stack.
       stacks = [(group.size, group.dtype, [i for i, _, _ in group.members])
                 for group in plan.groups]
-      if plan.mesh is None:
-        grouped = {i for _, _, indices in stacks for i in indices}
-        alike = {}
+      grouped = {i for _, _, indices in stacks for i in indices}
+      alike = {}
+      explicit = plan.mesh is not None and jax.sharding.AxisType.Explicit in plan.mesh.axis_types
+      if plan.mesh is None or explicit:
         for i, g in enumerate(grads):
           if i not in grouped and g.size:
-            alike.setdefault((jnp.shape(g), _tree.compute_dtype(g), batches[i]), []).append(i)
-        stacks += [(len(indices), dtype, indices) for (_, dtype, _), indices in alike.items()]
+            key = (jnp.shape(g), _tree.compute_dtype(g), batches[i], block_stacks.leaf_spec(g))
+            alike.setdefault(key, []).append(i)
+      if plan.mesh is None:
+        stacks += [(len(indices), dtype, indices) for (_, dtype, _, _), indices in alike.items()]
       out = [None] * len(args)
       for size, dtype, indices in stacks:
         results = group_step(plan, size, dtype, [args[i] for i in indices])
         for i, result in zip(indices, results):
           out[i] = result
+      if explicit:
+        for (_, dtype, _, _), indices in alike.items():
+          if len(indices) > 1:
+            for i, result in zip(indices, where_they_live(dtype, [args[i] for i in indices])):
+              out[i] = result
       results = iter([leaf(*a) if o is None else o for a, o in zip(args, out)])
       # map_leaves visits the leaves in this order and wraps its outputs as
       # the inputs are wrapped (NNX variables).
