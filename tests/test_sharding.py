@@ -548,3 +548,31 @@ def test_adam_mini_eager_init_lays_nu_out_as_its_traced_init_does():
     assert tx.init(params)[0].nu["bias"].sharding.spec == expected
     assert tx.init(abstract)[0].nu["bias"].sharding.spec == expected
     assert jax.eval_shape(tx.init, abstract)[0].nu["bias"].sharding.spec == expected
+
+
+def test_psgd_kron_steps_same_length_vectors_as_one_stack_where_they_live():
+  """On an Explicit mesh PSGD Kron steps biases of one length and layout as
+  one vmapped stack (compile time): the numbers are one device's, and every
+  bias, its diagonal factor and its momentum keep the bias's layout."""
+  mesh = make_mesh(jax.sharding.AxisType.Explicit)
+  rng = np.random.default_rng(0)
+  params = {f"l{i}": {"w": jnp.asarray(rng.standard_normal((8, 4)), jnp.float32),
+                      "b": jnp.asarray(rng.standard_normal(8), jnp.float32),
+                      "c": jnp.asarray(rng.standard_normal(4), jnp.float32)} for i in range(3)}
+  grads = [jax.tree.map(lambda x, k=k: jnp.cos((k + 1) * x), params) for k in range(3)]
+  tx = go.psgd_kron(1e-2, precond_update_probability=1.0)
+  ref_params, _, _ = run_steps(tx, params, grads)
+  specs = lambda t: jax.tree.map(
+      lambda x: P("x", "y") if x.ndim == 2 else (P("x") if x.shape[0] == 8 else P()), t)
+  put = lambda t: jax.tree.map(lambda x, s: jax.device_put(x, NamedSharding(mesh, s)), t, specs(t))
+  with jax.set_mesh(mesh):
+    placed, state = put(params), jax.jit(tx.init)(put(params))
+    step = jax.jit(lambda p, s, g: (lambda u, s: (optax.apply_updates(p, u), s))(
+        *tx.update(g, s, p)))
+    for g in grads:
+      placed, state = step(placed, state, put(g))
+  chex.assert_trees_all_close(placed, ref_params, rtol=1e-5, atol=1e-6)
+  for i in range(3):
+    assert placed[f"l{i}"]["b"].sharding.spec == P("x")
+    assert state[0].factors[f"l{i}"]["b"][0].sharding.spec == P("x")
+    assert state[0].mu[f"l{i}"]["b"].sharding.spec == P("x")
