@@ -628,8 +628,10 @@ def scale_by_psgd_kron(
       program per distinct shape: the non-empty 2-D leaves without batch
       axes grouped by shape and compute dtype (``block_stacks.OwnerPlan``,
       each leaf one whole block) and stepped on their owners
-      (``group_step``); without a mesh the other non-empty leaves (vectors,
-      scalars, stacks of entries) stacked alike, on a mesh each on its own."""
+      (``group_step``); the other non-empty leaves (vectors, scalars, stacks
+      of entries) stacked alike: without a mesh there too, on an Explicit
+      mesh where they live (``where_they_live``, by shape and layout), on
+      Auto axes (layouts unknown when traced) each on its own."""
       plain = [None if t is None else _tree.unwrap_variables(t) for t in trees]
       flat = [[None] * treedef.num_leaves if t is None else treedef.flatten_up_to(t)
               for t in plain]
