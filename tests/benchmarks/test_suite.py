@@ -74,11 +74,16 @@ def _fake_train(calls):
   return train
 
 
+def _smoke_argv(tmp_path, optimizers: str, factors: str, seeds: str) -> list:
+  """A 10-step tabular_mlp run of the suite, constant schedule, into ``tmp_path``."""
+  return ["--workloads", "tabular_mlp", "--optimizers", optimizers, "--factors", factors,
+          "--seeds", seeds, "--steps", "10", "--schedules", "constant", "--out", str(tmp_path)]
+
+
 def test_runner_resumes_from_its_run_files(tmp_path, monkeypatch):
   calls = []
   monkeypatch.setattr(suite_train, "train", _fake_train(calls))
-  argv = ["--workloads", "tabular_mlp", "--optimizers", "adamw,muon", "--factors", "1",
-          "--seeds", "0,1", "--steps", "10", "--schedules", "constant", "--out", str(tmp_path)]
+  argv = _smoke_argv(tmp_path, "adamw,muon", "1", "0,1")
   run.main(argv)
   assert len(calls) == 4
   run.main(argv)
@@ -112,8 +117,7 @@ def test_options_the_runs_could_not_use_are_refused_before_the_first_run(
 def test_a_run_file_cut_short_is_resumed_and_a_bad_record_named(tmp_path, monkeypatch):
   calls = []
   monkeypatch.setattr(suite_train, "train", _fake_train(calls))
-  argv = ["--workloads", "tabular_mlp", "--optimizers", "adamw", "--factors", "1,2",
-          "--seeds", "0", "--steps", "10", "--schedules", "constant", "--out", str(tmp_path)]
+  argv = _smoke_argv(tmp_path, "adamw", "1,2", "0")
   run.main(argv)
   path = tmp_path / "runs.jsonl"
   first, second = path.read_text().splitlines()
@@ -258,8 +262,7 @@ def test_adamws_grid_can_be_wider_than_the_others():
 def test_report_scores_each_optimizer_on_its_own_grid(tmp_path, monkeypatch):
   calls = []
   monkeypatch.setattr(suite_train, "train", _fake_train(calls))
-  argv = ["--workloads", "tabular_mlp", "--optimizers", "adamw,muon", "--factors", "1,2",
-          "--seeds", "0", "--steps", "10", "--schedules", "constant", "--out", str(tmp_path)]
+  argv = _smoke_argv(tmp_path, "adamw,muon", "1,2", "0")
   run.main([*argv, "--target-factors", "0.5,1,2"])
   assert len(calls) == 5
   summary = run.main(argv)["constant"]["tabular_mlp"]  # AdamW's 0.5 run left out
