@@ -26,6 +26,7 @@ import pytest
 from gradtx import contrib
 from gradtx import optimizers as go
 from gradtx import transforms as gt
+from tests.support import cases
 from tests.support.cases import is_optimizer
 
 LR = 0.1
@@ -413,3 +414,15 @@ def test_nesterov_with_dampening_is_rejected_as_torch_does():
 def test_a_boolean_learning_rate_is_refused(value):
   with pytest.raises(ValueError, match="learning_rate must be a non-negative number"):
     go.adamw(value)
+
+
+@pytest.mark.parametrize("case", cases.CASES + cases.STRUCTURED, ids=lambda case: case.name)
+def test_the_float0_gradient_of_an_integer_leaf_is_named(case):
+  """jax.grad(..., allow_int=True) gives an integer leaf a float0 gradient,
+  which no arithmetic accepts: a TypeError naming the leaf and what to do,
+  not "float0 is not a valid dtype for JAX type promotion" from inside."""
+  params = {"w": jnp.ones((8, 16)), "b": jnp.ones(16), "step": jnp.array(0, jnp.int32)}
+  grads = jax.grad(lambda p: jnp.sum(p["w"] ** 2) + jnp.sum(p["b"]), allow_int=True)(params)
+  tx = case.make()
+  with pytest.raises(TypeError, match=r"\['step'\] has dtype float0.*wrt=nnx.Param"):
+    tx.update(grads, tx.init(params), params)

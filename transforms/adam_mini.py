@@ -283,6 +283,7 @@ def scale_by_adam_mini(
 
   def update_fn(updates, state, params=None):
     del params
+    _validate.check_no_float0(updates, "scale_by_adam_mini")
     count = optax.safe_increment(state.count)
     seeds = None
     if state_format.needs_seed(mu_format):

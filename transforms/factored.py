@@ -130,6 +130,7 @@ def scale_by_factored_rms(
 
   def update_fn(updates, state, params=None):
     del params
+    _validate.check_no_float0(updates, "scale_by_factored_rms")
 
     def leaf(g, v_row, v_col, v):
       dtype = _tree.compute_dtype(g)

@@ -460,6 +460,7 @@ def scale_by_psgd_kron(
 
   def update_fn(updates, state, params=None):
     del params
+    _validate.check_no_float0(updates, "scale_by_psgd_kron")
     count = optax.safe_increment(state.count)
     probability = _tree.resolve_schedule(precond_update_probability, count)
     counter = optax.safe_increment(state.update_counter)

@@ -46,7 +46,7 @@ def scale_by_sign(tau: float = 0.0) -> optax.GradientTransformation:
     return optax.EmptyState()
 
   def update_fn(updates, state, params=None):
-    del params
+    _validate.check_matching_shapes(updates, params, "scale_by_sign")
     if _validate.is_static_zero(tau):
       return jax.tree.map(sign, updates), state
 

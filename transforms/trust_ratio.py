@@ -56,7 +56,10 @@ def scale_by_trust_ratio(
     An ``optax.GradientTransformation`` that needs ``params``, with state
     ``ScaleByTrustRatioState`` (scheduled decay) or ``optax.EmptyState``. A
     NaN or ±inf gradient makes its leaf's whole update NaN (its norm is not
-    finite; optax agrees for NaN, and for ±inf leaves zeros beside it).
+    finite; optax agrees for NaN, and for ±inf leaves zeros beside it). So
+    does a finite leaf whose Σ|u|² overflows (float32 elements above
+    ~1.8e19; optax steps 0 there): a rescaled norm would cost every step a
+    second pass (measured: LARS's compile 2-3x, its step 1.3x).
 
   Example:
     >>> import jax.numpy as jnp
@@ -86,6 +89,7 @@ def scale_by_trust_ratio(
     if params is None:
       raise ValueError(
           "scale_by_trust_ratio needs params: update(u, state, params)")
+    _validate.check_matching_shapes(updates, params, "scale_by_trust_ratio")
     decay = weight_decay(state.count) if counts else weight_decay
     decayed = weight_decay_mask(mask, params)
 

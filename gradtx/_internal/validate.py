@@ -167,6 +167,21 @@ def check_shaped_params(params: Any, transform: str) -> None:
         " gradtx.transforms.state_shardings(tx, params) for its shardings.")
 
 
+def check_no_float0(updates: Any, transform: str) -> None:
+  """Raises ``TypeError`` naming the first update leaf of dtype ``float0``:
+  the gradient ``jax.grad(..., allow_int=True)`` gives an integer leaf, which
+  no arithmetic accepts."""
+  for path, u in jax.tree_util.tree_flatten_with_path(updates)[0]:
+    if getattr(u, "dtype", None) == jax.dtypes.float0:
+      raise TypeError(
+          f"{transform}: the update of {jax.tree_util.keystr(path)} has dtype"
+          " float0, the gradient of an integer leaf (jax.grad(...,"
+          " allow_int=True)). Optimizers step floating leaves only: give the"
+          " optimizer the floating parameters alone (nnx.Optimizer(...,"
+          " wrt=nnx.Param), or split the tree before jax.grad); optax.masked"
+          " does not help, optax.apply_updates cannot add a float0.")
+
+
 def check_matching_shapes(
     updates: Any, params: Any, transform: str, of: str = "parameter",
 ) -> None:
@@ -176,6 +191,7 @@ def check_matching_shapes(
   ``params`` may be a per-leaf state built at ``init`` (``of="state"`` says
   so); its 8-bit leaves count as one leaf of the shape they stand for.
   """
+  check_no_float0(updates, transform)
   if params is None:
     return
   flat = jax.tree_util.tree_flatten_with_path(updates)[0]

@@ -67,3 +67,18 @@ def test_a_non_finite_gradient_makes_the_whole_leaf_nan(bad):
                          {"w": p, "b": p[:3]})
   assert bool(jnp.all(jnp.isnan(updates["w"])))
   assert bool(jnp.all(jnp.isfinite(updates["b"])))
+
+
+def test_a_finite_gradient_whose_sum_of_squares_overflows_counts_as_non_finite():
+  """Its norm is +inf (Σg² of 1e20·g overflows float32), as a ±inf element's
+  would be: a NaN leaf (documented), not optax.lars's zero step and not a
+  finite step of the wrong size; the other leaf is untouched."""
+  tx = gt.scale_by_trust_ratio(trust_coefficient=1e-3, weight_decay=1e-2)
+  params = {"w": jnp.linspace(0.5, 2.0, 12).reshape(4, 3), "b": jnp.ones(3)}
+  grads = {"w": jnp.arange(1.0, 13.0).reshape(4, 3), "b": jnp.array([0.5, -1.0, 2.0])}
+  small, _ = tx.update(grads, tx.init(params), params)
+  huge, _ = jax.jit(tx.update)(
+      {"w": 1e20 * grads["w"], "b": grads["b"]}, tx.init(params), params)
+  assert bool(jnp.all(jnp.isfinite(1e20 * grads["w"])))
+  assert bool(jnp.all(jnp.isnan(huge["w"])))
+  np.testing.assert_allclose(huge["b"], small["b"])
