@@ -2,11 +2,14 @@
 
 A regression is found by comparing, in one process, the same benchmark on the
 library before and after a change: ``at_revision("HEAD~1")`` extracts that
-revision's ``gradtx/``, ``transforms/`` and ``optimizers/`` into a temporary
-folder laid out as the installed package (``gradtx.transforms``,
-``gradtx.optimizers``), imports it, and hands back its ``transforms`` and
-``optimizers`` modules; the working tree's gradtx is then imported again as
-usual. Both stay usable: functions keep the modules they were defined in.
+revision's ``gradtx/``, ``transforms/``, ``optimizers/`` and ``contrib/`` into
+a temporary folder laid out as the installed package, under a name of its own
+(``gradtx_at_HEAD_1_<id>``, every ``import gradtx`` of its sources rewritten
+to it), imports it, and hands back its ``transforms`` and ``optimizers``
+modules. Both libraries stay usable side by side, imports made inside
+functions included (a revision's ``from gradtx.storage import quantize`` at
+call time would otherwise get the working tree's module, whose classes the
+revision's ``isinstance`` checks do not know).
 
     old_gt, old_go = at_revision("2196b76")
     contenders = {"before": stepper(old_go.muon(0.02), ...),
@@ -16,20 +19,22 @@ usual. Both stay usable: functions keep the modules they were defined in.
 import importlib
 import io
 import pathlib
+import re
 import subprocess
 import sys
 import tarfile
 import tempfile
 import types
-import warnings
 
 from benchmarks.harness import ROOT
 
-_PACKAGE_DIRS = {"gradtx": "gradtx", "transforms": "gradtx/transforms",
-                 "optimizers": "gradtx/optimizers", "contrib": "gradtx/contrib"}
+_PACKAGE_DIRS = {"gradtx": "", "transforms": "transforms",
+                 "optimizers": "optimizers", "contrib": "contrib"}
+_IMPORT = re.compile(r"\b(from|import)(\s+)gradtx\b")
 
 
-def _extract(revision: str) -> str:
+def _extract(revision: str) -> tuple[str, str]:
+  """(folder, package): the revision's sources under ``folder/package``."""
   def run(*args):
     done = subprocess.run(["git", *args], cwd=ROOT, capture_output=True)
     if done.returncode:
@@ -41,62 +46,25 @@ def _extract(revision: str) -> str:
   # Before gradtx/ existed the package was a namespace of the other two.
   archive = run("archive", "--format=tar", revision,
                 *(d for d in _PACKAGE_DIRS if d in present))
-  folder = tempfile.mkdtemp(prefix=f"gradtx-{revision.replace('/', '_')}-")
+  safe = re.sub(r"\W", "_", revision)
+  folder = tempfile.mkdtemp(prefix=f"gradtx-{safe}-")
+  package = re.sub(r"\W", "_", f"gradtx_at_{safe}_{pathlib.Path(folder).name[-8:]}")
   with tarfile.open(fileobj=io.BytesIO(archive)) as tar:
     for member in tar.getmembers():
       top, _, rest = member.name.partition("/")
-      member.name = f"{_PACKAGE_DIRS[top]}/{rest}" if rest else _PACKAGE_DIRS[top]
+      inside = "/".join(x for x in (_PACKAGE_DIRS[top], rest) if x)
+      member.name = f"{package}/{inside}" if inside else package
       tar.extract(member, folder, filter="data")
-  # A namespace package would lose to the working tree's regular one.
-  pathlib.Path(folder, "gradtx", "__init__.py").touch()
-  return folder
-
-
-def _forget_gradtx() -> dict:
-  names = [n for n in sys.modules if n == "gradtx" or n.startswith("gradtx.")]
-  return {n: sys.modules.pop(n) for n in names}
-
-
-def _bind_forwarded_names(optimizers: types.ModuleType) -> None:
-  """Binds the names ``optimizers`` forwards to ``gradtx.contrib`` on first use.
-
-  A deprecated name (``go.adamuon_lm``) is resolved by a module
-  ``__getattr__`` that imports ``gradtx.contrib`` when called: after
-  ``at_revision`` returns, that would be the working tree's. Bound here,
-  while the revision's package is the one imported, it stays the revision's.
-  """
-  try:
-    contrib = importlib.import_module("gradtx.contrib")
-  except ImportError:  # before gradtx.contrib existed
-    return
-  for name in getattr(contrib, "__all__", ()):
-    if name not in vars(optimizers):
-      try:
-        with warnings.catch_warnings():
-          warnings.simplefilter("ignore", DeprecationWarning)
-          forwarded = getattr(optimizers, name)
-      except AttributeError:
-        continue
-      if forwarded is getattr(contrib, name):
-        setattr(optimizers, name, forwarded)
+  root = pathlib.Path(folder, package)
+  (root / "__init__.py").touch()  # gradtx may have been a namespace package
+  for source in root.rglob("*.py"):
+    source.write_text(_IMPORT.sub(rf"\1\2{package}", source.read_text()))
+  return folder, package
 
 
 def at_revision(revision: str) -> tuple[types.ModuleType, types.ModuleType]:
   """``(transforms, optimizers)`` of gradtx at ``revision`` (any git name)."""
-  folder = _extract(revision)
-  current = _forget_gradtx()
-  # An editable install's finder maps gradtx.* to the working tree ahead of
-  # sys.path: set it aside while the old revision is imported.
-  editable = [f for f in sys.meta_path if "__editable__" in getattr(f, "__module__", "")]
-  sys.meta_path[:] = [f for f in sys.meta_path if f not in editable]
-  sys.path.insert(0, folder)
-  try:
-    modules = (importlib.import_module("gradtx.transforms"),
-               importlib.import_module("gradtx.optimizers"))
-    _bind_forwarded_names(modules[1])
-  finally:
-    sys.path.remove(folder)
-    sys.meta_path[:] = editable + sys.meta_path
-    _forget_gradtx()
-    sys.modules.update(current)
-  return modules
+  folder, package = _extract(revision)
+  sys.path.append(folder)  # kept: the revision's lazy imports resolve there
+  return (importlib.import_module(f"{package}.transforms"),
+          importlib.import_module(f"{package}.optimizers"))

@@ -31,3 +31,19 @@ def test_forwarded_names_stay_the_revisions():
 def test_an_unknown_revision_is_named_with_gits_message():
   with pytest.raises(ValueError, match="revision 'no-such-rev': git ls-tree failed: .*no-such-rev"):
     revisions.at_revision("no-such-rev")
+
+
+def test_imports_made_at_call_time_are_the_revisions():
+  """The revision's validate imports its storage module inside a function:
+  resolved to the working tree's, its isinstance check did not know the
+  revision's QuantizedArray and refused the revision's own 8-bit state."""
+  import jax
+  import jax.numpy as jnp
+
+  _, old_go = revisions.at_revision("HEAD")
+  tx = old_go.adamw_8bit(1e-3)
+  params = {"w": jnp.ones((64, 64)), "b": jnp.ones(64)}
+  updates, _ = jax.eval_shape(tx.update, params, tx.init(params), params)
+  assert jax.tree.map(lambda x: x.shape, updates) == {"w": (64, 64), "b": (64,)}
+  assert ROOT.resolve() not in _defined_under(
+      type(tx.init(params)[0].nu["w"]).dequantize).parents
