@@ -7,6 +7,7 @@ import optax
 
 from gradtx import transforms as gt
 from gradtx._internal import validate as _validate
+from gradtx._internal import routing as _routing
 
 
 @gt.AdamWSide.document
@@ -184,7 +185,8 @@ def muonh(
   sphere = optax.multi_transform(
       {"muonh": muonh_chain, "adamh": adamh_chain},
       lambda params: jax.tree_util.tree_map_with_path(
-          lambda path, leaf: "muonh" if is_muon_param(path, leaf) else "adamh", params))
+          lambda path, leaf: "muonh" if is_muon_param(_routing.plain_path(path), leaf)
+          else "adamh", params))
   return side.around(
       "hyperball", sphere,
       lambda path, leaf: is_muon_param(path, leaf) or is_hyperball_param(path, leaf),

@@ -7,6 +7,7 @@ import optax
 
 from gradtx import transforms as gt
 from gradtx.routing import matrix_view as _matrix_view
+from gradtx._internal import routing as _routing
 
 
 @gt.AdamWSide.document
@@ -122,7 +123,8 @@ def mars_adamw(
           ["mars" if role != "other" and view is not None else "adam"
            for role, view in zip(roles, views)])
     return jax.tree_util.tree_map_with_path(
-        lambda path, leaf: "mars" if is_mars_param(path, leaf) else "adam", params)
+        lambda path, leaf: "mars" if is_mars_param(_routing.plain_path(path), leaf) else "adam",
+        params)
 
   tx = optax.multi_transform({"mars": mars, "adam": adam}, labels,
                              mask_compatible_extra_args=True)

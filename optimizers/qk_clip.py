@@ -8,6 +8,7 @@ import jax
 import jax.numpy as jnp
 import optax
 
+from gradtx._internal import routing as _routing
 from gradtx._internal import tree as _tree
 from gradtx._internal import validate as _validate
 from gradtx.flax_integration import model_records
@@ -133,7 +134,7 @@ def qk_clip(
 
   def init_fn(params):
     if not _tree.is_params_placeholder(params) and not any(
-        rule(path, leaf) is not None
+        rule(_routing.plain_path(path), leaf) is not None
         for path, leaf in jax.tree_util.tree_flatten_with_path(params)[0]):
       warnings.warn(
           "qk_clip: no leaf of the parameters matches its rule, so nothing will be clipped"
@@ -143,7 +144,7 @@ def qk_clip(
     return QkClipState(base.init(params))
 
   def clip(records, path, u, p):
-    scaling = rule(path, u)
+    scaling = rule(_routing.plain_path(path), u)
     if scaling is None:
       return u
     logits = None if records is None else records.max_logits.get(scaling.attention)

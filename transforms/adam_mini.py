@@ -146,7 +146,7 @@ def adam_mini_blocks(
 
 
 def _checked_blocks(rule: PartitionRule, path: tuple, leaf: Any) -> Blocks:
-  blocks = rule(path, leaf)
+  blocks = rule(_routing.plain_path(path), leaf)
   size = int(np.prod(jnp.shape(leaf), dtype=np.int64))
   ndim = len(blocks.shape)
   if (

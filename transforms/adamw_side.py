@@ -13,6 +13,7 @@ import jax
 import optax
 
 from gradtx._internal import validate as _validate
+from gradtx._internal import routing as _routing
 from gradtx.routing import axis_names as _axes
 from gradtx.routing import matrix_view as _matrix_view
 from gradtx.routing.roles import PathLeafRule, matrix_roles
@@ -137,7 +138,8 @@ class AdamWSide:
       transforms["output_head"] = heads
 
     def label_of(path, leaf, role):
-      if role == "hidden" if is_inner_param is None else is_inner_param(path, leaf):
+      if (role == "hidden" if is_inner_param is None
+          else is_inner_param(_routing.plain_path(path), leaf)):
         return label
       return role if role in transforms else "adam"
 

@@ -75,7 +75,7 @@ def _dense_layers(flat: list, is_dense: PathLeafRule) -> dict:
   """``{module key: _Layer}`` of the (path, leaf) list ``flat``."""
   kernels = {}
   for i, (path, leaf) in enumerate(flat):
-    if is_dense(path, leaf):
+    if is_dense(_routing.plain_path(path), leaf):
       kernels[model_records.split_leaf_path(path)[0]] = i
   layers = {key: _Layer(i, None) for key, i in kernels.items()}
   for i, (path, leaf) in enumerate(flat):

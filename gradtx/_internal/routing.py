@@ -56,12 +56,22 @@ def recording() -> Iterator[Recorder]:
     _RECORDER.reset(token)
 
 
-def leaf_key(path: Sequence[Any]) -> str:
-  """``jax.tree_util.keystr`` of ``path`` without a trailing ``.value``."""
+def plain_path(path: Sequence[Any]) -> tuple:
+  """``path`` without the trailing ``.value`` of a flax NNX variable.
+
+  ``nnx.Optimizer`` hands ``init`` a tree of variables and ``update`` plain
+  arrays: every routing rule, a user's included, is called with this path, so
+  that it sees the same path for the same leaf in both.
+  """
   path = tuple(path)
   if path and getattr(path[-1], "name", None) == "value":
     path = path[:-1]
-  return jax.tree_util.keystr(path)
+  return path
+
+
+def leaf_key(path: Sequence[Any]) -> str:
+  """``jax.tree_util.keystr`` of ``path`` without a trailing ``.value``."""
+  return jax.tree_util.keystr(plain_path(path))
 
 
 def _add(items: list, item: Any) -> None:

@@ -313,9 +313,14 @@ def view_of(path: tuple, leaf: Any, rule: Optional[MatrixViewRule]) -> Optional[
   """
   if math.prod(jnp.shape(leaf)) == 0:
     return None
+  path = _routing.plain_path(path)
   view = (flax_matrix_view if rule is None else rule)(path, leaf)
   if view is not None:
-    view.matrix_shape(tuple(jnp.shape(leaf)))  # validates
+    try:
+      view.matrix_shape(tuple(jnp.shape(leaf)))  # validates
+    except ValueError as error:
+      raise ValueError(
+          f"the matrix view of {_routing.leaf_key(path)}: {error}") from None
   return view
 
 

@@ -275,3 +275,44 @@ def test_batch_axes_read_names_expert_stacks_and_rules_without_guessing():
   rule = gt.stacked_matrix_view()
   assert matrix_view.batch_axes((key("blocks"), key("kernel")), leaf, rule) == (0,)
   assert matrix_view.batch_axes((key("b"),), jax.ShapeDtypeStruct((8,), jnp.float32), rule) == ()
+
+
+class _EinsumModel(nnx.Module):
+  def __init__(self, rngs):
+    self.proj = nnx.Einsum("bd,dhk->bhk", (16, 4, 8), (4, 8), rngs=rngs)
+    self.out = nnx.Linear(32, 4, rngs=rngs)
+
+  def __call__(self, x):
+    return self.out(self.proj(x).reshape(x.shape[0], -1))
+
+
+def _ends_with(suffix):
+  return lambda path: jax.tree_util.keystr(path).endswith(suffix)
+
+
+@pytest.mark.parametrize("name", ["muon", "shampoo", "soap"])
+def test_a_users_rules_see_the_same_paths_at_init_and_update_under_nnx_optimizer(name):
+  """nnx.Optimizer hands init the variables (paths ending in .value) and
+  update plain arrays: a user's matrix_view and is_muon_param rules, keyed on
+  the path's end, must route both alike (Shampoo and SOAP refused their own
+  state; describe disagreed with training)."""
+  is_proj = _ends_with("['proj']['kernel']")
+  rule = lambda path, leaf: (gt.einsum_matrix_view("bd,dhk->bhk") if is_proj(path)
+                             else gt.flax_matrix_view(path, leaf))
+  kwargs = dict(matrix_view=rule)
+  if name == "muon":
+    kwargs["is_muon_param"] = lambda path, leaf: is_proj(path)
+  model = _EinsumModel(nnx.Rngs(0))
+  optimizer = nnx.Optimizer(model, getattr(go, name)(0.1, **kwargs), wrt=nnx.Param)
+  grads = nnx.grad(lambda m: jnp.mean(m(jnp.ones((2, 16))) ** 2))(model)
+  optimizer.update(model, grads)
+  for tree in (nnx.state(model, nnx.Param), nnx.state(model, nnx.Param).to_pure_dict()):
+    row = gt.describe(getattr(go, name)(0.1, **kwargs), tree)["['proj']['kernel']"]
+    assert row.matrices == (1, 16, 32), row
+
+
+def test_a_view_that_does_not_fit_its_leaf_names_the_leaf():
+  params = {"proj": {"kernel": jnp.ones((16, 4, 8)), "bias": jnp.ones((4, 8))}}
+  rule = lambda path, leaf: gt.einsum_matrix_view("bd,dhk->bhk")
+  with pytest.raises(ValueError, match=r"matrix view of \['proj'\]\['bias'\]: .*\(4, 8\)"):
+    go.muon(0.1, matrix_view=rule).init(params)
