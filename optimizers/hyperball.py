@@ -6,8 +6,8 @@ import jax
 import optax
 
 from gradtx import transforms as gt
-from gradtx._internal import validate as _validate
 from gradtx._internal import routing as _routing
+from gradtx._internal import validate as _validate
 
 
 @gt.AdamWSide.document

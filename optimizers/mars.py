@@ -6,8 +6,8 @@ import jax
 import optax
 
 from gradtx import transforms as gt
-from gradtx.routing import matrix_view as _matrix_view
 from gradtx._internal import routing as _routing
+from gradtx.routing import matrix_view as _matrix_view
 
 
 @gt.AdamWSide.document

@@ -12,8 +12,8 @@ from typing import Any, Callable, Optional
 import jax
 import optax
 
-from gradtx._internal import validate as _validate
 from gradtx._internal import routing as _routing
+from gradtx._internal import validate as _validate
 from gradtx.routing import axis_names as _axes
 from gradtx.routing import matrix_view as _matrix_view
 from gradtx.routing.roles import PathLeafRule, matrix_roles
