@@ -57,21 +57,30 @@ def path_names(path: tuple) -> list[str]:
   return names
 
 
+def own_names(names: list[str]) -> list[str]:
+  """The parameter's own name and its module's (the last two names that are
+  not list indices): what says a leaf is an embedding or a head. An
+  enclosing module's name does not: a ``multihead`` attention module's or a
+  ``PositionwiseFeedForward``'s kernels are hidden matrices."""
+  return [n for n in names if not n.isdigit()][-2:]
+
+
 def is_output_head(names: list[str]) -> bool:
   return any(
       any(part in n for part in OUTPUT_HEAD_PARTS) or n.endswith("head")
-      for n in names
+      for n in own_names(names)
   )
 
 
 def is_embedding(names: list[str]) -> bool:
+  own = own_names(names)
   return not is_output_head(names) and (
-      any(part in n for n in names for part in EMBEDDING_PARTS)
-      or any(n in EMBEDDING_NAMES for n in names))
+      any(part in n for n in own for part in EMBEDDING_PARTS)
+      or any(n in EMBEDDING_NAMES for n in own))
 
 
 def is_position_table(names: list[str]) -> bool:
-  return any(n in EMBEDDING_NAMES or "position" in n or "wpe" in n for n in names)
+  return any(n in EMBEDDING_NAMES or "position" in n or "wpe" in n for n in own_names(names))
 
 
 def is_query_key(names: list[str]) -> bool:

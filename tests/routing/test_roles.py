@@ -90,3 +90,29 @@ def test_a_branch_without_the_embedding_warns_that_it_cannot_find_the_head():
   with warnings.catch_warnings():
     warnings.simplefilter("error")
     optax.multi_transform({"emb": optax.adam(1e-3), "rest": go.muon(0.02)}, labels).init(params)
+
+
+def test_only_a_leafs_own_name_and_its_modules_make_it_an_embedding_or_a_head():
+  """An enclosing module's name says nothing of a leaf's role: attention in a
+  module named "multihead" and a Linen PositionwiseFeedForward_0 are hidden
+  matrices (they went to AdamW, silently); "lm_head" and a position table
+  still route by name, in a list of layers too."""
+  m = lambda *shape: jnp.zeros(shape)
+  params = {
+      "embed": {"embedding": m(50, 16)},
+      "multihead": {"query": {"kernel": m(16, 4, 4)}, "out": {"kernel": m(4, 4, 16)}},
+      "PositionwiseFeedForward_0": {"Dense_0": {"kernel": m(16, 64)}},
+      "positionwise_ffn": {"layers": [{"kernel": m(64, 16)}]},
+      "pos_table": {"position_embedding": m(8, 16)},
+      "decoder": {"lm_head": {"kernel": m(16, 50)}},
+  }
+  with warnings.catch_warnings():
+    warnings.simplefilter("ignore")
+    roles = gt.matrix_roles(params)
+  assert roles["multihead"]["query"]["kernel"] == "hidden"
+  assert roles["multihead"]["out"]["kernel"] == "hidden"
+  assert roles["PositionwiseFeedForward_0"]["Dense_0"]["kernel"] == "hidden"
+  assert roles["positionwise_ffn"]["layers"][0]["kernel"] == "hidden"
+  assert roles["pos_table"]["position_embedding"] == "embedding"
+  assert roles["embed"]["embedding"] == "embedding"
+  assert roles["decoder"]["lm_head"]["kernel"] == "output_head"
