@@ -115,7 +115,8 @@ def head_candidates_by_shape(
 ) -> list[list[int]]:
   """Per token embedding of shape (vocab, d), the indices of the 2-D (d, vocab)
   leaves of ``(names, shape)`` pairs beside it whose role names have not
-  ``settled`` already (by default, those not named an output head)."""
+  ``settled`` already (by default, those not named an output head), outside
+  repeated blocks (``in_repeated_block``)."""
   if embeddings is None:
     embeddings = [is_embedding(names) for names, _ in leaves]
   if settled is None:
@@ -126,9 +127,17 @@ def head_candidates_by_shape(
   groups = {}
   for i, ((names, shape), table, known) in enumerate(zip(leaves, embeddings, settled)):
     if (len(shape) == 2 and not is_vector(names) and not table and not known
-        and (shape[1], shape[0]) in tables):
+        and not in_repeated_block(names) and (shape[1], shape[0]) in tables):
       groups.setdefault((shape[1], shape[0]), []).append(i)
   return list(groups.values())
+
+
+def in_repeated_block(names: list[str]) -> bool:
+  """Whether a module enclosing the leaf's own is one of a list or a numbered
+  family (``blocks[0]``, Linen's ``Block_0``): a layer repeated through the
+  model, never its output head (an MLP as wide as the vocabulary, beside a
+  tied embedding). The leaf's own module may be numbered (``Dense_2``)."""
+  return any(n.isdigit() or re.search(r"_\d+$", n) for n in names[:-2])
 
 
 def heads_by_shape(

@@ -116,3 +116,23 @@ def test_only_a_leafs_own_name_and_its_modules_make_it_an_embedding_or_a_head():
   assert roles["pos_table"]["position_embedding"] == "embedding"
   assert roles["embed"]["embedding"] == "embedding"
   assert roles["decoder"]["lm_head"]["kernel"] == "output_head"
+
+
+@pytest.mark.parametrize("blocks", [1, 2])
+def test_a_repeated_blocks_kernel_shaped_like_a_head_is_not_the_head(blocks):
+  """With the embedding tied (no head leaf) and an MLP as wide as the
+  vocabulary, the blocks' (d, vocab) up-projections are hidden matrices, not
+  a head found by shape; a Linen-numbered top-level Dense still is one."""
+  m = lambda *shape: jnp.zeros(shape)
+  tied = {"embed": {"embedding": m(256, 64)},
+          "blocks": [{"up": {"kernel": m(64, 256)}, "down": {"kernel": m(256, 64)}}
+                     for _ in range(blocks)]}
+  linen = {"Embed_0": {"embedding": m(256, 64)},
+           **{f"Block_{i}": {"Dense_0": {"kernel": m(64, 256)}} for i in range(blocks)},
+           "Dense_0": {"kernel": m(64, 256)}}
+  with warnings.catch_warnings():
+    warnings.simplefilter("error")
+    roles, linen_roles = gt.matrix_roles(tied), gt.matrix_roles(linen)
+  assert all(block["up"]["kernel"] == "hidden" for block in roles["blocks"])
+  assert all(linen_roles[f"Block_{i}"]["Dense_0"]["kernel"] == "hidden" for i in range(blocks))
+  assert linen_roles["Dense_0"]["kernel"] == "output_head"
