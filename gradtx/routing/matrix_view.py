@@ -150,7 +150,8 @@ def flax_matrix_view(path: tuple, leaf: Any, *, strict: bool = False) -> Optiona
   leaves with ``"expert"`` in a name are a stack of (in, out) matrices; every
   other leaf of 3 or more dimensions is a kernel (fan_in…, fan_out): rows are
   all axes but the last. That last reading is a guess unless a name says
-  convolution or attention output: it warns once per leaf
+  convolution (up to 4 axes: a 5-D kernel may be a 3-D convolution or
+  scanned 2-D ones) or attention output (3 axes): it warns once per leaf
   (``AmbiguousMatrixViewWarning``).
 
   Args:
@@ -181,7 +182,13 @@ def flax_matrix_view(path: tuple, leaf: Any, *, strict: bool = False) -> Optiona
   if ndim == 3 and _names.is_expert_stack(names):
     return MatrixView(rows=(1,), cols=(2,), batch=(0,))
   view = MatrixView(rows=tuple(range(ndim - 1)), cols=(ndim - 1,))
-  if ndim > 2 and not (_names.is_convolution(names) or _names.is_attention_output(names)):
+  # The names settle flax's layouts only: a 3-D attention output (heads,
+  # head_dim, out), a 1- or 2-D convolution; with more axes they may be
+  # scanned layers (a 4-D attention output, a 5-D "conv" kernel, which a 3-D
+  # convolution's also is).
+  settled = ((ndim == 3 and _names.is_attention_output(names))
+             or (ndim <= 4 and _names.is_convolution(names)))
+  if ndim > 2 and not settled:
     _guessed(path, shape, view, strict)
   return view
 
@@ -207,8 +214,10 @@ def _guessed(path: tuple, shape: tuple, view: MatrixView, strict: bool) -> None:
       f" seen as one {rows}x{cols} matrix (a convolution kernel: rows are all axes"
       " but the last). If its leading axes index separate matrices (scanned layers,"
       " experts), give them axis names (nnx.with_partitioning, 'layers') or pass"
-      " matrix_view=gt.stacked_matrix_view(); to keep this view,"
-      " pass your own rule as matrix_view= or name the module (conv, expert).")
+      " matrix_view=gt.stacked_matrix_view() (where= picks the stacked leaves: the"
+      " others keep their own view); an nnx.Einsum or DenseGeneral kernel is read"
+      " by gt.einsum_matrix_view(spec); to keep this view, pass your own rule as"
+      " matrix_view= or name the module (conv, expert).")
   _routing.report_ambiguous(path, message)
   if strict:
     raise ValueError(message)

@@ -316,3 +316,23 @@ def test_a_view_that_does_not_fit_its_leaf_names_the_leaf():
   rule = lambda path, leaf: gt.einsum_matrix_view("bd,dhk->bhk")
   with pytest.raises(ValueError, match=r"matrix view of \['proj'\]\['bias'\]: .*\(4, 8\)"):
     go.muon(0.1, matrix_view=rule).init(params)
+
+
+@pytest.mark.parametrize("path, shape", [
+    ("attn/out/kernel", (3, 4, 8, 16)),  # a scanned flax attention output
+    ("conv/kernel", (4, 3, 3, 8, 8)),  # scanned 2-D convolutions (or one 3-D)
+])
+def test_a_named_layout_with_more_axes_than_flaxs_is_a_guess(path, shape):
+  """"out" settles flax's 3-D attention output and "conv" a 1- or 2-D
+  convolution; with more axes they may be scanned layers, read as one
+  matrix: that is a guess, which warns (it was silent, and strict passed)."""
+  keys = tuple(jax.tree_util.DictKey(k) for k in path.split("/"))
+  leaf = jax.ShapeDtypeStruct(shape, jnp.float32)
+  with pytest.warns(gt.AmbiguousMatrixViewWarning, match="stacked_matrix_view"):
+    gt.flax_matrix_view(keys, leaf)
+  with pytest.raises(ValueError, match="einsum_matrix_view"):
+    gt.flax_matrix_view(keys, leaf, strict=True)
+  flat = jax.ShapeDtypeStruct(shape[1:], jnp.float32)
+  with warnings.catch_warnings():
+    warnings.simplefilter("error")
+    assert gt.flax_matrix_view(keys, flat) is not None  # flax's own layout: settled
