@@ -170,7 +170,17 @@ def flax_matrix_view(path: tuple, leaf: Any, *, strict: bool = False) -> Optiona
     if reading.role == "vector":
       return None
     if reading.rows is not None:
-      return MatrixView(reading.rows, reading.cols, reading.batch)
+      view = MatrixView(reading.rows, reading.cols, reading.batch)
+      if (len(shape) == 3 and _names.is_attention_output(_names.path_names(path))
+          and _axes.role_of_axis(axes[0]) == "embed"):
+        _warn(path, strict, (
+            f"{_routing.leaf_key(path)} {shape}: an attention output kernel whose axis"
+            f" names {axes} start with the model width, as a query's do: flax's"
+            " MultiHeadAttention gives the output projection kernel_init's names"
+            " unless out_kernel_init is passed, so they may be wrong (its layout is"
+            " (heads, head_dim, out)). The names are followed; pass"
+            " out_kernel_init=nnx.with_partitioning(init, (heads, kv, embed)) names."))
+      return view
     if reading.batch:
       return _around_batch(path, shape, reading.batch, strict)
   ndim = len(shape)
@@ -218,12 +228,18 @@ def _guessed(path: tuple, shape: tuple, view: MatrixView, strict: bool) -> None:
       " others keep their own view); an nnx.Einsum or DenseGeneral kernel is read"
       " by gt.einsum_matrix_view(spec); to keep this view, pass your own rule as"
       " matrix_view= or name the module (conv, expert).")
+  _warn(path, strict, message, shape)
+
+
+def _warn(path: tuple, strict: bool, message: str, shape: tuple = ()) -> None:
+  """Reports (``gt.describe``) and warns once, or raises where ``strict``."""
+  key = _routing.leaf_key(path)
   _routing.report_ambiguous(path, message)
   if strict:
     raise ValueError(message)
-  if (key, shape) not in _WARNED:
-    _WARNED.add((key, shape))
-    warnings.warn(message, AmbiguousMatrixViewWarning, stacklevel=3)
+  if (key, shape, message) not in _WARNED:
+    _WARNED.add((key, shape, message))
+    warnings.warn(message, AmbiguousMatrixViewWarning, stacklevel=4)
 
 
 def stacked_matrix_view(

@@ -336,3 +336,18 @@ def test_a_named_layout_with_more_axes_than_flaxs_is_a_guess(path, shape):
   with warnings.catch_warnings():
     warnings.simplefilter("error")
     assert gt.flax_matrix_view(keys, flat) is not None  # flax's own layout: settled
+
+
+def test_an_attention_output_named_like_a_query_warns():
+  """flax's MultiHeadAttention gives its output projection kernel_init's axis
+  names unless out_kernel_init is passed: (embed, heads, kv) on a (heads,
+  head_dim, out) kernel, which the names made a 4x128 matrix, silently."""
+  init = nnx.with_partitioning(nnx.initializers.lecun_normal(), ("embed", "heads", "kv"))
+  with nnx.use_eager_sharding(False):
+    attention = nnx.MultiHeadAttention(num_heads=4, in_features=16, qkv_features=32,
+                                       decode=False, kernel_init=init, rngs=nnx.Rngs(0))
+    params = nnx.state(attention, nnx.Param)
+  with pytest.warns(gt.AmbiguousMatrixViewWarning, match=r"\['out'\]\['kernel'\].*out_kernel_init"):
+    gt.describe(go.muon(0.1), params)
+  with pytest.raises(ValueError, match="out_kernel_init"):
+    gt.describe(go.muon(0.1), params, strict=True)
