@@ -145,6 +145,7 @@ def adamuon(
     b2: float = 0.999,
     eps: float = 1e-8,
     nesterov: bool = True,
+    sign_momentum: bool = False,
     ns_steps: int = 5,
     coefficients: gt.Coefficients = "jordan",
     method: str = "standard",
@@ -182,12 +183,20 @@ def adamuon(
   quadrant". ``gradtx.contrib.adamuon_lm`` is this optimizer with Gram
   Newton–Schulz and learning-rate ratios tuned on one language model.
 
+  The paper and its code differ: from its second version (Algorithm 1) the
+  paper orthogonalizes the momentum's sign, O_t = NS(sign(m̃_t)) ("sign-
+  stabilized"), where the reference code and the paper's first version take
+  NS(m̃_t). The default follows the code, on which the project's measurements
+  were made; ``sign_momentum=True`` is the paper's.
+
   Args:
     learning_rate: η of the hidden matrices, a number or a schedule.
     beta: β, the momentum's EMA decay, in [0, 1).
     b2: decay of the element-wise second moment, in [0, 1).
     eps: added to √v̂ and to the norm, >= 0.
     nesterov: orthogonalize the look-ahead (as ``go.muon``).
+    sign_momentum: orthogonalize sign(m̃) (the paper from its v2) instead of
+      m̃ (the reference code).
     ns_steps: Newton–Schulz iterations, >= 1.
     coefficients: Newton–Schulz coefficients (``gt.orthogonalize_newton_schulz``).
     method: ``"standard"`` or ``"gram"`` Newton–Schulz (the same msign up to
@@ -206,13 +215,14 @@ def adamuon(
   Returns:
     An ``optax.GradientTransformation``.
 
-  Reference: Si et al., "AdaMuon: Adaptive Muon Optimizer", arXiv 2507.11005;
-  github.com/Chongjie-Si/AdaMuon (``adamuon.py``).
+  Reference: Si et al., "AdaMuon: Adaptive Muon Optimizer", arXiv 2507.11005
+  (v1; v2 and v3 for the sign); github.com/Chongjie-Si/AdaMuon (``adamuon.py``).
   """
   _validate.check_decay("beta", beta)
   matrix_view = gt.fused_qkv_matrix_view() if matrix_view is None else matrix_view
   direction = optax.chain(
       gt.ema(beta, nesterov=nesterov, mu_dtype=mu_dtype),
+      *([gt.scale_by_sign()] if sign_momentum else []),
       _orthogonalize(ns_steps, coefficients, method, matrix_view),
       gt.normalize_by_second_moment(
           b2=b2, eps=eps, renormalize="orthogonal", matrix_view=matrix_view,

@@ -71,6 +71,19 @@ def test_adamuon_matches_the_reference_code(shape):
 
 
 @SHAPES
+def test_adamuon_with_the_papers_sign_matches_its_algorithm(shape):
+  """arXiv 2507.11005 v2/v3, Algorithm 1: Newton–Schulz of sign(M_t); the
+  default (the reference code) takes M_t itself, a different trajectory."""
+  w0, gradient = _problem(shape)
+  ours = _gradtx_trajectory(go.adamuon(0.01, sign_momentum=True), w0, gradient)
+  theirs = _torch_layout(transcriptions.adamuon_reference, w0, gradient, lr=0.01, sign=True)
+  for a, b in zip(ours, theirs):
+    np.testing.assert_allclose(a, b, rtol=1e-9, atol=1e-12)
+  code = _gradtx_trajectory(go.adamuon(0.01), w0, gradient)
+  assert not np.allclose(code[-1], ours[-1], rtol=1e-3)
+
+
+@SHAPES
 @pytest.mark.parametrize("name", ["normuon", "adamuon"])
 def test_gram_newton_schulz_follows_the_reference_code(name, shape):
   """``method="gram"`` iterates on the Gram matrix of the smaller side: the
