@@ -43,6 +43,7 @@ NAMES = {
     "dampening": "torch SGD's dampening of the momentum buffer",
     "debias": "divide an EMA by its total weight 1 − decay^t",
     "nesterov": "Nesterov look-ahead",
+    "sign_momentum": "orthogonalize sign(momentum) (AdaMuon's paper)",
     "eps": "added to a denominator (outside a square root)",
     "eps_root": "added inside a square root",
     "damping": "absolute ridge added to a matrix before a root",

@@ -46,7 +46,8 @@ def scale_by_sign(tau: float = 0.0) -> optax.GradientTransformation:
     return optax.EmptyState()
 
   def update_fn(updates, state, params=None):
-    _validate.check_matching_shapes(updates, params, "scale_by_sign")
+    del params  # unused: a wrapper may hand the sign a part of the tree (on_matrix_views)
+    _validate.check_no_float0(updates, "scale_by_sign")
     if _validate.is_static_zero(tau):
       return jax.tree.map(sign, updates), state
 
