@@ -300,18 +300,18 @@ def scale_by_adam_mini(
       g2 = _tree.abs_sq(blocked(g_, b))
       block_g2 = jnp.mean(g2, b.axes, keepdims=True)
       v_new = b2_ * v.astype(real) + c2 * block_g2
+      quantized = state_format.is_quantized(mu_format)
+      if not quantized:  # the step from the moment as stored (stored_and_used)
+        m_stored, m_new = state_format.stored_and_used(m_new, m, mu_format, seed)
       m_hat = m_new / _tree.bias_correction(b1, count, dtype)
       v_hat = v_new / _tree.bias_correction(b2, count, dtype)
       denominator = jnp.sqrt(v_hat) + eps
       u = (blocked(m_hat, b) / denominator).reshape(g.shape)
       u = _sharding.reshard_like(u, g)
-      if state_format.is_quantized(mu_format):
+      if quantized:
         u, m_new = state_format.reset_non_finite(g_, u, m_new)
-      return (
-          u.astype(g.dtype),
-          state_format.store(m_new, m, mu_format, seed),
-          _sharding.reshard_like(v_new.astype(v.dtype), v),
-      )
+        m_stored = state_format.store(m_new, m, mu_format, seed)
+      return u.astype(g.dtype), m_stored, _sharding.reshard_like(v_new.astype(v.dtype), v)
 
     u, mu, nu = _tree.map_leaves(
         leaf, 3, updates, state.mu, state.nu, partition(updates), seeds, once_per_shape=True

@@ -127,17 +127,19 @@ def scale_by_ademamix(
       m_new = b1_ * state_format.load(m, dtype) + c1 * g_
       s_new = b3_ * state_format.load(s, dtype) + c3 * g_
       v_new = b2_ * state_format.load(v, real) + c2 * _tree.abs_sq(g_)
+      if not guard_non_finite:  # the step from the moments as stored (stored_and_used)
+        m_stored, m_new = state_format.stored_and_used(m_new, m, mu_format, seed, stream=0)
+        s_stored, s_new = state_format.stored_and_used(s_new, s, mu_format, seed, stream=1)
+        v_stored, v_new = state_format.stored_and_used(v_new, v, nu_format, seed, stream=2)
       m_hat = m_new / _tree.bias_correction(b1, count, dtype)
       v_hat = v_new / _tree.bias_correction(b2, count, dtype)
       u = (m_hat + jnp.asarray(alpha_t, real) * s_new) / (jnp.sqrt(v_hat + eps_root) + eps)
       if guard_non_finite:
         u, m_new, s_new, v_new = state_format.reset_non_finite(g_, u, m_new, s_new, v_new)
-      return (
-          u.astype(g.dtype),
-          state_format.store(m_new, m, mu_format, seed, stream=0),
-          state_format.store(s_new, s, mu_format, seed, stream=1),
-          state_format.store(v_new, v, nu_format, seed, stream=2),
-      )
+        m_stored = state_format.store(m_new, m, mu_format, seed, stream=0)
+        s_stored = state_format.store(s_new, s, mu_format, seed, stream=1)
+        v_stored = state_format.store(v_new, v, nu_format, seed, stream=2)
+      return u.astype(g.dtype), m_stored, s_stored, v_stored
 
     u, mu, mu_slow, nu = _tree.map_leaves(
         leaf, 4, updates, state.mu, state.mu_slow, state.nu, seeds, once_per_shape=True)

@@ -94,10 +94,14 @@ def momentum(
       m_new = momentum * state_format.load(m, dtype) + (1 - dampening) * g_
       if dampens:  # with d = 0, m_0 = 0 already gives m_1 = g_1
         m_new = jnp.where(state.count == 0, g_, m_new)
+      quantized = state_format.is_quantized(mu_format)
+      if not quantized:  # the step from the momentum as stored (stored_and_used)
+        m_stored, m_new = state_format.stored_and_used(m_new, m, mu_format, seed)
       u = g_ + momentum * m_new if nesterov else m_new
-      if state_format.is_quantized(mu_format):
+      if quantized:
         u, m_new = state_format.reset_non_finite(g_, u, m_new)
-      return u.astype(g.dtype), state_format.store(m_new, m, mu_format, seed)
+        m_stored = state_format.store(m_new, m, mu_format, seed)
+      return u.astype(g.dtype), m_stored
 
     u, mu = _tree.map_leaves(leaf, 2, updates, state.mu, seeds, once_per_shape=True)
     return u, MomentumState(count, mu)
@@ -170,11 +174,15 @@ def ema(
       dtype = _tree.compute_dtype(g)
       g_ = g.astype(dtype)
       m_new = decay * state_format.load(m, dtype) + (1 - decay) * g_
+      quantized = state_format.is_quantized(mu_format)
+      if not quantized:  # the step from the average as stored (stored_and_used)
+        m_stored, m_new = state_format.stored_and_used(m_new, m, mu_format, seed)
       m_used = m_new / _tree.bias_correction(decay, count, dtype) if debias else m_new
       u = decay * m_used + (1 - decay) * g_ if nesterov else m_used
-      if state_format.is_quantized(mu_format):
+      if quantized:
         u, m_new = state_format.reset_non_finite(g_, u, m_new)
-      return u.astype(g.dtype), state_format.store(m_new, m, mu_format, seed)
+        m_stored = state_format.store(m_new, m, mu_format, seed)
+      return u.astype(g.dtype), m_stored
 
     u, mu = _tree.map_leaves(leaf, 2, updates, state.mu, seeds, once_per_shape=True)
     return u, EmaState(count, mu)

@@ -142,6 +142,12 @@ def scale_by_adam(
         # it (and copying the donated buffer it overwrites).
         m_new, v_new, v_max_new = state_format.reset_non_finite(
             g_, m_new, v_new, v_max_new if amsgrad else None)
+      m_stored, m_new = (state_format.stored_and_used(m_new, m, mu_format, seed, stream=0)
+                         if keeps_mu else (None, m_new))
+      v_stored, v_new = state_format.stored_and_used(v_new, v, nu_format, seed, stream=1)
+      v_max_stored, v_max_new = (
+          state_format.stored_and_used(v_max_new, v_max, nu_format, seed, stream=2)
+          if amsgrad else (None, None))
       v_used = v_max_new if amsgrad else v_new
       if nesterov:
         m_hat = b1_ * m_new / _tree.bias_correction(b1, count + 1, dtype) + (
@@ -152,16 +158,7 @@ def scale_by_adam(
       u = m_hat / (jnp.sqrt(v_hat + eps_root) + eps)
       if guard_non_finite:
         (u,) = state_format.reset_non_finite(g_, u)
-      return (
-          u.astype(g.dtype),
-          state_format.store(m_new, m, mu_format, seed, stream=0)
-          if keeps_mu
-          else None,
-          state_format.store(v_new, v, nu_format, seed, stream=1),
-          state_format.store(v_max_new, v_max, nu_format, seed, stream=2)
-          if amsgrad
-          else None,
-      )
+      return u.astype(g.dtype), m_stored, v_stored, v_max_stored
 
     u, mu, nu, nu_max = _tree.map_leaves(
         leaf, 4, updates, state.mu, state.nu, state.nu_max, seeds, once_per_shape=True
@@ -236,16 +233,21 @@ def scale_by_belief(
       real = _tree.real_dtype(dtype)
       g_ = g.astype(dtype)
       m_new = b1 * state_format.load(m, dtype) + (1 - b1) * g_
+      quantized = state_format.is_quantized(mu_format, nu_format)
+      if not quantized:  # the step from the moments as stored (stored_and_used)
+        m_stored, m_new = state_format.stored_and_used(m_new, m, mu_format, seed, stream=0)
       s_new = (b2 * state_format.load(s, real)
                + (1 - b2) * _tree.abs_sq(g_ - m_new) + eps)
+      if not quantized:
+        s_stored, s_new = state_format.stored_and_used(s_new, s, nu_format, seed, stream=1)
       m_hat = m_new / _tree.bias_correction(b1, count, dtype)
       s_hat = s_new / _tree.bias_correction(b2, count, dtype)
       u = m_hat / (jnp.sqrt(s_hat) + eps)
-      if state_format.is_quantized(mu_format, nu_format):
+      if quantized:
         u, m_new, s_new = state_format.reset_non_finite(g_, u, m_new, s_new)
-      return (u.astype(g.dtype),
-              state_format.store(m_new, m, mu_format, seed, stream=0),
-              state_format.store(s_new, s, nu_format, seed, stream=1))
+        m_stored = state_format.store(m_new, m, mu_format, seed, stream=0)
+        s_stored = state_format.store(s_new, s, nu_format, seed, stream=1)
+      return u.astype(g.dtype), m_stored, s_stored
 
     u, mu, nu = _tree.map_leaves(leaf, 3, updates, state.mu, state.nu, seeds, once_per_shape=True)
     return u, ScaleByBeliefState(count, mu, nu)
@@ -334,19 +336,21 @@ def scale_by_rms(
       real = _tree.real_dtype(dtype)
       g_ = g.astype(dtype)
       v_new = decay * state_format.load(v, real) + (1 - decay) * _tree.abs_sq(g_)
-      m_new, variance = None, v_new
-      if centered:
-        m_new = decay * state_format.load(m, dtype) + (1 - decay) * g_
-        variance = jnp.maximum(v_new - _tree.abs_sq(m_new), 0)
+      m_new = (decay * state_format.load(m, dtype) + (1 - decay) * g_) if centered else None
+      quantized = state_format.is_quantized(mu_format, nu_format)
+      m_stored = None
+      if not quantized:  # the step from the moments as stored (stored_and_used)
+        v_stored, v_new = state_format.stored_and_used(v_new, v, nu_format, seed, stream=0)
+        if centered:
+          m_stored, m_new = state_format.stored_and_used(m_new, m, mu_format, seed, stream=1)
+      variance = jnp.maximum(v_new - _tree.abs_sq(m_new), 0) if centered else v_new
       u = g_ / (jnp.sqrt(variance + eps_root) + eps)
-      if state_format.is_quantized(mu_format, nu_format):
+      if quantized:
         u, v_new, m_new = state_format.reset_non_finite(g_, u, v_new, m_new)
-      return (
-          u.astype(g.dtype),
-          state_format.store(v_new, v, nu_format, seed, stream=0),
-          state_format.store(m_new, m, mu_format, seed, stream=1)
-          if centered else None,
-      )
+        v_stored = state_format.store(v_new, v, nu_format, seed, stream=0)
+        if centered:
+          m_stored = state_format.store(m_new, m, mu_format, seed, stream=1)
+      return u.astype(g.dtype), v_stored, m_stored
 
     u, nu, mu = _tree.map_leaves(leaf, 3, updates, state.nu, state.mu, seeds, once_per_shape=True)
     return u, ScaleByRmsState(count, nu, mu if centered else None)
@@ -407,10 +411,14 @@ def scale_by_adagrad(
       dtype = _tree.compute_dtype(g)
       g_ = g.astype(dtype)
       s_new = state_format.load(s, _tree.real_dtype(dtype)) + _tree.abs_sq(g_)
+      quantized = state_format.is_quantized(nu_format)
+      if not quantized:  # the step from the sum as stored (stored_and_used)
+        s_stored, s_new = state_format.stored_and_used(s_new, s, nu_format, seed)
       u = g_ / (jnp.sqrt(s_new) + eps)
-      if state_format.is_quantized(nu_format):
+      if quantized:
         u, s_new = state_format.reset_non_finite(g_, u, s_new)
-      return u.astype(g.dtype), state_format.store(s_new, s, nu_format, seed)
+        s_stored = state_format.store(s_new, s, nu_format, seed)
+      return u.astype(g.dtype), s_stored
 
     u, s = _tree.map_leaves(leaf, 2, updates, state.sum_of_squares, seeds, once_per_shape=True)
     return u, ScaleByAdagradState(count, s)

@@ -265,3 +265,28 @@ def store(
     salt = jnp.uint32((fmt.seed * 0x27D4EB2F + stream * 0x165667B1) % 2**32)
     return quantize.stochastic_round(value, quantize.mix32(seed ^ salt))
   return _sharding.reshard_like(value.astype(stored.dtype), stored)
+
+
+def stored_and_used(
+    value: jax.Array,
+    stored: Any,
+    fmt: Any,
+    seed: Optional[jax.Array] = None,
+    stream: int = 0,
+) -> tuple[Any, jax.Array]:
+  """(``store(value, ...)``, the value the step should use).
+
+  Where the state is kept in a narrower float than it is computed in (bf16
+  moments of bf16 parameters, ``mu_dtype=jnp.bfloat16``), the step uses the
+  moment as stored, read back, as torch does with bf16 state: a step computed
+  from the wider ``value`` makes XLA recompute it after the donated state
+  buffer is overwritten, so it copies every such buffer first (a bf16 AdamW
+  step peaked at 1.5x optax's). Elsewhere (same width; int8 blocks, whose
+  transforms use the reset ``value``) it is ``value``.
+  """
+  new = store(value, stored, fmt, seed, stream)
+  if isinstance(new, quantize.QuantizedArray):
+    return new, value
+  if jnp.finfo(new.dtype).bits < jnp.finfo(value.dtype).bits:
+    return new, new.astype(value.dtype)
+  return new, value

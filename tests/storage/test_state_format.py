@@ -171,3 +171,55 @@ def test_int8_state_path_is_traced_once_per_shape():
     return text.count("stablehlo.gather")
 
   assert gathers(2) == gathers(8) > 0
+
+
+# Narrow float states in a donated step ---------------------------------------
+
+_BF16_DONATED = {
+    "adamw": (lambda: gt.scale_by_adam(), optax.scale_by_adam),
+    "adagrad": (lambda: gt.scale_by_adagrad(), lambda: optax.scale_by_rss(0.0)),
+    "rmsprop_centered": (lambda: gt.scale_by_rms(centered=True),
+                         lambda: optax.scale_by_stddev()),
+    "adabelief": (lambda: gt.scale_by_belief(), optax.scale_by_belief),
+    "ademamix": (lambda: gt.scale_by_ademamix(), lambda: optax.contrib.scale_by_ademamix(
+        0.9, 0.999, 0.9999, 5.0)),
+    "nesterov": (lambda: gt.momentum(0.9, nesterov=True),
+                 lambda: optax.trace(0.9, nesterov=True)),
+    "ema": (lambda: gt.ema(0.9, debias=True), lambda: optax.ema(0.9)),
+}
+
+
+def _donated_step_copies(tx, params):
+  def step(params, state, grads):
+    updates, state = tx.update(grads, state, params)
+    return optax.apply_updates(params, updates), state
+  compiled = jax.jit(step, donate_argnums=(0, 1)).lower(
+      params, tx.init(params), params).compile()
+  return compiled.as_text().count(" copy("), compiled.memory_analysis().temp_size_in_bytes
+
+
+@pytest.mark.parametrize("name", list(_BF16_DONATED))
+def test_bf16_moments_are_not_copied_in_a_donated_step(name):
+  """The step uses the moment as stored (read back from bf16): computed from
+  the float32 value, XLA recomputed it after the donated state buffer was
+  overwritten, so it copied every moment first (a bf16 AdamW step's peak was
+  1.5x optax's). Now no copies, and no more temporary memory than optax's."""
+  params = {f"w{i}": jnp.ones((128, 64), jnp.bfloat16) * (i + 1) for i in range(3)}
+  ours, theirs = (make() for make in _BF16_DONATED[name])
+  copies, temp = _donated_step_copies(ours, params)
+  _, optax_temp = _donated_step_copies(theirs, params)
+  assert copies == 0
+  assert temp <= optax_temp + 1024
+
+
+def test_bf16_moments_step_from_the_moment_as_stored():
+  """With bf16 state the step is m̂/(√v̂+ε) of the stored (rounded) moments,
+  as torch.optim.Adam computes it from its bf16 exp_avg and exp_avg_sq."""
+  tx = gt.scale_by_adam(mu_dtype=jnp.bfloat16, nu_dtype=jnp.bfloat16)
+  g = jnp.linspace(-1.0, 1.0, 64).reshape(8, 8) ** 3 + 0.01
+  state = tx.init(g)
+  for _ in range(3):
+    u, state = tx.update(g * 1.1, state)
+  m = np.asarray(state.mu, np.float64) / (1 - 0.9 ** 3)
+  v = np.asarray(state.nu, np.float64) / (1 - 0.999 ** 3)
+  np.testing.assert_allclose(u, m / (np.sqrt(v) + 1e-8), rtol=1e-6)
