@@ -15,11 +15,15 @@ def relative_step_size(*, warmup_init: bool = False) -> optax.Schedule:
 
   With ``warmup_init`` it is :math:`\min(10^{-6} t, 1/\sqrt t)`, the paper's
   warm-up variant. ``t`` is the 1-based step: the schedule is called with
-  the number of steps taken before.
+  the number of steps taken before. Computed in the default float type
+  (float64 under ``jax_enable_x64``).
+
+  Reference: Shazeer & Stern, "Adafactor: Adaptive Learning Rates with
+  Sublinear Memory Cost", ICML 2018, §8 (relative step size).
   """
 
   def schedule(count):
-    t = jnp.asarray(count, jnp.float32) + 1
+    t = jnp.asarray(count, jnp.result_type(float)) + 1
     start = 1e-6 * t if warmup_init else 1e-2
     return jnp.minimum(start, 1 / jnp.sqrt(t))
 

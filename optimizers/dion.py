@@ -50,7 +50,10 @@ def dion(
 
   Args:
     learning_rate: η, a float or a schedule, >= 0.
-    rank: k, an int >= 1 or a fraction in (0, 1] of min(m, n).
+    rank: k, an int >= 1 or a fraction in (0, 1] of min(m, n). The default
+      0.25 is gradtx's (the paper's low-rank regime); the reference
+      ``Dion`` takes a rank fraction that defaults to full rank, and
+      ``dion_simple.py``'s example a rank of 768.
     momentum: μ in [0, 1) (Dion's μ, 0.95 in the paper).
     power_iters: power iterations per step, >= 1.
     orthonormalize: ``"qr"`` or ``"cholesky_qr"``.

@@ -51,7 +51,9 @@ def lookahead(
   Args:
     base: the fast (inner) optimizer.
     sync_period: k, the fast steps per slow step, an integer >= 1 (may be
-      traced, e.g. by ``optax.inject_hyperparams``).
+      traced, e.g. by ``optax.inject_hyperparams``). The default k = 6 and
+      α = 0.5 are TensorFlow Addons' ``Lookahead``'s; the paper's runs use
+      k ∈ {5, 10}, α ∈ {0.5, 0.8}, and optax sets no default.
     slow_step_size: α, in [0, 1]. α = 1 without ``reset_state`` is the base
       optimizer (to rounding).
     reset_state: re-initialise the base state at every sync (at the synced

@@ -143,7 +143,9 @@ def weight_decay_schedule(
     >>> tx = go.lion(1e-4, weight_decay=wd)  # any factory's weight_decay
 
   Reference: Loshchilov & Hutter, "Decoupled Weight Decay Regularization",
-  ICLR 2019.
+  ICLR 2019 (``"learning_rate"``). ``"cosine_growth"`` has no paper: it is
+  the project's seed documents' λ_max(1 − cos πt/T) (``../shared/seeds``,
+  the adaptive weight-decay schedule), halved as said above.
   """
   _validate.check_non_negative("weight_decay", weight_decay)
   _check_rule(rule, WEIGHT_DECAY_RULES)

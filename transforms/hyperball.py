@@ -43,7 +43,9 @@ def hyperball_step(
   per matrix of each leaf's matrix view (each layer of a stack on its own
   sphere), per whole leaf for leaves without one. It replaces both the
   learning-rate scale and the weight decay: the norm of every matrix stays
-  where it started and η is the angular step (tan θ = η). R is the current
+  where it started and the step has length ηR before the projection back
+  onto the sphere: tan θ = η when u ⟂ p, a smaller angle otherwise (the
+  component of u along p is removed by the renormalisation). R is the current
   norm, as in Marin's ``adamh.py`` / ``muonh.py``; it stays the initial norm
   (the paper's R = ‖W₀‖_F) up to round-off. A zero u, or a zero matrix
   (R = 0), gives a zero update. Comes after the direction transforms (Adam,

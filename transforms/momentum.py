@@ -150,6 +150,9 @@ def ema(
 
   Returns:
     An ``optax.GradientTransformation`` with state ``EmaState``.
+
+  Reference: Kingma & Ba, "Adam: A Method for Stochastic Optimization", 2015
+  (the first moment and its bias correction); ``optax.ema``.
   """
   _validate.check_decay("decay", decay)
   mu_format = state_format.state_format("mu_dtype", mu_dtype)

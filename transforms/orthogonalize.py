@@ -341,6 +341,10 @@ def clip_singular_values(
 
   Returns:
     A stateless ``optax.GradientTransformation``.
+
+  Reference: the project's seed documents (``../shared/seeds``), whose
+  "QK-clip" form this is (API.md); Kimi K2's QK-Clip (Kimi Team, arXiv
+  2507.20534) rescales the query and key weights instead (``go.qk_clip``).
   """
   _validate.check_non_negative("min_value", min_value)
   _validate.check_non_negative("max_value", max_value)

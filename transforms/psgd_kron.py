@@ -58,6 +58,10 @@ def precond_update_prob_schedule(
   ``p(t) = clip(max_prob · exp(−decay · (t − flat_start)), min_prob, max_prob)``:
   every step for the first ``flat_start`` steps, then an exponential anneal
   to ``min_prob``.
+
+  Reference: github.com/evanatyourservice/psgd_jax, ``kron.py``
+  (``precond_update_prob_schedule``); Li, "Preconditioned Stochastic
+  Gradient Descent", IEEE TNNLS 2018.
   """
   def schedule(count):
     return jnp.minimum(

@@ -49,6 +49,10 @@ def scale_by_matrix_shape(
 
   Returns:
     A stateless ``optax.GradientTransformation``.
+
+  Reference: Jordan et al., "Muon: An optimizer for hidden layers in neural
+  networks", 2024 (``"jordan"``); Liu et al., "Muon is Scalable for LLM
+  Training", arXiv 2502.16982, 2025 (``"moonlight"``).
   """
   shape_scale(scale, 1, 1)  # validates
 

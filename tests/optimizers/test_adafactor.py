@@ -75,3 +75,17 @@ def test_adafactor_int8_momentum():
 def test_state_memory_on_a_gpt_tree():
   """Factored second moments: under 5% of AdamW's state."""
   assert helpers.state_ratio(go.adafactor()) <= 0.05
+
+
+def test_relative_step_size_is_computed_in_float64_under_x64():
+  """ρ_t = min(1e-2, 1/√t) exactly, not float32(0.01) (2.2e-8 off), so a
+  float64 run of the default Adafactor follows its equation to round-off;
+  float32 updates stay float32."""
+  with jax.enable_x64(True):
+    rho = go.relative_step_size()(jnp.arange(4))
+    assert rho.dtype == jnp.float64
+    np.testing.assert_array_equal(rho, [0.01, 0.01, 0.01, 0.01])
+    assert float(go.relative_step_size()(39999)) == 1 / 200
+    params = {"w": jnp.ones((4, 4), jnp.float32)}
+    tx = go.adafactor()
+    assert tx.update(params, tx.init(params), params)[0]["w"].dtype == jnp.float32
