@@ -426,3 +426,23 @@ def test_the_float0_gradient_of_an_integer_leaf_is_named(case):
   tx = case.make()
   with pytest.raises(TypeError, match=r"\['step'\] has dtype float0.*wrt=nnx.Param"):
     tx.update(grads, tx.init(params), params)
+
+
+@pytest.mark.parametrize("make, name", [
+    (lambda s: go.adamw(LR, b2=s), "b2"),
+    (lambda s: go.muon(LR, beta=s), "beta"),
+    (lambda s: go.parameter_ema(go.sgd(LR), decay=s), "decay"),
+    (lambda s: go.lookahead(go.sgd(LR), slow_step_size=s), "slow_step_size"),
+    (lambda s: go.lars(LR, trust_coefficient=s), "trust_coefficient"),
+])
+def test_a_schedule_where_only_a_number_is_documented_is_refused_at_construction(make, name):
+  """It was accepted, then failed at the first update with "float() argument
+  must be a string or a real number, not 'function'"."""
+  schedule = optax.linear_schedule(0.9, 0.99, 100)
+  with pytest.raises(ValueError, match=f"^{name} must be a number, got the callable"):
+    make(schedule)
+
+
+def test_ademamixs_documented_schedules_are_still_accepted():
+  go.ademamix(LR, b3=optax.linear_schedule(0.9, 0.9999, 100),
+              alpha=optax.linear_schedule(0.0, 5.0, 100))

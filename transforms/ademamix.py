@@ -94,7 +94,7 @@ def scale_by_ademamix(
   """
   _validate.check_decay("b1", b1)
   _validate.check_decay("b2", b2)
-  _validate.check_decay("b3", b3)
+  _validate.check_decay("b3", b3, schedule=True)
   _validate.check_scalar_or_schedule("alpha", alpha)
   _validate.check_non_negative("eps", eps)
   _validate.check_non_negative("eps_root", eps_root)

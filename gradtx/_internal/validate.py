@@ -40,10 +40,18 @@ def check_in_range(
   """Raises ``ValueError`` when a plain number lies outside the interval.
 
   Arrays and tracers (``inject_hyperparams``) pass unchecked; anything else
-  that is not a number (a string, a list) is refused.
+  that is not a number (a string, a list, a schedule: a callable is refused
+  here, where only a number is documented, instead of failing at the first
+  update) is refused.
   """
   if not _is_plain_number(value):
-    if not (callable(value) or hasattr(value, "dtype") and hasattr(value, "shape")):
+    if callable(value):
+      raise ValueError(
+          f"{name} must be a number, got the callable {value!r}: only"
+          " learning_rate, weight_decay and the arguments documented as such take"
+          " a schedule (with optax.inject_hyperparams, a schedule of any numeric"
+          " argument works: it is evaluated before the factory sees it)")
+    if not (hasattr(value, "dtype") and hasattr(value, "shape")):
       raise ValueError(
           f"{name} must be a number, got {value!r} of type"
           f" {type(value).__name__}"
@@ -73,8 +81,11 @@ def check_ordered(low_name: str, low: Any, high_name: str, high: Any) -> None:
         f"{high_name} must be >= {low_name}, got {high_name}={high!r} < {low_name}={low!r}")
 
 
-def check_decay(name: str, value: Any) -> None:
-  """A decay rate of an exponential moving average: in [0, 1)."""
+def check_decay(name: str, value: Any, *, schedule: bool = False) -> None:
+  """A decay rate of an exponential moving average: in [0, 1); a callable
+  too where ``schedule`` (a documented schedule of the step count)."""
+  if schedule and callable(value):
+    return
   check_in_range(name, value, 0.0, 1.0)
 
 
