@@ -55,8 +55,9 @@ def momentum(
   A literal ``momentum=0`` keeps no buffer (``mu`` is ``None``) and returns
   the updates unchanged, ignoring ``dampening``, as torch does. A momentum
   injected as a traced 0 (``optax.inject_hyperparams``) keeps the buffer,
-  m_t = g_t: raised later, it goes on from there, where torch, which keeps
-  no buffer at 0, starts one from the gradient.
+  m_t = g_t (undamped, so the step is torch's g_t): raised later, it goes on
+  from there, where torch, which keeps no buffer at 0, starts one from the
+  gradient.
 
   Returns:
     An ``optax.GradientTransformation`` with state ``MomentumState``.
@@ -73,6 +74,8 @@ def momentum(
   mu_format = state_format.state_format("mu_dtype", mu_dtype)
   keeps_buffer = not _validate.is_static_zero(momentum)
   dampens = not _validate.is_static_zero(dampening)
+  # A traced momentum may be 0, where torch steps the undamped gradient.
+  traced = keeps_buffer and not _validate.is_static_nonzero(momentum)
 
   def init_fn(params):
     mu = None
@@ -93,7 +96,8 @@ def momentum(
       g_ = g.astype(dtype)
       m_new = momentum * state_format.load(m, dtype) + (1 - dampening) * g_
       if dampens:  # with d = 0, m_0 = 0 already gives m_1 = g_1
-        m_new = jnp.where(state.count == 0, g_, m_new)
+        m_new = jnp.where((state.count == 0) | (momentum == 0) if traced
+                          else state.count == 0, g_, m_new)
       quantized = state_format.is_quantized(mu_format)
       if not quantized:  # the step from the momentum as stored (stored_and_used)
         m_stored, m_new = state_format.stored_and_used(m_new, m, mu_format, seed)

@@ -52,7 +52,10 @@ def scale_by_sign(tau: float = 0.0) -> optax.GradientTransformation:
       return jax.tree.map(sign, updates), state
 
     def soft_sign(g):
-      return (g / (tau + jnp.abs(g))).astype(g.dtype)  # NaN for NaN and ±inf
+      soft = g / (tau + jnp.abs(g))  # NaN for NaN and ±inf
+      if not _validate.is_static_nonzero(tau):  # a traced τ may be 0: sign(0) = 0
+        soft = jnp.where(g == 0, jnp.zeros_like(soft), soft)
+      return soft.astype(g.dtype)
 
     return jax.tree.map(soft_sign, updates), state
 

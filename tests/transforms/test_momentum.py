@@ -139,3 +139,21 @@ def test_optax_ema_is_the_debiased_ema():
   theirs = [np.asarray(u) for u in helpers.jit_updates(optax.ema(0.8), grads)[0]]
   np.testing.assert_allclose(_run(gt.ema(0.8, debias=True))[0], theirs, rtol=1e-6)
   assert not np.allclose(_run(gt.ema(0.8))[0][0], theirs[0])
+
+
+def test_an_injected_zero_momentum_with_dampening_steps_the_gradient_as_torch():
+  """torch.optim.SGD(momentum=0, dampening=d) steps g_t; a traced 0 keeps a
+  buffer, which must be g_t itself, not (1 − d)·g_t from the second step."""
+  import torch  # noqa: PLC0415
+
+  grads = [np.array([1.0, -2.0, 3.0]) * 0.8**t for t in range(4)]
+  w = torch.zeros(3, dtype=torch.float64, requires_grad=True)
+  reference = torch.optim.SGD([w], lr=1.0, momentum=0.0, dampening=0.5)
+  tx = optax.inject_hyperparams(gt.momentum)(momentum=0.0, dampening=0.5)
+  state = tx.init(jnp.zeros(3))
+  for g in grads:
+    before = w.detach().clone()
+    w.grad = torch.tensor(g)
+    reference.step()
+    update, state = tx.update(jnp.asarray(g, jnp.float32), state)
+    np.testing.assert_allclose(update, (before - w.detach()).numpy(), rtol=1e-6)

@@ -77,3 +77,16 @@ def test_lion_bfloat16_momentum():
   assert state.mu.dtype == jnp.bfloat16
   assert all(u.dtype == np.float32 for u in updates)
   np.testing.assert_array_equal(updates, ref)
+
+
+def test_an_injected_zero_tau_keeps_sign_zero_of_a_zero_gradient():
+  """A soft sign annealed to τ = 0 under optax.inject_hyperparams is traced,
+  so it takes the soft branch: 0/(0 + |0|) was NaN where sign(0) = 0."""
+  import optax  # noqa: PLC0415
+
+  tx = optax.inject_hyperparams(gt.scale_by_sign)(tau=0.0)
+  g = jnp.array([2.0, 0.0, -3.0])
+  update, _ = tx.update(g, tx.init(g))
+  np.testing.assert_array_equal(update, [1.0, 0.0, -1.0])
+  soft = optax.inject_hyperparams(gt.scale_by_sign)(tau=0.5)
+  np.testing.assert_allclose(soft.update(g, soft.init(g))[0], [0.8, 0.0, -3 / 3.5], rtol=1e-6)
