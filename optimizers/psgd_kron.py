@@ -14,7 +14,7 @@ def psgd_kron(
     weight_decay: optax.ScalarOrSchedule = 0.0,
     mask: gt.MaskOrFn = None,
     cautious_weight_decay: bool = False,
-    precond_update_probability: Union[float, Callable] = gt.precond_update_prob_schedule(),
+    precond_update_probability: Union[None, float, Callable] = None,
     max_size_triangular: int = 8192,
     min_ndim_triangular: int = 2,
     memory_save_mode: Optional[str] = None,
@@ -44,8 +44,10 @@ def psgd_kron(
     weight_decay: λ, decoupled, a number or a schedule.
     mask: which leaves get weight decay (as in ``gt.decoupled_weight_decay``).
     cautious_weight_decay: decay only where the update has the weight's sign.
-    precond_update_probability: p, in (0, 1], or a schedule (default
-      ``gt.precond_update_prob_schedule()``).
+    precond_update_probability: p, in (0, 1], or a schedule; ``None``:
+      ``gt.precond_update_prob_schedule()`` (see ``gt.scale_by_psgd_kron``:
+      under ``optax.inject_hyperparams`` a schedule you pass goes in
+      ``static_args``).
     max_size_triangular: axes longer than this get diagonal factors.
     min_ndim_triangular: leaves with fewer axes get diagonal factors.
     memory_save_mode: ``None``, ``"one_diag"`` or ``"all_diag"``.

@@ -306,7 +306,7 @@ class ScaleByPsgdKronState(NamedTuple):
 def scale_by_psgd_kron(
     *,
     b1: float = 0.9,
-    precond_update_probability: Union[float, Callable] = precond_update_prob_schedule(),
+    precond_update_probability: Union[None, float, Callable] = None,
     max_size_triangular: int = 8192,
     min_ndim_triangular: int = 2,
     memory_save_mode: Optional[str] = None,
@@ -341,9 +341,12 @@ def scale_by_psgd_kron(
 
   Args:
     b1: β₁, the momentum's decay, in [0, 1); 0 keeps no momentum.
-    precond_update_probability: p, in (0, 1], or a schedule of the step
-      (``gt.precond_update_prob_schedule``, the default: 1 for 500 steps,
-      then annealed to 0.03).
+    precond_update_probability: p, in (0, 1], or a schedule of the step;
+      ``None``: ``gt.precond_update_prob_schedule()`` (1 for 500 steps, then
+      annealed to 0.03). A schedule is evaluated at the 1-based step, as in
+      psgd-jax: under ``optax.inject_hyperparams`` list one you pass in
+      ``static_args`` (inject evaluates a schedule at its own 0-based count;
+      the default ``None`` is static already).
     max_size_triangular: axes longer than this get a diagonal factor, >= 1.
     min_ndim_triangular: leaves with fewer axes get diagonal factors, >= 0.
     memory_save_mode: ``None`` (triangular where allowed), ``"one_diag"``
@@ -384,6 +387,8 @@ def scale_by_psgd_kron(
   ``matrix_view``); real leaves only.
   """
   _validate.check_decay("b1", b1)
+  if precond_update_probability is None:
+    precond_update_probability = precond_update_prob_schedule()
   if not callable(precond_update_probability):
     _validate.check_in_range("precond_update_probability", precond_update_probability,
                              0.0, 1.0, low_inclusive=False, high_inclusive=True)

@@ -6,6 +6,7 @@ import numpy as np
 import optax
 
 from gradtx import optimizers as go
+from gradtx import transforms as gt
 from gradtx.transforms import psgd_kron
 from tests.oracles.transcriptions import psgd_kron_reference
 
@@ -50,3 +51,26 @@ def test_bfloat16_params_stay_bfloat16():
     params = optax.apply_updates(params, updates)
   assert {p.dtype for p in jax.tree.leaves(params)} == {jnp.dtype(jnp.bfloat16)}
   assert all(bool(jnp.all(jnp.isfinite(p))) for p in jax.tree.leaves(params))
+
+
+def test_the_default_update_schedule_survives_inject_hyperparams():
+  """The default probability schedule is evaluated at psgd-jax's 1-based
+  step. As a callable default, optax.inject_hyperparams took it for a
+  schedule of its own 0-based count and shifted every fit by one step from
+  step 501 on; the default is now None (static), and the same schedule."""
+  import inspect  # noqa: PLC0415
+
+  assert inspect.signature(go.psgd_kron).parameters["precond_update_probability"].default is None
+  injected = optax.inject_hyperparams(
+      go.psgd_kron, static_args=("max_size_triangular", "min_ndim_triangular",
+                                 "memory_save_mode", "precond_dtype", "seed"))(1e-3)
+  params = {"w": jnp.ones((4, 3))}
+  assert "precond_update_probability" not in injected.init(params).hyperparams
+  schedule = gt.precond_update_prob_schedule()
+  explicit = gt.scale_by_psgd_kron(precond_update_probability=schedule)
+  default = gt.scale_by_psgd_kron()
+  state_e, state_d = explicit.init(params), default.init(params)
+  for _ in range(3):
+    u_e, state_e = explicit.update(params, state_e)
+    u_d, state_d = default.update(params, state_d)
+  np.testing.assert_array_equal(u_e["w"], u_d["w"])
