@@ -11,7 +11,8 @@ look changes no training) and reads, per leaf:
   leaves; a branch without per-leaf state gets the leaves no other branch
   claims), and the roles the matrix transforms report (``diagonal``: a
   Kronecker, SOAP or K-FAC leaf on its diagonal fallback; ``dense``: a K-FAC
-  layer). No labels and no role: ``matrix`` when a transform saw the leaf as
+  layer; ``factored r×c``: Adafactor's second moment factored over two axes
+  of those sizes, optax's rule). No labels and no role: ``matrix`` when a transform saw the leaf as
   matrices, else ``element-wise``;
 * its **matrix view**, as the transforms that use one saw it, and its Kronecker
   **blocks** where a ``block_size`` cuts it;

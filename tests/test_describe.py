@@ -331,3 +331,17 @@ def test_a_look_changes_no_training(factory):
   named, plain = description[key], gt.describe(tx, params)[key]
   assert (named.branch, named.matrices) != (plain.branch, plain.matrices)
   assert "3 entries" in named.branch or named.matrices == (3, 16, 16)
+
+
+def test_adafactors_factored_leaves_say_over_which_axes():
+  """Adafactor factors the second moment over the two largest axes (optax's
+  rule, so an attention kernel's d × head_dim with heads a batch): describe
+  names the two sizes; an unfactored leaf stays element-wise."""
+  params = {"q": jnp.zeros((256, 4, 128)), "w": jnp.zeros((256, 512)), "b": jnp.zeros(512)}
+  rows = {r.path: r.branch for r in gt.describe(go.adafactor(), params)}
+  state = go.adafactor().init(params)
+  assert rows == {"['q']": "factored 128x256", "['w']": "factored 256x512",
+                  "['b']": "element-wise"}
+  factored = next(s for s in jax.tree.leaves(state, is_leaf=lambda x: hasattr(x, "nu_row"))
+                  if hasattr(s, "nu_row"))
+  assert {factored.nu_row["q"].shape, factored.nu_col["q"].shape} == {(256, 4), (4, 128)}

@@ -7,6 +7,7 @@ import jax.numpy as jnp
 import numpy as np
 import optax
 
+from gradtx._internal import routing as _routing
 from gradtx._internal import sharding as _sharding
 from gradtx._internal import tree as _tree
 from gradtx._internal import validate as _validate
@@ -120,6 +121,11 @@ def scale_by_factored_rms(
       drop = lambda axis: shape[:axis] + shape[axis + 1 :]
       return jnp.zeros(drop(col), dtype), jnp.zeros(drop(row), dtype)
 
+    def role(p):  # gt.describe's branch: the two axes the second moment is factored over
+      shape, axes = jnp.shape(p), axes_of(jnp.shape(p))
+      return None if axes is None else f"factored {shape[axes[0]]}x{shape[axes[1]]}"
+
+    _routing.report_per_leaf(params, "roles", [role(p) for p in jax.tree.leaves(params)])
     unfactored = lambda _, p: axes_of(jnp.shape(p)) is None
     return ScaleByFactoredRmsState(
         jnp.zeros([], jnp.int32),
