@@ -44,8 +44,9 @@ def hyperball_step(
   sphere), per whole leaf for leaves without one. It replaces both the
   learning-rate scale and the weight decay: the norm of every matrix stays
   where it started and the step has length ηR before the projection back
-  onto the sphere: tan θ = η when u ⟂ p, a smaller angle otherwise (the
-  component of u along p is removed by the renormalisation). R is the current
+  onto the sphere, which turns p by θ with tan θ = η sin φ / (1 + η cos φ),
+  φ the angle between −u and p: tan θ = η when u ⟂ p, less when the step
+  points outwards, more when it points inwards. R is the current
   norm, as in Marin's ``adamh.py`` / ``muonh.py``; it stays the initial norm
   (the paper's R = ‖W₀‖_F) up to round-off. A zero u, or a zero matrix
   (R = 0), gives a zero update. Comes after the direction transforms (Adam,

@@ -59,28 +59,49 @@ def path_names(path: tuple) -> list[str]:
 
 def own_names(names: list[str]) -> list[str]:
   """The parameter's own name and its module's (the last two names that are
-  not list indices): what says a leaf is an embedding or a head. An
-  enclosing module's name does not: a ``multihead`` attention module's or a
-  ``PositionwiseFeedForward``'s kernels are hidden matrices."""
+  not list indices), whose parts say a leaf is an embedding or a head."""
   return [n for n in names if not n.isdigit()][-2:]
+
+
+def enclosing_names(names: list[str]) -> list[str]:
+  """The names of the modules around the leaf's own, list indices and Linen's
+  ``_N`` suffixes dropped. They say a leaf is in a head or an embedding only
+  as whole words (``head``, ``lm_head``, ``ClassificationHead_0``,
+  ``classifier``, ``embeddings``, ``patch_embed``), so that a ``multihead`` or
+  ``multi_head`` attention module's and a ``PositionwiseFeedForward``'s
+  kernels stay hidden matrices."""
+  return [re.sub(r"_\d+$", "", n) for n in names if not n.isdigit()][:-2]
+
+
+def _in_a_head(n: str) -> bool:
+  return ((n.endswith("head") and not n.endswith(("multihead", "multi_head")))
+          or any(t in OUTPUT_HEAD_PARTS for t in n.split("_")))
+
+
+def _in_an_embedding(n: str) -> bool:
+  return any("embed" in t or "embd" in t or t in ("wte", "wpe", "pos", "position")
+             for t in n.split("_"))
 
 
 def is_output_head(names: list[str]) -> bool:
   return any(
       any(part in n for part in OUTPUT_HEAD_PARTS) or n.endswith("head")
       for n in own_names(names)
-  )
+  ) or any(map(_in_a_head, enclosing_names(names)))
 
 
 def is_embedding(names: list[str]) -> bool:
   own = own_names(names)
   return not is_output_head(names) and (
       any(part in n for n in own for part in EMBEDDING_PARTS)
-      or any(n in EMBEDDING_NAMES for n in own))
+      or any(n in EMBEDDING_NAMES for n in own)
+      or any(map(_in_an_embedding, enclosing_names(names))))
 
 
 def is_position_table(names: list[str]) -> bool:
-  return any(n in EMBEDDING_NAMES or "position" in n or "wpe" in n for n in own_names(names))
+  own = any(n in EMBEDDING_NAMES or "position" in n or "wpe" in n for n in own_names(names))
+  return own or any(t in ("pos", "position", "wpe") or t.startswith("posembed")
+                    for n in enclosing_names(names) for t in n.split("_"))
 
 
 def is_query_key(names: list[str]) -> bool:
@@ -124,19 +145,33 @@ def head_candidates_by_shape(
   tables = {tuple(shape) for (names, shape), table in zip(leaves, embeddings)
             if table and len(shape) == 2 and shape[0] != shape[1]
             and not is_position_table(names)}
+  shared = _shared_prefix([names for names, _ in leaves])  # a wrapper around the model
   groups = {}
   for i, ((names, shape), table, known) in enumerate(zip(leaves, embeddings, settled)):
     if (len(shape) == 2 and not is_vector(names) and not table and not known
-        and not in_repeated_block(names) and (shape[1], shape[0]) in tables):
+        and not in_repeated_block(names[shared:]) and (shape[1], shape[0]) in tables):
       groups.setdefault((shape[1], shape[0]), []).append(i)
   return list(groups.values())
+
+
+def _shared_prefix(paths: list) -> int:
+  """How many leading names every one of ``paths`` shares (a module that
+  wraps the whole model, Linen's ``GPT_0``); at most all but each one's own two."""
+  if len(paths) < 2:
+    return 0
+  shortest = min(len(p) for p in paths) - 2
+  n = 0
+  while n < shortest and all(p[n] == paths[0][n] for p in paths):
+    n += 1
+  return n
 
 
 def in_repeated_block(names: list[str]) -> bool:
   """Whether a module enclosing the leaf's own is one of a list or a numbered
   family (``blocks[0]``, Linen's ``Block_0``): a layer repeated through the
   model, never its output head (an MLP as wide as the vocabulary, beside a
-  tied embedding). The leaf's own module may be numbered (``Dense_2``)."""
+  tied embedding). The leaf's own module may be numbered (``Dense_2``); the
+  caller drops the names every leaf shares (a wrapper, Linen's ``GPT_0``)."""
   return any(n.isdigit() or re.search(r"_\d+$", n) for n in names[:-2])
 
 

@@ -171,8 +171,10 @@ def flax_matrix_view(path: tuple, leaf: Any, *, strict: bool = False) -> Optiona
       return None
     if reading.rows is not None:
       view = MatrixView(reading.rows, reading.cols, reading.batch)
-      if (len(shape) == 3 and _names.is_attention_output(_names.path_names(path))
-          and _axes.role_of_axis(axes[0]) == "embed"):
+      first = next((a for a in range(len(shape)) if a not in reading.batch), None)
+      if (len(shape) - len(reading.batch) == 3
+          and _names.is_attention_output(_names.path_names(path))
+          and _axes.role_of_axis(axes[first]) == "embed"):
         _warn(path, strict, (
             f"{_routing.leaf_key(path)} {shape}: an attention output kernel whose axis"
             f" names {axes} start with the model width, as a query's do: flax's"
@@ -198,7 +200,16 @@ def flax_matrix_view(path: tuple, leaf: Any, *, strict: bool = False) -> Optiona
   # convolution's also is).
   settled = ((ndim == 3 and _names.is_attention_output(names))
              or (ndim <= 4 and _names.is_convolution(names)))
-  if ndim > 2 and not settled:
+  if ndim == 5 and _names.is_convolution(names):
+    _warn(path, strict, (
+        f"{_routing.leaf_key(path)} {shape}: a 5-D convolution kernel is a 3-D"
+        " convolution's (kd, kh, kw, in, out) or a stack of 2-D ones (scanned"
+        " layers); it is seen as one (kd·kh·kw·in) x out matrix. For a 3-D"
+        " convolution keep that with a matrix_view= rule returning"
+        " gt.MatrixView(rows=(0, 1, 2, 3), cols=(4,)) for it; for scanned layers"
+        " name the axis ('layers') or pass matrix_view=gt.stacked_matrix_view()."),
+        shape)
+  elif ndim > 2 and not settled:
     _guessed(path, shape, view, strict)
   return view
 

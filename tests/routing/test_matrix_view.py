@@ -330,7 +330,7 @@ def test_a_named_layout_with_more_axes_than_flaxs_is_a_guess(path, shape):
   leaf = jax.ShapeDtypeStruct(shape, jnp.float32)
   with pytest.warns(gt.AmbiguousMatrixViewWarning, match="stacked_matrix_view"):
     gt.flax_matrix_view(keys, leaf)
-  with pytest.raises(ValueError, match="einsum_matrix_view"):
+  with pytest.raises(ValueError, match="stacked_matrix_view"):
     gt.flax_matrix_view(keys, leaf, strict=True)
   flat = jax.ShapeDtypeStruct(shape[1:], jnp.float32)
   with warnings.catch_warnings():
@@ -351,3 +351,16 @@ def test_an_attention_output_named_like_a_query_warns():
     gt.describe(go.muon(0.1), params)
   with pytest.raises(ValueError, match="out_kernel_init"):
     gt.describe(go.muon(0.1), params, strict=True)
+  # A scanned stack of them: the layer axis first, then the same names.
+  with nnx.use_eager_sharding(False):
+    stacked = {"out": {"kernel": nnx.Param(jnp.zeros((3, 4, 8, 16)),
+                                           out_sharding=("layers", "embed", "heads", "kv"))}}
+    with pytest.warns(gt.AmbiguousMatrixViewWarning, match="out_kernel_init"):
+      gt.describe(go.muon(0.1), stacked)
+
+
+def test_a_5d_convolution_kernel_warns_with_the_rule_that_keeps_a_3d_convolution():
+  keys = (jax.tree_util.DictKey("Conv_0"), jax.tree_util.DictKey("kernel"))
+  leaf = jax.ShapeDtypeStruct((3, 3, 3, 4, 8), jnp.float32)
+  with pytest.warns(gt.AmbiguousMatrixViewWarning, match=r"MatrixView\(rows=\(0, 1, 2, 3\)"):
+    assert gt.flax_matrix_view(keys, leaf).rows == (0, 1, 2, 3)

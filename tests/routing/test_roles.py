@@ -136,3 +136,37 @@ def test_a_repeated_blocks_kernel_shaped_like_a_head_is_not_the_head(blocks):
   assert all(block["up"]["kernel"] == "hidden" for block in roles["blocks"])
   assert all(linen_roles[f"Block_{i}"]["Dense_0"]["kernel"] == "hidden" for i in range(blocks))
   assert linen_roles["Dense_0"]["kernel"] == "output_head"
+
+
+def test_a_head_or_embedding_module_still_routes_the_layers_inside_it():
+  """Enclosing modules count as whole words: the layers of a head module
+  (timm's head.fc, HF's classifier / classification_head, a Linen Head_0 of
+  two Dense, an nnx.Sequential head) and of HF ViT's embeddings stay on
+  AdamW; a wrapper every leaf shares (Linen's GPT_0) hides no head found by
+  shape."""
+  m = lambda *shape: jnp.zeros(shape)
+  params = {
+      "embed": {"embedding": m(50, 16)},
+      "vit": {"embeddings": {"patch_embeddings": {"projection": {"kernel": m(4, 4, 3, 16)}}}},
+      "blocks": [{"multi_head": {"query": {"kernel": m(16, 4, 4)}}}],
+      "head": {"fc": {"kernel": m(16, 16)}, "layers": [{"kernel": m(16, 16)}]},
+      "classifier": {"out_proj": {"kernel": m(16, 7)}},
+      "classification_head": {"dense": {"kernel": m(16, 16)}},
+      "Head_0": {"Dense_1": {"kernel": m(16, 8)}},
+  }
+  with warnings.catch_warnings():
+    warnings.simplefilter("ignore")
+    roles = gt.matrix_roles(params)
+  assert roles["vit"]["embeddings"]["patch_embeddings"]["projection"]["kernel"] == "embedding"
+  assert roles["blocks"][0]["multi_head"]["query"]["kernel"] == "hidden"
+  for head in (roles["head"]["fc"]["kernel"], roles["head"]["layers"][0]["kernel"],
+               roles["classifier"]["out_proj"]["kernel"],
+               roles["classification_head"]["dense"]["kernel"],
+               roles["Head_0"]["Dense_1"]["kernel"]):
+    assert head == "output_head"
+  wrapped = {"GPT_0": {"Embed_0": {"embedding": m(50, 16)},
+                       "Block_0": {"Dense_0": {"kernel": m(16, 16)}},
+                       "Dense_0": {"kernel": m(16, 50)}}}
+  with warnings.catch_warnings():
+    warnings.simplefilter("error")
+    assert gt.matrix_roles(wrapped)["GPT_0"]["Dense_0"]["kernel"] == "output_head"
