@@ -84,11 +84,17 @@ def test_check_in_range_checks_numpy_scalars_and_bools(value):
 
 
 @pytest.mark.parametrize(
-    "value", [jnp.asarray(1.5), np.array([1.5]), lambda c: 1.5],
-    ids=["jax_array", "1d_numpy", "callable"],
-)
-def test_check_in_range_leaves_arrays_and_callables_alone(value):
+    "value", [jnp.asarray(1.5), np.array([1.5])], ids=["jax_array", "1d_numpy"])
+def test_check_in_range_leaves_arrays_alone(value):
   _validate.check_in_range("x", value, 0.0, 1.0)
+
+
+def test_check_in_range_refuses_a_callable_and_check_decay_allows_a_documented_schedule():
+  with pytest.raises(ValueError, match="^x must be a number, got the callable"):
+    _validate.check_in_range("x", lambda count: 0.5, 0.0, 1.0)
+  _validate.check_decay("b3", lambda count: 0.5, schedule=True)
+  with pytest.raises(ValueError, match="^b1 must be a number"):
+    _validate.check_decay("b1", lambda count: 0.5)
 
 
 def test_check_in_range_leaves_tracers_alone():
