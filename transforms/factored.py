@@ -8,9 +8,9 @@ import numpy as np
 import optax
 
 from gradtx._internal import routing as _routing
-from gradtx._internal import sharding as _sharding
 from gradtx._internal import tree as _tree
 from gradtx._internal import validate as _validate
+from gradtx.storage import state_format
 
 
 class ScaleByFactoredRmsState(NamedTuple):
@@ -146,13 +146,19 @@ def scale_by_factored_rms(
       g_ = g.astype(dtype)
       g2 = _tree.abs_sq(g_) + eps
       axes = axes_of(g.shape)
+      # The step from the statistics as stored (state_format.stored_and_used):
+      # from the wider values, a donated bf16 step copied every state buffer.
       if axes is None:
-        v_new = beta * v.astype(real) + (1 - beta) * g2
+        v_stored, v_new = state_format.stored_and_used(
+            beta * v.astype(real) + (1 - beta) * g2, v, None)
         u = g_ / jnp.sqrt(v_new)
-        return u.astype(g.dtype), None, None, v_new.astype(v.dtype)
+        return u.astype(g.dtype), None, None, v_stored
       row, col = axes
       r = beta * v_row.astype(real) + (1 - beta) * jnp.mean(g2, axis=col)
       c = beta * v_col.astype(real) + (1 - beta) * jnp.mean(g2, axis=row)
+      # Each factor keeps the sharding init gave it (explicit meshes).
+      r_stored, r = state_format.stored_and_used(r, v_row, None)
+      c_stored, c = state_format.stored_and_used(c, v_col, None)
       row_in_r = row - (row > col)
       row_mean = jnp.mean(r, axis=row_in_r, keepdims=True)
       u = (
@@ -160,10 +166,7 @@ def scale_by_factored_rms(
           * jnp.expand_dims(jax.lax.rsqrt(r / row_mean), col)
           * jnp.expand_dims(jax.lax.rsqrt(c), row)
       )
-      # Each factor keeps the sharding init gave it (explicit meshes).
-      r = _sharding.reshard_like(r.astype(v_row.dtype), v_row)
-      c = _sharding.reshard_like(c.astype(v_col.dtype), v_col)
-      return u.astype(g.dtype), r, c, v
+      return u.astype(g.dtype), r_stored, c_stored, v
 
     u, nu_row, nu_col, nu = _tree.map_leaves(
         leaf, 4, updates, state.nu_row, state.nu_col, state.nu, once_per_shape=True
