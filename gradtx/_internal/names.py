@@ -79,8 +79,8 @@ def _in_a_head(n: str) -> bool:
 
 
 def _in_an_embedding(n: str) -> bool:
-  return any("embed" in t or "embd" in t or t in ("wte", "wpe", "pos", "position")
-             for t in n.split("_"))
+  # Not "position" or "pos" alone: a position_wise_ffn is no table.
+  return any("embed" in t or "embd" in t or t in ("wte", "wpe") for t in n.split("_"))
 
 
 def is_output_head(names: list[str]) -> bool:

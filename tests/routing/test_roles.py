@@ -103,6 +103,7 @@ def test_only_a_leafs_own_name_and_its_modules_make_it_an_embedding_or_a_head():
       "multihead": {"query": {"kernel": m(16, 4, 4)}, "out": {"kernel": m(4, 4, 16)}},
       "PositionwiseFeedForward_0": {"Dense_0": {"kernel": m(16, 64)}},
       "positionwise_ffn": {"layers": [{"kernel": m(64, 16)}]},
+      "position_wise_ffn": {"w_1": {"kernel": m(16, 64)}},
       "pos_table": {"position_embedding": m(8, 16)},
       "decoder": {"lm_head": {"kernel": m(16, 50)}},
   }
@@ -113,6 +114,7 @@ def test_only_a_leafs_own_name_and_its_modules_make_it_an_embedding_or_a_head():
   assert roles["multihead"]["out"]["kernel"] == "hidden"
   assert roles["PositionwiseFeedForward_0"]["Dense_0"]["kernel"] == "hidden"
   assert roles["positionwise_ffn"]["layers"][0]["kernel"] == "hidden"
+  assert roles["position_wise_ffn"]["w_1"]["kernel"] == "hidden"
   assert roles["pos_table"]["position_embedding"] == "embedding"
   assert roles["embed"]["embedding"] == "embedding"
   assert roles["decoder"]["lm_head"]["kernel"] == "output_head"
