@@ -550,14 +550,18 @@ def scale_by_psgd_kron(
       u, m_new, qs = _sharding.in_auto_axes(
           step_of(batch), g.astype(dtype), m_old, tuple(q.astype(dtype) for q in factors), index,
           scalars_of(dtype), like=(g, m_old, factors))
-      return finish(g, m, factors, seed, u, m_new, qs)
+      return finish(g, factors, u, stored_momentum(m_new, m, seed)[0], qs)
 
-    def finish(g, m, factors, seed, u, m_new, qs):
+    def stored_momentum(m_new, m, seed):
+      """(m_t as its state keeps it, m_t as the step uses it): ``stored_and_used``."""
+      if not keeps_momentum:
+        return None, None
+      return state_format.stored_and_used(m_new, m, mu_format, seed)
+
+    def finish(g, factors, u, m_stored, qs):
       """A leaf's step's results cast and stored as its state keeps them."""
       stored = tuple(q.astype(f.dtype) for q, f in zip(qs, factors))
-      if not keeps_momentum:
-        return u.astype(g.dtype), None, stored
-      return u.astype(g.dtype), state_format.store(m_new, m, mu_format, seed), stored
+      return u.astype(g.dtype), m_stored, stored
 
     def scalars_of(dtype):
       return (fit, do_balance, jnp.asarray(b1, dtype),
@@ -581,7 +585,11 @@ def scale_by_psgd_kron(
       # The momentum is updated leaf by leaf, where each leaf lives (so it
       # keeps its parameter's layout on any mesh), and the owners are handed
       # m_t with decay 1: their step's m = 1·m_t + 0·g is m_t exactly.
-      ms = [momentum_of(g.astype(dtype), m, scalars) for g, m, *_ in members]
+      # The owners step from m_t as stored (bf16 state read back, as
+      # ``stored_and_used``): from the wider m_t, the donated buffer is copied.
+      ms = [stored_momentum(momentum_of(g.astype(dtype), m, scalars), m, seed)
+            for g, m, _, _, seed, _ in members]
+      ms, ms_stored = [used for _, used in ms], [stored for stored, _ in ms]
       columns = [[g.astype(dtype) for g, *_ in members], [f for _, _, _, f, *_ in members]]
       columns += [[qs[i].astype(dtype) for _, _, qs, *_ in members]
                   for i in range(len(members[0][2]))]
@@ -599,8 +607,8 @@ def scale_by_psgd_kron(
       specs += [[block_stacks.leaf_spec(f) if explicit else state_spec(f)
                  for f in fs] for fs in zip(*[f for _, _, f, *_ in members])]
       u, *qs = plan.unstack_entries((u, *qs), specs)
-      return [finish(g_, m_, f_, s_, *out) for (g_, m_, f_, _, s_, _), out in
-              zip(members, zip(u, ms, zip(*qs)))]
+      return [finish(g_, f_, u_, m_, qs_) for (g_, _, f_, *_), u_, m_, qs_ in
+              zip(members, u, ms_stored, zip(*qs))]
 
     def where_they_live(dtype, members):
       """Leaves of one shape and layout off the owner plan (on an Explicit
@@ -623,9 +631,13 @@ def scale_by_psgd_kron(
       # (The loop's bound is read from its first array: the replicated
       # indices, not a stack split over the mesh, which cannot be raveled.)
       starts, (_, *flat) = block_stacks.opaque(range(len(members)), (indices, *flat))
-      return [finish(g_, m_, f_, seed, *treedef.unflatten(
-          [jax.lax.dynamic_index_in_dim(x, start, keepdims=False) for x in flat]))
-              for (g_, m_, f_, _, seed, _), start in zip(members, starts)]
+      def finish_at(member, start):
+        g_, m_, f_, _, seed, _ = member
+        u, m_new, qs = treedef.unflatten(
+            [jax.lax.dynamic_index_in_dim(x, start, keepdims=False) for x in flat])
+        return finish(g_, f_, u, stored_momentum(m_new, m_, seed)[0], qs)
+
+      return [finish_at(member, start) for member, start in zip(members, starts)]
 
     def momentum_of(g, m, scalars):
       """One leaf's m_t (``momentum_step``), where the leaf lives."""

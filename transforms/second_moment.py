@@ -134,17 +134,21 @@ def scale_by_adam(
       g_ = g.astype(dtype)
       m_new = b1_ * state_format.load(m, dtype) + c1 * g_ if keeps_mu else g_
       v_new = b2_ * state_format.load(v, real) + c2 * _tree.abs_sq(g_)
-      if amsgrad:
+      v_max_new = None
+      if amsgrad and guard_non_finite:
         v_max_new = jnp.maximum(state_format.load(v_max, real), v_new)
       if guard_non_finite:
         # The update is computed from the moments as stored (reset where g is
         # not finite), so XLA reads each moment once instead of recomputing
         # it (and copying the donated buffer it overwrites).
-        m_new, v_new, v_max_new = state_format.reset_non_finite(
-            g_, m_new, v_new, v_max_new if amsgrad else None)
+        m_new, v_new, v_max_new = state_format.reset_non_finite(g_, m_new, v_new, v_max_new)
       m_stored, m_new = (state_format.stored_and_used(m_new, m, mu_format, seed, stream=0)
                          if keeps_mu else (None, m_new))
       v_stored, v_new = state_format.stored_and_used(v_new, v, nu_format, seed, stream=1)
+      if amsgrad and not guard_non_finite:
+        # The max of v as stored (rounding is monotone: the same max): taken
+        # of the wider v, the donated v_max buffer was copied (bf16 state).
+        v_max_new = jnp.maximum(state_format.load(v_max, real), v_new)
       v_max_stored, v_max_new = (
           state_format.stored_and_used(v_max_new, v_max, nu_format, seed, stream=2)
           if amsgrad else (None, None))

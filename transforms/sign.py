@@ -115,11 +115,17 @@ def _sign_of_momentum(b1: float, b2: float, mu_dtype: Optional[Any],
     def leaf(g, m, seed):
       dtype = _tree.compute_dtype(g)
       g_, m_ = g.astype(dtype), state_format.load(m, dtype)
-      u = sign(b1 * m_ + (1 - b1) * g_)  # an inf momentum stays visible
       m_new = b2 * m_ + (1 - b2) * g_
       if state_format.is_quantized(mu_format):
-        u, m_new = state_format.reset_non_finite(g_, u, m_new)
-      return u.astype(g.dtype), state_format.store(m_new, m, mu_format, seed)
+        (m_new,) = state_format.reset_non_finite(g_, m_new)
+      m_stored, m_used = state_format.stored_and_used(m_new, m, mu_format, seed)
+      if b1 is b2:  # Tiger: the sign of m_t as stored (rounding keeps signs)
+        u = sign(m_used)
+      else:
+        u = sign(b1 * m_ + (1 - b1) * g_)  # an inf momentum stays visible
+        if state_format.is_quantized(mu_format):
+          (u,) = state_format.reset_non_finite(g_, u)
+      return u.astype(g.dtype), m_stored
 
     u, mu = _tree.map_leaves(leaf, 2, updates, state.mu, seeds, once_per_shape=True)
     return u, ScaleByLionState(count, mu)

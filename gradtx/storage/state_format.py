@@ -287,6 +287,10 @@ def stored_and_used(
   new = store(value, stored, fmt, seed, stream)
   if isinstance(new, quantize.QuantizedArray):
     return new, value
+  if isinstance(fmt, StochasticBfloat16):
+    # Materialized once: XLA otherwise recomputes the rounding's bit
+    # arithmetic after the donated buffer is overwritten, copying it first.
+    new = jax.lax.optimization_barrier(new)
   if jnp.finfo(new.dtype).bits < jnp.finfo(value.dtype).bits:
     return new, new.astype(value.dtype)
   return new, value

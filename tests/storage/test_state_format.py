@@ -188,6 +188,9 @@ _BF16_DONATED = {
     "ema": (lambda: gt.ema(0.9, debias=True), lambda: optax.ema(0.9)),
     "factored": (lambda: gt.scale_by_factored_rms(min_dim_size_to_factor=32),
                  lambda: optax.scale_by_factored_rms(min_dim_size_to_factor=32)),
+    "amsgrad": (lambda: gt.scale_by_adam(amsgrad=True), optax.scale_by_amsgrad),
+    # Tiger keeps one EMA and steps its sign: the memory of optax's EMA.
+    "tiger": (lambda: gt.scale_by_tiger(0.965), lambda: optax.ema(0.965, debias=False)),
 }
 
 
@@ -214,6 +217,35 @@ def test_bf16_moments_are_not_copied_in_a_donated_step(name):
       ours, jax.tree.map(lambda p: p.astype(jnp.float32), params))
   assert copies <= float32_copies  # no state buffer (a float32 step keeps them in place)
   assert temp <= optax_temp + 1024
+
+
+def test_psgd_kron_bf16_momentum_is_not_copied_in_a_donated_step():
+  """PSGD Kron's owners step from m_t as stored: from the float32 m_t, each
+  bf16 momentum buffer was copied (3 more copies than the float32 step)."""
+  params = {f"w{i}": jnp.ones((128, 64), jnp.bfloat16) * (i + 1) for i in range(3)}
+  tx = gt.scale_by_psgd_kron()
+  copies, temp = _donated_step_copies(tx, params)
+  float32_copies, float32_temp = _donated_step_copies(
+      tx, jax.tree.map(lambda p: p.astype(jnp.float32), params))
+  assert copies <= float32_copies
+  assert temp <= float32_temp
+
+
+@pytest.mark.parametrize("make", [
+    lambda fmt: gt.scale_by_adam(mu_dtype=fmt, nu_dtype=fmt),
+    lambda fmt: gt.scale_by_adam(nu_dtype=fmt, amsgrad=True),
+    lambda fmt: gt.momentum(0.9, mu_dtype=fmt),
+], ids=["adam", "amsgrad", "momentum"])
+def test_stochastic_bf16_states_are_not_copied_in_a_donated_step(make):
+  """Stochastically rounded states cost the donated step what plain bf16
+  states do: the rounding's bit arithmetic made XLA recompute the stored value
+  after the donated buffer was overwritten, so it copied each state first
+  (6 copies for Adam's two moments over three leaves)."""
+  params = {f"w{i}": jnp.ones((128, 64), jnp.float32) * (i + 1) for i in range(3)}
+  copies, temp = _donated_step_copies(make(gt.StochasticBfloat16()), params)
+  plain_copies, plain_temp = _donated_step_copies(make(jnp.bfloat16), params)
+  assert copies <= plain_copies
+  assert temp <= plain_temp + 1024
 
 
 def test_bf16_moments_step_from_the_moment_as_stored():
