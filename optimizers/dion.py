@@ -1,6 +1,6 @@
 """Dion: Muon with a rank-k orthogonalized update from a carried power iteration."""
 
-from typing import Optional, Union
+from typing import Any, Optional, Union
 
 import optax
 
@@ -30,6 +30,8 @@ def dion(
     adam_eps: float = 1e-8,
     adam_weight_decay: Optional[optax.ScalarOrSchedule] = None,
     embedding_learning_rate: Optional[optax.ScalarOrSchedule] = None,
+    mu_dtype: Optional[Any] = None,
+    nu_dtype: Optional[Any] = None,
 ) -> optax.GradientTransformation:
   r"""Dion for hidden matrices (Muon with a low-rank msign), AdamW for every other leaf.
 
@@ -71,6 +73,10 @@ def dion(
     is_muon_param: the routing rule, a function of ``(path, leaf)``;
       ``None``: ``go.is_hidden_matrix`` with ``matrix_view``.
     adam_*, embedding_learning_rate: the AdamW side (``gt.AdamWSide``).
+    mu_dtype: storage of the buffer M (a float dtype or ``None``,
+      ``gt.orthogonalize_low_rank``) and of AdamW's first moment.
+    nu_dtype: storage of AdamW's second moment (``jnp.float32`` for float16
+      parameters, whose second moment underflows: README, Dtypes).
 
   Returns:
     An ``optax.GradientTransformation`` (an ``optax.multi_transform``'s
@@ -83,7 +89,7 @@ def dion(
       gt.orthogonalize_low_rank(
           rank, momentum=momentum, power_iters=power_iters,
           orthonormalize=orthonormalize, eps=eps, seed=seed,
-          matrix_view=matrix_view),
+          matrix_view=matrix_view, mu_dtype=mu_dtype),
       gt.scale_by_matrix_shape(scale, matrix_view=matrix_view),
       gt.decoupled_weight_decay(
           weight_decay, mask, cautious_weight_decay=cautious_weight_decay),
@@ -91,7 +97,7 @@ def dion(
   )
   side = gt.AdamWSide(
       adam_learning_rate, adam_b1, adam_b2, adam_eps, adam_weight_decay,
-      embedding_learning_rate)
+      embedding_learning_rate, mu_dtype, nu_dtype)
   tx = side.around("dion", hidden, is_muon_param, learning_rate=learning_rate,
                    weight_decay=weight_decay, mask=mask, matrix_view=matrix_view)
 

@@ -29,6 +29,7 @@ from gradtx._internal import validate as _validate
 from gradtx.linalg.matrix_roots import matmul, transpose, unbatched_on_cpu
 from gradtx.routing import matrix_view as _matrix_view
 from gradtx.routing.matrix_view import MatrixViewRule
+from gradtx.storage import quantize, state_format
 
 ORTHONORMALIZE_METHODS = ("qr", "cholesky_qr")
 
@@ -130,14 +131,17 @@ class OrthogonalizeLowRankState(NamedTuple):
   """State of ``orthogonalize_low_rank``; fields structured like the params.
 
   Attributes:
+    count: steps taken (the stochastic rounding's seed of a
+      ``StochasticBfloat16`` buffer).
     basis: per leaf with a matrix view, the carried bases Q of its
       (num_matrices, m, n) view, (num_matrices, min(m, n), k) in at least
       float32; ``optax.MaskedNode()`` on leaves without a view.
     residual: per leaf with a matrix view, the error-feedback buffer M
-      (shaped like the leaf); ``optax.MaskedNode()`` elsewhere and
-      everywhere without error feedback.
+      (shaped like the leaf, stored as ``mu_dtype`` says);
+      ``optax.MaskedNode()`` elsewhere and everywhere without error feedback.
   """
 
+  count: jax.Array
   basis: optax.Updates
   residual: optax.Updates
 
@@ -170,6 +174,7 @@ def orthogonalize_low_rank(
     eps: float = 1e-8,
     seed: int = 0,
     matrix_view: Optional[MatrixViewRule] = None,
+    mu_dtype: Optional[Any] = None,
 ) -> optax.GradientTransformation:
   r"""Replaces every matrix leaf by a rank-k approximation of its msign (Dion).
 
@@ -209,6 +214,13 @@ def orthogonalize_low_rank(
     eps: ε of the column normalisation, >= 0.
     seed: seed of the initial bases, >= 0.
     matrix_view: the matrix-view rule (see ``gt.flax_matrix_view``).
+    mu_dtype: storage of the buffer M, as in ``gt.ema`` (``None``: the
+      parameter's dtype; ``jnp.float32`` for float16 parameters). B is formed
+      in the wider of M's and g's dtypes (float32 from int8 blocks). One NaN
+      gradient makes the whole matrix's P Rᵀ and basis NaN, so this and every
+      later step of the leaf are NaN (wrap in ``optax.apply_if_finite`` to
+      skip such steps); int8 blocks then store M as 0, valid codes. Without
+      error feedback there is no M and ``mu_dtype`` is unused.
 
   Returns:
     An ``optax.GradientTransformation`` with state
@@ -235,6 +247,7 @@ def orthogonalize_low_rank(
   power_iters = _validate.check_integer("power_iters", power_iters, traced=True)
   seed = _validate.check_integer("seed", seed, low=0, traced=True)
   rank = check_rank(rank)
+  mu_format = state_format.state_format("mu_dtype", mu_dtype)
   if orthonormalize not in ORTHONORMALIZE_METHODS:
     raise ValueError(
         f"orthonormalize must be one of {ORTHONORMALIZE_METHODS}, got"
@@ -261,18 +274,24 @@ def orthogonalize_low_rank(
     else:
       leaves, treedef = jax.tree.flatten(params)
       residual = treedef.unflatten([
-          optax.MaskedNode() if view is None else jnp.zeros_like(p)
-          for p, view in zip(leaves, views)])
-    return OrthogonalizeLowRankState(bases, residual)
+          optax.MaskedNode() if view is None else state_format.zeros_like_tree(
+              p, mu_format, signed=True) for p, view in zip(leaves, views)])
+    return OrthogonalizeLowRankState(jnp.zeros([], jnp.int32), bases, residual)
 
-  def leaf(g, view, basis, residual):
+  def leaf(g, view, basis, residual, seed):
     if view is None:
       return g, basis, residual
     return _sharding.in_auto_axes(
-        lambda *a: on_matrices(*a, view), g, basis, residual, like=(g, basis, residual))
+        lambda *a: on_matrices(*a, view), g, basis, residual, seed,
+        like=(g, basis, residual))
 
-  def on_matrices(g, basis, residual, view):
-    b = g if not error_feedback else residual + g.astype(residual.dtype)
+  def on_matrices(g, basis, residual, seed, view):
+    if error_feedback:
+      quantized = isinstance(residual, quantize.QuantizedArray)
+      dtype = jnp.promote_types(jnp.float32 if quantized else residual.dtype, g.dtype)
+      b = state_format.load(residual, dtype) + g.astype(dtype)
+    else:
+      b = g
     matrices = _sharding.gather(view.to_matrices(b))
     u, basis, low_rank = low_rank_orthogonalize(
         matrices, basis, power_iters=power_iters, orthonormalize=orthonormalize,
@@ -280,8 +299,10 @@ def orthogonalize_low_rank(
     u = _sharding.reshard_like(view.from_matrices(u, g.shape).astype(g.dtype), g)
     if error_feedback:
       low_rank = view.from_matrices(low_rank, b.shape)
-      residual = _sharding.reshard_like(
-          (b - (1 - momentum) * low_rank).astype(residual.dtype), residual)
+      new = b - (1 - momentum) * low_rank
+      if state_format.is_quantized(mu_format):  # blocks hold finite values
+        new = jnp.where(jnp.isfinite(new), new, 0)
+      residual = state_format.store(new, residual, mu_format, seed)
     return u, basis, residual
 
   def update_fn(updates, state, params=None):
@@ -291,12 +312,15 @@ def orthogonalize_low_rank(
     statistics = _tree.statistics_structure(updates)
     bases = statistics.flatten_up_to(state.basis)
     residuals = treedef.flatten_up_to(state.residual)
-    out = [leaf(*args) for args in zip(leaves, views, bases, residuals)]
+    count = optax.safe_increment(state.count)
+    seeds = state_format.maybe_rounding_seeds(updates, count, mu_format)
+    seeds = [None] * len(leaves) if seeds is None else treedef.flatten_up_to(seeds)
+    out = [leaf(*args) for args in zip(leaves, views, bases, residuals, seeds)]
     u, residual = (treedef.unflatten([o[i] for o in out]) for i in (0, 2))
     bases = statistics.unflatten([o[1] for o in out])
     if not error_feedback:
       residual = state.residual
-    return u, OrthogonalizeLowRankState(bases, residual)
+    return u, OrthogonalizeLowRankState(count, bases, residual)
 
   return optax.GradientTransformation(init_fn, update_fn)
 

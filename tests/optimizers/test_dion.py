@@ -116,3 +116,36 @@ def test_is_the_documented_chain_on_hidden_matrices():
   tx = go.dion(0.02, rank=2, weight_decay=0.1)
   got, _ = tx.update(grads, tx.init(params), params)
   np.testing.assert_array_equal(got["dense"]["kernel"], expected["dense"]["kernel"])
+
+
+def test_float16_parameters_train_with_float32_state():
+  """float16 parameters: AdamW's second moment underflows for |g| below ~7.7e-3
+  (a step of m̂/ε). ``nu_dtype=float32`` keeps it, and ``mu_dtype=float32``
+  keeps Dion's buffer M in float32; the run then follows the float32 one."""
+  rng = np.random.default_rng(7)
+  params = {"hidden": {"kernel": jnp.asarray(rng.normal(size=(16, 16)), jnp.float32)},
+            "bias": jnp.asarray(rng.normal(size=16), jnp.float32)}
+  grads = [jax.tree.map(lambda p: jnp.asarray(1e-3 * rng.normal(size=p.shape), p.dtype), params)
+           for _ in range(5)]
+
+  def run(tx, dtype):
+    p = jax.tree.map(lambda x: x.astype(dtype), params)
+    state = tx.init(p)
+    for g in grads:
+      u, state = tx.update(jax.tree.map(lambda x: x.astype(dtype), g), state, p)
+      p = optax.apply_updates(p, u)
+    return p, state
+
+  reference, _ = run(go.dion(1e-3, rank=4), jnp.float32)
+  default, _ = run(go.dion(1e-3, rank=4), jnp.float16)
+  wide, state = run(go.dion(1e-3, rank=4, mu_dtype=jnp.float32, nu_dtype=jnp.float32),
+                    jnp.float16)
+  residuals = [x for x in jax.tree.leaves(state) if jnp.shape(x) == (16, 16)]
+  assert residuals and all(x.dtype == jnp.float32 for x in residuals)
+  assert wide["bias"].dtype == jnp.float16
+  err = lambda p: float(jnp.max(jnp.abs(p["bias"].astype(jnp.float32) - reference["bias"])))
+  assert err(default) > 1e-2  # v = 0: steps of m̂/ε
+  assert err(wide) < 4e-3  # float16 rounding of the parameters only
+  np.testing.assert_allclose(wide["hidden"]["kernel"].astype(jnp.float32),
+                             reference["hidden"]["kernel"], atol=4e-3)
+
