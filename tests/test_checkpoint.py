@@ -189,6 +189,66 @@ def test_flax_to_bytes_resumes_bit_identically(name):
   assert _bit_identical(_steps(tx, params, restored, grad, 2), _steps(tx, params, state, grad, 2))
 
 
+@pytest.mark.parametrize("rows", [63, 60])  # the same 20 blocks of 256, and 19
+def test_an_8bit_state_refuses_a_flax_checkpoint_of_another_shape(rows):
+  """Restored into a resized weight, the 8-bit moments of the old one were
+  taken silently (the block count alike, or truncated) and stepped."""
+  from flax import serialization
+  tx = go.adamw_8bit(0.01)
+  data = serialization.to_bytes(tx.init({"w": jnp.ones((64, 80))}))
+  with pytest.raises(ValueError, match=r"8-bit state at .*w is for shape \(%d, 80\)" % rows):
+    serialization.from_bytes(tx.init({"w": jnp.ones((rows, 80))}), data)
+
+
+def test_an_8bit_state_refuses_a_flax_checkpoint_of_float_moments():
+  from flax import serialization
+  params = {"w": jnp.ones((64, 80))}
+  data = serialization.to_bytes(go.adamw(0.01).init(params))
+  with pytest.raises(ValueError, match="another mu_dtype / nu_dtype"):
+    serialization.from_bytes(go.adamw_8bit(0.01).init(params), data)
+
+
+def test_an_update_refuses_8bit_blocks_of_another_shape():
+  """Blocks for a (64, 80) weight (20) under a (60, 80) one's 8-bit state (19
+  needed), as a restore that does not check them leaves it: named, not
+  dequantized truncated."""
+  tx = go.adamw_8bit(0.01)
+  params = {"w": jnp.ones((60, 80))}
+  state = tx.init(params)
+  big = tx.init({"w": jnp.ones((64, 80))})
+  swap = lambda small, large: gt.QuantizedArray(large.codes, large.scales, small.shape,
+                                                small.signed)
+  is_q = lambda x: isinstance(x, gt.QuantizedArray)
+  state = jax.tree.map(lambda a, b: swap(a, b) if is_q(a) else a, state, big, is_leaf=is_q)
+  with pytest.raises(ValueError, match=r"8-bit state of \['w'\] stands for shape \(60, 80\)"):
+    tx.update(params, state, params)
+
+
+@pytest.mark.parametrize("then", ["stepped = tx.update(p, built, p)[1]",
+                                  "register_with_flax(); stepped = built"])
+def test_flax_serializes_an_8bit_state_built_before_flax_was_imported(then, tmp_path):
+  """A state built before flax's first import (a checkpoint helper imported
+  late) saves once it is stepped, or after ``register_with_flax()``."""
+  import subprocess
+  import sys
+  script = tmp_path / "late.py"
+  script.write_text(
+      "import sys, jax.numpy as jnp\n"
+      "from gradtx import optimizers as go\n"
+      "from gradtx.storage import register_with_flax\n"
+      "tx = go.adamw_8bit(0.01); p = {'w': jnp.ones((64, 80))}\n"
+      "built = tx.init(p)\n"
+      "assert 'flax' not in sys.modules\n"
+      "from flax import serialization\n"
+      f"{then}\n"
+      "data = serialization.to_bytes(stepped)\n"
+      "serialization.from_bytes(tx.init(p), data)\n"
+      "print('saved')\n")
+  out = subprocess.run([sys.executable, str(script)], capture_output=True, text=True,
+                       env={**__import__("os").environ, "JAX_PLATFORMS": "cpu"})
+  assert "saved" in out.stdout, out.stderr[-2000:]
+
+
 _MESH_SPECS = {"bias": P("d"), "w": P("d", None), "conv": P(None, None, None, "d"),
                "big": P("d", None)}
 

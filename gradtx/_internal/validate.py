@@ -193,6 +193,17 @@ def check_no_float0(updates: Any, transform: str) -> None:
           " does not help, optax.apply_updates cannot add a float0.")
 
 
+def check_blocks_fit(q: Any, where: str) -> None:
+  """Raises ``ValueError`` where a ``QuantizedArray``'s codes and scales do not
+  hold its shape in blocks (restored from a checkpoint of another shape)."""
+  blocks = max(1, -(-int(np.prod(q.shape, dtype=np.int64)) // q.block_size))
+  if np.shape(q.codes)[0] != blocks or np.shape(q.scales) != (np.shape(q.codes)[0],):
+    raise ValueError(
+        f"{where} stands for shape {q.shape}, {blocks} blocks of {q.block_size},"
+        f" but holds codes {np.shape(q.codes)} and scales {np.shape(q.scales)}:"
+        " restored from a checkpoint of another shape?")
+
+
 def check_matching_shapes(
     updates: Any, params: Any, transform: str, of: str = "parameter",
 ) -> None:
@@ -215,6 +226,9 @@ def check_matching_shapes(
     raise ValueError(
         f"{transform}: the updates have {len(flat)} leaves but the {of} tree"
         f" {len(shapes)}: are they the gradients of these parameters?")
+  for (path, _), p in zip(flat, jax.tree.leaves(params, is_leaf=quantized)):
+    if quantized(p):
+      check_blocks_fit(p, f"{transform}: the 8-bit {of} of {jax.tree_util.keystr(path)}")
   for (path, u), shape in zip(flat, shapes):
     if np.shape(u) != shape:
       raise ValueError(

@@ -7,6 +7,7 @@ from gradtx.storage.quantize import (
     dequantize_blockwise,
     dynamic_code_map,
     quantize_blockwise,
+    register_with_flax,
     stochastic_round,
 )
 from gradtx.storage.state_format import Int8Blocks, StochasticBfloat16
@@ -18,5 +19,6 @@ __all__ = [
     "dequantize_blockwise",
     "dynamic_code_map",
     "quantize_blockwise",
+    "register_with_flax",
     "stochastic_round",
 ]

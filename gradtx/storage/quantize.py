@@ -117,6 +117,7 @@ class QuantizedArray:
   """
 
   def __init__(self, codes: Any, scales: Any, shape: tuple, signed: bool):
+    register_with_flax()  # every state built or stepped after flax's import
     self.codes = codes
     self.scales = scales
     self.shape = tuple(shape)
@@ -149,12 +150,15 @@ class QuantizedArray:
 
 def register_with_flax() -> None:
   """Registers ``QuantizedArray`` with ``flax.serialization`` (``to_bytes``,
-  msgpack, a ``TrainState``'s checkpoints: ``{"codes", "scales"}``, restored
-  onto the target's shape and code map), once, if flax is already imported.
+  msgpack, a ``TrainState``'s checkpoints: ``{"codes", "scales", "shape"}``,
+  restored onto the target's code map after checking the shapes), once, if
+  flax is already imported.
 
-  Called when gradtx is imported and whenever a quantized state is built, so
-  a Flax program (which imports flax first) has it before any ``to_bytes``;
-  gradtx itself never imports flax, nor fails on a flax that cannot import.
+  Called when gradtx is imported and whenever a ``QuantizedArray`` is made
+  (a state built or stepped), so a Flax program has it before any
+  ``to_bytes``; only a state built before flax was first imported and saved
+  before any step needs an explicit call. gradtx itself never imports flax,
+  nor fails on a flax that cannot import.
   """
   global _REGISTERED_WITH_FLAX
   if _REGISTERED_WITH_FLAX or "flax" not in sys.modules:
@@ -166,13 +170,35 @@ def register_with_flax() -> None:
   serialization.register_serialization_state(
       QuantizedArray,
       lambda q: {"codes": serialization.to_state_dict(q.codes),
-                 "scales": serialization.to_state_dict(q.scales)},
-      lambda target, state: QuantizedArray(
-          serialization.from_state_dict(target.codes, state["codes"]),
-          serialization.from_state_dict(target.scales, state["scales"]),
-          target.shape, target.signed),
-      override=True)
+                 "scales": serialization.to_state_dict(q.scales),
+                 "shape": np.asarray(q.shape, np.int64)},
+      _restore_from_flax, override=True)
   _REGISTERED_WITH_FLAX = True
+
+
+def _restore_from_flax(target: "QuantizedArray", state: Any) -> "QuantizedArray":
+  """``target`` with the codes and scales of a saved state dict; raises
+  ``ValueError`` where the saved moment is not 8-bit or not of this shape."""
+  from flax import serialization
+
+  where = f"the 8-bit state at {serialization.current_path() or '/'}"
+  if not (isinstance(state, dict) and {"codes", "scales"} <= set(state)):
+    raise ValueError(
+        f"{where} (shape {target.shape}) cannot restore from a saved"
+        f" {type(state).__name__} of shape {np.shape(state)}: was it saved with"
+        " another mu_dtype / nu_dtype (a float moment)?")
+  saved = tuple(int(n) for n in state["shape"]) if "shape" in state else None
+  codes, scales = np.shape(state["codes"]), np.shape(state["scales"])
+  if (saved not in (None, target.shape) or codes != np.shape(target.codes)
+      or scales != np.shape(target.scales)):
+    raise ValueError(
+        f"{where} is for shape {target.shape} ({np.shape(target.codes)[0]} blocks)"
+        f" but was saved for {'shape ' + str(saved) if saved else 'another shape'}"
+        f" ({codes[0] if codes else '?'} blocks): is the parameter the one saved?")
+  return QuantizedArray(
+      serialization.from_state_dict(target.codes, state["codes"]),
+      serialization.from_state_dict(target.scales, state["scales"]),
+      target.shape, target.signed)
 
 
 _REGISTERED_WITH_FLAX = False
