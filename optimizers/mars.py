@@ -126,6 +126,6 @@ def mars_adamw(
         lambda path, leaf: "mars" if is_mars_param(_routing.plain_path(path), leaf) else "adam",
         params)
 
-  tx = optax.multi_transform({"mars": mars, "adam": adam}, labels,
-                             mask_compatible_extra_args=True)
+  tx = gt.keeps_init_names(optax.multi_transform({"mars": mars, "adam": adam}, labels,
+                                                mask_compatible_extra_args=True))
   return gt.gradients_at_previous_point(tx) if exact else tx

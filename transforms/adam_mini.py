@@ -24,6 +24,7 @@ from gradtx._internal import tree as _tree
 from gradtx._internal import validate as _validate
 from gradtx.routing import axis_names as _axes
 from gradtx.routing import matrix_view as _matrix_view
+from gradtx.routing.axis_names import keeps_init_names
 from gradtx.routing.matrix_view import MatrixViewRule
 from gradtx.storage import state_format
 
@@ -318,4 +319,4 @@ def scale_by_adam_mini(
     )
     return u, ScaleByAdamMiniState(count, mu, nu)
 
-  return optax.GradientTransformation(init_fn, update_fn)
+  return keeps_init_names(optax.GradientTransformation(init_fn, update_fn))

@@ -16,6 +16,7 @@ from gradtx._internal import routing as _routing
 from gradtx._internal import validate as _validate
 from gradtx.routing import axis_names as _axes
 from gradtx.routing import matrix_view as _matrix_view
+from gradtx.routing.axis_names import keeps_init_names
 from gradtx.routing.roles import PathLeafRule, matrix_roles
 from gradtx.transforms.learning_rate import scale_by_learning_rate
 from gradtx.transforms.second_moment import scale_by_adam
@@ -148,7 +149,7 @@ class AdamWSide:
       with _axes.reading(params), _axes.using(getattr(matrix_view, "axis_names", None)):
         return jax.tree_util.tree_map_with_path(label_of, params, roles)
 
-    return optax.multi_transform(transforms, labels)
+    return keeps_init_names(optax.multi_transform(transforms, labels))
 
   @staticmethod
   def document(factory: Callable) -> Callable:

@@ -24,6 +24,7 @@ from gradtx._internal import sharding as _sharding
 from gradtx._internal import tree as _tree
 from gradtx._internal import validate as _validate
 from gradtx.routing import matrix_view as _matrix_view
+from gradtx.routing.axis_names import keeps_init_names
 from gradtx.routing.matrix_view import MatrixViewRule
 from gradtx.transforms.normalize import frobenius_norms, statistics_dtype
 
@@ -177,4 +178,4 @@ def in_factored_geometry(
     return treedef.unflatten(out), InFactoredGeometryState(
         count, statistics.unflatten(new_rows), statistics.unflatten(new_cols), inner_state)
 
-  return optax.GradientTransformation(init_fn, update_fn)
+  return keeps_init_names(optax.GradientTransformation(init_fn, update_fn))

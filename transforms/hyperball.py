@@ -10,6 +10,7 @@ from gradtx._internal import sharding as _sharding
 from gradtx._internal import tree as _tree
 from gradtx._internal import validate as _validate
 from gradtx.routing import matrix_view as _matrix_view
+from gradtx.routing.axis_names import keeps_init_names
 
 
 class HyperballStepState(NamedTuple):
@@ -107,4 +108,4 @@ def hyperball_step(
            zip(leaves, treedef.flatten_up_to(params), views)]
     return treedef.unflatten(out), HyperballStepState(optax.safe_increment(state.count))
 
-  return optax.GradientTransformation(init_fn, update_fn)
+  return keeps_init_names(optax.GradientTransformation(init_fn, update_fn))

@@ -28,6 +28,7 @@ from gradtx._internal import tree as _tree
 from gradtx._internal import validate as _validate
 from gradtx.linalg.matrix_roots import matmul, transpose, unbatched_on_cpu
 from gradtx.routing import matrix_view as _matrix_view
+from gradtx.routing.axis_names import keeps_init_names
 from gradtx.routing.matrix_view import MatrixViewRule
 from gradtx.storage import quantize, state_format
 
@@ -322,7 +323,7 @@ def orthogonalize_low_rank(
       residual = state.residual
     return u, OrthogonalizeLowRankState(count, bases, residual)
 
-  return optax.GradientTransformation(init_fn, update_fn)
+  return keeps_init_names(optax.GradientTransformation(init_fn, update_fn))
 
 
 def _path_hash(path: tuple) -> int:

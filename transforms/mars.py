@@ -17,6 +17,7 @@ import optax
 from gradtx._internal import tree as _tree
 from gradtx._internal import validate as _validate
 from gradtx.routing import matrix_view as _matrix_view
+from gradtx.routing.axis_names import keeps_init_names
 from gradtx.routing.matrix_view import MatrixViewRule
 from gradtx.transforms.second_moment import scale_by_adam
 
@@ -69,7 +70,7 @@ def _mars_correction(b1, gamma, exact: bool,
     kept = jax.tree.map(lambda g, s: g.astype(s.dtype), updates, state.previous_grads)
     return c, MarsCorrectionState(kept)
 
-  return optax.GradientTransformationExtraArgs(init_fn, update_fn)
+  return keeps_init_names(optax.GradientTransformationExtraArgs(init_fn, update_fn))
 
 
 def scale_by_mars(
@@ -222,4 +223,4 @@ def gradients_at_previous_point(
     return updates, PreviousPointState(
         optax.safe_increment(state.count), params, inner_state)
 
-  return optax.GradientTransformationExtraArgs(init_fn, update_fn)
+  return keeps_init_names(optax.GradientTransformationExtraArgs(init_fn, update_fn))

@@ -18,6 +18,7 @@ from gradtx._internal import sharding as _sharding
 from gradtx._internal import tree as _tree
 from gradtx._internal import validate as _validate
 from gradtx.routing import matrix_view as _matrix_view
+from gradtx.routing.axis_names import keeps_init_names
 from gradtx.routing.matrix_view import MatrixViewRule
 from gradtx.storage import state_format
 
@@ -163,4 +164,4 @@ def normalize_by_second_moment(
     u, nu = _tree.map_leaves(leaf, 2, updates, state.nu, seeds, views, once_per_shape=True)
     return u, NormalizeBySecondMomentState(count, nu)
 
-  return optax.GradientTransformation(init_fn, update_fn)
+  return keeps_init_names(optax.GradientTransformation(init_fn, update_fn))

@@ -19,6 +19,7 @@ from gradtx._internal import sharding as _sharding
 from gradtx._internal import validate as _validate
 from gradtx.linalg.matrix_roots import unbatched_on_cpu
 from gradtx.routing import matrix_view as _matrix_view
+from gradtx.routing.axis_names import keeps_init_names
 from gradtx.routing.matrix_view import MatrixViewRule
 
 Coefficients = Union[str, Sequence[Sequence[float]]]
@@ -314,7 +315,7 @@ def orthogonalize_newton_schulz(
     return map_matrices(orthogonalize, updates, matrix_view,
                         stack=batch_same_shape), state
 
-  return optax.GradientTransformation(lambda _: optax.EmptyState(), update_fn)
+  return keeps_init_names(optax.GradientTransformation(lambda _: optax.EmptyState(), update_fn))
 
 
 def clip_singular_values(
@@ -365,4 +366,4 @@ def clip_singular_values(
     _validate.check_matching_shapes(updates, params, "clip_singular_values")
     return map_matrices(clip, updates, matrix_view), state
 
-  return optax.GradientTransformation(lambda _: optax.EmptyState(), update_fn)
+  return keeps_init_names(optax.GradientTransformation(lambda _: optax.EmptyState(), update_fn))

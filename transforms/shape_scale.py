@@ -7,6 +7,7 @@ import jax
 import optax
 
 from gradtx.routing import matrix_view as _matrix_view
+from gradtx.routing.axis_names import keeps_init_names
 
 SCALES = ("jordan", "moonlight")
 
@@ -68,4 +69,4 @@ def scale_by_matrix_shape(
       out.append(u)
     return treedef.unflatten(out), state
 
-  return optax.GradientTransformation(lambda _: optax.EmptyState(), update_fn)
+  return keeps_init_names(optax.GradientTransformation(lambda _: optax.EmptyState(), update_fn))

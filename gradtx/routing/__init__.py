@@ -2,7 +2,12 @@
 axis names read as roles, and the rule that sends hidden matrices to a
 matrix optimizer and output heads, embeddings and vectors elsewhere."""
 
-from gradtx.routing.axis_names import AxisNamesMatrixView, add_axis_names, matrix_view_from_axes
+from gradtx.routing.axis_names import (
+    AxisNamesMatrixView,
+    add_axis_names,
+    keeps_init_names,
+    matrix_view_from_axes,
+)
 from gradtx.routing.matrix_view import (
     AmbiguousMatrixViewWarning,
     MatrixView,
@@ -26,6 +31,7 @@ __all__ = [
     "flax_matrix_view",
     "fused_qkv_matrix_view",
     "is_hidden_matrix",
+    "keeps_init_names",
     "matrix_roles",
     "matrix_view_from_axes",
     "on_matrix_views",

@@ -55,6 +55,7 @@ import contextvars
 from typing import Any, Iterator, NamedTuple, Optional
 
 import jax
+import optax
 
 from gradtx._internal import routing as _routing
 from gradtx._internal import tree as _tree
@@ -173,6 +174,12 @@ def axis_names_of(tree: Any) -> dict:
 # and the subtree optax.masked hands its inner transform), reads the same names.
 _MET: dict = {}
 _CURRENT: contextvars.ContextVar = contextvars.ContextVar("gradtx_axis_names", default=None)
+# The names a transform's ``init`` read, while its init or update runs
+# (``keeps_init_names``): what a plain tree reads instead of ``_MET``.
+_KEPT: contextvars.ContextVar = contextvars.ContextVar("gradtx_kept_axis_names", default=None)
+# During a look (``forgetting_trees_met``): what the transforms' inits read,
+# by (transform, signature), forgotten after it.
+_LOOKED: contextvars.ContextVar = contextvars.ContextVar("gradtx_looked_axis_names", default=None)
 
 
 def _signature(tree: Any) -> frozenset:
@@ -180,15 +187,17 @@ def _signature(tree: Any) -> frozenset:
                    for p, x in jax.tree_util.tree_flatten_with_path(tree)[0])
 
 
-def _names_met(signature: frozenset) -> Optional[dict]:
-  """The names of the latest tree met whose leaves (key and shape) include
-  every leaf of ``signature``, restricted to those leaves; ``None`` if none."""
+def _names_met(signature: frozenset, met: Optional[dict] = None) -> Optional[dict]:
+  """The names of the latest tree met (in ``met``, default ``_MET``) whose
+  leaves (key and shape) include every leaf of ``signature``, restricted to
+  those leaves; ``None`` if none."""
+  met = _MET if met is None else met
   if not signature:
     return None
-  if signature in _MET:
-    return _MET[signature]
-  for met, found in reversed(_MET.items()):
-    if signature <= met:
+  if signature in met:
+    return met[signature]
+  for leaves, found in reversed(met.items()):
+    if signature <= leaves:
       keys = {key for key, _ in signature}
       return {key: named for key, named in found.items() if key in keys}
   return None
@@ -199,14 +208,69 @@ def reading(tree: Any) -> Iterator[None]:
   """The axis names of ``tree`` (or of a tree met before with its paths and
   shapes, or holding them) are what ``names_at`` answers in the ``with`` block."""
   found = axis_names_of(tree)
+  kept = _KEPT.get()
   if found:
     signature = _signature(tree)
     _MET.pop(signature, None)  # the latest met is looked at first
     _MET[signature] = found
+  elif kept is not None:  # the names this transform's init read ({}: none)
+    found = kept
   elif _MET:
     found = _names_met(_signature(tree))
-  with using(found or None):
+  with using(found if found or kept is not None else None):
     yield
+
+
+def keeps_init_names(tx: Any) -> Any:
+  """``tx`` whose ``update`` reads the axis names its ``init`` read.
+
+  A plain tree otherwise reads the names of the latest named tree met with
+  its paths and shapes: a second model built with the same paths and shapes
+  and other names (or none) changed an optimizer's routing between its init
+  and its update (a crash, or silently another routing). ``init`` keeps, per
+  tree signature, the tree's own names or those it read (``{}``: none);
+  ``update`` on a tree of that signature (or a part of it) reads them. Inside
+  another such transform's call, the outer one's names hold.
+  """
+  own_memory: dict = {}
+
+  def memory():
+    """This transform's memory, or during a look (``describe``) its own for the look."""
+    looked = _LOOKED.get()
+    return own_memory if looked is None else looked.setdefault(id(own_memory), {})
+
+  def init_fn(params):
+    if _KEPT.get() is not None:
+      return tx.init(params)
+    signature = _signature(params)
+    found = axis_names_of(params) or (_names_met(signature) if _MET else None) or {}
+    kept = memory()
+    kept.pop(signature, None)  # the latest init is looked at first
+    kept[signature] = found
+    with _kept(found):
+      return tx.init(params)
+
+  def update_fn(updates, state, params=None, **extra_args):
+    kept = None if _KEPT.get() is not None else _names_met(_signature(updates), memory())
+    with _kept(kept):
+      if isinstance(tx, optax.GradientTransformationExtraArgs):
+        return tx.update(updates, state, params, **extra_args)
+      return tx.update(updates, state, params)
+
+  return type(tx)(init_fn, update_fn)
+
+
+@contextlib.contextmanager
+def _kept(names: Optional[dict]) -> Iterator[None]:
+  """``names`` kept (``keeps_init_names``) in the block; ``None``: unchanged."""
+  if names is None:
+    yield
+    return
+  token = _KEPT.set(names)
+  try:
+    yield
+  finally:
+    _KEPT.reset(token)
 
 
 @contextlib.contextmanager
@@ -215,9 +279,11 @@ def forgetting_trees_met() -> Iterator[None]:
   (``gt.describe``) leaves what later plain trees read as it was, so an
   optimizer state built before the look still fits the updates after it."""
   met = dict(_MET)
+  token = _LOOKED.set({})
   try:
     yield
   finally:
+    _LOOKED.reset(token)
     _MET.clear()
     _MET.update(met)
 
@@ -230,7 +296,7 @@ def has_linen_boxes(tree: Any) -> bool:
 @contextlib.contextmanager
 def using(names: Optional[dict]) -> Iterator[None]:
   """``names`` (``axis_names_of``'s) answer ``names_at`` in the block; ``None``
-  keeps the names already in use."""
+  keeps the names already in use, ``{}`` none."""
   if names is None:
     yield
     return

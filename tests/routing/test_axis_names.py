@@ -177,6 +177,74 @@ def test_nnx_optimizer_reads_the_names_its_update_does_not_see():
     np.testing.assert_allclose(x, p + u, rtol=1e-5, atol=1e-6)
 
 
+
+class _Projected(nnx.Module):
+  """A hidden layer and a 16 -> 40 projection whose kernel has ``names`` (or none)."""
+
+  def __init__(self, names):
+    rngs = nnx.Rngs(0)
+    init = nnx.initializers.lecun_normal()
+    self.a = nnx.Linear(16, 16, rngs=rngs)
+    self.proj = nnx.Linear(16, 40, rngs=rngs, kernel_init=(
+        nnx.with_partitioning(init, names) if names else init))
+
+  def __call__(self, x):
+    return self.proj(jax.nn.relu(self.a(x)))
+
+
+@pytest.mark.parametrize("jitted", [False, True])
+def test_another_model_with_the_same_paths_and_shapes_leaves_an_optimizers_routing(jitted):
+  """Model B, with model A's paths and shapes and other names, was read by A's
+  later plain updates: A's head went to Muon, which no longer fit A's state
+  (a crash naming the wrong cause). Each optimizer keeps what its init read."""
+  x = jnp.linspace(-1.0, 1.0, 64).reshape(4, 16)
+
+  def make(names):
+    with nnx.use_eager_sharding(False):
+      model = _Projected(names)
+    return model, nnx.Optimizer(model, go.muon(0.02, adam_learning_rate=0.02), wrt=nnx.Param)
+
+  def step(model, optimizer):
+    optimizer.update(model, nnx.grad(lambda m: jnp.mean(m(x) ** 2))(model))
+
+  step = nnx.jit(step) if jitted else step
+
+  def run(build_another):
+    model, optimizer = make(("embed", "vocab"))  # proj is an output head: AdamW
+    if build_another:
+      other, other_optimizer = make(("embed", "mlp"))  # proj is hidden: Muon
+      step(other, other_optimizer)
+    step(model, optimizer)
+    step(model, optimizer)
+    return np.asarray(model.proj.kernel.value)
+
+  np.testing.assert_array_equal(run(build_another=True), run(build_another=False))
+
+
+def test_keeps_init_names_reads_no_names_where_init_read_none():
+  """A plain tree at init (no names, none met) keeps reading none at update,
+  whatever named tree with its paths and shapes is met in between."""
+  plain = {"proj": {"kernel": jnp.zeros((16, 40))}}
+  seen = []
+  probe = optax.GradientTransformation(
+      lambda p: seen.append(_names_now(p)) or optax.EmptyState(),
+      lambda u, s, p=None: (seen.append(_names_now(u)) or u, s))
+  tx = gt.keeps_init_names(probe)
+  tx.init(plain)
+  with nnx.use_eager_sharding(False):
+    named = nnx.state(_Projected(("embed", "vocab")), nnx.Param)
+  with axis_names.reading({"proj": {"kernel": named["proj"]["kernel"]}}):
+    pass
+  tx.update(plain, optax.EmptyState())
+  assert seen == [None, None]
+  with axis_names.reading(plain):  # outside the transform: the tree met
+    assert _names_now(plain) == ("embed", "vocab")
+
+
+def _names_now(tree):
+  with axis_names.reading(tree):
+    return axis_names.names_at(jax.tree_util.tree_flatten_with_path(tree)[0][0][0], (16, 40))
+
 def test_a_part_of_a_tree_met_reads_its_names():
   # optax.masked hands its inner transform the leaves it keeps: a part of the
   # tree met reads the names of its leaves; a leaf of another shape or path,
