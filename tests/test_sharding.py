@@ -162,6 +162,29 @@ def test_sharded_params_keep_their_sharding(case, axis_type):
     np.testing.assert_allclose(np.asarray(a), b, rtol=1e-5, atol=1e-6)
 
 
+@pytest.mark.parametrize("name", ["shampoo", "soap", "psgd_kron", "muon", "adamw"])
+def test_uncommitted_gradients_step_like_committed_ones_without_set_mesh(name):
+  """Gradients as plain host arrays beside sharded parameters and state, no
+  ``jax.set_mesh``: Shampoo, SOAP and PSGD Kron found no mesh on them and
+  took the one-device path against state stacks on the mesh (a
+  ShardingTypeError); they now step as with committed gradients, like the
+  element-wise optimizers, in the parameters' layout."""
+  mesh = make_mesh(jax.sharding.AxisType.Explicit, shape=(8,), names=("d",))
+  tx = CASES_BY_NAME[name].make()
+  shardings = jax.tree.map(lambda p: NamedSharding(mesh, P("d") if p.shape[0] % 8 == 0 else P()),
+                           _SHARD_PARAMS)
+  params = jax.device_put(_SHARD_PARAMS, shardings)
+  state = jax.jit(tx.init, out_shardings=gt.state_shardings(tx, params))(params)
+  uncommitted = jax.tree.map(np.asarray, _SHARD_GRADS)
+  committed = jax.device_put(_SHARD_GRADS, shardings)
+  step = jax.jit(tx.update)
+  updates, _ = step(uncommitted, state, params)
+  expected, _ = step(committed, state, params)
+  for u, e, p in zip(jax.tree.leaves(updates), jax.tree.leaves(expected),
+                     jax.tree.leaves(params)):
+    np.testing.assert_allclose(u, e, rtol=1e-6, atol=1e-7)
+    assert u.sharding.is_equivalent_to(p.sharding, u.ndim), (u.sharding, p.sharding)
+
 @pytest.mark.parametrize("case", CASES + STRUCTURED, ids=lambda c: c.name)
 def test_jit_init_on_an_explicit_mesh_gives_the_helpers_layout(case):
   """Inside ``jax.set_mesh`` a plain ``jax.jit(tx.init)`` needs no

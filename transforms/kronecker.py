@@ -37,6 +37,7 @@ import optax
 
 from gradtx._internal import block_stacks
 from gradtx._internal import routing as _routing
+from gradtx._internal import sharding as _sharding
 from gradtx._internal import tree as _tree
 from gradtx._internal import validate as _validate
 from gradtx._internal.block_stacks import (
@@ -46,6 +47,7 @@ from gradtx._internal.block_stacks import (
 )
 from gradtx.linalg.matrix_roots import ROOT_METHODS, inverse_pth_root, matmul, transpose
 from gradtx.routing import matrix_view as _matrix_view
+from gradtx.routing.axis_names import keeps_init_names
 from gradtx.routing.matrix_view import MatrixViewRule
 
 
@@ -293,6 +295,7 @@ def kronecker_precondition(
 
   def update_fn(updates, state, params=None):
     _validate.check_matching_shapes(updates, params, "kronecker_precondition")
+    updates = _sharding.committed_like(updates, params)
     count = optax.safe_increment(state.count)
     treedef = jax.tree.structure(updates)
     blocks, owners, group_blocks = plan(updates)
@@ -354,4 +357,4 @@ def kronecker_precondition(
         count, *map(to_state, (left, right, left_root, right_root)),
         treedef.unflatten(new_diag))
 
-  return optax.GradientTransformation(init_fn, update_fn)
+  return keeps_init_names(optax.GradientTransformation(init_fn, update_fn))

@@ -36,6 +36,7 @@ from gradtx._internal import sharding as _sharding
 from gradtx._internal import tree as _tree
 from gradtx._internal import validate as _validate
 from gradtx.routing import matrix_view as _matrix_view
+from gradtx.routing.axis_names import keeps_init_names
 from gradtx.routing.matrix_view import MatrixView, MatrixViewRule
 from gradtx.storage import state_format
 
@@ -468,8 +469,8 @@ def scale_by_psgd_kron(
                                 jnp.zeros([], jnp.int32), jax.random.PRNGKey(seed))
 
   def update_fn(updates, state, params=None):
-    del params
     _validate.check_no_float0(updates, "scale_by_psgd_kron")
+    updates = _sharding.committed_like(updates, params)
     count = optax.safe_increment(state.count)
     probability = _tree.resolve_schedule(precond_update_probability, count)
     counter = optax.safe_increment(state.update_counter)
@@ -699,5 +700,5 @@ def scale_by_psgd_kron(
         count, mu if keeps_momentum else None, factors, jnp.where(fit, 0, counter),
         jax.random.split(state.key)[0])
 
-  return optax.GradientTransformation(init_fn, update_fn)
+  return keeps_init_names(optax.GradientTransformation(init_fn, update_fn))
 

@@ -18,6 +18,7 @@ import optax
 
 from gradtx._internal import block_stacks
 from gradtx._internal import routing as _routing
+from gradtx._internal import sharding as _sharding
 from gradtx._internal import tree as _tree
 from gradtx._internal import validate as _validate
 from gradtx.linalg import matrix_roots as roots
@@ -312,6 +313,7 @@ def scale_by_soap(
 
   def update_fn(updates, state, params=None):
     _validate.check_matching_shapes(updates, params, "scale_by_soap")
+    updates = _sharding.committed_like(updates, params)
     count = optax.safe_increment(state.count)
     owners = plan(updates)
     leaves, layouts, groups = owners.leaves, owners.layouts, owners.groups

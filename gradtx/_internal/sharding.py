@@ -21,6 +21,7 @@ import contextlib
 from typing import Any, Optional, Sequence
 
 import jax
+import jax.numpy as jnp
 from jax.sharding import AbstractMesh, AxisType, NamedSharding
 from jax.sharding import PartitionSpec as P
 
@@ -78,6 +79,33 @@ def like_on_kept_axes(y: jax.Array, x: Any) -> jax.Array:
   in_a_mesh = not jax.sharding.get_abstract_mesh().empty
   with contextlib.nullcontext() if in_a_mesh else jax.sharding.use_abstract_mesh(sharding.mesh):
     return jax.sharding.reshard(y, NamedSharding(sharding.mesh, spec))
+
+
+def committed_like(updates: Any, reference: Any) -> Any:
+  """``updates`` with each leaf that carries no mesh (an uncommitted array,
+  host data) typed like its counterpart in ``reference`` (the parameters, or
+  a state tree shaped like them) on an Explicit mesh; as they are elsewhere.
+
+  For the transforms that find their mesh on the gradients (the owner
+  stacks): an uncommitted gradient beside sharded parameters and state
+  otherwise took the one-device path against state stacks laid out on the
+  mesh (a ``ShardingTypeError``), where element-wise optimizers follow the
+  parameters' layout.
+  """
+  if reference is None:
+    return updates
+  leaves, treedef = jax.tree.flatten(updates)
+  references = jax.tree.leaves(reference)
+  if len(references) != len(leaves):
+    return updates
+
+  def leaf(u, r):
+    mesh = getattr(getattr(jax.typeof(u), "sharding", None), "mesh", None)
+    if (mesh is not None and not mesh.empty) or jnp.shape(u) != jnp.shape(r):
+      return u
+    return reshard_like(u, r)
+
+  return treedef.unflatten([leaf(u, r) for u, r in zip(leaves, references)])
 
 
 def reshard_like(y: jax.Array, x: jax.Array) -> jax.Array:
