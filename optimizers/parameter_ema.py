@@ -142,7 +142,9 @@ def ema_params(state: Any, params: optax.Params) -> optax.Params:
 
   Args:
     state: the optimizer state.
-    params: the current parameters (their dtypes and structure).
+    params: the current parameters (their dtypes and structure; a leaf the
+      EMA does not see, left out by ``optax.masked`` or another
+      ``multi_transform`` branch, is returned as it is here).
 
   Returns:
     The EMA of the parameters, structured and typed like ``params``.
@@ -157,5 +159,9 @@ def ema_params(state: Any, params: optax.Params) -> optax.Params:
   # flax NNX: nnx.Optimizer's opt_state wraps the EMA in OptVariables, and
   # nnx.state(model, nnx.Param) the parameters in Params.
   ema, plain = _tree.unwrap_variables(found[0].ema), _tree.unwrap_variables(params)
-  averaged = jax.tree.map(lambda e, p: e.astype(_tree.dtype_of(p)), ema, plain)
+  # Inside optax.masked or a multi_transform branch the leaves left out are
+  # MaskedNodes: they keep the current parameters.
+  masked = lambda x: isinstance(x, optax.MaskedNode)
+  averaged = jax.tree.map(lambda e, p: p if masked(e) else e.astype(_tree.dtype_of(p)),
+                          ema, plain, is_leaf=masked)
   return _tree.wrapped_like(averaged, params)
