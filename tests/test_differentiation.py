@@ -86,3 +86,74 @@ def test_newton_schulz_of_zero_has_a_finite_derivative():
   zero = jnp.zeros((8, 6))
   assert float(f(zero)) == 0.0
   assert bool(jnp.isfinite(jax.grad(f)(zero)).all())
+
+
+@pytest.mark.parametrize("make, factor", [
+    (lambda lr, eps: go.adam(lr, eps=eps), 1.0), (lambda lr, eps: go.adagrad(lr, eps=eps), 1.0),
+    (lambda lr, eps: go.rmsprop(lr, eps=eps), 1.0),
+    (lambda lr, eps: go.adam_mini(lr, eps=eps), 1.0),
+    # m̂ + α·s with s = (1 − β₃)g at the first step: α = 5, β₃ = 0.9999.
+    (lambda lr, eps: go.ademamix(lr, eps=eps), 1 + 5 * (1 - 0.9999)),
+], ids=["adam", "adagrad", "rmsprop", "adam_mini", "ademamix"])
+def test_a_step_at_a_zero_gradient_has_the_slope_minus_lr_over_eps(make, factor):
+  """From a fresh state u(g) = -lr·g/(|g| + ε) near g = 0: slope -lr/ε there
+  (the closed form; a finite difference at h = 1e-13 agrees). √v̂'s derivative
+  at v̂ = 0 made it NaN (optax.adam's is): a zero-initialised output layer's
+  meta-gradient was NaN in every leaf."""
+  lr, eps = 0.1, 1e-8
+  with jax.enable_x64(True):
+    tx, params = make(lr, eps), {"b": jnp.ones(6)}
+    unit = jnp.zeros(6).at[0].set(1.0)
+    step = lambda t: tx.update({"b": t * unit}, tx.init(params), params)[0]["b"][0]
+    np.testing.assert_allclose(float(jax.grad(step)(0.0)), -factor * lr / eps, rtol=1e-6)
+    h = 1e-13
+    np.testing.assert_allclose(float((step(h) - step(-h)) / (2 * h)), -factor * lr / eps,
+                               rtol=1e-3)
+
+
+def _zero_bias_meta_loss(tx):
+  """The validation loss after 3 steps of a linear model whose bias starts at
+  0 (Flax's default), as a function of the initial parameters."""
+  rng = np.random.default_rng(0)
+  x, y, x_val, y_val = (jnp.asarray(rng.standard_normal(s)) for s in
+                        ((16, 8), (16, 6), (16, 8), (16, 6)))
+  mse = lambda p, x, y: jnp.mean((x @ p["w"] + p["b"] - y) ** 2)
+
+  def run(params):
+    state = tx.init(params)
+    for _ in range(3):
+      updates, state = tx.update(jax.grad(mse)(params, x, y), state, params)
+      params = optax.apply_updates(params, updates)
+    return mse(params, x_val, y_val)
+
+  return run, {"w": jnp.asarray(rng.standard_normal((8, 6))) * 0.3, "b": jnp.zeros(6)}
+
+
+@pytest.mark.parametrize("name", ["adafactor", "lamb", "lars"])
+def test_meta_gradients_at_a_zero_initialised_bias_are_optaxs(name):
+  """The norm of a zero leaf (LAMB's and LARS's trust ratio, Adafactor's
+  parameter scale) had √'s NaN derivative at 0: the meta-gradient was NaN
+  where optax's is finite. Now it is optax's (and, for Adafactor, whose step
+  is smooth there, the finite difference's)."""
+  with jax.enable_x64(True):
+    ours, params = _zero_bias_meta_loss(getattr(go, name)(0.01))
+    theirs, _ = _zero_bias_meta_loss(getattr(optax, name)(0.01))
+    grad = jax.grad(ours)(params)
+    # (optax's Adafactor counts its steps in float32: 1e-9 apart.)
+    chex_close = lambda a, b: np.testing.assert_allclose(a, b, rtol=1e-5, atol=1e-12)
+    jax.tree.map(chex_close, grad, jax.grad(theirs)(params))
+    if name == "adafactor":
+      _check_against_finite_differences(ours, params, rtol=1e-5)
+
+
+@pytest.mark.parametrize("grafting", ["adam", "rmsprop", "sgd"])
+def test_grafting_onto_a_zero_gradient_has_a_finite_derivative(grafting):
+  """A block whose gradient is exactly 0 (a zero-initialised layer's first
+  step, an expert without tokens): the grafted norm ratio √(0/·) had a NaN
+  derivative; Newton-Schulz's is finite there too."""
+  tx = go.shampoo(0.01, grafting=grafting)
+  params = {"w": jnp.linspace(-1.0, 1.0, 36).reshape(6, 6)}
+  state = tx.update({"w": jnp.cos(params["w"])}, tx.init(params), params)[1]
+  weights = jnp.arange(36.0).reshape(6, 6)
+  f = lambda g: jnp.sum(tx.update({"w": g}, state, params)[0]["w"] * weights)
+  assert bool(jnp.isfinite(jax.grad(f)(jnp.zeros((6, 6)))).all())

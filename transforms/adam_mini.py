@@ -306,7 +306,7 @@ def scale_by_adam_mini(
         m_stored, m_new = state_format.stored_and_used(m_new, m, mu_format, seed)
       m_hat = m_new / _tree.bias_correction(b1, count, dtype)
       v_hat = v_new / _tree.bias_correction(b2, count, dtype)
-      denominator = jnp.sqrt(v_hat) + eps
+      denominator = _tree.root(v_hat) + eps
       u = (blocked(m_hat, b) / denominator).reshape(g.shape)
       u = _sharding.reshard_like(u, g)
       if quantized:

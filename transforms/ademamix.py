@@ -133,7 +133,7 @@ def scale_by_ademamix(
         v_stored, v_new = state_format.stored_and_used(v_new, v, nu_format, seed, stream=2)
       m_hat = m_new / _tree.bias_correction(b1, count, dtype)
       v_hat = v_new / _tree.bias_correction(b2, count, dtype)
-      u = (m_hat + jnp.asarray(alpha_t, real) * s_new) / (jnp.sqrt(v_hat + eps_root) + eps)
+      u = (m_hat + jnp.asarray(alpha_t, real) * s_new) / (_tree.root(v_hat + eps_root) + eps)
       if guard_non_finite:
         u, m_new, s_new, v_new = state_format.reset_non_finite(g_, u, m_new, s_new, v_new)
         m_stored = state_format.store(m_new, m, mu_format, seed, stream=0)

@@ -20,7 +20,7 @@ from gradtx.transforms.kronecker import layouts_of
 
 def _ratio(m_sq, d_sq):
   """‖m‖/‖d‖ from the squared norms; 0 where d is 0."""
-  return jnp.where(d_sq > 0, jnp.sqrt(m_sq / jnp.where(d_sq > 0, d_sq, 1)), 0)
+  return jnp.where(d_sq > 0, _tree.root(m_sq / jnp.where(d_sq > 0, d_sq, 1)), 0)
 
 
 def _grafted_whole(m, d):

@@ -149,7 +149,7 @@ def normalize_by_second_moment(
                   if elementwise else nu)
       nu_new = b2 * previous + (1 - b2) * _statistic(_tree.abs_sq(m), granularity)
       nu_hat = nu_new / _tree.bias_correction(b2, count, dtype) if debias else nu_new
-      out = m / (jnp.sqrt(nu_hat) + eps)
+      out = m / (_tree.root(nu_hat) + eps)
       if renormalize is not None:
         target = (frobenius_norms(m) if renormalize == "input"
                   else math.sqrt(min(m.shape[-2:])))

@@ -159,7 +159,7 @@ def scale_by_adam(
       else:
         m_hat = m_new / _tree.bias_correction(b1, count, dtype)
       v_hat = v_used / _tree.bias_correction(b2, count, dtype)
-      u = m_hat / (jnp.sqrt(v_hat + eps_root) + eps)
+      u = m_hat / (_tree.root(v_hat + eps_root) + eps)
       if guard_non_finite:
         (u,) = state_format.reset_non_finite(g_, u)
       return u.astype(g.dtype), m_stored, v_stored, v_max_stored
@@ -348,7 +348,7 @@ def scale_by_rms(
         if centered:
           m_stored, m_new = state_format.stored_and_used(m_new, m, mu_format, seed, stream=1)
       variance = jnp.maximum(v_new - _tree.abs_sq(m_new), 0) if centered else v_new
-      u = g_ / (jnp.sqrt(variance + eps_root) + eps)
+      u = g_ / (_tree.root(variance + eps_root) + eps)
       if quantized:
         u, v_new, m_new = state_format.reset_non_finite(g_, u, v_new, m_new)
         v_stored = state_format.store(v_new, v, nu_format, seed, stream=0)
@@ -418,7 +418,7 @@ def scale_by_adagrad(
       quantized = state_format.is_quantized(nu_format)
       if not quantized:  # the step from the sum as stored (stored_and_used)
         s_stored, s_new = state_format.stored_and_used(s_new, s, nu_format, seed)
-      u = g_ / (jnp.sqrt(s_new) + eps)
+      u = g_ / (_tree.root(s_new) + eps)
       if quantized:
         u, s_new = state_format.reset_non_finite(g_, u, s_new)
         s_stored = state_format.store(s_new, s, nu_format, seed)

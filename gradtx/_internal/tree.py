@@ -67,21 +67,39 @@ def sum_squares(x: jax.Array) -> jax.Array:
   return jnp.real(product)
 
 
+@jax.custom_jvp
+def root(x: jax.Array) -> jax.Array:
+  """``jnp.sqrt(x)`` (the same forward program), with a derivative of 0 at
+  x = 0 instead of √'s 0·∞ = NaN: a norm's at a zero leaf (a zero-initialised
+  bias, a layer without gradient), √v̂ at a zero second moment. Differentiating
+  through a step (meta-learning) then gets the limit the finite difference
+  sees, -lr/ε for Adam at g = 0, where optax's gives NaN."""
+  return jnp.sqrt(x)
+
+
+@root.defjvp
+def _root_jvp(primals: tuple, tangents: tuple) -> tuple:
+  (x,), (t,) = primals, tangents
+  r = root(x)
+  nonzero = x != 0  # NaN too: a NaN stays NaN
+  return r, jnp.where(nonzero, t / (2 * jnp.where(nonzero, r, 1)), 0)
+
+
 def norm(x: jax.Array) -> jax.Array:
-  """The Frobenius norm of all of ``x``'s elements, sqrt(Σ|x|²) (``sum_squares``)."""
-  return jnp.sqrt(sum_squares(x))
+  """The Frobenius norm of all of ``x``'s elements, sqrt(Σ|x|²) (``sum_squares``; ``root``)."""
+  return root(sum_squares(x))
 
 
 def norms(x: jax.Array, axes: Sequence[int]) -> jax.Array:
   """The Frobenius norm over ``axes`` of each slice of ``x`` (one per index of
   the other axes), sqrt(Σ|x|²), with ``axes`` kept as size 1: the norm of
   each matrix of a stack (``axes=(-2, -1)``) or of a scanned layer."""
-  return jnp.sqrt(jnp.sum(abs_sq(x), axis=tuple(axes), keepdims=True))
+  return root(jnp.sum(abs_sq(x), axis=tuple(axes), keepdims=True))
 
 
 def rms(x: jax.Array) -> jax.Array:
   """The root mean square of all of ``x``'s elements, sqrt(mean |x|²); 0 for no elements."""
-  return jnp.sqrt(sum_squares(x) / max(jnp.size(x), 1))
+  return root(sum_squares(x) / max(jnp.size(x), 1))
 
 
 def clipped_to_rms(x: jax.Array, limit: Any) -> jax.Array:
