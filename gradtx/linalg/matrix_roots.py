@@ -6,6 +6,7 @@ coupled Newton iteration; ``matmul``, ``transpose`` and ``unbatched_on_cpu``
 are the kernels ``kronecker`` and ``soap`` share.
 """
 
+import functools
 import math
 from typing import Any, Callable
 
@@ -46,17 +47,65 @@ def unbatched_on_cpu(fn: Callable, a: jax.Array) -> Any:
   return jax.tree.map(lambda x: x.reshape(*batch, *x.shape[1:]), out)
 
 
-def _eigh_inverse_root(a, p, damping, relative_damping):
-  w, v = unbatched_on_cpu(jnp.linalg.eigh, a)
-  w = jnp.maximum(w, 0)
-  w = w + damping + relative_damping * w[..., -1:]
+def _eigh_spectrum(a, p, damping, relative_damping):
+  """(V, λ, μ, kept, f) of A = V diag(λ) Vᴴ: μ = max(λ, 0) + δ_abs +
+  δ_rel·max(λ_max, 0), f = μ^{-1/p} where kept, else 0."""
+  lam, v = unbatched_on_cpu(jnp.linalg.eigh, a)
+  w = jnp.maximum(lam, 0)
+  mu = w + damping + relative_damping * w[..., -1:]
   # eigh's absolute eigenvalue error is a few ulp·λ_max (measured: <= 2.2e-7
   # λ_max in float32 at n = 32..128): below that an eigenvalue is noise and
   # gets 0 (a pseudo-inverse), never a huge or infinite inverse root.
-  floor = _EIGH_RESOLUTION * jnp.finfo(w.dtype).eps * w[..., -1:]
-  kept = w > floor
-  inv_root = jnp.where(kept, jnp.where(kept, w, 1) ** (-1.0 / p), 0)
+  floor = _EIGH_RESOLUTION * jnp.finfo(mu.dtype).eps * mu[..., -1:]
+  kept = mu > floor
+  inv_root = jnp.where(kept, jnp.where(kept, mu, 1) ** (-1.0 / p), 0)
+  return v, lam, mu, kept, inv_root
+
+
+@functools.partial(jax.custom_jvp, nondiff_argnums=(1,))
+def _eigh_inverse_root(a, p, damping, relative_damping):
+  """V diag(f) Vᴴ (``_eigh_spectrum``); its derivative is the Daleckii–Krein
+  formula, finite where eigenvalues repeat (``eigh``'s own JVP divides by
+  their gaps: NaN at A = δI, ~1% off on rank-deficient statistics)."""
+  v, _, _, _, inv_root = _eigh_spectrum(a, p, damping, relative_damping)
   return matmul(v * inv_root[..., None, :].astype(v.dtype), transpose(v))
+
+
+@_eigh_inverse_root.defjvp
+def _eigh_inverse_root_jvp(p, primals, tangents):
+  r"""dF = V (K ∘ Vᴴ dA V) Vᴴ, K_ij = (f_i − f_j)/(λ_i − λ_j) off the diagonal
+  (f′ at the mean where the gap is below √ε·|λ|: the mean-value limit) and
+  K_ii·(Vᴴ dA V)_ii replaced by df_i, which also carries the ridge's
+  dependence on λ_max and on the damping arguments. The pseudo-inverse
+  cut-off is a jump: it is not differentiated.
+
+  Reference: Daleckii and Krein, "Integration and differentiation of
+  functions of Hermitian operators", 1965; Higham, "Functions of Matrices",
+  2008, Theorem 3.11.
+  """
+  a, damping, relative_damping = primals
+  da, d_damping, d_relative = tangents
+  v, lam, mu, kept, f = _eigh_spectrum(a, p, damping, relative_damping)
+  out = matmul(v * f[..., None, :].astype(v.dtype), transpose(v))
+  rotated = matmul(matmul(transpose(v), da), v)
+  d_lam = jnp.real(jnp.diagonal(rotated, axis1=-2, axis2=-1))
+  positive = lam > 0
+  # f(μ) = μ^{-1/p}: f′ = −f/(p μ); as a function of λ, 0 where λ is clipped.
+  slope = jnp.where(kept, -f / (p * jnp.where(kept, mu, 1)), 0)
+  slope_lam = jnp.where(positive, slope, 0)
+  d_w = jnp.where(positive, d_lam, 0)
+  d_mu = (d_w + d_damping + d_relative * jnp.maximum(lam[..., -1:], 0)
+          + relative_damping * d_w[..., -1:])
+  gap = lam[..., :, None] - lam[..., None, :]
+  scale = jnp.maximum(jnp.abs(lam[..., :, None]), jnp.abs(lam[..., None, :]))
+  close = jnp.abs(gap) <= jnp.sqrt(jnp.finfo(lam.dtype).eps) * scale
+  divided = jnp.where(close, (slope_lam[..., :, None] + slope_lam[..., None, :]) / 2,
+                      (f[..., :, None] - f[..., None, :]) / jnp.where(close, 1, gap))
+  n = a.shape[-1]
+  inner = jnp.where(jnp.eye(n, dtype=bool), 0, divided.astype(rotated.dtype) * rotated)
+  inner = inner + (jnp.eye(n, dtype=rotated.dtype) * (slope * d_mu)[..., None, :].astype(
+      rotated.dtype))
+  return out, matmul(matmul(v, inner), transpose(v))
 
 
 def _matrix_power(x, p):
