@@ -49,8 +49,9 @@ def kfac(
     damping: δ > 0, the Tikhonov damping of the curvature.
     precondition_b2: decay of the factors, in [0, 1).
     precondition_every: recompute the inverses every this many steps, >= 1.
-    norm_constraint: scale the preconditioned step so that ⟨d, g⟩ <= c;
-      ``None``: no limit.
+    norm_constraint: c: scale the preconditioned step u by min(1, √(c/⟨u, g⟩))
+      (kfac-jax's rule), which bounds the step's squared norm under the
+      approximate Fisher, ⟨u, F̂u⟩ = ⟨u, g⟩, by c; ``None``: no limit.
     momentum: μ in [0, 1).
     nesterov: Nesterov's form of the momentum.
     weight_decay: λ >= 0, decoupled (a float or a schedule).

@@ -67,14 +67,22 @@ def max_logits(
 ) -> jax.Array:
   r"""Each head's largest logit :math:`\max_{b,i,j} s\, q_{b,i}^h \cdot k_{b,j}^h`.
 
-  ``query`` (..., q_len, heads, depth) and ``key`` (..., kv_len, heads,
-  depth), the layout of ``jax.nn.dot_product_attention`` and
+  ``query`` (..., q_len, heads, depth) and ``key`` (..., kv_len, kv_heads,
+  depth), kv_heads dividing heads (grouped-query attention: key head j
+  serves query heads j·g … j·g + g − 1), the layout of ``jax.nn.dot_product_attention`` and
   ``nnx.dot_product_attention``; s = 1/√depth unless given. Pairs removed by
   ``mask`` (boolean, broadcastable to (..., heads, q_len, kv_len)) or by
   ``is_causal`` (j > i) are left out. Returns (heads,), float32 or wider,
   outside the gradient.
   """
   q, k = jax.lax.stop_gradient(query), jax.lax.stop_gradient(key)
+  heads, kv_heads = q.shape[-2], k.shape[-2]
+  if kv_heads not in (1, heads):
+    if heads % kv_heads:
+      raise ValueError(
+          f"max_logits: {heads} query heads cannot share {kv_heads} key heads"
+          " (grouped-query attention needs a divisor)")
+    k = jnp.repeat(k, heads // kv_heads, axis=-2)  # GQA: each key head serves a group
   dtype = jnp.promote_types(jnp.promote_types(q.dtype, k.dtype), jnp.float32)
   s = 1.0 / math.sqrt(q.shape[-1]) if scale is None else scale
   logits = jnp.einsum("...qhd,...khd->...hqk", q.astype(dtype), k.astype(dtype),

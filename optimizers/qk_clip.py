@@ -22,10 +22,13 @@ class HeadScaling(NamedTuple):
     factor: ``factor(gamma) -> multiplier``, from the (heads,) vector
       γ = min(1, τ/S_max) to an array broadcastable to the leaf (1 where the
       leaf is not scaled). Query and key parts get √γ, so q·k scales by γ.
+    heads: the number of query heads the leaf holds, if known: a record of
+      another length is refused (it broadcast silently, or failed deep).
   """
 
   attention: str
   factor: Callable[[jax.Array], jax.Array]
+  heads: Optional[int] = None
 
 
 QKRule = Callable[[tuple, jax.Array], Optional[HeadScaling]]
@@ -53,10 +56,12 @@ def default_qk_rule(path: tuple, leaf: jax.Array) -> Optional[HeadScaling]:
     (heads, head_dim): each head's slice is scaled by √γ_h; the record is
     ``<attn>``'s.
   * a fused projection named ``qkv`` (``<block>/qkv/{kernel,bias}``, an
-    ``nnx.Linear`` to 3·heads·head_dim features laid out (3, heads,
-    head_dim), q then k then v, as in nanoGPT and examples/char_lm.py): the q and k
+    ``nnx.Linear`` from d to 3·d features laid out (3, heads, head_dim), q
+    then k then v, as in nanoGPT and examples/char_lm.py): the q and k
     features of head h get √γ_h, v none; the record is ``<block>``'s (the
-    module that calls ``observe_attention``).
+    module that calls ``observe_attention``). A fused kernel whose output is
+    not three times its input (grouped-query attention's (H + 2·H_kv)·head_dim)
+    is refused at ``init``: its parts are not (3, heads, head_dim).
 
   Everything else returns ``None`` (left as the base's update). Write your
   own rule for other layouts, e.g. MLA's decoupled rotary parts (K2 scales
@@ -67,10 +72,39 @@ def default_qk_rule(path: tuple, leaf: jax.Array) -> Optional[HeadScaling]:
     return None
   owner, part = model_records.module_key(names[:-2]), names[-2]
   if part in ("query", "key") and leaf.ndim >= 2:
-    return HeadScaling(owner, _per_head)
+    return HeadScaling(owner, _per_head, heads=leaf.shape[-2])
   if part == "qkv":
     return HeadScaling(owner, functools.partial(_fused_qkv, features=leaf.shape[-1]))
   return None
+
+
+def _check_default_layouts(flat: list) -> None:
+  """``default_qk_rule``'s refusals at ``init``: a fused ``qkv`` kernel whose
+  q, k and v are not of one width (GQA: its heads would be split wrong,
+  silently), and attention that normalises q and k (``normalize_qk``: the
+  logits do not depend on W_q's and W_k's scale, so clipping them only
+  shrinks the weights, every step)."""
+  modules = {model_records.module_key(model_records.leaf_names(path)[:-1]) for path, _ in flat}
+  for path, leaf in flat:
+    names = model_records.leaf_names(path)
+    scaling = default_qk_rule(path, leaf)
+    if scaling is None:
+      continue
+    if names[-2] == "qkv" and names[-1] == "kernel" and (
+        jnp.ndim(leaf) != 2 or leaf.shape[-1] != 3 * leaf.shape[0]):
+      raise ValueError(
+          f"qk_clip: the fused qkv kernel {jax.tree_util.keystr(path)} {jnp.shape(leaf)} does"
+          " not map d features to 3·d, so default_qk_rule cannot split it into (3, heads,"
+          " head_dim) (grouped-query attention's q, k and v differ in width): pass rule= a"
+          " rule that knows its layout")
+    normalized = [f"{scaling.attention}/{ln}" for ln in ("query_ln", "key_ln")
+                  if f"{scaling.attention}/{ln}" in modules]
+    if normalized:
+      raise ValueError(
+          f"qk_clip: {scaling.attention!r} normalises its queries and keys ({normalized[0]}):"
+          " its logits do not depend on the scale of W_q and W_k, so clipping them would only"
+          " shrink the weights every step. Leave it out with rule=, or bound the logits"
+          " another way (QK-norm already does)")
 
 
 class QkClipState(NamedTuple):
@@ -133,9 +167,12 @@ def qk_clip(
   rule = default_qk_rule if rule is None else rule
 
   def init_fn(params):
+    flat = [(_routing.plain_path(path), leaf)
+            for path, leaf in jax.tree_util.tree_flatten_with_path(params)[0]]
+    if rule is default_qk_rule and not _tree.is_params_placeholder(params):
+      _check_default_layouts(flat)
     if not _tree.is_params_placeholder(params) and not any(
-        rule(_routing.plain_path(path), leaf) is not None
-        for path, leaf in jax.tree_util.tree_flatten_with_path(params)[0]):
+        rule(path, leaf) is not None for path, leaf in flat):
       warnings.warn(
           "qk_clip: no leaf of the parameters matches its rule, so nothing will be clipped"
           " (default_qk_rule finds nnx.MultiHeadAttention's query and key and a fused 'qkv'"
@@ -152,6 +189,12 @@ def qk_clip(
       raise model_records.missing_record_error(
           "max-logit", None if records is None else scaling.attention,
           jax.tree_util.keystr(path), "qk_clip")
+    if jnp.ndim(logits) != 1 or (scaling.heads is not None
+                                  and jnp.shape(logits)[0] != scaling.heads):
+      raise ValueError(
+          f"qk_clip: the max-logit record {scaling.attention!r} has shape"
+          f" {jnp.shape(logits)}, but {jax.tree_util.keystr(path)} {jnp.shape(u)} needs one"
+          f" logit per query head{'' if scaling.heads is None else f' ({scaling.heads},)'}")
     dtype = _tree.compute_dtype(u)
     logits = logits.astype(dtype)
     gamma = jnp.where(logits > threshold, threshold / logits, 1.0)

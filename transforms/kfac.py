@@ -112,10 +112,11 @@ def _refuse_stacked_kernels(flat: list) -> None:
       continue
     raise ValueError(
         f"{_NAME}: {jax.tree_util.keystr(path)} {jnp.shape(leaf)} looks like a stack of"
-        " dense kernels (scanned layers or experts). K-FAC preconditions 2-D kernels from"
-        " each layer's own record, so it cannot precondition a stack: build the layers as"
-        " separate modules, or pass is_dense= your own rule (the leaves it rejects get the"
-        " diagonal rule).")
+        " dense kernels (scanned layers or experts), or a convolution whose path has no"
+        " 'conv' name. K-FAC preconditions 2-D kernels from each layer's own record, so it"
+        " cannot precondition a stack: build the layers as separate modules, name a"
+        " convolution conv..., or pass is_dense= your own rule (the leaves it rejects get"
+        " the diagonal rule).")
 
 
 def _gram(x: jax.Array, y: jax.Array) -> jax.Array:

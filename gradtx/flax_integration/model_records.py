@@ -78,5 +78,7 @@ def missing_record_error(
   return ValueError(
       f"{who}: parameter {leaf} needs a {kind} record, but {found}. Record"
       " the pass (gradtx.optimizers.nnx_records.value_grad_and_records for"
-      " flax NNX) and call update(..., records=records), or exclude the leaf"
-      " with the transform's rule argument.")
+      " flax NNX, which records nnx.Linear calls and observe_attention only:"
+      " not nnx.LinearGeneral, nnx.Einsum or convolutions) and call"
+      " update(..., records=records), or exclude the leaf with the"
+      " transform's rule argument (is_dense= for K-FAC, rule= for qk_clip).")

@@ -10,6 +10,7 @@ import pytest
 from flax import nnx
 
 from gradtx import optimizers as go
+from gradtx import transforms as gt
 from tests.oracles import transcriptions as tq
 
 HEADS, WIDTH, LENGTH = 4, 16, 6
@@ -234,3 +235,50 @@ def test_a_tree_with_no_query_or_key_warns_that_nothing_will_be_clipped():
   with warnings.catch_warnings():
     warnings.filterwarnings("error", message="qk_clip")
     tx.init({"block": {"qkv": {"kernel": jnp.ones((4, 12))}}})
+
+
+def test_a_grouped_query_fused_qkv_kernel_is_refused_at_init():
+  """Llama's fused layout (q: H·d, k and v: H_kv·d features) was split as
+  (3, H, ·): heads above τ stayed there and heads below it were shrunk,
+  silently. A fused kernel not (d, 3·d) is refused, naming the leaf."""
+  tx = go.qk_clip(go.sgd(0.1))
+  gqa = {"block": {"qkv": {"kernel": jnp.ones((16, (4 + 2 * 1) * 4)), "bias": jnp.ones(24)}}}
+  with pytest.raises(ValueError, match=r"fused qkv kernel \['block'\]\['qkv'\]\['kernel'\]"):
+    tx.init(gqa)
+
+
+def test_attention_that_normalises_queries_and_keys_is_refused():
+  """With QK-norm the logits do not depend on W_q's and W_k's scale: clipping
+  them shrank the weights every step and never lowered a logit."""
+  model = nnx.MultiHeadAttention(num_heads=HEADS, in_features=WIDTH, decode=False,
+                                 normalize_qk=True, rngs=nnx.Rngs(0))
+  with pytest.raises(ValueError, match="normalises its queries and keys"):
+    go.qk_clip(go.sgd(0.1)).init({"attn": nnx.state(model, nnx.Param)})
+
+
+@pytest.mark.parametrize("logits", [jnp.ones(3) * 50, jnp.asarray(50.0), jnp.ones(1) * 50])
+def test_a_record_with_another_number_of_heads_is_named(logits):
+  """Records of 3 heads for 4, a scalar, or 1 head (which broadcast to all 4
+  silently) are refused, naming the record and the leaf."""
+  model = Attention(nnx.Rngs(0))
+  params = nnx.state(model, nnx.Param)
+  tx = go.qk_clip(go.sgd(0.1), threshold=TAU)
+  records = gt.Records(dense={}, max_logits={"attn": logits})
+  with pytest.raises(ValueError, match=r"max-logit record 'attn' has shape .* per query head"):
+    tx.update(params, tx.init(params), params, records=records)
+
+
+def test_max_logits_of_grouped_query_keys():
+  """Key heads shared by groups of query heads (GQA, as
+  jax.nn.dot_product_attention takes them): each query head against its
+  group's key head, in NumPy."""
+  rng = np.random.default_rng(3)
+  q = rng.normal(size=(2, 5, 8, 4))
+  k = rng.normal(size=(2, 5, 2, 4))
+  got = go.max_logits(jnp.asarray(q), jnp.asarray(k), is_causal=True)
+  k_full = np.repeat(k, 4, axis=-2)
+  s = np.einsum("bqhd,bkhd->bhqk", q, k_full) / 2.0
+  expected = np.where(np.tril(np.ones((5, 5), bool)), s, -np.inf).max(axis=(0, 2, 3))
+  np.testing.assert_allclose(got, expected, rtol=1e-5)
+  with pytest.raises(ValueError, match="8 query heads cannot share 3 key heads"):
+    go.max_logits(jnp.asarray(q), jnp.ones((2, 5, 3, 4)))
