@@ -8,7 +8,7 @@ import optax
 
 from gradtx._internal import tree as _tree
 from gradtx._internal import validate as _validate
-from gradtx.storage import state_format
+from gradtx.storage import quantize, state_format
 
 
 def sign(x: jax.Array) -> jax.Array:
@@ -78,6 +78,12 @@ def scale_by_lion(
     u_t = \operatorname{sign}(β_1 m_{t-1} + (1-β_1) g_t),\qquad
     m_t = β_2 m_{t-1} + (1-β_2) g_t
 
+  With static β₂ > 0 and the momentum kept at the compute width, the
+  direction's argument is read from m_t, as
+  (β₁/β₂)m_t + ((1−β₁) − β₁(1−β₂)/β₂)g_t (the same number up to rounding), so
+  the donated step overwrites m in place (the old m read for the direction
+  made XLA copy it every step, as optax.lion does).
+
   Args:
     b1: interpolation weight of the momentum in the direction, in [0, 1).
     b2: decay of the stored momentum, in [0, 1).
@@ -121,6 +127,12 @@ def _sign_of_momentum(b1: float, b2: float, mu_dtype: Optional[Any],
       m_stored, m_used = state_format.stored_and_used(m_new, m, mu_format, seed)
       if b1 is b2:  # Tiger: the sign of m_t as stored (rounding keeps signs)
         u = sign(m_used)
+      elif _from_new_momentum(b1, b2) and not isinstance(m, quantize.QuantizedArray) and (
+          m.dtype == dtype):
+        # β₁m + (1−β₁)g = (β₁/β₂)m_t + ((1−β₁) − β₁(1−β₂)/β₂)g: the direction
+        # read from m_t, so nothing reads the old m after the donated buffer
+        # is overwritten (it was copied each step, as optax.lion's is).
+        u = sign((b1 / b2) * m_used + ((1 - b1) - b1 * (1 - b2) / b2) * g_)
       else:
         u = sign(b1 * m_ + (1 - b1) * g_)  # an inf momentum stays visible
         if state_format.is_quantized(mu_format):
@@ -131,6 +143,14 @@ def _sign_of_momentum(b1: float, b2: float, mu_dtype: Optional[Any],
     return u, ScaleByLionState(count, mu)
 
   return optax.GradientTransformation(init_fn, update_fn)
+
+
+def _from_new_momentum(b1: Any, b2: Any) -> bool:
+  """Whether Lion's direction is read from m_t (static β₂ > 0: the rewrite
+  divides by it). Kept narrower than computed (bf16) or in int8 blocks, m_t
+  as stored is rounded: the direction then reads the old m, as the reference."""
+  static = lambda b: isinstance(b, (int, float)) and not isinstance(b, bool)
+  return static(b1) and static(b2) and b2 > 0
 
 
 def scale_by_tiger(

@@ -1,6 +1,8 @@
 """State formats (gradtx/storage/state_format.py): int8 blocks and stochastic bf16
 in the moments."""
 
+import re
+
 import jax
 import jax.numpy as jnp
 import numpy as np
@@ -217,6 +219,28 @@ def test_bf16_moments_are_not_copied_in_a_donated_step(name):
       ours, jax.tree.map(lambda p: p.astype(jnp.float32), params))
   assert copies <= float32_copies  # no state buffer (a float32 step keeps them in place)
   assert temp <= optax_temp + 1024
+
+
+@pytest.mark.parametrize("name", list(_BF16_DONATED) + ["lion", "adabelief_optimizer"])
+def test_float32_donated_steps_copy_no_state_buffer(name):
+  """No array (state buffer) copy in a float32 donated step either: AdaBelief
+  recomputed (β₂s + (1−β₂)(g−m)²) + ε from the donated s after overwriting it,
+  and Lion read the old m for its direction, so both copied every buffer each
+  step (as optax's do; a scalar count's copies are not counted)."""
+  make = {"lion": lambda: gt.scale_by_lion(),
+          "adabelief_optimizer": lambda: optax.chain(gt.scale_by_belief(),
+                                                    optax.scale(-1e-3))}.get(
+      name, _BF16_DONATED.get(name, (None,))[0])
+  params = {f"w{i}": jnp.ones((128, 64), jnp.float32) * (i + 1) for i in range(3)}
+  tx = make()
+
+  def step(params, state, grads):
+    updates, state = tx.update(grads, state, params)
+    return optax.apply_updates(params, updates), state
+
+  text = jax.jit(step, donate_argnums=(0, 1)).lower(
+      params, tx.init(params), params).compile().as_text()
+  assert not re.findall(r"= \w+\[\d[^\]]*\]\S* copy\(", text)
 
 
 def test_psgd_kron_bf16_momentum_is_not_copied_in_a_donated_step():
