@@ -208,11 +208,18 @@ def test_an_8bit_state_refuses_a_flax_checkpoint_of_float_moments():
     serialization.from_bytes(go.adamw_8bit(0.01).init(params), data)
 
 
-def test_an_update_refuses_8bit_blocks_of_another_shape():
+@pytest.mark.parametrize("make", [
+    lambda: go.adamw_8bit(0.01),
+    lambda: go.adamw(0.01, mu_dtype=gt.Int8Blocks(min_size=0)),
+    lambda: go.ademamix(0.01, mu_dtype=gt.Int8Blocks(min_size=0)),
+    lambda: go.dion(0.01, rank=4, mu_dtype=gt.Int8Blocks(min_size=0)),
+], ids=["adamw_8bit", "adamw_int8_mu", "ademamix_int8_mu", "dion_int8_buffer"])
+def test_an_update_refuses_8bit_blocks_of_another_shape(make):
   """Blocks for a (64, 80) weight (20) under a (60, 80) one's 8-bit state (19
   needed), as a restore that does not check them leaves it: named, not
-  dequantized truncated."""
-  tx = go.adamw_8bit(0.01)
+  dequantized truncated (also where only the first moment, or Dion's buffer,
+  is 8-bit)."""
+  tx = make()
   params = {"w": jnp.ones((60, 80))}
   state = tx.init(params)
   big = tx.init({"w": jnp.ones((64, 80))})
@@ -220,8 +227,17 @@ def test_an_update_refuses_8bit_blocks_of_another_shape():
                                                 small.signed)
   is_q = lambda x: isinstance(x, gt.QuantizedArray)
   state = jax.tree.map(lambda a, b: swap(a, b) if is_q(a) else a, state, big, is_leaf=is_q)
-  with pytest.raises(ValueError, match=r"8-bit state of \['w'\] stands for shape \(60, 80\)"):
+  with pytest.raises(ValueError, match=r"8-bit \w+ of \['w'\] stands for shape \(60, 80\)"):
     tx.update(params, state, params)
+
+
+def test_an_8bit_state_saved_with_another_block_size_says_so():
+  from flax import serialization
+  params = {"w": jnp.ones((64, 96))}
+  data = serialization.to_bytes(go.adamw(0.01, mu_dtype="int8").init(params))
+  target = go.adamw(0.01, mu_dtype=gt.Int8Blocks(block_size=128)).init(params)
+  with pytest.raises(ValueError, match="blocks of 128 but was saved with blocks of 256"):
+    serialization.from_bytes(target, data)
 
 
 @pytest.mark.parametrize("then", ["stepped = tx.update(p, built, p)[1]",

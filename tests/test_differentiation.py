@@ -157,3 +157,11 @@ def test_grafting_onto_a_zero_gradient_has_a_finite_derivative(grafting):
   weights = jnp.arange(36.0).reshape(6, 6)
   f = lambda g: jnp.sum(tx.update({"w": g}, state, params)[0]["w"] * weights)
   assert bool(jnp.isfinite(jax.grad(f)(jnp.zeros((6, 6)))).all())
+
+
+def test_a_nan_tangent_stays_nan_through_a_square_root_at_zero():
+  """``_tree.root``'s derivative is 0 at 0 for a finite tangent; a NaN one
+  (from upstream) still shows."""
+  from gradtx._internal import tree as _tree
+  _, tangent = jax.jvp(_tree.root, (jnp.zeros(2),), (jnp.asarray([1.0, jnp.nan]),))
+  assert float(tangent[0]) == 0.0 and bool(jnp.isnan(tangent[1]))

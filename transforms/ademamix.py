@@ -112,7 +112,8 @@ def scale_by_ademamix(
     )
 
   def update_fn(updates, state, params=None):
-    _validate.check_matching_shapes(updates, state.nu, "scale_by_ademamix", of="state")
+    for moment in (state.nu, state.mu, state.mu_slow):
+      _validate.check_matching_shapes(updates, moment, "scale_by_ademamix", of="state")
     del params
     b3_t = _tree.resolve_schedule(b3, state.count)
     alpha_t = _tree.resolve_schedule(alpha, state.count)

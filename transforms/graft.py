@@ -14,6 +14,7 @@ import optax
 from gradtx._internal import sharding as _sharding
 from gradtx._internal import tree as _tree
 from gradtx._internal import validate as _validate
+from gradtx.routing.axis_names import keeps_init_names
 from gradtx.routing.matrix_view import MatrixViewRule
 from gradtx.transforms.kronecker import layouts_of
 
@@ -118,4 +119,4 @@ def graft(
         treedef.flatten_up_to(m), leaves, layouts)]
     return treedef.unflatten(grafted), GraftState(magnitude_state, direction_state)
 
-  return optax.GradientTransformation(init_fn, update_fn)
+  return keeps_init_names(optax.GradientTransformation(init_fn, update_fn))

@@ -308,6 +308,11 @@ def orthogonalize_low_rank(
 
   def update_fn(updates, state, params=None):
     _validate.check_matching_shapes(updates, params, "orthogonalize_low_rank")
+    for path, residual in jax.tree_util.tree_flatten_with_path(
+        state.residual, is_leaf=lambda x: isinstance(x, quantize.QuantizedArray))[0]:
+      if isinstance(residual, quantize.QuantizedArray):
+        _validate.check_blocks_fit(
+            residual, f"orthogonalize_low_rank: the 8-bit buffer of {jax.tree_util.keystr(path)}")
     leaves, treedef = jax.tree.flatten(updates)
     views = _matrix_view.views_of(updates, matrix_view)
     statistics = _tree.statistics_structure(updates)

@@ -122,6 +122,7 @@ def scale_by_adam(
   def update_fn(updates, state, params=None):
     del params
     _validate.check_matching_shapes(updates, state.nu, "scale_by_adam", of="state")
+    _validate.check_matching_shapes(updates, state.mu, "scale_by_adam", of="state")
     count = optax.safe_increment(state.count)
     seeds = state_format.maybe_rounding_seeds(updates, count, mu_format, nu_format)
 
@@ -231,6 +232,7 @@ def scale_by_belief(
   def update_fn(updates, state, params=None):
     del params
     _validate.check_matching_shapes(updates, state.nu, "scale_by_belief", of="state")
+    _validate.check_matching_shapes(updates, state.mu, "scale_by_belief", of="state")
     count = optax.safe_increment(state.count)
     seeds = state_format.maybe_rounding_seeds(updates, count, mu_format, nu_format)
 
@@ -337,6 +339,7 @@ def scale_by_rms(
   def update_fn(updates, state, params=None):
     del params
     _validate.check_matching_shapes(updates, state.nu, "scale_by_rms", of="state")
+    _validate.check_matching_shapes(updates, state.mu, "scale_by_rms", of="state")
     count = optax.safe_increment(state.count)
     seeds = state_format.maybe_rounding_seeds(updates, count, mu_format, nu_format)
 

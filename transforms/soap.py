@@ -22,6 +22,7 @@ from gradtx._internal import sharding as _sharding
 from gradtx._internal import tree as _tree
 from gradtx._internal import validate as _validate
 from gradtx.linalg import matrix_roots as roots
+from gradtx.routing.axis_names import keeps_init_names
 from gradtx.routing.matrix_view import MatrixViewRule
 from gradtx.storage import state_format
 from gradtx.transforms import kronecker as kron
@@ -370,4 +371,4 @@ def scale_by_soap(
         count, treedef.unflatten(mu), treedef.unflatten(nu), mu_stacks, nu_stacks,
         *map(to_state, (left, right, left_basis, right_basis)))
 
-  return optax.GradientTransformation(init_fn, update_fn)
+  return keeps_init_names(optax.GradientTransformation(init_fn, update_fn))

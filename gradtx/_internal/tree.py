@@ -82,7 +82,7 @@ def _root_jvp(primals: tuple, tangents: tuple) -> tuple:
   (x,), (t,) = primals, tangents
   r = root(x)
   nonzero = x != 0  # NaN too: a NaN stays NaN
-  return r, jnp.where(nonzero, t / (2 * jnp.where(nonzero, r, 1)), 0)
+  return r, jnp.where(nonzero, t / (2 * jnp.where(nonzero, r, 1)), 0 * t)  # a NaN t stays NaN
 
 
 def norm(x: jax.Array) -> jax.Array:

@@ -232,32 +232,48 @@ def keeps_init_names(tx: Any) -> Any:
   ``update`` on a tree of that signature (or a part of it) reads them. Inside
   another such transform's call, the outer one's names hold.
   """
-  own_memory: dict = {}
-
-  def memory():
-    """This transform's memory, or during a look (``describe``) its own for the look."""
-    looked = _LOOKED.get()
-    return own_memory if looked is None else looked.setdefault(id(own_memory), {})
+  memory: dict = {}
 
   def init_fn(params):
-    if _KEPT.get() is not None:
-      return tx.init(params)
-    signature = _signature(params)
-    found = axis_names_of(params) or (_names_met(signature) if _MET else None) or {}
-    kept = memory()
-    kept.pop(signature, None)  # the latest init is looked at first
-    kept[signature] = found
-    with _kept(found):
-      return tx.init(params)
+    return _init_keeping_names(tx, memory, params)
 
   def update_fn(updates, state, params=None, **extra_args):
-    kept = None if _KEPT.get() is not None else _names_met(_signature(updates), memory())
-    with _kept(kept):
-      if isinstance(tx, optax.GradientTransformationExtraArgs):
-        return tx.update(updates, state, params, **extra_args)
-      return tx.update(updates, state, params)
+    return _update_with_kept_names(tx, memory, updates, state, params, extra_args)
 
   return type(tx)(init_fn, update_fn)
+
+
+# keeps_init_names' work, at module level: its closures then refer to these
+# by name, so cloudpickle (Ray, submitit, joblib) can ship the transform.
+
+
+def _memory(own: dict) -> dict:
+  """A transform's memory, or during a look (``describe``) its own for the look."""
+  looked = _LOOKED.get()
+  return own if looked is None else looked.setdefault(id(own), {})
+
+
+def _init_keeping_names(tx: Any, own: dict, params: Any) -> Any:
+  if _KEPT.get() is not None:
+    return tx.init(params)
+  signature = _signature(params)
+  found = axis_names_of(params) or (_names_met(signature) if _MET else None) or {}
+  kept = _memory(own)
+  kept.pop(signature, None)  # the latest init is looked at first
+  kept[signature] = found
+  with _kept(found):
+    return tx.init(params)
+
+
+def _update_with_kept_names(tx: Any, own: dict, updates: Any, state: Any, params: Any,
+                            extra_args: dict) -> Any:
+  kept = None if _KEPT.get() is not None else _names_met(_signature(updates), _memory(own))
+  with _kept(kept):
+    if isinstance(tx, optax.GradientTransformationExtraArgs):
+      return tx.update(updates, state, params, **extra_args)
+    if extra_args:
+      raise TypeError(f"update() got unexpected keyword arguments {sorted(extra_args)}")
+    return tx.update(updates, state, params)
 
 
 @contextlib.contextmanager

@@ -189,6 +189,11 @@ def _restore_from_flax(target: "QuantizedArray", state: Any) -> "QuantizedArray"
         " another mu_dtype / nu_dtype (a float moment)?")
   saved = tuple(int(n) for n in state["shape"]) if "shape" in state else None
   codes, scales = np.shape(state["codes"]), np.shape(state["scales"])
+  if saved == target.shape and codes != np.shape(target.codes):
+    raise ValueError(
+        f"{where} (shape {target.shape}) has blocks of {target.block_size} but was saved"
+        f" with blocks of {codes[-1] if codes else '?'}: build the target with the block"
+        " size it was saved with (gt.Int8Blocks(block_size=...))")
   if (saved not in (None, target.shape) or codes != np.shape(target.codes)
       or scales != np.shape(target.scales)):
     raise ValueError(

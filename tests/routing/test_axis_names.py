@@ -436,3 +436,56 @@ def test_adam_mini_gives_each_layer_of_a_stacked_norm_scale_its_block():
   params = nnx.state(_nnx_model(_ScannedLM), nnx.Param)
   rows = {r.path: r for r in gt.describe(go.adam_mini(1e-3), params)}
   assert "4 blocks of 16" in str(rows["['blocks']['norm']['scale']"])
+
+
+class _Stacked(nnx.Module):
+  """A (4, 16, 40) parameter with ``names`` (a scanned stack, or not)."""
+
+  def __init__(self, names):
+    self.w = nnx.Param(jnp.linspace(-1.0, 1.0, 4 * 16 * 40).reshape(4, 16, 40),
+                       sharding_names=names)
+
+
+@pytest.mark.parametrize("make", [lambda: go.soap(1e-2, precondition_every=1),
+                                  lambda: go.shampoo(1e-2), lambda: go.psgd_kron(1e-2)],
+                         ids=["soap", "shampoo_grafted", "psgd_kron"])
+def test_another_model_leaves_the_stacked_views_of_an_optimizer(make):
+  """The same for the transforms that read stacked views (SOAP's statistics,
+  Shampoo's grafting blocks): a second model naming the axes otherwise made
+  SOAP refuse its state and Shampoo's grafting norms differ, silently."""
+  loss = lambda m: jnp.sum(jnp.sin(m.w.value))
+
+  def run(build_another):
+    with nnx.use_eager_sharding(False):
+      model = _Stacked(("layers", "embed", "mlp"))
+    optimizer = nnx.Optimizer(model, make(), wrt=nnx.Param)
+    if build_another:
+      with nnx.use_eager_sharding(False):
+        other = _Stacked(("embed", "heads", "kv"))
+      nnx.Optimizer(other, make(), wrt=nnx.Param)
+    for _ in range(2):
+      optimizer.update(model, nnx.grad(loss)(model))
+    return np.asarray(model.w.value)
+
+  np.testing.assert_array_equal(run(build_another=True), run(build_another=False))
+
+
+@pytest.mark.parametrize("name", ["muon", "shampoo", "soap", "psgd_kron", "dion"])
+def test_optimizers_that_keep_init_names_ship_with_cloudpickle(name):
+  """Ray, submitit and joblib ship an optimizer with cloudpickle, which could
+  not copy the ContextVars keeps_init_names' closures referred to."""
+  import cloudpickle
+
+  params = {"embed": jnp.ones((50, 16)), "b": jnp.zeros(64),
+            "h": {"kernel": jnp.linspace(0.0, 1.0, 1024).reshape(16, 64)}}
+  tx = getattr(go, name)(1e-2)
+  shipped = cloudpickle.loads(cloudpickle.dumps(tx))
+  ours = tx.update(params, tx.init(params), params)[0]
+  theirs = shipped.update(params, shipped.init(params), params)[0]
+  jax.tree.map(np.testing.assert_array_equal, ours, theirs)
+
+
+def test_keeps_init_names_refuses_unknown_keywords_of_a_plain_transform():
+  tx = gt.keeps_init_names(optax.scale(2.0))
+  with pytest.raises(TypeError, match="bogus"):
+    tx.update({"w": jnp.ones(3)}, tx.init({"w": jnp.ones(3)}), bogus=1)
