@@ -60,8 +60,9 @@ def default_qk_rule(path: tuple, leaf: jax.Array) -> Optional[HeadScaling]:
     then k then v, as in nanoGPT and examples/char_lm.py): the q and k
     features of head h get √γ_h, v none; the record is ``<block>``'s (the
     module that calls ``observe_attention``). A fused kernel whose output is
-    not three times its input (grouped-query attention's (H + 2·H_kv)·head_dim)
-    is refused at ``init``: its parts are not (3, heads, head_dim).
+    not three times its input warns at ``init``: the rule assumes q, k and v
+    of one width (3, heads, head_dim), which a grouped-query layout
+    ((H + 2·H_kv)·head_dim) is not; pass ``rule=`` for one.
 
   Everything else returns ``None`` (left as the base's update). Write your
   own rule for other layouts, e.g. MLA's decoupled rotary parts (K2 scales
@@ -79,11 +80,12 @@ def default_qk_rule(path: tuple, leaf: jax.Array) -> Optional[HeadScaling]:
 
 
 def _check_default_layouts(flat: list) -> None:
-  """``default_qk_rule``'s refusals at ``init``: a fused ``qkv`` kernel whose
-  q, k and v are not of one width (GQA: its heads would be split wrong,
-  silently), and attention that normalises q and k (``normalize_qk``: the
-  logits do not depend on W_q's and W_k's scale, so clipping them only
-  shrinks the weights, every step)."""
+  """``default_qk_rule``'s checks at ``init``: a fused ``qkv`` kernel not
+  (d, 3·d) warns (a grouped-query layout's heads would be split wrong,
+  silently; a q of another width than d, Gemma's, is split right), and
+  attention that normalises q and k is refused (``normalize_qk``: the logits
+  do not depend on W_q's and W_k's scale, so clipping them only shrinks the
+  weights, every step)."""
   modules = {model_records.module_key(model_records.leaf_names(path)[:-1]) for path, _ in flat}
   for path, leaf in flat:
     names = model_records.leaf_names(path)
@@ -92,13 +94,15 @@ def _check_default_layouts(flat: list) -> None:
       continue
     if names[-2] == "qkv" and names[-1] == "kernel" and (
         jnp.ndim(leaf) != 2 or leaf.shape[-1] != 3 * leaf.shape[0]):
-      raise ValueError(
+      warnings.warn(
           f"qk_clip: the fused qkv kernel {jax.tree_util.keystr(path)} {jnp.shape(leaf)} does"
-          " not map d features to 3·d, so default_qk_rule cannot split it into (3, heads,"
-          " head_dim) (grouped-query attention's q, k and v differ in width): pass rule= a"
-          " rule that knows its layout")
-    normalized = [f"{scaling.attention}/{ln}" for ln in ("query_ln", "key_ln")
-                  if f"{scaling.attention}/{ln}" in modules]
+          " not map d features to 3·d: default_qk_rule splits it as (3, heads, head_dim), q,"
+          " k and v of one width, which is right for a q wider or narrower than d but wrong"
+          " for grouped-query attention (k and v narrower than q): pass rule= for that",
+          stacklevel=3)
+    prefix = f"{scaling.attention}/" if scaling.attention else ""
+    normalized = [f"{prefix}{ln}" for ln in ("query_ln", "key_ln")
+                  if f"{prefix}{ln}" in modules]
     if normalized:
       raise ValueError(
           f"qk_clip: {scaling.attention!r} normalises its queries and keys ({normalized[0]}):"
@@ -194,7 +198,9 @@ def qk_clip(
       raise ValueError(
           f"qk_clip: the max-logit record {scaling.attention!r} has shape"
           f" {jnp.shape(logits)}, but {jax.tree_util.keystr(path)} {jnp.shape(u)} needs one"
-          f" logit per query head{'' if scaling.heads is None else f' ({scaling.heads},)'}")
+          f" logit per query head{'' if scaling.heads is None else f' ({scaling.heads},)'}"
+          " (a grouped-query key, whose heads each serve several query heads, needs its"
+          " own rule=)")
     dtype = _tree.compute_dtype(u)
     logits = logits.astype(dtype)
     gamma = jnp.where(logits > threshold, threshold / logits, 1.0)

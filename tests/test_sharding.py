@@ -177,8 +177,11 @@ def test_uncommitted_gradients_step_like_committed_ones_without_set_mesh(name):
   state = jax.jit(tx.init, out_shardings=gt.state_shardings(tx, params))(params)
   uncommitted = jax.tree.map(np.asarray, _SHARD_GRADS)
   committed = jax.device_put(_SHARD_GRADS, shardings)
-  # Eager too, but for PSGD Kron (whose eager step on an Explicit mesh needs set_mesh).
-  for step in [jax.jit(tx.update)] + ([] if name == "psgd_kron" else [tx.update]):
+  # Eager too, but for PSGD Kron (whose eager step on an Explicit mesh needs set_mesh), and
+  # with the host gradients a constant of the jitted step.
+  closure = lambda g: jax.jit(lambda s, p: tx.update(g, s, p))
+  for step in [jax.jit(tx.update), lambda g, s, p: closure(g)(s, p)] + (
+      [] if name == "psgd_kron" else [tx.update]):
     updates, _ = step(uncommitted, state, params)
     expected, _ = step(committed, state, params)
     for u, e, p in zip(jax.tree.leaves(updates), jax.tree.leaves(expected),

@@ -78,9 +78,9 @@ def scale_by_lion(
     u_t = \operatorname{sign}(β_1 m_{t-1} + (1-β_1) g_t),\qquad
     m_t = β_2 m_{t-1} + (1-β_2) g_t
 
-  With static β₂ > 0 and the momentum kept at the compute width, the
+  With static β₁ <= β₂ and the momentum kept at the compute width, the
   direction's argument is read from m_t, as
-  (β₁/β₂)m_t + ((1−β₁) − β₁(1−β₂)/β₂)g_t (the same number up to rounding), so
+  (β₁/β₂)m_t + ((β₂−β₁)/β₂)g_t (the same number up to rounding), so
   the donated step overwrites m in place (the old m read for the direction
   made XLA copy it every step, as optax.lion does).
 
@@ -132,7 +132,7 @@ def _sign_of_momentum(b1: float, b2: float, mu_dtype: Optional[Any],
         # β₁m + (1−β₁)g = (β₁/β₂)m_t + ((1−β₁) − β₁(1−β₂)/β₂)g: the direction
         # read from m_t, so nothing reads the old m after the donated buffer
         # is overwritten (it was copied each step, as optax.lion's is).
-        u = sign((b1 / b2) * m_used + ((1 - b1) - b1 * (1 - b2) / b2) * g_)
+        u = sign((b1 / b2) * m_used + ((b2 - b1) / b2) * g_)
       else:
         u = sign(b1 * m_ + (1 - b1) * g_)  # an inf momentum stays visible
         if state_format.is_quantized(mu_format):
@@ -146,11 +146,14 @@ def _sign_of_momentum(b1: float, b2: float, mu_dtype: Optional[Any],
 
 
 def _from_new_momentum(b1: Any, b2: Any) -> bool:
-  """Whether Lion's direction is read from m_t (static β₂ > 0: the rewrite
-  divides by it). Kept narrower than computed (bf16) or in int8 blocks, m_t
-  as stored is rounded: the direction then reads the old m, as the reference."""
+  """Whether Lion's direction is read from m_t: static 0 < β₁ <= β₂ (Lion's
+  0.9/0.99), where both coefficients β₁/β₂ and (β₂ − β₁)/β₂ are in [0, 1] and
+  the rounding is the reference's. With β₂ < β₁ the error grows like ε·β₁/β₂
+  (signs flipped at 0.9/0.01): the reference form. Kept narrower than
+  computed (bf16) or in int8 blocks, m_t as stored is rounded: the direction
+  then reads the old m too."""
   static = lambda b: isinstance(b, (int, float)) and not isinstance(b, bool)
-  return static(b1) and static(b2) and b2 > 0
+  return static(b1) and static(b2) and 0 < b2 and b1 <= b2
 
 
 def scale_by_tiger(

@@ -103,7 +103,8 @@ def committed_like(updates: Any, reference: Any) -> Any:
     mesh = getattr(getattr(jax.typeof(u), "sharding", None), "mesh", None)
     if (mesh is not None and not mesh.empty) or jnp.shape(u) != jnp.shape(r):
       return u
-    if not isinstance(u, jax.core.Tracer):  # eager: placed, as jit places its inputs
+    if not isinstance(u, jax.core.Tracer) and not isinstance(r, jax.core.Tracer):
+      # Eager: placed, as jit places its inputs.
       placed = getattr(r, "sharding", None)
       if isinstance(placed, NamedSharding) and AxisType.Explicit in placed.mesh.axis_types:
         return jax.device_put(u, placed)

@@ -85,6 +85,7 @@ def _eigh_inverse_root_jvp(p, primals, tangents):
   """
   a, damping, relative_damping = primals
   da, d_damping, d_relative = tangents
+  da = (da + transpose(da)) / 2  # eigh reads the Hermitian part of A only
   v, lam, mu, kept, f = _eigh_spectrum(a, p, damping, relative_damping)
   out = matmul(v * f[..., None, :].astype(v.dtype), transpose(v))
   rotated = matmul(matmul(transpose(v), da), v)
@@ -200,5 +201,9 @@ def inverse_pth_root(
         f"root_method must be one of {ROOT_METHODS}, got {root_method!r}"
     )
   if root_method == "eigh":
-    return _eigh_inverse_root(matrix, p, damping, relative_damping)
+    # Integer ridges as floats: the root's custom JVP differentiates them
+    # (an integer's tangent is float0, which no arithmetic takes).
+    as_float = lambda d: d if jnp.issubdtype(jnp.result_type(d), jnp.inexact) else (
+        jnp.asarray(d, jnp.finfo(jnp.result_type(matrix)).dtype))
+    return _eigh_inverse_root(matrix, p, as_float(damping), as_float(relative_damping))
   return _newton_inverse_root(matrix, p, damping, relative_damping)

@@ -106,3 +106,23 @@ def test_the_eigh_roots_derivative_is_daleckii_krein_where_eigenvalues_repeat(ca
                                rtol=1e-6, atol=1e-9)
     np.testing.assert_allclose(d_relative, (ridge(0.1, 1e-2 + h) - ridge(0.1, 1e-2 - h)) / (2 * h),
                                rtol=1e-6, atol=1e-9)
+
+
+def test_the_roots_derivative_takes_integer_ridges_and_reads_the_hermitian_part():
+  """Integer dampings (``damping=0``) gave float0 tangents to the custom JVP
+  (a TypeError under jax.grad). eigh reads A's Hermitian part: the derivative
+  along an antisymmetric direction is 0 and the gradient is symmetric."""
+  import jax
+
+  rng = np.random.default_rng(1)
+  g = rng.standard_normal((5, 5))
+  with jax.enable_x64(True):
+    a = jnp.asarray(g @ g.T + np.eye(5))
+    weights = jnp.asarray(rng.standard_normal((5, 5)))
+    loss = lambda m, d: jnp.sum(gt.inverse_pth_root(m, 2, damping=d) * weights)
+    np.testing.assert_allclose(jax.grad(loss)(a, 1), jax.grad(loss)(a, 1.0), rtol=1e-12)
+    grad = jax.grad(loss)(a, 0)
+    np.testing.assert_allclose(grad, grad.T, atol=1e-12)
+    antisymmetric = jnp.asarray(g - g.T)
+    _, tangent = jax.jvp(lambda m: gt.inverse_pth_root(m, 2), (a,), (antisymmetric,))
+    np.testing.assert_allclose(tangent, 0.0, atol=1e-12)

@@ -3,8 +3,10 @@
 (Argument checks, zero gradients, jit and dtypes: tests/transforms/test_contract.py.)
 """
 
+import jax
 import jax.numpy as jnp
 import numpy as np
+import optax
 
 from gradtx import transforms as gt
 from tests.support import helpers
@@ -90,3 +92,18 @@ def test_an_injected_zero_tau_keeps_sign_zero_of_a_zero_gradient():
   np.testing.assert_array_equal(update, [1.0, 0.0, -1.0])
   soft = optax.inject_hyperparams(gt.scale_by_sign)(tau=0.5)
   np.testing.assert_allclose(soft.update(g, soft.init(g))[0], [0.8, 0.0, -3 / 3.5], rtol=1e-6)
+
+
+def test_lion_with_a_small_b2_keeps_the_reference_direction():
+  """The direction read from m_t, (β₁/β₂)m_t + ((β₂−β₁)/β₂)g, loses ~ε·β₁/β₂
+  to rounding: with β₂ < β₁ (0.9/0.01) it flipped signs. There the reference
+  form is kept: the same signs as optax.scale_by_lion."""
+  rng = np.random.default_rng(0)
+  ours, theirs = gt.scale_by_lion(0.9, 0.01), optax.scale_by_lion(0.9, 0.01)
+  params = jnp.zeros(20000)
+  s_ours, s_theirs = ours.init(params), theirs.init(params)
+  for _ in range(5):
+    g = jnp.asarray(rng.standard_normal(20000), jnp.float32)
+    u_ours, s_ours = jax.jit(ours.update)(g, s_ours)
+    u_theirs, s_theirs = jax.jit(theirs.update)(g, s_theirs)
+    np.testing.assert_array_equal(u_ours, u_theirs)
