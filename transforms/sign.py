@@ -129,7 +129,7 @@ def _sign_of_momentum(b1: float, b2: float, mu_dtype: Optional[Any],
         u = sign(m_used)
       elif _from_new_momentum(b1, b2) and not isinstance(m, quantize.QuantizedArray) and (
           m.dtype == dtype):
-        # β₁m + (1−β₁)g = (β₁/β₂)m_t + ((1−β₁) − β₁(1−β₂)/β₂)g: the direction
+        # β₁m + (1−β₁)g = (β₁/β₂)m_t + ((β₂−β₁)/β₂)g: the direction
         # read from m_t, so nothing reads the old m after the donated buffer
         # is overwritten (it was copied each step, as optax.lion's is).
         u = sign((b1 / b2) * m_used + ((b2 - b1) / b2) * g_)
