@@ -41,7 +41,8 @@ def adam(
     weight_decay: λ, the coupled L2 coefficient, >= 0, or a schedule.
     mask: which leaves get the decay (``optax.masked`` semantics).
     amsgrad: keep the running maximum of the second moment (as torch).
-    nesterov: the NAdam first moment.
+    nesterov: the NAdam first moment (Dozat 2016, as ``optax.nadam``; not
+      ``torch.optim.NAdam``, whose ``momentum_decay`` schedules β₁).
     mu_dtype: storage of the first moment (``gt.scale_by_adam``).
     nu_dtype: storage of the second moment.
 
@@ -98,7 +99,8 @@ def adamw(
       the sign of the weight (``gt.decoupled_weight_decay``; Chen et al.
       2025).
     amsgrad: keep the running maximum of the second moment (as torch).
-    nesterov: the NAdam first moment.
+    nesterov: the NAdam first moment (Dozat 2016, as ``optax.nadam``; not
+      ``torch.optim.NAdam``, whose ``momentum_decay`` schedules β₁).
     mu_dtype: storage of the first moment: ``None`` (the parameter's
       dtype), a dtype (e.g. ``jnp.bfloat16``), ``"int8"`` /
       ``gt.Int8Blocks(...)`` or ``gt.StochasticBfloat16()``.

@@ -46,7 +46,7 @@ def scale_by_learning_rate(
 
   def update_fn(updates, state, params=None):
     del params
-    step_size = sign * (learning_rate(state.count) if counts else learning_rate)
+    step_size = sign * _tree.resolve_schedule(learning_rate, state.count)
     updates = jax.tree.map(
         lambda g: (step_size * g).astype(g.dtype), updates
     )

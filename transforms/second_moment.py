@@ -75,7 +75,9 @@ def scale_by_adam(
     eps: added to the denominator outside the square root, >= 0.
     eps_root: added inside the square root, >= 0.
     amsgrad: keep the running maximum of the second moment (Reddi et al. 2018).
-    nesterov: use the Nesterov (NAdam) first moment.
+    nesterov: use the Nesterov (NAdam) first moment (Dozat 2016, as
+      ``optax.nadam``; ``torch.optim.NAdam`` also schedules β₁ by its
+      ``momentum_decay``, which is not implemented).
     mu_dtype: storage of the first moment: ``None`` (the parameter's dtype),
       a floating dtype, ``"int8"`` / ``gt.Int8Blocks(block_size, min_size)``
       (block-wise 8-bit codes) or ``gt.StochasticBfloat16()``.

@@ -90,7 +90,7 @@ def scale_by_trust_ratio(
       raise ValueError(
           "scale_by_trust_ratio needs params: update(u, state, params)")
     _validate.check_matching_shapes(updates, params, "scale_by_trust_ratio")
-    decay = weight_decay(state.count) if counts else weight_decay
+    decay = _tree.resolve_schedule(weight_decay, state.count)
     decayed = weight_decay_mask(mask, params)
 
     def leaf(u, p, decays):

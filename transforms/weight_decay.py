@@ -65,7 +65,7 @@ def _add_scaled_params(
           "weight decay needs the parameters: call update(updates, state,"
           " params)"
       )
-    decay = weight_decay(state.count) if counts else weight_decay
+    decay = _tree.resolve_schedule(weight_decay, state.count)
 
     def leaf(g, p):
       dtype = _tree.compute_dtype(g)

@@ -32,6 +32,14 @@ VECTOR_NAMES = ("bias", "scale")
 CONVOLUTION_PARTS = ("conv",)
 ATTENTION_OUTPUT_NAMES = ("out", "o_proj", "out_proj")
 EXPERT_PARTS = ("expert",)
+# The leaf names of kernels laid out (inputs, outputs): Flax's and Haiku's
+# (PyTorch's and Equinox's "weight" is (outputs, inputs)).
+IN_OUT_KERNEL_NAMES = ("kernel", "w")
+# Projections that narrow to a width nothing else takes without ending the
+# model: grouped-query keys and values, mixture-of-experts routers.
+NARROWING_PARTS = ("query", "key", "value", "q_proj", "k_proj", "v_proj", "kv", "qkv", "attn",
+                   "attention", "router", "gate")
+NARROWING_NAMES = ("q", "k", "v", "wq", "wk", "wv")
 
 
 def path_names(path: tuple) -> list[str]:
@@ -73,9 +81,15 @@ def enclosing_names(names: list[str]) -> list[str]:
   return [re.sub(r"_\d+$", "", n) for n in names if not n.isdigit()][:-2]
 
 
+def _ends_in_head(n: str) -> bool:
+  """``head``, ``lm_head``, Linen's ``Head_0`` / ``LMHead_0``; not an attention
+  module's ``multihead`` / ``multi_head``."""
+  n = re.sub(r"_\d+$", "", n)
+  return n.endswith("head") and not n.endswith(("multihead", "multi_head"))
+
+
 def _in_a_head(n: str) -> bool:
-  return ((n.endswith("head") and not n.endswith(("multihead", "multi_head")))
-          or any(t in OUTPUT_HEAD_PARTS for t in n.split("_")))
+  return _ends_in_head(n) or any(t in OUTPUT_HEAD_PARTS for t in n.split("_"))
 
 
 def _in_an_embedding(n: str) -> bool:
@@ -85,15 +99,26 @@ def _in_an_embedding(n: str) -> bool:
 
 def is_output_head(names: list[str]) -> bool:
   return any(
-      any(part in n for part in OUTPUT_HEAD_PARTS) or n.endswith("head")
+      (any(part in n for part in OUTPUT_HEAD_PARTS) and not n.startswith("pre"))
+      or _ends_in_head(n)
       for n in own_names(names)
   ) or any(map(_in_a_head, enclosing_names(names)))
+
+
+def _names_a_table(n: str) -> bool:
+  """An own name of an embedding: one containing ``EMBEDDING_PARTS``, but
+  ``position`` only as a word of its own (not ``position_wise_ffn``,
+  ``positional_mlp``)."""
+  tokens = n.split("_")
+  if any(part in n for part in EMBEDDING_PARTS if part != "position"):
+    return True
+  return any(t in ("position", "positions") for t in tokens) and "wise" not in tokens
 
 
 def is_embedding(names: list[str]) -> bool:
   own = own_names(names)
   return not is_output_head(names) and (
-      any(part in n for n in own for part in EMBEDDING_PARTS)
+      any(map(_names_a_table, own))
       or any(n in EMBEDDING_NAMES for n in own)
       or any(map(_in_an_embedding, enclosing_names(names))))
 
@@ -152,6 +177,64 @@ def head_candidates_by_shape(
         and not in_repeated_block(names[shared:]) and (shape[1], shape[0]) in tables):
       groups.setdefault((shape[1], shape[0]), []).append(i)
   return list(groups.values())
+
+
+def classifiers_by_shape(
+    leaves: list, embeddings: list, settled: list, named_heads: list,
+) -> list[int]:
+  """The indices of the unnamed classifier heads of a tree of ``(names, shape)``
+  pairs that holds no token embedding (``embeddings`` flags the embeddings)
+  and no output head (``named_heads`` flags those found by axis names or path
+  names); leaves whose role is ``settled`` are none.
+
+  A classifier head there is a 2-D kernel laid out (inputs, outputs)
+  (``IN_OUT_KERNEL_NAMES``: Flax's ``kernel``, Haiku's ``w``) outside repeated
+  blocks (``in_repeated_block``) that narrows, d -> k with k < d, from a
+  width another kernel gives to a width that no other leaf takes as its
+  inputs: the last layer of an MLP or a CNN (``Dense_1``, ``linear2``,
+  ``output``, 64 -> 10), fed by a layer and feeding none (a lone matrix is no
+  head). Not an attention or routing projection by name (``NARROWING_PARTS``:
+  grouped-query keys and values, a router narrow so too), and only where one
+  kernel is so (several outputs are left to their names). A tree with a token embedding is left to
+  ``head_candidates_by_shape`` (a tied head is no leaf, and a fused ``kv`` or
+  a router may narrow to a width nothing takes).
+  """
+  if any(named_heads) or any(
+      table and len(shape) == 2 and shape[0] != shape[1] and not is_position_table(names)
+      and not is_in_out_kernel(names)
+      for (names, shape), table in zip(leaves, embeddings)):
+    return []
+  shared = _shared_prefix([names for names, _ in leaves])
+  inputs, outputs = {}, {}
+  for i, (names, shape) in enumerate(leaves):
+    if len(shape) >= 2 and not is_vector(names):
+      for width in {shape[0], shape[-2], _product(shape[:-1])}:
+        inputs.setdefault(width, set()).add(i)
+      outputs.setdefault(shape[-1], set()).add(i)
+  found = [
+      i for i, ((names, shape), table, known) in enumerate(zip(leaves, embeddings, settled))
+      if len(shape) == 2 and is_in_out_kernel(names) and not table and not known
+      and not _narrows_inside(names) and shape[1] < shape[0]
+      and not in_repeated_block(names[shared:])
+      and not inputs.get(shape[1], set()) - {i} and outputs.get(shape[0], set()) - {i}]
+  return found if len(found) == 1 else []
+
+
+def _narrows_inside(names: list[str]) -> bool:
+  """An attention or routing projection (``NARROWING_PARTS``), by its own names."""
+  own = own_names(names)
+  return any(n in NARROWING_NAMES or any(p in n for p in NARROWING_PARTS) for n in own)
+
+
+def is_in_out_kernel(names: list[str]) -> bool:
+  return bool(names) and names[-1] in IN_OUT_KERNEL_NAMES
+
+
+def _product(shape: tuple) -> int:
+  n = 1
+  for s in shape:
+    n *= s
+  return n
 
 
 def _shared_prefix(paths: list) -> int:

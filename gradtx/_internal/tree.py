@@ -112,8 +112,15 @@ def is_complex(x: Any) -> bool:
 
 
 def resolve_schedule(value: Any, count: jax.Array) -> Any:
-  """Evaluates a schedule at ``count``; returns constants unchanged."""
-  return value(count) if callable(value) else value
+  """Evaluates a schedule at ``count``; returns constants unchanged.
+
+  The count is read at JAX's default integer width: int64 under
+  ``jax_enable_x64``, where optax's schedules then give float64 values (at
+  the stored int32 count they give float32 ones, 1e-8 off torch's in float64
+  runs), int32 otherwise (the same program)."""
+  if not callable(value):
+    return value
+  return value(jnp.asarray(count).astype(jax.dtypes.canonicalize_dtype(int)))
 
 
 def counted(state: Any) -> Any:

@@ -158,9 +158,19 @@ def _named_leaf(x: Any) -> Optional[tuple[tuple, tuple]]:
   return (tuple(shape), names) if any(role_of_axis(n) for n in names) else None
 
 
+def _is_box_or_variable(x: Any) -> bool:
+  return _is_box(x) or _tree.is_variable(x)
+
+
+def carries_metadata(tree: Any) -> bool:
+  """Whether ``tree`` holds NNX variables or Linen boxes: what they name
+  (``axis_names_of``, ``{}`` where nothing) is all the names it has."""
+  return any(map(_is_box_or_variable, jax.tree.leaves(tree, is_leaf=_is_box_or_variable)))
+
+
 def axis_names_of(tree: Any) -> dict:
   """``{leaf key: (shape, axis names)}`` of the leaves of ``tree`` that carry names."""
-  is_leaf = lambda x: _is_box(x) or _tree.is_variable(x)
+  is_leaf = _is_box_or_variable
   found = {}
   for path, x in jax.tree_util.tree_flatten_with_path(tree, is_leaf=is_leaf)[0]:
     named = _named_leaf(x)
@@ -209,7 +219,8 @@ def reading(tree: Any) -> Iterator[None]:
   shapes, or holding them) are what ``names_at`` answers in the ``with`` block."""
   found = axis_names_of(tree)
   kept = _KEPT.get()
-  if found:
+  own = bool(found) or carries_metadata(tree)  # variables without names name nothing
+  if own:
     signature = _signature(tree)
     _MET.pop(signature, None)  # the latest met is looked at first
     _MET[signature] = found
@@ -217,7 +228,7 @@ def reading(tree: Any) -> Iterator[None]:
     found = kept
   elif _MET:
     found = _names_met(_signature(tree))
-  with using(found if found or kept is not None else None):
+  with using(found if own or found or kept is not None else None):
     yield
 
 
@@ -257,7 +268,9 @@ def _init_keeping_names(tx: Any, own: dict, params: Any) -> Any:
   if _KEPT.get() is not None:
     return tx.init(params)
   signature = _signature(params)
-  found = axis_names_of(params) or (_names_met(signature) if _MET else None) or {}
+  found = axis_names_of(params)
+  if not found and _MET and not carries_metadata(params):
+    found = _names_met(signature) or {}
   kept = _memory(own)
   kept.pop(signature, None)  # the latest init is looked at first
   kept[signature] = found

@@ -171,16 +171,19 @@ def flax_matrix_view(path: tuple, leaf: Any, *, strict: bool = False) -> Optiona
       return None
     if reading.rows is not None:
       view = MatrixView(reading.rows, reading.cols, reading.batch)
-      first = next((a for a in range(len(shape)) if a not in reading.batch), None)
-      if (len(shape) - len(reading.batch) == 3
-          and _names.is_attention_output(_names.path_names(path))
-          and _axes.role_of_axis(axes[first]) == "embed"):
+      own = [a for a in range(len(shape)) if a not in reading.batch]
+      if (len(own) == 3 and _names.is_attention_output(_names.path_names(path))
+          and _axes.role_of_axis(axes[own[0]]) == "embed"):
+        # flax's MultiHeadAttention gives the output projection kernel_init's
+        # names (a query's) unless out_kernel_init is passed: its layout,
+        # (heads, head_dim, out), is taken.
+        view = MatrixView((own[0], own[1]), (own[2],), reading.batch)
         _warn(path, strict, (
             f"{_routing.leaf_key(path)} {shape}: an attention output kernel whose axis"
             f" names {axes} start with the model width, as a query's do: flax's"
             " MultiHeadAttention gives the output projection kernel_init's names"
-            " unless out_kernel_init is passed, so they may be wrong (its layout is"
-            " (heads, head_dim, out)). The names are followed; pass"
+            " unless out_kernel_init is passed. Its layout, (heads, head_dim, out),"
+            " is taken (one heads·head_dim x out matrix), not the names'; pass"
             " out_kernel_init=nnx.with_partitioning(init, (heads, kv, embed)) names."))
       return view
     if reading.batch:
@@ -188,6 +191,8 @@ def flax_matrix_view(path: tuple, leaf: Any, *, strict: bool = False) -> Optiona
   ndim = len(shape)
   names = _names.path_names(path)
   if ndim < 2 or _names.is_vector(names):
+    return None
+  if ndim > 2 and sum(n > 1 for n in shape) < 2:  # a vector kept with unit axes: ViT's cls token
     return None
   if ndim == 3 and any(n in _ATTENTION_INPUTS for n in names[:-1]):
     return MatrixView(rows=(0,), cols=(1, 2))
@@ -209,7 +214,9 @@ def flax_matrix_view(path: tuple, leaf: Any, *, strict: bool = False) -> Optiona
         " gt.MatrixView(rows=(0, 1, 2, 3), cols=(4,)) for it; for scanned layers"
         " name the axis ('layers') or pass matrix_view=gt.stacked_matrix_view()."),
         shape)
-  elif ndim > 2 and not settled:
+  elif ndim > 2 and not settled and not (_names.is_embedding(names)
+                                         or _names.is_output_head(names)):
+    # (the Muon family sends embeddings and heads to AdamW, the view unused)
     _guessed(path, shape, view, strict)
   return view
 
@@ -253,6 +260,15 @@ def _warn(path: tuple, strict: bool, message: str, shape: tuple = ()) -> None:
     warnings.warn(message, AmbiguousMatrixViewWarning, stacklevel=4)
 
 
+def _settled_by_names(path: tuple, shape: tuple) -> bool:
+  """Whether the axis names in use settle the leaf's matrices or stack axes."""
+  axes = _axes.names_at(path, shape)
+  if axes is None:
+    return False
+  reading = _axes.read(axes)
+  return reading.rows is not None or bool(reading.batch) or reading.role == "vector"
+
+
 def stacked_matrix_view(
     num_axes: int = 1, rule: MatrixViewRule = flax_matrix_view,
     where: Optional[Callable[[tuple, Any], bool]] = None,
@@ -264,13 +280,15 @@ def stacked_matrix_view(
   those axes, which become the view's ``batch``. Stacked leaves are those
   ``where(path, leaf)`` picks; by default every leaf with at least
   ``num_axes + 2`` axes (a stack of matrices). Every other leaf keeps the view
-  ``rule`` gives it: the model's ordinary 2-D kernels stay matrices.
+  ``rule`` gives it: the model's ordinary 2-D kernels stay matrices, and so
+  does a leaf whose axis names settle its matrices or its stack axes (an
+  expert stack named (layers, exp, embed, mlp)).
   """
 
   def stacked(path, leaf):
     shape = tuple(jnp.shape(leaf))
     is_stack = len(shape) >= num_axes + 2 if where is None else where(path, leaf)
-    if not is_stack:
+    if not is_stack or _settled_by_names(path, shape):
       return rule(path, leaf)
     if len(shape) <= num_axes:
       return None

@@ -52,7 +52,14 @@ def is_hidden_matrix(
      a token embedding (by 1. or 2.) of shape (vocab, d), vocab != d, whatever
      the kernel is called (Linen's ``Dense_2``); where several kernels have
      that shape, only one is the head (the nearest the root, then the last by
-     name) and the choice warns (``gt.AmbiguousMatrixViewWarning``).
+     name) and the choice warns (``gt.AmbiguousMatrixViewWarning``); in a
+     tree with no token embedding and no head found by 1. or 2. (a CNN, an
+     MLP), a 2-D ``kernel`` (Flax's, Haiku's ``w``: inputs × outputs) outside
+     repeated blocks that narrows d -> k, k < d, from a width another kernel
+     gives to a width no other leaf takes as its inputs is a classifier head
+     (``Dense_1``, ``linear2``: 64 -> 10), as Jordan (2024) leaves the
+     classifier to AdamW, where it is the only such kernel not named an
+     attention or routing projection (``k_proj``, ``router``).
 
   Everything else goes to AdamW; gt.describe shows where each leaf goes.
   Misrouting an embedding or head to Muon raises no error, only trains worse
@@ -95,6 +102,9 @@ def matrix_roles(params: Any, *, matrix_view: Optional[_matrix_view.MatrixViewRu
     settled = [role is not None or _names.is_output_head(n) for n, role in zip(names, axis_roles)]
     groups = _names.head_candidates_by_shape(shaped, embeddings, settled)
     heads = {_names.head_of(group, shaped) for group in groups}
+    named_heads = [role == "output_head" or (role is None and _names.is_output_head(n))
+                   for n, role in zip(names, axis_roles)]
+    heads.update(_names.classifiers_by_shape(shaped, embeddings, settled, named_heads))
     by_shape = [i in heads for i in range(len(flat))]
     for group in groups:
       if len(group) > 1:

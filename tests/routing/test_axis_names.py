@@ -221,6 +221,22 @@ def test_another_model_with_the_same_paths_and_shapes_leaves_an_optimizers_routi
   np.testing.assert_array_equal(run(build_another=True), run(build_another=False))
 
 
+def test_a_model_whose_variables_carry_no_names_reads_no_other_models_names():
+  """Model B's variables carry no axis names; model A, built first, has B's
+  paths and shapes and names B's proj an output head. B's proj was routed by
+  A's names (AdamW), silently: B's own variables say what B names (nothing)."""
+  with nnx.use_eager_sharding(False):
+    named = _Projected(("embed", "vocab"))
+  nnx.Optimizer(named, go.muon(0.02), wrt=nnx.Param)
+  plain = _Projected(None)
+  routing = {r.path: r.branch for r in gt.describe(go.muon(0.02), nnx.state(plain, nnx.Param))}
+  assert routing["['proj']['kernel']"] == "muon"
+  state = nnx.Optimizer(plain, go.muon(0.02), wrt=nnx.Param).opt_state
+  assert "proj" in state.inner_states["muon"].inner_state[0].mu
+  with axis_names.reading(nnx.state(plain, nnx.Param)):  # what a plain tree of B's reads next
+    assert _names_now(nnx.to_pure_dict(nnx.state(plain, nnx.Param))) is None
+
+
 def test_keeps_init_names_reads_no_names_where_init_read_none():
   """A plain tree at init (no names, none met) keeps reading none at update,
   whatever named tree with its paths and shapes is met in between."""

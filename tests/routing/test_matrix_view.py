@@ -341,14 +341,18 @@ def test_a_named_layout_with_more_axes_than_flaxs_is_a_guess(path, shape):
 def test_an_attention_output_named_like_a_query_warns():
   """flax's MultiHeadAttention gives its output projection kernel_init's axis
   names unless out_kernel_init is passed: (embed, heads, kv) on a (heads,
-  head_dim, out) kernel, which the names made a 4x128 matrix, silently."""
+  head_dim, out) kernel, which the names made a 4x128 matrix, silently; now
+  flax's layout is taken, with a warning."""
   init = nnx.with_partitioning(nnx.initializers.lecun_normal(), ("embed", "heads", "kv"))
   with nnx.use_eager_sharding(False):
     attention = nnx.MultiHeadAttention(num_heads=4, in_features=16, qkv_features=32,
                                        decode=False, kernel_init=init, rngs=nnx.Rngs(0))
     params = nnx.state(attention, nnx.Param)
   with pytest.warns(gt.AmbiguousMatrixViewWarning, match=r"\['out'\]\['kernel'\].*out_kernel_init"):
-    gt.describe(go.muon(0.1), params)
+    description = gt.describe(go.muon(0.1), params)
+  # flax's layout, (heads, head_dim, out), is taken: one 32 x 16 matrix (the
+  # names made it 4 x 128, an update 0.8 cos from Muon's).
+  assert description["['out']['kernel']"].matrices == (1, 32, 16)
   with pytest.raises(ValueError, match="out_kernel_init"):
     gt.describe(go.muon(0.1), params, strict=True)
   # A scanned stack of them: the layer axis first, then the same names.
@@ -356,7 +360,8 @@ def test_an_attention_output_named_like_a_query_warns():
     stacked = {"out": {"kernel": nnx.Param(jnp.zeros((3, 4, 8, 16)),
                                            out_sharding=("layers", "embed", "heads", "kv"))}}
     with pytest.warns(gt.AmbiguousMatrixViewWarning, match="out_kernel_init"):
-      gt.describe(go.muon(0.1), stacked)
+      description = gt.describe(go.muon(0.1), stacked)
+  assert description["['out']['kernel']"].matrices == (3, 32, 16)
 
 
 def test_a_5d_convolution_kernel_warns_with_the_rule_that_keeps_a_3d_convolution():
@@ -364,3 +369,18 @@ def test_a_5d_convolution_kernel_warns_with_the_rule_that_keeps_a_3d_convolution
   leaf = jax.ShapeDtypeStruct((3, 3, 3, 4, 8), jnp.float32)
   with pytest.warns(gt.AmbiguousMatrixViewWarning, match=r"MatrixView\(rows=\(0, 1, 2, 3\)"):
     assert gt.flax_matrix_view(keys, leaf).rows == (0, 1, 2, 3)
+
+
+def test_the_stacked_view_keeps_the_view_axis_names_give():
+  """``stacked_matrix_view()`` gave its inner rule the shape without the stack
+  axis and no names: an expert stack named (layers, exp, embed, mlp) became
+  one (experts·embed) x mlp matrix per layer, orthogonalized across experts."""
+  init = nnx.with_partitioning(nnx.initializers.lecun_normal(), ("layers", "exp", "embed", "mlp"))
+  with nnx.use_eager_sharding(False):
+    params = {"w_in": nnx.Param(init(jax.random.key(0), (3, 4, 32, 48))),
+              "up": nnx.Param(jnp.zeros((3, 32, 48)))}  # a stack without names
+  with warnings.catch_warnings():
+    warnings.simplefilter("ignore", gt.AmbiguousMatrixViewWarning)
+    description = gt.describe(go.muon(0.02, matrix_view=gt.stacked_matrix_view()), params)
+  assert description["['w_in']"].matrices == (12, 32, 48)
+  assert description["['up']"].matrices == (3, 32, 48)

@@ -8,6 +8,7 @@ import jax
 import jax.numpy as jnp
 import optax
 import pytest
+from flax import nnx
 
 from gradtx import optimizers as go
 from gradtx import transforms as gt
@@ -172,3 +173,106 @@ def test_a_head_or_embedding_module_still_routes_the_layers_inside_it():
   with warnings.catch_warnings():
     warnings.simplefilter("error")
     assert gt.matrix_roles(wrapped)["GPT_0"]["Dense_0"]["kernel"] == "output_head"
+
+
+class _CNN(nnx.Module):
+  """The Flax MNIST tutorial's shape at 8x8: two convolutions, two dense layers."""
+
+  def __init__(self, rngs):
+    self.conv1 = nnx.Conv(1, 16, kernel_size=(3, 3), rngs=rngs)
+    self.conv2 = nnx.Conv(16, 32, kernel_size=(3, 3), rngs=rngs)
+    self.linear1 = nnx.Linear(128, 64, rngs=rngs)
+    self.linear2 = nnx.Linear(64, 10, rngs=rngs)
+
+
+def _linen_mlp(widths):
+  zeros = lambda *shape: jnp.zeros(shape)
+  return {f"Dense_{i}": {"kernel": zeros(a, b), "bias": zeros(b)}
+          for i, (a, b) in enumerate(zip(widths, widths[1:]))}
+
+
+def test_an_unnamed_classifier_head_goes_to_adamw():
+  """A CNN's or an MLP's last layer (64 -> 10, 64 -> 2), named like any layer,
+  went to Muon with the hidden ones: it narrows from a width another layer
+  gives to one no layer takes, in a tree with no token embedding."""
+  cnn = nnx.state(_CNN(nnx.Rngs(0)), nnx.Param)
+  routing = {r.path: r.branch for r in gt.describe(go.muon(0.02), cnn)}
+  assert routing["['linear2']['kernel']"] == "adam"
+  assert [routing[f"['{k}']['kernel']"] for k in ("conv1", "conv2", "linear1")] == ["muon"] * 3
+  roles = gt.matrix_roles(_linen_mlp([30, 64, 64, 2]))
+  assert [roles[f"Dense_{i}"]["kernel"] for i in range(3)] == ["hidden", "hidden", "output_head"]
+
+
+@pytest.mark.parametrize("params, heads", [
+    ({"Dense_0": {"kernel": jnp.zeros((12, 5))}}, []),  # a lone matrix: no layer feeds it
+    (_linen_mlp([64, 128, 64]), []),  # it narrows to a width the first layer takes
+    (_linen_mlp([32, 64, 128]), []),  # it widens
+    (_linen_mlp([2, 64, 10]), ["Dense_1"]),
+], ids=["lone", "back-to-the-input-width", "widening", "mlp"])
+def test_a_kernel_is_a_classifier_head_only_where_it_ends_the_model(params, heads):
+  roles = gt.matrix_roles(params)
+  assert [k for k in roles if roles[k]["kernel"] == "output_head"] == heads
+
+
+def test_no_classifier_head_is_guessed_beside_a_token_embedding_or_a_named_head():
+  """A tied LM (no head leaf) keeps a narrowing fused kv projection on Muon; a
+  tree with a named head guesses no other."""
+  zeros = lambda *shape: jnp.zeros(shape)
+  tied = {"Embed_0": {"embedding": zeros(50, 64)}, "q": {"kernel": zeros(64, 64)},
+          "kv": {"kernel": zeros(64, 32)}, "Dense_0": {"kernel": zeros(64, 64)}}
+  assert gt.matrix_roles(tied)["kv"] == {"kernel": "hidden"}
+  named = {**_linen_mlp([30, 64, 64, 2]), "lm_head": {"kernel": zeros(64, 8)}}
+  assert gt.matrix_roles(named)["Dense_2"]["kernel"] == "hidden"
+
+
+def test_grouped_query_keys_and_a_router_are_no_classifier_heads():
+  """A set transformer with no token embedding: GQA keys and values (64 -> 16)
+  and a router (64 -> 4) narrow to widths nothing takes, like the regression
+  head (64 -> 1); only the head is one. With two unnamed heads, neither."""
+  zeros = lambda *shape: jnp.zeros(shape)
+  params = {"input_proj": {"kernel": zeros(12, 64)},
+            "attn": {"q_proj": {"kernel": zeros(64, 64)}, "k_proj": {"kernel": zeros(64, 16)},
+                     "v_proj": {"kernel": zeros(64, 16)}, "o_proj": {"kernel": zeros(64, 64)}},
+            "moe": {"router": {"kernel": zeros(64, 4)}},
+            "mlp": {"fc1": {"kernel": zeros(64, 256)}, "fc2": {"kernel": zeros(256, 64)}},
+            "out": {"kernel": zeros(64, 1)}}
+  roles = gt.matrix_roles(params)
+  assert {k: v["kernel"] for k, v in roles["attn"].items()} == dict.fromkeys(
+      ("q_proj", "k_proj", "v_proj", "o_proj"), "hidden")
+  assert roles["moe"]["router"]["kernel"] == "hidden" and roles["out"]["kernel"] == "output_head"
+  params["aux"] = {"kernel": zeros(64, 3)}  # two unnamed outputs: neither is guessed
+  roles = gt.matrix_roles(params)
+  assert roles["out"]["kernel"] == roles["aux"]["kernel"] == "hidden"
+
+
+def test_a_linen_head_module_that_owns_its_kernel_is_a_head():
+  """``Head_0/kernel`` (a Linen ``class Head(nn.Dense)``) went to Muon: only an
+  enclosing module's ``_N`` suffix was dropped."""
+  zeros = lambda *shape: jnp.zeros(shape)
+  params = {"Dense_0": {"kernel": zeros(16, 32)}, "Head_0": {"kernel": zeros(32, 32)},
+            "LMHead_0": {"kernel": zeros(32, 32)}, "MultiHead_0": {"kernel": zeros(32, 32)}}
+  roles = gt.matrix_roles(params)
+  assert roles["Head_0"] == roles["LMHead_0"] == {"kernel": "output_head"}
+  assert roles["MultiHead_0"] == {"kernel": "hidden"}
+
+
+def test_hidden_layers_whose_own_names_hold_a_table_or_head_word_stay_hidden():
+  """An NNX attribute ``position_wise_ffn`` or ``positional_mlp`` went to AdamW
+  as a position table, ViT's hidden ``pre_logits`` as a head (substrings of
+  their own names); ViT's (1, 1, D) class token went to Muon as a 1 x D
+  matrix; a ViT patch-embedding convolution warned that its view was a guess
+  though the routing never uses it."""
+  zeros = lambda *shape: jnp.zeros(shape)
+  params = {"block": {"position_wise_ffn": {"kernel": zeros(32, 128)},
+                      "positional_mlp": {"kernel": zeros(128, 32)}},
+            "pre_logits": {"kernel": zeros(32, 32)}, "cls": zeros(1, 1, 32),
+            "embedding": {"kernel": zeros(4, 4, 3, 32)}, "pos_embedding": zeros(1, 17, 32),
+            "head": {"kernel": zeros(32, 10)}}
+  with warnings.catch_warnings():
+    warnings.simplefilter("error", gt.AmbiguousMatrixViewWarning)
+    routing = {r.path: r.branch for r in gt.describe(go.muon(0.02), params)}
+  assert routing == {
+      "['block']['position_wise_ffn']['kernel']": "muon",
+      "['block']['positional_mlp']['kernel']": "muon", "['pre_logits']['kernel']": "muon",
+      "['cls']": "adam", "['embedding']['kernel']": "adam", "['pos_embedding']": "adam",
+      "['head']['kernel']": "adam"}
