@@ -102,6 +102,7 @@ def gradtx_optimizers(
       view = {"matrix_view": matrix_view} if matrix_view is not None and takes_view else {}
       return factory(LEARNING_RATE, **kwargs, **view)
 
+    make.factory = name
     return make
 
   return {
@@ -342,7 +343,10 @@ def run(parser, args, mesh) -> None:
     old_transforms, old_optimizers = revisions.at_revision(args.against)
     view = old_transforms.stacked_matrix_view() if args.scanned else None
     old = gradtx_optimizers(old_optimizers, view)
-    for name in [n for n in names if n in old]:  # optax's rows do not change
+    missing = [n for n in names if n in old and not hasattr(old_optimizers, old[n].factory)]
+    if missing:
+      print(f"not at {args.against} (rows left out): {', '.join(missing)}")
+    for name in [n for n in names if n in old and n not in missing]:  # optax's rows do not change
       OPTIMIZERS[f"{name} @{args.against}"] = old[name]
       names.append(f"{name} @{args.against}")
   layout = ("scanned: each kernel one leaf with a leading layer axis" if args.scanned

@@ -5,8 +5,12 @@ there (the mean over the last 10% of steps, ``char_lm.final_window``), AdamW
 tuned as every optimizer is: its best factor minimises the median over seeds
 of the final train loss. Given ``baseline_variants`` (registry names of AdamW
 with other hyper-parameters, e.g. ``adamw:wd=0``), AdamW is tuned over them
-too: the target is set by the best (variant, factor), and the AdamW column
-is that tuned baseline (its cell names the variant). An optimizer's steps to
+too: the target is set by the best (variant, factor) (the lowest median
+final loss). Every ratio's denominator, the AdamW column of the tuned
+ruleset and the ``tuned adamw`` column of the fixed one, is AdamW scored
+as every optimizer is under ``tuned``: the (variant, factor) that reaches
+that target in the fewest median steps (its cell names the variant); so
+the same runs read the same ratio under both rulesets. An optimizer's steps to
 the target: the first step at which its trailing-window train loss reaches it
 (``char_lm.steps_to_reach``); its wall-clock: those steps times the run's
 ms/step. Under the ``tuned`` ruleset an optimizer's factor is the one with
@@ -76,18 +80,19 @@ def summarize(runs: Sequence[dict], optimizers: Sequence[str], seeds: Sequence[i
               for f, rs in by_factor(runs, name, seeds).items()}
   best = min(baseline, key=lambda key: median(final_loss(r) for r in baseline[key]))
   targets = [final_loss(r) for r in baseline[best]]
+  tuned = _tuned_baseline(runs, (REFERENCE, *baseline_variants), seeds, targets)
   summary = {}
   for name in optimizers:
     candidates = by_factor(runs, name, seeds)
     if fixed is not None:
       candidates = {f: r for f, r in candidates.items() if f == fixed[name]}
     if name == REFERENCE and fixed is None:
-      summary[name] = _tuned_baseline(runs, (REFERENCE, *baseline_variants), seeds, targets)
+      summary[name] = tuned
     elif candidates:
       summary[name] = _entry(candidates, targets)
   if fixed is not None:
     # The ratios' denominator stays tuned AdamW, whatever factor AdamW is fixed at.
-    summary[TARGET] = {**_entry({best[1]: baseline[best]}, targets), "variant": best[0]}
+    summary[TARGET] = tuned
   return summary
 
 

@@ -109,3 +109,18 @@ def report_ambiguous(path: Sequence[Any], message: str) -> None:
   recorder = _RECORDER.get()
   if recorder is not None:
     recorder.ambiguous.setdefault(leaf_key(path), message)
+
+
+# The default ``leaf`` of a matrix-view rule: a rule called without one was
+# called as a schedule (``optax.inject_hyperparams`` calls every callable
+# hyperparameter not in ``static_args`` with the step count).
+NO_LEAF = object()
+
+
+def check_rule_call(rule: str, leaf: Any) -> None:
+  """Raises where the rule ``rule`` was called without a leaf."""
+  if leaf is NO_LEAF:
+    raise TypeError(
+        f"{rule} was called with one argument, as optax.inject_hyperparams calls a"
+        " schedule: a matrix-view rule takes (path, leaf). List it in static_args:"
+        " optax.inject_hyperparams(factory, static_args=('matrix_view',)).")

@@ -355,9 +355,11 @@ class AxisNamesMatrixView:
     self.axis_names = axis_names_of(params)
     self.rule = rule
 
-  def __call__(self, path: tuple, leaf: Any):
+  def __call__(self, path: tuple, leaf: Any = _routing.NO_LEAF):
     # Imported here: matrix_view imports this module.
     from gradtx.routing import matrix_view
+
+    _routing.check_rule_call("gt.matrix_view_from_axes(...)", leaf)
 
     with using(self.axis_names):
       return (self.rule or matrix_view.flax_matrix_view)(path, leaf)

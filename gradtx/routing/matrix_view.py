@@ -136,7 +136,8 @@ class AmbiguousMatrixViewWarning(UserWarning):
 _WARNED: set = set()
 
 
-def flax_matrix_view(path: tuple, leaf: Any, *, strict: bool = False) -> Optional[MatrixView]:
+def flax_matrix_view(path: tuple, leaf: Any = _routing.NO_LEAF, *,
+                     strict: bool = False) -> Optional[MatrixView]:
   """The default matrix view of a leaf, from its axis names, key path and shape.
 
   First the leaf's Flax axis names, where the transform can see them
@@ -163,6 +164,7 @@ def flax_matrix_view(path: tuple, leaf: Any, *, strict: bool = False) -> Optiona
   Returns:
     The leaf's ``MatrixView``, or ``None``.
   """
+  _routing.check_rule_call("gt.flax_matrix_view", leaf)
   shape = tuple(jnp.shape(leaf))
   axes = _axes.names_at(path, shape)
   if axes is not None:
@@ -285,7 +287,8 @@ def stacked_matrix_view(
   expert stack named (layers, exp, embed, mlp)).
   """
 
-  def stacked(path, leaf):
+  def stacked(path, leaf=_routing.NO_LEAF):
+    _routing.check_rule_call("gt.stacked_matrix_view()", leaf)
     shape = tuple(jnp.shape(leaf))
     is_stack = len(shape) >= num_axes + 2 if where is None else where(path, leaf)
     if not is_stack or _settled_by_names(path, shape):
@@ -320,7 +323,8 @@ def fused_qkv_matrix_view(
   if not isinstance(num_parts, int) or num_parts < 1:
     raise ValueError(f"num_parts must be an integer >= 1, got {num_parts!r}")
 
-  def fused(path, leaf):
+  def fused(path, leaf=_routing.NO_LEAF):
+    _routing.check_rule_call("gt.fused_qkv_matrix_view()", leaf)
     view = rule(path, leaf)
     if view is None or not _names.is_fused_qkv(_names.path_names(path)):
       return view

@@ -199,6 +199,24 @@ def test_the_fixed_ruleset_divides_by_tuned_adamw_not_by_its_fixed_adamw():
   assert "not reached @2" in text and f"{ratio:.2f}×" in text and "nan" not in text
 
 
+def test_the_same_runs_read_the_same_ratio_under_both_rulesets():
+  """AdamW at 2x ends higher (1.02, not the target) but reaches the 1x run's
+  target (1.0 in the trailing window) before it: both rulesets divide by the
+  fastest AdamW to the target, so muon's ratio is the same in both tables (the
+  fixed one divided by the target-setting run: 0.78x tuned, 0.71x fixed on the
+  committed stdlib_lm runs)."""
+  fast = {"train_loss": np.r_[np.linspace(2, 0.98, 6), [0.99, 1.0, 1.01, 1.02]].tolist(),
+          "ms_per_step": 2.0, "eval_loss": [1.0], "eval_accuracy": [0.5]}
+  runs = [{"optimizer": "adamw", "factor": 1.0, "seed": 0, **_ramp(1.0)},
+          {"optimizer": "adamw", "factor": 2.0, "seed": 0, **fast},
+          {"optimizer": "muon", "factor": 1.0, "seed": 0, **_ramp(0.5)}]
+  tuned = scoring.summarize(runs, ["adamw", "muon"], [0])
+  fixed = scoring.summarize(runs, ["adamw", "muon"], [0], fixed={"adamw": 1.0, "muon": 1.0})
+  assert tuned["adamw"]["factor"] == fixed[scoring.TARGET]["factor"] == 2.0
+  assert fixed[scoring.TARGET]["steps"] == tuned["adamw"]["steps"]
+  assert fixed[scoring.TARGET]["steps"][0] < fixed["adamw"]["steps"][0]
+
+
 def test_a_baseline_variant_with_a_lower_final_loss_sets_the_target():
   """AdamW tuned over a variant too: adamw:wd=0 ends lower, so its final loss is
   the target, AdamW's column is that variant, and the others' ratios (tuned and

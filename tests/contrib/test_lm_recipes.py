@@ -9,6 +9,7 @@ import optax
 
 from gradtx import contrib
 from gradtx import optimizers as go
+from tests.oracles import runners
 
 
 def test_adamuon_lm_is_adamuon_at_its_ratios():
@@ -37,7 +38,7 @@ def test_adamuon_lm_is_adamuon_at_its_ratios():
 
   everything = list(params)
   ours = run(contrib.adamuon_lm(schedule), everything)
-  rate = lambda k: (lambda count: k * schedule(count))
+  rate = lambda k: runners.at_int64_counts(lambda count: k * schedule(count))
   matrix = run(go.adamuon(schedule, method="gram"), ["block"])
   side = run(optax.adamw(rate(1.5), b2=0.99, weight_decay=0.0), ["head", "bias"])
   embedding = run(optax.adamw(rate(15.0), b2=0.99, weight_decay=0.0), ["embed"])

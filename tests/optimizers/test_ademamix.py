@@ -23,8 +23,10 @@ def test_optimizer_matches_optax_contrib_with_schedules(weight_decay):
                 weight_decay=weight_decay, mask=mask)
   lr = optax.cosine_decay_schedule(0.05, STEPS)
   ours = runners.run_gradtx(go.ademamix(lr, **kwargs), PROBLEM.params0, PROBLEM.grad, STEPS)
-  theirs = runners.run_gradtx(optax.contrib.ademamix(lr, **kwargs),
-                              PROBLEM.params0, PROBLEM.grad, STEPS)
+  at_int64 = runners.at_int64_counts  # gradtx's float64 rates under x64
+  theirs = runners.run_gradtx(
+      optax.contrib.ademamix(at_int64(lr), **{**kwargs, "alpha": at_int64(kwargs["alpha"])}),
+      PROBLEM.params0, PROBLEM.grad, STEPS)
   runners.assert_trajectories_close(ours, theirs, 1e-12)
 
 

@@ -14,6 +14,13 @@ import optax
 from tests.oracles.problems import GradFn, MlpProblem, Params, Trajectory, copy_params, float64_of
 
 
+def at_int64_counts(schedule: Callable) -> Callable:
+  """``schedule`` read at an int64 step count, as gradtx reads schedules under
+  ``jax_enable_x64``: optax reads them at its int32 count, where its
+  schedules give float32 values (1e-8 from the float64 rates)."""
+  return lambda count: schedule(jnp.asarray(count).astype(jnp.int64))
+
+
 def run_gradtx(
     tx: optax.GradientTransformation,
     params0: Params,
