@@ -155,7 +155,8 @@ def _version(package: str) -> str:
     return "absent"
 
 
-def _git_revision() -> str:
+def git_revision() -> str:
+  """The checkout's commit (short), with " with uncommitted changes" if dirty."""
   try:
     run = lambda *args: subprocess.run(
         ["git", *args], cwd=ROOT, capture_output=True, text=True, check=True).stdout
@@ -191,7 +192,7 @@ def machine_banner(*, packages: Sequence[str] = ()) -> str:
   now = datetime.datetime.now(datetime.timezone.utc).strftime("%Y-%m-%d %H:%M UTC")
   return "\n".join([
       f"command: {_command()}",
-      f"when: {now}; gradtx at {_git_revision()}",
+      f"when: {now}; gradtx at {git_revision()}",
       f"cpu: {_cpu_model()}, {os.cpu_count()} cores, {ram:.1f} GiB RAM;"
       f" load average {load_average()} (1/5/15 min)",
       f"versions: {versions}",

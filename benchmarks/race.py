@@ -72,7 +72,7 @@ def race_runs(config: char_lm.Config, train_tokens, val_tokens, optimizers: Regi
                             {label: variant(name, f, registry=optimizers)})
       run = {"seed": seed, "label": label, "train_loss": r["train_loss"],
              "val_loss": r["val_loss"], "ms_per_step": r["ms_per_step"],
-             "settings": run_settings(config)}
+             "settings": run_settings(config), "revision": harness.git_revision()}
       runs[seed][label] = run
       with cache.open("a") as out:
         out.write(json.dumps(run) + "\n")
@@ -153,6 +153,15 @@ def race_summary(runs: dict, names: Sequence[str], steps: int,
   return summary
 
 
+def factors_run(runs: dict, names: Sequence[str]) -> str:
+  """The factors each of ``names`` was run at on every seed, in words: a run
+  file resumed with other ``--lr-factors`` holds more than this command's."""
+  def on_every_seed(name):
+    return [f for f in _factors_of(runs, name)
+            if all(run_label(name, f) in by_label for by_label in runs.values())]
+  return "; ".join(f"{name} {'/'.join(f'{f:g}' for f in on_every_seed(name))}x" for name in names)
+
+
 def _factors_of(runs: dict, name: str) -> list[float]:
   """The lr factors ``name`` was run at (labels ``name`` and ``name@{f}x``)."""
   factors = set()
@@ -227,7 +236,8 @@ def race(config: char_lm.Config, train_tokens, val_tokens, optimizers: Registry)
   summary = race_summary(runs, names, config.steps)
   table = race_table(summary, config.steps)
   header = (f"d_model {config.d_model}, {config.num_layers} layers, {config.steps} steps,"
-            f" lr factors {list(config.lr_factors)}, seeds {list(config.seeds)}\n\n")
+            f" lr factors {list(config.lr_factors)}, seeds {list(config.seeds)}; each best lr"
+            f" among the factors run on every seed ({factors_run(runs, names)})\n\n")
   print(f"\n{header}{table}")
   config.out.mkdir(parents=True, exist_ok=True)
   (config.out / "char_lm_race.md").write_text(header + table + "\n")

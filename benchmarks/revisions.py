@@ -16,10 +16,12 @@ revision's ``isinstance`` checks do not know).
                   "after": stepper(go.muon(0.02), ...)}
 """
 
+import atexit
 import importlib
 import io
 import pathlib
 import re
+import shutil
 import subprocess
 import sys
 import tarfile
@@ -48,6 +50,7 @@ def _extract(revision: str) -> tuple[str, str]:
                 *(d for d in _PACKAGE_DIRS if d in present))
   safe = re.sub(r"\W", "_", revision)
   folder = tempfile.mkdtemp(prefix=f"gradtx-{safe}-")
+  atexit.register(shutil.rmtree, folder, ignore_errors=True)  # kept while the process runs
   package = re.sub(r"\W", "_", f"gradtx_at_{safe}_{pathlib.Path(folder).name[-8:]}")
   with tarfile.open(fileobj=io.BytesIO(archive)) as tar:
     for member in tar.getmembers():

@@ -189,6 +189,30 @@ def test_uncommitted_gradients_step_like_committed_ones_without_set_mesh(name):
       np.testing.assert_allclose(u, e, rtol=1e-6, atol=1e-7)
       assert u.sharding.is_equivalent_to(p.sharding, u.ndim), (u.sharding, p.sharding)
 
+@pytest.mark.parametrize("factory, static_args", [
+    (go.muon, ()), (go.adamuon, ()), (go.normuon, ()), (go.dion, ("rank",)),
+    (go.shampoo, ("block_size", "max_precondition_dim")),
+], ids=["muon", "adamuon", "normuon", "dion", "shampoo"])
+def test_injected_hyperparameters_step_on_an_explicit_mesh(factory, static_args):
+  """``optax.inject_hyperparams`` traces the hyperparameters; the per-device
+  programs (shard_map, auto_axes) closed over them and were refused on
+  Explicit axes (NotImplementedError, or a mesh mismatch for Dion). They now
+  enter as arguments: the sharded step is the one-device one."""
+  mesh = make_mesh(jax.sharding.AxisType.Explicit, shape=(8,), names=("d",))
+  tx = optax.inject_hyperparams(factory, static_args=static_args)(learning_rate=0.02)
+  rng = np.random.default_rng(0)
+  host = {"w": rng.standard_normal((64, 32)).astype(np.float32),
+          "b": np.zeros(32, np.float32)}
+  expected, _ = jax.jit(tx.update)(host, tx.init(host), host)
+  with jax.set_mesh(mesh):
+    params = jax.device_put(host, {"w": NamedSharding(mesh, P("d")),
+                                   "b": NamedSharding(mesh, P())})
+    state = jax.jit(tx.init, out_shardings=gt.state_shardings(tx, params))(params)
+    updates, _ = jax.jit(tx.update)(params, state, params)
+  for u, e in zip(jax.tree.leaves(updates), jax.tree.leaves(expected)):
+    np.testing.assert_allclose(u, e, rtol=1e-5, atol=1e-6)
+
+
 @pytest.mark.parametrize("case", CASES + STRUCTURED, ids=lambda c: c.name)
 def test_jit_init_on_an_explicit_mesh_gives_the_helpers_layout(case):
   """Inside ``jax.set_mesh`` a plain ``jax.jit(tx.init)`` needs no

@@ -268,11 +268,12 @@ def kronecker_precondition(
     return KroneckerPreconditionState(jnp.zeros([], jnp.int32), **sides, diag_stats=diag)
 
   def root(stats, old, p, owners):
+    traced = _tree.traced_hyperparameters(damping=damping, relative_damping=relative_damping)
+    dampings = lambda hyper: {"damping": damping, "relative_damping": relative_damping, **hyper}
     new = owners.on_owners(
-        lambda s: inverse_pth_root(
-            s, p, root_method=root_method, damping=damping,
-            relative_damping=relative_damping),
-        stats)
+        lambda s, *hyper: inverse_pth_root(
+            s, p, root_method=root_method, **dampings(hyper[0] if hyper else {})),
+        stats, shared=traced or None)
     # A root that fails on finite statistics (an ill-conditioned eigh or
     # Newton run) is discarded; statistics a non-finite gradient reached give
     # a non-finite root, not a silently stale one.
@@ -312,17 +313,18 @@ def kronecker_precondition(
         state.left_stats, state.right_stats, state.left_root, state.right_root))
     stacks = owners.stack()
 
-    def accumulate(g, x, left, right):
+    def accumulate(g, x, left, right, decay=beta):  # a traced β comes as an argument
       x = block_stacks.matrix_blocks(x, group_blocks[g.name])
       if left is not None:
-        left = beta * left + matmul(x, transpose(x))
+        left = decay * left + matmul(x, transpose(x))
       if right is not None:
-        right = beta * right + matmul(transpose(x), x)
+        right = decay * right + matmul(transpose(x), x)
       return left, right
 
     left, right = {}, {}
     for g, (l_new, r_new) in zip(owners.groups, owners.map(
-        accumulate, stacks, left_stats, right_stats)):
+        accumulate, stacks, left_stats, right_stats,
+        shared=beta if isinstance(beta, jax.Array) else None)):
       if g.left:
         left[g.name] = l_new
       if g.right:

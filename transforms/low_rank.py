@@ -282,11 +282,14 @@ def orthogonalize_low_rank(
   def leaf(g, view, basis, residual, seed):
     if view is None:
       return g, basis, residual
+    # Traced hyperparameters enter as arguments: Explicit-typed closures are refused.
+    traced = _tree.traced_hyperparameters(power_iters=power_iters, eps=eps, momentum=momentum)
     return _sharding.in_auto_axes(
-        lambda *a: on_matrices(*a, view), g, basis, residual, seed,
+        lambda *a: on_matrices(*a, view), g, basis, residual, seed, traced,
         like=(g, basis, residual))
 
-  def on_matrices(g, basis, residual, seed, view):
+  def on_matrices(g, basis, residual, seed, hyper, view):
+    hyper = {"power_iters": power_iters, "eps": eps, "momentum": momentum, **hyper}
     if error_feedback:
       quantized = isinstance(residual, quantize.QuantizedArray)
       dtype = jnp.promote_types(jnp.float32 if quantized else residual.dtype, g.dtype)
@@ -295,12 +298,12 @@ def orthogonalize_low_rank(
       b = g
     matrices = _sharding.gather(view.to_matrices(b))
     u, basis, low_rank = low_rank_orthogonalize(
-        matrices, basis, power_iters=power_iters, orthonormalize=orthonormalize,
-        eps=eps)
+        matrices, basis, power_iters=hyper["power_iters"], orthonormalize=orthonormalize,
+        eps=hyper["eps"])
     u = _sharding.reshard_like(view.from_matrices(u, g.shape).astype(g.dtype), g)
     if error_feedback:
       low_rank = view.from_matrices(low_rank, b.shape)
-      new = b - (1 - momentum) * low_rank
+      new = b - (1 - hyper["momentum"]) * low_rank
       if state_format.is_quantized(mu_format):  # blocks hold finite values
         new = jnp.where(jnp.isfinite(new), new, 0)
       residual = state_format.store(new, residual, mu_format, seed)

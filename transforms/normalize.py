@@ -134,26 +134,28 @@ def normalize_by_second_moment(
     views = jax.tree.structure(_tree.unwrap_variables(updates)).unflatten(
         _matrix_view.views_of(updates, matrix_view))
     seeds = state_format.maybe_rounding_seeds(updates, count, nu_format)
+    traced = _tree.traced_hyperparameters(b2=b2, eps=eps)
 
     def leaf(u, nu, seed, view):
       if view is None:
         return u, nu
       # Traced values enter as arguments: Explicit-typed closures are refused.
       return _sharding.in_auto_axes(
-          lambda *a: on_matrices(*a, view), u, nu, seed, count, like=(u, nu))
+          lambda *a: on_matrices(*a, view), u, nu, seed, count, traced, like=(u, nu))
 
-    def on_matrices(u, nu, seed, count, view):
+    def on_matrices(u, nu, seed, count, hyper, view):
+      decay, floor = hyper.get("b2", b2), hyper.get("eps", eps)
       dtype = _tree.compute_dtype(u)
       m = view.to_matrices(u.astype(dtype))
       previous = (view.to_matrices(state_format.load(nu, _tree.real_dtype(dtype)))
                   if elementwise else nu)
-      nu_new = b2 * previous + (1 - b2) * _statistic(_tree.abs_sq(m), granularity)
-      nu_hat = nu_new / _tree.bias_correction(b2, count, dtype) if debias else nu_new
-      out = m / (_tree.root(nu_hat) + eps)
+      nu_new = decay * previous + (1 - decay) * _statistic(_tree.abs_sq(m), granularity)
+      nu_hat = nu_new / _tree.bias_correction(decay, count, dtype) if debias else nu_new
+      out = m / (_tree.root(nu_hat) + floor)
       if renormalize is not None:
         target = (frobenius_norms(m) if renormalize == "input"
                   else math.sqrt(min(m.shape[-2:])))
-        out = out * (target / (frobenius_norms(out) + eps))
+        out = out * (target / (frobenius_norms(out) + floor))
       out = view.from_matrices(out, u.shape).astype(u.dtype)
       if elementwise:
         nu_new = state_format.store(view.from_matrices(nu_new, u.shape), nu, nu_format, seed)

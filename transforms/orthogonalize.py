@@ -206,7 +206,8 @@ def newton_schulz(
 
 
 def map_matrices(
-    fn, updates: Any, matrix_view: Optional[MatrixViewRule], *, stack: bool = True
+    fn, updates: Any, matrix_view: Optional[MatrixViewRule], *, stack: bool = True,
+    shared: Any = None,
 ) -> Any:
   """``fn`` of every matrix of every leaf's view; leaves without one pass through.
 
@@ -216,19 +217,34 @@ def map_matrices(
   program does not grow with the number of same-shape leaves; on a mesh
   (``block_stacks``) each stack is split over the devices and every matrix is
   computed whole, once, on its owner, with no collective inside ``fn``.
-  Without ``stack``, off a mesh, each leaf is its own call.
+  Without ``stack``, off a mesh, each leaf is its own call. ``shared``: arrays
+  (traced hyperparameters) given to ``fn`` as its second argument,
+  ``fn(matrices, shared)``, rather than closed over (which a mesh's
+  per-device program refuses on Explicit axes).
   """
+  if shared is None:
+    return _map_matrices(lambda m, _: fn(m), updates, matrix_view, stack, None)
+  return _map_matrices(fn, updates, matrix_view, stack, shared)
+
+
+def _map_matrices(fn, updates: Any, matrix_view: Optional[MatrixViewRule], stack: bool,
+                  shared: Any) -> Any:
   leaves, treedef = jax.tree.flatten(updates)
   layouts = [block_stacks.block_layout(view, x.shape)
              for view, x in zip(_matrix_view.views_of(updates, matrix_view), leaves)]
   if not stack and block_stacks.owner_mesh(leaves) is None:
     out = [x if layout is None else block_stacks.from_blocks(
-        block_stacks.map_stack(fn, block_stacks.to_blocks(x, layout)), layout,
-        x.shape).astype(x.dtype) for x, layout in zip(leaves, layouts)]
+        block_stacks.map_stack(lambda m: fn(m, shared), block_stacks.to_blocks(x, layout)),
+        layout, x.shape).astype(x.dtype) for x, layout in zip(leaves, layouts)]
     return treedef.unflatten(out)
   # An expert stack already split over its axis stays where it is.
   plan = block_stacks.OwnerPlan.build(leaves, layouts, keep_split=True)
-  results = plan.map(lambda _, s: block_stacks.map_stack(fn, s), plan.stack())
+  if shared is None:
+    results = plan.map(lambda _, s: block_stacks.map_stack(lambda m: fn(m, None), s),
+                       plan.stack())
+  else:
+    results = plan.map(lambda _, s, h: block_stacks.map_stack(lambda m: fn(m, h), s),
+                       plan.stack(), shared=shared)
   out = plan.unstack(results, alike=True)
   return treedef.unflatten([x if o is None else o for x, o in zip(leaves, out)])
 
@@ -304,16 +320,20 @@ def orthogonalize_newton_schulz(
   coefficient_schedule(coefficients, 1)  # validates
   newton_schulz(jnp.zeros((1, 1)), 1, coefficients, method=method)  # validates
 
-  def orthogonalize(matrices):
+  # Traced hyperparameters (inject_hyperparams) reach the matrices as arguments.
+  traced = {k: v for k, v in (("ns_steps", ns_steps), ("eps", eps)) if isinstance(v, jax.Array)}
+
+  def orthogonalize(matrices, hyper):
+    hyper = {"ns_steps": ns_steps, "eps": eps, **(hyper or {})}
     return newton_schulz(
-        matrices, ns_steps, coefficients, eps=eps, compute_dtype=compute_dtype,
-        method=method,
+        matrices, hyper["ns_steps"], coefficients, eps=hyper["eps"],
+        compute_dtype=compute_dtype, method=method,
     )
 
   def update_fn(updates, state, params=None):
     _validate.check_matching_shapes(updates, params, "orthogonalize_newton_schulz")
-    return map_matrices(orthogonalize, updates, matrix_view,
-                        stack=batch_same_shape), state
+    return map_matrices(orthogonalize, updates, matrix_view, stack=batch_same_shape,
+                        shared=traced), state
 
   return keeps_init_names(optax.GradientTransformation(lambda _: optax.EmptyState(), update_fn))
 
@@ -351,19 +371,23 @@ def clip_singular_values(
   _validate.check_non_negative("max_value", max_value)
   _validate.check_ordered("min_value", min_value, "max_value", max_value)
 
-  def clip(matrices):
+  traced = {k: v for k, v in (("min_value", min_value), ("max_value", max_value))
+            if isinstance(v, jax.Array)}  # as arguments on a mesh (inject_hyperparams)
+
+  def clip(matrices, bounds):
+    bounds = {"min_value": min_value, "max_value": max_value, **(bounds or {})}
     x = matrices.astype(jnp.promote_types(matrices.dtype, jnp.float32))
     # LAPACK's SVD of a matrix holding ±inf never returns on CPU (jax 0.10):
     # such a matrix is decomposed as zeros and comes out NaN.
     finite = jnp.all(jnp.isfinite(x), axis=(-2, -1), keepdims=True)
     left, sigma, right_h = unbatched_on_cpu(
         lambda a: jnp.linalg.svd(a, full_matrices=False), jnp.where(finite, x, 0))
-    sigma = jnp.clip(sigma, min_value, max_value).astype(x.dtype)
+    sigma = jnp.clip(sigma, bounds["min_value"], bounds["max_value"]).astype(x.dtype)
     clipped = (left * sigma[..., None, :]) @ right_h
     return jnp.where(finite, clipped, jnp.nan).astype(matrices.dtype)
 
   def update_fn(updates, state, params=None):
     _validate.check_matching_shapes(updates, params, "clip_singular_values")
-    return map_matrices(clip, updates, matrix_view), state
+    return map_matrices(clip, updates, matrix_view, shared=traced), state
 
   return keeps_init_names(optax.GradientTransformation(lambda _: optax.EmptyState(), update_fn))

@@ -1,7 +1,7 @@
 """A small CNN on scikit-learn's handwritten digits (8x8, ships with scikit-learn).
 
 ``sklearn.datasets.load_digits``: 1,797 grey 8x8 images of the digits 0-9,
-pixels scaled to [0, 1]; a fixed shuffled 20% held out (359 images). The
+pixels scaled to [0, 1]; a fixed shuffled 20% held out (360 images). The
 model, the Flax MNIST tutorial's shape at 8x8: ``nnx.Conv`` 16 and 32
 channels (3x3) with ReLU and 2x2 average pooling, ``nnx.Linear`` 128 -> 64 ->
 10. Batch 64, 300 steps (about 13 epochs). Targets: train cross-entropy,

@@ -29,7 +29,7 @@ import json
 import os
 import pathlib
 import warnings
-from typing import Optional, Sequence
+from typing import Iterable, Optional, Sequence
 
 import tqdm
 
@@ -110,6 +110,9 @@ def check(parser: argparse.ArgumentParser, args: argparse.Namespace, items: list
                          ("--workloads", args.workloads), ("--schedules", args.schedules)):
     if not values:
       parser.error(f"{option} is empty")
+  if scoring.REFERENCE not in args.optimizers:
+    parser.error(f"--optimizers must include {scoring.REFERENCE}: it sets every workload's"
+                 " target and every ratio's denominator (its column is the tuned baseline)")
   with_factor = [f"{n}@{f:g}x" for n, f in items if f is not None]
   if args.ruleset == "tuned" and with_factor:
     parser.error(f"{', '.join(with_factor)}: a name@Fx factor is the fixed ruleset's"
@@ -160,6 +163,7 @@ def load_runs(path: pathlib.Path) -> dict[tuple, dict]:
 def execute(todo: list[dict], workloads: dict, path: pathlib.Path, eval_every: int) -> None:
   """Runs ``todo``, appending each finished run to ``path``."""
   bar = tqdm.tqdm(todo, desc="suite", unit="run")
+  revision = harness.git_revision() if todo else None
   for plan in bar:
     bar.set_postfix_str(f"{plan['workload']} {plan['schedule']} {plan['optimizer']}"
                         f"@{plan['factor']:g}x seed {plan['seed']}")
@@ -172,9 +176,20 @@ def execute(todo: list[dict], workloads: dict, path: pathlib.Path, eval_every: i
     view = workload.matrix_view is not None and suite_train.takes_keywords(plan["optimizer"])
     record = {**plan, **result, "matrix_view": "workload's" if view else "entry's default",
               "warnings": sorted({str(w.message)[:200] for w in caught}),
-              "load_average": os.getloadavg()[0]}
+              "load_average": os.getloadavg()[0], "revision": revision}
     with path.open("a") as out:
       out.write(json.dumps(record) + "\n")
+
+
+def warn_of_other_revisions(runs: Iterable[dict], revision: str) -> None:
+  """Warns when the runs found were made by other code than ``revision``'s: a
+  table over them and the new runs mixes two libraries (a routing change
+  moves an optimizer's curves, not AdamW's)."""
+  others = sorted({run.get("revision") or "unrecorded" for run in runs} - {revision})
+  if others:
+    warnings.warn(f"the runs found were made at {', '.join(others)}, the new ones at {revision}:"
+                  " the tables score them together (give another --out to keep them apart)",
+                  stacklevel=2)
 
 
 def report(args: argparse.Namespace, runs: dict, workloads: dict) -> dict:
@@ -193,6 +208,9 @@ def report(args: argparse.Namespace, runs: dict, workloads: dict) -> dict:
       summary = scoring.summarize(chosen, names, args.seeds, fixed, args.baseline_variants)
       if summary:
         summaries[workload] = summary
+      else:
+        print(f"{workload}, {schedule}: not scored, AdamW has no runs on every seed"
+              f" {list(args.seeds)} at one factor in {args.out / 'runs.jsonl'}")
     if not summaries:
       continue
     stem = f"{args.ruleset}_{schedule}"
@@ -245,6 +263,8 @@ def main(argv: Optional[Sequence[str]] = None) -> dict:
     todo = []
   print(f"{len(todo)} runs to do, {len(finished)} found in {path};"
         f" load average {os.getloadavg()[0]:.1f} on {os.cpu_count()} cores")
+  if todo:
+    warn_of_other_revisions(finished.values(), harness.git_revision())
   execute(todo, workloads, path, args.eval_every)
   return report(args, load_runs(path), workloads)
 

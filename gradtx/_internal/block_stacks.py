@@ -744,17 +744,19 @@ class OwnerPlan:
     ``shared``: arrays given whole to every owner, ``fn``'s last argument)."""
     return on_owners(fn, self.mesh, *stacks, first=first, shared=shared)
 
-  def map(self, fn: Callable, *per_group: Any) -> list:
+  def map(self, fn: Callable, *per_group: Any, shared: Any = None) -> list:
     """Per group, ``fn(group, *its stacks)`` on the owners of its blocks.
 
     Each of ``per_group`` is a sequence in group order or a dict keyed by
-    group name (a missing name gives ``None``).
+    group name (a missing name gives ``None``). ``shared``: arrays given whole
+    to every owner, ``fn``'s last argument (traced hyperparameters: a value
+    ``fn`` closed over would be refused on an Explicit mesh).
     """
     out = []
     for i, (group, first) in enumerate(zip(self.groups, self.first)):
       args = [a.get(group.name) if isinstance(a, dict) else a[i] for a in per_group]
       out.append(on_owners(lambda *a, group=group: fn(group, *a), self.mesh, *args,
-                           first=first))
+                           first=first, shared=shared))
     return out
 
   def zeros(self, group: Group, shape: tuple[int, ...], dtype: Any = None, *,

@@ -190,7 +190,7 @@ def classifiers_by_shape(
   A classifier head there is a 2-D kernel laid out (inputs, outputs)
   (``IN_OUT_KERNEL_NAMES``: Flax's ``kernel``, Haiku's ``w``) outside repeated
   blocks (``in_repeated_block``) that narrows, d -> k with k < d, from a
-  width another kernel gives to a width that no other leaf takes as its
+  width another such kernel gives to a width that no other leaf takes as its
   inputs: the last layer of an MLP or a CNN (``Dense_1``, ``linear2``,
   ``output``, 64 -> 10), fed by a layer and feeding none (a lone matrix is no
   head). Not an attention or routing projection by name (``NARROWING_PARTS``:
@@ -205,15 +205,17 @@ def classifiers_by_shape(
       for (names, shape), table in zip(leaves, embeddings)):
     return []
   shared = _shared_prefix([names for names, _ in leaves])
-  inputs, outputs = {}, {}
+  inputs, outputs = {}, {}  # widths any matrix may take; widths a kernel gives
   for i, (names, shape) in enumerate(leaves):
-    if len(shape) >= 2 and not is_vector(names):
+    if len(shape) >= 2 and _product(shape) and not is_vector(names):
       for width in {shape[0], shape[-2], _product(shape[:-1])}:
         inputs.setdefault(width, set()).add(i)
-      outputs.setdefault(shape[-1], set()).add(i)
+      if is_in_out_kernel(names):
+        outputs.setdefault(shape[-1], set()).add(i)
   found = [
       i for i, ((names, shape), table, known) in enumerate(zip(leaves, embeddings, settled))
-      if len(shape) == 2 and is_in_out_kernel(names) and not table and not known
+      if len(shape) == 2 and _product(shape) and is_in_out_kernel(names)
+      and not table and not known
       and not _narrows_inside(names) and shape[1] < shape[0]
       and not in_repeated_block(names[shared:])
       and not inputs.get(shape[1], set()) - {i} and outputs.get(shape[0], set()) - {i}]

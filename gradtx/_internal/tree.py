@@ -111,6 +111,14 @@ def is_complex(x: Any) -> bool:
   return jnp.issubdtype(dtype_of(x), jnp.complexfloating)
 
 
+def traced_hyperparameters(**values: Any) -> dict:
+  """Those of ``values`` that are arrays (``optax.inject_hyperparams`` traces
+  them): a mesh's per-device program (``shard_map``, ``auto_axes``) takes
+  them as arguments, as it refuses Explicit-typed values closed over; Python
+  numbers stay constants of the program."""
+  return {k: v for k, v in values.items() if isinstance(v, jax.Array)}
+
+
 def resolve_schedule(value: Any, count: jax.Array) -> Any:
   """Evaluates a schedule at ``count``; returns constants unchanged.
 

@@ -73,9 +73,11 @@ def state_shardings(tx: optax.GradientTransformation, params: Any) -> Any:
   def sharding_of(leaf):
     sharding = getattr(leaf, "sharding", None)
     spec = sharding.spec if isinstance(sharding, NamedSharding) else P()
-    # Full rank, as a jitted step returns its outputs' specs (P(None,) for a
-    # replicated vector, not P()): the state then comes back from the step
-    # with the sharding it went in with, and the step is compiled once.
+    # Full rank, as a jitted step returns its outputs' specs on Explicit axes
+    # (P(None,) for a replicated vector, not P()): the state then comes back
+    # from the step with the sharding it went in with, and the step is
+    # compiled once. On Auto axes XLA returns specs without trailing Nones:
+    # give the step in/out shardings there (or it compiles twice).
     return NamedSharding(mesh, P(*spec, *([None] * (len(leaf.shape) - len(spec)))))
 
   return jax.tree.map(sharding_of, state)

@@ -103,3 +103,11 @@ def test_the_committed_race_files_resume_under_the_settings_they_were_run_with()
   root = pathlib.Path(race.__file__).parent / "race"
   for path in root.rglob("char_lm_race_runs.jsonl"):
     assert race.read_runs(path, {"steps": 400})
+
+
+def test_the_header_names_the_factors_each_best_lr_was_chosen_among():
+  """A run file resumed with ``--lr-factors 1`` over 0.5x/2x runs chose AdamW's
+  best among all three while the header said "lr factors [1.0]"."""
+  runs = {seed: {"adamw": {}, "adamw@0.5x": {}, "adamw@2x": {}, "muon": {}} for seed in (0, 1)}
+  del runs[1]["adamw@2x"]  # not on every seed: not a candidate
+  assert race.factors_run(runs, ["adamw", "muon"]) == "adamw 0.5/1x; muon 1x"

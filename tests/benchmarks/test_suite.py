@@ -9,6 +9,7 @@ import jax.numpy as jnp
 import numpy as np
 import pytest
 
+from benchmarks import harness
 from benchmarks.suite import WORKLOADS, run, scoring
 from benchmarks.suite import train as suite_train
 from gradtx import transforms as gt
@@ -106,12 +107,38 @@ def test_runner_resumes_from_its_run_files(tmp_path, monkeypatch):
     (["--seeds", "0,x"], "--seeds takes comma-separated ints"),
     (["--factors", ","], "--factors is empty"),
     (["--optimizers", "adamw,muon@2x"], "muon@2x: a name@Fx factor is the fixed ruleset's"),
+    (["--optimizers", "muon"], "--optimizers must include adamw"),
 ])
 def test_options_the_runs_could_not_use_are_refused_before_the_first_run(
     options, message, capsys):
   with pytest.raises(SystemExit):
     run.parse_args(options)
   assert message in capsys.readouterr().err
+
+
+def test_runs_record_their_revision_and_a_resume_over_another_warns(tmp_path, monkeypatch):
+  """Records carried no revision: a resume after a routing change scored old
+  and new curves of one optimizer together, silently."""
+  calls = []
+  monkeypatch.setattr(suite_train, "train", _fake_train(calls))
+  argv = _smoke_argv(tmp_path, "adamw", "1", "0")
+  run.main(argv)
+  record = json.loads((tmp_path / "runs.jsonl").read_text())
+  assert record["revision"] == harness.git_revision()
+  (tmp_path / "runs.jsonl").write_text(json.dumps({**record, "revision": "0ld"}) + "\n")
+  with pytest.warns(UserWarning, match="made at 0ld, the new ones at"):
+    run.main(_smoke_argv(tmp_path, "adamw", "1,2", "0"))
+  with warnings.catch_warnings():
+    warnings.simplefilter("error")
+    run.main(_smoke_argv(tmp_path, "adamw", "1,2", "0"))  # nothing to run: nothing mixed
+
+
+def test_a_workload_without_adamws_runs_is_named(tmp_path, monkeypatch, capsys):
+  monkeypatch.setattr(suite_train, "train", _fake_train([]))
+  run.main(_smoke_argv(tmp_path, "adamw", "1", "0"))
+  run.main([*_smoke_argv(tmp_path, "adamw", "1", "0,1"), "--score-only"])
+  assert "tabular_mlp, constant: not scored, AdamW has no runs on every seed [0, 1]" in (
+      capsys.readouterr().out)
 
 
 def test_a_run_file_cut_short_is_resumed_and_a_bad_record_named(tmp_path, monkeypatch):
