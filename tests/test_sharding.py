@@ -191,8 +191,8 @@ def test_uncommitted_gradients_step_like_committed_ones_without_set_mesh(name):
 
 @pytest.mark.parametrize("factory, static_args", [
     (go.muon, ()), (go.adamuon, ()), (go.normuon, ()), (go.dion, ("rank",)),
-    (go.shampoo, ("block_size", "max_precondition_dim")),
-], ids=["muon", "adamuon", "normuon", "dion", "shampoo"])
+    (go.shampoo, ("block_size", "max_precondition_dim")), (go.vmuon, ()),
+], ids=["muon", "adamuon", "normuon", "dion", "shampoo", "vmuon"])
 def test_injected_hyperparameters_step_on_an_explicit_mesh(factory, static_args):
   """``optax.inject_hyperparams`` traces the hyperparameters; the per-device
   programs (shard_map, auto_axes) closed over them and were refused on

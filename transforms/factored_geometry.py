@@ -153,12 +153,15 @@ def in_factored_geometry(
     rows_, cols_ = (statistics.flatten_up_to(t) for t in (state.nu_row, state.nu_col))
     matrices = [i for i, view in enumerate(views) if view is not None]
     of_matrices = lambda xs: [xs[i] for i in matrices]
+    traced = _tree.traced_hyperparameters(b2=b2, eps=eps)
+    hyper = lambda h: ({"b2": b2, "eps": eps} | h).values()
 
     def whiten(view):
       # On an Explicit mesh the view's reshapes may cross sharded axes: XLA
       # lays them out (traced values enter as arguments, not closures).
       return lambda u, r, c: _sharding.in_auto_axes(
-          lambda *a: _whiten(*a, view, b2, eps), u, r, c, count, like=(u, r, c))
+          lambda u, r, c, n, h: _whiten(u, r, c, n, view, *hyper(h)), u, r, c, count, traced,
+          like=(u, r, c))
 
     whitened, new_rows, new_cols = list(leaves), list(rows_), list(cols_)
     for i, (w, r, c) in zip(matrices, block_stacks.map_alike(
@@ -169,7 +172,8 @@ def in_factored_geometry(
 
     def map_back(view):
       return lambda o, r, c: _sharding.in_auto_axes(
-          lambda *a: _map_back(*a, view, b2, eps), o, r, c, count, like=o)
+          lambda o, r, c, n, h: _map_back(o, r, c, n, view, *hyper(h)), o, r, c, count, traced,
+          like=o)
 
     out = treedef.flatten_up_to(inner_out)
     for i, o in zip(matrices, block_stacks.map_alike(

@@ -185,7 +185,9 @@ def warn_of_other_revisions(runs: Iterable[dict], revision: str) -> None:
   """Warns when the runs found were made by other code than ``revision``'s: a
   table over them and the new runs mixes two libraries (a routing change
   moves an optimizer's curves, not AdamW's)."""
-  others = sorted({run.get("revision") or "unrecorded" for run in runs} - {revision})
+  commit = lambda r: r.split()[0]  # the run files themselves make a checkout dirty
+  others = sorted({run.get("revision") or "unrecorded" for run in runs}, key=str)
+  others = [r for r in others if commit(r) != commit(revision)]
   if others:
     warnings.warn(f"the runs found were made at {', '.join(others)}, the new ones at {revision}:"
                   " the tables score them together (give another --out to keep them apart)",

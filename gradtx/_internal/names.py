@@ -99,26 +99,28 @@ def _in_an_embedding(n: str) -> bool:
 
 def is_output_head(names: list[str]) -> bool:
   return any(
-      (any(part in n for part in OUTPUT_HEAD_PARTS) and not n.startswith("pre"))
+      (any(part in n for part in OUTPUT_HEAD_PARTS)
+       and not n.startswith(("pre_", "prelogits")))  # ViT's hidden pre_logits
       or _ends_in_head(n)
       for n in own_names(names)
   ) or any(map(_in_a_head, enclosing_names(names)))
 
 
-def _names_a_table(n: str) -> bool:
-  """An own name of an embedding: one containing ``EMBEDDING_PARTS``, but
-  ``position`` only as a word of its own (not ``position_wise_ffn``,
-  ``positional_mlp``)."""
-  tokens = n.split("_")
+def _names_a_table(n: str, kernel: bool) -> bool:
+  """An own name of an embedding: one containing ``EMBEDDING_PARTS``; with
+  ``position`` alone, not a dense kernel's (``position_wise_ffn/kernel``,
+  ``positional_mlp/kernel``), but a table's (``positional_encoding``,
+  ``PositionalEncoding_0/pe``)."""
   if any(part in n for part in EMBEDDING_PARTS if part != "position"):
     return True
-  return any(t in ("position", "positions") for t in tokens) and "wise" not in tokens
+  return "position" in n and not kernel
 
 
 def is_embedding(names: list[str]) -> bool:
   own = own_names(names)
+  kernel = is_in_out_kernel(names)
   return not is_output_head(names) and (
-      any(map(_names_a_table, own))
+      any(_names_a_table(n, kernel) for n in own)
       or any(n in EMBEDDING_NAMES for n in own)
       or any(map(_in_an_embedding, enclosing_names(names))))
 
@@ -190,14 +192,15 @@ def classifiers_by_shape(
   A classifier head there is a 2-D kernel laid out (inputs, outputs)
   (``IN_OUT_KERNEL_NAMES``: Flax's ``kernel``, Haiku's ``w``) outside repeated
   blocks (``in_repeated_block``) that narrows, d -> k with k < d, from a
-  width another such kernel gives to a width that no other leaf takes as its
-  inputs: the last layer of an MLP or a CNN (``Dense_1``, ``linear2``,
-  ``output``, 64 -> 10), fed by a layer and feeding none (a lone matrix is no
-  head). Not an attention or routing projection by name (``NARROWING_PARTS``:
-  grouped-query keys and values, a router narrow so too), and only where one
-  kernel is so (several outputs are left to their names). A tree with a token embedding is left to
-  ``head_candidates_by_shape`` (a tied head is no leaf, and a fused ``kv`` or
-  a router may narrow to a width nothing takes).
+  width another such kernel gives to a width k that no other leaf takes as
+  its inputs, nor half of it (a split: a VAE's mean and log-variance) nor
+  with another kernel's output beside it (a concatenation): the last layer
+  of an MLP or a CNN (``Dense_1``, ``linear2``, ``output``, 64 -> 10). Not an
+  attention or routing projection by name (``NARROWING_PARTS``: grouped-query
+  keys and values, a router narrow so too), and only where one kernel is so
+  (several outputs are left to their names). A tree with a token
+  embedding is left to ``head_candidates_by_shape`` (a tied head is no leaf,
+  and a fused ``kv`` or a router may narrow to a width nothing takes).
   """
   if any(named_heads) or any(
       table and len(shape) == 2 and shape[0] != shape[1] and not is_position_table(names)
@@ -205,21 +208,38 @@ def classifiers_by_shape(
       for (names, shape), table in zip(leaves, embeddings)):
     return []
   shared = _shared_prefix([names for names, _ in leaves])
-  inputs, outputs = {}, {}  # widths any matrix may take; widths a kernel gives
+  inputs, outputs = {}, {}  # widths a matrix may take; widths a kernel gives
   for i, (names, shape) in enumerate(leaves):
     if len(shape) >= 2 and _product(shape) and not is_vector(names):
-      for width in {shape[0], shape[-2], _product(shape[:-1])}:
+      for width in _widths_taken(names, shape):
         inputs.setdefault(width, set()).add(i)
       if is_in_out_kernel(names):
         outputs.setdefault(shape[-1], set()).add(i)
+
+  def feeds_on(k: int, i: int) -> bool:
+    taken = lambda w: bool(inputs.get(w, set()) - {i})
+    return taken(k) or (k % 2 == 0 and taken(k // 2)) or any(
+        taken(w + k) for w in outputs)
+
   found = [
       i for i, ((names, shape), table, known) in enumerate(zip(leaves, embeddings, settled))
       if len(shape) == 2 and _product(shape) and is_in_out_kernel(names)
       and not table and not known
       and not _narrows_inside(names) and shape[1] < shape[0]
       and not in_repeated_block(names[shared:])
-      and not inputs.get(shape[1], set()) - {i} and outputs.get(shape[0], set()) - {i}]
+      and not feeds_on(shape[1], i) and outputs.get(shape[0], set()) - {i}]
   return found if len(found) == 1 else []
+
+
+def _widths_taken(names: list[str], shape: tuple) -> set:
+  """The input widths a matrix-like leaf may take: a dense kernel's rows, a
+  convolution's input channels (or its flattened patch), an attention
+  projection's model width (a (d, heads, head_dim) query) or its heads·head_dim
+  (a (heads, head_dim, d) output)."""
+  if len(shape) == 2:
+    return {shape[0]}
+  widths = {shape[-2], _product(shape[:-1])}
+  return widths | {shape[0]} if _narrows_inside(names) or is_attention_output(names) else widths
 
 
 def _narrows_inside(names: list[str]) -> bool:

@@ -104,7 +104,8 @@ def matrix_roles(params: Any, *, matrix_view: Optional[_matrix_view.MatrixViewRu
     heads = {_names.head_of(group, shaped) for group in groups}
     named_heads = [role == "output_head" or (role is None and _names.is_output_head(n))
                    for n, role in zip(names, axis_roles)]
-    heads.update(_names.classifiers_by_shape(shaped, embeddings, settled, named_heads))
+    if not _holds_masked_leaves(params):  # a branch's part: its head may be elsewhere
+      heads.update(_names.classifiers_by_shape(shaped, embeddings, settled, named_heads))
     by_shape = [i in heads for i in range(len(flat))]
     for group in groups:
       if len(group) > 1:
@@ -125,6 +126,13 @@ def matrix_roles(params: Any, *, matrix_view: Optional[_matrix_view.MatrixViewRu
   if not any(embeddings) and "output_head" not in roles:
     _warn_if_embedding_masked_out(params)
   return treedef.unflatten(roles)
+
+
+def _holds_masked_leaves(params: Any) -> bool:
+  """Whether ``optax.multi_transform`` / ``optax.masked`` left leaves out of
+  ``params`` (a branch sees its own leaves only)."""
+  is_masked = lambda x: isinstance(x, optax.MaskedNode)
+  return any(map(is_masked, jax.tree.leaves(params, is_leaf=is_masked)))
 
 
 def _one_head_of_several(paths: list, chosen: list) -> None:

@@ -276,3 +276,44 @@ def test_hidden_layers_whose_own_names_hold_a_table_or_head_word_stay_hidden():
       "['block']['positional_mlp']['kernel']": "muon", "['pre_logits']['kernel']": "muon",
       "['cls']": "adam", "['embedding']['kernel']": "adam", "['pos_embedding']": "adam",
       "['head']['kernel']": "adam"}
+
+
+def test_the_classifier_rule_leaves_branches_splits_and_concatenations_hidden():
+  """From the review of the rule: a multi_transform branch without its head
+  took the last hidden layer for one; so did a VAE encoder's mean|log-variance
+  layer (its output split in two) and a denoiser's time MLP (its output
+  concatenated with another layer's); a 1x1 convolution's height counted as
+  a width taken, hiding a ResNet's binary head."""
+  zeros = lambda *shape: jnp.zeros(shape)
+  mlp = {"fc1": {"kernel": zeros(784, 512)}, "fc2": {"kernel": zeros(512, 128)},
+         "head": {"kernel": zeros(128, 10)}}
+  labels = {"fc1": {"kernel": "muon"}, "fc2": {"kernel": "muon"}, "head": {"kernel": "adam"}}
+  tx = optax.multi_transform({"muon": go.muon(0.02), "adam": optax.adam(1e-3)}, labels)
+  routing = {r.path: r.branch for r in gt.describe(tx, mlp)}
+  assert routing["['fc2']['kernel']"] == "muon/muon"
+  vae = {"encoder": {"fc1": {"kernel": zeros(784, 512)}, "fc2": {"kernel": zeros(512, 32)}},
+         "decoder": {"fc1": {"kernel": zeros(16, 512)}, "fc2": {"kernel": zeros(512, 784)}}}
+  assert set(jax.tree.leaves(gt.matrix_roles(vae))) == {"hidden"}
+  denoiser = {"x_proj": {"kernel": zeros(2, 64)}, "time_mlp_0": {"kernel": zeros(1, 128)},
+              "time_mlp_1": {"kernel": zeros(128, 64)}, "hidden_0": {"kernel": zeros(128, 128)},
+              "out": {"kernel": zeros(128, 2)}}
+  assert set(jax.tree.leaves(gt.matrix_roles(denoiser))) == {"hidden"}
+  resnet = {"conv_init": {"kernel": zeros(3, 3, 3, 64)}, "proj": {"kernel": zeros(1, 1, 64, 256)},
+            "Dense_0": {"kernel": zeros(256, 1)}}
+  assert gt.matrix_roles(resnet)["Dense_0"]["kernel"] == "output_head"
+
+
+def test_position_tables_and_prediction_logits_keep_their_roles():
+  """The own-name rules of this stop first sent ``positional_encoding`` and
+  Linen's ``PositionalEncoding_0/pe`` tables to Muon and made
+  ``prediction_logits`` hidden; only kernels (``position_wise_ffn/kernel``) and
+  ``pre_logits`` are exempt."""
+  zeros = lambda *shape: jnp.zeros(shape)
+  params = {"positional_encoding": zeros(64, 32), "PositionalEncoding_0": {"pe": zeros(64, 32)},
+            "position_wise_ffn": {"kernel": zeros(32, 128)},
+            "Dense_0": {"kernel": zeros(128, 32)},
+            "prediction_logits": {"kernel": zeros(32, 10)}, "pre_logits": {"kernel": zeros(32, 32)}}
+  roles = gt.matrix_roles(params)
+  assert roles["positional_encoding"] == roles["PositionalEncoding_0"]["pe"] == "embedding"
+  assert roles["prediction_logits"]["kernel"] == "output_head"
+  assert roles["position_wise_ffn"]["kernel"] == roles["pre_logits"]["kernel"] == "hidden"
