@@ -155,12 +155,16 @@ def _version(package: str) -> str:
     return "absent"
 
 
-def git_revision() -> str:
-  """The checkout's commit (short), with " with uncommitted changes" if dirty."""
+def git_revision(exclude: Sequence[pathlib.Path] = ()) -> str:
+  """The checkout's commit (short), with " with uncommitted changes" if dirty
+  outside ``exclude`` (a benchmark's own run files in the checkout)."""
   try:
     run = lambda *args: subprocess.run(
         ["git", *args], cwd=ROOT, capture_output=True, text=True, check=True).stdout
-    dirty = " with uncommitted changes" if run("status", "--porcelain").strip() else ""
+    inside = [pathlib.Path(p).resolve() for p in exclude]
+    skipped = [f":(exclude){p.relative_to(ROOT)}" for p in inside if p.is_relative_to(ROOT)]
+    dirty = (" with uncommitted changes"
+             if run("status", "--porcelain", "--", ".", *skipped).strip() else "")
     return run("rev-parse", "--short", "HEAD").strip() + dirty
   except (OSError, subprocess.CalledProcessError):
     return "unknown"

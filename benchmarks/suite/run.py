@@ -163,7 +163,7 @@ def load_runs(path: pathlib.Path) -> dict[tuple, dict]:
 def execute(todo: list[dict], workloads: dict, path: pathlib.Path, eval_every: int) -> None:
   """Runs ``todo``, appending each finished run to ``path``."""
   bar = tqdm.tqdm(todo, desc="suite", unit="run")
-  revision = harness.git_revision() if todo else None
+  revision = harness.git_revision(exclude=[path.parent]) if todo else None
   for plan in bar:
     bar.set_postfix_str(f"{plan['workload']} {plan['schedule']} {plan['optimizer']}"
                         f"@{plan['factor']:g}x seed {plan['seed']}")
@@ -185,9 +185,7 @@ def warn_of_other_revisions(runs: Iterable[dict], revision: str) -> None:
   """Warns when the runs found were made by other code than ``revision``'s: a
   table over them and the new runs mixes two libraries (a routing change
   moves an optimizer's curves, not AdamW's)."""
-  commit = lambda r: r.split()[0]  # the run files themselves make a checkout dirty
-  others = sorted({run.get("revision") or "unrecorded" for run in runs}, key=str)
-  others = [r for r in others if commit(r) != commit(revision)]
+  others = sorted({run.get("revision") or "unrecorded" for run in runs} - {revision})
   if others:
     warnings.warn(f"the runs found were made at {', '.join(others)}, the new ones at {revision}:"
                   " the tables score them together (give another --out to keep them apart)",
@@ -266,7 +264,7 @@ def main(argv: Optional[Sequence[str]] = None) -> dict:
   print(f"{len(todo)} runs to do, {len(finished)} found in {path};"
         f" load average {os.getloadavg()[0]:.1f} on {os.cpu_count()} cores")
   if todo:
-    warn_of_other_revisions(finished.values(), harness.git_revision())
+    warn_of_other_revisions(finished.values(), harness.git_revision(exclude=[args.out]))
   execute(todo, workloads, path, args.eval_every)
   return report(args, load_runs(path), workloads)
 

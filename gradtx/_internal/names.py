@@ -193,9 +193,11 @@ def classifiers_by_shape(
   (``IN_OUT_KERNEL_NAMES``: Flax's ``kernel``, Haiku's ``w``) outside repeated
   blocks (``in_repeated_block``) that narrows, d -> k with k < d, from a
   width another such kernel gives to a width k that no other leaf takes as
-  its inputs, nor half of it (a split: a VAE's mean and log-variance) nor
-  with another kernel's output beside it (a concatenation): the last layer
-  of an MLP or a CNN (``Dense_1``, ``linear2``, ``output``, 64 -> 10). Not an
+  its inputs and no other kernel gives (a GRU's fused gates), nor half of it
+  (a split: a VAE's mean and log-variance) nor with another kernel's output
+  beside it (a concatenation): the last layer of an MLP or a CNN
+  (``Dense_1``, ``linear2``, ``output``, 64 -> 10). A guess: the caller
+  reports and warns. Not an
   attention or routing projection by name (``NARROWING_PARTS``: grouped-query
   keys and values, a router narrow so too), and only where one kernel is so
   (several outputs are left to their names). A tree with a token
@@ -216,19 +218,23 @@ def classifiers_by_shape(
       if is_in_out_kernel(names):
         outputs.setdefault(shape[-1], set()).add(i)
 
-  def feeds_on(k: int, i: int) -> bool:
-    taken = lambda w: bool(inputs.get(w, set()) - {i})
-    return taken(k) or (k % 2 == 0 and taken(k // 2)) or any(
-        taken(w + k) for w in outputs)
-
+  others = lambda widths, w, i: bool(widths.get(w, set()) - {i})
+  # Kernels that narrow, fed by another kernel, to a width no other leaf
+  # takes and no other kernel gives (a GRU's fused gates: dense_i and dense_h).
   found = [
       i for i, ((names, shape), table, known) in enumerate(zip(leaves, embeddings, settled))
       if len(shape) == 2 and _product(shape) and is_in_out_kernel(names)
       and not table and not known
       and not _narrows_inside(names) and shape[1] < shape[0]
-      and not in_repeated_block(names[shared:])
-      and not feeds_on(shape[1], i) and outputs.get(shape[0], set()) - {i}]
-  return found if len(found) == 1 else []
+      and not in_repeated_block(names[shared:]) and others(outputs, shape[0], i)
+      and not others(inputs, shape[1], i) and not others(outputs, shape[1], i)]
+  if len(found) != 1:  # several outputs (an actor and a critic): left to their names
+    return []
+  (i,) = found
+  k = leaves[i][1][1]
+  split = k % 2 == 0 and others(inputs, k // 2, i)  # a VAE's mean | log-variance
+  joined = any(others(inputs, w + k, i) for w, js in outputs.items() if js - {i})
+  return [] if split or joined else found
 
 
 def _widths_taken(names: list[str], shape: tuple) -> set:

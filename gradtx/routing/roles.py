@@ -59,7 +59,10 @@ def is_hidden_matrix(
      gives to a width no other leaf takes as its inputs is a classifier head
      (``Dense_1``, ``linear2``: 64 -> 10), as Jordan (2024) leaves the
      classifier to AdamW, where it is the only such kernel not named an
-     attention or routing projection (``k_proj``, ``router``).
+     attention or routing projection (``k_proj``, ``router``), its width is
+     given by no other kernel, neither split nor concatenated, and the tree
+     is no ``multi_transform``/``masked`` branch; that guess warns
+     (``gt.AmbiguousMatrixViewWarning``) and ``gt.describe`` lists it.
 
   Everything else goes to AdamW; gt.describe shows where each leaf goes.
   Misrouting an embedding or head to Muon raises no error, only trains worse
@@ -105,7 +108,9 @@ def matrix_roles(params: Any, *, matrix_view: Optional[_matrix_view.MatrixViewRu
     named_heads = [role == "output_head" or (role is None and _names.is_output_head(n))
                    for n, role in zip(names, axis_roles)]
     if not _holds_masked_leaves(params):  # a branch's part: its head may be elsewhere
-      heads.update(_names.classifiers_by_shape(shaped, embeddings, settled, named_heads))
+      for i in _names.classifiers_by_shape(shaped, embeddings, settled, named_heads):
+        heads.add(i)
+        _classifier_guessed(flat[i][0], shaped[i][1])
     by_shape = [i in heads for i in range(len(flat))]
     for group in groups:
       if len(group) > 1:
@@ -126,6 +131,21 @@ def matrix_roles(params: Any, *, matrix_view: Optional[_matrix_view.MatrixViewRu
   if not any(embeddings) and "output_head" not in roles:
     _warn_if_embedding_masked_out(params)
   return treedef.unflatten(roles)
+
+
+def _classifier_guessed(path: tuple, shape: tuple) -> None:
+  """Reports (``gt.describe``; ``strict=True`` refuses it) and warns once that
+  the leaf at ``path`` was taken for a classifier head from the shapes."""
+  key = _routing.leaf_key(path)
+  message = (
+      f"{key} {shape} is taken for the model's classifier head from the shapes alone (it"
+      " narrows to a width no other layer takes) and goes to AdamW, as the Muon reference"
+      " keeps the output layer off Muon. If it is a hidden layer, or to settle it, name the"
+      " head (head, classifier, logits), give axis names, or pass is_muon_param.")
+  _routing.report_ambiguous(path, message)
+  if key not in _WARNED:
+    _WARNED.add(key)
+    warnings.warn(message, _matrix_view.AmbiguousMatrixViewWarning, stacklevel=4)
 
 
 def _holds_masked_leaves(params: Any) -> bool:

@@ -196,8 +196,13 @@ def test_an_unnamed_classifier_head_goes_to_adamw():
   went to Muon with the hidden ones: it narrows from a width another layer
   gives to one no layer takes, in a tree with no token embedding."""
   cnn = nnx.state(_CNN(nnx.Rngs(0)), nnx.Param)
-  routing = {r.path: r.branch for r in gt.describe(go.muon(0.02), cnn)}
+  with pytest.warns(gt.AmbiguousMatrixViewWarning, match=r"\['linear2'\]\['kernel'\].*from the"):
+    description = gt.describe(go.muon(0.02), cnn)
+  routing = {r.path: r.branch for r in description}
   assert routing["['linear2']['kernel']"] == "adam"
+  assert list(description.ambiguous) == ["['linear2']['kernel']"]  # a guess, listed
+  with pytest.raises(ValueError, match="classifier head from the shapes"):
+    gt.describe(go.muon(0.02), cnn, strict=True)
   assert [routing[f"['{k}']['kernel']"] for k in ("conv1", "conv2", "linear1")] == ["muon"] * 3
   roles = gt.matrix_roles(_linen_mlp([30, 64, 64, 2]))
   assert [roles[f"Dense_{i}"]["kernel"] for i in range(3)] == ["hidden", "hidden", "output_head"]
@@ -243,6 +248,22 @@ def test_grouped_query_keys_and_a_router_are_no_classifier_heads():
   params["aux"] = {"kernel": zeros(64, 3)}  # two unnamed outputs: neither is guessed
   roles = gt.matrix_roles(params)
   assert roles["out"]["kernel"] == roles["aux"]["kernel"] == "hidden"
+
+
+def test_fused_gates_and_two_heads_make_no_classifier_guess():
+  """From the second review: an NNX GRU cell's input kernel (in -> 3h, the
+  gates' width, which its hidden kernel gives too) was taken for the head;
+  of an actor's and a critic's heads only one was (the other vetoed by its
+  own width counted as a concatenation). Neither is guessed now."""
+  zeros = lambda *shape: jnp.zeros(shape)
+  gru = {"proj": {"kernel": zeros(40, 256)},
+         "rnn": {"cell": {"dense_i": {"kernel": zeros(256, 192)},
+                          "dense_h": {"kernel": zeros(64, 192)}}},
+         "out": {"kernel": zeros(64, 10)}}
+  assert gt.matrix_roles(gru)["rnn"]["cell"]["dense_i"]["kernel"] == "hidden"
+  agent = {"Dense_0": {"kernel": zeros(8, 64)}, "Dense_1": {"kernel": zeros(64, 64)},
+           "Dense_2": {"kernel": zeros(64, 4)}, "Dense_3": {"kernel": zeros(64, 1)}}
+  assert set(jax.tree.leaves(gt.matrix_roles(agent))) == {"hidden"}
 
 
 def test_a_linen_head_module_that_owns_its_kernel_is_a_head():
