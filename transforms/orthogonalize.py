@@ -222,29 +222,21 @@ def map_matrices(
   ``fn(matrices, shared)``, rather than closed over (which a mesh's
   per-device program refuses on Explicit axes).
   """
-  if shared is None:
-    return _map_matrices(lambda m, _: fn(m), updates, matrix_view, stack, None)
-  return _map_matrices(fn, updates, matrix_view, stack, shared)
-
-
-def _map_matrices(fn, updates: Any, matrix_view: Optional[MatrixViewRule], stack: bool,
-                  shared: Any) -> Any:
+  apply = (lambda m, _: fn(m)) if shared is None else fn
   leaves, treedef = jax.tree.flatten(updates)
   layouts = [block_stacks.block_layout(view, x.shape)
              for view, x in zip(_matrix_view.views_of(updates, matrix_view), leaves)]
   if not stack and block_stacks.owner_mesh(leaves) is None:
     out = [x if layout is None else block_stacks.from_blocks(
-        block_stacks.map_stack(lambda m: fn(m, shared), block_stacks.to_blocks(x, layout)),
+        block_stacks.map_stack(lambda m: apply(m, shared), block_stacks.to_blocks(x, layout)),
         layout, x.shape).astype(x.dtype) for x, layout in zip(leaves, layouts)]
     return treedef.unflatten(out)
   # An expert stack already split over its axis stays where it is.
   plan = block_stacks.OwnerPlan.build(leaves, layouts, keep_split=True)
-  if shared is None:
-    results = plan.map(lambda _, s: block_stacks.map_stack(lambda m: fn(m, None), s),
-                       plan.stack())
-  else:
-    results = plan.map(lambda _, s, h: block_stacks.map_stack(lambda m: fn(m, h), s),
-                       plan.stack(), shared=shared)
+  # The owners get ``shared`` as a last argument, where it is given.
+  results = plan.map(
+      lambda _, s, *h: block_stacks.map_stack(lambda m: apply(m, *(h or (None,))), s),
+      plan.stack(), shared=shared)
   out = plan.unstack(results, alike=True)
   return treedef.unflatten([x if o is None else o for x, o in zip(leaves, out)])
 
