@@ -158,8 +158,12 @@ def adamw_8bit(
   parameter plus one float32 scale per ``block_size`` parameters (about 2.03
   bytes per parameter for both, against 8); leaves under 4096 elements stay
   float32 (``gt.Int8Blocks``). A coordinate with a non-finite gradient gets a
-  zero step and fresh moments. ``adamw(..., mu_dtype=..., nu_dtype=...)``
-  takes any other combination of formats.
+  zero step and fresh moments. The codes are bitsandbytes' (its CUDA kernel's
+  nearest codes), except that a positive :math:`v` far below its block's
+  maximum keeps the smallest code where bitsandbytes stores 0 (and then steps
+  :math:`\hat m/ε`: ``gt.quantize_blockwise``).
+  ``adamw(..., mu_dtype=..., nu_dtype=...)`` takes any other combination of
+  formats.
 
   Args:
     learning_rate: η, a non-negative number or a schedule.

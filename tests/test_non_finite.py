@@ -110,6 +110,31 @@ def test_amsgrad_maximum_does_not_swallow_nan(factory):
   assert bool(jnp.isnan(updates["w"][1, 0]))
 
 
+
+@pytest.mark.parametrize("factory, stays_zero", [
+    (lambda: go.adafactor(LR, b1=0.9, mu_dtype="int8"), True),
+    (lambda: go.lars(LR, mu_dtype="int8"), False),
+], ids=["adafactor", "lars"])
+def test_an_int8_momentum_after_a_per_leaf_reduction_zeroes_the_leaf(factory, stays_zero):
+  """README, Non-finite gradients: a NaN spread over the whole leaf by a
+  reduction before the int8 momentum (Adafactor's factored statistics, LARS's
+  trust ratio) meets the int8 guard everywhere: the leaf's update is zero,
+  not NaN. Adafactor's statistics stay NaN, so every later step of the leaf
+  is zero too; LARS keeps no such statistic and steps again."""
+  tx = factory()
+  params = {"w": jnp.full((128, 64), 0.1)}
+  grad = lambda t: {"w": jnp.linspace(-1, 1, 128 * 64).reshape(128, 64) * (t + 1)}
+  state = tx.update(grad(0), tx.init(params), params)[1]
+  assert any(isinstance(x, gt.QuantizedArray) for x in jax.tree.leaves(
+      state, is_leaf=lambda x: isinstance(x, gt.QuantizedArray)))
+  updates, state = tx.update({"w": grad(1)["w"].at[1, 0].set(jnp.nan)}, state, params)
+  assert bool(jnp.all(updates["w"] == 0))
+  for t in (2, 3):
+    updates, state = tx.update(grad(t), state, params)
+    assert bool(jnp.all(jnp.isfinite(updates["w"])))
+    assert bool(jnp.all(updates["w"] == 0)) == stays_zero
+
+
 @cases
 def test_apply_if_finite_skips_step_and_keeps_state(case):
   max_errors = 2

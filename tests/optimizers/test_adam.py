@@ -278,6 +278,30 @@ def test_adamw_8bit_tracks_adamw_on_a_regression():
 
 
 
+def test_adamw_8bit_steps_a_rarely_seen_coordinate_as_adamw_does():
+  """A coordinate whose gradient is 1e-4 of its block's largest has v below
+  the smallest unsigned code; where nearest rounding stores that v as 0
+  (bitsandbytes' CUDA kernel) its next step with a zero gradient (an
+  embedding row missing from the batch) is m/eps, 4e3 x lr here. Kept at the
+  smallest code, the step stays at most float32 AdamW's."""
+  lr, g1 = 1e-3, np.full(4096, 0.1, np.float32)
+  g1[0] = 1e3
+  g2 = g1.copy()
+  g2[1] = 0.0
+  runs = {}
+  for name, tx in [("int8", go.adamw_8bit(lr, weight_decay=0.0)),
+                   ("float32", optax.adamw(lr, weight_decay=0.0))]:
+    p = jnp.zeros(4096)
+    state = tx.init(p)
+    for g in (g1, g2):
+      u, state = tx.update(jnp.asarray(g), state, p)
+      p = optax.apply_updates(p, u)
+    runs[name] = np.asarray(p)
+  assert isinstance(go.adamw_8bit(lr).init(p)[0].nu, gt.QuantizedArray)
+  assert 0 < -runs["int8"][1] <= -runs["float32"][1] <= 2 * lr
+  np.testing.assert_allclose(runs["int8"][2:], runs["float32"][2:], rtol=0.5)
+
+
 def _regression_problem():
   """A noisy least-squares fit: x (256, 64) -> y (256, 96), batches of 32."""
   rng = np.random.default_rng(0)

@@ -248,3 +248,23 @@ def test_optax_scale_by_rms_is_eps_inside_the_root():
   ours = _run(gt.scale_by_rms(0.9, 0.0, eps_root=1e-6), grads)[0]
   np.testing.assert_allclose(ours, theirs, rtol=1e-6)
   assert not np.allclose(_run(gt.scale_by_rms(0.9, 1e-6), grads)[0], theirs, rtol=1e-3)
+
+
+def test_a_bf16_second_moment_rounded_to_nearest_cannot_decay_at_b2_0999():
+  """As the nu_dtype docstring says: (1 - b2) v is under half a bf16 ulp of v,
+  so after the gradients shrink 100x a round-to-nearest bf16 v stays where it
+  was, while a stochastically rounded one follows float32's."""
+  g = np.random.default_rng(0).standard_normal(2048).astype(np.float32)
+  at_drop, final = {}, {}
+  for name, fmt in [("f32", None), ("bf16", jnp.bfloat16), ("sr", gt.StochasticBfloat16())]:
+    tx = gt.scale_by_adam(b2=0.999, nu_dtype=fmt)
+    step = jax.jit(lambda u, s, tx=tx: tx.update(u, s)[1])
+    state = tx.init(jnp.zeros(2048))
+    for t in range(1500):
+      state = step(jnp.asarray(g if t < 500 else 0.01 * g), state)
+      if t == 499:
+        at_drop[name] = float(jnp.mean(state.nu.astype(jnp.float32)))
+    final[name] = float(jnp.mean(state.nu.astype(jnp.float32)))
+  assert final["f32"] < 0.4 * at_drop["f32"]
+  assert final["bf16"] > 0.95 * at_drop["bf16"]
+  np.testing.assert_allclose(final["sr"], final["f32"], rtol=0.05)
