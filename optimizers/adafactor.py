@@ -8,6 +8,7 @@ import optax
 
 from gradtx import transforms as gt
 from gradtx._internal import validate as _validate
+from gradtx.storage import state_format
 
 
 def relative_step_size(*, warmup_init: bool = False) -> optax.Schedule:
@@ -100,6 +101,7 @@ def adafactor(
     )
   if b1 is not None:
     _validate.check_decay("b1", b1)
+  state_format.state_format("mu_dtype", mu_dtype)  # refused even where unused (b1=None)
   steps = [
       gt.scale_by_factored_rms(
           decay_rate=decay_rate, factored=factored, eps=eps, decay_offset=decay_offset,

@@ -46,7 +46,10 @@ def lookahead(
   The returned update is u_t, or φ_t − θ_{t-1} at a sync, so that
   ``optax.apply_updates`` lands on φ_t (up to one rounding: the slow weights
   in the state stay exact). Gradients are taken at the fast weights; the slow
-  weights (``state.slow``) are the ones to evaluate.
+  weights (``state.slow``) are the ones to evaluate. ``lookahead`` forms
+  :math:`θ'_t` itself, so it must be the last transformation: a step chained
+  after it that rescales the updates (``optax.contrib.reduce_on_plateau``,
+  clipping) belongs inside ``base``.
 
   Args:
     base: the fast (inner) optimizer.

@@ -57,7 +57,10 @@ def parameter_ema(
   The updates are the base's, unchanged: training follows the base
   optimizer; evaluate with ``go.ema_params(state, params)``. The average is
   laid out like the parameters (a parameter-shaped state leaf for
-  ``gt.state_shardings``) and checkpoints with the rest of the state.
+  ``gt.state_shardings``) and checkpoints with the rest of the state. It is
+  formed from :math:`p_{t-1} + u_t`, so ``parameter_ema`` must be the last
+  transformation: a step chained after it that rescales the updates
+  (``optax.contrib.reduce_on_plateau``, clipping) belongs inside ``base``.
 
   Args:
     base: the optimizer whose parameters are averaged.
@@ -130,6 +133,10 @@ def parameter_ema(
   return optax.GradientTransformationExtraArgs(init_fn, update_fn)
 
 
+def _is_masked_node(x: Any) -> bool:
+  return isinstance(x, optax.MaskedNode)
+
+
 def ema_params(state: Any, params: optax.Params) -> optax.Params:
   """The averaged parameters held by a ``parameter_ema`` state, in ``params``' dtypes.
 
@@ -159,9 +166,15 @@ def ema_params(state: Any, params: optax.Params) -> optax.Params:
   # flax NNX: nnx.Optimizer's opt_state wraps the EMA in OptVariables, and
   # nnx.state(model, nnx.Param) the parameters in Params.
   ema, plain = _tree.unwrap_variables(found[0].ema), _tree.unwrap_variables(params)
+  structure = lambda tree: jax.tree.structure(tree, is_leaf=_is_masked_node)
+  if structure(ema) != structure(plain):
+    raise ValueError(
+        "ema_params: params must be the tree the optimizer was built on: with"
+        " nnx.Optimizer(model, tx, wrt=...) pass nnx.state(model, wrt), the same"
+        f" filter; the average holds {len(jax.tree.leaves(ema))} leaves, params"
+        f" {len(jax.tree.leaves(plain))}")
   # Inside optax.masked or a multi_transform branch the leaves left out are
   # MaskedNodes: they keep the current parameters.
-  masked = lambda x: isinstance(x, optax.MaskedNode)
-  averaged = jax.tree.map(lambda e, p: p if masked(e) else e.astype(_tree.dtype_of(p)),
-                          ema, plain, is_leaf=masked)
+  averaged = jax.tree.map(lambda e, p: p if _is_masked_node(e) else e.astype(_tree.dtype_of(p)),
+                          ema, plain, is_leaf=_is_masked_node)
   return _tree.wrapped_like(averaged, params)

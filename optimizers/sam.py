@@ -24,8 +24,9 @@ def _perturbed_params(grads, params, rho, adaptive: bool, eta, eps) -> Any:
   scaled = jax.tree.map(lambda t_, g_: t_ * g_, t, g)
   norm = optax.tree.norm(scaled)
   # A zero norm means a zero numerator (T²g = T·Tg): ε = 0, even at eps = 0.
+  # A NaN norm (a NaN gradient) stays NaN: every coordinate's ε is NaN.
   denominator = norm + eps
-  scale = rho / jnp.where(denominator > 0, denominator, 1)
+  scale = rho / jnp.where(denominator == 0, 1, denominator)
   return jax.tree.map(
       lambda p, w_, t_, g_: (w_ + scale * t_ * t_ * g_).astype(jnp.asarray(p).dtype),
       params, w, t, g,
@@ -129,6 +130,7 @@ def sam(
           "sam's update needs params and grad_fn (params -> gradients), as in"
           " tx.update(grads, state, params, grad_fn=...); got params="
           f"{'None' if params is None else 'given'}, grad_fn={grad_fn!r}")
+    _validate.check_matching_shapes(updates, params, "sam")
     if _validate.is_static_zero(rho):
       sam_grads = updates
     else:

@@ -6,6 +6,7 @@ import jax
 import optax
 
 from gradtx import transforms as gt
+from gradtx._internal import validate as _validate
 
 
 def _and_not(mask: gt.MaskOrFn, excluded: gt.MaskOrFn):
@@ -78,6 +79,7 @@ def lars(
   steps = [gt.scale_by_trust_ratio(
       trust_coefficient=trust_coefficient, eps=eps, weight_decay=weight_decay,
       mask=mask)]
+  _validate.check_mask("trust_ratio_mask", trust_ratio_mask)
   if trust_ratio_mask is not None:
     steps = [
         optax.masked(steps[0], trust_ratio_mask),
@@ -137,6 +139,7 @@ def lamb(
   Training BERT in 76 minutes", ICLR 2020.
   """
   trust_ratio = gt.scale_by_trust_ratio()
+  _validate.check_mask("trust_ratio_mask", trust_ratio_mask)
   if trust_ratio_mask is not None:
     trust_ratio = optax.masked(trust_ratio, trust_ratio_mask)
   return optax.chain(

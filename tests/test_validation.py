@@ -43,7 +43,7 @@ class Kind(NamedTuple):
 
 DECAY = Kind((-0.1, 1.0, NAN), (0.0, 0.999), ("[0, 1)",))
 UNIT = Kind((-0.1, 1.5, NAN), (0.0, 1.0), ("[0, 1]",))
-NON_NEGATIVE = Kind((-1e-3, NAN), (0.0, 3.0), ("[0, inf]", "non-negative", ">= 0"))
+NON_NEGATIVE = Kind((-1e-3, NAN), (0.0, 3.0), ("[0, inf]", "[0, inf)", "non-negative", ">= 0"))
 POSITIVE = Kind((0.0, -1.0, NAN), (1e-3,), ("(0, inf)", "> 0"))
 COUNT = Kind((0, -1), (1,), (">= 1", "[1, inf)"))
 INDEX = Kind((-1,), (0, 5), (">= 0", "[0, inf)", "[0, inf]"))
@@ -399,6 +399,37 @@ def test_an_element_wise_optimizer_names_a_transposed_gradient(name):
     tx.update({**params, "extra": jnp.ones(3)}, state, params)
 
 
+
+_BROADCASTING = {  # a (1, 6) gradient broadcast silently (mars, sam) or failed opaquely
+    "mars_adamw": lambda: go.mars_adamw(LR), "sam": lambda: go.sam(go.adamw(LR)),
+    "adafactor": lambda: go.adafactor(LR), "adam_mini": lambda: go.adam_mini(LR),
+}
+
+
+@pytest.mark.parametrize("name", list(_BROADCASTING))
+def test_a_gradient_that_would_broadcast_is_named(name):
+  tx = _BROADCASTING[name]()
+  params = {"Dense_0": {"kernel": jnp.ones((8, 6)), "bias": jnp.ones(6)}}
+  state = tx.init(params)
+  grads = {"Dense_0": {"kernel": jnp.ones((1, 6)), "bias": jnp.ones(6)}}
+  extra = {"grad_fn": lambda p: p} if name == "sam" else {}
+  message = r"\['kernel'\] has shape \(1, 6\) but its \w+ has shape \(8, 6\)"
+  with pytest.raises(ValueError, match=message):
+    tx.update(grads, state, params, **extra)
+
+
+_MASKED = [(f, n) for f in RANGES for n in ("mask", "trust_ratio_mask")
+           if n in inspect.signature(f).parameters]
+
+
+@pytest.mark.parametrize("factory,name", _MASKED, ids=lambda x: getattr(x, "__name__", x))
+def test_a_mask_that_is_a_string_or_a_number_is_refused(factory, name):
+  """optax.masked takes "kernel" or 3 for a prefix selecting every leaf."""
+  for bad in ("kernel", 3):
+    with pytest.raises(ValueError, match=rf"{name} must be None, a callable"):
+      factory(learning_rate=LR, **{name: bad})
+  factory(learning_rate=LR, **{name: True})
+
 def test_nesterov_with_dampening_is_rejected_as_torch_does():
   """torch.optim.SGD: "Nesterov momentum requires a momentum and zero dampening"."""
   for make in (lambda d: go.sgd(LR, momentum=0.9, nesterov=True, dampening=d),
@@ -415,6 +446,17 @@ def test_a_boolean_learning_rate_is_refused(value):
   with pytest.raises(ValueError, match="learning_rate must be a non-negative number"):
     go.adamw(value)
 
+
+_INFINITE = [(f, n) for f, ranges in RANGES.items() for n in ("learning_rate", "weight_decay")
+             if n in ranges]
+
+
+@pytest.mark.parametrize("factory,name", _INFINITE, ids=lambda x: getattr(x, "__name__", x))
+def test_an_infinite_learning_rate_or_decay_is_refused(factory, name):
+  """Every update would be non-finite: refused where the value is given."""
+  kwargs = {"learning_rate": LR, name: float("inf")}
+  with pytest.raises(ValueError, match=rf"{name} must be in \[0, inf\), got inf"):
+    factory(**kwargs)
 
 @pytest.mark.parametrize("case", cases.CASES + cases.STRUCTURED, ids=lambda case: case.name)
 def test_the_float0_gradient_of_an_integer_leaf_is_named(case):

@@ -245,7 +245,7 @@ def scale_by_adam_mini(
   _validate.check_decay("b2", b2)
   _validate.check_non_negative("eps", eps)
   if num_heads is not None:
-    _validate.check_in_range("num_heads", num_heads, 1, np.inf)
+    num_heads = _validate.check_integer("num_heads", num_heads, 1)
   mu_format = state_format.state_format("mu_dtype", mu_dtype)
 
   def rule(path, leaf):
@@ -284,7 +284,7 @@ def scale_by_adam_mini(
 
   def update_fn(updates, state, params=None):
     del params
-    _validate.check_no_float0(updates, "scale_by_adam_mini")
+    _validate.check_matching_shapes(updates, state.mu, "scale_by_adam_mini", of="state")
     count = optax.safe_increment(state.count)
     seeds = None
     if state_format.needs_seed(mu_format):

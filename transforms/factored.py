@@ -106,7 +106,7 @@ def scale_by_factored_rms(
   min_dim_size_to_factor = _validate.check_integer(
       "min_dim_size_to_factor", min_dim_size_to_factor)
   _validate.check_non_negative("eps", eps)
-  _validate.check_non_negative("decay_offset", decay_offset)
+  decay_offset = _validate.check_integer("decay_offset", decay_offset, 0, traced=True)
 
   def axes_of(shape):
     return factored_axes(shape, min_dim_size_to_factor) if factored else None
@@ -135,8 +135,7 @@ def scale_by_factored_rms(
     )
 
   def update_fn(updates, state, params=None):
-    del params
-    _validate.check_no_float0(updates, "scale_by_factored_rms")
+    _validate.check_matching_shapes(updates, params, "scale_by_factored_rms")
 
     def leaf(g, v_row, v_col, v):
       dtype = _tree.compute_dtype(g)

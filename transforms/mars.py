@@ -61,6 +61,8 @@ def _mars_correction(b1, gamma, exact: bool,
           " parameters: wrap the chain in gt.gradients_at_previous_point and call"
           " update(grads, state, params, grad_fn=...)")
     previous = previous_grads if exact else state.previous_grads
+    _validate.check_matching_shapes(
+        updates, previous, "scale_by_mars", of="previous gradient" if exact else "state")
     coefficient = gamma * b1 / (1 - b1)
     batches = iter(_matrix_view.batch_axes_of(updates, matrix_view))
     c = jax.tree.map(lambda g, p: _corrected(g, p, coefficient, next(batches)),

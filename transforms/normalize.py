@@ -125,6 +125,11 @@ def normalize_by_second_moment(
       shape = (num, 1, cols) if granularity == "fan_out" else (num, rows, 1)
       return (jnp.zeros(shape, statistics_dtype(p)),)
 
+    if elementwise and _tree.is_params_placeholder(params):
+      # Element-wise v is a parameter copy: optax.tree.map_params maps it
+      # (it shards it like its parameter) where it maps the first moment.
+      return NormalizeBySecondMomentState(jnp.zeros([], jnp.int32), state_format.zeros_like_tree(
+          params, nu_format, signed=False, real=True))
     (nu,) = _matrix_view.map_view_statistics(statistic, 1, params, matrix_view)
     return NormalizeBySecondMomentState(jnp.zeros([], jnp.int32), nu)
 

@@ -78,6 +78,7 @@ def scale_by_trust_ratio(
       low_inclusive=False)
   _validate.check_non_negative("eps", eps)
   _validate.check_scalar_or_schedule("weight_decay", weight_decay)
+  _validate.check_mask("mask", mask)
 
   counts = callable(weight_decay)
 

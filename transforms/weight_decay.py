@@ -49,6 +49,7 @@ def _add_scaled_params(
     weight_decay: Union[float, optax.Schedule], mask: MaskOrFn, cautious: bool = False
 ) -> optax.GradientTransformation:
   _validate.check_scalar_or_schedule("weight_decay", weight_decay)
+  _validate.check_mask("mask", mask)
 
   counts = callable(weight_decay)
 

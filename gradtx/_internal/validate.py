@@ -93,13 +93,14 @@ def check_scalar_or_schedule(name: str, value: Any) -> None:
   """A hyper-parameter given as a non-negative number, an array or a schedule.
 
   Schedules (callables of the step count) are not evaluated here; a plain
-  number must be non-negative; anything that is neither a number, an array
+  number must be non-negative and finite (an infinite learning rate or decay
+  only makes every update non-finite); anything that is neither a number, an array
   nor a callable is refused.
   """
   if callable(value):
     return
   if _is_plain_number(value) and not isinstance(value, (bool, np.bool_)):
-    check_non_negative(name, value)
+    check_in_range(name, value, 0.0, np.inf)
     return
   if hasattr(value, "dtype") and hasattr(value, "shape") and value.dtype != np.bool_:
     return
@@ -131,6 +132,17 @@ def check_integer(name: str, value: Any, low: int = 1, *, traced: bool = False) 
             " static_args)" if hasattr(value, "dtype") else "")
     raise ValueError(f"{name} must be an integer >= {low}, got {value!r}{hint}")
   return int(value)
+
+
+def check_mask(name: str, value: Any) -> None:
+  """A mask: ``None``, a callable of the parameters, a boolean or a pytree of
+  booleans (``optax.masked`` semantics); a string or a number, which
+  ``optax.masked`` takes for a prefix that selects every leaf, is refused."""
+  if isinstance(value, (str, bytes)) or (
+      isinstance(value, numbers.Number) and not isinstance(value, (bool, np.bool_))):
+    raise ValueError(
+        f"{name} must be None, a callable of the parameters or a pytree of booleans"
+        f" shaped like them, got {value!r} (which would select every leaf)")
 
 
 def check_transformation(name: str, value: Any) -> None:
@@ -234,4 +246,4 @@ def check_matching_shapes(
       raise ValueError(
           f"{transform}: the update of {jax.tree_util.keystr(path)} has shape"
           f" {np.shape(u)} but its {of} has shape {shape}"
-          + ("" if of == "parameter" else " (built at init): is it the gradient of its parameter?"))
+          + (" (built at init): is it the gradient of its parameter?" if of == "state" else ""))

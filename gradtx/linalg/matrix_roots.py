@@ -139,7 +139,7 @@ def _newton_inverse_root(a, p, damping, relative_damping):
   )
   ridge = damping + relative_damping * bound
   bound = bound + ridge
-  nonzero = bound > 0
+  nonzero = bound != 0  # a NaN bound (non-finite statistics) gives a NaN root
   z = ((1 + p) / (2 * jnp.where(nonzero, bound, 1)))[..., None, None]
   m = (a + ridge[..., None, None] * eye) * z
   h = eye * z ** (1.0 / p)
@@ -183,7 +183,8 @@ def inverse_pth_root(
   rank-deficient matrix never yields inf or NaN. ``"newton"``: the coupled
   Newton iteration, matrix products only; λ_max is replaced by the bound
   min(‖A‖_F, ‖A‖_∞), and it needs δ > 0 for a rank-deficient A (it cannot
-  truncate). A zero matrix gives a zero root for both.
+  truncate). A zero matrix gives a zero root for both when δ = 0
+  (:math:`δ^{-1/p} I` otherwise); non-finite statistics give a non-finite root.
 
   Args:
     matrix: (..., n, n) symmetric (Hermitian) PSD matrices; leading axes are

@@ -57,6 +57,7 @@ import optax
 from gradtx._internal import names as _names
 from gradtx._internal import routing as _routing
 from gradtx._internal import tree as _tree
+from gradtx._internal import validate as _validate
 from gradtx.routing import axis_names as _axes
 
 
@@ -286,6 +287,7 @@ def stacked_matrix_view(
   does a leaf whose axis names settle its matrices or its stack axes (an
   expert stack named (layers, exp, embed, mlp)).
   """
+  num_axes = _validate.check_integer("num_axes", num_axes, 1)
 
   def stacked(path, leaf=_routing.NO_LEAF):
     _routing.check_rule_call("gt.stacked_matrix_view()", leaf)

@@ -44,6 +44,19 @@ def test_zero_matrix_has_zero_root(root_method):
   np.testing.assert_array_equal(root, 0.0)
 
 
+
+@pytest.mark.parametrize("root_method", ["eigh", "newton"])
+def test_a_zero_matrix_with_a_ridge_and_a_non_finite_matrix(root_method):
+  """(0 + δI)^(-1/p) = δ^(-1/p) I; a NaN or inf entry gives a NaN root (the
+  Newton iteration returned 0 for it, so a NaN step was followed by silent
+  zero steps)."""
+  root = gt.inverse_pth_root(jnp.zeros((5, 5)), 4, root_method=root_method, damping=1e-4)
+  np.testing.assert_allclose(root, 10.0 * np.eye(5), rtol=1e-5)
+  for bad in (np.nan, np.inf):
+    a = jnp.eye(5).at[1, 2].set(bad).at[2, 1].set(bad)
+    root = gt.inverse_pth_root(a, 4, root_method=root_method, damping=1e-4)
+    assert bool(jnp.all(jnp.isnan(root))), (root_method, bad)
+
 def test_eigh_root_of_rank_deficient_matrix_is_a_pseudo_inverse():
   u = np.linalg.qr(np.random.default_rng(1).standard_normal((8, 2)))[0]
   a = (u * np.array([4.0, 1e-2])) @ u.T  # rank 2 of 8, no ridge

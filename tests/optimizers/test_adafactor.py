@@ -89,3 +89,9 @@ def test_relative_step_size_is_computed_in_float64_under_x64():
     params = {"w": jnp.ones((4, 4), jnp.float32)}
     tx = go.adafactor()
     assert tx.update(params, tx.init(params), params)[0]["w"].dtype == jnp.float32
+
+
+def test_an_unknown_momentum_format_is_refused_without_momentum_too():
+  with pytest.raises(ValueError, match=r"mu_dtype must be None"):
+    go.adafactor(mu_dtype="bogus")
+  go.adafactor(mu_dtype="int8")  # a known format without b1: unused, accepted

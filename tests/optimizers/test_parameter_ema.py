@@ -187,3 +187,28 @@ def test_ema_params_of_a_masked_ema_keeps_the_left_out_leaves(wrap):
   averaged = go.ema_params(state, params)
   np.testing.assert_array_equal(averaged["b"], params["b"])
   np.testing.assert_allclose(averaged["w"], go.ema_params(alone_state, w), rtol=1e-6)
+
+
+def test_ema_params_names_the_filter_when_nnx_optimizer_left_a_module_out():
+  """nnx.Optimizer(wrt=...) over a sub-model: the EMA holds its leaves only;
+  params of the whole model (nnx.Param) get an error saying to pass the same
+  filter, not a pytree structure error."""
+  from flax import nnx
+
+  class Model(nnx.Module):
+    def __init__(self, rngs):
+      self.frozen = nnx.Linear(4, 4, rngs=rngs)
+      self.head = nnx.Linear(4, 2, rngs=rngs)
+
+    def __call__(self, x):
+      return self.head(self.frozen(x))
+
+  model = Model(nnx.Rngs(0))
+  wrt = nnx.All(nnx.Param, nnx.PathContains("head"))
+  optimizer = nnx.Optimizer(model, go.parameter_ema(go.sgd(0.1), decay=0.5), wrt=wrt)
+  x = jnp.ones((3, 4))
+  grads = nnx.grad(lambda m: jnp.mean(m(x) ** 2), argnums=nnx.DiffState(0, wrt))(model)
+  optimizer.update(model, grads)
+  assert len(jax.tree.leaves(go.ema_params(optimizer.opt_state, nnx.state(model, wrt)))) == 2
+  with pytest.raises(ValueError, match=r"pass nnx.state\(model, wrt\)"):
+    go.ema_params(optimizer.opt_state, nnx.state(model, nnx.Param))

@@ -234,6 +234,19 @@ def test_non_finite_gradient_poisons_the_step_unless_apply_if_finite():
   np.testing.assert_array_equal(updates, expected)
 
 
+
+@pytest.mark.parametrize("adaptive", [False, True])
+def test_a_nan_gradient_puts_every_coordinate_of_the_perturbation_at_nan(adaptive):
+  """As the docstring says: a NaN in g makes ‖g‖ NaN and ε NaN everywhere, so
+  grad_fn is never evaluated at a finite point moved by an unnormalised ρ·g."""
+  w = jnp.ones(3)
+  seen = []
+  grad_fn = lambda p: seen.append(p) or p
+  tx = go.sam(optax.sgd(1.0), rho=0.05, adaptive=adaptive)
+  updates, _ = tx.update(jnp.array([jnp.nan, 100.0, 100.0]), tx.init(w), w, grad_fn=grad_fn)
+  assert np.all(np.isnan(seen[0])) and np.all(np.isnan(updates))
+
+
 def _linear_loss(p, x, y):
   return jnp.mean((x @ p["kernel"] + p["bias"] - y) ** 2)
 

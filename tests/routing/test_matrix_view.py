@@ -400,3 +400,10 @@ def test_a_rule_handed_to_inject_hyperparams_as_a_schedule_says_static_args(rule
   with warnings.catch_warnings():
     warnings.simplefilter("ignore", gt.AmbiguousMatrixViewWarning)
     tx.update(params, tx.init(params), params)
+
+
+@pytest.mark.parametrize("num_axes", [0, -1, 1.5, True])
+def test_the_stacked_view_refuses_a_number_of_stack_axes_that_is_no_count(num_axes):
+  """0 or 1.5 merged a (2, 4, 3) stack into one matrix, -1 sent it to AdamW."""
+  with pytest.raises(ValueError, match=r"num_axes must be an integer >= 1"):
+    gt.stacked_matrix_view(num_axes=num_axes)

@@ -47,6 +47,9 @@ DECAY = Kind((-0.5, -0.1, 1.0, 1.5, 2.0, NAN), (0.0, 0.999),
 UNIT = Kind((-0.1, 1.5, NAN), (0.0, 1.0), "{name} must be in [0, 1], got {value!r}")
 NON_NEGATIVE = Kind((-1e-3, -0.1, -1.0, NAN), (0.0, 3.0),
                     "{name} must be in [0, inf], got {value!r}")
+# Numbers that may be schedules (learning rates, weight decays): finite too.
+FINITE_NON_NEGATIVE = Kind((-1e-3, -1.0, NAN, float("inf")), (0.0, 3.0),
+                           "{name} must be in [0, inf), got {value!r}")
 POSITIVE = Kind((0.0, -1.0, NAN), (1e-3, 2.0), "{name} must be in (0, inf), got {value!r}")
 COUNT = Kind((0, -1, 2.5, True), (1, 3), "{name} must be an integer >= 1, got {value!r}")
 PROBABILITY = Kind((0.0, -0.1, 1.5, NAN), (0.5, 1.0), "{name} must be in (0, 1], got {value!r}")
@@ -89,12 +92,12 @@ TABLE = {
         gt.clip_singular_values, dict(min_value=BELOW_ONE, max_value=NON_NEGATIVE)),
     gt.coupled_weight_decay: Entry(
         lambda weight_decay=0.1, **kw: gt.coupled_weight_decay(weight_decay, **kw),
-        dict(weight_decay=NON_NEGATIVE),
+        dict(weight_decay=FINITE_NON_NEGATIVE),
         configs={"no_decay": dict(weight_decay=0.0), "decay": dict(weight_decay=0.1)},
         zero_update=_decay),
     gt.decoupled_weight_decay: Entry(
         lambda weight_decay=0.1, **kw: gt.decoupled_weight_decay(weight_decay, **kw),
-        dict(weight_decay=NON_NEGATIVE),
+        dict(weight_decay=FINITE_NON_NEGATIVE),
         configs={"no_decay": dict(weight_decay=0.0), "decay": dict(weight_decay=0.1),
                  "cautious": dict(weight_decay=0.1, cautious_weight_decay=True)},
         zero_update=_decay),
@@ -128,7 +131,7 @@ TABLE = {
         {}, configs={}, transform_args=("inner",)),
     gt.hyperball_step: Entry(
         lambda learning_rate=0.1, **kw: gt.hyperball_step(learning_rate, **kw),
-        dict(learning_rate=NON_NEGATIVE),
+        dict(learning_rate=FINITE_NON_NEGATIVE),
         configs={"default": {}, "schedule": dict(learning_rate=lambda c: 0.1 / (1 + c))}),
     gt.in_factored_geometry: Entry(
         lambda inner=_DEFAULT, **kw: gt.in_factored_geometry(
@@ -177,7 +180,7 @@ TABLE = {
                  "bf16_moments": dict(mu_dtype=jnp.bfloat16, nu_dtype=jnp.bfloat16)}),
     gt.scale_by_ademamix: Entry(
         gt.scale_by_ademamix,
-        dict(b1=DECAY, b2=DECAY, b3=DECAY, alpha=NON_NEGATIVE, eps=NON_NEGATIVE,
+        dict(b1=DECAY, b2=DECAY, b3=DECAY, alpha=FINITE_NON_NEGATIVE, eps=NON_NEGATIVE,
              eps_root=NON_NEGATIVE),
         configs={"default": {}, "schedules_int8": dict(
             alpha=optax.linear_schedule(0.0, 5.0, 4), b3=lambda count: 0.9 + 0.0 * count,
@@ -187,17 +190,17 @@ TABLE = {
         configs={"default": {}, "strong_bf16": dict(gamma=0.5, mu_dtype=jnp.bfloat16)}),
     gt.scale_by_adam_mini: Entry(
         gt.scale_by_adam_mini,
-        dict(b1=DECAY, b2=DECAY, eps=NON_NEGATIVE, num_heads=AT_LEAST_ONE)),
+        dict(b1=DECAY, b2=DECAY, eps=NON_NEGATIVE, num_heads=COUNT)),
     gt.scale_by_belief: Entry(
         gt.scale_by_belief, dict(b1=DECAY, b2=DECAY, eps=NON_NEGATIVE)),
     gt.scale_by_factored_rms: Entry(
         gt.scale_by_factored_rms,
         dict(decay_rate=UNIT, min_dim_size_to_factor=COUNT, eps=NON_NEGATIVE,
-             decay_offset=NON_NEGATIVE),
+             decay_offset=INDEX),
         configs={"factored": dict(min_dim_size_to_factor=2)}),
     gt.scale_by_learning_rate: Entry(
         lambda learning_rate=0.1, **kw: gt.scale_by_learning_rate(learning_rate, **kw),
-        dict(learning_rate=NON_NEGATIVE),
+        dict(learning_rate=FINITE_NON_NEGATIVE),
         configs={"schedule": dict(learning_rate=lambda c: 0.1 / (1 + c))}),
     gt.scale_by_lion: Entry(gt.scale_by_lion, dict(b1=DECAY, b2=DECAY)),
     gt.scale_by_matrix_shape: Entry(
@@ -234,7 +237,7 @@ TABLE = {
     gt.scale_by_tiger: Entry(gt.scale_by_tiger, dict(beta=DECAY)),
     gt.scale_by_trust_ratio: Entry(
         gt.scale_by_trust_ratio,
-        dict(trust_coefficient=POSITIVE, eps=NON_NEGATIVE, weight_decay=NON_NEGATIVE)),
+        dict(trust_coefficient=POSITIVE, eps=NON_NEGATIVE, weight_decay=FINITE_NON_NEGATIVE)),
 }
 
 # Known gaps in the source: each pair here fails the contract today (strict

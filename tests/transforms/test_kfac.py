@@ -105,6 +105,54 @@ def test_damping_and_ridge_are_kfac_jax_s_pi_adjusted_ones():
   del kfac_jax
 
 
+
+def test_float32_inverses_of_ill_conditioned_factors_keep_kfac_jax_s_update():
+  """Input features whose scales span 1e4 (A/π + √λI conditioned beyond 2e6):
+  in float32 the Cholesky solve gives kfac-jax's update (its LU inverse) and
+  float64's to ~1e-6; eigh's pseudo-inverse lost most of it (0.93 here)."""
+  tk._compat()
+  from kfac_jax._src.utils import math as kmath
+  damping = 1e-6
+  rng = np.random.default_rng(0)
+  x = (30 * rng.standard_normal((256, 16)) * np.geomspace(100, 0.01, 16)).astype(np.float32)
+  d = (30 * rng.standard_normal((256, 8)) / 256).astype(np.float32)
+  grads = {"dense": {"kernel": jnp.asarray(x.T @ d), "bias": jnp.asarray(d.sum(0))}}
+  params = jax.tree.map(jnp.zeros_like, grads)
+  records = gt.Records({"dense": gt.DenseRecord(jnp.asarray(x), jnp.asarray(d))}, {})
+  xt = np.concatenate([x, np.ones((256, 1), np.float32)], 1)
+  a, g = xt.T @ xt / 256, d.T @ d
+  v = np.concatenate([x.T @ d, d.sum(0)[None]], 0)
+  inv_a, inv_g = kmath.pi_adjusted_kronecker_inverse(
+      jnp.asarray(a), jnp.asarray(g), damping=jnp.float32(damping))
+  theirs = np.asarray(inv_a @ v @ inv_g)[:-1]
+  a64, g64 = a.astype(np.float64), g.astype(np.float64)
+  pi = np.sqrt(np.trace(a64) / 17 / (np.trace(g64) / 8))
+  exact = (np.linalg.inv(a64 / pi + np.sqrt(damping) * np.eye(17)) @ v
+           @ np.linalg.inv(g64 * pi + np.sqrt(damping) * np.eye(8)))[:-1]
+  relative = lambda u, w: np.linalg.norm(u - w) / np.linalg.norm(w)
+  errors = {}
+  for method in ("cholesky", "eigh"):
+    tx = gt.kfac_precondition(damping=damping, precondition_b2=0.95, root_method=method)
+    u, _ = tx.update(grads, tx.init(params), params, records=records)
+    errors[method] = relative(np.asarray(u["dense"]["kernel"], np.float64), exact)
+  assert errors["cholesky"] < 1e-5 and relative(theirs, exact) < 1e-5
+  assert errors["eigh"] > 0.5  # the documented pseudo-inverse truncation
+
+
+def test_a_non_finite_record_makes_the_layer_nan_for_good():
+  """The factors stay NaN: so do the inverses and every later update (they
+  became √λ I, a finite u = g/λ, before)."""
+  params = {"d": {"kernel": jnp.ones((3, 2)), "bias": jnp.ones(2)}}
+  grads = jax.tree.map(lambda p: 0.1 * p, params)
+  record = lambda x: gt.Records({"d": gt.DenseRecord(x, jnp.ones((4, 2)))}, {})
+  for method in ("cholesky", "eigh", "newton"):
+    tx = gt.kfac_precondition(damping=1e-3, root_method=method)
+    _, state = tx.update(grads, tx.init(params), params, records=record(jnp.ones((4, 3))))
+    _, state = tx.update(grads, state, params,
+                         records=record(jnp.ones((4, 3)).at[0, 0].set(jnp.nan)))
+    u, _ = tx.update(grads, state, params, records=record(jnp.ones((4, 3))))
+    assert bool(jnp.all(jnp.isnan(u["d"]["kernel"]))), method
+
 def test_zero_records_give_gradient_over_damping():
   params = {"d": {"kernel": jnp.ones((3, 2)), "bias": jnp.ones(2)}}
   grads = jax.tree.map(lambda p: 2 * p, params)
