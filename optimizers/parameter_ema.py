@@ -166,13 +166,13 @@ def ema_params(state: Any, params: optax.Params) -> optax.Params:
   # flax NNX: nnx.Optimizer's opt_state wraps the EMA in OptVariables, and
   # nnx.state(model, nnx.Param) the parameters in Params.
   ema, plain = _tree.unwrap_variables(found[0].ema), _tree.unwrap_variables(params)
-  structure = lambda tree: jax.tree.structure(tree, is_leaf=_is_masked_node)
-  if structure(ema) != structure(plain):
+  try:  # the average is a prefix of params: a MaskedNode may stand for a subtree
+    jax.tree.structure(ema, is_leaf=_is_masked_node).flatten_up_to(plain)
+  except ValueError as error:
     raise ValueError(
         "ema_params: params must be the tree the optimizer was built on: with"
         " nnx.Optimizer(model, tx, wrt=...) pass nnx.state(model, wrt), the same"
-        f" filter; the average holds {len(jax.tree.leaves(ema))} leaves, params"
-        f" {len(jax.tree.leaves(plain))}")
+        f" filter ({error})") from None
   # Inside optax.masked or a multi_transform branch the leaves left out are
   # MaskedNodes: they keep the current parameters.
   averaged = jax.tree.map(lambda e, p: p if _is_masked_node(e) else e.astype(_tree.dtype_of(p)),

@@ -162,12 +162,15 @@ def damped_inverses(
   Factored Tikhonov damping with π-adjustment (Martens & Grosse 2015, §6.3;
   kfac-jax's ``pi_adjusted_kronecker_factors``): their Kronecker product
   stands in for (A ⊗ G + λI)⁻¹. When either factor is zero, both become
-  √λ I, so the update is g/λ; a non-finite factor (a NaN gradient) makes
-  both inverses NaN. ``root_method``: ``"cholesky"`` solves exactly (kfac-jax
-  inverts by LU); ``"eigh"``'s pseudo-inverse drops the directions whose damped
-  eigenvalue is under 4 ulp of the largest (in float32, where A/π + √λ I is
-  conditioned beyond ~2·10⁶, it lost 85-99% of the update a review measured
-  against float64).
+  √λ I, so the update is g/λ; a NaN factor makes both inverses NaN (and a
+  non-finite record makes the layer's update NaN with every method).
+  ``root_method``: ``"cholesky"`` solves exactly (kfac-jax inverts by LU; like
+  its Cholesky option it needs λ well above the round-off of A's largest
+  eigenvalue: a rank-deficient factor at λ = 1e-18 gives NaN);
+  ``"eigh"``'s pseudo-inverse drops the directions whose damped eigenvalue is
+  under 4 ulp of the largest (in float32, where A/π + √λ I is conditioned
+  beyond ~2·10⁶, it lost 85-99% of the update a review measured against
+  float64).
   """
   norm_a = jnp.trace(a) / a.shape[-1]
   norm_g = jnp.trace(g) / g.shape[-1]

@@ -26,7 +26,9 @@ MaskOrFn = Optional[Union[Any, Callable[[optax.Params], Any]]]
 def weight_decay_mask(mask: MaskOrFn, params: Any) -> Any:
   """``mask`` as a tree of Python booleans shaped like ``params``.
 
-  ``None`` selects every leaf; a callable is called on ``params``.
+  ``None`` selects every leaf; a callable is called on ``params``; a mask
+  that is a prefix of ``params`` (``optax.masked`` takes one) is broadcast
+  over each subtree.
   """
   if mask is None:
     return jax.tree.map(lambda _: True, params)
@@ -34,8 +36,9 @@ def weight_decay_mask(mask: MaskOrFn, params: Any) -> Any:
   # Where params are masked out already (optax.masked, multi_transform) the
   # result keeps their MaskedNode, so it is structured like the updates.
   masked = lambda x: isinstance(x, optax.MaskedNode)
-  return jax.tree.map(
-      lambda m, p: p if masked(p) else bool(m), resolved, params, is_leaf=masked)
+  broadcast = lambda m, subtree: jax.tree.map(
+      lambda p: p if masked(p) else bool(m), subtree, is_leaf=masked)
+  return jax.tree.map(broadcast, resolved, params, is_leaf=masked)
 
 
 class WeightDecayState(NamedTuple):

@@ -184,7 +184,9 @@ def inverse_pth_root(
   Newton iteration, matrix products only; λ_max is replaced by the bound
   min(‖A‖_F, ‖A‖_∞), and it needs δ > 0 for a rank-deficient A (it cannot
   truncate). A zero matrix gives a zero root for both when δ = 0
-  (:math:`δ^{-1/p} I` otherwise); non-finite statistics give a non-finite root.
+  (:math:`δ^{-1/p} I` otherwise). A NaN entry gives a NaN root; an inf one
+  gives NaN with ``"newton"`` and, with ``"eigh"``, a zero root (every
+  eigenvalue falls under 4·ulp·inf).
 
   Args:
     matrix: (..., n, n) symmetric (Hermitian) PSD matrices; leading axes are

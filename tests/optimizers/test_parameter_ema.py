@@ -167,14 +167,18 @@ def test_ema_params_of_an_nnx_optimizer():
 
 
 @pytest.mark.parametrize("wrap", [
-    lambda tx: optax.masked(tx, {"w": True, "b": False}),
-    lambda tx: optax.multi_transform({"ema": tx, "sgd": go.sgd(0.1)}, {"w": "ema", "b": "sgd"}),
-], ids=["masked", "multi_transform"])
+    lambda tx: optax.masked(tx, {"w": True, "rest": {"b": False}}),
+    lambda tx: optax.multi_transform({"ema": tx, "sgd": go.sgd(0.1)},
+                                     {"w": "ema", "rest": {"b": "sgd"}}),
+    # a prefix: one MaskedNode stands for the subtree {"b": ...}
+    lambda tx: optax.masked(tx, {"w": True, "rest": False}),
+    lambda tx: optax.multi_transform({"ema": tx, "sgd": go.sgd(0.1)}, {"w": "ema", "rest": "sgd"}),
+], ids=["masked", "multi_transform", "masked_prefix", "multi_transform_prefix"])
 def test_ema_params_of_a_masked_ema_keeps_the_left_out_leaves(wrap):
   """Inside optax.masked or a multi_transform branch the EMA state holds
   MaskedNodes for the leaves it does not see (a pytree error before): those
   come back as the current parameters, the others as the EMA alone gives."""
-  params = {"w": jnp.linspace(-1.0, 1.0, 6).reshape(2, 3), "b": jnp.ones(2)}
+  params = {"w": jnp.linspace(-1.0, 1.0, 6).reshape(2, 3), "rest": {"b": jnp.ones(2)}}
   grads = jax.tree.map(lambda p: jnp.cos(p), params)
   tx, alone = wrap(go.parameter_ema(go.sgd(0.1), decay=0.5)), go.parameter_ema(go.sgd(0.1),
                                                                                 decay=0.5)
@@ -185,7 +189,7 @@ def test_ema_params_of_a_masked_ema_keeps_the_left_out_leaves(wrap):
     w_updates, alone_state = alone.update(grads["w"], alone_state, w)
     w = optax.apply_updates(w, w_updates)
   averaged = go.ema_params(state, params)
-  np.testing.assert_array_equal(averaged["b"], params["b"])
+  np.testing.assert_array_equal(averaged["rest"]["b"], params["rest"]["b"])
   np.testing.assert_allclose(averaged["w"], go.ema_params(alone_state, w), rtol=1e-6)
 
 
