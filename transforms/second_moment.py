@@ -84,8 +84,9 @@ def scale_by_adam(
     nu_dtype: storage of the second moment (and of its running maximum), as
       ``mu_dtype``; ``jnp.bfloat16`` halves its memory, ``"int8"`` quarters
       it. Arithmetic always runs in at least float32. At ``b2`` >= ~0.996 a
-      bf16 v rounded to nearest cannot decay (:math:`(1 - b_2) v` is under
-      half its ulp): use ``gt.StochasticBfloat16()`` there.
+      bf16 v rounded to nearest cannot decay and is biased high
+      (:math:`(1 - b_2) v` is under half its ulp): use
+      ``gt.StochasticBfloat16()`` there.
 
   Returns:
     An ``optax.GradientTransformation`` with state ``ScaleByAdamState``.
