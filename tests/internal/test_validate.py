@@ -159,9 +159,9 @@ def test_check_scalar_or_schedule_accepts(value):
   _validate.check_scalar_or_schedule("learning_rate", value)
 
 
-@pytest.mark.parametrize("value", [-1e-3, NAN, np.array(-0.1)], ids=repr)
-def test_check_scalar_or_schedule_rejects_negative_numbers(value):
-  with pytest.raises(ValueError, match=r"^learning_rate must be in \[0, inf\]"):
+@pytest.mark.parametrize("value", [-1e-3, NAN, np.array(-0.1), float("inf")], ids=repr)
+def test_check_scalar_or_schedule_rejects_negative_nan_and_infinite_numbers(value):
+  with pytest.raises(ValueError, match=r"^learning_rate must be in \[0, inf\)"):
     _validate.check_scalar_or_schedule("learning_rate", value)
 
 
