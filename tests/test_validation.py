@@ -430,6 +430,24 @@ def test_a_mask_that_is_a_string_or_a_number_is_refused(factory, name):
       factory(learning_rate=LR, **{name: bad})
   factory(learning_rate=LR, **{name: True})
 
+
+_PARTITIONED = {  # matrix rule + AdamW in one optax.multi_transform
+    "muon": lambda: go.muon(LR), "adamuon": lambda: go.adamuon(LR),
+    "normuon": lambda: go.normuon(LR), "dion": lambda: go.dion(LR),
+}
+
+
+@pytest.mark.parametrize("name", list(_PARTITIONED))
+def test_a_partitioned_optimizer_names_a_gradient_tree_that_does_not_match(name):
+  """optax.multi_transform raised JAX's bare pytree error for a missing leaf."""
+  tx = _PARTITIONED[name]()
+  params = {"w": jnp.ones((8, 6)), "b": jnp.ones(6)}
+  state = tx.init(params)
+  with pytest.raises(ValueError, match=rf"{name} \(with AdamW beside it\): the updates have 1"):
+    tx.update({"w": jnp.ones((8, 6))}, state, params)
+  with pytest.raises(ValueError, match=r"\['w'\] has shape \(6, 8\)"):
+    tx.update({"w": jnp.ones((6, 8)), "b": jnp.ones(6)}, state, params)
+
 def test_nesterov_with_dampening_is_rejected_as_torch_does():
   """torch.optim.SGD: "Nesterov momentum requires a momentum and zero dampening"."""
   for make in (lambda d: go.sgd(LR, momentum=0.9, nesterov=True, dampening=d),

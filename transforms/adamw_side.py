@@ -23,6 +23,17 @@ from gradtx.transforms.second_moment import scale_by_adam
 from gradtx.transforms.weight_decay import MaskOrFn, decoupled_weight_decay
 
 
+def _checked(tx: optax.GradientTransformation, label: str) -> optax.GradientTransformation:
+  """``tx`` whose update names a gradient tree that does not match the
+  parameters (``optax.multi_transform`` raises JAX's bare pytree error)."""
+
+  def update_fn(updates, state, params=None, **extra_args):
+    _validate.check_matching_shapes(updates, params, f"{label} (with AdamW beside it)")
+    return tx.update(updates, state, params, **extra_args)
+
+  return type(tx)(tx.init, update_fn)
+
+
 @dataclasses.dataclass(frozen=True)
 class AdamWSide:
   r"""The AdamW that a matrix optimizer gives the leaves its matrix rule does not take.
@@ -149,7 +160,7 @@ class AdamWSide:
       with _axes.reading(params), _axes.using(getattr(matrix_view, "axis_names", None)):
         return jax.tree_util.tree_map_with_path(label_of, params, roles)
 
-    return keeps_init_names(optax.multi_transform(transforms, labels))
+    return _checked(keeps_init_names(optax.multi_transform(transforms, labels)), label)
 
   @staticmethod
   def document(factory: Callable) -> Callable:
