@@ -146,6 +146,7 @@ def adamuon(
     eps: float = 1e-8,
     nesterov: bool = True,
     sign_momentum: bool = False,
+    debias: bool = True,
     ns_steps: int = 5,
     coefficients: gt.Coefficients = "jordan",
     method: str = "standard",
@@ -183,11 +184,17 @@ def adamuon(
   quadrant". ``gradtx.contrib.adamuon_lm`` is this optimizer with Gram
   Newton–Schulz and learning-rate ratios tuned on one language model.
 
-  The paper and its code differ: from its second version (Algorithm 1) the
-  paper orthogonalizes the momentum's sign, O_t = NS(sign(m̃_t)) ("sign-
-  stabilized"), where the reference code and the paper's first version take
-  NS(m̃_t). The default follows the code, on which the project's measurements
-  were made; ``sign_momentum=True`` is the paper's.
+  The versions differ. The defaults are the first released code's
+  (``adamuon.py`` of github.com/Chongjie-Si/AdaMuon at 3b84e03, as the paper's
+  first version): O_t = NS(m̃_t), v with its own b₂ = 0.999, bias-corrected;
+  the project's measurements were made with them. From its second version
+  (Algorithm 1) the paper orthogonalizes the momentum's sign, O_t =
+  NS(sign(m̃_t)) ("sign-stabilized"), and decays v with β, and the
+  repository's later code (``gpt2/models/optimizers/adamuon.py``, which
+  replaced ``adamuon.py``) does both without a bias correction:
+  ``sign_momentum=True, b2=0.95, debias=False`` is that rule (its GPT-2
+  AdamW side also takes ``adam_b2=0.95`` and no decay on 1-D leaves: pass
+  ``adam_b2`` and ``mask``).
 
   Args:
     learning_rate: η of the hidden matrices, a number or a schedule.
@@ -195,8 +202,9 @@ def adamuon(
     b2: decay of the element-wise second moment, in [0, 1).
     eps: added to √v̂ and to the norm, >= 0.
     nesterov: orthogonalize the look-ahead (as ``go.muon``).
-    sign_momentum: orthogonalize sign(m̃) (the paper from its v2) instead of
-      m̃ (the reference code).
+    sign_momentum: orthogonalize sign(m̃) (the paper from its v2, the later
+      code) instead of m̃ (the first code).
+    debias: divide v by 1 − b₂ᵗ (the first code; the later code does not).
     ns_steps: Newton–Schulz iterations, >= 1.
     coefficients: Newton–Schulz coefficients (``gt.orthogonalize_newton_schulz``).
     method: ``"standard"`` or ``"gram"`` Newton–Schulz (the same msign up to
@@ -225,8 +233,8 @@ def adamuon(
       *([gt.scale_by_sign()] if sign_momentum else []),
       _orthogonalize(ns_steps, coefficients, method, matrix_view),
       gt.normalize_by_second_moment(
-          b2=b2, eps=eps, renormalize="orthogonal", matrix_view=matrix_view,
-          nu_dtype=nu_dtype),
+          b2=b2, eps=eps, debias=debias, renormalize="orthogonal",
+          matrix_view=matrix_view, nu_dtype=nu_dtype),
   )
   return _hidden_then_adamw(
       "adamuon", direction, scale=scale, matrix_view=matrix_view,

@@ -35,8 +35,10 @@ def mars_adamw(
 
   For each leaf picked by ``is_mars_param`` (by default every leaf with a
   matrix view, one matrix per layer or expert of a stack, embeddings and
-  output heads included: the official code's ``optimize_1d=False`` takes
-  every ≥2-D parameter of a model whose parameters are single matrices):
+  output heads included; the official code's ``optimize_1d=False`` takes
+  every 2-D parameter, and sends convolution kernels (4-D) to its AdamW
+  branch, where this default takes them as matrices: pass
+  ``is_mars_param=lambda path, leaf: leaf.ndim == 2`` for its routing):
 
   .. math::
     c_t = g_t + γ\frac{β_1}{1-β_1}(g_t - \tilde g_{t-1}),\quad

@@ -64,8 +64,12 @@ def cautious(inner: optax.GradientTransformation) -> optax.GradientTransformatio
                 gt.decoupled_weight_decay(0.1),
                 gt.scale_by_learning_rate(1e-3))
 
-  is C-AdamW. Wrapping a complete optimizer (whose updates are −η·u) would
-  mask every coordinate that descends.
+  is C-AdamW, but for where Adam's ε sits: ``c_adamw.py`` divides by
+  √v + ε and scales the step by √(1−β₂ᵗ)/(1−β₁ᵗ) (Hugging Face's form: an
+  ε/√(1−β₂ᵗ) on √v̂), ``gt.scale_by_adam`` by √v̂ + ε (torch's); the two
+  differ by 3e-5 of a 12-step move at ε = 1e-8, and agree to round-off with
+  ε placed alike. Wrapping a complete optimizer (whose updates are −η·u)
+  would mask every coordinate that descends.
 
   Args:
     inner: the transform whose updates are masked (e.g. ``gt.scale_by_adam()``,

@@ -262,10 +262,15 @@ def normuon_reference(w0, gradient, *, steps, lr, weight_decay=0.0, beta=0.95,
 
 
 def adamuon_reference(w0, gradient, *, steps, lr, weight_decay=0.01, beta=0.95,
-                      beta2=0.999, eps=1e-8, nesterov=True, sign=False):
-  """``AdaMuon.step`` (github.com/Chongjie-Si/AdaMuon, ``adamuon.py``) for an
-  (out, in) matrix, float64 (the reference's bf16 iterations aside). ``sign``:
-  Algorithm 1 of the paper's v2/v3, O_t = NewtonSchulz(Sign(M_t))."""
+                      beta2=0.999, eps=1e-8, nesterov=True, sign=False, later=False):
+  """``AdaMuon.step`` (github.com/Chongjie-Si/AdaMuon, ``adamuon.py`` at
+  3b84e03, the first release) for an (out, in) matrix, float64 (the
+  reference's bf16 iterations aside). ``sign``: Algorithm 1 of the paper's
+  v2/v3, O_t = NewtonSchulz(Sign(M_t)). ``later``: the repository's later
+  ``gpt2/models/optimizers/adamuon.py``: sign, v decayed by ``beta``
+  (``v.mul_(momentum)``), no bias correction."""
+  if later:
+    sign, beta2 = True, beta
   w = np.array(w0, np.float64)
   momentum, v, trajectory = np.zeros_like(w), np.zeros_like(w), []
   for step in range(1, steps + 1):
@@ -273,7 +278,7 @@ def adamuon_reference(w0, gradient, *, steps, lr, weight_decay=0.01, beta=0.95,
     momentum, g = _muon_momentum(grad, momentum, beta, nesterov)
     g = newton_schulz_reference(np.sign(g) if sign else g)
     v = v * beta2 + (1 - beta2) * g * g
-    g = g / (np.sqrt(v / (1 - beta2**step)) + eps)
+    g = g / (np.sqrt(v if later else v / (1 - beta2**step)) + eps)
     g = g * min(w.shape) ** 0.5 / (np.linalg.norm(g) + eps)
     w = w * (1 - lr * weight_decay) - lr * 0.2 * max(w.shape) ** 0.5 * g
     trajectory.append(w.copy())
