@@ -165,6 +165,11 @@ OPTIMIZERS: dict[str, Callable[[int], optax.GradientTransformation]] = {
     # The race's best peak lr: 2x the AdamW-sized 6e-3 (benchmarks/RESULTS.md).
     "adamuon": lambda n: go.adamuon(warmup_cosine(1.2e-2, n), **_muon_adamw(n)),
     "vmuon": lambda n: go.vmuon(warmup_cosine(0.02, n), **_muon_adamw(n)),
+    # AdaMuon's later reference code (gpt2/models/optimizers/adamuon.py): the
+    # momentum's sign orthogonalized, v decayed by beta, no bias correction.
+    "adamuon:later_code": lambda n: go.adamuon(
+        warmup_cosine(1.2e-2, n), sign_momentum=True, b2=0.95, debias=False,
+        **_muon_adamw(n)),
     # The embeddings apart, at 30x AdamW's peak (the race's best).
     "adamuon:fast_embeddings": lambda n: go.adamuon(
         warmup_cosine(1.2e-2, n), **_muon_adamw(n), **_fast_embeddings(n)),
