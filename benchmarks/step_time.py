@@ -172,6 +172,8 @@ def main(argv: Sequence[str] | None = None) -> None:
   )
   args = parser.parse_args(argv)
   if args.quick:
+    if args.sizes != parser.get_default("sizes"):
+      parser.error("--quick sets its own sizes (1M,gpt:2x128): drop --sizes or --quick")
     args.sizes = "1M,gpt:2x128"
   rounds = args.rounds or (5 if args.quick else 30)
   compiler_options = parse_compiler_options(args.xla_option)
