@@ -133,10 +133,6 @@ def parameter_ema(
   return optax.GradientTransformationExtraArgs(init_fn, update_fn)
 
 
-def _is_masked_node(x: Any) -> bool:
-  return isinstance(x, optax.MaskedNode)
-
-
 def ema_params(state: Any, params: optax.Params) -> optax.Params:
   """The averaged parameters held by a ``parameter_ema`` state, in ``params``' dtypes.
 
@@ -167,7 +163,7 @@ def ema_params(state: Any, params: optax.Params) -> optax.Params:
   # nnx.state(model, nnx.Param) the parameters in Params.
   ema, plain = _tree.unwrap_variables(found[0].ema), _tree.unwrap_variables(params)
   try:  # the average is a prefix of params: a MaskedNode may stand for a subtree
-    jax.tree.structure(ema, is_leaf=_is_masked_node).flatten_up_to(plain)
+    jax.tree.structure(ema, is_leaf=_tree.is_masked_node).flatten_up_to(plain)
   except ValueError as error:
     raise ValueError(
         "ema_params: params must be the tree the optimizer was built on: with"
@@ -175,6 +171,7 @@ def ema_params(state: Any, params: optax.Params) -> optax.Params:
         f" filter ({error})") from None
   # Inside optax.masked or a multi_transform branch the leaves left out are
   # MaskedNodes: they keep the current parameters.
-  averaged = jax.tree.map(lambda e, p: p if _is_masked_node(e) else e.astype(_tree.dtype_of(p)),
-                          ema, plain, is_leaf=_is_masked_node)
+  masked = _tree.is_masked_node
+  averaged = jax.tree.map(lambda e, p: p if masked(e) else e.astype(_tree.dtype_of(p)),
+                          ema, plain, is_leaf=masked)
   return _tree.wrapped_like(averaged, params)

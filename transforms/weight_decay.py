@@ -35,7 +35,7 @@ def weight_decay_mask(mask: MaskOrFn, params: Any) -> Any:
   resolved = mask(params) if callable(mask) else mask
   # Where params are masked out already (optax.masked, multi_transform) the
   # result keeps their MaskedNode, so it is structured like the updates.
-  masked = lambda x: isinstance(x, optax.MaskedNode)
+  masked = _tree.is_masked_node
   broadcast = lambda m, subtree: jax.tree.map(
       lambda p: p if masked(p) else bool(m), subtree, is_leaf=masked)
   return jax.tree.map(broadcast, resolved, params, is_leaf=masked)

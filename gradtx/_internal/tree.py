@@ -287,6 +287,11 @@ def is_params_placeholder(params: Any) -> bool:
   return type(params).__name__ == "_ParamsPlaceholder"
 
 
+def is_masked_node(x: Any) -> bool:
+  """A leaf ``optax.masked`` or a ``multi_transform`` branch left out."""
+  return isinstance(x, optax.MaskedNode)
+
+
 def is_variable(x: Any) -> bool:
   # flax.nnx.Variable and alike: a pytree node carrying metadata (sharding).
   return hasattr(x, "get_value") and hasattr(x, "get_metadata")

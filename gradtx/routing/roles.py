@@ -13,10 +13,10 @@ import warnings
 from typing import Any, Callable, Optional
 
 import jax
-import optax
 
 from gradtx._internal import names as _names
 from gradtx._internal import routing as _routing
+from gradtx._internal import tree as _tree
 from gradtx.routing import axis_names as _axes
 from gradtx.routing import matrix_view as _matrix_view
 
@@ -151,7 +151,7 @@ def _classifier_guessed(path: tuple, shape: tuple) -> None:
 def _holds_masked_leaves(params: Any) -> bool:
   """Whether ``optax.multi_transform`` / ``optax.masked`` left leaves out of
   ``params`` (a branch sees its own leaves only)."""
-  is_masked = lambda x: isinstance(x, optax.MaskedNode)
+  is_masked = _tree.is_masked_node
   return any(map(is_masked, jax.tree.leaves(params, is_leaf=is_masked)))
 
 
@@ -177,7 +177,7 @@ def _warn_if_embedding_masked_out(params: Any) -> None:
   (``optax.multi_transform`` / ``optax.masked`` hand a transform its own
   leaves only) and no output head was found: a head that only its shape beside
   the embedding makes one would be routed as a hidden matrix."""
-  is_masked = lambda x: isinstance(x, optax.MaskedNode)
+  is_masked = _tree.is_masked_node
   masked = [path for path, x in jax.tree_util.tree_flatten_with_path(params, is_leaf=is_masked)[0]
             if is_masked(x) and _names.is_embedding(_names.path_names(path))
             and not _names.is_position_table(_names.path_names(path))]
