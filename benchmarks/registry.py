@@ -170,6 +170,16 @@ OPTIMIZERS: dict[str, Callable[[int], optax.GradientTransformation]] = {
     "adamuon:later_code": lambda n: go.adamuon(
         warmup_cosine(1.2e-2, n), sign_momentum=True, b2=0.95, debias=False,
         **_muon_adamw(n)),
+    # Its three changes one at a time (which of them costs the later code's steps).
+    "adamuon:sign": lambda n: go.adamuon(
+        warmup_cosine(1.2e-2, n), sign_momentum=True, **_muon_adamw(n)),
+    "adamuon:b2=0.95": lambda n: go.adamuon(
+        warmup_cosine(1.2e-2, n), b2=0.95, **_muon_adamw(n)),
+    "adamuon:no_debias": lambda n: go.adamuon(
+        warmup_cosine(1.2e-2, n), debias=False, **_muon_adamw(n)),
+    # The later code but the sign: v at beta, no bias correction.
+    "adamuon:b2=0.95:no_debias": lambda n: go.adamuon(
+        warmup_cosine(1.2e-2, n), b2=0.95, debias=False, **_muon_adamw(n)),
     # The embeddings apart, at 30x AdamW's peak (the race's best).
     "adamuon:fast_embeddings": lambda n: go.adamuon(
         warmup_cosine(1.2e-2, n), **_muon_adamw(n), **_fast_embeddings(n)),
