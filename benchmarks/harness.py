@@ -132,6 +132,22 @@ def time_round_robin(
   return times
 
 
+def amortized(seconds: Sequence[float], window: int) -> float:
+  """The median over consecutive windows of ``window`` calls of each window's mean.
+
+  A step with periodic work (SOAP's or Shampoo's refresh every 10 steps) is
+  an outlier that the median of single calls drops, so a median understates
+  such an optimizer's wall-clock. Each window of consecutive calls as long as
+  the period holds one refresh, so its mean is the amortized cost; the median
+  over windows keeps a load spike from elsewhere out of it. A trailing partial
+  window is left out.
+  """
+  if window < 1 or len(seconds) < window:
+    raise ValueError(f"window must be in [1, {len(seconds)}] (the calls timed), got {window}")
+  whole = len(seconds) // window * window
+  return float(np.median(np.reshape(np.asarray(seconds[:whole]), (-1, window)).mean(axis=1)))
+
+
 # ---------------------------------------------------------- the banner
 
 

@@ -1,0 +1,32 @@
+"""The timing helpers' arithmetic (no timing: synthetic seconds)."""
+
+import statistics
+
+import numpy as np
+import pytest
+
+from benchmarks import harness
+
+
+def test_amortized_pays_for_a_refresh_the_median_drops():
+  # A step of 1 s with a 10 s refresh every 10th step, as SOAP's basis refresh.
+  seconds = [10.0 if i % 10 == 3 else 1.0 for i in range(80)]
+  assert statistics.median(seconds) == 1.0
+  assert harness.amortized(seconds, 10) == pytest.approx(1.9)
+
+
+def test_amortized_keeps_a_load_spike_out():
+  seconds = [1.0] * 80
+  seconds[41] = 500.0  # one call slowed by something else on the machine
+  assert np.mean(seconds) > 7
+  assert harness.amortized(seconds, 10) == 1.0
+
+
+def test_amortized_leaves_a_partial_window_out():
+  assert harness.amortized([1.0] * 20 + [9.0] * 5, 10) == 1.0
+
+
+@pytest.mark.parametrize("window", [0, 81])
+def test_amortized_refuses_a_window_outside_the_calls(window):
+  with pytest.raises(ValueError, match=r"window must be in \[1, 80\]"):
+    harness.amortized([1.0] * 80, window)
