@@ -231,12 +231,19 @@ def step_milliseconds(names, layers: int, d: int, rounds: int, scanned: bool = F
   return {name: [1e3 * t for t in ts] for name, ts in times.items()}
 
 
-def step_table(milliseconds: dict[str, list[float]]) -> str:
-  anchor = min(milliseconds[ANCHOR])
-  rows = [[name, f"{min(ms):.2f}", f"{sorted(ms)[len(ms) // 2]:.2f}",
-           f"{min(ms) / anchor:.2f}x"] for name, ms in milliseconds.items()]
-  return harness.markdown_table(
-      ["optimizer", "step ms (min)", "step ms (median)", f"x {ANCHOR} (min)"], rows)
+def step_table(milliseconds: dict[str, list[float]], window: int = 10) -> str:
+  """Min, median and their ratios to optax.adamw's; with ``window`` rounds or
+  more, the amortized step too (``harness.amortized``: Shampoo's and SOAP's
+  refresh, one step in 10, is a slow step that the min and median drop)."""
+  seconds = {name: [m / 1e3 for m in ms] for name, ms in milliseconds.items()}
+  columns = {}
+  if len(milliseconds[ANCHOR]) >= window:
+    amortized = {name: harness.amortized(ms, window) for name, ms in milliseconds.items()}
+    columns = {
+        f"amortized ms ({window} steps)": {n: f"{a:.2f}" for n, a in amortized.items()},
+        f"x {ANCHOR} (amortized)": {n: f"{a / amortized[ANCHOR]:.2f}x"
+                                    for n, a in amortized.items()}}
+  return harness.ratio_table(seconds, anchor=ANCHOR, label="optimizer", columns=columns)
 
 
 def table(seconds: dict[str, dict[int, float]], layers, anchor_name: str = ANCHOR) -> str:

@@ -111,3 +111,15 @@ def test_devices_mode_refuses_a_count_jax_does_not_run_on():
   with pytest.raises(SystemExit):
     compile_time.main(["--devices", "3", "--layers", "1"])
   assert "=3" not in os.environ.get("XLA_FLAGS", "")  # the flag is not left behind
+
+
+def test_step_table_gives_median_and_amortized_ratios():
+  refresh_every_10 = [30.0 if i % 10 == 7 else 10.0 for i in range(30)]
+  text = compile_time.step_table({compile_time.ANCHOR: [5.0] * 29 + [50.0],
+                                  "shampoo": refresh_every_10})
+  row = next(line for line in text.splitlines() if line.startswith("| shampoo"))
+  # min 10 / 5, median 10 / 5, amortized (one 30 ms step in ten) 12 / 5: the
+  # anchor's one slow step is a window of three, left out by the median
+  assert [c.strip() for c in row.strip("|").split("|")] == [
+      "shampoo", "10.00", "10.00", "2.00x", "2.00x", "12.00", "2.40x"]
+  assert "amortized" not in compile_time.step_table({compile_time.ANCHOR: [5.0] * 9})
