@@ -85,13 +85,15 @@ def implementations(lr: float = 0.02, against: str = "") -> dict:
   return rows
 
 
-def matmul_rate(n: int = 1024, repeats: int = 20) -> float:
-  """Best float32 FLOP/s of an n×n×n matmul on this machine."""
+MATMUL_N = 1024  # the roofline's rate: an n×n×n float32 matmul, timed among the contenders
+MATMUL = f"matmul {MATMUL_N}^3"
+
+
+def matmul(n: int = MATMUL_N):
+  """A contender: one float32 n×n×n matmul (2n³ FLOPs), blocking."""
   a = jnp.ones((n, n), jnp.float32)
   f = jax.jit(lambda x: x @ x)
-  times = harness.time_round_robin(
-      {"matmul": lambda: f(a).block_until_ready()}, rounds=repeats, warmup=1)
-  return 2 * n**3 / min(times["matmul"])
+  return lambda: f(a).block_until_ready()
 
 
 def main(argv=None) -> None:
@@ -103,16 +105,19 @@ def main(argv=None) -> None:
                       help="also time the library at this git revision")
   args = parser.parse_args(argv)
   print(harness.machine_banner())
-  rate = matmul_rate()
   grads = transformer_matrices(args.d, args.layers)
   flops = {split: ns_flops(grads, split_qkv=split) for split in (False, True)}
-  print(f"\nfloat32 matmul rate (1024^3): {rate / 1e9:.1f} GFLOP/s; NS FLOPs per step"
-        f" (standard): {flops[False] / 1e9:.2f} GFLOP with qkv whole, {flops[True] / 1e9:.2f}"
-        f" with q, k, v apart (the default view); {args.rounds} rounds\n")
   # The parameters start as a copy of the gradients (only the shapes matter).
   contenders = {name: harness.stepper(tx, grads, grads)
                 for name, tx in implementations(against=args.against).items()}
-  times = harness.time_round_robin(contenders, rounds=args.rounds, warmup=1)
+  # The matmul rate is timed in the same rounds, so the load that slows the
+  # steps slows it alike (measured once before them it was not).
+  times = harness.time_round_robin({**contenders, MATMUL: matmul()}, rounds=args.rounds,
+                                   warmup=1)
+  rate = 2 * MATMUL_N**3 / min(times.pop(MATMUL))
+  print(f"\nfloat32 matmul rate ({MATMUL_N}^3, best of the rounds): {rate / 1e9:.1f} GFLOP/s;"
+        f" NS FLOPs per step (standard): {flops[False] / 1e9:.2f} GFLOP with qkv whole,"
+        f" {flops[True] / 1e9:.2f} with q, k, v apart (the default view); {args.rounds} rounds\n")
   roofline = {name: f"{flops[splits_qkv(name)] / min(t) / rate:.2f}"
               for name, t in times.items()}
   print(harness.ratio_table(times, anchor=ANCHOR, columns={"roofline": roofline}))
