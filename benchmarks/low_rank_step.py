@@ -8,16 +8,15 @@ XLA's count of the compiled program (``cost_analysis()``); XLA does not count
 LAPACK custom calls (QR, Cholesky, triangular solve), so the table adds the
 textbook count of the Householder QR with Q formed, 4mk² − 4k³/3 (m the long
 side), and of the k × k Cholesky, k³/3, and triangular solves, m k², twice.
-CPU time: median of ``--rounds`` interleaved rounds, one process, on this
-machine's shared cores (only the ratios to Newton–Schulz in the same run
-mean much).
+CPU time: ``harness.time_round_robin`` (warm-up calls untimed, then
+``--rounds`` rounds, one call of each per round in a new random order), min
+and median, in one process on this machine's shared cores (only the ratios to
+Newton–Schulz in the same run mean much).
 
     python -m benchmarks.low_rank_step [--d 1024] [--rounds 20]
 """
 
 import argparse
-import statistics
-import time
 
 import jax
 import jax.numpy as jnp
@@ -61,22 +60,17 @@ def main(argv=None):
   ranks = (d // 8, d // 4, d // 2)
   for shape in ((d, d), (d, 4 * d)):
     compiled = programs(shape, ranks)
-    times = {name: [] for name in compiled}
-    for _ in range(args.rounds):
-      for name, (fn, g, state, _, _) in compiled.items():
-        start = time.perf_counter()
-        jax.block_until_ready(fn(g, state))
-        times[name].append(time.perf_counter() - start)
+    calls = {name: (lambda fn=fn, g=g, state=state: jax.block_until_ready(fn(g, state)))
+             for name, (fn, g, state, _, _) in compiled.items()}
+    times = harness.time_round_robin(calls, rounds=args.rounds)
     base_flops = compiled["newton_schulz"][3]
-    base_ms = 1e3 * statistics.median(times["newton_schulz"])
     print(f"\n{shape[0]}×{shape[1]} float32, {args.rounds} rounds, "
-          f"{jax.device_count()} device(s), {jax.devices()[0].platform}")
-    print("| update | XLA GFLOP | + LAPACK GFLOP | x NS FLOPs | ms (median) | x NS time |")
-    print("|---|---:|---:|---:|---:|---:|")
-    for name, (_, _, _, flops, extra) in compiled.items():
-      ms = 1e3 * statistics.median(times[name])
-      print(f"| {name} | {flops / 1e9:.3f} | {extra / 1e9:.3f} |"
-            f" {(flops + extra) / base_flops:.3f} | {ms:.2f} | {ms / base_ms:.2f} |")
+          f"{jax.device_count()} device(s), {jax.devices()[0].platform}\n")
+    print(harness.ratio_table(times, anchor="newton_schulz", label="update", columns={
+        "XLA GFLOP": {n: f"{c[3] / 1e9:.3f}" for n, c in compiled.items()},
+        "+ LAPACK GFLOP": {n: f"{c[4] / 1e9:.3f}" for n, c in compiled.items()},
+        "x NS FLOPs": {n: f"{(c[3] + c[4]) / base_flops:.3f}" for n, c in compiled.items()},
+    }))
   print(harness.closing_line())
 
 
