@@ -13,7 +13,11 @@ look changes no training) and reads, per leaf:
   Kronecker, SOAP or K-FAC leaf on its diagonal fallback; ``dense``: a K-FAC
   layer; ``factored r×c``: Adafactor's second moment factored over two axes
   of those sizes, optax's rule). No labels and no role: ``matrix`` when a transform saw the leaf as
-  matrices, else ``element-wise``;
+  matrices, else ``element-wise``. ``unchanged`` when the update is the
+  gradient itself, untouched (found in the traced program): a leaf that
+  ``optax.masked`` leaves out (no learning rate, no state: rarely what was
+  meant; ``optax.multi_transform`` with ``optax.set_to_zero()`` freezes one),
+  or one that a lone transform passes through (Newton–Schulz's biases);
 * its **matrix view**, as the transforms that use one saw it, and its Kronecker
   **blocks** where a ``block_size`` cuts it;
 * the **state bytes** it accounts for: every state entry shaped like the
@@ -35,6 +39,9 @@ import optax
 from gradtx._internal import routing as _routing
 from gradtx._internal import tree as _tree
 from gradtx.routing import axis_names as _axes
+
+# The branch of a leaf whose update is its gradient, untouched.
+UNCHANGED = "unchanged"
 
 
 class LeafDescription(NamedTuple):
@@ -158,11 +165,12 @@ def describe(tx: optax.GradientTransformation, params: Any, *, strict: bool = Fa
         "axis names read from Linen boxes: an optimizer handed the unboxed arrays"
         " (nn.unbox, a TrainState) does not see them unless its matrix_view is"
         " gt.matrix_view_from_axes(<these params>)")
+  passed_through = set()
   with _routing.recording() as recorder, _axes.forgetting_trees_met():
     state = jax.eval_shape(lambda p: tx.init(p), params)
     recorder.phase = _routing.UPDATE
     try:
-      jax.eval_shape(lambda p, s: tx.update(p, s, p, **extra_args), params, state)
+      passed_through = _passed_through(tx, params, state, extra_args)
     # An update that needs extra arguments: reported, and the views come from init.
     except Exception as error:  # noqa: BLE001
       notes.append(f"update not traced ({type(error).__name__}: {error}); views from init only")
@@ -172,11 +180,13 @@ def describe(tx: optax.GradientTransformation, params: Any, *, strict: bool = Fa
   keys = [_routing.leaf_key(path) for path, _ in flat]
   labels, leaf_bytes, shared = _read_state(state, params, keys, recorder)
   rows = []
-  for key, (_, leaf), label, nbytes in zip(keys, flat, labels, leaf_bytes):
+  for i, (key, (_, leaf), label, nbytes) in enumerate(zip(keys, flat, labels, leaf_bytes)):
     report = recorder.leaves.get(key, _routing.LeafReport())
     view = report.views[0] if report.views else None
     shape = tuple(leaf.shape)
     branch = "/".join(label + tuple(report.roles)) or ("matrix" if view else "element-wise")
+    if i in passed_through:
+      branch = UNCHANGED
     rows.append(LeafDescription(
         key, shape, _dtype_name(leaf), branch, view,
         None if view is None else view.matrix_shape(shape),
@@ -184,6 +194,18 @@ def describe(tx: optax.GradientTransformation, params: Any, *, strict: bool = Fa
         nbytes + report.stack_bytes))
   stacked = sum(r.stack_bytes for r in recorder.leaves.values())
   return Description(rows, shared - stacked, recorder.ambiguous, notes)
+
+
+def _passed_through(tx, params, state, extra_args) -> set[int]:
+  """Traces ``tx.update`` (abstractly) and returns the indices of the leaves
+  whose update is the gradient itself, the very input (no operation on it)."""
+  closed = jax.make_jaxpr(lambda g, s, p: tx.update(g, s, p, **extra_args)[0])(
+      params, state, params)
+  n = len(jax.tree.leaves(params))
+  inputs, outputs = closed.jaxpr.invars[:n], closed.jaxpr.outvars
+  if len(outputs) != n:  # an update tree unlike the parameters': nothing to read
+    return set()
+  return {i for i, (a, b) in enumerate(zip(inputs, outputs)) if a is b}
 
 
 def _read_state(state, params, keys, recorder):

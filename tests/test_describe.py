@@ -133,6 +133,28 @@ def test_wrappers_keep_the_routing_and_add_their_own_state(wrap, extra):
   assert wrapped.state_bytes == _nbytes(state)
 
 
+def test_leaves_optax_masked_leaves_out_are_shown_unchanged():
+  """optax.masked passes the masked-out leaves' gradients through untouched
+  (no learning rate): describe called them Muon's ``adam`` branch."""
+  params = {"hidden": {"kernel": jax.ShapeDtypeStruct((16, 32), jnp.float32)},
+            "out": {"kernel": jax.ShapeDtypeStruct((32, 16), jnp.float32),
+                    "bias": jax.ShapeDtypeStruct((16,), jnp.float32)}}
+  mask = {"hidden": {"kernel": True}, "out": {"kernel": False, "bias": False}}
+  for tx, kept in [(go.muon(0.02), "muon"), (go.adamw(1e-3), "element-wise")]:
+    branches = {r.path: r.branch for r in gt.describe(optax.masked(tx, mask), params)}
+    assert branches == {"['hidden']['kernel']": kept, "['out']['bias']": "unchanged",
+                        "['out']['kernel']": "unchanged"}
+    grads = jax.tree.map(lambda s: jnp.ones(s.shape, s.dtype), params)
+    masked = optax.masked(tx, mask)
+    updates, _ = masked.update(grads, masked.init(grads), grads)
+    assert bool(jnp.all(updates["out"]["kernel"] == 1.0))  # the gradient itself
+  # A lone transform's untouched leaves (Newton-Schulz passes 1-D through);
+  # a learning rate on them is not "unchanged".
+  lone = {r.path: r.branch for r in gt.describe(gt.orthogonalize_newton_schulz(), params)}
+  assert lone["['out']['bias']"] == "unchanged" and lone["['out']['kernel']"] == "matrix"
+  assert "unchanged" not in {r.branch for r in gt.describe(go.muon(0.02), params)}
+
+
 def test_inject_hyperparams_keeps_the_routing():
   params = _linen_params()
   injected = optax.inject_hyperparams(go.muon)(learning_rate=0.02)
