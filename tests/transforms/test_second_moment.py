@@ -268,3 +268,22 @@ def test_a_bf16_second_moment_rounded_to_nearest_cannot_decay_at_b2_0999():
   assert final["f32"] < 0.4 * at_drop["f32"]
   assert final["bf16"] > 0.95 * at_drop["bf16"]
   np.testing.assert_allclose(final["sr"], final["f32"], rtol=0.05)
+
+
+def test_an_element_whose_square_overflows_float32_steps_zero_for_good_as_in_optax():
+  """README (Non-finite gradients): a finite g above ~1.8e19 overflows g², so
+  v is inf from then on and the element steps 0 for good, as optax's Adam;
+  the other elements step as usual."""
+  params = jnp.ones(3)
+  huge = jnp.array([1e20, 1.0, 2.0])
+  for tx in (gt.scale_by_adam(), optax.scale_by_adam()):
+    state = tx.init(params)
+    steps = []
+    for t in range(4):
+      updates, state = tx.update(huge if t == 0 else jnp.ones(3), state, params)
+      steps.append(np.asarray(updates))
+    steps = np.stack(steps)
+    assert np.all(steps[:, 0] == 0.0) and np.all(np.isfinite(steps))
+    assert np.all(steps[:, 1:] > 0.5)
+  nu = jax.tree.leaves(gt.scale_by_adam().update(huge, gt.scale_by_adam().init(params))[1])
+  assert any(np.isposinf(np.asarray(leaf)).any() for leaf in nu)
