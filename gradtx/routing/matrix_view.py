@@ -23,9 +23,12 @@ Flax parameter (shape)                          rows (fan-in)        columns (fa
 ``MultiHeadAttention`` query/key/value kernel   in                   heads·head_dim
 (in, heads, head_dim)
 ``MultiHeadAttention`` out kernel               heads·head_dim       out
-(heads, head_dim, out)
+(heads, head_dim, out), beside query/key/value
+the same scanned (layers, ...): the module's    as above, per layer  as above
+4-D query/key/value and out kernels
 an expert stack (experts, in, out): a name      in, per expert       out
-containing ``"expert"``
+containing ``"expert"``; (layers, experts,      (and per layer)
+in, out) when scanned
 ``nnx.Einsum`` kernel                           declare it: ``einsum_matrix_view(spec)``
 scanned stacks (``nnx.scan``/``nnx.vmap``)      their axis names (``layers``), else
                                                 declare it: ``stacked_matrix_view(n)``
@@ -35,7 +38,8 @@ biases, norm scales (any shape), 0-/1-D leaves  not matrices (``None``)
 A leaf of 3 or more dimensions that no name settles (a convolution: a name
 containing ``"conv"``; attention: ``query``/``key``/``value``/``out``;
 experts) is read as a convolution kernel, but that is a guess: a scanned
-stack of dense kernels has the same shape. The guess warns once per leaf
+stack of dense kernels has the same shape (a stacked ``o_proj``, or an
+``out`` whose module holds no query/key/value kernels, included). The guess warns once per leaf
 (``AmbiguousMatrixViewWarning``, naming the leaf, the view and the fix), and
 ``flax_matrix_view(path, leaf, strict=True)`` refuses it instead;
 ``gradtx.describe`` lists such leaves.
@@ -45,6 +49,8 @@ Override it per leaf with any function of ``(path, leaf)``, e.g.
 "experts" in jax.tree_util.keystr(path) else gt.flax_matrix_view(path, leaf)``.
 """
 
+import contextlib
+import contextvars
 import dataclasses
 import math
 import warnings
@@ -127,6 +133,62 @@ MatrixViewRule = Callable[[tuple, Any], Optional[MatrixView]]
 
 # The attribute names of flax's MultiHeadAttention projections.
 _ATTENTION_INPUTS = ("query", "key", "value")
+_ATTENTION_OUTPUT = "out"
+
+# Per module (its key-path names) holding MultiHeadAttention kernels in the
+# tree ``views_of`` is reading, their shapes by projection name (``query``,
+# ``key``, ``value``, ``out``); None outside one (a rule called alone).
+_ATTENTION_MODULES = contextvars.ContextVar("attention_modules", default=None)
+
+
+@contextlib.contextmanager
+def reading_attention_modules(with_paths: list):
+  """In the block, ``flax_matrix_view`` reads a kernel named ``out`` as a
+  MultiHeadAttention's only in a module that holds query/key/value kernels,
+  and 4-D attention kernels as a scanned stack of them only where the
+  module's projections agree on it (``with_paths``:
+  ``jax.tree_util.tree_flatten_with_path``'s leaves)."""
+  modules = {}
+  for path, leaf in with_paths:
+    names = _names.path_names(path)
+    if len(names) >= 2 and names[-2] in _ATTENTION_INPUTS + (_ATTENTION_OUTPUT,):
+      modules.setdefault(tuple(names[:-2]), {})[names[-2]] = tuple(jnp.shape(leaf))
+  token = _ATTENTION_MODULES.set(modules)
+  try:
+    yield
+  finally:
+    _ATTENTION_MODULES.reset(token)
+
+
+def _attention_module(names: list[str]) -> Optional[dict]:
+  """The projections' shapes of the module holding this kernel (None: outside
+  ``views_of``; {}: no MultiHeadAttention there)."""
+  modules = _ATTENTION_MODULES.get()
+  if modules is None:
+    return None
+  return modules.get(tuple(names[:-2]), {})
+
+
+def _is_flax_attention_output(names: list[str]) -> bool:
+  """A 3-D kernel named ``out`` in a module that also holds query, key or
+  value kernels (flax's MultiHeadAttention); outside ``views_of``, any such
+  ``out``. (torch's ``o_proj``/``out_proj`` are 2-D linear layers: stacked,
+  a guess.)"""
+  if len(names) < 2 or names[-2] != _ATTENTION_OUTPUT:
+    return False
+  module = _attention_module(names)
+  return module is None or any(n in module for n in _ATTENTION_INPUTS)
+
+
+def _scanned_attention(names: list[str], shape: tuple) -> bool:
+  """A 4-D query/key/value (layers, in, heads, head_dim) or out (layers,
+  heads, head_dim, out) kernel of a scanned MultiHeadAttention: its module
+  holds both kinds, on the same layers, heads and head_dim."""
+  module = _attention_module(names) or {}
+  inputs = [module[n] for n in _ATTENTION_INPUTS if n in module]
+  out = module.get(_ATTENTION_OUTPUT)
+  return (len(shape) == 4 and out is not None and len(out) == 4 and bool(inputs)
+          and all(len(s) == 4 and (s[0], s[2], s[3]) == out[:3] for s in inputs))
 
 
 class AmbiguousMatrixViewWarning(UserWarning):
@@ -149,11 +211,15 @@ def flax_matrix_view(path: tuple, leaf: Any = _routing.NO_LEAF, *,
   whose own name contains ``"bias"`` or ``"scale"`` have no view; 2-D leaves
   are (rows, cols) as they are; 3-D kernels of flax's MultiHeadAttention
   ``query``/``key``/``value`` projections are (in, heads·head_dim); 3-D
-  leaves with ``"expert"`` in a name are a stack of (in, out) matrices; every
-  other leaf of 3 or more dimensions is a kernel (fan_in…, fan_out): rows are
-  all axes but the last. That last reading is a guess unless a name says
-  convolution (up to 4 axes: a 5-D kernel may be a 3-D convolution or
-  scanned 2-D ones) or attention output (3 axes): it warns once per leaf
+  leaves with ``"expert"`` in a name are a stack of (in, out) matrices (4-D:
+  scanned layers of them); the 4-D query/key/value and out kernels of a
+  module that holds both, on the same layers, heads and head_dim, are a
+  scanned MultiHeadAttention's, one matrix per layer; every other leaf of 3
+  or more dimensions is a kernel (fan_in…, fan_out): rows are all axes but
+  the last. That last reading is a guess unless a name says convolution (up
+  to 4 axes: a 5-D kernel may be a 3-D convolution or scanned 2-D ones) or
+  MultiHeadAttention output (3 axes, ``out`` beside query/key/value kernels
+  when the whole tree is read): it warns once per leaf
   (``AmbiguousMatrixViewWarning``).
 
   Args:
@@ -199,14 +265,21 @@ def flax_matrix_view(path: tuple, leaf: Any = _routing.NO_LEAF, *,
     return None
   if ndim == 3 and any(n in _ATTENTION_INPUTS for n in names[:-1]):
     return MatrixView(rows=(0,), cols=(1, 2))
-  if ndim == 3 and _names.is_expert_stack(names):
-    return MatrixView(rows=(1,), cols=(2,), batch=(0,))
+  if ndim in (3, 4) and _names.is_expert_stack(names):  # 4-D: scanned layers of experts
+    return MatrixView(rows=(ndim - 2,), cols=(ndim - 1,), batch=tuple(range(ndim - 2)))
+  # Scanned MultiHeadAttention: one (in, heads·head_dim) or (heads·head_dim,
+  # out) matrix per layer, where the module's projections agree on it.
+  if _scanned_attention(names, shape):
+    if names[-2] == _ATTENTION_OUTPUT:
+      return MatrixView(rows=(1, 2), cols=(3,), batch=(0,))
+    return MatrixView(rows=(1,), cols=(2, 3), batch=(0,))
   view = MatrixView(rows=tuple(range(ndim - 1)), cols=(ndim - 1,))
-  # The names settle flax's layouts only: a 3-D attention output (heads,
-  # head_dim, out), a 1- or 2-D convolution; with more axes they may be
-  # scanned layers (a 4-D attention output, a 5-D "conv" kernel, which a 3-D
-  # convolution's also is).
-  settled = ((ndim == 3 and _names.is_attention_output(names))
+  # The names settle flax's layouts only: a 3-D MultiHeadAttention output
+  # (heads, head_dim, out), a 1- or 2-D convolution; with more axes they may
+  # be scanned layers (a 5-D "conv" kernel, which a 3-D convolution's also
+  # is). A 4-D "conv" kernel is taken as a 2-D convolution's, though a
+  # scanned stack of 1-D ones has that shape too (README, Routing).
+  settled = ((ndim == 3 and _is_flax_attention_output(names))
              or (ndim <= 4 and _names.is_convolution(names)))
   if ndim == 5 and _names.is_convolution(names):
     _warn(path, strict, (
@@ -387,7 +460,7 @@ def view_of(path: tuple, leaf: Any, rule: Optional[MatrixViewRule]) -> Optional[
 def views_of(tree: Any, rule: Optional[MatrixViewRule]) -> list:
   """The ``MatrixView`` (or ``None``) of every leaf of ``tree``, as a list."""
   with_paths = jax.tree_util.tree_flatten_with_path(tree)[0]
-  with _axes.reading(tree):
+  with _axes.reading(tree), reading_attention_modules(with_paths):
     views = [view_of(path, leaf, rule) for path, leaf in with_paths]
   _routing.report_per_leaf(tree, "views", views)
   return views
@@ -400,8 +473,9 @@ def batch_axes(path: tuple, leaf: Any, rule: Optional[MatrixViewRule]) -> tuple[
   (PSGD Kron). With a ``rule``: the ``batch`` of its view (none without one).
   By default only what settles them without a guess at rows and columns, so
   without a warning: the leaf's Flax axis names (``layers``, ``exp``, ...,
-  ``gradtx.routing.axis_names``), else ``"expert"`` in the path of a 3-D leaf
-  (as ``flax_matrix_view`` reads them).
+  ``gradtx.routing.axis_names``), else ``"expert"`` in the path of a 3- or
+  4-D leaf and a scanned MultiHeadAttention's 4-D kernels (as
+  ``flax_matrix_view`` reads them).
   """
   if rule is not None:
     view = view_of(path, leaf, rule)
@@ -410,7 +484,10 @@ def batch_axes(path: tuple, leaf: Any, rule: Optional[MatrixViewRule]) -> tuple[
   names = _axes.names_at(path, shape)
   if names is not None:
     return tuple(_axes.read(names).batch)
-  if len(shape) == 3 and _names.is_expert_stack(_names.path_names(path)):
+  names = _names.path_names(path)
+  if len(shape) in (3, 4) and _names.is_expert_stack(names):
+    return tuple(range(len(shape) - 2))
+  if _scanned_attention(names, shape):
     return (0,)
   return ()
 
@@ -418,7 +495,7 @@ def batch_axes(path: tuple, leaf: Any, rule: Optional[MatrixViewRule]) -> tuple[
 def batch_axes_of(tree: Any, rule: Optional[MatrixViewRule]) -> list:
   """``batch_axes`` of every leaf of ``tree``, as a list."""
   with_paths = jax.tree_util.tree_flatten_with_path(tree)[0]
-  with _axes.reading(tree):
+  with _axes.reading(tree), reading_attention_modules(with_paths):
     return [batch_axes(path, leaf, rule) for path, leaf in with_paths]
 
 

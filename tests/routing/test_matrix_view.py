@@ -407,3 +407,79 @@ def test_the_stacked_view_refuses_a_number_of_stack_axes_that_is_no_count(num_ax
   """0 or 1.5 merged a (2, 4, 3) stack into one matrix, -1 sent it to AdamW."""
   with pytest.raises(ValueError, match=r"num_axes must be an integer >= 1"):
     gt.stacked_matrix_view(num_axes=num_axes)
+
+
+def _scanned_attention_tree(layers=3, d=16, heads=2, head_dim=8):
+  f = lambda *shape: jax.ShapeDtypeStruct(shape, jnp.float32)
+  return {"layers": {"attn": {
+      "query": {"kernel": f(layers, d, heads, head_dim)},
+      "key": {"kernel": f(layers, d, heads, head_dim)},
+      "value": {"kernel": f(layers, d, heads, head_dim)},
+      "out": {"kernel": f(layers, heads, head_dim, d)}}}}
+
+
+def test_a_scanned_multi_head_attention_is_one_matrix_per_layer():
+  """nnx.scan over flax's MultiHeadAttention: 4-D query/key/value (layers,
+  in, heads, head_dim) and out (layers, heads, head_dim, out) kernels. They
+  were read as one (layers·in·heads) x head_dim matrix, with a warning."""
+  with warnings.catch_warnings():
+    warnings.simplefilter("error")
+    rows = {r.path: r.matrices for r in gt.describe(go.muon(0.02), _scanned_attention_tree(),
+                                                    strict=True)}
+  assert set(rows.values()) == {(3, 16, 16)}, rows
+
+
+def test_scanned_attention_steps_as_its_layers_do_one_by_one():
+  tree = jax.tree.map(lambda s: jnp.cos(jnp.arange(np.prod(s.shape)).reshape(s.shape)),
+                      _scanned_attention_tree())
+  per_layer = [jax.tree.map(lambda x, i=i: x[i], tree) for i in range(3)]  # 3-D kernels
+  tx = go.muon(0.02)
+  stacked, _ = tx.update(tree, tx.init(tree), tree)
+  for i, layer in enumerate(per_layer):
+    alone, _ = tx.update(layer, tx.init(layer), layer)
+    for x, y in zip(jax.tree.leaves(jax.tree.map(lambda u, i=i: u[i], stacked)),
+                    jax.tree.leaves(alone)):
+      np.testing.assert_allclose(x, y, rtol=1e-5, atol=1e-6)
+
+
+def test_a_four_d_expert_stack_is_one_matrix_per_layer_and_expert():
+  tree = {"layers": {"moe": {"experts_in": jax.ShapeDtypeStruct((3, 4, 16, 32), jnp.float32)}}}
+  with warnings.catch_warnings():
+    warnings.simplefilter("error")
+    (row,) = gt.describe(go.muon(0.02), tree, strict=True)
+  assert row.matrices == (12, 16, 32)
+
+
+@pytest.mark.parametrize("module, shape", [
+    ("o_proj", (3, 16, 16)), ("out_proj", (3, 16, 16)),  # torch's names of 2-D linear layers
+    ("out", (3, 32, 16)),  # an MLP's output layer, no attention beside it
+])
+def test_a_stacked_linear_named_like_an_attention_output_is_a_guess(module, shape):
+  """nnx.vmap/scan over plain nnx.Linear layers named o_proj or out: each is
+  read as one (layers·in) x out matrix, silently (strict passed them)."""
+  f = lambda *s: jax.ShapeDtypeStruct(s, jnp.float32)
+  tree = {"up": {"kernel": f(3, 16, 32)}, module: {"kernel": f(*shape)}}
+  with pytest.warns(gt.AmbiguousMatrixViewWarning, match=rf"\['{module}'\]\['kernel'\]"):
+    description = gt.describe(go.muon(0.02), tree)
+  assert f"['{module}']['kernel']" in description.ambiguous
+  with pytest.raises(ValueError, match=module):
+    gt.describe(go.muon(0.02), tree, strict=True)
+
+
+def test_flaxs_attention_output_beside_its_projections_stays_settled():
+  f = lambda *s: jax.ShapeDtypeStruct(s, jnp.float32)
+  tree = {"attn": {"query": {"kernel": f(16, 2, 8)}, "key": {"kernel": f(16, 2, 8)},
+                   "value": {"kernel": f(16, 2, 8)}, "out": {"kernel": f(2, 8, 16)}}}
+  with warnings.catch_warnings():
+    warnings.simplefilter("error")
+    rows = {r.path: r.matrices for r in gt.describe(go.muon(0.02), tree, strict=True)}
+  assert rows["['attn']['out']['kernel']"] == (1, 16, 16)
+
+
+def test_a_four_d_query_conv_without_an_attention_output_keeps_the_convolution_view():
+  """A 1x1 convolution named query (self-attention GANs): no 4-D out beside
+  it, so not a scanned attention; read as a convolution kernel, a guess."""
+  tree = {"query": {"kernel": jax.ShapeDtypeStruct((1, 1, 64, 8), jnp.float32)}}
+  with pytest.warns(gt.AmbiguousMatrixViewWarning):
+    (row,) = gt.describe(go.muon(0.02), tree)
+  assert row.matrices == (1, 64, 8)
