@@ -52,6 +52,7 @@ gives the names as a matrix-view rule.
 
 import contextlib
 import contextvars
+import warnings
 from typing import Any, Iterator, NamedTuple, Optional
 
 import jax
@@ -272,6 +273,12 @@ def _init_keeping_names(tx: Any, own: dict, params: Any) -> Any:
   if not found and _MET and not carries_metadata(params):
     found = _names_met(signature) or {}
   kept = _memory(own)
+  if kept.get(signature, found) != found:
+    warnings.warn(
+        "this optimizer was initialised before on a tree of the same paths and shapes with"
+        " other axis names (or none): its update cannot tell the two apart and routes both"
+        " by these, the latest; build one optimizer per model (a GradientTransformation"
+        " shared between nnx.Optimizers keeps one routing)", stacklevel=3)
   kept.pop(signature, None)  # the latest init is looked at first
   kept[signature] = found
   with _kept(found):

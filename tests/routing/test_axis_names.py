@@ -237,6 +237,25 @@ def test_a_model_whose_variables_carry_no_names_reads_no_other_models_names():
     assert _names_now(nnx.to_pure_dict(nnx.state(plain, nnx.Param))) is None
 
 
+def test_one_optimizer_shared_by_two_models_of_other_names_warns():
+  """Its update finds the names by the tree's paths and shapes: two
+  nnx.Optimizers sharing it route both models by the latest init's names
+  (a named model then stepped as the unnamed one), silently before."""
+  tx = go.muon(0.02)
+  with nnx.use_eager_sharding(False):
+    named = _Projected(("embed", "vocab"))
+  plain = _Projected(None)
+  with warnings.catch_warnings():
+    warnings.simplefilter("error")
+    nnx.Optimizer(named, tx, wrt=nnx.Param)
+    nnx.Optimizer(named, tx, wrt=nnx.Param)  # the same names again: nothing to say
+  with pytest.warns(UserWarning, match="one optimizer per model"):
+    nnx.Optimizer(plain, tx, wrt=nnx.Param)
+  with warnings.catch_warnings():
+    warnings.simplefilter("error")
+    nnx.Optimizer(plain, go.muon(0.02), wrt=nnx.Param)  # its own optimizer
+
+
 def test_keeps_init_names_reads_no_names_where_init_read_none():
   """A plain tree at init (no names, none met) keeps reading none at update,
   whatever named tree with its paths and shapes is met in between."""
