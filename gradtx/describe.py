@@ -230,6 +230,10 @@ def _read_state(state, params, keys, recorder):
         parts = structure.flatten_up_to(node)
       except (ValueError, TypeError):
         continue
+      if any(map(_holds_a_step_count, parts)):
+        # A chain's tuple of states matched a tuple of as many parameters:
+        # its parts are whole transforms' states, not one leaf's.
+        continue
       for i, part in enumerate(parts):
         if jax.tree.leaves(part):
           leaf_bytes[i] += _nbytes(part)
@@ -260,6 +264,13 @@ def _read_state(state, params, keys, recorder):
       elif len(unclaimed) == 1:
         labels[i] = unclaimed[0]
   return labels, leaf_bytes, shared
+
+
+def _holds_a_step_count(part) -> bool:
+  """A 0-d integer leaf: a transform's step count, which no parameter-shaped
+  entry of a state holds."""
+  return any(getattr(x, "ndim", None) == 0 and jax.numpy.issubdtype(x.dtype, jax.numpy.integer)
+             for x in jax.tree.leaves(part))
 
 
 def _nbytes(tree) -> int:

@@ -155,6 +155,22 @@ def test_leaves_optax_masked_leaves_out_are_shown_unchanged():
   assert "unchanged" not in {r.branch for r in gt.describe(go.muon(0.02), params)}
 
 
+@pytest.mark.parametrize("factory", [
+    lambda: go.sgd(1e-2, momentum=0.9), lambda: go.adamw(1e-2), lambda: go.muon(1e-2),
+    lambda: go.shampoo(1e-2), lambda: go.lamb(1e-2), lambda: go.soap(1e-2)],
+    ids=["sgd", "adamw", "muon", "shampoo", "lamb", "soap"])
+def test_a_tuple_of_parameters_reads_as_the_same_list(factory):
+  """A chain's state is a tuple of its transforms' states: with as many
+  parameters in a tuple it was read as theirs (all of AdamW's state on the
+  first leaf; Muon's head on its matrix branch)."""
+  s = lambda *shape: jax.ShapeDtypeStruct(shape, jnp.float32)
+  for leaves in [(s(6, 5), s(5)), (s(6, 5), s(5, 4), s(5)), (s(6, 5), s(5, 4), s(4, 3), s(3))]:
+    as_tuple = [(r.branch, r.state_bytes) for r in gt.describe(factory(), leaves)]
+    as_list = [(r.branch, r.state_bytes) for r in gt.describe(factory(), list(leaves))]
+    assert as_tuple == as_list, len(leaves)
+    assert sum(b for _, b in as_tuple) > 0
+
+
 def test_inject_hyperparams_keeps_the_routing():
   params = _linen_params()
   injected = optax.inject_hyperparams(go.muon)(learning_rate=0.02)
