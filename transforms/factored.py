@@ -80,7 +80,9 @@ def scale_by_factored_rms(
   the others kept as batch axes (see ``factored_axes``).
 
   This is ``optax.scale_by_factored_rms``'s rule; arithmetic runs in at least
-  float32 and the state is stored in the parameter's dtype.
+  float32 and the state is stored in the parameter's dtype, but float32 for
+  float16 parameters (where ε and small g² round to 0, a zero-gradient row
+  turned the whole leaf's update NaN, as in optax).
 
   Args:
     decay_rate: c, the exponent of the decay schedule, in [0, 1].
@@ -111,9 +113,15 @@ def scale_by_factored_rms(
   def axes_of(shape):
     return factored_axes(shape, min_dim_size_to_factor) if factored else None
 
+  def statistics_dtype(p):
+    # float16 holds neither ε (1e-30) nor a small g²: a zero or tiny gradient
+    # row stored as 0 made rsqrt infinite and the whole leaf NaN (optax's too).
+    dtype = _tree.real_dtype(_tree.dtype_of(p))
+    return jnp.float32 if dtype == jnp.float16 else dtype
+
   def init_fn(params):
     def factors(p):
-      shape, dtype = jnp.shape(p), _tree.real_dtype(_tree.dtype_of(p))
+      shape, dtype = jnp.shape(p), statistics_dtype(p)
       axes = axes_of(shape)
       if axes is None:
         return None, None
@@ -130,8 +138,7 @@ def scale_by_factored_rms(
     return ScaleByFactoredRmsState(
         jnp.zeros([], jnp.int32),
         *_tree.map_statistics(factors, 2, params),
-        _tree.zeros_where(params, unfactored,
-                          lambda p: _tree.real_dtype(_tree.dtype_of(p))),
+        _tree.zeros_where(params, unfactored, statistics_dtype),
     )
 
   def update_fn(updates, state, params=None):

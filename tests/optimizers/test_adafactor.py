@@ -95,3 +95,28 @@ def test_an_unknown_momentum_format_is_refused_without_momentum_too():
   with pytest.raises(ValueError, match=r"mu_dtype must be None"):
     go.adafactor(mu_dtype="bogus")
   go.adafactor(mu_dtype="int8")  # a known format without b1: unused, accepted
+
+
+def test_float16_parameters_with_rows_never_seen_step_as_float32_does():
+  """An embedding whose rows mostly get no gradient, in float16: g² + ε
+  rounded to 0 in a float16 statistic and the whole leaf stepped NaN (as
+  optax.adafactor's does); the statistics are float32 for float16 leaves."""
+  rng = np.random.default_rng(0)
+  params = {"embed": rng.normal(size=(256, 128)).astype(np.float16),
+            "bias": np.zeros(128, np.float16)}
+  tx, reference = go.adafactor(1e-2), optax.adafactor(1e-2)
+  p16, p32 = jax.tree.map(jnp.asarray, params), jax.tree.map(
+      lambda x: jnp.asarray(x, jnp.float32), params)
+  s16, s32 = tx.init(p16), reference.init(p32)
+  assert {x.dtype for x in jax.tree.leaves(s16) if x.ndim} == {jnp.dtype(jnp.float32)}
+  for _ in range(10):
+    rows = rng.choice(256, 16, replace=False)
+    g = np.zeros((256, 128), np.float16)
+    g[rows] = rng.normal(size=(16, 128))
+    grads = {"embed": jnp.asarray(g), "bias": jnp.zeros(128, jnp.float16)}
+    u16, s16 = tx.update(grads, s16, p16)
+    u32, s32 = reference.update(jax.tree.map(lambda x: x.astype(jnp.float32), grads), s32, p32)
+    assert u16["embed"].dtype == jnp.float16
+    np.testing.assert_allclose(u16["embed"].astype(np.float32), u32["embed"], rtol=2e-2, atol=1e-5)
+    np.testing.assert_array_equal(u16["bias"], 0)
+    p16, p32 = optax.apply_updates(p16, u16), optax.apply_updates(p32, u32)
