@@ -31,6 +31,7 @@ wrapper, and ``describe`` shows the change.
 """
 
 import math
+import sys
 from typing import Any, NamedTuple, Optional
 
 import jax
@@ -159,6 +160,7 @@ def describe(tx: optax.GradientTransformation, params: Any, *, strict: bool = Fa
     >>> [(r.path, r.branch) for r in gt.describe(go.muon(0.02), params)]
     [("['embed']", 'adam'), ("['hidden']['kernel']", 'muon')]
   """
+  _check_arguments(tx, params)
   notes = []
   if _axes.has_linen_boxes(params):
     notes.append(
@@ -194,6 +196,21 @@ def describe(tx: optax.GradientTransformation, params: Any, *, strict: bool = Fa
         nbytes + report.stack_bytes))
   stacked = sum(r.stack_bytes for r in recorder.leaves.values())
   return Description(rows, shared - stacked, recorder.ambiguous, notes)
+
+
+def _check_arguments(tx, params) -> None:
+  """``describe(tx, params)``, in that order; the parameters, not a model or
+  an optimizer (whose own state leaves would be listed as parameters)."""
+  if not (callable(getattr(tx, "init", None)) and callable(getattr(tx, "update", None))):
+    raise TypeError(
+        f"describe(tx, params): tx must be an optax.GradientTransformation, got"
+        f" {type(tx).__name__} (the optimizer comes first, then the parameters)")
+  nnx = sys.modules.get("flax.nnx")  # a model or optimizer there comes from flax, imported
+  if nnx is not None and isinstance(params, (nnx.Optimizer, nnx.Module)):
+    raise TypeError(
+        f"describe(tx, params): params is the nnx.{type(params).__name__} itself (its"
+        " own state leaves would be listed as parameters); pass the parameters, e.g."
+        " nnx.state(model, nnx.Param)")
 
 
 def _passed_through(tx, params, state, extra_args) -> set[int]:

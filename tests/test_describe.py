@@ -383,3 +383,15 @@ def test_adafactors_factored_leaves_say_over_which_axes():
   factored = next(s for s in jax.tree.leaves(state, is_leaf=lambda x: hasattr(x, "nu_row"))
                   if hasattr(s, "nu_row"))
   assert {factored.nu_row["q"].shape, factored.nu_col["q"].shape} == {(256, 4), (4, 128)}
+
+
+def test_arguments_in_the_wrong_order_or_a_model_are_refused_by_name():
+  model = nnx.Linear(4, 3, rngs=nnx.Rngs(0))
+  params = nnx.state(model, nnx.Param)
+  with pytest.raises(TypeError, match="tx must be an optax.GradientTransformation, got State"):
+    gt.describe(params, go.muon(0.02))
+  with pytest.raises(TypeError, match=r"nnx.Linear itself .* nnx.state\(model, nnx.Param\)"):
+    gt.describe(go.muon(0.02), model)
+  optimizer = nnx.Optimizer(model, go.muon(0.02), wrt=nnx.Param)
+  with pytest.raises(TypeError, match="nnx.Optimizer itself"):
+    gt.describe(go.muon(0.02), optimizer)
