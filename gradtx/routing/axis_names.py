@@ -153,7 +153,15 @@ def _named_leaf(x: Any) -> Optional[tuple[tuple, tuple]]:
   else:
     return None
   shape = getattr(value, "shape", None)  # None: a masked-out value (optax.masked)
-  if shape is None or not isinstance(names, (tuple, list)) or len(names) != len(shape):
+  if shape is None or not isinstance(names, (tuple, list)):
+    return None
+  if len(names) == len(shape) - 1 and any(role_of_axis(n) for n in names):
+    warnings.warn(
+        f"a parameter of shape {tuple(shape)} carries the axis names {tuple(names)}, one"
+        " fewer than its axes: stacked by nnx.vmap/nnx.scan without"
+        " transform_metadata={nnx.PARTITION_NAME: 'layers'}, which names the stack's axis;"
+        " its names are ignored", stacklevel=2)
+  if len(names) != len(shape):
     return None
   names = tuple(tuple(n) if isinstance(n, list) else n for n in names)
   return (tuple(shape), names) if any(role_of_axis(n) for n in names) else None

@@ -524,3 +524,25 @@ def test_keeps_init_names_refuses_unknown_keywords_of_a_plain_transform():
   tx = gt.keeps_init_names(optax.scale(2.0))
   with pytest.raises(TypeError, match="bogus"):
     tx.update({"w": jnp.ones(3)}, tx.init({"w": jnp.ones(3)}), bogus=1)
+
+
+def test_names_one_short_of_a_stacked_leaf_say_what_stacked_it():
+  """nnx.vmap without transform_metadata keeps a layer's two names on its
+  stacked (layers, embed, mlp) kernel: the names were dropped silently and
+  the warning that followed told the user to add the names they had."""
+
+  class Block(nnx.Module):
+    def __init__(self, rngs):
+      init = nnx.with_partitioning(nnx.initializers.lecun_normal(), ("embed", "mlp"))
+      self.lin = nnx.Linear(8, 16, kernel_init=init, rngs=rngs)
+
+  with nnx.use_eager_sharding(False):
+    @nnx.split_rngs(splits=3)
+    @nnx.vmap(in_axes=(0,), out_axes=0)
+    def create(rngs):
+      return Block(rngs)
+
+    model = create(nnx.Rngs(0))
+  with pytest.warns(UserWarning, match=r"\('embed', 'mlp'\), one fewer than its axes.*"
+                                        r"transform_metadata=\{nnx.PARTITION_NAME: 'layers'\}"):
+    gt.describe(go.muon(0.02), nnx.state(model, nnx.Param))
