@@ -72,7 +72,8 @@ class InFactoredGeometryState(NamedTuple):
 def _metric(nu: jax.Array, count: jax.Array, b2: float, eps: float) -> jax.Array:
   """The root of the debiased statistic over its mean, plus eps: dimensionless."""
   nu_hat = nu / _tree.bias_correction(b2, count, nu.dtype)
-  return jnp.sqrt(nu_hat / (jnp.mean(nu_hat, axis=(-2, -1), keepdims=True) + 1e-30)) + eps
+  # _tree.root: a zero row or column (a dead unit) has a finite derivative.
+  return _tree.root(nu_hat / (jnp.mean(nu_hat, axis=(-2, -1), keepdims=True) + 1e-30)) + eps
 
 
 def in_factored_geometry(

@@ -23,7 +23,8 @@ def _sphere_step(u: jax.Array, p: jax.Array, eta) -> jax.Array:
   """R·N(p − ηR·N(u)) − p per matrix, R = ‖p‖, N(x) = x/‖x‖; 0 where u = 0."""
   radius, u_norm = _tree.norms(p, (1, 2)), _tree.norms(u, (1, 2))
   tiny = jnp.finfo(_tree.real_dtype(p.dtype)).tiny
-  moved = p - eta * radius * u / jnp.maximum(u_norm, tiny)
+  # N(u) of a zero u is u/1 = 0: u/tiny gave a derivative of 1/tiny, then 0·∞.
+  moved = p - eta * radius * u / jnp.where(u_norm == 0, 1, u_norm)
   # radius/‖moved‖ first: exactly 1 when η = 0, so that step is exactly 0.
   step = moved * (radius / jnp.maximum(_tree.norms(moved, (1, 2)), tiny)) - p
   return jnp.where(u_norm == 0, 0, step)  # a NaN u stays NaN

@@ -412,5 +412,6 @@ def constrain_norm(out, grads, norm_constraint):
   """Scales every update by min(1, √(c/⟨u, g⟩)), kfac-jax's norm constraint."""
   inner = sum(jnp.vdot(u.astype(_tree.compute_dtype(u)), g.astype(_tree.compute_dtype(u)))
               for u, g in zip(out, grads))
-  coeff = jnp.minimum(jnp.sqrt(norm_constraint / inner), 1.0)
+  # inner <= c gives 1 either way; the max keeps 0·∞ out of the derivative at inner = 0.
+  coeff = jnp.minimum(jnp.sqrt(norm_constraint / jnp.maximum(inner, norm_constraint)), 1.0)
   return [(coeff * u).astype(u.dtype) for u in out]

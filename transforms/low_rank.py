@@ -112,8 +112,12 @@ def low_rank_orthogonalize(
   q = basis.astype(x.dtype)
   zero = jnp.all(x == 0, axis=(-2, -1), keepdims=True)
 
+  # A zero matrix orthonormalizes I instead of 0 (its result is replaced
+  # below): QR's derivative at a zero matrix is NaN, even where discarded.
+  fallback = jnp.eye(x.shape[-2], q.shape[-1], dtype=x.dtype)
+
   def power_iteration(_, carry):
-    p = orth(matmul(x, carry[1]))
+    p = orth(jnp.where(zero, fallback, matmul(x, carry[1])))
     return p, matmul(transpose(x), p)
 
   p0 = jnp.zeros((*x.shape[:-1], q.shape[-1]), x.dtype)

@@ -126,7 +126,7 @@ def norm_lower_bound(a: jax.Array) -> jax.Array:
   branch: ~0.35 s less of PSGD Kron's compile at 192 matrices
   (``benchmarks/RESULTS.md``, "Stop 43").
   """
-  max_abs = jnp.max(jnp.abs(a))
+  max_abs = _tree.max_abs(a)
   a = a / jnp.where(max_abs > 0, max_abs, 1)
   x = a @ a[jnp.argmax(jnp.sum(a * a, axis=1))]
   # ‖x‖ >= 1 unless a is zero (x's entry at the largest row is that row's
@@ -139,7 +139,7 @@ def balance(factors: Sequence[jax.Array]) -> list:
   """The factors rescaled to equal max |entry| (their geometric mean); P unchanged."""
   if len(factors) < 2:
     return list(factors)
-  norms = jnp.stack([jnp.max(jnp.abs(q)) for q in factors])
+  norms = jnp.stack([_tree.max_abs(q) for q in factors])
   gmean = jnp.prod(norms) ** (1 / len(factors))
   return [q * (gmean / n) for q, n in zip(factors, norms)]
 
@@ -164,7 +164,7 @@ def fit_factors(
     term1, term2 = _gram_along(a, axis, diagonal), _gram_along(b, axis, diagonal)
     step = precond_lr * (term1 - term2)
     if diagonal:
-      out.append(q - step * q / (tiny + jnp.max(jnp.abs(term1 + term2))))
+      out.append(q - step * q / (tiny + _tree.max_abs(term1 + term2)))
     else:
       out.append(q - jnp.triu(step) / (tiny + norm_lower_bound(term1 + term2)) @ q)
   return out

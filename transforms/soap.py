@@ -93,8 +93,9 @@ def adam_in_basis(count, x, m, v, *, b1: float, b2: float, eps: float):
   steps = jnp.maximum(count - 1, 1).astype(v.dtype)
   correction = jnp.sqrt(1 - b2**steps) / (1 - b1**steps)
   first = count == 1
-  # (v' is 0 at the first step: √ of it would make the derivative 0·∞.)
-  u = correction * m_new / (jnp.sqrt(jnp.where(first, 1, v_new)) + eps)
+  # (v' is 0 at the first step, and wherever a coordinate never had a
+  # gradient: _tree.root's derivative is 0 there, not √'s 0·∞.)
+  u = correction * m_new / (_tree.root(jnp.where(first, 1, v_new)) + eps)
   return (jnp.where(first, 0, u), jnp.where(first, m, m_new),
           jnp.where(first, v, v_new))
 

@@ -85,6 +85,24 @@ def _root_jvp(primals: tuple, tangents: tuple) -> tuple:
   return r, jnp.where(nonzero, t / (2 * jnp.where(nonzero, r, 1)), 0 * t)  # a NaN t stays NaN
 
 
+@jax.custom_jvp
+def max_abs(x: jax.Array) -> jax.Array:
+  """max |x| over all elements (``jnp.max(jnp.abs(x))``: the same forward
+  program), whose derivative follows the element ``argmax`` picks. jnp.max's
+  own derivative finds its maxima by an exact == against the maximum, which
+  no element meets where XLA recomputes x in two kernels that round apart:
+  under jit PSGD Kron's meta-gradient was NaN or ±inf for 1 gradient in 5."""
+  return jnp.max(jnp.abs(x))
+
+
+@max_abs.defjvp
+def _max_abs_jvp(primals: tuple, tangents: tuple) -> tuple:
+  (x,), (t,) = primals, tangents
+  i = jnp.argmax(jnp.abs(x).ravel())
+  _, dt = jax.jvp(jnp.abs, (x.ravel()[i],), (t.ravel()[i],))
+  return max_abs(x), dt
+
+
 def norm(x: jax.Array) -> jax.Array:
   """The Frobenius norm of all of ``x``'s elements, sqrt(Σ|x|²) (``sum_squares``; ``root``)."""
   return root(sum_squares(x))
