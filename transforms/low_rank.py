@@ -111,14 +111,13 @@ def low_rank_orthogonalize(
   x = transpose(x) if wide else x
   q = basis.astype(x.dtype)
   zero = jnp.all(x == 0, axis=(-2, -1), keepdims=True)
-
-  # A zero matrix orthonormalizes I instead of 0 (its result is replaced
-  # below): QR's derivative at a zero matrix is NaN, even where discarded.
-  fallback = jnp.eye(x.shape[-2], q.shape[-1], dtype=x.dtype)
+  # A zero matrix is iterated as I instead (its results are replaced below):
+  # QR's derivative at a zero matrix is NaN, even where discarded.
+  x_iterated = jnp.where(zero, jnp.eye(x.shape[-2], x.shape[-1], dtype=x.dtype), x)
 
   def power_iteration(_, carry):
-    p = orth(jnp.where(zero, fallback, matmul(x, carry[1])))
-    return p, matmul(transpose(x), p)
+    p = orth(matmul(x_iterated, carry[1]))
+    return p, matmul(transpose(x_iterated), p)
 
   p0 = jnp.zeros((*x.shape[:-1], q.shape[-1]), x.dtype)
   p, r = jax.lax.fori_loop(0, power_iters, power_iteration, (p0, q))
