@@ -232,12 +232,13 @@ def step_milliseconds(names, layers: int, d: int, rounds: int, scanned: bool = F
 
 
 def step_table(milliseconds: dict[str, list[float]], window: int = 10) -> str:
-  """Min, median and their ratios to optax.adamw's; with ``window`` rounds or
-  more, the amortized step too (``harness.amortized``: Shampoo's and SOAP's
-  refresh, one step in 10, is a slow step that the min and median drop)."""
+  """Min, median and their ratios to optax.adamw's; with three windows of
+  ``window`` rounds or more, the amortized step too (``harness.amortized``:
+  Shampoo's and SOAP's refresh, one step in 10, is a slow step that the min
+  and median drop)."""
   seconds = {name: [m / 1e3 for m in ms] for name, ms in milliseconds.items()}
   columns = {}
-  if len(milliseconds[ANCHOR]) >= window:
+  if len(milliseconds[ANCHOR]) >= 3 * window:
     amortized = {name: harness.amortized(ms, window) for name, ms in milliseconds.items()}
     columns = {
         f"amortized ms ({window} steps)": {n: f"{a:.2f}" for n, a in amortized.items()},

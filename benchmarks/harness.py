@@ -139,8 +139,9 @@ def amortized(seconds: Sequence[float], window: int) -> float:
   an outlier that the median of single calls drops, so a median understates
   such an optimizer's wall-clock. Each window of consecutive calls as long as
   the period holds one refresh, so its mean is the amortized cost; the median
-  over windows keeps a load spike from elsewhere out of it. A trailing partial
-  window is left out.
+  over windows keeps a load spike from elsewhere out of it, given three
+  windows or more (of two it is their mean). A trailing partial window is
+  left out.
   """
   if window < 1 or len(seconds) < window:
     raise ValueError(f"window must be in [1, {len(seconds)}] (the calls timed), got {window}")

@@ -54,6 +54,9 @@ def main(argv=None) -> dict:
   args, rest = parser.parse_known_args(argv)
   if not 1 <= args.window <= args.rounds:
     parser.error(f"--window must be in [1, --rounds = {args.rounds}], got {args.window}")
+  if args.rounds // args.window < 3:
+    print(f"note: {args.rounds // args.window} window(s) of {args.window} steps: the amortized"
+          " step is their mean, a load spike not kept out (give --rounds >= 3 windows)")
   names = args.optimizers.split(",")
   config = char_lm.parse_args(["--optimizers", ",".join(names), *rest])
   tokens, _ = char_lm.load_corpus(config.corpus_mb)
@@ -61,7 +64,8 @@ def main(argv=None) -> dict:
       tokens, 1, config.batch_size, config.context, config.seed)
   batch = (inputs[0], targets[0])
   initial = char_lm.initial_model(config)
-  print(harness.machine_banner())
+  banner = harness.machine_banner()
+  print(banner)
   contenders = {name: contender(name, config, initial, batch) for name in names}
   times = harness.time_round_robin(contenders, rounds=args.rounds)
   print(f"d_model {config.d_model}, {config.num_layers} layers, batch {config.batch_size},"
@@ -76,6 +80,7 @@ def main(argv=None) -> dict:
   if args.json:
     args.json.write_text(json.dumps({"config": {"d_model": config.d_model,
                                                 "num_layers": config.num_layers},
+                                     "machine": banner, "load_at_end": harness.load_average(),
                                      "rounds": args.rounds, "window": args.window,
                                      "amortized_ms": amortized, "median_ms": medians},
                                     indent=1))
