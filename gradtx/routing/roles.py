@@ -113,6 +113,11 @@ def matrix_roles(params: Any, *, matrix_view: Optional[_matrix_view.MatrixViewRu
         heads.add(i)
         _classifier_guessed(flat[i][0], shaped[i][1])
     by_shape = [i in heads for i in range(len(flat))]
+    # A LoRA adapter's factors (nnx.LoRALinear's lora.lora_a, lora_b) follow
+    # the head whose kernel they adapt, as they do a head known by name.
+    head_modules = {tuple(names[i][:-1]) for i in heads}
+    by_shape = [head or (n[-1] in _LORA_FACTORS and tuple(n[:-2]) in head_modules)
+                for head, n in zip(by_shape, names)]
     for group in groups:
       if len(group) > 1:
         _one_head_of_several([flat[i][0] for i in group], [i in heads for i in group])
@@ -132,6 +137,9 @@ def matrix_roles(params: Any, *, matrix_view: Optional[_matrix_view.MatrixViewRu
   if not any(embeddings) and "output_head" not in roles:
     _warn_if_embedding_masked_out(params)
   return treedef.unflatten(roles)
+
+
+_LORA_FACTORS = ("lora_a", "lora_b")
 
 
 def _classifier_guessed(path: tuple, shape: tuple) -> None:

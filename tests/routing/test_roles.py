@@ -338,3 +338,30 @@ def test_position_tables_and_prediction_logits_keep_their_roles():
   assert roles["positional_encoding"] == roles["PositionalEncoding_0"]["pe"] == "embedding"
   assert roles["prediction_logits"]["kernel"] == "output_head"
   assert roles["position_wise_ffn"]["kernel"] == roles["pre_logits"]["kernel"] == "hidden"
+
+
+class _LoRAClassifier(nnx.Module):
+  def __init__(self, rngs):
+    self.l1 = nnx.LoRALinear(16, 32, lora_rank=4, rngs=rngs)
+    self.l2 = nnx.LoRALinear(32, 10, lora_rank=4, rngs=rngs)
+
+
+class _LoRALM(nnx.Module):
+  def __init__(self, rngs):
+    self.embed = nnx.Embed(40, 16, rngs=rngs)
+    self.l1 = nnx.LoRALinear(16, 16, lora_rank=4, rngs=rngs)
+    self.out = nnx.LoRALinear(16, 40, lora_rank=4, rngs=rngs)
+
+
+@pytest.mark.parametrize("model, head", [(_LoRAClassifier, "l2"), (_LoRALM, "out")])
+def test_a_lora_adapter_follows_the_head_found_by_shape(model, head):
+  """nnx.LoRALinear on a head known by its shape (a classifier, a (d, vocab)
+  kernel beside the embedding): its kernel went to AdamW, its lora_a and
+  lora_b to Muon (a head known by name sent all three to AdamW)."""
+  with warnings.catch_warnings():
+    warnings.simplefilter("ignore")
+    branches = {r.path: r.branch for r in gt.describe(
+        go.muon(0.02), nnx.state(model(nnx.Rngs(0)), nnx.Param))}
+  assert {branches[f"['{head}']{k}"] for k in ("['kernel']", "['lora']['lora_a']",
+                                                "['lora']['lora_b']")} == {"adam"}
+  assert branches["['l1']['lora']['lora_a']"] == "muon"
