@@ -247,9 +247,10 @@ def _read_state(state, params, keys, recorder):
         parts = structure.flatten_up_to(node)
       except (ValueError, TypeError):
         continue
-      if any(map(_holds_a_step_count, parts)):
+      if len(parts) > 1 and any(_holds_the_structure(part, structure) for part in parts):
         # A chain's tuple of states matched a tuple of as many parameters:
-        # its parts are whole transforms' states, not one leaf's.
+        # its parts are whole transforms' states (one holds a moment shaped
+        # like all the parameters), not one leaf's.
         continue
       for i, part in enumerate(parts):
         if jax.tree.leaves(part):
@@ -283,11 +284,20 @@ def _read_state(state, params, keys, recorder):
   return labels, leaf_bytes, shared
 
 
-def _holds_a_step_count(part) -> bool:
-  """A 0-d integer leaf: a transform's step count, which no parameter-shaped
-  entry of a state holds."""
-  return any(getattr(x, "ndim", None) == 0 and jax.numpy.issubdtype(x.dtype, jax.numpy.integer)
-             for x in jax.tree.leaves(part))
+def _holds_the_structure(part, structure) -> bool:
+  """Whether a node below ``part`` (or its own children) is laid out like the
+  whole parameter tree: a transform's moment, not one leaf's entry."""
+  children = jax.tree_util.tree_flatten(part, is_leaf=lambda x: x is not part)[0]
+  for child in children:
+    if child is part or jax.tree_util.treedef_is_leaf(jax.tree.structure(child)):
+      continue
+    try:
+      structure.flatten_up_to(child)
+      return True
+    except (ValueError, TypeError):
+      if _holds_the_structure(child, structure):
+        return True
+  return False
 
 
 def _nbytes(tree) -> int:

@@ -171,6 +171,20 @@ def test_a_tuple_of_parameters_reads_as_the_same_list(factory):
     assert sum(b for _, b in as_tuple) > 0
 
 
+def test_a_chain_without_step_counts_and_a_tree_with_an_integer_leaf_read_per_leaf():
+  """The chain test looks for a moment laid out like the parameters: a
+  momentum chain (no step count) on a 2-tuple was read as the leaves'; a
+  0-d integer parameter made every leaf's bytes shared."""
+  s = lambda *shape: jax.ShapeDtypeStruct(shape, jnp.float32)
+  momentum = [(r.path, r.state_bytes) for r in gt.describe(
+      optax.sgd(0.1, momentum=0.9), (s(16, 32), s(32)))]
+  assert momentum == [("[0]", 2048), ("[1]", 128)]
+  params = {"w": s(16, 32), "b": s(32), "n": jax.ShapeDtypeStruct((), jnp.int32)}
+  described = gt.describe(optax.adam(1e-3), params)
+  assert {r.path: r.state_bytes for r in described} == {
+      "['b']": 256, "['n']": 8, "['w']": 4096}
+
+
 def test_inject_hyperparams_keeps_the_routing():
   params = _linen_params()
   injected = optax.inject_hyperparams(go.muon)(learning_rate=0.02)

@@ -213,3 +213,14 @@ def test_kfacs_norm_constraint_at_a_zero_gradient_has_a_finite_derivative():
 
   assert np.isfinite(float(jax.grad(scaled)(0.0)))
   np.testing.assert_allclose(float(jax.grad(scaled)(0.0)), 3.0)  # min(1, ·) = 1 near 0
+
+
+def test_v_muons_meta_gradient_in_float32_with_an_expert_without_gradient():
+  """A whole zero statistic: 0/(0 + 1e-30) has the derivative 0·∞ in float32,
+  where (1e-30)² underflows (float64 hid it)."""
+  params = {k: v.astype(jnp.float32) for k, v in _params(
+      {"w": (8, 6), "expert": (6, 4)}).items()}
+  x = jnp.ones((5, 6), jnp.float32)
+  loss = lambda p: _loss({"w": p["w"]}) + 0.0 * jnp.sum(jnp.tanh(x @ p["expert"]))
+  d_lr, d_params, _ = _meta_gradients(go.vmuon, loss, params)
+  assert np.isfinite(d_lr) and all(bool(jnp.isfinite(v).all()) for v in d_params.values())

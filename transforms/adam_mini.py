@@ -254,13 +254,16 @@ def scale_by_adam_mini(
     return blocks(path, leaf)
 
   def partition(tree):
-    with _axes.reading(tree):  # Flax axis names, where the tree carries them
+    # Flax axis names, where the tree carries them; its attention modules.
+    with _axes.reading(tree), _matrix_view.reading_attention_modules(
+        jax.tree_util.tree_flatten_with_path(tree)[0]):
       return jax.tree_util.tree_map_with_path(
           lambda path, leaf: _checked_blocks(rule, path, leaf), tree
       )
 
   def init_fn(params):
-    with _axes.reading(params):
+    with _axes.reading(params), _matrix_view.reading_attention_modules(
+        jax.tree_util.tree_flatten_with_path(params)[0]):
       return _init(params)
 
   def _init(params):

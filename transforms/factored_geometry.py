@@ -47,7 +47,8 @@ def _map_back(o, r, c, count, view, b2, eps):
   """The inner direction mapped back by the same metric, at its own norm."""
   m = view.to_matrices(o.astype(_tree.compute_dtype(o)))
   mapped = m * _scale(r, c, count, b2, eps).astype(m.dtype)
-  mapped = mapped * (frobenius_norms(m) / (frobenius_norms(mapped) + 1e-30))
+  norm = frobenius_norms(mapped)
+  mapped = mapped * (frobenius_norms(m) / (jnp.where(norm == 0, 1, norm) + 1e-30))
   return view.from_matrices(mapped, o.shape).astype(o.dtype)
 
 
@@ -73,7 +74,9 @@ def _metric(nu: jax.Array, count: jax.Array, b2: float, eps: float) -> jax.Array
   """The root of the debiased statistic over its mean, plus eps: dimensionless."""
   nu_hat = nu / _tree.bias_correction(b2, count, nu.dtype)
   # _tree.root: a zero row or column (a dead unit) has a finite derivative.
-  return _tree.root(nu_hat / (jnp.mean(nu_hat, axis=(-2, -1), keepdims=True) + 1e-30)) + eps
+  mean = jnp.mean(nu_hat, axis=(-2, -1), keepdims=True)
+  # (a zero statistic: 0/(0 + 1e-30) has the derivative 0·∞, (1e-30)² underflowing)
+  return _tree.root(nu_hat / (jnp.where(mean == 0, 1, mean) + 1e-30)) + eps
 
 
 def in_factored_geometry(

@@ -155,7 +155,7 @@ def _named_leaf(x: Any) -> Optional[tuple[tuple, tuple]]:
   shape = getattr(value, "shape", None)  # None: a masked-out value (optax.masked)
   if shape is None or not isinstance(names, (tuple, list)):
     return None
-  if len(names) == len(shape) - 1 and any(role_of_axis(n) for n in names):
+  if len(names) == len(shape) - 1 >= 2 and any(role_of_axis(n) for n in names):
     warnings.warn(
         f"a parameter of shape {tuple(shape)} carries the axis names {tuple(names)}, one"
         " fewer than its axes: stacked by nnx.vmap/nnx.scan without"

@@ -151,7 +151,8 @@ def reading_attention_modules(with_paths: list):
   modules = {}
   for path, leaf in with_paths:
     names = _names.path_names(path)
-    if len(names) >= 2 and names[-2] in _ATTENTION_INPUTS + (_ATTENTION_OUTPUT,):
+    if len(names) >= 2 and (names[-2] in _ATTENTION_INPUTS + (_ATTENTION_OUTPUT,)
+                            or names[-2] in _names.FUSED_QKV_PARTS):
       modules.setdefault(tuple(names[:-2]), {})[names[-2]] = tuple(jnp.shape(leaf))
   token = _ATTENTION_MODULES.set(modules)
   try:
@@ -177,13 +178,15 @@ def _is_flax_attention_output(names: list[str]) -> bool:
   if len(names) < 2 or names[-2] != _ATTENTION_OUTPUT:
     return False
   module = _attention_module(names)
-  return module is None or any(n in module for n in _ATTENTION_INPUTS)
+  return module is None or any(n in module for n in _ATTENTION_INPUTS + _names.FUSED_QKV_PARTS)
 
 
 def _scanned_attention(names: list[str], shape: tuple) -> bool:
   """A 4-D query/key/value (layers, in, heads, head_dim) or out (layers,
   heads, head_dim, out) kernel of a scanned MultiHeadAttention: its module
   holds both kinds, on the same layers, heads and head_dim."""
+  if len(names) < 2 or names[-2] not in _ATTENTION_INPUTS + (_ATTENTION_OUTPUT,):
+    return False
   module = _attention_module(names) or {}
   inputs = [module[n] for n in _ATTENTION_INPUTS if n in module]
   out = module.get(_ATTENTION_OUTPUT)
@@ -265,7 +268,8 @@ def flax_matrix_view(path: tuple, leaf: Any = _routing.NO_LEAF, *,
     return None
   if ndim == 3 and any(n in _ATTENTION_INPUTS for n in names[:-1]):
     return MatrixView(rows=(0,), cols=(1, 2))
-  if ndim in (3, 4) and _names.is_expert_stack(names):  # 4-D: scanned layers of experts
+  if (ndim == 3 or (ndim == 4 and not _names.is_convolution(names))) and _names.is_expert_stack(
+      names):  # 4-D: scanned layers of experts (a 2-D convolution's kernel in an expert is not)
     return MatrixView(rows=(ndim - 2,), cols=(ndim - 1,), batch=tuple(range(ndim - 2)))
   # Scanned MultiHeadAttention: one (in, heads·head_dim) or (heads·head_dim,
   # out) matrix per layer, where the module's projections agree on it.
@@ -485,7 +489,8 @@ def batch_axes(path: tuple, leaf: Any, rule: Optional[MatrixViewRule]) -> tuple[
   if names is not None:
     return tuple(_axes.read(names).batch)
   names = _names.path_names(path)
-  if len(shape) in (3, 4) and _names.is_expert_stack(names):
+  if (len(shape) == 3 or (len(shape) == 4 and not _names.is_convolution(names))) and (
+      _names.is_expert_stack(names)):
     return tuple(range(len(shape) - 2))
   if _scanned_attention(names, shape):
     return (0,)

@@ -483,3 +483,37 @@ def test_a_four_d_query_conv_without_an_attention_output_keeps_the_convolution_v
   with pytest.warns(gt.AmbiguousMatrixViewWarning):
     (row,) = gt.describe(go.muon(0.02), tree)
   assert row.matrices == (1, 64, 8)
+
+
+def test_a_convolution_in_an_expert_or_beside_scanned_attention_keeps_its_view():
+  """The 4-D expert and scanned-attention readings are for those kernels
+  only: a 2-D convolution inside an expert module, or beside a scanned
+  attention's projections, stays one (kh·kw·in) x out matrix."""
+  f = lambda *s: jax.ShapeDtypeStruct(s, jnp.float32)
+  attention = _scanned_attention_tree()["layers"]["attn"]
+  tree = {"expert_0": {"Conv_0": {"kernel": f(3, 3, 16, 32)}},
+          "attn": {**attention, "conv": {"kernel": f(3, 4, 32, 32)}}}
+  with warnings.catch_warnings():
+    warnings.simplefilter("ignore")
+    rows = {r.path: r.matrices for r in gt.describe(go.muon(0.02), tree)}
+  assert rows["['expert_0']['Conv_0']['kernel']"] == (1, 144, 32)
+  assert rows["['attn']['conv']['kernel']"] == (1, 384, 32)
+  assert rows["['attn']['query']['kernel']"] == (3, 16, 16)
+
+
+def test_an_attention_output_beside_a_fused_qkv_kernel_is_settled():
+  f = lambda *s: jax.ShapeDtypeStruct(s, jnp.float32)
+  tree = {"attn": {"qkv": {"kernel": f(32, 3, 4, 8)}, "out": {"kernel": f(4, 8, 32)}}}
+  with warnings.catch_warnings():
+    warnings.simplefilter("ignore")
+    description = gt.describe(go.muon(0.02), tree)
+  assert "['attn']['out']['kernel']" not in description.ambiguous
+
+
+def test_adam_minis_blocks_read_a_scanned_attention_as_muon_does():
+  """Adam-mini built its blocks outside the tree's attention context: on a
+  scanned MultiHeadAttention its blocks spanned the layers, with warnings."""
+  tree = jax.tree.map(lambda s: jnp.zeros(s.shape), _scanned_attention_tree())
+  with warnings.catch_warnings():
+    warnings.simplefilter("error", gt.AmbiguousMatrixViewWarning)
+    go.adam_mini(1e-3).init(tree)
