@@ -237,14 +237,7 @@ def step_table(milliseconds: dict[str, list[float]], window: int = 10) -> str:
   Shampoo's and SOAP's refresh, one step in 10, is a slow step that the min
   and median drop)."""
   seconds = {name: [m / 1e3 for m in ms] for name, ms in milliseconds.items()}
-  columns = {}
-  if len(milliseconds[ANCHOR]) >= 3 * window:
-    amortized = {name: harness.amortized(ms, window) for name, ms in milliseconds.items()}
-    columns = {
-        f"amortized ms ({window} steps)": {n: f"{a:.2f}" for n, a in amortized.items()},
-        f"x {ANCHOR} (amortized)": {n: f"{a / amortized[ANCHOR]:.2f}x"
-                                    for n, a in amortized.items()}}
-  return harness.ratio_table(seconds, anchor=ANCHOR, label="optimizer", columns=columns)
+  return harness.ratio_table(seconds, anchor=ANCHOR, label="optimizer", window=window)
 
 
 def table(seconds: dict[str, dict[int, float]], layers, anchor_name: str = ANCHOR) -> str:

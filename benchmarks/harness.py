@@ -246,6 +246,7 @@ def ratio_table(
     times: Mapping[str, Sequence[float]], *, anchor: Union[str, Mapping[str, str]],
     label: str = "implementation",
     columns: Optional[Mapping[str, Mapping[str, str]]] = None, unit: str = "ms",
+    window: Optional[int] = None,
 ) -> str:
   """Min and median of each contender's seconds, and the ratios to the anchor's.
 
@@ -253,12 +254,20 @@ def ratio_table(
   min and median against median. ``anchor``: one name, or name -> the name
   it is compared with (a row not in it is its own anchor), which adds an
   "anchor" column. ``columns``: extra columns, header -> {name: cell}.
+  ``window``: also the amortized time (``amortized``) and its ratio, given
+  three windows of calls or more (the median of fewer is not robust).
   """
   scale = {"s": 1.0, "ms": 1e3, "us": 1e6}[unit]
   per_row = not isinstance(anchor, str)
   anchor_of = (lambda name: anchor.get(name, name)) if per_row else (lambda name: anchor)
-  columns = columns or {}
+  columns = dict(columns or {})
   against = "anchor" if per_row else anchor
+  if window and min(map(len, times.values())) >= 3 * window:
+    spread = {name: amortized(seconds, window) for name, seconds in times.items()}
+    columns[f"amortized {unit} ({window} steps)"] = {
+        n: f"{a * scale:.2f}" for n, a in spread.items()}
+    columns[f"x {against} (amortized)"] = {
+        n: f"{a / spread[anchor_of(n)]:.2f}x" for n, a in spread.items()}
   header = [label, *(["anchor"] if per_row else []), f"min {unit}", f"median {unit}",
             f"x {against} (min)", f"x {against} (median)", *columns]
   rows = []

@@ -70,12 +70,8 @@ def main(argv=None) -> dict:
   times = harness.time_round_robin(contenders, rounds=args.rounds)
   print(f"d_model {config.d_model}, {config.num_layers} layers, batch {config.batch_size},"
         f" context {config.context}, {args.rounds} rounds\n")
+  print(harness.ratio_table(times, anchor="adamw", label="optimizer", window=args.window))
   amortized = {name: 1e3 * harness.amortized(t, args.window) for name, t in times.items()}
-  print(harness.ratio_table(times, anchor="adamw", label="optimizer", columns={
-      f"amortized ms ({args.window} steps)": {n: f"{ms:.2f}" for n, ms in amortized.items()},
-      "x adamw (amortized)": {n: f"{ms / amortized['adamw']:.2f}x"
-                              for n, ms in amortized.items()},
-  }))
   medians = {name: 1e3 * float(np.median(t)) for name, t in times.items()}
   if args.json:
     args.json.write_text(json.dumps({"config": {"d_model": config.d_model,

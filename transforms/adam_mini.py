@@ -22,7 +22,6 @@ from gradtx._internal import routing as _routing
 from gradtx._internal import sharding as _sharding
 from gradtx._internal import tree as _tree
 from gradtx._internal import validate as _validate
-from gradtx.routing import axis_names as _axes
 from gradtx.routing import matrix_view as _matrix_view
 from gradtx.routing.axis_names import keeps_init_names
 from gradtx.routing.matrix_view import MatrixViewRule
@@ -254,16 +253,13 @@ def scale_by_adam_mini(
     return blocks(path, leaf)
 
   def partition(tree):
-    # Flax axis names, where the tree carries them; its attention modules.
-    with _axes.reading(tree), _matrix_view.reading_attention_modules(
-        jax.tree_util.tree_flatten_with_path(tree)[0]):
+    with _matrix_view.reading(tree):  # Flax axis names, attention modules
       return jax.tree_util.tree_map_with_path(
           lambda path, leaf: _checked_blocks(rule, path, leaf), tree
       )
 
   def init_fn(params):
-    with _axes.reading(params), _matrix_view.reading_attention_modules(
-        jax.tree_util.tree_flatten_with_path(params)[0]):
+    with _matrix_view.reading(params):
       return _init(params)
 
   def _init(params):

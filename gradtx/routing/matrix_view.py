@@ -142,21 +142,22 @@ _ATTENTION_MODULES = contextvars.ContextVar("attention_modules", default=None)
 
 
 @contextlib.contextmanager
-def reading_attention_modules(with_paths: list):
-  """In the block, ``flax_matrix_view`` reads a kernel named ``out`` as a
-  MultiHeadAttention's only in a module that holds query/key/value kernels,
-  and 4-D attention kernels as a scanned stack of them only where the
-  module's projections agree on it (``with_paths``:
-  ``jax.tree_util.tree_flatten_with_path``'s leaves)."""
+def reading(tree: Any):
+  """What ``flax_matrix_view`` reads of the whole ``tree`` in the block: its
+  Flax axis names (``axis_names.reading``) and its MultiHeadAttention
+  modules, so that a kernel named ``out`` is settled only in a module that
+  holds query/key/value kernels, and 4-D attention kernels are a scanned
+  stack only where the module's projections agree on it."""
   modules = {}
-  for path, leaf in with_paths:
+  for path, leaf in jax.tree_util.tree_flatten_with_path(tree)[0]:
     names = _names.path_names(path)
     if len(names) >= 2 and (names[-2] in _ATTENTION_INPUTS + (_ATTENTION_OUTPUT,)
                             or names[-2] in _names.FUSED_QKV_PARTS):
       modules.setdefault(tuple(names[:-2]), {})[names[-2]] = tuple(jnp.shape(leaf))
   token = _ATTENTION_MODULES.set(modules)
   try:
-    yield
+    with _axes.reading(tree):
+      yield
   finally:
     _ATTENTION_MODULES.reset(token)
 
@@ -464,7 +465,7 @@ def view_of(path: tuple, leaf: Any, rule: Optional[MatrixViewRule]) -> Optional[
 def views_of(tree: Any, rule: Optional[MatrixViewRule]) -> list:
   """The ``MatrixView`` (or ``None``) of every leaf of ``tree``, as a list."""
   with_paths = jax.tree_util.tree_flatten_with_path(tree)[0]
-  with _axes.reading(tree), reading_attention_modules(with_paths):
+  with reading(tree):
     views = [view_of(path, leaf, rule) for path, leaf in with_paths]
   _routing.report_per_leaf(tree, "views", views)
   return views
@@ -500,7 +501,7 @@ def batch_axes(path: tuple, leaf: Any, rule: Optional[MatrixViewRule]) -> tuple[
 def batch_axes_of(tree: Any, rule: Optional[MatrixViewRule]) -> list:
   """``batch_axes`` of every leaf of ``tree``, as a list."""
   with_paths = jax.tree_util.tree_flatten_with_path(tree)[0]
-  with _axes.reading(tree), reading_attention_modules(with_paths):
+  with reading(tree):
     return [batch_axes(path, leaf, rule) for path, leaf in with_paths]
 
 

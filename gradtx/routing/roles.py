@@ -96,8 +96,7 @@ def matrix_roles(params: Any, *, matrix_view: Optional[_matrix_view.MatrixViewRu
   lists the order in which the rules decide.
   """
   flat, treedef = jax.tree_util.tree_flatten_with_path(params)
-  with (_axes.reading(params), _axes.using(getattr(matrix_view, "axis_names", None)),
-        _matrix_view.reading_attention_modules(flat)):
+  with _matrix_view.reading(params), _axes.using(getattr(matrix_view, "axis_names", None)):
     axis_roles = [leaf_role(p, x) for p, x in flat]
     names = [_names.path_names(p) for p, _ in flat]
     embeddings = [role == "embedding" or (role is None and _names.is_embedding(n))
