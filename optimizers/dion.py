@@ -45,8 +45,11 @@ def dion(
 
   (``gt.orthogonalize_low_rank(rank, momentum=μ)``), s the Muon shape scale
   ``scale`` (``gt.scale_by_matrix_shape``; see ``go.muon``). At full rank
-  and one exact power iteration per step this is Muon-like with an
-  error-feedback momentum; at rank k the step costs O(mnk) instead of
+  and one power iteration per step this is Muon-like with an error-feedback
+  momentum, not Muon itself: one iteration from the previous basis does not
+  orthogonalize exactly (from a random basis a step's singular values are
+  spread, e.g. 0.6-1.35; on a fixed B the basis converges over steps, to
+  ‖PQᵀ − msign(B)‖ ~1e-3 after 30); at rank k the step costs O(mnk) instead of
   Newton–Schulz's O(mn·min(m, n)) per iteration. Which leaves are hidden
   matrices, and the AdamW for the rest, are as in ``go.muon``.
 

@@ -16,11 +16,15 @@ The taps' shapes come from a first, abstract pass (``jax.eval_shape``), so
 object identity on the copy of the model the pass runs on: ``nnx.Linear``'s
 ``__call__`` is wrapped for the duration of the pass (a no-op for any other
 model), and each attention module's ``attention_fn`` is wrapped on the
-copy. Not recorded: layers inside ``nnx.scan``, ``nnx.vmap`` or
+copy. An attention module called more than once in the pass (a shared
+block) records each head's largest logit over all its calls, the S_max of
+Kimi K2's QK-clip. Not recorded: layers inside ``nnx.scan``, ``nnx.vmap`` or
 ``nnx.remat`` (they run on copies of their own; an attention subclass that
-overrides ``__call__`` must not be used there), ``nnx.Linear`` subclasses
-that override ``__call__``, and a second call of the same layer in one pass
-(an error).
+overrides ``__call__`` must not be used there), layers called inside a JAX
+transformation of their own within the pass (``jax.checkpoint``,
+``lax.scan``, ``lax.cond``, ``jax.vmap``: their values cannot leave it; a
+warning names each), ``nnx.Linear`` subclasses that override ``__call__``,
+and a second call of the same ``nnx.Linear`` in one pass (an error).
 
 flax is imported inside the functions: ``import gradtx.optimizers`` works
 without it.
@@ -31,6 +35,7 @@ import contextvars
 import functools
 import math
 import threading
+import warnings
 from typing import Any, Callable, Optional
 
 import jax
@@ -48,6 +53,10 @@ _PATCH_LOCK = threading.Lock()
 _PATCH_USERS = [0]
 
 
+def _trace_state() -> Any:
+  return jax.extend.core.get_opaque_trace_state(convention="nnx")
+
+
 class _Session:
   """The modules of one recorded pass and what they recorded."""
 
@@ -55,6 +64,22 @@ class _Session:
     self.keys = keys  # id(module) -> record key
     self.taps = taps  # None during the abstract (shape) pass
     self.inputs, self.outputs, self.max_logits = {}, {}, {}
+    self.trace = _trace_state()  # the pass's own trace
+
+  def key_of(self, module: Any) -> Optional[str]:
+    """``module``'s record key, or None: not in the pass, or called inside
+    a transformation of its own (whose tracers must not leave it: warned)."""
+    name = self.keys.get(id(module))
+    if name is not None and _trace_state() != self.trace:
+      if self.taps is None:  # warn once, in the abstract pass
+        warnings.warn(
+            f"nnx_records: {name!r} ran inside a JAX transformation within"
+            " the recorded pass (jax.checkpoint, lax.scan, lax.cond, jax.vmap,"
+            " nnx.jit, ...): not recorded, its values cannot leave that"
+            " transformation; call it outside one, or read its records"
+            " another way", stacklevel=4)
+      return None
+    return name
 
 
 def max_logits(
@@ -113,10 +138,11 @@ def observe_attention(
   recorded pass it does nothing and costs nothing.
   """
   session = _SESSION.get()
-  name = None if session is None else session.keys.get(id(module))
+  name = None if session is None else session.key_of(module)
   if name is not None:
-    session.max_logits[name] = max_logits(
-        query, key, mask=mask, is_causal=is_causal, scale=scale)
+    logits = max_logits(query, key, mask=mask, is_causal=is_causal, scale=scale)
+    earlier = session.max_logits.get(name)
+    session.max_logits[name] = logits if earlier is None else jnp.maximum(earlier, logits)
 
 
 def _recording_call(original: Callable) -> Callable:
@@ -124,7 +150,7 @@ def _recording_call(original: Callable) -> Callable:
   def call(self, inputs, *args, **kwargs):
     y = original(self, inputs, *args, **kwargs)
     session = _SESSION.get()
-    name = None if session is None else session.keys.get(id(self))
+    name = None if session is None else session.key_of(self)
     if name is None:
       return y
     if name in session.inputs:

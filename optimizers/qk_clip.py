@@ -59,7 +59,10 @@ def default_qk_rule(path: tuple, leaf: jax.Array) -> Optional[HeadScaling]:
     ``nnx.Linear`` from d to 3·d features laid out (3, heads, head_dim), q
     then k then v, as in nanoGPT and examples/char_lm.py): the q and k
     features of head h get √γ_h, v none; the record is ``<block>``'s (the
-    module that calls ``observe_attention``). A fused kernel whose output is
+    module that calls ``observe_attention``). The number of heads is the
+    record's length, which nothing in the kernel can check: a record of
+    another model (2 heads for a 4-head kernel) splits the features wrong,
+    silently. A fused kernel whose output is
     not three times its input warns at ``init``: the rule assumes q, k and v
     of one width (3, heads, head_dim), which a grouped-query layout
     ((H + 2·H_kv)·head_dim) is not; pass ``rule=`` for one.
@@ -146,7 +149,9 @@ def qk_clip(
   S_max comes from the step's own forward pass, so after the step the
   logits on that batch are γ_h times those of the base's new weights,
   ≈ τ when the step is small against the weights. Heads are clipped one
-  by one ("per-head"), only those above τ.
+  by one ("per-head"), only those above τ. A non-finite record (a diverged
+  forward pass) is taken as it comes: S = NaN clips nothing (NaN > τ is
+  false), S = +inf gives γ = 0 and zeroes that head's W_q and W_k.
 
   ``update(updates, state, params, *, records, **extra)`` needs params and
   the ``Records`` of the pass (``gradtx.optimizers.nnx_records``); the

@@ -1,6 +1,7 @@
 """Hyperball: a step of fixed length on the sphere of the weights' own norm."""
 
-from typing import NamedTuple, Optional, Union
+import warnings
+from typing import Any, NamedTuple, Optional, Union
 
 import jax
 import jax.numpy as jnp
@@ -28,6 +29,23 @@ def _sphere_step(u: jax.Array, p: jax.Array, eta) -> jax.Array:
   # radius/‖moved‖ first: exactly 1 when η = 0, so that step is exactly 0.
   step = moved * (radius / jnp.maximum(_tree.norms(moved, (1, 2)), tiny)) - p
   return jnp.where(u_norm == 0, 0, step)  # a NaN u stays NaN
+
+
+def _warn_of_zero_leaves(params: Any) -> None:
+  """Warns of leaves that start at zero: R = 0, so they stay zero for good
+  (a zero-initialised output projection, as modded-nanogpt's). Only concrete
+  parameters are looked at (an abstract or traced init is not)."""
+  paths_leaves = [(path, p) for path, p in jax.tree_util.tree_leaves_with_path(params)
+                  if isinstance(p, jax.Array) and not isinstance(p, jax.core.Tracer)
+                  and p.size]
+  zero = jax.device_get([jnp.all(p == 0) for _, p in paths_leaves])
+  names = [jax.tree_util.keystr(path) for (path, _), z in zip(paths_leaves, zero) if z]
+  if names:
+    warnings.warn(
+        f"hyperball_step: {', '.join(names)} start(s) at zero, so their norm R is 0"
+        " and they never move (the step keeps each matrix at its initial norm):"
+        " initialise them non-zero or route them to another transform",
+        stacklevel=3)
 
 
 def hyperball_step(
@@ -80,7 +98,7 @@ def hyperball_step(
   _validate.check_scalar_or_schedule("learning_rate", learning_rate)
 
   def init_fn(params):
-    del params
+    _warn_of_zero_leaves(params)
     return HyperballStepState(jnp.zeros([], jnp.int32))
 
   def update_fn(updates, state, params=None):

@@ -80,11 +80,19 @@ def low_rank_orthogonalize(
   .. math:: P = \operatorname{orth}(B Q),\qquad R = B^T P
 
   (Q ← R between iterations); then :math:`Q' = R / (\|R\|_{col} + ε)` and
-  the result is :math:`P Q'^T`. When Q spans the top-k right singular
-  subspace of B (converged, or after enough iterations), P = U_k,
-  R = V_k Σ_k, Q' = V_k and the result is exactly U_k V_kᵀ (up to the ε of
-  the normalisation). A zero matrix gives a zero result and keeps its basis
-  (column-normalised), as Dion's reference does.
+  the result is :math:`P Q'^T`. When Q's columns are B's top-k right
+  singular vectors one by one (the fixed point the power iteration
+  converges to), P = U_k, R = V_k Σ_k, Q' = V_k and the result is U_k V_kᵀ
+  (up to the ε of the normalisation). A Q that only spans that subspace
+  (V_k times a rotation) is not enough: the column normalisation then
+  mixes the singular values in, and one call gives a matrix whose singular
+  values are not all 1. A B of rank below k in float32 gives k − rank
+  spurious directions on the first calls: R's round-off columns
+  (~1e-7‖B‖) are normalised to unit length, so the result's spectral norm
+  can exceed 1 (2.4 seen on a batch-of-4 gradient at k = 16) until the
+  basis settles; the reference (``dion_simple.py``) normalises the same way.
+  A zero matrix gives a zero result and keeps its basis (column-normalised),
+  as Dion's reference does.
 
   Args:
     b: (..., m, n) matrices; leading axes are a batch.

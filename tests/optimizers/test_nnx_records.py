@@ -249,3 +249,59 @@ def test_an_attention_with_its_own_call_is_recorded():
   q, k = np.asarray(attn.query(x)), np.asarray(attn.key(x))
   expected = np.einsum("bqhd,bkhd->bhqk", q, k).max(axis=(0, 2, 3)) / np.sqrt(q.shape[-1])
   np.testing.assert_allclose(records.max_logits[""], expected, rtol=1e-5)
+
+
+def test_an_attention_called_twice_records_the_largest_logit_of_both_calls():
+  """A shared attention block's S_max is over the whole pass (Kimi K2's
+  QK-clip): the second call on a small input used to overwrite the first's
+  large logits, and QK-clip skipped heads far above τ."""
+  attn = nnx.MultiHeadAttention(num_heads=2, in_features=8, qkv_features=8, decode=False,
+                                rngs=nnx.Rngs(0))
+  x = jnp.asarray(np.random.default_rng(3).normal(size=(2, 4, 8)), jnp.float32)
+  twice = lambda m, x: jnp.sum(m(0.01 * m(x)))
+  _, _, records = go.value_grad_and_records(twice)(attn, x)
+
+  def logits(inputs):
+    q, k = np.asarray(attn.query(inputs)), np.asarray(attn.key(inputs))
+    return np.einsum("bqhd,bkhd->bhqk", q, k).max(axis=(0, 2, 3)) / np.sqrt(q.shape[-1])
+
+  first, second = logits(x), logits(0.01 * attn(x))
+  assert np.all(first > second)
+  np.testing.assert_allclose(records.max_logits[""], np.maximum(first, second), rtol=1e-5)
+
+
+class _InnerTransform(nnx.Module):
+  def __init__(self, rngs, how):
+    self.inner = nnx.Linear(3, 3, rngs=rngs)
+    self.attn = nnx.MultiHeadAttention(num_heads=1, in_features=3, qkv_features=4,
+                                       decode=False, rngs=rngs)
+    self.out = nnx.Linear(3, 2, rngs=rngs)
+    self.how = how
+
+  def __call__(self, x):
+    block = lambda h: self.attn(self.inner(h))
+    if self.how == "checkpoint":
+      h = jax.checkpoint(block)(x)
+    elif self.how == "cond":
+      h = jax.lax.cond(True, block, lambda h: h, x)
+    else:
+      h = jax.lax.scan(lambda c, _: (block(c), None), x, None, length=1)[0]
+    return self.out(h)
+
+
+@pytest.mark.parametrize("how", ["checkpoint", "cond", "scan"])
+def test_layers_inside_a_jax_transformation_are_left_out_with_a_warning(how):
+  """A layer called inside ``jax.checkpoint``, ``lax.cond`` or ``lax.scan``
+  within the pass used to store that transformation's tracers in the records
+  (UnexpectedTracerError, or records that failed at first use): it is left out,
+  with a warning naming it, and the gradient is ``nnx.value_and_grad``'s."""
+  x, y = _batch()
+  model = _InnerTransform(nnx.Rngs(0), how)
+  with pytest.warns(UserWarning, match="'inner' ran inside a JAX transformation"):
+    loss, grads, records = go.value_grad_and_records(_loss)(model, x, y)
+  assert set(records.dense) == {"out"} and not records.max_logits
+  np.testing.assert_allclose(records.dense["out"].inputs.shape, (4, 6, 3))
+  expected_loss, expected = nnx.value_and_grad(_loss)(model, x, y)
+  np.testing.assert_allclose(loss, expected_loss, rtol=1e-6)
+  jax.tree.map(lambda a, b: np.testing.assert_allclose(a, b, rtol=1e-5, atol=1e-7),
+               nnx.to_pure_dict(grads), nnx.to_pure_dict(expected))

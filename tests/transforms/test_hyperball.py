@@ -2,6 +2,8 @@
 matrix, the angle of a tangent step, zero cases); the optimizers built on it
 are checked against Marin's code in tests/optimizers/test_hyperball.py."""
 
+import warnings
+
 import jax
 import jax.numpy as jnp
 import numpy as np
@@ -49,9 +51,28 @@ def test_norms_are_held_per_matrix_of_a_stack_and_per_plain_leaf():
 def test_zero_direction_and_zero_weights_give_zero_updates():
   tx = gt.hyperball_step(0.5)
   p = {"w": jnp.asarray(RNG.normal(size=(4, 3)), jnp.float32), "z": jnp.zeros((2, 2))}
-  updates, _ = tx.update({"w": jnp.zeros((4, 3)), "z": jnp.ones((2, 2))}, tx.init(p), p)
+  with pytest.warns(UserWarning, match=r"\['z'\] start\(s\) at zero"):
+    state = tx.init(p)
+  updates, _ = tx.update({"w": jnp.zeros((4, 3)), "z": jnp.ones((2, 2))}, state, p)
   np.testing.assert_array_equal(updates["w"], 0.0)
   np.testing.assert_array_equal(updates["z"], 0.0)
+
+
+def test_a_zero_initialised_matrix_is_warned_of_through_the_optimizers():
+  """A zero-initialised projection (modded-nanogpt's) never moves on the
+  sphere of radius 0: adamh and muonh say so at init, naming the leaf, and
+  say nothing for non-zero weights or an abstract init."""
+  from gradtx import optimizers as go
+  params = {"fc": {"kernel": jnp.asarray(RNG.normal(size=(8, 16)), jnp.float32)},
+            "c_proj": {"kernel": jnp.zeros((16, 8), jnp.float32)}}
+  for tx in (go.adamh(0.02), go.muonh(0.02)):
+    with pytest.warns(UserWarning, match=r"\['c_proj'\]\['kernel'\] start\(s\) at zero"):
+      tx.init(params)
+    with warnings.catch_warnings():
+      warnings.simplefilter("error")
+      tx.init({"fc": params["fc"]})
+      jax.eval_shape(tx.init, params)
+      jax.jit(tx.init)(params)
 
 
 def test_the_direction_scale_does_not_matter_and_bf16_stays_bf16():
