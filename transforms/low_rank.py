@@ -176,6 +176,12 @@ def leaf_rank(rank: Union[int, float], m: int, n: int) -> int:
   return max(1, min(k, m, n))
 
 
+def basis_shape(view: Any, shape: tuple, rank: Union[int, float]) -> tuple:
+  """(matrices, min(m, n), k): the bases of a leaf of ``shape`` seen as ``view``."""
+  num, m, n = view.matrix_shape(tuple(shape))
+  return (num, min(m, n), leaf_rank(rank, m, n))
+
+
 def orthogonalize_low_rank(
     rank: Union[int, float],
     *,
@@ -275,8 +281,7 @@ def orthogonalize_low_rank(
       view = next(basis_views)
       if view is None:
         return (optax.MaskedNode(),)
-      num, m, n = view.matrix_shape(tuple(p.shape))
-      shape = (num, min(m, n), leaf_rank(rank, m, n))
+      shape = basis_shape(view, tuple(p.shape), rank)
       leaf_key = jax.random.fold_in(key, _path_hash(path))
       return (jax.random.normal(leaf_key, shape, _tree.compute_dtype(p)),)
 
@@ -284,10 +289,19 @@ def orthogonalize_low_rank(
     if not error_feedback:
       residual = jax.tree.map(lambda _: optax.MaskedNode(), params)
     else:
-      leaves, treedef = jax.tree.flatten(params)
-      residual = treedef.unflatten([
-          optax.MaskedNode() if view is None else state_format.zeros_like_tree(
-              p, mu_format, signed=True) for p, view in zip(leaves, views)])
+      # NNX variables whole: an 8-bit buffer is a QuantizedArray, not a
+      # variable's value (nnx.Optimizer would write it back as an nnx.State).
+      leaves, treedef = jax.tree.flatten(params, is_leaf=_tree.is_variable)
+      leaf_views = iter(views)  # one per array: none for a masked-out leaf
+
+      def residual_of(p):
+        if not jax.tree.leaves(p):  # masked out (optax.masked): kept as it is
+          return p
+        if next(leaf_views) is None:
+          return jax.tree.map(lambda _: optax.MaskedNode(), p)
+        return state_format.zeros_like_tree(p, mu_format, signed=True)
+
+      residual = treedef.unflatten([residual_of(p) for p in leaves])
     return OrthogonalizeLowRankState(jnp.zeros([], jnp.int32), bases, residual)
 
   def leaf(g, view, basis, residual, seed):
@@ -331,6 +345,13 @@ def orthogonalize_low_rank(
     views = _matrix_view.views_of(updates, matrix_view)
     statistics = _tree.statistics_structure(updates)
     bases = statistics.flatten_up_to(state.basis)
+    for (path, g), view, basis in zip(
+        jax.tree_util.tree_flatten_with_path(updates)[0], views, bases):
+      if view is not None:
+        _validate.check_state_shape(
+            basis, basis_shape(view, g.shape, rank),
+            f"orthogonalize_low_rank: the basis of {jax.tree_util.keystr(path)}",
+            f"rank={rank!r} and the matrix view")
     residuals = treedef.flatten_up_to(state.residual)
     count = optax.safe_increment(state.count)
     seeds = state_format.maybe_rounding_seeds(updates, count, mu_format)

@@ -205,7 +205,9 @@ def gradients_at_previous_point(
   inner = optax.with_extra_args_support(inner)
 
   def init_fn(params):
-    copy = jax.tree.map(jnp.array, params)  # its own buffers, for donation
+    # Its own buffers, for donation; zeros for abstract leaves, as every init.
+    copy = jax.tree.map(lambda p: jnp.zeros(p.shape, p.dtype)
+                        if isinstance(p, jax.ShapeDtypeStruct) else jnp.array(p), params)
     return PreviousPointState(jnp.zeros([], jnp.int32), copy, inner.init(params))
 
   def update_fn(updates, state, params=None, *,

@@ -427,6 +427,24 @@ def scale_by_psgd_kron(
                            else jnp.ones(d, factor_dtype(p)))
                   for d, t in zip(shape, triangular)),)
 
+  def factor_shapes(shape, batch):
+    """The shapes ``init_factors`` gives the factors of a leaf of ``shape``
+    (a vector's, laid out like it, is not looked at)."""
+    count, entry = entry_shape(tuple(shape), batch)
+    entry = entry or (1,)
+    sides = kinds(jax.ShapeDtypeStruct(entry, jnp.float32))
+    return tuple((*((count,) if batch else ()), *((d, d) if t else (d,)))
+                 for d, t in zip(entry, sides))
+
+  def check_factors(paths, args):
+    for path, (g, _, factors, *_, batch) in zip(paths, args):
+      if jnp.ndim(g) == 1 and not batch:
+        continue
+      for i, (q, shape) in enumerate(zip(factors, factor_shapes(jnp.shape(g), batch))):
+        _validate.check_state_shape(
+            q, shape, f"scale_by_psgd_kron: factor {i} of {jax.tree_util.keystr(path)}",
+            "max_size_triangular, min_ndim_triangular, memory_save_mode and the batch axes")
+
   def role(x, batch):
     """What ``gt.describe`` shows: each axis's factor, e.g. 'kron 16x32 (tri, diag)'
     (with batch axes: 'kron 16x32 (tri, diag), 4 entries')."""
@@ -661,6 +679,7 @@ def scale_by_psgd_kron(
               for t in plain]
       batches = _matrix_view.batch_axes_of(trees[0], matrix_view)  # as init: names on variables
       args = [(*a, b) for a, b in zip(zip(*flat), batches)]
+      check_factors([path for path, _ in jax.tree_util.tree_flatten_with_path(plain[0])[0]], args)
       grads = [g for g, *_ in args]
       plan = block_stacks.OwnerPlan.build(
           grads, [block_stacks.block_layout(WHOLE_MATRIX, g.shape)

@@ -216,6 +216,17 @@ def check_blocks_fit(q: Any, where: str) -> None:
         " restored from a checkpoint of another shape?")
 
 
+def check_state_shape(state: Any, expected: tuple, where: str, arguments: str) -> None:
+  """Raises ``ValueError`` where a state array's shape is not the one the
+  transform's ``arguments`` give: a checkpoint of other settings restored
+  into it (flax's ``from_bytes`` restores any shape, and the step would go
+  on at the old settings, silently)."""
+  if np.shape(state) != tuple(expected):
+    raise ValueError(
+        f"{where} has shape {np.shape(state)} but {arguments} give"
+        f" {tuple(expected)}: is the state restored from a checkpoint of other settings?")
+
+
 def check_matching_shapes(
     updates: Any, params: Any, transform: str, of: str = "parameter",
 ) -> None:
@@ -237,7 +248,9 @@ def check_matching_shapes(
   if len(flat) != len(shapes):
     raise ValueError(
         f"{transform}: the updates have {len(flat)} leaves but the {of} tree"
-        f" {len(shapes)}: are they the gradients of these parameters?")
+        f" {len(shapes)}: are they the gradients of these parameters"
+        + ("?" if of == "parameter" else ", and is the state this optimizer's own"
+           " (not one restored from another optimizer's checkpoint)?"))
   for (path, _), p in zip(flat, jax.tree.leaves(params, is_leaf=quantized)):
     if quantized(p):
       check_blocks_fit(p, f"{transform}: the 8-bit {of} of {jax.tree_util.keystr(path)}")

@@ -149,3 +149,48 @@ def test_float16_parameters_train_with_float32_state():
   np.testing.assert_allclose(wide["hidden"]["kernel"].astype(jnp.float32),
                              reference["hidden"]["kernel"], atol=4e-3)
 
+
+
+def test_an_int8_buffer_steps_through_nnx_optimizer_as_through_optax():
+  """Under ``nnx.Optimizer`` the 8-bit residual used to be a variable's value:
+  written back as an ``nnx.State`` after step 1, step 2 failed ("No attribute
+  'dtype' in State"). Now three steps equal the same optimizer's optax steps."""
+  from flax import nnx
+
+  class Net(nnx.Module):
+    def __init__(self, rngs):
+      self.dense_0 = nnx.Linear(64, 80, rngs=rngs)
+      self.dense_1 = nnx.Linear(80, 8, rngs=rngs)
+
+    def __call__(self, x):
+      return self.dense_1(jnp.tanh(self.dense_0(x)))
+
+  x = jnp.asarray(np.random.default_rng(0).normal(size=(4, 64)), jnp.float32)
+  loss = lambda m: jnp.mean(m(x) ** 2)
+  tx = go.dion(0.01, rank=4, mu_dtype=gt.Int8Blocks(min_size=0))
+  model = Net(nnx.Rngs(0))
+  params = nnx.to_pure_dict(nnx.state(model, nnx.Param))
+  optimizer = nnx.Optimizer(model, tx, wrt=nnx.Param)
+  step = nnx.jit(lambda m, o: o.update(m, nnx.grad(loss)(m)))
+  state = tx.init(params)
+  graphdef, _ = nnx.split(Net(nnx.Rngs(0)))
+  pure_loss = lambda p: loss(nnx.merge(graphdef, p))
+  for _ in range(3):
+    step(model, optimizer)
+    updates, state = tx.update(jax.grad(pure_loss)(params), state, params)
+    params = optax.apply_updates(params, updates)
+  jax.tree.map(lambda a, b: np.testing.assert_allclose(a, b, rtol=1e-5, atol=1e-6),
+               nnx.to_pure_dict(nnx.state(model, nnx.Param)), params)
+
+
+def test_a_state_of_another_rank_is_refused_at_update():
+  """flax's from_bytes restores any shape: a rank-4 checkpoint in a rank-2
+  Dion stepped at rank 4, silently."""
+  from flax import serialization
+  params = {"dense": {"kernel": jnp.ones((8, 16)), "bias": jnp.zeros(16)}}
+  saved = serialization.to_bytes(go.dion(0.01, rank=4).init(params))
+  other = go.dion(0.01, rank=2)
+  restored = serialization.from_bytes(other.init(params), saved)
+  with pytest.raises(ValueError, match=r"basis of \['dense'\]\['kernel'\] has shape \(1, 8, 4\)"
+                     r" but rank=2 and the matrix view give \(1, 8, 2\)"):
+    other.update(params, restored, params)

@@ -102,3 +102,14 @@ def test_default_routing_takes_every_matrix_view_and_leaves_biases_to_adamw():
   for part in ("kernel", "bias"):
     gap = np.abs(by_ndim["attention"]["query"][part] - default["attention"]["query"][part])
     assert gap.max() > 1e-4, part
+
+
+def test_exact_init_takes_abstract_leaves_as_every_init_does():
+  """MARS-exact copies the parameters at init: on jax.ShapeDtypeStruct leaves
+  that copy failed (float() of a ShapeDtypeStruct); it is zeros now, shaped
+  as eval_shape's init."""
+  params = {"w": jnp.ones((4, 3)), "b": jnp.ones(3, jnp.bfloat16)}
+  abstract = jax.tree.map(lambda x: jax.ShapeDtypeStruct(x.shape, x.dtype), params)
+  tx = go.mars_adamw(0.01, exact=True)
+  signature = lambda t: jax.tree.map(lambda x: (jnp.shape(x), jnp.result_type(x)), t)
+  assert signature(tx.init(abstract)) == signature(jax.eval_shape(tx.init, params))

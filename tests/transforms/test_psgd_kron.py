@@ -219,3 +219,17 @@ def test_each_stack_draws_its_probe_in_one_kernel():
             "bias": jnp.ones(16)}
   tx = gt.scale_by_psgd_kron(precond_update_probability=1.0)
   assert len(_kernels_drawing_probes(tx, params)) == 3  # (8, 16) x 2, (16, 4), (16,)
+
+
+def test_factors_of_other_settings_are_refused_at_update():
+  """flax's from_bytes restores any shape: triangular factors in an optimizer
+  set to diagonal ones (max_size_triangular=4) stepped on, silently."""
+  from flax import serialization
+  params = {"w": jnp.ones((16, 8)), "b": jnp.zeros(8)}
+  saved = serialization.to_bytes(gt.scale_by_psgd_kron().init(params))
+  other = gt.scale_by_psgd_kron(max_size_triangular=4)
+  restored = serialization.from_bytes(other.init(params), saved)
+  with pytest.raises(ValueError, match=r"factor 0 of \['w'\] has shape \(16, 16\) but"
+                     r" max_size_triangular.* give \(16,\)"):
+    other.update(params, restored, params)
+  other.update(params, other.init(params), params)  # its own state steps
