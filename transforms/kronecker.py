@@ -302,6 +302,15 @@ def kronecker_precondition(
     blocks, owners, group_blocks = plan(updates)
     owners.check_state({**state.left_stats, **state.right_stats}, updates,
                        "kronecker_precondition")
+    for g in owners.groups:
+      b = group_blocks[g.name]
+      for on, stats, d in (("left", state.left_stats, b.block_rows),
+                           ("right", state.right_stats, b.block_cols)):
+        if getattr(g, on):
+          _validate.check_state_shape(
+              stats[g.name].shape[-2:], (d, d),
+              f"kronecker_precondition: the {on} statistics' blocks of {g.name}",
+              "block_size, max_precondition_dim and the matrix view")
     # The state's stacks are stored unpadded (the same on any mesh): padded to
     # the owners' length for the step, cut back after it.
     per_entry = {k: b.row_blocks * b.col_blocks for k, b in group_blocks.items()}

@@ -349,7 +349,7 @@ def orthogonalize_low_rank(
         jax.tree_util.tree_flatten_with_path(updates)[0], views, bases):
       if view is not None:
         _validate.check_state_shape(
-            basis, basis_shape(view, g.shape, rank),
+            jnp.shape(basis), basis_shape(view, g.shape, rank),
             f"orthogonalize_low_rank: the basis of {jax.tree_util.keystr(path)}",
             f"rank={rank!r} and the matrix view")
     residuals = treedef.flatten_up_to(state.residual)

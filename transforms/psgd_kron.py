@@ -442,7 +442,7 @@ def scale_by_psgd_kron(
         continue
       for i, (q, shape) in enumerate(zip(factors, factor_shapes(jnp.shape(g), batch))):
         _validate.check_state_shape(
-            q, shape, f"scale_by_psgd_kron: factor {i} of {jax.tree_util.keystr(path)}",
+            jnp.shape(q), shape, f"scale_by_psgd_kron: factor {i} of {jax.tree_util.keystr(path)}",
             "max_size_triangular, min_ndim_triangular, memory_save_mode and the batch axes")
 
   def role(x, batch):

@@ -216,15 +216,15 @@ def check_blocks_fit(q: Any, where: str) -> None:
         " restored from a checkpoint of another shape?")
 
 
-def check_state_shape(state: Any, expected: tuple, where: str, arguments: str) -> None:
-  """Raises ``ValueError`` where a state array's shape is not the one the
-  transform's ``arguments`` give: a checkpoint of other settings restored
-  into it (flax's ``from_bytes`` restores any shape, and the step would go
-  on at the old settings, silently)."""
-  if np.shape(state) != tuple(expected):
+def check_state_shape(shape: tuple, expected: tuple, where: str, arguments: str) -> None:
+  """Raises ``ValueError`` where the ``shape`` of a state array is not the
+  one the transform's ``arguments`` give: a checkpoint of other settings
+  restored into it (flax's ``from_bytes`` restores any shape, and the step
+  would go on at the old settings, silently)."""
+  if tuple(shape) != tuple(expected):
     raise ValueError(
-        f"{where} has shape {np.shape(state)} but {arguments} give"
-        f" {tuple(expected)}: is the state restored from a checkpoint of other settings?")
+        f"{where} has shape {tuple(shape)} but {arguments} give {tuple(expected)}:"
+        " is the state restored from a checkpoint of other settings?")
 
 
 def check_matching_shapes(

@@ -158,3 +158,16 @@ def test_statistics_a_nan_gradient_reached_give_nan_roots_not_stale_ones():
   _, state = tx.update({"w": g["w"].at[2, 1].set(jnp.nan)}, state)
   _, state = tx.update(g, state)  # step 3: the roots are recomputed
   assert not any(bool(jnp.isfinite(r).all()) for r in jax.tree.leaves(state.left_root))
+
+
+def test_statistics_of_another_block_size_are_refused_at_update_naming_it():
+  """A checkpoint of block_size 16 restored (flax's from_bytes) into a block
+  size 8 optimizer failed deep in an add of (2, 16, 16) and (2, 8, 8)."""
+  from flax import serialization
+  params = {"w": jnp.ones((16, 16)), "v": jnp.ones((16, 16))}
+  saved = serialization.to_bytes(gt.kronecker_precondition(block_size=16).init(params))
+  other = gt.kronecker_precondition(block_size=8)
+  restored = serialization.from_bytes(other.init(params), saved)
+  with pytest.raises(ValueError, match=r"left statistics' blocks of .* has shape \(16, 16\)"
+                     r" but block_size, max_precondition_dim and the matrix view give \(8, 8\)"):
+    other.update(params, restored, params)
