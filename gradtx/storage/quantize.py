@@ -104,7 +104,7 @@ def _encode(normalized: jax.Array, signed: bool) -> jax.Array:
   return jnp.where(normalized < 0, negative, zero + rank)
 
 
-@jax.tree_util.register_pytree_node_class
+@jax.tree_util.register_pytree_with_keys_class
 class QuantizedArray:
   """A block-wise 8-bit quantized array (a pytree: ``codes`` and ``scales``).
 
@@ -137,6 +137,11 @@ class QuantizedArray:
 
   def tree_flatten(self):
     return (self.codes, self.scales), (self.shape, self.signed)
+
+  def tree_flatten_with_keys(self):
+    # Named paths (``.codes``, ``.scales``) for path-based rules and orbax.
+    keys = (jax.tree_util.GetAttrKey("codes"), jax.tree_util.GetAttrKey("scales"))
+    return tuple(zip(keys, (self.codes, self.scales))), (self.shape, self.signed)
 
   @classmethod
   def tree_unflatten(cls, aux, children):

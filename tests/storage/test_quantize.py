@@ -176,3 +176,15 @@ def test_stochastic_rounding_depends_only_on_the_seed():
   a, b, c = (gt.stochastic_round(x, s) for s in (1, 1, 2))
   np.testing.assert_array_equal(a, b)
   assert np.any(np.asarray(a) != np.asarray(c))
+
+
+def test_codes_and_scales_are_named_in_key_paths():
+  """Path-based rules (shardings, filters) and orbax's names see ``.codes`` and
+  ``.scales`` (they were flat indices 0 and 1)."""
+  q = quantize.quantize_blockwise(jnp.ones((3, 300)), signed=True)
+  paths = [jax.tree_util.keystr(path) for path, _ in jax.tree_util.tree_flatten_with_path(
+      {"mu": q})[0]]
+  assert paths == ["['mu'].codes", "['mu'].scales"]
+  back = jax.tree_util.tree_unflatten(jax.tree.structure(q), jax.tree.leaves(q))
+  np.testing.assert_array_equal(back.dequantize(), q.dequantize())
+  assert (back.shape, back.signed) == (q.shape, q.signed)
