@@ -36,7 +36,10 @@ def kfac(
   ``gt.momentum`` and λ = ``weight_decay``. The update takes the pass's
   records: ``tx.update(grads, state, params, records=records)`` or
   ``nnx.Optimizer.update(model, grads, records=records)``, records from
-  ``gradtx.optimizers.nnx_records.value_grad_and_records``.
+  ``gradtx.optimizers.nnx_records.value_grad_and_records``. Under
+  ``optax.MultiSteps`` the update runs on the last micro-step with that
+  call's records: concatenate every micro-batch's records, or the
+  curvature is the last micro-batch's alone.
 
   kfac-jax's own optimizer adapts the learning rate, momentum and damping
   by a quadratic model of the loss (Martens & Grosse §6–7) and takes a

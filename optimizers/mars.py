@@ -57,7 +57,8 @@ def mars_adamw(
   step's batch: ``update`` then takes ``params`` and ``grad_fn=``, a traceable
   function params → gradient tree on the current batch, evaluated once per
   step (``gt.gradients_at_previous_point``; see ``go.sam`` for its use with
-  flax NNX). In both, :math:`\tilde g_0 = 0` as in the official code.
+  flax NNX; under ``optax.MultiSteps``, of the whole accumulated batch). In
+  both, :math:`\tilde g_0 = 0` as in the official code.
 
   Args:
     learning_rate: η, a non-negative number or a schedule.

@@ -156,7 +156,11 @@ def qk_clip(
   ``update(updates, state, params, *, records, **extra)`` needs params and
   the ``Records`` of the pass (``gradtx.optimizers.nnx_records``); the
   records and the other keyword arguments are passed on to ``base``. A
-  matched leaf whose attention has no record raises a ``ValueError``.
+  matched leaf whose attention has no record raises a ``ValueError``. Under
+  ``optax.MultiSteps`` the update runs on the last micro-step with that
+  call's records only: pass the element-wise maximum of every micro-batch's
+  max logits, or heads that only the earlier micro-batches pushed above τ
+  are left unclipped.
 
   Args:
     base: the optimizer whose update is clipped (``go.muon`` in K2).

@@ -63,8 +63,8 @@ def shampoo(
   ``shampoo(η, b1=0.0, precondition_b2=1.0, damping=δ, grafting=None,
   precondition_every=1)`` is Algorithm 1 of Gupta et al. for every matrix
   that fits in one block. ``block_size`` and ``max_precondition_dim`` fix
-  shapes: ``optax.inject_hyperparams`` needs them in ``static_args`` when
-  they are given.
+  shapes: ``optax.inject_hyperparams`` needs them in ``static_args`` always
+  (inject passes the defaults too, as arrays).
 
   Args:
     learning_rate: η, a number or a schedule.

@@ -33,7 +33,8 @@ def soap(
   with the moments of the rotated gradient :math:`Q_L^T G Q_R` and the basis
   refreshed every ``precondition_every`` steps (``gt.scale_by_soap``). The
   defaults are the reference code's. ``optax.inject_hyperparams`` needs
-  ``max_precondition_dim`` in ``static_args`` when it is given.
+  ``max_precondition_dim`` in ``static_args`` always (inject passes the
+  default too, as an array).
 
   Departures from the reference (both O(ηλ)): decay is applied to the
   parameters from before the step, as ``torch.optim.AdamW`` does (the reference

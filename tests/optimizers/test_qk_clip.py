@@ -284,3 +284,37 @@ def test_max_logits_of_grouped_query_keys():
   np.testing.assert_allclose(got, expected, rtol=1e-5)
   with pytest.raises(ValueError, match="8 query heads cannot share 3 key heads"):
     go.max_logits(jnp.asarray(q), jnp.ones((2, 5, 3, 4)))
+
+
+def test_under_multisteps_the_micro_batches_maximum_clips_as_the_whole_batch():
+  """optax.MultiSteps hands the inner update the last micro-step's records
+  only (README, Extra update arguments): with the element-wise maximum of the
+  micro-batches' max logits the clip is the whole batch's step (to the
+  round-off of the accumulated mean); with the last micro-batch's alone, heads only the
+  first pushed above τ stay there."""
+  import optax
+  model = FusedBlock(nnx.Rngs(0))
+  _force_large_logits(model, 8.0)
+  params = nnx.state(model, nnx.Param)
+  (x, y), (x2, y2) = _batch(0), _batch(1)
+  small = 0.01 * x2  # its logits stay under τ: only the first micro-batch's exceed it
+  _, g1, r1 = _recorded(model, x, y)
+  _, g2, r2 = _recorded(model, small, y2)
+  assert np.max(r1.max_logits[""]) > TAU > np.max(r2.max_logits[""])
+  tx = go.qk_clip(go.adamw(1e-3), threshold=TAU)
+  whole = gt.Records(r1.dense, {"": jnp.maximum(r1.max_logits[""], r2.max_logits[""])})
+  mean = jax.tree.map(lambda a, b: (a + b) / 2, g1, g2)
+  u_whole, _ = tx.update(mean, tx.init(params), params, records=whole)
+
+  def accumulated(last_records):
+    multi = optax.MultiSteps(tx, every_k_schedule=2)
+    state = multi.init(params)
+    _, state = multi.update(g1, state, params, records=r1)
+    u, _ = multi.update(g2, state, params, records=last_records)
+    return u
+
+  np.testing.assert_allclose(accumulated(whole)["qkv"]["kernel"][...],
+                             u_whole["qkv"]["kernel"][...], rtol=1e-5, atol=1e-7)
+  new = optax.apply_updates(params, accumulated(r2))
+  q, k = _qk_numpy(model, _pure(new), x)
+  assert np.max(tq.max_logits(q, k, causal=True)) > 2 * TAU
