@@ -54,6 +54,9 @@ def parse_args(argv: Optional[Sequence[str]]) -> argparse.Namespace:
   parser.add_argument("--baseline-variants", default="",
                       help="AdamW variants (registry names, e.g. adamw:wd=0) the target's AdamW is"
                       " also tuned over, each on AdamW's grid")
+  parser.add_argument("--target", choices=scoring.TARGET_RULES, default="seed",
+                      help="each seed's own target (seed), or one per workload, the median over"
+                      " seeds (median, AlgoPerf's; tables get a _median_target suffix)")
   parser.add_argument("--score-only", action="store_true",
                       help="run nothing: score the runs found in --out")
   parser.add_argument("--seeds", default="0,1,2")
@@ -178,6 +181,8 @@ def execute(todo: list[dict], workloads: dict, path: pathlib.Path, eval_every: i
               "warnings": sorted({str(w.message)[:200] for w in caught}),
               "load_average": os.getloadavg()[0], "revision": revision}
     with path.open("a") as out:
+      if out.tell() and not path.read_bytes().endswith(b"\n"):
+        out.write("\n")  # a hand-edited file: a record appended to its last line is lost
       out.write(json.dumps(record) + "\n")
 
 
@@ -205,7 +210,8 @@ def report(args: argparse.Namespace, runs: dict, workloads: dict) -> dict:
                 and k[5:] == (w.steps, w.lr_scale) and r["seed"] in args.seeds
                 and (r["factor"] in grid(args, r["optimizer"])
                      or (fixed and r["factor"] == fixed.get(r["optimizer"])))]
-      summary = scoring.summarize(chosen, names, args.seeds, fixed, args.baseline_variants)
+      summary = scoring.summarize(chosen, names, args.seeds, fixed, args.baseline_variants,
+                                  target=args.target)
       if summary:
         summaries[workload] = summary
       else:
@@ -213,10 +219,11 @@ def report(args: argparse.Namespace, runs: dict, workloads: dict) -> dict:
               f" {list(args.seeds)} at one factor in {args.out / 'runs.jsonl'}")
     if not summaries:
       continue
-    stem = f"{args.ruleset}_{schedule}"
+    stem = f"{args.ruleset}_{schedule}" + ("_median_target" if args.target == "median" else "")
     tuned_over = "".join(f", {v}" for v in args.baseline_variants)
+    one_target = "; one target, the median over seeds" if args.target == "median" else ""
     text = (f"{args.ruleset} ruleset, {schedule}, seeds {list(args.seeds)}, factors"
-            f" {list(args.factors)} (AdamW{tuned_over}: {list(args.target_factors)});"
+            f" {list(args.factors)} (AdamW{tuned_over}: {list(args.target_factors)}){one_target};"
             " cell: median steps"
             " / wall-clock to tuned AdamW's target over AdamW's (min–max steps) @factor"
             " · final train loss · held-out accuracy\n\n"
@@ -261,6 +268,11 @@ def main(argv: Optional[Sequence[str]] = None) -> dict:
   if args.score_only:
     print(f"--score-only: {len(todo)} planned runs not found in {path} are left out")
     todo = []
+    revisions = sorted({run.get("revision") or "unrecorded" for run in finished.values()})
+    if len(revisions) > 1:
+      warnings.warn(f"the runs scored were made at {len(revisions)} revisions"
+                    f" ({', '.join(revisions[:6])}{', ...' if len(revisions) > 6 else ''}):"
+                    " the tables score them together", stacklevel=2)
   print(f"{len(todo)} runs to do, {len(finished)} found in {path};"
         f" load average {os.getloadavg()[0]:.1f} on {os.cpu_count()} cores")
   if todo:

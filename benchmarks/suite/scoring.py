@@ -10,7 +10,13 @@ final loss). Every ratio's denominator, the AdamW column of the tuned
 ruleset and the ``tuned adamw`` column of the fixed one, is AdamW scored
 as every optimizer is under ``tuned``: the (variant, factor) that reaches
 that target in the fewest median steps (its cell names the variant); so
-the same runs read the same ratio under both rulesets. An optimizer's steps to
+the same runs read the same ratio under both rulesets. Only a (variant, factor)
+finite at every seed may set the target (a diverged seed's inf target was
+"reached" at step 1 by every run). ``target="median"``: one target for every
+seed, the median of that configuration's final losses, as AlgoPerf sets one
+target per workload (the default, ``"seed"``, gives each seed its own: an
+outlier seed of the baseline then sets a looser target for that seed alone).
+An optimizer's steps to
 the target: the first step at which its trailing-window train loss reaches it
 (``char_lm.steps_to_reach``); its wall-clock: those steps times the run's
 ms/step. Under the ``tuned`` ruleset an optimizer's factor is the one with
@@ -61,25 +67,34 @@ def steps_to(run: dict, target: float) -> Optional[int]:
   return char_lm.steps_to_reach(run["train_loss"], target, window)
 
 
+TARGET_RULES = ("seed", "median")
+
+
 def summarize(runs: Sequence[dict], optimizers: Sequence[str], seeds: Sequence[int],
               fixed: Optional[Mapping[str, float]] = None,
-              baseline_variants: Sequence[str] = ()) -> dict:
+              baseline_variants: Sequence[str] = (), target: str = "seed") -> dict:
   """Per optimizer, on the runs of one (workload, schedule): its factor and scores.
 
   ``fixed``: optimizer -> factor (the fixed ruleset); ``None``: tuned.
   ``baseline_variants``: AdamW variants the baseline is tuned over besides its
-  factor. Returns ``{optimizer: {"factor", "at_edge" (the factor is the grid's
+  factor. ``target``: ``"seed"`` (each seed's own) or ``"median"`` (one, the
+  median over seeds). Returns ``{optimizer: {"factor", "at_edge" (the factor is the grid's
   smallest or largest: widen the grid), "steps", "seconds" (per seed),
   "final_loss", "eval_loss", "eval_accuracy" (medians)}}``, AdamW's entry
   with its ``"variant"``; optimizers without runs on every seed are left out,
-  and all of them when AdamW has none.
+  and all of them when AdamW has none (or none finite at every seed).
   """
-  if not by_factor(runs, REFERENCE, seeds):
-    return {}
+  if target not in TARGET_RULES:
+    raise ValueError(f"target must be one of {TARGET_RULES}, got {target!r}")
   baseline = {(name, f): rs for name in (REFERENCE, *baseline_variants)
-              for f, rs in by_factor(runs, name, seeds).items()}
+              for f, rs in by_factor(runs, name, seeds).items()
+              if all(math.isfinite(final_loss(r)) for r in rs)}
+  if not any(name == REFERENCE for name, _ in baseline):
+    return {}
   best = min(baseline, key=lambda key: median(final_loss(r) for r in baseline[key]))
   targets = [final_loss(r) for r in baseline[best]]
+  if target == "median":
+    targets = [median(targets)] * len(targets)
   tuned = _tuned_baseline(runs, (REFERENCE, *baseline_variants), seeds, targets)
   summary = {}
   for name in optimizers:
@@ -158,7 +173,8 @@ def _cell(entry: Optional[dict], reference: Optional[dict]) -> str:
 
 def table(summaries: Mapping[str, dict], optimizers: Sequence[str]) -> str:
   """Markdown: per workload and optimizer, median steps and wall-clock to the target
-  over tuned AdamW's (the seeds' min–max steps), the lr factor (†: at the grid's
+  over tuned AdamW's (min–max steps over the seeds that reach it: a seed that
+  does not is left out of the span, not of the median), the lr factor (†: at the grid's
   edge), final train loss and held-out accuracy (medians); then the aggregate scores."""
   lines = ["| workload | " + " | ".join(optimizers) + " |",
            "|---|" + "---:|" * len(optimizers)]

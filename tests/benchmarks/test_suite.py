@@ -313,3 +313,63 @@ def test_report_scores_each_optimizer_on_its_own_grid(tmp_path, monkeypatch):
   summary = run.main(argv)["constant"]["tabular_mlp"]  # AdamW's 0.5 run left out
   assert summary["adamw"]["factor"] in (1.0, 2.0) and len(calls) == 5
   assert "(AdamW: [1.0, 2.0])" in (tmp_path / "table_tuned_constant.md").read_text()
+
+
+def test_a_baseline_that_diverged_at_a_seed_sets_no_target():
+  """AdamW at 1x has the lowest median final loss but went NaN at seed 2: its
+  inf target there was 'reached' at step 1 by every run, so an optimizer that
+  reached the target at one seed of three scored as reaching it. Only a
+  configuration finite at every seed sets the target (AdamW at 2x here)."""
+  diverged = {"train_loss": [2.0] * 5 + [math.nan] * 5, "ms_per_step": 2.0,
+              "eval_loss": [math.nan], "eval_accuracy": [0.0]}
+  runs = [{"optimizer": "adamw", "factor": 1.0, "seed": s, **_ramp(1.0)} for s in (0, 1)]
+  runs += [{"optimizer": "adamw", "factor": 1.0, "seed": 2, **diverged}]
+  runs += [{"optimizer": "adamw", "factor": 2.0, "seed": s, **_ramp(1.2)} for s in (0, 1, 2)]
+  runs += [{"optimizer": "half", "factor": 1.0, "seed": s, **_ramp(end)}
+           for s, end in ((0, 0.9), (1, 1.5), (2, 1.5))]
+  summary = scoring.summarize(runs, ["adamw", "half"], [0, 1, 2])
+  assert summary["half"]["steps"][1:] == [None, None]  # reached at one seed of 3
+  assert scoring.median(summary["half"]["steps"]) == math.inf
+  assert all(n is None or n > 1 for n in summary["adamw"]["steps"])
+  only_diverged = [r for r in runs if r["factor"] == 1.0]
+  assert scoring.summarize(only_diverged, ["adamw", "half"], [0, 1, 2]) == {}
+
+
+def test_one_median_target_per_workload_is_an_option():
+  """target="median": every seed is scored against the median of the baseline's
+  per-seed final losses (AlgoPerf's one target); a baseline seed that ends far
+  higher no longer gives that seed a looser target of its own."""
+  runs = [{"optimizer": "adamw", "factor": 1.0, "seed": s, **_ramp(end)}
+          for s, end in ((0, 1.0), (1, 1.0), (2, 1.6))]
+  runs += [{"optimizer": "soap", "factor": 1.0, "seed": s, **_ramp(1.3)} for s in (0, 1, 2)]
+  per_seed = scoring.summarize(runs, ["adamw", "soap"], [0, 1, 2])
+  one = scoring.summarize(runs, ["adamw", "soap"], [0, 1, 2], target="median")
+  assert per_seed["soap"]["steps"][2] is not None  # its seed-2 target is 1.6's window
+  assert one["soap"]["steps"] == [None, None, None]
+  assert one["adamw"]["steps"][:2] == per_seed["adamw"]["steps"][:2]
+  with pytest.raises(ValueError, match="target must be one of"):
+    scoring.summarize(runs, ["adamw"], [0], target="mean")
+
+
+def test_a_run_file_without_a_last_newline_keeps_its_runs(tmp_path, monkeypatch):
+  """A hand-edited runs.jsonl whose last record has no newline: the next record
+  was appended to that line, and the reload dropped the joined line, both runs."""
+  calls = []
+  monkeypatch.setattr(suite_train, "train", _fake_train(calls))
+  run.main(_smoke_argv(tmp_path, "adamw", "1", "0"))
+  path = tmp_path / "runs.jsonl"
+  path.write_text(path.read_text().rstrip("\n"))
+  run.main(_smoke_argv(tmp_path, "adamw", "1", "0,1"))
+  lines = path.read_text().splitlines()
+  assert len(calls) == 2 and len(lines) == 2
+  assert sorted(json.loads(line)["seed"] for line in lines) == [0, 1]
+
+
+def test_median_target_tables_are_written_beside_the_per_seed_ones(tmp_path, monkeypatch):
+  monkeypatch.setattr(suite_train, "train", _fake_train([]))
+  argv = _smoke_argv(tmp_path, "adamw,muon", "1", "0,1")
+  run.main(argv)
+  run.main([*argv, "--target", "median", "--score-only"])
+  text = (tmp_path / "table_tuned_constant_median_target.md").read_text()
+  assert "one target, the median over seeds" in text
+  assert (tmp_path / "table_tuned_constant.md").exists()
