@@ -7,6 +7,7 @@ import optax
 
 from gradtx import transforms as gt
 from gradtx._internal import routing as _routing
+from gradtx._internal import validate as _validate
 from gradtx.routing import matrix_view as _matrix_view
 
 
@@ -115,6 +116,8 @@ def mars_adamw(
           weight_decay, mask, cautious_weight_decay=cautious_weight_decay),
       gt.scale_by_learning_rate(learning_rate),
   )
+  # Checked here: side.adamw would name it weight_decay (the side takes None).
+  _validate.check_scalar_or_schedule("adam_weight_decay", adam_weight_decay)
   side = gt.AdamWSide(adam_learning_rate, adam_b1, adam_b2, eps, adam_weight_decay,
                       mu_dtype=mu_dtype, nu_dtype=nu_dtype)
   adam = side.adamw(learning_rate, weight_decay=adam_weight_decay, mask=mask)

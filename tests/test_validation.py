@@ -506,3 +506,63 @@ def test_a_schedule_where_only_a_number_is_documented_is_refused_at_construction
 def test_ademamixs_documented_schedules_are_still_accepted():
   go.ademamix(LR, b3=optax.linear_schedule(0.9, 0.9999, 100),
               alpha=optax.linear_schedule(0.0, 5.0, 100))
+
+
+@pytest.mark.parametrize("make", [
+    lambda v: gt.orthogonalize_low_rank(2, power_iters=v),
+    lambda v: go.lookahead(go.sgd(0.1), sync_period=v),
+    lambda v: go.shampoo(0.1, precondition_every=v),
+    lambda v: go.psgd_kron(0.1, seed=v - 2),
+], ids=["power_iters", "sync_period", "precondition_every", "seed"])
+def test_numpy_integers_are_checked_as_python_ones(make):
+  """np.int64 scalars passed unchecked as 'traced': power_iters=np.int64(0)
+  gave all-zero updates with no error."""
+  for value in (0, np.int64(0)):
+    with pytest.raises(ValueError, match="must be an integer >="):
+      make(value)
+  make(np.int64(3))
+
+
+@pytest.mark.parametrize("make, name", [
+    (lambda v: go.adam(0.1, eps=v), "eps"),
+    (lambda v: go.lars(0.1, eps=v), "eps"),
+    (lambda v: go.sam(go.sgd(0.1), rho=v), "rho"),
+    (lambda v: go.shampoo(0.1, damping=v), "damping"),
+    (lambda v: go.adagrad(0.1, initial_accumulator_value=v), "initial_accumulator_value"),
+    (lambda v: go.psgd_kron(0.1, precond_lr=v), "precond_lr"),
+], ids=lambda x: x if isinstance(x, str) else "")
+def test_an_infinite_or_boolean_constant_is_refused(make, name):
+  """eps = inf froze Adam at 0 and made LARS's update NaN; True passed as 1."""
+  with pytest.raises(ValueError, match=rf"{name} must be in \[0, inf\), got inf"):
+    make(float("inf"))
+  with pytest.raises(ValueError, match=rf"{name} must be a number, got True"):
+    make(True)
+
+
+def test_clip_singular_values_keeps_an_infinite_upper_bound():
+  gt.clip_singular_values(0.0, float("inf"))  # no upper clip
+
+
+@pytest.mark.parametrize("make", [
+    lambda **k: go.muon(0.02, **k), lambda **k: go.muonh(0.02, **k),
+    lambda **k: gt.orthogonalize_newton_schulz(**k)])
+def test_newton_schulz_coefficients_and_compute_dtype_are_checked(make):
+  """A NaN coefficient or a boolean compute dtype gave NaN updates, an int32 one
+  zero updates, None or 3.0 a TypeError naming nothing."""
+  for bad in (None, 3.0, [(float("nan"), 1.0, 1.0)], [(1.0, 2.0)], "nope"):
+    with pytest.raises(ValueError, match="coefficients must be"):
+      make(coefficients=bad)
+  for bad in (jnp.bool_, jnp.int32, "float7"):
+    with pytest.raises(ValueError, match="compute_dtype must be None or a floating dtype"):
+      make(compute_dtype=bad)
+  make(compute_dtype="bfloat16", coefficients=[(3.0, -3.0, 1.0)])
+
+
+def test_psgd_kron_names_an_unknown_precond_dtype():
+  with pytest.raises(ValueError, match="precond_dtype must be None or a floating dtype"):
+    go.psgd_kron(0.1, precond_dtype="float7")
+
+
+def test_mars_names_its_adam_weight_decay():
+  with pytest.raises(ValueError, match="adam_weight_decay must be a non-negative number"):
+    go.mars_adamw(0.01, adam_weight_decay=None)

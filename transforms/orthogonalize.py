@@ -7,6 +7,7 @@ Newton–Schulz approximates it with matrix products only.
 """
 
 import itertools
+import math
 from typing import Any, Optional, Sequence, Union
 
 import jax
@@ -59,13 +60,18 @@ def coefficient_schedule(
     coefficients: Coefficients, ns_steps: int
 ) -> tuple[tuple[float, float, float], ...]:
   """The (a, b, c) of each of ``ns_steps`` iterations; the last set repeats."""
-  triples = tuple(
-      tuple(float(v) for v in abc) for abc in _named_coefficients(coefficients))
-  if not triples or any(len(abc) != 3 for abc in triples):
-    raise ValueError(
-        f"coefficients must be a non-empty sequence of (a, b, c), got"
-        f" {coefficients!r}"
-    )
+  message = (f"coefficients must be a name or a non-empty sequence of (a, b, c)"
+             f" of finite numbers, got {coefficients!r}")
+  try:
+    named = (_named_coefficients(coefficients) if isinstance(coefficients, str)
+             else tuple(coefficients))  # an unknown name raises its own error
+    triples = tuple(tuple(float(v) for v in abc) for abc in named)
+  except (TypeError, ValueError) as error:
+    if isinstance(coefficients, str):
+      raise
+    raise ValueError(message) from error
+  if not triples or any(len(abc) != 3 or not all(map(math.isfinite, abc)) for abc in triples):
+    raise ValueError(message)
   repeated = itertools.chain(triples, itertools.repeat(triples[-1]))
   return tuple(itertools.islice(repeated, ns_steps))
 
@@ -309,6 +315,7 @@ def orthogonalize_newton_schulz(
   if not isinstance(ns_steps, jax.Array):
     ns_steps = _validate.check_integer("ns_steps", ns_steps)
   _validate.check_non_negative("eps", eps)
+  _validate.check_floating_dtype("compute_dtype", compute_dtype)
   coefficient_schedule(coefficients, 1)  # validates
   newton_schulz(jnp.zeros((1, 1)), 1, coefficients, method=method)  # validates
 
@@ -360,7 +367,7 @@ def clip_singular_values(
   2507.20534) rescales the query and key weights instead (``go.qk_clip``).
   """
   _validate.check_non_negative("min_value", min_value)
-  _validate.check_non_negative("max_value", max_value)
+  _validate.check_non_negative("max_value", max_value, infinite=True)
   _validate.check_ordered("min_value", min_value, "max_value", max_value)
 
   traced = {k: v for k, v in (("min_value", min_value), ("max_value", max_value))

@@ -401,8 +401,7 @@ def scale_by_psgd_kron(
   _validate.check_non_negative("precond_lr", precond_lr)
   _validate.check_in_range("precond_init_scale", precond_init_scale, 0.0, np.inf,
                            low_inclusive=False)
-  if precond_dtype is not None and not jnp.issubdtype(precond_dtype, jnp.floating):
-    raise ValueError(f"precond_dtype must be a floating dtype or None, got {precond_dtype!r}")
+  _validate.check_floating_dtype("precond_dtype", precond_dtype)
   seed = _validate.check_integer("seed", seed, low=0, traced=True)
   mu_format = state_format.state_format("mu_dtype", mu_dtype)
   keeps_momentum = not _validate.is_static_zero(b1)

@@ -57,6 +57,8 @@ def check_in_range(
           f" {type(value).__name__}"
       )
     return
+  if isinstance(value, (bool, np.bool_)):
+    raise ValueError(f"{name} must be a number, got {value!r}")
   v = float(value)
   above_low = v >= low if low_inclusive else v > low
   below_high = v <= high if high_inclusive else v < high
@@ -69,9 +71,25 @@ def check_in_range(
     raise ValueError(f"{name} must be in {interval}, got {value!r}")
 
 
-def check_non_negative(name: str, value: Any) -> None:
-  """Raises ``ValueError`` when a plain number is negative or NaN."""
-  check_in_range(name, value, 0.0, np.inf, high_inclusive=True)
+def check_non_negative(name: str, value: Any, *, infinite: bool = False) -> None:
+  """Raises ``ValueError`` when a plain number is negative, NaN or (unless
+  ``infinite``: a bound that may be absent) infinite, which would only give
+  non-finite or frozen updates (an eps or a damping of inf)."""
+  check_in_range(name, value, 0.0, np.inf, high_inclusive=infinite)
+
+
+def check_floating_dtype(name: str, value: Any) -> None:
+  """``None`` or a floating dtype (``jnp.bfloat16``, ``"float32"``); anything
+  else (an integer or boolean dtype, which gives zero or NaN iterations, an
+  unknown name) raises ``ValueError`` naming the argument."""
+  if value is None:
+    return
+  try:
+    floating = jax.numpy.issubdtype(jax.numpy.dtype(value), jax.numpy.floating)
+  except TypeError:
+    floating = False
+  if not floating:
+    raise ValueError(f"{name} must be None or a floating dtype, got {value!r}")
 
 
 def check_ordered(low_name: str, low: Any, high_name: str, high: Any) -> None:
@@ -119,7 +137,7 @@ def check_integer(name: str, value: Any, low: int = 1, *, traced: bool = False) 
   used only in arithmetic, such as a period) an integer array or tracer is
   returned unchecked.
   """
-  if traced and hasattr(value, "dtype") and not isinstance(value, np.ndarray):
+  if traced and hasattr(value, "dtype") and not isinstance(value, (np.ndarray, np.generic)):
     if not np.issubdtype(np.dtype(value.dtype), np.integer):
       raise ValueError(f"{name} must be an integer, got an array of {value.dtype}")
     return value
