@@ -39,6 +39,7 @@ import optax
 
 from gradtx._internal import routing as _routing
 from gradtx._internal import tree as _tree
+from gradtx._internal import validate as _validate
 from gradtx.routing import axis_names as _axes
 
 # The branch of a leaf whose update is its gradient, untouched.
@@ -126,6 +127,7 @@ class Description:
   __repr__ = __str__
 
 
+@_validate.checks_flags
 def describe(tx: optax.GradientTransformation, params: Any, *, strict: bool = False,
              **extra_args: Any) -> Description:
   """Per leaf of ``params``: the branch ``tx`` sends it to, its matrix view, blocks and state.

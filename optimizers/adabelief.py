@@ -5,8 +5,10 @@ from typing import Any, Optional
 import optax
 
 from gradtx import transforms as gt
+from gradtx._internal import validate as _validate
 
 
+@_validate.checks_flags
 def adabelief(
     learning_rate: optax.ScalarOrSchedule,
     *,

@@ -5,8 +5,10 @@ from typing import Any, Optional
 import optax
 
 from gradtx import transforms as gt
+from gradtx._internal import validate as _validate
 
 
+@_validate.checks_flags
 def adam(
     learning_rate: optax.ScalarOrSchedule,
     *,
@@ -62,6 +64,7 @@ def adam(
   )
 
 
+@_validate.checks_flags
 def adamw(
     learning_rate: optax.ScalarOrSchedule,
     *,
@@ -135,6 +138,7 @@ def adamw(
   )
 
 
+@_validate.checks_flags
 def adamw_8bit(
     learning_rate: optax.ScalarOrSchedule,
     *,

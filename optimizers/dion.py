@@ -9,6 +9,7 @@ from gradtx._internal import validate as _validate
 
 
 @gt.AdamWSide.document
+@_validate.checks_flags
 def dion(
     learning_rate: optax.ScalarOrSchedule,
     *,

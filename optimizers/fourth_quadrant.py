@@ -51,6 +51,7 @@ def _hidden_then_adamw(label, direction, *, scale, matrix_view, weight_decay, ma
 
 
 @gt.AdamWSide.document
+@_validate.checks_flags
 def normuon(
     learning_rate: optax.ScalarOrSchedule,
     *,
@@ -138,6 +139,7 @@ def normuon(
 
 
 @gt.AdamWSide.document
+@_validate.checks_flags
 def adamuon(
     learning_rate: optax.ScalarOrSchedule,
     *,
@@ -249,6 +251,7 @@ def adamuon(
 
 
 @gt.AdamWSide.document
+@_validate.checks_flags
 def soap_muon(
     learning_rate: optax.ScalarOrSchedule,
     *,
@@ -338,6 +341,7 @@ def soap_muon(
 
 
 @gt.AdamWSide.document
+@_validate.checks_flags
 def vmuon(
     learning_rate: optax.ScalarOrSchedule,
     *,

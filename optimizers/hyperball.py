@@ -84,6 +84,7 @@ def adamh(
 
 
 @gt.AdamWSide.document
+@_validate.checks_flags
 def muonh(
     learning_rate: optax.ScalarOrSchedule,
     *,

@@ -25,6 +25,7 @@ class LookaheadState(NamedTuple):
   inner_state: optax.OptState
 
 
+@_validate.checks_flags
 def lookahead(
     base: optax.GradientTransformation,
     *,

@@ -12,6 +12,7 @@ from gradtx.routing import matrix_view as _matrix_view
 
 
 @gt.AdamWSide.document
+@_validate.checks_flags
 def mars_adamw(
     learning_rate: optax.ScalarOrSchedule,
     *,

@@ -12,6 +12,7 @@ is_hidden_matrix = gt.is_hidden_matrix
 
 
 @gt.AdamWSide.document
+@_validate.checks_flags
 def muon(
     learning_rate: optax.ScalarOrSchedule,
     *,

@@ -41,6 +41,7 @@ from typing import Any, Callable, Optional
 import jax
 import jax.numpy as jnp
 
+from gradtx._internal import validate as _validate
 from gradtx.flax_integration.model_records import DenseRecord, Records, module_key
 
 _SESSION = contextvars.ContextVar("gradtx_nnx_records", default=None)
@@ -82,6 +83,7 @@ class _Session:
     return name
 
 
+@_validate.checks_flags
 def max_logits(
     query: jax.Array,
     key: jax.Array,
@@ -122,6 +124,7 @@ def max_logits(
   return jnp.max(logits, axis=axes)
 
 
+@_validate.checks_flags
 def observe_attention(
     module: Any,
     query: jax.Array,
@@ -248,6 +251,7 @@ def _zeros_like_abstract(s: jax.ShapeDtypeStruct) -> jax.Array:
   return jnp.zeros(s.shape, s.dtype, out_sharding=sharding if explicit else None)
 
 
+@_validate.checks_flags
 def value_grad_and_records(
     loss_fn: Callable, *, has_aux: bool = False, wrt: Any = None
 ) -> Callable:

@@ -8,6 +8,7 @@ from gradtx import transforms as gt
 from gradtx._internal import validate as _validate
 
 
+@_validate.checks_flags
 def signsgd(
     learning_rate: optax.ScalarOrSchedule,
     *,
@@ -52,6 +53,7 @@ def signsgd(
   )
 
 
+@_validate.checks_flags
 def lion(
     learning_rate: optax.ScalarOrSchedule,
     *,
@@ -97,6 +99,7 @@ def lion(
   )
 
 
+@_validate.checks_flags
 def tiger(
     learning_rate: optax.ScalarOrSchedule,
     *,

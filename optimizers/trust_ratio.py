@@ -19,6 +19,7 @@ def _and_not(mask: gt.MaskOrFn, excluded: gt.MaskOrFn):
   return combined
 
 
+@_validate.checks_flags
 def lars(
     learning_rate: optax.ScalarOrSchedule,
     *,
@@ -92,6 +93,7 @@ def lars(
   )
 
 
+@_validate.checks_flags
 def lamb(
     learning_rate: optax.ScalarOrSchedule,
     *,

@@ -566,3 +566,40 @@ def test_psgd_kron_names_an_unknown_precond_dtype():
 def test_mars_names_its_adam_weight_decay():
   with pytest.raises(ValueError, match="adam_weight_decay must be a non-negative number"):
     go.mars_adamw(0.01, adam_weight_decay=None)
+
+
+def _flags():
+  """(factory, argument) for every public factory's argument annotated bool."""
+  found = []
+  for module in (go, gt, contrib):
+    for name in sorted(getattr(module, "__all__", dir(module))):
+      factory = getattr(module, name, None)
+      if not inspect.isfunction(factory) or name.startswith("_"):
+        continue
+      for arg, p in inspect.signature(factory).parameters.items():
+        if p.annotation in (bool, "bool"):
+          found.append((factory, arg))
+  return found
+
+
+_FLAGS = _flags()
+
+
+def test_the_flags_found_cover_the_public_api():
+  names = {f"{f.__name__}.{a}" for f, a in _FLAGS}
+  assert {"adam.nesterov", "sgd.nesterov", "adafactor.multiply_by_parameter_scale",
+          "scale_by_mars.exact", "muon.nesterov", "lookahead.reset_state"} <= names
+  assert len(names) > 50
+
+
+@pytest.mark.parametrize("factory,name", _FLAGS,
+                         ids=[f"{f.__name__}-{a}" for f, a in _FLAGS])
+def test_a_flag_that_is_not_a_bool_is_refused(factory, name):
+  """"False", 0.5 or None were read by truthiness: go.adam(nesterov="False")
+  stepped as nesterov=True, adafactor's multiply_by_parameter_scale=None
+  switched a default-on feature off, silently."""
+  required = {p: 0.1 for p, v in inspect.signature(factory).parameters.items()
+              if v.default is inspect.Parameter.empty and v.kind is v.POSITIONAL_OR_KEYWORD}
+  for bad in ("False", 0.5, None):
+    with pytest.raises(ValueError, match=rf"{name} must be True or False, got"):
+      factory(**required, **{name: bad})

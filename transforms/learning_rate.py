@@ -18,6 +18,7 @@ class ScaleByLearningRateState(NamedTuple):
   count: jax.Array
 
 
+@_validate.checks_flags
 def scale_by_learning_rate(
     learning_rate: Union[float, optax.Schedule], *, flip_sign: bool = True
 ) -> optax.GradientTransformation:

@@ -23,6 +23,7 @@ class MomentumState(NamedTuple):
   mu: optax.Updates
 
 
+@_validate.checks_flags
 def momentum(
     momentum: float = 0.9,
     *,
@@ -120,6 +121,7 @@ class EmaState(NamedTuple):
   mu: optax.Updates
 
 
+@_validate.checks_flags
 def ema(
     decay: float = 0.9,
     *,

@@ -304,6 +304,7 @@ class ScaleByPsgdKronState(NamedTuple):
   key: jax.Array
 
 
+@_validate.checks_flags
 def scale_by_psgd_kron(
     *,
     b1: float = 0.9,

@@ -5,8 +5,10 @@ NumPy numbers: traced or array values (for example the hyper-parameters that
 ``optax.inject_hyperparams`` feeds back in at run time) pass through unchecked.
 """
 
+import functools
+import inspect
 import numbers
-from typing import Any
+from typing import Any, Callable
 
 import jax
 import numpy as np
@@ -90,6 +92,24 @@ def check_floating_dtype(name: str, value: Any) -> None:
     floating = False
   if not floating:
     raise ValueError(f"{name} must be None or a floating dtype, got {value!r}")
+
+
+def checks_flags(factory: Callable) -> Callable:
+  """Decorates a factory: its arguments annotated ``bool`` must be ``True`` or
+  ``False`` (a string ``"False"`` or a number is read by truthiness: silently
+  the other setting, or ``None`` silently off)."""
+  signature = inspect.signature(factory)
+  flags = [name for name, p in signature.parameters.items() if p.annotation in (bool, "bool")]
+
+  @functools.wraps(factory)
+  def checked(*args, **kwargs):
+    given = signature.bind_partial(*args, **kwargs).arguments
+    for name in flags:
+      if name in given and not isinstance(given[name], (bool, np.bool_)):
+        raise ValueError(f"{name} must be True or False, got {given[name]!r}")
+    return factory(*args, **kwargs)
+
+  return checked
 
 
 def check_ordered(low_name: str, low: Any, high_name: str, high: Any) -> None:

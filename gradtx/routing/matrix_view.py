@@ -203,6 +203,7 @@ class AmbiguousMatrixViewWarning(UserWarning):
 _WARNED: set = set()
 
 
+@_validate.checks_flags
 def flax_matrix_view(path: tuple, leaf: Any = _routing.NO_LEAF, *,
                      strict: bool = False) -> Optional[MatrixView]:
   """The default matrix view of a leaf, from its axis names, key path and shape.

@@ -26,6 +26,8 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
+from gradtx._internal import validate as _validate
+
 
 @functools.lru_cache(maxsize=None)
 def dynamic_code_map(signed: bool) -> np.ndarray:
@@ -235,6 +237,7 @@ def quantized_zeros(
   return QuantizedArray(codes, scales, shape, signed)
 
 
+@_validate.checks_flags
 def quantize_blockwise(
     x: jax.Array, *, signed: bool, block_size: int = 256
 ) -> QuantizedArray:
