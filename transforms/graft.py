@@ -91,6 +91,8 @@ def graft(
   Reference: Agarwal et al., "Disentangling Adaptive Gradient Methods from
   Learning Rates", 2020; Anil et al. 2020 (per-block grafting in Shampoo).
   """
+  _validate.check_transformation("magnitude", magnitude)
+  _validate.check_transformation("direction", direction)
   if block_size is not None:
     block_size = _validate.check_integer("block_size", block_size)
   max_precondition_dim = _validate.check_integer(

@@ -543,8 +543,20 @@ def on_matrix_views(
     matrix_view: the matrix-view rule; default ``flax_matrix_view``.
 
   Returns:
-    An ``optax.GradientTransformation`` with ``inner``'s state.
+    An ``optax.GradientTransformation`` with ``inner``'s state; an ``inner``
+    whose state holds arrays (moments laid out like the leaves, not their
+    views) is refused at ``init``, scalars (a step count) are kept.
   """
+  _validate.check_transformation("inner", inner)
+
+  def init_fn(params):
+    state = inner.init(params)
+    if any(jnp.ndim(x) for x in jax.tree.leaves(state)):
+      raise ValueError(
+          f"on_matrix_views runs a stateless inner transform, but {inner!r} keeps"
+          " arrays in its state (built on the leaves, stepped on their matrix"
+          " views): chain a stateful transform outside on_matrix_views")
+    return state
 
   def update_fn(updates, state, params=None):
     leaves, treedef = jax.tree.flatten(updates)
@@ -558,4 +570,4 @@ def on_matrix_views(
     ]
     return treedef.unflatten(out), state
 
-  return optax.GradientTransformation(inner.init, update_fn)
+  return optax.GradientTransformation(init_fn, update_fn)

@@ -79,8 +79,15 @@ def test_check_in_range_rejects_nan(value):
     "value", [np.float32(1.5), np.int64(2), np.array(1.5), True], ids=repr
 )
 def test_check_in_range_checks_numpy_scalars_and_bools(value):
-  with pytest.raises(ValueError, match="x must be in"):
+  with pytest.raises(ValueError, match="x must be (in|a number, got True)"):
     _validate.check_in_range("x", value, 0.0, 1.0)
+
+
+@pytest.mark.parametrize("value", [True, False, np.bool_(True)], ids=repr)
+def test_a_bool_is_no_number_even_inside_the_range(value):
+  """eps=True passed as 1.0 (and False as 0): refused wherever a number is."""
+  with pytest.raises(ValueError, match="x must be a number, got"):
+    _validate.check_in_range("x", value, 0.0, INF, high_inclusive=True)
 
 
 @pytest.mark.parametrize(

@@ -517,3 +517,18 @@ def test_adam_minis_blocks_read_a_scanned_attention_as_muon_does():
   with warnings.catch_warnings():
     warnings.simplefilter("error", gt.AmbiguousMatrixViewWarning)
     go.adam_mini(1e-3).init(tree)
+
+
+def test_on_matrix_views_refuses_an_inner_that_keeps_arrays():
+  """A stateful inner (optax.trace) was accepted: its momentum, built on the
+  leaves at init, came back from the first step laid out like their views
+  ((8, 4) -> (1, 8, 4)) and the bias's as None, with no error. A step count
+  alone is kept."""
+  params = {"w": jnp.ones((8, 4)), "b": jnp.ones(4)}
+  with pytest.raises(ValueError, match="runs a stateless inner transform"):
+    gt.on_matrix_views(optax.trace(0.9)).init(params)
+  counted = gt.on_matrix_views(optax.scale_by_schedule(lambda count: 1.0 / (count + 1)))
+  updates, _ = counted.update(params, counted.init(params))
+  np.testing.assert_array_equal(updates["w"], params["w"])
+  with pytest.raises(ValueError, match="inner must be an optax.GradientTransformation"):
+    gt.on_matrix_views(optax.adam)
