@@ -44,8 +44,10 @@ def check_in_range(
   Arrays and tracers (``inject_hyperparams``) pass unchecked; anything else
   that is not a number (a string, a list, a schedule: a callable is refused
   here, where only a number is documented, instead of failing at the first
-  update) is refused.
+  update) is refused, as is a boolean.
   """
+  if isinstance(value, (bool, np.bool_)):
+    raise ValueError(f"{name} must be a number, got {value!r}")
   if not _is_plain_number(value):
     if callable(value):
       raise ValueError(
@@ -59,8 +61,6 @@ def check_in_range(
           f" {type(value).__name__}"
       )
     return
-  if isinstance(value, (bool, np.bool_)):
-    raise ValueError(f"{name} must be a number, got {value!r}")
   v = float(value)
   above_low = v >= low if low_inclusive else v > low
   below_high = v <= high if high_inclusive else v < high

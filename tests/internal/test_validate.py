@@ -120,15 +120,23 @@ def test_check_in_range_leaves_tracers_alone():
 # --- check_non_negative / check_decay ---------------------------------------
 
 
-@pytest.mark.parametrize("value", [0, 0.0, 1e-30, 3, INF], ids=repr)
+@pytest.mark.parametrize("value", [0, 0.0, 1e-30, 3], ids=repr)
 def test_check_non_negative_accepts(value):
   _validate.check_non_negative("eps", value)
+  _validate.check_non_negative("eps", value, infinite=True)
 
 
-@pytest.mark.parametrize("value", [-1e-30, -1, NAN, -INF], ids=repr)
+@pytest.mark.parametrize("value", [-1e-30, -1, NAN, -INF, INF], ids=repr)
 def test_check_non_negative_rejects(value):
-  with pytest.raises(ValueError, match=r"^eps must be in \[0, inf\], got "):
+  """inf too (an eps or a damping of inf froze or NaN'd every update), unless
+  the argument is a bound that may be absent (``infinite=True``)."""
+  with pytest.raises(ValueError, match=r"^eps must be in \[0, inf\), got "):
     _validate.check_non_negative("eps", value)
+  if value != INF:
+    with pytest.raises(ValueError, match=r"^eps must be in \[0, inf\], got "):
+      _validate.check_non_negative("eps", value, infinite=True)
+  else:
+    _validate.check_non_negative("eps", value, infinite=True)
 
 
 @pytest.mark.parametrize("value", [0.0, 0.5, 0.999999, np.float32(0.9)], ids=repr)
