@@ -603,3 +603,35 @@ def test_a_flag_that_is_not_a_bool_is_refused(factory, name):
   for bad in ("False", 0.5, None):
     with pytest.raises(ValueError, match=rf"{name} must be True or False, got"):
       factory(**required, **{name: bad})
+
+
+def test_the_array_level_functions_name_a_bad_argument():
+  """gt.inverse_pth_root of a vector failed in a transpose, p=0 divided by zero
+  and p=-2 returned A^(1/2); newton_schulz of a vector raised IndexError and
+  ns_steps=2.5 a fori_loop TypeError; quantize_blockwise(block_size=0) divided
+  by zero; PSGD's probability schedule took max_prob=2 and min_prob > max_prob."""
+  a = jnp.eye(3)
+  for bad, message in ((jnp.ones(3), "takes \\(..., n, n\\) matrices"),
+                       (jnp.ones((2, 3)), "takes \\(..., n, n\\) matrices")):
+    with pytest.raises(ValueError, match=message):
+      gt.inverse_pth_root(bad, 2)
+  for p in (0, -2, NAN):
+    with pytest.raises(ValueError, match="p must be in \\(0, inf\\)"):
+      gt.inverse_pth_root(a, p)
+  with pytest.raises(ValueError, match="damping must be in \\[0, inf\\)"):
+    gt.inverse_pth_root(a, 2, damping=NAN)
+  with pytest.raises(ValueError, match="newton_schulz takes"):
+    gt.newton_schulz(jnp.ones(3))
+  for steps in (2.5, 0, -1):
+    with pytest.raises(ValueError, match="ns_steps must be"):
+      gt.newton_schulz(a, steps)
+  with pytest.raises(ValueError, match="eps must be in"):
+    gt.newton_schulz(a, 5, eps=-1.0)
+  for size in (0, -4, 7.5):
+    with pytest.raises(ValueError, match="block_size must be an integer >= 1"):
+      gt.quantize_blockwise(jnp.ones(8), signed=True, block_size=size)
+  with pytest.raises(ValueError, match="max_prob must be in \\(0, 1\\]"):
+    gt.precond_update_prob_schedule(max_prob=2.0)
+  with pytest.raises(ValueError, match="max_prob must be >= min_prob"):
+    gt.precond_update_prob_schedule(max_prob=0.1, min_prob=0.5)
+  np.testing.assert_allclose(gt.inverse_pth_root(4.0 * a, 2), 0.5 * a, rtol=1e-6)

@@ -183,6 +183,8 @@ def newton_schulz(
   """
   if method not in ("standard", "gram"):
     raise ValueError(f"method must be 'standard' or 'gram', got {method!r}")
+  if jnp.ndim(x) < 2:
+    raise ValueError(f"newton_schulz takes (..., m, n) matrices, got shape {jnp.shape(x)}")
   if _sharding.explicit_sharding(x, (-2, -1)) is not None:
     # On an Explicit mesh a product over a sharded axis is refused; gather the
     # (matrix) axes, iterate, and give the result the input's sharding back.
@@ -190,6 +192,9 @@ def newton_schulz(
                       eps=eps, compute_dtype=compute_dtype, method=method)
     return _sharding.reshard_like(y, x)
   static = _is_static(ns_steps)
+  if not isinstance(ns_steps, jax.Array):  # an injected array is traced
+    _validate.check_integer("ns_steps", ns_steps)
+  _validate.check_non_negative("eps", eps)
   if not static and method == "gram":
     raise ValueError(
         "ns_steps must be a Python integer with method='gram' (with"

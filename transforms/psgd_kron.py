@@ -64,6 +64,14 @@ def precond_update_prob_schedule(
   (``precond_update_prob_schedule``); Li, "Preconditioned Stochastic
   Gradient Descent", IEEE TNNLS 2018.
   """
+  _validate.check_in_range("max_prob", max_prob, 0.0, 1.0, low_inclusive=False,
+                           high_inclusive=True)
+  _validate.check_in_range("min_prob", min_prob, 0.0, 1.0, low_inclusive=False,
+                           high_inclusive=True)
+  _validate.check_ordered("min_prob", min_prob, "max_prob", max_prob)
+  _validate.check_non_negative("decay", decay)
+  _validate.check_non_negative("flat_start", flat_start)
+
   def schedule(count):
     return jnp.minimum(
         jnp.maximum(max_prob * jnp.exp(-decay * (count - flat_start)), min_prob), max_prob)

@@ -14,6 +14,7 @@ import jax
 import jax.numpy as jnp
 
 from gradtx._internal import block_stacks
+from gradtx._internal import validate as _validate
 
 ROOT_METHODS = ("eigh", "newton")
 _HIGHEST = jax.lax.Precision.HIGHEST
@@ -203,6 +204,12 @@ def inverse_pth_root(
     raise ValueError(
         f"root_method must be one of {ROOT_METHODS}, got {root_method!r}"
     )
+  shape = jnp.shape(matrix)
+  if len(shape) < 2 or shape[-1] != shape[-2]:
+    raise ValueError(f"inverse_pth_root takes (..., n, n) matrices, got shape {shape}")
+  _validate.check_in_range("p", p, 0.0, math.inf, low_inclusive=False)
+  _validate.check_non_negative("damping", damping)
+  _validate.check_non_negative("relative_damping", relative_damping)
   if root_method == "eigh":
     # Integer ridges as floats: the root's custom JVP differentiates them
     # (an integer's tangent is float0, which no arithmetic takes).

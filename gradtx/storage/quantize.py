@@ -272,6 +272,7 @@ def quantize_blockwise(
   Returns:
     A ``QuantizedArray`` with ``ceil(x.size / block_size)`` blocks.
   """
+  block_size = _validate.check_integer("block_size", block_size)
   return quantize_codes(x, signed, block_size, finite=False)
 
 
