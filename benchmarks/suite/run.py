@@ -270,9 +270,9 @@ def main(argv: Optional[Sequence[str]] = None) -> dict:
     todo = []
     revisions = sorted({run.get("revision") or "unrecorded" for run in finished.values()})
     if len(revisions) > 1:
-      warnings.warn(f"the runs scored were made at {len(revisions)} revisions"
+      warnings.warn(f"{path} holds runs of {len(revisions)} revisions"
                     f" ({', '.join(revisions[:6])}{', ...' if len(revisions) > 6 else ''}):"
-                    " the tables score them together", stacklevel=2)
+                    " a table may score several of them together", stacklevel=2)
   print(f"{len(todo)} runs to do, {len(finished)} found in {path};"
         f" load average {os.getloadavg()[0]:.1f} on {os.cpu_count()} cores")
   if todo:

@@ -365,11 +365,33 @@ def test_a_run_file_without_a_last_newline_keeps_its_runs(tmp_path, monkeypatch)
   assert sorted(json.loads(line)["seed"] for line in lines) == [0, 1]
 
 
-def test_median_target_tables_are_written_beside_the_per_seed_ones(tmp_path, monkeypatch):
+def test_median_target_tables_score_the_median_target_beside_the_per_seed_ones(
+    tmp_path, monkeypatch):
+  """--target median writes its own table and summary, scored against one
+  target (the runner passes the rule on), and leaves the per-seed ones as they were."""
   monkeypatch.setattr(suite_train, "train", _fake_train([]))
   argv = _smoke_argv(tmp_path, "adamw,muon", "1", "0,1")
   run.main(argv)
+  per_seed = (tmp_path / "table_tuned_constant.md").read_text()
   run.main([*argv, "--target", "median", "--score-only"])
   text = (tmp_path / "table_tuned_constant_median_target.md").read_text()
   assert "one target, the median over seeds" in text
-  assert (tmp_path / "table_tuned_constant.md").exists()
+  assert (tmp_path / "table_tuned_constant.md").read_text() == per_seed
+  runs = [json.loads(line) for line in (tmp_path / "runs.jsonl").read_text().splitlines()]
+  expected = scoring.summarize(runs, ["adamw", "muon"], [0, 1], target="median")
+  stored = json.loads((tmp_path / "summary_tuned_constant_median_target.json").read_text())
+  assert stored["tabular_mlp"]["muon"]["steps"] == expected["muon"]["steps"]
+  per_seed_steps = scoring.summarize(runs, ["adamw", "muon"], [0, 1])["muon"]["steps"]
+  assert expected["muon"]["steps"] != per_seed_steps
+
+
+def test_score_only_warns_of_a_run_file_of_several_revisions(tmp_path, monkeypatch):
+  monkeypatch.setattr(suite_train, "train", _fake_train([]))
+  argv = _smoke_argv(tmp_path, "adamw", "1", "0")
+  run.main(argv)
+  path = tmp_path / "runs.jsonl"
+  rows = [json.loads(line) for line in path.read_text().splitlines()]
+  path.write_text("".join(json.dumps({**r, "revision": "deadbee"}) + "\n" for r in rows))
+  run.main([*argv[:7], "0,1", *argv[8:]])
+  with pytest.warns(UserWarning, match="holds runs of 2 revisions"):
+    run.main([*argv[:7], "0,1", *argv[8:], "--score-only"])
