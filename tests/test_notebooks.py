@@ -17,8 +17,11 @@ from jupyter_client.manager import AsyncKernelManager
 
 NOTEBOOKS = sorted((pathlib.Path(__file__).parent.parent / "notebooks").glob("*.ipynb"))
 # Notebooks that train nothing (they read committed run files): what they
-# print is a function of the repository, so their saved outputs must be it.
+# print is a function of the repository, so their saved outputs must be it,
+# but for cells tagged MACHINE_DEPENDENT (they print round-off: the notebook
+# says so), whose asserts still run.
 READ_ONLY = ("03_fourth_quadrant.ipynb", "07_workload_suite.ipynb")
+MACHINE_DEPENDENT = "machine-dependent"
 
 
 class _ThisInterpreter(KernelSpecManager):
@@ -58,6 +61,8 @@ def test_notebook_runs(path, monkeypatch, optimised_xla):
   assert all(c.get("execution_count") for c in code_cells), "a code cell did not run"
   if path.name in READ_ONLY:
     for number, (now, then) in enumerate(zip(nb.cells, saved.cells)):
+      if MACHINE_DEPENDENT in now.get("metadata", {}).get("tags", []):
+        continue
       assert _printed(now) == _printed(then), (
           f"cell {number}'s saved output is stale: re-execute and commit {path.name}")
 

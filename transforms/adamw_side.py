@@ -6,6 +6,7 @@ is ``gradtx.routing.roles``' rule.
 """
 
 import dataclasses
+import inspect
 import re
 from typing import Any, Callable, Optional
 
@@ -168,8 +169,7 @@ class AdamWSide:
     of the AdamW-side arguments it takes and does not document itself."""
     marker = _MARKER.search(factory.__doc__)
     indent = marker.group(1)
-    code = factory.__code__
-    taken = code.co_varnames[:code.co_argcount + code.co_kwonlyargcount]
+    taken = inspect.signature(factory).parameters  # through a decorator's wrapper
     entries = [
         (name, text) for name, text in
         _ENTRY.findall(AdamWSide.__doc__.split("Attributes:")[1].split("Example:")[0])

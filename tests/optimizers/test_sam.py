@@ -176,10 +176,10 @@ def test_vmap_over_a_batch_of_problems():
 
 @pytest.mark.parametrize(
     "kwargs,message",
-    [(dict(rho=-1), r"rho must be in \[0, inf\], got -1"),
-     (dict(rho=float("nan")), r"rho must be in \[0, inf\], got nan"),
-     (dict(eps=-1e-3), r"eps must be in \[0, inf\], got -0.001"),
-     (dict(eta=-0.1), r"eta must be in \[0, inf\], got -0.1"),
+    [(dict(rho=-1), r"rho must be in \[0, inf\), got -1"),
+     (dict(rho=float("nan")), r"rho must be in \[0, inf\), got nan"),
+     (dict(eps=-1e-3), r"eps must be in \[0, inf\), got -0.001"),
+     (dict(eta=-0.1), r"eta must be in \[0, inf\), got -0.1"),
      (dict(rho="big"), r"rho must be a number, got 'big'")],
 )
 def test_validation(kwargs, message):

@@ -57,7 +57,7 @@ def test_adamw_defaults_to_the_matrix_rules_rate_and_decay():
 @pytest.mark.parametrize("name, value, message", [
     ("adam_b1", 1.5, "adam_b1 must be in [0, 1), got 1.5"),
     ("adam_b2", -0.1, "adam_b2 must be in [0, 1), got -0.1"),
-    ("adam_eps", -1.0, "adam_eps must be in [0, inf], got -1.0"),
+    ("adam_eps", -1.0, "adam_eps must be in [0, inf), got -1.0"),
     ("adam_learning_rate", "0.1", "adam_learning_rate"),
     ("embedding_learning_rate", -1.0, "embedding_learning_rate"),
 ])
