@@ -18,9 +18,13 @@ object identity on the copy of the model the pass runs on: ``nnx.Linear``'s
 model), and each attention module's ``attention_fn`` is wrapped on the
 copy. An attention module called more than once in the pass (a shared
 block) records each head's largest logit over all its calls, the S_max of
-Kimi K2's QK-clip. Not recorded: layers inside ``nnx.scan``, ``nnx.vmap`` or
-``nnx.remat`` (they run on copies of their own; an attention subclass that
-overrides ``__call__`` must not be used there), layers called inside a JAX
+Kimi K2's QK-clip (``nnx.MultiHeadAttention``, whose projections are not
+``nnx.Linear``; a block whose fused qkv is an ``nnx.Linear`` cannot be
+called twice, below). Not recorded, silently: layers inside ``nnx.scan``,
+``nnx.vmap``, ``nnx.remat``, ``nnx.jit`` or ``nnx.cond`` (they run on copies
+of their own; an attention subclass that overrides ``__call__`` must not be
+used there; K-FAC and QK-clip then refuse the missing record); with a
+warning naming it: a layer called inside a JAX
 transformation of their own within the pass (``jax.checkpoint``,
 ``lax.scan``, ``lax.cond``, ``jax.vmap``: their values cannot leave it; a
 warning names each), ``nnx.Linear`` subclasses that override ``__call__``,
@@ -76,7 +80,7 @@ class _Session:
         warnings.warn(
             f"nnx_records: {name!r} ran inside a JAX transformation within"
             " the recorded pass (jax.checkpoint, lax.scan, lax.cond, jax.vmap,"
-            " nnx.jit, ...): not recorded, its values cannot leave that"
+            " ...): not recorded, its values cannot leave that"
             " transformation; call it outside one, or read its records"
             " another way", stacklevel=4)
       return None

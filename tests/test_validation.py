@@ -635,3 +635,19 @@ def test_the_array_level_functions_name_a_bad_argument():
   with pytest.raises(ValueError, match="max_prob must be >= min_prob"):
     gt.precond_update_prob_schedule(max_prob=0.1, min_prob=0.5)
   np.testing.assert_allclose(gt.inverse_pth_root(4.0 * a, 2), 0.5 * a, rtol=1e-6)
+
+
+def test_the_review_s_last_gaps():
+  """A 0-d NumPy bool array passed as 1.0; dynamic_code_map("False") gave the
+  signed map; a NumPy integer got the inject_hyperparams hint; PSGD's
+  flat_start=inf (never anneal) stays accepted."""
+  for value in (np.array(True), np.bool_(True)):
+    with pytest.raises(ValueError, match="eps must be a number"):
+      go.adam(1e-3, eps=value)
+  with pytest.raises(ValueError, match="signed must be True or False"):
+    gt.dynamic_code_map("False")
+  with pytest.raises(ValueError) as error:
+    go.shampoo(0.1, precondition_every=np.int64(0))
+  assert "static_args" not in str(error.value)
+  schedule = gt.precond_update_prob_schedule(flat_start=float("inf"))
+  assert float(schedule(jnp.asarray(10_000))) == 1.0

@@ -207,7 +207,7 @@ def gradients_at_previous_point(
 
   def init_fn(params):
     # Its own buffers, for donation; zeros for abstract leaves, as every init.
-    copy = jax.tree.map(lambda p: jnp.zeros(p.shape, p.dtype)
+    copy = jax.tree.map(lambda p: jnp.zeros_like(p)  # sharded like p
                         if isinstance(p, jax.ShapeDtypeStruct) else jnp.array(p), params)
     return PreviousPointState(jnp.zeros([], jnp.int32), copy, inner.init(params))
 

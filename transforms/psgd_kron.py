@@ -70,7 +70,7 @@ def precond_update_prob_schedule(
                            high_inclusive=True)
   _validate.check_ordered("min_prob", min_prob, "max_prob", max_prob)
   _validate.check_non_negative("decay", decay)
-  _validate.check_non_negative("flat_start", flat_start)
+  _validate.check_non_negative("flat_start", flat_start, infinite=True)  # inf: never anneal
 
   def schedule(count):
     return jnp.minimum(

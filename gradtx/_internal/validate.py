@@ -46,7 +46,8 @@ def check_in_range(
   here, where only a number is documented, instead of failing at the first
   update) is refused, as is a boolean.
   """
-  if isinstance(value, (bool, np.bool_)):
+  if isinstance(value, (bool, np.bool_)) or (
+      isinstance(value, np.ndarray) and value.dtype == np.bool_):
     raise ValueError(f"{name} must be a number, got {value!r}")
   if not _is_plain_number(value):
     if callable(value):
@@ -167,7 +168,8 @@ def check_integer(name: str, value: Any, low: int = 1, *, traced: bool = False) 
   )
   if isinstance(value, (bool, np.bool_)) or not integral or value < low:
     hint = (" (it sets shapes: with optax.inject_hyperparams, list it in"
-            " static_args)" if hasattr(value, "dtype") else "")
+            " static_args)" if hasattr(value, "dtype") and not isinstance(value, np.generic)
+            else "")
     raise ValueError(f"{name} must be an integer >= {low}, got {value!r}{hint}")
   return int(value)
 

@@ -47,6 +47,8 @@ def dynamic_code_map(signed: bool) -> np.ndarray:
   Returns:
     A float32 array of 256 increasing values with exactly one zero.
   """
+  if not isinstance(signed, (bool, np.bool_)):
+    raise ValueError(f"signed must be True or False, got {signed!r}")
   values = [0.0, 1.0]
   for k in range(7):
     edges = np.linspace(0.1, 1.0, (2**k if signed else 2 ** (k + 1)) + 1)

@@ -113,3 +113,12 @@ def test_exact_init_takes_abstract_leaves_as_every_init_does():
   tx = go.mars_adamw(0.01, exact=True)
   signature = lambda t: jax.tree.map(lambda x: (jnp.shape(x), jnp.result_type(x)), t)
   assert signature(tx.init(abstract)) == signature(jax.eval_shape(tx.init, params))
+
+
+def test_exact_init_on_abstract_sharded_leaves_keeps_their_sharding():
+  mesh = jax.make_mesh((1,), ("x",))
+  sharding = jax.sharding.NamedSharding(mesh, jax.sharding.PartitionSpec("x", None))
+  abstract = {"w": jax.ShapeDtypeStruct((8, 4), jnp.float32, sharding=sharding)}
+  state = go.mars_adamw(0.01, exact=True).init(abstract)
+  copies = [x for x in jax.tree.leaves(state) if jnp.shape(x) == (8, 4)]
+  assert copies and all(x.sharding == sharding for x in copies)
