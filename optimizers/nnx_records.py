@@ -20,15 +20,17 @@ copy. An attention module called more than once in the pass (a shared
 block) records each head's largest logit over all its calls, the S_max of
 Kimi K2's QK-clip (``nnx.MultiHeadAttention``, whose projections are not
 ``nnx.Linear``; a block whose fused qkv is an ``nnx.Linear`` cannot be
-called twice, below). Not recorded, silently: layers inside ``nnx.scan``,
-``nnx.vmap``, ``nnx.remat``, ``nnx.jit`` or ``nnx.cond`` (they run on copies
-of their own; an attention subclass that overrides ``__call__`` must not be
-used there; K-FAC and QK-clip then refuse the missing record); with a
-warning naming it: a layer called inside a JAX
-transformation of their own within the pass (``jax.checkpoint``,
-``lax.scan``, ``lax.cond``, ``jax.vmap``: their values cannot leave it; a
-warning names each), ``nnx.Linear`` subclasses that override ``__call__``,
-and a second call of the same ``nnx.Linear`` in one pass (an error).
+called twice, below). Not recorded:
+
+* silently, layers inside ``nnx.scan``, ``nnx.vmap``, ``nnx.remat``,
+  ``nnx.jit`` or ``nnx.cond`` (they run on copies of their own; an attention
+  subclass that overrides ``__call__`` must not be used there) and
+  ``nnx.Linear`` subclasses that override ``__call__``: K-FAC and QK-clip
+  then refuse the missing record;
+* with a warning naming it, a layer called inside a JAX transformation
+  within the pass (``jax.checkpoint``, ``lax.scan``, ``lax.cond``,
+  ``jax.vmap``: its values cannot leave it);
+* a second call of the same ``nnx.Linear`` in one pass is an error.
 
 flax is imported inside the functions: ``import gradtx.optimizers`` works
 without it.
