@@ -637,7 +637,7 @@ def test_the_array_level_functions_name_a_bad_argument():
   np.testing.assert_allclose(gt.inverse_pth_root(4.0 * a, 2), 0.5 * a, rtol=1e-6)
 
 
-def test_the_review_s_last_gaps():
+def test_bool_arrays_and_string_flags_are_refused_and_an_endless_flat_start_is_kept():
   """A 0-d NumPy bool array passed as 1.0; dynamic_code_map("False") gave the
   signed map; a NumPy integer got the inject_hyperparams hint; PSGD's
   flat_start=inf (never anneal) stays accepted."""
