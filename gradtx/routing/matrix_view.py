@@ -450,6 +450,10 @@ def view_of(path: tuple, leaf: Any, rule: Optional[MatrixViewRule]) -> Optional[
 
   Empty leaves (a zero-size axis) are never matrices, whatever the rule.
   """
+  if rule is not None and not callable(rule):
+    raise ValueError(
+        "matrix_view must be None or a rule, a function of (path, leaf) giving a"
+        f" MatrixView or None (e.g. gt.stacked_matrix_view()), got {rule!r}")
   if math.prod(jnp.shape(leaf)) == 0:
     return None
   path = _routing.plain_path(path)

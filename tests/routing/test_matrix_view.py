@@ -532,3 +532,16 @@ def test_on_matrix_views_refuses_an_inner_that_keeps_arrays():
   np.testing.assert_array_equal(updates["w"], params["w"])
   with pytest.raises(ValueError, match="inner must be an optax.GradientTransformation"):
     gt.on_matrix_views(optax.adam)
+
+
+@pytest.mark.parametrize("make", [lambda v: go.muon(0.02, matrix_view=v),
+                                  lambda v: go.soap(0.01, matrix_view=v),
+                                  lambda v: gt.orthogonalize_newton_schulz(matrix_view=v)])
+def test_a_matrix_view_that_is_no_rule_is_named(make):
+  """A string or a number passed as matrix_view failed at init with "'str'
+  object is not callable", naming no argument."""
+  params = {"w": jnp.ones((8, 4)), "b": jnp.ones(4)}
+  for bad in ("stacked", 1.0):
+    tx = make(bad)
+    with pytest.raises(ValueError, match="matrix_view must be None or a rule"):
+      tx.update(params, tx.init(params), params)  # at init, or the first update
