@@ -62,13 +62,11 @@ def coefficient_schedule(
   """The (a, b, c) of each of ``ns_steps`` iterations; the last set repeats."""
   message = (f"coefficients must be a name or a non-empty sequence of (a, b, c)"
              f" of finite numbers, got {coefficients!r}")
+  # An unknown name raises its own error; anything else must be (a, b, c) triples.
+  named = _named_coefficients(coefficients) if isinstance(coefficients, str) else coefficients
   try:
-    named = (_named_coefficients(coefficients) if isinstance(coefficients, str)
-             else tuple(coefficients))  # an unknown name raises its own error
     triples = tuple(tuple(float(v) for v in abc) for abc in named)
   except (TypeError, ValueError) as error:
-    if isinstance(coefficients, str):
-      raise
     raise ValueError(message) from error
   if not triples or any(len(abc) != 3 or not all(map(math.isfinite, abc)) for abc in triples):
     raise ValueError(message)

@@ -20,6 +20,12 @@ def _is_plain_number(value: Any) -> bool:
   )
 
 
+def _is_bool(value: Any) -> bool:
+  """A Python or NumPy boolean, or a 0-d NumPy boolean array: no number."""
+  return isinstance(value, (bool, np.bool_)) or (
+      isinstance(value, np.ndarray) and value.ndim == 0 and value.dtype == np.bool_)
+
+
 def is_static_zero(value: Any) -> bool:
   """True for a plain number equal to 0: a switch-off known at build time."""
   return _is_plain_number(value) and float(value) == 0.0
@@ -46,8 +52,7 @@ def check_in_range(
   here, where only a number is documented, instead of failing at the first
   update) is refused, as is a boolean.
   """
-  if isinstance(value, (bool, np.bool_)) or (
-      isinstance(value, np.ndarray) and value.dtype == np.bool_):
+  if _is_bool(value):
     raise ValueError(f"{name} must be a number, got {value!r}")
   if not _is_plain_number(value):
     if callable(value):
@@ -138,7 +143,7 @@ def check_scalar_or_schedule(name: str, value: Any) -> None:
   """
   if callable(value):
     return
-  if _is_plain_number(value) and not isinstance(value, (bool, np.bool_)):
+  if _is_plain_number(value) and not _is_bool(value):
     check_in_range(name, value, 0.0, np.inf)
     return
   if hasattr(value, "dtype") and hasattr(value, "shape") and value.dtype != np.bool_:
@@ -166,7 +171,7 @@ def check_integer(name: str, value: Any, low: int = 1, *, traced: bool = False) 
       isinstance(value, np.ndarray) and value.ndim == 0
       and np.issubdtype(value.dtype, np.integer)
   )
-  if isinstance(value, (bool, np.bool_)) or not integral or value < low:
+  if _is_bool(value) or not integral or value < low:
     hint = (" (it sets shapes: with optax.inject_hyperparams, list it in"
             " static_args)" if hasattr(value, "dtype") and not isinstance(value, np.generic)
             else "")
@@ -179,7 +184,7 @@ def check_mask(name: str, value: Any) -> None:
   booleans (``optax.masked`` semantics); a string or a number, which
   ``optax.masked`` takes for a prefix that selects every leaf, is refused."""
   if isinstance(value, (str, bytes)) or (
-      isinstance(value, numbers.Number) and not isinstance(value, (bool, np.bool_))):
+      isinstance(value, numbers.Number) and not _is_bool(value)):
     raise ValueError(
         f"{name} must be None, a callable of the parameters or a pytree of booleans"
         f" shaped like them, got {value!r} (which would select every leaf)")
