@@ -11,6 +11,7 @@ into an abstract target, ``ocp.utils.to_shape_dtype_struct`` of every leaf
 import contextlib
 import functools
 
+import chex
 import jax
 import jax.numpy as jnp
 import numpy as np
@@ -229,6 +230,27 @@ def test_an_update_refuses_8bit_blocks_of_another_shape(make):
   state = jax.tree.map(lambda a, b: swap(a, b) if is_q(a) else a, state, big, is_leaf=is_q)
   with pytest.raises(ValueError, match=r"8-bit \w+ of \['w'\] stands for shape \(60, 80\)"):
     tx.update(params, state, params)
+
+
+def test_an_8bit_state_saved_in_the_flat_block_layout_restores():
+  """Codes saved flat, (blocks, block_size), as they were before they kept a
+  leaf's leading axes, restore into today's (64, 2, 256) codes: the same
+  blocks, reshaped; the next step equals the one from the state itself."""
+  from flax import serialization
+  tx = go.adamw_8bit(0.01)
+  params = {"w": jnp.linspace(-1.0, 1.0, 64 * 512).reshape(64, 512)}
+  state = tx.update(jax.tree.map(jnp.sin, params), tx.init(params), params)[1]
+  is_q = lambda x: isinstance(x, gt.QuantizedArray)
+  flat = jax.tree.map(
+      lambda q: gt.QuantizedArray(q.codes.reshape(-1, q.block_size), q.scales.reshape(-1),
+                                  q.shape, q.signed) if is_q(q) else q,
+      state, is_leaf=is_q)
+  assert state[0].mu["w"].codes.shape == (64, 2, 256)
+  assert flat[0].mu["w"].codes.shape == (128, 256)
+  restored = serialization.from_bytes(tx.init(params), serialization.to_bytes(flat))
+  chex.assert_trees_all_equal(restored, state)
+  chex.assert_trees_all_equal(tx.update(params, restored, params),
+                              tx.update(params, state, params))
 
 
 def test_an_8bit_state_saved_with_another_block_size_says_so():

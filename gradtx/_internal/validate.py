@@ -253,11 +253,17 @@ def check_no_float0(updates: Any, transform: str) -> None:
 def check_blocks_fit(q: Any, where: str) -> None:
   """Raises ``ValueError`` where a ``QuantizedArray``'s codes and scales do not
   hold its shape in blocks (restored from a checkpoint of another shape)."""
-  blocks = max(1, -(-int(np.prod(q.shape, dtype=np.int64)) // q.block_size))
-  if np.shape(q.codes)[0] != blocks or np.shape(q.scales) != (np.shape(q.codes)[0],):
+  from gradtx.storage import quantize  # here: the storage package imports this module
+
+  codes = np.shape(q.codes)
+  lead = len(codes) - 2
+  fits = 0 <= lead < max(1, len(q.shape)) and codes == quantize.codes_shape(
+      q.shape, q.block_size, lead) and (not lead or int(np.prod(
+          q.shape[lead:], dtype=np.int64)) % q.block_size == 0)
+  if not fits or np.shape(q.scales) != codes[:-1]:
     raise ValueError(
-        f"{where} stands for shape {q.shape}, {blocks} blocks of {q.block_size},"
-        f" but holds codes {np.shape(q.codes)} and scales {np.shape(q.scales)}:"
+        f"{where} stands for shape {q.shape} in blocks of {codes[-1] if codes else '?'},"
+        f" but holds codes {codes} and scales {np.shape(q.scales)}:"
         " restored from a checkpoint of another shape?")
 
 

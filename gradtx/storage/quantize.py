@@ -9,10 +9,14 @@ exactly. ``stochastic_round`` rounds float32 to bfloat16 without bias, with
 counter-based random bits. How optimizer states use them is
 ``gradtx.storage.state_format``.
 
-Sharding: ``codes`` has shape (num_blocks, block_size), the row-major
-flattened leaf in blocks, and ``scales`` shape (num_blocks,); both shard along
-their first axis. A parameter sharded along its first axis maps onto whole
-blocks when each shard's size is a multiple of ``block_size``.
+Layout: the blocks are those of the row-major flattened array, and the
+codes keep as many of its leading axes as are whole blocks
+(``block_lead_axes``): a (4, 512, 512) stack of layers has codes of shape
+(4, 512, 2, 256) and scales (4, 512, 2), a (1000, 16) leaf codes (63, 256)
+(the last block padded). The blocks are the same either way; keeping the
+leading axes lets codes split like their parameter over those axes on a
+device mesh (rows, layers of a scanned stack, tensor-parallel columns), a
+reshape with no data moved.
 
 Reference: Dettmers et al., "8-bit Optimizers via Block-wise Quantization",
 ICLR 2022 (the dynamic map is bitsandbytes' ``create_dynamic_map``).
@@ -20,7 +24,7 @@ ICLR 2022 (the dynamic map is bitsandbytes' ``create_dynamic_map``).
 
 import functools
 import sys
-from typing import Any
+from typing import Any, Optional
 
 import jax
 import jax.numpy as jnp
@@ -113,10 +117,12 @@ class QuantizedArray:
   """A block-wise 8-bit quantized array (a pytree: ``codes`` and ``scales``).
 
   Attributes:
-    codes: int8, shape (num_blocks, block_size): the 8 bits of each element's
-      index into ``dynamic_code_map(signed)``; the tail of the last block is
-      padding (code of zero).
-    scales: float32, shape (num_blocks,): each block's absmax.
+    codes: int8, shape (*shape[:k], blocks, block_size) with k =
+      ``block_lead_axes(shape, block_size)``: the 8 bits of each element's
+      index into ``dynamic_code_map(signed)``, the row-major flattened array
+      in blocks; with k = 0 the tail of the last block is padding (code of
+      zero).
+    scales: float32, shape ``codes.shape[:-1]``: each block's absmax.
     shape: the shape of the represented array (static).
     signed: which code map the codes index (static).
   """
@@ -131,6 +137,11 @@ class QuantizedArray:
   @property
   def block_size(self) -> int:
     return self.codes.shape[-1]
+
+  @property
+  def lead_axes(self) -> int:
+    """How many leading axes of ``shape`` the codes keep."""
+    return np.ndim(self.codes) - 2
 
   @property
   def size(self) -> int:
@@ -199,20 +210,26 @@ def _restore_from_flax(target: "QuantizedArray", state: Any) -> "QuantizedArray"
         " another mu_dtype / nu_dtype (a float moment)?")
   saved = tuple(int(n) for n in state["shape"]) if "shape" in state else None
   codes, scales = np.shape(state["codes"]), np.shape(state["scales"])
-  if saved == target.shape and codes != np.shape(target.codes):
+  blocks = lambda s: int(np.prod(s[:-1], dtype=np.int64)) if s else 0
+  if saved == target.shape and codes[-1:] != np.shape(target.codes)[-1:]:
     raise ValueError(
         f"{where} (shape {target.shape}) has blocks of {target.block_size} but was saved"
         f" with blocks of {codes[-1] if codes else '?'}: build the target with the block"
         " size it was saved with (gt.Int8Blocks(block_size=...))")
-  if (saved not in (None, target.shape) or codes != np.shape(target.codes)
-      or scales != np.shape(target.scales)):
+  if (saved not in (None, target.shape) or blocks(codes) != blocks(np.shape(target.codes))
+      or codes[-1:] != np.shape(target.codes)[-1:]
+      or int(np.prod(scales, dtype=np.int64)) != blocks(codes)):
     raise ValueError(
-        f"{where} is for shape {target.shape} ({np.shape(target.codes)[0]} blocks)"
+        f"{where} is for shape {target.shape} ({blocks(np.shape(target.codes))} blocks)"
         f" but was saved for {'shape ' + str(saved) if saved else 'another shape'}"
-        f" ({codes[0] if codes else '?'} blocks): is the parameter the one saved?")
+        f" ({blocks(codes)} blocks): is the parameter the one saved?")
+  # The same blocks in another layout (codes saved before they kept the
+  # leading axes, ``block_lead_axes``): a reshape.
   return QuantizedArray(
-      serialization.from_state_dict(target.codes, state["codes"]),
-      serialization.from_state_dict(target.scales, state["scales"]),
+      serialization.from_state_dict(
+          target.codes, np.reshape(state["codes"], np.shape(target.codes))),
+      serialization.from_state_dict(
+          target.scales, np.reshape(state["scales"], np.shape(target.scales))),
       target.shape, target.signed)
 
 
@@ -228,15 +245,34 @@ def _zero_code(signed: bool) -> int:
   return int(np.array(_zero_index(signed), np.uint8).view(np.int8))
 
 
+def block_lead_axes(shape: tuple, block_size: int) -> int:
+  """How many leading axes of an array of ``shape`` its codes keep: the most
+  k below its rank whose trailing sub-arrays (``shape[k:]``) are whole
+  blocks, 0 if none is."""
+  for k in range(len(shape) - 1, 0, -1):
+    trailing = int(np.prod(shape[k:], dtype=np.int64))
+    if trailing and trailing % block_size == 0:
+      return k
+  return 0
+
+
+def codes_shape(shape: tuple, block_size: int, lead_axes: int) -> tuple:
+  """The shape of the codes of an array of ``shape`` keeping ``lead_axes``
+  leading axes (its scales' is this without the last axis)."""
+  if lead_axes:
+    blocks = int(np.prod(shape[lead_axes:], dtype=np.int64)) // block_size
+    return (*shape[:lead_axes], blocks, block_size)
+  return (max(1, -(-int(np.prod(shape, dtype=np.int64)) // block_size)), block_size)
+
+
 def quantized_zeros(
     shape: tuple, *, signed: bool, block_size: int = 256
 ) -> QuantizedArray:
   """The ``QuantizedArray`` of an all-zero array of ``shape``."""
   register_with_flax()
-  num_blocks = max(1, -(-int(np.prod(shape, dtype=np.int64)) // block_size))
-  codes = jnp.full((num_blocks, block_size), _zero_code(signed), jnp.int8)
-  scales = jnp.zeros(num_blocks, jnp.float32)
-  return QuantizedArray(codes, scales, shape, signed)
+  codes = codes_shape(tuple(shape), block_size, block_lead_axes(tuple(shape), block_size))
+  return QuantizedArray(jnp.full(codes, _zero_code(signed), jnp.int8),
+                        jnp.zeros(codes[:-1], jnp.float32), shape, signed)
 
 
 @_validate.checks_flags
@@ -272,28 +308,36 @@ def quantize_blockwise(
     block_size: elements per block, >= 1.
 
   Returns:
-    A ``QuantizedArray`` with ``ceil(x.size / block_size)`` blocks.
+    A ``QuantizedArray`` with ``ceil(x.size / block_size)`` blocks, laid out
+    as the module docstring says.
   """
   block_size = _validate.check_integer("block_size", block_size)
   return quantize_codes(x, signed, block_size, finite=False)
 
 
-def quantize_codes(x, signed: bool, block_size: int, finite: bool) -> QuantizedArray:
+def quantize_codes(x, signed: bool, block_size: int, finite: bool,
+                   lead_axes: Optional[int] = None) -> QuantizedArray:
   """``quantize_blockwise``; ``finite=True`` promises finite ``x``.
 
   The promise saves the masking pass, which XLA cannot fuse into the
   block-max reduction: one float32 temporary per quantized leaf.
+  ``lead_axes``: the layout of the codes (``block_lead_axes`` by default).
   """
   shape = jnp.shape(x)
-  flat = jnp.ravel(x).astype(jnp.float32)
-  num_blocks = max(1, -(-flat.size // block_size))
-  flat = jnp.pad(flat, (0, num_blocks * block_size - flat.size))
-  blocks = flat.reshape(num_blocks, block_size)
+  if lead_axes is None:
+    lead_axes = block_lead_axes(shape, block_size)
+  blocked = codes_shape(shape, block_size, lead_axes)
+  if lead_axes:
+    blocks = jnp.reshape(jnp.asarray(x).astype(jnp.float32), blocked)
+  else:
+    flat = jnp.ravel(x).astype(jnp.float32)
+    flat = jnp.pad(flat, (0, blocked[0] * block_size - flat.size))
+    blocks = flat.reshape(blocked)
   magnitude = jnp.abs(blocks)
   if not finite:
     magnitude = jnp.where(jnp.isfinite(magnitude), magnitude, 0)
-  scales = jnp.max(magnitude, axis=1)
-  normalized = blocks / jnp.where(scales > 0, scales, 1)[:, None]
+  scales = jnp.max(magnitude, axis=-1)
+  normalized = blocks / jnp.where(scales > 0, scales, 1)[..., None]
   if not finite:
     normalized = jnp.where(jnp.isnan(normalized), 0, normalized)
   index = _encode(normalized, signed)
@@ -319,7 +363,9 @@ def dequantize_blockwise(
 ) -> jax.Array:
   r"""The array a ``QuantizedArray`` represents: :math:`T_{c_i} s_b`."""
   index = jax.lax.bitcast_convert_type(q.codes, jnp.uint8).astype(jnp.int32)
-  values = _decode(index, q.signed) * q.scales[:, None]
+  values = _decode(index, q.signed) * q.scales[..., None]
+  if q.lead_axes:  # whole blocks: no padding
+    return values.reshape(q.shape).astype(dtype)
   return values.reshape(-1)[: q.size].reshape(q.shape).astype(dtype)
 
 

@@ -116,40 +116,53 @@ def maybe_rounding_seeds(tree: Any, count: jax.Array, *formats: Any) -> Any:
 
 
 def _blocks_sharded_like(q: quantize.QuantizedArray, p: jax.Array) -> quantize.QuantizedArray:
-  """Codes and scales split over the mesh axes of ``p``'s leading axis.
+  """Codes and scales split like ``p`` over the leading axes they keep.
 
-  Blocks follow the row-major flattening of ``p``, so when ``p``'s first
-  axis is sharded (data/FSDP-style) each device's rows are whole blocks of
-  its own, as long as the blocks divide evenly. Other sharded axes (a
-  ``P('fsdp', 'tensor')`` kernel) do not split the codes further: the
-  devices of one row shard hold its blocks whole, and a step gathers the
-  value over those axes before encoding it. A leaf whose first axis is not
-  sharded keeps its blocks replicated. Explicit meshes only (elsewhere the
+  The codes keep ``p``'s leading axes that are whole blocks
+  (``quantize.block_lead_axes``): each of those is split over the mesh axes
+  ``p``'s is (where they divide it), and the next one, the axis whose
+  sub-arrays the blocks cut, where each device's share of it is whole
+  blocks. So FSDP rows, the layer and row axes of a scanned stack and
+  tensor-parallel columns of 256-multiples split their codes as their
+  parameter. A sharded axis the codes merge into the blocks does not split
+  them: the devices along it hold those blocks whole, and a step gathers the
+  value over it before encoding. Explicit meshes only (elsewhere the
   compiler picks a layout).
   """
   sharding = _sharding.explicit_sharding(p)
-  if sharding is None or sharding.spec[0] is None:
+  if sharding is None or not q.shape:
     return q
-  mesh, axes = sharding.mesh, sharding.spec[0]
-  devices = int(np.prod([mesh.shape[a] for a in np.atleast_1d(axes)]))
-  if p.shape[0] % devices or q.size // devices % q.block_size:
+  mesh, lead = sharding.mesh, q.lead_axes
+  spec = tuple(sharding.spec) + (None,) * (len(q.shape) - len(sharding.spec))
+  devices = lambda axes: int(np.prod([mesh.shape[a] for a in np.atleast_1d(axes)]))
+  kept = [axes if axes is None or q.shape[i] % devices(axes) == 0 else None
+          for i, axes in enumerate(spec[:lead])]
+  cut = spec[lead]  # the axis whose sub-arrays the blocks cut
+  if cut is not None:
+    share, rest = divmod(q.shape[lead], devices(cut))
+    if rest or share * int(np.prod(q.shape[lead + 1:], dtype=np.int64)) % q.block_size:
+      cut = None
+  if cut is None and all(axes is None for axes in kept):
     return q
-  place = lambda x: jax.sharding.reshard(
-      x, NamedSharding(mesh, P(axes, *([None] * (x.ndim - 1)))))
-  return quantize.QuantizedArray(place(q.codes), place(q.scales), q.shape, q.signed)
+  place = lambda x, spec: jax.sharding.reshard(x, NamedSharding(mesh, spec))
+  return quantize.QuantizedArray(place(q.codes, P(*kept, cut, None)),
+                                 place(q.scales, P(*kept, cut)), q.shape, q.signed)
 
 
 def _laid_out_like_codes(value: jax.Array, stored: quantize.QuantizedArray):
-  """``value`` sharded so that flattening it into blocks is a local reshape.
+  """``value`` sharded so that cutting it into blocks is a local reshape.
 
-  Codes split over their first axis (``_blocks_sharded_like``) need ``value``
-  split the same way over its first axis; replicated codes need it whole.
-  Explicit meshes only; elsewhere ``value`` is returned as it is.
+  Codes split over their leading axes (``_blocks_sharded_like``) need
+  ``value`` split the same way over the same axes and whole over the rest;
+  replicated codes need it whole. Explicit meshes only; elsewhere ``value``
+  is returned as it is.
   """
   codes = _sharding.explicit_sharding(stored.codes)
   if codes is None:
     return _sharding.gather(value)
-  spec = P(codes.spec[0], *([None] * (value.ndim - 1)))
+  kept = stored.lead_axes + 1
+  spec = (tuple(codes.spec) + (None,) * kept)[:kept]
+  spec = P(*spec, *([None] * (value.ndim - kept)))
   return jax.sharding.reshard(value, NamedSharding(codes.mesh, spec))
 
 
@@ -258,7 +271,8 @@ def store(
   """
   if isinstance(stored, quantize.QuantizedArray):
     value = _laid_out_like_codes(value, stored)
-    new = quantize.quantize_codes(value, stored.signed, stored.block_size, finite=True)
+    new = quantize.quantize_codes(
+        value, stored.signed, stored.block_size, finite=True, lead_axes=stored.lead_axes)
     # Codes and scales keep the layout init gave them (explicit meshes).
     return jax.tree.map(_sharding.reshard_like, new, stored)
   if isinstance(fmt, StochasticBfloat16):
