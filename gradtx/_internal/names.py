@@ -16,7 +16,7 @@ EMBEDDING_PARTS = ("embed", "embd", "wte", "wpe", "position")
 EMBEDDING_NAMES = ("pos", "pos_emb")
 # An output projection onto the vocabulary or the classes; also any name that
 # ends in "head" (lm_head, head).
-OUTPUT_HEAD_PARTS = ("unembed", "logits", "readout", "classifier")
+OUTPUT_HEAD_PARTS = ("unembed", "logits", "readout", "classifier", "qa_outputs")
 # Query and key projections: exact names, then parts of names.
 QUERY_KEY_NAMES = ("q", "k", "wq", "wk")
 QUERY_KEY_PARTS = ("query", "key", "q_proj", "k_proj", "qkv", "c_attn", "in_proj")
@@ -92,18 +92,29 @@ def _in_a_head(n: str) -> bool:
   return _ends_in_head(n) or any(t in OUTPUT_HEAD_PARTS for t in n.split("_"))
 
 
+def is_narrowing(n: str) -> bool:
+  """An attention projection's or a router's name (``NARROWING_PARTS``)."""
+  return n in NARROWING_NAMES or any(part in n for part in NARROWING_PARTS)
+
+
 def _in_an_embedding(n: str) -> bool:
   # Not "position" or "pos" alone: a position_wise_ffn is no table.
   return any("embed" in t or "embd" in t or t in ("wte", "wpe") for t in n.split("_"))
 
 
 def is_output_head(names: list[str]) -> bool:
+  """Named an output head, or inside a module that is one, unless the leaf's
+  own module is an attention projection (the ``key``/``query``/``value`` of
+  an attention head written as a ``Head`` module, as in nanoGPT's lecture
+  code, or of an attention-pooling head)."""
+  own = own_names(names)
   return any(
       (any(part in n for part in OUTPUT_HEAD_PARTS)
        and not n.startswith(("pre_", "prelogits")))  # ViT's hidden pre_logits
       or _ends_in_head(n)
-      for n in own_names(names)
-  ) or any(map(_in_a_head, enclosing_names(names)))
+      for n in own
+  ) or (any(map(_in_a_head, enclosing_names(names)))
+        and not (len(own) == 2 and is_narrowing(own[0])))
 
 
 def _names_a_table(n: str, kernel: bool) -> bool:

@@ -90,12 +90,16 @@ add_axis_names("vector", "norm")
 
 
 def role_of_axis(name: Any) -> Optional[str]:
-  """The role of an axis name; a tuple of names (several mesh axes) takes the
-  first recognised one's; ``None`` if none is recognised."""
-  for part in name if isinstance(name, (tuple, list)) else (name,):
-    if isinstance(part, str) and part in _ROLE_OF:
-      return _ROLE_OF[part]
-  return None
+  """The role of an axis name; a tuple of names (one axis over several mesh
+  axes) takes the first recognised one's, and is a stack (``"batch"``) only
+  if all its names are: ``("fsdp", "expert")`` is a model axis sharded over
+  an expert mesh axis reused for FSDP, not experts. ``None`` if none is
+  recognised."""
+  parts = tuple(name) if isinstance(name, (tuple, list)) else (name,)
+  roles = [_ROLE_OF.get(part) if isinstance(part, str) else None for part in parts]
+  if len(parts) > 1 and "batch" in roles and any(r != "batch" for r in roles):
+    roles = [r for r in roles if r != "batch"]
+  return next((r for r in roles if r is not None), None)
 
 
 class Reading(NamedTuple):

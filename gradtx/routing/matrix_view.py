@@ -182,6 +182,17 @@ def _is_flax_attention_output(names: list[str]) -> bool:
   return module is None or any(n in module for n in _ATTENTION_INPUTS + _names.FUSED_QKV_PARTS)
 
 
+def _is_expert_stack(names: list[str], ndim: int) -> bool:
+  """A 3-D leaf (experts, in, out) or a 4-D one (layers, experts, in, out)
+  named ``expert``; not a convolution's kernel inside an expert (a 1-D one's
+  (k, in, out) in its own ``conv`` module; a 2-D one's, 4-D, anywhere)."""
+  if not _names.is_expert_stack(names):
+    return False
+  if ndim == 3:
+    return not _names.is_convolution(_names.own_names(names))
+  return ndim == 4 and not _names.is_convolution(names)
+
+
 def _scanned_attention(names: list[str], shape: tuple) -> bool:
   """A 4-D query/key/value (layers, in, heads, head_dim) or out (layers,
   heads, head_dim, out) kernel of a scanned MultiHeadAttention: its module
@@ -270,8 +281,7 @@ def flax_matrix_view(path: tuple, leaf: Any = _routing.NO_LEAF, *,
     return None
   if ndim == 3 and any(n in _ATTENTION_INPUTS for n in names[:-1]):
     return MatrixView(rows=(0,), cols=(1, 2))
-  if (ndim == 3 or (ndim == 4 and not _names.is_convolution(names))) and _names.is_expert_stack(
-      names):  # 4-D: scanned layers of experts (a 2-D convolution's kernel in an expert is not)
+  if _is_expert_stack(names, ndim):
     return MatrixView(rows=(ndim - 2,), cols=(ndim - 1,), batch=tuple(range(ndim - 2)))
   # Scanned MultiHeadAttention: one (in, heads·head_dim) or (heads·head_dim,
   # out) matrix per layer, where the module's projections agree on it.
@@ -495,8 +505,7 @@ def batch_axes(path: tuple, leaf: Any, rule: Optional[MatrixViewRule]) -> tuple[
   if names is not None:
     return tuple(_axes.read(names).batch)
   names = _names.path_names(path)
-  if (len(shape) == 3 or (len(shape) == 4 and not _names.is_convolution(names))) and (
-      _names.is_expert_stack(names)):
+  if _is_expert_stack(names, len(shape)):
     return tuple(range(len(shape) - 2))
   if _scanned_attention(names, shape):
     return (0,)

@@ -42,6 +42,13 @@ def test_path_names_of_attributes_indices_and_nnx_variables():
     (["wpe"], False, True),
     (["position_embedding"], False, True),
     (["mlp", "dense", "kernel"], False, False),
+    (["qa_outputs", "kernel"], True, False),  # HF's question-answering head
+    (["classificationhead_0", "dense_0", "kernel"], True, False),
+    # An attention head written as a module (nanoGPT's lecture code's Head):
+    # its projections are hidden matrices; what else it holds is a head's.
+    (["block_0", "multiheadattention_0", "head_0", "key", "kernel"], False, False),
+    (["block_0", "multiheadattention_0", "head_0", "query", "kernel"], False, False),
+    (["head_0", "dense_0", "kernel"], True, False),
 ])
 def test_output_heads_and_embeddings(names, head, embedding):
   assert _names.is_output_head(names) == head

@@ -39,6 +39,10 @@ V = gt.MatrixView
     (("layers", None, None), ((0,), None, None, None)),  # left to the shape
     (("embed", None), ((), None, None, None)),
     (("embed", ("fsdp", "mlp")), ((), (0,), (1,), "matrix")),  # several mesh axes
+    # An expert mesh axis reused for FSDP is no stack, on either axis; alone, it is.
+    ((("fsdp", "expert"), "tensor"), ((), None, None, None)),
+    (("tensor", ("fsdp", "expert")), ((), None, None, None)),
+    ((("expert",), "embed", "mlp"), ((0,), (1,), (2,), "matrix")),
 ])
 def test_what_the_names_settle(names, reading):
   assert tuple(axis_names.read(names)) == reading

@@ -501,6 +501,29 @@ def test_a_convolution_in_an_expert_or_beside_scanned_attention_keeps_its_view()
   assert rows["['attn']['query']['kernel']"] == (3, 16, 16)
 
 
+def test_a_one_d_convolution_in_an_expert_is_one_matrix_not_one_per_tap():
+  """An expert's own 1-D convolution (k, in, out) is a (k·in) x out kernel as
+  it is outside one; a 3-D leaf of the expert module itself is the stack."""
+  model = nnx.Module()
+  model.experts = nnx.List([_ConvExpert(nnx.Rngs(i)) for i in range(2)])
+  tree = nnx.state(model, nnx.Param)
+  with warnings.catch_warnings():
+    warnings.simplefilter("error", gt.AmbiguousMatrixViewWarning)
+    rows = {r.path: r.matrices for r in gt.describe(go.muon(0.02), tree)}
+    rows.update({r.path: r.matrices for r in gt.describe(
+        go.muon(0.02), {"experts": {"w": jax.ShapeDtypeStruct((4, 8, 16), jnp.float32)}})})
+  assert rows["['experts'][0]['conv']['kernel']"] == (1, 24, 16)
+  assert rows["['experts']['w']"] == (4, 8, 16)
+  conv = jnp.ones((3, 8, 16))
+  path = jax.tree_util.tree_flatten_with_path({"experts": [{"conv": {"kernel": conv}}]})[0][0][0]
+  assert matrix_view.batch_axes(path, conv, None) == ()
+
+
+class _ConvExpert(nnx.Module):
+  def __init__(self, rngs):
+    self.conv = nnx.Conv(8, 16, kernel_size=(3,), rngs=rngs)
+
+
 def test_an_attention_output_beside_a_fused_qkv_kernel_is_settled():
   f = lambda *s: jax.ShapeDtypeStruct(s, jnp.float32)
   tree = {"attn": {"qkv": {"kernel": f(32, 3, 4, 8)}, "out": {"kernel": f(4, 8, 32)}}}

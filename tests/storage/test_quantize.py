@@ -95,6 +95,26 @@ def test_layout_padding_and_bytes():
   np.testing.assert_allclose(y, x, rtol=0.04, atol=1e-3 * 500)
 
 
+@pytest.mark.parametrize("shape, codes", [
+    ((4, 64, 512), (4, 64, 2, 256)),  # a stack of layers: layer and row axes kept
+    ((64, 2048), (64, 8, 256)),  # rows kept
+    ((4, 32, 384), (4, 48, 256)),  # a row is not whole blocks, a layer is
+    ((1000, 16), (63, 256)),  # no sub-array is: flat, the last block padded
+    ((2048,), (8, 256)),
+])
+def test_codes_keep_the_leading_axes_that_are_whole_blocks(shape, codes):
+  """The layout is a reshape of the flat one: the same blocks, codes and scales."""
+  x = np.random.default_rng(2).normal(size=shape).astype(np.float32)
+  q = gt.quantize_blockwise(x, signed=True)
+  flat = gt.quantize_blockwise(x.reshape(-1), signed=True)
+  assert q.codes.shape == codes and q.scales.shape == codes[:-1]
+  np.testing.assert_array_equal(np.asarray(q.codes).reshape(-1, 256), flat.codes)
+  np.testing.assert_array_equal(np.asarray(q.scales).reshape(-1), flat.scales)
+  np.testing.assert_array_equal(q.dequantize(), flat.dequantize().reshape(shape))
+  zeros = quantize.quantized_zeros(shape, signed=True)
+  assert zeros.codes.shape == codes and zeros.scales.shape == codes[:-1]
+
+
 def test_zero_round_trips_exactly_inside_a_busy_block():
   """An affine code map would not give exact zeros: that port diverged."""
   x = np.random.default_rng(1).normal(size=(8, 256)).astype(np.float32) * 1e3
