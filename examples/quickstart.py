@@ -17,14 +17,15 @@ from gradtx import optimizers as go
 from gradtx import transforms as gt
 
 # AdamW by hand: precondition, add decoupled decay, scale by -lr (a float or a schedule).
+# With a constant 3e-3 it is go.adamw(3e-3, weight_decay=1e-2), step for step.
 adamw_by_hand = optax.chain(
     gt.scale_by_adam(b1=0.9, b2=0.999, eps=1e-8),
     gt.decoupled_weight_decay(1e-2),
-    gt.scale_by_learning_rate(optax.warmup_cosine_decay_schedule(0.0, 3e-3, 10, 200)),
+    gt.scale_by_learning_rate(optax.warmup_cosine_decay_schedule(1e-3, 3e-3, 2, 200)),
 )
 
 model = nnx.Linear(4, 1, rngs=nnx.Rngs(0))
-optimizer = nnx.Optimizer(model, go.adamw(3e-3, weight_decay=1e-2), wrt=nnx.Param)
+optimizer = nnx.Optimizer(model, adamw_by_hand, wrt=nnx.Param)
 x, y = jnp.ones((8, 4)), jnp.zeros((8, 1))
 
 @nnx.jit

@@ -19,7 +19,11 @@ def adagrad(
   r"""AdaGrad: :math:`p \leftarrow p - η\, g'/(\sqrt{\sum g'^2} + ε)`, g' = g + λp.
 
   ``torch.optim.Adagrad``'s rule (``lr_decay=0``); ``weight_decay`` is its
-  coupled L2 term.
+  coupled L2 term. Its defaults are torch's too, not ``optax.adagrad``'s
+  (initial accumulator 0.1, ε 1e-7): from a zero sum the first step is η·sign(g)
+  whatever the gradient's size (316x optax's at g = 1e-3).
+  ``initial_accumulator_value=0.1, eps=1e-7`` comes near optax's (which adds
+  ε inside the root: 20 steps at g ~ 1e-3 agree to 7e-10).
 
   Args:
     learning_rate: η, a non-negative number or a schedule.

@@ -36,7 +36,13 @@ def ademamix(
   learning rate: ``optax.contrib.ademamix``'s chain (equal in float64 where
   the arguments overlap). The paper warms α and β₃ up over its first steps
   and pairs a long-memory β₃ = 0.9999 with long runs; pass schedules for
-  ``alpha`` / ``b3`` (e.g. ``optax.linear_schedule(0.0, 5.0, warmup)``).
+  ``alpha`` / ``b3``. They are evaluated at the 0-based count, the official
+  code's (apple/ml-ademamix) at the 1-based step: its α warm-up
+  α·min(t/T_α, 1) is ``alpha=lambda count: 5.0 * jnp.minimum((count + 1) /
+  warmup, 1.0)`` here (``optax.linear_schedule(0.0, 5.0, warmup)`` trails it
+  by one step), and its β₃ warm-up (``linear_hl_warmup_scheduler``, linear
+  in the half-life) is likewise written of ``count + 1`` (so shifted, both
+  match the official optimizer to 8e-16 in float64).
 
   Args:
     learning_rate: η, a non-negative number or a schedule.
@@ -63,7 +69,7 @@ def ademamix(
     >>> tx = go.ademamix(1e-2, alpha=optax.linear_schedule(0.0, 5.0, 100))
     >>> params = jnp.ones(2)
     >>> updates, _ = tx.update(jnp.ones(2), tx.init(params), params)
-    >>> updates  # α₀ = 0: the first step is Adam's
+    >>> updates  # α = 0 at count 0: the first step is Adam's
     Array([-0.01, -0.01], dtype=float32)
 
   Reference: Pagliardini, Ablin & Grangier, "The AdEMAMix Optimizer:

@@ -31,7 +31,10 @@ def rmsprop(
     p \leftarrow p - η b_t
 
   ``torch.optim.RMSprop``'s rule (``decay`` is torch's ``alpha``; ``centered``
-  subtracts the squared mean gradient :math:`\bar g_t^2`).
+  subtracts the squared mean gradient :math:`\bar g_t^2`), with torch's
+  defaults, not ``optax.rmsprop``'s (decay 0.9, ε inside the root): the first
+  steps differ (3.3x optax's at g = 1e-3); pass ``decay=0.9, eps=0.0,
+  eps_root=1e-8`` for optax's rule.
 
   Args:
     learning_rate: η, a non-negative number or a schedule.

@@ -71,7 +71,9 @@ def lion(
     \quad m \leftarrow β_2 m + (1-β_2) g
 
   Use a learning rate 3–10x smaller and a weight decay 3–10x larger than
-  AdamW's (the paper's advice). ``b1`` and ``b2`` keep the paper's meaning:
+  AdamW's (the paper's advice). The default ``weight_decay`` is 0, the
+  paper's and torch ports', where ``optax.lion``'s is 1e-3. ``b1`` and ``b2``
+  keep the paper's meaning:
   the interpolation weight of the direction and the decay of the stored
   momentum.
 

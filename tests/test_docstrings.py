@@ -2,6 +2,7 @@
 
 import doctest
 import importlib
+import importlib.util
 import math
 import pathlib
 import re
@@ -9,12 +10,23 @@ import re
 import pytest
 
 ROOT = pathlib.Path(__file__).resolve().parents[1]
-MODULES = [
-    f"gradtx.{package}.{path.stem}"
-    for package in ("transforms", "optimizers", "contrib")
-    for path in sorted((ROOT / package).glob("*.py"))
-    if path.stem != "__init__"
-]
+
+
+def _module_name(path: pathlib.Path) -> str:
+  """``transforms/adam_mini.py`` -> ``gradtx.transforms.adam_mini``;
+  ``gradtx/routing/__init__.py`` -> ``gradtx.routing``."""
+  parts = path.relative_to(ROOT).with_suffix("").parts
+  parts = parts[:-1] if parts[-1] == "__init__" else parts
+  return ".".join(parts if parts[0] == "gradtx" else ("gradtx", *parts))
+
+
+# Every module and package of the library: the three mapped packages and
+# gradtx/ itself (routing, distributed, storage, linalg, ...).
+MODULES = sorted(
+    _module_name(path)
+    for package in ("transforms", "optimizers", "contrib", "gradtx")
+    for path in (ROOT / package).rglob("*.py")
+)
 
 
 @pytest.mark.parametrize("name", MODULES)
@@ -28,7 +40,7 @@ def test_docstring_examples(name):
 def test_docstrings_hold_no_control_characters(name):
   """A backslash escape in a docstring that is not raw (\\text read as a tab and
   "ext") leaves a control character where the equation's command was."""
-  source = (ROOT / name.split(".")[1] / f"{name.split('.')[2]}.py").read_text()
+  source = pathlib.Path(importlib.util.find_spec(name).origin).read_text()
   bad = [n for n, line in enumerate(source.splitlines(), 1)
          if re.search(r"[\x00-\x09\x0b-\x1f]", line)]
   assert not bad, f"{name}: control characters on lines {bad}"

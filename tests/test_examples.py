@@ -67,6 +67,26 @@ def test_quickstart_prints_decreasing_losses(capsys):
   assert losses[-1] < losses[0]
 
 
+def test_the_quickstarts_adamw_by_hand_is_go_adamw():
+  """What its comment says: the chain at a constant rate is go.adamw, exactly."""
+  import jax.numpy as jnp
+  import optax
+
+  from gradtx import optimizers as go
+  from gradtx import transforms as gt
+  by_hand = optax.chain(gt.scale_by_adam(b1=0.9, b2=0.999, eps=1e-8),
+                        gt.decoupled_weight_decay(1e-2), gt.scale_by_learning_rate(3e-3))
+  params = {"w": jnp.linspace(-1.0, 1.0, 12).reshape(3, 4)}
+  trajectories = []
+  for tx in (by_hand, go.adamw(3e-3, weight_decay=1e-2)):
+    p, state = params, tx.init(params)
+    for step in range(5):
+      updates, state = tx.update({"w": jnp.cos(p["w"] * (step + 1))}, state, p)
+      p = optax.apply_updates(p, updates)
+    trajectories.append(p["w"])
+  assert (trajectories[0] == trajectories[1]).all()
+
+
 def _code_and_imports(source: str) -> tuple[list[str], set]:
   """The statements other than imports, and the (module, name, alias) imported."""
   body = ast.parse(source).body

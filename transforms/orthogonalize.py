@@ -281,6 +281,17 @@ def orthogonalize_newton_schulz(
   polar_express [0.84, 1.124]. Smaller singular values are only partly
   lifted; exactly zero ones stay zero.
 
+  The API contract (``API.md``) reads a leaf's leading axes as a batch of
+  matrices; the default view does so only where names say they are (axis
+  names ``layers``/``expert``..., a leaf named ``expert``, a scanned
+  attention's kernels): an unnamed 3-D leaf is read as a convolution kernel,
+  one matrix, with an ``AmbiguousMatrixViewWarning`` naming the choice, and a
+  2-D leaf named ``bias`` or ``scale`` passes through. Flax's layouts make
+  either reading the right one for some leaf (a (k, in, out) convolution, a
+  stack of layers), so the names decide; ``matrix_view=gt.stacked_matrix_view()``
+  gives the contract's reading for every 3-D leaf (its first axis a batch;
+  ``num_axes=2``: a 4-D leaf's first two).
+
   Args:
     ns_steps: number of iterations, >= 1; may be traced (inject_hyperparams)
       with ``method="standard"``, but then has no reverse-mode derivative

@@ -63,7 +63,7 @@ def scale_by_adam(
   With ``"int8"`` moments (8-bit Adam, Dettmers et al. 2022) each step
   dequantizes the stored moments, updates them in float32, computes
   :math:`u_t` from the float32 values and requantizes them (see
-  ``gt.quantize``). As in bitsandbytes, a coordinate whose gradient (or its
+  ``gt.quantize_blockwise``). As in bitsandbytes, a coordinate whose gradient (or its
   square) is not finite gets a zero update and its moments restart from
   zero; the other coordinates of its block are unaffected. (With float
   moments NaN propagates, as in optax and torch: use

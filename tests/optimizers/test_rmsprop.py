@@ -1,5 +1,6 @@
 """go.rmsprop against torch.optim.RMSprop: 60-step float64 trajectories."""
 
+import optax
 import pytest
 import torch
 
@@ -41,3 +42,12 @@ def test_matches_torch(name):
   make_ours, make_torch = TORCH_CASES[name]
   runners.assert_trajectories_close(
       *torch_runners.run_gradtx_and_torch(make_ours(), make_torch, PROBLEM, STEPS), TOLERANCE)
+
+
+def test_optax_rmsprop_by_arguments():
+  """What the docstring says gives optax.rmsprop's rule (decay 0.9, ε inside
+  the root) with gradtx's factory."""
+  ours = runners.run_gradtx(go.rmsprop(0.01, decay=0.9, eps=0.0, eps_root=1e-8),
+                            PROBLEM.params0, PROBLEM.grad, STEPS)
+  theirs = runners.run_gradtx(optax.rmsprop(0.01), PROBLEM.params0, PROBLEM.grad, STEPS)
+  runners.assert_trajectories_close(ours, theirs, 1e-12)
