@@ -15,7 +15,7 @@ ADAM_RATIO = 1.5
 EMBEDDING_RATIO = 15.0
 
 
-@_validate.checks_flags
+@_validate.checks_arguments
 def adamuon_lm(
     learning_rate: optax.ScalarOrSchedule,
     *,

@@ -127,7 +127,7 @@ class Description:
   __repr__ = __str__
 
 
-@_validate.checks_flags
+@_validate.checks_arguments
 def describe(tx: optax.GradientTransformation, params: Any, *, strict: bool = False,
              **extra_args: Any) -> Description:
   """Per leaf of ``params``: the branch ``tx`` sends it to, its matrix view, blocks and state.

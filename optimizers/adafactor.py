@@ -11,7 +11,7 @@ from gradtx._internal import validate as _validate
 from gradtx.storage import state_format
 
 
-@_validate.checks_flags
+@_validate.checks_arguments
 def relative_step_size(*, warmup_init: bool = False) -> optax.Schedule:
   r"""Adafactor's relative step size :math:`ρ_t = \min(10^{-2}, 1/\sqrt t)`.
 
@@ -32,7 +32,7 @@ def relative_step_size(*, warmup_init: bool = False) -> optax.Schedule:
   return schedule
 
 
-@_validate.checks_flags
+@_validate.checks_arguments
 def adafactor(
     learning_rate: Optional[optax.ScalarOrSchedule] = None,
     *,

@@ -8,7 +8,7 @@ from gradtx import transforms as gt
 from gradtx._internal import validate as _validate
 
 
-@_validate.checks_flags
+@_validate.checks_arguments
 def adam(
     learning_rate: optax.ScalarOrSchedule,
     *,
@@ -64,7 +64,7 @@ def adam(
   )
 
 
-@_validate.checks_flags
+@_validate.checks_arguments
 def adamw(
     learning_rate: optax.ScalarOrSchedule,
     *,
@@ -138,7 +138,7 @@ def adamw(
   )
 
 
-@_validate.checks_flags
+@_validate.checks_arguments
 def adamw_8bit(
     learning_rate: optax.ScalarOrSchedule,
     *,

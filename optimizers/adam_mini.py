@@ -8,7 +8,7 @@ from gradtx import transforms as gt
 from gradtx._internal import validate as _validate
 
 
-@_validate.checks_flags
+@_validate.checks_arguments
 def adam_mini(
     learning_rate: optax.ScalarOrSchedule,
     *,

@@ -9,7 +9,7 @@ from gradtx._internal import validate as _validate
 
 
 @gt.AdamWSide.document
-@_validate.checks_flags
+@_validate.checks_arguments
 def dion(
     learning_rate: optax.ScalarOrSchedule,
     *,

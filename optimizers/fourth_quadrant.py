@@ -51,7 +51,7 @@ def _hidden_then_adamw(label, direction, *, scale, matrix_view, weight_decay, ma
 
 
 @gt.AdamWSide.document
-@_validate.checks_flags
+@_validate.checks_arguments
 def normuon(
     learning_rate: optax.ScalarOrSchedule,
     *,
@@ -139,7 +139,7 @@ def normuon(
 
 
 @gt.AdamWSide.document
-@_validate.checks_flags
+@_validate.checks_arguments
 def adamuon(
     learning_rate: optax.ScalarOrSchedule,
     *,
@@ -251,7 +251,7 @@ def adamuon(
 
 
 @gt.AdamWSide.document
-@_validate.checks_flags
+@_validate.checks_arguments
 def soap_muon(
     learning_rate: optax.ScalarOrSchedule,
     *,
@@ -341,7 +341,7 @@ def soap_muon(
 
 
 @gt.AdamWSide.document
-@_validate.checks_flags
+@_validate.checks_arguments
 def vmuon(
     learning_rate: optax.ScalarOrSchedule,
     *,

@@ -11,6 +11,7 @@ from gradtx._internal import validate as _validate
 
 
 @gt.AdamWSide.document
+@_validate.checks_arguments
 def adamh(
     learning_rate: optax.ScalarOrSchedule,
     *,
@@ -84,7 +85,7 @@ def adamh(
 
 
 @gt.AdamWSide.document
-@_validate.checks_flags
+@_validate.checks_arguments
 def muonh(
     learning_rate: optax.ScalarOrSchedule,
     *,

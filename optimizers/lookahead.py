@@ -25,7 +25,7 @@ class LookaheadState(NamedTuple):
   inner_state: optax.OptState
 
 
-@_validate.checks_flags
+@_validate.checks_arguments
 def lookahead(
     base: optax.GradientTransformation,
     *,

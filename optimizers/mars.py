@@ -12,7 +12,7 @@ from gradtx.routing import matrix_view as _matrix_view
 
 
 @gt.AdamWSide.document
-@_validate.checks_flags
+@_validate.checks_arguments
 def mars_adamw(
     learning_rate: optax.ScalarOrSchedule,
     *,

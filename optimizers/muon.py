@@ -12,7 +12,7 @@ is_hidden_matrix = gt.is_hidden_matrix
 
 
 @gt.AdamWSide.document
-@_validate.checks_flags
+@_validate.checks_arguments
 def muon(
     learning_rate: optax.ScalarOrSchedule,
     *,

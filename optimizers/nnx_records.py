@@ -89,7 +89,7 @@ class _Session:
     return name
 
 
-@_validate.checks_flags
+@_validate.checks_arguments
 def max_logits(
     query: jax.Array,
     key: jax.Array,
@@ -130,7 +130,7 @@ def max_logits(
   return jnp.max(logits, axis=axes)
 
 
-@_validate.checks_flags
+@_validate.checks_arguments
 def observe_attention(
     module: Any,
     query: jax.Array,
@@ -257,7 +257,7 @@ def _zeros_like_abstract(s: jax.ShapeDtypeStruct) -> jax.Array:
   return jnp.zeros(s.shape, s.dtype, out_sharding=sharding if explicit else None)
 
 
-@_validate.checks_flags
+@_validate.checks_arguments
 def value_grad_and_records(
     loss_fn: Callable, *, has_aux: bool = False, wrt: Any = None
 ) -> Callable:

@@ -120,6 +120,7 @@ class QkClipState(NamedTuple):
   inner_state: optax.OptState
 
 
+@_validate.checks_arguments
 def qk_clip(
     base: optax.GradientTransformation,
     *,

@@ -33,7 +33,7 @@ def _perturbed_params(grads, params, rho, adaptive: bool, eta, eps) -> Any:
   )
 
 
-@_validate.checks_flags
+@_validate.checks_arguments
 def sam(
     base: optax.GradientTransformation,
     *,

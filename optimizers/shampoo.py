@@ -20,7 +20,7 @@ def _grafted(grafting: Optional[str], b2: float, eps: float, nu_dtype: Any):
   raise ValueError(f"grafting must be one of {GRAFTINGS}, got {grafting!r}")
 
 
-@_validate.checks_flags
+@_validate.checks_arguments
 def shampoo(
     learning_rate: optax.ScalarOrSchedule,
     *,

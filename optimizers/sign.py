@@ -8,7 +8,7 @@ from gradtx import transforms as gt
 from gradtx._internal import validate as _validate
 
 
-@_validate.checks_flags
+@_validate.checks_arguments
 def signsgd(
     learning_rate: optax.ScalarOrSchedule,
     *,
@@ -53,7 +53,7 @@ def signsgd(
   )
 
 
-@_validate.checks_flags
+@_validate.checks_arguments
 def lion(
     learning_rate: optax.ScalarOrSchedule,
     *,
@@ -101,7 +101,7 @@ def lion(
   )
 
 
-@_validate.checks_flags
+@_validate.checks_arguments
 def tiger(
     learning_rate: optax.ScalarOrSchedule,
     *,

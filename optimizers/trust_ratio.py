@@ -19,7 +19,7 @@ def _and_not(mask: gt.MaskOrFn, excluded: gt.MaskOrFn):
   return combined
 
 
-@_validate.checks_flags
+@_validate.checks_arguments
 def lars(
     learning_rate: optax.ScalarOrSchedule,
     *,
@@ -93,7 +93,7 @@ def lars(
   )
 
 
-@_validate.checks_flags
+@_validate.checks_arguments
 def lamb(
     learning_rate: optax.ScalarOrSchedule,
     *,

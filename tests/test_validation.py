@@ -26,6 +26,7 @@ import pytest
 from gradtx import contrib
 from gradtx import optimizers as go
 from gradtx import transforms as gt
+from gradtx._internal import validate
 from tests.support import cases
 from tests.support.cases import is_optimizer
 
@@ -488,6 +489,17 @@ def test_the_float0_gradient_of_an_integer_leaf_is_named(case):
     tx.update(grads, tx.init(params), params)
 
 
+@pytest.mark.parametrize("case", cases.CASES + cases.STRUCTURED, ids=lambda case: case.name)
+def test_an_integer_gradient_is_named(case):
+  """An integer array passed as a gradient: optax steps it and apply_updates
+  truncates the step (an int32 parameter does not move); refused, naming it."""
+  params = {"w": jnp.ones((8, 16)), "b": jnp.ones(16)}
+  grads = {"w": jnp.ones((8, 16), jnp.int32), "b": jnp.ones(16)}
+  tx = case.make()
+  with pytest.raises(TypeError, match=r"\['w'\] has dtype int32.*floating"):
+    tx.update(grads, tx.init(params), params)
+
+
 @pytest.mark.parametrize("make, name", [
     (lambda s: go.adamw(LR, b2=s), "b2"),
     (lambda s: go.muon(LR, beta=s), "beta"),
@@ -603,6 +615,46 @@ def test_a_flag_that_is_not_a_bool_is_refused(factory, name):
   for bad in ("False", 0.5, None):
     with pytest.raises(ValueError, match=rf"{name} must be True or False, got"):
       factory(**required, **{name: bad})
+
+
+def _rules():
+  """(factory, argument) for every public factory's argument that takes a
+  function (``validate.RULE_ARGUMENTS``; not the schedules' string ``rule``)."""
+  found = []
+  for module in (go, gt, contrib):
+    for name in sorted(getattr(module, "__all__", dir(module))):
+      factory = getattr(module, name, None)
+      if not inspect.isfunction(factory) or name.startswith("_"):
+        continue
+      for arg, p in inspect.signature(factory).parameters.items():
+        if arg in validate.RULE_ARGUMENTS and p.annotation not in (str, "str"):
+          found.append((factory, arg))
+  return found
+
+
+_RULES = _rules()
+# What a factory's other required arguments take.
+_REQUIRED = {"base": lambda: go.sgd(0.1), "params": dict}
+
+
+@pytest.mark.parametrize("factory,name", _RULES, ids=[f"{f.__name__}-{a}" for f, a in _RULES])
+def test_a_rule_that_is_not_a_function_is_refused_when_given(factory, name):
+  """is_muon_param="w" (or a set of names, a bool) was taken, and failed with
+  "'str' object is not callable" at init or inside the first jitted update."""
+  required = {p: _REQUIRED.get(p, lambda: 0.1)()
+              for p, v in inspect.signature(factory).parameters.items()
+              if v.default is inspect.Parameter.empty and v.kind is v.POSITIONAL_OR_KEYWORD
+              and p != name}
+  for bad in ("w", True, {"w"}):
+    with pytest.raises(ValueError, match=rf"{name} must be a function"):
+      factory(**required, **{name: bad})
+
+
+def test_the_rules_found_cover_the_public_api():
+  names = {f"{f.__name__}.{a}" for f, a in _RULES}
+  assert {"muon.is_muon_param", "adamh.is_hyperball_param", "muonh.is_hyperball_param",
+          "mars_adamw.is_mars_param", "kfac.is_dense", "kfac_precondition.is_dense",
+          "qk_clip.rule", "stacked_matrix_view.where", "dion.is_muon_param"} <= names
 
 
 def test_the_array_level_functions_name_a_bad_argument():

@@ -52,7 +52,7 @@ def factored_axes(
   return None if shape[row] < min_dim_size_to_factor else (row, col)
 
 
-@_validate.checks_flags
+@_validate.checks_arguments
 def scale_by_factored_rms(
     *,
     decay_rate: float = 0.8,

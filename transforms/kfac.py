@@ -213,6 +213,7 @@ def diagonal_step(count, g, v, *, precondition_b2, damping):
   return (x / (corrected + damping)).astype(g.dtype), v
 
 
+@_validate.checks_arguments
 def kfac_precondition(
     *,
     damping: Any = 1e-3,

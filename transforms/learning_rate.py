@@ -18,7 +18,7 @@ class ScaleByLearningRateState(NamedTuple):
   count: jax.Array
 
 
-@_validate.checks_flags
+@_validate.checks_arguments
 def scale_by_learning_rate(
     learning_rate: Union[float, optax.Schedule], *, flip_sign: bool = True
 ) -> optax.GradientTransformation:

@@ -182,7 +182,7 @@ def basis_shape(view: Any, shape: tuple, rank: Union[int, float]) -> tuple:
   return (num, min(m, n), leaf_rank(rank, m, n))
 
 
-@_validate.checks_flags
+@_validate.checks_arguments
 def orthogonalize_low_rank(
     rank: Union[int, float],
     *,

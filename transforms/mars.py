@@ -75,7 +75,7 @@ def _mars_correction(b1, gamma, exact: bool,
   return keeps_init_names(optax.GradientTransformationExtraArgs(init_fn, update_fn))
 
 
-@_validate.checks_flags
+@_validate.checks_arguments
 def scale_by_mars(
     *,
     b1: float = 0.95,

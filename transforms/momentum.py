@@ -23,7 +23,7 @@ class MomentumState(NamedTuple):
   mu: optax.Updates
 
 
-@_validate.checks_flags
+@_validate.checks_arguments
 def momentum(
     momentum: float = 0.9,
     *,
@@ -121,7 +121,7 @@ class EmaState(NamedTuple):
   mu: optax.Updates
 
 
-@_validate.checks_flags
+@_validate.checks_arguments
 def ema(
     decay: float = 0.9,
     *,

@@ -60,7 +60,7 @@ def frobenius_norms(matrices: jax.Array) -> jax.Array:
   return _tree.norms(matrices, (-2, -1))
 
 
-@_validate.checks_flags
+@_validate.checks_arguments
 def normalize_by_second_moment(
     *,
     b2: float = 0.95,

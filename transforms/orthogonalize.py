@@ -250,7 +250,7 @@ def map_matrices(
   return treedef.unflatten([x if o is None else o for x, o in zip(leaves, out)])
 
 
-@_validate.checks_flags
+@_validate.checks_arguments
 def orthogonalize_newton_schulz(
     ns_steps: int = 5,
     coefficients: Coefficients = "jordan",

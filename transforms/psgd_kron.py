@@ -312,7 +312,7 @@ class ScaleByPsgdKronState(NamedTuple):
   key: jax.Array
 
 
-@_validate.checks_flags
+@_validate.checks_arguments
 def scale_by_psgd_kron(
     *,
     b1: float = 0.9,

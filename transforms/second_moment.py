@@ -34,7 +34,7 @@ class ScaleByAdamState(NamedTuple):
   nu_max: Optional[optax.Updates]
 
 
-@_validate.checks_flags
+@_validate.checks_arguments
 def scale_by_adam(
     b1: float = 0.9,
     b2: float = 0.999,
@@ -286,7 +286,7 @@ class ScaleByRmsState(NamedTuple):
   mu: Optional[optax.Updates]
 
 
-@_validate.checks_flags
+@_validate.checks_arguments
 def scale_by_rms(
     decay: float = 0.99,
     eps: float = 1e-8,

@@ -87,7 +87,7 @@ def _add_scaled_params(
   return tx if mask is None else optax.masked(tx, mask)
 
 
-@_validate.checks_flags
+@_validate.checks_arguments
 def decoupled_weight_decay(
     weight_decay: Union[float, optax.Schedule],
     mask: MaskOrFn = None,

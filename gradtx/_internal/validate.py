@@ -11,6 +11,7 @@ import numbers
 from typing import Any, Callable
 
 import jax
+import jax.numpy as jnp
 import numpy as np
 
 
@@ -100,12 +101,30 @@ def check_floating_dtype(name: str, value: Any) -> None:
     raise ValueError(f"{name} must be None or a floating dtype, got {value!r}")
 
 
-def checks_flags(factory: Callable) -> Callable:
+# Arguments that take a function, whatever the factory: a value that is not
+# one (a string, a bool, a set of names) would fail only when the optimizer
+# first calls it, inside init or a jitted update.
+RULE_ARGUMENTS = {
+    "is_muon_param": "a function (path, leaf) -> bool",
+    "is_hyperball_param": "a function (path, leaf) -> bool",
+    "is_mars_param": "a function (path, leaf) -> bool",
+    "is_dense": "a function (path, leaf) -> bool",
+    "where": "a function (path, leaf) -> bool",
+    "rule": "a function (path, leaf)",
+    "loss_fn": "a function of the model",
+}
+
+
+def checks_arguments(factory: Callable) -> Callable:
   """Decorates a factory: its arguments annotated ``bool`` must be ``True`` or
   ``False`` (a string ``"False"`` or a number is read by truthiness: silently
-  the other setting, or ``None`` silently off)."""
+  the other setting, or ``None`` silently off), and those of
+  ``RULE_ARGUMENTS`` functions (or ``None``), checked when the factory is
+  called rather than at the optimizer's first call of them."""
   signature = inspect.signature(factory)
   flags = [name for name, p in signature.parameters.items() if p.annotation in (bool, "bool")]
+  rules = [name for name, p in signature.parameters.items()
+           if name in RULE_ARGUMENTS and p.annotation not in (str, "str")]
 
   @functools.wraps(factory)
   def checked(*args, **kwargs):
@@ -113,6 +132,9 @@ def checks_flags(factory: Callable) -> Callable:
     for name in flags:
       if name in given and not isinstance(given[name], (bool, np.bool_)):
         raise ValueError(f"{name} must be True or False, got {given[name]!r}")
+    for name in rules:
+      if given.get(name) is not None and not callable(given[name]):
+        raise ValueError(f"{name} must be {RULE_ARGUMENTS[name]}, got {given[name]!r}")
     return factory(*args, **kwargs)
 
   return checked
@@ -236,11 +258,21 @@ def check_shaped_params(params: Any, transform: str) -> None:
 
 
 def check_no_float0(updates: Any, transform: str) -> None:
-  """Raises ``TypeError`` naming the first update leaf of dtype ``float0``:
-  the gradient ``jax.grad(..., allow_int=True)`` gives an integer leaf, which
-  no arithmetic accepts."""
+  """Raises ``TypeError`` naming the first update leaf of dtype ``float0``
+  (the gradient ``jax.grad(..., allow_int=True)`` gives an integer leaf, which
+  no arithmetic accepts) or of an integer or bool dtype (an integer array
+  passed as a gradient: optax steps it and ``apply_updates`` truncates the
+  step, silently)."""
   for path, u in jax.tree_util.tree_flatten_with_path(updates)[0]:
-    if getattr(u, "dtype", None) == jax.dtypes.float0:
+    dtype = getattr(u, "dtype", None)
+    if dtype is not None and dtype != jax.dtypes.float0 and (
+        jnp.issubdtype(dtype, jnp.integer) or jnp.issubdtype(dtype, jnp.bool_)):
+      raise TypeError(
+          f"{transform}: the update of {jax.tree_util.keystr(path)} has dtype"
+          f" {dtype}. Optimizers step floating (or complex) leaves only: an"
+          " integer step would be truncated. Give the optimizer the floating"
+          " parameters and their gradients alone.")
+    if dtype == jax.dtypes.float0:
       raise TypeError(
           f"{transform}: the update of {jax.tree_util.keystr(path)} has dtype"
           " float0, the gradient of an integer leaf (jax.grad(...,"

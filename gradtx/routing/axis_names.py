@@ -60,6 +60,7 @@ import optax
 
 from gradtx._internal import routing as _routing
 from gradtx._internal import tree as _tree
+from gradtx._internal import validate as _validate
 
 ROLES = ("batch", "vocab", "embed", "attention", "mlp", "lora", "vector")
 _ROLE_OF = {}
@@ -387,6 +388,7 @@ class AxisNamesMatrixView:
     return f"matrix_view_from_axes(<{len(self.axis_names)} named leaves>)"
 
 
+@_validate.checks_arguments
 def matrix_view_from_axes(params: Any, rule: Optional[Any] = None) -> AxisNamesMatrixView:
   """A matrix-view rule (``matrix_view=``) from the axis names of Flax parameters.
 

@@ -214,7 +214,7 @@ class AmbiguousMatrixViewWarning(UserWarning):
 _WARNED: set = set()
 
 
-@_validate.checks_flags
+@_validate.checks_arguments
 def flax_matrix_view(path: tuple, leaf: Any = _routing.NO_LEAF, *,
                      strict: bool = False) -> Optional[MatrixView]:
   """The default matrix view of a leaf, from its axis names, key path and shape.
@@ -361,6 +361,7 @@ def _settled_by_names(path: tuple, shape: tuple) -> bool:
   return reading.rows is not None or bool(reading.batch) or reading.role == "vector"
 
 
+@_validate.checks_arguments
 def stacked_matrix_view(
     num_axes: int = 1, rule: MatrixViewRule = flax_matrix_view,
     where: Optional[Callable[[tuple, Any], bool]] = None,
@@ -397,6 +398,7 @@ def stacked_matrix_view(
   return stacked
 
 
+@_validate.checks_arguments
 def fused_qkv_matrix_view(
     num_parts: int = 3, rule: MatrixViewRule = flax_matrix_view
 ) -> MatrixViewRule:

@@ -275,7 +275,7 @@ def quantized_zeros(
                         jnp.zeros(codes[:-1], jnp.float32), shape, signed)
 
 
-@_validate.checks_flags
+@_validate.checks_arguments
 def quantize_blockwise(
     x: jax.Array, *, signed: bool, block_size: int = 256
 ) -> QuantizedArray:
