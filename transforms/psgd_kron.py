@@ -495,7 +495,7 @@ def scale_by_psgd_kron(
                                 jnp.zeros([], jnp.int32), jax.random.PRNGKey(seed))
 
   def update_fn(updates, state, params=None):
-    _validate.check_no_float0(updates, "scale_by_psgd_kron")
+    _validate.check_floating_updates(updates, "scale_by_psgd_kron")
     _validate.check_matching_shapes(updates, state.mu, "scale_by_psgd_kron", of="state")
     updates = _sharding.committed_like(updates, params)
     count = optax.safe_increment(state.count)

@@ -47,7 +47,7 @@ def scale_by_sign(tau: float = 0.0) -> optax.GradientTransformation:
 
   def update_fn(updates, state, params=None):
     del params  # unused: a wrapper may hand the sign a part of the tree (on_matrix_views)
-    _validate.check_no_float0(updates, "scale_by_sign")
+    _validate.check_floating_updates(updates, "scale_by_sign")
     if _validate.is_static_zero(tau):
       return jax.tree.map(sign, updates), state
 

@@ -257,7 +257,7 @@ def check_shaped_params(params: Any, transform: str) -> None:
         " gradtx.transforms.state_shardings(tx, params) for its shardings.")
 
 
-def check_no_float0(updates: Any, transform: str) -> None:
+def check_floating_updates(updates: Any, transform: str) -> None:
   """Raises ``TypeError`` naming the first update leaf of dtype ``float0``
   (the gradient ``jax.grad(..., allow_int=True)`` gives an integer leaf, which
   no arithmetic accepts) or of an integer or bool dtype (an integer array
@@ -319,7 +319,7 @@ def check_matching_shapes(
   ``params`` may be a per-leaf state built at ``init`` (``of="state"`` says
   so); its 8-bit leaves count as one leaf of the shape they stand for.
   """
-  check_no_float0(updates, transform)
+  check_floating_updates(updates, transform)
   if params is None:
     return
   flat = jax.tree_util.tree_flatten_with_path(updates)[0]
