@@ -84,7 +84,7 @@ class _Session:
             " the recorded pass (jax.checkpoint, lax.scan, lax.cond, jax.vmap,"
             " ...): not recorded, its values cannot leave that"
             " transformation; call it outside one, or read its records"
-            " another way", stacklevel=4)
+            " another way", stacklevel=_validate.user_stacklevel())
       return None
     return name
 

@@ -102,7 +102,7 @@ def _check_default_layouts(flat: list) -> None:
           " not map d features to 3·d: default_qk_rule splits it as (3, heads, head_dim), q,"
           " k and v of one width, which is right for a q wider or narrower than d but wrong"
           " for grouped-query attention (k and v narrower than q): pass rule= for that",
-          stacklevel=3)
+          stacklevel=_validate.user_stacklevel())
     prefix = f"{scaling.attention}/" if scaling.attention else ""
     normalized = [f"{prefix}{ln}" for ln in ("query_ln", "key_ln")
                   if f"{prefix}{ln}" in modules]
@@ -191,7 +191,7 @@ def qk_clip(
           "qk_clip: no leaf of the parameters matches its rule, so nothing will be clipped"
           " (default_qk_rule finds nnx.MultiHeadAttention's query and key and a fused 'qkv'"
           " kernel); pass rule= for another layout (q_proj/k_proj, Linen's auto-named"
-          " Dense_0)", stacklevel=2)
+          " Dense_0)", stacklevel=_validate.user_stacklevel())
     return QkClipState(base.init(params))
 
   def clip(records, path, u, p):

@@ -45,7 +45,7 @@ def _warn_of_zero_leaves(params: Any) -> None:
         f"hyperball_step: {', '.join(names)} start(s) at zero, so their norm R is 0"
         " and they never move (the step keeps each matrix at its initial norm):"
         " initialise them non-zero or route them to another transform",
-        stacklevel=3)
+        stacklevel=_validate.user_stacklevel())
 
 
 def hyperball_step(

@@ -8,6 +8,8 @@ NumPy numbers: traced or array values (for example the hyper-parameters that
 import functools
 import inspect
 import numbers
+import os
+import sys
 from typing import Any, Callable
 
 import jax
@@ -113,6 +115,29 @@ RULE_ARGUMENTS = {
     "rule": "a function (path, leaf)",
     "loss_fn": "a function of the model",
 }
+
+
+def _in_a_library(filename: str) -> bool:
+  """Whether ``filename`` is a module of gradtx's packages, of the libraries
+  it runs under (optax, jax, flax) or of Python's standard library."""
+  packages = ("gradtx", "gradtx.transforms", "gradtx.optimizers", "gradtx.contrib",
+              "optax", "jax", "jaxlib", "flax")
+  folders = [os.path.dirname(module.__file__) + os.sep for module in (
+      sys.modules.get(name) for name in packages) if getattr(module, "__file__", None)]
+  standard = os.path.dirname(functools.__file__) + os.sep
+  return filename.startswith(tuple(folders)) or (
+      filename.startswith(standard) and "-packages" not in filename)
+
+
+def user_stacklevel() -> int:
+  """The ``stacklevel`` that makes ``warnings.warn``, called by the caller of
+  this function, report the first frame outside the libraries
+  (``_in_a_library``): the user's line that built or stepped the optimizer,
+  however deep the chain, wrapper or trace between them."""
+  frame, level = inspect.currentframe().f_back, 1
+  while frame.f_back is not None and _in_a_library(frame.f_code.co_filename):
+    frame, level = frame.f_back, level + 1
+  return level
 
 
 def checks_arguments(factory: Callable) -> Callable:

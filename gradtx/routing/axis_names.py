@@ -165,7 +165,7 @@ def _named_leaf(x: Any) -> Optional[tuple[tuple, tuple]]:
         f"a parameter of shape {tuple(shape)} carries the axis names {tuple(names)}, one"
         " fewer than its axes: stacked by nnx.vmap/nnx.scan without"
         " transform_metadata={nnx.PARTITION_NAME: 'layers'}, which names the stack's axis;"
-        " its names are ignored", stacklevel=2)
+        " its names are ignored", stacklevel=_validate.user_stacklevel())
   if len(names) != len(shape):
     return None
   names = tuple(tuple(n) if isinstance(n, list) else n for n in names)
@@ -291,7 +291,8 @@ def _init_keeping_names(tx: Any, own: dict, params: Any) -> Any:
         "this optimizer was initialised before on a tree of the same paths and shapes with"
         " other axis names (or none): its update cannot tell the two apart and routes both"
         " by these, the latest; build one optimizer per model (a GradientTransformation"
-        " shared between nnx.Optimizers keeps one routing)", stacklevel=3)
+        " shared between nnx.Optimizers keeps one routing)",
+        stacklevel=_validate.user_stacklevel())
   kept.pop(signature, None)  # the latest init is looked at first
   kept[signature] = found
   with _kept(found):

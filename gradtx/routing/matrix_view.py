@@ -349,7 +349,8 @@ def _warn(path: tuple, strict: bool, message: str, shape: tuple = ()) -> None:
     raise ValueError(message)
   if (key, shape, message) not in _WARNED:
     _WARNED.add((key, shape, message))
-    warnings.warn(message, AmbiguousMatrixViewWarning, stacklevel=4)
+    warnings.warn(message, AmbiguousMatrixViewWarning,
+                  stacklevel=_validate.user_stacklevel())
 
 
 def _settled_by_names(path: tuple, shape: tuple) -> bool:

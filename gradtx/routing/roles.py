@@ -17,6 +17,7 @@ import jax
 from gradtx._internal import names as _names
 from gradtx._internal import routing as _routing
 from gradtx._internal import tree as _tree
+from gradtx._internal import validate as _validate
 from gradtx.routing import axis_names as _axes
 from gradtx.routing import matrix_view as _matrix_view
 
@@ -153,7 +154,8 @@ def _classifier_guessed(path: tuple, shape: tuple) -> None:
   _routing.report_ambiguous(path, message)
   if key not in _WARNED:
     _WARNED.add(key)
-    warnings.warn(message, _matrix_view.AmbiguousMatrixViewWarning, stacklevel=4)
+    warnings.warn(message, _matrix_view.AmbiguousMatrixViewWarning,
+                  stacklevel=_validate.user_stacklevel())
 
 
 def _holds_masked_leaves(params: Any) -> bool:
@@ -177,7 +179,8 @@ def _one_head_of_several(paths: list, chosen: list) -> None:
     _routing.report_ambiguous(path, message)
   if head not in _WARNED:
     _WARNED.add(head)
-    warnings.warn(message, _matrix_view.AmbiguousMatrixViewWarning, stacklevel=4)
+    warnings.warn(message, _matrix_view.AmbiguousMatrixViewWarning,
+                  stacklevel=_validate.user_stacklevel())
 
 
 def _warn_if_embedding_masked_out(params: Any) -> None:
@@ -198,4 +201,4 @@ def _warn_if_embedding_masked_out(params: Any) -> None:
       " an output head beside it cannot be found by its (d, vocab) shape, and none was"
       " found by name. If this tree holds the head, name it (lm_head, logits), give it"
       " axis names ('embed', 'vocab') or route it to another branch.",
-      _matrix_view.AmbiguousMatrixViewWarning, stacklevel=4)
+      _matrix_view.AmbiguousMatrixViewWarning, stacklevel=_validate.user_stacklevel())

@@ -1,11 +1,14 @@
 """Unit tests of the shared argument validation in gradtx/_internal/validate.py."""
 
+import warnings
+
 import jax
 import jax.numpy as jnp
 import numpy as np
 import optax
 import pytest
 
+from gradtx import optimizers as go
 from gradtx._internal import validate as _validate
 
 NAN = float("nan")
@@ -191,3 +194,18 @@ def test_check_scalar_or_schedule_rejects_non_numbers(value, type_name):
   message = str(error.value)
   assert message.startswith("learning_rate must be a non-negative number or a schedule")
   assert repr(value) in message and type_name in message
+
+
+def test_warnings_point_at_the_users_line_however_deep_the_library_calls():
+  """They reported a line inside gradtx (the argument-checking decorator, a
+  routing helper) or optax's chain, depending on how the optimizer was built."""
+  params = {"stack": jnp.ones((5, 6, 4)), "h": {"w": jnp.zeros((8, 8))}}
+  with warnings.catch_warnings(record=True) as caught:
+    warnings.simplefilter("always")
+    tx = optax.chain(go.muon(0.02))
+    state = tx.init(params)
+    jax.jit(tx.update)(params, state, params)
+    go.muonh(0.02).init(params)
+  kinds = {w.category.__name__ for w in caught}
+  assert {"AmbiguousMatrixViewWarning", "UserWarning"} <= kinds, kinds
+  assert {w.filename for w in caught} == {__file__}
