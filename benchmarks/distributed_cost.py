@@ -28,6 +28,8 @@ Shampoo and SOAP with ``precondition_every=1``.
   python -m benchmarks.distributed_cost --against HEAD~1  # the library at HEAD~1
   python -m benchmarks.distributed_cost --mesh 2,2,2      # (data, fsdp, tensor)
   python -m benchmarks.distributed_cost --mesh 2,2,2 --kernel-spec fsdp,None
+  python -m benchmarks.distributed_cost --scanned          # one stacked leaf per kernel
+  python -m benchmarks.distributed_cost --mesh 1,1,8 --kernel-spec None,tensor --width 2048
 """
 
 import argparse
@@ -43,15 +45,17 @@ SHAPES = {"qkv": (256, 768), "proj": (256, 256), "fc": (256, 1024),
 DEFAULT_OPTIMIZERS = "adamw,muon,shampoo,soap,adamw_8bit,optax:adamw,optax:muon"
 
 
-def optimizers(revision: str = ""):
-  """The contenders; ``revision``: gradtx as it was at that git revision."""
+def optimizers(revision: str = "", scanned: bool = False):
+  """The contenders; ``revision``: gradtx as it was at that git revision;
+  ``scanned``: the matrix optimizers read a stacked leaf as one matrix per
+  layer (``gt.stacked_matrix_view()``)."""
   import optax
 
   if revision:
     import importlib
 
     from benchmarks import revisions
-    go = revisions.at_revision(revision)[1]
+    gt, go = revisions.at_revision(revision)
     # measure()'s cost-analysis setting, on the revision's own copy too (its
     # large stacks were otherwise walked in a loop counted once: FLOPs 0.579
     # for 0.500 at the same code).
@@ -62,13 +66,15 @@ def optimizers(revision: str = ""):
       pass
   else:
     from gradtx import optimizers as go
+    from gradtx import transforms as gt
+  view = {"matrix_view": gt.stacked_matrix_view()} if scanned else {}
   return {
       "adamw": lambda: go.adamw(1e-3),
-      "muon": lambda: go.muon(0.02, adam_learning_rate=1e-3),
-      "shampoo": lambda: go.shampoo(1e-3, precondition_every=1),
-      "soap": lambda: go.soap(1e-3, precondition_every=1),
+      "muon": lambda: go.muon(0.02, adam_learning_rate=1e-3, **view),
+      "shampoo": lambda: go.shampoo(1e-3, precondition_every=1, **view),
+      "soap": lambda: go.soap(1e-3, precondition_every=1, **view),
       "adamw_8bit": lambda: go.adamw_8bit(1e-3),
-      "psgd_kron": lambda: go.psgd_kron(1e-3, precond_update_probability=1.0),
+      "psgd_kron": lambda: go.psgd_kron(1e-3, precond_update_probability=1.0, **view),
       "optax:adamw": lambda: optax.adamw(1e-3),
       "optax:muon": lambda: optax.contrib.muon(0.02),
   }
@@ -76,11 +82,15 @@ def optimizers(revision: str = ""):
 
 def measure(devices: int, names: list, axis_types: list, width: int = 256,
             blocks: int = 8, replicated: bool = False, revision: str = "",
-            mesh_shape: tuple = (), kernel_spec: tuple = ("fsdp", "tensor")) -> list:
+            mesh_shape: tuple = (), kernel_spec: tuple = ("fsdp", "tensor"),
+            scanned: bool = False) -> list:
   """The table's rows; ``width`` scales the model (``SHAPES`` at 256).
 
   ``replicated``: data-parallel parameters (every device holds all of them)
-  instead of FSDP rows.
+  instead of FSDP rows. ``scanned``: the blocks stacked as ``nnx.scan``
+  stacks them, one leaf per kernel with a leading layer axis, split below it
+  (``P(None, 'd', None)``; on a (data, fsdp, tensor) mesh ``P(None,
+  *kernel_spec)``).
   """
   import jax
   import jax.numpy as jnp
@@ -97,11 +107,16 @@ def measure(devices: int, names: list, axis_types: list, width: int = 256,
   block_stacks.PER_MATRIX_ON_CPU = float("inf")
   rng = np.random.default_rng(0)
   shapes = {k: tuple(d * width // 256 for d in s) for k, s in SHAPES.items()}
-  params = {f"block{i}": {k: jnp.asarray(0.02 * rng.standard_normal(s), jnp.float32)
-                          for k, s in shapes.items()} for i in range(blocks)}
+  if scanned:
+    params = {"layers": {k: jnp.asarray(0.02 * rng.standard_normal((blocks, *s)), jnp.float32)
+                         for k, s in shapes.items()}}
+  else:
+    params = {f"block{i}": {k: jnp.asarray(0.02 * rng.standard_normal(s), jnp.float32)
+                            for k, s in shapes.items()} for i in range(blocks)}
   grads = jax.tree.map(lambda p: jnp.cos(50 * p), params)
   param_bytes = sum(x.nbytes for x in jax.tree.leaves(params))
-  factories = optimizers(revision)
+  factories = optimizers(revision, scanned)
+  lead = (None,) if scanned else ()  # a scanned stack's layer axis stays whole
 
   def step(tx):
     def run(params, state, grads):
@@ -127,10 +142,10 @@ def measure(devices: int, names: list, axis_types: list, width: int = 256,
         # (data, fsdp, tensor): matrices split over fsdp rows and tensor columns.
         mesh = jax.make_mesh(mesh_shape, ("data", "fsdp", "tensor"),
                              axis_types=(kind,) * len(mesh_shape))
-        spec = lambda x: P(*kernel_spec) if x.ndim == 2 else P("fsdp")
+        spec = lambda x: P(*lead, *kernel_spec) if x.ndim == 2 + len(lead) else P(*lead, "fsdp")
       else:
         mesh = jax.make_mesh((devices,), ("d",), axis_types=(kind,))
-        spec = lambda x: P("d", None) if x.ndim == 2 else P("d")
+        spec = lambda x: P(*lead, "d", None) if x.ndim == 2 + len(lead) else P(*lead, "d")
       shardings = jax.tree.map(
           lambda x, mesh=mesh, spec=spec: NamedSharding(
               mesh, P() if replicated else spec(x)), params)
@@ -210,14 +225,18 @@ def main(argv=None) -> list:
                       help="a (data, fsdp, tensor) mesh shape, e.g. 2,2,2, instead of one axis")
   parser.add_argument("--kernel-spec", default="fsdp,tensor",
                       help="with --mesh: the kernels' PartitionSpec, e.g. fsdp,None or None,tensor")
+  parser.add_argument("--scanned", action="store_true",
+                      help="the blocks stacked as nnx.scan stacks them, split below the layer axis")
+  parser.add_argument("--width", type=int, default=256,
+                      help="the model width (the shapes scale with it)")
   parser.add_argument("--worker", action="store_true", help=argparse.SUPPRESS)
   args = parser.parse_args(argv)
   names, axis_types = args.optimizers.split(","), args.axis_types.split(",")
   if args.worker:
     mesh_shape = tuple(int(n) for n in args.mesh.split(",")) if args.mesh else ()
-    rows = measure(int(args.devices), names, axis_types, blocks=args.blocks,
-                   revision=args.against, mesh_shape=mesh_shape,
-                   kernel_spec=_kernel_spec(args.kernel_spec))
+    rows = measure(int(args.devices), names, axis_types, width=args.width,
+                   blocks=args.blocks, revision=args.against, mesh_shape=mesh_shape,
+                   kernel_spec=_kernel_spec(args.kernel_spec), scanned=args.scanned)
     print(json.dumps(rows))
     return rows
   rows = []
@@ -228,7 +247,8 @@ def main(argv=None) -> list:
         [sys.executable, "-m", "benchmarks.distributed_cost", "--worker",
          "--devices", str(devices), "--optimizers", args.optimizers,
          "--axis-types", args.axis_types, "--blocks", str(args.blocks),
-         "--against", args.against, "--mesh", args.mesh, "--kernel-spec", args.kernel_spec],
+         "--against", args.against, "--mesh", args.mesh, "--kernel-spec", args.kernel_spec,
+         "--width", str(args.width), *(["--scanned"] if args.scanned else [])],
         env=env, capture_output=True, text=True, check=True)
     rows += json.loads(out.stdout.strip().splitlines()[-1])
   print(table(rows))

@@ -400,17 +400,23 @@ def _state_bytes_per_device(state) -> int:
              for leaf in jax.tree.leaves(state))
 
 
-@pytest.mark.parametrize("shape, spec", [
-    ((2, 64, 256), P(None, "data", None)),  # a scanned stack, FSDP below its layer axis
-    ((64, 2048), P(None, "data")),  # a tensor-parallel kernel, split by columns
-    ((64, 2048), P("data", None)),  # FSDP rows
-], ids=["scanned-fsdp", "columns", "rows"])
-def test_8bit_codes_split_like_a_parameter_split_past_its_first_axis(shape, spec):
+@pytest.mark.parametrize("shape, spec, devices", [
+    ((2, 64, 256), P(None, "data", None), 8),  # a scanned stack, FSDP below its layer axis
+    ((64, 2048), P(None, "data"), 8),  # a tensor-parallel kernel, split by columns
+    ((64, 2048), P("data", None), 8),  # FSDP rows
+    # Rows that are not whole blocks: (4, 256) codes are reshaped to (32, 32) and
+    # back, which Explicit axes type only as a merge then a split.
+    ((4, 32, 32), P("data", None, None), 4),  # a stack split along its layer axis
+    ((2, 64, 64), P(None, "data", None), 4),
+    ((2, 32, 128), P(None, "data", None), 8),
+], ids=["scanned-fsdp", "columns", "rows", "layers-small-rows", "scanned-small-rows",
+        "scanned-half-rows"])
+def test_8bit_codes_split_like_a_parameter_split_past_its_first_axis(shape, spec, devices):
   """The codes keep the leading axes that are whole blocks, so they split like
   their parameter there too: the state per device is a quarter of float32
   AdamW's (it was 2.03x: whole codes on every device), two jitted steps compile
   once, keep the layout, and equal the one-device steps."""
-  mesh = make_mesh(shape=(8,), names=("data",))
+  mesh = make_mesh(shape=(devices,), names=("data",))
   params = {"w": jax.device_put(
       jnp.asarray(np.random.default_rng(0).normal(size=shape), jnp.float32),
       NamedSharding(mesh, spec))}

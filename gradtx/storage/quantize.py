@@ -328,7 +328,7 @@ def quantize_codes(x, signed: bool, block_size: int, finite: bool,
     lead_axes = block_lead_axes(shape, block_size)
   blocked = codes_shape(shape, block_size, lead_axes)
   if lead_axes:
-    blocks = jnp.reshape(jnp.asarray(x).astype(jnp.float32), blocked)
+    blocks = _reshape_trailing(jnp.asarray(x).astype(jnp.float32), lead_axes, blocked)
   else:
     flat = jnp.ravel(x).astype(jnp.float32)
     flat = jnp.pad(flat, (0, blocked[0] * block_size - flat.size))
@@ -365,8 +365,17 @@ def dequantize_blockwise(
   index = jax.lax.bitcast_convert_type(q.codes, jnp.uint8).astype(jnp.int32)
   values = _decode(index, q.signed) * q.scales[..., None]
   if q.lead_axes:  # whole blocks: no padding
-    return values.reshape(q.shape).astype(dtype)
+    return _reshape_trailing(values, q.lead_axes, q.shape).astype(dtype)
   return values.reshape(-1)[: q.size].reshape(q.shape).astype(dtype)
+
+
+def _reshape_trailing(x: jax.Array, lead_axes: int, shape: tuple) -> jax.Array:
+  """``x`` reshaped to ``shape``, which keeps its first ``lead_axes`` axes, in
+  two steps: the trailing axes merged into one, then split. Explicit-sharding
+  meshes type a merge or a split of axes (the first of them sharded), not a
+  regrouping of several, such as (4, 256) into (32, 32)."""
+  merged = x.reshape(*x.shape[:lead_axes], -1)
+  return merged.reshape(shape)
 
 
 def mix32(h: jax.Array) -> jax.Array:
