@@ -61,7 +61,9 @@ def adamh(
     adam_*: the AdamW side (``gt.AdamWSide``).
     mask: which AdamW leaves get the decay (``optax.masked`` semantics).
     mu_dtype: storage of the first moments.
-    nu_dtype: storage of the second moments.
+    nu_dtype: storage of the second moments (``jnp.float32`` for float16
+      parameters: a float16 v underflows, README, Dtypes, and the hyperball
+      normalisation spreads one overflowed step to the whole leaf).
 
   Returns:
     An ``optax.GradientTransformation`` (an ``optax.multi_transform``).
@@ -153,7 +155,9 @@ def muonh(
     adam_*: the AdamW side (``gt.AdamWSide``).
     mask: which AdamW leaves get the decay (``optax.masked`` semantics).
     mu_dtype: storage of the momentum and the first moments.
-    nu_dtype: storage of the second moments.
+    nu_dtype: storage of the second moments (``jnp.float32`` for float16
+      parameters: a float16 v underflows, README, Dtypes, and the hyperball
+      normalisation spreads one overflowed step to the whole leaf).
 
   Returns:
     An ``optax.GradientTransformation`` (nested ``optax.multi_transform``).

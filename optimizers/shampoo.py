@@ -89,7 +89,10 @@ def shampoo(
     relative_damping: ridge relative to each block's largest eigenvalue.
     matrix_view: the matrix-view rule (``gt.flax_matrix_view`` by default).
     mu_dtype: storage of the momentum.
-    nu_dtype: storage of the grafting's second moment.
+    nu_dtype: storage of the grafting's second moment; pass ``jnp.float32``
+      for float16 parameters: a float16 v underflows (README, Dtypes), one
+      element's step m̂/ε overflows, and the grafting norm spreads it to its
+      whole block, whose momentum stays NaN for good.
 
   Returns:
     An ``optax.GradientTransformation``.

@@ -234,7 +234,8 @@ def orthogonalize_low_rank(
     seed: seed of the initial bases, >= 0.
     matrix_view: the matrix-view rule (see ``gt.flax_matrix_view``).
     mu_dtype: storage of the buffer M, as in ``gt.ema`` (``None``: the
-      parameter's dtype; ``jnp.float32`` for float16 parameters). B is formed
+      parameter's dtype, float16 too; pass ``jnp.float32`` to keep M wider
+      than float16 parameters). B is formed
       in the wider of M's and g's dtypes (float32 from int8 blocks). One NaN
       gradient makes the whole matrix's P Rᵀ and basis NaN, so this and every
       later step of the leaf are NaN (wrap in ``optax.apply_if_finite`` to

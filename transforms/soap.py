@@ -43,8 +43,10 @@ class ScaleBySoapState(NamedTuple):
       side), shaped like the leaf (``mu_dtype``); ``MaskedNode()`` elsewhere.
     nu: their second moment (``nu_dtype``).
     mu_stacks: per matrix shape, Adam's first moment in eigenbasis
-      coordinates, (matrices, m, n), stored in its parameters' dtype (or
-      ``mu_dtype``) and updated in at least float32.
+      coordinates, (matrices, m, n), stored in its parameters' dtype (the
+      widest of those sharing the stack: a bf16 leaf's next to a float32 leaf
+      of its shape is float32), or ``mu_dtype``, and updated in at least
+      float32.
     nu_stacks: the second moment, likewise, but at least float32 over
       float16 parameters (σ₁² overflows float16); with ``nu_dtype="int8"``
       stored as √v (v spans too many decades for the 8-bit map).

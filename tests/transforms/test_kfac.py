@@ -295,3 +295,22 @@ def test_constrain_norm_scales_by_min_one_and_root_c_over_inner_product():
   np.testing.assert_allclose(small, 2.0 * np.sqrt(1.5 / 6.0), rtol=1e-6)
   (kept,) = kfac.constrain_norm(u, g, 60.0)
   np.testing.assert_array_equal(kept, u[0])
+
+
+def test_a_zero_size_kernel_steps_empty_and_leaves_the_others_alone():
+  """nnx.Linear(8, 0): its records reshape to (-1, 0) failed (ZeroDivisionError);
+  now it takes the diagonal rule's empty step and needs no record."""
+  dense = {"kernel": jnp.linspace(-1.0, 1.0, 32).reshape(8, 4), "bias": jnp.ones(4)}
+  params = {"dense": dense, "empty": {"kernel": jnp.ones((8, 0)), "bias": jnp.ones(0)}}
+  record = gt.DenseRecord(jnp.cos(jnp.arange(24.0)).reshape(3, 8),
+                          jnp.sin(jnp.arange(12.0)).reshape(3, 4))
+  empty = gt.DenseRecord(jnp.ones((3, 8)), jnp.ones((3, 0)))
+  tx = gt.kfac_precondition(damping=0.1)
+  state = tx.init(params)
+  u, state = tx.update(params, state, records=gt.Records({"dense": record, "empty": empty}, {}))
+  alone, _ = tx.update({"dense": dense}, tx.init({"dense": dense}),
+                       records=gt.Records({"dense": record}, {}))
+  assert u["empty"]["kernel"].shape == (8, 0)
+  np.testing.assert_array_equal(u["dense"]["kernel"], alone["dense"]["kernel"])
+  assert all(np.isfinite(np.asarray(x)).all() for x in jax.tree.leaves(state))
+  u, _ = tx.update(params, state, records=gt.Records({"dense": record}, {}))  # no record needed
