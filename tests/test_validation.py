@@ -491,8 +491,9 @@ def test_the_float0_gradient_of_an_integer_leaf_is_named(case):
 
 @pytest.mark.parametrize("case", cases.CASES + cases.STRUCTURED, ids=lambda case: case.name)
 def test_an_integer_gradient_is_named(case):
-  """An integer array passed as a gradient: optax steps it and apply_updates
-  truncates the step (an int32 parameter does not move); refused, naming it."""
+  """An integer array passed as a gradient: the update came back integer, its
+  step truncated (optax casts it, but truncates an integer parameter's);
+  refused, naming it."""
   params = {"w": jnp.ones((8, 16)), "b": jnp.ones(16)}
   grads = {"w": jnp.ones((8, 16), jnp.int32), "b": jnp.ones(16)}
   tx = case.make()

@@ -92,9 +92,19 @@ def _in_a_head(n: str) -> bool:
   return _ends_in_head(n) or any(t in OUTPUT_HEAD_PARTS for t in n.split("_"))
 
 
-def is_narrowing(n: str) -> bool:
-  """An attention projection's or a router's name (``NARROWING_PARTS``)."""
-  return n in NARROWING_NAMES or any(part in n for part in NARROWING_PARTS)
+# The input projections of an attention module, as whole names.
+ATTENTION_PROJECTION_NAMES = ("query", "key", "value", "q", "k", "v", "qkv", "q_proj", "k_proj",
+                              "v_proj", "wq", "wk", "wv", "c_attn", "in_proj")
+
+
+def _is_attention_projection(names: list[str]) -> bool:
+  """The leaf's own module is an attention input projection (``query``,
+  ``key``, ``value``, ...) inside a module named an attention one: the head
+  of a ``MultiHeadAttention`` written as ``Head`` modules, or an
+  attention-pooling head; not a ``value`` output beside a ``policy`` one."""
+  own = own_names(names)
+  return (len(own) == 2 and re.sub(r"_\d+$", "", own[0]) in ATTENTION_PROJECTION_NAMES
+          and any("attention" in n or "attn" in n for n in enclosing_names(names)))
 
 
 def _in_an_embedding(n: str) -> bool:
@@ -103,18 +113,17 @@ def _in_an_embedding(n: str) -> bool:
 
 
 def is_output_head(names: list[str]) -> bool:
-  """Named an output head, or inside a module that is one, unless the leaf's
-  own module is an attention projection (the ``key``/``query``/``value`` of
-  an attention head written as a ``Head`` module, as in nanoGPT's lecture
-  code, or of an attention-pooling head)."""
+  """Named an output head, or inside a module that is one, unless the leaf is
+  an attention module's input projection (``_is_attention_projection``: the
+  ``key``/``query``/``value`` of an attention head written as a ``Head``
+  module, as in nanoGPT's lecture code, or of an attention-pooling head)."""
   own = own_names(names)
   return any(
       (any(part in n for part in OUTPUT_HEAD_PARTS)
        and not n.startswith(("pre_", "prelogits")))  # ViT's hidden pre_logits
       or _ends_in_head(n)
       for n in own
-  ) or (any(map(_in_a_head, enclosing_names(names)))
-        and not (len(own) == 2 and is_narrowing(own[0])))
+  ) or (any(map(_in_a_head, enclosing_names(names))) and not _is_attention_projection(names))
 
 
 def _names_a_table(n: str, kernel: bool) -> bool:

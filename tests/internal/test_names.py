@@ -49,6 +49,13 @@ def test_path_names_of_attributes_indices_and_nnx_variables():
     (["block_0", "multiheadattention_0", "head_0", "key", "kernel"], False, False),
     (["block_0", "multiheadattention_0", "head_0", "query", "kernel"], False, False),
     (["head_0", "dense_0", "kernel"], True, False),
+    (["maphead_0", "multiheaddotproductattention_0", "query", "kernel"], False, False),
+    # Outside an attention module a head's layers stay the head's, whatever
+    # their names: an actor-critic's value output, a gated head, a router.
+    (["head", "value", "kernel"], True, False),
+    (["classifier", "keypoints", "kernel"], True, False),
+    (["lm_head", "gate_proj", "kernel"], True, False),
+    (["lm_head", "router", "kernel"], True, False),
 ])
 def test_output_heads_and_embeddings(names, head, embedding):
   assert _names.is_output_head(names) == head
