@@ -389,8 +389,11 @@ def test_none_and_masked_node_leaves(case):
   chex.assert_trees_all_close(jax.tree.leaves(state), jax.tree.leaves(ref_state))
 
 
-@cases
+@every_case
 def test_vmap_over_independent_problems(case):
+  """A batch of problems in one program (a seed or model sweep): the vmapped
+  steps equal each problem's own. Shampoo and SOAP deadlocked here on CPU
+  (their one-matrix-at-a-time LAPACK calls batched again by the vmap)."""
   batch = 3
   offsets = jnp.arange(batch, dtype=jnp.float32)
   expand = lambda x: offsets.reshape(-1, *[1] * x.ndim)

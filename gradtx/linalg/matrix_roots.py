@@ -41,11 +41,28 @@ def unbatched_on_cpu(fn: Callable, a: jax.Array) -> Any:
   once (independent leaves do), every thread waits and the step deadlocks
   (seen with 2 threads; fixed in jaxlib 0.11.2). An unbatched call runs
   inline, so on CPU the stack is walked with ``lax.map``; other platforms
-  keep the batched call.
+  keep the batched call. A user's ``jax.vmap`` around the whole step (a
+  batch of problems) would batch each walked call again (it deadlocked
+  Shampoo and SOAP): ``_one_at_a_time`` keeps it one matrix per call there
+  too.
   """
   batch, matrix = a.shape[:-2], a.shape[-2:]
-  out = block_stacks.map_stack(fn, a.reshape(-1, *matrix), per_matrix_from=0)
+  out = block_stacks.map_stack(_one_at_a_time(fn), a.reshape(-1, *matrix), per_matrix_from=0)
   return jax.tree.map(lambda x: x.reshape(*batch, *x.shape[1:]), out)
+
+
+def _one_at_a_time(fn: Callable) -> Callable:
+  """``fn``, whose ``jax.vmap`` is a loop of unbatched calls
+  (``jax.custom_batching.sequential_vmap``) and whose derivative is ``fn``'s
+  own (``sequential_vmap`` has no reverse mode)."""
+  sequential = jax.custom_batching.sequential_vmap(lambda x: fn(x))
+
+  @jax.custom_jvp
+  def one(x):
+    return sequential(x)
+
+  one.defjvp(lambda primals, tangents: jax.jvp(fn, primals, tangents))
+  return one
 
 
 def _eigh_spectrum(a, p, damping, relative_damping):
