@@ -78,7 +78,7 @@ def _dense_layers(flat: list, is_dense: PathLeafRule) -> dict:
   for i, (path, leaf) in enumerate(flat):
     # A zero-size kernel (nnx.Linear(8, 0)) has no curvature to factor: its
     # (empty) step is the diagonal rule's, and it needs no record.
-    if jnp.size(leaf) and is_dense(_routing.plain_path(path), leaf):
+    if 0 not in jnp.shape(leaf) and is_dense(_routing.plain_path(path), leaf):
       kernels[model_records.split_leaf_path(path)[0]] = i
   layers = {key: _Layer(i, None) for key, i in kernels.items()}
   for i, (path, leaf) in enumerate(flat):
