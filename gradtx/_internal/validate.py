@@ -286,8 +286,8 @@ def check_floating_updates(updates: Any, transform: str) -> None:
   """Raises ``TypeError`` naming the first update leaf of dtype ``float0``
   (the gradient ``jax.grad(..., allow_int=True)`` gives an integer leaf, which
   no arithmetic accepts) or of an integer or bool dtype (an integer array
-  passed as a gradient: optax steps it and ``apply_updates`` truncates the
-  step, silently)."""
+  passed as a gradient: the update came back integer, its step truncated,
+  silently)."""
   for path, u in jax.tree_util.tree_flatten_with_path(updates)[0]:
     dtype = getattr(u, "dtype", None)
     if dtype is not None and dtype != jax.dtypes.float0 and (

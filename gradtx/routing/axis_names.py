@@ -90,15 +90,16 @@ add_axis_names("lora", "q_lora", "kv_lora")
 add_axis_names("vector", "norm")
 
 
-def role_of_axis(name: Any) -> Optional[str]:
+def role_of_axis(name: Any, stacks: bool = True) -> Optional[str]:
   """The role of an axis name; a tuple of names (one axis over several mesh
-  axes) takes the first recognised one's, and is a stack (``"batch"``) only
-  if all its names are: ``("fsdp", "expert")`` is a model axis sharded over
-  an expert mesh axis reused for FSDP, not experts. ``None`` if none is
-  recognised."""
+  axes) takes the first recognised one's, ``None`` if none is recognised.
+  ``stacks=False``: a tuple that mixes a stack name with others is not a
+  stack (``read`` on a 2-D leaf: ``("fsdp", "expert")`` there is a model axis
+  sharded over an expert mesh axis reused for FSDP, where on a 3-D leaf
+  ``("expert", "fsdp")`` is experts split over two mesh axes)."""
   parts = tuple(name) if isinstance(name, (tuple, list)) else (name,)
   roles = [_ROLE_OF.get(part) if isinstance(part, str) else None for part in parts]
-  if len(parts) > 1 and "batch" in roles and any(r != "batch" for r in roles):
+  if not stacks and len(parts) > 1 and any(r != "batch" for r in roles):
     roles = [r for r in roles if r != "batch"]
   return next((r for r in roles if r is not None), None)
 
@@ -122,7 +123,7 @@ class Reading(NamedTuple):
 
 def read(names: tuple) -> Reading:
   """What the axis ``names`` of a leaf settle (see the module docstring)."""
-  roles = [role_of_axis(n) for n in names]
+  roles = [role_of_axis(n, stacks=len(names) > 2) for n in names]
   batch = tuple(i for i, r in enumerate(roles) if r == "batch")
   if batch and batch[-1] == len(roles) - 1 and len(roles) - len(batch) == 1:
     # (…, embed, exp): a router, one matrix onto the experts (per layer).

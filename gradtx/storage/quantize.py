@@ -248,7 +248,9 @@ def _zero_code(signed: bool) -> int:
 def block_lead_axes(shape: tuple, block_size: int) -> int:
   """How many leading axes of an array of ``shape`` its codes keep: the most
   k below its rank whose trailing sub-arrays (``shape[k:]``) are whole
-  blocks, 0 if none is."""
+  blocks, 0 if none is (or the array is empty)."""
+  if not int(np.prod(shape, dtype=np.int64)):
+    return 0
   for k in range(len(shape) - 1, 0, -1):
     trailing = int(np.prod(shape[k:], dtype=np.int64))
     if trailing and trailing % block_size == 0:

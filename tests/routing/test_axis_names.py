@@ -39,10 +39,15 @@ V = gt.MatrixView
     (("layers", None, None), ((0,), None, None, None)),  # left to the shape
     (("embed", None), ((), None, None, None)),
     (("embed", ("fsdp", "mlp")), ((), (0,), (1,), "matrix")),  # several mesh axes
-    # An expert mesh axis reused for FSDP is no stack, on either axis; alone, it is.
+    # On a 2-D leaf, an expert mesh axis reused for FSDP is no stack, on either
+    # axis; on a 3-D one, experts split over expert x fsdp (or layers over a
+    # pipeline) are.
     ((("fsdp", "expert"), "tensor"), ((), None, None, None)),
     (("tensor", ("fsdp", "expert")), ((), None, None, None)),
     ((("expert",), "embed", "mlp"), ((0,), (1,), (2,), "matrix")),
+    ((("expert", "fsdp"), None, "tensor"), ((0,), None, None, None)),
+    ((("expert", "data"), "embed", "mlp"), ((0,), (1,), (2,), "matrix")),
+    ((("layers", "pipeline"), None, None), ((0,), None, None, None)),
 ])
 def test_what_the_names_settle(names, reading):
   assert tuple(axis_names.read(names)) == reading

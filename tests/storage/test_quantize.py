@@ -101,6 +101,7 @@ def test_layout_padding_and_bytes():
     ((4, 32, 384), (4, 48, 256)),  # a row is not whole blocks, a layer is
     ((1000, 16), (63, 256)),  # no sub-array is: flat, the last block padded
     ((2048,), (8, 256)),
+    ((0, 256), (1, 256)),  # empty: one block of padding, as before
 ])
 def test_codes_keep_the_leading_axes_that_are_whole_blocks(shape, codes):
   """The layout is a reshape of the flat one: the same blocks, codes and scales."""
