@@ -581,8 +581,9 @@ def test_mars_names_its_adam_weight_decay():
     go.mars_adamw(0.01, adam_weight_decay=None)
 
 
-def _flags():
-  """(factory, argument) for every public factory's argument annotated bool."""
+def _public_arguments(takes) -> list:
+  """(factory, argument) for every public factory's argument ``takes(name,
+  parameter)`` selects."""
   found = []
   for module in (go, gt, contrib):
     for name in sorted(getattr(module, "__all__", dir(module))):
@@ -590,12 +591,13 @@ def _flags():
       if not inspect.isfunction(factory) or name.startswith("_"):
         continue
       for arg, p in inspect.signature(factory).parameters.items():
-        if p.annotation in (bool, "bool"):
+        if takes(arg, p):
           found.append((factory, arg))
   return found
 
 
-_FLAGS = _flags()
+# Every argument annotated bool.
+_FLAGS = _public_arguments(lambda arg, p: p.annotation in (bool, "bool"))
 
 
 def test_the_flags_found_cover_the_public_api():
@@ -618,22 +620,10 @@ def test_a_flag_that_is_not_a_bool_is_refused(factory, name):
       factory(**required, **{name: bad})
 
 
-def _rules():
-  """(factory, argument) for every public factory's argument that takes a
-  function (``validate.RULE_ARGUMENTS``; not the schedules' string ``rule``)."""
-  found = []
-  for module in (go, gt, contrib):
-    for name in sorted(getattr(module, "__all__", dir(module))):
-      factory = getattr(module, name, None)
-      if not inspect.isfunction(factory) or name.startswith("_"):
-        continue
-      for arg, p in inspect.signature(factory).parameters.items():
-        if arg in validate.RULE_ARGUMENTS and p.annotation not in (str, "str"):
-          found.append((factory, arg))
-  return found
-
-
-_RULES = _rules()
+# Every argument that takes a function (``validate.RULE_ARGUMENTS``; not the
+# schedules' string ``rule``).
+_RULES = _public_arguments(
+    lambda arg, p: arg in validate.RULE_ARGUMENTS and p.annotation not in (str, "str"))
 # What a factory's other required arguments take.
 _REQUIRED = {"base": lambda: go.sgd(0.1), "params": dict}
 
