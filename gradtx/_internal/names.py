@@ -93,8 +93,8 @@ def _in_a_head(n: str) -> bool:
 
 
 # The input projections of an attention module, as whole names.
-ATTENTION_PROJECTION_NAMES = ("query", "key", "value", "q", "k", "v", "qkv", "q_proj", "k_proj",
-                              "v_proj", "wq", "wk", "wv", "c_attn", "in_proj")
+ATTENTION_PROJECTION_NAMES = NARROWING_NAMES + (
+    "query", "key", "value", "qkv", "q_proj", "k_proj", "v_proj", "c_attn", "in_proj")
 
 
 def _is_attention_projection(names: list[str]) -> bool:

@@ -96,7 +96,7 @@ def check_floating_dtype(name: str, value: Any) -> None:
   if value is None:
     return
   try:
-    floating = jax.numpy.issubdtype(jax.numpy.dtype(value), jax.numpy.floating)
+    floating = jnp.issubdtype(jnp.dtype(value), jnp.floating)
   except TypeError:
     floating = False
   if not floating:
@@ -117,25 +117,26 @@ RULE_ARGUMENTS = {
 }
 
 
-def _in_a_library(filename: str) -> bool:
-  """Whether ``filename`` is a module of gradtx's packages, of the libraries
-  it runs under (optax, jax, flax) or of Python's standard library."""
+def _library_prefixes() -> tuple:
+  """The folders of gradtx's packages, of the libraries it runs under (optax,
+  jax, flax) and of Python's standard library."""
   packages = ("gradtx", "gradtx.transforms", "gradtx.optimizers", "gradtx.contrib",
               "optax", "jax", "jaxlib", "flax")
-  folders = [os.path.dirname(module.__file__) + os.sep for module in (
-      sys.modules.get(name) for name in packages) if getattr(module, "__file__", None)]
-  standard = os.path.dirname(functools.__file__) + os.sep
-  return filename.startswith(tuple(folders)) or (
-      filename.startswith(standard) and "-packages" not in filename)
+  return tuple(os.path.dirname(module.__file__) + os.sep for module in (
+      sys.modules.get(name) for name in packages) if getattr(module, "__file__", None))
 
 
 def user_stacklevel() -> int:
   """The ``stacklevel`` that makes ``warnings.warn``, called by the caller of
   this function, report the first frame outside the libraries
-  (``_in_a_library``): the user's line that built or stepped the optimizer,
-  however deep the chain, wrapper or trace between them."""
+  (``_library_prefixes``; installed packages are not the standard library's):
+  the user's line that built or stepped the optimizer, however deep the
+  chain, wrapper or trace between them."""
+  libraries, standard = _library_prefixes(), os.path.dirname(functools.__file__) + os.sep
+  in_a_library = lambda name: name.startswith(libraries) or (
+      name.startswith(standard) and "-packages" not in name)
   frame, level = inspect.currentframe().f_back, 1
-  while frame.f_back is not None and _in_a_library(frame.f_code.co_filename):
+  while frame.f_back is not None and in_a_library(frame.f_code.co_filename):
     frame, level = frame.f_back, level + 1
   return level
 
@@ -290,8 +291,8 @@ def check_floating_updates(updates: Any, transform: str) -> None:
   silently)."""
   for path, u in jax.tree_util.tree_flatten_with_path(updates)[0]:
     dtype = getattr(u, "dtype", None)
-    if dtype is not None and dtype != jax.dtypes.float0 and (
-        jnp.issubdtype(dtype, jnp.integer) or jnp.issubdtype(dtype, jnp.bool_)):
+    if dtype is not None and dtype != jax.dtypes.float0 and not jnp.issubdtype(
+        dtype, jnp.inexact):
       raise TypeError(
           f"{transform}: the update of {jax.tree_util.keystr(path)} has dtype"
           f" {dtype}. Optimizers step floating (or complex) leaves only: an"
