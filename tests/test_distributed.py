@@ -346,15 +346,29 @@ def _free_port():
     return s.getsockname()[1]
 
 
-def _worker(out, process_id, processes, port, devices):
-  # Small programs: compiled as tests/conftest.py compiles them.
+def _worker(out, process_id, processes, port, devices, *args, cpus=None):
+  # Small programs: compiled as tests/conftest.py compiles them. ``cpus``:
+  # run on that many cores (XLA:CPU's thread pool has one thread per core).
   flags = (f"--xla_force_host_platform_device_count={devices}"
            " --xla_backend_optimization_level=0 --xla_cpu_use_fusion_emitters=false")
   env = dict(os.environ, XLA_FLAGS=flags, JAX_PLATFORMS="cpu", PYTHONPATH=str(ROOT))
+  pin = None if cpus is None else (
+      lambda: os.sched_setaffinity(0, sorted(os.sched_getaffinity(0))[:cpus]))
   return subprocess.Popen(
       [sys.executable, str(ROOT / "tests" / "multihost_worker.py"), str(out),
-       str(process_id), str(processes), str(port)],
-      env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
+       str(process_id), str(processes), str(port), *args],
+      env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True, preexec_fn=pin)
+
+
+def _finished(processes, timeout):
+  """Each process's output, all killed if one is still running at ``timeout``."""
+  try:
+    return [process.communicate(timeout=timeout)[0] for process in processes]
+  except subprocess.TimeoutExpired:
+    for process in processes:
+      process.kill()
+      process.communicate()
+    pytest.fail(f"a worker was still running after {timeout} s (hung)")
 
 
 def test_two_processes_equal_one_process(tmp_path):
@@ -368,5 +382,27 @@ def test_two_processes_equal_one_process(tmp_path):
   assert set(one.files) == set(two.files)
   assert {k.split("/")[0] for k in one.files} == {
       "adamw", "muon", "shampoo", "soap", "adamw_8bit"}
+  for k in one.files:
+    assert _relative(two[k], one[k]) <= 1e-5, k
+
+
+@pytest.mark.skipif(not hasattr(os, "sched_setaffinity"), reason="pins the workers' cores")
+def test_psgd_kron_on_two_processes_of_two_devices_fits_stacks(tmp_path):
+  """PSGD Kron's triangular solve, vmapped over the entries of a stack split
+  below its layer axis (and over a group of same-shape matrices), was one
+  batched LAPACK call per device; jaxlib 0.10 hands its batch to XLA:CPU's
+  thread pool and waits, so with as many devices per process as the pool has
+  threads (2 devices, 2 cores) every thread waited: the first fit hung. On
+  CPU it is now one call per matrix (``unbatched_vmap_on_cpu``); two
+  processes x 2 devices equal one process with 4."""
+  single = _worker(tmp_path / "single.npz", 0, 1, 0, 4, "stacks", cpus=2)
+  port = _free_port()
+  workers = [_worker(tmp_path / "multi.npz", i, 2, port, 2, "stacks", cpus=2) for i in range(2)]
+  processes = [single, *workers]
+  for process, output in zip(processes, _finished(processes, timeout=300)):
+    assert process.returncode == 0, output[-3000:]
+  one, two = np.load(tmp_path / "single.npz"), np.load(tmp_path / "multi.npz")
+  assert sorted(one.files) == sorted(two.files) == [
+      "psgd_kron/a", "psgd_kron/b", "psgd_kron/layers"]
   for k in one.files:
     assert _relative(two[k], one[k]) <= 1e-5, k

@@ -17,6 +17,8 @@ gradients (and ``optax.apply_if_finite``) in test_non_finite.py, argument
 validation in test_validation.py.
 """
 
+import re
+
 import chex
 import jax
 import jax.numpy as jnp
@@ -387,6 +389,43 @@ def test_none_and_masked_node_leaves(case):
       {k: new_params[k] for k in PARAMS}, ref_params, rtol=1e-6
   )
   chex.assert_trees_all_close(jax.tree.leaves(state), jax.tree.leaves(ref_state))
+
+
+_DECOMPOSING = {
+    "shampoo": lambda view: go.shampoo(LR, precondition_every=1, matrix_view=view),
+    "soap": lambda view: go.soap(LR, precondition_every=1, matrix_view=view),
+    "psgd_kron": lambda view: go.psgd_kron(
+        LR, precond_update_probability=1.0, matrix_view=view),
+    "dion_qr": lambda view: go.dion(LR, rank=4, matrix_view=view),
+    "dion_cholesky_qr": lambda view: go.dion(
+        LR, rank=4, orthonormalize="cholesky_qr", matrix_view=view),
+    "clip_singular_values": lambda view: gt.clip_singular_values(
+        max_value=1.0, matrix_view=view),
+}
+
+
+@pytest.mark.parametrize("user_vmap", [False, True], ids=["step", "vmapped_step"])
+@pytest.mark.parametrize("name", sorted(_DECOMPOSING))
+def test_no_batched_lapack_call_on_cpu(name, user_vmap):
+  """jaxlib 0.10's batched LAPACK kernels deadlock XLA:CPU's thread pool
+  when as many run at once as it has threads (two devices of one process, or
+  two independent leaves: ``matrix_roots.unbatched_on_cpu``): every
+  decomposition and triangular solve of a compiled step, on a stack read as
+  a batch, on same-shape leaves and under a user's ``jax.vmap``, is one
+  matrix per call. PSGD Kron's solve over a stack (it hung two processes of
+  two devices) and CholeskyQR's under a vmap were batched."""
+  params = {"layers": jnp.ones((3, 16, 16)), "a": jnp.eye(16), "b": 2 * jnp.eye(16),
+            "c": jnp.ones((24, 16)), "bias": jnp.ones(16)}
+  tx = _DECOMPOSING[name](gt.stacked_matrix_view())
+  state = tx.init(params)
+  step, args = tx.update, (params, state, params)
+  if user_vmap:
+    step, args = jax.vmap(step), jax.tree.map(lambda x: jnp.stack([x, x]), args)
+  hlo = jax.jit(step).lower(*args).compile().as_text()
+  calls = [line for line in hlo.splitlines() if 'custom_call_target="lapack_' in line]
+  assert calls, "no LAPACK call: the test no longer sees the decompositions"
+  batch_dims = {re.search(r'num_batch_dims="(\d+)"', line).group(1) for line in calls}
+  assert batch_dims == {"0"}, [line.split("custom_call_target=")[1][:30] for line in calls]
 
 
 @every_case

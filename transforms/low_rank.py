@@ -14,6 +14,7 @@ that an owner-compute layout (stacks spread over devices, each running the
 function on its own slice) can call it as it is.
 """
 
+import functools
 import math
 import numbers
 from typing import Any, NamedTuple, Optional, Union
@@ -26,7 +27,12 @@ from gradtx._internal import names as _names
 from gradtx._internal import sharding as _sharding
 from gradtx._internal import tree as _tree
 from gradtx._internal import validate as _validate
-from gradtx.linalg.matrix_roots import matmul, transpose, unbatched_on_cpu
+from gradtx.linalg.matrix_roots import (
+  matmul,
+  one_matrix_per_call_on_cpu,
+  transpose,
+  unbatched_on_cpu,
+)
 from gradtx.routing import matrix_view as _matrix_view
 from gradtx.routing.axis_names import keeps_init_names
 from gradtx.routing.matrix_view import MatrixViewRule
@@ -37,6 +43,15 @@ ORTHONORMALIZE_METHODS = ("qr", "cholesky_qr")
 
 def _qr(p: jax.Array) -> jax.Array:
   return unbatched_on_cpu(lambda x: jnp.linalg.qr(x)[0], p)
+
+
+# L⁻¹ B for lower-triangular L over any leading axes, one matrix per LAPACK
+# call on CPU (``one_matrix_per_call_on_cpu``; a stack, or a user's vmap,
+# made it one batched call).
+_solve_lower = jnp.vectorize(
+    one_matrix_per_call_on_cpu(
+        functools.partial(jax.scipy.linalg.solve_triangular, lower=True)),
+    signature="(k,k),(k,m)->(k,m)")
 
 
 def _cholesky_qr(p: jax.Array) -> jax.Array:
@@ -57,8 +72,7 @@ def _cholesky_qr(p: jax.Array) -> jax.Array:
     eye = jnp.eye(k, dtype=p.dtype)
     shift = ridge * jnp.trace(gram, axis1=-2, axis2=-1)[..., None, None]
     lower = unbatched_on_cpu(jnp.linalg.cholesky, gram + shift * eye)
-    return transpose(jax.scipy.linalg.solve_triangular(
-        lower, transpose(p), lower=True))
+    return transpose(_solve_lower(lower, transpose(p)))
 
   p = one_pass(p, 11 * (m * k + k * (k + 1)) * u)
   return one_pass(one_pass(p, 4 * u), 4 * u)

@@ -21,6 +21,7 @@ and every factor is stored split over the devices
 (``block_stacks.state_spec``); the numbers are those of the per-leaf step.
 """
 
+import functools
 import zlib
 from typing import Any, Callable, NamedTuple, Optional, Sequence, Union
 
@@ -35,6 +36,7 @@ from gradtx._internal import routing as _routing
 from gradtx._internal import sharding as _sharding
 from gradtx._internal import tree as _tree
 from gradtx._internal import validate as _validate
+from gradtx.linalg.matrix_roots import one_matrix_per_call_on_cpu
 from gradtx.routing import matrix_view as _matrix_view
 from gradtx.routing.axis_names import keeps_init_names
 from gradtx.routing.matrix_view import MatrixView, MatrixViewRule
@@ -101,13 +103,20 @@ def _along(x: jax.Array, axis: int, factor: jax.Array, transpose: bool = False) 
   return jnp.moveaxis(jnp.tensordot(q, x, axes=(1, axis)), 0, axis)
 
 
+# Q⁻ᵀ Y for an upper triangular Q. The step is vmapped over a stack's entries
+# and a group's leaves: on CPU each vmapped solve is a loop of one-matrix
+# LAPACK calls (``one_matrix_per_call_on_cpu``; batched, it hung a process
+# of two devices), elsewhere one batched solve.
+_solve_transposed = one_matrix_per_call_on_cpu(functools.partial(
+    jax.lax.linalg.triangular_solve, left_side=True, lower=False, transpose_a=True))
+
+
 def _solve_along(x: jax.Array, axis: int, factor: jax.Array) -> jax.Array:
   """Q⁻ᵀ applied along ``axis`` of ``x`` (a triangular solve, or a division)."""
   if factor.ndim == 1:
     return x / factor.reshape([-1 if a == axis else 1 for a in range(x.ndim)])
   y = jnp.moveaxis(x, axis, 0)
-  solved = jax.lax.linalg.triangular_solve(
-      factor, y.reshape(y.shape[0], -1), left_side=True, lower=False, transpose_a=True)
+  solved = _solve_transposed(factor, y.reshape(y.shape[0], -1))
   return jnp.moveaxis(solved.reshape(y.shape), 0, axis)
 
 

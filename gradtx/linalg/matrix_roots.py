@@ -2,8 +2,8 @@
 
 ``inverse_pth_root`` computes (A + εI)^{-1/p} of a stack of symmetric PSD
 matrices by a float32 symmetric eigendecomposition (default) or a matmul-only
-coupled Newton iteration; ``matmul``, ``transpose`` and ``unbatched_on_cpu``
-are the kernels ``kronecker`` and ``soap`` share.
+coupled Newton iteration; ``matmul``, ``transpose``, ``unbatched_on_cpu`` and
+``one_matrix_per_call_on_cpu`` are the kernels the matrix transforms share.
 """
 
 import functools
@@ -38,28 +38,46 @@ def unbatched_on_cpu(fn: Callable, a: jax.Array) -> Any:
   For LAPACK-backed ``fn`` (``jnp.linalg.eigh``, ``qr``): jaxlib 0.10's
   batched CPU kernels hand their batch to the intra-op thread pool and block
   until it is done; when as many batched calls as the pool has threads run at
-  once (independent leaves do), every thread waits and the step deadlocks
-  (seen with 2 threads; fixed in jaxlib 0.11.2). An unbatched call runs
-  inline, so on CPU the stack is walked with ``lax.map``; other platforms
-  keep the batched call. A user's ``jax.vmap`` around the whole step (a
-  batch of problems) would batch each walked call again (it deadlocked
-  Shampoo and SOAP): ``_one_at_a_time`` keeps it one matrix per call there
-  too.
+  once (independent leaves do, and so do the devices of one process), every
+  thread waits and the step deadlocks (seen with 2 threads; fixed in jaxlib
+  0.11.2). An unbatched call runs inline, so on CPU the stack is walked with
+  ``lax.map``; other platforms keep the batched call. A ``jax.vmap`` around
+  it (the user's, over a batch of problems) stays one matrix per call
+  (``one_matrix_per_call_on_cpu``).
   """
   batch, matrix = a.shape[:-2], a.shape[-2:]
-  out = block_stacks.map_stack(_one_at_a_time(fn), a.reshape(-1, *matrix), per_matrix_from=0)
+  out = block_stacks.map_stack(
+      one_matrix_per_call_on_cpu(fn), a.reshape(-1, *matrix), per_matrix_from=0)
   return jax.tree.map(lambda x: x.reshape(*batch, *x.shape[1:]), out)
 
 
-def _one_at_a_time(fn: Callable) -> Callable:
-  """``fn``, whose ``jax.vmap`` is a loop of unbatched calls
-  (``jax.custom_batching.sequential_vmap``) and whose derivative is ``fn``'s
-  own (``sequential_vmap`` has no reverse mode)."""
-  sequential = jax.custom_batching.sequential_vmap(lambda x: fn(x))
+def one_matrix_per_call_on_cpu(fn: Callable) -> Callable:
+  """``fn`` (a LAPACK-backed function of matrices), whose ``jax.vmap`` is a
+  ``lax.map`` of unbatched calls on CPU and ``fn``'s batched call elsewhere.
+
+  Unvmapped it is ``fn``'s own call, so for a step that vmaps ``fn`` itself
+  (PSGD Kron's triangular solve over a stack's entries, CholeskyQR's over a
+  batch) as for a user's ``jax.vmap`` around a step that walks its stacks
+  (``unbatched_on_cpu``): no batched LAPACK call reaches XLA:CPU, whose
+  batched kernels deadlock (``unbatched_on_cpu``). Its derivative is
+  ``fn``'s (``custom_vmap`` has no reverse mode).
+  """
+
+  @jax.custom_batching.custom_vmap
+  def walked(*xs):
+    return fn(*xs)
+
+  @walked.def_vmap
+  def rule(axis_size, in_batched, *xs):
+    xs = [x if batched else jnp.broadcast_to(x, (axis_size, *jnp.shape(x)))
+          for x, batched in zip(xs, in_batched)]
+    loop = lambda *xs: jax.lax.map(lambda entry: walked(*entry), xs)
+    out = jax.lax.platform_dependent(*xs, cpu=loop, default=jax.vmap(fn))
+    return out, jax.tree.map(lambda _: True, out)
 
   @jax.custom_jvp
-  def one(x):
-    return sequential(x)
+  def one(*xs):
+    return walked(*xs)
 
   one.defjvp(lambda primals, tangents: jax.jvp(fn, primals, tangents))
   return one
