@@ -167,8 +167,8 @@ def describe(tx: optax.GradientTransformation, params: Any, *, strict: bool = Fa
   if _axes.has_linen_boxes(params):
     notes.append(
         "axis names read from Linen boxes: an optimizer handed the unboxed arrays"
-        " (nn.unbox, a TrainState) does not see them unless its matrix_view is"
-        " gt.matrix_view_from_axes(<these params>)")
+        " (after nn.unbox; a TrainState of boxed params keeps them) does not see"
+        " them unless its matrix_view is gt.matrix_view_from_axes(<these params>)")
   passed_through = set()
   with _routing.recording() as recorder, _axes.forgetting_trees_met():
     state = jax.eval_shape(lambda p: tx.init(p), params)
@@ -231,8 +231,9 @@ def _read_state(state, params, keys, recorder):
   """Per leaf its partition labels and the bytes of the param-shaped state;
   the bytes of everything else."""
   structures = [jax.tree.structure(params),
-                jax.tree.structure(_tree.unwrap_variables(params))]
+                jax.tree.structure(_tree.unwrap_metadata(params))]
   n = len(keys)
+  shape = tuple(jax.numpy.shape(params)) if jax.tree_util.treedef_is_leaf(structures[0]) else None
   labels, leaf_bytes = [()] * n, [0] * n
   partitions, claimed, stack_prefixes = [], set(), set()
   shared = 0

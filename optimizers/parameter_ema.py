@@ -161,7 +161,7 @@ def ema_params(state: Any, params: optax.Params) -> optax.Params:
         f" opt_state)")
   # flax NNX: nnx.Optimizer's opt_state wraps the EMA in OptVariables, and
   # nnx.state(model, nnx.Param) the parameters in Params.
-  ema, plain = _tree.unwrap_variables(found[0].ema), _tree.unwrap_variables(params)
+  ema, plain = _tree.unwrap_metadata(found[0].ema), _tree.unwrap_metadata(params)
   try:  # the average is a prefix of params: a MaskedNode may stand for a subtree
     jax.tree.structure(ema, is_leaf=_tree.is_masked_node).flatten_up_to(plain)
   except ValueError as error:

@@ -13,12 +13,14 @@ import math
 import re
 
 import chex
+import flax.linen as linen
 import jax
 import jax.numpy as jnp
 import numpy as np
 import optax
 import pytest
 from flax import nnx
+from flax.training import train_state
 from jax.sharding import NamedSharding
 from jax.sharding import PartitionSpec as P
 
@@ -377,6 +379,66 @@ def test_flax_nnx_optimizer_with_sharded_params(case):
   np.testing.assert_allclose(losses, ref_losses, rtol=tolerance)
   np.testing.assert_allclose(
       kernel, ref_model.lin.kernel[...], rtol=tolerance, atol=tolerance / 10)
+
+
+class _BoxedMLP(linen.Module):
+  """Kernels boxed with mesh axis names (``nn.with_partitioning``)."""
+
+  @linen.compact
+  def __call__(self, x):
+    boxed = lambda names: linen.with_partitioning(linen.initializers.lecun_normal(), names)
+    x = jax.nn.relu(linen.Dense(64, kernel_init=boxed((None, "y")))(x))
+    x = jax.nn.relu(linen.Dense(64, kernel_init=boxed(("y", None)))(x))
+    return linen.Dense(8, kernel_init=boxed((None, "y")))(x)
+
+
+def _linen_train(tx, mesh, steps=3):
+  """Flax's Linen recipe: a TrainState of boxed parameters, laid out by
+  ``nn.get_sharding`` of its abstract value (or unsharded)."""
+  model, key = _BoxedMLP(), jax.random.PRNGKey(0)
+  x = jnp.linspace(-1.0, 1.0, 16 * 64).reshape(16, 64)
+  labels = jnp.arange(16) % 8
+
+  def init(key):
+    return train_state.TrainState.create(
+        apply_fn=model.apply, params=model.init(key, x)["params"], tx=tx)
+
+  def step(state):
+    def loss_fn(params):
+      logits = state.apply_fn({"params": params}, x)
+      return optax.softmax_cross_entropy_with_integer_labels(logits, labels).mean()
+    loss, grads = jax.value_and_grad(loss_fn)(state.params)
+    return state.apply_gradients(grads=grads), loss
+
+  shardings = None if mesh is None else linen.get_sharding(jax.eval_shape(init, key), mesh)
+  state = jax.jit(init, out_shardings=shardings)(key)
+  step = jax.jit(step, in_shardings=(shardings,), out_shardings=(shardings, None))
+  losses = []
+  for _ in range(steps):
+    state, loss = step(state)
+    losses.append(float(loss))
+  return state, losses
+
+
+@pytest.mark.parametrize("name", ["adamw", "muon", "adafactor", "adam_mini", "adamw_8bit",
+                                  "dion", "normuon", "psgd_kron", "shampoo"])
+def test_linen_train_state_of_boxed_params_on_a_mesh(name):
+  """A Linen box around a parameter named the axes of every state leaf built
+  from it: Adam-mini's block means (1, 64), Dion's basis, NorMuon's row
+  moments, Adafactor's factors and 8-bit scales kept the kernel's names and
+  ``nn.get_sharding`` refused them (optax.adafactor still does). Statistics
+  are plain; moments shaped like the parameter keep its box and layout."""
+  make = lambda: CASES_BY_NAME[name].make(0.02)
+  state, losses = _linen_train(make(), make_mesh(jax.sharding.AxisType.Auto))
+  _, ref_losses = _linen_train(make(), None)
+  kernel = state.params["Dense_0"]["kernel"]
+  assert isinstance(kernel, linen.Partitioned)
+  assert kernel.value.sharding.spec == P(None, "y")
+  assert losses[-1] < losses[0]
+  np.testing.assert_allclose(losses, ref_losses, rtol=2e-4)
+  if name == "adamw":  # a moment shaped like its parameter is laid out like it
+    mu = state.opt_state[0].mu["Dense_0"]["kernel"]
+    assert isinstance(mu, linen.Partitioned) and mu.value.sharding.spec == P(None, "y")
 
 
 def test_compact_states_of_a_data_sharded_leaf_keep_its_sharding():

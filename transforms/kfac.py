@@ -331,7 +331,7 @@ def kfac_precondition(
 
     diag = jax.tree_util.tree_map_with_path(
         lambda path, p: jnp.zeros_like(p, _tree.compute_dtype(p))
-        if role_of(path) == "diag" else optax.MaskedNode(), _tree.unwrap_variables(params))
+        if role_of(path) == "diag" else optax.MaskedNode(), _tree.unwrap_metadata(params))
     return KfacPreconditionState(
         jnp.zeros([], jnp.int32),
         *_tree.map_statistics(statistics, 4, params, with_path=True), diag)

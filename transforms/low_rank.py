@@ -305,9 +305,10 @@ def orthogonalize_low_rank(
     if not error_feedback:
       residual = jax.tree.map(lambda _: optax.MaskedNode(), params)
     else:
-      # NNX variables whole: an 8-bit buffer is a QuantizedArray, not a
-      # variable's value (nnx.Optimizer would write it back as an nnx.State).
-      leaves, treedef = jax.tree.flatten(params, is_leaf=_tree.is_variable)
+      # NNX variables and Linen boxes whole: an 8-bit buffer is a
+      # QuantizedArray, not a wrapper's value (nnx.Optimizer would write it
+      # back as an nnx.State; a box's names do not fit its codes).
+      leaves, treedef = jax.tree.flatten(params, is_leaf=_tree.is_wrapped)
       leaf_views = iter(views)  # one per array: none for a masked-out leaf
 
       def residual_of(p):

@@ -137,7 +137,7 @@ def normalize_by_second_moment(
   def update_fn(updates, state, params=None):
     _validate.check_matching_shapes(updates, params, "normalize_by_second_moment")
     count = optax.safe_increment(state.count)
-    views = jax.tree.structure(_tree.unwrap_variables(updates)).unflatten(
+    views = jax.tree.structure(_tree.unwrap_metadata(updates)).unflatten(
         _matrix_view.views_of(updates, matrix_view))
     seeds = state_format.maybe_rounding_seeds(updates, count, nu_format)
     traced = _tree.traced_hyperparameters(b2=b2, eps=eps)

@@ -230,7 +230,7 @@ def probe_folds(updates: Any) -> list:
   folded from: a hash of its path, so adding a leaf changes no other leaf's
   probe. The step derives every leaf's key, ``fold_in(probe_key, fold)``, in
   one hash of all the folds (one kernel), and each stack gathers its rows."""
-  flat = jax.tree_util.tree_flatten_with_path(_tree.unwrap_variables(updates))[0]
+  flat = jax.tree_util.tree_flatten_with_path(_tree.unwrap_metadata(updates))[0]
   return [zlib.crc32("/".join(_names.path_names(path)).encode()) % 2**31 for path, _ in flat]
 
 
@@ -294,7 +294,7 @@ def draws(key: jax.Array, updates: Any,
   ``matrix_view`` as the transform's). A test feeds the same draws to a
   reference."""
   do_balance, keys = probe_keys(key, updates)
-  plain = _tree.unwrap_variables(updates)
+  plain = _tree.unwrap_metadata(updates)
   batches = _matrix_view.batch_axes_of(plain, matrix_view)
   return do_balance, [entry_probes(k, x, b)
                       for k, x, b in zip(keys, jax.tree.leaves(plain), batches)]
@@ -479,7 +479,7 @@ def scale_by_psgd_kron(
     factor as its parameter (it is stepped where the parameter lives, and on
     Auto axes the layouts of its inputs are all XLA goes by); without a
     mesh, as they are."""
-    plain = _tree.unwrap_variables(params)
+    plain = _tree.unwrap_metadata(params)
     leaves, treedef = jax.tree.flatten(plain)
     mesh = block_stacks.owner_mesh(leaves)
     if mesh is None:
@@ -493,7 +493,7 @@ def scale_by_psgd_kron(
     _validate.check_real_leaves(params, "scale_by_psgd_kron")
     batches = _matrix_view.batch_axes_of(params, matrix_view)
     _routing.report_per_leaf(params, "roles", [
-        role(x, b) for x, b in zip(jax.tree.leaves(_tree.unwrap_variables(params)), batches)])
+        role(x, b) for x, b in zip(jax.tree.leaves(_tree.unwrap_metadata(params)), batches)])
     mu = state_format.zeros_like_tree(params, mu_format, signed=True) if keeps_momentum else None
     # map_statistics visits the leaves in this order.
     leaf_batches = iter(batches)
@@ -691,7 +691,7 @@ def scale_by_psgd_kron(
       of entries) stacked alike: without a mesh there too, on an Explicit
       mesh where they live (``where_they_live``, by shape and layout), on
       Auto axes (layouts unknown when traced) each on its own."""
-      plain = [None if t is None else _tree.unwrap_variables(t) for t in trees]
+      plain = [None if t is None else _tree.unwrap_metadata(t) for t in trees]
       flat = [[None] * treedef.num_leaves if t is None else treedef.flatten_up_to(t)
               for t in plain]
       batches = _matrix_view.batch_axes_of(trees[0], matrix_view)  # as init: names on variables

@@ -205,16 +205,17 @@ def map_leaves(
   leaves of the updates are skipped) and must return ``num_outputs`` values.
   A tree given as ``None`` (an optional state field that is switched off)
   contributes ``None`` to every call. Output ``i`` corresponds to input tree
-  ``i`` (the updates, then the state fields): flax NNX variables are seen
-  through, and each output has its input's wrapping, so a plain statistic
-  stays plain when the updates arrive as ``nnx.State`` of ``nnx.Param``.
+  ``i`` (the updates, then the state fields): flax NNX variables and Linen
+  boxes are seen through, and each output has its input's wrapping, so a
+  plain statistic stays plain when the updates arrive as ``nnx.State`` of
+  ``nnx.Param`` or boxed.
 
   Inside a trace, with ``once_per_shape``, ``fn`` is traced once per
   distinct signature of its arguments (``traced_once_per_shape``): only for
   an ``fn`` that is a function of its arguments and of values shared by
   every leaf (not one that takes the next item of an iterator per call).
   """
-  plain = [None if t is None else unwrap_variables(t) for t in trees]
+  plain = [None if t is None else unwrap_metadata(t) for t in trees]
   leaves, treedef = jax.tree.flatten(plain[0])
   if once_per_shape:
     fn = traced_once_per_shape(fn, leaves)
@@ -256,29 +257,36 @@ def traced_once_per_shape(fn: Callable, inputs: Any) -> Callable:
   return call
 
 
-def unwrap_variables(tree: Any) -> Any:
-  """``tree`` with every flax NNX variable replaced by its value."""
-  if not has_variables(tree):
+def unwrap_metadata(tree: Any) -> Any:
+  """``tree`` with every flax NNX variable and Linen box replaced by its value."""
+  if not has_metadata(tree):
     return tree
-  return jax.tree.map(lambda x: x.get_value() if is_variable(x) else x, tree,
-                      is_leaf=is_variable)
+  return jax.tree.map(value_of, tree, is_leaf=is_wrapped)
 
 
-def has_variables(tree: Any) -> bool:
-  return any(is_variable(x) for x in jax.tree.leaves(tree, is_leaf=is_variable))
+def has_metadata(tree: Any) -> bool:
+  return any(is_wrapped(x) for x in jax.tree.leaves(tree, is_leaf=is_wrapped))
+
+
+def value_of(x: Any) -> Any:
+  """The value an NNX variable or a Linen box wraps; ``x`` itself otherwise."""
+  if is_variable(x):
+    return x.get_value()
+  return x.value if is_box(x) else x
 
 
 def statistics_structure(updates: Any) -> Any:
   """The treedef of per-leaf statistics of ``updates`` (``map_statistics``
-  builds them plain): ``updates``' own, with NNX variables seen through."""
-  return jax.tree.structure(unwrap_variables(updates))
+  builds them plain): ``updates``' own, with NNX variables and Linen boxes
+  seen through."""
+  return jax.tree.structure(unwrap_metadata(updates))
 
 
 def wrapped_like(plain: Any, like: Any) -> Any:
-  """``plain`` (variable-free) with ``like``'s NNX variable wrappers, if any."""
-  if not has_variables(like):
+  """``plain`` (wrapper-free) with ``like``'s NNX variables or Linen boxes, if any."""
+  if not has_metadata(like):
     return plain
-  values = jax.tree.structure(unwrap_variables(like)).flatten_up_to(plain)
+  values = jax.tree.structure(unwrap_metadata(like)).flatten_up_to(plain)
   return jax.tree.unflatten(jax.tree.structure(like), values)
 
 
@@ -315,6 +323,17 @@ def is_variable(x: Any) -> bool:
   return hasattr(x, "get_value") and hasattr(x, "get_metadata")
 
 
+def is_box(x: Any) -> bool:
+  # Linen's nn.Partitioned and nn.LogicallyPartitioned: a pytree node boxing
+  # its value with axis names.
+  return hasattr(x, "unbox") and hasattr(x, "names") and hasattr(x, "value")
+
+
+def is_wrapped(x: Any) -> bool:
+  """An NNX variable or a Linen box: a value wrapped with its metadata."""
+  return is_variable(x) or is_box(x)
+
+
 def map_statistics(
     fn: Callable[..., tuple], num_outputs: int, params: Any, *,
     with_path: bool = False,
@@ -332,12 +351,13 @@ def map_statistics(
     one call, and the result is a prefix of the state tree (``jax.jit``'s
     ``out_shardings`` takes it as it is; ``jax.tree.broadcast(result,
     state)`` expands it leaf by leaf);
-  * flax NNX variables are unwrapped, so the statistics do not inherit the
-    parameter's sharding metadata in ``nnx.Optimizer``.
+  * flax NNX variables and Linen boxes are unwrapped, so the statistics do
+    not inherit the parameter's sharding metadata (``nnx.Optimizer``, a
+    ``TrainState`` of boxed parameters and ``nn.get_sharding``).
   """
   if is_params_placeholder(params):
     return (NOT_PARAMS,) * num_outputs
-  plain = unwrap_variables(params)
+  plain = unwrap_metadata(params)
   with_paths, treedef = jax.tree_util.tree_flatten_with_path(plain)
   outputs = [fn(*pl) if with_path else fn(pl[1]) for pl in with_paths]
   return _unzip(outputs, treedef, num_outputs)

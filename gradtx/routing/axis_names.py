@@ -141,15 +141,10 @@ def read(names: tuple) -> Reading:
   return Reading(batch, tuple(axes[:first]), tuple(axes[first:]), role)
 
 
-def _is_box(x: Any) -> bool:
-  # Linen's nn.Partitioned and nn.LogicallyPartitioned.
-  return hasattr(x, "unbox") and hasattr(x, "names") and hasattr(x, "value")
-
-
 def _named_leaf(x: Any) -> Optional[tuple[tuple, tuple]]:
   """(shape, axis names) of an NNX variable or a Linen box that names every
   axis of its value, else ``None``."""
-  if _is_box(x):
+  if _tree.is_box(x):
     names, value = x.names, x.value
   elif _tree.is_variable(x):
     metadata = x.get_metadata()
@@ -173,19 +168,15 @@ def _named_leaf(x: Any) -> Optional[tuple[tuple, tuple]]:
   return (tuple(shape), names) if any(role_of_axis(n) for n in names) else None
 
 
-def _is_box_or_variable(x: Any) -> bool:
-  return _is_box(x) or _tree.is_variable(x)
-
-
 def carries_metadata(tree: Any) -> bool:
   """Whether ``tree`` holds NNX variables or Linen boxes: what they name
   (``axis_names_of``, ``{}`` where nothing) is all the names it has."""
-  return any(map(_is_box_or_variable, jax.tree.leaves(tree, is_leaf=_is_box_or_variable)))
+  return any(map(_tree.is_wrapped, jax.tree.leaves(tree, is_leaf=_tree.is_wrapped)))
 
 
 def axis_names_of(tree: Any) -> dict:
   """``{leaf key: (shape, axis names)}`` of the leaves of ``tree`` that carry names."""
-  is_leaf = _is_box_or_variable
+  is_leaf = _tree.is_wrapped
   found = {}
   for path, x in jax.tree_util.tree_flatten_with_path(tree, is_leaf=is_leaf)[0]:
     named = _named_leaf(x)
@@ -341,7 +332,7 @@ def forgetting_trees_met() -> Iterator[None]:
 
 def has_linen_boxes(tree: Any) -> bool:
   """Whether ``tree`` holds Linen ``nn.Partitioned`` / ``nn.LogicallyPartitioned`` boxes."""
-  return any(_is_box(x) for x in jax.tree.leaves(tree, is_leaf=_is_box))
+  return any(_tree.is_box(x) for x in jax.tree.leaves(tree, is_leaf=_tree.is_box))
 
 
 @contextlib.contextmanager

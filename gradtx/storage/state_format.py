@@ -209,7 +209,7 @@ def zeros_like_tree(params: Any, fmt: Any, *, signed: bool, real: bool = False) 
         lambda path, p: jnp.zeros_like(p, _leaf_dtype(path, p, fmt, real)), params)
 
   def leaf(x):
-    p = x.get_value() if _tree.is_variable(x) else x
+    p = _tree.value_of(x)
     if isinstance(p, optax.MaskedNode):  # a variable optax.masked left out (NNX)
       return x
     if np.prod(p.shape, dtype=np.int64) < fmt.min_size:
@@ -225,7 +225,7 @@ def zeros_like_tree(params: Any, fmt: Any, *, signed: bool, real: bool = False) 
   # marked as statistics there.
   if _tree.is_params_placeholder(params):
     return _tree.NOT_PARAMS
-  return jax.tree.map(leaf, params, is_leaf=_tree.is_variable)
+  return jax.tree.map(leaf, params, is_leaf=_tree.is_wrapped)
 
 
 def full_like_tree(
