@@ -246,6 +246,8 @@ def _read_state(state, params, keys, recorder):
         visit(inner, prefix + (group,))
       return
     for structure in structures:
+      if jax.tree_util.treedef_is_leaf(structure) and getattr(node, "shape", None) != shape:
+        continue  # a single array's structure matches any node: only its moments count
       try:
         parts = structure.flatten_up_to(node)
       except (ValueError, TypeError):
@@ -271,6 +273,8 @@ def _read_state(state, params, keys, recorder):
       visit(child, prefix)
 
   visit(state, ())
+  if shape is not None:  # one array: all the state is its own
+    leaf_bytes, shared = [leaf_bytes[0] + shared], 0
   has_stacks = [recorder.leaves.get(k, _routing.LeafReport()).stack_bytes > 0 for k in keys]
   for prefix, groups in sorted(partitions, key=lambda p: len(p[0])):
     branches = [prefix + (g,) for g in groups]

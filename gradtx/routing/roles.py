@@ -116,7 +116,7 @@ def matrix_roles(params: Any, *, matrix_view: Optional[_matrix_view.MatrixViewRu
     # A LoRA adapter's factors (nnx.LoRALinear's lora.lora_a, lora_b) follow
     # the head whose kernel they adapt, as they do a head known by name.
     head_modules = {tuple(names[i][:-1]) for i in heads}
-    by_shape = [head or (n[-1] in _LORA_FACTORS and tuple(n[:-2]) in head_modules)
+    by_shape = [head or (bool(n) and n[-1] in _LORA_FACTORS and tuple(n[:-2]) in head_modules)
                 for head, n in zip(by_shape, names)]
     for group in groups:
       if len(group) > 1:

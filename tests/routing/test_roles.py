@@ -365,3 +365,19 @@ def test_a_lora_adapter_follows_the_head_found_by_shape(model, head):
   assert {branches[f"['{head}']{k}"] for k in ("['kernel']", "['lora']['lora_a']",
                                                 "['lora']['lora_b']")} == {"adam"}
   assert branches["['l1']['lora']['lora_a']"] == "muon"
+
+
+@pytest.mark.parametrize("factory", [go.muon, go.normuon, go.adamuon, go.dion, go.vmuon,
+                                     go.muonh, go.soap_muon])
+def test_a_single_array_is_routed_as_a_dicts_one_matrix(factory):
+  """A bare array has an empty path: the LoRA-factor test read its last name
+  and every Muon-family optimizer failed at init (IndexError)."""
+  x = jax.random.normal(jax.random.PRNGKey(0), (24, 16))
+  assert gt.matrix_roles(x) == "hidden"
+  tx = factory(1e-2)
+  bare, _ = tx.update(0.1 * x, tx.init(x), x)
+  named, _ = tx.update({"w": 0.1 * x}, tx.init({"w": x}), {"w": x})
+  if factory is go.dion:  # its random start is keyed by the leaf's path
+    assert jnp.all(jnp.isfinite(bare)) and jnp.any(bare != 0)
+  else:
+    assert jnp.allclose(bare, named["w"], rtol=1e-6, atol=1e-7)
