@@ -19,7 +19,9 @@ device mesh (rows, layers of a scanned stack, tensor-parallel columns), a
 reshape with no data moved.
 
 Reference: Dettmers et al., "8-bit Optimizers via Block-wise Quantization",
-ICLR 2022 (the dynamic map is bitsandbytes' ``create_dynamic_map``).
+ICLR 2022 (the dynamic map is bitsandbytes' ``create_dynamic_map``, computed
+here in float64 then rounded: about a third of its entries differ from
+bitsandbytes' float32 ones by 1-2 ulp).
 """
 
 import functools
@@ -42,7 +44,8 @@ def dynamic_code_map(signed: bool) -> np.ndarray:
   represented by its midpoint; 0 and 1 are added. Rounding errors are thus
   at most ±0.7% (signed; ±0.35% unsigned) of the block maximum near it and
   about ±14% (±7%) of a value at 1% of it; the smallest non-zero code is
-  :math:`3\cdot 10^{-7}` of the maximum. The signed map is symmetric except
+  :math:`3.25\cdot 10^{-7}` (unsigned) or :math:`5.5\cdot 10^{-7}` (signed)
+  of the maximum. The signed map is symmetric except
   for its extra +1 (its most negative value is -0.99297).
 
   Args:
@@ -298,6 +301,9 @@ def quantize_blockwise(
   row): :math:`4\cdot 10^4\,η` on a Zipf-sampled (1000, 64) embedding, where
   float32 AdamW's steps stay under :math:`2.1\,η`. Stored at the smallest code
   instead, such a :math:`v` is over-estimated, and its step only smaller.
+  (Float32 arithmetic on CPU flushes subnormals: a value under
+  :math:`2^{-126}`, or under :math:`2^{-126}` of its block's maximum, is
+  stored as 0.)
 
   Non-finite entries do not spoil their block: the scale is the largest
   *finite* magnitude, ±inf saturate to the extreme codes and NaN becomes 0.
@@ -339,7 +345,11 @@ def quantize_codes(x, signed: bool, block_size: int, finite: bool,
   if not finite:
     magnitude = jnp.where(jnp.isfinite(magnitude), magnitude, 0)
   scales = jnp.max(magnitude, axis=-1)
-  normalized = blocks / jnp.where(scales > 0, scales, 1)[..., None]
+  # XLA divides by the scale as a product with its reciprocal, which is
+  # subnormal above 2^126 and flushed to zero on CPU: such a block is scaled
+  # down first, exactly (a power of two).
+  shrink = jnp.where(scales > 2.0**125, 2.0**-4, 1.0).astype(jnp.float32)[..., None]
+  normalized = (blocks * shrink) / (jnp.where(scales > 0, scales, 1)[..., None] * shrink)
   if not finite:
     normalized = jnp.where(jnp.isnan(normalized), 0, normalized)
   index = _encode(normalized, signed)
@@ -350,7 +360,8 @@ def quantize_codes(x, signed: bool, block_size: int, finite: bool,
 def _decode(index: jax.Array, signed: bool) -> jax.Array:
   """``dynamic_code_map(signed)[index]``: a gather from the 256-entry table.
 
-  bitsandbytes' dequantization, value for value. XLA:CPU fuses the gather
+  bitsandbytes' dequantization (a lookup times the block's absmax; its map
+  differs by 1-2 ulp, see the module docstring). XLA:CPU fuses the gather
   into its consumers (an arithmetic decode, tried before, agreed with the
   table to 1 ulp and made each quantized leaf's program ~2x longer to compile).
   """

@@ -52,9 +52,17 @@ class Int8Blocks:
 
 @dataclasses.dataclass(frozen=True)
 class StochasticBfloat16:
-  """State format: bfloat16, stochastically rounded (reproducible per seed)."""
+  """State format: bfloat16, stochastically rounded (reproducible per seed).
+
+  Attributes:
+    seed: an integer >= 0; the rounding's random bits are a hash of it, the
+      step count and the element's index.
+  """
 
   seed: int = 0
+
+  def __post_init__(self):
+    object.__setattr__(self, "seed", _validate.check_integer("seed", self.seed, 0))
 
 
 def state_format(name: str, value: Any) -> Any:

@@ -25,6 +25,15 @@ def test_int8_format_arguments_are_validated():
     gt.Int8Blocks(min_size=-1)
 
 
+@pytest.mark.parametrize("seed", ["x", None, [1], 1.5, -1, True])
+def test_stochastic_rounding_seed_is_validated(seed):
+  """A string or list was taken and failed inside the first update
+  (TypeError from its arithmetic); 1.5 was taken silently."""
+  with pytest.raises(ValueError, match="seed must be an integer >= 0"):
+    gt.StochasticBfloat16(seed=seed)
+  assert gt.StochasticBfloat16(seed=3).seed == 3
+
+
 def test_int8_state_layout_and_small_leaves_stay_float32():
   params = {"big": jnp.zeros((64, 128), jnp.bfloat16), "small": jnp.zeros(10)}
   state = gt.scale_by_adam(mu_dtype="int8", nu_dtype=jnp.int8).init(params)
