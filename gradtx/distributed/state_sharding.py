@@ -34,9 +34,13 @@ def state_shardings(tx: optax.GradientTransformation, params: Any) -> Any:
   split over all devices along their stack axis (their owners), 8-bit codes
   of row-sharded parameters by rows, other small statistics and counters
   replicated — and the specs are returned on ``params``' own mesh, full
-  rank (``P(None,)`` for a replicated vector, as a jitted step returns it). Use it for
-  ``jax.jit(tx.init, out_shardings=...)``, the train step's in/out
-  shardings, and orbax restore targets. It works for optax's own
+  rank (``P(None,)`` for a replicated vector, as a jitted step returns it on
+  Explicit axes). Use it for ``jax.jit(tx.init, out_shardings=...)``, the
+  train step's in/out shardings, and orbax restore targets. On Auto axes
+  give the step these ``out_shardings`` too: XLA's partitioner returns specs
+  of its own form (trailing ``None`` dropped, or another layout of a
+  statistic: Dion's bases), which ``jax.jit`` caches apart, so a step
+  without them compiles twice (optax's states too). It works for optax's own
   transformations as well.
 
   Args:
