@@ -44,8 +44,14 @@ def main(argv=None):
   parser.add_argument("--factors", default="0.5,0.7,1,1.4,2")
   parser.add_argument("--reference", default="adamw")
   args, rest = parser.parse_known_args(argv)
-  factors = [float(f) for f in args.factors.split(",")]
-  variants = grid(args.grid.split(";"), factors)
+  try:
+    factors = [float(f) for f in args.factors.split(",")]
+    registry.check_factors("--factors", factors)
+    variants = grid(args.grid.split(";"), factors)
+  except ValueError as error:
+    parser.error(str(error))
+  except KeyError as error:
+    parser.error(f"--grid: {error} is not a registry entry")
   print(harness.machine_banner())
   results = char_lm.main(["--optimizers", ",".join([args.reference, *variants]), *rest],
                          optimizers={**registry.OPTIMIZERS, **variants})

@@ -294,7 +294,11 @@ def read_records(path: pathlib.Path, required: Sequence[str]) -> list[tuple[int,
   """
   if not path.exists():
     return []
-  lines = path.read_text().splitlines()
+  try:
+    lines = path.read_text().splitlines()
+  except UnicodeDecodeError as error:
+    raise ValueError(f"{path} is not a text file of JSON run records ({error.reason} at byte"
+                     f" {error.start})") from None
   records = []
   for number, line in enumerate(lines, 1):
     if not line.strip():
@@ -308,6 +312,9 @@ def read_records(path: pathlib.Path, required: Sequence[str]) -> list[tuple[int,
         path.write_text("".join(line + "\n" for line in lines[:-1]))
         continue
       raise ValueError(f"{path}:{number} is not a JSON run record ({error.msg})") from None
+    if not isinstance(record, dict):
+      raise ValueError(f"{path}:{number} is not a JSON run record (JSON {type(record).__name__},"
+                       " not an object)")
     missing = set(required) - set(record)
     if missing:
       raise ValueError(f"{path}:{number}: the run record lacks {sorted(missing)}")

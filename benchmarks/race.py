@@ -37,7 +37,7 @@ def race_items(config: char_lm.Config) -> list[tuple[str, float]]:
   items = []
   for item in config.optimizers:
     name, factor = split_factor(item)
-    items += [(name, f) for f in ([factor] if factor else config.lr_factors)]
+    items += [(name, f) for f in (config.lr_factors if factor is None else [factor])]
   return items
 
 

@@ -18,8 +18,9 @@ the number of training steps returning an ``optax.GradientTransformation``.
 """
 
 import contextvars
+import math
 import re
-from typing import Callable, Mapping, Optional
+from typing import Callable, Mapping, Optional, Sequence
 
 import jax
 import jax.numpy as jnp
@@ -276,6 +277,21 @@ def run_label(name: str, factor: float) -> str:
 
 
 def split_factor(item: str) -> tuple[str, Optional[float]]:
-  """``"adamuon@2x"`` -> ("adamuon", 2.0); a name without the suffix -> (name, None)."""
-  match = re.fullmatch(r"(.+)@([0-9.]+)x", item)
-  return (match[1], float(match[2])) if match else (item, None)
+  """``"adamuon@2x"`` -> ("adamuon", 2.0); a name without the suffix -> (name, None).
+
+  Raises ``ValueError`` for a suffix that is not a positive number
+  (``muon@0x``, ``muon@1.5.x``)."""
+  if "@" not in item:
+    return item, None
+  match = re.fullmatch(r"(.+)@(\d+(?:\.\d*)?|\.\d+)x", item)
+  if not match or not float(match[2]) > 0:
+    raise ValueError(f"{item!r}: an lr factor is written name@Fx with F a positive number"
+                     " (muon@2x, muon@0.75x)")
+  return match[1], float(match[2])
+
+
+def check_factors(option: str, factors: Sequence[float]) -> None:
+  """``ValueError`` unless every lr factor is a positive finite number."""
+  bad = [f for f in factors if not (math.isfinite(f) and f > 0)]
+  if bad:
+    raise ValueError(f"{option} must be positive finite numbers, got {', '.join(map(str, bad))}")

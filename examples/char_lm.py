@@ -77,7 +77,7 @@ from gradtx import optimizers as go
 if not __package__:  # run as a script: the registry is in benchmarks/, at the root
   sys.path.insert(0, str(pathlib.Path(__file__).resolve().parents[1]))
 from benchmarks import device_cost  # noqa: E402
-from benchmarks.registry import OPTIMIZERS, Registry, split_factor  # noqa: E402
+from benchmarks.registry import OPTIMIZERS, Registry, check_factors, split_factor  # noqa: E402
 
 VOCAB = "\n" + "".join(chr(c) for c in range(32, 127))
 UNKNOWN = len(VOCAB)  # one extra token for every character outside VOCAB
@@ -453,8 +453,12 @@ def parse_args(
   if not names:
     parser.error("--optimizers is empty")
   racing = bool(factors or seeds)  # a race also takes name@{factor}x
-  unknown = [n for n in names if n not in optimizers
-             and not (racing and split_factor(n)[0] in optimizers)]
+  try:
+    check_factors("--lr-factors", factors)
+    unknown = [n for n in names if n not in optimizers
+               and not (racing and split_factor(n)[0] in optimizers)]
+  except ValueError as error:
+    parser.error(str(error))
   if unknown:
     parser.error(
         f"unknown optimizer(s) {unknown}; choose from {list(optimizers)}")
@@ -462,8 +466,6 @@ def parse_args(
   values = {k: v for k, v in vars(args).items() if k in fields}
   if factors or seeds:
     factors, seeds = factors or (1.0,), seeds or (args.seed,)
-  if any(f <= 0 for f in factors):
-    parser.error(f"--lr-factors must be positive, got {args.lr_factors}")
   if factors and args.devices != 1:
     parser.error("--lr-factors/--seeds race on one device (omit --devices)")
   return Config(**{**values, "optimizers": names, "lr_factors": factors, "seeds": seeds})

@@ -171,6 +171,9 @@ def test_char_lm_refuses_a_batch_the_mesh_does_not_divide():
     (["--lr-factors", "1,x"], "--lr-factors takes comma-separated floats"),
     (["--seeds", "0,1.5"], "--seeds takes comma-separated ints"),
     (["--corpus-mb", "0"], "--corpus-mb 0"),
+    (["--lr-factors", "nan"], "--lr-factors must be positive finite numbers"),
+    (["--lr-factors", "-1"], "--lr-factors must be positive finite numbers"),
+    (["--optimizers", "adamw,muon@.x", "--seeds", "0"], "'muon@.x': an lr factor"),
 ])
 def test_char_lm_refuses_settings_it_cannot_train_with(options, message, capsys):
   with pytest.raises(SystemExit):

@@ -83,9 +83,14 @@ def parse_args(argv: Optional[Sequence[str]]) -> argparse.Namespace:
                          else numbers("--target-factors", args.target_factors, float))
   args.schedules = tuple(s for s in args.schedules.split(",") if s)
   args.baseline_variants = tuple(v for v in args.baseline_variants.split(",") if v)
-  items = [registry.split_factor(item) for item in args.optimizers.split(",") if item]
+  try:
+    items = [registry.split_factor(item) for item in args.optimizers.split(",") if item]
+    registry.check_factors("--factors", args.factors)
+    registry.check_factors("--target-factors", args.target_factors)
+  except ValueError as error:
+    parser.error(str(error))
   args.optimizers = tuple(name for name, _ in items)
-  args.fixed = {name: factor or 1.0 for name, factor in items}
+  args.fixed = {name: 1.0 if factor is None else factor for name, factor in items}
   check(parser, args, items)
   return args
 

@@ -31,7 +31,7 @@ from typing import Callable, Optional, Sequence
 import jax
 import numpy as np
 
-from benchmarks import harness
+from benchmarks import harness, registry
 from benchmarks.suite import WORKLOADS, scoring
 from benchmarks.suite import train as suite_train
 
@@ -136,6 +136,17 @@ def parse_args(argv: Optional[Sequence[str]]) -> argparse.Namespace:
   args.optimizers = args.optimizers.split(",")
   if args.optimizers[0] != scoring.REFERENCE:
     parser.error(f"--optimizers must start with {scoring.REFERENCE}")
+  # Refused before minutes of timing, not after them.
+  unknown = ([w for w in args.workloads if w not in WORKLOADS]
+             + [o for o in args.optimizers if o not in registry.OPTIMIZERS])
+  if unknown:
+    parser.error(f"unknown names: {', '.join(unknown)}")
+  for option, value in (("--rounds", args.rounds), ("--chunk", args.chunk)):
+    if value < 1:
+      parser.error(f"{option} must be at least 1, got {value}")
+  for option, path in (("--summary", args.summary), ("--from-json", args.from_json)):
+    if path is not None and not path.is_file():
+      parser.error(f"{option}: no file {path}")
   return args
 
 

@@ -1,5 +1,6 @@
 """The timing helpers' arithmetic (no timing: synthetic seconds)."""
 
+import re
 import statistics
 
 import numpy as np
@@ -30,3 +31,18 @@ def test_amortized_leaves_a_partial_window_out():
 def test_amortized_refuses_a_window_outside_the_calls(window):
   with pytest.raises(ValueError, match=r"window must be in \[1, 80\]"):
     harness.amortized([1.0] * 80, window)
+
+
+@pytest.mark.parametrize("content, message", [
+    (b'{"a": 1}\n123\n{"a": 2}\n', ":2 is not a JSON run record (JSON int, not an object)"),
+    (b'["a"]\n{"a": 1}\n', ":1 is not a JSON run record (JSON list, not an object)"),
+    (b'{"a": 1}\n\xff\xfe\n', "is not a text file of JSON run records"),
+    (b'{"b": 1}\n{"a": 1}\n', ":1: the run record lacks ['a']"),
+])
+def test_a_run_file_that_is_not_records_is_an_error_naming_it(tmp_path, content, message):
+  """A JSON line that is not an object gave a bare TypeError, bytes that are
+  not text a bare UnicodeDecodeError."""
+  path = tmp_path / "runs.jsonl"
+  path.write_bytes(content)
+  with pytest.raises(ValueError, match=re.escape(message)):
+    harness.read_records(path, ["a"])

@@ -92,6 +92,10 @@ def test_run_label_and_split_factor_read_each_other():
   assert registry.split_factor("adamuon@2x") == ("adamuon", 2.0)
   assert registry.split_factor("muon:gram@0.75x") == ("muon:gram", 0.75)
   assert registry.split_factor("adamuon") == ("adamuon", None)
+  assert registry.split_factor("muon@.5x") == ("muon", 0.5)
+  for item in ("muon@0x", "muon@1.5.x", "muon@.x", "muon@-1x", "muon@x", "muon@2"):
+    with pytest.raises(ValueError, match="an lr factor is written name@Fx"):
+      registry.split_factor(item)
 
 
 class _Recorder:

@@ -108,6 +108,13 @@ def test_runner_resumes_from_its_run_files(tmp_path, monkeypatch):
     (["--factors", ","], "--factors is empty"),
     (["--optimizers", "adamw,muon@2x"], "muon@2x: a name@Fx factor is the fixed ruleset's"),
     (["--optimizers", "muon"], "--optimizers must include adamw"),
+    # -1 trained uphill and was scored, nan never matched its own run key.
+    (["--factors", "-1"], "--factors must be positive finite numbers"),
+    (["--factors", "1,nan"], "--factors must be positive finite numbers"),
+    (["--target-factors", "0"], "--target-factors must be positive finite numbers"),
+    # muon@0x ran muon at 1x.
+    (["--ruleset", "fixed", "--optimizers", "adamw,muon@0x"], "'muon@0x': an lr factor"),
+    (["--ruleset", "fixed", "--optimizers", "adamw,muon@1.5.x"], "'muon@1.5.x': an lr factor"),
 ])
 def test_options_the_runs_could_not_use_are_refused_before_the_first_run(
     options, message, capsys):

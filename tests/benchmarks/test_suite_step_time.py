@@ -3,6 +3,7 @@
 import math
 
 import numpy as np
+import pytest
 
 from benchmarks.suite import WORKLOADS, step_time
 from benchmarks.suite import train as suite_train
@@ -62,3 +63,16 @@ def test_optimizers_must_start_with_adamw():
   except SystemExit:
     return
   raise AssertionError("parse_args accepted a list that does not start with adamw")
+
+
+@pytest.mark.parametrize("options, message", [
+    (["--workloads", "tabular_mlp,nosuch"], "unknown names: nosuch"),
+    (["--optimizers", "adamw,nosuch"], "unknown names: nosuch"),
+    (["--rounds", "0"], "--rounds must be at least 1"),
+    (["--summary", "/no/such/summary.json"], "--summary: no file"),
+])
+def test_options_it_could_not_use_are_refused_before_timing(options, message, capsys):
+  """They failed after every workload was timed (KeyError, FileNotFoundError)."""
+  with pytest.raises(SystemExit):
+    step_time.parse_args(options)
+  assert message in capsys.readouterr().err
