@@ -64,7 +64,8 @@ def adafactor(
   it. The weight decay λ is not multiplied by the learning rate.
 
   The arguments are optax.adafactor's with gradtx names (``b1`` for
-  ``momentum``, an EMA decay; ``mu_dtype`` for ``dtype_momentum``,
+  ``momentum``, an EMA decay; ``mu_dtype`` for ``dtype_momentum``, whose
+  ``None`` is the parameter's dtype where optax's default is float32,
   ``weight_decay`` for ``weight_decay_rate``, ``mask`` for
   ``weight_decay_mask``), and for a given ``learning_rate`` the update is
   optax's. Unlike optax,

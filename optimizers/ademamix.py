@@ -34,7 +34,9 @@ def ademamix(
   :math:`s_t` the slow EMA (decay β₃, not bias-corrected) of
   ``gt.scale_by_ademamix``, then ``gt.decoupled_weight_decay`` and the
   learning rate: ``optax.contrib.ademamix``'s chain (equal in float64 where
-  the arguments overlap). The paper warms α and β₃ up over its first steps
+  the arguments overlap, but for schedules, which gradtx reads at an int64
+  count under x64 and optax at an int32 one, ~1e-8 apart, and a narrow
+  ``mu_dtype``/``nu_dtype``, whose rounded moment gradtx steps with). The paper warms α and β₃ up over its first steps
   and pairs a long-memory β₃ = 0.9999 with long runs; pass schedules for
   ``alpha`` / ``b3``. They are evaluated at the 0-based count, the official
   code's (apple/ml-ademamix) at the 1-based step: its α warm-up

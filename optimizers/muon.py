@@ -53,7 +53,9 @@ def muon(
   PyTorch's (out, in) layout), ``"moonlight"`` 0.2·sqrt(max(fan_in, fan_out))
   (matches AdamW's update RMS, so AdamW's learning rate and weight decay
   transfer), or ``None``. ``nesterov=False`` orthogonalizes :math:`m_t`
-  itself. Convolution kernels are orthogonalized as (kh·kw·fan_in, fan_out)
+  itself. This is KellerJordan/Muon's rule; ``optax.contrib.muon``
+  bias-corrects both Nesterov terms and makes its Adam side NAdam (README,
+  below the optimizer table, lists the differences). Convolution kernels are orthogonalized as (kh·kw·fan_in, fan_out)
   matrices, attention query/key/value kernels (in, heads, head_dim) as
   (in, heads·head_dim); declare scanned layer stacks with
   ``matrix_view=gt.stacked_matrix_view()``.
