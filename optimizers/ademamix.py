@@ -36,15 +36,16 @@ def ademamix(
   learning rate: ``optax.contrib.ademamix``'s chain (equal in float64 where
   the arguments overlap, but for schedules, which gradtx reads at an int64
   count under x64 and optax at an int32 one, ~1e-8 apart, and a narrow
-  ``mu_dtype``/``nu_dtype``, whose rounded moment gradtx steps with). The paper warms α and β₃ up over its first steps
-  and pairs a long-memory β₃ = 0.9999 with long runs; pass schedules for
-  ``alpha`` / ``b3``. They are evaluated at the 0-based count, the official
-  code's (apple/ml-ademamix) at the 1-based step: its α warm-up
-  α·min(t/T_α, 1) is ``alpha=lambda count: 5.0 * jnp.minimum((count + 1) /
-  warmup, 1.0)`` here (``optax.linear_schedule(0.0, 5.0, warmup)`` trails it
-  by one step), and its β₃ warm-up (``linear_hl_warmup_scheduler``, linear
-  in the half-life) is likewise written of ``count + 1`` (so shifted, both
-  match the official optimizer to 8e-16 in float64).
+  ``mu_dtype``/``nu_dtype``, whose rounded moment gradtx steps with). The
+  paper warms α and β₃ up over its first steps and pairs a long-memory β₃ =
+  0.9999 with long runs; pass schedules for ``alpha`` / ``b3``. They are
+  evaluated at the 0-based count, the official code's (apple/ml-ademamix) at
+  the 1-based step: its α warm-up α·min(t/T_α, 1) is ``alpha=lambda count:
+  5.0 * jnp.minimum((count + 1) / warmup, 1.0)`` here
+  (``optax.linear_schedule(0.0, 5.0, warmup)`` trails it by one step), and
+  its β₃ warm-up (``linear_hl_warmup_scheduler``, linear in the half-life)
+  is likewise written of ``count + 1`` (so shifted, both match the official
+  optimizer to 8e-16 in float64).
 
   Args:
     learning_rate: η, a non-negative number or a schedule.

@@ -55,9 +55,10 @@ def muon(
   transfer), or ``None``. ``nesterov=False`` orthogonalizes :math:`m_t`
   itself. This is KellerJordan/Muon's rule; ``optax.contrib.muon``
   bias-corrects both Nesterov terms and makes its Adam side NAdam (README,
-  below the optimizer table, lists the differences). Convolution kernels are orthogonalized as (kh·kw·fan_in, fan_out)
-  matrices, attention query/key/value kernels (in, heads, head_dim) as
-  (in, heads·head_dim); declare scanned layer stacks with
+  below the optimizer table, lists the differences). Convolution kernels are
+  orthogonalized as (kh·kw·fan_in, fan_out) matrices, attention
+  query/key/value kernels (in, heads, head_dim) as (in, heads·head_dim);
+  declare scanned layer stacks with
   ``matrix_view=gt.stacked_matrix_view()``.
 
   The other leaves get AdamW (``gt.AdamWSide``: ``adam_b1``, ``adam_b2``,
