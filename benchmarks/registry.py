@@ -283,7 +283,7 @@ def split_factor(item: str) -> tuple[str, Optional[float]]:
   (``muon@0x``, ``muon@1.5.x``)."""
   if "@" not in item:
     return item, None
-  match = re.fullmatch(r"(.+)@(\d+(?:\.\d*)?|\.\d+)x", item)
+  match = re.fullmatch(r"(.+)@((?:\d+(?:\.\d*)?|\.\d+)(?:e[+-]?\d+)?)x", item)
   if not match or not float(match[2]) > 0:
     raise ValueError(f"{item!r}: an lr factor is written name@Fx with F a positive number"
                      " (muon@2x, muon@0.75x)")

@@ -90,6 +90,9 @@ def parse_args(argv: Optional[Sequence[str]]) -> argparse.Namespace:
   except ValueError as error:
     parser.error(str(error))
   args.optimizers = tuple(name for name, _ in items)
+  repeated = sorted({name for name in args.optimizers if args.optimizers.count(name) > 1})
+  if repeated:
+    parser.error(f"--optimizers names {', '.join(repeated)} more than once (one factor each)")
   args.fixed = {name: 1.0 if factor is None else factor for name, factor in items}
   check(parser, args, items)
   return args

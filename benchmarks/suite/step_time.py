@@ -132,9 +132,9 @@ def parse_args(argv: Optional[Sequence[str]]) -> argparse.Namespace:
                       help="time nothing: the milliseconds of an earlier --json (to score"
                            " them against another --summary)")
   args = parser.parse_args(argv)
-  args.workloads = args.workloads.split(",")
-  args.optimizers = args.optimizers.split(",")
-  if args.optimizers[0] != scoring.REFERENCE:
+  args.workloads = [w for w in args.workloads.split(",") if w]
+  args.optimizers = [o for o in args.optimizers.split(",") if o]
+  if not args.optimizers or args.optimizers[0] != scoring.REFERENCE:
     parser.error(f"--optimizers must start with {scoring.REFERENCE}")
   # Refused before minutes of timing, not after them.
   unknown = ([w for w in args.workloads if w not in WORKLOADS]

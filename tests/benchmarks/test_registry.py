@@ -93,6 +93,9 @@ def test_run_label_and_split_factor_read_each_other():
   assert registry.split_factor("muon:gram@0.75x") == ("muon:gram", 0.75)
   assert registry.split_factor("adamuon") == ("adamuon", None)
   assert registry.split_factor("muon@.5x") == ("muon", 0.5)
+  for factor in (1e-5, 1e6, 123456789.0, 1.41421356, 0.5):  # run_label's {:g} forms read back
+    name, read = registry.split_factor(registry.run_label("muon", factor))
+    assert name == "muon" and read == float(f"{factor:g}")
   for item in ("muon@0x", "muon@1.5.x", "muon@.x", "muon@-1x", "muon@x", "muon@2"):
     with pytest.raises(ValueError, match="an lr factor is written name@Fx"):
       registry.split_factor(item)

@@ -115,6 +115,8 @@ def test_runner_resumes_from_its_run_files(tmp_path, monkeypatch):
     # muon@0x ran muon at 1x.
     (["--ruleset", "fixed", "--optimizers", "adamw,muon@0x"], "'muon@0x': an lr factor"),
     (["--ruleset", "fixed", "--optimizers", "adamw,muon@1.5.x"], "'muon@1.5.x': an lr factor"),
+    # The 2x was dropped silently.
+    (["--ruleset", "fixed", "--optimizers", "adamw,muon@2x,muon@1x"], "names muon more than once"),
 ])
 def test_options_the_runs_could_not_use_are_refused_before_the_first_run(
     options, message, capsys):
