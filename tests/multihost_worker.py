@@ -12,9 +12,13 @@ fitting every step, on a scanned stack split below its layer axis and two
 same-shape matrices (its triangular solve vmapped over their entries).
 """
 
+import os
 import sys
 
-import jax
+if os.environ.get("GRADTX_TEST_CPUS"):  # pinned before jax sizes its thread pool
+  os.sched_setaffinity(0, sorted(os.sched_getaffinity(0))[:int(os.environ["GRADTX_TEST_CPUS"])])
+
+import jax  # noqa: E402
 import jax.numpy as jnp
 import numpy as np
 import optax

@@ -24,6 +24,7 @@ import pathlib
 import socket
 import subprocess
 import sys
+import time
 
 import jax
 import jax.numpy as jnp
@@ -348,22 +349,25 @@ def _free_port():
 
 def _worker(out, process_id, processes, port, devices, *args, cpus=None):
   # Small programs: compiled as tests/conftest.py compiles them. ``cpus``:
-  # run on that many cores (XLA:CPU's thread pool has one thread per core).
+  # the worker runs on that many cores (XLA:CPU's thread pool has one thread
+  # per core), pinned before it imports jax.
   flags = (f"--xla_force_host_platform_device_count={devices}"
            " --xla_backend_optimization_level=0 --xla_cpu_use_fusion_emitters=false")
-  env = dict(os.environ, XLA_FLAGS=flags, JAX_PLATFORMS="cpu", PYTHONPATH=str(ROOT))
-  pin = None if cpus is None else (
-      lambda: os.sched_setaffinity(0, sorted(os.sched_getaffinity(0))[:cpus]))
+  env = dict(os.environ, XLA_FLAGS=flags, JAX_PLATFORMS="cpu", PYTHONPATH=str(ROOT),
+             GRADTX_TEST_CPUS="" if cpus is None else str(cpus))
   return subprocess.Popen(
       [sys.executable, str(ROOT / "tests" / "multihost_worker.py"), str(out),
        str(process_id), str(processes), str(port), *args],
-      env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True, preexec_fn=pin)
+      env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
 
 
 def _finished(processes, timeout):
-  """Each process's output, all killed if one is still running at ``timeout``."""
+  """Each process's output, all killed if one is still running ``timeout``
+  seconds from now."""
+  deadline = time.monotonic() + timeout
   try:
-    return [process.communicate(timeout=timeout)[0] for process in processes]
+    return [process.communicate(timeout=max(0.0, deadline - time.monotonic()))[0]
+            for process in processes]
   except subprocess.TimeoutExpired:
     for process in processes:
       process.kill()
@@ -392,9 +396,11 @@ def test_psgd_kron_on_two_processes_of_two_devices_fits_stacks(tmp_path):
   below its layer axis (and over a group of same-shape matrices), was one
   batched LAPACK call per device; jaxlib 0.10 hands its batch to XLA:CPU's
   thread pool and waits, so with as many devices per process as the pool has
-  threads (2 devices, 2 cores) every thread waited: the first fit hung. On
-  CPU it is now one call per matrix (``unbatched_vmap_on_cpu``); two
-  processes x 2 devices equal one process with 4."""
+  threads (2 devices, 2 cores) every thread waited: the first fit hung (3
+  times in 4 on the old code; tests/test_integration.py's
+  test_no_batched_lapack_call_on_cpu catches the batched call every time).
+  On CPU it is now one call per matrix (``one_matrix_per_call_on_cpu``);
+  two processes x 2 devices equal one process with 4."""
   single = _worker(tmp_path / "single.npz", 0, 1, 0, 4, "stacks", cpus=2)
   port = _free_port()
   workers = [_worker(tmp_path / "multi.npz", i, 2, port, 2, "stacks", cpus=2) for i in range(2)]

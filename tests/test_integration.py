@@ -413,7 +413,7 @@ def test_no_batched_lapack_call_on_cpu(name, user_vmap):
   decomposition and triangular solve of a compiled step, on a stack read as
   a batch, on same-shape leaves and under a user's ``jax.vmap``, is one
   matrix per call. PSGD Kron's solve over a stack (it hung two processes of
-  two devices) and CholeskyQR's under a vmap were batched."""
+  two devices) and CholeskyQR's Cholesky and solve on a stack were batched."""
   params = {"layers": jnp.ones((3, 16, 16)), "a": jnp.eye(16), "b": 2 * jnp.eye(16),
             "c": jnp.ones((24, 16)), "bias": jnp.ones(16)}
   tx = _DECOMPOSING[name](gt.stacked_matrix_view())
