@@ -441,6 +441,33 @@ def test_linen_train_state_of_boxed_params_on_a_mesh(name):
     assert isinstance(mu, linen.Partitioned) and mu.value.sharding.spec == P(None, "y")
 
 
+@pytest.mark.parametrize("name", ["muon", "shampoo", "soap", "normuon", "psgd_kron"])
+def test_same_shape_kernels_of_two_layouts_on_an_auto_mesh(name):
+  """Two (64, 32) kernels split P('x') and P('x', 'y') in one stack on Auto
+  axes, stepped and applied in one jitted function: XLA's partitioner
+  emitted an out-of-range slice taking the second back from its owner (the
+  HLO verifier refused the program). Entries now leave their owners split by
+  rows (``block_stacks.scattered_by_rows``); the step is the unsharded one."""
+  mesh = make_mesh(jax.sharding.AxisType.Auto)
+  values = {"k0": jnp.linspace(-1.0, 1.0, 64 * 32).reshape(64, 32),
+            "k1": jnp.cos(jnp.linspace(0.0, 9.0, 64 * 32)).reshape(64, 32)}
+  specs = {"k0": P("x"), "k1": P("x", "y")}
+  tx = CASES_BY_NAME[name].make(LR)
+
+  def step(params, state):
+    updates, state = tx.update(jax.tree.map(lambda p: jnp.sin(3 * p), params), state, params)
+    return optax.apply_updates(params, updates), state
+
+  with jax.set_mesh(mesh):
+    params = {k: jax.device_put(v, NamedSharding(mesh, specs[k])) for k, v in values.items()}
+    shardings = gt.state_shardings(tx, params)
+    state = jax.jit(tx.init, out_shardings=shardings)(params)
+    layout = (jax.tree.map(lambda p: p.sharding, params), shardings)
+    stepped, _ = jax.jit(step, out_shardings=layout)(params, state)
+  expected, _ = jax.jit(step)(values, tx.init(values))
+  chex.assert_trees_all_close(stepped, expected, rtol=1e-5, atol=1e-6)
+
+
 def test_compact_states_of_a_data_sharded_leaf_keep_its_sharding():
   """jit(init) on an Explicit 1-D mesh: 8-bit codes of a leaf sharded on its
   first axis only, and Adam-mini's per-row moments, are split the same way."""

@@ -343,6 +343,20 @@ def _in_mesh(mesh: Any, fn: Callable) -> Any:
   return fn()
 
 
+def entries_at_hidden_offset(stack: jax.Array, start: int, count: int) -> jax.Array:
+  """``stack[start:start + count]`` at an offset XLA's partitioner cannot see.
+
+  On an Auto mesh, an entry sliced at a constant offset from an owner stack
+  and taken to the layout of its leaf (which Auto axes do not type) made the
+  partitioner emit an out-of-range slice (two same-shape kernels ``P('x')``
+  and ``P('x', 'y')``: the HLO verifier refused the step). A dynamic slice
+  at an offset behind an optimization barrier is partitioned as such; the
+  leaves keep their layouts.
+  """
+  offset = jax.lax.optimization_barrier(jnp.int32(start))
+  return jax.lax.dynamic_slice_in_dim(stack, offset, count)
+
+
 def place_on_owners(x: jax.Array, mesh: Optional[Any]) -> jax.Array:
   """``x`` (a stack) split along its first axis over the devices of ``mesh``."""
   if mesh is None:
@@ -679,6 +693,8 @@ class OwnerPlan:
         stack = unpadded_per_shard(stack, group.count, _shards(mesh, first))
       if first and k > 1:  # interleaved, its members of one count
         return deinterleaved(stack, k, start // count)
+      if mesh is not None and not _explicit(mesh):
+        return entries_at_hidden_offset(stack, start, count)
       return stack[start:start + count]
 
     via = self._rows_over_mesh()
@@ -825,9 +841,10 @@ class OwnerPlan:
     outputs XLA copies)."""
     mesh = self.mesh
 
-    def split(stacks):
+    def split(stacks, entry=lambda s, j: s[j]):
       return tuple(tuple(
-          self._laid_out_through(s[j], self._layouts_on_the_way(spec, s.shape[1:]), back=True)
+          self._laid_out_through(entry(s, j), self._layouts_on_the_way(spec, s.shape[1:]),
+                                 back=True)
           for j, spec in enumerate(sp)) for s, sp in zip(stacks, specs))
 
     def split_alike(stack, count):
@@ -849,8 +866,9 @@ class OwnerPlan:
           split, out_sharding=tuple(map(tuple, specs)))(tuple(stacks)))
     constrain = lambda x, spec: x if spec is None else _in_mesh(
         mesh, lambda: jax.lax.with_sharding_constraint(x, spec))
+    hidden = lambda s, j: entries_at_hidden_offset(s, j, 1)[0]  # see its docstring
     return tuple(tuple(constrain(x, spec) for x, spec in zip(xs, sp))
-                 for xs, sp in zip(split(tuple(stacks)), specs))
+                 for xs, sp in zip(split(tuple(stacks), hidden), specs))
 
   def check_state(self, state_stacks: Any, updates: Any, transform: str) -> None:
     """Raises ``ValueError`` for a group the state has no stack for.
