@@ -233,7 +233,9 @@ def _read_state(state, params, keys, recorder):
   structures = [jax.tree.structure(params),
                 jax.tree.structure(_tree.unwrap_metadata(params))]
   n = len(keys)
-  shape = tuple(jax.numpy.shape(params)) if jax.tree_util.treedef_is_leaf(structures[0]) else None
+  # One array (perhaps a Linen box or an NNX variable): its shape.
+  single = any(map(jax.tree_util.treedef_is_leaf, structures))
+  shape = tuple(jax.numpy.shape(_tree.unwrap_metadata(params))) if single else None
   labels, leaf_bytes = [()] * n, [0] * n
   partitions, claimed, stack_prefixes = [], set(), set()
   shared = 0
@@ -273,8 +275,9 @@ def _read_state(state, params, keys, recorder):
       visit(child, prefix)
 
   visit(state, ())
-  if shape is not None:  # one array: all the state is its own
-    leaf_bytes, shared = [leaf_bytes[0] + shared], 0
+  if shape is not None:  # one array: all the state is its own (its stacks counted apart)
+    stacked = sum(r.stack_bytes for r in recorder.leaves.values())
+    leaf_bytes, shared = [leaf_bytes[0] + shared - stacked], stacked
   has_stacks = [recorder.leaves.get(k, _routing.LeafReport()).stack_bytes > 0 for k in keys]
   for prefix, groups in sorted(partitions, key=lambda p: len(p[0])):
     branches = [prefix + (g,) for g in groups]

@@ -171,21 +171,28 @@ def test_a_tuple_of_parameters_reads_as_the_same_list(factory):
     assert sum(b for _, b in as_tuple) > 0
 
 
+@pytest.mark.parametrize("wrap", [lambda x: x, lambda x: nn.Partitioned(x, ("a", "b")),
+                                  lambda x: nnx.Param(x)], ids=["array", "linen_box", "nnx_param"])
 @pytest.mark.parametrize("factory, branch", [
     (lambda: go.muon(1e-2), "muon"), (lambda: go.dion(1e-2), "dion"),
-    (lambda: go.adamw(1e-2), "element-wise"), (lambda: go.psgd_kron(1e-2), None)],
-    ids=["muon", "dion", "adamw", "psgd_kron"])
-def test_a_single_array_reads_as_the_one_leaf_of_a_dict(factory, branch):
+    (lambda: go.adamw(1e-2), "element-wise"), (lambda: go.psgd_kron(1e-2), None),
+    (lambda: go.shampoo(1e-2), "matrix")],
+    ids=["muon", "dion", "adamw", "psgd_kron", "shampoo"])
+def test_a_single_array_reads_as_the_one_leaf_of_a_dict(factory, branch, wrap):
   """A bare array's structure matches any node of the state: Muon's whole
   chain was read as its moment and the leaf described as ``adam``, while
-  the update was Muon's. All of its state is the leaf's."""
-  s = jax.ShapeDtypeStruct((64, 32), jnp.float32)
-  (bare,) = gt.describe(factory(), s)
-  (named,) = gt.describe(factory(), {"w": s})
+  the update was Muon's (also for one Linen box or NNX variable, whose
+  unwrapped structure is one leaf); Shampoo's stacks were counted twice. All
+  of its state is the leaf's."""
+  x = wrap(jnp.zeros((64, 32)))
+  described = gt.describe(factory(), x)
+  (bare,) = described
+  (named,) = gt.describe(factory(), {"w": x})
   assert bare.branch == named.branch
   assert branch is None or bare.branch == branch
-  state = factory().init(jnp.zeros((64, 32)))
-  assert bare.state_bytes == sum(x.nbytes for x in jax.tree.leaves(state))
+  state = factory().init(x)
+  assert bare.state_bytes == sum(leaf.nbytes for leaf in jax.tree.leaves(state))
+  assert described.shared_bytes == 0
 
 
 def test_a_chain_without_step_counts_and_a_tree_with_an_integer_leaf_read_per_leaf():
