@@ -10,6 +10,9 @@ into an abstract target, ``ocp.utils.to_shape_dtype_struct`` of every leaf
 
 import contextlib
 import functools
+import pathlib
+import re
+import warnings
 
 import chex
 import jax
@@ -387,3 +390,55 @@ def test_every_state_has_one_shape_whatever_the_mesh_size(case):
   assert described[0] == described[1] == described[2], case.name
   for n, target in zip((8, 4, 1), targets):
     assert all(a.sharding.mesh.size == n for a in jax.tree.leaves(target)), case.name
+
+
+def _readme_function(name):
+  """A function defined in one of README.md's python blocks."""
+  text = (pathlib.Path(__file__).parents[1] / "README.md").read_text()
+  (block,) = [b for b in re.findall(r"^```python\n(.*?)^```", text, re.S | re.M)
+              if f"def {name}(" in b]
+  namespace = {}
+  exec(compile(block, "README.md", "exec"), namespace)  # noqa: S102
+  return namespace[name]
+
+
+@pytest.mark.parametrize("name", ["psgd_kron", "dion", "adam_mini", "adafactor", "normuon"])
+def test_a_linen_checkpoint_with_boxed_statistics_restores_by_the_readme_recipe(name):
+  """Before b14608f a Linen box around a parameter boxed the statistics built
+  from it too; such a TrainState checkpoint (saved here by c683092) restores
+  into today's plain statistics by README's ``unboxed_like``, the same values."""
+  import flax.linen as nn
+  from flax import serialization
+  from flax.training import train_state
+
+  from benchmarks import revisions
+
+  class Boxed(nn.Module):
+    @nn.compact
+    def __call__(self, x):
+      kernel = nn.with_partitioning(nn.initializers.lecun_normal(), (None, "model"))
+      return nn.Dense(8, kernel_init=nn.with_partitioning(
+          nn.initializers.lecun_normal(), ("model", None)))(
+              jax.nn.relu(nn.Dense(64, kernel_init=kernel)(x)))
+
+  model, x = Boxed(), jnp.linspace(-1.0, 1.0, 4 * 64).reshape(4, 64)
+  params = model.init(jax.random.PRNGKey(0), x)["params"]
+  grads = jax.tree.map(jnp.cos, params)
+  with warnings.catch_warnings():  # the revision's warning classes cannot cross to xdist
+    warnings.simplefilter("ignore")
+    _, old_go = revisions.at_revision("c683092")
+    old = train_state.TrainState.create(apply_fn=model.apply, params=params,
+                                        tx=getattr(old_go, name)(1e-2))
+    old = old.apply_gradients(grads=grads)
+    data = serialization.to_bytes(old)
+  target = train_state.TrainState.create(apply_fn=model.apply, params=params,
+                                         tx=getattr(go, name)(1e-2))
+  unboxed_like = _readme_function("unboxed_like")
+  restored = serialization.from_state_dict(target, unboxed_like(
+      serialization.msgpack_restore(data), serialization.to_state_dict(target)))
+  saved = [np.asarray(v) for v in jax.tree.leaves(nn.unbox(old.opt_state))]
+  assert len(saved) == len(jax.tree.leaves(nn.unbox(restored.opt_state)))
+  for a, b in zip(saved, jax.tree.leaves(nn.unbox(restored.opt_state))):
+    np.testing.assert_array_equal(a, np.asarray(b))
+  stepped = restored.apply_gradients(grads=grads)
+  assert all(map(lambda v: bool(jnp.all(jnp.isfinite(v))), jax.tree.leaves(nn.unbox(stepped))))
