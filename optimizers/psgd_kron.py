@@ -37,8 +37,20 @@ def psgd_kron(
   where :math:`\hat m_t` is the debiased momentum of the gradient and Q the
   Kronecker-factored whitening preconditioner of ``gt.scale_by_psgd_kron``
   (fitted on ⌈1/p⌉-th steps, p = ``precond_update_probability``); the
-  update's RMS is capped at 1.1, so learning rates are AdamW-like (psgd-jax
-  suggests 3–10× smaller than AdamW's).
+  update's RMS is capped at 1.1, so learning rates are AdamW-like (psgd-jax's
+  README: Adam-like settings, perhaps half the learning rate; kron_torch's:
+  about 3× smaller, with 3–10× the weight decay). With ``precond_init_scale``
+  1 (psgd-jax's default) Q starts at the identity, so the first updates are
+  about the gradient's size, far below Adam's (134× on a 64-wide MLP whose
+  gradient RMS is 7e-3), and grow as Q is fitted (each fit moves a factor by
+  up to ``precond_lr``): Adam's scale after some 40–50 steps there, as in
+  psgd-jax (equal to 1e-15 in float64). Xi-Lin Li's psgd_torch sets the scale
+  from the first gradient, (mean|g|⁴)^(-1/8); passing such a number as
+  ``precond_init_scale`` starts at unit-sized updates. With
+  ``precond_dtype=jnp.bfloat16`` a fit step preconditions with the float32
+  factors it just fitted (psgd-jax with the stored, rounded ones: ~1% apart),
+  and with ``mu_dtype=jnp.bfloat16`` the step uses the stored, rounded
+  momentum (as torch does; psgd-jax the float32 one: 0.3–0.8% apart).
 
   Args:
     learning_rate: η, a number or a schedule.
