@@ -12,7 +12,6 @@ import contextlib
 import functools
 import pathlib
 import re
-import warnings
 
 import chex
 import jax
@@ -402,43 +401,43 @@ def _readme_function(name):
   return namespace[name]
 
 
-@pytest.mark.parametrize("name", ["psgd_kron", "dion", "adam_mini", "adafactor", "normuon"])
+@pytest.mark.parametrize("name", ["psgd_kron", "dion", "adam_mini", "normuon"])
 def test_a_linen_checkpoint_with_boxed_statistics_restores_by_the_readme_recipe(name):
   """Before b14608f a Linen box around a parameter boxed the statistics built
-  from it too; such a TrainState checkpoint (saved here by c683092) restores
-  into today's plain statistics by README's ``unboxed_like``, the same values."""
+  from it too; such a TrainState checkpoint restores into today's plain
+  statistics by README's ``unboxed_like``, the same values, and steps.
+  tests/linen_boxed_states_c683092.msgpack holds the states c683092's
+  library (``benchmarks.revisions.at_revision("c683092")``) saved for this
+  model after one step of ``jnp.cos`` of the parameters at lr 1e-2 (its
+  16-wide kernels are below Adafactor's factoring size, 128: Adafactor is
+  not in it)."""
   import flax.linen as nn
   from flax import serialization
   from flax.training import train_state
-
-  from benchmarks import revisions
 
   class Boxed(nn.Module):
     @nn.compact
     def __call__(self, x):
       kernel = nn.with_partitioning(nn.initializers.lecun_normal(), (None, "model"))
-      return nn.Dense(8, kernel_init=nn.with_partitioning(
+      return nn.Dense(4, kernel_init=nn.with_partitioning(
           nn.initializers.lecun_normal(), ("model", None)))(
-              jax.nn.relu(nn.Dense(64, kernel_init=kernel)(x)))
+              jax.nn.relu(nn.Dense(16, kernel_init=kernel)(x)))
 
-  model, x = Boxed(), jnp.linspace(-1.0, 1.0, 4 * 64).reshape(4, 64)
+  model, x = Boxed(), jnp.linspace(-1.0, 1.0, 4 * 16).reshape(4, 16)
   params = model.init(jax.random.PRNGKey(0), x)["params"]
-  grads = jax.tree.map(jnp.cos, params)
-  with warnings.catch_warnings():  # the revision's warning classes cannot cross to xdist
-    warnings.simplefilter("ignore")
-    _, old_go = revisions.at_revision("c683092")
-    old = train_state.TrainState.create(apply_fn=model.apply, params=params,
-                                        tx=getattr(old_go, name)(1e-2))
-    old = old.apply_gradients(grads=grads)
-    data = serialization.to_bytes(old)
+  saved = serialization.msgpack_restore(
+      (pathlib.Path(__file__).parent / "linen_boxed_states_c683092.msgpack").read_bytes())[name]
   target = train_state.TrainState.create(apply_fn=model.apply, params=params,
                                          tx=getattr(go, name)(1e-2))
+  with pytest.raises((ValueError, AttributeError, TypeError)):  # as saved: refused, or fails
+    serialization.from_state_dict(target.opt_state, saved)
+    target.replace(opt_state=serialization.from_state_dict(target.opt_state, saved)
+                   ).apply_gradients(grads=jax.tree.map(jnp.cos, params))
   unboxed_like = _readme_function("unboxed_like")
-  restored = serialization.from_state_dict(target, unboxed_like(
-      serialization.msgpack_restore(data), serialization.to_state_dict(target)))
-  saved = [np.asarray(v) for v in jax.tree.leaves(nn.unbox(old.opt_state))]
-  assert len(saved) == len(jax.tree.leaves(nn.unbox(restored.opt_state)))
-  for a, b in zip(saved, jax.tree.leaves(nn.unbox(restored.opt_state))):
-    np.testing.assert_array_equal(a, np.asarray(b))
-  stepped = restored.apply_gradients(grads=grads)
-  assert all(map(lambda v: bool(jnp.all(jnp.isfinite(v))), jax.tree.leaves(nn.unbox(stepped))))
+  opt_state = serialization.from_state_dict(target.opt_state, unboxed_like(
+      saved, serialization.to_state_dict(target.opt_state)))
+  values = lambda tree: sorted((np.shape(v), float(np.sum(v))) for v in jax.tree.leaves(tree))
+  assert values(nn.unbox(opt_state)) == values(saved)
+  stepped = target.replace(opt_state=opt_state).apply_gradients(
+      grads=jax.tree.map(jnp.cos, params))
+  assert all(bool(jnp.all(jnp.isfinite(v))) for v in jax.tree.leaves(nn.unbox(stepped)))
