@@ -11,7 +11,6 @@ into an abstract target, ``ocp.utils.to_shape_dtype_struct`` of every leaf
 import contextlib
 import functools
 import pathlib
-import re
 
 import chex
 import jax
@@ -26,6 +25,7 @@ from jax.sharding import PartitionSpec as P
 
 from gradtx import optimizers as go
 from gradtx import transforms as gt
+from tests.support import helpers
 from tests.support.cases import CASES, STRUCTURED
 
 OPTIMIZERS = {
@@ -393,9 +393,7 @@ def test_every_state_has_one_shape_whatever_the_mesh_size(case):
 
 def _readme_function(name):
   """A function defined in one of README.md's python blocks."""
-  text = (pathlib.Path(__file__).parents[1] / "README.md").read_text()
-  (block,) = [b for b in re.findall(r"^```python\n(.*?)^```", text, re.S | re.M)
-              if f"def {name}(" in b]
+  (block,) = [b for b in helpers.readme_python_blocks() if f"def {name}(" in b]
   namespace = {}
   exec(compile(block, "README.md", "exec"), namespace)  # noqa: S102
   return namespace[name]

@@ -361,9 +361,10 @@ def _worker(out, process_id, processes, port, devices, *args, cpus=None):
       env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
 
 
-def _finished(processes, timeout):
+def _finished(processes, timeout=900):
   """Each process's output, all killed if one is still running ``timeout``
-  seconds from now."""
+  seconds from now: a hang detector (the runs take 15-60 s), not a bound on
+  their speed, so that a deadlock fails the test instead of stalling CI."""
   deadline = time.monotonic() + timeout
   try:
     return [process.communicate(timeout=max(0.0, deadline - time.monotonic()))[0]
@@ -379,8 +380,8 @@ def test_two_processes_equal_one_process(tmp_path):
   single = _worker(tmp_path / "single.npz", 0, 1, 0, 8)
   port = _free_port()
   workers = [_worker(tmp_path / "multi.npz", i, 2, port, 4) for i in range(2)]
-  for process in [single, *workers]:
-    output, _ = process.communicate(timeout=900)
+  processes = [single, *workers]
+  for process, output in zip(processes, _finished(processes)):
     assert process.returncode == 0, output[-3000:]
   one, two = np.load(tmp_path / "single.npz"), np.load(tmp_path / "multi.npz")
   assert set(one.files) == set(two.files)
@@ -405,7 +406,7 @@ def test_psgd_kron_on_two_processes_of_two_devices_fits_stacks(tmp_path):
   port = _free_port()
   workers = [_worker(tmp_path / "multi.npz", i, 2, port, 2, "stacks", cpus=2) for i in range(2)]
   processes = [single, *workers]
-  for process, output in zip(processes, _finished(processes, timeout=300)):
+  for process, output in zip(processes, _finished(processes)):
     assert process.returncode == 0, output[-3000:]
   one, two = np.load(tmp_path / "single.npz"), np.load(tmp_path / "multi.npz")
   assert sorted(one.files) == sorted(two.files) == [

@@ -9,6 +9,8 @@ import re
 
 import pytest
 
+from tests.support import helpers
+
 ROOT = pathlib.Path(__file__).resolve().parents[1]
 
 
@@ -49,8 +51,7 @@ def test_docstrings_hold_no_control_characters(name):
 
 def test_readme_python_blocks_run():
   """The top-level blocks (indented ones are fragments inside a list)."""
-  text = (ROOT / "README.md").read_text()
-  blocks = re.findall(r"^```python\n(.*?)^```", text, re.S | re.M)
+  blocks = helpers.readme_python_blocks()
   assert blocks
   namespace = {}
   for block in blocks:

@@ -1,5 +1,7 @@
 """Small fixtures, step loops and tree predicates shared by the test modules."""
 
+import pathlib
+import re
 from typing import Callable, Optional
 
 import jax
@@ -157,3 +159,10 @@ def matrix_products(tx, tree, state=None) -> int:
   """How many matrix products ``tx``'s lowered update holds for ``tree``."""
   state = tx.init(tree) if state is None else state
   return jax.jit(tx.update).lower(tree, state, tree).as_text().count("stablehlo.dot_general")
+
+
+def readme_python_blocks() -> list:
+  """README.md's top-level ```python blocks (indented ones are fragments
+  inside a list), in order."""
+  text = (pathlib.Path(__file__).parents[2] / "README.md").read_text()
+  return re.findall(r"^```python\n(.*?)^```", text, re.S | re.M)
