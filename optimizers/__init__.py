@@ -6,36 +6,57 @@
 import warnings as _warnings
 
 from gradtx.optimizers.adabelief import adabelief
+from gradtx.optimizers.adadelta import adadelta
 from gradtx.optimizers.adafactor import adafactor, relative_step_size
 from gradtx.optimizers.adagrad import adagrad
 from gradtx.optimizers.adam import adam, adamw, adamw_8bit
 from gradtx.optimizers.adam_mini import adam_mini
+from gradtx.optimizers.adam_variants import adamax, adamaxw, adopt, adoptw, radam, radamw, yogi
+from gradtx.optimizers.adan import adan
 from gradtx.optimizers.ademamix import ademamix
 from gradtx.optimizers.dion import dion
 from gradtx.optimizers.fourth_quadrant import adamuon, normuon, soap_muon, vmuon
+from gradtx.optimizers.fromage import fromage
 from gradtx.optimizers.hyperball import adamh, muonh
 from gradtx.optimizers.kfac import kfac
 from gradtx.optimizers.lookahead import LookaheadState, lookahead
 from gradtx.optimizers.mars import mars_adamw
 from gradtx.optimizers.muon import is_hidden_matrix, muon
 from gradtx.optimizers.nnx_records import max_logits, observe_attention, value_grad_and_records
+from gradtx.optimizers.novograd import novograd
 from gradtx.optimizers.parameter_ema import ParameterEmaState, ema_params, parameter_ema
 from gradtx.optimizers.psgd_kron import psgd_kron
 from gradtx.optimizers.qk_clip import HeadScaling, QkClipState, default_qk_rule, qk_clip
 from gradtx.optimizers.rmsprop import rmsprop
 from gradtx.optimizers.sam import SamState, sam
 from gradtx.optimizers.scaling_rules import learning_rate_for_batch_size, weight_decay_schedule
+from gradtx.optimizers.schedule_free import (
+  ScheduleFreeState,
+  schedule_free,
+  schedule_free_adamw,
+  schedule_free_eval_params,
+  schedule_free_sgd,
+)
 from gradtx.optimizers.sgd import sgd
 from gradtx.optimizers.shampoo import shampoo
 from gradtx.optimizers.sign import lion, signsgd, tiger
+from gradtx.optimizers.sm3 import sm3
 from gradtx.optimizers.soap import soap
 from gradtx.optimizers.trust_ratio import lamb, lars
 
 __all__ = [
+    "adamax",
+    "adamaxw",
+    "adopt",
+    "adoptw",
+    "radam",
+    "radamw",
+    "yogi",
     "LookaheadState",
     "SamState",
     "adabelief",
     "adafactor",
+    "adadelta",
     "adagrad",
     "adam",
     "adam_mini",
@@ -78,6 +99,15 @@ __all__ = [
     "muonh",
     "mars_adamw",
     "psgd_kron",
+    "adan",
+    "sm3",
+    "ScheduleFreeState",
+    "schedule_free",
+    "schedule_free_adamw",
+    "schedule_free_eval_params",
+    "schedule_free_sgd",
+    "fromage",
+    "novograd",
 ]
 
 

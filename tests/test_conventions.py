@@ -32,9 +32,9 @@ NAMES = {
     "learning_rate": "step size η, a float or a schedule",
     "base": "the optimizer a wrapper wraps",
     "momentum": "heavy-ball momentum μ: m ← μm + g (signsgd: the same sign)",
-    "b1": "first-moment EMA decay: m ← b1·m + (1−b1)·g (Lion: its interpolation)",
+    "b1": "first-moment EMA decay: m ← b1·m + (1−b1)·g (Lion, Schedule-Free: its interpolation)",
     "b2": "second-moment EMA decay (Lion: its momentum's decay)",
-    "b3": "AdEMAMix's slow-EMA decay",
+    "b3": "AdEMAMix's slow-EMA decay; Adan's second-moment decay",
     "alpha": "AdEMAMix's weight of the slow EMA",
     "beta": "the EMA decay of muon's and tiger's momentum (the API's name)",
     "decay": "decay of a transform's one EMA (gt.ema, scale_by_rms / torch alpha)",
@@ -57,7 +57,7 @@ NAMES = {
     "amsgrad": "keep the running maximum of the second moment",
     "centered": "RMSProp's centered variance",
     "initial_scale": "starting value of RMSProp's v",
-    "initial_accumulator_value": "starting value of AdaGrad's sum",
+    "initial_accumulator_value": "starting value of AdaGrad's sum / Yogi's v",
     "precondition_b2": "decay of matrix statistics (Kronecker factors)",
     "precondition_every": "recompute period of a preconditioner",
     "block_size": "side of a preconditioner / quantization block",
@@ -99,6 +99,9 @@ NAMES = {
     "slow_step_size": "Lookahead's α",
     "reset_state": "Lookahead: re-initialise the base at syncs",
     "start_step": "the step after which a parameter EMA starts averaging",
+    "warmup_steps": "steps of a linear learning-rate warm-up",
+    "weight_lr_power": "Schedule-Free: power of the largest η in the averaging weights",
+    "r": "Schedule-Free: power of the step t in the averaging weights",
     "tau": "soft-sign constant",
     "min_value": "lower singular-value bound",
     "max_value": "upper singular-value bound",
@@ -138,6 +141,12 @@ POSITIONAL = {
     "scale_by_lion": ("b1", "b2"),  # optax.scale_by_lion
     # optax.contrib.scale_by_ademamix
     "scale_by_ademamix": ("b1", "b2", "b3", "alpha", "eps", "eps_root"),
+    "scale_by_adamax": ("b1", "b2", "eps"),  # optax.scale_by_adamax
+    "scale_by_radam": ("b1", "b2", "eps"),  # optax.scale_by_radam's first three
+    "scale_by_yogi": ("b1", "b2", "eps", "eps_root", "initial_accumulator_value"),
+    "scale_by_adopt": ("b1", "b2", "eps"),  # optax.contrib.scale_by_adopt's first three
+    "scale_by_adan": ("b1", "b2", "b3", "eps", "eps_root"),  # optax.scale_by_adan
+    "scale_by_sm3": ("b1",),  # optax.scale_by_sm3's first
     "cautious": ("inner",),  # the transform it wraps
     "decoupled_weight_decay": ("weight_decay", "mask"),  # optax.add_decayed_weights
     "coupled_weight_decay": ("weight_decay", "mask"),
@@ -165,8 +174,13 @@ NO_MU_DTYPE = {
     # which holds the un-applied remainder of every update and is kept in
     # the parameter's dtype; its AdamW leaves use adamw's defaults.
     "dion": "the momentum is the error-feedback buffer, kept in the parameter's dtype",
+    # b1 interpolates; the one buffer is the iterate z, kept in float32 or wider.
+    "schedule_free": "no momentum buffer: z is an iterate, not a moment",
+    "schedule_free_sgd": "no momentum buffer: z is an iterate, not a moment",
+    "schedule_free_adamw": "no momentum buffer: z is an iterate, not a moment",
 }
 NO_NU_DTYPE = {
+    "novograd": "one float32 second moment per leaf (layer), not element-wise",
     "adamw_8bit": "both moments are int8 blocks by definition",
     "adam_mini": "one float32 value per block, 0.1% of the parameters",
     "lion": "b2 decays Lion's momentum; there is no second moment",
@@ -198,7 +212,7 @@ def test_the_lists_are_not_empty():
 @pytest.mark.parametrize("factory", OPTIMIZERS, ids=ids)
 def test_optimizers_take_only_the_learning_rate_or_base_positionally(factory):
   parameters = list(inspect.signature(factory).parameters.values())
-  wrappers = (go.sam, go.lookahead, go.qk_clip, go.parameter_ema)
+  wrappers = (go.sam, go.lookahead, go.qk_clip, go.parameter_ema, go.schedule_free)
   first = "base" if factory in wrappers else "learning_rate"
   assert parameters[0].name == first
   assert parameters[0].kind is inspect.Parameter.POSITIONAL_OR_KEYWORD
@@ -221,7 +235,8 @@ def test_every_argument_name_has_one_listed_meaning(factory):
 
 # Optimizers whose weight decay is the L2 gradient (coupled, torch's
 # ``weight_decay``) or lies inside a trust ratio: no cautious form.
-COUPLED_DECAY = {"sgd", "adam", "adagrad", "rmsprop", "lars"}
+COUPLED_DECAY = {
+    "sgd", "adam", "adagrad", "rmsprop", "lars", "adamax", "radam", "adopt", "adadelta"}
 
 
 @pytest.mark.parametrize("factory", OPTIMIZERS, ids=ids)

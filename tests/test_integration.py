@@ -56,7 +56,7 @@ from tests.support.helpers import (
 def test_cases_cover_every_optimizer():
   optimizers = set(filter(is_optimizer, go.__all__)) | set(contrib.__all__)
   covered = {c.factory.__name__ for c in CASES + STRUCTURED}
-  wrappers = {"lookahead_adamw", "parameter_ema_adamw", "record_recipe"}
+  wrappers = {"lookahead_adamw", "parameter_ema_adamw", "record_recipe", "schedule_free_adam"}
   assert covered == optimizers | wrappers, optimizers ^ covered
 
 
@@ -122,7 +122,9 @@ def test_inject_hyperparams_learning_rate(case):
 _NEW_VALUES = {"b1": 0.5, "weight_decay": 0.25, "momentum": 0.5, "beta": 0.5}
 
 
-@cases
+# Fromage's one argument is its learning rate.
+@pytest.mark.parametrize("case", [c for c in CASES if c.factory is not go.fromage],
+                         ids=lambda c: c.name)
 def test_inject_hyperparams_other_than_learning_rate(case):
   tx, update = injected(case.name)
   names = sorted(set(_NEW_VALUES) & set(tx.init(PARAMS).hyperparams))

@@ -71,9 +71,59 @@ RANGES = {
         learning_rate=NON_NEGATIVE, b1=DECAY, b2=DECAY, eps=NON_NEGATIVE,
         weight_decay=NON_NEGATIVE, eps_root=NON_NEGATIVE,
     ),
+    go.adadelta: dict(
+        learning_rate=NON_NEGATIVE, decay=DECAY, eps=NON_NEGATIVE, weight_decay=NON_NEGATIVE,
+    ),
+    go.novograd: dict(
+        learning_rate=NON_NEGATIVE, b1=DECAY, b2=DECAY, eps=NON_NEGATIVE,
+        eps_root=NON_NEGATIVE, weight_decay=NON_NEGATIVE,
+    ),
+    go.fromage: dict(learning_rate=NON_NEGATIVE),
     go.adabelief: dict(
         learning_rate=NON_NEGATIVE, b1=DECAY, b2=DECAY, eps=NON_NEGATIVE,
         weight_decay=NON_NEGATIVE,
+    ),
+    go.adamax: dict(
+        learning_rate=NON_NEGATIVE, b1=DECAY, b2=DECAY, eps=NON_NEGATIVE,
+        weight_decay=NON_NEGATIVE,
+    ),
+    go.adamaxw: dict(
+        learning_rate=NON_NEGATIVE, b1=DECAY, b2=DECAY, eps=NON_NEGATIVE,
+        weight_decay=NON_NEGATIVE,
+    ),
+    go.radam: dict(
+        learning_rate=NON_NEGATIVE, b1=DECAY, b2=DECAY, eps=NON_NEGATIVE,
+        weight_decay=NON_NEGATIVE,
+    ),
+    go.radamw: dict(
+        learning_rate=NON_NEGATIVE, b1=DECAY, b2=DECAY, eps=NON_NEGATIVE,
+        weight_decay=NON_NEGATIVE,
+    ),
+    go.adopt: dict(
+        learning_rate=NON_NEGATIVE, b1=DECAY, b2=DECAY, eps=NON_NEGATIVE,
+        weight_decay=NON_NEGATIVE,
+    ),
+    go.adoptw: dict(
+        learning_rate=NON_NEGATIVE, b1=DECAY, b2=DECAY, eps=NON_NEGATIVE,
+        weight_decay=NON_NEGATIVE,
+    ),
+    go.yogi: dict(
+        learning_rate=NON_NEGATIVE, b1=DECAY, b2=DECAY, eps=NON_NEGATIVE, eps_root=NON_NEGATIVE,
+        initial_accumulator_value=NON_NEGATIVE, weight_decay=NON_NEGATIVE,
+    ),
+    go.adan: dict(
+        learning_rate=NON_NEGATIVE, b1=DECAY, b2=DECAY, b3=DECAY, eps=NON_NEGATIVE,
+        eps_root=NON_NEGATIVE, weight_decay=NON_NEGATIVE,
+    ),
+    go.sm3: dict(learning_rate=NON_NEGATIVE, b1=DECAY, eps_root=NON_NEGATIVE),
+    go.schedule_free_sgd: dict(
+        learning_rate=NON_NEGATIVE, b1=PROBABILITY, warmup_steps=INDEX,
+        weight_decay=NON_NEGATIVE, weight_lr_power=NON_NEGATIVE, r=NON_NEGATIVE,
+    ),
+    go.schedule_free_adamw: dict(
+        learning_rate=NON_NEGATIVE, b1=PROBABILITY, b2=DECAY, eps=NON_NEGATIVE,
+        warmup_steps=INDEX, weight_decay=NON_NEGATIVE, weight_lr_power=NON_NEGATIVE,
+        r=NON_NEGATIVE,
     ),
     go.ademamix: dict(
         learning_rate=NON_NEGATIVE, b1=DECAY, b2=DECAY, b3=DECAY, alpha=NON_NEGATIVE,
@@ -386,6 +436,8 @@ _ELEMENTWISE = {
     "adagrad": lambda: go.adagrad(LR), "lion": lambda: go.lion(LR),
     "sgd": lambda: go.sgd(LR), "sgd_momentum": lambda: go.sgd(LR, momentum=0.9),
     "signum": lambda: go.signsgd(LR, momentum=0.9),
+    "adamax": lambda: go.adamax(LR), "radam": lambda: go.radam(LR),
+    "yogi": lambda: go.yogi(LR), "adopt": lambda: go.adopt(LR),
 }
 
 

@@ -36,6 +36,7 @@ from gradtx.storage import (  # noqa: E402
     quantize_blockwise,
     stochastic_round,
 )
+from gradtx.transforms.adadelta import ScaleByAdadeltaState, scale_by_adadelta
 from gradtx.transforms.adam_mini import (
     Blocks,
     PartitionRule,
@@ -43,7 +44,18 @@ from gradtx.transforms.adam_mini import (
     adam_mini_blocks,
     scale_by_adam_mini,
 )
+from gradtx.transforms.adam_variants import (
+    ScaleByAdamaxState,
+    ScaleByAdoptState,
+    ScaleByRadamState,
+    ScaleByYogiState,
+    scale_by_adamax,
+    scale_by_adopt,
+    scale_by_radam,
+    scale_by_yogi,
+)
 from gradtx.transforms.adamw_side import AdamWSide
+from gradtx.transforms.adan import ScaleByAdanState, proximal_weight_decay, scale_by_adan
 from gradtx.transforms.ademamix import ScaleByAdemamixState, scale_by_ademamix
 from gradtx.transforms.cautious import CautiousState, cautious
 from gradtx.transforms.factored import ScaleByFactoredRmsState, factored_axes, scale_by_factored_rms
@@ -69,6 +81,7 @@ from gradtx.transforms.normalize import (
     NormalizeBySecondMomentState,
     normalize_by_second_moment,
 )
+from gradtx.transforms.novograd import ScaleByNovogradState, scale_by_novograd
 from gradtx.transforms.orthogonalize import (
     Coefficients,
     clip_singular_values,
@@ -93,6 +106,7 @@ from gradtx.transforms.second_moment import (
 )
 from gradtx.transforms.shape_scale import scale_by_matrix_shape
 from gradtx.transforms.sign import ScaleByLionState, scale_by_lion, scale_by_sign, scale_by_tiger
+from gradtx.transforms.sm3 import ScaleBySm3State, scale_by_sm3
 from gradtx.transforms.soap import ScaleBySoapState, scale_by_soap
 from gradtx.transforms.trust_ratio import ScaleByTrustRatioState, scale_by_trust_ratio
 from gradtx.transforms.weight_decay import (
@@ -104,6 +118,14 @@ from gradtx.transforms.weight_decay import (
 )
 
 __all__ = [
+    "ScaleByAdamaxState",
+    "ScaleByAdoptState",
+    "ScaleByRadamState",
+    "ScaleByYogiState",
+    "scale_by_adamax",
+    "scale_by_adopt",
+    "scale_by_radam",
+    "scale_by_yogi",
     "AdamWSide",
     "AmbiguousMatrixViewWarning",
     "AxisNamesMatrixView",
@@ -132,16 +154,20 @@ __all__ = [
     "PreviousPointState",
     "QuantizedArray",
     "Records",
+    "ScaleByAdadeltaState",
     "ScaleByAdagradState",
     "ScaleByAdamMiniState",
     "ScaleByAdamState",
+    "ScaleByAdanState",
     "ScaleByAdemamixState",
     "ScaleByBeliefState",
     "ScaleByFactoredRmsState",
     "ScaleByLearningRateState",
     "ScaleByLionState",
+    "ScaleByNovogradState",
     "ScaleByPsgdKronState",
     "ScaleByRmsState",
+    "ScaleBySm3State",
     "ScaleBySoapState",
     "ScaleByTrustRatioState",
     "StochasticBfloat16",
@@ -181,10 +207,13 @@ __all__ = [
     "orthogonalize_low_rank",
     "orthogonalize_newton_schulz",
     "precond_update_prob_schedule",
+    "proximal_weight_decay",
     "quantize_blockwise",
+    "scale_by_adadelta",
     "scale_by_adagrad",
     "scale_by_adam",
     "scale_by_adam_mini",
+    "scale_by_adan",
     "scale_by_ademamix",
     "scale_by_belief",
     "scale_by_factored_rms",
@@ -192,10 +221,12 @@ __all__ = [
     "scale_by_lion",
     "scale_by_mars",
     "scale_by_matrix_shape",
+    "scale_by_novograd",
     "scale_by_param_rms",
     "scale_by_psgd_kron",
     "scale_by_rms",
     "scale_by_sign",
+    "scale_by_sm3",
     "scale_by_soap",
     "scale_by_tiger",
     "scale_by_trust_ratio",

@@ -40,6 +40,11 @@ the run had no near-ties, where round-off could legitimately flip a sign.
 * ``psgd_kron_reference``: psgd-jax's ``scale_by_kron`` (PSGD Kron; its
   einsum expressions, ``psgd_init_q_exprs``, and ``psgd_norm_lower_bound``)
   with the random probes passed in.
+* ``novograd_numpy``: NovoGrad, Algorithm 1 of Ginsburg et al. 2019;
+  ``fromage_official``: ``Fromage.step`` of github.com/jxbz/fromage.
+* ``adan_official``: ``_single_tensor_adan`` of github.com/sail-sg/Adan;
+  ``sm3_official``: ``SM3Optimizer._apply_dense`` of google-research's
+  ``sm3/sm3.py`` (TensorFlow), in NumPy.
 """
 
 from typing import Callable, List, Optional
@@ -1001,3 +1006,177 @@ def psgd_kron_reference(grads, probes, balances, *, b1=0.9, precond_lr=0.1,
         k: ([np.stack(q) for q in zip(*v)] if k in scanned else [q.copy() for q in v])
         for k, v in qs.items()}))
   return out
+
+
+def novograd_numpy(params0, grad_fn, steps, lr: Rate, b1, b2, eps, weight_decay=0.0):
+  """NovoGrad, Ginsburg et al. 2019 (arXiv:1905.11286), Algorithm 1, per layer l
+  (here: per parameter array):
+
+  v_1 = ‖g_1‖²,  v_t = β2 v_{t-1} + (1-β2)‖g_t‖²
+  m_t = β1 m_{t-1} + (g_t/(√v_t + ε) + d w_t)   (m_0 = 0)
+  w_{t+1} = w_t - λ_t m_t
+  """
+  w = copy_params(params0)
+  m = {k: np.zeros_like(v) for k, v in w.items()}
+  v = {}
+  trajectory = [copy_params(w)]
+  for t in range(1, steps + 1):
+    g = grad_fn(w, t - 1)
+    for k in w:
+      norm_sq = float(np.sum(g[k] * g[k]))
+      v[k] = norm_sq if t == 1 else b2 * v[k] + (1 - b2) * norm_sq
+      m[k] = b1 * m[k] + (g[k] / (np.sqrt(v[k]) + eps) + weight_decay * w[k])
+      w[k] = w[k] - rate_at(lr, t - 1) * m[k]
+    trajectory.append(copy_params(w))
+  return trajectory
+
+
+def fromage_official(params0, grad_fn, steps, lr: Rate, p_bound=None):
+  """``Fromage.step`` of the official code (github.com/jxbz/fromage,
+  ``fromage.py``), per parameter tensor:
+
+  if ‖p‖ > 0 and ‖g‖ > 0:  p ← p − lr·(‖p‖/‖g‖)·g   else:  p ← p − lr·g
+  p ← p/√(1 + lr²);  with p_bound: p ← p·max/‖p‖ where ‖p‖ > max = p_bound·‖p_0‖
+  """
+  p = copy_params(params0)
+  bound = {k: p_bound * np.linalg.norm(v) for k, v in p.items()} if p_bound else {}
+  trajectory = [copy_params(p)]
+  for t in range(steps):
+    g = grad_fn(p, t)
+    rate = rate_at(lr, t)
+    for k in p:
+      d_p_norm, p_norm = np.linalg.norm(g[k]), np.linalg.norm(p[k])
+      if p_norm > 0.0 and d_p_norm > 0.0:
+        p[k] = p[k] - rate * (g[k] * (p_norm / d_p_norm))
+      else:
+        p[k] = p[k] - rate * g[k]
+      p[k] = p[k] / np.sqrt(1 + rate**2)
+      if p_bound is not None and np.linalg.norm(p[k]) > bound[k]:
+        p[k] = p[k] * (bound[k] / np.linalg.norm(p[k]))
+    trajectory.append(copy_params(p))
+  return trajectory
+
+
+def adan_official(params0, grad_fn, steps, lr: Rate, betas=(0.98, 0.92, 0.99), eps=1e-8,
+                  weight_decay=0.0, no_prox=False):
+  """``_single_tensor_adan`` of the official code (github.com/sail-sg/Adan,
+  ``adan.py``) with ``max_grad_norm=0``, line by line: ``neg_pre_grad`` is
+  −g on the first step, so the first difference is 0.
+
+  d = g − g_prev;  m ← β1 m + (1−β1) g;  v ← β2 v + (1−β2) d
+  n ← β3 n + (1−β3)(g + β2 d)²;  denom = √n/√(1−β3ᵗ) + ε
+  p ← p − lr/(1−β1ᵗ)·m/denom − lr·β2/(1−β2ᵗ)·v/denom, then p ← p/(1 + lr·λ)
+  (``no_prox``: p ← (1 − lr·λ)p before the step instead)
+  """
+  beta1, beta2, beta3 = betas
+  p = copy_params(params0)
+  exp_avg = {k: np.zeros_like(v) for k, v in p.items()}
+  exp_avg_sq = {k: np.zeros_like(v) for k, v in p.items()}
+  exp_avg_diff = {k: np.zeros_like(v) for k, v in p.items()}
+  neg_pre_grad = {}
+  trajectory = [copy_params(p)]
+  for t in range(steps):
+    g = grad_fn(p, t)
+    step = t + 1
+    lr_t = rate_at(lr, t)
+    bias_correction1 = 1.0 - beta1**step
+    bias_correction2 = 1.0 - beta2**step
+    bias_correction3_sqrt = np.sqrt(1.0 - beta3**step)
+    for k in p:
+      if step == 1:
+        neg_pre_grad[k] = -g[k].copy()
+      neg_grad_or_diff = neg_pre_grad[k] + g[k]
+      exp_avg[k] = exp_avg[k] * beta1 + (1 - beta1) * g[k]
+      exp_avg_diff[k] = exp_avg_diff[k] * beta2 + (1 - beta2) * neg_grad_or_diff
+      neg_grad_or_diff = neg_grad_or_diff * beta2 + g[k]
+      exp_avg_sq[k] = exp_avg_sq[k] * beta3 + (1 - beta3) * neg_grad_or_diff**2
+      denom = np.sqrt(exp_avg_sq[k]) / bias_correction3_sqrt + eps
+      step_size_diff = lr_t * beta2 / bias_correction2
+      step_size = lr_t / bias_correction1
+      if no_prox:
+        p[k] = p[k] * (1 - lr_t * weight_decay)
+        p[k] = p[k] - step_size * exp_avg[k] / denom
+        p[k] = p[k] - step_size_diff * exp_avg_diff[k] / denom
+      else:
+        p[k] = p[k] - step_size * exp_avg[k] / denom
+        p[k] = p[k] - step_size_diff * exp_avg_diff[k] / denom
+        p[k] = p[k] / (1 + lr_t * weight_decay)
+      neg_pre_grad[k] = -g[k]
+    trajectory.append(copy_params(p))
+  return trajectory
+
+
+def sm3_official(params0, grad_fn, steps, lr: Rate, momentum):
+  """``SM3Optimizer._apply_dense`` of the official code (github.com/
+  google-research/google-research, ``sm3/sm3.py``; TensorFlow), in NumPy.
+
+  rank > 1: A = min_k A_k (broadcast) + g²; else A = (A += g²)
+  scaled_g = (1 − μ)·g·rsqrt(A + 1e-30);  A_k ← max of A over the other axes
+  gbar ← gbar + gbar·(μ − 1) + scaled_g (if μ > 0, else gbar = scaled_g);  p ← p − lr·gbar
+  """
+  p = copy_params(params0)
+  accumulators = {k: ([np.zeros(n) for n in v.shape] if v.ndim > 1 else np.zeros_like(v))
+                  for k, v in p.items()}
+  gbar = {k: np.zeros_like(v) for k, v in p.items()}
+  trajectory = [copy_params(p)]
+  for t in range(steps):
+    g = grad_fn(p, t)
+    for k in p:
+      shape, rank = p[k].shape, p[k].ndim
+      if rank > 1:
+        broadcast = [a.reshape([1] * i + [shape[i]] + [1] * (rank - i - 1))
+                     for i, a in enumerate(accumulators[k])]
+        accumulator = broadcast[0]
+        for b in broadcast[1:]:
+          accumulator = np.minimum(accumulator, b)
+        accumulator = accumulator + g[k] * g[k]
+      else:
+        accumulators[k] = accumulators[k] + g[k] * g[k]
+        accumulator = accumulators[k]
+      scaled_g = (1.0 - momentum) * (g[k] / np.sqrt(accumulator + 1e-30))
+      if rank > 1:
+        accumulators[k] = [
+            accumulator.max(axis=tuple(a for a in range(rank) if a != i)) for i in range(rank)]
+      if momentum > 0:
+        gbar[k] = gbar[k] + gbar[k] * (momentum - 1.0) + scaled_g
+        update = gbar[k]
+      else:
+        update = scaled_g
+      p[k] = p[k] - rate_at(lr, t) * update
+    trajectory.append(copy_params(p))
+  return trajectory
+
+
+def adopt_official(params0, grad_fn, steps, lr: Rate, b1=0.9, b2=0.9999, eps=1e-6,
+                   weight_decay: Rate = 0.0, decouple=False, clip_lambda=lambda step: step**0.25):
+  """``_single_tensor_adopt`` of the official ADOPT (github.com/iShohei220/adopt,
+  ``src/adopt/adopt.py``; Taniguchi et al. 2024), real parameters, in NumPy;
+  ``lr`` and ``weight_decay`` may be schedules (a param group's values at step t).
+
+  step (the count before this step) = 0: v = g² (after the coupled decay), nothing else;
+  else: p ← p − lr·λ·p (decouple); n = clip(g / max(√v, ε), clip_lambda(step));
+  m ← lerp(m, n, 1 − β1); p ← p − lr·m; v ← β2·v + (1 − β2)·g²
+  """
+  p = copy_params(params0)
+  m = {k: np.zeros_like(v) for k, v in p.items()}
+  v = {k: np.zeros_like(x) for k, x in p.items()}
+  trajectory = [copy_params(p)]
+  for step in range(steps):
+    g = grad_fn(p, step)
+    eta, wd = rate_at(lr, step), rate_at(weight_decay, step)
+    for k in p:
+      grad = g[k] + wd * p[k] if wd != 0 and not decouple else g[k]
+      if step == 0:
+        v[k] = v[k] + grad * grad
+        continue
+      if wd != 0 and decouple:
+        p[k] = p[k] + (-eta * wd) * p[k]
+      normed = grad / np.maximum(np.sqrt(v[k]), eps)
+      if clip_lambda is not None:
+        clip = clip_lambda(step)
+        normed = np.clip(normed, -clip, clip)
+      m[k] = m[k] + (1 - b1) * (normed - m[k])
+      p[k] = p[k] - eta * m[k]
+      v[k] = b2 * v[k] + (1 - b2) * grad * grad
+    trajectory.append(copy_params(p))
+  return trajectory

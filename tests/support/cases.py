@@ -62,6 +62,9 @@ class Case(NamedTuple):
   params_in_state: bool = False
   # The hyperball's η is an angle: the step is not affine in it.
   nonlinear_lr: bool = False
+  # The weights shrink whatever the gradient (Fromage's 1/√(1+η²)), with no
+  # weight_decay argument to say so.
+  shrinks_weights: bool = False
 
   def make(self, learning_rate: Any = LR, **overrides):
     return self.factory(learning_rate, **{**self.kwargs, **overrides})
@@ -82,7 +85,7 @@ class Case(NamedTuple):
 
   @property
   def decays_weights(self) -> bool:
-    return self.weight_decay != 0
+    return self.weight_decay != 0 or self.shrinks_weights
 
   def decay_mask(self, params):
     """Which leaves the weight decay touches (``optax.masked`` semantics)."""
@@ -101,8 +104,9 @@ class Case(NamedTuple):
     return self.factory not in (
         go.muon, go.shampoo, go.soap, go.adafactor, go.adam_mini, go.adamw_8bit,
         go.kfac, go.dion, go.normuon, go.adamuon, contrib.adamuon_lm, go.soap_muon, go.vmuon,
-        go.mars_adamw, go.adamh, go.muonh, go.psgd_kron,
+        go.mars_adamw, go.adamh, go.muonh, go.psgd_kron, go.sm3,
         go.lars, go.lamb,  # a leaf-wise norm: a NaN or inf spreads over the leaf
+        go.novograd, go.fromage,  # likewise
         record_recipe,
     )
 
@@ -127,6 +131,12 @@ def parameter_ema_adamw(learning_rate, b1=0.9, weight_decay=1e-4):
   """``go.parameter_ema`` around ``go.adamw``: the EMA wrapper through the battery."""
   return go.parameter_ema(
       go.adamw(learning_rate, b1=b1, weight_decay=weight_decay), decay=0.9, start_step=1)
+
+
+def schedule_free_adam(learning_rate, b1=0.9, weight_decay=1e-4):
+  """``go.schedule_free`` around ``go.adam`` without momentum: the wrapper through the battery."""
+  return go.schedule_free(go.adam(learning_rate, b1=0.0, weight_decay=weight_decay),
+                          learning_rate=learning_rate, b1=b1)
 
 
 def record_recipe(learning_rate, weight_decay=1e-2):
@@ -175,6 +185,15 @@ CASES = [
         static_args=("nu_dtype",),
     ),
     Case("adabelief", go.adabelief, dict(weight_decay=1e-2), decoupled_decay=True),
+    Case("adamax", go.adamax, dict(weight_decay=1e-2)),
+    Case("adamaxw", go.adamaxw, {}, decoupled_decay=True),
+    Case("radam", go.radam, dict(weight_decay=1e-2)),
+    Case("radamw", go.radamw, {}, decoupled_decay=True),
+    Case("yogi", go.yogi, dict(weight_decay=1e-2), decoupled_decay=True),
+    Case("adopt", go.adopt, dict(weight_decay=1e-2)),
+    # ADOPT's first step moves nothing, its decoupled decay included (the
+    # official code's order): not the −ηλp the decoupled-decay check expects there.
+    Case("adoptw", go.adoptw, {}),
     Case("signsgd", go.signsgd, {}),
     Case("signsgd_momentum", go.signsgd, dict(momentum=0.9)),
     Case("lion", go.lion, dict(weight_decay=1e-2), decoupled_decay=True),
@@ -199,6 +218,23 @@ CASES = [
     Case("mars_adamw", go.mars_adamw, dict(weight_decay=1e-2, adam_weight_decay=1e-2),
          decoupled_decay=True),
     Case("adamh", go.adamh, {}, nonlinear_lr=True),
+    # Schedule-Free keeps z (float32 for bf16 params); y lags z, so a zero-gradient
+    # step is not the bare −ηλp after the first.
+    Case("schedule_free_sgd", go.schedule_free_sgd, dict(weight_decay=1e-2),
+         fixed_state_dtypes=(jnp.float32,), params_in_state=True),
+    Case("schedule_free_adamw", go.schedule_free_adamw, dict(weight_decay=1e-2, warmup_steps=2),
+         fixed_state_dtypes=(jnp.float32,), params_in_state=True),
+    Case("schedule_free", schedule_free_adam, dict(weight_decay=1e-2),
+         fixed_state_dtypes=(jnp.float32,), params_in_state=True),
+    # Adan's proximal decay p/(1 + ηλ): not affine in η, not exactly −ηλp at g = 0.
+    Case("adan", go.adan, dict(weight_decay=1e-2), nonlinear_lr=True),
+    # Adadelta's own η is 1: at the batteries' 0.02-0.1 its first steps, η√(ε/(1−ρ)),
+    # are 6e-5 with the default ε (too small to train a model in 15 steps).
+    Case("adadelta", go.adadelta, dict(eps=1e-3, weight_decay=1e-2)),
+    # One float32 second moment per leaf, whatever the params' dtype.
+    Case("novograd", go.novograd, dict(weight_decay=1e-2), fixed_state_dtypes=(jnp.float32,)),
+    # The step is η/√(1+η²)·(ratio·g) − (1 − 1/√(1+η²))·w: not affine in η.
+    Case("fromage", go.fromage, {}, nonlinear_lr=True, shrinks_weights=True),
 ]
 # Structured states: a lighter battery (see the module docstring).
 STRUCTURED = [
@@ -255,6 +291,7 @@ STRUCTURED = [
          static_args=("max_size_triangular", "min_ndim_triangular", "memory_save_mode",
                       "precond_dtype", "seed"),
          decoupled_decay=True),
+    Case("sm3", go.sm3, {}),
     Case("dion", go.dion, dict(rank=1, weight_decay=1e-2),
          static_args=("rank", "power_iters", "orthonormalize", "seed", "is_muon_param"),
          decoupled_decay=True),

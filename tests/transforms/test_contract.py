@@ -175,6 +175,9 @@ TABLE = {
             coefficients=(("nope", "coefficients must be one of"),
                           ([(1.0, 2.0)], "coefficients must be a name or a non-empty")),
             method=(("fast", "method must be 'standard' or 'gram'"),))),
+    gt.scale_by_adadelta: Entry(
+        gt.scale_by_adadelta, dict(decay=DECAY, eps=NON_NEGATIVE),
+        configs={"default": {}, "bf16_state": dict(nu_dtype=jnp.bfloat16)}),
     gt.scale_by_adagrad: Entry(
         gt.scale_by_adagrad, dict(initial_accumulator_value=NON_NEGATIVE, eps=NON_NEGATIVE)),
     gt.scale_by_adam: Entry(
@@ -206,6 +209,35 @@ TABLE = {
         dict(learning_rate=FINITE_NON_NEGATIVE),
         configs={"schedule": dict(learning_rate=lambda c: 0.1 / (1 + c))}),
     gt.scale_by_lion: Entry(gt.scale_by_lion, dict(b1=DECAY, b2=DECAY)),
+    gt.proximal_weight_decay: Entry(
+        lambda learning_rate=0.1, weight_decay=0.1, **kw: gt.proximal_weight_decay(
+            learning_rate=learning_rate, weight_decay=weight_decay, **kw),
+        dict(learning_rate=FINITE_NON_NEGATIVE, weight_decay=FINITE_NON_NEGATIVE),
+        configs={"decay": {}, "cautious_schedule": dict(
+            learning_rate=lambda c: 0.1 + 0.0 * c, cautious_weight_decay=True)},
+        zero_update=lambda config, params: jax.tree.map(
+            lambda p: -0.1 * 0.1 * p / (1 + 0.1 * 0.1), params)),
+    gt.scale_by_adan: Entry(
+        gt.scale_by_adan,
+        dict(b1=DECAY, b2=DECAY, b3=DECAY, eps=NON_NEGATIVE, eps_root=NON_NEGATIVE),
+        configs={"default": {}, "int8_bf16": dict(mu_dtype="int8", nu_dtype=jnp.bfloat16)}),
+    gt.scale_by_sm3: Entry(
+        gt.scale_by_sm3, dict(b1=DECAY, eps_root=NON_NEGATIVE),
+        configs={"default": {}, "no_momentum": dict(b1=0.0),
+                 "bf16_momentum": dict(mu_dtype=jnp.bfloat16)}),
+    gt.scale_by_adamax: Entry(
+        gt.scale_by_adamax, dict(b1=DECAY, b2=DECAY, eps=NON_NEGATIVE),
+        configs={"default": {}, "int8": dict(mu_dtype="int8", nu_dtype="int8")}),
+    gt.scale_by_radam: Entry(
+        gt.scale_by_radam, dict(b1=DECAY, b2=DECAY, eps=NON_NEGATIVE),
+        configs={"default": {},
+                 "bf16_moments": dict(mu_dtype=jnp.bfloat16, nu_dtype=jnp.bfloat16)}),
+    gt.scale_by_yogi: Entry(
+        gt.scale_by_yogi, dict(b1=DECAY, b2=DECAY, eps=NON_NEGATIVE, eps_root=NON_NEGATIVE,
+                               initial_accumulator_value=NON_NEGATIVE)),
+    gt.scale_by_adopt: Entry(
+        gt.scale_by_adopt, dict(b1=DECAY, b2=DECAY, eps=NON_NEGATIVE),
+        configs={"default": {}, "int8": dict(mu_dtype="int8", nu_dtype="int8")}),
     gt.scale_by_matrix_shape: Entry(
         gt.scale_by_matrix_shape, {},
         choices=dict(scale=(("big", "scale must be one of ('jordan', 'moonlight') or None"),))),
@@ -224,6 +256,8 @@ TABLE = {
         configs={"default": {}, "one_diag_bf16": dict(
             memory_save_mode="one_diag", precond_dtype=jnp.bfloat16,
             precond_update_probability=0.5)}),
+    gt.scale_by_novograd: Entry(
+        gt.scale_by_novograd, dict(b2=DECAY, eps=NON_NEGATIVE, eps_root=NON_NEGATIVE)),
     gt.scale_by_rms: Entry(
         gt.scale_by_rms,
         dict(decay=DECAY, eps=NON_NEGATIVE, eps_root=NON_NEGATIVE, initial_scale=NON_NEGATIVE),
