@@ -12,6 +12,7 @@ them all alike, and ``ratio_table`` prints min and median against an anchor.
   print(machine_banner()); print(ratio_table(times, anchor="optax"))
 """
 
+import argparse
 import datetime
 import importlib.metadata
 import json
@@ -30,6 +31,8 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 import optax
+
+from benchmarks.workloads import params_and_grads, parse_workload
 
 ROOT = pathlib.Path(__file__).resolve().parents[1]
 VERSIONS = ("jax", "jaxlib", "optax", "flax", "torch")
@@ -130,6 +133,36 @@ def time_round_robin(
       contenders[name]()
       times[name].append(time.perf_counter() - start)
   return times
+
+
+def pairs_main(argv, description: str, names: Sequence[str],
+               contender: Callable[[str, str, dict, dict], Stepper]) -> None:
+  """A pairs benchmark's command line: each name's gradtx and optax steps on
+  ``--workload`` (``workloads.parse_workload``), timed round robin together for
+  ``--rounds`` rounds; each gradtx row's ratios are to its optax row.
+
+  ``contender(name, library, params, grads)``: the stepper of ``name``'s
+  ``library`` side ("gradtx" or "optax").
+  """
+  parser = argparse.ArgumentParser(description=description)
+  parser.add_argument("--workload", default="gpt")
+  parser.add_argument("--rounds", type=int, default=20)
+  parser.add_argument("--only", nargs="+", choices=list(names), default=list(names),
+                      help="the pairs to time (default: all)")
+  args = parser.parse_args(argv)
+  if args.rounds < 1:
+    parser.error(f"--rounds must be >= 1, got {args.rounds}")
+  workload = parse_workload(args.workload)
+  params, grads = params_and_grads(workload)
+  print(machine_banner())
+  print(f"\n{workload.name}: {workload.num_params / 1e6:.2f}M params, {args.rounds} rounds\n")
+  contenders = {f"{name} {library}": contender(name, library, params, grads)
+                for name in args.only for library in ("gradtx", "optax")}
+  times = time_round_robin(contenders, rounds=args.rounds)
+  anchors = {f"{name} gradtx": f"{name} optax" for name in args.only}
+  print(ratio_table(times, anchor=anchors, label="optimizer"))
+  print()
+  print(closing_line())
 
 
 def amortized(seconds: Sequence[float], window: int) -> float:

@@ -10,17 +10,14 @@ in its state; both steps move the same arrays. SAM's ``grad_fn`` is a cheap
 stand-in (0.1·params), so the ratio is the optimizer's own overhead, without
 the second backward pass it adds in training.
 
-  python -m benchmarks.wrapper_step [--workload gpt] [--rounds 20]
+  python -m benchmarks.wrapper_step [--workload gpt] [--rounds 20] [--only lamb lars]
 """
-
-import argparse
 
 import jax
 import jax.numpy as jnp
 import optax
 
 from benchmarks import harness
-from benchmarks.workloads import params_and_grads, parse_workload
 from gradtx import optimizers as go
 
 LR = 1e-3
@@ -58,22 +55,7 @@ def contender(name: str, library: str, params, grads) -> harness.Stepper:
 
 
 def main(argv=None):
-  parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
-  parser.add_argument("--workload", default="gpt")
-  parser.add_argument("--rounds", type=int, default=20)
-  args = parser.parse_args(argv)
-  workload = parse_workload(args.workload)
-  params, grads = params_and_grads(workload)
-  print(harness.machine_banner())
-  print(f"\n{workload.name}: {workload.num_params / 1e6:.2f}M params,"
-        f" {args.rounds} rounds\n")
-  contenders = {f"{name} {library}": contender(name, library, params, grads)
-                for name in PAIRS for library in ("gradtx", "optax")}
-  times = harness.time_round_robin(contenders, rounds=args.rounds)
-  anchors = {f"{name} gradtx": f"{name} optax" for name in PAIRS}
-  print(harness.ratio_table(times, anchor=anchors, label="optimizer"))
-  print()
-  print(harness.closing_line())
+  harness.pairs_main(argv, __doc__.split("\n")[0], list(PAIRS), contender)
 
 
 if __name__ == "__main__":

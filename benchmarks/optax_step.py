@@ -1,0 +1,59 @@
+"""Step time of the optimizers that share a name with optax's: gradtx vs optax, as ratios.
+
+Each pair runs the same rule at the same settings on a GPT-2-style tree
+(``workloads.gpt_shapes``): one ``harness.donated_step`` (``update`` +
+``apply_updates``), all timed by ``harness.time_round_robin`` in one process;
+each gradtx row's ratio is to its optax counterpart. Where the two libraries'
+defaults differ the pair fixes them alike (weight decay 1e-4, optax.adamw's;
+AdaMax's and SM3's ε placement, Yogi's starting moment are the documented
+differences left in: README, "Where a row follows torch or a reference").
+The wrappers (LAMB, LARS, Lookahead, SAM) are in ``benchmarks/wrapper_step.py``.
+
+  python -m benchmarks.optax_step [--workload gpt] [--rounds 20] [--only adamw adan]
+"""
+
+import optax
+
+from benchmarks import harness
+from gradtx import optimizers as go
+
+LR = 1e-3
+WD = 1e-4
+
+# name -> (gradtx factory, optax factory), the same rule and settings.
+PAIRS = {
+    "sgd(momentum)": (lambda: go.sgd(LR, momentum=0.9), lambda: optax.sgd(LR, momentum=0.9)),
+    "adagrad": (lambda: go.adagrad(LR, eps=1e-7),
+                lambda: optax.adagrad(LR, initial_accumulator_value=0.0, eps=1e-7)),
+    "adam": (lambda: go.adam(LR), lambda: optax.adam(LR)),
+    "adamw": (lambda: go.adamw(LR, weight_decay=WD), lambda: optax.adamw(LR, weight_decay=WD)),
+    "adabelief": (lambda: go.adabelief(LR), lambda: optax.adabelief(LR)),
+    "lion": (lambda: go.lion(LR, weight_decay=WD), lambda: optax.lion(LR, weight_decay=WD)),
+    "adamax": (lambda: go.adamax(LR), lambda: optax.adamax(LR)),
+    "adamaxw": (lambda: go.adamaxw(LR, weight_decay=WD),
+                lambda: optax.adamaxw(LR, weight_decay=WD)),
+    "radam": (lambda: go.radam(LR), lambda: optax.radam(LR)),
+    "yogi": (lambda: go.yogi(LR, weight_decay=0.0), lambda: optax.yogi(LR)),
+    "adopt": (lambda: go.adopt(LR), lambda: optax.contrib.adopt(LR)),
+    "adan": (lambda: go.adan(LR, weight_decay=WD), lambda: optax.adan(LR, weight_decay=WD)),
+    "adadelta": (lambda: go.adadelta(LR), lambda: optax.adadelta(LR)),
+    "novograd": (lambda: go.novograd(LR, weight_decay=WD),
+                 lambda: optax.novograd(LR, weight_decay=WD)),
+    "sm3": (lambda: go.sm3(LR, eps_root=1e-8), lambda: optax.sm3(LR)),
+    "fromage": (lambda: go.fromage(LR), lambda: optax.fromage(LR)),
+    "schedule_free_adamw": (lambda: go.schedule_free_adamw(LR, weight_decay=WD),
+                            lambda: optax.contrib.schedule_free_adamw(LR, weight_decay=WD)),
+}
+
+
+def contender(name: str, library: str, params, grads) -> harness.Stepper:
+  """The donated step of the pair ``name``'s ``library`` side."""
+  return harness.stepper(PAIRS[name][library == "optax"](), params, grads)
+
+
+def main(argv=None):
+  harness.pairs_main(argv, __doc__.split("\n")[0], list(PAIRS), contender)
+
+
+if __name__ == "__main__":
+  main()
