@@ -171,8 +171,12 @@ def schedule_free(
 
     def leaf(u, y, z):
       u_ = u.astype(z.dtype)
-      step = c * (z - y.astype(z.dtype)) + step_weight * u_
-      return step.astype(u.dtype), _sharding.reshard_like(z + u_, z)
+      z_new = _sharding.reshard_like(z + u_, z)
+      # c(z − y) + (1 − β(1 − c))u written with z_new = z + u (the same to
+      # round-off): read from the old z, the step made XLA copy every z
+      # before overwriting the donated buffer (optax's step copies it too).
+      step = c * (z_new - y.astype(z.dtype)) + (step_weight - c) * u_
+      return step.astype(u.dtype), z_new
 
     updates, z = _tree.map_leaves(leaf, 2, updates, params, state.z)
     return updates, ScheduleFreeState(count, b, lr_max, weight_sum, z, inner_state)

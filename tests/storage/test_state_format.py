@@ -9,6 +9,7 @@ import numpy as np
 import optax
 import pytest
 
+from gradtx import optimizers as go
 from gradtx import transforms as gt
 from tests.support import helpers
 
@@ -230,15 +231,24 @@ def test_bf16_moments_are_not_copied_in_a_donated_step(name):
   assert temp <= optax_temp + 1024
 
 
-@pytest.mark.parametrize("name", list(_BF16_DONATED) + ["lion", "adabelief_optimizer"])
+# ADOPT normalizes by the previous v and Adan differences the previous gradient:
+# both read a state buffer they overwrite, and copy it, as optax's do.
+_NO_COPY_OPTIMIZERS = ("adamax", "adamaxw", "radam", "radamw", "yogi", "sm3", "adadelta",
+                       "novograd", "fromage", "schedule_free_sgd", "schedule_free_adamw")
+
+
+@pytest.mark.parametrize(
+    "name", list(_BF16_DONATED) + ["lion", "adabelief_optimizer", *_NO_COPY_OPTIMIZERS])
 def test_float32_donated_steps_copy_no_state_buffer(name):
   """No array (state buffer) copy in a float32 donated step either: AdaBelief
   recomputed (β₂s + (1−β₂)(g−m)²) + ε from the donated s after overwriting it,
-  and Lion read the old m for its direction, so both copied every buffer each
-  step (as optax's do; a scalar count's copies are not counted)."""
+  Lion read the old m for its direction, and Schedule-Free's step read the old
+  z, so they copied every buffer each step (as optax's do; a scalar count's
+  copies are not counted)."""
   make = {"lion": lambda: gt.scale_by_lion(),
           "adabelief_optimizer": lambda: optax.chain(gt.scale_by_belief(),
-                                                    optax.scale(-1e-3))}.get(
+                                                    optax.scale(-1e-3)),
+          **{n: lambda n=n: getattr(go, n)(1e-3) for n in _NO_COPY_OPTIMIZERS}}.get(
       name, _BF16_DONATED.get(name, (None,))[0])
   params = {f"w{i}": jnp.ones((128, 64), jnp.float32) * (i + 1) for i in range(3)}
   tx = make()
