@@ -71,7 +71,9 @@ def schedule_free(
   official ``AdamWScheduleFree`` and ``optax.contrib.schedule_free``); the
   step is the official closed form
   :math:`y_{t+1} - y_t = c_{t+1}(z_t - y_t) + (1 - β(1 - c_{t+1}))\, u_t`,
-  which needs no division by β. There is no train/eval switch as in the
+  which needs no division by β, taken as
+  :math:`c_{t+1}(z_{t+1} - y_t) + (1 - β(1 - c_{t+1}) - c_{t+1})\, u_t` (equal
+  to round-off), so that a donated step updates :math:`z` in place. There is no train/eval switch as in the
   torch classes: the parameters stay :math:`y`, and an evaluation copy takes
   the eval parameters. ``schedule_free`` forms :math:`y` from :math:`z`,
   so it must be the last transformation: a step chained after it that
