@@ -29,7 +29,9 @@ def adadelta(
   whose step needs no learning rate; η scales it afterwards (the running
   average :math:`d` holds the unscaled :math:`Δ`). ``optax.adadelta`` is the
   same rule (ε inside both roots, the decay coupled); its ``learning_rate``
-  has no default and its mask is named ``weight_decay_mask``. The decay is
+  defaults to ``None``, which applies no learning rate and no sign flip
+  (``optax.adadelta()`` steps up the gradient, ``go.adadelta()`` down it),
+  and its mask is named ``weight_decay_mask``. The decay is
   the L2 gradient, as in torch, so it passes through the normalisation.
 
   Args:

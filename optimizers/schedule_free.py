@@ -73,11 +73,12 @@ def schedule_free(
   :math:`y_{t+1} - y_t = c_{t+1}(z_t - y_t) + (1 - β(1 - c_{t+1}))\, u_t`,
   which needs no division by β, taken as
   :math:`c_{t+1}(z_{t+1} - y_t) + (1 - β(1 - c_{t+1}) - c_{t+1})\, u_t` (equal
-  to round-off), so that a donated step updates :math:`z` in place. There is no train/eval switch as in the
-  torch classes: the parameters stay :math:`y`, and an evaluation copy takes
-  the eval parameters. ``schedule_free`` forms :math:`y` from :math:`z`,
-  so it must be the last transformation: a step chained after it that
-  rescales the updates (clipping) belongs inside ``base``.
+  to round-off), so that a donated step updates :math:`z` in place. There is
+  no train/eval switch as in the torch classes: the parameters stay
+  :math:`y`, and an evaluation copy takes the eval parameters.
+  ``schedule_free`` forms :math:`y` from :math:`z`, so it must be the last
+  transformation: a step chained after it that rescales the updates (clipping)
+  belongs inside ``base``.
 
   ``base`` takes the place of the official code's SGD or Adam step, so it
   applies the learning rate and any weight decay (computed at :math:`y`,

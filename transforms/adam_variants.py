@@ -208,7 +208,7 @@ def scale_by_radam(
   ``torch.optim.RAdam``'s rule. ``optax.scale_by_radam`` differs in two places:
   its ε is added to :math:`\sqrt{\hat v_t}` (torch's, here, to
   :math:`\sqrt{v_t}`, so it weighs :math:`1/\sqrt{1-β_2^t}` times more on
-  :math:`\sqrt{\hat v_t}`: 13x at t = 6, 1.6x at t = 1000 for β₂ = 0.999)
+  :math:`\sqrt{\hat v_t}`: 13x at t = 6, 1.26x at t = 1000 for β₂ = 0.999)
   and it rectifies from :math:`ρ_t \ge` its ``threshold`` (5) where torch
   needs :math:`ρ_t > 5`. For β₂ near 1 the ε change is a relative 1e-7 of a
   step on gradients of 0.1; it grows as √v̂ nears ε.
@@ -238,7 +238,11 @@ def scale_by_radam(
     real = v.dtype
     t = count.astype(real)
     c2 = _tree.bias_correction(b2, count, real)
-    rho_inf = 2 / (1 - jnp.asarray(b2, real)) - 1
+    # ρ_∞ from a Python β₂ in double precision: formed after a cast to
+    # float32, 1 − 0.999 put ρ_∞ 0.026 high, which lifted ρ_5 (4.996) over 5
+    # and rectified step 5 (a step 5x too small; torch's float32 waits).
+    one_minus_b2 = 1 - b2 if isinstance(b2, (int, float)) else 1 - jnp.asarray(b2, real)
+    rho_inf = jnp.asarray(2 / one_minus_b2 - 1, real)
     rho = rho_inf - 2 * t * jnp.asarray(b2, real) ** t / c2
     rectified = rho > 5
     # Rectification only where ρ_t > 5 (then ρ_∞ > 5 too); elsewhere 6/6
@@ -278,7 +282,7 @@ def scale_by_yogi(
   The bias corrections are optax's and pytorch-optimizer's. Those two also
   start the first moment at ``initial_accumulator_value``, a quirk
   this does not copy (:math:`m_0 = 0`, as the paper and TF-Addons): their
-  :math:`\hat m_t` is off by :math:`10^{-6}β_1^t/(1-β_1^t)` (0.4% of a first
+  :math:`\hat m_t` is off by :math:`10^{-6}β_1^t/(1-β_1^t)` (0.9% of a first
   step on gradients of 1e-3).
   TF-Addons' ``Yogi`` puts ε outside the bias correction,
   :math:`\hat m_t/(\sqrt{\hat v_t} + ε/\sqrt{1-β_2^t})`.
@@ -352,7 +356,11 @@ def scale_by_adopt(
   ``optax.contrib.scale_by_adopt`` is the same rule. pytorch-optimizer's
   ``ADOPT`` evaluates the bound one step later (:math:`t^{1/4}`). A complex
   normalized gradient is clipped in modulus, keeping its phase (torch
-  clips real and imaginary parts apart).
+  clips real and imaginary parts apart; it also keeps one v per part, where
+  this keeps one of :math:`|g|^2`: ``optax.contrib.split_real_and_imaginary``
+  around it is torch's). An infinite gradient is clipped, so its step is
+  finite, and makes v infinite, so that coordinate's later steps decay to 0
+  (as in the official code and optax); a NaN propagates.
 
   Args:
     b1: decay of the momentum, in [0, 1).

@@ -52,7 +52,9 @@ def scale_by_novograd(
   A complex leaf uses :math:`\lVert g\rVert^2 = \sum |g_i|^2`. A NaN or
   ±inf gradient makes :math:`v` of its leaf non-finite, and the whole leaf's
   update NaN from then on (a ±inf norm would otherwise zero the leaf's other
-  coordinates silently).
+  coordinates silently); with an int8 momentum after it (``go.novograd(...,
+  mu_dtype="int8")``) the int8 guard turns those NaN into zero steps: the leaf
+  stops moving for good, with finite parameters.
 
   Args:
     b2: β₂, the decay of the squared-norm average, in [0, 1).

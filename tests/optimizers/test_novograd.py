@@ -99,6 +99,23 @@ def test_zero_gradients_decay_through_the_momentum():
   np.testing.assert_allclose(u2, -eta * (b1 * wd * params + wd * p1), rtol=1e-6)
 
 
+def test_cautious_decay_keeps_the_decay_where_the_step_has_the_weights_sign():
+  """Step 1: m = g/‖g‖ + λw·[g/‖g‖ · w >= 0] (cautious) or + λw (plain), the
+  update −ηm (b1 scales nothing at the first step of a heavy-ball momentum)."""
+  rng = np.random.default_rng(4)
+  w = jnp.asarray(rng.normal(size=(4, 5)), jnp.float32)
+  g = jnp.asarray(rng.normal(size=(4, 5)), jnp.float32)
+  lr, wd = 0.1, 0.5
+  normalized = g / (jnp.linalg.norm(g) + 1e-6)
+  agrees = np.asarray(normalized * w) >= 0
+  for cautious, decayed in ((False, np.ones_like(agrees)), (True, agrees)):
+    tx = go.novograd(lr, weight_decay=wd, cautious_weight_decay=cautious)
+    u, _ = tx.update({"w": g}, tx.init({"w": w}), {"w": w})
+    np.testing.assert_allclose(u["w"], -lr * (normalized + wd * w * decayed), rtol=1e-5,
+                               atol=1e-7)
+  assert agrees.any() and not agrees.all()
+
+
 def test_bad_b1_is_refused_by_name():
   with pytest.raises(ValueError, match=r"b1 must be in \[0, 1\), got 1.5"):
     go.novograd(0.1, b1=1.5)

@@ -156,6 +156,16 @@ def test_a_learning_rate_schedule_is_read_at_the_step_count():
   np.testing.assert_array_equal(mine[0][1]["w"], PROBLEM.params0["w"])
 
 
+def test_the_weights_follow_the_largest_rate_of_a_decaying_schedule():
+  """Warm-up then decay (set as the group's lr before each step in the
+  official class): the averaging weights use max η so far, not η_t."""
+  rate = lambda t: 0.5 * min(1.0, (t + 1) / 5) * 0.9 ** max(0, t - 5)
+  mine = _run_ours(go.schedule_free_sgd(
+      lambda t: 0.5 * jnp.minimum(1.0, (t + 1) / 5) * 0.9 ** jnp.maximum(0, t - 5)))
+  ref = _run_official(lambda ps: schedulefree.SGDScheduleFreeReference(ps, lr=0.0), rate=rate)
+  _assert_close(mine, ref)
+
+
 def test_the_wrapper_matches_the_official_wrapper():
   """``go.schedule_free`` around AdamW without momentum, as
   ``ScheduleFreeWrapperReference`` around ``torch.optim.Adam(betas=(0, β₂))``
@@ -335,16 +345,18 @@ def test_a_traced_warmup_is_the_static_one():
   assert not np.allclose(static[0]["w"], none[0]["w"])
 
 
-def test_cautious_decay_leaves_the_z_steps_where_they_disagree():
+@pytest.mark.parametrize("factory", [go.schedule_free_sgd, go.schedule_free_adamw])
+def test_cautious_decay_leaves_the_z_steps_where_they_disagree(factory):
   """z_{t+1} − z_t is the base's step: with cautious decay, the decay part of
-  it is kept where the normalised step d has the sign of y (u·y ≥ 0 on d)."""
+  it is kept where the normalised step d has the sign of y (u·y ≥ 0 on d;
+  AdamW's first d, g/(|g| + ε), has g's sign)."""
   rng = np.random.default_rng(2)
   params = {"w": jnp.asarray(rng.normal(size=(4, 5)), jnp.float32)}
   grads = {"w": jnp.asarray(rng.normal(size=(4, 5)), jnp.float32)}
   steps = {}
   for name, kw in {"none": dict(weight_decay=0.0), "all": dict(weight_decay=0.5),
                    "cautious": dict(weight_decay=0.5, cautious_weight_decay=True)}.items():
-    tx = go.schedule_free_sgd(0.1, **kw)
+    tx = factory(0.1, **kw)
     state = tx.init(params)
     _, state = tx.update(grads, state, params)
     steps[name] = state.z["w"] - params["w"]

@@ -9,6 +9,7 @@ import jax.numpy as jnp
 import numpy as np
 import optax
 import pytest
+import torch
 
 from gradtx import transforms as gt
 from tests.support import helpers
@@ -88,6 +89,28 @@ def test_radam_rectifies_only_once_rho_exceeds_5(b2):
     np.testing.assert_allclose(got, expected, rtol=1e-10)
   # β₂ = 0.999 rectifies from step 6 (ρ₅ = 4.99, ρ₆ = 6.0); 0.95 from step 6 too.
   assert rectified == [False] * 5 + [True] * 5
+
+
+def test_radam_float32_waits_for_step_6_as_torch_float32():
+  """In float32 at β₂ = 0.999, ρ_5 = 4.996 is within 0.004 of 5: ρ_∞ formed
+  from a float32 1 − β₂ was 0.026 high and rectified step 5 (a step 5x too
+  small, then 0.7% off). Step 5 is the bias-corrected momentum, as torch's
+  float32 RAdam, and 20 steps stay within float32 round-off of it: ρ_t =
+  ρ_∞ − 2tβ₂ᵗ/(1 − β₂ᵗ) cancels 2000-fold, which torch forms from Python
+  doubles and this (as optax) in float32, so the first rectified steps agree
+  to ~2e-4."""
+  grads = [np.full(3, 0.1, np.float32) * (1 + 0.1 * t) for t in range(20)]
+  updates, _ = _run(gt.scale_by_radam(), [jnp.asarray(g) for g in grads])
+  param = torch.zeros(3, dtype=torch.float32, requires_grad=True)
+  reference = torch.optim.RAdam([param], lr=1.0)
+  for g, got in zip(grads, updates):
+    before = param.detach().clone()
+    param.grad = torch.tensor(g)
+    reference.step()
+    np.testing.assert_allclose(got, (before - param.detach()).numpy(), rtol=5e-4)
+  b1 = 0.9
+  m_hat_5 = sum((1 - b1) * b1 ** (4 - i) * grads[i] for i in range(5)) / (1 - b1**5)
+  np.testing.assert_allclose(updates[4], m_hat_5, rtol=1e-6)
 
 
 def test_radam_small_b2_never_rectifies():

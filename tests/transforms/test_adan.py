@@ -46,6 +46,15 @@ def test_optax_adan_departs_from_the_official_step():
   assert runners.trajectory_errors(theirs, ref)["params"] > 0.5
 
 
+def test_eps_root_is_added_inside_the_root():
+  """Step 1 (no difference yet, every moment bias-corrected to its first
+  value): u = g/(√(g² + ε_root) + ε); ε_root = 1, ε = 0 gives g/√(g² + 1)."""
+  g = jnp.array([0.5, -2.0, 0.0])
+  tx = gt.scale_by_adan(eps=0.0, eps_root=1.0)
+  u, _ = tx.update(g, tx.init(jnp.zeros(3)))
+  np.testing.assert_allclose(u, g / jnp.sqrt(g**2 + 1.0), rtol=1e-6)
+
+
 def test_state_fields_and_previous_gradient():
   tx = gt.scale_by_adan(mu_dtype=jnp.bfloat16, nu_dtype=jnp.bfloat16)
   params = {"w": jnp.zeros((2, 3)), "b": jnp.zeros(3, jnp.bfloat16)}
