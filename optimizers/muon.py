@@ -27,6 +27,7 @@ def muon(
     compute_dtype: Optional[Any] = None,
     eps: float = 1e-7,
     method: str = "standard",
+    adaptive: bool = False,
     matrix_view: Optional[gt.MatrixViewRule] = None,
     is_muon_param: Optional[gt.PathLeafRule] = None,
     adam_learning_rate: Optional[optax.ScalarOrSchedule] = None,
@@ -86,6 +87,14 @@ def muon(
     compute_dtype: dtype of the iterations (e.g. ``jnp.bfloat16``).
     eps: added to the Frobenius norm before the iterations, >= 0.
     method: ``"standard"`` or ``"gram"`` Newton–Schulz.
+    adaptive: scale each orthogonalized matrix by :math:`\langle M, O_t\rangle`
+      (M the matrix orthogonalized), ≈ its nuclear norm
+      (``gt.orthogonalize_newton_schulz``; ``optax.contrib.muon``'s
+      ``adaptive``, Bernstein & Newhouse 2024): steps shrink as the momentum
+      does; η then scales a step of size ≈ ‖M‖_*, so it needs retuning.
+      M is the reference's momentum, not bias-corrected, so the first
+      steps are :math:`1-β^t` times ``optax.contrib.muon(adaptive=True)``'s
+      (which debiases it).
     matrix_view: the matrix-view rule; ``None``: ``gt.fused_qkv_matrix_view()``
       (``gt.flax_matrix_view`` with fused qkv kernels split).
     is_muon_param: the routing rule, a function of ``(path, leaf)``;
@@ -107,7 +116,7 @@ def muon(
       gt.ema(beta, nesterov=nesterov, mu_dtype=mu_dtype),
       gt.orthogonalize_newton_schulz(
           ns_steps, coefficients, eps=eps, compute_dtype=compute_dtype,
-          method=method, matrix_view=matrix_view,
+          method=method, adaptive=adaptive, matrix_view=matrix_view,
       ),
       gt.scale_by_matrix_shape(scale, matrix_view=matrix_view),
       gt.decoupled_weight_decay(

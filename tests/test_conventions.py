@@ -93,7 +93,7 @@ NAMES = {
     "trust_coefficient": "LARS's η in the trust ratio",
     "param_rms_scaling": "Tiger's per-tensor RMS step scale",
     "rho": "SAM's radius",
-    "adaptive": "ASAM's scale-invariant neighbourhood",
+    "adaptive": "ASAM's scale-invariant neighbourhood; Muon's step times ⟨M, O⟩ (optax's names)",
     "eta": "ASAM's offset of |w| + η",
     "sync_period": "Lookahead's k",
     "slow_step_size": "Lookahead's α",
@@ -141,6 +141,7 @@ POSITIONAL = {
     "scale_by_lion": ("b1", "b2"),  # optax.scale_by_lion
     # optax.contrib.scale_by_ademamix
     "scale_by_ademamix": ("b1", "b2", "b3", "alpha", "eps", "eps_root"),
+    "scale_by_acprop": ("b1", "b2", "eps"),  # optax.contrib.scale_by_acprop's first three
     "scale_by_adamax": ("b1", "b2", "eps"),  # optax.scale_by_adamax
     "scale_by_radam": ("b1", "b2", "eps"),  # optax.scale_by_radam's first three
     "scale_by_yogi": ("b1", "b2", "eps", "eps_root", "initial_accumulator_value"),

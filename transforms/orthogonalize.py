@@ -258,6 +258,7 @@ def orthogonalize_newton_schulz(
     eps: float = 1e-7,
     compute_dtype: Optional[Any] = None,
     method: str = "standard",
+    adaptive: bool = False,
     batch_same_shape: bool = True,
     matrix_view: Optional[MatrixViewRule] = None,
 ) -> optax.GradientTransformation:
@@ -311,6 +312,11 @@ def orthogonalize_newton_schulz(
       (after iteration 2) and at the end. About 8m²n + 28m³ FLOPs against
       20m²n + 10m³ (m ≤ n): a win when n ≳ 2m; square matrices use
       ``"standard"``. Same result up to round-off.
+    adaptive: scale each matrix's result O by :math:`\langle U, O\rangle =
+      \operatorname{Re}\operatorname{tr}(U^H O)`, ≈ the nuclear norm of U,
+      the dual of the spectral norm O steepens in (Bernstein & Newhouse,
+      "Old Optimizer, New Norm", arXiv 2409.20325; ``optax.contrib.muon``'s
+      ``adaptive``): the step then shrinks with the update's size.
     batch_same_shape: stack the matrices that share a shape and dtype (the
       default): the iteration is traced once per shape, so compile time does
       not grow with the number of same-shape matrices, and runs as one
@@ -339,10 +345,16 @@ def orthogonalize_newton_schulz(
 
   def orthogonalize(matrices, hyper):
     hyper = {"ns_steps": ns_steps, "eps": eps, **(hyper or {})}
-    return newton_schulz(
+    out = newton_schulz(
         matrices, hyper["ns_steps"], coefficients, eps=hyper["eps"],
         compute_dtype=compute_dtype, method=method,
     )
+    if adaptive:
+      wide = jnp.promote_types(out.dtype, jnp.float32)
+      dual_norm = jnp.real(jnp.sum(jnp.conj(matrices.astype(wide)) * out.astype(wide),
+                                   axis=(-2, -1), keepdims=True))
+      out = (dual_norm * out).astype(out.dtype)
+    return out
 
   def update_fn(updates, state, params=None):
     _validate.check_matching_shapes(updates, params, "orthogonalize_newton_schulz")

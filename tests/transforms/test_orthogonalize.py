@@ -3,9 +3,11 @@
 import jax
 import jax.numpy as jnp
 import numpy as np
+import optax
 import pytest
 
 from gradtx import transforms as gt
+from tests.oracles import problems, runners
 
 # Output singular-value bands after 5 steps for inputs whose singular values
 # satisfy σ/‖X‖_F >= 0.01: the scalar polynomial composition evaluated on a
@@ -168,3 +170,32 @@ def test_clip_singular_values_refuses_an_empty_interval():
   with pytest.raises(ValueError, match=r"max_value must be >= min_value.*=1.0 < min_value=2.0"):
     gt.clip_singular_values(2.0, 1.0)
   gt.clip_singular_values(1.0, 1.0)
+
+
+def test_adaptive_scales_the_exact_msign_by_the_nuclear_norm():
+  """With the classical iteration run to convergence O = UVᵀ, so ⟨U, O⟩ is
+  ‖U‖_* = Σσ: the adaptive result is ‖U‖_*·UVᵀ (NumPy's SVD), per matrix."""
+  rng = np.random.default_rng(5)
+  x = rng.normal(size=(2, 5, 3))
+  tx = gt.orthogonalize_newton_schulz(60, "cubic", eps=0.0, adaptive=True,
+                                      matrix_view=gt.stacked_matrix_view())
+  with jax.enable_x64(True):
+    u, _ = tx.update(jnp.asarray(x), tx.init(None))
+  for matrix, got in zip(x, np.asarray(u)):
+    left, sigma, right_h = np.linalg.svd(matrix, full_matrices=False)
+    np.testing.assert_allclose(got, sigma.sum() * left @ right_h, rtol=1e-9, atol=1e-12)
+
+
+def test_adaptive_is_optax_contrib_muons():
+  """optax.contrib.muon(adaptive=True) (bias-corrected momentum, no Nesterov,
+  eps 0) is this chain, over 20 float64 steps; without ``adaptive`` too."""
+  rng = np.random.default_rng(0)
+  params0 = {"w": rng.normal(size=(6, 4)), "v": rng.normal(size=(3, 5))}
+  grad = problems.quadratic_grads(params0, seed=1)
+  for adaptive in (False, True):
+    ours = runners.run_gradtx(optax.chain(
+        gt.ema(0.95, debias=True), gt.orthogonalize_newton_schulz(eps=0.0, adaptive=adaptive),
+        gt.scale_by_matrix_shape("jordan"), gt.scale_by_learning_rate(0.02)), params0, grad, 20)
+    theirs = runners.run_gradtx(optax.contrib.muon(0.02, nesterov=False, eps=0.0,
+                                                   adaptive=adaptive), params0, grad, 20)
+    runners.assert_trajectories_close(ours, theirs, 1e-12)
