@@ -5,6 +5,7 @@
 
 import warnings as _warnings
 
+from gradtx.optimizers.acprop import acprop
 from gradtx.optimizers.adabelief import adabelief
 from gradtx.optimizers.adadelta import adadelta
 from gradtx.optimizers.adafactor import adafactor, relative_step_size
@@ -54,6 +55,7 @@ __all__ = [
     "yogi",
     "LookaheadState",
     "SamState",
+    "acprop",
     "adabelief",
     "adafactor",
     "adadelta",

@@ -58,6 +58,7 @@ OPTAX_SETTINGS = {
     go.rmsprop: dict(learning_rate=5e-3), go.adam: dict(learning_rate=1e-1),
     go.adamw: dict(learning_rate=1e-1, weight_decay=1e-4),
     go.adabelief: dict(learning_rate=1e-2),
+    go.acprop: dict(learning_rate=1e-3),  # optax.contrib's common test
     go.adamax: dict(learning_rate=1e-1), go.adamaxw: dict(learning_rate=1e-1, weight_decay=1e-4),
     go.radam: dict(learning_rate=5e-3), go.radamw: dict(learning_rate=5e-3, weight_decay=1e-4),
     go.yogi: dict(learning_rate=1e-1),

@@ -83,6 +83,10 @@ RANGES = {
         learning_rate=NON_NEGATIVE, b1=DECAY, b2=DECAY, eps=NON_NEGATIVE,
         weight_decay=NON_NEGATIVE,
     ),
+    go.acprop: dict(
+        learning_rate=NON_NEGATIVE, b1=DECAY, b2=DECAY, eps=NON_NEGATIVE,
+        weight_decay=NON_NEGATIVE,
+    ),
     go.adamax: dict(
         learning_rate=NON_NEGATIVE, b1=DECAY, b2=DECAY, eps=NON_NEGATIVE,
         weight_decay=NON_NEGATIVE,
@@ -438,6 +442,7 @@ _ELEMENTWISE = {
     "signum": lambda: go.signsgd(LR, momentum=0.9),
     "adamax": lambda: go.adamax(LR), "radam": lambda: go.radam(LR),
     "yogi": lambda: go.yogi(LR), "adopt": lambda: go.adopt(LR),
+    "acprop": lambda: go.acprop(LR),
 }
 
 

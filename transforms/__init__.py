@@ -36,6 +36,7 @@ from gradtx.storage import (  # noqa: E402
     quantize_blockwise,
     stochastic_round,
 )
+from gradtx.transforms.acprop import ScaleByAcpropState, scale_by_acprop
 from gradtx.transforms.adadelta import ScaleByAdadeltaState, scale_by_adadelta
 from gradtx.transforms.adam_mini import (
     Blocks,
@@ -154,6 +155,7 @@ __all__ = [
     "PreviousPointState",
     "QuantizedArray",
     "Records",
+    "ScaleByAcpropState",
     "ScaleByAdadeltaState",
     "ScaleByAdagradState",
     "ScaleByAdamMiniState",
@@ -209,6 +211,7 @@ __all__ = [
     "precond_update_prob_schedule",
     "proximal_weight_decay",
     "quantize_blockwise",
+    "scale_by_acprop",
     "scale_by_adadelta",
     "scale_by_adagrad",
     "scale_by_adam",

@@ -45,6 +45,8 @@ the run had no near-ties, where round-off could legitimately flip a sign.
 * ``adan_official``: ``_single_tensor_adan`` of github.com/sail-sg/Adan;
   ``sm3_official``: ``SM3Optimizer._apply_dense`` of google-research's
   ``sm3/sm3.py`` (TensorFlow), in NumPy.
+* ``acprop_official``: ``ACProp.step`` of github.com/juntang-zhuang/
+  ACProp-Optimizer (``rectify=False``).
 """
 
 from typing import Callable, List, Optional
@@ -1178,5 +1180,60 @@ def adopt_official(params0, grad_fn, steps, lr: Rate, b1=0.9, b2=0.9999, eps=1e-
       m[k] = m[k] + (1 - b1) * (normed - m[k])
       p[k] = p[k] - eta * m[k]
       v[k] = b2 * v[k] + (1 - b2) * grad * grad
+    trajectory.append(copy_params(p))
+  return trajectory
+
+
+def acprop_official(params0, grad_fn, steps, lr: Rate, betas=(0.9, 0.999), eps=1e-16,
+                    weight_decay=0.0, amsgrad=False, weight_decouple=True,
+                    momentum_update=False):
+  """``ACProp.step`` of the official code (github.com/juntang-zhuang/
+  ACProp-Optimizer, ``optimizers/ACProp.py``) with ``rectify=False`` (its
+  ``main.py``), line by line; ``exp_avg_var.add_(eps)`` adds ε to the stored
+  s in place (at t ≥ 2, or at every step in the AMSGrad branch):
+
+  decay: p ← p(1 − lr·λ) (weight_decouple) or g ← g + λp
+  m ← β1 m + (1−β1) g
+  amsgrad: s ← s + ε, s_max ← max(s_max, s), denom = √s_max/√(1−β2^(t−1)) + ε
+  else (t > 1): s ← s + ε, denom = √s/√(1−β2^(t−1)) + ε
+  t = 1: p ← p − lr·m/(1−β1);  t > 1: p ← p − lr/(1−β1^t)·n/denom with
+  n = m (momentum_update) or g·(1−β1^t)
+  s ← β2 s + (1−β2)(g − m)²
+  """
+  beta1, beta2 = betas
+  p = copy_params(params0)
+  exp_avg = {k: np.zeros_like(v) for k, v in p.items()}
+  exp_avg_var = {k: np.zeros_like(v) for k, v in p.items()}
+  max_exp_avg_var = {k: np.zeros_like(v) for k, v in p.items()}
+  trajectory = [copy_params(p)]
+  for t in range(steps):
+    grads = grad_fn(p, t)
+    step = t + 1
+    lr_t = rate_at(lr, t)
+    for k in p:
+      grad = grads[k].copy()
+      if weight_decouple:
+        p[k] = p[k] * (1.0 - lr_t * weight_decay)
+      elif weight_decay != 0:
+        grad = grad + weight_decay * p[k]
+      bias_correction1 = 1 - beta1**step
+      bias_correction2 = 1 - beta2**(step - 1)
+      exp_avg[k] = exp_avg[k] * beta1 + (1 - beta1) * grad
+      denom = None
+      if amsgrad:
+        exp_avg_var[k] = exp_avg_var[k] + eps
+        max_exp_avg_var[k] = np.maximum(max_exp_avg_var[k], exp_avg_var[k])
+        if step > 1:  # the code divides by √0 at t = 1, and does not use it
+          denom = np.sqrt(max_exp_avg_var[k]) / np.sqrt(bias_correction2) + eps
+      elif step > 1:
+        exp_avg_var[k] = exp_avg_var[k] + eps
+        denom = np.sqrt(exp_avg_var[k]) / np.sqrt(bias_correction2) + eps
+      if step <= 1:
+        p[k] = p[k] - lr_t * (exp_avg[k] / bias_correction1)
+      else:
+        numerator = exp_avg[k] if momentum_update else grad * bias_correction1
+        p[k] = p[k] - (lr_t / bias_correction1) * (numerator / denom)
+      grad_residual = grad - exp_avg[k]
+      exp_avg_var[k] = exp_avg_var[k] * beta2 + (1 - beta2) * grad_residual * grad_residual
     trajectory.append(copy_params(p))
   return trajectory

@@ -185,6 +185,8 @@ CASES = [
         static_args=("nu_dtype",),
     ),
     Case("adabelief", go.adabelief, dict(weight_decay=1e-2), decoupled_decay=True),
+    Case("acprop", go.acprop, dict(weight_decay=1e-2), decoupled_decay=True),
+    Case("acprop_amsgrad", go.acprop, dict(amsgrad=True)),
     Case("adamax", go.adamax, dict(weight_decay=1e-2)),
     Case("adamaxw", go.adamaxw, {}, decoupled_decay=True),
     Case("radam", go.radam, dict(weight_decay=1e-2)),

@@ -225,6 +225,10 @@ TABLE = {
         gt.scale_by_sm3, dict(b1=DECAY, eps_root=NON_NEGATIVE),
         configs={"default": {}, "no_momentum": dict(b1=0.0),
                  "bf16_momentum": dict(mu_dtype=jnp.bfloat16)}),
+    gt.scale_by_acprop: Entry(
+        gt.scale_by_acprop, dict(b1=DECAY, b2=DECAY, eps=NON_NEGATIVE),
+        configs={"default": {}, "amsgrad_int8": dict(
+            amsgrad=True, mu_dtype="int8", nu_dtype="int8")}),
     gt.scale_by_adamax: Entry(
         gt.scale_by_adamax, dict(b1=DECAY, b2=DECAY, eps=NON_NEGATIVE),
         configs={"default": {}, "int8": dict(mu_dtype="int8", nu_dtype="int8")}),
