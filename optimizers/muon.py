@@ -92,9 +92,11 @@ def muon(
       (``gt.orthogonalize_newton_schulz``; ``optax.contrib.muon``'s
       ``adaptive``, Bernstein & Newhouse 2024): steps shrink as the momentum
       does; η then scales a step of size ≈ ‖M‖_*, so it needs retuning.
-      M is the reference's momentum, not bias-corrected, so the first
-      steps are :math:`1-β^t` times ``optax.contrib.muon(adaptive=True)``'s
-      (which debiases it).
+      M is the reference's momentum, not bias-corrected, so with
+      ``nesterov=False`` the steps are :math:`1-β^t` times
+      ``optax.contrib.muon(adaptive=True, nesterov=False)``'s (which debiases
+      it; its Nesterov form differs further, as without ``adaptive``), and a
+      stacked leaf gets one factor per matrix (optax: one per leaf).
     matrix_view: the matrix-view rule; ``None``: ``gt.fused_qkv_matrix_view()``
       (``gt.flax_matrix_view`` with fused qkv kernels split).
     is_muon_param: the routing rule, a function of ``(path, leaf)``;

@@ -205,3 +205,21 @@ def test_embedding_learning_rate_leaves_the_state_as_it_was_when_not_given():
   assert set(go.muon(0.02).init(params).inner_states) == {"muon", "adam"}
   assert set(go.muon(0.02, embedding_learning_rate=0.1).init(params).inner_states) == {
       "muon", "adam", "embedding"}
+
+
+def test_adaptive_steps_are_optax_adaptive_times_the_momentum_bias():
+  """⟨M, O⟩ of the reference's undebiased momentum: without Nesterov each
+  step is (1 − βᵗ) times ``optax.contrib.muon(adaptive=True)``'s, which
+  debiases M (the same O, since NS is scale-invariant), float64."""
+  rng = np.random.default_rng(3)
+  w = rng.normal(size=(6, 4))
+  grads = [rng.normal(size=(6, 4)) for _ in range(8)]
+  with jax.enable_x64(True):
+    ours = go.muon(0.02, nesterov=False, eps=0.0, adaptive=True)
+    theirs = optax.contrib.muon(0.02, nesterov=False, eps=0.0, adaptive=True)
+    params = {"w": jnp.asarray(w)}
+    s_ours, s_theirs = ours.init(params), theirs.init(params)
+    for t, g in enumerate(grads, start=1):
+      u_ours, s_ours = ours.update({"w": jnp.asarray(g)}, s_ours, params)
+      u_theirs, s_theirs = theirs.update({"w": jnp.asarray(g)}, s_theirs, params)
+      np.testing.assert_allclose(u_ours["w"], (1 - 0.95**t) * u_theirs["w"], rtol=1e-10)
