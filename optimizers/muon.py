@@ -27,6 +27,7 @@ def muon(
     compute_dtype: Optional[Any] = None,
     eps: float = 1e-7,
     method: str = "standard",
+    preconditioning: str = "frobenius",
     adaptive: bool = False,
     matrix_view: Optional[gt.MatrixViewRule] = None,
     is_muon_param: Optional[gt.PathLeafRule] = None,
@@ -87,6 +88,9 @@ def muon(
     compute_dtype: dtype of the iterations (e.g. ``jnp.bfloat16``).
     eps: added to the Frobenius norm before the iterations, >= 0.
     method: ``"standard"`` or ``"gram"`` Newton–Schulz.
+    preconditioning: how the matrix is scaled before the iterations:
+      ``"frobenius"`` (the reference's), ``"spectral"``, ``"schatten"``, ``"aol"``
+      (``gt.orthogonalize_newton_schulz``; ``optax.contrib.muon``'s options).
     adaptive: scale each orthogonalized matrix by :math:`\langle M, O_t\rangle`
       (M the matrix orthogonalized), ≈ its nuclear norm
       (``gt.orthogonalize_newton_schulz``; ``optax.contrib.muon``'s
@@ -118,7 +122,8 @@ def muon(
       gt.ema(beta, nesterov=nesterov, mu_dtype=mu_dtype),
       gt.orthogonalize_newton_schulz(
           ns_steps, coefficients, eps=eps, compute_dtype=compute_dtype,
-          method=method, adaptive=adaptive, matrix_view=matrix_view,
+          method=method, preconditioning=preconditioning, adaptive=adaptive,
+          matrix_view=matrix_view,
       ),
       gt.scale_by_matrix_shape(scale, matrix_view=matrix_view),
       gt.decoupled_weight_decay(

@@ -100,6 +100,7 @@ NAMES = {
     "reset_state": "Lookahead: re-initialise the base at syncs",
     "start_step": "the step after which a parameter EMA starts averaging",
     "warmup_steps": "steps of a linear learning-rate warm-up",
+    "preconditioning": "how Newton–Schulz's input is scaled to spectral norm ≤ 1",
     "weight_lr_power": "Schedule-Free: power of the largest η in the averaging weights",
     "r": "Schedule-Free: power of the step t in the averaging weights",
     "tau": "soft-sign constant",

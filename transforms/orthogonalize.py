@@ -154,6 +154,28 @@ def _matrix_norms_jvp(primals: tuple, tangents: tuple) -> tuple:
   return norm, jnp.where(nonzero, along / jnp.where(nonzero, norm, 1), 0)
 
 
+PRECONDITIONINGS = ("frobenius", "spectral", "aol", "schatten")
+
+
+def _preconditioned(y: jax.Array, preconditioning: str, eps: Any) -> jax.Array:
+  """``y`` (rows ≤ cols) scaled to spectral norm ≤ 1 by a bound other than
+  the Frobenius norm: σ_max itself (``"spectral"``, an SVD per matrix), the
+  Schatten-4 norm ‖YYᴴ‖_F^{1/2} (``"schatten"``) or, per row i,
+  (Σ_j |YYᴴ|_ij)^{-1/2} (``"aol"``, Prach & Lampert 2022's almost-orthogonal
+  rescaling); a bound below ε is taken as ε, a zero matrix stays zero."""
+  if preconditioning == "spectral":
+    sigma = unbatched_on_cpu(lambda a: jnp.linalg.svd(a, compute_uv=False), y)
+    scale = jnp.max(sigma, axis=-1)[..., None, None] + eps
+    return y / jnp.where(scale > 0, scale, 1)
+  gram = y @ _hermitian(y)
+  if preconditioning == "schatten":
+    bound = jnp.linalg.norm(gram, axis=(-2, -1), keepdims=True)
+  else:
+    bound = jnp.sum(jnp.abs(gram), axis=-1, keepdims=True)
+  bound = jnp.maximum(bound, eps)
+  return y * jnp.where(bound > 0, jax.lax.rsqrt(jnp.where(bound > 0, bound, 1)), 0)
+
+
 def _is_static(ns_steps: Any) -> bool:
   """A Python or NumPy integer; arrays (inject_hyperparams) are traced."""
   return isinstance(ns_steps, (int, np.integer))
@@ -167,6 +189,7 @@ def newton_schulz(
     eps: float = 1e-7,
     compute_dtype: Optional[Any] = None,
     method: str = "standard",
+    preconditioning: str = "frobenius",
 ) -> jax.Array:
   r"""Approximates msign(x) = UVᴴ over the last two axes of ``x``.
 
@@ -177,17 +200,22 @@ def newton_schulz(
   Zero input gives zero output; an input with :math:`\|x\|_F \lesssim ε` is
   scaled down rather than orthogonalized, which keeps the map continuous at
   0. ``ns_steps`` may be traced (``optax.inject_hyperparams``) with
-  ``method="standard"``.
+  ``method="standard"``. ``preconditioning`` other than ``"frobenius"``
+  replaces :math:`\|x\|_F` by a tighter bound on σ_max (``_preconditioned``;
+  ``optax.contrib.muon``'s options), divided by the same s.
   """
   if method not in ("standard", "gram"):
     raise ValueError(f"method must be 'standard' or 'gram', got {method!r}")
+  if preconditioning not in PRECONDITIONINGS:
+    raise ValueError(f"preconditioning must be one of {PRECONDITIONINGS}, got {preconditioning!r}")
   if jnp.ndim(x) < 2:
     raise ValueError(f"newton_schulz takes (..., m, n) matrices, got shape {jnp.shape(x)}")
   if _sharding.explicit_sharding(x, (-2, -1)) is not None:
     # On an Explicit mesh a product over a sharded axis is refused; gather the
     # (matrix) axes, iterate, and give the result the input's sharding back.
     y = newton_schulz(_sharding.gather(x, (-2, -1)), ns_steps, coefficients,
-                      eps=eps, compute_dtype=compute_dtype, method=method)
+                      eps=eps, compute_dtype=compute_dtype, method=method,
+                      preconditioning=preconditioning)
     return _sharding.reshard_like(y, x)
   static = _is_static(ns_steps)
   if not isinstance(ns_steps, jax.Array):  # an injected array is traced
@@ -201,9 +229,12 @@ def newton_schulz(
   wide = x.shape[-2] <= x.shape[-1]
   y = x if wide else _hermitian(x)
   y = y.astype(jnp.promote_types(y.dtype, jnp.float32))
-  norm = _matrix_norms(y)
-  scale = safety * norm + eps
-  y = (y / jnp.where(scale > 0, scale, 1)).astype(compute_dtype or y.dtype)  # eps = 0, y = 0
+  if preconditioning == "frobenius":
+    norm = _matrix_norms(y)
+    scale = safety * norm + eps
+    y = (y / jnp.where(scale > 0, scale, 1)).astype(compute_dtype or y.dtype)  # eps = 0, y = 0
+  else:
+    y = (_preconditioned(y, preconditioning, eps) / safety).astype(compute_dtype or y.dtype)
   if not static:
     y = _traced_iterations(y, coefficients, ns_steps)
   elif method == "gram" and y.shape[-2] != y.shape[-1]:
@@ -258,6 +289,7 @@ def orthogonalize_newton_schulz(
     eps: float = 1e-7,
     compute_dtype: Optional[Any] = None,
     method: str = "standard",
+    preconditioning: str = "frobenius",
     adaptive: bool = False,
     batch_same_shape: bool = True,
     matrix_view: Optional[MatrixViewRule] = None,
@@ -312,6 +344,14 @@ def orthogonalize_newton_schulz(
       (after iteration 2) and at the end. About 8m²n + 28m³ FLOPs against
       20m²n + 10m³ (m ≤ n): a win when n ≳ 2m; square matrices use
       ``"standard"``. Same result up to round-off.
+    preconditioning: how :math:`X_0` is scaled to spectral norm ≤ 1:
+      ``"frobenius"`` (above), ``"spectral"`` (by σ_max, an SVD per matrix:
+      exact but costly), ``"schatten"`` (by the Schatten-4 norm
+      :math:`\|UU^H\|_F^{1/2}`, one more product) or ``"aol"`` (each row i
+      by :math:`(\sum_j |UU^H|_{ij})^{-1/2}`, Prach & Lampert's
+      almost-orthogonal rescaling, as Turbo-Muon): the tighter bounds leave
+      the small singular values larger, so fewer iterations lift them
+      (``optax.contrib.muon``'s ``preconditioning``; bounds below ε are ε).
     adaptive: scale each matrix's result O by :math:`\langle U, O\rangle =
       \operatorname{Re}\operatorname{tr}(U^H O)`, ≈ the nuclear norm of U,
       the dual of the spectral norm O steepens in (Bernstein & Newhouse,
@@ -338,7 +378,8 @@ def orthogonalize_newton_schulz(
   _validate.check_non_negative("eps", eps)
   _validate.check_floating_dtype("compute_dtype", compute_dtype)
   coefficient_schedule(coefficients, 1)  # validates
-  newton_schulz(jnp.zeros((1, 1)), 1, coefficients, method=method)  # validates
+  newton_schulz(jnp.zeros((1, 1)), 1, coefficients, method=method,
+                preconditioning=preconditioning)  # validates
 
   # Traced hyperparameters (inject_hyperparams) reach the matrices as arguments.
   traced = {k: v for k, v in (("ns_steps", ns_steps), ("eps", eps)) if isinstance(v, jax.Array)}
@@ -347,7 +388,7 @@ def orthogonalize_newton_schulz(
     hyper = {"ns_steps": ns_steps, "eps": eps, **(hyper or {})}
     out = newton_schulz(
         matrices, hyper["ns_steps"], coefficients, eps=hyper["eps"],
-        compute_dtype=compute_dtype, method=method,
+        compute_dtype=compute_dtype, method=method, preconditioning=preconditioning,
     )
     if adaptive:
       wide = jnp.promote_types(out.dtype, jnp.float32)

@@ -199,3 +199,48 @@ def test_adaptive_is_optax_contrib_muons():
     theirs = runners.run_gradtx(optax.contrib.muon(0.02, nesterov=False, eps=0.0,
                                                    adaptive=adaptive), params0, grad, 20)
     runners.assert_trajectories_close(ours, theirs, 1e-12)
+
+
+@pytest.mark.parametrize("preconditioning", ["spectral", "aol", "schatten"])
+def test_preconditioning_is_optax_contrib_muons(preconditioning):
+  """Each scaling of the input before the iterations, as
+  ``optax.contrib.muon(preconditioning=...)`` (bias-corrected momentum, no
+  Nesterov), over 20 float64 steps, on a wide and a tall matrix."""
+  rng = np.random.default_rng(1)
+  params0 = {"w": rng.normal(size=(6, 4)), "v": rng.normal(size=(3, 5))}
+  grad = problems.quadratic_grads(params0, seed=2)
+  ours = runners.run_gradtx(optax.chain(
+      gt.ema(0.95, debias=True),
+      gt.orthogonalize_newton_schulz(eps=1e-8, preconditioning=preconditioning),
+      gt.scale_by_matrix_shape("jordan"), gt.scale_by_learning_rate(0.02)), params0, grad, 20)
+  theirs = runners.run_gradtx(optax.contrib.muon(
+      0.02, nesterov=False, eps=1e-8, preconditioning=preconditioning), params0, grad, 20)
+  runners.assert_trajectories_close(ours, theirs, 1e-12)
+  frobenius = runners.run_gradtx(optax.chain(
+      gt.ema(0.95, debias=True), gt.orthogonalize_newton_schulz(eps=1e-8),
+      gt.scale_by_matrix_shape("jordan"), gt.scale_by_learning_rate(0.02)), params0, grad, 20)
+  assert runners.trajectory_errors(ours, frobenius)["updates"] > 1e-3
+
+
+@pytest.mark.parametrize("preconditioning", ["spectral", "aol", "schatten"])
+def test_preconditioned_input_is_within_the_unit_spectral_ball(preconditioning):
+  """One cubic step from X₀ maps σ to 1.5σ − 0.5σ³, increasing on [0, 1]:
+  the output's σ_max stays ≤ 1 (with spectral scaling, σ_max = 1 exactly), a
+  zero matrix stays zero, and each matrix of a stack is scaled by its own bound."""
+  rng = np.random.default_rng(2)
+  x = rng.normal(size=(1, 4, 7)) * np.array([1e-3, 1.0, 1e3])[:, None, None]  # one matrix, scaled
+  with jax.enable_x64(True):
+    y = np.asarray(gt.newton_schulz(jnp.asarray(x), 1, "cubic", eps=1e-12,
+                                    preconditioning=preconditioning))
+    zero = gt.newton_schulz(jnp.zeros((4, 7)), 3, preconditioning=preconditioning)
+  top = np.linalg.svd(y, compute_uv=False).max(axis=-1)
+  assert np.all(top <= 1 + 1e-12)
+  if preconditioning == "spectral":
+    np.testing.assert_allclose(top, 1.0, rtol=1e-12)
+  np.testing.assert_allclose(top, top[0], rtol=1e-9)  # scale-invariant per matrix
+  assert not np.any(zero)
+
+
+def test_an_unknown_preconditioning_is_refused_by_name():
+  with pytest.raises(ValueError, match="^preconditioning must be one of"):
+    gt.orthogonalize_newton_schulz(preconditioning="nuclear")
