@@ -403,6 +403,7 @@ _DECOMPOSING = {
         LR, rank=4, orthonormalize="cholesky_qr", matrix_view=view),
     "clip_singular_values": lambda view: gt.clip_singular_values(
         max_value=1.0, matrix_view=view),
+    "muon_spectral": lambda view: go.muon(LR, preconditioning="spectral", matrix_view=view),
 }
 
 
