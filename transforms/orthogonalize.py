@@ -162,14 +162,17 @@ def _preconditioned(y: jax.Array, preconditioning: str, eps: Any) -> jax.Array:
   the Frobenius norm: σ_max itself (``"spectral"``, an SVD per matrix), the
   Schatten-4 norm ‖YYᴴ‖_F^{1/2} (``"schatten"``) or, per row i,
   (Σ_j |YYᴴ|_ij)^{-1/2} (``"aol"``, Prach & Lampert 2022's almost-orthogonal
-  rescaling); a bound below ε is taken as ε, a zero matrix stays zero."""
+  rescaling: a diagonal D, so the iteration tends to msign(DY), not
+  msign(Y)); a bound below ε is taken as ε (for schatten and aol a bound on
+  σ², as optax's fixed 1e-8), a zero matrix stays zero, with a zero
+  derivative (``_matrix_norms``)."""
   if preconditioning == "spectral":
     sigma = unbatched_on_cpu(lambda a: jnp.linalg.svd(a, compute_uv=False), y)
     scale = jnp.max(sigma, axis=-1)[..., None, None] + eps
     return y / jnp.where(scale > 0, scale, 1)
   gram = y @ _hermitian(y)
   if preconditioning == "schatten":
-    bound = jnp.linalg.norm(gram, axis=(-2, -1), keepdims=True)
+    bound = _matrix_norms(gram)  # √ with a finite derivative at a zero matrix
   else:
     bound = jnp.sum(jnp.abs(gram), axis=-1, keepdims=True)
   bound = jnp.maximum(bound, eps)
@@ -349,9 +352,13 @@ def orthogonalize_newton_schulz(
       exact but costly), ``"schatten"`` (by the Schatten-4 norm
       :math:`\|UU^H\|_F^{1/2}`, one more product) or ``"aol"`` (each row i
       by :math:`(\sum_j |UU^H|_{ij})^{-1/2}`, Prach & Lampert's
-      almost-orthogonal rescaling, as Turbo-Muon): the tighter bounds leave
-      the small singular values larger, so fewer iterations lift them
-      (``optax.contrib.muon``'s ``preconditioning``; bounds below ε are ε).
+      almost-orthogonal rescaling, as Turbo-Muon: a diagonal D, so the
+      result tends to msign(DU), 1-8% from msign(U), still semi-orthogonal):
+      the tighter bounds leave the small singular values larger, so fewer
+      iterations lift them (``optax.contrib.muon``'s ``preconditioning``,
+      whose Schatten form takes :math:`UU^T` without the conjugate, wrong
+      for complex U). For schatten and aol, ε floors a bound on σ² (optax
+      fixes it at 1e-8).
     adaptive: scale each matrix's result O by :math:`\langle U, O\rangle =
       \operatorname{Re}\operatorname{tr}(U^H O)`, ≈ the nuclear norm of U,
       the dual of the spectral norm O steepens in (Bernstein & Newhouse,

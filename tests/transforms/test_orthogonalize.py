@@ -244,3 +244,14 @@ def test_preconditioned_input_is_within_the_unit_spectral_ball(preconditioning):
 def test_an_unknown_preconditioning_is_refused_by_name():
   with pytest.raises(ValueError, match="^preconditioning must be one of"):
     gt.orthogonalize_newton_schulz(preconditioning="nuclear")
+
+
+@pytest.mark.parametrize("preconditioning", ["frobenius", "spectral", "aol", "schatten"])
+def test_preconditioning_has_a_finite_derivative_at_a_zero_matrix(preconditioning):
+  """A zero leaf (a frozen layer) inside a differentiated step: the scaling's
+  √ of 0 had a NaN derivative (0·∞) for schatten's ‖UUᴴ‖_F."""
+  def orthogonalized_sum(scale):
+    x = scale * jnp.zeros((3, 5))
+    return jnp.sum(gt.newton_schulz(x, 3, preconditioning=preconditioning))
+
+  assert np.isfinite(float(jax.grad(orthogonalized_sum)(1.0)))
