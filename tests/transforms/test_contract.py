@@ -174,7 +174,8 @@ TABLE = {
         choices=dict(
             coefficients=(("nope", "coefficients must be one of"),
                           ([(1.0, 2.0)], "coefficients must be a name or a non-empty")),
-            method=(("fast", "method must be 'standard' or 'gram'"),))),
+            method=(("fast", "method must be 'standard' or 'gram'"),),
+            preconditioning=(("nuclear", "preconditioning must be one of"),))),
     gt.scale_by_adadelta: Entry(
         gt.scale_by_adadelta, dict(decay=DECAY, eps=NON_NEGATIVE),
         configs={"default": {}, "bf16_state": dict(nu_dtype=jnp.bfloat16)}),
