@@ -84,8 +84,11 @@ LEARNING_RATE = 1e-3
 # --all adds every other optimizer of gradtx.optimizers built from a learning
 # rate alone (the wrappers, K-FAC and SAM take a model or an optimizer).
 MORE_OPTIMIZERS = (
-    "adabelief", "adagrad", "adam", "adamh", "adamuon", "ademamix", "dion", "lars", "lion",
-    "mars_adamw", "muonh", "normuon", "rmsprop", "sgd", "signsgd", "soap_muon", "tiger", "vmuon",
+    "acprop", "adabelief", "adadelta", "adagrad", "adam", "adamax", "adamaxw", "adamh",
+    "adamuon", "adan", "ademamix", "adopt", "adoptw", "dion", "fromage", "lars", "lion",
+    "mars_adamw", "muonh", "normuon", "novograd", "radam", "radamw", "rmsprop",
+    "schedule_free_adamw", "schedule_free_sgd", "sgd", "signsgd", "sm3", "soap_muon", "tiger",
+    "vmuon", "yogi",
 )
 
 

@@ -123,3 +123,24 @@ def test_step_table_gives_median_and_amortized_ratios():
   assert [c.strip() for c in row.strip("|").split("|")] == [
       "shampoo", "10.00", "10.00", "2.00x", "2.00x", "12.00", "2.40x"]
   assert "amortized" not in compile_time.step_table({compile_time.ANCHOR: [5.0] * 29})
+
+
+def test_all_covers_every_optimizer_built_from_a_learning_rate_alone():
+  """``--all`` is every optimizer of ``gradtx.optimizers`` whose first argument is
+  the learning rate and whose others have defaults: a factory added to the
+  package without an entry here would be left out of the compile-time table."""
+  import inspect
+
+  from gradtx import optimizers as go
+
+  def from_a_learning_rate(factory):
+    parameters = list(inspect.signature(factory).parameters.values())
+    return (parameters and parameters[0].name == "learning_rate"
+            and all(p.default is not inspect.Parameter.empty for p in parameters[1:]))
+
+  expected = {name for name in go.__all__
+              if inspect.isfunction(getattr(go, name)) and from_a_learning_rate(getattr(go, name))}
+  covered = {make.factory for make in compile_time.gradtx_optimizers(go).values()}
+  # K-FAC's update reads the forward pass's records (go.value_grad_and_records).
+  assert expected - covered == {"kfac"}
+  assert {"adamax", "schedule_free_adamw", "sm3"} <= covered
