@@ -4,8 +4,9 @@ As ``adam`` / ``adamw``: the plain name adds torch's coupled L2 gradient
 before the preconditioner, the ``w`` name decays the weights after it.
 """
 
-from typing import Any, Optional
+from typing import Any, Callable, Optional
 
+import jax
 import jax.numpy as jnp
 import optax
 
@@ -113,6 +114,8 @@ def radam(
     eps: float = 1e-8,
     weight_decay: optax.ScalarOrSchedule = 0.0,
     mask: gt.MaskOrFn = None,
+    threshold: float = 5.0,
+    nesterov: bool = False,
     mu_dtype: Optional[Any] = None,
     nu_dtype: Optional[Any] = None,
 ) -> optax.GradientTransformation:
@@ -136,6 +139,8 @@ def radam(
     eps: added to :math:`\sqrt{v_t}`, >= 0.
     weight_decay: λ, the coupled L2 coefficient, >= 0, or a schedule.
     mask: which leaves get the decay (``optax.masked`` semantics).
+    threshold: rectify where :math:`ρ_t` exceeds it, >= 4 (``gt.scale_by_radam``).
+    nesterov: Dozat's look-ahead first moment (``optax.radam``'s ``nesterov``).
     mu_dtype: storage of the first moment (``gt.scale_by_adam``).
     nu_dtype: storage of the second moment.
 
@@ -147,7 +152,8 @@ def radam(
   """
   return optax.chain(
       gt.coupled_weight_decay(weight_decay, mask),
-      gt.scale_by_radam(b1=b1, b2=b2, eps=eps, mu_dtype=mu_dtype, nu_dtype=nu_dtype),
+      gt.scale_by_radam(b1=b1, b2=b2, eps=eps, threshold=threshold, nesterov=nesterov,
+                        mu_dtype=mu_dtype, nu_dtype=nu_dtype),
       gt.scale_by_learning_rate(learning_rate),
   )
 
@@ -162,6 +168,8 @@ def radamw(
     weight_decay: optax.ScalarOrSchedule = 1e-2,
     mask: gt.MaskOrFn = None,
     cautious_weight_decay: bool = False,
+    threshold: float = 5.0,
+    nesterov: bool = False,
     mu_dtype: Optional[Any] = None,
     nu_dtype: Optional[Any] = None,
 ) -> optax.GradientTransformation:
@@ -183,6 +191,8 @@ def radamw(
     mask: which leaves get the decay (``optax.masked`` semantics).
     cautious_weight_decay: decay only where the update has the sign of the
       weight (``gt.decoupled_weight_decay``; Chen et al. 2025).
+    threshold: rectify where :math:`ρ_t` exceeds it, >= 4 (``gt.scale_by_radam``).
+    nesterov: Dozat's look-ahead first moment (``optax.radam``'s ``nesterov``).
     mu_dtype: storage of the first moment (``gt.scale_by_adam``).
     nu_dtype: storage of the second moment.
 
@@ -192,7 +202,8 @@ def radamw(
   Reference: Liu et al., ICLR 2020; ``torch.optim.RAdam``.
   """
   return optax.chain(
-      gt.scale_by_radam(b1=b1, b2=b2, eps=eps, mu_dtype=mu_dtype, nu_dtype=nu_dtype),
+      gt.scale_by_radam(b1=b1, b2=b2, eps=eps, threshold=threshold, nesterov=nesterov,
+                        mu_dtype=mu_dtype, nu_dtype=nu_dtype),
       gt.decoupled_weight_decay(weight_decay, mask, cautious_weight_decay=cautious_weight_decay),
       gt.scale_by_learning_rate(learning_rate),
   )
@@ -262,6 +273,9 @@ def adopt(
     eps: float = 1e-6,
     weight_decay: optax.ScalarOrSchedule = 0.0,
     mask: gt.MaskOrFn = None,
+    nesterov: bool = False,
+    use_clipping: bool = True,
+    clip_value_fn: Optional[Callable[[jax.Array], jax.Array]] = None,
     mu_dtype: Optional[Any] = None,
     nu_dtype: Optional[Any] = None,
 ) -> optax.GradientTransformation:
@@ -284,6 +298,10 @@ def adopt(
     eps: floor of :math:`\sqrt{v_{t-1}}`, >= 0.
     weight_decay: λ, the coupled L2 coefficient, >= 0, or a schedule.
     mask: which leaves get the decay (``optax.masked`` semantics).
+    nesterov: step the look-ahead of the momentum (``gt.scale_by_adopt``).
+    use_clipping: clip the normalized gradient (the official default).
+    clip_value_fn: the clipping bound as a function of the number of steps
+      before this one; ``None`` is :math:`(t-1)^{1/4}`.
     mu_dtype: storage of the momentum (``gt.scale_by_adam``).
     nu_dtype: storage of the second moment.
 
@@ -295,7 +313,8 @@ def adopt(
   """
   return optax.chain(
       gt.coupled_weight_decay(weight_decay, mask),
-      gt.scale_by_adopt(b1=b1, b2=b2, eps=eps, mu_dtype=mu_dtype, nu_dtype=nu_dtype),
+      gt.scale_by_adopt(b1=b1, b2=b2, eps=eps, nesterov=nesterov, use_clipping=use_clipping,
+                        clip_value_fn=clip_value_fn, mu_dtype=mu_dtype, nu_dtype=nu_dtype),
       gt.scale_by_learning_rate(learning_rate),
   )
 
@@ -318,6 +337,9 @@ def adoptw(
     weight_decay: optax.ScalarOrSchedule = 1e-2,
     mask: gt.MaskOrFn = None,
     cautious_weight_decay: bool = False,
+    nesterov: bool = False,
+    use_clipping: bool = True,
+    clip_value_fn: Optional[Callable[[jax.Array], jax.Array]] = None,
     mu_dtype: Optional[Any] = None,
     nu_dtype: Optional[Any] = None,
 ) -> optax.GradientTransformation:
@@ -340,6 +362,10 @@ def adoptw(
     mask: which leaves get the decay (``optax.masked`` semantics).
     cautious_weight_decay: decay only where the update has the sign of the
       weight (``gt.decoupled_weight_decay``; Chen et al. 2025).
+    nesterov: step the look-ahead of the momentum (``gt.scale_by_adopt``).
+    use_clipping: clip the normalized gradient (the official default).
+    clip_value_fn: the clipping bound as a function of the number of steps
+      before this one; ``None`` is :math:`(t-1)^{1/4}`.
     mu_dtype: storage of the momentum (``gt.scale_by_adam``).
     nu_dtype: storage of the second moment.
 
@@ -349,7 +375,8 @@ def adoptw(
   Reference: Taniguchi et al., NeurIPS 2024; github.com/iShohei220/adopt.
   """
   return optax.chain(
-      gt.scale_by_adopt(b1=b1, b2=b2, eps=eps, mu_dtype=mu_dtype, nu_dtype=nu_dtype),
+      gt.scale_by_adopt(b1=b1, b2=b2, eps=eps, nesterov=nesterov, use_clipping=use_clipping,
+                        clip_value_fn=clip_value_fn, mu_dtype=mu_dtype, nu_dtype=nu_dtype),
       gt.decoupled_weight_decay(_from_second_step(weight_decay), mask,
                                 cautious_weight_decay=cautious_weight_decay),
       gt.scale_by_learning_rate(learning_rate),

@@ -127,7 +127,10 @@ NAMES = {
     "precond_lr": "PSGD: step size of the preconditioner's fit",
     "precond_init_scale": "PSGD: scale of the initial preconditioner",
     "precond_dtype": "storage dtype of a preconditioner",
-    "threshold": "QK-clip's cap τ on the max attention logit",
+    "threshold": "the value past which a rule acts: QK-clip's cap τ on the max attention"
+                 " logit; RAdam's ρ_t past which it rectifies (optax's name)",
+    "use_clipping": "ADOPT: clip the normalized gradient (optax's name)",
+    "clip_value_fn": "ADOPT: the clipping bound as a function of the step count (optax's name)",
     "rule": "QK-clip's rule of which leaves are queries/keys and their heads",
     "granularity": "what a second moment is kept per: element, output or input neuron",
     "renormalize": "the Frobenius norm a normalized matrix update is rescaled to",

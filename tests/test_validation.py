@@ -48,6 +48,7 @@ NON_NEGATIVE = Kind((-1e-3, NAN), (0.0, 3.0), ("[0, inf]", "[0, inf)", "non-nega
 POSITIVE = Kind((0.0, -1.0, NAN), (1e-3,), ("(0, inf)", "> 0"))
 COUNT = Kind((0, -1), (1,), (">= 1", "[1, inf)"))
 INDEX = Kind((-1,), (0, 5), (">= 0", "[0, inf)", "[0, inf]"))
+AT_LEAST_FOUR = Kind((3.9, NAN), (4.0, float("inf")), ("[4, inf]",))
 PROBABILITY = Kind((0.0, -0.1, 1.5, NAN), (0.5, 1.0), ("(0, 1]",))
 
 RANGES = {
@@ -97,11 +98,11 @@ RANGES = {
     ),
     go.radam: dict(
         learning_rate=NON_NEGATIVE, b1=DECAY, b2=DECAY, eps=NON_NEGATIVE,
-        weight_decay=NON_NEGATIVE,
+        weight_decay=NON_NEGATIVE, threshold=AT_LEAST_FOUR,
     ),
     go.radamw: dict(
         learning_rate=NON_NEGATIVE, b1=DECAY, b2=DECAY, eps=NON_NEGATIVE,
-        weight_decay=NON_NEGATIVE,
+        weight_decay=NON_NEGATIVE, threshold=AT_LEAST_FOUR,
     ),
     go.adopt: dict(
         learning_rate=NON_NEGATIVE, b1=DECAY, b2=DECAY, eps=NON_NEGATIVE,

@@ -12,6 +12,7 @@ from typing import Any, Callable, NamedTuple, Optional
 
 import jax
 import jax.numpy as jnp
+import numpy as np
 import optax
 
 from gradtx._internal import tree as _tree
@@ -68,6 +69,15 @@ def _decays(b1, b2, real):
   return pairs
 
 
+def _nesterov_hat(b1, m, g, count):
+  """Dozat's look-ahead β₁ m_t/(1-β₁^{t+1}) + (1-β₁) g_t/(1-β₁^t) (NAdam's
+  first moment, as ``scale_by_adam(nesterov=True)``)."""
+  real = _tree.real_dtype(m.dtype)
+  b1_, c1, _, _ = _decays(b1, 0.0, real)
+  return (b1_ * m / _tree.bias_correction(b1, count + 1, real)
+          + c1 * g / _tree.bias_correction(b1, count, real))
+
+
 def _init(state_cls, mu_format, nu_format, nu_value=0.0):
   def init_fn(params):
     return state_cls(
@@ -81,10 +91,12 @@ def _moment_step(name: str, state_cls, mu_format, nu_format,
                  moments: Callable, direction: Callable) -> Callable:
   """An ``update_fn`` over the two moments.
 
-  ``moments(g, m, v, count) -> (m_new, v_new)`` updates them (``count`` is the
-  step's 1-based number), ``direction(m, v, count) -> u`` makes the step from
-  them as stored. Int8 moments are reset where the gradient is not finite,
-  as ``scale_by_adam``'s; float moments let NaN propagate.
+  ``moments(g, m, v, count) -> (m_new, v_new, m_input)`` updates them
+  (``count`` is the step's 1-based number; ``m_input`` is what the first
+  moment averages this step: g, or ADOPT's normalized g), ``direction(m, v,
+  count, m_input) -> u`` makes the step from them as stored (``m_input`` for a
+  Nesterov look-ahead). Int8 moments are reset where the gradient is not
+  finite, as ``scale_by_adam``'s; float moments let NaN propagate.
   """
   quantized = state_format.is_quantized(mu_format, nu_format)
 
@@ -98,12 +110,12 @@ def _moment_step(name: str, state_cls, mu_format, nu_format,
     def leaf(g, m, v, seed):
       dtype = _tree.compute_dtype(g)
       g_ = g.astype(dtype)
-      m_new, v_new = moments(g_, state_format.load(m, dtype),
-                             state_format.load(v, _tree.real_dtype(dtype)), count)
+      m_new, v_new, m_input = moments(g_, state_format.load(m, dtype),
+                                      state_format.load(v, _tree.real_dtype(dtype)), count)
       if not quantized:  # the step from the moments as stored (stored_and_used)
         m_stored, m_new = state_format.stored_and_used(m_new, m, mu_format, seed, stream=0)
         v_stored, v_new = state_format.stored_and_used(v_new, v, nu_format, seed, stream=1)
-      u = direction(m_new, v_new, count)
+      u = direction(m_new, v_new, count, m_input)
       if quantized:
         u, m_new, v_new = state_format.reset_non_finite(g_, u, m_new, v_new)
         m_stored = state_format.store(m_new, m, mu_format, seed, stream=0)
@@ -173,9 +185,9 @@ def scale_by_adamax(
 
   def moments(g, m, v, count):
     b1_, c1, b2_, _ = _decays(b1, b2, v.dtype)
-    return b1_ * m + c1 * g, jnp.maximum(b2_ * v, jnp.abs(g) + eps)
+    return b1_ * m + c1 * g, jnp.maximum(b2_ * v, jnp.abs(g) + eps), g
 
-  def direction(m, v, count):
+  def direction(m, v, count, m_input):
     # v = 0 only where every gradient was 0 (then m = 0): a 0 step, not 0/0.
     return m / (_tree.bias_correction(b1, count, v.dtype) * jnp.where(v > 0, v, 1))
 
@@ -185,11 +197,14 @@ def scale_by_adamax(
                    moments, direction))
 
 
+@_validate.checks_arguments
 def scale_by_radam(
     b1: float = 0.9,
     b2: float = 0.999,
     eps: float = 1e-8,
     *,
+    threshold: float = 5.0,
+    nesterov: bool = False,
     mu_dtype: Optional[Any] = None,
     nu_dtype: Optional[Any] = None,
 ) -> optax.GradientTransformation:
@@ -200,24 +215,31 @@ def scale_by_radam(
     ρ_t = ρ_∞ - \frac{2 t β_2^t}{1-β_2^t},\quad
     r_t = \sqrt{\frac{(ρ_t-4)(ρ_t-2)ρ_∞}{(ρ_∞-4)(ρ_∞-2)ρ_t}},\\
     u_t = \hat m_t\, r_t \frac{\sqrt{1-β_2^t}}{\sqrt{v_t} + ε}
-    \text{ if } ρ_t > 5, \text{ else } u_t = \hat m_t
+    \text{ if } ρ_t > \text{threshold}, \text{ else } u_t = \hat m_t
 
   with Adam's moments and :math:`\hat m_t = m_t/(1-β_1^t)`: while the
   variance estimate is too young (:math:`ρ_t \le 5`, the first 5 steps at
   β₂ = 0.999) the step is the bias-corrected momentum, unadapted.
-  ``torch.optim.RAdam``'s rule. ``optax.scale_by_radam`` differs in two places:
-  its ε is added to :math:`\sqrt{\hat v_t}` (torch's, here, to
-  :math:`\sqrt{v_t}`, so it weighs :math:`1/\sqrt{1-β_2^t}` times more on
-  :math:`\sqrt{\hat v_t}`: 13x at t = 6, 1.26x at t = 1000 for β₂ = 0.999)
-  and it rectifies from :math:`ρ_t \ge` its ``threshold`` (5) where torch
-  needs :math:`ρ_t > 5`. For β₂ near 1 the ε change is a relative 1e-7 of a
-  step on gradients of 0.1; it grows as √v̂ nears ε.
+  ``torch.optim.RAdam``'s rule. ``nesterov=True`` takes Dozat's look-ahead
+  :math:`\hat m_t = β_1 m_t/(1-β_1^{t+1}) + (1-β_1) g_t/(1-β_1^t)` (as
+  ``scale_by_adam``'s, and ``optax.radam(nesterov=True)``; torch's ``RAdam``
+  has none). ``optax.scale_by_radam`` differs in two places: its ε is added
+  to :math:`\sqrt{\hat v_t}` (torch's, here, to :math:`\sqrt{v_t}`, so it
+  weighs :math:`1/\sqrt{1-β_2^t}` times more on :math:`\sqrt{\hat v_t}`:
+  13x at t = 6, 1.26x at t = 1000 for β₂ = 0.999) and it rectifies from
+  :math:`ρ_t \ge` its ``threshold`` where torch (and this) needs
+  :math:`ρ_t >` it (5 in torch). For β₂ near 1 the ε change is a relative
+  1e-7 of a step on gradients of 0.1; it grows as √v̂ nears ε.
 
   Args:
     b1: decay of the first moment, in [0, 1).
     b2: decay of the second moment, in [0, 1) (below 2/3, :math:`ρ_∞ \le 5`
       and every step is the bias-corrected momentum).
     eps: added to :math:`\sqrt{v_t}` (torch's place), >= 0.
+    threshold: the step is rectified where :math:`ρ_t` exceeds it; >= 4
+      (:math:`r_t` is real only for :math:`ρ_t > 4`). 5 is the paper's and
+      torch's; a larger one waits longer (``inf``: never, plain momentum SGD).
+    nesterov: Dozat's look-ahead first moment (NAdam's), as ``scale_by_adam``.
     mu_dtype: storage of the first moment, as in ``scale_by_adam``.
     nu_dtype: storage of the second moment, as ``mu_dtype``.
 
@@ -228,13 +250,14 @@ def scale_by_radam(
   Beyond", ICLR 2020; ``torch.optim.RAdam``.
   """
   _validate.check_non_negative("eps", eps)
+  _validate.check_in_range("threshold", threshold, 4.0, np.inf, high_inclusive=True)
   mu_format, nu_format = _formats(b1, b2, mu_dtype, nu_dtype)
 
   def moments(g, m, v, count):
     b1_, c1, b2_, c2 = _decays(b1, b2, v.dtype)
-    return b1_ * m + c1 * g, b2_ * v + c2 * _tree.abs_sq(g)
+    return b1_ * m + c1 * g, b2_ * v + c2 * _tree.abs_sq(g), g
 
-  def direction(m, v, count):
+  def direction(m, v, count, m_input):
     real = v.dtype
     t = count.astype(real)
     c2 = _tree.bias_correction(b2, count, real)
@@ -244,12 +267,14 @@ def scale_by_radam(
     one_minus_b2 = 1 - b2 if isinstance(b2, (int, float)) else 1 - jnp.asarray(b2, real)
     rho_inf = jnp.asarray(2 / one_minus_b2 - 1, real)
     rho = rho_inf - 2 * t * jnp.asarray(b2, real) ** t / c2
-    rectified = rho > 5
-    # Rectification only where ρ_t > 5 (then ρ_∞ > 5 too); elsewhere 6/6
-    # keeps r finite, so that no NaN reaches a derivative through the where.
+    rectified = rho > jnp.asarray(threshold, real)
+    # Rectification only where ρ_t > threshold >= 4 (then ρ_∞ > 4 too);
+    # elsewhere 6/6 keeps r finite, so that no NaN reaches a derivative
+    # through the where.
     rho_, rho_inf_ = jnp.where(rectified, rho, 6), jnp.where(rectified, rho_inf, 6)
     r = jnp.sqrt((rho_ - 4) * (rho_ - 2) * rho_inf_ / ((rho_inf_ - 4) * (rho_inf_ - 2) * rho_))
-    m_hat = m / _tree.bias_correction(b1, count, real)
+    m_hat = _nesterov_hat(b1, m, m_input, count) if nesterov else (
+        m / _tree.bias_correction(b1, count, real))
     return jnp.where(rectified, m_hat * r * (jnp.sqrt(c2) / (_tree.root(v) + eps)), m_hat)
 
   return optax.GradientTransformation(
@@ -310,9 +335,9 @@ def scale_by_yogi(
   def moments(g, m, v, count):
     b1_, c1, _, c2 = _decays(b1, b2, v.dtype)
     g2 = _tree.abs_sq(g)
-    return b1_ * m + c1 * g, v - c2 * jnp.sign(v - g2) * g2
+    return b1_ * m + c1 * g, v - c2 * jnp.sign(v - g2) * g2, g
 
-  def direction(m, v, count):
+  def direction(m, v, count, m_input):
     m_hat = m / _tree.bias_correction(b1, count, v.dtype)
     return m_hat / (_tree.root(v / _tree.bias_correction(b2, count, v.dtype) + eps_root) + eps)
 
@@ -330,11 +355,15 @@ def _clip_magnitude(x, limit):
   return jnp.where(size > limit, x * (limit / jnp.where(size > limit, size, 1)), x)
 
 
+@_validate.checks_arguments
 def scale_by_adopt(
     b1: float = 0.9,
     b2: float = 0.9999,
     eps: float = 1e-6,
     *,
+    nesterov: bool = False,
+    use_clipping: bool = True,
+    clip_value_fn: Optional[Callable[[jax.Array], jax.Array]] = None,
     mu_dtype: Optional[Any] = None,
     nu_dtype: Optional[Any] = None,
 ) -> optax.GradientTransformation:
@@ -352,7 +381,10 @@ def scale_by_adopt(
   bound :math:`(t-1)^{1/4}` (the step count before this step, 1 at the
   second) is the official code's default ``clip_lambda`` (Nov. 2024
   update), which keeps the convergence rate and guards the early near-zero
-  :math:`v`; the paper's first, unclipped version is not offered.
+  :math:`v`; ``use_clipping=False`` is the paper's first, unclipped version,
+  and ``clip_value_fn`` another bound. ``nesterov=True`` steps
+  :math:`β_1 m_t + (1-β_1)\,\mathrm{clip}(\cdot)` (the look-ahead of
+  ``optax.contrib.adopt(nesterov=True)``; not in the official code).
   ``optax.contrib.scale_by_adopt`` is the same rule. pytorch-optimizer's
   ``ADOPT`` evaluates the bound one step later (:math:`t^{1/4}`). A complex
   normalized gradient is clipped in modulus, keeping its phase (torch
@@ -366,6 +398,11 @@ def scale_by_adopt(
     b1: decay of the momentum, in [0, 1).
     b2: decay of the second moment, in [0, 1).
     eps: floor of :math:`\sqrt{v_{t-1}}`, >= 0.
+    nesterov: step the look-ahead :math:`β_1 m_t + (1-β_1)\,\mathrm{clip}(\cdot)`.
+    use_clipping: clip the normalized gradient (the official default).
+    clip_value_fn: the bound as a function of the number of steps before this
+      one (1 at the second step, an array in the moments' real dtype);
+      ``None`` is :math:`(t-1)^{1/4}`, as ``optax.contrib.adopt``'s default.
     mu_dtype: storage of the momentum, as in ``scale_by_adam``.
     nu_dtype: storage of the second moment, as ``mu_dtype``.
 
@@ -378,16 +415,23 @@ def scale_by_adopt(
   _validate.check_non_negative("eps", eps)
   mu_format, nu_format = _formats(b1, b2, mu_dtype, nu_dtype)
 
+  bound = (lambda previous: previous ** 0.25) if clip_value_fn is None else clip_value_fn
+
   def moments(g, m, v, count):
     b1_, c1, b2_, c2 = _decays(b1, b2, v.dtype)
     previous = (count - 1).astype(v.dtype)
-    normalized = _clip_magnitude(g / jnp.maximum(_tree.root(v), eps), previous ** 0.25)
+    normalized = g / jnp.maximum(_tree.root(v), eps)
+    if use_clipping:
+      normalized = _clip_magnitude(normalized, jnp.asarray(bound(previous), v.dtype))
     first = count == 1
     g2 = _tree.abs_sq(g)
     return (jnp.where(first, m, b1_ * m + c1 * normalized),
-            jnp.where(first, v + g2, b2_ * v + c2 * g2))
+            jnp.where(first, v + g2, b2_ * v + c2 * g2), normalized)
 
-  def direction(m, v, count):
+  def direction(m, v, count, m_input):
+    if nesterov:
+      b1_, c1, _, _ = _decays(b1, b2, v.dtype)
+      m = b1_ * m + c1 * m_input
     return jnp.where(count == 1, jnp.zeros_like(m), m)
 
   return optax.GradientTransformation(

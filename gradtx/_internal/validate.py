@@ -114,6 +114,7 @@ RULE_ARGUMENTS = {
     "where": "a function (path, leaf) -> bool",
     "rule": "a function (path, leaf)",
     "loss_fn": "a function of the model",
+    "clip_value_fn": "a function of the step count",
 }
 
 

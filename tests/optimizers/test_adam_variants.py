@@ -131,6 +131,30 @@ def test_optax_contrib_adopt_is_the_same_rule():
       runners.run_gradtx(go.adopt(0.05), PROBLEM.params0, PROBLEM.grad, STEPS), TOLERANCE)
 
 
+@pytest.mark.parametrize("options", [
+    dict(nesterov=True), dict(use_clipping=False),
+    dict(nesterov=True, clip_value_fn=lambda count: 0.5 + count**0.5)])
+def test_optax_contrib_adopt_options_are_the_same_rule(options):
+  """optax's ``nesterov``, ``use_clipping`` and ``clip_value_fn`` (float64)."""
+  runners.assert_trajectories_close(
+      runners.run_gradtx(optax.contrib.adopt(0.05, **options), PROBLEM.params0,
+                         PROBLEM.grad, STEPS),
+      runners.run_gradtx(go.adopt(0.05, **options), PROBLEM.params0, PROBLEM.grad, STEPS),
+      TOLERANCE)
+
+
+@pytest.mark.parametrize("options", [dict(nesterov=True), dict(threshold=9.0),
+                                     dict(threshold=6.5, nesterov=True)])
+def test_optax_radam_options_are_the_same_rule_where_eps_is_zero(options):
+  """optax's ``threshold`` and ``nesterov``; at ε = 0 its ε placement is the same
+  (float64; it rectifies from ρ_t >= threshold, this from >, equal off ties)."""
+  runners.assert_trajectories_close(
+      runners.run_gradtx(optax.radam(0.05, eps=0.0, **options), PROBLEM.params0,
+                         PROBLEM.grad, STEPS),
+      runners.run_gradtx(go.radam(0.05, eps=0.0, **options), PROBLEM.params0, PROBLEM.grad,
+                         STEPS), TOLERANCE)
+
+
 def test_pytorch_optimizer_adopt_departs_from_the_official_code():
   """Its clipping bound t^¼ (the count after the step; the official code's is
   (t−1)^¼, 1 at the second step) makes a 2% gap over 60 steps; its decoupled

@@ -138,6 +138,56 @@ def test_radam_eps_is_added_to_the_raw_root_as_in_torch():
   assert updates[-1][0] < 0.5 * theirs[-1][0]
 
 
+def _radam_reference(grads, b1, b2, eps, threshold, nesterov):
+  """RAdam's steps from the closed form (torch's ε on √v), in float64; with
+  ``nesterov`` Dozat's look-ahead m̂ in place of m/(1 − β₁ᵗ)."""
+  m, v, steps = 0.0, 0.0, []
+  for t, g in enumerate(grads, start=1):
+    g = np.asarray(g)
+    m, v = b1 * m + (1 - b1) * g, b2 * v + (1 - b2) * g**2
+    m_hat = (b1 * m / (1 - b1 ** (t + 1)) + (1 - b1) * g / (1 - b1**t) if nesterov
+             else m / (1 - b1**t))
+    rho_inf, rho = _rho(t, b2)
+    step = m_hat
+    if rho > threshold:
+      r = np.sqrt((rho - 4) * (rho - 2) * rho_inf / ((rho_inf - 4) * (rho_inf - 2) * rho))
+      step = m_hat * r * np.sqrt(1 - b2**t) / (np.sqrt(v) + eps)
+    steps.append(step)
+  return steps
+
+
+@pytest.mark.parametrize("threshold, nesterov", [(5.0, True), (8.5, False), (12.0, True)])
+def test_radam_threshold_and_nesterov_match_the_closed_form_and_optax(threshold, nesterov):
+  """40 float64 steps: the closed form; optax.scale_by_radam (eps = 0, where its
+  ε placement is the same; it rectifies from ρ_t >= threshold, equal off ties)."""
+  b1, b2 = 0.9, 0.99
+  grads = _grads(steps=40, seed=7)
+  with jax.enable_x64(True):
+    ours, _ = _run(gt.scale_by_radam(b1=b1, b2=b2, eps=1e-8, threshold=threshold,
+                                     nesterov=nesterov), grads)
+    ours_0, _ = _run(gt.scale_by_radam(b1=b1, b2=b2, eps=0.0, threshold=threshold,
+                                       nesterov=nesterov), grads)
+    theirs, _ = _run(optax.scale_by_radam(b1=b1, b2=b2, eps=0.0, threshold=threshold,
+                                          nesterov=nesterov), grads)
+  expected = _radam_reference(grads, b1, b2, 1e-8, threshold, nesterov)
+  waited = [_rho(t, b2)[1] <= threshold for t in range(1, 41)]
+  assert 2 < sum(waited) < 40  # both branches taken (ρ_∞ = 199 at β₂ = 0.99)
+  for got, want, got_0, other in zip(ours, expected, ours_0, theirs):
+    np.testing.assert_allclose(got, want, rtol=1e-10)
+    np.testing.assert_allclose(got_0, other, rtol=1e-10)
+
+
+def test_radam_nesterov_changes_the_steps_and_a_threshold_below_4_is_refused():
+  grads = _grads(steps=8, seed=3)
+  plain, _ = _run(gt.scale_by_radam(), grads)
+  ahead, _ = _run(gt.scale_by_radam(nesterov=True), grads)
+  assert np.abs(plain[-1] - ahead[-1]).max() > 1e-3
+  with pytest.raises(ValueError, match=r"threshold must be in \[4, inf\]"):
+    gt.scale_by_radam(threshold=3.0)
+  with pytest.raises(ValueError, match="nesterov must be True or False"):
+    gt.scale_by_radam(nesterov="True")
+
+
 # Yogi ------------------------------------------------------------------------
 
 
@@ -261,6 +311,41 @@ def test_vmap_over_a_batch_of_runs_matches_each_run(name):
   batched = jax.jit(jax.vmap(run))(grads)
   for i in range(3):
     np.testing.assert_allclose(batched[i], run(grads[i]), rtol=1e-5, atol=1e-7)
+
+
+@pytest.mark.parametrize("options", [
+    dict(nesterov=True), dict(use_clipping=False), dict(nesterov=True, use_clipping=False),
+    dict(clip_value_fn=lambda c: 0.5 * c**0.5), dict(nesterov=True, clip_value_fn=lambda c: c)])
+def test_adopt_options_match_optax_and_the_closed_form(options):
+  """30 float64 steps against optax.contrib.scale_by_adopt with the same options
+  and against the rule written out (the look-ahead β₁ m_t + (1 − β₁) n_t)."""
+  b1, b2, eps = 0.9, 0.99, 1e-6
+  grads = _grads(steps=30, seed=11, scale=0.3)
+  with jax.enable_x64(True):
+    ours, _ = _run(gt.scale_by_adopt(b1=b1, b2=b2, eps=eps, **options), grads)
+    theirs, _ = _run(optax.contrib.scale_by_adopt(b1=b1, b2=b2, eps=eps, **options), grads)
+  bound = options.get("clip_value_fn", lambda c: c**0.25)
+  m, v = 0.0, np.asarray(grads[0]) ** 2
+  np.testing.assert_array_equal(ours[0], 0.0)
+  for t in range(2, 31):
+    g = np.asarray(grads[t - 1])
+    n = g / np.maximum(np.sqrt(v), eps)
+    if options.get("use_clipping", True):
+      n = np.clip(n, -bound(t - 1.0), bound(t - 1.0))
+    m = b1 * m + (1 - b1) * n
+    v = b2 * v + (1 - b2) * g**2
+    step = b1 * m + (1 - b1) * n if options.get("nesterov") else m
+    np.testing.assert_allclose(ours[t - 1], step, rtol=1e-10)
+    np.testing.assert_allclose(ours[t - 1], theirs[t - 1], rtol=1e-10)
+
+
+def test_adopt_without_clipping_differs_where_the_bound_binds():
+  grads = _grads(steps=6, seed=5, scale=1.0) + [100.0 * np.ones((3, 4))]
+  clipped, _ = _run(gt.scale_by_adopt(), grads)
+  free, _ = _run(gt.scale_by_adopt(use_clipping=False), grads)
+  assert np.abs(free[-1]).max() > 2 * np.abs(clipped[-1]).max()
+  with pytest.raises(ValueError, match="clip_value_fn must be a function of the step count"):
+    gt.scale_by_adopt(clip_value_fn=0.25)
 
 
 @pytest.mark.parametrize("name, kwargs, match", [

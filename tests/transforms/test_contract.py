@@ -57,6 +57,9 @@ POSITIVE = Kind((0.0, -1.0, NAN), (1e-3, 2.0), "{name} must be in (0, inf), got 
 COUNT = Kind((0, -1, 2.5, True), (1, 3), "{name} must be an integer >= 1, got {value!r}")
 PROBABILITY = Kind((0.0, -0.1, 1.5, NAN), (0.5, 1.0), "{name} must be in (0, 1], got {value!r}")
 AT_LEAST_ONE = Kind((0, -1, NAN), (1, 4), "{name} must be in [1, inf), got {value!r}")
+# RAdam's threshold: r_t is real only for ρ_t > 4; inf never rectifies.
+AT_LEAST_FOUR = Kind((3.9, 0.0, -1.0, NAN), (4.0, 5.0, float("inf")),
+                     "{name} must be in [4, inf], got {value!r}")
 # clip_singular_values' lower bound stays below its default upper bound 1.
 BELOW_ONE = NON_NEGATIVE._replace(good=(0.0, 0.5))
 INDEX = Kind((-1, 2.5, "2"), (0, 2), "{name} must be an integer >= 0, got {value!r}")
@@ -234,15 +237,18 @@ TABLE = {
         gt.scale_by_adamax, dict(b1=DECAY, b2=DECAY, eps=NON_NEGATIVE),
         configs={"default": {}, "int8": dict(mu_dtype="int8", nu_dtype="int8")}),
     gt.scale_by_radam: Entry(
-        gt.scale_by_radam, dict(b1=DECAY, b2=DECAY, eps=NON_NEGATIVE),
+        gt.scale_by_radam, dict(b1=DECAY, b2=DECAY, eps=NON_NEGATIVE, threshold=AT_LEAST_FOUR),
         configs={"default": {},
-                 "bf16_moments": dict(mu_dtype=jnp.bfloat16, nu_dtype=jnp.bfloat16)}),
+                 "bf16_moments": dict(mu_dtype=jnp.bfloat16, nu_dtype=jnp.bfloat16),
+                 "nesterov_threshold_8": dict(nesterov=True, threshold=8.0)}),
     gt.scale_by_yogi: Entry(
         gt.scale_by_yogi, dict(b1=DECAY, b2=DECAY, eps=NON_NEGATIVE, eps_root=NON_NEGATIVE,
                                initial_accumulator_value=NON_NEGATIVE)),
     gt.scale_by_adopt: Entry(
         gt.scale_by_adopt, dict(b1=DECAY, b2=DECAY, eps=NON_NEGATIVE),
-        configs={"default": {}, "int8": dict(mu_dtype="int8", nu_dtype="int8")}),
+        configs={"default": {}, "int8": dict(mu_dtype="int8", nu_dtype="int8"),
+                 "nesterov_unclipped": dict(nesterov=True, use_clipping=False),
+                 "clip_value_fn": dict(clip_value_fn=lambda count: 2.0 + count)}),
     gt.scale_by_matrix_shape: Entry(
         gt.scale_by_matrix_shape, {},
         choices=dict(scale=(("big", "scale must be one of ('jordan', 'moonlight') or None"),))),
