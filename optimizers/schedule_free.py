@@ -10,6 +10,7 @@ from gradtx import transforms as gt
 from gradtx._internal import sharding as _sharding
 from gradtx._internal import tree as _tree
 from gradtx._internal import validate as _validate
+from gradtx.storage import state_format
 
 
 class ScheduleFreeState(NamedTuple):
@@ -20,8 +21,9 @@ class ScheduleFreeState(NamedTuple):
     b1: β of the latest step; ``schedule_free_eval_params`` reads it.
     lr_max: the largest learning rate so far, :math:`\\max_{i \\le t} η_i`.
     weight_sum: :math:`\\sum_{i \\le t} w_i`, the averaging weights so far.
-    z: the base optimizer's iterates, one leaf per parameter (float32 for
-      bf16/f16 parameters, the parameter's dtype otherwise).
+    z: the base optimizer's iterates, one leaf per parameter (in
+      ``state_dtype``; by default float32 for bf16/f16 parameters, the
+      parameter's dtype otherwise).
     inner_state: the state of the base optimizer.
 
   The scalars are float32, or float64 where a parameter is.
@@ -49,6 +51,7 @@ def schedule_free(
     b1: float = 0.9,
     weight_lr_power: float = 2.0,
     r: float = 0.0,
+    state_dtype: Optional[Any] = None,
 ) -> optax.GradientTransformationExtraArgs:
   r"""Schedule-Free: a base optimizer's steps, interpolated and averaged.
 
@@ -100,6 +103,15 @@ def schedule_free(
       the averaging weights, >= 0 (0: weights that ignore the warm-up).
     r: the power of t in the averaging weights, >= 0 (0: uniform weights
       after the warm-up; the official ``r``).
+    state_dtype: storage of :math:`z`: ``None`` (float32 for bf16/f16
+      parameters, the parameter's dtype otherwise), a floating or complex
+      dtype (``optax.contrib.schedule_free``'s argument; ``jnp.bfloat16``
+      halves z's memory of float32 parameters, but rounds to nearest, so a
+      step under half an ulp of z is lost), or ``gt.StochasticBfloat16()``
+      (bf16, stochastically rounded: z is right in expectation). The step
+      reads :math:`z_{t+1}` as stored, so :math:`y` and
+      ``schedule_free_eval_params``' :math:`x` agree with it; arithmetic is
+      in at least float32.
 
   Returns:
     An ``optax.GradientTransformationExtraArgs`` with state
@@ -146,13 +158,19 @@ def schedule_free(
   _validate.check_in_range("b1", b1, 0.0, 1.0, low_inclusive=False, high_inclusive=True)
   _validate.check_non_negative("weight_lr_power", weight_lr_power)
   _validate.check_non_negative("r", r)
+  z_format = state_format.state_format("state_dtype", state_dtype)
+  if state_format.is_quantized(z_format):
+    raise ValueError(
+        "state_dtype must be None, a floating or complex dtype or gt.StochasticBfloat16():"
+        " z holds the iterates themselves, which 8-bit blocks would round by up to a"
+        " block's scale")
   base = optax.with_extra_args_support(base)
 
   def init_fn(params):
     dtype = _scalar_dtype(params)
     return ScheduleFreeState(
         count=jnp.zeros([], jnp.int32), b1=jnp.asarray(b1, dtype), lr_max=jnp.zeros([], dtype),
-        weight_sum=jnp.zeros([], dtype), z=_tree.copy_in_compute_dtype(params),
+        weight_sum=jnp.zeros([], dtype), z=_initial_z(params, z_format),
         inner_state=base.init(params))
 
   def update_fn(updates, state, params=None, **extra_args):
@@ -172,19 +190,36 @@ def schedule_free(
     # 1 − β is formed before the cast: 1 − float32(0.9) is off by 1e-8.
     step_weight = jnp.asarray(1 - b1, dtype) + b * c
 
-    def leaf(u, y, z):
-      u_ = u.astype(z.dtype)
-      z_new = _sharding.reshard_like(z + u_, z)
+    seeds = state_format.maybe_rounding_seeds(updates, count, z_format)
+
+    def leaf(u, y, z, seed):
+      if z_format is None:
+        u_ = u.astype(z.dtype)
+        z_new = z_used = _sharding.reshard_like(z + u_, z)
+      else:  # computed in at least float32, the step from z as stored
+        work = jnp.promote_types(_tree.compute_dtype(y), _tree.compute_dtype(z))
+        u_ = u.astype(work)
+        z_new, z_used = state_format.stored_and_used(
+            state_format.load(z, work) + u_, z, z_format, seed)
       # c(z − y) + (1 − β(1 − c))u written with z_new = z + u (the same to
       # round-off): read from the old z, the step made XLA copy every z
       # before overwriting the donated buffer (optax's step copies it too).
-      step = c * (z_new - y.astype(z.dtype)) + (step_weight - c) * u_
+      step = c * (z_used - y.astype(z_used.dtype)) + (step_weight - c) * u_
       return step.astype(u.dtype), z_new
 
-    updates, z = _tree.map_leaves(leaf, 2, updates, params, state.z)
+    updates, z = _tree.map_leaves(leaf, 2, updates, params, state.z, seeds)
     return updates, ScheduleFreeState(count, b, lr_max, weight_sum, z, inner_state)
 
   return optax.GradientTransformationExtraArgs(init_fn, update_fn)
+
+
+def _initial_z(params: Any, z_format: Any) -> Any:
+  """z_1 = y_1, a copy (donation refuses aliased buffers) in ``z_format``."""
+  if z_format is None:
+    return _tree.copy_in_compute_dtype(params)
+  zeros = state_format.zeros_like_tree(params, z_format, signed=True)
+  return jax.tree.map(lambda p, z: jnp.array(p, z.dtype, copy=True)
+                      if not isinstance(p, jax.ShapeDtypeStruct) else z, params, zeros)
 
 
 def _warmed_up(learning_rate: optax.ScalarOrSchedule, warmup_steps: Any) -> Any:
@@ -211,6 +246,7 @@ def schedule_free_sgd(
     cautious_weight_decay: bool = False,
     weight_lr_power: float = 2.0,
     r: float = 0.0,
+    state_dtype: Optional[Any] = None,
 ) -> optax.GradientTransformationExtraArgs:
   r"""Schedule-Free SGD: ``schedule_free`` around a plain gradient step.
 
@@ -239,6 +275,7 @@ def schedule_free_sgd(
     weight_lr_power: the power of the largest rate so far in the averaging
       weights, >= 0.
     r: the power of t in the averaging weights, >= 0.
+    state_dtype: storage of :math:`z` (``go.schedule_free``).
 
   Returns:
     An ``optax.GradientTransformationExtraArgs`` with state
@@ -258,7 +295,8 @@ def schedule_free_sgd(
               weight_decay, mask, cautious_weight_decay=cautious_weight_decay),
           gt.scale_by_learning_rate(rate),
       ),
-      learning_rate=rate, b1=b1, weight_lr_power=weight_lr_power, r=r)
+      learning_rate=rate, b1=b1, weight_lr_power=weight_lr_power, r=r,
+      state_dtype=state_dtype)
 
 
 @_validate.checks_arguments
@@ -274,6 +312,7 @@ def schedule_free_adamw(
     cautious_weight_decay: bool = False,
     weight_lr_power: float = 2.0,
     r: float = 0.0,
+    state_dtype: Optional[Any] = None,
     nu_dtype: Optional[Any] = None,
 ) -> optax.GradientTransformationExtraArgs:
   r"""Schedule-Free AdamW: ``schedule_free`` around Adam's step without momentum.
@@ -312,6 +351,7 @@ def schedule_free_adamw(
     weight_lr_power: the power of the largest rate so far in the averaging
       weights, >= 0.
     r: the power of t in the averaging weights, >= 0.
+    state_dtype: storage of :math:`z` (``go.schedule_free``).
     nu_dtype: storage of :math:`v` (``gt.scale_by_adam``).
 
   Returns:
@@ -352,7 +392,8 @@ def schedule_free_adamw(
               weight_decay, mask, cautious_weight_decay=cautious_weight_decay),
           gt.scale_by_learning_rate(rate),
       ),
-      learning_rate=rate, b1=b1, weight_lr_power=weight_lr_power, r=r)
+      learning_rate=rate, b1=b1, weight_lr_power=weight_lr_power, r=r,
+      state_dtype=state_dtype)
 
 
 def schedule_free_eval_params(state: Any, params: optax.Params) -> optax.Params:
@@ -399,7 +440,8 @@ def schedule_free_eval_params(state: Any, params: optax.Params) -> optax.Params:
   def average(z, y):
     if masked(z):
       return y
-    b = b1.astype(_tree.real_dtype(z.dtype))
-    return ((y.astype(z.dtype) - (1 - b) * z) / b).astype(_tree.dtype_of(y))
+    work = jnp.promote_types(_tree.compute_dtype(y), z.dtype)  # a bf16 z: float32
+    b = b1.astype(_tree.real_dtype(work))
+    return ((y.astype(work) - (1 - b) * z.astype(work)) / b).astype(_tree.dtype_of(y))
 
   return _tree.wrapped_like(jax.tree.map(average, z, plain, is_leaf=masked), params)

@@ -103,6 +103,7 @@ NAMES = {
     "preconditioning": "how Newton–Schulz's input is scaled to spectral norm ≤ 1",
     "weight_lr_power": "Schedule-Free: power of the largest η in the averaging weights",
     "r": "Schedule-Free: power of the step t in the averaging weights",
+    "state_dtype": "Schedule-Free: storage of its iterates z (optax's name)",
     "tau": "soft-sign constant",
     "min_value": "lower singular-value bound",
     "max_value": "upper singular-value bound",

@@ -22,6 +22,7 @@ import schedulefree
 import torch
 
 from gradtx import optimizers as go
+from gradtx import transforms as gt
 from tests.oracles import problems, runners
 from tests.support import helpers
 
@@ -293,6 +294,66 @@ def test_bf16_params_keep_bf16_and_z_keeps_sub_ulp_steps():
   np.testing.assert_allclose(state.z["w"], 1 - 20 * step, rtol=1e-6)
   x = go.schedule_free_eval_params(state, params)
   assert x["w"].dtype == jnp.bfloat16
+
+
+def test_state_dtype_float64_z_of_float32_params_is_optaxs():
+  """``state_dtype`` is optax's: z in that dtype (here float64 under x64 for
+  float32 parameters), the same steps as optax.contrib.schedule_free_adamw's
+  (its arithmetic in the promoted dtype too) over 50 steps."""
+  with jax.enable_x64(True):
+    params = {"w": jnp.linspace(-1.0, 1.0, 6, dtype=jnp.float32)}
+    grads = [{"w": jnp.sin(jnp.arange(6.0, dtype=jnp.float32) + t)} for t in range(50)]
+    ours, state, _ = helpers.run_steps(
+        go.schedule_free_adamw(0.05, state_dtype=jnp.float64), params, grads)
+    theirs, _, _ = helpers.run_steps(
+        optax.contrib.schedule_free_adamw(0.05, state_dtype=jnp.float64), params, grads)
+    assert state.z["w"].dtype == jnp.float64 and ours["w"].dtype == jnp.float32
+    np.testing.assert_allclose(ours["w"], theirs["w"], rtol=1e-6, atol=1e-7)
+
+
+def test_state_dtype_bf16_rounds_sub_ulp_steps_away_and_stochastic_rounding_keeps_them():
+  """z steps of 1e-5 from 1.0, under half a bf16 ulp (2⁻⁹ below 1): a
+  nearest-rounded bf16 z never moves; a stochastically rounded one moves by the
+  exact sum on average over 200,000 elements (100 steps: 1e-3, within 3%, 7 standard
+  deviations of the mean); the float32 default moves each element by it."""
+  params = {"w": jnp.ones(200_000, jnp.float32)}
+  grads = [{"w": jnp.full(200_000, 1e-3, jnp.float32)}] * 100
+  z = {}
+  for name, dtype in (("f32", None), ("bf16", jnp.bfloat16),
+                      ("sr", gt.StochasticBfloat16())):
+    _, state, _ = helpers.run_steps(go.schedule_free_sgd(1e-2, state_dtype=dtype), params,
+                                    grads)
+    z[name] = np.asarray(state.z["w"], np.float64)
+    assert state.z["w"].dtype == (jnp.float32 if dtype is None else jnp.bfloat16)
+  np.testing.assert_allclose(z["f32"], 1 - 1e-3, rtol=1e-5)  # 100 float32 roundings
+  np.testing.assert_array_equal(z["bf16"], 1.0)
+  np.testing.assert_allclose(1 - z["sr"].mean(), 1e-3, rtol=0.03)
+
+
+def test_state_dtype_bf16_steps_and_eval_point_read_z_as_stored():
+  """y and x are formed from z as stored (read back in float32), so x =
+  (y − (1 − β)z)/β holds with the stored z; eval params of bf16 z are
+  computed in float32, not bf16."""
+  params = {"w": jnp.linspace(-1.0, 1.0, 8, dtype=jnp.float32)}
+  grads = [{"w": jnp.cos(jnp.arange(8.0) + t)} for t in range(10)]
+  tx = go.schedule_free_adamw(0.05, state_dtype=jnp.bfloat16)
+  y, state, _ = helpers.run_steps(tx, params, grads)
+  z = np.asarray(state.z["w"], np.float64)
+  x = go.schedule_free_eval_params(state, y)["w"]
+  np.testing.assert_allclose(x, (np.asarray(y["w"], np.float64) - 0.1 * z) / 0.9,
+                             rtol=1e-6, atol=1e-7)
+  reference, _, _ = helpers.run_steps(go.schedule_free_adamw(0.05), params, grads)
+  np.testing.assert_allclose(y["w"], reference["w"], atol=0.02)  # bf16 z: 2⁻⁸ relative
+  assert np.abs(np.asarray(y["w"]) - np.asarray(reference["w"])).max() > 0
+
+
+@pytest.mark.parametrize("state_dtype, message", [
+    ("int8", "state_dtype must be None, a floating or complex dtype or"),
+    (jnp.int32, "state_dtype must be None, a floating or complex dtype"),
+])
+def test_state_dtype_refuses_integer_storage(state_dtype, message):
+  with pytest.raises(ValueError, match=message):
+    go.schedule_free_sgd(0.1, state_dtype=state_dtype)
 
 
 def test_the_weights_are_summed_in_float32_for_bf16_params():
