@@ -46,6 +46,16 @@ def warmup_cosine(peak: float, steps: int) -> optax.Schedule:
   )
 
 
+def warmup_then_peak(peak: float, steps: int) -> optax.Schedule:
+  """Linear warm-up over the first 10% of steps, then ``peak`` held: the
+  schedule Schedule-Free runs (it averages its iterates instead of decaying).
+
+  Inside ``variant(name, lr_factor)`` the peak is ``lr_factor`` times ``peak``.
+  """
+  peak = peak * _PEAK_FACTOR.get()
+  return optax.linear_schedule(0.0, peak, max(1, steps // 10))
+
+
 def matrices(params):
   """Weight-decay mask: decay weight matrices, not biases or norm scales."""
   return jax.tree.map(lambda p: jnp.ndim(p) >= 2, params)
@@ -238,6 +248,31 @@ OPTIMIZERS: dict[str, Callable[[int], optax.GradientTransformation]] = {
         cautious_weight_decay=True),
     # Cautious updates (C-AdamW, gt.cautious's docstring): Adam's direction
     # masked where it disagrees with the gradient, AdamW's decay after the mask.
+    # Stop 55's optimizers (the rest of optax's family) at their sources' default
+    # peak over Adam's 1e-3, times the adamw entry's 6e-3; untuned here. The
+    # decoupled forms take the adamw entry's decay (0.1 on the matrices).
+    # AdaMax 2e-3 (Kingma & Ba), RAdam, ADOPT, ACProp 1e-3 (their code), Adan
+    # 1e-3 at its 0.02 decay (sail-sg/Adan), Yogi 1e-2 at its eps 1e-3 (Zaheer
+    # et al.), NovoGrad 1e-2 (Ginsburg et al.'s language models), SM3 at the
+    # adagrad entry's 3e-2, Adadelta 1.0 (torch); Fromage's 1e-2 (Bernstein et
+    # al.) as it is: a relative step per layer, not on Adam's scale.
+    "adamaxw": lambda n: go.adamaxw(
+        warmup_cosine(1.2e-2, n), weight_decay=0.1, mask=matrices),
+    "radamw": lambda n: go.radamw(warmup_cosine(6e-3, n), weight_decay=0.1, mask=matrices),
+    "adoptw": lambda n: go.adoptw(warmup_cosine(6e-3, n), weight_decay=0.1, mask=matrices),
+    "acprop": lambda n: go.acprop(warmup_cosine(6e-3, n), weight_decay=0.1, mask=matrices),
+    "adan": lambda n: go.adan(warmup_cosine(6e-3, n), weight_decay=0.02, mask=matrices),
+    "yogi": lambda n: go.yogi(warmup_cosine(6e-2, n)),
+    "novograd": lambda n: go.novograd(warmup_cosine(6e-2, n)),
+    "sm3": lambda n: go.sm3(warmup_cosine(3e-2, n)),
+    "adadelta": lambda n: go.adadelta(warmup_cosine(1.0, n)),
+    "fromage": lambda n: go.fromage(warmup_cosine(1e-2, n)),
+    # Schedule-Free: warm-up, then its peak held (it needs no decay); the
+    # official AdamWScheduleFree's 2.5e-3 over AdamW's 1e-3, and SGD's at the
+    # sgd entry's 0.1. The suite evaluates its averaged x (train.evaluation_point).
+    "schedule_free_adamw": lambda n: go.schedule_free_adamw(
+        warmup_then_peak(1.5e-2, n), weight_decay=0.1, mask=matrices),
+    "schedule_free_sgd": lambda n: go.schedule_free_sgd(warmup_then_peak(0.1, n)),
     "adamw:cautious": lambda n: optax.chain(
         gt.cautious(gt.scale_by_adam(b2=0.99)), gt.decoupled_weight_decay(0.1, matrices),
         gt.scale_by_learning_rate(warmup_cosine(6e-3, n))),

@@ -21,6 +21,7 @@ import optax
 
 from benchmarks import registry
 from benchmarks.suite.workload import Workload
+from gradtx import optimizers as go
 
 
 def warmup_constant(entry_schedule: Callable[[float, int], optax.Schedule]):
@@ -88,6 +89,17 @@ def chunk_step(apply: Callable, tx: optax.GradientTransformation) -> Callable:
   return jax.jit(run, donate_argnums=(0, 1))
 
 
+def evaluation_point(state: optax.OptState, params: optax.Params) -> optax.Params:
+  """The parameters a held-out evaluation reads: Schedule-Free's averaged x
+  (``go.schedule_free_eval_params``) where the state holds a
+  ``ScheduleFreeState``, else ``params``. (Its training loss, which the suite
+  scores, is taken at the gradient's point y, as the official code reports it.)"""
+  holds = lambda node: isinstance(node, go.ScheduleFreeState)
+  if any(holds(node) for node in jax.tree.leaves(state, is_leaf=holds)):
+    return go.schedule_free_eval_params(state, params)
+  return params
+
+
 def evaluator(apply: Callable) -> Callable:
   """Jitted ``(params, inputs, labels) -> (loss, accuracy)`` over a stack of batches.
 
@@ -122,7 +134,8 @@ def train(workload: Workload, tx: optax.GradientTransformation, seed: int,
     params, state, losses = step(params, state, inputs[begin:end], labels[begin:end])
     train_loss += np.asarray(losses, np.float64).tolist()
     chunk_ms.append(1e3 * (time.perf_counter() - tick) / (end - begin))
-    loss, accuracy = np.asarray(evaluate(params, *held_out), np.float64)
+    loss, accuracy = np.asarray(
+        evaluate(evaluation_point(state, params), *held_out), np.float64)
     eval_step.append(end)
     eval_loss.append(float(loss))
     eval_accuracy.append(float(accuracy))

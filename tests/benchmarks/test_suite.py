@@ -3,6 +3,7 @@
 import json
 import math
 import warnings
+from unittest import mock
 
 import jax
 import jax.numpy as jnp
@@ -42,6 +43,43 @@ def test_workload_trains(name, optimizer):
   assert len(losses) == STEPS and np.all(np.isfinite(losses))
   assert np.mean(losses[-3:]) < losses[0]
   assert math.isfinite(result["eval_loss"][-1]) and 0 <= result["eval_accuracy"][-1] <= 1
+
+
+def test_schedule_free_is_evaluated_at_its_averaged_point():
+  """The held-out metric of a Schedule-Free run reads x (its eval point), any
+  other optimizer's the parameters themselves."""
+  from gradtx import optimizers as go
+
+  params = {"w": jnp.array([1.0, -2.0, 3.0])}
+  grads = {"w": jnp.array([0.5, 0.25, -1.0])}
+  for name in ("schedule_free_adamw", "schedule_free_sgd", "adamw"):
+    tx = suite_train.make_optimizer(name, 1.0, "warmup_cosine", 20)
+    state, y = tx.init(params), params
+    for _ in range(5):
+      updates, state = tx.update(grads, state, y)
+      y = jax.tree.map(jnp.add, y, updates)
+    point = suite_train.evaluation_point(state, y)
+    if name == "adamw":
+      assert point is y
+    else:
+      expected = go.schedule_free_eval_params(state, y)
+      np.testing.assert_array_equal(point["w"], expected["w"])
+      assert np.abs(point["w"] - y["w"]).max() > 1e-4
+
+
+@pytest.mark.parametrize("name", ["schedule_free_adamw", "schedule_free_sgd"])
+def test_schedule_free_entries_hold_their_scaled_peak_under_either_schedule(name):
+  """Schedule-Free's entries warm up, then hold the peak (times the factor):
+  the suite's ``constant`` schedule does not touch them, nor does cosine decay."""
+  from benchmarks import registry
+
+  peak = {"schedule_free_adamw": 1.5e-2, "schedule_free_sgd": 0.1}[name]
+  for schedule in ("warmup_cosine", "constant"):
+    with mock.patch.object(registry.go, name, side_effect=lambda lr, **kw: lr) as factory:
+      rate = suite_train.make_optimizer(name, 2.0, schedule, 100)
+    assert factory.called
+    assert [float(rate(t)) for t in (0, 5, 10, 99)] == pytest.approx(
+        [0.0, peak, 2 * peak, 2 * peak], rel=1e-6)
 
 
 @pytest.mark.parametrize("schedule, expected", [("constant", 2 * 3e-4), ("warmup_cosine", None)])
