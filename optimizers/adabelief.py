@@ -18,6 +18,7 @@ def adabelief(
     weight_decay: optax.ScalarOrSchedule = 0.0,
     mask: gt.MaskOrFn = None,
     cautious_weight_decay: bool = False,
+    nesterov: bool = False,
     mu_dtype: Optional[Any] = None,
     nu_dtype: Optional[Any] = None,
 ) -> optax.GradientTransformation:
@@ -39,6 +40,7 @@ def adabelief(
     mask: which leaves get the decay (``optax.masked`` semantics).
     cautious_weight_decay: decay only where the update has the sign of the
       weight (``gt.decoupled_weight_decay``; Chen et al. 2025).
+    nesterov: Dozat's look-ahead first moment (``optax.adabelief``'s ``nesterov``).
     mu_dtype: storage of the first moment (``gt.scale_by_adam``).
     nu_dtype: storage of the belief variance.
 
@@ -49,7 +51,7 @@ def adabelief(
   Belief in Observed Gradients", NeurIPS 2020.
   """
   return optax.chain(
-      gt.scale_by_belief(b1, b2, eps, mu_dtype=mu_dtype, nu_dtype=nu_dtype),
+      gt.scale_by_belief(b1, b2, eps, nesterov=nesterov, mu_dtype=mu_dtype, nu_dtype=nu_dtype),
       gt.decoupled_weight_decay(
           weight_decay, mask, cautious_weight_decay=cautious_weight_decay),
       gt.scale_by_learning_rate(learning_rate),

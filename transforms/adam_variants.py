@@ -69,15 +69,6 @@ def _decays(b1, b2, real):
   return pairs
 
 
-def _nesterov_hat(b1, m, g, count):
-  """Dozat's look-ahead β₁ m_t/(1-β₁^{t+1}) + (1-β₁) g_t/(1-β₁^t) (NAdam's
-  first moment, as ``scale_by_adam(nesterov=True)``)."""
-  real = _tree.real_dtype(m.dtype)
-  b1_, c1, _, _ = _decays(b1, 0.0, real)
-  return (b1_ * m / _tree.bias_correction(b1, count + 1, real)
-          + c1 * g / _tree.bias_correction(b1, count, real))
-
-
 def _init(state_cls, mu_format, nu_format, nu_value=0.0):
   def init_fn(params):
     return state_cls(
@@ -273,7 +264,7 @@ def scale_by_radam(
     # through the where.
     rho_, rho_inf_ = jnp.where(rectified, rho, 6), jnp.where(rectified, rho_inf, 6)
     r = jnp.sqrt((rho_ - 4) * (rho_ - 2) * rho_inf_ / ((rho_inf_ - 4) * (rho_inf_ - 2) * rho_))
-    m_hat = _nesterov_hat(b1, m, m_input, count) if nesterov else (
+    m_hat = _tree.nesterov_debiased(b1, m, m_input, count, real) if nesterov else (
         m / _tree.bias_correction(b1, count, real))
     return jnp.where(rectified, m_hat * r * (jnp.sqrt(c2) / (_tree.root(v) + eps)), m_hat)
 

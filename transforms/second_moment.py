@@ -161,8 +161,7 @@ def scale_by_adam(
           if amsgrad else (None, None))
       v_used = v_max_new if amsgrad else v_new
       if nesterov:
-        m_hat = b1_ * m_new / _tree.bias_correction(b1, count + 1, dtype) + (
-            c1 * g_ / _tree.bias_correction(b1, count, dtype))
+        m_hat = _tree.nesterov_debiased(b1, m_new, g_, count, dtype)
       else:
         m_hat = m_new / _tree.bias_correction(b1, count, dtype)
       v_hat = v_used / _tree.bias_correction(b2, count, dtype)
@@ -188,11 +187,13 @@ class ScaleByBeliefState(NamedTuple):
   nu: optax.Updates
 
 
+@_validate.checks_arguments
 def scale_by_belief(
     b1: float = 0.9,
     b2: float = 0.999,
     eps: float = 1e-16,
     *,
+    nesterov: bool = False,
     mu_dtype: Optional[Any] = None,
     nu_dtype: Optional[Any] = None,
 ) -> optax.GradientTransformation:
@@ -205,14 +206,17 @@ def scale_by_belief(
 
   As in Algorithm 2 of the paper (and its official code), ε is added into the
   stored :math:`s_t` at every step and again to the denominator; optax's
-  ``scale_by_belief`` uses a separate ``eps_root``. The sum is taken as
-  (β₂s + ε) + (1−β₂)|g − m|² (an ulp from the paper's order), which lets the
-  donated step update s in place.
+  ``scale_by_belief`` uses a separate ``eps_root`` (``eps_root=eps`` there is
+  this rule). The sum is taken as (β₂s + ε) + (1−β₂)|g − m|² (an ulp from
+  the paper's order), which lets the donated step update s in place.
+  ``nesterov=True`` replaces :math:`m_t/(1-β_1^t)` by Dozat's look-ahead, as in
+  ``scale_by_adam`` (``optax.scale_by_belief``'s ``nesterov``).
 
   Args:
     b1: decay of the first moment, in [0, 1).
     b2: decay of the belief variance, in [0, 1).
     eps: the paper's ε, >= 0.
+    nesterov: use the Nesterov (NAdam) first moment, as ``scale_by_adam``.
     mu_dtype: storage of the first moment, as in ``scale_by_adam``.
     nu_dtype: storage of the belief variance, as in ``scale_by_adam``.
 
@@ -257,7 +261,8 @@ def scale_by_belief(
                + (1 - b2) * _tree.abs_sq(g_ - m_new))
       if not quantized:
         s_stored, s_new = state_format.stored_and_used(s_new, s, nu_format, seed, stream=1)
-      m_hat = m_new / _tree.bias_correction(b1, count, dtype)
+      m_hat = (_tree.nesterov_debiased(b1, m_new, g_, count, dtype) if nesterov
+               else m_new / _tree.bias_correction(b1, count, dtype))
       s_hat = s_new / _tree.bias_correction(b2, count, dtype)
       u = m_hat / (jnp.sqrt(s_hat) + eps)
       if quantized:

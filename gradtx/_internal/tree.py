@@ -179,6 +179,16 @@ def bias_correction(decay: Any, count: jax.Array, dtype: Any) -> jax.Array:
   return -jnp.expm1(count.astype(dtype) * jnp.asarray(log_decay, dtype))
 
 
+def nesterov_debiased(b1: Any, m: jax.Array, g: jax.Array, count: jax.Array,
+                      dtype: Any) -> jax.Array:
+  """Dozat's debiased look-ahead β₁ m_t/(1−β₁ᵗ⁺¹) + (1−β₁) g_t/(1−β₁ᵗ): NAdam's
+  first moment (``optax.nadam``'s), for the Adam family's ``nesterov``."""
+  real = real_dtype(dtype)
+  b1_, c1 = jnp.asarray(b1, real), jnp.asarray(1 - b1, real)
+  return (b1_ * m / bias_correction(b1, count + 1, dtype)
+          + c1 * g / bias_correction(b1, count, dtype))
+
+
 def copy_in_compute_dtype(params: Any) -> Any:
   """A copy of ``params`` in ``compute_dtype`` (a wrapper's copy of the weights).
 

@@ -202,7 +202,8 @@ TABLE = {
         gt.scale_by_adam_mini,
         dict(b1=DECAY, b2=DECAY, eps=NON_NEGATIVE, num_heads=COUNT)),
     gt.scale_by_belief: Entry(
-        gt.scale_by_belief, dict(b1=DECAY, b2=DECAY, eps=NON_NEGATIVE)),
+        gt.scale_by_belief, dict(b1=DECAY, b2=DECAY, eps=NON_NEGATIVE),
+        configs={"default": {}, "nesterov": dict(nesterov=True)}),
     gt.scale_by_factored_rms: Entry(
         gt.scale_by_factored_rms,
         dict(decay_rate=UNIT, min_dim_size_to_factor=COUNT, eps=NON_NEGATIVE,

@@ -170,6 +170,29 @@ def test_belief_accumulates_eps_in_the_state():
   np.testing.assert_allclose(state.nu, eps * (1 + b2 + b2**2), rtol=1e-6)
 
 
+def test_belief_nesterov_matches_the_closed_form_and_optax():
+  """30 float64 steps: Dozat's look-ahead m̂ in the belief step, as written
+  out here and as ``optax.scale_by_belief(nesterov=True)`` with its eps_root
+  at the paper's ε (this rule adds ε into s and to the denominator)."""
+  b1, b2, eps = 0.9, 0.99, 1e-6
+  rng = np.random.default_rng(4)
+  grads = [rng.normal(size=(3, 4)) for _ in range(30)]
+  with jax.enable_x64(True):
+    ours, _ = _run(gt.scale_by_belief(b1, b2, eps, nesterov=True),
+                   [jnp.asarray(g) for g in grads])
+    theirs, _ = _run(optax.scale_by_belief(b1, b2, eps, eps_root=eps, nesterov=True),
+                     [jnp.asarray(g) for g in grads])
+    plain, _ = _run(gt.scale_by_belief(b1, b2, eps), [jnp.asarray(g) for g in grads])
+  m, s = 0.0, 0.0
+  for t, (g, got, other) in enumerate(zip(grads, ours, theirs), start=1):
+    m = b1 * m + (1 - b1) * g
+    s = b2 * s + (1 - b2) * (g - m) ** 2 + eps
+    m_hat = b1 * m / (1 - b1 ** (t + 1)) + (1 - b1) * g / (1 - b1**t)
+    np.testing.assert_allclose(got, m_hat / (np.sqrt(s / (1 - b2**t)) + eps), rtol=1e-10)
+    np.testing.assert_allclose(got, other, rtol=1e-10)
+  assert np.abs(np.asarray(plain[-1]) - np.asarray(ours[-1])).max() > 1e-3
+
+
 # RMSProp ---------------------------------------------------------------------
 
 
