@@ -19,6 +19,9 @@ def rmsprop(
     centered: bool = False,
     weight_decay: optax.ScalarOrSchedule = 0.0,
     mask: gt.MaskOrFn = None,
+    initial_scale: float = 0.0,
+    nesterov: bool = False,
+    debias: bool = False,
     mu_dtype: Optional[Any] = None,
     nu_dtype: Optional[Any] = None,
 ) -> optax.GradientTransformation:
@@ -34,7 +37,9 @@ def rmsprop(
   subtracts the squared mean gradient :math:`\bar g_t^2`), with torch's
   defaults, not ``optax.rmsprop``'s (decay 0.9, ε inside the root): the first
   steps differ (3.3x optax's at g = 1e-3); pass ``decay=0.9, eps=0.0,
-  eps_root=1e-8`` for optax's rule.
+  eps_root=1e-8`` for optax's rule. ``initial_scale``, ``nesterov`` and
+  ``debias`` are optax's options (``debias`` is its ``bias_correction``, its
+  ``eps_in_sqrt=False`` is ``eps_root=0``).
 
   Args:
     learning_rate: η, a non-negative number or a schedule.
@@ -45,6 +50,10 @@ def rmsprop(
     centered: subtract the squared mean gradient.
     weight_decay: λ, the coupled L2 coefficient, >= 0, or a schedule.
     mask: which leaves get the decay (``optax.masked`` semantics).
+    initial_scale: starting value of :math:`v`, >= 0 (``gt.scale_by_rms``).
+    nesterov: the momentum's Nesterov form, :math:`g + μ b_t` (``gt.momentum``).
+    debias: divide the moving averages by :math:`1-ρ^t` (optax's
+      ``bias_correction``).
     mu_dtype: storage of the momentum buffer and of the mean gradient.
     nu_dtype: storage of :math:`v`.
 
@@ -57,7 +66,8 @@ def rmsprop(
   return optax.chain(
       gt.coupled_weight_decay(weight_decay, mask),
       gt.scale_by_rms(decay, eps, eps_root=eps_root, centered=centered,
+                      initial_scale=initial_scale, debias=debias,
                       mu_dtype=mu_dtype, nu_dtype=nu_dtype),
-      gt.momentum(momentum, mu_dtype=mu_dtype),
+      gt.momentum(momentum, nesterov=nesterov, mu_dtype=mu_dtype),
       gt.scale_by_learning_rate(learning_rate),
   )

@@ -63,6 +63,7 @@ RANGES = {
     go.rmsprop: dict(
         learning_rate=NON_NEGATIVE, decay=DECAY, eps=NON_NEGATIVE,
         eps_root=NON_NEGATIVE, momentum=DECAY, weight_decay=NON_NEGATIVE,
+        initial_scale=NON_NEGATIVE,
     ),
     go.adam: dict(
         learning_rate=NON_NEGATIVE, b1=DECAY, b2=DECAY, eps=NON_NEGATIVE,

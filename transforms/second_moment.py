@@ -299,6 +299,7 @@ def scale_by_rms(
     eps_root: float = 0.0,
     centered: bool = False,
     initial_scale: float = 0.0,
+    debias: bool = False,
     mu_dtype: Optional[Any] = None,
     nu_dtype: Optional[Any] = None,
 ) -> optax.GradientTransformation:
@@ -315,7 +316,12 @@ def scale_by_rms(
   clipped at 0 against round-off (where torch would return NaN). Unlike
   ``optax.scale_by_rms`` (decay 0.9, ε inside the root), the decay defaults
   to torch's 0.99 and ε is outside: ``optax.scale_by_rms(ρ, ε)`` is
-  ``scale_by_rms(ρ, 0.0, eps_root=ε)``.
+  ``scale_by_rms(ρ, 0.0, eps_root=ε)``. ``debias=True`` divides
+  :math:`v_t` and :math:`\bar g_t` by :math:`1-ρ^t` before they are used
+  (optax's ``bias_correction``; it assumes ``initial_scale`` 0). Centered
+  and debiased, the first variance is :math:`\hat v_1 - |\hat{\bar g}_1|^2 = 0`
+  up to round-off, so the first step is about :math:`g_1/(\sqrt{ε_{root}} + ε)`
+  and, with ``eps_root`` 0, sensitive to that round-off (as optax's).
 
   Args:
     decay: ρ, the decay of the moving averages (torch's ``alpha``), in [0, 1).
@@ -323,6 +329,8 @@ def scale_by_rms(
     eps_root: added inside the square root, >= 0.
     centered: subtract the squared mean gradient (a variance estimate).
     initial_scale: starting value of :math:`v`, >= 0.
+    debias: divide the moving averages by :math:`1-ρ^t` (optax's
+      ``bias_correction``).
     mu_dtype: storage of the mean gradient (``centered``), as in
       ``scale_by_adam``.
     nu_dtype: storage of :math:`v`, as in ``scale_by_adam``.
@@ -367,7 +375,12 @@ def scale_by_rms(
         v_stored, v_new = state_format.stored_and_used(v_new, v, nu_format, seed, stream=0)
         if centered:
           m_stored, m_new = state_format.stored_and_used(m_new, m, mu_format, seed, stream=1)
-      variance = jnp.maximum(v_new - _tree.abs_sq(m_new), 0) if centered else v_new
+      v_used, m_used = v_new, m_new
+      if debias:
+        correction = _tree.bias_correction(decay, count, real)
+        v_used = v_new / correction
+        m_used = m_new / correction if centered else None
+      variance = jnp.maximum(v_used - _tree.abs_sq(m_used), 0) if centered else v_used
       u = g_ / (_tree.root(variance + eps_root) + eps)
       if quantized:
         u, v_new, m_new = state_format.reset_non_finite(g_, u, v_new, m_new)

@@ -51,3 +51,37 @@ def test_optax_rmsprop_by_arguments():
                             PROBLEM.params0, PROBLEM.grad, STEPS)
   theirs = runners.run_gradtx(optax.rmsprop(0.01), PROBLEM.params0, PROBLEM.grad, STEPS)
   runners.assert_trajectories_close(ours, theirs, 1e-12)
+
+
+@pytest.mark.parametrize("options", [
+    dict(initial_scale=1.0),
+    dict(momentum=0.9, nesterov=True),
+    dict(debias=True),
+    dict(debias=True, centered=True, momentum=0.5, nesterov=True),
+    dict(initial_scale=0.5, centered=True),
+], ids=lambda o: "-".join(o))
+def test_optax_rmsprop_options(options):
+  """optax.rmsprop's initial_scale, nesterov and bias_correction (``debias``
+  here; its ε inside
+  the root: eps_root here), 60 float64 steps (1e-8: the centered variance
+  v − ḡ² cancels; the plain ones agree to 1e-12)."""
+  ours = runners.run_gradtx(go.rmsprop(0.01, decay=0.9, eps=0.0, eps_root=1e-8, **options),
+                            PROBLEM.params0, PROBLEM.grad, STEPS)
+  named = {("bias_correction" if k == "debias" else k): v for k, v in options.items()}
+  theirs = runners.run_gradtx(optax.rmsprop(0.01, **named), PROBLEM.params0, PROBLEM.grad,
+                              STEPS)
+  runners.assert_trajectories_close(ours, theirs, TOLERANCE if "centered" in options else 1e-12)
+  plain = runners.run_gradtx(go.rmsprop(0.01, decay=0.9, eps=0.0, eps_root=1e-8,
+                                        momentum=options.get("momentum", 0.0),
+                                        centered=options.get("centered", False)),
+                             PROBLEM.params0, PROBLEM.grad, STEPS)
+  assert runners.trajectory_errors(ours, plain)["updates"] > 1e-3  # each option acts
+
+
+def test_optax_rmsprop_without_eps_in_the_root_is_eps_outside():
+  """optax's eps_in_sqrt=False puts ε outside the root: eps here, eps_root 0."""
+  ours = runners.run_gradtx(go.rmsprop(0.01, decay=0.9, eps=1e-3, momentum=0.9),
+                            PROBLEM.params0, PROBLEM.grad, STEPS)
+  theirs = runners.run_gradtx(optax.rmsprop(0.01, eps=1e-3, eps_in_sqrt=False, momentum=0.9),
+                              PROBLEM.params0, PROBLEM.grad, STEPS)
+  runners.assert_trajectories_close(ours, theirs, 1e-12)

@@ -273,7 +273,10 @@ TABLE = {
     gt.scale_by_rms: Entry(
         gt.scale_by_rms,
         dict(decay=DECAY, eps=NON_NEGATIVE, eps_root=NON_NEGATIVE, initial_scale=NON_NEGATIVE),
-        configs={"default": {}, "centered": dict(centered=True)}),
+        configs={"default": {}, "centered": dict(centered=True),
+                 # Debiased and centered, the first variance is 0 (v̂₁ = ḡ₁²) up
+                 # to round-off, which √ magnifies: ε_root sets the first step.
+                 "centered_debiased": dict(centered=True, debias=True, eps_root=1e-2)}),
     gt.scale_by_sign: Entry(
         gt.scale_by_sign, dict(tau=NON_NEGATIVE),
         configs={"sign": {}, "soft_sign": dict(tau=0.1)}),
