@@ -13,7 +13,9 @@ def _of_rate(learning_rate, fn):
   return fn(learning_rate)
 
 
-def fromage(learning_rate: optax.ScalarOrSchedule) -> optax.GradientTransformation:
+def fromage(
+    learning_rate: optax.ScalarOrSchedule, *, min_norm: float = 0.0,
+) -> optax.GradientTransformation:
   r"""Fromage: Frobenius-matched gradient descent.
 
   .. math::
@@ -35,11 +37,14 @@ def fromage(learning_rate: optax.ScalarOrSchedule) -> optax.GradientTransformati
   initial norm) is not implemented. ``optax.fromage`` clips both norms at
   ``min_norm = 1e-6`` instead of the ratio-1 rule: the same steps wherever
   both norms exceed 1e-6, but a zero-initialised layer moves by
-  :math:`10^{-6} η\, g/\lVert g\rVert`, six orders of magnitude less.
+  :math:`10^{-6} η\, g/\lVert g\rVert`, six orders of magnitude less
+  (``min_norm=1e-6`` here is optax's rule).
 
   Args:
     learning_rate: η, a non-negative number or a schedule (the paper's 0.01
       is a good first value).
+    min_norm: both norms taken as at least this, >= 0 (``optax.fromage``'s;
+      0, the official rule, keeps the ratio 1 for a zero norm).
 
   Returns:
     An ``optax.GradientTransformation`` that needs ``params``.
@@ -60,7 +65,7 @@ def fromage(learning_rate: optax.ScalarOrSchedule) -> optax.GradientTransformati
   """
   _validate.check_scalar_or_schedule("learning_rate", learning_rate)
   return optax.chain(
-      gt.scale_by_trust_ratio(),
+      gt.scale_by_trust_ratio(min_norm),
       gt.decoupled_weight_decay(_of_rate(learning_rate, lambda x: x / (1 + (1 + x * x) ** 0.5))),
       gt.scale_by_learning_rate(_of_rate(learning_rate, lambda x: x / (1 + x * x) ** 0.5)),
   )

@@ -134,6 +134,7 @@ NAMES = {
     "clip_value_fn": "ADOPT: the clipping bound as a function of the step count (optax's name)",
     "rule": "QK-clip's rule of which leaves are queries/keys and their heads",
     "granularity": "what a second moment is kept per: element, output or input neuron",
+    "min_norm": "a floor on both norms of a trust ratio (optax's name)",
     "renormalize": "the Frobenius norm a normalized matrix update is rescaled to",
 }
 
@@ -153,6 +154,7 @@ POSITIONAL = {
     "scale_by_adopt": ("b1", "b2", "eps"),  # optax.contrib.scale_by_adopt's first three
     "scale_by_adan": ("b1", "b2", "b3", "eps", "eps_root"),  # optax.scale_by_adan
     "scale_by_sm3": ("b1",),  # optax.scale_by_sm3's first
+    "scale_by_trust_ratio": ("min_norm",),  # optax.scale_by_trust_ratio's first
     "cautious": ("inner",),  # the transform it wraps
     "decoupled_weight_decay": ("weight_decay", "mask"),  # optax.add_decayed_weights
     "coupled_weight_decay": ("weight_decay", "mask"),

@@ -80,7 +80,7 @@ RANGES = {
         learning_rate=NON_NEGATIVE, b1=DECAY, b2=DECAY, eps=NON_NEGATIVE,
         eps_root=NON_NEGATIVE, weight_decay=NON_NEGATIVE,
     ),
-    go.fromage: dict(learning_rate=NON_NEGATIVE),
+    go.fromage: dict(learning_rate=NON_NEGATIVE, min_norm=NON_NEGATIVE),
     go.adabelief: dict(
         learning_rate=NON_NEGATIVE, b1=DECAY, b2=DECAY, eps=NON_NEGATIVE,
         weight_decay=NON_NEGATIVE,

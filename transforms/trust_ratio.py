@@ -19,6 +19,7 @@ class ScaleByTrustRatioState(NamedTuple):
 
 
 def scale_by_trust_ratio(
+    min_norm: float = 0.0,
     *,
     trust_coefficient: float = 1.0,
     eps: float = 0.0,
@@ -44,6 +45,9 @@ def scale_by_trust_ratio(
     the two agree when λ = 0.
 
   Args:
+    min_norm: both norms are taken as at least this, >= 0 (optax's
+      ``min_norm``; 0 keeps the rule r = 1 above, a positive one replaces it:
+      a zero leaf then moves by min_norm·c·u/‖u‖).
     trust_coefficient: c (LARS's η), > 0.
     eps: added to the denominator, >= 0.
     weight_decay: λ, a non-negative number or a schedule of the step count,
@@ -77,10 +81,12 @@ def scale_by_trust_ratio(
       "trust_coefficient", trust_coefficient, 0.0, float("inf"),
       low_inclusive=False)
   _validate.check_non_negative("eps", eps)
+  _validate.check_non_negative("min_norm", min_norm)
   _validate.check_scalar_or_schedule("weight_decay", weight_decay)
   _validate.check_mask("mask", mask)
 
   counts = callable(weight_decay)
+  floors = not _validate.is_static_zero(min_norm)
 
   def init_fn(params):
     del params
@@ -99,6 +105,9 @@ def scale_by_trust_ratio(
       decay_ = decay if decays else 0.0
       u_, p_ = u.astype(dtype), p.astype(dtype)
       param_norm, update_norm = _tree.norm(p_), _tree.norm(u_)
+      if floors:
+        param_norm, update_norm = (jnp.maximum(param_norm, min_norm),
+                                   jnp.maximum(update_norm, min_norm))
       denominator = update_norm + decay_ * param_norm + eps
       still = (param_norm == 0) | (denominator == 0)  # NaN is neither: it stays NaN
       ratio = jnp.where(

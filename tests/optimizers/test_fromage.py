@@ -75,6 +75,20 @@ def test_optax_fromage_agrees_until_a_norm_is_below_min_norm():
       theirs[1]["b"], -0.3 * 1e-6 * g / np.linalg.norm(g) / np.sqrt(1.09), rtol=1e-6)
 
 
+@pytest.mark.parametrize("rate, params", [(0.3, ZERO_BIAS), (SCHEDULE, ZERO_BIAS)],
+                         ids=["zero_initialised_leaf", "schedule"])
+def test_min_norm_is_optax_fromage(rate, params):
+  """``min_norm=1e-6`` is optax.fromage's rule, the zero-initialised bias
+  included (60 float64 steps)."""
+  in_float64 = runners.at_int64_counts(rate) if callable(rate) else rate
+  ours = runners.run_gradtx(go.fromage(in_float64, min_norm=1e-6), params, PROBLEM.grad, STEPS)
+  theirs = runners.run_gradtx(optax.fromage(in_float64, min_norm=1e-6), params, PROBLEM.grad,
+                              STEPS)
+  runners.assert_trajectories_close(ours, theirs, TOLERANCE)
+  official = runners.run_gradtx(_ours(rate), params, PROBLEM.grad, STEPS)
+  assert runners.trajectory_errors(ours, official)["params"] > 1e-2
+
+
 def test_zero_gradient_shrinks_the_weights_by_the_norm_factor():
   params = {"w": jnp.array([3.0, -4.0]), "b": jnp.zeros(2)}
   tx = go.fromage(0.5)

@@ -289,7 +289,9 @@ TABLE = {
     gt.scale_by_tiger: Entry(gt.scale_by_tiger, dict(beta=DECAY)),
     gt.scale_by_trust_ratio: Entry(
         gt.scale_by_trust_ratio,
-        dict(trust_coefficient=POSITIVE, eps=NON_NEGATIVE, weight_decay=FINITE_NON_NEGATIVE)),
+        dict(min_norm=NON_NEGATIVE, trust_coefficient=POSITIVE, eps=NON_NEGATIVE,
+             weight_decay=FINITE_NON_NEGATIVE),
+        configs={"default": {}, "min_norm": dict(min_norm=1e-3)}),
 }
 
 # Known gaps in the source: each pair here fails the contract today (strict

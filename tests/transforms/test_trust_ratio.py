@@ -82,3 +82,20 @@ def test_a_finite_gradient_whose_sum_of_squares_overflows_counts_as_non_finite()
   assert bool(jnp.all(jnp.isfinite(1e20 * grads["w"])))
   assert bool(jnp.all(jnp.isnan(huge["w"])))
   np.testing.assert_allclose(huge["b"], small["b"])
+
+
+def test_min_norm_floors_both_norms_as_optax():
+  """optax.scale_by_trust_ratio(min_norm): a zero leaf moves by min_norm·u/‖u‖,
+  a tiny update is scaled by ‖p‖/min_norm; the same as optax's on both."""
+  params = {"zero": jnp.zeros(3), "w": jnp.array([3.0, 4.0])}
+  updates = {"zero": jnp.array([1.0, 2.0, 2.0]), "w": jnp.array([0.0, 1e-8])}
+  ours = gt.scale_by_trust_ratio(1e-3)
+  theirs = optax.scale_by_trust_ratio(1e-3)
+  got, _ = ours.update(updates, ours.init(params), params)
+  want, _ = theirs.update(updates, theirs.init(params), params)
+  np.testing.assert_allclose(got["zero"], 1e-3 * np.array([1.0, 2.0, 2.0]) / 3, rtol=1e-6)
+  np.testing.assert_allclose(got["w"], [0.0, 5.0 / 1e-3 * 1e-8], rtol=1e-6)
+  for k in params:
+    np.testing.assert_allclose(got[k], want[k], rtol=1e-6)
+  with pytest.raises(ValueError, match=r"min_norm must be in \[0, inf\)"):
+    gt.scale_by_trust_ratio(-1.0)
