@@ -109,9 +109,11 @@ def schedule_free(
       halves z's memory of float32 parameters, but rounds to nearest, so a
       step under half an ulp of z is lost), or ``gt.StochasticBfloat16()``
       (bf16, stochastically rounded: z is right in expectation). The step
-      reads :math:`z_{t+1}` as stored, so :math:`y` and
-      ``schedule_free_eval_params``' :math:`x` agree with it; arithmetic is
-      in at least float32.
+      reads :math:`z_t` and :math:`z_{t+1}` as stored (u is what z moved),
+      so :math:`x` (``schedule_free_eval_params``) stays the weighted
+      average of the stored iterates and a step z lost moves neither y nor
+      x; arithmetic is in at least float32. :math:`z_1` is :math:`y_1`
+      rounded: before the first step x reads slightly off :math:`y_1`.
 
   Returns:
     An ``optax.GradientTransformationExtraArgs`` with state
@@ -196,15 +198,19 @@ def schedule_free(
       if z_format is None:
         u_ = u.astype(z.dtype)
         z_new = z_used = _sharding.reshard_like(z + u_, z)
+        moved = u_
       else:  # computed in at least float32, the step from z as stored
         work = jnp.promote_types(_tree.compute_dtype(y), _tree.compute_dtype(z))
-        u_ = u.astype(work)
+        z_old = state_format.load(z, work)
         z_new, z_used = state_format.stored_and_used(
-            state_format.load(z, work) + u_, z, z_format, seed)
+            z_old + u.astype(work), z, z_format, seed)
+        # What z moved as stored (a sub-ulp step of a bf16 z: 0), so that
+        # x = (y − (1−β)z)/β stays the average of the stored z.
+        moved = z_used - z_old
       # c(z − y) + (1 − β(1 − c))u written with z_new = z + u (the same to
       # round-off): read from the old z, the step made XLA copy every z
       # before overwriting the donated buffer (optax's step copies it too).
-      step = c * (z_used - y.astype(z_used.dtype)) + (step_weight - c) * u_
+      step = c * (z_used - y.astype(z_used.dtype)) + (step_weight - c) * moved
       return step.astype(u.dtype), z_new
 
     updates, z = _tree.map_leaves(leaf, 2, updates, params, state.z, seeds)

@@ -224,8 +224,9 @@ def scale_by_radam(
 
   Args:
     b1: decay of the first moment, in [0, 1).
-    b2: decay of the second moment, in [0, 1) (below 2/3, :math:`ρ_∞ \le 5`
-      and every step is the bias-corrected momentum).
+    b2: decay of the second moment, in [0, 1) (where :math:`ρ_∞ = 2/(1-β_2)
+      - 1 \le` threshold, below 2/3 at 5, every step is the bias-corrected
+      momentum).
     eps: added to :math:`\sqrt{v_t}` (torch's place), >= 0.
     threshold: the step is rectified where :math:`ρ_t` exceeds it; >= 4
       (:math:`r_t` is real only for :math:`ρ_t > 4`). 5 is the paper's and
@@ -392,8 +393,9 @@ def scale_by_adopt(
     nesterov: step the look-ahead :math:`β_1 m_t + (1-β_1)\,\mathrm{clip}(\cdot)`.
     use_clipping: clip the normalized gradient (the official default).
     clip_value_fn: the bound as a function of the number of steps before this
-      one (1 at the second step, an array in the moments' real dtype);
-      ``None`` is :math:`(t-1)^{1/4}`, as ``optax.contrib.adopt``'s default.
+      one (an int32 count, 1 at the second step, as optax passes it); ``None``
+      is :math:`(t-1)^{1/4}` (in the moments' real dtype), as
+      ``optax.contrib.adopt``'s default.
     mu_dtype: storage of the momentum, as in ``scale_by_adam``.
     nu_dtype: storage of the second moment, as ``mu_dtype``.
 
@@ -406,14 +408,15 @@ def scale_by_adopt(
   _validate.check_non_negative("eps", eps)
   mu_format, nu_format = _formats(b1, b2, mu_dtype, nu_dtype)
 
-  bound = (lambda previous: previous ** 0.25) if clip_value_fn is None else clip_value_fn
-
   def moments(g, m, v, count):
     b1_, c1, b2_, c2 = _decays(b1, b2, v.dtype)
-    previous = (count - 1).astype(v.dtype)
+    previous = count - 1  # optax's count: the steps before this one
+    previous_real = previous.astype(v.dtype)
     normalized = g / jnp.maximum(_tree.root(v), eps)
     if use_clipping:
-      normalized = _clip_magnitude(normalized, jnp.asarray(bound(previous), v.dtype))
+      limit = (previous_real ** 0.25 if clip_value_fn is None
+               else jnp.asarray(clip_value_fn(previous), v.dtype))
+      normalized = _clip_magnitude(normalized, limit)
     first = count == 1
     g2 = _tree.abs_sq(g)
     return (jnp.where(first, m, b1_ * m + c1 * normalized),

@@ -339,6 +339,16 @@ def test_adopt_options_match_optax_and_the_closed_form(options):
     np.testing.assert_allclose(ours[t - 1], theirs[t - 1], rtol=1e-10)
 
 
+def test_adopt_clip_value_fn_gets_optaxs_integer_count():
+  """optax passes the int32 count before the step: integer operations work."""
+  bound = lambda count: jnp.left_shift(1, count)  # 2^(t−1): an int32 op
+  grads = _grads(steps=8, seed=6, scale=3.0)
+  ours, _ = _run(gt.scale_by_adopt(clip_value_fn=bound), grads)
+  theirs, _ = _run(optax.contrib.scale_by_adopt(clip_value_fn=bound), grads)
+  for a, b in zip(ours, theirs):  # float32: optax's moments round differently
+    np.testing.assert_allclose(a, b, rtol=1e-5, atol=1e-6)
+
+
 def test_adopt_without_clipping_differs_where_the_bound_binds():
   grads = _grads(steps=6, seed=5, scale=1.0) + [100.0 * np.ones((3, 4))]
   clipped, _ = _run(gt.scale_by_adopt(), grads)
