@@ -253,7 +253,7 @@ OPTIMIZERS: dict[str, Callable[[int], optax.GradientTransformation]] = {
     # decoupled forms take the adamw entry's decay (0.1 on the matrices).
     # AdaMax 2e-3 (Kingma & Ba), RAdam, ADOPT, ACProp 1e-3 (their code), Adan
     # 1e-3 at its 0.02 decay (sail-sg/Adan), Yogi 1e-2 at its eps 1e-3 (Zaheer
-    # et al.), NovoGrad 1e-2 (Ginsburg et al.'s language models), SM3 at the
+    # et al.), NovoGrad 1e-2 (a first guess, no source's rule), SM3 at the
     # adagrad entry's 3e-2, Adadelta 1.0 (torch); Fromage's 1e-2 (Bernstein et
     # al.) as it is: a relative step per layer, not on Adam's scale.
     "adamaxw": lambda n: go.adamaxw(

@@ -28,7 +28,7 @@ def fromage(
   step changes a layer by a fraction η of its norm; the division by
   :math:`\sqrt{1+η^2}` cancels the growth of the norm a step orthogonal to
   the weights would cause. A zero gradient therefore shrinks every weight by
-  that factor. The chain is ``gt.scale_by_trust_ratio()`` (the ratio,
+  that factor. The chain is ``gt.scale_by_trust_ratio(min_norm)`` (the ratio,
   c = 1) and the division written as a decoupled weight decay:
   :math:`w - η' (r g + λ w)` with :math:`η' = η/\sqrt{1+η^2}` and
   :math:`λ = η/(1 + \sqrt{1+η^2})`, so that :math:`1 - η'λ = 1/\sqrt{1+η^2}`.

@@ -51,7 +51,9 @@ def rmsprop(
     weight_decay: λ, the coupled L2 coefficient, >= 0, or a schedule.
     mask: which leaves get the decay (``optax.masked`` semantics).
     initial_scale: starting value of :math:`v`, >= 0 (``gt.scale_by_rms``).
-    nesterov: the momentum's Nesterov form, :math:`g + μ b_t` (``gt.momentum``).
+    nesterov: the momentum's Nesterov form: the step is :math:`s_t + μ b_t`
+      with :math:`s_t = g'_t/(\sqrt{v_t - \bar g_t^2} + ε)` the scaled step
+      (``gt.momentum``; optax's ``trace(nesterov=True)``).
     debias: divide the moving averages by :math:`1-ρ^t` (optax's
       ``bias_correction``).
     mu_dtype: storage of the momentum buffer and of the mean gradient.

@@ -47,7 +47,7 @@ def scale_by_trust_ratio(
   Args:
     min_norm: both norms are taken as at least this, >= 0 (optax's
       ``min_norm``; 0 keeps the rule r = 1 above, a positive one replaces it:
-      a zero leaf then moves by min_norm·c·u/‖u‖).
+      with λ = 0 a zero leaf then moves by c·min_norm·u/max(‖u‖, min_norm)).
     trust_coefficient: c (LARS's η), > 0.
     eps: added to the denominator, >= 0.
     weight_decay: λ, a non-negative number or a schedule of the step count,

@@ -185,7 +185,8 @@ def nesterov_debiased(b1: Any, m: jax.Array, g: jax.Array, count: jax.Array,
   first moment (``optax.nadam``'s), for the Adam family's ``nesterov``."""
   real = real_dtype(dtype)
   b1_, c1 = jnp.asarray(b1, real), jnp.asarray(1 - b1, real)
-  return (b1_ * m / bias_correction(b1, count + 1, dtype)
+  # The next count saturates as optax's does (count + 1 wraps at 2³¹ − 1).
+  return (b1_ * m / bias_correction(b1, optax.safe_increment(count), dtype)
           + c1 * g / bias_correction(b1, count, dtype))
 
 

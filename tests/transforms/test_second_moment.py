@@ -310,3 +310,23 @@ def test_an_element_whose_square_overflows_float32_steps_zero_for_good_as_in_opt
     assert np.all(steps[:, 1:] > 0.5)
   nu = jax.tree.leaves(gt.scale_by_adam().update(huge, gt.scale_by_adam().init(params))[1])
   assert any(np.isposinf(np.asarray(leaf)).any() for leaf in nu)
+
+
+@pytest.mark.parametrize("ours, theirs", [
+    (lambda: gt.scale_by_adam(nesterov=True), lambda: optax.scale_by_adam(nesterov=True)),
+    (lambda: gt.scale_by_belief(eps=1e-8, nesterov=True),
+     lambda: optax.scale_by_belief(eps=1e-8, eps_root=1e-8, nesterov=True)),
+], ids=["adam", "belief"])
+def test_nesterov_look_ahead_at_a_saturated_count_is_optaxs(ours, theirs):
+  """The count saturates at 2³¹ − 1: the look-ahead's next count saturates
+  too (it wrapped to −2³¹ and dropped β₁m, a review found), as optax's."""
+  params = jnp.zeros(2)
+  grads = jnp.array([1.0, -1.0])
+  late = jnp.asarray(2**31 - 2, jnp.int32)
+  updates = []
+  for make in (ours, theirs):
+    tx = make()
+    state = tx.init(params)
+    state = state._replace(count=late, mu=jnp.array([0.5, -0.5]), nu=jnp.array([0.2, 0.2]))
+    updates.append(tx.update(grads, state)[0])
+  np.testing.assert_allclose(updates[0], updates[1], rtol=1e-5)
