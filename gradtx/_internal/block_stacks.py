@@ -560,11 +560,13 @@ def map_alike(fn: Callable, statics: Sequence[Any], *columns: Sequence[Any]) -> 
   and one slicing kernel per shape (XLA:CPU's compile grows with the
   instructions and distinct kernels of a program, ~20 fusions per leaf for
   a matrix-statistics step otherwise). Each ``fn(static)`` must be a
-  per-entry function whose vmap is the same computation entry by entry,
-  and call no LAPACK routine (``unbatched_on_cpu``'s QR, eigh, Cholesky):
-  under ``vmap`` its one-matrix calls become batched ones, which deadlock
-  jaxlib 0.10 on CPU (Dion's step hung so); such work takes its stacks
-  from an ``OwnerPlan``, whole.
+  per-entry function whose vmap is the same computation entry by entry;
+  LAPACK calls in it must go through ``unbatched_on_cpu`` or
+  ``one_matrix_per_call_on_cpu``, which stay one matrix per call under the
+  vmap (a batched call deadlocks jaxlib 0.10 on CPU). The stack and the
+  slices back are copies: Dion's step taken this way compiled 2.2x faster
+  but stepped 6-9% slower with twice the temporaries (benchmarks/RESULTS.md,
+  Compile time, stop 56), so it stays per leaf.
   Where the leaves live on a mesh (``owner_mesh``) every entry is its own
   call, in its own layout, so that nothing moves between devices.
   """
