@@ -23,6 +23,7 @@ def dion(
     cautious_weight_decay: bool = False,
     eps: float = 1e-8,
     seed: int = 0,
+    batch_same_shape: bool = False,
     matrix_view: Optional[gt.MatrixViewRule] = None,
     is_muon_param: Optional[gt.PathLeafRule] = None,
     adam_learning_rate: Optional[optax.ScalarOrSchedule] = None,
@@ -73,6 +74,8 @@ def dion(
       2025); the AdamW side keeps plain decay.
     eps: ε of the column normalisation, >= 0.
     seed: seed of the initial bases, >= 0.
+    batch_same_shape: step same-shape matrices as one stack (faster compile,
+      slower step and more step memory; ``gt.orthogonalize_low_rank``).
     matrix_view: the matrix-view rule (``gt.flax_matrix_view`` by default).
     is_muon_param: the routing rule, a function of ``(path, leaf)``;
       ``None``: ``go.is_hidden_matrix`` with ``matrix_view``.
@@ -93,7 +96,7 @@ def dion(
       gt.orthogonalize_low_rank(
           rank, momentum=momentum, power_iters=power_iters,
           orthonormalize=orthonormalize, eps=eps, seed=seed,
-          matrix_view=matrix_view, mu_dtype=mu_dtype),
+          batch_same_shape=batch_same_shape, matrix_view=matrix_view, mu_dtype=mu_dtype),
       gt.scale_by_matrix_shape(scale, matrix_view=matrix_view),
       gt.decoupled_weight_decay(
           weight_decay, mask, cautious_weight_decay=cautious_weight_decay),

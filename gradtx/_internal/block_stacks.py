@@ -566,7 +566,7 @@ def map_alike(fn: Callable, statics: Sequence[Any], *columns: Sequence[Any]) -> 
   vmap (a batched call deadlocks jaxlib 0.10 on CPU). The stack and the
   slices back are copies: Dion's step taken this way compiled 2.2x faster
   but stepped 6-9% slower with twice the temporaries (benchmarks/RESULTS.md,
-  Compile time, stop 56), so it stays per leaf.
+  Compile time, stop 56), so it is Dion's option (``batch_same_shape``), not its default.
   Where the leaves live on a mesh (``owner_mesh``) every entry is its own
   call, in its own layout, so that nothing moves between devices.
   """

@@ -171,7 +171,8 @@ TABLE = {
         choices=dict(orthonormalize=(("svd", "orthonormalize must be one of"),)),
         configs={"default": {}, "momentum_cholesky_qr": dict(
             momentum=0.95, orthonormalize="cholesky_qr"),
-                 "no_feedback": dict(error_feedback=False, rank=0.5)}),
+                 "no_feedback": dict(error_feedback=False, rank=0.5),
+                 "batch_same_shape": dict(batch_same_shape=True, momentum=0.9)}),
     gt.orthogonalize_newton_schulz: Entry(
         gt.orthogonalize_newton_schulz, dict(ns_steps=COUNT, eps=NON_NEGATIVE),
         choices=dict(

@@ -65,6 +65,44 @@ def test_error_feedback_trajectory_matches_dion_transcription(shape, mu):
 
 
 
+@pytest.mark.parametrize("mu_dtype", [None, gt.StochasticBfloat16(seed=2), "int8"],
+                         ids=["float", "stochastic_bf16", "int8"])
+@pytest.mark.parametrize("orthonormalize", ["qr", "cholesky_qr"])
+def test_same_shape_leaves_stepped_as_one_stack_match_the_transcription(mu_dtype,
+                                                                       orthonormalize):
+  """``batch_same_shape=True``: three same-shape leaves (and one of another
+  shape, and a bias) stepped as a stack give each leaf the float64 Dion
+  transcription's steps (float), and the per-leaf run's to round-off
+  (stochastic bf16: the same rounding bits; int8 steps per leaf anyway)."""
+  rng = np.random.default_rng(5)
+  shapes = {"a": (12, 7), "b": (12, 7), "c": (12, 7), "d": (7, 5), "bias": (7,)}
+  grads = [{k: rng.normal(size=s) for k, s in shapes.items()} for _ in range(12)]
+  with jax.enable_x64(True):
+    params = {k: jnp.zeros(s) for k, s in shapes.items()}
+    make = lambda batch: gt.orthogonalize_low_rank(
+        3, momentum=0.9, orthonormalize=orthonormalize, mu_dtype=mu_dtype,
+        batch_same_shape=batch)
+    runs = {}
+    for batch in (True, False):
+      tx = make(batch)
+      state, update, out = tx.init(params), jax.jit(make(batch).update), []
+      for g in grads:
+        u, state = update(jax.tree.map(jnp.asarray, g), state)
+        out.append(u)
+      runs[batch] = (out, state)
+    if mu_dtype is None and orthonormalize == "qr":
+      state0 = make(True).init(params)
+      for k in ("a", "d"):
+        m, q = np.zeros(shapes[k]), np.asarray(state0.basis[k])[0]
+        for g, u in zip(grads, runs[True][0]):
+          theirs, m, q = tl.dion_step(g[k], m, q, 0.9)
+          np.testing.assert_allclose(u[k], theirs, rtol=1e-8, atol=1e-10)
+  for stacked, alone in zip(runs[True][0], runs[False][0]):
+    for k in shapes:
+      np.testing.assert_allclose(stacked[k], alone[k], rtol=1e-6, atol=1e-8)
+  np.testing.assert_array_equal(runs[True][0][-1]["bias"], grads[-1]["bias"])
+
+
 @pytest.mark.parametrize("mu_dtype, tolerance", [
     (jnp.bfloat16, 0.03), (gt.StochasticBfloat16(seed=1), 0.06),
     (gt.Int8Blocks(block_size=64, min_size=0), 0.1)], ids=["bf16", "stochastic_bf16", "int8"])
