@@ -249,10 +249,12 @@ OPTIMIZERS: dict[str, Callable[[int], optax.GradientTransformation]] = {
     # Cautious updates (C-AdamW, gt.cautious's docstring): Adam's direction
     # masked where it disagrees with the gradient, AdamW's decay after the mask.
     # Stop 55's optimizers (the rest of optax's family) at their sources' default
-    # peak over Adam's 1e-3, times the adamw entry's 6e-3; untuned here. The
-    # decoupled forms take the adamw entry's decay (0.1 on the matrices).
+    # peak over Adam's 1e-3, times the adamw entry's 6e-3; untuned here. AdaMaxW,
+    # RAdamW, ADOPTW, ACProp and Schedule-Free AdamW take the adamw entry's decay
+    # (0.1 on the matrices), Adan its 0.02, the rest none.
     # AdaMax 2e-3 (Kingma & Ba), RAdam, ADOPT, ACProp 1e-3 (their code), Adan
-    # 1e-3 at its 0.02 decay (sail-sg/Adan), Yogi 1e-2 at its eps 1e-3 (Zaheer
+    # 1e-3 at 0.02 decay (sail-sg/Adan's defaults; its README runs it at 5-10x
+    # Adam's rate), Yogi 1e-2 at its eps 1e-3 (Zaheer
     # et al.), NovoGrad 1e-2 (a first guess, no source's rule), SM3 at the
     # adagrad entry's 3e-2, Adadelta 1.0 (torch); Fromage's 1e-2 (Bernstein et
     # al.) as it is: a relative step per layer, not on Adam's scale.

@@ -111,8 +111,8 @@ def schedule_free(
       (bf16, stochastically rounded: z is right in expectation). The step
       reads :math:`z_t` and :math:`z_{t+1}` as stored (u is what z moved),
       so :math:`x` (``schedule_free_eval_params``) stays the weighted
-      average of the stored iterates and a step z lost moves neither y nor
-      x; arithmetic is in at least float32. :math:`z_1` is :math:`y_1`
+      average of the stored iterates and a z step lost to rounding is not
+      applied to y or x; arithmetic is in at least float32. :math:`z_1` is :math:`y_1`
       rounded: before the first step x reads slightly off :math:`y_1`.
 
   Returns:

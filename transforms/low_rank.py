@@ -250,8 +250,9 @@ def orthogonalize_low_rank(
     seed: seed of the initial bases, >= 0.
     batch_same_shape: off a mesh, step the leaves whose matrices share a shape
       as one vmapped stack (the QR and Cholesky calls stay one matrix per
-      LAPACK call): compile time no longer grows with their number (192
-      matrices: 1.95 against 4.37 s), but the stack and the slices back are
+      LAPACK call): compile time grows far less with their number (48 -> 192
+      matrices 1.94x against 3.43x; 1.95 against 4.37 s at 192; at a dozen it
+      can be slower), but the stack and the slices back are
       copies (step 6-9% slower, twice the temporaries; benchmarks/RESULTS.md,
       Compile time, stop 56), hence off by default; the same updates to
       round-off. An int8 buffer steps per leaf either way.
