@@ -86,7 +86,7 @@ LEARNING_RATE = 1e-3
 MORE_OPTIMIZERS = (
     "acprop", "adabelief", "adadelta", "adagrad", "adam", "adamax", "adamaxw", "adamh",
     "adamuon", "adan", "ademamix", "adopt", "adoptw", "dion", "fromage", "lars", "lion",
-    "mars_adamw", "muonh", "normuon", "novograd", "radam", "radamw", "rmsprop",
+    "mars_adamw", "muonh", "normuon", "novograd", "prodigy", "radam", "radamw", "rmsprop",
     "schedule_free_adamw", "schedule_free_sgd", "sgd", "signsgd", "sm3", "soap_muon", "tiger",
     "vmuon", "yogi",
 )

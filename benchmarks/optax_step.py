@@ -15,6 +15,8 @@ The wrappers (LAMB, LARS, Lookahead, SAM) are in ``benchmarks/wrapper_step.py``.
   python -m benchmarks.optax_step [--workload gpt] [--rounds 20] [--only adamw adan]
 """
 
+import jax
+import jax.numpy as jnp
 import optax
 
 from benchmarks import harness
@@ -46,7 +48,20 @@ PAIRS = {
     "fromage": (lambda: go.fromage(LR), lambda: optax.fromage(LR)),
     "schedule_free_adamw": (lambda: go.schedule_free_adamw(LR, weight_decay=WD),
                             lambda: optax.contrib.schedule_free_adamw(LR, weight_decay=WD)),
+    # optax's Prodigy always bias-corrects: gradtx's with use_bias_correction=True.
+    # Its state holds the parameters themselves as p₀ (not a copy), which a
+    # donated step refuses: its init is given a copy here.
+    "prodigy": (lambda: go.prodigy(1.0, use_bias_correction=True),
+                lambda: _copying_init(optax.contrib.prodigy(1.0))),
+    "prodigy(weight_decay)": (
+        lambda: go.prodigy(1.0, use_bias_correction=True, weight_decay=WD),
+        lambda: _copying_init(optax.contrib.prodigy(1.0, weight_decay=WD))),
 }
+
+
+def _copying_init(tx: optax.GradientTransformation) -> optax.GradientTransformation:
+  """``tx`` whose ``init`` sees a copy of the parameters (so no state leaf aliases them)."""
+  return tx._replace(init=lambda params: tx.init(jax.tree.map(jnp.copy, params)))
 
 
 def contender(name: str, library: str, params, grads) -> harness.Stepper:

@@ -26,6 +26,7 @@ from gradtx.optimizers.muon import is_hidden_matrix, muon
 from gradtx.optimizers.nnx_records import max_logits, observe_attention, value_grad_and_records
 from gradtx.optimizers.novograd import novograd
 from gradtx.optimizers.parameter_ema import ParameterEmaState, ema_params, parameter_ema
+from gradtx.optimizers.prodigy import ProdigyState, prodigy
 from gradtx.optimizers.psgd_kron import psgd_kron
 from gradtx.optimizers.qk_clip import HeadScaling, QkClipState, default_qk_rule, qk_clip
 from gradtx.optimizers.rmsprop import rmsprop
@@ -54,6 +55,8 @@ __all__ = [
     "radamw",
     "yogi",
     "LookaheadState",
+    "ProdigyState",
+    "prodigy",
     "SamState",
     "acprop",
     "adabelief",

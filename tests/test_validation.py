@@ -48,6 +48,7 @@ NON_NEGATIVE = Kind((-1e-3, NAN), (0.0, 3.0), ("[0, inf]", "[0, inf)", "non-nega
 POSITIVE = Kind((0.0, -1.0, NAN), (1e-3,), ("(0, inf)", "> 0"))
 COUNT = Kind((0, -1), (1,), (">= 1", "[1, inf)"))
 INDEX = Kind((-1,), (0, 5), (">= 0", "[0, inf)", "[0, inf]"))
+ABOVE_ONE = Kind((1.0, 0.5, NAN), (1.02, float("inf")), ("(1, inf]",))
 AT_LEAST_FOUR = Kind((3.9, NAN), (4.0, float("inf")), ("[4, inf]",))
 PROBABILITY = Kind((0.0, -0.1, 1.5, NAN), (0.5, 1.0), ("(0, 1]",))
 
@@ -81,6 +82,11 @@ RANGES = {
         eps_root=NON_NEGATIVE, weight_decay=NON_NEGATIVE,
     ),
     go.fromage: dict(learning_rate=NON_NEGATIVE, min_norm=NON_NEGATIVE),
+    go.prodigy: dict(
+        learning_rate=NON_NEGATIVE, b1=DECAY, b2=DECAY, b3=DECAY, eps=POSITIVE,
+        estim_lr0=POSITIVE, estim_lr_coef=POSITIVE, growth_rate=ABOVE_ONE,
+        weight_decay=NON_NEGATIVE,
+    ),
     go.adabelief: dict(
         learning_rate=NON_NEGATIVE, b1=DECAY, b2=DECAY, eps=NON_NEGATIVE,
         weight_decay=NON_NEGATIVE,

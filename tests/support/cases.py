@@ -107,6 +107,7 @@ class Case(NamedTuple):
         go.mars_adamw, go.adamh, go.muonh, go.psgd_kron, go.sm3,
         go.lars, go.lamb,  # a leaf-wise norm: a NaN or inf spreads over the leaf
         go.novograd, go.fromage,  # likewise
+        go.prodigy,  # one step size D from sums over the whole tree
         record_recipe,
     )
 
@@ -237,6 +238,10 @@ CASES = [
     Case("novograd", go.novograd, dict(weight_decay=1e-2), fixed_state_dtypes=(jnp.float32,)),
     # The step is η/√(1+η²)·(ratio·g) − (1 − 1/√(1+η²))·w: not affine in η.
     Case("fromage", go.fromage, {}, nonlinear_lr=True, shrinks_weights=True),
+    # Prodigy learns its step size D from the distance travelled (p₀ and the sums
+    # s in float32 for bf16 params); η multiplies D, which depends on η: not affine.
+    Case("prodigy", go.prodigy, dict(weight_decay=1e-2, estim_lr0=0.5),
+         fixed_state_dtypes=(jnp.float32,), params_in_state=True, nonlinear_lr=True),
 ]
 # Structured states: a lighter battery (see the module docstring).
 STRUCTURED = [
