@@ -275,6 +275,13 @@ OPTIMIZERS: dict[str, Callable[[int], optax.GradientTransformation]] = {
     "schedule_free_adamw": lambda n: go.schedule_free_adamw(
         warmup_then_peak(1.5e-2, n), weight_decay=0.1, mask=matrices),
     "schedule_free_sgd": lambda n: go.schedule_free_sgd(warmup_then_peak(0.1, n)),
+    # Prodigy at its own η of 1 (a multiplier of its learned step size) on the
+    # entries' warm-up-cosine, as its authors advise a cosine schedule, with
+    # their advice for a warm-up (safeguard_warmup) and Adam's bias correction;
+    # the adamw entry's decay on the matrices.
+    "prodigy": lambda n: go.prodigy(
+        warmup_cosine(1.0, n), use_bias_correction=True, safeguard_warmup=True,
+        weight_decay=0.1, mask=matrices),
     "adamw:cautious": lambda n: optax.chain(
         gt.cautious(gt.scale_by_adam(b2=0.99)), gt.decoupled_weight_decay(0.1, matrices),
         gt.scale_by_learning_rate(warmup_cosine(6e-3, n))),
