@@ -77,10 +77,14 @@ def prodigy(
   run over every leaf: one D for the whole tree, as the official optimizer
   keeps one per parameter group. ``safeguard_warmup`` puts :math:`d_t` in
   place of :math:`λ_t` in :math:`s_t`. A step where :math:`\lVert
-  s_t\rVert_1 = 0` (every gradient so far zero, or a learning rate of 0) is
-  skipped whole: no update, and neither D, the numerator nor k moves, as in
-  the official code (so a warm-up from 0 does not advance the bias
-  correction). The weight decay is decoupled (the official default
+  s_t\rVert_1 = 0` (a learning rate of 0 or below, every gradient so far
+  zero, or with β₃ = 0 a zero gradient) is skipped: no update, and neither D,
+  the numerator nor k moves, as in the official code (so a warm-up from 0
+  does not advance the bias correction); at a positive rate its moments take
+  their decay, as there. Float16 parameters need float32 moments
+  (``mu_dtype=nu_dtype=jnp.float32``): m and v scale with D and D² (D starts
+  at 1e-6), which underflow float16 (the official code's float16 state goes
+  NaN). The weight decay is decoupled (the official default
   ``decouple=True``), scaled by :math:`λ_t`; the official ``decouple=False``
   is ``optax.chain(gt.coupled_weight_decay(λ_wd), go.prodigy(...))``.
 
@@ -149,6 +153,7 @@ def prodigy(
   nu_format = state_format.state_format("nu_dtype", nu_dtype)
   # With β₁ = 0 the official code keeps no m and steps d·g (its new d).
   keeps_mu = not _validate.is_static_zero(b1)
+  traced_b1 = keeps_mu and not _validate.is_static_nonzero(b1)  # inject_hyperparams
 
   def init_fn(params):
     _validate.check_real_leaves(params, "prodigy")
@@ -177,7 +182,7 @@ def prodigy(
     k1 = (state.k + 1).astype(real)
     correction = jnp.sqrt(1 - b2_ ** k1) / (1 - b1_ ** k1) if use_bias_correction else 1.0
     dlr = d * rate * correction
-    active = rate > 0  # the official code accumulates nothing at a rate of 0
+    active = rate > 0  # the official code accumulates nothing at a rate <= 0
     s_weight = (d / d0) * (d if safeguard_warmup else dlr)
     seeds = state_format.maybe_rounding_seeds(updates, state.count, mu_format, nu_format)
 
@@ -210,30 +215,38 @@ def prodigy(
       d_first = jnp.where(d == d0, jnp.maximum(d, d_hat), d)
       d_max = jnp.maximum(state.d_max, d_hat)
       k = optax.safe_increment(state.k)
-      return jnp.minimum(d_max, d_first * growth_rate), d_max, numerator, k, decay_t
+      one = jnp.ones([], real)
+      return jnp.minimum(d_max, d_first * growth_rate), d_max, numerator, k, decay_t, one
 
     def skipped():  # the official code returns before any of it
-      return d, state.d_max, state.numerator, state.k, jnp.zeros([], real)
+      zero = jnp.zeros([], real)
+      return d, state.d_max, state.numerator, state.k, zero, zero
 
-    # A skip with a positive rate has seen only zero gradients, so the rest of
-    # its update is 0 already (m = v = 0), and at a rate of 0 so is λ_t. The
-    # scalars come from a cond, not selects: XLA:CPU fused a select on the
+    # The scalars come from a cond, not selects: XLA:CPU fused a select on the
     # skip into every leaf's update and compiled quadratically in the leaves
     # (24 s against 4 s at 192 matrices); the cond's are computed once.
-    d_new, d_max, numerator, k, decay_now = jax.lax.cond(denominator == 0, skipped, estimate)
+    d_new, d_max, numerator, k, decay_now, moves = jax.lax.cond(
+        denominator == 0, skipped, estimate)
 
     def direction(g, m, v):
       dtype = _tree.compute_dtype(g)
-      return (m if keeps_mu else d_new * g.astype(dtype)) / (jnp.sqrt(v) + d_new * eps)
+      scaled = d_new * g.astype(dtype)  # with β₁ = 0 the official step is d_{t+1}·g
+      if traced_b1:
+        numerator_ = jnp.where(b1_ > 0, m, scaled)
+      else:
+        numerator_ = m if keeps_mu else scaled
+      return numerator_ / (jnp.sqrt(v) + d_new * eps)
 
     directions = jax.tree.map(direction, updates, m_used, v_used)
     if not _validate.is_static_zero(weight_decay):  # λ_t of this step (0 if skipped)
       decay = gt.decoupled_weight_decay(
           decay_now, mask, cautious_weight_decay=cautious_weight_decay)
       directions, _ = decay.update(directions, decay.init(params), params)
-    new = jax.tree.map(lambda g, u: (-dlr * u).astype(g.dtype), updates, directions)
-    # The moments and sums of a skipped step with a positive rate are still 0
-    # (only zero gradients so far): they are kept as computed.
+    # A skipped step moves nothing (its rate may be 0 or negative, or its sums
+    # all 0 after zero gradients); its moments keep the decay the official
+    # code applies before it returns.
+    rate_now = -dlr * moves
+    new = jax.tree.map(lambda g, u: (rate_now * u).astype(g.dtype), updates, directions)
     return new, ProdigyState(
         count=optax.safe_increment(state.count),
         k=k, d=d_new, d_max=d_max, numerator=numerator,

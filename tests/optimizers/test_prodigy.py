@@ -170,3 +170,53 @@ def test_jit_equals_eager():
   for a, b in zip(jax.tree.leaves(eager), jax.tree.leaves(jitted)):
     np.testing.assert_allclose(a, b, rtol=1e-5, atol=1e-7)
   assert math.isfinite(float(state_e.d)) and state_e.d >= jnp.float32(1e-6)
+
+
+def _zero_at_10_and_11(params, t):
+  grads = PROBLEM.grad(params, t)
+  return jax.tree.map(np.zeros_like, grads) if t in (10, 11) else grads
+
+
+@pytest.mark.parametrize("kwargs, official", [
+    (dict(b3=0.0), dict(beta3=0.0)),
+    (dict(b3=0.0, use_bias_correction=True, weight_decay=0.1),
+     dict(beta3=0.0, use_bias_correction=True, weight_decay=0.1)),
+])
+def test_a_zero_gradient_with_b3_zero_is_skipped_after_nonzero_steps(kwargs, official):
+  """β₃ = 0: s holds only this step's gradient, so a zero gradient mid-run makes
+  Σ|s| = 0 and the official code returns without moving (m ≠ 0 here: the skip
+  must not step it; a review found it did, 163% apart after 30 steps)."""
+  ours = runners.run_gradtx(go.prodigy(**kwargs), PROBLEM.params0, _zero_at_10_and_11, 30)
+  theirs = torch_runners.run_torch(_official(official), PROBLEM.params0, _zero_at_10_and_11, 30)
+  runners.assert_trajectories_close(ours, theirs, TOLERANCE)
+  np.testing.assert_array_equal(ours[11]["w"], ours[10]["w"])
+
+
+def test_injected_b1_zero_is_the_static_rule():
+  """A traced β₁ of 0 steps d_{t+1}·g as the static one (and the official code),
+  on |p|²/2 (the gradient is p) over 25 steps."""
+
+  def run(tx):
+    params = {"w": jnp.array([1.0, -2.0, 3.0])}
+    state = tx.init(params)
+    for _ in range(25):
+      updates, state = tx.update(params, state, params)
+      params = optax.apply_updates(params, updates)
+    return np.asarray(params["w"])
+
+  static = run(go.prodigy(b1=0.0))
+  np.testing.assert_allclose(run(optax.inject_hyperparams(go.prodigy)(b1=0.0)), static,
+                             rtol=1e-5)
+  assert np.isfinite(static).all()
+  assert np.abs(run(go.prodigy(b1=0.5)) - static).max() > 1e-4
+
+
+def test_a_negative_rate_from_a_schedule_moves_nothing():
+  """The official code accumulates and steps only at a positive rate."""
+  params = {"w": jnp.array([1.0, -2.0, 3.0])}
+  tx = go.prodigy(lambda count: jnp.where(count < 3, 1.0, -0.1))
+  params_, state, updates = helpers.run_steps(
+      tx, params, [{"w": jnp.array([0.3, -0.1, 0.2])}] * 5)
+  for u in updates[3:]:
+    np.testing.assert_array_equal(u["w"], 0.0)
+  assert int(state.k) == 3
