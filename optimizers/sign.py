@@ -63,6 +63,8 @@ def lion(
     mask: gt.MaskOrFn = None,
     cautious_weight_decay: bool = False,
     mu_dtype: Optional[Any] = None,
+    mode: str = "hard",
+    smooth_beta: float = 1.0,
 ) -> optax.GradientTransformation:
   r"""Lion.
 
@@ -86,6 +88,9 @@ def lion(
     cautious_weight_decay: decay only where the update has the sign of the
       weight (``gt.decoupled_weight_decay``; Chen et al. 2025).
     mu_dtype: storage of the momentum (``gt.scale_by_adam``).
+    mode: the sign's variant (``gt.scale_by_lion``): ``"hard"`` (Lion's
+      sign), ``"smooth"`` (tanh(β_s x)) or ``"refined"`` (x for |x| < 1).
+    smooth_beta: β_s of the smooth mode, > 0.
 
   Returns:
     An ``optax.GradientTransformation``; complex parameters are refused.
@@ -94,7 +99,7 @@ def lion(
   NeurIPS 2023, Program 1.
   """
   return optax.chain(
-      gt.scale_by_lion(b1, b2, mu_dtype=mu_dtype),
+      gt.scale_by_lion(b1, b2, mu_dtype=mu_dtype, mode=mode, smooth_beta=smooth_beta),
       gt.decoupled_weight_decay(
           weight_decay, mask, cautious_weight_decay=cautious_weight_decay),
       gt.scale_by_learning_rate(learning_rate),

@@ -110,6 +110,8 @@ NAMES = {
     "use_bias_correction": "Prodigy: Adam's bias correction in its step (the official name)",
     "safeguard_warmup": "Prodigy: its sum s without the learning rate (the official name)",
     "tau": "soft-sign constant",
+    "mode": "Lion's sign variant: hard, smooth (tanh) or refined (optax's name)",
+    "smooth_beta": "Lion's smooth mode: the slope β_s of tanh(β_s x) (optax's name)",
     "min_value": "lower singular-value bound",
     "max_value": "upper singular-value bound",
     "magnitude": "grafting's norm-giving transform",

@@ -144,7 +144,8 @@ RANGES = {
     go.signsgd: dict(learning_rate=NON_NEGATIVE, momentum=DECAY,
                      weight_decay=NON_NEGATIVE),
     go.lion: dict(
-        learning_rate=NON_NEGATIVE, b1=DECAY, b2=DECAY, weight_decay=NON_NEGATIVE
+        learning_rate=NON_NEGATIVE, b1=DECAY, b2=DECAY, weight_decay=NON_NEGATIVE,
+        smooth_beta=POSITIVE,
     ),
     go.tiger: dict(learning_rate=NON_NEGATIVE, beta=DECAY, weight_decay=NON_NEGATIVE),
     go.muon: dict(
@@ -245,6 +246,7 @@ CHOICES = {
     go.shampoo: dict(grafting=("adagrad", "grafting must be one of"),
                      root_method=("svd", "root_method must be one of")),
     go.soap: dict(refresh=("power", "refresh must be one of")),
+    go.lion: dict(mode=("soft", "mode must be one of")),
     go.kfac: dict(root_method=("svd", "root_method must be one of")),
     go.psgd_kron: dict(memory_save_mode=("two_diag", "memory_save_mode must be one of")),
     go.dion: dict(orthonormalize=("svd", "orthonormalize must be one of"),

@@ -1,6 +1,6 @@
 """Sign-based direction rules: sign / soft sign, Lion and Tiger."""
 
-from typing import Any, NamedTuple, Optional
+from typing import Any, Callable, NamedTuple, Optional
 
 import jax
 import jax.numpy as jnp
@@ -69,14 +69,24 @@ class ScaleByLionState(NamedTuple):
   mu: optax.Updates
 
 
+LION_MODES = ("hard", "smooth", "refined")
+
+
 def scale_by_lion(
-    b1: float = 0.9, b2: float = 0.99, *, mu_dtype: Optional[Any] = None
+    b1: float = 0.9, b2: float = 0.99, *, mu_dtype: Optional[Any] = None,
+    mode: str = "hard", smooth_beta: float = 1.0,
 ) -> optax.GradientTransformation:
   r"""Lion's direction: the sign of an interpolated momentum.
 
   .. math::
-    u_t = \operatorname{sign}(β_1 m_{t-1} + (1-β_1) g_t),\qquad
+    u_t = σ(β_1 m_{t-1} + (1-β_1) g_t),\qquad
     m_t = β_2 m_{t-1} + (1-β_2) g_t
+
+  with σ = sign (``mode="hard"``, Lion's), :math:`σ(x) = \tanh(β_s x)`
+  (``"smooth"``, β_s = ``smooth_beta``) or :math:`σ(x) = x` for |x| < 1 and
+  sign(x) beyond (``"refined"``): optax's ``scale_by_lion`` modes, the same
+  numbers but on non-finite input, which gives NaN in every mode here
+  (optax's smooth mode turns ±inf into ±1).
 
   With static β₁ <= β₂ and the momentum kept at the compute width, the
   direction's argument is read from m_t, as
@@ -88,6 +98,8 @@ def scale_by_lion(
     b1: interpolation weight of the momentum in the direction, in [0, 1).
     b2: decay of the stored momentum, in [0, 1).
     mu_dtype: storage of the momentum, as in ``scale_by_adam``.
+    mode: σ, one of ``"hard"``, ``"smooth"``, ``"refined"`` (optax's name).
+    smooth_beta: β_s of the smooth mode, > 0 (optax's name).
 
   Returns:
     An ``optax.GradientTransformation`` with state ``ScaleByLionState``;
@@ -98,12 +110,28 @@ def scale_by_lion(
   """
   _validate.check_decay("b1", b1)
   _validate.check_decay("b2", b2)
-  return _sign_of_momentum(b1, b2, mu_dtype, "scale_by_lion")
+  return _sign_of_momentum(b1, b2, mu_dtype, "scale_by_lion",
+                           _lion_direction(mode, smooth_beta))
 
 
-def _sign_of_momentum(b1: float, b2: float, mu_dtype: Optional[Any],
-                      name: str) -> optax.GradientTransformation:
-  """``scale_by_lion``'s transformation; ``name`` is the one errors give."""
+def _lion_direction(mode: str, smooth_beta: Any) -> Callable[[jax.Array], jax.Array]:
+  """σ of ``scale_by_lion``'s ``mode``, after checking it and ``smooth_beta``;
+  NaN for a non-finite argument in every mode."""
+  if mode not in LION_MODES:
+    raise ValueError(f"mode must be one of {LION_MODES}, got {mode!r}")
+  _validate.check_in_range("smooth_beta", smooth_beta, 0.0, float("inf"), low_inclusive=False)
+  if mode == "smooth":
+    return lambda x: jnp.tanh(smooth_beta * x) + 0 * x  # 0·(±inf) = NaN, as ``sign``
+  if mode == "refined":
+    return lambda x: jnp.where(jnp.abs(x) < 1, x, sign(x))
+  return sign
+
+
+def _sign_of_momentum(b1: float, b2: float, mu_dtype: Optional[Any], name: str,
+                      direction: Callable[[jax.Array], jax.Array] = sign,
+                      ) -> optax.GradientTransformation:
+  """``scale_by_lion``'s transformation, with σ = ``direction``; ``name`` is
+  the one errors give."""
   mu_format = state_format.state_format("mu_dtype", mu_dtype)
 
   def init_fn(params):
@@ -126,15 +154,15 @@ def _sign_of_momentum(b1: float, b2: float, mu_dtype: Optional[Any],
         (m_new,) = state_format.reset_non_finite(g_, m_new)
       m_stored, m_used = state_format.stored_and_used(m_new, m, mu_format, seed)
       if b1 is b2:  # Tiger: the sign of m_t as stored (rounding keeps signs)
-        u = sign(m_used)
+        u = direction(m_used)
       elif _from_new_momentum(b1, b2) and not isinstance(m, quantize.QuantizedArray) and (
           m.dtype == dtype):
         # β₁m + (1−β₁)g = (β₁/β₂)m_t + ((β₂−β₁)/β₂)g: the direction
         # read from m_t, so nothing reads the old m after the donated buffer
         # is overwritten (it was copied each step, as optax.lion's is).
-        u = sign((b1 / b2) * m_used + ((b2 - b1) / b2) * g_)
+        u = direction((b1 / b2) * m_used + ((b2 - b1) / b2) * g_)
       else:
-        u = sign(b1 * m_ + (1 - b1) * g_)  # an inf momentum stays visible
+        u = direction(b1 * m_ + (1 - b1) * g_)  # an inf momentum stays visible
         if state_format.is_quantized(mu_format):
           (u,) = state_format.reset_non_finite(g_, u)
       return u.astype(g.dtype), m_stored

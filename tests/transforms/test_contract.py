@@ -214,7 +214,11 @@ TABLE = {
         lambda learning_rate=0.1, **kw: gt.scale_by_learning_rate(learning_rate, **kw),
         dict(learning_rate=FINITE_NON_NEGATIVE),
         configs={"schedule": dict(learning_rate=lambda c: 0.1 / (1 + c))}),
-    gt.scale_by_lion: Entry(gt.scale_by_lion, dict(b1=DECAY, b2=DECAY)),
+    gt.scale_by_lion: Entry(
+        gt.scale_by_lion, dict(b1=DECAY, b2=DECAY, smooth_beta=POSITIVE),
+        choices=dict(mode=(("soft", "mode must be one of"),)),
+        configs={"default": {}, "smooth": dict(mode="smooth", smooth_beta=0.5),
+                 "refined": dict(mode="refined")}),
     gt.proximal_weight_decay: Entry(
         lambda learning_rate=0.1, weight_decay=0.1, **kw: gt.proximal_weight_decay(
             learning_rate=learning_rate, weight_decay=weight_decay, **kw),

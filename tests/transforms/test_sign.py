@@ -7,7 +7,9 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 import optax
+import pytest
 
+from gradtx import optimizers as go
 from gradtx import transforms as gt
 from tests.support import helpers
 
@@ -108,3 +110,63 @@ def test_lion_with_a_small_b2_keeps_the_reference_direction():
     u_ours, s_ours = jax.jit(ours.update)(g, s_ours)
     u_theirs, s_theirs = jax.jit(theirs.update)(g, s_theirs)
     np.testing.assert_array_equal(u_ours, u_theirs)
+
+
+def _lion_modes_by_hand(b1, b2, grads, sigma):
+  m, out = np.zeros_like(grads[0]), []
+  for g in grads:
+    out.append(sigma(b1 * m + (1 - b1) * g))
+    m = b2 * m + (1 - b2) * g
+  return out
+
+
+@pytest.mark.parametrize("mode, smooth_beta", [
+    ("smooth", 1.0), ("smooth", 0.3), ("smooth", 4.0), ("refined", 1.0), ("hard", 1.0)])
+def test_lion_modes_against_the_closed_form_and_optax(mode, smooth_beta):
+  """σ = tanh(β_s x) or x inside (-1, 1), sign beyond: 40 float64 steps of
+  gradients large and small (so the refined mode takes both branches)
+  against NumPy and optax.scale_by_lion(mode=, smooth_beta=)."""
+  sigma = {"smooth": lambda x: np.tanh(smooth_beta * x),
+           "refined": lambda x: np.where(np.abs(x) < 1, x, np.sign(x)),
+           "hard": np.sign}[mode]
+  rng = np.random.default_rng(3)
+  grads = [rng.standard_normal((4, 5)) * rng.choice([0.1, 30.0]) for _ in range(40)]
+  expected = _lion_modes_by_hand(0.9, 0.99, grads, sigma)
+  with jax.enable_x64(True):
+    for tx in (gt.scale_by_lion(mode=mode, smooth_beta=smooth_beta),
+               optax.scale_by_lion(mode=mode, smooth_beta=smooth_beta)):
+      state, step = tx.init(jnp.zeros((4, 5))), jax.jit(tx.update)
+      for g, want in zip(grads, expected):
+        u, state = step(jnp.asarray(g), state)
+        np.testing.assert_allclose(u, want, rtol=1e-12, atol=1e-14)
+  if mode == "refined":  # both branches taken
+    everything = np.abs(np.concatenate([e.ravel() for e in expected]))
+    assert (everything < 1).any() and (everything == 1).any()
+
+
+@pytest.mark.parametrize("mode", ["smooth", "refined"])
+def test_lion_modes_show_a_non_finite_gradient(mode):
+  """A NaN or ±inf gradient gives NaN in every mode (optax's smooth mode
+  steps ±1 for ±inf, hiding it)."""
+  tx = gt.scale_by_lion(mode=mode)
+  g = jnp.array([jnp.inf, -jnp.inf, jnp.nan, 0.5])
+  u, _ = jax.jit(tx.update)(g, tx.init(g))
+  assert np.isnan(np.asarray(u[:3])).all() and np.isfinite(u[3])
+
+
+def test_lion_mode_reaches_the_optimizer():
+  """go.lion(mode=, smooth_beta=) is optax's chain of scale_by_lion with that
+  mode, decoupled decay and the learning rate."""
+  rng = np.random.default_rng(4)
+  params = jnp.asarray(rng.standard_normal((3, 4)), jnp.float32)
+  ours = go.lion(0.1, weight_decay=0.5, mode="smooth", smooth_beta=0.5)
+  theirs = optax.chain(optax.scale_by_lion(mode="smooth", smooth_beta=0.5),
+                       optax.add_decayed_weights(0.5), optax.scale(-0.1))
+  s_ours, s_theirs, p_ours, p_theirs = ours.init(params), theirs.init(params), params, params
+  for _ in range(20):
+    g = jnp.asarray(rng.standard_normal((3, 4)), jnp.float32)
+    u, s_ours = ours.update(g, s_ours, p_ours)
+    v, s_theirs = theirs.update(g, s_theirs, p_theirs)
+    p_ours, p_theirs = optax.apply_updates(p_ours, u), optax.apply_updates(p_theirs, v)
+  np.testing.assert_allclose(p_ours, p_theirs, rtol=1e-5, atol=1e-6)
+  assert not np.allclose(p_ours, optax.apply_updates(params, 0 * params))
