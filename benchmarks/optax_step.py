@@ -56,6 +56,11 @@ PAIRS = {
     "prodigy(weight_decay)": (
         lambda: go.prodigy(1.0, use_bias_correction=True, weight_decay=WD),
         lambda: _copying_init(optax.contrib.prodigy(1.0, weight_decay=WD))),
+    # optax's D-Adaptation always bias-corrects, and its decay is decoupled.
+    "dadapt_adamw": (lambda: go.dadapt_adamw(1.0, use_bias_correction=True, weight_decay=WD),
+                     lambda: optax.contrib.dadapt_adamw(1.0, weight_decay=WD)),
+    # optax's MADGRAD keeps the parameters themselves as x₀ (as Prodigy's p₀).
+    "madgrad": (lambda: go.madgrad(LR), lambda: _copying_init(optax.contrib.madgrad(LR))),
 }
 
 

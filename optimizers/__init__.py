@@ -15,12 +15,14 @@ from gradtx.optimizers.adam_mini import adam_mini
 from gradtx.optimizers.adam_variants import adamax, adamaxw, adopt, adoptw, radam, radamw, yogi
 from gradtx.optimizers.adan import adan
 from gradtx.optimizers.ademamix import ademamix
+from gradtx.optimizers.dadapt import DAdaptAdamState, dadapt_adamw
 from gradtx.optimizers.dion import dion
 from gradtx.optimizers.fourth_quadrant import adamuon, normuon, soap_muon, vmuon
 from gradtx.optimizers.fromage import fromage
 from gradtx.optimizers.hyperball import adamh, muonh
 from gradtx.optimizers.kfac import kfac
 from gradtx.optimizers.lookahead import LookaheadState, lookahead
+from gradtx.optimizers.madgrad import MadgradState, madgrad
 from gradtx.optimizers.mars import mars_adamw
 from gradtx.optimizers.muon import is_hidden_matrix, muon
 from gradtx.optimizers.nnx_records import max_logits, observe_attention, value_grad_and_records
@@ -57,6 +59,10 @@ __all__ = [
     "LookaheadState",
     "ProdigyState",
     "prodigy",
+    "DAdaptAdamState",
+    "dadapt_adamw",
+    "MadgradState",
+    "madgrad",
     "SamState",
     "acprop",
     "adabelief",

@@ -31,7 +31,7 @@ from gradtx import transforms as gt
 NAMES = {
     "learning_rate": "step size η, a float or a schedule",
     "base": "the optimizer a wrapper wraps",
-    "momentum": "heavy-ball momentum μ: m ← μm + g (signsgd: the same sign)",
+    "momentum": "heavy-ball momentum μ: m ← μm + g (signsgd: its sign; madgrad: x ← μx + (1−μ)z)",
     "b1": "first-moment EMA decay: m ← b1·m + (1−b1)·g (Lion, Schedule-Free: its interpolation)",
     "b2": "second-moment EMA decay (Lion: its momentum's decay)",
     "b3": "AdEMAMix's slow-EMA decay; Adan's second-moment decay; Prodigy's decay of its D sums",
@@ -104,10 +104,11 @@ NAMES = {
     "weight_lr_power": "Schedule-Free: power of the largest η in the averaging weights",
     "r": "Schedule-Free: power of the step t in the averaging weights",
     "state_dtype": "Schedule-Free: storage of its iterates z (optax's name)",
-    "estim_lr0": "Prodigy: the initial estimate d₀ of its step size (optax's name)",
+    "estim_lr0": "Prodigy, D-Adaptation: the initial estimate d₀ of the step size (optax's name)",
     "estim_lr_coef": "Prodigy: the coefficient of its step-size estimate (optax's name)",
-    "growth_rate": "Prodigy: the largest factor its step size grows by in a step",
-    "use_bias_correction": "Prodigy: Adam's bias correction in its step (the official name)",
+    "growth_rate": "Prodigy, D-Adaptation: the largest factor the step size grows by in a step",
+    "use_bias_correction": "Prodigy, D-Adaptation: Adam's bias correction in the step (official)",
+    "decouple_decay": "MADGRAD: decay x after the step instead of L2 (the official name)",
     "safeguard_warmup": "Prodigy: its sum s without the learning rate (the official name)",
     "tau": "soft-sign constant",
     "mode": "Lion's sign variant: hard, smooth (tanh) or refined (optax's name)",
@@ -193,6 +194,8 @@ NO_MU_DTYPE = {
     "schedule_free": "no momentum buffer: z is an iterate, not a moment",
     "schedule_free_sgd": "no momentum buffer: z is an iterate, not a moment",
     "schedule_free_adamw": "no momentum buffer: z is an iterate, not a moment",
+    # momentum weighs x against z in an average; the state keeps x₀ and two sums.
+    "madgrad": "no momentum buffer: x averages the dual-averaging iterate z",
 }
 NO_NU_DTYPE = {
     "novograd": "one float32 second moment per leaf (layer), not element-wise",

@@ -135,6 +135,8 @@ OPTAX_SETTINGS = {
     # advise (at a constant 1 it circles Rosenbrock's minimum 0.1-0.4 away, and
     # optax.contrib.prodigy 0.18 away).
     go.prodigy: dict(learning_rate=optax.cosine_decay_schedule(1.0, 10_000)),
+    go.dadapt_adamw: dict(learning_rate=optax.cosine_decay_schedule(1.0, 10_000)),
+    go.madgrad: dict(learning_rate=1e-2),
 }
 # Cases that are an optax optimizer (same rule, same defaults): the final
 # parameters must equal optax's. Where optax's own run misses a target (plain
@@ -162,10 +164,11 @@ ANCHORS = {
 REAL_ANCHORS = ("adopt", "adadelta")
 # Optimizers that refuse complex parameters at init (documented in README).
 # K-FAC and Dion: their factors, power iterations and QR are real; Prodigy: its
-# distance ⟨g, p₀ − p⟩ is the official code's real dot product (init
-# names the complex leaf).
+# distance ⟨g, p₀ − p⟩ is the official code's real dot product, as D-Adaptation's
+# ⟨g, s/√v⟩; MADGRAD's cube root of ν is the official real one (init names the
+# complex leaf).
 REAL_ONLY = (go.signsgd, go.lion, go.tiger, go.adamw_8bit, go.kfac, go.dion, go.psgd_kron,
-             go.prodigy)
+             go.prodigy, go.dadapt_adamw, go.madgrad)
 STEPS = 10_000
 TOLERANCE = 3e-2  # optax's
 
@@ -458,6 +461,10 @@ _CAUTIOUS = sorted(
     key=lambda f: f.__name__)
 
 
+# MADGRAD's default decay is coupled (L2, in the gradient): cautious needs it decoupled.
+_DECOUPLED = {go.madgrad: dict(decouple_decay=True)}
+
+
 @pytest.mark.parametrize("factory", _CAUTIOUS, ids=lambda f: f.__name__)
 def test_cautious_weight_decay_decays_where_the_step_has_the_weights_sign(factory):
   """Three steps on one (6, 8) matrix, float64: the decay a cautious run adds
@@ -468,7 +475,8 @@ def test_cautious_weight_decay_decays_where_the_step_has_the_weights_sign(factor
   rng = np.random.default_rng(11)
   with jax.enable_x64(True):
     params = {"w": jnp.asarray(rng.normal(size=(6, 8)))}
-    runs = [factory(lr, weight_decay=w, **kw) for w, kw in
+    decoupled = _DECOUPLED.get(factory, {})
+    runs = [factory(lr, weight_decay=w, **decoupled, **kw) for w, kw in
             ((0.0, {}), (wd, {}), (wd, dict(cautious_weight_decay=True)))]
     states = [tx.init(params) for tx in runs]
     disagreements = 0

@@ -103,7 +103,7 @@ def test_inject_hyperparams_learning_rate(case):
     state.hyperparams["learning_rate"] = jnp.asarray(LR * factor, jnp.float32)
     updates[factor], s = update(GRADS[0], state, PARAMS)
     assert float(s.hyperparams["learning_rate"]) == pytest.approx(LR * factor)
-    if not (case.lr_mid_chain or case.params_in_state):
+    if not (case.lr_mid_chain or case.state_depends_on_lr):
       chex.assert_trees_all_close(s.inner_state, s_base.inner_state)
   # The update is affine in η: u(2η) - u(η) = u(η) - u(0) (on a sphere, η
   # is an angle) ...

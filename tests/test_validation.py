@@ -87,6 +87,14 @@ RANGES = {
         estim_lr0=POSITIVE, estim_lr_coef=POSITIVE, growth_rate=ABOVE_ONE,
         weight_decay=NON_NEGATIVE,
     ),
+    go.dadapt_adamw: dict(
+        learning_rate=NON_NEGATIVE, b1=DECAY, b2=DECAY, eps=POSITIVE,
+        estim_lr0=POSITIVE, growth_rate=ABOVE_ONE, weight_decay=NON_NEGATIVE,
+    ),
+    go.madgrad: dict(
+        learning_rate=NON_NEGATIVE, momentum=DECAY, eps=NON_NEGATIVE,
+        weight_decay=NON_NEGATIVE,
+    ),
     go.adabelief: dict(
         learning_rate=NON_NEGATIVE, b1=DECAY, b2=DECAY, eps=NON_NEGATIVE,
         weight_decay=NON_NEGATIVE,

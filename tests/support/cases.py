@@ -57,9 +57,10 @@ class Case(NamedTuple):
   # With zero gradients the update is exactly −η λ p on the decayed leaves
   # (a decoupled decay after a rule that maps a zero gradient to 0).
   decoupled_decay: bool = False
-  # The state keeps the stepped parameters (parameter_ema's average), so it
-  # depends on η, unlike a state of gradient statistics.
-  params_in_state: bool = False
+  # The state depends on η, unlike a state of gradient statistics: it keeps
+  # the stepped parameters (parameter_ema's average), or statistics of
+  # η-scaled gradients (D-Adaptation's m and s), or a rate of 0 skips a step.
+  state_depends_on_lr: bool = False
   # The hyperball's η is an angle: the step is not affine in it.
   nonlinear_lr: bool = False
   # The weights shrink whatever the gradient (Fromage's 1/√(1+η²)), with no
@@ -107,7 +108,7 @@ class Case(NamedTuple):
         go.mars_adamw, go.adamh, go.muonh, go.psgd_kron, go.sm3,
         go.lars, go.lamb,  # a leaf-wise norm: a NaN or inf spreads over the leaf
         go.novograd, go.fromage,  # likewise
-        go.prodigy,  # one step size D from sums over the whole tree
+        go.prodigy, go.dadapt_adamw,  # one step size D from sums over the whole tree
         record_recipe,
     )
 
@@ -171,7 +172,7 @@ CASES = [
          decoupled_decay=True),
     Case("ademamix", go.ademamix, dict(b3=0.999, weight_decay=1e-2), decoupled_decay=True),
     Case("parameter_ema", parameter_ema_adamw, dict(weight_decay=1e-2),
-         fixed_state_dtypes=(jnp.float32,), decoupled_decay=True, params_in_state=True),
+         fixed_state_dtypes=(jnp.float32,), decoupled_decay=True, state_depends_on_lr=True),
     Case(
         "adamw_mask",
         go.adamw,
@@ -224,11 +225,11 @@ CASES = [
     # Schedule-Free keeps z (float32 for bf16 params); y lags z, so a zero-gradient
     # step is not the bare −ηλp after the first.
     Case("schedule_free_sgd", go.schedule_free_sgd, dict(weight_decay=1e-2),
-         fixed_state_dtypes=(jnp.float32,), params_in_state=True),
+         fixed_state_dtypes=(jnp.float32,), state_depends_on_lr=True),
     Case("schedule_free_adamw", go.schedule_free_adamw, dict(weight_decay=1e-2, warmup_steps=2),
-         fixed_state_dtypes=(jnp.float32,), params_in_state=True),
+         fixed_state_dtypes=(jnp.float32,), state_depends_on_lr=True),
     Case("schedule_free", schedule_free_adam, dict(weight_decay=1e-2),
-         fixed_state_dtypes=(jnp.float32,), params_in_state=True),
+         fixed_state_dtypes=(jnp.float32,), state_depends_on_lr=True),
     # Adan's proximal decay p/(1 + ηλ): not affine in η, not exactly −ηλp at g = 0.
     Case("adan", go.adan, dict(weight_decay=1e-2), nonlinear_lr=True),
     # Adadelta's own η is 1: at the batteries' 0.02-0.1 its first steps, η√(ε/(1−ρ)),
@@ -241,7 +242,15 @@ CASES = [
     # Prodigy learns its step size D from the distance travelled (p₀ and the sums
     # s in float32 for bf16 params); η multiplies D, which depends on η: not affine.
     Case("prodigy", go.prodigy, dict(weight_decay=1e-2, estim_lr0=0.5),
-         fixed_state_dtypes=(jnp.float32,), params_in_state=True, nonlinear_lr=True),
+         fixed_state_dtypes=(jnp.float32,), state_depends_on_lr=True, nonlinear_lr=True),
+    # D-Adaptation: Prodigy's predecessor (its sums s in float32 for bf16 params;
+    # η multiplies D, which depends on η: not affine).
+    Case("dadapt_adamw", go.dadapt_adamw, dict(weight_decay=1e-2, estim_lr0=0.5),
+         fixed_state_dtypes=(jnp.float32,), state_depends_on_lr=True, nonlinear_lr=True),
+    # MADGRAD: dual averaging from x₀ (kept, float32 for bf16 params) with a
+    # weight λ_k = (η + ε)√(k+1) in both sums: s/ν^⅓ scales as η^⅔.
+    Case("madgrad", go.madgrad, dict(weight_decay=1e-2, decouple_decay=True),
+         fixed_state_dtypes=(jnp.float32,), state_depends_on_lr=True, nonlinear_lr=True),
 ]
 # Structured states: a lighter battery (see the module docstring).
 STRUCTURED = [
@@ -292,7 +301,7 @@ STRUCTURED = [
          decoupled_decay=True),
     Case("muonh", go.muonh, {}, static_args=("ns_steps",), nonlinear_lr=True),
     Case("record_recipe", record_recipe, {}, fixed_state_dtypes=(jnp.float32,),
-         decoupled_decay=True, params_in_state=True),
+         decoupled_decay=True, state_depends_on_lr=True),
     Case("psgd_kron", go.psgd_kron,
          dict(weight_decay=1e-2, precond_update_probability=0.5, memory_save_mode="one_diag"),
          static_args=("max_size_triangular", "min_ndim_triangular", "memory_save_mode",
