@@ -61,6 +61,9 @@ PAIRS = {
                      lambda: optax.contrib.dadapt_adamw(1.0, weight_decay=WD)),
     # optax's MADGRAD keeps the parameters themselves as x₀ (as Prodigy's p₀).
     "madgrad": (lambda: go.madgrad(LR), lambda: _copying_init(optax.contrib.madgrad(LR))),
+    # DoG and DoWG at their multiplier of 1 (optax's dog keeps p₀ uncopied too).
+    "dog": (lambda: go.dog(1.0), lambda: _copying_init(optax.contrib.dog(1.0))),
+    "dowg": (lambda: go.dowg(1.0), lambda: _copying_init(optax.contrib.dowg(1.0))),
 }
 
 

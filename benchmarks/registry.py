@@ -282,6 +282,18 @@ OPTIMIZERS: dict[str, Callable[[int], optax.GradientTransformation]] = {
     "prodigy": lambda n: go.prodigy(
         warmup_cosine(1.0, n), use_bias_correction=True, safeguard_warmup=True,
         weight_decay=0.1, mask=matrices),
+    # D-Adaptation Adam as Prodigy (its η of 1 on the warm-up-cosine, bias
+    # correction, the adamw entry's decay); MADGRAD at the rule of stop 55's
+    # entries: its official 1e-2 over Adam's 1e-3, times the adamw entry's 6e-3,
+    # without decay (its official default).
+    "dadapt_adamw": lambda n: go.dadapt_adamw(
+        warmup_cosine(1.0, n), use_bias_correction=True, weight_decay=0.1, mask=matrices),
+    "madgrad": lambda n: go.madgrad(warmup_cosine(6e-2, n)),
+    # DoG and DoWG at their multiplier of 1 on the warm-up-cosine (the DoG
+    # authors advise no schedule: the entries' warm-up-cosine is the suite's
+    # rule), their defaults' initial distances.
+    "dog": lambda n: go.dog(warmup_cosine(1.0, n)),
+    "dowg": lambda n: go.dowg(warmup_cosine(1.0, n)),
     "adamw:cautious": lambda n: optax.chain(
         gt.cautious(gt.scale_by_adam(b2=0.99)), gt.decoupled_weight_decay(0.1, matrices),
         gt.scale_by_learning_rate(warmup_cosine(6e-3, n))),

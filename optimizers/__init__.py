@@ -17,6 +17,7 @@ from gradtx.optimizers.adan import adan
 from gradtx.optimizers.ademamix import ademamix
 from gradtx.optimizers.dadapt import DAdaptAdamState, dadapt_adamw
 from gradtx.optimizers.dion import dion
+from gradtx.optimizers.dog import DoGState, DoWGState, dog, dowg
 from gradtx.optimizers.fourth_quadrant import adamuon, normuon, soap_muon, vmuon
 from gradtx.optimizers.fromage import fromage
 from gradtx.optimizers.hyperball import adamh, muonh
@@ -63,6 +64,10 @@ __all__ = [
     "dadapt_adamw",
     "MadgradState",
     "madgrad",
+    "DoGState",
+    "DoWGState",
+    "dog",
+    "dowg",
     "SamState",
     "acprop",
     "adabelief",

@@ -108,6 +108,10 @@ NAMES = {
     "estim_lr_coef": "Prodigy: the coefficient of its step-size estimate (optax's name)",
     "growth_rate": "Prodigy, D-Adaptation: the largest factor the step size grows by in a step",
     "use_bias_correction": "Prodigy, D-Adaptation: Adam's bias correction in the step (official)",
+    "reps_rel": "DoG: its initial distance r_ε relative to 1 + ‖p₀‖ (the official name)",
+    "init_eta": "DoG: the first step's step size (the official name)",
+    "layer_wise": "DoG: one step size per leaf (the official LDoG)",
+    "init_estim_sq_dist": "DoWG: the initial estimate r_ε² of the squared distance (optax's)",
     "decouple_decay": "MADGRAD: decay x after the step instead of L2 (the official name)",
     "safeguard_warmup": "Prodigy: its sum s without the learning rate (the official name)",
     "tau": "soft-sign constant",
@@ -254,7 +258,8 @@ def test_every_argument_name_has_one_listed_meaning(factory):
 # Optimizers whose weight decay is the L2 gradient (coupled, torch's
 # ``weight_decay``) or lies inside a trust ratio: no cautious form.
 COUPLED_DECAY = {
-    "sgd", "adam", "adagrad", "rmsprop", "lars", "adamax", "radam", "adopt", "adadelta"}
+    "sgd", "adam", "adagrad", "rmsprop", "lars", "adamax", "radam", "adopt", "adadelta",
+    "dog", "dowg"}
 
 
 @pytest.mark.parametrize("factory", OPTIMIZERS, ids=ids)

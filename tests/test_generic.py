@@ -137,6 +137,10 @@ OPTAX_SETTINGS = {
     go.prodigy: dict(learning_rate=optax.cosine_decay_schedule(1.0, 10_000)),
     go.dadapt_adamw: dict(learning_rate=optax.cosine_decay_schedule(1.0, 10_000)),
     go.madgrad: dict(learning_rate=1e-2),
+    # DoG and DoWG at optax's contrib settings and defaults (its dog's
+    # ("heuristic", 1e-6) start is reps_rel=1e-6; its dowg's r̄² starts at eps).
+    go.dog: dict(learning_rate=1.0, reps_rel=1e-6),
+    go.dowg: dict(learning_rate=1.0, init_estim_sq_dist=None),
 }
 # Cases that are an optax optimizer (same rule, same defaults): the final
 # parameters must equal optax's. Where optax's own run misses a target (plain
@@ -157,6 +161,8 @@ ANCHORS = {
     "adopt": lambda: optax.contrib.adopt(1e-2),
     "adadelta": lambda: optax.adadelta(optax.cosine_decay_schedule(0.3, 10_000), eps=1e-6),
     "novograd": lambda: optax.novograd(1e-3),
+    "dog": lambda: optax.contrib.dog(1.0),
+    "dowg": lambda: optax.contrib.dowg(1.0),
 }
 # Anchored on real parameters only: on complex ones optax's ADOPT clips the
 # normalized gradient's parts apart (gradtx: its modulus) and its Adadelta
@@ -168,7 +174,7 @@ REAL_ANCHORS = ("adopt", "adadelta")
 # ⟨g, s/√v⟩; MADGRAD's cube root of ν is the official real one (init names the
 # complex leaf).
 REAL_ONLY = (go.signsgd, go.lion, go.tiger, go.adamw_8bit, go.kfac, go.dion, go.psgd_kron,
-             go.prodigy, go.dadapt_adamw, go.madgrad)
+             go.prodigy, go.dadapt_adamw, go.madgrad, go.dog, go.dowg)
 STEPS = 10_000
 TOLERANCE = 3e-2  # optax's
 

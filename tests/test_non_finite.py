@@ -58,6 +58,15 @@ def test_nan_gradient_propagates_into_updates(case):
     assert all(bool(jnp.isnan(u).all()) for u in jax.tree.leaves(updates))
     assert bool(jnp.isnan(state.d))
     return
+  if case.name in ("dog", "dowg"):
+    # One step size from norms over the whole tree: a NaN gradient makes it,
+    # and so every leaf's update, NaN (README, Non-finite gradients).
+    assert all(bool(jnp.isnan(u).all()) for u in jax.tree.leaves(updates))
+    return
+  if case.name == "ldog":  # LDoG: one step size per leaf, NaN on the NaN's leaf
+    assert bool(jnp.isnan(updates["w"]).all())
+    assert all(bool(jnp.isfinite(u).all()) for k, u in updates.items() if k != "w")
+    return
   if case.name == "dadapt_adamw":
     # m holds λ_t·g at the step's old D: the NaN coordinate's step is NaN at
     # once, D is NaN, and from the next step on every leaf's is (README).

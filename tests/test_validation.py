@@ -91,6 +91,14 @@ RANGES = {
         learning_rate=NON_NEGATIVE, b1=DECAY, b2=DECAY, eps=POSITIVE,
         estim_lr0=POSITIVE, growth_rate=ABOVE_ONE, weight_decay=NON_NEGATIVE,
     ),
+    go.dog: dict(
+        learning_rate=NON_NEGATIVE, reps_rel=POSITIVE, eps=NON_NEGATIVE, init_eta=POSITIVE,
+        weight_decay=NON_NEGATIVE,
+    ),
+    go.dowg: dict(
+        learning_rate=NON_NEGATIVE, eps=POSITIVE, init_estim_sq_dist=POSITIVE,
+        weight_decay=NON_NEGATIVE,
+    ),
     go.madgrad: dict(
         learning_rate=NON_NEGATIVE, momentum=DECAY, eps=NON_NEGATIVE,
         weight_decay=NON_NEGATIVE,

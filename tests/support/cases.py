@@ -109,6 +109,7 @@ class Case(NamedTuple):
         go.lars, go.lamb,  # a leaf-wise norm: a NaN or inf spreads over the leaf
         go.novograd, go.fromage,  # likewise
         go.prodigy, go.dadapt_adamw,  # one step size D from sums over the whole tree
+        go.dog, go.dowg,  # one step size from norms over the whole tree
         record_recipe,
     )
 
@@ -249,6 +250,16 @@ CASES = [
          fixed_state_dtypes=(jnp.float32,), state_depends_on_lr=True, nonlinear_lr=True),
     # MADGRAD: dual averaging from x₀ (kept, float32 for bf16 params) with a
     # weight λ_k = (η + ε)√(k+1) in both sums: s/ν^⅓ scales as η^⅔.
+    # DoG and DoWG: SGD at a step size from the distance travelled (p₀ kept,
+    # float32 for bf16 params); η multiplies it. LDoG: one per leaf. Their
+    # initial distance large (as prodigy's d₀), so that the battery's η of
+    # 0.02 takes steps of its size from the first (the defaults' r_ε of
+    # 1e-6·(1 + ‖p₀‖) start at 1e-6 and grow over hundreds of steps).
+    Case("dog", go.dog, dict(weight_decay=1e-2, reps_rel=0.5),
+         fixed_state_dtypes=(jnp.float32,)),
+    Case("ldog", go.dog, dict(layer_wise=True, reps_rel=0.5), fixed_state_dtypes=(jnp.float32,)),
+    Case("dowg", go.dowg, dict(weight_decay=1e-2, init_estim_sq_dist=4.0),
+         fixed_state_dtypes=(jnp.float32,)),
     Case("madgrad", go.madgrad, dict(weight_decay=1e-2, decouple_decay=True),
          fixed_state_dtypes=(jnp.float32,), state_depends_on_lr=True, nonlinear_lr=True),
 ]
