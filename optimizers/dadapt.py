@@ -94,7 +94,11 @@ def dadapt_adamw(
   :math:`-m/(\sqrt v + ε)`. The official ``layer_scale`` (per-group scale of
   the step) and its FSDP reduction are not offered. Float16 parameters need
   float32 moments (``mu_dtype=nu_dtype=jnp.float32``): m holds λ_t·g with D
-  from 1e-6, below float16's range.
+  from 1e-6, below float16's range. A NaN gradient makes D, and from the
+  next step every leaf's step, NaN (the failure shows); the official code's
+  Python ``max`` keeps D as it was while its sums stay NaN, so its D stops
+  adapting for good, silently (``optax.apply_if_finite`` skips such steps in
+  either).
 
   Args:
     learning_rate: η, a multiplier of the learned step size (the official
@@ -164,10 +168,10 @@ def dadapt_adamw(
           "dadapt_adamw needs the parameters: call update(updates, state, params)")
     _validate.check_matching_shapes(updates, params, "dadapt_adamw")
     real = state.d.dtype
-    # The decays as arrays of the state's dtype, static or traced alike
-    # (optax.inject_hyperparams gives the same steps).
-    b1_, b2_ = jnp.asarray(b1, real), jnp.asarray(b2, real)
-    b3_ = jnp.sqrt(b2_)
+    # Static decays as Python numbers (1 − β and √β in double, as the official
+    # code), traced ones (optax.inject_hyperparams) as arrays of the state's dtype.
+    b1_, b2_ = _tree.hyperparameter(b1, real), _tree.hyperparameter(b2, real)
+    b3_ = _tree.hyperparameter_sqrt(b2_)
     d = state.d
     rate = jnp.asarray(_tree.resolve_schedule(learning_rate, state.count), real)
     k1 = (state.k + 1).astype(real)

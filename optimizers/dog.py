@@ -115,7 +115,7 @@ def dog(
     η_t = c_t\,\bar r_t / \sqrt{G_t},\quad
     p_{t+1} = p_t - η_t\, g'_t
 
-  The norms run over the whole tree (one η, the official ``DoG``), or with
+  The norms run over the whole tree (one η, the official ``DoG`` of one parameter group), or with
   ``layer_wise`` over each leaf separately (one η per leaf: the official
   ``LDoG``, whose r_ε and G are per tensor too). ``init_eta`` sets the first
   step's η itself (not multiplied by c_0, as in the official code) and
@@ -124,7 +124,12 @@ def dog(
   start, G = ε and the first non-zero gradient takes the step r_ε/√(ε +
   ‖g‖²); with ``init_eta`` a zero first gradient leaves r̄ = 0 and every
   later η 0, as in the official code. While G = 0 (``eps=0`` and only zero
-  gradients so far) the step is 0 (the official code raises). The authors
+  gradients so far) the step is 0 (the official code raises). A NaN or
+  infinite gradient makes η, and so every leaf's step, NaN for good (LDoG:
+  that leaf's; the official code raises). The official code keeps a step
+  size per parameter group: its usual groups with and without decay are
+  ``optax.multi_transform`` of two ``dog``s, where ``mask`` keeps one for
+  the tree. The authors
   advise averaging the iterates (their package's polynomial-decay averager,
   not offered here; ``go.parameter_ema`` is a constant-decay EMA).
 

@@ -166,8 +166,8 @@ def madgrad(
     if decays and not decouple_decay:
       coupled = gt.coupled_weight_decay(decay_now, mask)
       grads, _ = coupled.update(grads, coupled.init(params), params)
-    momentum_ = jnp.asarray(momentum, real)
-    c = 1 - momentum_
+    momentum_ = _tree.hyperparameter(momentum, real)
+    c = 1 - momentum_  # in double for a Python momentum
 
     def leaf(g, p, s, nu, x0):
       dtype = g.dtype
@@ -180,7 +180,7 @@ def madgrad(
         offset = x0 - p.astype(dtype)
         if traced_momentum:
           offset = jnp.where(momentum_ == 0, pulled(s, nu), offset)
-      step = c.astype(dtype) * (offset - pulled(s_new, nu_new))
+      step = jnp.asarray(c, dtype) * (offset - pulled(s_new, nu_new))
       return s_new, nu_new, step
 
     s, nu, steps = _tree.map_leaves(leaf, 3, grads, params, state.s, state.nu, state.params0)

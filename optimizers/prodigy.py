@@ -173,10 +173,10 @@ def prodigy(
       raise ValueError("prodigy needs the parameters: call update(updates, state, params)")
     _validate.check_matching_shapes(updates, params, "prodigy")
     real = state.d.dtype
-    # The decays as arrays of the state's dtype, static or traced alike
-    # (optax.inject_hyperparams gives the same steps).
-    b1_, b2_ = jnp.asarray(b1, real), jnp.asarray(b2, real)
-    b3_ = jnp.sqrt(b2_) if b3 is None else jnp.asarray(b3, real)
+    # Static decays as Python numbers (1 − β and √β in double, as the official
+    # code), traced ones (optax.inject_hyperparams) as arrays of the state's dtype.
+    b1_, b2_ = _tree.hyperparameter(b1, real), _tree.hyperparameter(b2, real)
+    b3_ = _tree.hyperparameter_sqrt(b2_) if b3 is None else _tree.hyperparameter(b3, real)
     d, d0 = state.d, jnp.asarray(estim_lr0, real)
     rate = jnp.asarray(_tree.resolve_schedule(learning_rate, state.count), real)
     k1 = (state.k + 1).astype(real)

@@ -137,6 +137,25 @@ def traced_hyperparameters(**values: Any) -> dict:
   return {k: v for k, v in values.items() if isinstance(v, jax.Array)}
 
 
+def hyperparameter(value: Any, dtype: Any) -> Any:
+  """A static Python number as it is, anything else (a traced value, an
+  array) as an array of ``dtype``.
+
+  A Python β keeps 1 − β and √β in double until they meet an array, as
+  the reference codes compute them: β = 0.999 rounded to float32 first
+  makes 1 − √β 3.5e-5 (relative) too large, and D-Adaptation's D 3e-5 off
+  after 300 steps (float32 runs).
+  """
+  if isinstance(value, (int, float)) and not isinstance(value, bool):
+    return value
+  return jnp.asarray(value, dtype)
+
+
+def hyperparameter_sqrt(value: Any) -> Any:
+  """√ of a ``hyperparameter``: in double for a Python number."""
+  return math.sqrt(value) if isinstance(value, (int, float)) else jnp.sqrt(value)
+
+
 def resolve_schedule(value: Any, count: jax.Array) -> Any:
   """Evaluates a schedule at ``count``; returns constants unchanged.
 

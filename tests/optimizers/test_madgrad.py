@@ -277,3 +277,23 @@ def test_params_are_required_and_complex_leaves_refused():
     tx.update(jnp.ones(2), tx.init(jnp.ones(2)))
   with pytest.raises(ValueError, match="madgrad does not support complex"):
     tx.init({"z": jnp.ones(2, jnp.complex64)})
+
+
+def test_float32_forms_one_minus_momentum_in_double():
+  """In float32, c = 1 − momentum is formed from the Python float in double
+  (as the official code): rounded to float32 first, a momentum of 0.999 put
+  c 4e-5 off and the run 10x further from the float64 official one than the
+  official float32 run."""
+  params = {k: jnp.asarray(v, jnp.float32) for k, v in PROBLEM.params0.items()}
+  tx = madgrad(0.1, momentum=0.999)
+  state, step = tx.init(params), jax.jit(tx.update)
+  for t in range(STEPS):
+    grads = jax.tree.map(lambda g: jnp.asarray(g, jnp.float32), PROBLEM.grad(
+        {k: np.asarray(v, np.float64) for k, v in params.items()}, t))
+    updates, state = step(grads, state, params)
+    params = optax.apply_updates(params, updates)
+  reference = torch_runners.run_torch(
+      _official(dict(lr=0.1, momentum=0.999)), PROBLEM.params0, PROBLEM.grad, STEPS)[-1]
+  moved = max(np.abs(reference[k] - PROBLEM.params0[k]).max() for k in reference)
+  error = max(np.abs(np.asarray(params[k], np.float64) - reference[k]).max() for k in reference)
+  assert error < 1e-5 * moved, (error, moved)
