@@ -85,8 +85,8 @@ LEARNING_RATE = 1e-3
 # rate alone (the wrappers, K-FAC and SAM take a model or an optimizer).
 MORE_OPTIMIZERS = (
     "acprop", "adabelief", "adadelta", "adagrad", "adam", "adamax", "adamaxw", "adamh",
-    "adamuon", "adan", "ademamix", "adopt", "adoptw", "dadapt_adamw", "dion", "dog", "dowg",
-    "fromage",
+    "adamuon", "adan", "ademamix", "adopt", "adoptw", "cocob", "dadapt_adamw", "dion", "dog",
+    "dowg", "fromage",
     "lars", "lion", "madgrad", "mars_adamw", "muonh", "normuon", "novograd", "prodigy", "radam",
     "radamw", "rmsprop", "schedule_free_adamw", "schedule_free_sgd", "sgd", "signsgd", "sm3",
     "soap_muon", "tiger", "vmuon", "yogi",

@@ -15,6 +15,7 @@ from gradtx.optimizers.adam_mini import adam_mini
 from gradtx.optimizers.adam_variants import adamax, adamaxw, adopt, adoptw, radam, radamw, yogi
 from gradtx.optimizers.adan import adan
 from gradtx.optimizers.ademamix import ademamix
+from gradtx.optimizers.cocob import CocobState, cocob
 from gradtx.optimizers.dadapt import DAdaptAdamState, dadapt_adamw
 from gradtx.optimizers.dion import dion
 from gradtx.optimizers.dog import DoGState, DoWGState, dog, dowg
@@ -68,6 +69,8 @@ __all__ = [
     "DoWGState",
     "dog",
     "dowg",
+    "CocobState",
+    "cocob",
     "SamState",
     "acprop",
     "adabelief",

@@ -35,7 +35,7 @@ NAMES = {
     "b1": "first-moment EMA decay: m ← b1·m + (1−b1)·g (Lion, Schedule-Free: its interpolation)",
     "b2": "second-moment EMA decay (Lion: its momentum's decay)",
     "b3": "AdEMAMix's slow-EMA decay; Adan's second-moment decay; Prodigy's decay of its D sums",
-    "alpha": "AdEMAMix's weight of the slow EMA",
+    "alpha": "AdEMAMix's weight of the slow EMA; COCOB's α (its bet's denominator ≥ αL)",
     "beta": "the EMA decay of muon's and tiger's momentum (the API's name)",
     "decay": "decay of a transform's one EMA (gt.ema, scale_by_rms / torch alpha)",
     "decay_rate": "Adafactor's decay exponent c in 1 − t^(−c)",
@@ -259,7 +259,7 @@ def test_every_argument_name_has_one_listed_meaning(factory):
 # ``weight_decay``) or lies inside a trust ratio: no cautious form.
 COUPLED_DECAY = {
     "sgd", "adam", "adagrad", "rmsprop", "lars", "adamax", "radam", "adopt", "adadelta",
-    "dog", "dowg"}
+    "dog", "dowg", "cocob"}
 
 
 @pytest.mark.parametrize("factory", OPTIMIZERS, ids=ids)

@@ -139,6 +139,9 @@ OPTAX_SETTINGS = {
     go.madgrad: dict(learning_rate=1e-2),
     # DoG and DoWG at optax's contrib settings and defaults (its dog's
     # ("heuristic", 1e-6) start is reps_rel=1e-6; its dowg's r̄² starts at eps).
+    # COCOB at its multiplier of 1, cosine-decayed (at a constant 1 it stops
+    # 0.11 from Rosenbrock's minimum, optax.contrib.cocob 0.094).
+    go.cocob: dict(learning_rate=optax.cosine_decay_schedule(1.0, 10_000), alpha=100.0),
     go.dog: dict(learning_rate=1.0, reps_rel=1e-6),
     go.dowg: dict(learning_rate=1.0, init_estim_sq_dist=None),
 }
@@ -174,7 +177,8 @@ REAL_ANCHORS = ("adopt", "adadelta")
 # ⟨g, s/√v⟩; MADGRAD's cube root of ν is the official real one (init names the
 # complex leaf).
 REAL_ONLY = (go.signsgd, go.lion, go.tiger, go.adamw_8bit, go.kfac, go.dion, go.psgd_kron,
-             go.prodigy, go.dadapt_adamw, go.madgrad, go.dog, go.dowg)
+             go.prodigy, go.dadapt_adamw, go.madgrad, go.dog, go.dowg,
+             go.cocob)
 STEPS = 10_000
 TOLERANCE = 3e-2  # optax's
 

@@ -99,6 +99,9 @@ RANGES = {
         learning_rate=NON_NEGATIVE, eps=POSITIVE, init_estim_sq_dist=POSITIVE,
         weight_decay=NON_NEGATIVE,
     ),
+    go.cocob: dict(
+        learning_rate=NON_NEGATIVE, alpha=POSITIVE, eps=NON_NEGATIVE, weight_decay=NON_NEGATIVE,
+    ),
     go.madgrad: dict(
         learning_rate=NON_NEGATIVE, momentum=DECAY, eps=NON_NEGATIVE,
         weight_decay=NON_NEGATIVE,

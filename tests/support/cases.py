@@ -260,6 +260,10 @@ CASES = [
     Case("ldog", go.dog, dict(layer_wise=True, reps_rel=0.5), fixed_state_dtypes=(jnp.float32,)),
     Case("dowg", go.dowg, dict(weight_decay=1e-2, init_estim_sq_dist=4.0),
          fixed_state_dtypes=(jnp.float32,)),
+    # COCOB-Backprop: coin betting per coordinate from p₀ (kept, float32 for
+    # bf16 params); its reward reads p − p₀, which η moves.
+    Case("cocob", go.cocob, dict(weight_decay=1e-2, alpha=10.0),
+         fixed_state_dtypes=(jnp.float32,), state_depends_on_lr=True),
     Case("madgrad", go.madgrad, dict(weight_decay=1e-2, decouple_decay=True),
          fixed_state_dtypes=(jnp.float32,), state_depends_on_lr=True, nonlinear_lr=True),
 ]
