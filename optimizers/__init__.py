@@ -26,6 +26,7 @@ from gradtx.optimizers.kfac import kfac
 from gradtx.optimizers.lookahead import LookaheadState, lookahead
 from gradtx.optimizers.madgrad import MadgradState, madgrad
 from gradtx.optimizers.mars import mars_adamw
+from gradtx.optimizers.mechanic import MechanicState, mechanize
 from gradtx.optimizers.muon import is_hidden_matrix, muon
 from gradtx.optimizers.nnx_records import max_logits, observe_attention, value_grad_and_records
 from gradtx.optimizers.novograd import novograd
@@ -71,6 +72,8 @@ __all__ = [
     "dowg",
     "CocobState",
     "cocob",
+    "MechanicState",
+    "mechanize",
     "SamState",
     "acprop",
     "adabelief",

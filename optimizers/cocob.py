@@ -79,8 +79,9 @@ def cocob(
   paper's scale-free rule would bet on as on any other. At ``eps=0`` this is
   Algorithm 2, with the 0/0 of a coordinate that has only seen zero
   gradients taken as 0 (it stays at p₀). Every quantity is per coordinate:
-  a NaN or infinite gradient makes its coordinate's state, and so all its
-  later steps, NaN (the sums never forget); the other coordinates go on.
+  a NaN or infinite gradient makes its coordinate's state NaN or infinite,
+  and so all its later steps NaN (the sums never forget); the other
+  coordinates go on.
 
   ``optax.contrib.cocob`` (float64, 50 steps): the same steps to round-off
   at c = 1, with its weight decay and ε. Its learning rate multiplies the
@@ -94,8 +95,8 @@ def cocob(
     learning_rate: c, a multiplier of the step, >= 0, or a schedule (the
       paper has none: 1).
     alpha: α, > 0 (the paper's 100): the bet's denominator is at least
-      α L, so the first step is −sign(g)/α per coordinate and the early
-      bets stay small while G < (α − 1) L.
+      α L, so the first step is −sign(g)/max(α, 2) per coordinate and the
+      early bets stay small while G < (α − 1) L.
     eps: ε, the initial L, >= 0 (0: the paper's).
     weight_decay: λ, the coupled L2 coefficient, >= 0, or a schedule.
     mask: which leaves get the decay (``optax.masked`` semantics).
@@ -146,7 +147,6 @@ def cocob(
     grads = jax.tree.map(lambda g: g.astype(_tree.compute_dtype(g)), updates)
     grads = _decayed(grads, params, weight_decay, mask, state.count)
     rate = _tree.resolve_schedule(learning_rate, state.count)
-    alpha_ = _tree.hyperparameter(alpha, jnp.float32)
 
     def leaf(g, scale, abs_sum, neg_sum, reward, p, p0):
       dtype = scale.dtype
@@ -156,10 +156,15 @@ def cocob(
       abs_sum = abs_sum + jnp.abs(g)
       neg_sum = neg_sum - g
       reward = jnp.maximum(reward - bet * g, 0)
-      denominator = scale * jnp.maximum(abs_sum + scale, alpha_ * scale)
+      alpha_ = _tree.hyperparameter(alpha, dtype)
       if not scale_positive:  # L = 0 only after zero gradients, where θ = 0 too
-        denominator = jnp.where(scale == 0, 1, denominator)  # (a NaN L stays NaN)
-      target = neg_sum / denominator * (scale + reward)
+        scale_ = jnp.where(scale == 0, 1, scale)  # (a NaN L stays NaN)
+      else:
+        scale_ = scale
+      # θ/L · (L + R)/max(G + L, αL): never L², which flushes to 0 below
+      # L ≈ 1e-19 in float32 (a scale-free rule, at eps=0, on tiny gradients).
+      target = (neg_sum / scale_) * ((scale + reward) / jnp.maximum(
+          abs_sum + scale, alpha_ * scale_))
       step = jnp.asarray(rate, dtype) * (target - bet)
       return step, scale, abs_sum, neg_sum, reward
 

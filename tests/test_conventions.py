@@ -108,6 +108,9 @@ NAMES = {
     "estim_lr_coef": "Prodigy: the coefficient of its step-size estimate (optax's name)",
     "growth_rate": "Prodigy, D-Adaptation: the largest factor the step size grows by in a step",
     "use_bias_correction": "Prodigy, D-Adaptation: Adam's bias correction in the step (official)",
+    "s_decay": "Mechanic: the tuner's decay λ in its inner product h (the official name)",
+    "s_init": "Mechanic: the scale of its initial wealth (the official name)",
+    "num_betas": "Mechanic: the number of tuners, β = 1 − 10⁻ⁱ (optax's name)",
     "reps_rel": "DoG: its initial distance r_ε relative to 1 + ‖p₀‖ (the official name)",
     "init_eta": "DoG: the first step's step size (the official name)",
     "layer_wise": "DoG: one step size per leaf (the official LDoG)",
@@ -234,7 +237,8 @@ def test_the_lists_are_not_empty():
 @pytest.mark.parametrize("factory", OPTIMIZERS, ids=ids)
 def test_optimizers_take_only_the_learning_rate_or_base_positionally(factory):
   parameters = list(inspect.signature(factory).parameters.values())
-  wrappers = (go.sam, go.lookahead, go.qk_clip, go.parameter_ema, go.schedule_free)
+  wrappers = (go.sam, go.lookahead, go.qk_clip, go.parameter_ema, go.schedule_free,
+              go.mechanize)
   first = "base" if factory in wrappers else "learning_rate"
   assert parameters[0].name == first
   assert parameters[0].kind is inspect.Parameter.POSITIONAL_OR_KEYWORD

@@ -58,9 +58,10 @@ def test_nan_gradient_propagates_into_updates(case):
     assert all(bool(jnp.isnan(u).all()) for u in jax.tree.leaves(updates))
     assert bool(jnp.isnan(state.d))
     return
-  if case.name in ("dog", "dowg"):
-    # One step size from norms over the whole tree: a NaN gradient makes it,
-    # and so every leaf's update, NaN (README, Non-finite gradients).
+  if case.name in ("dog", "dowg", "mechanize"):
+    # One step size (Mechanic: one scale) from norms over the whole tree: a
+    # NaN gradient makes it, and so every leaf's update, NaN (README,
+    # Non-finite gradients).
     assert all(bool(jnp.isnan(u).all()) for u in jax.tree.leaves(updates))
     return
   if case.name == "ldog":  # LDoG: one step size per leaf, NaN on the NaN's leaf

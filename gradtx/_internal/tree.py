@@ -59,12 +59,18 @@ def sum_squares(x: jax.Array) -> jax.Array:
   default matmul precision (TPU's bfloat16 passes) does not reach the norm.
   """
   x = jnp.asarray(x)
-  axes = tuple(range(x.ndim))
-  sharding = _sharding.explicit_sharding(x)  # Explicit types ask where the sum lives
+  return jnp.real(inner(jnp.conj(x), x))
+
+
+def inner(a: jax.Array, b: jax.Array) -> jax.Array:
+  """Σ aᵢbᵢ over every element of two same-shape arrays: one contraction, at
+  ``HIGHEST`` precision, replicated on an Explicit mesh (``sum_squares``'
+  reasons)."""
+  axes = tuple(range(jnp.ndim(a)))
+  sharding = _sharding.explicit_sharding(a)  # Explicit types ask where the sum lives
   out = None if sharding is None else jax.NamedSharding(sharding.mesh, jax.P())
-  product = jax.lax.dot_general(jnp.conj(x), x, ((axes, axes), ((), ())),
-                                precision=jax.lax.Precision.HIGHEST, out_sharding=out)
-  return jnp.real(product)
+  return jax.lax.dot_general(a, b, ((axes, axes), ((), ())),
+                             precision=jax.lax.Precision.HIGHEST, out_sharding=out)
 
 
 @jax.custom_jvp

@@ -296,6 +296,33 @@ def test_inject_hyperparams_gives_the_same_steps():
   kwargs = dict(learning_rate=0.5, alpha=50.0, eps=0.0, weight_decay=0.01)
   np.testing.assert_allclose(run(optax.inject_hyperparams(cocob)(**kwargs)),
                              run(cocob(**kwargs)), rtol=1e-6)
+  # In float64 an injected α (not exact in float32) is used at float64, not
+  # rounded to float32 first (which put the steps 2e-8 apart from the first).
+  with jax.enable_x64(True):
+    params = {"w": jnp.array([1.0, -2.0, 3.0], jnp.float64)}
+    kwargs = dict(alpha=37.7, eps=0.0)
+    np.testing.assert_allclose(run(optax.inject_hyperparams(cocob)(**kwargs)),
+                               run(cocob(**kwargs)), rtol=1e-13)
+
+
+def test_float32_bets_on_tiny_gradients_as_on_any_other_at_eps_0():
+  """At eps=0 the rule is scale-free: gradients of 1e-20 and 1e-30 step as
+  those of 1 in float32 (the denominator L·max(G + L, αL) flushed to 0 below
+  L ≈ 1e-19 and made the coordinates inf, then NaN)."""
+  grads = [np.array([0.3, -0.2, 0.5], np.float32) * (1 + t) for t in range(5)]
+
+  def run(scale):
+    tx = cocob(eps=0.0)
+    p = {"w": jnp.array([1.0, -2.0, 3.0])}
+    state = tx.init(p)
+    for g in grads:
+      updates, state = jax.jit(tx.update)({"w": jnp.asarray(g * scale)}, state, p)
+      p = optax.apply_updates(p, updates)
+    return np.asarray(p["w"])
+
+  reference = run(np.float32(1.0))
+  for scale in (1e-20, 1e-30):
+    np.testing.assert_allclose(run(np.float32(scale)), reference, rtol=1e-5)
 
 
 @pytest.mark.parametrize("kwargs, message", [

@@ -110,6 +110,7 @@ class Case(NamedTuple):
         go.novograd, go.fromage,  # likewise
         go.prodigy, go.dadapt_adamw,  # one step size D from sums over the whole tree
         go.dog, go.dowg,  # one step size from norms over the whole tree
+        mechanize_adamw,  # one scale S from inner products over the whole tree
         record_recipe,
     )
 
@@ -128,6 +129,13 @@ def lookahead_adamw(learning_rate, b1=0.9, weight_decay=1e-4):
   """``go.lookahead`` around ``go.adamw``: the wrapper through the battery."""
   return go.lookahead(
       go.adamw(learning_rate, b1=b1, weight_decay=weight_decay), sync_period=2)
+
+
+def mechanize_adamw(learning_rate, b1=0.9, weight_decay=1e-4, s_init=1e-4):
+  """``go.mechanize`` around ``go.adamw``: Mechanic through the battery (its
+  initial wealth large, so that the battery's short runs move)."""
+  return go.mechanize(
+      go.adamw(learning_rate, b1=b1, weight_decay=weight_decay), s_init=s_init)
 
 
 def parameter_ema_adamw(learning_rate, b1=0.9, weight_decay=1e-4):
@@ -212,6 +220,9 @@ CASES = [
     Case("lamb", go.lamb, dict(weight_decay=1e-2)),
     Case("lookahead", lookahead_adamw, dict(weight_decay=1e-2),
          fixed_state_dtypes=(jnp.float32,)),
+    # Mechanic: its scale S multiplies the sum of the base's η-scaled steps.
+    Case("mechanize", mechanize_adamw, dict(weight_decay=1e-2),
+         fixed_state_dtypes=(jnp.float32,), state_depends_on_lr=True, nonlinear_lr=True),
     Case(
         "muon",
         go.muon,
