@@ -294,6 +294,9 @@ OPTIMIZERS: dict[str, Callable[[int], optax.GradientTransformation]] = {
     # rule), their defaults' initial distances.
     "dog": lambda n: go.dog(warmup_cosine(1.0, n)),
     "dowg": lambda n: go.dowg(warmup_cosine(1.0, n)),
+    # COCOB at its multiplier of 1 on the warm-up-cosine (the paper has no
+    # learning rate; the schedule is the suite's rule), its α of 100.
+    "cocob": lambda n: go.cocob(warmup_cosine(1.0, n)),
     "adamw:cautious": lambda n: optax.chain(
         gt.cautious(gt.scale_by_adam(b2=0.99)), gt.decoupled_weight_decay(0.1, matrices),
         gt.scale_by_learning_rate(warmup_cosine(6e-3, n))),
