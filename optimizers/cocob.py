@@ -10,6 +10,7 @@ import optax
 from gradtx import transforms as gt
 from gradtx._internal import tree as _tree
 from gradtx._internal import validate as _validate
+from gradtx.transforms.weight_decay import with_coupled_decay
 
 
 class CocobState(NamedTuple):
@@ -35,14 +36,6 @@ class CocobState(NamedTuple):
   sum_neg_grads: optax.Updates
   reward: optax.Updates
   params0: optax.Params
-
-
-def _decayed(updates, params, weight_decay, mask, count):
-  """g + λ_t p on the masked leaves (coupled: the L2 penalty's gradient)."""
-  if _validate.is_static_zero(weight_decay):
-    return updates
-  decay = gt.coupled_weight_decay(_tree.resolve_schedule(weight_decay, count), mask)
-  return decay.update(updates, decay.init(params), params)[0]
 
 
 @_validate.checks_arguments
@@ -145,7 +138,7 @@ def cocob(
       raise ValueError("cocob needs the parameters: call update(updates, state, params)")
     _validate.check_matching_shapes(updates, params, "cocob")
     grads = jax.tree.map(lambda g: g.astype(_tree.compute_dtype(g)), updates)
-    grads = _decayed(grads, params, weight_decay, mask, state.count)
+    grads = with_coupled_decay(grads, params, weight_decay, mask, state.count)
     rate = _tree.resolve_schedule(learning_rate, state.count)
 
     def leaf(g, scale, abs_sum, neg_sum, reward, p, p0):

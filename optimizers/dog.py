@@ -10,6 +10,7 @@ import optax
 from gradtx import transforms as gt
 from gradtx._internal import tree as _tree
 from gradtx._internal import validate as _validate
+from gradtx.transforms.weight_decay import with_coupled_decay
 
 
 class DoGState(NamedTuple):
@@ -53,14 +54,6 @@ def _scalar_dtype(params: Any) -> Any:
   """float32, or float64 where a leaf is: the dtype of the global scalars."""
   return jnp.result_type(jnp.float32, *[
       _tree.real_dtype(_tree.compute_dtype(p)) for p in jax.tree.leaves(params)])
-
-
-def _decayed(updates: Any, params: Any, weight_decay: Any, mask: Any, count: jax.Array) -> Any:
-  """g + λ_t p on the masked leaves: the official codes' coupled decay."""
-  if _validate.is_static_zero(weight_decay):
-    return updates
-  decay = gt.coupled_weight_decay(_tree.resolve_schedule(weight_decay, count), mask)
-  return decay.update(updates, decay.init(params), params)[0]
 
 
 def _squared_norms(updates: Any, params: Any, params0: Any, real: Any) -> tuple:
@@ -203,7 +196,7 @@ def dog(
       raise ValueError("dog needs the parameters: call update(updates, state, params)")
     _validate.check_matching_shapes(updates, params, "dog")
     real = _scalar_dtype(params)
-    updates = _decayed(updates, params, weight_decay, mask, state.count)
+    updates = with_coupled_decay(updates, params, weight_decay, mask, state.count)
     sq_norms, sq_dists = _squared_norms(updates, params, state.params0, real)
     rate = jnp.asarray(_tree.resolve_schedule(learning_rate, state.count), real)
 
@@ -320,7 +313,7 @@ def dowg(
       raise ValueError("dowg needs the parameters: call update(updates, state, params)")
     _validate.check_matching_shapes(updates, params, "dowg")
     real = _scalar_dtype(params)
-    updates = _decayed(updates, params, weight_decay, mask, state.count)
+    updates = with_coupled_decay(updates, params, weight_decay, mask, state.count)
     sq_norms, sq_dists = _squared_norms(updates, params, state.params0, real)
     rate = jnp.asarray(_tree.resolve_schedule(learning_rate, state.count), real)
     r2 = jnp.maximum(state.max_sq_distance, _total(sq_dists, real))

@@ -9,6 +9,7 @@ import optax
 from gradtx import transforms as gt
 from gradtx._internal import tree as _tree
 from gradtx._internal import validate as _validate
+from gradtx.transforms.weight_decay import with_coupled_decay
 
 
 class MadgradState(NamedTuple):
@@ -163,9 +164,8 @@ def madgrad(
     weight = rate * jnp.sqrt(state.count.astype(real) + 1)
     decay_now = _tree.resolve_schedule(weight_decay, state.count)
     grads = jax.tree.map(lambda g: g.astype(_tree.compute_dtype(g)), updates)
-    if decays and not decouple_decay:
-      coupled = gt.coupled_weight_decay(decay_now, mask)
-      grads, _ = coupled.update(grads, coupled.init(params), params)
+    if not decouple_decay:
+      grads = with_coupled_decay(grads, params, weight_decay, mask, state.count)
     momentum_ = _tree.hyperparameter(momentum, real)
     c = 1 - momentum_  # in double for a Python momentum
 

@@ -131,6 +131,18 @@ def decoupled_weight_decay(
   return _add_scaled_params(weight_decay, mask, cautious_weight_decay)
 
 
+def with_coupled_decay(
+    updates: Any, params: Any, weight_decay: Any, mask: MaskOrFn, count: jax.Array
+) -> Any:
+  """``coupled_weight_decay``'s g + λ_t p at step ``count``, as a function: for
+  an optimizer whose own statistics read the decayed gradient (DoG's norms,
+  COCOB's sums, MADGRAD's), with λ_t its schedule at the optimizer's count."""
+  if _validate.is_static_zero(weight_decay):
+    return updates
+  decay = coupled_weight_decay(_tree.resolve_schedule(weight_decay, count), mask)
+  return decay.update(updates, decay.init(params), params)[0]
+
+
 def coupled_weight_decay(
     weight_decay: Union[float, optax.Schedule], mask: MaskOrFn = None
 ) -> optax.GradientTransformation:
