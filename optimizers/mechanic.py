@@ -25,9 +25,10 @@ class MechanicState(NamedTuple):
     m: the β-decayed running maxima of :math:`|h|`, one per β.
     x_ref: the reference point, the parameters of the first update (in at
       least float32).
-    delta: Δ, the sum of the base's updates, in float32, for bf16/f16
-      parameters (whose rounding would lose it); ``None`` otherwise (Δ is
-      recomputed from the parameters).
+    delta: Δ, the sum of the base's updates (scaled as the rule below), in
+      at least float32: read for float32 and narrower parameters (their
+      rounding would lose it), recovered from float64 ones as the official
+      code does.
     inner_state: the state of the base optimizer.
 
   The scalars are float32, or float64 where a parameter is.
@@ -47,12 +48,6 @@ def _scalar_dtype(params: Any) -> jnp.dtype:
   """float32, or the widest real compute dtype of the parameters."""
   dtypes = [_tree.real_dtype(_tree.compute_dtype(p)) for p in jax.tree.leaves(params)]
   return jnp.result_type(jnp.float32, *dtypes)
-
-
-def _keeps_delta(params: Any) -> bool:
-  """Whether some parameter is narrower than float32 (bf16, f16)."""
-  return any(jnp.issubdtype(_tree.dtype_of(p), jnp.floating)
-             and jnp.finfo(_tree.dtype_of(p)).bits < 32 for p in jax.tree.leaves(params))
 
 
 @_validate.checks_arguments
@@ -132,14 +127,23 @@ def mechanize(
     (True, True)
 
   The scalars are float32 (float64 for float64 parameters); optax keeps
-  them in the parameters' lowest dtype (bf16 for bf16 parameters). For
-  bf16/f16 parameters Δ is kept in float32 in the state (4 bytes a
-  parameter, where the official ``store_delta=True`` keeps it) and
-  :math:`x_t - x_{ref}` read as :math:`S_t Δ`, so the rule stays the one
-  above (shrink included) without the parameters' rounding: recovered from bf16
-  parameters, a first scaled step below half an ulp rounds :math:`x_t`
-  back to :math:`x_{ref}`, Δ to 0, and the tuner stalls for good.
-  Complex parameters are refused.
+  them in the parameters' lowest dtype (bf16 for bf16 parameters). Δ is
+  kept in the state (in at least float32: 4 bytes a parameter, where the
+  official ``store_delta=True`` keeps it) and, for float32 and narrower
+  parameters, :math:`x_t - x_{ref}` read as :math:`S_t Δ`, so the rule
+  stays the one above (shrink included) without the parameters' rounding
+  (float64 ones recover it, as the official code): recovered from float32
+  parameters (the official default ``store_delta=False``, and optax), a
+  first scaled step
+  :math:`S_1 u ≈ 10^{-6} u` below half an ulp of a parameter rounds it back
+  to :math:`x_{ref}`, Δ to 0, and where that holds for every coordinate (a
+  base step under ~6% of the weights, e.g. ``go.adamw(1e-3)`` on weights of
+  order 1, or pre-trained weights) the tuner stalls for good: the example
+  above with ``go.adamw(1e-3)`` never moves in float32 there, in the
+  official code too.
+  A NaN or infinite gradient makes h, S and so every leaf's step NaN for
+  good, as in the official code (``optax.apply_if_finite`` skips such
+  steps). Complex parameters are refused.
 
   Reference: Cutkosky, Defazio & Mehta, "Mechanic: A Learning Rate Tuner",
   NeurIPS 2023, Algorithm 1; the official ``mechanic-pytorch`` 0.0.1 (the
@@ -166,9 +170,7 @@ def mechanize(
     _validate.check_real_leaves(params, "mechanize")
     dtype = _scalar_dtype(params)
     zeros = jnp.zeros([num_betas], dtype)
-    delta = None
-    if _keeps_delta(params):
-      delta = jax.tree.map(lambda p: jnp.zeros(p.shape, _tree.compute_dtype(p)), params)
+    delta = jax.tree.map(lambda p: jnp.zeros_like(p, _tree.compute_dtype(p)), params)
     return MechanicState(
         count=jnp.zeros([], jnp.int32), s=zeros, v=zeros, r=zeros,
         m=jnp.full([num_betas], _INITIAL_MAX, dtype),
@@ -187,13 +189,15 @@ def mechanize(
     x_ref = jax.lax.cond(state.count == 0, lambda: _tree.copy_in_compute_dtype(params),
                          lambda: state.x_ref)
     s_sum = jnp.sum(state.s)
-    kept = state.delta is not None
     shrink = s_sum / (s_sum + eps)  # (x − x_ref)/(S + ε) with x − x_ref = S·Δ
 
     def statistics(g, u, x, x0, delta):
       work = x0.dtype
       x_ = x.astype(work)
-      delta_t = delta * shrink.astype(work) if kept else (x_ - x0) / (s_sum + eps).astype(work)
+      if work == jnp.float64:  # as the official code: recovered, (x − x_ref)/(S + ε)
+        delta_t = (x_ - x0) / (s_sum + eps).astype(work)
+      else:  # kept: float32's rounding of x would lose it
+        delta_t = delta * shrink.astype(work)
       y = x_ + u.astype(work)
       g_ = g.astype(work)
       sums = [_tree.inner(delta_t, g_), _tree.inner(delta_t, y), _tree.sum_squares(y),
@@ -220,6 +224,6 @@ def mechanize(
                                       once_per_shape=True)
     return new_updates, MechanicState(
         count=optax.safe_increment(state.count), s=s, v=v, r=r, m=m, x_ref=x_ref,
-        delta=delta if kept else None, inner_state=inner_state)
+        delta=delta, inner_state=inner_state)
 
   return optax.GradientTransformationExtraArgs(init_fn, update_fn)

@@ -146,7 +146,7 @@ def test_one_trace_and_jit_equals_eager():
     updates, state_e = tx.update(grads, state_e, eager)
     eager = optax.apply_updates(eager, updates)
   assert len(traces) == 1 and step._cache_size() == 1
-  assert int(state.count) == 6 and state.delta is None
+  assert int(state.count) == 6 and state.delta is not None  # Δ kept
   for a, b in zip(jax.tree.leaves(jitted), jax.tree.leaves(eager)):
     np.testing.assert_allclose(a, b, rtol=1e-5, atol=1e-7)
 
@@ -240,3 +240,27 @@ def test_flax_nnx_optimizer_trains_with_one_trace():
   assert traces == 1
   assert np.isfinite(losses).all() and losses[-1] < 0.5 * losses[0]
   assert float(optimizer.opt_state.s.get_value().sum()) > 1e-3
+
+
+def test_float32_parameters_keep_delta_and_move_as_in_float64():
+  """|p|²/2 from [3, −2] with AdamW(1e-3) as the base: the first scaled
+  steps (S ≈ 1e-6 of steps ≈ 1e-3) are below half a float32 ulp of the
+  weights, so Δ recovered from the parameters (the official default) stays
+  0 and the run never moved, official code included; with Δ kept it follows
+  the float64 run (which agrees with the official code to round-off)."""
+
+  def run(dtype):
+    tx = mechanize(go.adamw(1e-3))
+    params = jnp.array([3.0, -2.0], dtype)
+    state, step = tx.init(params), jax.jit(tx.update)
+    for _ in range(300):
+      updates, state = step(params, state, params)
+      params = optax.apply_updates(params, updates)
+    return np.asarray(params, np.float64), state
+
+  f32, state = run(jnp.float32)
+  assert state.delta is not None and state.delta.dtype == jnp.float32
+  with jax.enable_x64(True):
+    f64, state64 = run(jnp.float64)
+  assert np.abs(f32 - [3.0, -2.0]).max() > 2.9  # it moved to the minimum, as float64
+  np.testing.assert_allclose(f32, f64, atol=2e-2)  # (Adam's oscillation about 0)
