@@ -411,7 +411,10 @@ def test_inject_hyperparams_traces_numeric_arguments(case):
   # array β₂ instead of a Python float moves its update 6%; see
   # tests/test_distributed.py::test_soap_is_this_sensitive_by_itself), so it
   # is compared in float64 (and so is soap_muon, which orthogonalizes it).
-  precise = case.factory in (go.soap, go.soap_muon)
+  # Prodigy and D-Adaptation form 1 − β and √β₂ of a static β in double (as
+  # their official code), of an injected one from its float32 rounding:
+  # compared in float64 too.
+  precise = case.factory in (go.soap, go.soap_muon, go.prodigy, go.dadapt_adamw)
   with jax.enable_x64(precise):
     _compare_injected(case, jnp.float64 if precise else jnp.float32)
 

@@ -56,7 +56,8 @@ from tests.support.helpers import (
 def test_cases_cover_every_optimizer():
   optimizers = set(filter(is_optimizer, go.__all__)) | set(contrib.__all__)
   covered = {c.factory.__name__ for c in CASES + STRUCTURED}
-  wrappers = {"lookahead_adamw", "parameter_ema_adamw", "record_recipe", "schedule_free_adam"}
+  wrappers = {"lookahead_adamw", "parameter_ema_adamw", "record_recipe", "schedule_free_adam",
+              "mechanize_adamw"}
   assert covered == optimizers | wrappers, optimizers ^ covered
 
 
