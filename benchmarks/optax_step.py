@@ -64,12 +64,17 @@ PAIRS = {
     # DoG and DoWG at their multiplier of 1 (optax's dog keeps p₀ uncopied too).
     "dog": (lambda: go.dog(1.0), lambda: _copying_init(optax.contrib.dog(1.0))),
     "dowg": (lambda: go.dowg(1.0), lambda: _copying_init(optax.contrib.dowg(1.0))),
+    # COCOB at its multiplier of 1 (optax's rate scales the gradient; at 1 the same rule).
+    "cocob": (lambda: go.cocob(1.0), lambda: _copying_init(optax.contrib.cocob(1.0))),
 }
 
 
 def _copying_init(tx: optax.GradientTransformation) -> optax.GradientTransformation:
-  """``tx`` whose ``init`` sees a copy of the parameters (so no state leaf aliases them)."""
-  return tx._replace(init=lambda params: tx.init(jax.tree.map(jnp.copy, params)))
+  """``tx`` whose ``init`` sees a copy of the parameters and returns a copy of its
+  state, so that no state leaf aliases the parameters or another state leaf
+  (optax.contrib.cocob's sums are one zeros array: a donated step refuses it)."""
+  return tx._replace(init=lambda params: jax.tree.map(
+      jnp.copy, tx.init(jax.tree.map(jnp.copy, params))))
 
 
 def contender(name: str, library: str, params, grads) -> harness.Stepper:
