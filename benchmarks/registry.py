@@ -297,6 +297,9 @@ OPTIMIZERS: dict[str, Callable[[int], optax.GradientTransformation]] = {
     # COCOB at its multiplier of 1 on the warm-up-cosine (the paper has no
     # learning rate; the schedule is the suite's rule), its α of 100.
     "cocob": lambda n: go.cocob(warmup_cosine(1.0, n)),
+    # Mechanic around the adamw entry (its peak, schedule and decay): S tunes
+    # the scale of the sum of AdamW's steps (the official default s_init).
+    "mechanize_adamw": lambda n: go.mechanize(_adamw(n)),
     "adamw:cautious": lambda n: optax.chain(
         gt.cautious(gt.scale_by_adam(b2=0.99)), gt.decoupled_weight_decay(0.1, matrices),
         gt.scale_by_learning_rate(warmup_cosine(6e-3, n))),
