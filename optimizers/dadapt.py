@@ -153,8 +153,7 @@ def dadapt_adamw(
 
   def init_fn(params):
     _validate.check_real_leaves(params, "dadapt_adamw")
-    dtype = jnp.result_type(jnp.float32, *[
-        _tree.real_dtype(_tree.compute_dtype(p)) for p in jax.tree.leaves(params)])
+    dtype = _tree.scalar_dtype(params)
     return DAdaptAdamState(
         count=jnp.zeros([], jnp.int32), k=jnp.zeros([], jnp.int32),
         d=jnp.asarray(estim_lr0, dtype), numerator=jnp.zeros([], dtype),

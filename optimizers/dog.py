@@ -50,12 +50,6 @@ class DoWGState(NamedTuple):
   params0: optax.Params
 
 
-def _scalar_dtype(params: Any) -> Any:
-  """float32, or float64 where a leaf is: the dtype of the global scalars."""
-  return jnp.result_type(jnp.float32, *[
-      _tree.real_dtype(_tree.compute_dtype(p)) for p in jax.tree.leaves(params)])
-
-
 def _squared_norms(updates: Any, params: Any, params0: Any, real: Any) -> tuple:
   """Per leaf, as plain trees of scalars (``map_statistics``' structure):
   ‖g‖² and ‖p − p₀‖², summed in float32 or wider."""
@@ -177,7 +171,7 @@ def dog(
 
   def init_fn(params):
     _validate.check_real_leaves(params, "dog")
-    real = _scalar_dtype(params)
+    real = _tree.scalar_dtype(params)
     params0 = _tree.copy_in_compute_dtype(params)
     rel = 0.0 if init_eta is not None else reps_rel  # the official code's reps_rel = 0
     sq_norm = lambda p: _tree.sum_squares(p).astype(real)
@@ -195,7 +189,7 @@ def dog(
     if params is None:
       raise ValueError("dog needs the parameters: call update(updates, state, params)")
     _validate.check_matching_shapes(updates, params, "dog")
-    real = _scalar_dtype(params)
+    real = _tree.scalar_dtype(params)
     updates = with_coupled_decay(updates, params, weight_decay, mask, state.count)
     sq_norms, sq_dists = _squared_norms(updates, params, state.params0, real)
     rate = jnp.asarray(_tree.resolve_schedule(learning_rate, state.count), real)
@@ -301,7 +295,7 @@ def dowg(
 
   def init_fn(params):
     _validate.check_real_leaves(params, "dowg")
-    real = _scalar_dtype(params)
+    real = _tree.scalar_dtype(params)
     initial = eps if init_estim_sq_dist is None else init_estim_sq_dist
     return DoWGState(count=jnp.zeros([], jnp.int32),
                      max_sq_distance=jnp.asarray(initial, real),
@@ -312,7 +306,7 @@ def dowg(
     if params is None:
       raise ValueError("dowg needs the parameters: call update(updates, state, params)")
     _validate.check_matching_shapes(updates, params, "dowg")
-    real = _scalar_dtype(params)
+    real = _tree.scalar_dtype(params)
     updates = with_coupled_decay(updates, params, weight_decay, mask, state.count)
     sq_norms, sq_dists = _squared_norms(updates, params, state.params0, real)
     rate = jnp.asarray(_tree.resolve_schedule(learning_rate, state.count), real)

@@ -157,8 +157,7 @@ def madgrad(
     if params is None:
       raise ValueError("madgrad needs the parameters: call update(updates, state, params)")
     _validate.check_matching_shapes(updates, params, "madgrad")
-    real = jnp.result_type(jnp.float32, *[
-        _tree.compute_dtype(g) for g in jax.tree.leaves(updates)])
+    real = _tree.scalar_dtype(updates)
     rate = jnp.asarray(_tree.resolve_schedule(learning_rate, state.count), real)
     rate = jnp.where(rate != 0, rate + jnp.asarray(eps, real), 0)
     weight = rate * jnp.sqrt(state.count.astype(real) + 1)

@@ -1,6 +1,6 @@
 """Mechanic: a learned scale of a base optimizer's accumulated steps."""
 
-from typing import Any, NamedTuple, Optional
+from typing import NamedTuple, Optional
 
 import jax
 import jax.numpy as jnp
@@ -42,12 +42,6 @@ class MechanicState(NamedTuple):
   x_ref: optax.Params
   delta: Optional[optax.Updates]
   inner_state: optax.OptState
-
-
-def _scalar_dtype(params: Any) -> jnp.dtype:
-  """float32, or the widest real compute dtype of the parameters."""
-  dtypes = [_tree.real_dtype(_tree.compute_dtype(p)) for p in jax.tree.leaves(params)]
-  return jnp.result_type(jnp.float32, *dtypes)
 
 
 @_validate.checks_arguments
@@ -168,7 +162,7 @@ def mechanize(
 
   def init_fn(params):
     _validate.check_real_leaves(params, "mechanize")
-    dtype = _scalar_dtype(params)
+    dtype = _tree.scalar_dtype(params)
     zeros = jnp.zeros([num_betas], dtype)
     delta = jax.tree.map(lambda p: jnp.zeros_like(p, _tree.compute_dtype(p)), params)
     return MechanicState(

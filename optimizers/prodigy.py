@@ -157,8 +157,7 @@ def prodigy(
 
   def init_fn(params):
     _validate.check_real_leaves(params, "prodigy")
-    dtype = jnp.result_type(jnp.float32, *[
-        _tree.real_dtype(_tree.compute_dtype(p)) for p in jax.tree.leaves(params)])
+    dtype = _tree.scalar_dtype(params)
     scalar = lambda value: jnp.asarray(value, dtype)
     return ProdigyState(
         count=jnp.zeros([], jnp.int32), k=jnp.zeros([], jnp.int32), d=scalar(estim_lr0),

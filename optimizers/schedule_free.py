@@ -37,12 +37,6 @@ class ScheduleFreeState(NamedTuple):
   inner_state: optax.OptState
 
 
-def _scalar_dtype(params: Any) -> jnp.dtype:
-  """float32, or the widest real compute dtype of the parameters."""
-  dtypes = [_tree.real_dtype(_tree.compute_dtype(p)) for p in jax.tree.leaves(params)]
-  return jnp.result_type(jnp.float32, *dtypes)
-
-
 @_validate.checks_arguments
 def schedule_free(
     base: optax.GradientTransformation,
@@ -169,7 +163,7 @@ def schedule_free(
   base = optax.with_extra_args_support(base)
 
   def init_fn(params):
-    dtype = _scalar_dtype(params)
+    dtype = _tree.scalar_dtype(params)
     return ScheduleFreeState(
         count=jnp.zeros([], jnp.int32), b1=jnp.asarray(b1, dtype), lr_max=jnp.zeros([], dtype),
         weight_sum=jnp.zeros([], dtype), z=_initial_z(params, z_format),

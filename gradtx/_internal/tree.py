@@ -143,6 +143,14 @@ def traced_hyperparameters(**values: Any) -> dict:
   return {k: v for k, v in values.items() if isinstance(v, jax.Array)}
 
 
+def scalar_dtype(tree: Any) -> jnp.dtype:
+  """The dtype of an optimizer's global scalars (a learned step size, sums
+  over the tree): float32, or the widest real compute dtype of ``tree``'s
+  leaves (float64 in float64 runs)."""
+  return jnp.result_type(jnp.float32, *[
+      real_dtype(compute_dtype(p)) for p in jax.tree.leaves(tree)])
+
+
 def hyperparameter(value: Any, dtype: Any) -> Any:
   """A static Python number as it is, anything else (a traced value, an
   array) as an array of ``dtype``.
